@@ -1,0 +1,59 @@
+"""The interface every generation engine implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rsp.core.injection import Injection
+from rsp.core.insert import PromptTokens
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding settings. temperature 0 means greedy."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_new_tokens: int = 256
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str  # "stop" (EOS / stop string) or "length"
+
+
+class Backend(Protocol):
+    """Generate one completion per prompt; row i gets the injection drawn from seeds[i]."""
+
+    def generate(
+        self,
+        prompts: Sequence[PromptTokens],
+        injection: Injection,
+        seeds: Sequence[int | None],
+        sampling: SamplingConfig,
+        *,
+        decode_seed: int,
+        stop_strings: Sequence[str] = (),
+    ) -> list[Completion]: ...

@@ -1,0 +1,128 @@
+"""Hugging Face transformers backend: `generate(inputs_embeds=...)` with one injection per row.
+
+Each row of a batch is its own attempt with its own injected rows, so N attempts at a problem are
+N rows (never `num_return_sequences`, which would copy one RSP to all N).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from rsp.backends.base import Completion, SamplingConfig
+from rsp.core.injection import Injection
+from rsp.core.insert import PromptTokens, SlottedBatch, build_slotted_batch
+from rsp.core.seeds import derive_seed
+from rsp.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                              or "can't allocate memory" in str(exc).lower())
+
+
+class HFBackend:
+    """Batched sampling with transformers; backs off to smaller batches on out-of-memory."""
+
+    def __init__(self, lm: LoadedModel, *, min_batch_size: int = 1) -> None:
+        self.lm = lm
+        self.min_batch_size = min_batch_size
+        self.oom_events: list[str] = []
+
+    def prepare(self, prompts: Sequence[PromptTokens], injection: Injection,
+                seeds: Sequence[int | None]) -> tuple[SlottedBatch, torch.Tensor]:
+        """Left-padded slotted batch and its input embeddings with the injection applied."""
+        batch = build_slotted_batch(
+            [p.ids for p in prompts],
+            [p.insert_index(injection.position) for p in prompts],
+            injection.length,
+            pad_id=self.lm.pad_token_id,
+        )
+        with torch.no_grad():
+            embeds = self.lm.embed(batch.input_ids)
+            embeds = injection.apply(embeds, batch, seeds)
+        return batch, embeds
+
+    def generate(
+        self,
+        prompts: Sequence[PromptTokens],
+        injection: Injection,
+        seeds: Sequence[int | None],
+        sampling: SamplingConfig,
+        *,
+        decode_seed: int,
+        stop_strings: Sequence[str] = (),
+    ) -> list[Completion]:
+        sampling.validate()
+        if len(prompts) != len(seeds):
+            raise ValueError("one injection seed per prompt is required")
+        try:
+            torch.manual_seed(decode_seed)
+            return self._generate_batch(prompts, injection, seeds, sampling, stop_strings)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not is_oom(exc) or len(prompts) <= self.min_batch_size:
+                raise
+            half = (len(prompts) + 1) // 2
+            msg = f"out of memory at batch {len(prompts)}; retrying as two batches of <= {half}"
+            log.warning(msg)
+            self.oom_events.append(msg)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            first = self.generate(prompts[:half], injection, seeds[:half], sampling,
+                                  decode_seed=derive_seed(decode_seed, "oom", 0), stop_strings=stop_strings)
+            second = self.generate(prompts[half:], injection, seeds[half:], sampling,
+                                   decode_seed=derive_seed(decode_seed, "oom", 1), stop_strings=stop_strings)
+            return first + second
+
+    def generation_kwargs(self, sampling: SamplingConfig) -> dict:
+        from transformers import GenerationConfig
+
+        cfg = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not sampling.greedy,
+            temperature=None if sampling.greedy else sampling.temperature,
+            top_p=None if sampling.greedy or sampling.top_p >= 1 else sampling.top_p,
+            top_k=None if sampling.greedy or sampling.top_k == 0 else sampling.top_k,
+            min_p=None if sampling.greedy or sampling.min_p == 0 else sampling.min_p,
+            eos_token_id=list(self.lm.stop_token_ids),
+            pad_token_id=self.lm.pad_token_id,
+            use_cache=True,
+        )
+        return {"generation_config": cfg}
+
+    def _generate_batch(self, prompts, injection, seeds, sampling, stop_strings) -> list[Completion]:
+        batch, embeds = self.prepare(prompts, injection, seeds)
+        kwargs = self.generation_kwargs(sampling)
+        if stop_strings:
+            kwargs["stop_strings"] = list(stop_strings)
+            kwargs["tokenizer"] = self.lm.tokenizer
+        with torch.no_grad():
+            out = self.lm.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=batch.attention_mask.to(self.lm.device),
+                **kwargs,
+            )
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        return [self._finish(row.tolist(), sampling, stop_strings) for row in sequences.cpu()]
+
+    def _finish(self, tokens: list[int], sampling: SamplingConfig, stop_strings: Sequence[str]) -> Completion:
+        stops = set(self.lm.stop_token_ids)
+        reason = "length"
+        for i, t in enumerate(tokens):
+            if t in stops:
+                tokens = tokens[:i]
+                reason = "stop"
+                break
+        text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True)
+        for s in stop_strings:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+                reason = "stop"
+        return Completion(token_ids=tuple(tokens), text=text, finish_reason=reason)

