@@ -1,0 +1,245 @@
+"""`rsp eval`: N attempts per problem per method, graded, written as they finish, summarised.
+
+Work is cut into fixed batches (method x problem group x chunk) whose composition and decoding
+seed depend only on the configuration, so a resumed run regenerates exactly what an uninterrupted
+run would have, and skips every batch already on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from rsp.backends.base import SamplingConfig
+from rsp.backends.hf import HFBackend
+from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.core.seeds import derive_seed
+from rsp.methods import MethodOptions, build_method, method_names
+from rsp.models.loading import LoadedModel, load_model
+from rsp.runio import JsonlAppender, prepare_run_dir, read_jsonl_records
+from rsp.tasks.base import Problem, Task
+from rsp.tasks.grading import Grader
+from rsp.tasks.prompts import PromptBuilder
+from rsp.tasks.registry import load_task
+
+log = logging.getLogger(__name__)
+SAMPLES = "samples.jsonl"
+
+
+class ConfigError(ValueError):
+    """An evaluation setting is out of range or inconsistent; the message names it."""
+
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation's results (saved with the run and checked on resume)."""
+
+    model: str = "smollm2-135m-instruct"
+    task: str = "arith"
+    split: str = "test"
+    limit: int | None = 40
+    arith_steps: int = 1
+    arith_max_value: int = 10
+    n: int = 16
+    methods: tuple[str, ...] = ("temperature", "rsp")
+    rsp_length: int = 4
+    rsp_scale: float = 1.0
+    position: str = "after_generation_prompt"
+    stats_rows: str = "all"
+    stats_mean: str = "scalar"
+    method_extra: dict = field(default_factory=dict)
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_new_tokens: int = 128
+    batch_size: int = 32
+    seed: int = 0
+    prompt_style: str = "auto"
+    dtype: str = "auto"
+    device: str = "cpu"
+    grader_timeout: float = 5.0
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"--n must be >= 1 (attempts per problem), got {self.n}")
+        if self.rsp_length < 0:
+            raise ConfigError(f"--rsp-length must be >= 0, got {self.rsp_length}")
+        if self.rsp_scale < 0:
+            raise ConfigError(f"--rsp-scale must be >= 0, got {self.rsp_scale}")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.grader_timeout <= 0:
+            raise ConfigError(f"--grader-timeout must be > 0, got {self.grader_timeout}")
+        if self.position not in INSERTION_POINTS:
+            raise ConfigError(f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}")
+        if not self.methods:
+            raise ConfigError("--methods must name at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"--methods lists a method twice: {','.join(self.methods)}")
+        known = method_names()
+        for m in self.methods:
+            if m not in known:
+                raise ConfigError(f"unknown method {m!r}; known methods: {', '.join(known)}")
+        try:
+            self.sampling().validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.top_k, self.min_p, self.max_new_tokens)
+
+    def method_options(self) -> MethodOptions:
+        return MethodOptions(self.rsp_length, self.rsp_scale, self.position, self.stats_rows, self.stats_mean,
+                             dict(self.method_extra))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["methods"] = list(self.methods)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown eval setting(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "methods" in d:
+            d["methods"] = tuple(d["methods"])
+        return cls(**d)
+
+    def load_task(self) -> Task:
+        return load_task(self.task, split=self.split, limit=self.limit, arith_steps=self.arith_steps,
+                         arith_max_value=self.arith_max_value, seed=self.seed)
+
+
+def prompt_hash(prompt: PromptTokens) -> str:
+    return hashlib.sha256(",".join(map(str, prompt.ids)).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WorkBatch:
+    method: str
+    group: int
+    chunk: int
+    rows: tuple[tuple[int, int], ...]  # (problem index, attempt)
+
+
+def plan_batches(num_problems: int, n: int, methods: tuple[str, ...], batch_size: int) -> list[WorkBatch]:
+    """Deterministic batches: problems in groups of ~batch_size/n, each method in turn per group.
+
+    Interleaving methods per group means a run stopped early still has paired data for every
+    method on the problems it finished.
+    """
+    per_group = max(1, batch_size // n)
+    batches: list[WorkBatch] = []
+    for group, start in enumerate(range(0, num_problems, per_group)):
+        rows = [(p, a) for p in range(start, min(start + per_group, num_problems)) for a in range(n)]
+        for method in methods:
+            for chunk, c0 in enumerate(range(0, len(rows), batch_size)):
+                batches.append(WorkBatch(method, group, chunk, tuple(rows[c0 : c0 + batch_size])))
+    return batches
+
+
+@dataclass
+class EvalRun:
+    out: Path
+    config: EvalConfig
+    records: list[dict]
+    task: Task
+    seconds: float
+    oom_events: list[str]
+
+
+def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = None, progress: bool = True,
+             max_batches: int | None = None) -> EvalRun:
+    """Run (or resume) an evaluation into `out`. `max_batches` stops early (used by tests)."""
+    config.validate()
+    out = Path(out)
+    task = config.load_task()
+    resumed = prepare_run_dir(out, config.to_dict(), kind="eval")
+    samples_path = out / SAMPLES
+    existing = read_jsonl_records(samples_path)
+    done = {(r["problem_id"], r["method"], r["attempt"]) for r in existing}
+    total = len(task.problems) * config.n * len(config.methods)
+    if resumed:
+        log.info("resuming %s: %d of %d attempts already done", out, len(done), total)
+    batches = plan_batches(len(task.problems), config.n, tuple(config.methods), config.batch_size)
+    todo = [b for b in batches if any((task.problems[p].id, b.method, a) not in done for p, a in b.rows)]
+    if max_batches is not None:
+        todo = todo[:max_batches]
+    t0 = time.time()
+    oom_events: list[str] = []
+    if todo:
+        if lm is None:
+            lm = load_model(config.model, dtype=config.dtype, device=config.device)
+        builder = PromptBuilder.for_task(lm.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
+        prompts = [builder.build(p) for p in task.problems]
+        _check_context(lm, prompts, config)
+        options = config.method_options()
+        injections = {m: build_method(m, lm, options) for m in config.methods}
+        backend = HFBackend(lm)
+        appender = JsonlAppender(samples_path)
+        sampling = config.sampling()
+        bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}")
+        with Grader(timeout=config.grader_timeout) as grader:
+            for batch in todo:
+                injection = injections[batch.method]
+                problems = [task.problems[p] for p, _ in batch.rows]
+                seeds = [injection.seed_for(config.seed, task.problems[p].id, a) for p, a in batch.rows]
+                decode_seed = derive_seed(config.seed, "decode", batch.method, batch.group, batch.chunk)
+                completions = backend.generate([prompts[p] for p, _ in batch.rows], injection, seeds, sampling,
+                                               decode_seed=decode_seed, stop_strings=builder.stop_strings)
+                new = []
+                for (p, a), problem, seed, comp in zip(batch.rows, problems, seeds, completions, strict=True):
+                    if (problem.id, batch.method, a) in done:
+                        continue
+                    new.append(_record(problem, batch.method, a, seed, decode_seed, prompts[p], comp, grader))
+                appender.append(new)
+                done.update((r["problem_id"], r["method"], r["attempt"]) for r in new)
+                existing.extend(new)
+                bar.update(len(new))
+        bar.close()
+        oom_events = backend.oom_events
+    return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
+
+
+def _check_context(lm: LoadedModel, prompts: list[PromptTokens], config: EvalConfig) -> None:
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    longest = max(len(p.ids) for p in prompts) + config.rsp_length + config.max_new_tokens
+    if longest > limit:
+        raise ConfigError(f"longest prompt + RSP length + max_new_tokens = {longest} exceeds the model's context "
+                          f"of {limit} tokens; lower --max-new-tokens or --rsp-length")
+
+
+def _record(problem: Problem, method: str, attempt: int, seed: int | None, decode_seed: int, prompt: PromptTokens,
+            comp, grader: Grader) -> dict:
+    extracted, grade = grader.grade(comp.text, problem.answer)
+    return {
+        "problem_id": problem.id,
+        "method": method,
+        "attempt": attempt,
+        "rsp_seed": seed,
+        "decode_seed": decode_seed,
+        "prompt_hash": prompt_hash(prompt),
+        "completion": comp.text,
+        "token_ids": list(comp.token_ids),
+        "num_tokens": len(comp.token_ids),
+        "finish_reason": comp.finish_reason,
+        "extracted": extracted,
+        "gold": problem.answer,
+        "correct": grade.correct,
+        "grade_method": grade.method,
+    }

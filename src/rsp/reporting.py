@@ -1,0 +1,136 @@
+"""Summaries of evaluation records: per-method Pass@k / maj@k with CIs, paired tests, table and plot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rsp.metrics.passk import maj_at_k, pass_at_k
+from rsp.metrics.stats import bootstrap_ci, paired_comparison
+from rsp.runio import atomic_write_text
+from rsp.tasks.grading import canonical_answer
+
+
+def report_ks(n: int) -> list[int]:
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
+    return ks if n in ks else [*ks, n]
+
+
+def per_problem_table(records: Sequence[dict], methods: Sequence[str], n: int) -> dict[str, dict[str, list[dict]]]:
+    """method -> problem_id -> records (only problems complete for every method, sorted by attempt)."""
+    table: dict[str, dict[str, list[dict]]] = {m: defaultdict(list) for m in methods}
+    for r in records:
+        if r["method"] in table:
+            table[r["method"]][r["problem_id"]].append(r)
+    complete = set.intersection(*[{pid for pid, rs in table[m].items() if len(rs) >= n} for m in methods]) if methods else set()
+    return {m: {pid: sorted(rs, key=lambda r: r["attempt"])[:n] for pid, rs in table[m].items() if pid in complete}
+            for m in methods}
+
+
+def summarise(records: Sequence[dict], methods: Sequence[str], n: int, *, seed: int = 0) -> dict:
+    """Per-method metrics with 95% bootstrap CIs over problems, and paired differences vs the first method."""
+    table = per_problem_table(records, methods, n)
+    pids = sorted(next(iter(table.values())).keys()) if table else []
+    ks = report_ks(n)
+    out: dict = {"n": n, "problems": len(pids), "ks": ks, "methods": {}, "paired": {}}
+    if not pids:
+        return out
+    per_problem: dict[str, dict[str, np.ndarray]] = {}
+    for m in methods:
+        rows = [table[m][pid] for pid in pids]
+        correct = [[bool(r["correct"]) for r in rs] for rs in rows]
+        answers = [[canonical_answer(r.get("extracted")) for r in rs] for rs in rows]
+        vals: dict[str, np.ndarray] = {"accuracy": np.array([np.mean(c) for c in correct])}
+        for k in range(1, n + 1):
+            vals[f"pass@{k}"] = np.array([pass_at_k(n, sum(c), k) for c in correct])
+        for k in ks:
+            vals[f"maj@{k}"] = np.array([maj_at_k(a, c, k, seed=seed) for a, c in zip(answers, correct, strict=True)])
+        vals["distinct_answers"] = np.array([len({x for x in a if x is not None}) for a in answers], dtype=float)
+        vals["mean_tokens"] = np.array([np.mean([r.get("num_tokens", 0) for r in rs]) for rs in rows])
+        per_problem[m] = vals
+        out["methods"][m] = {key: bootstrap_ci(v, seed=seed).to_dict() for key, v in vals.items()}
+    base = methods[0]
+    for m in methods[1:]:
+        out["paired"][m] = {
+            key: paired_comparison(per_problem[m][key], per_problem[base][key], seed=seed).to_dict()
+            for key in ["accuracy", *[f"pass@{k}" for k in ks], *[f"maj@{k}" for k in ks]]
+        }
+    out["baseline"] = base
+    return out
+
+
+def _fmt(d: dict, digits: int = 3) -> str:
+    return f"{d['mean']:.{digits}f} [{d['ci_low']:.{digits}f}, {d['ci_high']:.{digits}f}]"
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary as Markdown: one row per method, then paired differences against the baseline."""
+    if not summary.get("problems"):
+        return "No complete problems yet.\n"
+    ks = summary["ks"]
+    cols = ["accuracy", *[f"pass@{k}" for k in ks], f"maj@{ks[-1]}", "distinct_answers", "mean_tokens"]
+    lines = [f"Problems: {summary['problems']}, attempts per problem: {summary['n']}. "
+             "Cells: mean over problems [95% bootstrap CI over problems].", "",
+             "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m, vals in summary["methods"].items():
+        digits = [3 if c not in ("distinct_answers", "mean_tokens") else 1 for c in cols]
+        lines.append(f"| {m} | " + " | ".join(_fmt(vals[c], d) for c, d in zip(cols, digits, strict=True)) + " |")
+    if summary.get("paired"):
+        pcols = ["accuracy", *[f"pass@{k}" for k in ks], f"maj@{ks[-1]}"]
+        lines += ["", f"Paired difference against `{summary['baseline']}` on the same problems "
+                  "(mean [95% CI], two-sided sign-flip permutation p):", "",
+                  "| method | " + " | ".join(pcols) + " |", "|---" * (len(pcols) + 1) + "|"]
+        for m, vals in summary["paired"].items():
+            cells = [f"{vals[c]['mean']:+.3f} [{vals[c]['ci_low']:+.3f}, {vals[c]['ci_high']:+.3f}] p={vals[c]['p_value']:.2f}"
+                     for c in pcols]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_passk(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = summary["n"]
+    ks = list(range(1, n + 1))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, vals in summary["methods"].items():
+        mean = [vals[f"pass@{k}"]["mean"] for k in ks]
+        low = [vals[f"pass@{k}"]["ci_low"] for k in ks]
+        high = [vals[f"pass@{k}"]["ci_high"] for k in ks]
+        ax.plot(ks, mean, marker="o", ms=3, label=m)
+        ax.fill_between(ks, low, high, alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (attempts)")
+    ax.set_ylabel("pass@k (unbiased estimator)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, f"{summary['problems']} problems, n={n}; bands: 95% bootstrap CI over problems", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_eval_report(out: Path, records: Sequence[dict], config: dict, *, seconds: float | None = None) -> dict:
+    """Write summary.json, summary.md and passk.png into a run directory; return the summary."""
+    methods = list(config["methods"])
+    summary = summarise(records, methods, int(config["n"]), seed=int(config.get("seed", 0)))
+    summary["config"] = config
+    if seconds is not None:
+        summary["seconds"] = seconds
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    title = (f"{config['model']} on {config['task']} (T={config['temperature']}, "
+             f"RSP L={config['rsp_length']}, {config['position']})")
+    header = f"# Evaluation: {title}\n\n"
+    atomic_write_text(out / "summary.md", header + markdown_table(summary) + "\n![pass@k](passk.png)\n")
+    if summary.get("problems"):
+        plot_passk(summary, out / "passk.png", title)
+    return summary
