@@ -117,3 +117,34 @@ def smollm2():
     from rsp.models import load_model
 
     return load_model("smollm2-135m-instruct", dtype="bfloat16")
+
+
+def build_char_tokenizer():
+    """A saveable character-level fast tokenizer with a chat template (for model directories on disk)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<|end|>", "<unk>"]
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                  unk_token="<unk>", additional_special_tokens=["<|end|>"])
+    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    return tok
+
+
+def make_tiny_model_dir(path, arch: str = "llama"):
+    """Save a tiny random model and the char tokenizer as a normal HF model directory."""
+    model = build_tiny_llama(vocab_size=128) if arch == "llama" else build_tiny_gemma(vocab_size=128)
+    model.save_pretrained(str(path))
+    build_char_tokenizer().save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))

@@ -1,0 +1,166 @@
+"""`rsp eval` end to end on a tiny model: records, resume after interruption, refusals, report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rsp.evaluation import ConfigError, EvalConfig, plan_batches, run_eval
+from rsp.models import load_model
+from rsp.reporting import write_eval_report
+from rsp.runio import RunDirError, read_jsonl_records
+
+
+def _config(model_dir, **kw) -> EvalConfig:
+    base = dict(model=str(model_dir), limit=3, n=4, methods=("temperature", "rsp"), rsp_length=2,
+                max_new_tokens=6, batch_size=4, temperature=0.9, dtype="float32")
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_model_dir):
+    return load_model(str(tiny_model_dir), dtype="float32")
+
+
+def test_plan_batches_is_deterministic_and_covers_everything():
+    batches = plan_batches(5, 4, ("a", "b"), 8)
+    rows = [(b.method, p, a) for b in batches for p, a in b.rows]
+    assert len(rows) == len(set(rows)) == 5 * 4 * 2
+    assert batches == plan_batches(5, 4, ("a", "b"), 8)
+    assert [b.method for b in batches[:2]] == ["a", "b"]  # methods interleaved per problem group
+
+
+def test_records_have_the_documented_fields(tmp_path, tiny_model_dir, tiny_loaded):
+    run = run_eval(_config(tiny_model_dir), tmp_path / "r", lm=tiny_loaded, progress=False)
+    assert len(run.records) == 3 * 4 * 2
+    r = run.records[0]
+    for key in ("problem_id", "method", "attempt", "rsp_seed", "decode_seed", "prompt_hash", "completion",
+                "token_ids", "extracted", "correct"):
+        assert key in r
+    rsp_seeds = [x["rsp_seed"] for x in run.records if x["method"] == "rsp"]
+    assert len(set(rsp_seeds)) == len(rsp_seeds)  # a fresh RSP for every attempt
+    assert all(x["rsp_seed"] is None for x in run.records if x["method"] == "temperature")
+    summary = write_eval_report(tmp_path / "r", run.records, run.config.to_dict())
+    assert summary["problems"] == 3
+    for name in ("summary.md", "summary.json", "passk.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 0
+
+
+def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_model_dir, tiny_loaded):
+    cfg = _config(tiny_model_dir)
+    run_eval(cfg, tmp_path / "full", lm=tiny_loaded, progress=False)
+    run_eval(cfg, tmp_path / "part", lm=tiny_loaded, progress=False, max_batches=2)
+    partial = read_jsonl_records(tmp_path / "part" / "samples.jsonl")
+    assert 0 < len(partial) < 24
+    # simulate a kill mid-write: a torn final line
+    with open(tmp_path / "part" / "samples.jsonl", "a") as f:
+        f.write('{"problem_id": "arith-s1')
+    run_eval(cfg, tmp_path / "part", lm=tiny_loaded, progress=False)
+    full_bytes = (tmp_path / "full" / "samples.jsonl").read_bytes()
+    assert (tmp_path / "part" / "samples.jsonl").read_bytes() == full_bytes
+    keys = [(r["problem_id"], r["method"], r["attempt"]) for r in read_jsonl_records(tmp_path / "part" / "samples.jsonl")]
+    assert len(keys) == len(set(keys)) == 24
+
+
+def test_finished_run_is_not_recomputed(tmp_path, tiny_model_dir, tiny_loaded):
+    cfg = _config(tiny_model_dir)
+    run_eval(cfg, tmp_path / "r", lm=tiny_loaded, progress=False)
+    before = (tmp_path / "r" / "samples.jsonl").stat().st_mtime_ns
+    run = run_eval(cfg, tmp_path / "r", lm=None, progress=False)  # lm=None: would have to load if work remained
+    assert (tmp_path / "r" / "samples.jsonl").stat().st_mtime_ns == before
+    assert len(run.records) == 24
+
+
+def test_restart_with_different_settings_is_refused(tmp_path, tiny_model_dir, tiny_loaded):
+    run_eval(_config(tiny_model_dir), tmp_path / "r", lm=tiny_loaded, progress=False, max_batches=1)
+    with pytest.raises(RunDirError, match=r"rsp_length: 2 -> 3"):
+        run_eval(_config(tiny_model_dir, rsp_length=3), tmp_path / "r", lm=tiny_loaded, progress=False)
+
+
+def test_greedy_runs_are_byte_identical(tmp_path, tiny_model_dir, tiny_loaded):
+    cfg = _config(tiny_model_dir, temperature=0.0)
+    run_eval(cfg, tmp_path / "a", lm=tiny_loaded, progress=False)
+    run_eval(cfg, tmp_path / "b", lm=tiny_loaded, progress=False)
+    assert (tmp_path / "a" / "samples.jsonl").read_bytes() == (tmp_path / "b" / "samples.jsonl").read_bytes()
+    recs = read_jsonl_records(tmp_path / "a" / "samples.jsonl")
+    greedy_rsp = {r["completion"] for r in recs if r["method"] == "rsp"}
+    assert len(greedy_rsp) > 1  # fresh RSPs make greedy attempts differ
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"n": 0}, "--n must be >= 1"),
+    ({"rsp_length": -1}, "--rsp-length must be >= 0"),
+    ({"temperature": -0.5}, "--temperature must be >= 0"),
+    ({"methods": ("rsp", "bogus")}, "unknown method 'bogus'"),
+    ({"batch_size": 0}, "--batch-size must be >= 1"),
+    ({"position": "middle"}, "--position must be one of"),
+    ({"top_p": 1.5}, "top_p must be in"),
+])
+def test_bad_settings_get_specific_errors(tmp_path, tiny_model_dir, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        run_eval(_config(tiny_model_dir, **kw), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # nothing written for a rejected config
+
+
+def test_context_overflow_is_refused(tmp_path, tiny_model_dir, tiny_loaded):
+    with pytest.raises(ConfigError, match="exceeds the model's context"):
+        run_eval(_config(tiny_model_dir, max_new_tokens=5000), tmp_path / "r", lm=tiny_loaded, progress=False)
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "rsp.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_cli_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
+    args = ["eval", "--model", str(tiny_model_dir), "--dtype", "float32", "--limit", "6", "--n", "4",
+            "--batch-size", "4", "--max-new-tokens", "24", "--rsp-length", "2", "--quiet"]
+    ref = _cli([*args, "--out", str(tmp_path / "ref")])
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    out = tmp_path / "killed"
+    kills = 0
+    for delay in (5.0, 6.5, 8.0):  # after interpreter start-up, while batches are being written
+        proc = _cli([*args, "--out", str(out)])
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+    final = _cli([*args, "--out", str(out)])
+    assert final.wait(timeout=300) == 0, final.stderr.read()
+    assert kills >= 1
+    assert (out / "samples.jsonl").read_bytes() == (tmp_path / "ref" / "samples.jsonl").read_bytes()
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": \n')
+    cases = [
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model", str(tiny_model_dir), "--task", "nonsense"], "unknown task 'nonsense'"),
+        (["--model", str(tiny_model_dir), "--task", str(bad)], f"{bad}:2: malformed JSON"),
+        (["--model", str(tiny_model_dir), "--n", "0"], "--n must be >= 1"),
+    ]
+    for extra, message in cases:
+        proc = _cli(["eval", *extra, "--out", str(tmp_path / "o"), "--quiet"])
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        assert message in err and "Traceback" not in err
+
+
+def test_report_command_rebuilds_summary(tmp_path, tiny_model_dir, tiny_loaded):
+    run_eval(_config(tiny_model_dir), tmp_path / "r", lm=tiny_loaded, progress=False)
+    proc = _cli(["report", "--run", str(tmp_path / "r")])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "| rsp |" in out and json.loads((tmp_path / "r" / "summary.json").read_text())["problems"] == 3
+    assert Path(tmp_path / "r" / "passk.png").is_file()

@@ -1,0 +1,64 @@
+"""Model loading: specific errors for unusable models, packaged names, GGUF cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsp.models import ModelLoadError, load_model, wrap_model
+from rsp.models.loading import resolve_model_dir
+
+
+class NoEmbedsModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4)
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, input_ids):
+        return self.emb(input_ids)
+
+
+def test_model_without_inputs_embeds_is_refused(tiny_tokenizer):
+    with pytest.raises(ModelLoadError, match="does not accept inputs_embeds"):
+        wrap_model(NoEmbedsModel(), tiny_tokenizer)
+
+
+def test_unknown_names_and_paths_get_specific_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="unknown model 'smollm3'"):
+        resolve_model_dir("smollm3", tmp_path)
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        resolve_model_dir(str(tmp_path / "missing.gguf"), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model_dir(str(tmp_path / "empty"), tmp_path)
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(ModelLoadError, match="could not read GGUF file"):
+        resolve_model_dir(str(bad), tmp_path / "cache")
+    assert not any((tmp_path / "cache" / "models").glob("gguf-broken*"))  # no half-written cache left
+
+
+def test_bad_device_and_dtype(tiny_model_dir):
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        load_model(str(tiny_model_dir), dtype="int3")
+    with pytest.raises(ModelLoadError, match="unknown device"):
+        load_model(str(tiny_model_dir), device="tpu")
+
+
+def test_local_directory_loads_in_requested_dtype(tiny_model_dir):
+    lm = load_model(str(tiny_model_dir), dtype="bfloat16")
+    assert lm.dtype == torch.bfloat16 and lm.source.startswith("local:")
+    assert 2 in lm.stop_token_ids
+
+
+@pytest.mark.real_model
+def test_packaged_smollm2_loads_from_cache_with_stats(smollm2):
+    assert smollm2.source == "packaged:smollm2-135m-instruct"
+    assert smollm2.embed_scale == 1.0 and smollm2.hidden_size == 576
+    stats = smollm2.embedding_stats()
+    assert stats.std == pytest.approx(0.1356, rel=0.01)  # the table's measured entrywise std
+    assert smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>") in smollm2.stop_token_ids
+    assert (smollm2.stats_cache_dir / "rsp-stats-all-scalar.safetensors").is_file()
