@@ -1,0 +1,28 @@
+"""Baselines and controls for the RSP claim: trained soft prompts, injection controls and the grid sweep.
+
+Importing `rsp.baselines.controls` registers the control methods with `rsp.methods`, so they are
+usable by name in `rsp eval --methods` and `rsp sweep --methods`.
+"""
+
+from rsp.baselines.controls import (
+    EmbeddingNoise,
+    MeanVector,
+    SoftPromptInjection,
+    TokenRows,
+    TokenString,
+    text_token_pool,
+)
+from rsp.baselines.soft_prompt import SoftPrompt, SoftPromptTrainConfig, load_soft_prompt, train_soft_prompt
+
+__all__ = [
+    "EmbeddingNoise",
+    "MeanVector",
+    "SoftPrompt",
+    "SoftPromptInjection",
+    "SoftPromptTrainConfig",
+    "TokenRows",
+    "TokenString",
+    "load_soft_prompt",
+    "text_token_pool",
+    "train_soft_prompt",
+]

@@ -1,0 +1,421 @@
+"""Trained soft prompts: the learned-content baseline an RSP is compared against.
+
+The soft prompt is L free vectors trained with the model frozen, by cross-entropy on reference
+solutions. Training builds its inputs with the same `build_slotted_batch` + `Injection.apply` code
+that evaluation uses, at the same insertion point, with the same position ids as generation, so a
+trained prompt and an RSP differ only in the vectors' content. Prompt-tuning adapters saved by PEFT
+load as soft prompts too (their virtual tokens are a prefix, i.e. position "prepend").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from rsp.core.injection import Injection, RandomSoftPrompt
+from rsp.core.insert import INSERTION_POINTS, PromptTokens, build_slotted_batch
+from rsp.core.seeds import derive_seed
+from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel
+from rsp.runio import atomic_write_text
+from rsp.tasks.base import Problem, TaskError
+from rsp.tasks.prompts import PromptBuilder, fewshot_solution
+from rsp.tasks.registry import load_task
+
+log = logging.getLogger(__name__)
+
+FORMAT = "rsp-soft-prompt/1"
+TENSOR_KEY = "soft_prompt"
+PEFT_KEY = "prompt_embeddings"
+PEFT_FILE = "adapter_model.safetensors"
+SOFT_PROMPT_FILE = "soft_prompt.safetensors"
+
+
+class SoftPromptInjection(Injection):
+    """The same L vectors for every attempt (a trained prompt has no randomness)."""
+
+    name = "soft-prompt"
+
+    def __init__(self, vectors: torch.Tensor, *, position: str = "after_generation_prompt") -> None:
+        if vectors.dim() != 2:
+            raise ValueError(f"a soft prompt must have shape (L, d), got {tuple(vectors.shape)}")
+        super().__init__(int(vectors.shape[0]), position)
+        self.vectors = vectors
+
+    def rows(self, seeds: Sequence[int | None]) -> torch.Tensor | None:
+        if self.length == 0:
+            return None
+        return self.vectors.float().unsqueeze(0).expand(len(seeds), -1, -1)
+
+
+@dataclass
+class SoftPrompt:
+    """Trained vectors (L, d) in the effective input-embedding space, with where they go and provenance."""
+
+    vectors: torch.Tensor
+    position: str
+    metadata: dict[str, str]
+    source: str
+
+    @property
+    def length(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def check_compatible(self, lm: LoadedModel) -> None:
+        if self.dim != lm.hidden_size:
+            raise ValueError(f"soft prompt {self.source} has hidden size {self.dim} but model {lm.name} has "
+                             f"{lm.hidden_size}; it was trained for {self.metadata.get('model', 'another model')}")
+        trained_for = self.metadata.get("model")
+        if trained_for and trained_for != lm.name:
+            log.warning("soft prompt %s was trained for %s, now used with %s", self.source, trained_for, lm.name)
+
+    def save(self, path: str | Path) -> None:
+        save_soft_prompt(path, self.vectors, self.position, self.metadata)
+
+
+def save_soft_prompt(path: str | Path, vectors: torch.Tensor, position: str, metadata: dict) -> None:
+    """Write key "soft_prompt" (L, d) fp32 plus string metadata, atomically."""
+    path = Path(path)
+    meta = {str(k): str(v) for k, v in metadata.items()}
+    meta.update(format=FORMAT, position=position, length=str(vectors.shape[0]), hidden_size=str(vectors.shape[1]))
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({TENSOR_KEY: vectors.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_soft_prompt(path: str | Path) -> SoftPrompt:
+    """Load a soft prompt from `rsp train-soft-prompt` output or a PEFT prompt-tuning adapter (file or dir)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (SOFT_PROMPT_FILE, PEFT_FILE):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{path} holds neither {SOFT_PROMPT_FILE} nor a PEFT {PEFT_FILE}")
+    if not path.is_file():
+        raise FileNotFoundError(f"soft prompt file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            meta = dict(f.metadata() or {})
+            if TENSOR_KEY in keys:
+                vectors = f.get_tensor(TENSOR_KEY).float()
+                position = meta.get("position", "after_generation_prompt")
+            elif PEFT_KEY in keys:
+                vectors = f.get_tensor(PEFT_KEY).float()
+                position = "prepend"  # PEFT concatenates virtual tokens before everything else
+                meta = {**meta, **_peft_metadata(path, vectors)}
+            else:
+                raise ValueError(f"{path} has no {TENSOR_KEY!r} or {PEFT_KEY!r} tensor (keys: {sorted(keys)})")
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    if vectors.dim() != 2 or vectors.shape[0] < 1:
+        raise ValueError(f"{path}: soft prompt must have shape (L, d) with L >= 1, got {tuple(vectors.shape)}")
+    if not torch.isfinite(vectors).all():
+        raise ValueError(f"{path}: soft prompt contains NaN or inf")
+    if position not in INSERTION_POINTS:
+        raise ValueError(f"{path}: unknown insertion point {position!r} in metadata")
+    return SoftPrompt(vectors, position, meta, str(path))
+
+
+def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
+    cfg_path = path.parent / "adapter_config.json"
+    if not cfg_path.is_file():
+        return {"source_format": "peft", "model": ""}
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("peft_type") not in (None, "PROMPT_TUNING"):
+        raise ValueError(f"{path}: PEFT adapter type {cfg.get('peft_type')} is not prompt tuning; only "
+                         "PROMPT_TUNING adapters are input-embedding soft prompts")
+    virtual = cfg.get("num_virtual_tokens")
+    if virtual is not None and int(virtual) != vectors.shape[0]:
+        raise ValueError(f"{path}: {vectors.shape[0]} prompt embeddings but num_virtual_tokens={virtual} "
+                         "(encoder-decoder adapters with several submodules are not supported)")
+    return {"source_format": "peft", "model": str(cfg.get("base_model_name_or_path") or "")}
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class SoftPromptTrainConfig:
+    """Settings of one soft-prompt training run (saved with the result)."""
+
+    model: str = "smollm2-135m-instruct"
+    length: int = 4
+    position: str = "after_generation_prompt"
+    data: tuple[str, ...] = ("arith",)
+    train_size: int = 512  # examples per data source
+    val_size: int = 64  # held-out examples per data source, for early stopping
+    arith_steps: int = 1
+    arith_max_value: int = 10
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-2
+    eval_every: int = 25
+    patience: int = 4  # evaluations without a new best validation loss before stopping
+    min_delta: float = 0.0  # a held-out loss must beat the best by more than this to count as better
+    seed: int = 0
+    prompt_style: str = "auto"
+    max_solution_tokens: int = 256
+    init_scale: float = 1.0
+    dtype: str = "float32"
+    device: str = "cpu"
+    max_seconds: float | None = None  # wall-clock budget; the best vectors so far are kept
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [
+            (self.length >= 1, f"--length must be >= 1, got {self.length}"),
+            (self.position in INSERTION_POINTS,
+             f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"),
+            (bool(self.data), "--data must name at least one training source (arith, gsm8k, ...)"),
+            (self.train_size >= 1, f"--train-size must be >= 1, got {self.train_size}"),
+            (self.val_size >= 1, f"--val-size must be >= 1 (early stopping needs a held-out split), got {self.val_size}"),
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
+            (self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
+            (self.max_solution_tokens >= 1, f"--max-solution-tokens must be >= 1, got {self.max_solution_tokens}"),
+            (self.min_delta >= 0, f"--min-delta must be >= 0, got {self.min_delta}"),
+            (self.init_scale >= 0, f"--init-scale must be >= 0, got {self.init_scale}"),
+            (self.max_seconds is None or self.max_seconds > 0, f"--max-seconds must be > 0, got {self.max_seconds}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["data"] = list(self.data)
+        return d
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: PromptTokens
+    target: tuple[int, ...]  # solution tokens (+ end-of-turn token); the only tokens with a loss
+    source: str
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    vectors: torch.Tensor
+    initial_val_loss: float
+    best_val_loss: float
+    best_step: int
+    steps_run: int
+    stopped_early: bool
+    seconds: float
+    history: dict
+
+
+def _terminator(lm: LoadedModel, builder: PromptBuilder) -> list[int]:
+    """The token that ends an answer, so the prompt also learns to stop: end-of-turn in chat, else EOS."""
+    if builder.resolved_style == "chat":
+        vocab = lm.tokenizer.get_vocab()
+        for tok in END_OF_TURN_TOKENS:
+            if tok in vocab and vocab[tok] in lm.stop_token_ids:
+                return [vocab[tok]]
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    return [eos] if isinstance(eos, int) and eos in lm.stop_token_ids else []
+
+
+def _source_problems(source: str, config: SoftPromptTrainConfig) -> tuple[list[Problem], list[Problem], object]:
+    """(train, val) problems with reference solutions from one source's train split, and its task."""
+    need = config.train_size + config.val_size
+    if source == "arith":
+        task = load_task("arith", split="train", limit=need, arith_steps=config.arith_steps,
+                         arith_max_value=config.arith_max_value, seed=config.seed)
+        problems = list(task.problems)
+    else:
+        task = load_task(source, split="train")
+        problems = [p for p in task.problems if p.solution]
+        if not problems:
+            raise TaskError(f"training source {source!r} has no reference solutions in its train split")
+        random.Random(derive_seed(config.seed, "soft-prompt-data", source)).shuffle(problems)
+        problems = problems[:need]
+    if len(problems) <= config.val_size:
+        raise TaskError(f"training source {source!r} has {len(problems)} problems; need more than "
+                        f"--val-size={config.val_size}")
+    return problems[config.val_size:], problems[: config.val_size], task
+
+
+def build_examples(lm: LoadedModel, config: SoftPromptTrainConfig) -> tuple[list[Example], list[Example]]:
+    train: list[Example] = []
+    val: list[Example] = []
+    for source in config.data:
+        train_p, val_p, task = _source_problems(source, config)
+        builder = PromptBuilder.for_task(lm.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
+        end = _terminator(lm, builder)
+        for problems, into in ((train_p, train), (val_p, val)):
+            for p in problems:
+                ids = list(lm.tokenizer(fewshot_solution(p), add_special_tokens=False)["input_ids"]) + end
+                into.append(Example(builder.build(p), tuple(ids[: config.max_solution_tokens]), source))
+    return train, val
+
+
+def solution_loss(lm: LoadedModel, injection: Injection, examples: Sequence[Example]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the solution tokens of `examples`, and the number of those tokens.
+
+    Prompt + solution are laid out by `build_slotted_batch` with the slots at the prompt's insertion
+    point (which lies inside the prompt, so the solution is unaffected), left-padded, with the
+    position ids `generate` uses; only the last max(solution)+1 logits are computed.
+    """
+    seqs = [list(ex.prompt.ids) + list(ex.target) for ex in examples]
+    batch = build_slotted_batch(seqs, [ex.prompt.insert_index(injection.position) for ex in examples],
+                                injection.length, pad_id=lm.pad_token_id)
+    with torch.no_grad():
+        embeds = lm.embed(batch.input_ids)
+    embeds = injection.apply(embeds, batch, [None] * len(examples))
+    mask = batch.attention_mask.to(lm.device)
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    keep = max(len(ex.target) for ex in examples) + 1
+    out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep,
+                   use_cache=False)
+    logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1
+    targets = batch.input_ids[:, -(keep - 1):].to(lm.device)
+    lengths = torch.tensor([len(ex.target) for ex in examples], device=lm.device)
+    j = torch.arange(keep - 1, device=lm.device)
+    on_solution = j.unsqueeze(0) >= (keep - 1 - lengths).unsqueeze(1)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return (loss.view_as(targets) * on_solution).sum(), int(on_solution.sum())
+
+
+def mean_loss(lm: LoadedModel, injection: Injection, examples: Sequence[Example], batch_size: int) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            s, n = solution_loss(lm, injection, examples[i : i + batch_size])
+            total += float(s)
+            count += n
+    return total / max(count, 1)
+
+
+def train_soft_prompt(lm: LoadedModel, config: SoftPromptTrainConfig, out: str | Path, *,
+                      progress: bool = True) -> TrainResult:
+    """Train L vectors with `lm` frozen; write soft_prompt.safetensors, loss.png and history.json to `out`."""
+    config.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = build_examples(lm, config)
+    init_seed = derive_seed(config.seed, "soft-prompt-init")
+    stats = lm.embedding_stats()
+    init = RandomSoftPrompt(stats, config.length, scale=config.init_scale).rows([init_seed])[0]  # type: ignore[index]
+    vectors = torch.nn.Parameter(init.to(lm.device).clone())
+    injection = SoftPromptInjection(vectors, position=config.position)
+    optimizer = torch.optim.Adam([vectors], lr=config.lr)
+    saved_flags = [p.requires_grad for p in lm.model.parameters()]
+    was_training = lm.model.training
+    lm.model.eval()
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    order_rng = random.Random(derive_seed(config.seed, "soft-prompt-order"))
+    history: dict = {"train": [], "val": []}
+    t0 = time.time()
+    try:
+        initial = mean_loss(lm, injection, val, config.batch_size)
+        history["val"].append([0, initial])
+        best, best_step, best_vectors = initial, 0, vectors.detach().clone()
+        bad, stopped_early, step = 0, False, 0
+        queue: list[int] = []
+        bar = tqdm(total=config.steps, disable=not progress, unit="step", desc="soft prompt")
+        for step in range(1, config.steps + 1):
+            if len(queue) < config.batch_size:
+                fresh = list(range(len(train)))
+                order_rng.shuffle(fresh)
+                queue += fresh
+            picked, queue = queue[: config.batch_size], queue[config.batch_size :]
+            loss_sum, count = solution_loss(lm, injection, [train[i] for i in picked])
+            loss = loss_sum / max(count, 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history["train"].append([step, loss.item()])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", best_val=f"{best:.3f}")
+            out_of_time = config.max_seconds is not None and time.time() - t0 > config.max_seconds
+            if step % config.eval_every == 0 or step == config.steps or out_of_time:
+                current = mean_loss(lm, injection, val, config.batch_size)
+                history["val"].append([step, current])
+                if current < best - config.min_delta:
+                    best, best_step, best_vectors, bad = current, step, vectors.detach().clone(), 0
+                else:
+                    bad += 1
+                if bad >= config.patience:
+                    stopped_early = True
+                    break
+            if out_of_time:
+                stopped_early = True
+                break
+        bar.close()
+    finally:
+        for p, flag in zip(lm.model.parameters(), saved_flags, strict=True):
+            p.requires_grad_(flag)
+        lm.model.train(was_training)
+    seconds = time.time() - t0
+    data_desc = "+".join(
+        f"arith(train,steps={config.arith_steps},max_value={config.arith_max_value},seed={config.seed})"
+        if s == "arith" else f"{s}(train)" for s in config.data)
+    metadata = {
+        "model": lm.name, "data": data_desc, "train_examples": len(train), "val_examples": len(val),
+        "steps": step, "best_step": best_step, "best_val_loss": f"{best:.6f}", "initial_val_loss": f"{initial:.6f}",
+        "stopped_early": stopped_early, "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed,
+        "init": f"rsp(scale={config.init_scale},seed={init_seed})", "embed_scale": lm.embed_scale,
+        "prompt_style": config.prompt_style, "train_dtype": str(lm.dtype).removeprefix("torch."),
+        "seconds": f"{seconds:.1f}",
+    }
+    path = out / SOFT_PROMPT_FILE
+    save_soft_prompt(path, best_vectors, config.position, metadata)
+    history.update(config=config.to_dict(), metadata=metadata)
+    atomic_write_text(out / "history.json", json.dumps(history, indent=2) + "\n")
+    plot_loss_curve(history, out / "loss.png", title=f"soft prompt L={config.length} on {lm.name} ({data_desc})")
+    return TrainResult(path, best_vectors.cpu(), initial, best, best_step, step, stopped_early, seconds, history)
+
+
+def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if history["train"]:
+        steps, losses = zip(*history["train"], strict=True)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train (batch)")
+        window = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, color="tab:blue", lw=1.5, label=f"train (mean of {window})")
+    if history["val"]:
+        vs, vl = zip(*history["val"], strict=True)
+        ax.plot(vs, vl, "o-", color="tab:orange", ms=4, label="held-out")
+        best = min(range(len(vl)), key=lambda i: vl[i])
+        ax.axvline(vs[best], color="grey", ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy per solution token")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if history["train"] and all(math.isfinite(x) for _, x in history["train"]):
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

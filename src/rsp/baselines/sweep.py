@@ -1,0 +1,433 @@
+"""`rsp sweep`: a grid over method x L x alpha x temperature, every cell an `rsp eval` run on the same problems.
+
+Each cell is a complete eval run directory (OUT/cells/<name>/), so cells resume exactly like `rsp eval`,
+and a finished cell is recognised from its files and skipped without loading the model. All cells use
+the same seed, hence the same problems and, per (problem, attempt), the same RSP seed stream. Axes a
+method does not read are collapsed (temperature-only has no L), and a cell that is deterministic
+(greedy decoding with an injection that is the same for every attempt) is run once per problem and
+its answer counted for all N attempts, because N greedy runs would be N identical copies.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from rsp.evaluation import SAMPLES, ConfigError, EvalConfig, run_eval
+from rsp.methods import method_names
+from rsp.models.loading import LoadedModel, load_model
+from rsp.reporting import summarise, write_eval_report
+from rsp.runio import atomic_write_text, prepare_run_dir, read_jsonl_records
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHODS = ("temperature", "rsp")
+DEFAULT_LENGTHS = (1, 2, 4, 8, 16, 32)
+DEFAULT_ALPHAS = (1.0,)
+DEFAULT_TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
+BASELINE = "temperature"
+
+# Which grid axes each known method reads; methods registered elsewhere are assumed to read both.
+NO_LENGTH = frozenset({"temperature", "none", "embed-noise", "soft-prompt"})
+USES_ALPHA = frozenset({"rsp", "rsp-fixed", "rsp-shared", "rsp-scaled"})
+# Methods whose injection is identical for every attempt at a problem (so greedy => N identical attempts).
+ATTEMPT_INVARIANT = frozenset({"temperature", "none", "mean-vector", "soft-prompt", "rsp-fixed", "rsp-shared"})
+# Method-specific options each known method reads; a cell's config carries only these, so adding
+# e.g. a soft-prompt path to a sweep does not change (and invalidate) the other cells.
+EXTRA_KEYS = {"temperature": (), "none": (), "rsp": (), "rsp-fixed": (), "rsp-shared": (), "rsp-scaled": (),
+              "token-rows": (), "token-string": (), "mean-vector": (), "embed-noise": ("noise_alpha",),
+              "soft-prompt": ("soft_prompt", "soft_prompt_position")}
+GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_extra")
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    temperature: float
+    length: int | None = None  # None: the method has no L axis
+    alpha: float | None = None  # None: the method has no alpha axis
+    replicate: bool = False  # deterministic: run one attempt per problem, count it N times
+
+    @property
+    def name(self) -> str:
+        parts = [self.method, f"T{self.temperature:g}"]
+        if self.length is not None:
+            parts.append(f"L{self.length}")
+        if self.alpha is not None:
+            parts.append(f"a{self.alpha:g}")
+        return "_".join(parts)
+
+    @property
+    def baseline_name(self) -> str:
+        return Cell(BASELINE, self.temperature).name
+
+    def eval_config(self, base: EvalConfig, n: int, extra: dict) -> EvalConfig:
+        keys = EXTRA_KEYS.get(self.method)
+        cfg = EvalConfig.from_dict(base.to_dict())
+        cfg.methods = (self.method,)
+        cfg.n = 1 if self.replicate else n
+        cfg.temperature = self.temperature
+        cfg.rsp_length = self.length if self.length is not None else 0
+        cfg.rsp_scale = self.alpha if self.alpha is not None else 1.0
+        cfg.method_extra = dict(extra) if keys is None else {k: extra[k] for k in keys if k in extra}
+        return cfg
+
+
+@dataclass
+class SweepConfig:
+    """A grid on top of one base evaluation (model, task, problems, n, seed, decoding limits)."""
+
+    base: EvalConfig = field(default_factory=EvalConfig)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+
+    def validate(self) -> None:
+        for axis, values in (("methods", self.methods), ("lengths", self.lengths), ("alphas", self.alphas),
+                             ("temperatures", self.temperatures)):
+            if not values:
+                raise ConfigError(f"--{axis} must list at least one value")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"--{axis} lists a value twice: {', '.join(map(str, values))}")
+        if any(L < 1 for L in self.lengths):
+            raise ConfigError(f"--lengths must all be >= 1 (temperature-only is the L=0 baseline), got {self.lengths}")
+        if any(a < 0 for a in self.alphas):
+            raise ConfigError(f"--alphas must all be >= 0, got {self.alphas}")
+        if any(t < 0 for t in self.temperatures):
+            raise ConfigError(f"--temperatures must all be >= 0 (0 = greedy), got {self.temperatures}")
+        known = method_names()
+        for m in self.methods:
+            if m not in known:
+                raise ConfigError(f"unknown method {m!r}; known methods: {', '.join(known)}")
+        if "soft-prompt" in self.methods and not self.base.method_extra.get("soft_prompt"):
+            raise ConfigError("method soft-prompt needs --method-option soft_prompt=PATH")
+        probe = EvalConfig.from_dict(self.base.to_dict())
+        probe.methods = (BASELINE,)
+        probe.temperature = self.temperatures[0]
+        probe.method_extra = {}
+        probe.validate()
+
+    def identity(self) -> dict:
+        """What a resumed sweep must share with the original; the grid itself may grow."""
+        return {k: v for k, v in self.base.to_dict().items() if k not in GRID_KEYS}
+
+    def cells(self) -> list[Cell]:
+        """Cells in run order: per temperature the baseline first, then each method's L x alpha grid."""
+        methods = [BASELINE] + [m for m in self.methods if m not in (BASELINE, "none")]
+        soft_length = None
+        if "soft-prompt" in methods:
+            from rsp.baselines.soft_prompt import load_soft_prompt
+
+            soft_length = load_soft_prompt(self.base.method_extra["soft_prompt"]).length
+        out: list[Cell] = []
+        for t in self.temperatures:
+            for m in methods:
+                replicate = t == 0 and m in ATTEMPT_INVARIANT and self.base.n > 1
+                lengths: tuple[int | None, ...] = (None,) if m in NO_LENGTH else self.lengths
+                if m == "soft-prompt":
+                    lengths = (soft_length,)
+                alphas: tuple[float | None, ...] = self.alphas if (m in USES_ALPHA or m not in EXTRA_KEYS) else (None,)
+                out += [Cell(m, t, L, a, replicate) for L in lengths for a in alphas]
+        return out
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    cells: list[Cell]
+    rows: list[dict]
+    ran: list[str]  # cells that generated attempts in this call
+    skipped: list[str]  # cells already finished on disk
+
+
+def _cell_finished(cell_dir: Path, cfg: EvalConfig, problems: int) -> bool:
+    cfg_path = cell_dir / "config.json"
+    if not cfg_path.is_file():
+        return False
+    try:
+        saved = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if saved.get("kind") != "eval" or saved.get("config") != cfg.to_dict():
+        return False  # run_eval will explain the mismatch
+    keys = {(r["problem_id"], r["attempt"]) for r in read_jsonl_records(cell_dir / SAMPLES, repair=False)}
+    return len(keys) >= problems * cfg.n
+
+
+def _expand(records: list[dict], n: int) -> list[dict]:
+    """Count a deterministic cell's single attempt as all N attempts (they would be identical)."""
+    out = []
+    for r in records:
+        if r["attempt"] == 0:
+            out += [{**r, "attempt": a, "replicated_from": 0} for a in range(n)]
+    return out
+
+
+def run_sweep(config: SweepConfig, out: str | Path, *, lm: LoadedModel | None = None,
+              progress: bool = True) -> SweepResult:
+    """Run (or resume, or extend) the grid into `out`, then write the comparison table and plots."""
+    config.validate()
+    out = Path(out)
+    prepare_run_dir(out, config.identity(), kind="sweep")
+    cells = config.cells()
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ConfigError("two sweep cells share a name; check --lengths / --alphas for values that print alike")
+    atomic_write_text(out / "grid.json", json.dumps(
+        {"methods": list(config.methods), "lengths": list(config.lengths), "alphas": list(config.alphas),
+         "temperatures": list(config.temperatures), "cells": names}, indent=2) + "\n")
+    problems = len(config.base.load_task().problems)
+    n = config.base.n
+    records: dict[str, list[dict]] = {}
+    ran, skipped = [], []
+    bar = tqdm(cells, disable=not progress, unit="cell", desc="sweep")
+    for cell in bar:
+        bar.set_postfix_str(cell.name)
+        cfg = cell.eval_config(config.base, n, config.base.method_extra)
+        cell_dir = out / "cells" / cell.name
+        if _cell_finished(cell_dir, cfg, problems):
+            recs = read_jsonl_records(cell_dir / SAMPLES, repair=False)
+            skipped.append(cell.name)
+        else:
+            if lm is None:
+                lm = load_model(config.base.model, dtype=config.base.dtype, device=config.base.device)
+            run = run_eval(cfg, cell_dir, lm=lm, progress=progress)
+            recs = run.records
+            write_eval_report(cell_dir, recs, cfg.to_dict(), seconds=run.seconds)
+            ran.append(cell.name)
+        records[cell.name] = _expand(recs, n) if cell.replicate else recs
+    bar.close()
+    rows = compare_cells(cells, records, n, seed=config.base.seed)
+    write_sweep_report(out, config, cells, rows, records)
+    return SweepResult(out, cells, rows, ran, skipped)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def table_ks(n: int) -> list[int]:
+    ks = [k for k in (1, 4, 16) if k <= n]
+    return ks if n >= 16 or n in ks else [*ks, n]
+
+
+def _renamed(records: list[dict], name: str) -> list[dict]:
+    return [{**r, "method": name} for r in records]
+
+
+def compare_cells(cells: list[Cell], records: dict[str, list[dict]], n: int, *, seed: int = 0) -> list[dict]:
+    """One row per cell: metrics with 95% CIs, and paired differences against temperature-only at its T."""
+    ks = table_ks(n)
+    maj = f"maj@{min(16, n)}"
+    metrics = ["accuracy", *[f"pass@{k}" for k in ks], maj]
+    rows = []
+    for cell in cells:
+        row: dict = {"cell": cell.name, "method": cell.method, "L": cell.length, "alpha": cell.alpha,
+                     "temperature": cell.temperature, "attempts_run": 1 if cell.replicate else n}
+        base_name = cell.baseline_name
+        recs = _renamed(records.get(cell.name, []), "cell")
+        if cell.name == base_name or base_name not in records:
+            summary = summarise(recs, ["cell"], n, seed=seed)
+        else:
+            summary = summarise(_renamed(records[base_name], "base") + recs, ["base", "cell"], n, seed=seed)
+        row["problems"] = summary["problems"]
+        curve = {}
+        for metric in metrics:
+            est = summary["methods"].get("cell", {}).get(metric)
+            row[metric] = est
+            diff = summary.get("paired", {}).get("cell", {}).get(metric)
+            row[f"delta {metric}"] = diff
+        if summary["problems"]:
+            curve = {k: summary["methods"]["cell"][f"pass@{k}"]["mean"] for k in range(1, n + 1)}
+        row["passk_curve"] = curve
+        rows.append(row)
+    return rows
+
+
+def _metric_names(rows: list[dict]) -> list[str]:
+    skip = {"cell", "method", "L", "alpha", "temperature", "attempts_run", "problems", "passk_curve"}
+    return [k for k in rows[0] if k not in skip and not k.startswith("delta ")] if rows else []
+
+
+def _ci(d: dict | None, signed: bool = False) -> str:
+    if not d:
+        return "-"
+    f = "+.3f" if signed else ".3f"
+    text = f"{d['mean']:{f}} [{d['ci_low']:{f}}, {d['ci_high']:{f}}]"
+    return text + (f" p={d['p_value']:.2f}" if "p_value" in d else "")
+
+
+def markdown_report(rows: list[dict], config: SweepConfig) -> str:
+    metrics = _metric_names(rows)
+    b = config.base
+    lines = [
+        f"# Sweep: {b.model} on {b.task} ({b.split}, {rows[0]['problems'] if rows else 0} problems, "
+        f"n={b.n} attempts, seed {b.seed}, max {b.max_new_tokens} new tokens, position {b.position})", "",
+        "Cells: mean over problems [95% bootstrap CI over problems]. `runs` = attempts generated per problem "
+        "(1 for a deterministic cell: greedy decoding with an injection that is the same for every attempt, "
+        "whose single answer stands for all N).", "",
+        "| cell | method | L | alpha | T | runs | " + " | ".join(metrics) + " |",
+        "|---" * (6 + len(metrics)) + "|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['method']} | {_dash(r['L'])} | {_dash(r['alpha'])} | {r['temperature']:g} | "
+                     f"{r['attempts_run']} | " + " | ".join(_ci(r[m]) for m in metrics) + " |")
+    lines += ["", "Paired difference against temperature-only at the same temperature, on the same problems "
+              "(mean [95% CI], two-sided sign-flip permutation p):", "",
+              "| cell | " + " | ".join(f"Δ {m}" for m in metrics) + " |", "|---" * (1 + len(metrics)) + "|"]
+    for r in rows:
+        if r["method"] != BASELINE:
+            lines.append(f"| {r['cell']} | " + " | ".join(_ci(r[f'delta {m}'], True) for m in metrics) + " |")
+    best = [r for r in rows if r["accuracy"]]
+    if best:
+        top = max(best, key=lambda r: r["accuracy"]["mean"])
+        last = f"pass@{table_ks(b.n)[-1]}"
+        top_pass = max(best, key=lambda r: r[last]["mean"])
+        lines += ["", f"Highest mean accuracy: `{top['cell']}` ({_ci(top['accuracy'])}). "
+                  f"Highest {last}: `{top_pass['cell']}` ({_ci(top_pass[last])}). "
+                  "With this many problems, differences whose paired CI includes 0 are not evidence either way."]
+    lines += ["", "Plots: `plots/passk_<method>.png` (pass@k per temperature, one line per L/alpha, "
+              "temperature-only dashed), `plots/heatmap_<method>_a<alpha>.png` (accuracy and its paired difference over "
+              "L x temperature)."]
+    return "\n".join(lines) + "\n"
+
+
+def _dash(v) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def csv_report(rows: list[dict]) -> str:
+    metrics = _metric_names(rows)
+    header = ["cell", "method", "L", "alpha", "temperature", "attempts_run", "problems"]
+    for m in metrics:
+        header += [m, f"{m} ci_low", f"{m} ci_high"]
+    for m in metrics:
+        header += [f"delta {m}", f"delta {m} ci_low", f"delta {m} ci_high", f"delta {m} p"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for r in rows:
+        line = [r["cell"], r["method"], _blank(r["L"]), _blank(r["alpha"]), r["temperature"], r["attempts_run"],
+                r["problems"]]
+        for m in metrics:
+            d = r[m] or {}
+            line += [d.get("mean", ""), d.get("ci_low", ""), d.get("ci_high", "")]
+        for m in metrics:
+            d = r[f"delta {m}"] or {}
+            line += [d.get("mean", ""), d.get("ci_low", ""), d.get("ci_high", ""), d.get("p_value", "")]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def _blank(v) -> str:
+    return "" if v is None else str(v)
+
+
+def write_sweep_report(out: Path, config: SweepConfig, cells: list[Cell], rows: list[dict],
+                       records: dict[str, list[dict]]) -> None:
+    atomic_write_text(out / "sweep.md", markdown_report(rows, config))
+    atomic_write_text(out / "sweep.csv", csv_report(rows))
+    atomic_write_text(out / "sweep.json", json.dumps({"config": config.identity(), "rows": rows}, indent=2) + "\n")
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    if any(r["problems"] for r in rows):
+        plot_passk_per_method(rows, plots, config)
+        plot_heatmaps(rows, plots, config)
+
+
+# ------------------------------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
+    """One figure per method: a panel per temperature, a line per (L, alpha), temperature-only dashed."""
+    plt = _pyplot()
+    temps = list(config.temperatures)
+    baseline = {r["temperature"]: r for r in rows if r["method"] == BASELINE}
+    written = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        fig, axes = plt.subplots(1, len(temps), figsize=(3.2 * len(temps), 3.2), sharey=True, squeeze=False)
+        for ax, t in zip(axes[0], temps, strict=True):
+            for r in rows:
+                if r["method"] != method or r["temperature"] != t or not r["passk_curve"]:
+                    continue
+                ks, vals = zip(*sorted((int(k), v) for k, v in r["passk_curve"].items()), strict=True)
+                label = method if r["L"] is None else f"L={r['L']}" + ("" if r["alpha"] is None else f" a={r['alpha']:g}")
+                ax.plot(ks, vals, marker="o", ms=2, lw=1.2, label=label)
+            base = baseline.get(t)
+            if method != BASELINE and base and base["passk_curve"]:
+                ks, vals = zip(*sorted((int(k), v) for k, v in base["passk_curve"].items()), strict=True)
+                ax.plot(ks, vals, "k--", lw=1.2, label="temperature only")
+            ax.set_xscale("log", base=2)
+            ax.set_title("greedy" if t == 0 else f"T={t:g}", fontsize=9)
+            ax.set_xlabel("k")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("pass@k")
+        axes[0][-1].legend(fontsize=6, loc="lower right")
+        fig.suptitle(f"{method}: pass@k on {config.base.task} ({config.base.model}, n={config.base.n})", fontsize=9)
+        fig.tight_layout()
+        path = plots / f"passk_{method}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
+    """Per method with an L axis: mean accuracy, and its paired difference to temperature-only, over L x T."""
+    plt = _pyplot()
+    import numpy as np
+
+    written = []
+    temps = list(config.temperatures)
+    for method in dict.fromkeys(r["method"] for r in rows if r["L"] is not None):
+        for alpha in dict.fromkeys(r["alpha"] for r in rows if r["method"] == method):
+            sel = [r for r in rows if r["method"] == method and r["alpha"] == alpha]
+            lengths = sorted({r["L"] for r in sel})
+            acc = np.full((len(lengths), len(temps)), np.nan)
+            delta = np.full_like(acc, np.nan)
+            for r in sel:
+                i, j = lengths.index(r["L"]), temps.index(r["temperature"])
+                if r["accuracy"]:
+                    acc[i, j] = r["accuracy"]["mean"]
+                if r["delta accuracy"]:
+                    delta[i, j] = r["delta accuracy"]["mean"]
+            fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.6 * len(temps), 1.6 + 0.45 * len(lengths)))
+            span = max(0.05, float(np.nanmax(np.abs(delta)))) if np.isfinite(delta).any() else 0.05
+            for ax, data, title, cmap, lim in ((axes[0], acc, "mean accuracy", "viridis", (0, 1)),
+                                               (axes[1], delta, "Δ accuracy vs temperature only", "RdBu",
+                                                (-span, span))):
+                im = ax.imshow(data, cmap=cmap, vmin=lim[0], vmax=lim[1], aspect="auto")
+                ax.set_xticks(range(len(temps)), ["greedy" if t == 0 else f"{t:g}" for t in temps])
+                ax.set_yticks(range(len(lengths)), [str(L) for L in lengths])
+                ax.set_xlabel("temperature")
+                ax.set_ylabel("L")
+                ax.set_title(title, fontsize=9)
+                for (i, j), v in np.ndenumerate(data):
+                    if np.isfinite(v):
+                        ax.text(j, i, f"{v:+.2f}" if data is delta else f"{v:.2f}", ha="center", va="center",
+                                fontsize=7, color="white" if data is acc and v < 0.5 else "black")
+                fig.colorbar(im, ax=ax, fraction=0.046)
+            suffix = "" if alpha is None else f"_a{alpha:g}"
+            fig.suptitle(f"{method}{'' if alpha is None else f' (alpha={alpha:g})'} on {config.base.task}", fontsize=9)
+            fig.tight_layout()
+            path = plots / f"heatmap_{method}{suffix}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written

@@ -1,0 +1,106 @@
+"""Soft-prompt training on a tiny model: loss goes down, the loss sees only solutions, files round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rsp.baselines.soft_prompt import (
+    SoftPromptInjection,
+    SoftPromptTrainConfig,
+    build_examples,
+    load_soft_prompt,
+    mean_loss,
+    solution_loss,
+    train_soft_prompt,
+)
+from rsp.core import RandomSoftPrompt, derive_seed
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: with 2 on a shared 2-core machine, small ops spin and run ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def _config(**kw) -> SoftPromptTrainConfig:
+    base = dict(model="tiny", length=2, train_size=16, val_size=4, steps=30, eval_every=10, batch_size=4, lr=0.1,
+                patience=3)
+    base.update(kw)
+    return SoftPromptTrainConfig(**base)
+
+
+def test_training_lowers_the_training_loss_and_the_file_round_trips(tiny_lm, tmp_path):
+    config = _config()
+    result = train_soft_prompt(tiny_lm, config, tmp_path, progress=False)
+    train, _ = build_examples(tiny_lm, config)
+    init = RandomSoftPrompt(tiny_lm.embedding_stats(), 2).rows([derive_seed(0, "soft-prompt-init")])[0]
+    before = mean_loss(tiny_lm, SoftPromptInjection(init), train, 8)
+    after = mean_loss(tiny_lm, SoftPromptInjection(result.vectors), train, 8)
+    assert after < before - 0.02, (before, after)  # a random 2-layer model barely reads its input
+    assert result.best_val_loss < result.initial_val_loss
+    loaded = load_soft_prompt(tmp_path)  # a directory resolves to its soft_prompt.safetensors
+    assert torch.equal(loaded.vectors, result.vectors)
+    raw = load_file(str(tmp_path / "soft_prompt.safetensors"))["soft_prompt"]
+    assert raw.dtype == torch.float32 and raw.shape == (2, tiny_lm.hidden_size)
+    for key in ("model", "length", "position", "data", "steps", "best_val_loss"):
+        assert key in loaded.metadata
+    assert loaded.metadata["model"] == "tiny-llama" and loaded.position == "after_generation_prompt"
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["train"]) == result.steps_run and history["val"][0][0] == 0
+    assert all(p.requires_grad for p in tiny_lm.model.parameters())  # frozen only while training
+
+
+def test_loss_is_on_solution_tokens_only_and_independent_of_padding(tiny_lm):
+    config = _config()
+    train, _ = build_examples(tiny_lm, config)
+    a, b = train[0], train[1]
+    short = type(b)(b.prompt.__class__(b.prompt.ids[4:], b.prompt.user_turn_end - 4), b.target[:3], b.source)
+    inj = SoftPromptInjection(torch.randn(2, tiny_lm.hidden_size))
+    with torch.no_grad():
+        together, n = solution_loss(tiny_lm, inj, [a, short])
+        alone_a, na = solution_loss(tiny_lm, inj, [a])
+        alone_s, ns = solution_loss(tiny_lm, inj, [short])
+    assert n == na + ns == len(a.target) + 3
+    assert float(together) == pytest.approx(float(alone_a + alone_s), rel=1e-4)
+
+
+def test_early_stopping_keeps_the_best_vectors(tiny_lm, tmp_path):
+    # No held-out improvement can beat min_delta, so the RSP initialisation stays the best.
+    result = train_soft_prompt(tiny_lm, _config(min_delta=1.0, eval_every=2, patience=2, steps=40), tmp_path,
+                               progress=False)
+    assert result.stopped_early and result.steps_run == 4 and result.best_step == 0
+    init = RandomSoftPrompt(tiny_lm.embedding_stats(), 2).rows([derive_seed(0, "soft-prompt-init")])[0]
+    assert torch.equal(load_soft_prompt(tmp_path / "soft_prompt.safetensors").vectors, init)
+
+
+def test_peft_prompt_tuning_adapter_loads_as_a_prepended_soft_prompt(tmp_path):
+    from conftest import build_tiny_llama
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    peft_model = get_peft_model(build_tiny_llama(), PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3, prompt_tuning_init=PromptTuningInit.RANDOM))
+    peft_model.save_pretrained(str(tmp_path))
+    soft = load_soft_prompt(tmp_path)
+    assert soft.position == "prepend" and soft.length == 3
+    assert torch.equal(soft.vectors, peft_model.get_prompt_embedding_to_save("default").float())
+
+
+def test_bad_files_and_settings_get_clear_errors(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_soft_prompt(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_soft_prompt(tmp_path)
+    with pytest.raises(ValueError, match="--val-size"):
+        _config(val_size=0).validate()
+    with pytest.raises(ValueError, match="--position"):
+        _config(position="middle").validate()
