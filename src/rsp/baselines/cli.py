@@ -8,6 +8,9 @@ from pathlib import Path
 from rsp.baselines.soft_prompt import SoftPromptTrainConfig
 from rsp.baselines.sweep import DEFAULT_ALPHAS, DEFAULT_LENGTHS, DEFAULT_METHODS, DEFAULT_TEMPERATURES
 
+STOP_NOTES = {"steps": "", "patience": " (early stop: held-out loss stopped improving)",
+              "max_seconds": " (stopped at --max-seconds)"}
+
 
 def _list(text: str, kind: type, flag: str) -> tuple:
     try:
@@ -112,7 +115,7 @@ def cmd_train_soft_prompt(args: argparse.Namespace) -> int:
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     result = train_soft_prompt(lm, config, args.out, progress=not args.quiet)
     print(f"held-out loss {result.initial_val_loss:.4f} (RSP init) -> {result.best_val_loss:.4f} at step "
-          f"{result.best_step} of {result.steps_run}{' (stopped early)' if result.stopped_early else ''}, "
+          f"{result.best_step} of {result.steps_run}{STOP_NOTES[result.stop_reason]}, "
           f"{result.seconds:.0f} s")
     print(f"soft prompt: {result.path}  loss curve: {Path(args.out) / 'loss.png'}")
     print(f"use: rsp eval --methods temperature,soft-prompt --method-option soft_prompt={result.path}")

@@ -222,7 +222,8 @@ class TrainResult:
     best_val_loss: float
     best_step: int
     steps_run: int
-    stopped_early: bool
+    stopped_early: bool  # held-out loss stopped improving (patience ran out)
+    stop_reason: str  # "steps", "patience" or "max_seconds"
     seconds: float
     history: dict
 
@@ -334,7 +335,7 @@ def train_soft_prompt(lm: LoadedModel, config: SoftPromptTrainConfig, out: str |
         initial = mean_loss(lm, injection, val, config.batch_size)
         history["val"].append([0, initial])
         best, best_step, best_vectors = initial, 0, vectors.detach().clone()
-        bad, stopped_early, step = 0, False, 0
+        bad, stop_reason, step = 0, "steps", 0
         queue: list[int] = []
         bar = tqdm(total=config.steps, disable=not progress, unit="step", desc="soft prompt")
         for step in range(1, config.steps + 1):
@@ -360,10 +361,10 @@ def train_soft_prompt(lm: LoadedModel, config: SoftPromptTrainConfig, out: str |
                 else:
                     bad += 1
                 if bad >= config.patience:
-                    stopped_early = True
+                    stop_reason = "patience"
                     break
             if out_of_time:
-                stopped_early = True
+                stop_reason = "max_seconds"
                 break
         bar.close()
     finally:
@@ -377,7 +378,7 @@ def train_soft_prompt(lm: LoadedModel, config: SoftPromptTrainConfig, out: str |
     metadata = {
         "model": lm.name, "data": data_desc, "train_examples": len(train), "val_examples": len(val),
         "steps": step, "best_step": best_step, "best_val_loss": f"{best:.6f}", "initial_val_loss": f"{initial:.6f}",
-        "stopped_early": stopped_early, "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed,
+        "stop_reason": stop_reason, "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed,
         "init": f"rsp(scale={config.init_scale},seed={init_seed})", "embed_scale": lm.embed_scale,
         "prompt_style": config.prompt_style, "train_dtype": str(lm.dtype).removeprefix("torch."),
         "seconds": f"{seconds:.1f}",
@@ -387,7 +388,8 @@ def train_soft_prompt(lm: LoadedModel, config: SoftPromptTrainConfig, out: str |
     history.update(config=config.to_dict(), metadata=metadata)
     atomic_write_text(out / "history.json", json.dumps(history, indent=2) + "\n")
     plot_loss_curve(history, out / "loss.png", title=f"soft prompt L={config.length} on {lm.name} ({data_desc})")
-    return TrainResult(path, best_vectors.cpu(), initial, best, best_step, step, stopped_early, seconds, history)
+    return TrainResult(path, best_vectors.cpu(), initial, best, best_step, step, stop_reason == "patience",
+                       stop_reason, seconds, history)
 
 
 def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
