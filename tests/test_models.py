@@ -62,3 +62,17 @@ def test_packaged_smollm2_loads_from_cache_with_stats(smollm2):
     assert stats.std == pytest.approx(0.1356, rel=0.01)  # the table's measured entrywise std
     assert smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>") in smollm2.stop_token_ids
     assert (smollm2.stats_cache_dir / "rsp-stats-all-scalar.safetensors").is_file()
+
+
+@pytest.mark.real_model
+def test_cached_smollm2_tokenizer_matches_the_gguf_tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    from rsp.models.loading import PROBE_TEXTS, gguf_add_bos_token
+    from rsp.models.packaged import locate_packaged_gguf
+
+    gguf = locate_packaged_gguf("smollm2-135m-instruct", smollm2.stats_cache_dir)
+    assert gguf_add_bos_token(gguf) is False
+    ref = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    for text in PROBE_TEXTS:
+        assert smollm2.tokenizer(text)["input_ids"] == ref(text)["input_ids"]

@@ -80,7 +80,7 @@ class HFBackend:
                                    decode_seed=derive_seed(decode_seed, "oom", 1), stop_strings=stop_strings)
             return first + second
 
-    def generation_kwargs(self, sampling: SamplingConfig) -> dict:
+    def generation_kwargs(self, sampling: SamplingConfig, stop_strings: Sequence[str] = ()) -> dict:
         from transformers import GenerationConfig
 
         cfg = GenerationConfig(
@@ -92,16 +92,17 @@ class HFBackend:
             min_p=None if sampling.greedy or sampling.min_p == 0 else sampling.min_p,
             eos_token_id=list(self.lm.stop_token_ids),
             pad_token_id=self.lm.pad_token_id,
+            stop_strings=list(stop_strings) or None,
             use_cache=True,
         )
-        return {"generation_config": cfg}
+        kwargs: dict = {"generation_config": cfg}
+        if stop_strings:
+            kwargs["tokenizer"] = self.lm.tokenizer
+        return kwargs
 
     def _generate_batch(self, prompts, injection, seeds, sampling, stop_strings) -> list[Completion]:
         batch, embeds = self.prepare(prompts, injection, seeds)
-        kwargs = self.generation_kwargs(sampling)
-        if stop_strings:
-            kwargs["stop_strings"] = list(stop_strings)
-            kwargs["tokenizer"] = self.lm.tokenizer
+        kwargs = self.generation_kwargs(sampling, stop_strings)
         with torch.no_grad():
             out = self.lm.model.generate(
                 inputs_embeds=embeds,

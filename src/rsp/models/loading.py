@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -165,6 +166,43 @@ def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+TOKENIZER_MARKER = "rsp-tokenizer-from-gguf.json"
+PROBE_TEXTS = ("Hello world! 12 + 345 = 357.", "hi\n\nQuestion: How many apples?", "\\boxed{\\frac{1}{2}} é 中文")
+
+
+def gguf_add_bos_token(path: Path) -> bool:
+    """The GGUF file's own statement of whether prompts start with BOS."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.parts[field.data[0]][0])
+
+
+def _tokenizer_round_trips(tok, saved_dir: Path) -> bool:
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(str(saved_dir))
+    return all(tok(t)["input_ids"] == again(t)["input_ids"] for t in PROBE_TEXTS)
+
+
+def load_tokenizer(location: str):
+    """Tokenizer for a model directory, honouring the GGUF fallback marker written at conversion."""
+    from transformers import AutoTokenizer
+
+    marker = Path(location) / TOKENIZER_MARKER
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        gguf_file = Path(info["gguf_file"])
+        if not gguf_file.is_file():
+            raise ModelLoadError(f"{location} needs its tokenizer from {gguf_file}, which no longer exists; "
+                                 f"delete {location} to convert again")
+        tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        if info.get("add_bos_token"):
+            tok.add_bos_token = True
+        return tok
+    return AutoTokenizer.from_pretrained(location)
+
+
 def _gguf_cache_key(path: Path) -> str:
     st = path.stat()
     text = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
@@ -193,8 +231,17 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        add_bos = gguf_add_bos_token(gguf_path)
+        if add_bos:
+            tok.add_bos_token = True  # transformers' GGUF tokenizer ignores tokenizer.ggml.add_bos_token
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
+        if not _tokenizer_round_trips(tok, tmp):
+            # Some saved GGUF tokenizers re-load with different merges (seen with Gemma 3 on
+            # transformers 5.17): then keep reading the tokenizer from the GGUF file itself.
+            log.warning("tokenizer of %s does not survive save/load; it will be read from the GGUF file", gguf_path)
+            (tmp / TOKENIZER_MARKER).write_text(json.dumps({"gguf_file": str(gguf_path.resolve()),
+                                                            "add_bos_token": add_bos}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -243,7 +290,7 @@ def load_model(
     attn_implementation: str | None = None,
 ) -> LoadedModel:
     """Load a model and tokenizer ready for RSP injection (eval mode, gradients off)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -252,7 +299,7 @@ def load_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        tokenizer = load_tokenizer(location)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"could not load model {spec!r} from {location}: {exc}") from exc
