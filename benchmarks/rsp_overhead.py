@@ -1,0 +1,72 @@
+"""RSP overhead: sampling throughput with an RSP versus plain sampling, same engine, same batch.
+
+Both arms decode exactly the same number of tokens (end-of-sequence is ignored), so the ratio
+isolates what injection costs: drawing L Gaussian vectors per attempt, writing them into the slots,
+and prefilling L extra positions. Arms alternate within each repeat and the median is reported,
+because this machine's timings drift by +-20 %.
+
+    python benchmarks/rsp_overhead.py                      # SmolLM2-135M-Instruct, bf16, batch 16
+    python benchmarks/rsp_overhead.py --batch 32 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from rsp.backends import HFBackend, SamplingConfig
+from rsp.core import NoInjection, RandomSoftPrompt
+from rsp.models import load_model
+from rsp.tasks import PromptBuilder, load_task
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--batch", type=int, default=16, help="rows per generate call (problems x attempts)")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rsp-length", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    lm = load_model(args.model, dtype=args.dtype)
+    lm = dataclasses.replace(lm, stop_token_ids=(len(lm.tokenizer) + 10,))  # an id never sampled: fixed length
+    task = load_task("arith", limit=args.batch // 4 or 1)
+    builder = PromptBuilder.for_task(lm.tokenizer, task)
+    prompts = [builder.build(p) for p in task.problems for _ in range(4)][: args.batch]
+    backend = HFBackend(lm)
+    sampling = SamplingConfig(temperature=0.7, max_new_tokens=args.new_tokens)
+    arms = {
+        "plain": (NoInjection(), [None] * len(prompts)),
+        "rsp": (inj := RandomSoftPrompt(lm.embedding_stats(), args.rsp_length), list(range(len(prompts)))),
+    }
+    del inj
+    backend.generate(prompts, *arms["rsp"], sampling, decode_seed=0)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for rep in range(args.repeats):
+        order = list(arms) if rep % 2 == 0 else list(reversed(arms))
+        for name in order:
+            injection, seeds = arms[name]
+            t0 = time.perf_counter()
+            out = backend.generate(prompts, injection, seeds, sampling, decode_seed=rep)
+            times[name].append(time.perf_counter() - t0)
+            assert all(len(c.token_ids) == args.new_tokens for c in out)
+    tokens = len(prompts) * args.new_tokens
+    print(f"model={args.model} dtype={lm.dtype} batch={len(prompts)} new_tokens={args.new_tokens} "
+          f"L={args.rsp_length} threads={args.threads} repeats={args.repeats}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for name, t in med.items():
+        print(f"{name:6s} median {t:7.2f} s   {tokens / t:8.1f} tok/s   runs: " + ", ".join(f"{x:.2f}" for x in times[name]))
+    ratio = med["plain"] / med["rsp"]
+    print(f"RSP throughput / plain throughput = {ratio:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
