@@ -1,0 +1,190 @@
+"""`rsp analyze`: mechanism metrics for every method of an `rsp eval` run, rebuilt from its records.
+
+Each attempt's injection is rebuilt from its recorded seed, so analysing a saved run needs no
+regeneration and gives the same numbers as analysing live.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rsp.analysis.distributions import (
+    distinct_n,
+    distinct_prefixes,
+    entropy,
+    kl_divergence,
+    log_probs,
+    mean_first_divergence,
+    self_bleu,
+    top1_and_margin,
+)
+from rsp.analysis.scoring import (
+    attention_mass,
+    columns_before_insertion,
+    teacher_forced_logits,
+    valid_positions,
+)
+from rsp.backends.hf import HFBackend
+from rsp.core.injection import NoInjection
+from rsp.evaluation import EvalConfig
+from rsp.methods import build_method
+from rsp.models.loading import LoadedModel, load_model
+from rsp.runio import atomic_write_text, read_jsonl_records
+from rsp.tasks.prompts import PromptBuilder
+
+
+@dataclass
+class AnalysisOptions:
+    k: int = 32  # generated positions analysed
+    batch_size: int = 16
+    max_problems: int | None = None
+    attention: bool = True
+    baseline: str | None = None  # method whose trajectories are used for KL (default: the first non-injecting one)
+
+
+def _nanmean(rows) -> np.ndarray:
+    """Mean over the first axis ignoring NaN (positions beyond a completion's end)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(rows, dtype=np.float64), axis=0)
+
+
+def analyse_run(run_dir: str | Path, *, options: AnalysisOptions | None = None, lm: LoadedModel | None = None,
+                progress: bool = True) -> dict:
+    """Compute all metrics for a finished (or partial) eval run; returns a JSON-serialisable dict."""
+    o = options or AnalysisOptions()
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    cfg = EvalConfig.from_dict(saved["config"])
+    records = read_jsonl_records(run_dir / "samples.jsonl", repair=False)
+    if not records:
+        raise ValueError(f"{run_dir} has no samples to analyse")
+    task = cfg.load_task()
+    problems = {p.id: p for p in task.problems}
+    by_method: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_method[r["method"]][r["problem_id"]].append(r)
+    methods = [m for m in cfg.methods if m in by_method]
+    pids = [p.id for p in task.problems if all(p.id in by_method[m] for m in methods)]
+    if o.max_problems:
+        pids = pids[: o.max_problems]
+    if lm is None:
+        lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    builder = PromptBuilder.for_task(lm.tokenizer, task, style=cfg.prompt_style)  # type: ignore[arg-type]
+    prompts = {pid: builder.build(problems[pid]) for pid in pids}
+    injections = {m: build_method(m, lm, cfg.method_options()) for m in methods}
+    baseline = o.baseline or next((m for m in methods if injections[m].length == 0), None)
+    temperature = cfg.temperature
+    k = o.k
+
+    per_problem: dict[str, dict[str, list[np.ndarray]]] = {m: defaultdict(list) for m in methods}
+    attention_layers_acc: dict[str, list[np.ndarray]] = defaultdict(list)
+    total_batches = sum(math.ceil(len(by_method[m][pid]) / o.batch_size) for m in methods for pid in pids)
+    bar = tqdm(total=total_batches, disable=not progress, desc="analyze", unit="batch")
+    for pid in pids:
+        plain_trajs = [r["token_ids"] for r in sorted(by_method[baseline][pid], key=lambda r: r["attempt"])] \
+            if baseline else []
+        for m in methods:
+            inj = injections[m]
+            recs = sorted(by_method[m][pid], key=lambda r: r["attempt"])
+            ent_rows, kl_rows, top1_rows, att_rows = [], [], [], []
+            for c0 in range(0, len(recs), o.batch_size):
+                chunk = recs[c0 : c0 + o.batch_size]
+                seeds = [r["rsp_seed"] for r in chunk]
+                trajs = [r["token_ids"] for r in chunk]
+                ps = [prompts[pid]] * len(chunk)
+                valid = valid_positions(trajs, k)
+                logp = log_probs(teacher_forced_logits(lm, ps, inj, seeds, trajs, k), temperature)
+                ent = entropy(logp).masked_fill(~valid, float("nan"))
+                top1, _ = top1_and_margin(logp)
+                ent_rows.append(ent.numpy())
+                top1_rows.append(top1.masked_fill(~valid, float("nan")).numpy())
+                if inj.length > 0 and plain_trajs:
+                    # KL on the same no-injection trajectory, scored with and without this attempt's injection
+                    ref = [plain_trajs[i % len(plain_trajs)] for i in range(c0, c0 + len(chunk))]
+                    rvalid = valid_positions(ref, k)
+                    lp_inj = log_probs(teacher_forced_logits(lm, ps, inj, seeds, ref, k), temperature)
+                    lp_plain = log_probs(teacher_forced_logits(lm, ps, NoInjection(inj.position), [None] * len(chunk),
+                                                               ref, k), temperature)
+                    kl_rows.append(kl_divergence(lp_inj, lp_plain).masked_fill(~rvalid, float("nan")).numpy())
+                if o.attention:
+                    if inj.length > 0:
+                        mass = attention_mass(lm, ps, inj, seeds, trajs, k)
+                    else:
+                        ref_len = max((i.length for i in injections.values()), default=0) or cfg.rsp_length
+                        batch, _ = HFBackend(lm).prepare(ps, inj, seeds)
+                        cols = columns_before_insertion(ps, inj.position, ref_len, batch)
+                        mass = attention_mass(lm, ps, inj, seeds, trajs, k, key_columns=cols)
+                    mass = mass.masked_fill(~valid.unsqueeze(1), float("nan"))
+                    att_rows.append(mass.numpy())
+                bar.update(1)
+            pp = per_problem[m]
+            pp["entropy"].append(_nanmean(np.concatenate(ent_rows)))
+            pp["top1"].append(_nanmean(np.concatenate(top1_rows)))
+            if kl_rows:
+                pp["kl"].append(_nanmean(np.concatenate(kl_rows)))
+            if att_rows:
+                att = np.concatenate(att_rows)  # (attempts, layers, k)
+                pp["attention"].append(_nanmean(att.mean(axis=1)))
+                attention_layers_acc[m].append(_nanmean(att))
+            seqs = [r["token_ids"] for r in recs]
+            pp["distinct_prefixes"].append(np.array(distinct_prefixes(seqs, k), dtype=float))
+            pp["first_divergence"].append(np.array([mean_first_divergence(seqs)]))
+            pp["distinct_n"].append(np.array([distinct_n(seqs, n) for n in range(1, 5)]))
+            pp["self_bleu"].append(np.array([self_bleu(seqs)]))
+            pp["distinct_answers"].append(np.array([len({r.get("extracted") for r in recs if r.get("extracted")})],
+                                                   dtype=float))
+            pp["length"].append(np.array([np.mean([len(s) for s in seqs])]))
+    bar.close()
+    return _aggregate(per_problem, attention_layers_acc, cfg, methods, baseline, pids, k, lm)
+
+
+def _ci(rows: list[np.ndarray], seed: int = 0, n_boot: int = 1000) -> dict:
+    """Mean over problems with a percentile bootstrap CI, per element (NaN-aware)."""
+    x = np.stack(rows)  # (problems, ...)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.shape[0], size=(n_boot, x.shape[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (positions no attempt reached)
+        mean = np.nanmean(x, axis=0)
+        boots = np.nanmean(x[idx], axis=1)
+        low, high = np.nanquantile(boots, 0.025, axis=0), np.nanquantile(boots, 0.975, axis=0)
+    return {"mean": mean.tolist(), "ci_low": low.tolist(), "ci_high": high.tolist()}
+
+
+def _aggregate(per_problem, attention_layers_acc, cfg: EvalConfig, methods, baseline, pids, k, lm) -> dict:
+    layer_types = list(getattr(lm.model.config, "layer_types", None) or [])
+    out: dict = {
+        "config": cfg.to_dict(), "k": k, "problems": len(pids), "methods": methods, "baseline": baseline,
+        "temperature_for_entropy": cfg.temperature if cfg.temperature > 0 else 1.0,
+        "sliding_window": getattr(lm.model.config, "sliding_window", None) if "sliding_attention" in layer_types else None,
+        "layer_types": layer_types,
+        "metrics": {},
+    }
+    for m in methods:
+        out["metrics"][m] = {name: _ci(rows) for name, rows in per_problem[m].items() if rows}
+        if attention_layers_acc.get(m):
+            out["metrics"][m]["attention_by_layer"] = {"mean": _nanmean(attention_layers_acc[m]).tolist()}
+    return out
+
+
+def write_metrics(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n")
+    lines = ["method,metric,position,mean,ci_low,ci_high"]
+    for m, metrics in result["metrics"].items():
+        for name, v in metrics.items():
+            if "ci_low" not in v:
+                continue
+            for i, (a, lo, hi) in enumerate(zip(v["mean"], v["ci_low"], v["ci_high"], strict=True)):
+                lines.append(f"{m},{name},{i + 1},{a:.6g},{lo:.6g},{hi:.6g}")
+    atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+
