@@ -1,0 +1,334 @@
+"""RSP-DAPO in plain torch: the DAPO recipe with a fresh Random Soft Prompt per rollout.
+
+The math follows TRL GRPOTrainer with `loss_type="dapo"` (token-level aggregation, clip-higher, no KL
+by default). What RSP adds: each rollout's RSP seed is stored with it, and every log-probability
+computation rebuilds the exact same input (same slots, same RSP rows), so the importance ratio is
+exactly 1 before an update and the gradient is that of the policy that produced the sample.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from rsp.backends import HFBackend, SamplingConfig
+from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
+from rsp.core.insert import PromptTokens, build_slotted_batch
+from rsp.core.seeds import derive_seed
+from rsp.models.loading import LoadedModel
+from rsp.tasks.base import Problem
+from rsp.train.config import DAPOConfig
+
+RewardFn = Callable[[str, str], bool]  # (completion text, gold answer) -> correct
+
+
+@dataclass
+class Rollout:
+    problem_id: str
+    prompt: PromptTokens
+    rsp_seed: int | None
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str
+    correct: bool
+    reward: float = 0.0
+    advantage: float = 0.0
+
+
+@dataclass
+class SampledBatch:
+    """Groups kept by dynamic sampling, plus what it cost to fill them."""
+
+    groups: list[list[Rollout]]
+    all_rollouts: list[Rollout]
+    groups_sampled: int
+    extra_rounds: int
+    shortfall: int
+    cursor_after: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
+    """DAPO Eq. 13: 0 up to max_len - buffer, then linear down to -penalty at max_len, -penalty beyond."""
+    if buffer <= 0:
+        return 0.0
+    free = max_len - buffer
+    if length <= free:
+        return 0.0
+    if length <= max_len:
+        return (free - length) / buffer * penalty
+    return -penalty
+
+
+def group_advantages(rewards: Sequence[float]) -> list[float]:
+    """GRPO group normalisation (R - mean) / std; a constant group gets zero advantage."""
+    t = torch.tensor(rewards, dtype=torch.float64)
+    std = t.std(unbiased=True) if len(rewards) > 1 else torch.tensor(0.0)
+    if std < 1e-8:
+        return [0.0] * len(rewards)
+    return ((t - t.mean()) / std).tolist()
+
+
+def build_injection(lm: LoadedModel, cfg: DAPOConfig) -> Injection:
+    if cfg.rsp_length == 0:
+        return NoInjection(cfg.rsp_position)
+    return RandomSoftPrompt(lm.embedding_stats(), cfg.rsp_length, scale=cfg.rsp_scale,
+                            position=cfg.rsp_position, granularity="attempt")
+
+
+def completion_logprobs(
+    lm: LoadedModel,
+    injection: Injection,
+    prompts: Sequence[PromptTokens],
+    seeds: Sequence[int | None],
+    completions: Sequence[Sequence[int]],
+    *,
+    temperature: float = 1.0,
+    model: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs (B, T), completion mask (B, T) and entropies (B, T) of `completions`.
+
+    The input is rebuilt exactly as at rollout time: left-padded prompt with the L slots filled by the
+    stored seed's RSP rows, then the completion right-padded; positions count only real tokens.
+    """
+    model = model or lm.model
+    batch = build_slotted_batch([p.ids for p in prompts], [p.insert_index(injection.position) for p in prompts],
+                                injection.length, pad_id=lm.pad_token_id)
+    device = lm.device
+    T = max(1, max(len(c) for c in completions))
+    comp_ids = torch.full((len(completions), T), lm.pad_token_id, dtype=torch.long)
+    comp_mask = torch.zeros((len(completions), T), dtype=torch.long)
+    for i, c in enumerate(completions):
+        comp_ids[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+        comp_mask[i, :len(c)] = 1
+    prompt_emb = injection.apply(lm.embed(batch.input_ids), batch, seeds)
+    embeds = torch.cat([prompt_emb, lm.embed(comp_ids)], dim=1)
+    attn = torch.cat([batch.attention_mask, comp_mask], dim=1).to(device)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False).logits
+    P = prompt_emb.shape[1]
+    logits = logits[:, P - 1:P - 1 + T].float() / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, comp_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, comp_mask.to(device).float(), entropy
+
+
+def dapo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              eps_low: float, eps_high: float, ref_logp: torch.Tensor | None = None,
+              beta: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate with clip-higher, averaged over every completion token in the batch."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
+    per_token = -torch.min(unclipped, clipped)
+    if beta > 0 and ref_logp is not None:
+        per_token = per_token + beta * (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1)
+    n = mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / n
+    with torch.no_grad():
+        is_clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
+        clip_frac = float((is_clipped.float() * mask).sum() / n)
+    return loss, {"clip_fraction": clip_frac}
+
+
+class DataCursor:
+    """An endless, seeded stream of problem indices (a fresh permutation each epoch), resumable by position."""
+
+    def __init__(self, n: int, seed: int, position: int = 0) -> None:
+        self.n, self.seed, self.position = n, seed, position
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, self.n)
+            order = list(range(self.n))
+            random.Random(derive_seed(self.seed, "data", epoch)).shuffle(order)
+            out.append(order[i])
+            self.position += 1
+        return out
+
+
+class DAPOTrainer:
+    """One object per run: sampling with RSP, dynamic sampling, and the DAPO update."""
+
+    def __init__(self, lm: LoadedModel, cfg: DAPOConfig, problems: Sequence[Problem],
+                 prompt_of: Callable[[Problem], PromptTokens], reward_fn: RewardFn,
+                 stop_strings: Sequence[str] = ()) -> None:
+        self.cfg = cfg.validate()
+        self.lm, self.problems, self.prompt_of, self.reward_fn = lm, list(problems), prompt_of, reward_fn
+        self.stop_strings = tuple(stop_strings)
+        self.injection = build_injection(lm, cfg)  # stats fitted before any update: RSP rows stay constants
+        self.peft_model = None
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            self.peft_model = get_peft_model(lm.model, LoraConfig(
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM"))
+            # get_peft_model injects the adapters into lm.model in place, so lm.model.generate uses them.
+        else:
+            lm.model.get_input_embeddings().weight.requires_grad_(False)
+        self.ref_model = None
+        if cfg.beta > 0 and not cfg.lora:
+            import copy
+
+            self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False)
+        self.trainable = [p for p in lm.model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise RuntimeError("no trainable parameters: check lora_target_modules against the model's layer names")
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.backend = HFBackend(lm)
+        self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=1.0, top_k=0, min_p=0.0,
+                                       max_new_tokens=cfg.max_new_tokens)
+        self.cursor = DataCursor(len(self.problems), cfg.seed)
+        self.step = 0
+
+    # ---------------------------------------------------------------- rollouts
+    def rollout_group(self, problem: Problem, step: int, round_: int) -> list[Rollout]:
+        cfg = self.cfg
+        prompt = self.prompt_of(problem)
+        base = derive_seed(cfg.seed, "rollout", step, round_)
+        seeds = [self.injection.seed_for(base, problem.id, i) for i in range(cfg.group_size)]
+        self.lm.model.eval()
+        comps = self.backend.generate([prompt] * cfg.group_size, self.injection, seeds, self.sampling,
+                                      decode_seed=derive_seed(base, "decode", problem.id),
+                                      stop_strings=self.stop_strings)
+        group = []
+        for seed, c in zip(seeds, comps, strict=True):
+            tokens = tuple(c.token_ids)
+            if c.finish_reason == "stop" and len(tokens) < cfg.max_new_tokens and self._stopped_by_token(c):
+                # The backend strips the stop token; train on it too so the policy learns when to stop.
+                tokens = tokens + (self.lm.stop_token_ids[0],)
+            correct = bool(self.reward_fn(c.text, problem.answer))
+            reward = cfg.reward_correct if correct else cfg.reward_wrong
+            reward += overlong_penalty(len(tokens), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
+            group.append(Rollout(problem.id, prompt, seed, tokens, c.text, c.finish_reason, correct,
+                                 reward))
+        for r, a in zip(group, group_advantages([r.reward for r in group]), strict=True):
+            r.advantage = a
+        return group
+
+    def _stopped_by_token(self, c) -> bool:
+        """True when generation ended on a stop token rather than on a stop string (which leaves tokens intact)."""
+        if not self.stop_strings:
+            return True
+        full = self.lm.tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
+        return full == c.text
+
+    def sample_batch(self, step: int) -> SampledBatch:
+        """Dynamic sampling: drop groups whose correctness is all equal; refill with extra rounds (bounded)."""
+        cfg = self.cfg
+        kept: list[list[Rollout]] = []
+        everything: list[Rollout] = []
+        sampled = 0
+        round_ = 0
+        while True:
+            for idx in self.cursor.take(cfg.prompts_per_step):
+                group = self.rollout_group(self.problems[idx], step, round_)
+                sampled += 1
+                everything.extend(group)
+                if len({r.correct for r in group}) > 1 and len(kept) < cfg.prompts_per_step:
+                    kept.append(group)
+            if len(kept) >= cfg.prompts_per_step or round_ >= cfg.max_extra_rounds:
+                break
+            round_ += 1
+        return SampledBatch(kept, everything, sampled, round_, cfg.prompts_per_step - len(kept))
+
+    # ---------------------------------------------------------------- update
+    def logprobs(self, rollouts: Sequence[Rollout], model: torch.nn.Module | None = None):
+        return completion_logprobs(self.lm, self.injection, [r.prompt for r in rollouts],
+                                   [r.rsp_seed for r in rollouts], [r.token_ids for r in rollouts],
+                                   temperature=self.cfg.temperature, model=model)
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        step = self.step
+        sb = self.sample_batch(step)
+        rollouts = [r for g in sb.groups for r in g]
+        m: dict = {
+            "step": step + 1,
+            "reward_mean": _mean([r.reward for r in sb.all_rollouts]),
+            "accuracy": _mean([float(r.correct) for r in sb.all_rollouts]),
+            "frac_groups_kept": len(sb.groups) / sb.groups_sampled,
+            "groups_kept": len(sb.groups),
+            "groups_sampled": sb.groups_sampled,
+            "extra_rounds": sb.extra_rounds,
+            "shortfall": sb.shortfall,
+            "response_length": _mean([len(r.token_ids) for r in sb.all_rollouts]),
+            "truncated_frac": _mean([float(r.finish_reason == "length") for r in sb.all_rollouts]),
+            "loss": 0.0, "entropy": float("nan"), "clip_fraction": 0.0, "grad_norm": 0.0, "updated": False,
+        }
+        if rollouts and any(len(r.token_ids) for r in rollouts):
+            m.update(self._update(rollouts))
+        self.step += 1
+        m["data_cursor"] = self.cursor.position
+        m["step_time"] = time.perf_counter() - t0
+        return m
+
+    def _update(self, rollouts: list[Rollout]) -> dict:
+        cfg = self.cfg
+        adv = torch.tensor([r.advantage for r in rollouts], dtype=torch.float32, device=self.lm.device)
+        self.lm.model.train()
+        old = ref = None
+        if cfg.updates_per_batch > 1:
+            with torch.no_grad():
+                old, _, _ = self.logprobs(rollouts)
+        if cfg.beta > 0:
+            with torch.no_grad():
+                if self.peft_model is not None:
+                    with self.peft_model.disable_adapter():
+                        ref, _, _ = self.logprobs(rollouts)
+                else:
+                    ref, _, _ = self.logprobs(rollouts, model=self.ref_model)
+        stats = []
+        for _ in range(cfg.updates_per_batch):
+            logp, mask, ent = self.logprobs(rollouts)
+            if cfg.mask_truncated:
+                keep = torch.tensor([r.finish_reason != "length" for r in rollouts], dtype=torch.float32,
+                                    device=mask.device)
+                mask = mask * keep.unsqueeze(-1)
+            loss, info = dapo_loss(logp, old if old is not None else logp.detach(), adv, mask,
+                                   cfg.epsilon_low, cfg.epsilon_high, ref, cfg.beta)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+            self.optimizer.step()
+            n = mask.sum().clamp(min=1)
+            stats.append({"loss": float(loss.detach()), "clip_fraction": info["clip_fraction"],
+                          "entropy": float((ent.detach() * mask).sum() / n), "grad_norm": float(gn)})
+        self.lm.model.eval()
+        out = {k: _mean([s[k] for s in stats]) for k in stats[0]}
+        out["updated"] = True
+        return out
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        names = {id(p): n for n, p in self.lm.model.named_parameters()}
+        return {
+            "step": self.step,
+            "cursor": self.cursor.position,
+            "trainable": {names[id(p)]: p.detach().cpu().clone() for p in self.trainable},
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        params = dict(self.lm.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.cursor.position = int(state["cursor"])
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else math.nan

@@ -1,0 +1,119 @@
+"""RSP-DAPO core: importance-ratio identity with the stored RSP, dynamic sampling, overlong shaping, LoRA update."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rsp.backends import HFBackend
+from rsp.core import PromptTokens, RandomSoftPrompt
+from rsp.tasks.base import Problem
+from rsp.train.config import DAPOConfig, DAPOConfigError
+from rsp.train.dapo import DAPOTrainer, completion_logprobs, group_advantages, overlong_penalty
+
+
+def _prompt(tok, text: str) -> PromptTokens:
+    ids = tuple(tok(text)["input_ids"])
+    return PromptTokens(ids=ids, user_turn_end=len(ids) - 1)
+
+
+def test_recomputed_logprobs_equal_rollout_logprobs_only_with_the_stored_rsp(tiny_lm):
+    injection = RandomSoftPrompt(tiny_lm.embedding_stats(), 4, scale=1.0)
+    prompts = [_prompt(tiny_lm.tokenizer, t) for t in ("what is 2+3?", "hi", "compute 7*8 please")]
+    seeds = [injection.seed_for(11, f"p{i}", i) for i in range(len(prompts))]
+    batch, embeds = HFBackend(tiny_lm).prepare(prompts, injection, seeds)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = tiny_lm.model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, do_sample=True,
+                                     temperature=1.0, top_k=0, max_new_tokens=12, output_logits=True,
+                                     return_dict_in_generate=True, eos_token_id=2, pad_token_id=0)
+    rollout_logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+    completions, expected = [], []
+    for b, row in enumerate(out.sequences.tolist()):
+        n = row.index(2) + 1 if 2 in row else len(row)
+        completions.append(row[:n])
+        expected.append(torch.stack([rollout_logp[b, t, row[t]] for t in range(n)]))
+    assert all(completions)
+    with torch.no_grad():
+        logp, mask, _ = completion_logprobs(tiny_lm, injection, prompts, seeds, completions)
+        ratios = torch.cat([torch.exp(logp[b, :len(c)] - expected[b]) for b, c in enumerate(completions)])
+        assert mask.sum() == sum(len(c) for c in completions)
+        assert (ratios - 1).abs().max() < 1e-5
+
+        other = [s + 1 for s in seeds]
+        logp2, _, _ = completion_logprobs(tiny_lm, injection, prompts, other, completions)
+        ratios2 = torch.cat([torch.exp(logp2[b, :len(c)] - expected[b]) for b, c in enumerate(completions)])
+        assert (ratios2 - 1).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("length,expected", [(48, 0.0), (52, -0.25), (56, -0.5), (64, -1.0), (70, -1.0), (0, 0.0)])
+def test_overlong_penalty_at_buffer_edges(length, expected):
+    # max_len 64, buffer 16: free up to 48, linear to -1 at 64, -1 beyond.
+    assert overlong_penalty(length, 64, 16, 1.0) == pytest.approx(expected)
+    assert overlong_penalty(length, 64, 0, 1.0) == 0.0
+
+
+def test_group_advantages_normalise_and_zero_for_constant_groups():
+    adv = group_advantages([1.0, -1.0, 1.0, -1.0])
+    assert sum(adv) == pytest.approx(0.0)
+    assert torch.tensor(adv).std().item() == pytest.approx(1.0)
+    assert group_advantages([1.0, 1.0, 1.0]) == [0.0, 0.0, 0.0]
+
+
+def _trainer(lm, reward_fn, **overrides) -> DAPOTrainer:
+    cfg = DAPOConfig(model="tiny", rsp_length=2, group_size=4, prompts_per_step=2, steps=2, lr=1e-2,
+                     max_new_tokens=6, overlong_buffer=0, max_extra_rounds=2, train_problems=8,
+                     lora_r=4, lora_target_modules=["q_proj", "v_proj"], **overrides)
+    problems = [Problem(id=f"p{i}", question=f"q{i}?", answer=("const" if i % 2 == 0 else "mixed"))
+                for i in range(8)]
+    return DAPOTrainer(lm, cfg, problems, lambda p: _prompt(lm.tokenizer, p.question), reward_fn)
+
+
+def test_dynamic_sampling_drops_constant_groups_and_refills(tiny_lm):
+    flip = itertools.cycle([True, False])
+    trainer = _trainer(tiny_lm, lambda text, gold: True if gold == "const" else next(flip))
+    sb = trainer.sample_batch(0)
+    assert len(sb.groups) == 2 and sb.shortfall == 0
+    assert all(g[0].problem_id in {"p1", "p3", "p5", "p7"} for g in sb.groups)
+    assert sb.groups_sampled > 2 and sb.extra_rounds >= 1
+    for g in sb.groups:
+        assert len({r.rsp_seed for r in g}) == len(g)  # each rollout its own RSP
+
+
+def test_dynamic_sampling_logs_shortfall_at_the_bound(tiny_lm):
+    trainer = _trainer(tiny_lm, lambda text, gold: False)
+    sb = trainer.sample_batch(0)
+    assert sb.groups == [] and sb.shortfall == 2
+    assert sb.extra_rounds == 2 and sb.groups_sampled == 6
+    m = trainer.train_step()
+    assert m["updated"] is False and m["frac_groups_kept"] == 0.0
+
+
+def test_train_step_changes_lora_weights_but_not_base(tiny_lm):
+    flip = itertools.cycle([True, False])
+    trainer = _trainer(tiny_lm, lambda text, gold: next(flip))
+    named = dict(tiny_lm.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    m = trainer.train_step()
+    assert m["updated"] and m["groups_kept"] == 2
+    lora_changed = [n for n in named if "lora_B" in n and not torch.equal(before[n], named[n])]
+    base_changed = [n for n in named if "lora_" not in n and not torch.equal(before[n], named[n])]
+    assert lora_changed and not base_changed
+    assert not tiny_lm.model.get_input_embeddings().weight.requires_grad
+
+
+def test_config_validation_and_roundtrip(tmp_path):
+    with pytest.raises(DAPOConfigError, match="group_size must be >= 2"):
+        DAPOConfig(group_size=1).validate()
+    with pytest.raises(DAPOConfigError, match="overlong_buffer"):
+        DAPOConfig(max_new_tokens=8, overlong_buffer=8).validate()
+    with pytest.raises(DAPOConfigError, match="rsp_position"):
+        DAPOConfig(rsp_position="middle").validate()
+    cfg = DAPOConfig(rsp_length=0, steps=3)
+    cfg.save(tmp_path / "c.json")
+    assert DAPOConfig.load(tmp_path / "c.json") == cfg
+    (tmp_path / "bad.json").write_text('{"rsp_lenght": 3}')
+    with pytest.raises(DAPOConfigError, match="unknown config keys: rsp_lenght"):
+        DAPOConfig.load(tmp_path / "bad.json")
