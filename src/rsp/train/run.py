@@ -1,0 +1,127 @@
+"""A resumable RSP-DAPO run: metrics JSONL, checkpoints, curves, and a config check on restart."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rsp.models.loading import LoadedModel
+from rsp.runio import JsonlAppender, atomic_write_text, prepare_run_dir, read_jsonl_records
+from rsp.train.config import DAPOConfig
+from rsp.train.dapo import DAPOTrainer, RewardFn
+
+CURVE_KEYS = ("reward_mean", "accuracy", "frac_groups_kept", "entropy", "clip_fraction", "response_length")
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted((out / "checkpoints").glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
+    """Correctness from the project's grader (subprocess with a timeout); returns (fn, close)."""
+    from rsp.tasks import Grader
+
+    grader = Grader(timeout=timeout)
+    return (lambda text, gold: grader.grade(text, gold)[1].correct), grader.close
+
+
+def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
+    from rsp.tasks import PromptBuilder, load_task
+
+    task = load_task(cfg.task, split="train", limit=cfg.train_problems, arith_steps=cfg.arith_steps,
+                     arith_max_value=cfg.arith_max_value, arith_n=cfg.train_problems, seed=cfg.seed)
+    builder = PromptBuilder.for_task(lm.tokenizer, task)
+    cache: dict[str, object] = {}
+
+    def prompt_of(problem):
+        if problem.id not in cache:
+            cache[problem.id] = builder.build(problem)
+        return cache[problem.id]
+
+    return task.problems, prompt_of, builder.stop_strings
+
+
+def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_fn: RewardFn | None = None,
+          stop_after: int | None = None, progress: bool = True) -> list[dict]:
+    """Run (or resume) training into `out`; `stop_after` ends early after that many total steps (tests)."""
+    cfg.validate()
+    out = Path(out)
+    resuming = prepare_run_dir(out, cfg.to_dict(), kind="train")
+    torch.manual_seed(cfg.seed)
+    if lm is None:
+        from rsp.models import load_model
+
+        lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    close = None
+    if reward_fn is None:
+        reward_fn, close = grader_reward(cfg.grader_timeout)
+    problems, prompt_of, stops = build_problems_and_prompts(lm, cfg)
+    trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=stops)
+    metrics_path = out / "metrics.jsonl"
+    ckpt = latest_checkpoint(out) if resuming else None
+    records = []
+    if ckpt is not None:
+        trainer.load_state_dict(torch.load(ckpt, weights_only=False))
+        # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
+        records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    log = JsonlAppender(metrics_path)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    try:
+        with tqdm(total=cfg.steps, initial=trainer.step, desc="rsp-dapo", disable=not progress) as bar:
+            while trainer.step < end:
+                m = trainer.train_step()
+                log.append([m])
+                records.append(m)
+                bar.update(1)
+                bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}",
+                                kept=f"{m['frac_groups_kept']:.2f}")
+                if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
+                    save_checkpoint(trainer, out)
+    finally:
+        if close is not None:
+            close()
+    plot_curves(records, out / "curves.png")
+    if trainer.step == cfg.steps and trainer.peft_model is not None:
+        trainer.peft_model.save_pretrained(str(out / "adapter"))
+    return records
+
+
+def save_checkpoint(trainer: DAPOTrainer, out: Path, keep: int = 2) -> Path:
+    ckdir = out / "checkpoints"
+    ckdir.mkdir(exist_ok=True)
+    path = ckdir / f"step_{trainer.step:06d}.pt"
+    tmp = ckdir / f".{path.name}.tmp"
+    torch.save(trainer.state_dict(), tmp)
+    tmp.replace(path)  # a kill mid-save never leaves a half-written "latest" checkpoint
+    for old in sorted(ckdir.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    if not records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    steps = [r["step"] for r in records]
+    for ax, key in zip(axes.flat, CURVE_KEYS, strict=True):
+        ys = [r.get(key, math.nan) for r in records]
+        ax.plot(steps, ys, marker="o", markersize=2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
