@@ -63,9 +63,10 @@ def test_group_advantages_normalise_and_zero_for_constant_groups():
 
 
 def _trainer(lm, reward_fn, **overrides) -> DAPOTrainer:
-    cfg = DAPOConfig(model="tiny", rsp_length=2, group_size=4, prompts_per_step=2, steps=2, lr=1e-2,
-                     max_new_tokens=6, overlong_buffer=0, max_extra_rounds=2, train_problems=8,
-                     lora_r=4, lora_target_modules=["q_proj", "v_proj"], **overrides)
+    settings = dict(model="tiny", rsp_length=2, group_size=4, prompts_per_step=2, steps=2, lr=1e-2,
+                    max_new_tokens=6, overlong_buffer=0, max_extra_rounds=2, train_problems=8,
+                    lora_r=4, lora_target_modules=["q_proj", "v_proj"])
+    cfg = DAPOConfig(**{**settings, **overrides})
     problems = [Problem(id=f"p{i}", question=f"q{i}?", answer=("const" if i % 2 == 0 else "mixed"))
                 for i in range(8)]
     return DAPOTrainer(lm, cfg, problems, lambda p: _prompt(lm.tokenizer, p.question), reward_fn)
@@ -117,3 +118,15 @@ def test_config_validation_and_roundtrip(tmp_path):
     (tmp_path / "bad.json").write_text('{"rsp_lenght": 3}')
     with pytest.raises(DAPOConfigError, match="unknown config keys: rsp_lenght"):
         DAPOConfig.load(tmp_path / "bad.json")
+
+
+def test_full_finetuning_plain_dapo_updates_transformer_not_embeddings(tiny_lm):
+    flip = itertools.cycle([True, False])
+    trainer = _trainer(tiny_lm, lambda text, gold: next(flip), lora=False, rsp_length=0)
+    named = dict(tiny_lm.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    assert trainer.train_step()["updated"]
+    emb = tiny_lm.model.get_input_embeddings().weight
+    assert torch.equal(emb, before["model.embed_tokens.weight"])
+    assert not torch.equal(named["model.layers.0.self_attn.q_proj.weight"],
+                           before["model.layers.0.self_attn.q_proj.weight"])

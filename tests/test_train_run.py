@@ -63,3 +63,19 @@ def test_cli_flags_override_config_file(tmp_path):
                               "--rsp-length", "0", "--no-lora", "--lora-target-modules", "q_proj,v_proj"])
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.rsp_length, cfg.lora, cfg.lora_target_modules) == (7, 0, False, ["q_proj", "v_proj"])
+
+
+def test_merged_model_directory_loads_with_the_trained_weights(tmp_path, tiny_model_dir):
+    import torch
+
+    from rsp.models import load_model
+
+    lm = load_model(str(tiny_model_dir), dtype="float32")
+    cfg = DAPOConfig(**{**CFG, "model": str(tiny_model_dir), "steps": 1})
+    train(cfg, tmp_path / "run", lm=lm, reward_fn=_reward, progress=False, save_merged=True)
+    reloaded = load_model(str(tmp_path / "run" / "merged"), dtype="float32")
+    trained = dict(lm.model.named_parameters())
+    base = dict(load_model(str(tiny_model_dir), dtype="float32").model.named_parameters())
+    name = next(n for n in trained if n.endswith("q_proj.weight"))
+    assert torch.equal(dict(reloaded.model.named_parameters())[name], trained[name])
+    assert not torch.equal(base[name], trained[name])

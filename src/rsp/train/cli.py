@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", type=Path, help="JSON config file (a DAPOConfig or a run's config.json)")
     p.add_argument("--out", type=Path, required=True, help="run directory (created, or resumed)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--save-merged", action="store_true",
+                   help="at the end also write OUT/merged/, a model directory for `rsp eval --model OUT/merged`")
     defaults = DAPOConfig()
     for f in fields(DAPOConfig):
         default = getattr(defaults, f.name)
@@ -52,7 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_from_args(args)
-        records = train(cfg, args.out, progress=not args.no_progress)
+        records = train(cfg, args.out, progress=not args.no_progress, save_merged=args.save_merged)
     except (DAPOConfigError, RunDirError) as exc:
         print(f"rsp train: error: {exc}", file=sys.stderr)
         return 2

@@ -48,8 +48,12 @@ def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
 
 
 def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_fn: RewardFn | None = None,
-          stop_after: int | None = None, progress: bool = True) -> list[dict]:
-    """Run (or resume) training into `out`; `stop_after` ends early after that many total steps (tests)."""
+          stop_after: int | None = None, progress: bool = True, save_merged: bool = False) -> list[dict]:
+    """Run (or resume) training into `out`; `stop_after` ends early after that many total steps (tests).
+
+    `save_merged` also writes `out/merged/`, a plain model directory (LoRA merged in) that `rsp eval --model`
+    can load, so a trained policy is evaluated with the same tooling as the base model.
+    """
     cfg.validate()
     out = Path(out)
     resuming = prepare_run_dir(out, cfg.to_dict(), kind="train")
@@ -90,9 +94,18 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
         if close is not None:
             close()
     plot_curves(records, out / "curves.png")
-    if trainer.step == cfg.steps and trainer.peft_model is not None:
-        trainer.peft_model.save_pretrained(str(out / "adapter"))
+    if trainer.step == cfg.steps:
+        if trainer.peft_model is not None:
+            trainer.peft_model.save_pretrained(str(out / "adapter"))
+        if save_merged:
+            save_merged_model(trainer, out / "merged")
     return records
+
+
+def save_merged_model(trainer: DAPOTrainer, path: Path) -> None:
+    model = trainer.peft_model.merge_and_unload() if trainer.peft_model is not None else trainer.lm.model
+    model.save_pretrained(str(path))
+    trainer.lm.tokenizer.save_pretrained(str(path))
 
 
 def save_checkpoint(trainer: DAPOTrainer, out: Path, keep: int = 2) -> Path:
