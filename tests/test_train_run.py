@@ -48,6 +48,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7, nan_ok=True), k
     assert (tmp_path / "split" / "curves.png").stat().st_size > 0
+    rollouts = [json.loads(line) for line in (tmp_path / "split" / "rollouts.jsonl").read_text().splitlines()]
+    full_rollouts = [json.loads(line) for line in (tmp_path / "full" / "rollouts.jsonl").read_text().splitlines()]
+    assert rollouts == full_rollouts and sorted({r["step"] for r in rollouts}) == [1, 2, 3]
     assert (tmp_path / "full" / "adapter" / "adapter_config.json").is_file()
 
     with pytest.raises(RunDirError, match="different settings.*steps"):

@@ -189,6 +189,8 @@ class DAPOTrainer:
                                        max_new_tokens=cfg.max_new_tokens)
         self.cursor = DataCursor(len(self.problems), cfg.seed)
         self.step = 0
+        self.last_rollouts: list[Rollout] = []
+        self.last_kept: list[bool] = []
 
     # ---------------------------------------------------------------- rollouts
     def rollout_group(self, problem: Problem, step: int, round_: int) -> list[Rollout]:
@@ -251,6 +253,9 @@ class DAPOTrainer:
         t0 = time.perf_counter()
         step = self.step
         sb = self.sample_batch(step)
+        self.last_rollouts = sb.all_rollouts
+        kept_ids = {id(r) for g in sb.groups for r in g}
+        self.last_kept = [id(r) in kept_ids for r in sb.all_rollouts]
         rollouts = [r for g in sb.groups for r in g]
         m: dict = {
             "step": step + 1,

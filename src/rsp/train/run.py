@@ -68,6 +68,7 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
     problems, prompt_of, stops = build_problems_and_prompts(lm, cfg)
     trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=stops)
     metrics_path = out / "metrics.jsonl"
+    rollouts_path = out / "rollouts.jsonl"
     ckpt = latest_checkpoint(out) if resuming else None
     records = []
     if ckpt is not None:
@@ -75,14 +76,19 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
         # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
         records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-    elif metrics_path.exists():
-        metrics_path.unlink()
+        kept_rollouts = [r for r in read_jsonl_records(rollouts_path) if r["step"] <= trainer.step]
+        atomic_write_text(rollouts_path, "".join(json.dumps(r) + "\n" for r in kept_rollouts))
+    else:
+        for path in (metrics_path, rollouts_path):
+            path.unlink(missing_ok=True)
     log = JsonlAppender(metrics_path)
+    rollout_log = JsonlAppender(rollouts_path)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     try:
         with tqdm(total=cfg.steps, initial=trainer.step, desc="rsp-dapo", disable=not progress) as bar:
             while trainer.step < end:
                 m = trainer.train_step()
+                rollout_log.append(rollout_records(trainer, m["step"]))
                 log.append([m])
                 records.append(m)
                 bar.update(1)
@@ -106,6 +112,14 @@ def save_merged_model(trainer: DAPOTrainer, path: Path) -> None:
     model = trainer.peft_model.merge_and_unload() if trainer.peft_model is not None else trainer.lm.model
     model.save_pretrained(str(path))
     trainer.lm.tokenizer.save_pretrained(str(path))
+
+
+def rollout_records(trainer: DAPOTrainer, step: int) -> list[dict]:
+    """One record per rollout; `rsp_seed` rebuilds its RSP exactly (`injection.rows([rsp_seed])`)."""
+    return [{"step": step, "problem_id": r.problem_id, "rsp_seed": r.rsp_seed, "completion": r.text,
+             "token_ids": list(r.token_ids), "finish_reason": r.finish_reason, "correct": r.correct,
+             "reward": r.reward, "advantage": r.advantage, "kept": kept}
+            for r, kept in zip(trainer.last_rollouts, trainer.last_kept, strict=True)]
 
 
 def save_checkpoint(trainer: DAPOTrainer, out: Path, keep: int = 2) -> Path:
