@@ -1,0 +1,126 @@
+"""A lean decode loop: model forward + DynamicCache, no `generate()` machinery per step.
+
+Why: `generate()` re-validates configs, rebuilds logits processors and stopping criteria and
+re-derives model inputs on every step; at small models on CPU that overhead is a large share
+of the step time. This loop does only what sampling needs. Greedy output matches `HFBackend`
+token for token; sampling uses the same warpers (temperature, top-k, top-p, min-p in
+transformers' order) and `torch.multinomial`, so it is the same distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rsp.backends.base import Completion, SamplingConfig
+from rsp.backends.hf import HFBackend
+from rsp.core.injection import Injection
+from rsp.core.insert import PromptTokens
+
+
+def build_warpers(sampling: SamplingConfig):
+    """The logits warpers `generate()` would apply for these settings, in the same order."""
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList()
+    if sampling.greedy:
+        return warpers
+    if sampling.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    if sampling.min_p:
+        warpers.append(MinPLogitsWarper(sampling.min_p))
+    return warpers
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids as `generate()` derives them: count of attended tokens before, 0 on padding."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 0)
+
+
+@torch.no_grad()
+def decode_loop(
+    model: torch.nn.Module,
+    logits: torch.Tensor,
+    cache,
+    attention_mask: torch.Tensor,
+    next_position: torch.Tensor,
+    sampling: SamplingConfig,
+    *,
+    stop_token_ids: Sequence[int],
+    pad_token_id: int,
+    tokenizer=None,
+    stop_strings: Sequence[str] = (),
+) -> list[list[int]]:
+    """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache.
+
+    `attention_mask` (B, T) covers the cache; `next_position` (B,) is the position id of the first
+    new token. Rows stop at a stop token (kept, like `generate`) or once a stop string appears;
+    finished rows receive `pad_token_id`.
+    """
+    warpers = build_warpers(sampling)
+    batch = logits.shape[0]
+    device = logits.device
+    stops = torch.tensor(list(stop_token_ids), device=device, dtype=torch.long)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out = torch.empty((batch, 0), dtype=torch.long, device=device)
+    positions = next_position.to(device).long().unsqueeze(1)
+    mask = attention_mask.to(device)
+    for step in range(sampling.max_new_tokens):
+        scores = logits.float()
+        if sampling.greedy:
+            token = scores.argmax(-1)
+        else:
+            scores = warpers(out, scores)
+            token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        out = torch.cat([out, token[:, None]], dim=1)
+        done = done | torch.isin(token, stops)
+        if stop_strings and tokenizer is not None:
+            for b in range(batch):
+                if not done[b]:
+                    text = tokenizer.decode(out[b].tolist(), skip_special_tokens=True)
+                    if any(s in text for s in stop_strings):
+                        done[b] = True
+        if bool(done.all()) or step == sampling.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        result = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True)
+        cache = result.past_key_values
+        logits = result.logits[:, -1, :]
+        positions = positions + 1
+    return out.cpu().tolist()
+
+
+class LeanHFBackend(HFBackend):
+    """`HFBackend` with the hand-written decode loop instead of `generate()` (same interface)."""
+
+    def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling,
+                        stop_strings) -> list[Completion]:
+        from transformers import DynamicCache
+
+        batch, embeds = self.prepare(prompts, injection, seeds)
+        model = self.lm.model
+        device = self.lm.device
+        mask = batch.attention_mask.to(device)
+        pos = positions_from_mask(mask)
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config)
+            result = model(inputs_embeds=embeds.to(device), attention_mask=mask, position_ids=pos,
+                           past_key_values=cache, use_cache=True)
+        rows = decode_loop(model, result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1,
+                           sampling, stop_token_ids=self.lm.stop_token_ids, pad_token_id=self.lm.pad_token_id,
+                           tokenizer=self.lm.tokenizer, stop_strings=stop_strings)
+        return [self._finish(row, sampling, stop_strings) for row in rows]

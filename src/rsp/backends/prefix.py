@@ -1,0 +1,94 @@
+"""Prefix-shared branching: prefill each distinct prompt once, then branch its cache N ways.
+
+Why: the N attempts at a problem differ only in their injected rows, so the prompt tokens before
+the insertion point produce the same keys/values in every attempt. Computing them once per
+problem and copying the cache rows to its attempts divides the prefill cost by about N.
+
+Layout per row: [left pad | shared prefix | pad | slots + rest of prompt | new tokens]. The mask
+has zeros in the middle gap and the position ids are counted over attended tokens only, so each
+row sees exactly what the unshared left-padded batch sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rsp.backends.base import Completion, SamplingConfig
+from rsp.backends.lean import LeanHFBackend, decode_loop, positions_from_mask
+from rsp.core.injection import Injection
+from rsp.core.insert import PromptTokens, build_slotted_batch
+
+
+def has_sliding_layers(model: torch.nn.Module) -> bool:
+    """Sliding-window masks count cache columns, so a padding gap would shift the window."""
+    cfg = getattr(model, "config", None)
+    layer_types = getattr(cfg, "layer_types", None) or ()
+    return any("sliding" in str(t) for t in layer_types) or bool(getattr(cfg, "sliding_window", None)
+                                                                   and getattr(cfg, "use_sliding_window", True)
+                                                                   and layer_types)
+
+
+class PrefixSharedHFBackend(LeanHFBackend):
+    """Same interface and results as `HFBackend`, with one prompt prefill per distinct prompt.
+
+    Falls back to the unshared lean loop when nothing can be shared: prepend insertion (the slots
+    come first), injections that rewrite the prompt's own rows per seed, or sliding-window models.
+    """
+
+    def __init__(self, lm, *, min_batch_size: int = 1) -> None:
+        super().__init__(lm, min_batch_size=min_batch_size)
+        self.last_shared: bool = False
+        self.last_prefill_rows: int = 0
+
+    def can_share(self, injection: Injection) -> bool:
+        return (injection.position != "prepend"
+                and type(injection).transform_prompt is Injection.transform_prompt
+                and not has_sliding_layers(self.lm.model))
+
+    def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds,
+                        sampling: SamplingConfig, stop_strings) -> list[Completion]:
+        if not self.can_share(injection):
+            self.last_shared = False
+            return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
+        from transformers import DynamicCache
+
+        length = injection.length
+        cuts: list[tuple[int, int]] = []  # (shared prefix length, slot offset within the tail)
+        for p in prompts:
+            at = p.insert_index(injection.position)
+            share = at if (length > 0 or at < len(p.ids)) else at - 1  # keep >= 1 token for the logits
+            cuts.append((share, at - share))
+        if min(share for share, _ in cuts) <= 0:
+            self.last_shared = False
+            return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
+
+        groups: dict[tuple[int, ...], int] = {}
+        row_group = [groups.setdefault(tuple(p.ids[:share]), len(groups)) for p, (share, _) in zip(prompts, cuts, strict=True)]
+        prefixes = list(groups)
+        prefix_batch = build_slotted_batch(prefixes, [len(x) for x in prefixes], 0, pad_id=self.lm.pad_token_id)
+        tails = [p.ids[share:] for p, (share, _) in zip(prompts, cuts, strict=True)]
+        tail_batch = build_slotted_batch(tails, [off for _, off in cuts], length, pad_id=self.lm.pad_token_id)
+
+        model, device = self.lm.model, self.lm.device
+        select = torch.tensor(row_group, dtype=torch.long, device=device)
+        prefix_mask = prefix_batch.attention_mask.to(device)
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config)
+            model(inputs_embeds=self.lm.embed(prefix_batch.input_ids).to(device), attention_mask=prefix_mask,
+                  position_ids=positions_from_mask(prefix_mask), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+            cache.batch_select_indices(select)
+            mask = torch.cat([prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1)
+            pos = positions_from_mask(mask)
+            tail_embeds = injection.apply(self.lm.embed(tail_batch.input_ids), tail_batch, seeds)
+            width = prefix_mask.shape[1]
+            result = model(inputs_embeds=tail_embeds.to(device), attention_mask=mask, position_ids=pos[:, width:],
+                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.last_shared = True
+        self.last_prefill_rows = len(prefixes)
+        rows = decode_loop(model, result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1,
+                           sampling, stop_token_ids=self.lm.stop_token_ids, pad_token_id=self.lm.pad_token_id,
+                           tokenizer=self.lm.tokenizer, stop_strings=stop_strings)
+        return [self._finish(row, sampling, stop_strings) for row in rows]

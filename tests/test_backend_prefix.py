@@ -1,0 +1,91 @@
+"""Prefix-shared branching gives the same completions and RSPs as the unshared HF backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TinyTokenizer, build_tiny_llama
+
+from rsp.backends import HFBackend, SamplingConfig
+from rsp.backends.prefix import PrefixSharedHFBackend
+from rsp.core import NoInjection, PromptTokens, RandomSoftPrompt
+from rsp.models import wrap_model
+
+GREEDY = SamplingConfig(temperature=0, max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def sharp_lm():
+    """Tiny Llama with weights scaled up so greedy outputs differ by prompt and by RSP (not one repeated token)."""
+    model = build_tiny_llama()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(8)
+    return wrap_model(model, TinyTokenizer(), name="tiny-sharp")
+
+
+def chat_prompts(lm, questions, attempts):
+    out = []
+    for q in questions:
+        ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=True)
+        out += [PromptTokens(tuple(ids), len(ids) - 2)] * attempts
+    return out
+
+
+@pytest.mark.parametrize("position", ["after_generation_prompt", "end_of_user_turn", "prepend"])
+def test_shared_matches_unshared_greedy_mixed_lengths(sharp_lm, position):
+    prompts = chat_prompts(sharp_lm, ["hi", "what is 2+3 and then some", "x" * 17], attempts=3)
+    injection = RandomSoftPrompt(sharp_lm.embedding_stats(), 4, position=position)
+    seeds = [injection.seed_for(7, str(i // 3), i % 3) for i in range(len(prompts))]
+    plain = HFBackend(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=1)
+    backend = PrefixSharedHFBackend(sharp_lm)
+    shared = backend.generate(prompts, injection, seeds, GREEDY, decode_seed=1)
+    assert shared == plain
+    assert len({c.token_ids for c in plain}) == len(plain), "outputs must differ per attempt for the test to bite"
+    if position == "prepend":
+        assert not backend.last_shared
+    else:
+        assert backend.last_shared and backend.last_prefill_rows == 3
+
+
+def test_shared_uses_the_same_rsp_rows(sharp_lm):
+    prompts = chat_prompts(sharp_lm, ["ab", "abcdefgh"], attempts=2)
+    injection = RandomSoftPrompt(sharp_lm.embedding_stats(), 3)
+    seeds = [11, 12, 13, 14]
+    captured = []
+    original = injection.apply
+
+    def spy(embeds, batch, s):
+        out = original(embeds, batch, s)
+        captured.append(torch.stack([out[b, batch.slot_index[b]] for b in range(out.shape[0])]))
+        return out
+
+    injection.apply = spy  # type: ignore[method-assign]
+    HFBackend(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
+    PrefixSharedHFBackend(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
+    assert torch.equal(captured[0], captured[1])
+    assert torch.equal(captured[0], injection.rows(seeds).to(captured[0].dtype))
+
+
+def test_no_injection_and_stop_strings_match(sharp_lm):
+    prompts = chat_prompts(sharp_lm, ["hello there", "q"], attempts=2)
+    seeds = [None] * 4
+    sampling = SamplingConfig(temperature=0, max_new_tokens=12)
+    plain = HFBackend(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
+    shared = PrefixSharedHFBackend(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
+    assert shared == plain
+    stop = plain[0].text[3:5]
+    cut = PrefixSharedHFBackend(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0,
+                                                   stop_strings=[stop])
+    assert cut[0].text == plain[0].text[: plain[0].text.find(stop)]
+    assert cut[0].finish_reason == "stop"
+
+
+def test_sliding_window_model_falls_back(tiny_gemma_lm):
+    prompts = chat_prompts(tiny_gemma_lm, ["hi", "longer question"], attempts=2)
+    injection = RandomSoftPrompt(tiny_gemma_lm.embedding_stats(), 2)
+    backend = PrefixSharedHFBackend(tiny_gemma_lm)
+    out = backend.generate(prompts, injection, [1, 2, 3, 4], GREEDY, decode_seed=0)
+    assert not backend.last_shared
+    assert out == HFBackend(tiny_gemma_lm).generate(prompts, injection, [1, 2, 3, 4], GREEDY, decode_seed=0)
