@@ -130,3 +130,19 @@ def test_full_finetuning_plain_dapo_updates_transformer_not_embeddings(tiny_lm):
     assert torch.equal(emb, before["model.embed_tokens.weight"])
     assert not torch.equal(named["model.layers.0.self_attn.q_proj.weight"],
                            before["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_dapo_loss_clips_higher_and_averages_over_tokens():
+    from rsp.train.dapo import dapo_loss
+
+    old = torch.zeros(2, 3)
+    logp = torch.log(torch.tensor([[1.30, 1.0, 1.0], [0.75, 1.10, 1.0]])).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # sequence lengths 1 and 3
+    loss, info = dapo_loss(logp, old, adv, mask, 0.2, 0.28)
+    # token-level mean over 4 tokens: -(1.28) [clipped high] + 0.8 [clipped low] + 1.10 + 1.0
+    assert loss.item() == pytest.approx((-1.28 + 0.8 + 1.10 + 1.0) / 4)
+    assert info["clip_fraction"] == pytest.approx(2 / 4)
+    loss.backward()
+    assert logp.grad[0, 0] == 0 and logp.grad[1, 0] == 0  # clipped tokens carry no gradient
+    assert logp.grad[1, 1] != 0 and logp.grad[0, 1] == 0  # masked token carries none either
