@@ -164,3 +164,14 @@ def test_report_command_rebuilds_summary(tmp_path, tiny_model_dir, tiny_loaded):
     assert proc.returncode == 0, err
     assert "| rsp |" in out and json.loads((tmp_path / "r" / "summary.json").read_text())["problems"] == 3
     assert Path(tmp_path / "r" / "passk.png").is_file()
+
+
+@pytest.mark.parametrize("engine", ["prefix", "lean"])
+def test_engines_give_the_same_greedy_records_as_hf(tmp_path, tiny_model_dir, tiny_loaded, engine):
+    base = _config(tiny_model_dir, temperature=0.0)
+    run_eval(base, tmp_path / "hf", lm=tiny_loaded, progress=False)
+    other = _config(tiny_model_dir, temperature=0.0, engine=engine)
+    run_eval(other, tmp_path / engine, lm=tiny_loaded, progress=False)
+    a = read_jsonl_records(tmp_path / "hf" / "samples.jsonl")
+    b = read_jsonl_records(tmp_path / engine / "samples.jsonl")
+    assert [(r["completion"], r["rsp_seed"]) for r in a] == [(r["completion"], r["rsp_seed"]) for r in b]

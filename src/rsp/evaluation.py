@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from rsp.backends import ENGINES
 from rsp.backends.base import SamplingConfig
-from rsp.backends.hf import HFBackend
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.methods import MethodOptions, build_method, method_names
@@ -63,6 +63,7 @@ class EvalConfig:
     prompt_style: str = "auto"
     dtype: str = "auto"
     device: str = "cpu"
+    engine: str = "hf"
     grader_timeout: float = 5.0
 
     def validate(self) -> None:
@@ -82,6 +83,8 @@ class EvalConfig:
             raise ConfigError(f"--grader-timeout must be > 0, got {self.grader_timeout}")
         if self.position not in INSERTION_POINTS:
             raise ConfigError(f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not self.methods:
             raise ConfigError("--methods must name at least one method")
         if len(set(self.methods)) != len(self.methods):
@@ -188,7 +191,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
         _check_context(lm, prompts, config)
         options = config.method_options()
         injections = {m: build_method(m, lm, options) for m in config.methods}
-        backend = HFBackend(lm)
+        backend = ENGINES[config.engine](lm)
         appender = JsonlAppender(samples_path)
         sampling = config.sampling()
         bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}")

@@ -1,6 +1,11 @@
-"""Generation engines behind one interface: hf (default) and vllm (scale-out)."""
+"""Generation engines behind one interface: hf (default), lean and prefix-shared HF paths, vllm (scale-out)."""
 
 from rsp.backends.base import Backend, Completion, SamplingConfig
 from rsp.backends.hf import HFBackend
+from rsp.backends.lean import LeanHFBackend
+from rsp.backends.prefix import PrefixSharedHFBackend
 
-__all__ = ["Backend", "Completion", "HFBackend", "SamplingConfig"]
+ENGINES = {"hf": HFBackend, "lean": LeanHFBackend, "prefix": PrefixSharedHFBackend}
+
+__all__ = ["ENGINES", "Backend", "Completion", "HFBackend", "LeanHFBackend", "PrefixSharedHFBackend",
+           "SamplingConfig"]
