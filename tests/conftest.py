@@ -146,3 +146,32 @@ def make_tiny_model_dir(path, arch: str = "llama"):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def sharp_lm(tiny_tokenizer_module):
+    """Tiny Llama with weights scaled up so greedy outputs differ by prompt and by RSP (not one repeated token)."""
+    from rsp.models import wrap_model
+
+    model = build_tiny_llama()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(8)
+    return wrap_model(model, tiny_tokenizer_module, name="tiny-sharp")
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer_module() -> TinyTokenizer:
+    return TinyTokenizer()
+
+
+def chat_prompts(lm, questions, attempts):
+    """`attempts` copies of each question's chat prompt; the user turn ends 2 tokens before the end."""
+    from rsp.core import PromptTokens
+
+    out = []
+    for q in questions:
+        ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=True)
+        out += [PromptTokens(tuple(ids), len(ids) - 2)] * attempts
+    return out

@@ -7,23 +7,10 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import TinyTokenizer, build_tiny_llama
 
 from rsp.backends import HFBackend, SamplingConfig
 from rsp.backends.lean import LeanHFBackend
 from rsp.core import NoInjection, PromptTokens, RandomSoftPrompt
-from rsp.models import wrap_model
-
-
-@pytest.fixture(scope="module")
-def sharp_lm():
-    """Tiny Llama with weights scaled up so greedy outputs vary by prompt and RSP."""
-    model = build_tiny_llama()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(8)
-    return wrap_model(model, TinyTokenizer(), name="tiny-sharp")
 
 
 def chat_prompt(lm, question: str) -> PromptTokens:

@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyTokenizer, build_tiny_llama
+from conftest import chat_prompts
 
 from rsp.backends import HFBackend, SamplingConfig
 from rsp.backends.prefix import PrefixSharedHFBackend
-from rsp.core import NoInjection, PromptTokens, RandomSoftPrompt
-from rsp.models import wrap_model
+from rsp.core import NoInjection, RandomSoftPrompt
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=10)
-
-
-@pytest.fixture(scope="module")
-def sharp_lm():
-    """Tiny Llama with weights scaled up so greedy outputs differ by prompt and by RSP (not one repeated token)."""
-    model = build_tiny_llama()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(8)
-    return wrap_model(model, TinyTokenizer(), name="tiny-sharp")
-
-
-def chat_prompts(lm, questions, attempts):
-    out = []
-    for q in questions:
-        ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=True)
-        out += [PromptTokens(tuple(ids), len(ids) - 2)] * attempts
-    return out
 
 
 @pytest.mark.parametrize("position", ["after_generation_prompt", "end_of_user_turn", "prepend"])

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import chat_prompts
 
 from rsp.backends import HFBackend
 from rsp.backends.vllm import build_requests, vllm_available
-from rsp.core import PromptTokens, RandomSoftPrompt
-
-
-def prompts_for(lm, questions, attempts):
-    out = []
-    for q in questions:
-        ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=True)
-        out += [PromptTokens(tuple(ids), len(ids) - 2)] * attempts
-    return out
+from rsp.core import RandomSoftPrompt
 
 
 @pytest.mark.parametrize("position", ["after_generation_prompt", "end_of_user_turn", "prepend"])
 def test_one_request_per_attempt_with_its_own_rsp(tiny_lm, position):
-    prompts = prompts_for(tiny_lm, ["hi", "a longer question"], attempts=3)
+    prompts = chat_prompts(tiny_lm, ["hi", "a longer question"], attempts=3)
     injection = RandomSoftPrompt(tiny_lm.embedding_stats(), 4, position=position)
     seeds = [100 + i for i in range(len(prompts))]
     requests = build_requests(tiny_lm, prompts, injection, seeds, decode_seed=5)
@@ -39,7 +32,7 @@ def test_one_request_per_attempt_with_its_own_rsp(tiny_lm, position):
 
 
 def test_seed_count_must_match(tiny_lm):
-    prompts = prompts_for(tiny_lm, ["hi"], attempts=2)
+    prompts = chat_prompts(tiny_lm, ["hi"], attempts=2)
     with pytest.raises(ValueError, match="one injection seed per prompt"):
         build_requests(tiny_lm, prompts, RandomSoftPrompt(tiny_lm.embedding_stats(), 2), [1], decode_seed=0)
 

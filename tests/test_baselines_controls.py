@@ -21,15 +21,6 @@ def prompts(tiny_lm):
     builder = PromptBuilder.for_task(tiny_lm.tokenizer, task)
     return task.problems, [builder.build(p) for p in task.problems]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 on a shared 2-core machine, small ops spin and run ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def _slot_rows(tiny_lm, method, problems, prompts, attempts, length=3, **extra):
     """Rows injected for every (problem, attempt), via the backend's real prepare path."""

@@ -20,16 +20,6 @@ from rsp.baselines.soft_prompt import (
 from rsp.core import RandomSoftPrompt, derive_seed
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 on a shared 2-core machine, small ops spin and run ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def _config(**kw) -> SoftPromptTrainConfig:
     base = dict(model="tiny", length=2, train_size=16, val_size=4, steps=30, eval_every=10, batch_size=4, lr=0.1,
                 patience=3)

@@ -15,15 +15,6 @@ from rsp.models import load_model
 from rsp.runio import RunDirError, read_jsonl_records
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 on a shared 2-core machine, small ops spin and run ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_loaded(tiny_model_dir):
     return load_model(str(tiny_model_dir), dtype="float32")
