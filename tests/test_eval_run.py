@@ -115,6 +115,20 @@ def test_context_overflow_is_refused(tmp_path, tiny_model_dir, tiny_loaded):
         run_eval(_config(tiny_model_dir, max_new_tokens=5000), tmp_path / "r", lm=tiny_loaded, progress=False)
 
 
+def test_context_check_uses_the_soft_prompt_files_length_not_rsp_length(tmp_path, tiny_model_dir, tiny_loaded):
+    import torch
+
+    from rsp.baselines.soft_prompt import save_soft_prompt
+
+    hidden = tiny_loaded.model.config.hidden_size
+    limit = tiny_loaded.model.config.max_position_embeddings
+    save_soft_prompt(tmp_path / "long.safetensors", torch.zeros(limit, hidden), "after_generation_prompt", {})
+    config = _config(tiny_model_dir, methods=("soft-prompt",), rsp_length=1, max_new_tokens=4,
+                     method_extra={"soft_prompt": str(tmp_path / "long.safetensors")})
+    with pytest.raises(ConfigError, match=rf"{limit} injected vectors \(soft-prompt\)"):
+        run_eval(config, tmp_path / "r", lm=tiny_loaded, progress=False)
+
+
 def _cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "rsp.cli", *args], stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from rsp.backends import ENGINES
 from rsp.backends.base import SamplingConfig
+from rsp.core.injection import Injection
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.methods import MethodOptions, build_method, method_names
@@ -188,9 +189,9 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
             lm = load_model(config.model, dtype=config.dtype, device=config.device)
         builder = PromptBuilder.for_task(lm.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
-        _check_context(lm, prompts, config)
         options = config.method_options()
         injections = {m: build_method(m, lm, options) for m in config.methods}
+        _check_context(lm, prompts, config, injections)
         backend = ENGINES[config.engine](lm)
         appender = JsonlAppender(samples_path)
         sampling = config.sampling()
@@ -217,14 +218,18 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
 
 
-def _check_context(lm: LoadedModel, prompts: list[PromptTokens], config: EvalConfig) -> None:
+def _check_context(lm: LoadedModel, prompts: list[PromptTokens], config: EvalConfig,
+                   injections: dict[str, Injection]) -> None:
+    """Fail before sampling, using each method's own length (a soft prompt file fixes L, not --rsp-length)."""
     limit = getattr(lm.model.config, "max_position_embeddings", None)
     if limit is None:
         return
-    longest = max(len(p.ids) for p in prompts) + config.rsp_length + config.max_new_tokens
+    method, injection = max(injections.items(), key=lambda kv: kv[1].length)
+    longest = max(len(p.ids) for p in prompts) + injection.length + config.max_new_tokens
     if longest > limit:
-        raise ConfigError(f"longest prompt + RSP length + max_new_tokens = {longest} exceeds the model's context "
-                          f"of {limit} tokens; lower --max-new-tokens or --rsp-length")
+        raise ConfigError(f"longest prompt + {injection.length} injected vectors ({method}) + max_new_tokens = "
+                          f"{longest} exceeds the model's context of {limit} tokens; lower --max-new-tokens "
+                          f"or the injection length")
 
 
 def _record(problem: Problem, method: str, attempt: int, seed: int | None, decode_seed: int, prompt: PromptTokens,
