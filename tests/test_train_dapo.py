@@ -146,3 +146,29 @@ def test_dapo_loss_clips_higher_and_averages_over_tokens():
     loss.backward()
     assert logp.grad[0, 0] == 0 and logp.grad[1, 0] == 0  # clipped tokens carry no gradient
     assert logp.grad[1, 1] != 0 and logp.grad[0, 1] == 0  # masked token carries none either
+
+
+@pytest.mark.parametrize("mask_truncated", [False, True])
+def test_micro_batched_update_gives_the_full_batch_gradient(tiny_lm, mask_truncated):
+    flip = itertools.cycle([True, False])
+    trainer = _trainer(tiny_lm, lambda text, gold: next(flip), micro_batch_size=0, mask_truncated=mask_truncated)
+    import dataclasses
+
+    sampled = [r for g in trainer.sample_batch(0).groups for r in g]
+    # Ragged lengths (so the token normaliser matters) and some "stopped" rows (so truncation masking does).
+    rollouts = [dataclasses.replace(r, token_ids=r.token_ids[:2 + i % 5], finish_reason="stop" if i % 3 else "length")
+                for i, r in enumerate(sampled)]
+    assert len(rollouts) == 8 and len({len(r.token_ids) for r in rollouts}) > 1
+    grads = {}
+    for mb in (0, 3):  # 3 does not divide 8: the last micro-batch is short
+        trainer.cfg.micro_batch_size = mb
+        state = {id(p): p.detach().clone() for p in trainer.trainable}
+        trainer.optimizer.step = lambda: None  # keep weights fixed so both passes see the same model
+        stats = trainer._update(rollouts)
+        grads[mb] = [p.grad.detach().clone() for p in trainer.trainable]
+        assert all(torch.equal(p, state[id(p)]) for p in trainer.trainable)
+        grads[f"loss{mb}"] = stats["loss"]
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for full, micro in zip(grads[0], grads[3], strict=True):
+        torch.testing.assert_close(micro, full, rtol=1e-4, atol=1e-6)
+    assert grads["loss3"] == pytest.approx(grads["loss0"], rel=1e-4, abs=1e-7)

@@ -32,6 +32,7 @@ class DAPOConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     updates_per_batch: int = 1  # >1 reuses each rollout batch (then old != current and clipping acts)
+    micro_batch_size: int = 4  # rollouts per forward/backward; gradients are accumulated (0 = all at once)
     epsilon_low: float = 0.2
     epsilon_high: float = 0.28
     beta: float = 0.0
@@ -67,6 +68,7 @@ class DAPOConfig:
         need(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.micro_batch_size >= 0, f"micro_batch_size must be >= 0 (0 = whole batch), got {self.micro_batch_size}")
         need(self.updates_per_batch >= 1, f"updates_per_batch must be >= 1, got {self.updates_per_batch}")
         need(0 <= self.epsilon_low < 1, f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
         need(self.epsilon_high >= 0, f"epsilon_high must be >= 0, got {self.epsilon_high}")
