@@ -118,6 +118,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rsp.reporting import compare_runs, markdown_table, parse_arm, plot_passk
+    from rsp.runio import atomic_write_text
+
+    summary = compare_runs([parse_arm(a) for a in args.arm])
+    table = markdown_table(summary)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        arms = "\n".join(f"- `{a['label']}`: method `{a['method']}` of `{a['run']}`" for a in summary["arms"])
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "summary.md", f"# Comparison\n\n{arms}\n\n{table}\n![pass@k](passk.png)\n")
+        if summary.get("problems"):
+            plot_passk(summary, out / "passk.png", "comparison: " + ", ".join(a["label"] for a in summary["arms"]))
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from rsp.methods import method_descriptions
 
@@ -140,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild summary.md / summary.json / passk.png of an eval run")
     p.add_argument("--run", required=True)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("compare", help="paired table of methods from different eval runs (e.g. before/after training)")
+    p.add_argument("--arm", action="append", required=True, metavar="LABEL=RUN_DIR:METHOD",
+                   help="repeatable; the first arm is the baseline of the paired differences")
+    p.add_argument("--out", help="also write summary.md / summary.json / passk.png here")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("methods", help="list injection methods")
     p.set_defaults(func=cmd_methods)
     for module in PLUGINS:

@@ -11,7 +11,7 @@ import numpy as np
 
 from rsp.metrics.passk import maj_at_k, pass_at_k
 from rsp.metrics.stats import bootstrap_ci, paired_comparison
-from rsp.runio import atomic_write_text
+from rsp.runio import atomic_write_text, read_jsonl_records
 from rsp.tasks.grading import canonical_answer
 
 
@@ -133,4 +133,46 @@ def write_eval_report(out: Path, records: Sequence[dict], config: dict, *, secon
     atomic_write_text(out / "summary.md", header + markdown_table(summary) + "\n![pass@k](passk.png)\n")
     if summary.get("problems"):
         plot_passk(summary, out / "passk.png", title)
+    return summary
+
+
+def parse_arm(spec: str) -> tuple[str, Path, str]:
+    """`LABEL=RUN_DIR:METHOD` -> (label, run dir, method)."""
+    label, sep, rest = spec.partition("=")
+    run, sep2, method = rest.rpartition(":")
+    if not sep or not sep2 or not label or not run or not method:
+        raise ValueError(f"--arm must look like LABEL=RUN_DIR:METHOD (e.g. before=runs/base:rsp), got {spec!r}")
+    return label, Path(run), method
+
+
+def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dict:
+    """Paired summary of (label, run, method) arms from different eval runs on the same problems.
+
+    Why: a before/after study (a base model and a trained one) lives in separate runs; pairing by
+    problem id gives the tighter paired CIs. Runs must agree on task, n and problems; the first arm is
+    the baseline.
+    """
+    if len(arms) < 2:
+        raise ValueError("rsp compare needs at least two --arm values")
+    labels = [a[0] for a in arms]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--arm labels must be distinct, got {labels}")
+    merged: list[dict] = []
+    ns, tasks = set(), set()
+    for label, run, method in arms:
+        cfg_path = run / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{run} is not an rsp eval run (no config.json)")
+        config = json.loads(cfg_path.read_text())["config"]
+        if method not in config["methods"]:
+            raise ValueError(f"{run} has no method {method!r} (it has {', '.join(config['methods'])})")
+        ns.add(int(config["n"]))
+        tasks.add((config["task"], config.get("arith_steps"), config.get("arith_max_value"), config.get("split")))
+        merged += [{**r, "method": label} for r in read_jsonl_records(run / "samples.jsonl", repair=False)
+                   if r["method"] == method]
+    if len(ns) != 1 or len(tasks) != 1:
+        raise ValueError(f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}; "
+                         "paired comparison needs the same problems and n")
+    summary = summarise(merged, labels, ns.pop(), seed=seed)
+    summary["arms"] = [{"label": a[0], "run": str(a[1]), "method": a[2]} for a in arms]
     return summary
