@@ -62,19 +62,29 @@ def decode_loop(
     pad_token_id: int,
     tokenizer=None,
     stop_strings: Sequence[str] = (),
+    compact: bool = True,
+    batch_sizes: list[int] | None = None,
 ) -> list[list[int]]:
     """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache.
 
     `attention_mask` (B, T) covers the cache; `next_position` (B,) is the position id of the first
     new token. Rows stop at a stop token (kept, like `generate`) or once a stop string appears;
     finished rows receive `pad_token_id`.
+
+    With `compact`, a row that finishes is dropped from the cache, mask and positions, so later
+    forward passes run only on live rows (`generate` keeps computing finished rows until the whole
+    batch is done). Greedy output is unchanged. Sampling draws `torch.multinomial` over the live rows
+    only, so after the first row stops each row consumes different random numbers than in
+    `generate`: same distribution, different tokens for the same seed. `batch_sizes`, if given,
+    receives the number of rows of every decode forward pass (for tests and benchmarks).
     """
     warpers = build_warpers(sampling)
     batch = logits.shape[0]
     device = logits.device
     stops = torch.tensor(list(stop_token_ids), device=device, dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    out = torch.empty((batch, 0), dtype=torch.long, device=device)
+    out = torch.full((batch, sampling.max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    live = torch.arange(batch, device=device)  # original row index of each row still in the batch
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # per live row (only used without compact)
     positions = next_position.to(device).long().unsqueeze(1)
     mask = attention_mask.to(device)
     for step in range(sampling.max_new_tokens):
@@ -82,30 +92,56 @@ def decode_loop(
         if sampling.greedy:
             token = scores.argmax(-1)
         else:
-            scores = warpers(out, scores)
+            scores = warpers(out[live, :step], scores)
             token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        out = torch.cat([out, token[:, None]], dim=1)
-        done = done | torch.isin(token, stops)
+        out[live, step] = token
+        finished = done | torch.isin(token, stops)
         if stop_strings and tokenizer is not None:
-            for b in range(batch):
-                if not done[b]:
-                    text = tokenizer.decode(out[b].tolist(), skip_special_tokens=True)
+            for i, row in enumerate(live.tolist()):
+                if not finished[i]:
+                    text = tokenizer.decode(out[row, :step + 1].tolist(), skip_special_tokens=True)
                     if any(s in text for s in stop_strings):
-                        done[b] = True
-        if bool(done.all()) or step == sampling.max_new_tokens - 1:
+                        finished[i] = True
+        if bool(finished.all()) or step == sampling.max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        if compact and bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(1)
+            live, token, mask, positions = live[keep], token[keep], mask[keep], positions[keep]
+            cache.batch_select_indices(keep)
+            done = done[keep]
+        else:
+            done = finished
+        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+        if batch_sizes is not None:
+            batch_sizes.append(int(token.shape[0]))
         result = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
                        past_key_values=cache, use_cache=True)
         cache = result.past_key_values
         logits = result.logits[:, -1, :]
         positions = positions + 1
-    return out.cpu().tolist()
+    return out[:, :step + 1].cpu().tolist()
 
 
 class LeanHFBackend(HFBackend):
-    """`HFBackend` with the hand-written decode loop instead of `generate()` (same interface)."""
+    """`HFBackend` with the hand-written decode loop instead of `generate()` (same interface).
+
+    `compact=False` keeps finished rows in the batch like `generate` (sampled tokens then match
+    `generate`'s random-number use row for row); the default drops them (see `decode_loop`).
+    """
+
+    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True) -> None:
+        super().__init__(lm, min_batch_size=min_batch_size)
+        self.compact = compact
+        self.last_batch_sizes: list[int] = []  # rows of each decode forward pass of the last batch
+
+    def _decode(self, logits, cache, mask, next_position, sampling, stop_strings) -> list[Completion]:
+        self.last_batch_sizes = []
+        rows = decode_loop(self.lm.model, logits, cache, mask, next_position, sampling,
+                           stop_token_ids=self.lm.stop_token_ids, pad_token_id=self.lm.pad_token_id,
+                           tokenizer=self.lm.tokenizer, stop_strings=stop_strings, compact=self.compact,
+                           batch_sizes=self.last_batch_sizes)
+        return [self._finish(row, sampling, stop_strings) for row in rows]
 
     def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling,
                         stop_strings) -> list[Completion]:
@@ -118,9 +154,9 @@ class LeanHFBackend(HFBackend):
         pos = positions_from_mask(mask)
         with torch.no_grad():
             cache = DynamicCache(config=model.config)
+            # logits_to_keep=1: only the last position's logits are used (as in generate()); the
+            # full (B, P, vocab) head output would be about a fifth of SmolLM2's prefill compute.
             result = model(inputs_embeds=embeds.to(device), attention_mask=mask, position_ids=pos,
-                           past_key_values=cache, use_cache=True)
-        rows = decode_loop(model, result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1,
-                           sampling, stop_token_ids=self.lm.stop_token_ids, pad_token_id=self.lm.pad_token_id,
-                           tokenizer=self.lm.tokenizer, stop_strings=stop_strings)
-        return [self._finish(row, sampling, stop_strings) for row in rows]
+                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return self._decode(result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling,
+                            stop_strings)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from rsp.backends.base import Completion, SamplingConfig
-from rsp.backends.lean import LeanHFBackend, decode_loop, positions_from_mask
+from rsp.backends.lean import LeanHFBackend, positions_from_mask
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens, build_slotted_batch
 
@@ -37,8 +37,8 @@ class PrefixSharedHFBackend(LeanHFBackend):
     come first), injections that rewrite the prompt's own rows per seed, or sliding-window models.
     """
 
-    def __init__(self, lm, *, min_batch_size: int = 1) -> None:
-        super().__init__(lm, min_batch_size=min_batch_size)
+    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True) -> None:
+        super().__init__(lm, min_batch_size=min_batch_size, compact=compact)
         self.last_shared: bool = False
         self.last_prefill_rows: int = 0
 
@@ -88,7 +88,5 @@ class PrefixSharedHFBackend(LeanHFBackend):
                            past_key_values=cache, use_cache=True, logits_to_keep=1)
         self.last_shared = True
         self.last_prefill_rows = len(prefixes)
-        rows = decode_loop(model, result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1,
-                           sampling, stop_token_ids=self.lm.stop_token_ids, pad_token_id=self.lm.pad_token_id,
-                           tokenizer=self.lm.tokenizer, stop_strings=stop_strings)
-        return [self._finish(row, sampling, stop_strings) for row in rows]
+        return self._decode(result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling,
+                            stop_strings)
