@@ -5,6 +5,10 @@ so every run decodes exactly --new-tokens per row. Arms alternate within each re
 median is reported (this machine's timings drift). The model is a random-init Llama with
 SmolLM2-135M's configuration unless --packaged is given.
 
+Peak memory comes from a separate fresh subprocess per arm and batch (see peakmem.py: peak RSS of
+one call after a warm-up, or the CUDA peak on a GPU), because a process's peak RSS never goes
+down and the timing loop runs both arms in one process. --no-memory skips it.
+
     python benchmarks/lean_decode.py                          # batches 1, 8, 32; 3 repeats
     python benchmarks/lean_decode.py --batches 1 8 32 64 --repeats 5 --new-tokens 64
 """
@@ -13,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,16 +30,21 @@ from rsp.core import PromptTokens, RandomSoftPrompt
 from rsp.models import load_model
 
 
-def smollm2_like(packaged: bool, dtype: torch.dtype):
-    """SmolLM2's tokenizer, with either its weights or a random model of the same shape."""
+def smollm2_like(packaged: bool, dtype: torch.dtype, *, layers: int = 30, device: str = "cpu"):
+    """SmolLM2's tokenizer, with either its weights or a random model of the same shape.
+
+    `layers` < 30 gives a shallower random model of the same width, for cells that would not fit
+    this machine's time or memory at full depth (time and KV cache scale with depth).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     lm = load_model("smollm2-135m-instruct", dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
     if not packaged:
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
                           num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
         lm = dataclasses.replace(lm, model=LlamaForCausalLM(cfg).to(dtype).eval())
+    lm = dataclasses.replace(lm, model=lm.model.to(device))
     return dataclasses.replace(lm, stop_token_ids=(49152 + 10,))  # never sampled: fixed length
 
 
@@ -41,6 +52,45 @@ def synthetic_prompts(n: int, length: int, seed: int = 0) -> list[PromptTokens]:
     g = torch.Generator().manual_seed(seed)
     return [PromptTokens(tuple(torch.randint(100, 49000, (length,), generator=g).tolist()), length)
             for _ in range(n)]
+
+
+def child(payload: dict) -> None:
+    """One arm, one batch, in this fresh process: peak RSS of a single generate call."""
+    import peakmem
+
+    torch.set_num_threads(payload["threads"])
+    lm = smollm2_like(payload["packaged"], getattr(torch, payload["dtype"]), device=payload["device"])
+    injection = RandomSoftPrompt(lm.embedding_stats(), payload["rsp_length"])
+    backend = (LeanHFBackend if payload["arm"] == "lean" else HFBackend)(lm)
+    warm = SamplingConfig(temperature=0, max_new_tokens=2)
+    backend.generate(synthetic_prompts(2, 8, seed=1), injection, [0, 1], warm, decode_seed=0)
+    batch = payload["batch"]
+    prompts = synthetic_prompts(batch, payload["prompt_length"], seed=batch)
+    sampling = SamplingConfig(temperature=0, max_new_tokens=payload["new_tokens"])
+    reset_ok = peakmem.reset_peak()
+    base = peakmem.rss_mb()
+    backend.generate(prompts, injection, list(range(batch)), sampling, decode_seed=0)
+    peakmem.emit({"peak_mb": peakmem.peak_mb(), "base_mb": base, "reset_ok": reset_ok,
+                  "cuda_peak_mb": peakmem.cuda_peak_mb()})
+
+
+def peak_column(args, batch: int) -> dict[str, str]:
+    import peakmem
+
+    out = {}
+    for arm in ("generate", "lean"):
+        payload = {"arm": arm, "batch": batch, "prompt_length": args.prompt_length, "new_tokens": args.new_tokens,
+                   "rsp_length": args.rsp_length, "threads": args.threads, "dtype": args.dtype,
+                   "packaged": args.packaged, "device": args.device}
+        r = peakmem.run_child(str(Path(__file__).resolve()), payload,
+                              max_rss_mb=args.max_rss_mb or 0.8 * peakmem.available_mb())
+        if "error" in r:
+            out[arm] = r["error"]
+        elif args.device.startswith("cuda"):
+            out[arm] = f"{r['cuda_peak_mb']:.0f}"
+        else:
+            out[arm] = f"{r['peak_mb']:.0f} (+{r['peak_mb'] - r['base_mb']:.0f})"
+    return out
 
 
 def main() -> None:
@@ -53,16 +103,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     ap.add_argument("--packaged", action="store_true", help="use SmolLM2's real weights instead of random init")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--max-rss-mb", type=float, default=None,
+                    help="kill a memory measurement whose RSS passes this (default: 80%% of MemAvailable)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return
     torch.set_num_threads(args.threads)
-    lm = smollm2_like(args.packaged, getattr(torch, args.dtype))
+    lm = smollm2_like(args.packaged, getattr(torch, args.dtype), device=args.device)
     injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
     sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
     arms = {"generate": HFBackend(lm), "lean": LeanHFBackend(lm)}
     print(f"model=smollm2-config({'packaged' if args.packaged else 'random'}) dtype={args.dtype} "
           f"prompt={args.prompt_length} new_tokens={args.new_tokens} L={args.rsp_length} "
           f"threads={args.threads} repeats={args.repeats}")
-    print("batch | generate tok/s | lean tok/s | lean/generate | greedy identical")
+    print("peak MiB = peak RSS of a fresh process during one call (model and imports included); "
+          "+MiB = peak minus RSS just before the call (CUDA: max_memory_allocated)")
+    print("batch | generate tok/s | lean tok/s | lean/generate | greedy identical | generate peak MiB (+) "
+          "| lean peak MiB (+)")
     for batch in args.batches:
         prompts = synthetic_prompts(batch, args.prompt_length, seed=batch)
         seeds = list(range(batch))
@@ -76,8 +137,10 @@ def main() -> None:
         tokens = batch * args.new_tokens
         rate = {k: tokens / statistics.median(v) for k, v in times.items()}
         same = outs["generate"] == outs["lean"]
+        peaks = {"generate": "-", "lean": "-"} if args.no_memory else peak_column(args, batch)
         print(f"{batch:5d} | {rate['generate']:14.1f} | {rate['lean']:10.1f} | "
-              f"{rate['lean'] / rate['generate']:13.2f} | {same}", flush=True)
+              f"{rate['lean'] / rate['generate']:13.2f} | {same!s:16s} | {peaks['generate']:>21s} | "
+              f"{peaks['lean']:>17s}", flush=True)
 
 
 if __name__ == "__main__":
