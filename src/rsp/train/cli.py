@@ -60,6 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     if records:
         last = records[-1]
-        print(f"step {last['step']}: reward {last['reward_mean']:.3f}, accuracy {last['accuracy']:.3f}; "
+        print(f"step {last['step']}: reward {last.get('reward_mean', float('nan')):.3f}, "
+              f"accuracy {last.get('accuracy', float('nan')):.3f}; "
               f"metrics in {args.out / 'metrics.jsonl'}, curves in {args.out / 'curves.png'}")
     return 0

@@ -53,6 +53,7 @@ class DAPOConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     seed: int = 0
     checkpoint_every: int = 10
+    trainer: str = "native"  # native (plain torch, DAPO refill) or trl (GRPOTrainer subclass, masking form)
 
     def validate(self) -> DAPOConfig:
         def need(ok: bool, msg: str) -> None:
@@ -83,6 +84,7 @@ class DAPOConfig:
         need(self.temperature > 0, f"temperature must be > 0 for sampled rollouts, got {self.temperature}")
         need(self.train_problems >= self.prompts_per_step,
              f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
+        need(self.trainer in ("native", "trl"), f"trainer must be native or trl, got {self.trainer!r}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.lora:
             need(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")

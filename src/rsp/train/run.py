@@ -66,6 +66,13 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
     if reward_fn is None:
         reward_fn, close = grader_reward(cfg.grader_timeout)
     problems, prompt_of, stops = build_problems_and_prompts(lm, cfg)
+    if cfg.trainer == "trl":
+        try:
+            return train_with_trl(cfg, out, lm, problems, prompt_of, reward_fn, resuming=resuming,
+                                  save_merged=save_merged)
+        finally:
+            if close is not None:
+                close()
     trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=stops)
     metrics_path = out / "metrics.jsonl"
     rollouts_path = out / "rollouts.jsonl"
@@ -152,3 +159,27 @@ def plot_curves(records: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, prompt_of, reward_fn: RewardFn, *,
+                   resuming: bool, save_merged: bool) -> list[dict]:
+    """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/."""
+    from rsp.train.trl_rsp import build_trl_trainer
+
+    trainer = build_trl_trainer(cfg, lm, problems, prompt_of, reward_fn, str(out / "trl"),
+                                save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=2)
+    has_ckpt = resuming and any((out / "trl").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    # TRL's own log keys are kept; the native trainer's names are added where TRL has the same quantity.
+    aliases = {"reward_mean": "reward", "response_length": "completions/mean_length",
+               "frac_groups_kept": "rsp/frac_groups_kept"}
+    records = [{"step": int(h["step"]), **{k: h[v] for k, v in aliases.items() if v in h},
+                **{k: v for k, v in h.items() if k != "step"}}
+               for h in trainer.state.log_history if "loss" in h]
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    trainer.model.save_pretrained(str(out / "adapter"))
+    if save_merged:
+        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+        model.save_pretrained(str(out / "merged"))
+        lm.tokenizer.save_pretrained(str(out / "merged"))
+    return records

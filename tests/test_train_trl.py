@@ -1,0 +1,97 @@
+"""RSP-DAPO on TRL's GRPOTrainer: the stored RSP is re-inserted in every log-prob pass, constant groups are masked."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+pytest.importorskip("trl", reason="TRL is an optional dependency (pip install -e .[train])")
+
+from rsp.models import load_model  # noqa: E402
+from rsp.tasks import PromptBuilder, load_task  # noqa: E402
+from rsp.train.config import DAPOConfig  # noqa: E402
+from rsp.train.dapo import completion_logprobs  # noqa: E402
+from rsp.train.trl_rsp import build_trl_trainer  # noqa: E402
+
+
+def _trainer(tmp_path, model_dir, correct_fn, **overrides):
+    lm = load_model(str(model_dir), dtype="float32")
+    cfg = DAPOConfig(model=str(model_dir), rsp_length=3, group_size=4, prompts_per_step=2, steps=2, lr=5e-2,
+                     max_new_tokens=6, overlong_buffer=0, train_problems=4, lora_r=4,
+                     lora_target_modules=["q_proj", "v_proj"], temperature=1.0, **overrides)
+    task = load_task("arith", split="train", limit=4, arith_n=4, arith_steps=1, arith_max_value=5)
+    builder = PromptBuilder(lm.tokenizer, "plain", (), None)
+    trainer = build_trl_trainer(cfg, lm, task.problems, builder.build, correct_fn, str(tmp_path / "trl"))
+    return trainer, lm, task
+
+
+def _batch(trainer):
+    return [trainer.train_dataset[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
+
+
+def test_recomputed_logprobs_use_the_stored_rsp(tmp_path, tiny_model_dir):
+    flip = itertools.cycle([True, False])
+    trainer, lm, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
+    trainer.model.eval()
+    out = trainer._generate_and_score_completions(_batch(trainer))
+    seeds = out["rsp_seeds"].tolist()
+    assert len(set(seeds)) == 8  # a fresh RSP per rollout
+    # TRL's own scoring path (the one _compute_loss uses), with the stored seeds ...
+    prompt_ids, completion_ids = out["prompt_ids"], out["completion_ids"]
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([out["prompt_mask"], torch.ones_like(completion_ids)], dim=1)
+    with torch.no_grad():
+        trainer._scoring_seeds = seeds
+        trl_logp, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, completion_ids.size(1),
+                                                                    batch_size=3)
+        trainer._scoring_seeds = [s + 1 for s in seeds]
+        other_logp, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, completion_ids.size(1))
+        trainer._scoring_seeds = None
+        # ... equals the native trainer's log-probs, which are tested equal to the rollout-time logits.
+        prompts = [trainer.prompt_lookup[trainer.train_dataset[i]["prompt"]] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
+        comps = [[t for t, m in zip(row, cm, strict=True) if m] for row, cm in
+                 zip(completion_ids.tolist(), out["completion_mask"].tolist(), strict=True)]
+        keep = [i for i, c in enumerate(comps) if c]
+        native, _, _ = completion_logprobs(lm, trainer.injection, [prompts[i] for i in keep], [seeds[i] for i in keep],
+                                           [comps[i] for i in keep], model=trainer.model)
+    for j, i in enumerate(keep):
+        n = len(comps[i])
+        torch.testing.assert_close(trl_logp[i, :n], native[j, :n], atol=1e-4, rtol=1e-4)
+    ratio = torch.exp(trl_logp - other_logp)[out["completion_mask"].bool()]
+    assert (ratio - 1).abs().max() > 1e-3  # a different RSP is a different policy input
+
+
+def test_constant_reward_groups_are_masked_out(tmp_path, tiny_model_dir):
+    trainer, _, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: gold == gold)  # every rollout correct
+    out = trainer._generate_and_score_completions(_batch(trainer))
+    assert out["completion_mask"].sum() == 0 and int(out["num_items_in_batch"]) == 0
+
+
+def test_training_steps_change_lora_weights(tmp_path, tiny_model_dir):
+    flip = itertools.cycle([True, False, False])
+    trainer, _, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    base = [n for n, p in trainer.model.named_parameters() if "lora_" not in n and p.requires_grad]
+    assert not base
+
+
+def test_rsp_train_cli_runs_the_trl_path(tmp_path, tiny_model_dir):
+    from rsp.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--trainer", "trl", "--model", str(tiny_model_dir), "--rsp-length", "2", "--group-size", "2",
+            "--prompts-per-step", "2", "--steps", "2", "--max-new-tokens", "4", "--overlong-buffer", "0",
+            "--train-problems", "4", "--lora-r", "2", "--lora-target-modules", "q_proj", "--arith-steps", "1",
+            "--arith-max-value", "5", "--checkpoint-every", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    import json
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all("reward_mean" in r for r in records)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["config"]["trainer"] == "trl"
