@@ -95,3 +95,36 @@ def test_rsp_train_cli_runs_the_trl_path(tmp_path, tiny_model_dir):
     assert [r["step"] for r in records] == [1, 2] and all("reward_mean" in r for r in records)
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "config.json").read_text())["config"]["trainer"] == "trl"
+
+
+def test_vllm_rollout_func_sends_one_embeddings_request_per_rollout(tmp_path, tiny_model_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    import rsp.backends.vllm as vllm_backend
+    from rsp.backends import SamplingConfig
+    from rsp.train.trl_rsp import make_vllm_rollout_func
+
+    monkeypatch.setattr(vllm_backend, "sampling_params", lambda sampling, seed, stops, strings: {"seed": seed, "n": 1})
+    sent: list = []
+
+    class FakeLLM:  # stands in for vllm.LLM(enable_prompt_embeds=True), which this machine cannot run
+        def generate(self, prompts, params, use_tqdm=False):
+            sent.extend(zip(prompts, params, strict=True))
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 6, 7])]) for _ in prompts]
+
+    flip = itertools.cycle([True, False])
+    trainer, lm, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
+    trainer.rollout_func = make_vllm_rollout_func(FakeLLM(), lm, SamplingConfig(temperature=1.0, max_new_tokens=6))
+    out = trainer._generate_and_score_completions(_batch(trainer))
+    seeds = out["rsp_seeds"].tolist()
+    assert len(sent) == 8 and all(p["n"] == 1 for _, p in sent) and len({p["seed"] for _, p in sent}) == 8
+    rows = trainer.injection.rows(seeds)
+    keys = [trainer.train_dataset[i]["prompt"] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
+    for (request, _), key, row in zip(sent, keys, rows, strict=True):
+        prompt = trainer.prompt_lookup[key]
+        at = prompt.insert_index(trainer.injection.position)
+        embeds = request["prompt_embeds"]
+        assert embeds.shape[0] == len(prompt.ids) + trainer.injection.length
+        torch.testing.assert_close(embeds[at:at + trainer.injection.length], row.to(embeds.dtype))
+    # The training side scores those completions with the same RSP rows (placeholders in prompt_ids).
+    assert int((out["prompt_ids"] == trainer.placeholder).sum()) == 8 * trainer.injection.length

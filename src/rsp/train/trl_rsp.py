@@ -116,13 +116,17 @@ def _grpo_trainer_class():
 
         # ----------------------------------------------------------- rollouts
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-            base = derive_seed(self.rsp_seed, "trl-rollout", self._rollout_round)
-            self._rollout_round += 1
-            seeds = [self.injection.seed_for(base, "row", i) for i in range(len(prompt_ids))]
-            self._pending_seeds = seeds
+            seeds = self.next_rollout_seeds(len(prompt_ids))
             with self.rsp_hook.active(seeds):
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                      has_tool_images)
+
+        def next_rollout_seeds(self, n: int) -> list[int | None]:
+            """Fresh per-rollout RSP seeds for the next generation round (also used by vLLM rollouts)."""
+            base = derive_seed(self.rsp_seed, "trl-rollout", self._rollout_round)
+            self._rollout_round += 1
+            self._pending_seeds = [self.injection.seed_for(base, "row", i) for i in range(n)]
+            return self._pending_seeds
 
         def _generate_and_score_completions(self, inputs):
             self._pending_seeds = None
@@ -183,6 +187,31 @@ def __getattr__(name: str) -> Any:  # the TRL import is deferred so `import rsp.
     if name == "RSPGRPOTrainer":
         return _grpo_trainer_class()
     raise AttributeError(name)
+
+
+def make_vllm_rollout_func(llm, lm, sampling, *, stop_strings: Sequence[str] = ()):
+    """A TRL `rollout_func` that samples on vLLM with one prompt-embeddings request per rollout.
+
+    Each rollout's RSP rows are written into its prompt embeddings (`rsp.backends.vllm.build_requests`, never
+    n>1); the returned `prompt_ids` carry the placeholder ids, and the seeds are left on the trainer, so the
+    training-side log-prob passes rebuild the same RSP through the embedding hook. `llm` is a `vllm.LLM`
+    created with `enable_prompt_embeds=True` whose weights the caller keeps in sync with the policy (TRL does
+    this for its own engine when `use_vllm=True`).
+    """
+    from rsp.backends.vllm import build_requests, sampling_params
+
+    def rollout(prompts: list[str], trainer) -> dict:
+        prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+        seeds = trainer.next_rollout_seeds(len(prompts))
+        tokens = [trainer.prompt_lookup[p] for p in prompts]
+        decode_seed = derive_seed(trainer.rsp_seed, "vllm-decode", trainer._rollout_round)
+        requests = build_requests(lm, tokens, trainer.injection, seeds, decode_seed=decode_seed)
+        params = [sampling_params(sampling, r.seed, lm.stop_token_ids, stop_strings) for r in requests]
+        outputs = llm.generate([r.as_prompt() for r in requests], params, use_tqdm=False)
+        return {"prompt_ids": prompt_ids, "completion_ids": [list(o.outputs[0].token_ids) for o in outputs],
+                "logprobs": None}
+
+    return rollout
 
 
 def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
