@@ -128,3 +128,24 @@ def test_vllm_rollout_func_sends_one_embeddings_request_per_rollout(tmp_path, ti
         torch.testing.assert_close(embeds[at:at + trainer.injection.length], row.to(embeds.dtype))
     # The training side scores those completions with the same RSP rows (placeholders in prompt_ids).
     assert int((out["prompt_ids"] == trainer.placeholder).sum()) == 8 * trainer.injection.length
+
+
+def test_vllm_rollout_func_on_a_real_engine(tmp_path, tiny_model_dir):
+    from rsp.backends.vllm import vllm_available
+
+    ok, why = vllm_available()
+    if not ok:
+        pytest.skip(f"real vLLM rollouts need vllm: {why}")
+    if not torch.cuda.is_available():
+        pytest.skip("real vLLM rollouts need a CUDA GPU")
+    from vllm import LLM
+
+    from rsp.backends import SamplingConfig
+    from rsp.train.trl_rsp import make_vllm_rollout_func
+
+    flip = itertools.cycle([True, False])
+    trainer, lm, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
+    llm = LLM(model=str(tiny_model_dir), enable_prompt_embeds=True, dtype="float32", gpu_memory_utilization=0.2)
+    trainer.rollout_func = make_vllm_rollout_func(llm, lm, SamplingConfig(temperature=1.0, max_new_tokens=6))
+    out = trainer._generate_and_score_completions(_batch(trainer))
+    assert out["completion_ids"].shape[0] == 8 and len(set(out["rsp_seeds"].tolist())) == 8
