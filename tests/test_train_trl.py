@@ -63,6 +63,102 @@ def test_recomputed_logprobs_use_the_stored_rsp(tmp_path, tiny_model_dir):
     assert (ratio - 1).abs().max() > 1e-3  # a different RSP is a different policy input
 
 
+def _capture_generation_logits(trainer) -> dict:
+    """Make TRL's generate also hand back the logits it sampled from (the true rollout-time log-probs)."""
+    captured: dict = {}
+    original = trainer.model.generate
+
+    def generate(*args, **kwargs):
+        res = original(*args, **kwargs, output_logits=True, return_dict_in_generate=True)
+        captured["logits"] = torch.stack(res.logits, dim=1)
+        captured["seeds"] = list(trainer._pending_seeds)
+        return res.sequences
+
+    trainer.model.generate = generate
+    return captured
+
+
+def test_importance_ratio_is_one_after_trls_shuffle_and_split(tmp_path, tiny_model_dir):
+    flip = itertools.cycle([True, False])
+    # updates_per_batch=2 -> TRL stores old log-probs at rollout time and shuffles the batch before the loss.
+    trainer, _, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip), updates_per_batch=2)
+    trainer.model.train()
+    captured = _capture_generation_logits(trainer)
+    inputs = trainer._prepare_inputs(_batch(trainer))  # generate, score, shuffle, split: TRL's own path
+    seeds = inputs["rsp_seeds"].tolist()
+    assert seeds != captured["seeds"] and sorted(seeds) == sorted(captured["seeds"])  # really shuffled
+    mask = inputs["completion_mask"].bool()
+    assert mask.any()
+    # Old log-probs (scored after generation, same weights) equal the logits the tokens were sampled from.
+    sampled = torch.log_softmax(captured["logits"].float() / trainer.temperature, dim=-1)
+    for j, seed in enumerate(seeds):
+        i = captured["seeds"].index(seed)
+        n = int(inputs["completion_mask"][j].sum())
+        tok = inputs["completion_ids"][j, :n]
+        ref = sampled[i, torch.arange(n), tok]
+        torch.testing.assert_close(inputs["old_per_token_logps"][j, :n], ref, atol=1e-5, rtol=0)
+
+    current = []
+    score = trainer._get_per_token_logps_and_entropies
+
+    def spy(*args, **kwargs):
+        out = score(*args, **kwargs)
+        current.append(out[0].detach())
+        return out
+
+    trainer._get_per_token_logps_and_entropies = spy
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, read by the dapo normaliser
+    trainer._compute_loss(trainer.model, inputs)  # the loss pass re-inserts each shuffled row's own RSP
+    ratio = torch.exp(current[-1] - inputs["old_per_token_logps"])[mask]
+    assert (ratio - 1).abs().max() < 1e-5
+    wrong = dict(inputs, rsp_seeds=inputs["rsp_seeds"].roll(1))  # each row scored with another rollout's RSP
+    trainer._compute_loss(trainer.model, wrong)
+    ratio = torch.exp(current[-1] - inputs["old_per_token_logps"])[mask]
+    assert (ratio - 1).abs().max() > 1e-3
+
+
+def test_separate_reference_model_sees_the_rsp(tmp_path, tiny_model_dir):
+    flip = itertools.cycle([True, False])
+    # Full fine-tuning with a KL term: TRL builds a separate reference copy, which needs the RSP hook too.
+    trainer, _, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip), lora=False, beta=0.1,
+                             updates_per_batch=2)
+    assert trainer.ref_model is not None
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(_batch(trainer))
+    mask = out["completion_mask"].bool()
+    diff = (out["ref_per_token_logps"] - out["old_per_token_logps"])[mask].abs().max()
+    assert diff < 1e-5  # before any update the reference equals the policy, RSP included
+    trainer._ref_handle.remove()  # without the hook the reference would score the bare placeholder ids
+    out = trainer._generate_and_score_completions(_batch(trainer))
+    mask = out["completion_mask"].bool()
+    assert (out["ref_per_token_logps"] - out["old_per_token_logps"])[mask].abs().max() > 1e-3
+
+
+def test_rollout_seeds_differ_across_ranks_steps_and_calls(tmp_path, tiny_model_dir):
+    from rsp.train.dapo import build_injection
+    from rsp.train.trl_rsp import rollout_seeds
+
+    injection = build_injection(load_model(str(tiny_model_dir), dtype="float32"),
+                                DAPOConfig(model=str(tiny_model_dir), rsp_length=2))
+    keys = [(rank, step, call) for rank in (0, 1) for step in (0, 5) for call in (0, 1)]
+    drawn = [s for k in keys for s in rollout_seeds(injection, 0, k, 8)]
+    assert len(set(drawn)) == len(drawn) == 64  # no two rollouts on any rank, step or call share an RSP
+    assert rollout_seeds(injection, 0, (1, 5, 0), 8) == rollout_seeds(injection, 0, (1, 5, 0), 8)
+
+
+def test_constant_groups_are_found_on_the_gathered_batch():
+    from rsp.train.trl_rsp import local_constant_rows
+
+    # 3 processes x 2 rows, groups of 4: the middle group straddles processes 0 and 1... and 1 and 2.
+    gathered = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0])
+    with pytest.raises(ValueError):
+        local_constant_rows(gathered, 4, 0, 2)
+    gathered = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5, -0.5, 0.0, 0.0])  # group 0 constant, group 1 not
+    rows = [local_constant_rows(gathered, 4, rank, 2).tolist() for rank in range(4)]
+    assert rows == [[True, True], [True, True], [False, False], [False, False]]
+    # Judged on process 3's slice alone, [0, 0] would look constant; on the gathered batch it is not.
+
+
 def test_constant_reward_groups_are_masked_out(tmp_path, tiny_model_dir):
     trainer, _, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: gold == gold)  # every rollout correct
     out = trainer._generate_and_score_completions(_batch(trainer))
@@ -110,13 +206,26 @@ def test_vllm_rollout_func_sends_one_embeddings_request_per_rollout(tmp_path, ti
     class FakeLLM:  # stands in for vllm.LLM(enable_prompt_embeds=True), which this machine cannot run
         def generate(self, prompts, params, use_tqdm=False):
             sent.extend(zip(prompts, params, strict=True))
-            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 6, 7])]) for _ in prompts]
+            lp = [{5: SimpleNamespace(logprob=-0.5)}, {6: SimpleNamespace(logprob=-1.5)},
+                  {7: SimpleNamespace(logprob=-2.5)}]
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 6, 7], logprobs=lp)]) for _ in prompts]
 
     flip = itertools.cycle([True, False])
     trainer, lm, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
     trainer.rollout_func = make_vllm_rollout_func(FakeLLM(), lm, SamplingConfig(temperature=1.0, max_new_tokens=6))
+    seen: list = []
+    reward = trainer.reward_funcs[0]
+
+    def spy_reward(*args, rsp_seed=None, **kwargs):
+        seen.append(rsp_seed)
+        return reward(*args, **kwargs)
+
+    spy_reward.__name__ = reward.__name__
+    trainer.reward_funcs[0] = spy_reward
     out = trainer._generate_and_score_completions(_batch(trainer))
     seeds = out["rsp_seeds"].tolist()
+    assert seen == [seeds]  # the seeds also travel as the rollout_func extra field `rsp_seed`
+    assert out["sampling_per_token_logps"][0].tolist() == [-0.5, -1.5, -2.5]
     assert len(sent) == 8 and all(p["n"] == 1 for _, p in sent) and len({p["seed"] for _, p in sent}) == 8
     rows = trainer.injection.rows(seeds)
     keys = [trainer.train_dataset[i]["prompt"] for i in (0, 0, 0, 0, 1, 1, 1, 1)]

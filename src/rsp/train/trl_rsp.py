@@ -84,6 +84,24 @@ class RSPEmbeddingHook:
             self.seeds = previous
 
 
+def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
+    """The n RSP seeds of one generation round; `round_key` = (process, step, call) keeps ranks and steps apart."""
+    base = derive_seed(rsp_seed, "trl-rollout", *round_key)
+    return [injection.seed_for(base, "row", i) for i in range(n)]
+
+
+def local_constant_rows(gathered_adv: torch.Tensor, group_size: int, process_index: int, local_n: int) -> torch.Tensor:
+    """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal).
+
+    `gathered_adv` is the advantage vector of the whole generation batch in process order (what TRL slices
+    `process_index * local_n : (process_index + 1) * local_n` from); groups are consecutive runs of `group_size`.
+    """
+    if gathered_adv.numel() % group_size:
+        raise ValueError(f"{gathered_adv.numel()} rollouts do not split into groups of {group_size}")
+    constant = (gathered_adv.view(-1, group_size).abs() < 1e-8).all(dim=1).repeat_interleave(group_size)
+    return constant[process_index * local_n:(process_index + 1) * local_n]
+
+
 def _grpo_trainer_class():
     from trl import GRPOTrainer
 
@@ -99,6 +117,12 @@ def _grpo_trainer_class():
             self.placeholder = placeholder_id(self.processing_class, list(prompt_lookup.values()))
             self.rsp_hook = RSPEmbeddingHook(injection, self.placeholder)
             self._handle = self.model.get_input_embeddings().register_forward_hook(self.rsp_hook)
+            if self.ref_model is not None:  # beta > 0 without PEFT: a separate reference copy must see the RSP too
+                ref = self.accelerator.unwrap_model(self.ref_model)
+                self._ref_handle = ref.get_input_embeddings().register_forward_hook(self.rsp_hook)
+            if self.use_vllm and self.rollout_func is None and injection.length > 0:
+                raise ValueError("use_vllm=True would sample from the placeholder ids without the RSP; pass "
+                                 "rollout_func=make_vllm_rollout_func(...), which sends the RSP as prompt embeddings")
             self._rollout_round = 0
             self._pending_seeds: list[int | None] | None = None
             self._scoring_seeds: list[int | None] | None = None
@@ -121,11 +145,15 @@ def _grpo_trainer_class():
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                      has_tool_images)
 
+        def round_key(self) -> tuple[int, int, int]:
+            """(process, optimizer step, call) of the current generation round: distinct on every rank, and a
+            resumed run does not replay the seeds of the steps it already trained on."""
+            return self.accelerator.process_index, int(self.state.global_step), self._rollout_round
+
         def next_rollout_seeds(self, n: int) -> list[int | None]:
             """Fresh per-rollout RSP seeds for the next generation round (also used by vLLM rollouts)."""
-            base = derive_seed(self.rsp_seed, "trl-rollout", self._rollout_round)
+            self._pending_seeds = rollout_seeds(self.injection, self.rsp_seed, self.round_key(), n)
             self._rollout_round += 1
-            self._pending_seeds = [self.injection.seed_for(base, "row", i) for i in range(n)]
             return self._pending_seeds
 
         def _generate_and_score_completions(self, inputs):
@@ -144,14 +172,18 @@ def _grpo_trainer_class():
         def _mask_constant_groups(self, output: dict) -> None:
             """Dynamic sampling, masking form: drop groups with all-equal rewards from the loss and normaliser."""
             adv = output["advantages"]
-            G = self.num_generations
-            if adv.dim() != 1 or adv.numel() % G:
+            if adv.dim() != 1:
                 return
-            constant = (adv.view(-1, G).abs() < 1e-8).all(dim=1).repeat_interleave(G)
+            # A group can span ranks (TRL slices the gathered batch per process), so decide on the gathered vector.
+            everything = self.accelerator.gather(adv)
+            constant = local_constant_rows(everything, self.num_generations, self.accelerator.process_index,
+                                           adv.numel())
             output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
             loss_mask = output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-            self._log_metric("rsp/frac_groups_kept", float(1 - constant.float().mean()))
+            kept_groups = 1 - float(local_constant_rows(everything, self.num_generations, 0,
+                                                        everything.numel()).float().mean())
+            self._log_metric("rsp/frac_groups_kept", kept_groups)
 
         # ----------------------------------------------------------- scoring with the stored RSP
         def _compute_loss(self, model, inputs):
@@ -193,25 +225,45 @@ def make_vllm_rollout_func(llm, lm, sampling, *, stop_strings: Sequence[str] = (
     """A TRL `rollout_func` that samples on vLLM with one prompt-embeddings request per rollout.
 
     Each rollout's RSP rows are written into its prompt embeddings (`rsp.backends.vllm.build_requests`, never
-    n>1); the returned `prompt_ids` carry the placeholder ids, and the seeds are left on the trainer, so the
-    training-side log-prob passes rebuild the same RSP through the embedding hook. `llm` is a `vllm.LLM`
-    created with `enable_prompt_embeds=True` whose weights the caller keeps in sync with the policy (TRL does
-    this for its own engine when `use_vllm=True`).
+    n>1); the returned `prompt_ids` carry the placeholder ids, and the seeds stay on the trainer (and come back
+    as the extra field `rsp_seed`, which TRL hands to reward functions), so the training-side log-prob passes
+    rebuild the same RSP through the embedding hook. `logprobs` are the sampled tokens' vLLM log-probs when
+    the engine returns them (requested with `logprobs=0`), else None. `llm` is a `vllm.LLM` created with
+    `enable_prompt_embeds=True` whose weights the caller keeps in sync with the policy (TRL does this for its
+    own engine only when `use_vllm=True`).
     """
     from rsp.backends.vllm import build_requests, sampling_params
 
     def rollout(prompts: list[str], trainer) -> dict:
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+        key = trainer.round_key()
         seeds = trainer.next_rollout_seeds(len(prompts))
         tokens = [trainer.prompt_lookup[p] for p in prompts]
-        decode_seed = derive_seed(trainer.rsp_seed, "vllm-decode", trainer._rollout_round)
-        requests = build_requests(lm, tokens, trainer.injection, seeds, decode_seed=decode_seed)
-        params = [sampling_params(sampling, r.seed, lm.stop_token_ids, stop_strings) for r in requests]
+        requests = build_requests(lm, tokens, trainer.injection, seeds,
+                                  decode_seed=derive_seed(trainer.rsp_seed, "vllm-decode", *key))
+        params = []
+        for r in requests:
+            sp = sampling_params(sampling, r.seed, lm.stop_token_ids, stop_strings)
+            if hasattr(sp, "logprobs"):
+                sp.logprobs = 0  # vLLM then returns the sampled token's log-prob at every position
+            params.append(sp)
         outputs = llm.generate([r.as_prompt() for r in requests], params, use_tqdm=False)
-        return {"prompt_ids": prompt_ids, "completion_ids": [list(o.outputs[0].token_ids) for o in outputs],
-                "logprobs": None}
+        completion_ids = [list(o.outputs[0].token_ids) for o in outputs]
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids,
+                "logprobs": sampled_logprobs(outputs, completion_ids), "rsp_seed": list(seeds)}
 
     return rollout
+
+
+def sampled_logprobs(outputs, completion_ids: list[list[int]]) -> list[list[float]] | None:
+    """Per-token log-probs of the sampled tokens from vLLM outputs (None if any output lacks them)."""
+    result = []
+    for o, ids in zip(outputs, completion_ids, strict=True):
+        per_pos = getattr(o.outputs[0], "logprobs", None)
+        if per_pos is None or len(per_pos) != len(ids):
+            return None
+        result.append([float(d[t].logprob) for d, t in zip(per_pos, ids, strict=True)])
+    return result
 
 
 def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
