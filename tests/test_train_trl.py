@@ -189,6 +189,9 @@ def test_rsp_train_cli_runs_the_trl_path(tmp_path, tiny_model_dir):
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all("reward_mean" in r for r in records)
+    # Per-step keys of the native trainer, logged for the step they belong to (not one step late).
+    assert all(0 <= r["accuracy"] <= 1 for r in records)
+    assert all(abs(r["frac_groups_kept"] - (1 - r["frac_reward_zero_std"])) < 1e-6 for r in records)
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "config.json").read_text())["config"]["trainer"] == "trl"
 

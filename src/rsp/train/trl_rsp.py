@@ -183,7 +183,9 @@ def _grpo_trainer_class():
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
             kept_groups = 1 - float(local_constant_rows(everything, self.num_generations, 0,
                                                         everything.numel()).float().mean())
-            self._log_metric("rsp/frac_groups_kept", kept_groups)
+            # Already global (from the gathered batch); written straight into this step's metrics, because
+            # `_log_metric` values are only flushed by the *next* call of `_generate_and_score_completions`.
+            self._metrics["train" if self.model.training else "eval"]["rsp/frac_groups_kept"].append(kept_groups)
 
         # ----------------------------------------------------------- scoring with the stored RSP
         def _compute_loss(self, model, inputs):
@@ -286,11 +288,14 @@ def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
 def dapo_reward(cfg: DAPOConfig, correct_fn):
     """TRL reward function: +/- correctness from the project's grader plus DAPO overlong shaping."""
 
-    def reward(prompts, completions, completion_ids, answer, **_):
-        out = []
+    def reward(prompts, completions, completion_ids, answer, log_metric=None, **_):
+        out, correct = [], []
         for text, ids, gold in zip(completions, completion_ids, answer, strict=True):
-            r = cfg.reward_correct if correct_fn(text, gold) else cfg.reward_wrong
+            correct.append(bool(correct_fn(text, gold)))
+            r = cfg.reward_correct if correct[-1] else cfg.reward_wrong
             out.append(r + overlong_penalty(len(ids), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty))
+        if log_metric is not None and correct:  # TRL averages it over ranks: the native trainer's `accuracy`
+            log_metric("accuracy", sum(correct) / len(correct))
         return out
 
     reward.__name__ = "rsp_dapo_reward"
