@@ -192,8 +192,34 @@ def test_rsp_train_cli_runs_the_trl_path(tmp_path, tiny_model_dir):
     # Per-step keys of the native trainer, logged for the step they belong to (not one step late).
     assert all(0 <= r["accuracy"] <= 1 for r in records)
     assert all(abs(r["frac_groups_kept"] - (1 - r["frac_reward_zero_std"])) < 1e-6 for r in records)
-    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "curves.png").is_file()
     assert json.loads((out / "config.json").read_text())["config"]["trainer"] == "trl"
+
+
+def test_trl_run_stopped_and_resumed_keeps_one_record_per_step(tmp_path, tiny_model_dir):
+    from rsp.train.run import train
+
+    flip = itertools.cycle([True, False, False])
+    cfg = DAPOConfig(model=str(tiny_model_dir), trainer="trl", rsp_length=2, group_size=2, prompts_per_step=2,
+                     steps=2, max_new_tokens=4, overlong_buffer=0, train_problems=4, lora_r=2,
+                     lora_target_modules=["q_proj"], arith_steps=1, arith_max_value=5, checkpoint_every=1)
+    out = tmp_path / "run"
+    reward = lambda text, gold: next(flip)  # noqa: E731
+    first = train(cfg, out, reward_fn=reward, stop_after=1, progress=False)
+    assert [r["step"] for r in first] == [1] and (out / "trl" / "checkpoint-1").is_dir()
+    assert not (out / "adapter").exists()  # unfinished runs leave only TRL's checkpoint
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "stale": true}\n')  # as if logged after the checkpoint, then killed
+    second = train(cfg, out, reward_fn=reward, progress=False)  # resumes from checkpoint-1
+    assert [r["step"] for r in second] == [1, 2] and "stale" not in second[1]
+    assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_each_process_loads_onto_its_own_gpu():
+    from rsp.train.run import process_device
+
+    assert process_device("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
+    assert process_device("cuda", {}) == "cuda" and process_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
 
 
 def test_vllm_rollout_func_sends_one_embeddings_request_per_rollout(tmp_path, tiny_model_dir, monkeypatch):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,7 +63,7 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
     if lm is None:
         from rsp.models import load_model
 
-        lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        lm = load_model(cfg.model, dtype=cfg.dtype, device=process_device(cfg.device))
     close = None
     if reward_fn is None:
         reward_fn, close = grader_reward(cfg.grader_timeout)
@@ -69,7 +71,7 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
     if cfg.trainer == "trl":
         try:
             return train_with_trl(cfg, out, lm, problems, prompt_of, reward_fn, resuming=resuming,
-                                  save_merged=save_merged)
+                                  save_merged=save_merged, stop_after=stop_after)
         finally:
             if close is not None:
                 close()
@@ -161,25 +163,72 @@ def plot_curves(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def process_device(device: str, env: dict | None = None) -> str:
+    """Under `accelerate launch`/torchrun each process loads onto its own GPU (LOCAL_RANK), not all onto cuda:0."""
+    env = os.environ if env is None else env
+    if device == "cuda" and "LOCAL_RANK" in env:
+        return f"cuda:{int(env['LOCAL_RANK'])}"
+    return device
+
+
+# TRL's own log keys are kept; the native trainer's names are added where TRL has the same quantity.
+TRL_ALIASES = {"reward_mean": "reward", "response_length": "completions/mean_length",
+               "frac_groups_kept": "rsp/frac_groups_kept"}
+
+
+def trl_record(step: int, logs: dict) -> dict:
+    return {"step": int(step), **{k: logs[v] for k, v in TRL_ALIASES.items() if v in logs},
+            **{k: v for k, v in logs.items() if k != "step"}}
+
+
 def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, prompt_of, reward_fn: RewardFn, *,
-                   resuming: bool, save_merged: bool) -> list[dict]:
-    """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/."""
+                   resuming: bool, save_merged: bool, stop_after: int | None = None) -> list[dict]:
+    """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/.
+
+    metrics.jsonl gets one record per optimizer step as TRL logs it (main process only); on resume the
+    records after the checkpoint being resumed are dropped, as on the native path.
+    """
+    from transformers import TrainerCallback
+
     from rsp.train.trl_rsp import build_trl_trainer
+
+    metrics_path = out / "metrics.jsonl"
+
+    class StepLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                JsonlAppender(metrics_path).append([trl_record(state.global_step, logs)])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_after is not None and state.global_step >= stop_after:
+                control.should_training_stop = True
+                control.should_save = True  # so the rerun resumes from here
 
     trainer = build_trl_trainer(cfg, lm, problems, prompt_of, reward_fn, str(out / "trl"),
                                 save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=2)
-    has_ckpt = resuming and any((out / "trl").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
-    # TRL's own log keys are kept; the native trainer's names are added where TRL has the same quantity.
-    aliases = {"reward_mean": "reward", "response_length": "completions/mean_length",
-               "frac_groups_kept": "rsp/frac_groups_kept"}
-    records = [{"step": int(h["step"]), **{k: h[v] for k, v in aliases.items() if v in h},
-                **{k: v for k, v in h.items() if k != "step"}}
-               for h in trainer.state.log_history if "loss" in h]
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    trainer.model.save_pretrained(str(out / "adapter"))
-    if save_merged:
-        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-        model.save_pretrained(str(out / "merged"))
-        lm.tokenizer.save_pretrained(str(out / "merged"))
+    trainer.add_callback(StepLog())
+    ckpts = sorted((out / "trl").glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1])) if resuming else []
+    if trainer.accelerator.is_main_process:
+        done = int(ckpts[-1].name.split("-")[-1]) if ckpts else 0
+        kept = [r for r in read_jsonl_records(metrics_path) if r["step"] <= done] if ckpts else []
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    trainer.accelerator.wait_for_everyone()
+    trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
+    finished = trainer.state.global_step >= cfg.steps
+    if finished:
+        # Called on every rank: Trainer.save_model gathers sharded weights (ZeRO-3 / FSDP) and writes on the
+        # main process only. LoRA -> the adapter; full fine-tuning -> the whole model.
+        trainer.save_model(str(out / ("adapter" if cfg.lora else "model")))
+    records = read_jsonl_records(metrics_path)
+    if not trainer.accelerator.is_main_process:
+        return records
+    plot_curves(records, out / "curves.png")  # the CLI points at it; keys TRL lacks are plotted as NaN
+    if finished and save_merged:
+        if trainer.accelerator.num_processes > 1:
+            print("rsp train: --save-merged is skipped under multi-process training; merge OUT/adapter into the "
+                  "base model afterwards in one process", file=sys.stderr)
+        else:
+            model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+            model.save_pretrained(str(out / "merged"))
+            lm.tokenizer.save_pretrained(str(out / "merged"))
     return records
