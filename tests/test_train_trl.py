@@ -31,6 +31,21 @@ def _batch(trainer):
     return [trainer.train_dataset[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]
 
 
+def test_dapo_config_maps_onto_grpo_config(tmp_path):
+    from rsp.train.trl_rsp import grpo_config
+
+    cfg = DAPOConfig(epsilon_low=0.15, epsilon_high=0.3, beta=0.01, group_size=6, prompts_per_step=3,
+                     max_new_tokens=40, overlong_buffer=8, temperature=0.8, mask_truncated=True,
+                     updates_per_batch=2, lr=3e-6, max_grad_norm=0.5, steps=7, seed=11)
+    g = grpo_config(cfg, str(tmp_path))
+    assert (g.loss_type, g.epsilon, g.epsilon_high, g.beta) == ("dapo", 0.15, 0.3, 0.01)
+    assert (g.num_generations, g.max_completion_length, g.temperature) == (6, 40, 0.8)
+    assert g.mask_truncated_completions and g.num_iterations == 2 and g.max_steps == 7 and g.seed == 11
+    assert (g.learning_rate, g.max_grad_norm) == (3e-6, 0.5)
+    assert g.per_device_train_batch_size == g.generation_batch_size == 18  # 3 prompts x 6 rollouts per step
+    assert g.use_cpu and not g.report_to and not g.bf16
+
+
 def test_recomputed_logprobs_use_the_stored_rsp(tmp_path, tiny_model_dir):
     flip = itertools.cycle([True, False])
     trainer, lm, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
