@@ -19,7 +19,6 @@ prompts and completions are random tokens (memory does not depend on their value
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -98,12 +97,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-generate", action="store_true", help="skip measuring generate(output_attentions=True)")
-    ap.add_argument("--max-rss-mb", type=float, default=None,
-                    help="kill a measurement whose RSS passes this (default: 80%% of MemAvailable at start)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    peakmem.add_child_arguments(ap)
     args = ap.parse_args()
-    if args.child:
-        child(json.loads(args.child))
+    if peakmem.serve_child(args, child):
         return
     cap = args.max_rss_mb or 0.8 * peakmem.available_mb()
     script = str(Path(__file__).resolve())

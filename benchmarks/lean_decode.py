@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -94,6 +93,8 @@ def peak_column(args, batch: int) -> dict[str, str]:
 
 
 def main() -> None:
+    import peakmem
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -105,12 +106,9 @@ def main() -> None:
     ap.add_argument("--packaged", action="store_true", help="use SmolLM2's real weights instead of random init")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    ap.add_argument("--max-rss-mb", type=float, default=None,
-                    help="kill a memory measurement whose RSS passes this (default: 80%% of MemAvailable)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    peakmem.add_child_arguments(ap)
     args = ap.parse_args()
-    if args.child:
-        child(json.loads(args.child))
+    if peakmem.serve_child(args, child):
         return
     torch.set_num_threads(args.threads)
     lm = smollm2_like(args.packaged, getattr(torch, args.dtype), device=args.device)

@@ -88,6 +88,23 @@ def emit(result: dict) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def add_child_arguments(ap) -> None:
+    """The flags every memory-measuring benchmark shares: the RSS cap and the hidden child entry point."""
+    import argparse
+
+    ap.add_argument("--max-rss-mb", type=float, default=None,
+                    help="kill a measurement whose RSS passes this (default: 80%% of MemAvailable at start)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def serve_child(args, child) -> bool:
+    """If this process was started as a measurement child, run `child(payload)` and return True."""
+    if not args.child:
+        return False
+    child(json.loads(args.child))
+    return True
+
+
 def available_mb() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import time
 from pathlib import Path
@@ -77,12 +76,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-rss-mb", type=float, default=None,
-                    help="kill a measurement whose RSS passes this (default: 80%% of MemAvailable at start)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    peakmem.add_child_arguments(ap)
     args = ap.parse_args()
-    if args.child:
-        child(json.loads(args.child))
+    if peakmem.serve_child(args, child):
         return
     attempts, lengths = GRIDS[args.grid]
     attempts, lengths = args.attempts or attempts, args.prompt_lengths or lengths
