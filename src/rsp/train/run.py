@@ -118,9 +118,14 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
 
 
 def save_merged_model(trainer: DAPOTrainer, path: Path) -> None:
-    model = trainer.peft_model.merge_and_unload() if trainer.peft_model is not None else trainer.lm.model
+    write_merged(trainer.peft_model if trainer.peft_model is not None else trainer.lm.model, trainer.lm.tokenizer, path)
+
+
+def write_merged(model, tokenizer, path: Path) -> None:
+    """A plain model directory (LoRA merged in when present) that `rsp eval --model PATH` loads."""
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     model.save_pretrained(str(path))
-    trainer.lm.tokenizer.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
 
 
 def rollout_records(trainer: DAPOTrainer, step: int) -> list[dict]:
@@ -228,7 +233,5 @@ def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, prompt
             print("rsp train: --save-merged is skipped under multi-process training; merge OUT/adapter into the "
                   "base model afterwards in one process", file=sys.stderr)
         else:
-            model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-            model.save_pretrained(str(out / "merged"))
-            lm.tokenizer.save_pretrained(str(out / "merged"))
+            write_merged(trainer.model, lm.tokenizer, out / "merged")
     return records
