@@ -65,6 +65,12 @@ def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> 
     return -penalty
 
 
+def shaped_reward(cfg: DAPOConfig, correct: bool, length: int) -> float:
+    """Correctness reward plus DAPO overlong shaping; the one formula both trainers use."""
+    base = cfg.reward_correct if correct else cfg.reward_wrong
+    return base + overlong_penalty(length, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
+
+
 def group_advantages(rewards: Sequence[float]) -> list[float]:
     """GRPO group normalisation (R - mean) / std; a constant group gets zero advantage."""
     t = torch.tensor(rewards, dtype=torch.float64)
@@ -216,8 +222,7 @@ class DAPOTrainer:
                 # The backend strips the stop token; train on it too so the policy learns when to stop.
                 tokens = tokens + (self.lm.stop_token_ids[0],)
             correct = bool(self.reward_fn(c.text, problem.answer))
-            reward = cfg.reward_correct if correct else cfg.reward_wrong
-            reward += overlong_penalty(len(tokens), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
+            reward = shaped_reward(cfg, correct, len(tokens))
             group.append(Rollout(problem.id, prompt, seed, tokens, c.text, c.finish_reason, correct,
                                  reward))
         for r, a in zip(group, group_advantages([r.reward for r in group]), strict=True):

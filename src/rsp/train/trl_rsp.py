@@ -28,7 +28,7 @@ from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.train.config import DAPOConfig
-from rsp.train.dapo import overlong_penalty
+from rsp.train.dapo import shaped_reward
 
 
 def placeholder_id(tokenizer, prompts: Sequence[PromptTokens]) -> int:
@@ -292,8 +292,7 @@ def dapo_reward(cfg: DAPOConfig, correct_fn):
         out, correct = [], []
         for text, ids, gold in zip(completions, completion_ids, answer, strict=True):
             correct.append(bool(correct_fn(text, gold)))
-            r = cfg.reward_correct if correct[-1] else cfg.reward_wrong
-            out.append(r + overlong_penalty(len(ids), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty))
+            out.append(shaped_reward(cfg, correct[-1], len(ids)))
         if log_metric is not None and correct:  # TRL averages it over ranks: the native trainer's `accuracy`
             log_metric("accuracy", sum(correct) / len(correct))
         return out
