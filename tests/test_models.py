@@ -61,7 +61,19 @@ def test_packaged_smollm2_loads_from_cache_with_stats(smollm2):
     stats = smollm2.embedding_stats()
     assert stats.std == pytest.approx(0.1356, rel=0.01)  # the table's measured entrywise std
     assert smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>") in smollm2.stop_token_ids
-    assert (smollm2.stats_cache_dir / "rsp-stats-all-scalar.safetensors").is_file()
+    assert (smollm2.stats_cache_dir / "rsp-stats" / "all-scalar.safetensors").is_file()
+    # Engines that load every top-level *.safetensors as a weight shard (vLLM) must see only weights.
+    assert sorted(p.name for p in smollm2.stats_cache_dir.glob("*.safetensors")) == ["model.safetensors"]
+
+
+def test_stats_cache_moves_a_legacy_top_level_file_out_of_the_weights_folder(tmp_path):
+    from rsp.models.loading import stats_cache_path
+
+    legacy = tmp_path / "rsp-stats-all-scalar.safetensors"
+    legacy.write_bytes(b"stats")
+    path = stats_cache_path(tmp_path, "all", "scalar")
+    assert path == tmp_path / "rsp-stats" / "all-scalar.safetensors"
+    assert path.read_bytes() == b"stats" and not legacy.exists()
 
 
 @pytest.mark.real_model

@@ -97,7 +97,7 @@ class LoadedModel:
         key = (rows, mean_mode)
         if key in self._stats:
             return self._stats[key]
-        path = self.stats_cache_dir / f"rsp-stats-{rows}-{mean_mode}.safetensors" if self.stats_cache_dir else None
+        path = stats_cache_path(self.stats_cache_dir, rows, mean_mode) if self.stats_cache_dir else None
         if path is not None and path.is_file():
             stats = EmbeddingStats.load(path)
         else:
@@ -108,6 +108,24 @@ class LoadedModel:
                 _atomic_save_stats(stats, path)
         self._stats[key] = stats
         return stats
+
+
+def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
+    """Where a converted model's fitted statistics live: in a subfolder, never beside the weights.
+
+    Why a subfolder: engines such as vLLM load every top-level ``*.safetensors`` in a model folder as a
+    weight shard, and a stats file there made them fail on an unknown tensor. A file left at the old
+    top-level place by an earlier version is moved in.
+    """
+    path = model_dir / "rsp-stats" / f"{rows}-{mean_mode}.safetensors"
+    legacy = model_dir / f"rsp-stats-{rows}-{mean_mode}.safetensors"
+    if legacy.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(legacy, path)
+        except OSError as exc:
+            log.warning("could not move %s out of the weights folder: %s", legacy, exc)
+    return path
 
 
 def _atomic_save_stats(stats: EmbeddingStats, path: Path) -> None:
