@@ -71,8 +71,10 @@ def main() -> None:
     print(f"model=smollm2-135m-instruct(packaged) dtype=bf16 task=arith(steps=1,max=10) style={builder.resolved_style} "
           f"L={args.rsp_length} new_tokens={args.new_tokens} T(sample-stops)={args.temperature} attempts/problem={args.attempts} "
           f"prompt tokens={min(len(p.ids) for p in problems)}-{max(len(p.ids) for p in problems)} repeats={args.repeats}")
-    print("batch | workload     | generate tok/s | lean tok/s | lean/generate | gen tok/row | lean tok/row "
-          "| gen s | lean s | rows stopped | lean rows/pass | greedy identical")
+    print("lean-eager = compaction alone (no packed weights, concatenating cache); lean = the default "
+          "(compaction + prepacked bf16 weights + preallocated cache)")
+    print("batch | workload     | generate tok/s | lean-eager tok/s | lean tok/s | lean-eager/generate | lean/generate "
+          "| gen tok/row | lean tok/row | gen s | lean s | rows stopped | lean rows/pass | greedy identical")
     for batch in args.batches:
         prompts = [problems[(i // args.attempts) % len(problems)] for i in range(batch)]
         seeds = [injection.seed_for(0, task.problems[(i // args.attempts) % len(problems)].id, i % args.attempts)
@@ -81,7 +83,9 @@ def main() -> None:
             model = fixed_lm if workload == "greedy-fixed" else lm
             temp = args.temperature if workload == "sample-stops" else 0.0
             sampling = SamplingConfig(temperature=temp, max_new_tokens=args.new_tokens)
-            arms = {"generate": HFBackend(model), "lean": LeanHFBackend(model)}
+            arms = {"generate": HFBackend(model),
+                    "lean-eager": LeanHFBackend(model, pack_weights=False, preallocate_cache=False),
+                    "lean": LeanHFBackend(model)}
             times: dict[str, list[float]] = {k: [] for k in arms}
             tokens: dict[str, list[int]] = {k: [] for k in arms}
             first: dict[str, list[Completion]] = {}
@@ -101,8 +105,9 @@ def main() -> None:
             rate = {k: statistics.median(n / t for n, t in zip(tokens[k], times[k], strict=True)) for k in arms}
             per_row = {k: statistics.mean(tokens[k]) / batch for k in arms}
             secs = {k: statistics.median(times[k]) for k in arms}
-            same = str(first["generate"] == first["lean"]) if temp == 0 else "n/a (sampled)"
-            print(f"{batch:5d} | {workload:12s} | {rate['generate']:14.1f} | {rate['lean']:10.1f} | "
+            same = str(first["generate"] == first["lean"] == first["lean-eager"]) if temp == 0 else "n/a (sampled)"
+            print(f"{batch:5d} | {workload:12s} | {rate['generate']:14.1f} | {rate['lean-eager']:16.1f} | "
+                  f"{rate['lean']:10.1f} | {rate['lean-eager'] / rate['generate']:19.2f} | "
                   f"{rate['lean'] / rate['generate']:13.2f} | {per_row['generate']:11.1f} | {per_row['lean']:12.1f} "
                   f"| {secs['generate']:5.1f} | {secs['lean']:6.1f} | {statistics.mean(stopped):12.0%} "
                   f"| {statistics.mean(live):14.1f} | {same}", flush=True)

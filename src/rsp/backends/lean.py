@@ -10,11 +10,13 @@ transformers' order) and `torch.multinomial`, so it is the same distribution.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 
 from rsp.backends.base import Completion, SamplingConfig
 from rsp.backends.hf import HFBackend
+from rsp.backends.packed import WeightPacker
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 
@@ -128,12 +130,34 @@ class LeanHFBackend(HFBackend):
 
     `compact=False` keeps finished rows in the batch like `generate` (sampled tokens then match
     `generate`'s random-number use row for row); the default drops them (see `decode_loop`).
+    `pack_weights` runs bf16 linear layers on the CPU with prepacked oneDNN weights
+    (`rsp.backends.packed`; bit-identical outputs, one extra copy of those weights in memory).
+    `preallocate_cache` appends keys/values into reserved room instead of re-concatenating the cache
+    every step (`rsp.backends.kvcache`; same values, same outputs).
     """
 
-    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True) -> None:
+    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True, pack_weights: bool = True,
+                 preallocate_cache: bool = True) -> None:
         super().__init__(lm, min_batch_size=min_batch_size)
         self.compact = compact
+        self.pack_weights = pack_weights
+        self.preallocate_cache = preallocate_cache
+        self.packer = WeightPacker()
         self.last_batch_sizes: list[int] = []  # rows of each decode forward pass of the last batch
+
+    def generate(self, prompts, injection, seeds, sampling, *, decode_seed, stop_strings=()) -> list[Completion]:
+        with self.packer.applied(self.lm.model) if self.pack_weights else nullcontext():
+            return super().generate(prompts, injection, seeds, sampling, decode_seed=decode_seed,
+                                    stop_strings=stop_strings)
+
+    def new_cache(self, reserve: int):
+        """An empty KV cache; `reserve` is how many positions to leave room for beyond the first fill."""
+        from transformers import DynamicCache
+
+        from rsp.backends.kvcache import growing_cache
+
+        config = self.lm.model.config
+        return growing_cache(config, reserve) if self.preallocate_cache else DynamicCache(config=config)
 
     def _decode(self, logits, cache, mask, next_position, sampling, stop_strings) -> list[Completion]:
         self.last_batch_sizes = []
@@ -145,15 +169,13 @@ class LeanHFBackend(HFBackend):
 
     def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling,
                         stop_strings) -> list[Completion]:
-        from transformers import DynamicCache
-
         batch, embeds = self.prepare(prompts, injection, seeds)
         model = self.lm.model
         device = self.lm.device
         mask = batch.attention_mask.to(device)
         pos = positions_from_mask(mask)
         with torch.no_grad():
-            cache = DynamicCache(config=model.config)
+            cache = self.new_cache(sampling.max_new_tokens)
             # logits_to_keep=1: only the last position's logits are used (as in generate()); the
             # full (B, P, vocab) head output would be about a fifth of SmolLM2's prefill compute.
             result = model(inputs_embeds=embeds.to(device), attention_mask=mask, position_ids=pos,

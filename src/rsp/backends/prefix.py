@@ -37,8 +37,10 @@ class PrefixSharedHFBackend(LeanHFBackend):
     come first), injections that rewrite the prompt's own rows per seed, or sliding-window models.
     """
 
-    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True) -> None:
-        super().__init__(lm, min_batch_size=min_batch_size, compact=compact)
+    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True, pack_weights: bool = True,
+                 preallocate_cache: bool = True) -> None:
+        super().__init__(lm, min_batch_size=min_batch_size, compact=compact, pack_weights=pack_weights,
+                         preallocate_cache=preallocate_cache)
         self.last_shared: bool = False
         self.last_prefill_rows: int = 0
 
@@ -52,8 +54,6 @@ class PrefixSharedHFBackend(LeanHFBackend):
         if not self.can_share(injection):
             self.last_shared = False
             return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
-        from transformers import DynamicCache
-
         length = injection.length
         cuts: list[tuple[int, int]] = []  # (shared prefix length, slot offset within the tail)
         for p in prompts:
@@ -75,7 +75,7 @@ class PrefixSharedHFBackend(LeanHFBackend):
         select = torch.tensor(row_group, dtype=torch.long, device=device)
         prefix_mask = prefix_batch.attention_mask.to(device)
         with torch.no_grad():
-            cache = DynamicCache(config=model.config)
+            cache = self.new_cache(tail_batch.input_ids.shape[1] + sampling.max_new_tokens)
             model(inputs_embeds=self.lm.embed(prefix_batch.input_ids).to(device), attention_mask=prefix_mask,
                   position_ids=positions_from_mask(prefix_mask), past_key_values=cache, use_cache=True,
                   logits_to_keep=1)

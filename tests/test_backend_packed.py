@@ -1,0 +1,76 @@
+"""Prepacked oneDNN weights: bit-identical logits and greedy tokens, patched only while decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_llama, chat_prompts
+
+from rsp.backends import HFBackend, SamplingConfig
+from rsp.backends.lean import LeanHFBackend
+from rsp.backends.packed import WeightPacker, packing_supported
+from rsp.core import RandomSoftPrompt
+from rsp.models import wrap_model
+
+pytestmark = pytest.mark.skipif(not packing_supported()[0], reason=f"weight packing: {packing_supported()[1]}")
+
+
+@pytest.fixture
+def bf16_lm(tiny_tokenizer):
+    model = build_tiny_llama(dtype=torch.bfloat16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(8)  # sharp enough that greedy outputs differ by prompt and by RSP
+    return wrap_model(model, tiny_tokenizer, name="tiny-bf16")
+
+
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_packed_logits_are_bit_identical_and_the_patch_is_undone(bf16_lm):
+    model = bf16_lm.model
+    ids = torch.randint(4, 200, (3, 9))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        packer = WeightPacker()
+        with packer.applied(model) as patched:
+            assert patched == len(linears(model)) == 2 * 7 + 1  # q k v o gate up down per layer, lm_head
+            assert all("forward" in m.__dict__ for m in linears(model))
+            got = model(input_ids=ids).logits
+    assert packer.identical is True
+    assert torch.equal(got, want)
+    assert not any("forward" in m.__dict__ for m in linears(model))
+
+
+def test_changed_weights_are_repacked(bf16_lm):
+    layer = bf16_lm.model.model.layers[0].mlp.down_proj
+    x = torch.randn(2, layer.in_features).to(torch.bfloat16)
+    packer = WeightPacker()
+    with torch.no_grad():
+        with packer.applied(bf16_lm.model):
+            before = layer(x)
+        layer.weight.mul_(2)
+        with packer.applied(bf16_lm.model):
+            after = layer(x)
+        assert torch.equal(after, torch.nn.functional.linear(x, layer.weight))
+    assert not torch.equal(before, after)
+
+
+def test_fp32_layers_are_left_alone(tiny_lm):
+    with WeightPacker().applied(tiny_lm.model) as patched:
+        assert patched == 0
+
+
+def test_packed_lean_greedy_matches_generate_in_bf16(bf16_lm):
+    prompts = chat_prompts(bf16_lm, ["hi", "a longer question here"], attempts=3)
+    injection = RandomSoftPrompt(bf16_lm.embedding_stats(), 4)
+    seeds = list(range(len(prompts)))
+    sampling = SamplingConfig(temperature=0, max_new_tokens=12)
+    ref = HFBackend(bf16_lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
+    backend = LeanHFBackend(bf16_lm)
+    lean = backend.generate(prompts, injection, seeds, sampling, decode_seed=0)
+    assert backend.packer.identical is True, "the packed path must actually have run"
+    assert lean == ref
+    assert len({c.token_ids for c in ref}) > 2
