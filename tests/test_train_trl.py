@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
+from conftest import require_vllm
 
 pytest.importorskip("trl", reason="TRL is an optional dependency (pip install -e .[train])")
 
@@ -283,22 +285,37 @@ def test_vllm_rollout_func_sends_one_embeddings_request_per_rollout(tmp_path, ti
     assert int((out["prompt_ids"] == trainer.placeholder).sum()) == 8 * trainer.injection.length
 
 
-def test_vllm_rollout_func_on_a_real_engine(tmp_path, tiny_model_dir):
-    from rsp.backends.vllm import vllm_available
-
-    ok, why = vllm_available()
-    if not ok:
-        pytest.skip(f"real vLLM rollouts need vllm: {why}")
-    if not torch.cuda.is_available():
-        pytest.skip("real vLLM rollouts need a CUDA GPU")
+@pytest.mark.vllm
+def test_vllm_rollout_func_on_a_real_engine(tmp_path, vllm_model_dir):
+    require_vllm()
     from vllm import LLM
 
     from rsp.backends import SamplingConfig
     from rsp.train.trl_rsp import make_vllm_rollout_func
 
     flip = itertools.cycle([True, False])
-    trainer, lm, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
-    llm = LLM(model=str(tiny_model_dir), enable_prompt_embeds=True, dtype="float32", gpu_memory_utilization=0.2)
+    trainer, lm, _ = _trainer(tmp_path, vllm_model_dir, lambda text, gold: next(flip))
+    on_gpu = {"gpu_memory_utilization": 0.2} if torch.cuda.is_available() else {}
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    llm = LLM(model=str(vllm_model_dir), enable_prompt_embeds=True, dtype="float32", max_model_len=256,
+              enforce_eager=True, **on_gpu)
     trainer.rollout_func = make_vllm_rollout_func(llm, lm, SamplingConfig(temperature=1.0, max_new_tokens=6))
+    trainer.model.eval()
     out = trainer._generate_and_score_completions(_batch(trainer))
-    assert out["completion_ids"].shape[0] == 8 and len(set(out["rsp_seeds"].tolist())) == 8
+    seeds = out["rsp_seeds"].tolist()
+    assert out["completion_ids"].shape[0] == 8 and len(set(seeds)) == 8
+    # The training side, scoring vLLM's completions with the stored seeds, rebuilds the very prompts vLLM saw:
+    # its log-probs equal the engine's sampling log-probs; with other seeds (other RSP rows) they do not.
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    keep = out["completion_mask"].bool()
+    width = out["completion_ids"].size(1)
+    with torch.no_grad():
+        trainer._scoring_seeds = seeds
+        logp, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, width)
+        trainer._scoring_seeds = [s + 1 for s in seeds]
+        wrong, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, width)
+        trainer._scoring_seeds = None
+    engine = out["sampling_per_token_logps"]
+    torch.testing.assert_close(logp[keep], engine[keep], atol=2e-3, rtol=0)
+    assert (wrong[keep] - engine[keep]).abs().max() > 0.05

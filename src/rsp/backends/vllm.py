@@ -1,16 +1,27 @@
 """vLLM backend: one prompt-embeddings request per attempt.
 
 Why one request per attempt: `SamplingParams(n>1)` samples n continuations of ONE prompt, which
-would give all N attempts the same RSP. Each attempt is therefore its own request whose
-`prompt_embeds` (seq, d) are the prompt's input embeddings with that attempt's rows written into
-its slots, built exactly like the HF backend's rows but without padding (vLLM batches ragged
-sequences itself). The request builder is a pure function, testable without vLLM installed.
+would give all N attempts the same RSP. Each attempt is therefore its own request.
+
+Two request layouts, both built by the pure function `build_requests` (testable without vLLM):
+
+- "mixed" (vLLM >= 0.31): the prompt's token ids with placeholder ids at the RSP slots, a mask that
+  marks the slots, and a (seq, d) tensor that is zero except for the slot rows. vLLM embeds the real
+  tokens itself (with any model-specific scale, as for Gemma), and the N attempts of a problem share
+  identical prompt blocks, so vLLM's prefix cache can reuse the prompt's KV across attempts.
+- "embeds": the full (seq, d) input embeddings with the slot rows written in, exactly the HF
+  backend's rows without padding. Needed when an injection changes the prompt's own rows
+  (`embed-noise`) and on vLLM versions without mixed prompts.
+
+With nothing injected (L = 0 and no prompt transform) a request is a plain token-id prompt, so plain
+sampling and RSP sampling are measured on the same engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -20,31 +31,72 @@ from rsp.core.insert import PromptTokens, build_slotted_batch
 from rsp.core.seeds import derive_seed
 from rsp.models.loading import LoadedModel
 
+PromptMode = Literal["auto", "mixed", "embeds"]
+PROMPT_MODES: tuple[str, ...] = ("auto", "mixed", "embeds")
+
 
 @dataclass(frozen=True)
 class AttemptRequest:
-    """One vLLM request: the attempt's prompt embeddings and its own decode seed."""
+    """One vLLM request: the attempt's prompt (ids and/or embeddings) and its own decode seed."""
 
-    prompt_embeds: torch.Tensor  # (seq, d), no padding
+    prompt_embeds: torch.Tensor | None  # (seq, d), no padding; None for a plain token prompt
     seed: int
     row: int  # index into the caller's prompts
+    token_ids: tuple[int, ...] | None = None  # mixed and plain prompts: ids, placeholders at the slots
+    is_token_ids: tuple[bool, ...] | None = None  # mixed prompts: False at the slots
+
+    @property
+    def mode(self) -> str:
+        if self.prompt_embeds is None:
+            return "tokens"
+        return "mixed" if self.is_token_ids is not None else "embeds"
 
     def as_prompt(self) -> dict:
-        return {"prompt_embeds": self.prompt_embeds}
+        if self.prompt_embeds is None:
+            return {"prompt_token_ids": list(self.token_ids or ())}
+        prompt: dict = {"prompt_embeds": self.prompt_embeds}
+        if self.is_token_ids is not None:
+            prompt["prompt_token_ids"] = list(self.token_ids or ())
+            prompt["prompt_is_token_ids"] = list(self.is_token_ids)
+        return prompt
+
+
+def changes_prompt_rows(injection: Injection) -> bool:
+    """True when the injection perturbs the prompt's own token rows (so ids alone cannot carry it)."""
+    return type(injection).transform_prompt is not Injection.transform_prompt
 
 
 def build_requests(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: Injection,
-                   seeds: Sequence[int | None], *, decode_seed: int) -> list[AttemptRequest]:
-    """One request per attempt (never n>1), embeddings in the model's dtype on the CPU."""
+                   seeds: Sequence[int | None], *, decode_seed: int,
+                   prompt_mode: Literal["mixed", "embeds"] = "embeds") -> list[AttemptRequest]:
+    """One request per attempt (never n>1); embeddings in the model's dtype on the CPU."""
     if len(prompts) != len(seeds):
         raise ValueError("one injection seed per prompt is required")
+    if prompt_mode not in ("mixed", "embeds"):
+        raise ValueError(f"prompt_mode must be 'mixed' or 'embeds', got {prompt_mode!r}")
+    plain = injection.length == 0 and not changes_prompt_rows(injection)
+    mixed = prompt_mode == "mixed" and not changes_prompt_rows(injection)
     requests = []
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+        decode = derive_seed(decode_seed, "vllm", i)
+        if plain:
+            requests.append(AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids)))
+            continue
         batch = build_slotted_batch([prompt.ids], [prompt.insert_index(injection.position)], injection.length,
                                     pad_id=lm.pad_token_id)
+        if mixed:
+            slots = batch.slot_mask()[0]
+            rows = injection.rows([seed])
+            if rows is None:
+                raise RuntimeError(f"{injection.name}: {injection.length} slots but the injection gave no rows")
+            embeds = torch.zeros(batch.input_ids.shape[1], lm.hidden_size, dtype=lm.dtype)
+            embeds[slots] = rows[0].to(lm.dtype).cpu()
+            requests.append(AttemptRequest(embeds, decode, i, token_ids=tuple(batch.input_ids[0].tolist()),
+                                           is_token_ids=tuple((~slots).tolist())))
+            continue
         with torch.no_grad():
             embeds = injection.apply(lm.embed(batch.input_ids), batch, [seed])
-        requests.append(AttemptRequest(embeds[0].detach().cpu(), derive_seed(decode_seed, "vllm", i), i))
+        requests.append(AttemptRequest(embeds[0].detach().cpu(), decode, i))
     return requests
 
 
@@ -66,21 +118,56 @@ def vllm_available() -> tuple[bool, str]:
     return True, ""
 
 
+def supports_mixed_prompts() -> bool:
+    """Whether the installed vLLM takes token ids plus per-position embeddings in one prompt."""
+    from vllm.inputs import EmbedsPrompt
+
+    return "prompt_is_token_ids" in getattr(EmbedsPrompt, "__annotations__", {})
+
+
+def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
+    if prompt_mode not in PROMPT_MODES:
+        raise ValueError(f"prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {prompt_mode!r}")
+    if prompt_mode == "embeds":
+        return "embeds"
+    if supports_mixed_prompts():
+        return "mixed"
+    if prompt_mode == "mixed":
+        raise ValueError("this vLLM has no mixed token/embedding prompts (EmbedsPrompt.prompt_is_token_ids); "
+                         "use prompt_mode='embeds'")
+    return "embeds"
+
+
+def completion_from_output(output, stop_token_ids: Sequence[int]) -> Completion:
+    """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF backend."""
+    stops = set(stop_token_ids)
+    tokens = list(output.token_ids)
+    for i, t in enumerate(tokens):
+        if t in stops:
+            tokens = tokens[:i]
+            break
+    reason = "stop" if output.finish_reason == "stop" else "length"
+    return Completion(token_ids=tuple(tokens), text=output.text, finish_reason=reason)
+
+
 class VLLMBackend:
     """Same `generate` interface as `HFBackend`, on a vLLM engine with prompt embeddings enabled.
 
-    `lm` supplies the tokenizer, embedding table and stop ids (the HF copy of the same weights);
-    `model_path` is what vLLM loads. Tensor/data parallel sizes are passed through to `vllm.LLM`.
+    `lm` supplies the tokenizer, embedding table, injection statistics and stop ids (the HF copy of the
+    same weights); `model_path` is what vLLM loads. Tensor/data parallel sizes and any other
+    `vllm.LLM` options (`engine_kwargs`) are passed through.
     """
 
     def __init__(self, lm: LoadedModel, model_path: str, *, tensor_parallel_size: int = 1,
-                 data_parallel_size: int = 1, dtype: str = "auto", **engine_kwargs) -> None:
+                 data_parallel_size: int = 1, dtype: str = "auto", prompt_mode: PromptMode = "auto",
+                 **engine_kwargs) -> None:
         ok, why = vllm_available()
         if not ok:
             raise RuntimeError(why)
         from vllm import LLM
 
         self.lm = lm
+        self.prompt_mode = resolve_prompt_mode(prompt_mode)
         kwargs = dict(model=model_path, enable_prompt_embeds=True, tensor_parallel_size=tensor_parallel_size,
                       dtype=dtype, **engine_kwargs)
         if data_parallel_size != 1:
@@ -88,16 +175,11 @@ class VLLMBackend:
         self.llm = LLM(**kwargs)
 
     def generate(self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None],
-                 sampling: SamplingConfig, *, decode_seed: int, stop_strings: Sequence[str] = ()) -> list[Completion]:
+                 sampling: SamplingConfig, *, decode_seed: int, stop_strings: Sequence[str] = (),
+                 use_tqdm: bool = False) -> list[Completion]:
         sampling.validate()
-        requests = build_requests(self.lm, prompts, injection, seeds, decode_seed=decode_seed)
+        requests = build_requests(self.lm, prompts, injection, seeds, decode_seed=decode_seed,
+                                  prompt_mode=self.prompt_mode)
         params = [sampling_params(sampling, r.seed, self.lm.stop_token_ids, stop_strings) for r in requests]
-        outputs = self.llm.generate([r.as_prompt() for r in requests], params, use_tqdm=True)
-        completions = []
-        for out in outputs:
-            o = out.outputs[0]
-            stops = set(self.lm.stop_token_ids)
-            tokens = [t for t in o.token_ids if t not in stops]
-            reason = "stop" if o.finish_reason == "stop" else "length"
-            completions.append(Completion(token_ids=tuple(tokens), text=o.text, finish_reason=reason))
-        return completions
+        outputs = self.llm.generate([r.as_prompt() for r in requests], params, use_tqdm=use_tqdm)
+        return [completion_from_output(out.outputs[0], self.lm.stop_token_ids) for out in outputs]
