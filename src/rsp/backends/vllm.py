@@ -101,13 +101,15 @@ def build_requests(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: 
 
 
 def sampling_params(sampling: SamplingConfig, seed: int, stop_token_ids: Sequence[int],
-                    stop_strings: Sequence[str]):
+                    stop_strings: Sequence[str], *, ignore_eos: bool = False):
+    """`ignore_eos` (benchmarks: fixed-length decoding) also drops the stop ids and strings."""
     from vllm import SamplingParams
 
     return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=sampling.top_k if sampling.top_k else -1, min_p=sampling.min_p,
-                          max_tokens=sampling.max_new_tokens, seed=seed, stop_token_ids=list(stop_token_ids),
-                          stop=list(stop_strings) or None)
+                          max_tokens=sampling.max_new_tokens, seed=seed,
+                          stop_token_ids=[] if ignore_eos else list(stop_token_ids),
+                          stop=None if ignore_eos else (list(stop_strings) or None), ignore_eos=ignore_eos)
 
 
 def vllm_available() -> tuple[bool, str]:
@@ -168,6 +170,7 @@ class VLLMBackend:
 
         self.lm = lm
         self.prompt_mode = resolve_prompt_mode(prompt_mode)
+        self.ignore_eos = False  # benchmarks set this to decode exactly max_new_tokens
         kwargs = dict(model=model_path, enable_prompt_embeds=True, tensor_parallel_size=tensor_parallel_size,
                       dtype=dtype, **engine_kwargs)
         if data_parallel_size != 1:
@@ -180,6 +183,7 @@ class VLLMBackend:
         sampling.validate()
         requests = build_requests(self.lm, prompts, injection, seeds, decode_seed=decode_seed,
                                   prompt_mode=self.prompt_mode)
-        params = [sampling_params(sampling, r.seed, self.lm.stop_token_ids, stop_strings) for r in requests]
+        params = [sampling_params(sampling, r.seed, self.lm.stop_token_ids, stop_strings, ignore_eos=self.ignore_eos)
+                  for r in requests]
         outputs = self.llm.generate([r.as_prompt() for r in requests], params, use_tqdm=use_tqdm)
         return [completion_from_output(out.outputs[0], self.lm.stop_token_ids) for out in outputs]
