@@ -223,7 +223,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
                 existing.extend(new)
                 bar.update(len(new))
         bar.close()
-        oom_events = backend.oom_events
+        oom_events = list(getattr(backend, "oom_events", []))  # HF engines back off on OOM; vLLM manages memory itself
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
 
 
