@@ -86,3 +86,22 @@ def test_unknown_prompt_mode_is_rejected(tiny_lm):
     with pytest.raises(ValueError, match="prompt_mode"):
         build_requests(tiny_lm, prompts, RandomSoftPrompt(tiny_lm.embedding_stats(), 2), [1], decode_seed=0,
                        prompt_mode="ids")  # type: ignore[arg-type]
+
+
+def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch):
+    import rsp.backends.vllm as vllm_backend
+    from rsp.backends import cpu_memory_fraction, create_backend
+
+    seen: dict = {}
+    monkeypatch.setattr(vllm_backend, "VLLMBackend", lambda lm, path, **kw: seen.update(kw, path=path) or "engine")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    assert create_backend("vllm", tiny_lm, model_path="/m", tensor_parallel_size=2) == "engine"
+    # vllm-cpu's default reserves 92 % of all RAM and refuses to start beside an HF copy of the model.
+    assert 0.05 <= seen["gpu_memory_utilization"] <= 0.9 and seen["gpu_memory_utilization"] == pytest.approx(
+        cpu_memory_fraction(), abs=0.05)
+    assert seen["dtype"] == "float32" and seen["enforce_eager"] is True and seen["tensor_parallel_size"] == 2
+    seen.clear()
+    create_backend("vllm", tiny_lm, model_path="/m", gpu_memory_utilization=0.2)
+    assert seen["gpu_memory_utilization"] == 0.2, "an explicit setting wins"
+    with pytest.raises(ValueError, match="needs the model's folder"):
+        create_backend("vllm", tiny_lm)
