@@ -26,16 +26,13 @@ import torch
 from rsp.backends import ENGINE_NAMES, SamplingConfig, create_backend
 from rsp.core import NoInjection, RandomSoftPrompt
 from rsp.models import load_model
-from rsp.models.loading import resolve_model_dir
 from rsp.tasks import PromptBuilder, load_task
 
 
-def make_backend(engine: str, lm, model: str, prefix_caching: bool = True):
+def make_backend(engine: str, lm, prefix_caching: bool = True):
     if engine != "vllm":
         return create_backend(engine, lm)
-    location, _ = resolve_model_dir(model, None)
-    backend = create_backend("vllm", lm, model_path=str(location), max_model_len=1024,
-                             enable_prefix_caching=prefix_caching)
+    backend = create_backend("vllm", lm, max_model_len=1024, enable_prefix_caching=prefix_caching)
     backend.ignore_eos = True  # fixed-length decoding, like the never-sampled stop id of the HF arms
     return backend
 
@@ -60,7 +57,7 @@ def main() -> None:
     task = load_task("arith", limit=args.batch // 4 or 1)
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     prompts = [builder.build(p) for p in task.problems for _ in range(4)][: args.batch]
-    backend = make_backend(args.engine, lm, args.model, not args.no_prefix_caching)
+    backend = make_backend(args.engine, lm, not args.no_prefix_caching)
     sampling = SamplingConfig(temperature=0.7, max_new_tokens=args.new_tokens)
     arms = {
         "plain": (NoInjection(), [None] * len(prompts)),

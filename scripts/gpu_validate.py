@@ -28,7 +28,6 @@ from rsp.backends.prefix import PrefixSharedHFBackend
 from rsp.backends.vllm import vllm_available
 from rsp.core import RandomSoftPrompt
 from rsp.models import load_model
-from rsp.models.loading import resolve_model_dir
 from rsp.tasks import PromptBuilder, load_task
 
 
@@ -65,12 +64,11 @@ def main() -> int:
     injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
     seeds = [injection.seed_for(0, p.id, a) for p in task.problems for a in range(args.attempts)]
     sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
-    location, _ = resolve_model_dir(args.model, None)
     results, rates = {}, {}
     engines = {
         "hf": lambda: HFBackend(lm),
         "hf-prefix": lambda: PrefixSharedHFBackend(lm),
-        "vllm": lambda: create_backend("vllm", lm, model_path=str(location), tensor_parallel_size=args.tensor_parallel,
+        "vllm": lambda: create_backend("vllm", lm, tensor_parallel_size=args.tensor_parallel,
                                        data_parallel_size=args.data_parallel, max_model_len=2048),
     }
     for name, make in engines.items():

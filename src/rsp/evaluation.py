@@ -21,7 +21,7 @@ from rsp.core.injection import Injection
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.methods import MethodOptions, build_method, method_names
-from rsp.models.loading import LoadedModel, load_model, resolve_model_dir
+from rsp.models.loading import LoadedModel, load_model
 from rsp.runio import JsonlAppender, prepare_run_dir, read_jsonl_records
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
@@ -112,6 +112,12 @@ class EvalConfig:
         return MethodOptions(self.rsp_length, self.rsp_scale, self.position, self.stats_rows, self.stats_mean,
                              dict(self.method_extra))
 
+    def engine_options(self) -> dict:
+        """Options for `create_backend` beyond the engine name (vLLM's parallelism)."""
+        if self.engine != "vllm":
+            return {}
+        return {"tensor_parallel_size": self.tensor_parallel_size, "data_parallel_size": self.data_parallel_size}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
@@ -201,7 +207,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
         options = config.method_options()
         injections = {m: build_method(m, lm, options) for m in config.methods}
         _check_context(lm, prompts, config, injections)
-        backend = make_backend(config, lm)
+        backend = create_backend(config.engine, lm, **config.engine_options())
         appender = JsonlAppender(samples_path)
         sampling = config.sampling()
         bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}")
@@ -225,16 +231,6 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
         bar.close()
         oom_events = list(getattr(backend, "oom_events", []))  # HF engines back off on OOM; vLLM manages memory itself
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
-
-
-def make_backend(config: EvalConfig, lm):
-    """The configured engine; vLLM loads the same weights from the model's folder (the converted cache for
-    packaged and GGUF models)."""
-    if config.engine != "vllm":
-        return create_backend(config.engine, lm)
-    location, _ = resolve_model_dir(config.model, None)
-    return create_backend("vllm", lm, model_path=str(location), tensor_parallel_size=config.tensor_parallel_size,
-                          data_parallel_size=config.data_parallel_size)
 
 
 def _check_context(lm: LoadedModel, prompts: list[PromptTokens], config: EvalConfig,

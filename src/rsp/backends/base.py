@@ -57,3 +57,12 @@ class Backend(Protocol):
         decode_seed: int,
         stop_strings: Sequence[str] = (),
     ) -> list[Completion]: ...
+
+
+def cut_at_stop_token(tokens: Sequence[int], stop_token_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """The tokens before the first stop token, and whether one was found (the stop token is dropped)."""
+    stops = set(stop_token_ids)
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return list(tokens[:i]), True
+    return list(tokens), False

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from rsp.backends.base import Completion, SamplingConfig
+from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens, SlottedBatch, build_slotted_batch
 from rsp.core.seeds import derive_seed
@@ -143,13 +143,8 @@ class HFBackend:
         return [self._finish(row.tolist(), sampling, stop_strings) for row in sequences.cpu()]
 
     def _finish(self, tokens: list[int], sampling: SamplingConfig, stop_strings: Sequence[str]) -> Completion:
-        stops = set(self.lm.stop_token_ids)
-        reason = "length"
-        for i, t in enumerate(tokens):
-            if t in stops:
-                tokens = tokens[:i]
-                reason = "stop"
-                break
+        tokens, stopped = cut_at_stop_token(tokens, self.lm.stop_token_ids)
+        reason = "stop" if stopped else "length"
         text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True)
         for s in stop_strings:
             cut = text.find(s)

@@ -46,7 +46,7 @@ class PrefixSharedHFBackend(LeanHFBackend):
 
     def can_share(self, injection: Injection) -> bool:
         return (injection.position != "prepend"
-                and type(injection).transform_prompt is Injection.transform_prompt
+                and not injection.changes_prompt_rows
                 and not has_sliding_layers(self.lm.model))
 
     def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds,

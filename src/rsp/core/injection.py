@@ -48,6 +48,12 @@ class Injection(ABC):
         """Hook for controls that perturb the prompt's own rows; identity by default."""
         return embeds
 
+    @property
+    def changes_prompt_rows(self) -> bool:
+        """True when the injection perturbs the prompt's own token rows (`transform_prompt` overridden):
+        such a prompt can be neither shared across attempts nor sent to an engine as token ids."""
+        return type(self).transform_prompt is not Injection.transform_prompt
+
     def apply(self, embeds: torch.Tensor, batch: SlottedBatch, seeds: Sequence[int | None]) -> torch.Tensor:
         embeds = self.transform_prompt(embeds, batch, seeds)
         if batch.length == 0:

@@ -71,6 +71,7 @@ class LoadedModel:
     pad_token_id: int
     _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
     stats_cache_dir: Path | None = None
+    location: str | None = None  # the folder (or Hub id) the weights were loaded from; None for wrapped models
 
     @property
     def device(self) -> torch.device:
@@ -337,6 +338,7 @@ def load_model(
         stop_token_ids=stop_token_ids(model, tokenizer),
         pad_token_id=int(pad),
         stats_cache_dir=stats_dir,
+        location=str(location),
     )
 
 
