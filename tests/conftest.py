@@ -137,6 +137,15 @@ def build_char_tokenizer():
     return tok
 
 
+def sharpen(model, factor: float = 8.0):
+    """Scale every non-norm weight so greedy outputs differ by prompt and by RSP (not one repeated token)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(factor)
+    return model
+
+
 def build_vllm_llama(seed: int = 0):
     """Tiny Llama that vLLM's CPU attention accepts (head size 64), weights scaled up so greedy outputs
     depend on the prompt and on the injected rows."""
@@ -147,10 +156,7 @@ def build_vllm_llama(seed: int = 0):
                       num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
                       bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=512)
     model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(8)
+    sharpen(model)
     model.generation_config.eos_token_id = 2
     return model
 
@@ -181,16 +187,23 @@ def sharp_lm(tiny_tokenizer_module):
     from rsp.models import wrap_model
 
     model = build_tiny_llama()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(8)
+    sharpen(model)
     return wrap_model(model, tiny_tokenizer_module, name="tiny-sharp")
 
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer_module() -> TinyTokenizer:
     return TinyTokenizer()
+
+
+def chat_prompt(lm, question: str):
+    """One chat prompt tokenised the way a real (fast) tokenizer does it, via the template's text."""
+    from rsp.core import PromptTokens
+
+    text = lm.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                            add_generation_prompt=True)
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return PromptTokens(tuple(ids), len(ids) - 2)
 
 
 def chat_prompts(lm, questions, attempts):

@@ -8,18 +8,11 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import chat_prompts
+from conftest import chat_prompt, chat_prompts
 
 from rsp.backends import HFBackend, SamplingConfig
 from rsp.backends.lean import LeanHFBackend
-from rsp.core import NoInjection, PromptTokens, RandomSoftPrompt
-
-
-def chat_prompt(lm, question: str) -> PromptTokens:
-    text = lm.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                            add_generation_prompt=True)
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return PromptTokens(tuple(ids), len(ids) - 2)
+from rsp.core import NoInjection, RandomSoftPrompt
 
 
 def test_lean_greedy_matches_generate(sharp_lm):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_llama, chat_prompts
+from conftest import build_tiny_llama, chat_prompts, sharpen
 
 from rsp.backends import HFBackend, SamplingConfig
 from rsp.backends.lean import LeanHFBackend
@@ -17,11 +17,7 @@ pytestmark = pytest.mark.skipif(not packing_supported()[0], reason=f"weight pack
 
 @pytest.fixture
 def bf16_lm(tiny_tokenizer):
-    model = build_tiny_llama(dtype=torch.bfloat16)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(8)  # sharp enough that greedy outputs differ by prompt and by RSP
+    model = sharpen(build_tiny_llama(dtype=torch.bfloat16))
     return wrap_model(model, tiny_tokenizer, name="tiny-bf16")
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import require_vllm
+from conftest import chat_prompt, require_vllm
 
 from rsp.backends import HFBackend, SamplingConfig
-from rsp.core import NoInjection, PromptTokens, RandomSoftPrompt
+from rsp.core import NoInjection, RandomSoftPrompt
 
 pytestmark = pytest.mark.vllm
 
@@ -31,13 +31,7 @@ def engine(vllm_model_dir):
 
 
 def prompts_for(lm, questions, attempts):
-    out = []
-    for q in questions:
-        text = lm.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                add_generation_prompt=True)
-        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        out += [PromptTokens(tuple(ids), len(ids) - 1)] * attempts
-    return out
+    return [chat_prompt(lm, q) for q in questions for _ in range(attempts)]
 
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=12)
