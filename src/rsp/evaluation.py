@@ -229,7 +229,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
                 existing.extend(new)
                 bar.update(len(new))
         bar.close()
-        oom_events = list(getattr(backend, "oom_events", []))  # HF engines back off on OOM; vLLM manages memory itself
+        oom_events = backend.oom_events
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
 
 

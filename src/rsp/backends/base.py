@@ -47,6 +47,8 @@ class Completion:
 class Backend(Protocol):
     """Generate one completion per prompt; row i gets the injection drawn from seeds[i]."""
 
+    oom_events: list[str]  # out-of-memory back-offs taken so far (reported with a run's results)
+
     def generate(
         self,
         prompts: Sequence[PromptTokens],

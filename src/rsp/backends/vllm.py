@@ -186,6 +186,7 @@ class VLLMBackend:
         self.lm = lm
         self.prompt_mode = resolve_prompt_mode(prompt_mode)
         self.ignore_eos = False  # benchmarks set this to decode exactly max_new_tokens
+        self.oom_events: list[str] = []  # stays empty: vLLM sizes its KV cache up front and never backs off
         kwargs = dict(model=model_path, enable_prompt_embeds=True, tensor_parallel_size=tensor_parallel_size,
                       dtype=dtype or str(lm.dtype).removeprefix("torch."))
         if lm.device.type == "cpu":
