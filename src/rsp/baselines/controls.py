@@ -185,7 +185,7 @@ def _stats(lm: LoadedModel, o: MethodOptions) -> EmbeddingStats:
 
 
 def _row_candidates(lm: LoadedModel, o: MethodOptions) -> torch.Tensor:
-    rows = int(lm.model.get_input_embeddings().weight.shape[0])
+    rows = lm.vocab_rows  # LoadedModel or EmbeddingModel (no transformer beside a vLLM engine)
     if o.stats_rows == "tokens":
         rows = min(rows, len(lm.tokenizer))
     return torch.arange(rows)
@@ -224,8 +224,7 @@ def _token_rows(lm: LoadedModel, o: MethodOptions) -> Injection:
 
 @register_method("token-string", "control: L random real text tokens per attempt (seed-conditioning style)")
 def _token_string(lm: LoadedModel, o: MethodOptions) -> Injection:
-    rows = int(lm.model.get_input_embeddings().weight.shape[0])
-    pool = text_token_pool(lm.tokenizer, rows, exclude=(*lm.stop_token_ids, lm.pad_token_id))
+    pool = text_token_pool(lm.tokenizer, lm.vocab_rows, exclude=(*lm.stop_token_ids, lm.pad_token_id))
     return TokenString(lm.embed, pool, o.length, tokenizer=lm.tokenizer, position=o.position)
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,16 @@ class LoadedModel:
         return int(self.model.get_input_embeddings().weight.shape[1])
 
     @property
+    def vocab_rows(self) -> int:
+        """Rows of the input-embedding table (can exceed the tokenizer's length: padding rows)."""
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    @property
+    def config(self):
+        """The transformers config (also on `EmbeddingModel`, which has no `model`)."""
+        return self.model.config
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
@@ -96,19 +107,25 @@ class LoadedModel:
     def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
         """Fit (once, then cached in memory and on disk) the RSP distribution for this model."""
         key = (rows, mean_mode)
-        if key in self._stats:
-            return self._stats[key]
-        path = stats_cache_path(self.stats_cache_dir, rows, mean_mode) if self.stats_cache_dir else None
-        if path is not None and path.is_file():
-            stats = EmbeddingStats.load(path)
-        else:
-            weight = self.model.get_input_embeddings().weight
-            stats = fit_embedding_stats(weight, embed_scale=self.embed_scale, rows=rows,
-                                        num_real_tokens=len(self.tokenizer), mean_mode=mean_mode)  # type: ignore[arg-type]
-            if path is not None:
-                _atomic_save_stats(stats, path)
-        self._stats[key] = stats
-        return stats
+        if key not in self._stats:
+            self._stats[key] = cached_stats(
+                self.stats_cache_dir, rows, mean_mode,
+                lambda: fit_embedding_stats(self.model.get_input_embeddings().weight, embed_scale=self.embed_scale,
+                                            rows=rows, num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
+                                            mean_mode=mean_mode))
+        return self._stats[key]
+
+
+def cached_stats(stats_cache_dir: Path | None, rows: str, mean_mode: str,
+                 fit: Callable[[], EmbeddingStats]) -> EmbeddingStats:
+    """Statistics from the on-disk cache of a converted model, else `fit()` (saved there when there is one)."""
+    path = stats_cache_path(stats_cache_dir, rows, mean_mode) if stats_cache_dir else None
+    if path is not None and path.is_file():
+        return EmbeddingStats.load(path)
+    stats = fit()
+    if path is not None:
+        _atomic_save_stats(stats, path)
+    return stats
 
 
 def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
@@ -146,10 +163,15 @@ def measure_embed_scale(model: torch.nn.Module) -> float:
     whose embedding is a scaled lookup, and catches modules that are not.
     """
     emb = model.get_input_embeddings()
-    weight = emb.weight
+    return probe_embed_scale(emb.weight, emb)
+
+
+def probe_embed_scale(weight: torch.Tensor, lookup: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """`measure_embed_scale` on a bare table and its lookup, so a table read without the model
+    (`rsp.models.embeddings`) gets exactly the number the loaded model gets."""
     ids = torch.arange(min(64, weight.shape[0]), device=weight.device)
     with torch.no_grad():
-        out = emb(ids).float()
+        out = lookup(ids).float()
         raw = weight[ids].float()
     denom = float((raw * raw).sum())
     if denom == 0.0:
@@ -173,8 +195,12 @@ def check_inputs_embeds_support(model: torch.nn.Module) -> None:
 
 def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
     """Every id that ends an answer: EOS from the generation config and tokenizer, plus end-of-turn tokens."""
+    return stop_token_ids_from(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
+
+
+def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int, ...]:
+    """`stop_token_ids` given the generation config's eos_token_id (read from a folder when there is no model)."""
     ids: set[int] = set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
         if isinstance(value, int):
             ids.add(value)

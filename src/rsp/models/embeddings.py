@@ -1,0 +1,307 @@
+"""The input-embedding table read straight from a checkpoint's safetensors, without building the model.
+
+Why: RSP injection needs only the input-embedding table (its statistics; row lookups for `embeds`
+prompts), the tokenizer and the stop ids. An engine that holds its own copy of the weights (vLLM) was
+given a full HF model beside it just for these, doubling the host memory (issue #12).
+`EmbeddingModel` has the attributes the vLLM backend and the injection methods read from a
+`LoadedModel`, but holds the embedding table alone; `embedding_stats` fits the RSP statistics from the
+checkpoint reading that one tensor (`safe_open(...).get_tensor` of its key, nothing else).
+
+The numbers are the loaded model's, not an approximation of them: the table is cast to the same dtype
+that `load_model` casts it to, Gemma's sqrt(hidden_size) scale is applied as transformers'
+ScaledWordEmbedding applies it (a 0-d tensor in the weight dtype), and the scale then goes through
+the same probe as `measure_embed_scale`, so `fit_embedding_stats` sees identical inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from rsp.core.stats import EmbeddingStats, MeanMode, RowSelection, fit_embedding_stats
+from rsp.models.loading import (
+    ModelLoadError,
+    cached_stats,
+    load_tokenizer,
+    probe_embed_scale,
+    resolve_dtype,
+    resolve_model_dir,
+    stop_token_ids_from,
+)
+
+# Key endings of the input-embedding tensor across architectures (Llama/Gemma/Qwen/Mistral, GPT-2,
+# BLOOM/BERT-style, GPT-NeoX, original Llama checkpoints).
+EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight",
+                      "tok_embeddings.weight")
+# model_type values whose transformers embedding multiplies the lookup by sqrt(hidden_size).
+SCALED_EMBEDDING_TYPES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class _Checkpoint:
+    """Files of a model folder, or of a Hub repository fetched one file at a time (only what is asked for)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.local = Path(location).is_dir()
+
+    def file(self, name: str) -> Path | None:
+        if self.local:
+            path = Path(self.location) / name
+            return path if path.is_file() else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(self.location, name))
+        except EntryNotFoundError:
+            return None
+        except Exception as exc:  # offline, gated, unknown repository: the hub raises many types
+            raise ModelLoadError(f"could not fetch {name} of {self.location} from the Hugging Face Hub: {exc}") from exc
+
+    def tensor_files(self) -> tuple[dict[str, str], str]:
+        """Key -> file name of every weight tensor, and what was read to learn it (for messages).
+
+        A sharded checkpoint answers from its index alone, so a Hub repository later fetches one shard.
+        """
+        index = self.file(INDEX_FILE)
+        if index is not None:
+            return dict(json.loads(index.read_text()).get("weight_map", {})), str(index)
+        single = self.file(SINGLE_FILE)
+        files = [single] if single is not None else []
+        if not files and self.local:  # unusual names, e.g. a lone "model-00001-of-00001.safetensors"
+            files = sorted(Path(self.location).glob("*.safetensors"))
+        if not files:
+            present = ", ".join(sorted(p.name for p in Path(self.location).iterdir())) if self.local else "?"
+            raise ModelLoadError(f"{self.location} has no safetensors weights (no {INDEX_FILE} or {SINGLE_FILE}; "
+                                 f"it holds {present}): the embedding table can only be read from safetensors")
+        keys: dict[str, str] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as handle:
+                keys.update(dict.fromkeys(handle.keys(), f.name))
+        return keys, ", ".join(str(f) for f in files)
+
+    def required(self, name: str) -> Path:
+        path = self.file(name)
+        if path is None:
+            raise ModelLoadError(f"{self.location}: {INDEX_FILE} names {name}, which is missing")
+        return path
+
+
+def read_config(location: str) -> dict:
+    path = _Checkpoint(location).file("config.json")
+    if path is None:
+        raise ModelLoadError(f"{location} has no config.json")
+    return json.loads(path.read_text())
+
+
+def _text_config(config: dict) -> dict:
+    """The language model's part of a config (multimodal configs nest it under text_config)."""
+    text = config.get("text_config")
+    return text if isinstance(text, dict) else config
+
+
+def config_embed_scale(config: dict) -> float | None:
+    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None (no scale)."""
+    for part in (config, _text_config(config)):
+        if part.get("model_type") in SCALED_EMBEDDING_TYPES:
+            hidden = _text_config(config).get("hidden_size") or part.get("hidden_size")
+            if not hidden:
+                raise ModelLoadError(f"config of model type {part['model_type']} has no hidden_size")
+            return float(hidden) ** 0.5  # transformers: config.hidden_size**0.5
+    return None
+
+
+def _shape(path: Path, key: str) -> tuple[int, ...]:
+    with safe_open(str(path), framework="pt") as handle:
+        return tuple(handle.get_slice(key).get_shape())
+
+
+def find_embedding_tensor(location: str, config: dict | None = None,
+                          tensor_name: str | None = None) -> tuple[Path, str]:
+    """(safetensors file, key) of the input-embedding table; a clear error when there is none or several.
+
+    The key varies by architecture and wrapper (`model.embed_tokens.weight`,
+    `model.language_model.embed_tokens.weight`, `transformer.wte.weight`, ...), so it is found by its
+    ending; several matches are narrowed to the (vocab_size, hidden_size) ones from the config.
+    """
+    ckpt = _Checkpoint(location)
+    keys, where = ckpt.tensor_files()
+    if tensor_name is not None:
+        if tensor_name not in keys:
+            raise ModelLoadError(f"no tensor {tensor_name!r} in {where}")
+        return ckpt.required(keys[tensor_name]), tensor_name
+    candidates = sorted(k for k in keys if any(k == s or k.endswith("." + s) for s in EMBEDDING_SUFFIXES))
+    if not candidates:
+        raise ModelLoadError(f"no input-embedding tensor in {where}: no key ends in {', '.join(EMBEDDING_SUFFIXES)} "
+                             f"(a checkpoint that stores only lm_head.weight cannot be read this way)")
+    if len(candidates) > 1 and config is not None:
+        text = _text_config(config)
+        want = (text.get("vocab_size"), text.get("hidden_size"))
+        fitting = [k for k in candidates if _shape(ckpt.required(keys[k]), k) == want]
+        candidates = fitting or candidates
+    if len(candidates) > 1:
+        raise ModelLoadError(f"several input-embedding candidates in {where}: {', '.join(candidates)}; "
+                             "pass tensor_name= to choose one")
+    return ckpt.required(keys[candidates[0]]), candidates[0]
+
+
+def read_embedding_table(location: str, *, dtype: torch.dtype, config: dict | None = None,
+                         tensor_name: str | None = None) -> torch.Tensor:
+    """The (V, d) input-embedding table in `dtype`, reading only that tensor from the checkpoint."""
+    path, key = find_embedding_tensor(location, config, tensor_name)
+    with safe_open(str(path), framework="pt") as handle:
+        table = handle.get_tensor(key)
+    if table.dim() != 2:
+        raise ModelLoadError(f"{key} in {path} has shape {tuple(table.shape)}, not (vocab, hidden)")
+    hidden = _text_config(config or {}).get("hidden_size")
+    if hidden and table.shape[1] != hidden:
+        raise ModelLoadError(f"{key} in {path} has width {table.shape[1]} but the config says hidden_size {hidden}")
+    return table.to(dtype)  # the same rounding load_model applies when it casts to its dtype
+
+
+def _scale_tensor(config: dict, dtype: torch.dtype) -> torch.Tensor | None:
+    # transformers builds the scale buffer under the load dtype as default dtype: one rounding, float -> dtype.
+    scale = config_embed_scale(config)
+    return None if scale is None else torch.tensor(scale, dtype=dtype)
+
+
+def _lookup(table: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
+    rows = torch.nn.functional.embedding(ids, table)
+    return rows if scale is None else rows * scale.to(table.dtype)  # as Gemma's ScaledWordEmbedding.forward
+
+
+@dataclass
+class EmbeddingModel:
+    """Tokenizer, stop ids and input-embedding table of a checkpoint: what RSP injection needs, and no more.
+
+    Stands in for `LoadedModel` where the transformer itself is never run here (the vLLM engine loads
+    its own copy of the weights). It has no `model`: `vocab_rows`, `hidden_size` and `config` answer
+    what callers otherwise read from it.
+    """
+
+    table: torch.Tensor  # (V, d), raw (unscaled) in the model dtype, on the CPU
+    tokenizer: object
+    name: str
+    source: str
+    location: str
+    config: object  # transformers PretrainedConfig of the folder
+    stop_token_ids: tuple[int, ...]
+    pad_token_id: int
+    scale: torch.Tensor | None = None  # Gemma: sqrt(hidden_size) as a 0-d tensor in the model dtype
+    stats_cache_dir: Path | None = None
+    embed_scale: float = field(init=False)
+    _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.embed_scale = probe_embed_scale(self.table, self.embed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.table.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.table.shape[1])
+
+    @property
+    def vocab_rows(self) -> int:
+        return int(self.table.shape[0])
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Effective input embeddings (table lookup times any model-specific scale) for token ids."""
+        return _lookup(self.table, self.scale, input_ids.to(self.device))
+
+    def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
+        """Fit (once, then cached in memory and, for converted models, on disk) the RSP distribution."""
+        key = (rows, mean_mode)
+        if key not in self._stats:
+            self._stats[key] = cached_stats(
+                self.stats_cache_dir, rows, mean_mode,
+                lambda: fit_embedding_stats(self.table, embed_scale=self.embed_scale, rows=rows,
+                                            num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
+                                            mean_mode=mean_mode))
+        return self._stats[key]
+
+
+def _stats_dir(location: str, source: str) -> Path | None:
+    return Path(location) if source.startswith(("packaged:", "gguf:")) else None
+
+
+def _generation_eos(location: str, config: dict) -> int | list[int] | None:
+    """eos_token_id as `model.generation_config` has it: generation_config.json, else the model config."""
+    path = _Checkpoint(location).file("generation_config.json")
+    if path is not None:
+        gen = json.loads(path.read_text())
+        if "eos_token_id" in gen:
+            return gen["eos_token_id"]
+    return config.get("eos_token_id", _text_config(config).get("eos_token_id"))
+
+
+def embedding_stats(path_or_id: str, *, rows: RowSelection = "all", mean_mode: MeanMode = "scalar",
+                    dtype: str = "auto", cache_dir: str | Path | None = None,
+                    tensor_name: str | None = None) -> EmbeddingStats:
+    """RSP statistics of a checkpoint, reading only its input-embedding tensor (and, for
+    rows="tokens", its tokenizer); equal to `load_model(path_or_id, dtype=dtype).embedding_stats(...)`.
+
+    `path_or_id` is anything `load_model` takes. Packaged and GGUF models share the loaded model's
+    on-disk stats cache.
+    """
+    location, source = resolve_model_dir(path_or_id, Path(cache_dir) if cache_dir else None)
+
+    def fit() -> EmbeddingStats:
+        config = read_config(location)
+        table = read_embedding_table(location, dtype=resolve_dtype(dtype), config=config, tensor_name=tensor_name)
+        scale = _scale_tensor(config, table.dtype)
+        embed_scale = probe_embed_scale(table, lambda ids: _lookup(table, scale, ids))
+        tokens = len(load_tokenizer(location)) if rows == "tokens" else None
+        return fit_embedding_stats(table, embed_scale=embed_scale, rows=rows, num_real_tokens=tokens,
+                                   mean_mode=mean_mode)
+
+    return cached_stats(_stats_dir(location, source), rows, mean_mode, fit)
+
+
+def load_embedding_model(spec: str = "smollm2-135m-instruct", *, dtype: str = "auto",
+                         cache_dir: str | Path | None = None, tensor_name: str | None = None) -> EmbeddingModel:
+    """Tokenizer, stop ids and input-embedding table of `spec` (anything `load_model` takes), on the CPU,
+    without the transformer's weights: the injection side of an engine that loads the model itself."""
+    from transformers import AutoConfig
+
+    torch_dtype = resolve_dtype(dtype)
+    location, source = resolve_model_dir(spec, Path(cache_dir) if cache_dir else None)
+    config = read_config(location)
+    try:
+        tokenizer = load_tokenizer(location)
+        hf_config = AutoConfig.from_pretrained(location)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load the tokenizer or config of {spec!r} from {location}: {exc}") from exc
+    table = read_embedding_table(location, dtype=torch_dtype, config=config, tensor_name=tensor_name)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return EmbeddingModel(
+        table=table,
+        tokenizer=tokenizer,
+        name=spec,
+        source=source,
+        location=str(location),
+        config=hf_config,
+        stop_token_ids=stop_token_ids_from(_generation_eos(location, config), tokenizer),
+        pad_token_id=int(pad),
+        scale=_scale_tensor(config, torch_dtype),
+        stats_cache_dir=_stats_dir(location, source),
+    )
+
