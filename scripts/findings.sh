@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The map of issue #16: where does RSP help? Runs every cell (an `rsp eval` command line each, defined
+# once in src/rsp/findings/cells.py) over both packaged models, most informative cells first, at the
+# lowest CPU priority, two single-threaded steps at a time. Hours long and resumable: kill it at any
+# point and rerun; finished attempts are kept and finished cells are skipped. Each step's wall and CPU
+# time goes to runs/findings/timing.jsonl. Afterwards: `python -m rsp.findings report`.
+#
+#   bash scripts/findings.sh            # run (or resume) the whole map
+#   bash scripts/findings.sh --print    # print every step's command line, in run order
+#
+# FINDINGS_JOBS (default 2) steps run at once; OMP_NUM_THREADS (default 1) threads each.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [ -x "$ROOT/.venv/bin/python" ]; then
+  # shellcheck disable=SC1091
+  . "$ROOT/.venv/bin/activate"
+else
+  # shellcheck disable=SC1091
+  . "$ROOT/scripts/env.sh"
+fi
+case "${1:-run}" in
+  --print|list) exec python -m rsp.findings commands ;;
+  run) ;;
+  *) echo "usage: bash scripts/findings.sh [--print]" >&2; exit 2 ;;
+esac
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec nice -n 19 python -m rsp.findings run --jobs "${FINDINGS_JOBS:-2}"

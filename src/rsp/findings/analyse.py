@@ -1,0 +1,193 @@
+"""Read the map's run directories and turn each cell into paired per-problem numbers.
+
+Why paired per problem: every run of a model and difficulty uses the same seed, hence the same
+problems, so a treatment and its reference can be compared problem by problem, which removes the
+between-problem variance that dominates 32-problem samples. A cell is a (treatment run, reference
+run) pair: every RSP variant and control against temperature-only at the same temperature, plus
+direct RSP-versus-control pairs for the claims that compare injections with each other. Runs that
+are still in progress contribute the problems that are complete in both arms; a cell counts as
+complete (and enters a verdict) only when all `N_PROBLEMS` problems are.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsp.findings.cells import (
+    BASE_L,
+    BASE_T,
+    CONTROLS,
+    DEFAULT_POSITION,
+    N_ATTEMPTS,
+    N_PROBLEMS,
+    ROOT,
+    Run,
+    runs,
+)
+from rsp.metrics.passk import maj_at_k, pass_at_k
+from rsp.metrics.stats import bootstrap_ci, paired_comparison
+from rsp.runio import read_jsonl_records
+from rsp.tasks.grading import canonical_answer
+
+KS = (1, 8, 32)
+METRICS = tuple(f"pass@{k}" for k in KS) + ("maj@32",)
+
+
+@dataclass
+class RunData:
+    """Per-problem attempts of one run: correctness and canonical answers (a deterministic run expanded to N)."""
+
+    run: Run
+    correct: dict[str, list[bool]]
+    answers: dict[str, list[str | None]]
+    tokens: dict[str, float]
+
+
+def run_dir(run: Run, root: Path | None) -> Path:
+    if root is None:
+        return Path(run.out)
+    return Path(root) / run.out.removeprefix(ROOT + "/")
+
+
+def load_run(run: Run, root: Path | None = None) -> RunData | None:
+    """The run's complete problems, or None when it has not started."""
+    records = read_jsonl_records(run_dir(run, root) / "samples.jsonl", repair=False)
+    if not records:
+        return None
+    by_pid: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        if r["method"] == run.method:
+            by_pid[r["problem_id"]][int(r["attempt"])] = r
+    correct, answers, tokens = {}, {}, {}
+    for pid, attempts in by_pid.items():
+        if len(attempts) < run.n:
+            continue
+        rows = [attempts[a] for a in sorted(attempts)][: run.n]
+        if run.deterministic:  # one greedy answer stands for all N identical attempts
+            rows = rows[:1] * N_ATTEMPTS
+        correct[pid] = [bool(r["correct"]) for r in rows]
+        answers[pid] = [canonical_answer(r.get("extracted")) for r in rows]
+        tokens[pid] = float(np.mean([r.get("num_tokens", 0) for r in rows]))
+    return RunData(run, correct, answers, tokens)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A treatment run against a reference run on the same problems."""
+
+    treatment: Run
+    reference: Run
+    axis: str  # difficulty | temperature | length | position | scale | control | direct
+
+    @property
+    def key(self) -> str:
+        t, r = self.treatment, self.reference
+        return f"{t.model.key}/{t.difficulty.key}/{t.name} vs {r.name}"
+
+
+def cells() -> list[Cell]:
+    """Every comparison the map makes, in the run order of the treatments."""
+    out: list[Cell] = []
+    all_runs = runs()
+    for run in all_runs:
+        if run.is_baseline:
+            continue
+        out.append(Cell(run, run.baseline(), axis_of(run)))
+    for run in all_runs:  # direct: RSP (default settings) against each control on the same problems
+        if run.method in (*CONTROLS, "soft-prompt"):
+            rsp = Run(run.model, run.difficulty, "rsp", run.temperature)
+            out.append(Cell(rsp, run, "direct"))
+    return out
+
+
+def axis_of(run: Run) -> str:
+    if run.method != "rsp":
+        return "control"
+    if run.position != DEFAULT_POSITION:
+        return "position"
+    if run.scale != 1.0:
+        return "scale"
+    if run.length != BASE_L:
+        return "length"
+    if run.temperature != BASE_T:
+        return "temperature"
+    return "difficulty"
+
+
+def per_problem(data: RunData, pids: list[str]) -> dict[str, np.ndarray]:
+    vals: dict[str, np.ndarray] = {}
+    for k in range(1, N_ATTEMPTS + 1):
+        vals[f"pass@{k}"] = np.array([pass_at_k(N_ATTEMPTS, sum(data.correct[p]), k) for p in pids])
+    vals["maj@32"] = np.array([maj_at_k(data.answers[p], data.correct[p], N_ATTEMPTS) for p in pids])
+    return vals
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    problems: int
+    treatment: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> per-problem values
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=dict)  # arm -> correct attempts per problem
+    pids: list[str] = field(default_factory=list)
+    tokens: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.problems >= N_PROBLEMS
+
+    def delta(self, metric: str, *, confidence: float = 0.95, n_boot: int = 2000) -> dict:
+        return paired_comparison(self.treatment[metric], self.reference[metric], confidence=confidence,
+                                 n_boot=n_boot).to_dict()
+
+    def estimate(self, arm: str, metric: str) -> dict:
+        values = self.treatment[metric] if arm == "treatment" else self.reference[metric]
+        return bootstrap_ci(values).to_dict()
+
+    def curve(self, arm: str) -> list[float]:
+        values = self.treatment if arm == "treatment" else self.reference
+        return [float(values[f"pass@{k}"].mean()) for k in range(1, N_ATTEMPTS + 1)]
+
+    def summary(self) -> dict:
+        """Everything the docs need about the cell, without raw completions."""
+        t, r = self.cell.treatment, self.cell.reference
+        out: dict = {"key": self.cell.key, "model": t.model.key, "difficulty": t.difficulty.key, "axis": self.cell.axis,
+                     "treatment": t.name, "reference": r.name, "method": t.method, "reference_method": r.method,
+                     "temperature": t.temperature, "L": t.length, "scale": t.scale, "position": t.position,
+                     "problems": self.problems, "complete": self.complete}
+        if not self.problems:
+            return out
+        for metric in METRICS:
+            out[metric] = {"treatment": self.estimate("treatment", metric),
+                           "reference": self.estimate("reference", metric), "delta": self.delta(metric)}
+        out["curves"] = {"treatment": self.curve("treatment"), "reference": self.curve("reference")}
+        out["correct_per_problem"] = {"problem_ids": self.pids, **self.counts}
+        out["mean_tokens"] = self.tokens
+        return out
+
+
+def evaluate_cell(cell: Cell, loaded: dict[str, RunData | None]) -> CellResult:
+    t, r = loaded.get(cell.treatment.out), loaded.get(cell.reference.out)
+    if t is None or r is None:
+        return CellResult(cell, 0)
+    pids = sorted(set(t.correct) & set(r.correct))
+    if not pids:
+        return CellResult(cell, 0)
+    return CellResult(cell, len(pids), per_problem(t, pids), per_problem(r, pids),
+                      {"treatment": [sum(t.correct[p]) for p in pids], "reference": [sum(r.correct[p]) for p in pids]},
+                      pids, {"treatment": float(np.mean([t.tokens[p] for p in pids])),
+                             "reference": float(np.mean([r.tokens[p] for p in pids]))})
+
+
+def evaluate_all(root: Path | None = None, cell_list: list[Cell] | None = None) -> list[CellResult]:
+    cell_list = cells() if cell_list is None else cell_list
+    loaded: dict[str, RunData | None] = {}
+    for cell in cell_list:
+        for run in (cell.treatment, cell.reference):
+            if run.out not in loaded:
+                loaded[run.out] = load_run(run, root)
+    return [evaluate_cell(c, loaded) for c in cell_list]

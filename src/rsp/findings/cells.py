@@ -1,0 +1,255 @@
+"""The map's cells, defined once: every run is an `rsp eval` command line, listed in the order it should run.
+
+Why one list in Python: `scripts/findings.sh` executes exactly these command lines (it asks
+`python -m rsp.findings commands` for them), `docs/findings.md` prints them, the report reads the run
+directories they name, and a test checks that the three agree. Changing a setting here changes all of
+them at once, and a run directory that already holds a different setting refuses to resume
+(`rsp eval` compares its saved config), so the map cannot silently mix settings.
+
+Design choices, fixed before any of these runs existed:
+
+* Each run evaluates one method. The temperature-only run at a (model, difficulty, temperature) is the
+  shared baseline of every RSP variant and control at that temperature; pairs are matched by problem
+  id (same seed, same problems). A method's attempts do not depend on which other methods share its
+  run (decode seeds are derived from the method name, problem group and chunk), so splitting methods
+  into runs changes no attempt and saves one baseline per variant.
+* Greedy decoding with an injection that is the same for every attempt (temperature-only, one RSP per
+  problem, mean vector, trained soft prompt) gives N identical attempts, so those runs generate one
+  attempt per problem and the analysis counts it N times, as `rsp sweep` does.
+* Engine: `ENGINE`, one constant for every run (see its comment).
+* GSM8K: only problems the model solves at least sometimes carry information about pass@k, so a
+  screening run with a *different seed* (`SCREEN_SEED`) samples the first `SCREEN_PROBLEMS` test
+  problems `SCREEN_ATTEMPTS` times with temperature-only and `SCREEN_ATTEMPTS` times with RSP (L=4,
+  T=0.7; pooled, so the selection favours neither arm), and the first `N_PROBLEMS` problems (in file
+  order) with at least one correct screening attempt become that model's GSM8K set. The evaluation
+  itself then uses seed `SEED`, so selection and measurement share no random draw. The selected
+  problems are written as `gsm8k_test.jsonl` (plus the two few-shot examples the plain prompt takes
+  from the train split) into a data directory that the cells name through `RSP_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rsp.baselines.sweep import ATTEMPT_INVARIANT
+
+ROOT = "runs/findings"
+# lean: greedy-identical to hf on the real models in bf16, about 1.2x faster on a CPU (docs/performance.md);
+# prefix would save prefill on long prompts but falls back to lean on Gemma 3 (sliding window).
+ENGINE = "lean"
+N_PROBLEMS = 32
+N_ATTEMPTS = 32
+SEED = 0
+SCREEN_SEED = 1
+SCREEN_PROBLEMS = 160
+SCREEN_ATTEMPTS = 8
+BASE_T = 0.7
+BASE_L = 4
+DEFAULT_POSITION = "after_generation_prompt"
+TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
+LENGTHS = (1, 2, 4, 8, 16)
+SCALES = (0.5, 1.0, 2.0)
+POSITIONS = ("after_generation_prompt", "end_of_user_turn", "prepend")
+CONTROLS = ("rsp-shared", "token-string", "mean-vector")
+POSITION_TAG = {"after_generation_prompt": "agp", "end_of_user_turn": "eut", "prepend": "pre"}
+SOFT_PROMPT_DIR = "soft-prompt-arith1-L4"
+
+
+@dataclass(frozen=True)
+class Model:
+    key: str
+    name: str  # packaged name for --model
+    prompt_style: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    key: str
+    label: str
+    task: str
+    arith_steps: int | None
+    arith_max_value: int | None
+    max_new_tokens: int
+
+
+MODELS = (
+    Model("smollm2", "smollm2-135m-instruct", "auto", "SmolLM2-135M-Instruct (chat template)"),
+    Model("gemma3", "gemma3-270m", "plain", "Gemma 3 270M base (plain few-shot prompt)"),
+)
+DIFFICULTIES = (
+    Difficulty("arith1", "arithmetic, 1 step, numbers <= 10", "arith", 1, 10, 128),
+    Difficulty("arith2", "arithmetic, 2 steps, numbers <= 20", "arith", 2, 20, 128),
+    Difficulty("arith3", "arithmetic, 3 steps, numbers <= 20", "arith", 3, 20, 128),
+    Difficulty("gsm8k", "GSM8K test problems solved at least once in screening", "gsm8k", None, None, 256),
+)
+MODEL_BY_KEY = {m.key: m for m in MODELS}
+DIFFICULTY_BY_KEY = {d.key: d for d in DIFFICULTIES}
+
+
+def data_dir(model: Model) -> str:
+    """Where the selected GSM8K problems for `model` live (read by the cells through RSP_DATA_DIR)."""
+    return f"{ROOT}/data/{model.key}"
+
+
+def soft_prompt_file(model: Model) -> str:
+    return f"{ROOT}/{model.key}/{SOFT_PROMPT_DIR}/soft_prompt.safetensors"
+
+
+def screen_dir(model: Model) -> str:
+    return f"{ROOT}/{model.key}/gsm8k-screen"
+
+
+def _model_args(model: Model) -> list[str]:
+    args = ["--model", model.name, "--engine", ENGINE]
+    if model.prompt_style != "auto":
+        args += ["--prompt-style", model.prompt_style]
+    return args
+
+
+def _task_args(d: Difficulty) -> list[str]:
+    args = ["--task", d.task]
+    if d.arith_steps is not None:
+        args += ["--arith-steps", str(d.arith_steps), "--arith-max-value", str(d.arith_max_value)]
+    return args
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `rsp eval` run of one method: a point of the map, or the baseline that points are paired with."""
+
+    model: Model
+    difficulty: Difficulty
+    method: str
+    temperature: float
+    length: int = BASE_L  # 0 for methods without injected slots of their own choosing
+    scale: float = 1.0
+    position: str = DEFAULT_POSITION
+
+    @property
+    def deterministic(self) -> bool:
+        return self.temperature == 0 and self.method in ATTEMPT_INVARIANT
+
+    @property
+    def n(self) -> int:
+        return 1 if self.deterministic else N_ATTEMPTS
+
+    @property
+    def name(self) -> str:
+        if self.method in ("temperature", "soft-prompt"):  # no L / alpha / position of their own
+            return f"{self.method}_T{self.temperature:g}"
+        return f"{self.method}_T{self.temperature:g}_L{self.length}_a{self.scale:g}_{POSITION_TAG[self.position]}"
+
+    @property
+    def out(self) -> str:
+        return f"{ROOT}/{self.model.key}/{self.difficulty.key}/{self.name}"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method == "temperature"
+
+    def baseline(self) -> Run:
+        return Run(self.model, self.difficulty, "temperature", self.temperature, 0)
+
+    def env(self) -> dict[str, str]:
+        return {"RSP_DATA_DIR": data_dir(self.model)} if self.difficulty.task == "gsm8k" else {}
+
+    def argv(self) -> list[str]:
+        args = ["rsp", "eval", *_model_args(self.model), *_task_args(self.difficulty),
+                "--limit", str(N_PROBLEMS), "--n", str(self.n), "--methods", self.method,
+                "--rsp-length", str(self.length), "--rsp-scale", f"{self.scale:g}", "--position", self.position,
+                "--temperature", f"{self.temperature:g}", "--max-new-tokens", str(self.difficulty.max_new_tokens),
+                "--batch-size", "32", "--seed", str(SEED)]
+        if self.method == "soft-prompt":
+            args += ["--method-option", f"soft_prompt={soft_prompt_file(self.model)}"]
+        return [*args, "--quiet", "--out", self.out]
+
+    def shell(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env().items())
+        return (env + " " if env else "") + shlex.join(self.argv())
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of scripts/findings.sh: an eval run, or a preparation step (soft prompt, GSM8K screen)."""
+
+    kind: str  # "eval" | "train-soft-prompt" | "screen" | "select"
+    tier: str  # which part of the map it belongs to (the order of tiers is the run order)
+    command: str
+    run: Run | None = None
+    outputs: tuple[str, ...] = field(default=())
+    chain: str = ""  # steps sharing a non-empty chain depend on each other and run in order, by one worker
+
+
+def _pair(model: Model, d: Difficulty, t: float) -> list[Run]:
+    return [Run(model, d, "temperature", t, 0), Run(model, d, "rsp", t)]
+
+
+def _soft_prompt_step(model: Model) -> Step:
+    out = str(Path(soft_prompt_file(model)).parent)
+    train = ["rsp", "train-soft-prompt", "--model", model.name, "--length", str(BASE_L), "--position",
+             DEFAULT_POSITION, "--data", "arith", "--arith-steps", "1", "--arith-max-value", "10",
+             "--train-size", "256", "--val-size", "32", "--steps", "400", "--batch-size", "8", "--lr", "0.01",
+             "--eval-every", "20", "--patience", "3", "--max-seconds", "900", "--seed", str(SEED), "--quiet"]
+    if model.prompt_style != "auto":
+        train += ["--prompt-style", model.prompt_style]
+    train += ["--out", out]
+    command = f"test -f {shlex.quote(soft_prompt_file(model))} || {shlex.join(train)}"
+    return Step("train-soft-prompt", "control (soft-prompt)", command, None, (out,), f"soft-prompt-{model.key}")
+
+
+def _screen_steps(model: Model) -> list[Step]:
+    d = DIFFICULTY_BY_KEY["gsm8k"]
+    screen = ["rsp", "eval", *_model_args(model), *_task_args(d), "--limit", str(SCREEN_PROBLEMS),
+              "--n", str(SCREEN_ATTEMPTS), "--methods", "temperature,rsp", "--rsp-length", str(BASE_L),
+              "--temperature", f"{BASE_T:g}", "--max-new-tokens", str(d.max_new_tokens), "--batch-size", "32",
+              "--seed", str(SCREEN_SEED), "--quiet", "--out", screen_dir(model)]
+    select = ["python", "-m", "rsp.findings", "select-gsm8k", "--screen", screen_dir(model),
+              "--out", data_dir(model), "--limit", str(N_PROBLEMS)]
+    chain = f"gsm8k-{model.key}"
+    return [Step("screen", "difficulty (gsm8k)", shlex.join(screen), None, (screen_dir(model),), chain),
+            Step("select", "difficulty (gsm8k)", shlex.join(select), None, (data_dir(model),), chain)]
+
+
+def steps() -> list[Step]:
+    """Every step of the map, most informative first; a model's tier is run for SmolLM2, then Gemma."""
+    arith1 = DIFFICULTY_BY_KEY["arith1"]
+    tiers: list[tuple[str, object, str]] = []
+
+    def add(tier: str, per_model, chain: str = "") -> None:
+        for model in MODELS:
+            for item in per_model(model):
+                tiers.append((tier, item, f"{chain}-{model.key}" if chain else ""))
+
+    add("base pair (arith 1 step, T=0.7, L=4)", lambda m: _pair(m, arith1, BASE_T))
+    for key in ("arith2", "arith3"):
+        add(f"difficulty ({key})", lambda m, key=key: _pair(m, DIFFICULTY_BY_KEY[key], BASE_T))
+    for t in (0.0, 1.0, 0.3):
+        add(f"temperature ({'greedy' if t == 0 else f'T={t:g}'})", lambda m, t=t: _pair(m, arith1, t))
+    for L in (1, 16, 2, 8):
+        add(f"length (L={L})", lambda m, L=L: [Run(m, arith1, "rsp", BASE_T, L)])
+    for control in CONTROLS:
+        add(f"control ({control})", lambda m, c=control: [Run(m, arith1, c, BASE_T)])
+    for pos in POSITIONS[1:]:
+        add(f"position ({pos})", lambda m, p=pos: [Run(m, arith1, "rsp", BASE_T, position=p)])
+    for scale in (0.5, 2.0):
+        add(f"scale ({scale:g})", lambda m, s=scale: [Run(m, arith1, "rsp", BASE_T, scale=s)])
+    add("control (soft-prompt)", lambda m: [_soft_prompt_step(m), Run(m, arith1, "soft-prompt", BASE_T, 0)],
+        "soft-prompt")
+    add("difficulty (gsm8k)", lambda m: [*_screen_steps(m), *_pair(m, DIFFICULTY_BY_KEY["gsm8k"], BASE_T)], "gsm8k")
+
+    out: list[Step] = []
+    for tier, item, chain in tiers:
+        if isinstance(item, Step):
+            out.append(item)
+        else:
+            assert isinstance(item, Run)
+            out.append(Step("eval", tier, item.shell(), item, (item.out,), chain))
+    return out
+
+
+def runs() -> list[Run]:
+    """The map's eval runs (baselines and treatments), in run order."""
+    return [s.run for s in steps() if s.run is not None]

@@ -1,0 +1,231 @@
+"""`python -m rsp.findings report`: summaries, plots and verdicts from whatever runs have finished.
+
+Why generated sections inside a hand-written page: the verdict table, the cell table, the cost and
+the list of commands must never drift from the runs and the cell list, so they are rewritten between
+`<!-- BEGIN generated:NAME -->` / `<!-- END generated:NAME -->` markers each time, while the reading of
+the results around them stays prose. Only summaries are written (per-cell means, intervals, per-problem
+correct counts, pass@k curves), never completions; the raw JSONL stays in runs/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+from rsp.findings.analyse import METRICS, CellResult, evaluate_all, run_dir
+from rsp.findings.cells import (
+    DIFFICULTY_BY_KEY,
+    MODEL_BY_KEY,
+    N_ATTEMPTS,
+    N_PROBLEMS,
+    ROOT,
+    SCREEN_ATTEMPTS,
+    SCREEN_PROBLEMS,
+    runs,
+    steps,
+)
+from rsp.findings.plots import plot_best_worst, plot_delta_vs_base, plot_heatmaps
+from rsp.findings.verdicts import Verdict, all_verdicts
+from rsp.runio import atomic_write_text
+
+ANALYSIS_FILES = (Path("docs/analysis/smollm2-arith/metrics.json"), Path("docs/analysis/gemma3-arith/metrics.json"))
+SOFT_PROMPT_BUDGET_S = 900  # --max-seconds of each soft-prompt training step
+
+
+def _ci(d: dict | None, signed: bool = True) -> str:
+    if not d:
+        return "-"
+    f = "+.3f" if signed else ".3f"
+    return f"{d['mean']:{f}} [{d['ci_low']:{f}}, {d['ci_high']:{f}}]"
+
+
+def csv_table(results: list[CellResult]) -> str:
+    header = ["key", "model", "difficulty", "axis", "treatment", "reference", "temperature", "L", "scale", "position",
+              "problems", "complete"]
+    for m in METRICS:
+        header += [f"{m} reference", f"{m} treatment", f"delta {m}", f"delta {m} ci_low", f"delta {m} ci_high",
+                   f"delta {m} p"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in results:
+        s = r.summary()
+        row = [s[k] for k in ("key", "model", "difficulty", "axis", "treatment", "reference", "temperature", "L",
+                              "scale", "position", "problems", "complete")]
+        for m in METRICS:
+            if m in s:
+                d = s[m]
+                row += [round(d["reference"]["mean"], 4), round(d["treatment"]["mean"], 4),
+                        round(d["delta"]["mean"], 4), round(d["delta"]["ci_low"], 4), round(d["delta"]["ci_high"], 4),
+                        round(d["delta"]["p_value"], 4)]
+            else:
+                row += [""] * 6
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _status(r: CellResult) -> str:
+    if r.complete:
+        return f"{r.problems}"
+    return f"{r.problems}/{N_PROBLEMS} (partial)" if r.problems else "not run"
+
+
+def cells_markdown(results: list[CellResult]) -> str:
+    lines = ["| model | difficulty | axis | treatment | reference | problems | reference pass@1 | Δ pass@1 | "
+             "Δ pass@8 | Δ pass@32 | Δ maj@32 |", "|---" * 11 + "|"]
+    for r in results:
+        c = r.cell
+        if r.problems:
+            ref = f"{float(r.reference['pass@1'].mean()):.3f}"
+            deltas = [_ci(r.delta(m)) for m in ("pass@1", "pass@8", "pass@32", "maj@32")]
+        else:
+            ref, deltas = "-", ["-"] * 4
+        lines.append(f"| {c.treatment.model.key} | {c.treatment.difficulty.key} | {c.axis} | {c.treatment.name} | "
+                     f"{c.reference.name} | {_status(r)} | {ref} | " + " | ".join(deltas) + " |")
+    return "\n".join(lines)
+
+
+def hurts_markdown(results: list[CellResult]) -> str:
+    """Cells whose unadjusted paired 95% interval lies below zero for some metric (treatment vs temperature)."""
+    lines = []
+    for r in results:
+        if not r.problems:
+            continue
+        bad = [(m, r.delta(m)) for m in METRICS]
+        bad = [(m, d) for m, d in bad if d["ci_high"] < 0]
+        if bad:
+            tag = "" if r.complete else f" ({r.problems}/{N_PROBLEMS} problems so far)"
+            lines.append(f"- `{r.cell.key}`{tag}: " + "; ".join(f"Δ {m} {_ci(d)}" for m, d in bad))
+    return "\n".join(lines) if lines else "- No cell so far has a paired 95% interval entirely below zero."
+
+
+def verdicts_markdown(verdicts: list[Verdict]) -> str:
+    lines = ["| claim | verdict | metric | complete cells | holds in | hurts in |", "|---" * 6 + "|"]
+    for v in verdicts:
+        lines.append(f"| {v.claim} | **{v.verdict}** | {v.metric} | {v.cells_complete} of {v.cells_total} | "
+                     f"{'; '.join(v.holds_in) or '-'} | {'; '.join(v.hurts_in) or '-'} |")
+    lines.append("")
+    for v in verdicts:
+        if not v.evidence:
+            continue
+        lines.append(f"- {v.claim}:")
+        for e in v.evidence:
+            if "low" in e:
+                lines.append(f"  - `{e['cell']}`: {e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] "
+                             f"(interval at level {e['level']:.4f}, permutation p={e['p_value']:.3f})")
+            else:
+                lines.append(f"  - {e['cell']}: entropy at token 1 {e['entropy_t1_rsp']:.2f} (RSP) vs "
+                             f"{e['entropy_t1_plain']:.2f} (plain); KL t=1 {e['kl_t1']:.2f}, t=16 {e['kl_t16']:.2f}; "
+                             f"lifted: {e['lifted']}, diluted: {e['diluted']}")
+        if v.note:
+            lines.append(f"  - {v.note}")
+    return "\n".join(lines)
+
+
+def read_timing(root: Path) -> list[dict]:
+    path = root / "timing.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def cost(root: Path) -> dict:
+    """CPU time used so far, and an estimate for the whole map from the measured CPU seconds per attempt."""
+    timing = read_timing(root)
+    used = sum(t["cpu_s"] for t in timing)
+    rates: dict[str, float] = {}
+    for model in MODEL_BY_KEY:
+        sel = [t for t in timing if t["kind"] == "eval" and t["new_attempts"] > 0
+               and t["out"].startswith(f"{ROOT}/{model}/arith")]
+        attempts = sum(t["new_attempts"] for t in sel)
+        if attempts:
+            rates[model] = sum(t["cpu_s"] for t in sel) / attempts
+    need: dict[str, float] = {m: 0.0 for m in MODEL_BY_KEY}
+    for run in runs():
+        tokens_factor = run.difficulty.max_new_tokens / DIFFICULTY_BY_KEY["arith1"].max_new_tokens
+        need[run.model.key] += N_PROBLEMS * run.n * tokens_factor
+    screen_factor = DIFFICULTY_BY_KEY["gsm8k"].max_new_tokens / DIFFICULTY_BY_KEY["arith1"].max_new_tokens
+    for m in need:
+        need[m] += SCREEN_PROBLEMS * SCREEN_ATTEMPTS * 2 * screen_factor
+    estimate = {m: need[m] * rates[m] / 3600 + SOFT_PROMPT_BUDGET_S / 3600 for m in need if m in rates}
+    return {"cpu_hours_used": used / 3600, "wall_hours_of_steps": sum(t["wall_s"] for t in timing) / 3600,
+            "cpu_s_per_attempt": rates, "arith1_equivalent_attempts": need, "estimate_cpu_hours": estimate,
+            "estimate_complete": len(estimate) == len(need), "steps_logged": len(timing)}
+
+
+def cost_markdown(c: dict) -> str:
+    lines = [f"- CPU time used so far by the map's steps: **{c['cpu_hours_used']:.2f} CPU hours** "
+             f"({c['wall_hours_of_steps']:.2f} h of step wall time summed over the parallel workers; "
+             f"{c['steps_logged']} step invocations logged in `{ROOT}/timing.jsonl`)."]
+    for m, rate in c["cpu_s_per_attempt"].items():
+        lines.append(f"- {m}: {rate:.2f} CPU s per attempt (measured on its arithmetic cells, 1 thread, "
+                     "max 128 new tokens, lowest priority on a shared 2-core machine).")
+    for m, hours in c["estimate_cpu_hours"].items():
+        lines.append(f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** ({c['arith1_equivalent_attempts'][m]:.0f} "
+                     "attempt-equivalents; GSM8K and its screen counted at 2x for 256 new tokens; plus the "
+                     "soft-prompt budget).")
+    missing = [m for m in MODEL_BY_KEY if m not in c["estimate_cpu_hours"]]
+    if missing:
+        lines.append(f"- No measurement yet for {', '.join(missing)}: no estimate.")
+    return "\n".join(lines)
+
+
+def missing_markdown(root: Path | None) -> str:
+    lines = []
+    for run in runs():
+        path = run_dir(run, root) / "samples.jsonl"
+        expected = N_PROBLEMS * run.n
+        have = 0
+        if path.is_file():
+            with path.open("rb") as f:
+                have = sum(1 for line in f if line.endswith(b"\n"))
+        if have < expected:
+            state = "not started" if not have else f"{have}/{expected} attempts"
+            lines.append(f"- `{run.out}` ({state})")
+    return "\n".join(lines) if lines else "- Nothing: every run of the map has finished."
+
+
+def commands_markdown() -> str:
+    return "```bash\n" + "\n".join(s.command for s in steps()) + "\n```"
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- BEGIN generated:{name} -->", f"<!-- END generated:{name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"docs page lacks the markers for section {name!r}")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text)
+
+
+def doc_commands(text: str) -> list[str]:
+    """The command lines inside the page's generated commands section."""
+    m = re.search(r"<!-- BEGIN generated:commands -->\s*```bash\n(.*?)\n```", text, re.S)
+    return m.group(1).splitlines() if m else []
+
+
+def build_report(root: Path | None = None, out: Path = Path("docs/findings"), doc: Path | None = None,
+                 analysis_files: tuple[Path, ...] = ANALYSIS_FILES) -> dict:
+    runs_root = Path(ROOT) if root is None else Path(root)
+    results = evaluate_all(root)
+    verdicts = all_verdicts(results, list(analysis_files))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "cells.csv", csv_table(results))
+    atomic_write_text(out / "cells.json", json.dumps([r.summary() for r in results], indent=1) + "\n")
+    atomic_write_text(out / "verdicts.json", json.dumps([v.to_dict() for v in verdicts], indent=1) + "\n")
+    c = cost(runs_root)
+    atomic_write_text(out / "cost.json", json.dumps(c, indent=1) + "\n")
+    plots = [plot_delta_vs_base(results, out / "delta_vs_base.png"), plot_best_worst(results, out / "passk_best_worst.png"),
+             plot_heatmaps(results, out / "heatmap_L_T.png")]
+    sections = {"verdicts": verdicts_markdown(verdicts), "cells": cells_markdown(results),
+                "hurts": hurts_markdown(results), "cost": cost_markdown(c), "missing": missing_markdown(root),
+                "commands": commands_markdown()}
+    if doc is not None and doc.is_file():
+        text = doc.read_text(encoding="utf-8")
+        for name, body in sections.items():
+            text = replace_section(text, name, body)
+        atomic_write_text(doc, text)
+    return {"results": results, "verdicts": verdicts, "cost": c, "plots": [p for p in plots if p], "sections": sections,
+            "attempts": N_ATTEMPTS}

@@ -1,0 +1,99 @@
+"""Run the map's steps in list order, a few at a time, and log what each cost.
+
+Why a runner instead of a plain loop in the shell script: on a shared 2-core machine two
+single-threaded processes at the lowest priority use idle cores without spin-waiting on each other
+(one two-threaded process stalls whenever another job takes one core), and the CPU hours the issue
+asks for are only known if every step's CPU time is recorded. Steps that depend on each other (a soft
+prompt is trained before its cell; GSM8K is screened, then selected, then evaluated) form one group
+that a single worker runs in order; groups are handed out in list order, so the most informative
+cells still finish first. Every step is resumable on its own, so killing the runner loses at most the
+batches in flight; the next start skips what is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rsp.findings.cells import ROOT, Step, steps
+
+TIMING = f"{ROOT}/timing.jsonl"
+
+
+def groups(all_steps: list[Step]) -> list[list[Step]]:
+    """Consecutive steps that share a chain stay together, in order; every other step is a group of its own."""
+    out: list[list[Step]] = []
+    for step in all_steps:
+        if step.chain and out and out[-1][0].chain == step.chain:
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
+
+
+def _count_samples(step: Step) -> int:
+    path = Path(step.outputs[0]) / "samples.jsonl" if step.outputs else None
+    if path is None or not path.is_file():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.endswith(b"\n"))
+
+
+def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMING)) -> int:
+    """Run one step's command in bash; append its wall time, CPU time and new attempts to timing.jsonl."""
+    before = _count_samples(step)
+    started = time.time()
+    print(f"[findings {time.strftime('%H:%M:%S')}] start: {step.command}", flush=True)
+    proc = subprocess.Popen(["bash", "-c", step.command])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.time() - started
+    after = _count_samples(step)
+    record = {"command": step.command, "kind": step.kind, "tier": step.tier,
+              "out": step.outputs[0] if step.outputs else None, "rc": proc.returncode,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_s": round(wall, 1),
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "new_attempts": after - before,
+              "threads": os.environ.get("OMP_NUM_THREADS", "")}
+    with log_lock:
+        timing_path.parent.mkdir(parents=True, exist_ok=True)
+        with timing_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    state = "done" if proc.returncode == 0 else f"FAILED (rc={proc.returncode})"
+    print(f"[findings {time.strftime('%H:%M:%S')}] {state} in {wall:.0f} s: {step.command}", flush=True)
+    return proc.returncode
+
+
+def run_all(jobs: int = 2) -> int:
+    """Run every group; a failed step stops the rest of its group only. Returns the number of failures."""
+    work: queue.Queue[list[Step]] = queue.Queue()
+    for g in groups(steps()):
+        work.put(g)
+    lock = threading.Lock()
+    failures = [0]
+
+    def worker() -> None:
+        while True:
+            try:
+                group = work.get_nowait()
+            except queue.Empty:
+                return
+            for step in group:
+                if run_step(step, lock) != 0:
+                    with lock:
+                        failures[0] += 1
+                    break
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"[findings] finished with {failures[0]} failed step(s); rebuild the report with "
+          "`python -m rsp.findings report`", file=sys.stderr)
+    return failures[0]

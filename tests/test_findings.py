@@ -1,0 +1,217 @@
+"""The map of issue #16: the script, the docs and the cell list agree; analysis and verdicts behave on known data.
+
+Why synthetic runs: a verdict rule is only trustworthy if it says "holds" for an effect that is there
+and does not say it for an effect that is not; both are built here as run directories with known
+per-problem success rates, read through the same code that reads the real map.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsp.findings import cells as C
+from rsp.findings.analyse import Cell, evaluate_all, run_dir
+from rsp.findings.plots import heatmap_values
+from rsp.findings.report import build_report, doc_commands
+from rsp.findings.select import SelectionError, solved_ids
+from rsp.findings.verdicts import entropy_verdict, equivalence_verdict, family_verdict
+
+REPO = Path(__file__).resolve().parents[1]
+SMOL = C.MODEL_BY_KEY["smollm2"]
+ARITH1 = C.DIFFICULTY_BY_KEY["arith1"]
+
+
+def _commands() -> list[str]:
+    return [s.command for s in C.steps()]
+
+
+def test_script_print_lists_exactly_the_cell_commands():
+    out = subprocess.run(["bash", str(REPO / "scripts" / "findings.sh"), "--print"], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.splitlines() == _commands()
+
+
+def test_docs_commands_are_the_script_commands():
+    text = (REPO / "docs" / "findings.md").read_text(encoding="utf-8")
+    assert doc_commands(text) == _commands(), "rerun `python -m rsp.findings report` after changing the cell list"
+
+
+def test_every_eval_command_is_a_valid_rsp_eval_of_its_run():
+    from rsp.cli import build_parser, eval_config_from_args
+
+    parser = build_parser()
+    for run in C.runs():
+        argv = run.argv()
+        assert argv[:2] == ["rsp", "eval"]
+        cfg = eval_config_from_args(parser.parse_args(argv[1:]))
+        cfg.validate()
+        assert cfg.engine == C.ENGINE and cfg.seed == C.SEED and cfg.limit == C.N_PROBLEMS
+        assert cfg.methods == (run.method,) and cfg.n == run.n and cfg.temperature == run.temperature
+        assert cfg.position == run.position and cfg.rsp_scale == run.scale
+        assert cfg.prompt_style == run.model.prompt_style and cfg.model == run.model.name
+
+
+def test_map_covers_the_issue_axes_with_enough_attempts_and_unique_dirs():
+    all_runs = C.runs()
+    outs = [r.out for r in all_runs]
+    assert len(outs) == len(set(outs))
+    for model in C.MODELS:
+        mine = [r for r in all_runs if r.model == model]
+        assert {r.difficulty.key for r in mine} == {d.key for d in C.DIFFICULTIES}
+        assert {r.temperature for r in mine if r.method == "rsp" and r.length == 4} == set(C.TEMPERATURES)
+        assert {r.length for r in mine if r.method == "rsp" and r.temperature == C.BASE_T} == set(C.LENGTHS)
+        assert {r.position for r in mine if r.method == "rsp"} == set(C.POSITIONS)
+        assert {r.scale for r in mine if r.method == "rsp"} == set(C.SCALES)
+        assert {*C.CONTROLS, "soft-prompt"} <= {r.method for r in mine}
+    for r in all_runs:
+        assert r.n == (1 if r.deterministic else 32) and C.N_PROBLEMS >= 32
+        assert r.baseline() in all_runs, f"{r.out} has no temperature-only reference in the map"
+
+
+def test_base_pair_runs_first_for_both_models():
+    first = C.runs()[:4]
+    assert [(r.model.key, r.method) for r in first] == [("smollm2", "temperature"), ("smollm2", "rsp"),
+                                                        ("gemma3", "temperature"), ("gemma3", "rsp")]
+    assert all(r.difficulty.key == "arith1" and r.temperature == C.BASE_T for r in first)
+
+
+# ------------------------------------------------------------------------------------------- synthetic runs
+
+
+def _write_run(root: Path, run: C.Run, rates: list[float], seed: int) -> None:
+    """samples.jsonl for `run`: problem i is solved with probability rates[i] on each attempt."""
+    rng = np.random.default_rng(seed)
+    d = run_dir(run, root)
+    d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, p in enumerate(rates):
+        for a in range(run.n):
+            ok = bool(rng.random() < p)
+            wrong = str(100 + int(rng.integers(0, 5)))
+            lines.append(json.dumps({"problem_id": f"p{i:02d}", "method": run.method, "attempt": a, "correct": ok,
+                                     "extracted": "7" if ok else wrong, "gold": "7", "num_tokens": 50}))
+    (d / "samples.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _pair(t: float, L: int = 4) -> tuple[C.Run, C.Run]:
+    return C.Run(SMOL, ARITH1, "rsp", t, L), C.Run(SMOL, ARITH1, "temperature", t, 0)
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> tuple[Path, dict[str, Cell]]:
+    """T=0.7: RSP solves problems the baseline never does (known effect); T=1: same rates (known null);
+    T=0.3: RSP much worse (known harm)."""
+    root = tmp_path / "runs"
+    base = [0.02] * 32
+    effect, null, harm = _pair(0.7), _pair(1.0), _pair(0.3)
+    _write_run(root, effect[1], [0.0] * 32, 1)
+    _write_run(root, effect[0], [0.3] * 32, 2)
+    _write_run(root, null[1], base, 3)
+    _write_run(root, null[0], base, 4)
+    _write_run(root, harm[1], [0.5] * 32, 5)
+    _write_run(root, harm[0], [0.0] * 32, 6)
+    cells = {"effect": Cell(*effect, "difficulty"), "null": Cell(*null, "temperature"),
+             "harm": Cell(*harm, "temperature")}
+    return root, cells
+
+
+def test_family_verdict_finds_a_known_effect_and_not_a_null(synthetic):
+    root, cells = synthetic
+    results = {k: r for k, r in zip(cells, evaluate_all(root, list(cells.values())), strict=True)}
+    assert all(r.complete for r in results.values())
+    effect = family_verdict("effect", [results["effect"], results["null"]], "pass@32")
+    assert effect.verdict == "holds" and effect.holds_in == [cells["effect"].key] and not effect.hurts_in
+    null = family_verdict("null", [results["null"]], "pass@32")
+    assert null.verdict in ("inconclusive here", "does not hold") and not null.holds_in
+    harm = family_verdict("harm", [results["null"], results["harm"]], "pass@1")
+    assert harm.verdict == "does not hold" and harm.hurts_in == [cells["harm"].key]
+
+
+def test_incomplete_cells_do_not_enter_a_verdict(synthetic):
+    root, cells = synthetic
+    samples = run_dir(cells["effect"].treatment, root) / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    samples.write_text("\n".join(lines[: 32 * 20 + 5]) + "\n")  # 20 complete problems, a 21st begun
+    (result,) = evaluate_all(root, [cells["effect"]])
+    assert result.problems == 20 and not result.complete
+    assert family_verdict("partial", [result], "pass@32").verdict == "not run"
+
+
+def test_greedy_baseline_run_once_counts_for_every_attempt(tmp_path: Path):
+    rsp, greedy = _pair(0.0)
+    assert greedy.deterministic and greedy.n == 1 and rsp.n == 32
+    _write_run(tmp_path, greedy, [1.0] * 16 + [0.0] * 16, 0)
+    _write_run(tmp_path, rsp, [0.5] * 32, 1)
+    (r,) = evaluate_all(tmp_path, [Cell(rsp, greedy, "temperature")])
+    assert r.complete and r.counts["reference"] == [32] * 16 + [0] * 16
+    assert float(r.reference["pass@32"].mean()) == pytest.approx(0.5)
+
+
+def test_equivalence_verdict_on_known_equal_and_known_worse(tmp_path: Path):
+    rsp = C.Run(SMOL, ARITH1, "rsp", 0.7)
+    soft = C.Run(SMOL, ARITH1, "soft-prompt", 0.7, 0)
+    _write_run(tmp_path, rsp, [0.9] * 32, 1)
+    _write_run(tmp_path, soft, [0.9] * 32, 2)
+    (same,) = evaluate_all(tmp_path, [Cell(rsp, soft, "direct")])
+    assert equivalence_verdict("same", [same], "pass@32").verdict == "holds"
+    _write_run(tmp_path, rsp, [0.0] * 32, 3)
+    (worse,) = evaluate_all(tmp_path, [Cell(rsp, soft, "direct")])
+    assert equivalence_verdict("worse", [worse], "pass@32").verdict == "does not hold"
+
+
+def test_report_writes_summaries_plots_and_doc_sections(synthetic, tmp_path: Path, monkeypatch):
+    root, cells = synthetic
+    doc = tmp_path / "findings.md"
+    shutil.copy(REPO / "docs" / "findings.md", doc)
+    monkeypatch.setattr("rsp.findings.report.evaluate_all", lambda r: evaluate_all(r, list(cells.values())))
+    out = tmp_path / "out"
+    rep = build_report(root=root, out=out, doc=doc, analysis_files=())
+    for name in ("cells.csv", "cells.json", "verdicts.json", "cost.json", "delta_vs_base.png", "passk_best_worst.png",
+                 "heatmap_L_T.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "completion" not in (out / "cells.json").read_text()
+    text = doc.read_text()
+    assert f"| smollm2 | arith1 | difficulty | {cells['effect'].treatment.name} |" in text
+    assert doc_commands(text) == _commands()
+    grid = heatmap_values(rep["results"], "smollm2", "pass@32")
+    assert grid[C.LENGTHS.index(4), C.TEMPERATURES.index(0.7)] > 0.5  # the known effect
+    assert grid[C.LENGTHS.index(4), C.TEMPERATURES.index(0.3)] < -0.5  # the known harm
+    assert np.isnan(grid[C.LENGTHS.index(16), C.TEMPERATURES.index(0.3)])  # not run stays missing
+
+
+def _metrics_file(tmp_path: Path, rsp_t1: float, kl16: float) -> Path:
+    n = 20
+
+    def series(first: float, rest: float) -> dict:
+        return {"mean": [first] + [rest] * (n - 1), "ci_low": [first - 0.05] + [rest - 0.01] * (n - 1),
+                "ci_high": [first + 0.05] + [rest + 0.01] * (n - 1)}
+
+    data = {"baseline": "temperature", "problems": 8, "config": {"model": "m"},
+            "metrics": {"temperature": {"entropy": series(1.0, 0.8)},
+                        "rsp": {"entropy": series(rsp_t1, 0.8), "kl": series(10.0, kl16)}}}
+    path = tmp_path / f"{rsp_t1}-{kl16}" / "metrics.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_entropy_verdict_rule(tmp_path: Path):
+    assert entropy_verdict([_metrics_file(tmp_path, 2.5, 0.1)]).verdict == "holds"
+    assert entropy_verdict([_metrics_file(tmp_path, 0.5, 0.1)]).verdict == "does not hold"  # not lifted
+    assert entropy_verdict([_metrics_file(tmp_path, 2.5, 5.0)]).verdict == "does not hold"  # not diluted
+    assert entropy_verdict([]).verdict == "not run"
+
+
+def test_gsm8k_selection_needs_a_finished_screen_and_pools_both_arms():
+    rows = [{"problem_id": f"g{i}", "method": m, "attempt": a, "correct": (i == 1 and m == "rsp" and a == 1)
+             or (i == 2 and m == "temperature" and a == 0)}
+            for i in range(4) for m in ("temperature", "rsp") for a in range(2)]
+    assert solved_ids(rows, problems=4, attempts=2) == {"g1", "g2"}
+    with pytest.raises(SelectionError):
+        solved_ids(rows[:-1], problems=4, attempts=2)
