@@ -114,3 +114,29 @@ def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch
     assert seen["gpu_memory_utilization"] == 0.2, "an explicit setting wins"
     with pytest.raises(ValueError, match="needs the model's folder"):
         create_backend("vllm", tiny_lm)  # a wrapped in-memory model has no folder for vLLM to load
+
+
+def test_vllm_gets_the_same_engine_options_from_the_embedding_table_as_from_the_full_model(tiny_model_dir,
+                                                                                             monkeypatch):
+    """`load_for_engine(..., "vllm")` hands VLLMBackend an EmbeddingModel: the engine it builds must be the
+    one the full model built (folder, dtype, CPU settings), or the greedy agreement test proves nothing."""
+    import sys
+    import types
+
+    import rsp.backends.vllm as vllm_backend
+    from rsp.backends import create_backend, load_for_engine
+    from rsp.models import EmbeddingModel, LoadedModel
+
+    seen: list[dict] = []
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **kw: seen.append(kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: (True, ""))
+    monkeypatch.setattr(vllm_backend, "resolve_prompt_mode", lambda mode: "mixed")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    light, full = load_for_engine(str(tiny_model_dir), "vllm"), load_for_engine(str(tiny_model_dir), "hf")
+    assert isinstance(light, EmbeddingModel) and isinstance(full, LoadedModel)
+    for lm in (light, full):
+        create_backend("vllm", lm, max_model_len=64)
+    assert seen[0] == seen[1]
+    assert seen[0]["model"] == str(tiny_model_dir) and seen[0]["dtype"] == "bfloat16"

@@ -7,6 +7,7 @@ weights scaled up so greedy outputs depend on the prompt and on the RSP rows.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -20,13 +21,15 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture(scope="module")
 def engine(vllm_model_dir):
+    """(full HF model for the reference runs, VLLMBackend on the embedding table alone as `rsp eval` builds it)."""
     require_vllm()
     from rsp.backends.vllm import VLLMBackend
-    from rsp.models import load_model
+    from rsp.models import load_embedding_model, load_model
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     lm = load_model(str(vllm_model_dir), dtype="float32")
-    backend = VLLMBackend(lm, str(vllm_model_dir), dtype="float32", max_model_len=256, enforce_eager=True)
+    light = load_embedding_model(str(vllm_model_dir), dtype="float32")
+    backend = VLLMBackend(light, str(vllm_model_dir), dtype="float32", max_model_len=256, enforce_eager=True)
     return lm, backend
 
 
@@ -49,6 +52,30 @@ def test_greedy_rsp_completions_match_the_hf_backend(engine):
         assert [c.token_ids for c in got] == [c.token_ids for c in want], mode
     # Each attempt carries its own RSP: greedy decoding still branches across the attempts of a problem.
     assert len({c.token_ids for c in got[:3]}) > 1
+
+
+def test_vllm_on_the_embedding_table_alone_gives_the_full_models_greedy_completions(engine):
+    """The same engine driven through the full `load_model` copy (the old path; test_backend_vllm checks
+    that both build the engine with the same options) and through `load_embedding_model`, each with its
+    own methods built from its own statistics, in both prompt layouts."""
+    from rsp.methods import MethodOptions, build_method
+    from rsp.models import EmbeddingModel
+
+    lm, backend = engine
+    assert isinstance(backend.lm, EmbeddingModel)
+    full = copy.copy(backend)
+    full.lm = lm
+    prompts = prompts_for(lm, ["what is 2+3?", "name a colour"], attempts=2)
+    for name in ("rsp", "embed-noise"):  # embed-noise sends every prompt row, looked up by lm.embed
+        light_inj = build_method(name, backend.lm, MethodOptions(length=3))
+        full_inj = build_method(name, lm, MethodOptions(length=3))
+        seeds = [light_inj.seed_for(0, str(i // 2), i % 2) for i in range(len(prompts))]
+        for mode in ("mixed", "embeds"):
+            backend.prompt_mode = full.prompt_mode = mode
+            got = backend.generate(prompts, light_inj, seeds, GREEDY, decode_seed=0)
+            want = full.generate(prompts, full_inj, seeds, GREEDY, decode_seed=0)
+            assert [c.token_ids for c in got] == [c.token_ids for c in want], (name, mode)
+            assert len({c.token_ids for c in got}) > 1, "prompts and injections must change the output"
 
 
 def test_plain_prompts_run_as_token_requests_and_agree_with_hf(engine):

@@ -1,12 +1,30 @@
 """Generation engines behind one interface: hf (default), lean and prefix-shared HF paths, vllm (scale-out)."""
 
+from pathlib import Path
+
 from rsp.backends.base import Backend, Completion, SamplingConfig
 from rsp.backends.hf import HFBackend
 from rsp.backends.lean import LeanHFBackend
 from rsp.backends.prefix import PrefixSharedHFBackend
+from rsp.models.embeddings import EmbeddingModel, load_embedding_model
+from rsp.models.loading import LoadedModel, load_model
 
 ENGINES = {"hf": HFBackend, "lean": LeanHFBackend, "prefix": PrefixSharedHFBackend}
 ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
+
+
+def load_for_engine(spec: str, engine: str, *, dtype: str = "auto", device: str = "cpu",
+                    cache_dir: str | Path | None = None) -> LoadedModel | EmbeddingModel:
+    """What `engine` needs of model `spec`: for vllm only the tokenizer and input-embedding table
+    (vLLM loads the weights itself; a full HF copy beside it doubled the memory), else the whole model.
+
+    `device` is where an HF engine runs; the vllm side stays on the CPU (vLLM places its own weights).
+    """
+    if engine == "vllm":
+        return load_embedding_model(spec, dtype=dtype, cache_dir=cache_dir)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
+    return load_model(spec, dtype=dtype, device=device, cache_dir=cache_dir)
 
 
 def create_backend(engine: str, lm, **vllm_options) -> Backend:
@@ -21,4 +39,4 @@ def create_backend(engine: str, lm, **vllm_options) -> Backend:
 
 
 __all__ = ["ENGINES", "ENGINE_NAMES", "Backend", "Completion", "HFBackend", "LeanHFBackend", "PrefixSharedHFBackend",
-           "SamplingConfig", "create_backend"]
+           "SamplingConfig", "create_backend", "load_for_engine"]

