@@ -24,7 +24,7 @@ def test_out_of_memory_backs_off_to_smaller_batches(tiny_lm, monkeypatch):
     tried, succeeded = [], []
 
     def flaky_generate(*args, **kwargs):
-        rows = kwargs["inputs_embeds"].shape[0]
+        rows = kwargs["input_ids"].shape[0]
         tried.append(rows)
         if rows > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

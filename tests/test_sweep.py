@@ -102,7 +102,7 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(tmp_path, 
     def no_loading(*args, **kwargs):
         raise AssertionError("a finished sweep must not load the model")
 
-    monkeypatch.setattr(sweep_mod, "load_model", no_loading)
+    monkeypatch.setattr(sweep_mod, "Generator", no_loading)
     again = run_sweep(cfg, tmp_path / "part", lm=None, progress=False)
     assert again.ran == [] and len(again.skipped) == 6
 

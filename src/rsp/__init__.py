@@ -1,9 +1,15 @@
 """Random Soft Prompts: inject freshly sampled random embeddings into a causal LM's prompt.
 
-The public API, in the order a script uses it: load a model, fit the embedding statistics,
-build an RSP injection, lay prompts out with slots, generate N attempts, grade, score.
+The front door:
+- `rsp.attach(model, tokenizer, length=4)`: a fresh RSP per row inside your own `model.generate` loop;
+- `rsp.generate(model, prompts, n=16, rsp=rsp.RSPConfig(length=4))`: n attempts per prompt on any engine
+  (`Generator` keeps the model and engine for repeated calls);
+- `rsp.embedding_stats(path_or_id)`: the RSP distribution, read from the embedding tensor alone.
+Below it, in the order a pipeline uses it: load a model, fit the statistics, build an injection, lay
+prompts out with slots, generate, grade, score.
 """
 
+from rsp.attach import RSPHandle, attach
 from rsp.backends import Completion, HFBackend, SamplingConfig
 from rsp.core import (
     INSERTION_POINTS,
@@ -19,14 +25,16 @@ from rsp.core import (
     fit_embedding_stats,
 )
 from rsp.evaluation import EvalConfig, run_eval
+from rsp.generation import GenerationOutput, Generator, RSPConfig, Sample, generate
 from rsp.methods import MethodOptions, build_method, method_names, register_method
 from rsp.metrics import bootstrap_ci, maj_at_k, paired_comparison, pass_at_k, pass_at_k_curve
-from rsp.models import LoadedModel, load_model, wrap_model
+from rsp.models import LoadedModel, embedding_stats, load_model, wrap_model
 from rsp.tasks import Grader, Problem, PromptBuilder, Task, extract_answer, load_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GenerationOutput", "Generator", "RSPConfig", "RSPHandle", "Sample", "attach", "embedding_stats", "generate",
     "INSERTION_POINTS", "Completion", "EmbeddingStats", "EvalConfig", "Grader", "HFBackend", "Injection",
     "LoadedModel", "MethodOptions", "NoInjection", "Problem", "PromptBuilder", "PromptTokens", "RSPSampler",
     "RandomSoftPrompt", "SamplingConfig", "Task", "bootstrap_ci", "build_method", "build_slotted_batch",

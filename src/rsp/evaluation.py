@@ -15,13 +15,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rsp.backends import ENGINE_NAMES, create_backend
+from rsp.backends import ENGINE_NAMES
 from rsp.backends.base import SamplingConfig
 from rsp.core.injection import Injection
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
-from rsp.core.seeds import derive_seed
-from rsp.methods import MethodOptions, build_method, method_names
-from rsp.models.loading import LoadedModel, load_model
+from rsp.generation import Generator, RSPConfig, decode_seed_for, plan_batches
+from rsp.methods import method_names
+from rsp.models.loading import LoadedModel
 from rsp.runio import JsonlAppender, prepare_run_dir, read_jsonl_records
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
@@ -108,9 +108,10 @@ class EvalConfig:
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature, self.top_p, self.top_k, self.min_p, self.max_new_tokens)
 
-    def method_options(self) -> MethodOptions:
-        return MethodOptions(self.rsp_length, self.rsp_scale, self.position, self.stats_rows, self.stats_mean,
-                             dict(self.method_extra))
+    def rsp_config(self, method: str) -> RSPConfig:
+        """What `method` injects under this run's settings (the front door's `RSPConfig`)."""
+        return RSPConfig(length=self.rsp_length, scale=self.rsp_scale, position=self.position, method=method,
+                         stats_rows=self.stats_rows, stats_mean=self.stats_mean, options=dict(self.method_extra))
 
     def engine_options(self) -> dict:
         """Options for `create_backend` beyond the engine name (vLLM's parallelism)."""
@@ -146,30 +147,6 @@ def prompt_hash(prompt: PromptTokens) -> str:
     return hashlib.sha256(",".join(map(str, prompt.ids)).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class WorkBatch:
-    method: str
-    group: int
-    chunk: int
-    rows: tuple[tuple[int, int], ...]  # (problem index, attempt)
-
-
-def plan_batches(num_problems: int, n: int, methods: tuple[str, ...], batch_size: int) -> list[WorkBatch]:
-    """Deterministic batches: problems in groups of ~batch_size/n, each method in turn per group.
-
-    Interleaving methods per group means a run stopped early still has paired data for every
-    method on the problems it finished.
-    """
-    per_group = max(1, batch_size // n)
-    batches: list[WorkBatch] = []
-    for group, start in enumerate(range(0, num_problems, per_group)):
-        rows = [(p, a) for p in range(start, min(start + per_group, num_problems)) for a in range(n)]
-        for method in methods:
-            for chunk, c0 in enumerate(range(0, len(rows), batch_size)):
-                batches.append(WorkBatch(method, group, chunk, tuple(rows[c0 : c0 + batch_size])))
-    return batches
-
-
 @dataclass
 class EvalRun:
     out: Path
@@ -181,8 +158,12 @@ class EvalRun:
 
 
 def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = None, progress: bool = True,
-             max_batches: int | None = None) -> EvalRun:
-    """Run (or resume) an evaluation into `out`. `max_batches` stops early (used by tests)."""
+             max_batches: int | None = None, generator: Generator | None = None) -> EvalRun:
+    """Run (or resume) an evaluation into `out`. `max_batches` stops early (used by tests).
+
+    Every batch is one `Generator.run` call, the step `rsp.generate` is made of, with the same seeds;
+    pass `generator` to reuse a loaded model and engine across runs (`rsp sweep` does).
+    """
     config.validate()
     out = Path(out)
     task = config.load_task()
@@ -200,14 +181,17 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
     t0 = time.time()
     oom_events: list[str] = []
     if todo:
-        if lm is None:
-            lm = load_model(config.model, dtype=config.dtype, device=config.device)
+        if generator is None:
+            generator = Generator(lm if lm is not None else config.model, engine=config.engine, dtype=config.dtype,
+                                  device=config.device, **config.engine_options())
+        elif generator.engine != config.engine:
+            raise ConfigError(f"the generator runs the {generator.engine} engine but the run asks for "
+                              f"--engine {config.engine}")
+        lm = generator.lm
         builder = PromptBuilder.for_task(lm.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
-        options = config.method_options()
-        injections = {m: build_method(m, lm, options) for m in config.methods}
-        _check_context(lm, prompts, config, injections)
-        backend = create_backend(config.engine, lm, **config.engine_options())
+        injections = {m: generator.injection(config.rsp_config(m)) for m in config.methods}
+        _check_context(generator, prompts, config, injections)
         appender = JsonlAppender(samples_path)
         sampling = config.sampling()
         bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}")
@@ -216,9 +200,9 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
                 injection = injections[batch.method]
                 problems = [task.problems[p] for p, _ in batch.rows]
                 seeds = [injection.seed_for(config.seed, task.problems[p].id, a) for p, a in batch.rows]
-                decode_seed = derive_seed(config.seed, "decode", batch.method, batch.group, batch.chunk)
-                completions = backend.generate([prompts[p] for p, _ in batch.rows], injection, seeds, sampling,
-                                               decode_seed=decode_seed, stop_strings=builder.stop_strings)
+                decode_seed = decode_seed_for(config.seed, batch)
+                completions = generator.run([prompts[p] for p, _ in batch.rows], injection, seeds, sampling,
+                                            decode_seed=decode_seed, stop_strings=builder.stop_strings)
                 new = []
                 for (p, a), problem, seed, comp in zip(batch.rows, problems, seeds, completions, strict=True):
                     if (problem.id, batch.method, a) in done:
@@ -229,27 +213,23 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
                 existing.extend(new)
                 bar.update(len(new))
         bar.close()
-        oom_events = backend.oom_events
+        oom_events = list(generator.backend.oom_events)
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
 
 
-def _check_context(lm: LoadedModel, prompts: list[PromptTokens], config: EvalConfig,
+def _check_context(generator: Generator, prompts: list[PromptTokens], config: EvalConfig,
                    injections: dict[str, Injection]) -> None:
     """Fail before sampling, using each method's own length (a soft prompt file fixes L, not --rsp-length)."""
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is None:
-        return
     method, injection = max(injections.items(), key=lambda kv: kv[1].length)
-    longest = max(len(p.ids) for p in prompts) + injection.length + config.max_new_tokens
-    if longest > limit:
-        raise ConfigError(f"longest prompt + {injection.length} injected vectors ({method}) + max_new_tokens = "
-                          f"{longest} exceeds the model's context of {limit} tokens; lower --max-new-tokens "
-                          f"or the injection length")
+    try:
+        generator.check_context(prompts, injection, config.max_new_tokens)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} ({method}); lower --max-new-tokens or the injection length") from None
 
 
 def _record(problem: Problem, method: str, attempt: int, seed: int | None, decode_seed: int, prompt: PromptTokens,
             comp, grader: Grader) -> dict:
-    extracted, grade = grader.grade(comp.text, problem.answer)
+    grade = grader.grade(comp.text, problem.answer)
     return {
         "problem_id": problem.id,
         "method": method,
@@ -261,7 +241,7 @@ def _record(problem: Problem, method: str, attempt: int, seed: int | None, decod
         "token_ids": list(comp.token_ids),
         "num_tokens": len(comp.token_ids),
         "finish_reason": comp.finish_reason,
-        "extracted": extracted,
+        "extracted": grade.extracted,
         "gold": problem.answer,
         "correct": grade.correct,
         "grade_method": grade.method,

@@ -13,8 +13,10 @@ from contextlib import contextmanager
 import torch
 
 from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
+from rsp.backends.hook import RSPHandle
 from rsp.core.injection import Injection
-from rsp.core.insert import PromptTokens, SlottedBatch, build_slotted_batch
+from rsp.core.inputs import embed_prompts, layout
+from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.core.seeds import derive_seed
 from rsp.models.loading import LoadedModel
 
@@ -66,17 +68,9 @@ class HFBackend:
 
     def prepare(self, prompts: Sequence[PromptTokens], injection: Injection,
                 seeds: Sequence[int | None]) -> tuple[SlottedBatch, torch.Tensor]:
-        """Left-padded slotted batch and its input embeddings with the injection applied."""
-        batch = build_slotted_batch(
-            [p.ids for p in prompts],
-            [p.insert_index(injection.position) for p in prompts],
-            injection.length,
-            pad_id=self.lm.pad_token_id,
-        )
-        with torch.no_grad():
-            embeds = self.lm.embed(batch.input_ids)
-            embeds = injection.apply(embeds, batch, seeds)
-        return batch, embeds
+        """Left-padded slotted batch and its input embeddings with the injection applied
+        (`rsp.core.inputs.embed_prompts`, the path every `inputs_embeds` engine and probe uses)."""
+        return embed_prompts(self.lm.embed, prompts, injection, seeds, pad_id=self.lm.pad_token_id)
 
     def generate(
         self,
@@ -131,16 +125,17 @@ class HFBackend:
         return kwargs
 
     def _generate_batch(self, prompts, injection, seeds, sampling, stop_strings) -> list[Completion]:
-        batch, embeds = self.prepare(prompts, injection, seeds)
-        kwargs = self.generation_kwargs(sampling, stop_strings)
-        with torch.no_grad():
-            out = self.lm.model.generate(
-                inputs_embeds=embeds,
-                attention_mask=batch.attention_mask.to(self.lm.device),
-                **kwargs,
-            )
+        # The same hook a user gets from `rsp.attach`: placeholder ids in, each row's RSP written over them
+        # inside the embedding layer, so this engine and attach + model.generate agree by construction.
+        with RSPHandle(self.lm, injection) as handle, handle.use_seeds(seeds):
+            batch = layout(prompts, injection, pad_id=self.lm.pad_token_id, placeholder_id=handle.placeholder_id)
+            kwargs = self.generation_kwargs(sampling, stop_strings)
+            with torch.no_grad():
+                out = self.lm.model.generate(input_ids=batch.input_ids.to(self.lm.device),
+                                             attention_mask=batch.attention_mask.to(self.lm.device), **kwargs)
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
-        return [self._finish(row.tolist(), sampling, stop_strings) for row in sequences.cpu()]
+        width = batch.input_ids.shape[1]
+        return [self._finish(row.tolist(), sampling, stop_strings) for row in sequences[:, width:].cpu()]
 
     def _finish(self, tokens: list[int], sampling: SamplingConfig, stop_strings: Sequence[str]) -> Completion:
         tokens, stopped = cut_at_stop_token(tokens, self.lm.stop_token_ids)

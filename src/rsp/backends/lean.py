@@ -18,6 +18,7 @@ from rsp.backends.base import Completion, SamplingConfig
 from rsp.backends.hf import HFBackend
 from rsp.backends.packed import WeightPacker
 from rsp.core.injection import Injection
+from rsp.core.inputs import positions_from_mask
 from rsp.core.insert import PromptTokens
 
 
@@ -45,12 +46,6 @@ def build_warpers(sampling: SamplingConfig):
     return warpers
 
 
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids as `generate()` derives them: count of attended tokens before, 0 on padding."""
-    pos = mask.long().cumsum(-1) - 1
-    return pos.masked_fill(mask == 0, 0)
-
-
 @torch.no_grad()
 def decode_loop(
     model: torch.nn.Module,
@@ -66,6 +61,7 @@ def decode_loop(
     stop_strings: Sequence[str] = (),
     compact: bool = True,
     batch_sizes: list[int] | None = None,
+    banned_ids: Sequence[int] = (),
 ) -> list[list[int]]:
     """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache.
 
@@ -78,9 +74,11 @@ def decode_loop(
     batch is done). Greedy output is unchanged. Sampling draws `torch.multinomial` over the live rows
     only, so after the first row stops each row consumes different random numbers than in
     `generate`: same distribution, different tokens for the same seed. `batch_sizes`, if given,
-    receives the number of rows of every decode forward pass (for tests and benchmarks).
+    receives the number of rows of every decode forward pass (for tests and benchmarks). `banned_ids`
+    are never sampled (the slot placeholder, as in the hf engine's generate).
     """
     warpers = build_warpers(sampling)
+    banned = list(banned_ids)
     batch = logits.shape[0]
     device = logits.device
     stops = torch.tensor(list(stop_token_ids), device=device, dtype=torch.long)
@@ -91,6 +89,8 @@ def decode_loop(
     mask = attention_mask.to(device)
     for step in range(sampling.max_new_tokens):
         scores = logits.float()
+        if banned:
+            scores[:, banned] = -float("inf")
         if sampling.greedy:
             token = scores.argmax(-1)
         else:
@@ -164,7 +164,7 @@ class LeanHFBackend(HFBackend):
         rows = decode_loop(self.lm.model, logits, cache, mask, next_position, sampling,
                            stop_token_ids=self.lm.stop_token_ids, pad_token_id=self.lm.pad_token_id,
                            tokenizer=self.lm.tokenizer, stop_strings=stop_strings, compact=self.compact,
-                           batch_sizes=self.last_batch_sizes)
+                           batch_sizes=self.last_batch_sizes, banned_ids=(self.lm.placeholder_id,))
         return [self._finish(row, sampling, stop_strings) for row in rows]
 
     def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling,

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import torch
 
 from rsp.backends.base import Completion, SamplingConfig
-from rsp.backends.lean import LeanHFBackend, positions_from_mask
+from rsp.backends.lean import LeanHFBackend
 from rsp.core.injection import Injection
+from rsp.core.inputs import positions_from_mask
 from rsp.core.insert import PromptTokens, build_slotted_batch
 
 
@@ -82,7 +83,7 @@ class PrefixSharedHFBackend(LeanHFBackend):
             cache.batch_select_indices(select)
             mask = torch.cat([prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1)
             pos = positions_from_mask(mask)
-            tail_embeds = injection.apply(self.lm.embed(tail_batch.input_ids), tail_batch, seeds)
+            tail_embeds = injection.apply(self.lm.embed(tail_batch.input_ids), tail_batch, seeds)  # as embed_prompts
             width = prefix_mask.shape[1]
             result = model(inputs_embeds=tail_embeds.to(device), attention_mask=mask, position_ids=pos[:, width:],
                            past_key_values=cache, use_cache=True, logits_to_keep=1)

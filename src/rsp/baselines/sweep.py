@@ -20,8 +20,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rsp.evaluation import SAMPLES, ConfigError, EvalConfig, run_eval
+from rsp.generation import Generator
 from rsp.methods import method_names
-from rsp.models.loading import LoadedModel, load_model
+from rsp.models.loading import LoadedModel
 from rsp.reporting import summarise, write_eval_report
 from rsp.runio import atomic_write_text, prepare_run_dir, read_jsonl_records
 
@@ -171,8 +172,11 @@ def _expand(records: list[dict], n: int) -> list[dict]:
 
 
 def run_sweep(config: SweepConfig, out: str | Path, *, lm: LoadedModel | None = None,
-              progress: bool = True) -> SweepResult:
-    """Run (or resume, or extend) the grid into `out`, then write the comparison table and plots."""
+              progress: bool = True, generator: Generator | None = None) -> SweepResult:
+    """Run (or resume, or extend) the grid into `out`, then write the comparison table and plots.
+
+    One `Generator` (model + engine) serves every cell: a vLLM engine starts once per sweep, not per cell.
+    """
     config.validate()
     out = Path(out)
     prepare_run_dir(out, config.identity(), kind="sweep")
@@ -196,9 +200,11 @@ def run_sweep(config: SweepConfig, out: str | Path, *, lm: LoadedModel | None = 
             recs = read_jsonl_records(cell_dir / SAMPLES, repair=False)
             skipped.append(cell.name)
         else:
-            if lm is None:
-                lm = load_model(config.base.model, dtype=config.base.dtype, device=config.base.device)
-            run = run_eval(cfg, cell_dir, lm=lm, progress=progress)
+            if generator is None:
+                generator = Generator(lm if lm is not None else config.base.model, engine=config.base.engine,
+                                      dtype=config.base.dtype, device=config.base.device,
+                                      **config.base.engine_options())
+            run = run_eval(cfg, cell_dir, generator=generator, progress=progress)
             recs = run.records
             write_eval_report(cell_dir, recs, cfg.to_dict(), seconds=run.seconds)
             ran.append(cell.name)

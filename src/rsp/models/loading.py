@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,7 @@ class LoadedModel:
     pad_token_id: int
     _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
     stats_cache_dir: Path | None = None
+    _placeholder: int | None = field(default=None, repr=False)
     location: str | None = None  # the folder (or Hub id) the weights were loaded from; None for wrapped models
 
     @property
@@ -100,6 +101,15 @@ class LoadedModel:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    @property
+    def placeholder_id(self) -> int:
+        """The token id that marks injection slots in token-id inputs (`choose_placeholder`); engines never
+        sample it, so every engine bans the same id."""
+        if self._placeholder is None:
+            rows = int(self.model.get_input_embeddings().weight.shape[0])
+            self._placeholder = choose_placeholder(self.tokenizer, rows, self.stop_token_ids)
+        return self._placeholder
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Effective input embeddings (with any model-specific scale) for token ids."""
         return self.model.get_input_embeddings()(input_ids.to(self.device))
@@ -126,6 +136,30 @@ def cached_stats(stats_cache_dir: Path | None, rows: str, mean_mode: str,
     if path is not None:
         _atomic_save_stats(stats, path)
     return stats
+
+
+def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ()) -> int:
+    """A token id to mark the slots with: one that neither ordinary text nor the chat template produces.
+
+    In order: the highest added special token that is not BOS/EOS/PAD/UNK, not a stop token and not
+    written by the chat template (SmolLM2: `<empty_output>`, Gemma: an `<unusedN>`); else the unknown
+    token, if it is not a stop or padding token; else the last id of the vocabulary. Its embedding row is
+    always overwritten, and the generate wrapper keeps it from being sampled.
+    """
+    reserved = {getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                       "unk_token_id")} | set(stop_ids)
+    template = str(getattr(tokenizer, "chat_template", "") or "")
+    added = getattr(tokenizer, "get_added_vocab", None)
+    if callable(added):
+        free = [i for tok, i in added().items()
+                if i not in reserved and i < vocab_rows and tok not in template]
+        if free:
+            return int(max(free))
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if isinstance(unk, int) and unk not in set(stop_ids) | {getattr(tokenizer, "pad_token_id", None),
+                                                            getattr(tokenizer, "bos_token_id", None)}:
+        return unk
+    return int(min(len(tokenizer), vocab_rows) - 1)
 
 
 def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
@@ -368,10 +402,15 @@ def load_model(
     )
 
 
-def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory") -> LoadedModel:
-    """Use an already-built model (e.g. a tiny random test model, or one from your own code)."""
-    check_inputs_embeds_support(model)
-    model.eval()
+def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", *, prepare: bool = True) -> LoadedModel:
+    """Use an already-built model (e.g. a tiny random test model, or one from your own code).
+
+    `prepare=False` (what `rsp.attach` uses) leaves the model untouched: no eval mode, and no check that
+    it generates from `inputs_embeds` (the attach hook feeds token ids).
+    """
+    if prepare:
+        check_inputs_embeds_support(model)
+        model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return LoadedModel(
         model=model,

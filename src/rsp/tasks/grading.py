@@ -120,8 +120,12 @@ def _readline_within(proc: subprocess.Popen, timeout: float) -> str | None:
 
 @dataclass
 class GradeResult:
+    """The verdict on one completion: what answer was read from it, whether it is right, and how that was
+    decided (exact | numeric | math-verify | timeout | too-long | no-answer | error)."""
+
     correct: bool
-    method: str  # exact | numeric | math-verify | timeout | too-long | no-answer | error
+    method: str
+    extracted: str | None = None
 
 
 class Grader:
@@ -200,9 +204,12 @@ class Grader:
                 return GradeResult(False, "error")
             return GradeResult(reply.strip() == "1", "math-verify")
 
-    def grade(self, completion: str, gold: str) -> tuple[str | None, GradeResult]:
+    def grade(self, completion: str, gold: str) -> GradeResult:
+        """Extract the final answer of `completion` and check it against `gold` (never raises)."""
         try:
             pred = extract_answer(completion)
         except Exception:  # extraction is plain string code; stay safe anyway
-            return None, GradeResult(False, "error")
-        return pred, self.check(pred, gold)
+            return GradeResult(False, "error")
+        result = self.check(pred, gold)
+        result.extracted = pred
+        return result

@@ -74,7 +74,57 @@ class PromptBuilder:
 
     def build(self, problem: Problem) -> PromptTokens:
         head, tail = self.render(problem)
-        add_special = self.resolved_style == "plain"
-        head_ids = self.tokenizer(head, add_special_tokens=add_special)["input_ids"]
-        tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
-        return PromptTokens(ids=tuple(head_ids) + tuple(tail_ids), user_turn_end=len(head_ids))
+        return tokenize_split(self.tokenizer, head, tail, add_special_tokens=self.resolved_style == "plain")
+
+
+def tokenize_split(tokenizer, head: str, tail: str, *, add_special_tokens: bool) -> PromptTokens:
+    """Tokenise `head` (up to the end of the user's content) and `tail` separately, which gives the
+    `end_of_user_turn` offset exactly; every prompt in rsp (tasks, `rsp.attach`, `rsp.generate`, the
+    server) is tokenised here."""
+    head_ids = tokenizer(head, add_special_tokens=add_special_tokens)["input_ids"]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    return PromptTokens(ids=tuple(head_ids) + tuple(tail_ids), user_turn_end=len(head_ids))
+
+
+Messages = list[dict]
+
+
+def is_messages(prompt: object) -> bool:
+    """A chat conversation: a list of {"role": ..., "content": ...} dicts."""
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) and "role" in m for m in prompt)
+
+
+def tokenize_prompt(tokenizer, prompt: str | Messages | PromptTokens, *, chat: bool | None = None) -> PromptTokens:
+    """A user's prompt as `PromptTokens`.
+
+    - chat messages go through the tokenizer's chat template with the generation prompt; the
+      `end_of_user_turn` point is the end of the last user message's content;
+    - a string is wrapped as one user message when the tokenizer has a chat template (`chat=None`, the
+      default, or `chat=True`), else tokenised as is, with the tokenizer's special tokens (BOS);
+    - `PromptTokens` pass through unchanged.
+    """
+    if isinstance(prompt, PromptTokens):
+        return prompt
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if is_messages(prompt):
+        if not has_template:
+            raise TaskError("chat messages were given but this tokenizer has no chat template; pass a string")
+        messages = prompt
+    elif isinstance(prompt, str):
+        if chat is True and not has_template:
+            raise TaskError("chat=True but this tokenizer has no chat template (a base model?)")
+        if not (has_template if chat is None else chat):
+            return tokenize_split(tokenizer, prompt, "", add_special_tokens=True)
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        raise TaskError(f"a prompt must be a string, a list of chat messages or PromptTokens, got "
+                        f"{type(prompt).__name__}")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    cut = text.rfind(users[-1]["content"]) if users else -1
+    if cut < 0:
+        head, tail = text, ""
+    else:
+        cut += len(users[-1]["content"])
+        head, tail = text[:cut], text[cut:]
+    return tokenize_split(tokenizer, head, tail, add_special_tokens=False)

@@ -30,7 +30,7 @@ def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
     from rsp.tasks import Grader
 
     grader = Grader(timeout=timeout)
-    return (lambda text, gold: grader.grade(text, gold)[1].correct), grader.close
+    return (lambda text, gold: grader.grade(text, gold).correct), grader.close
 
 
 def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):

@@ -1,0 +1,194 @@
+"""The hook behind `rsp.attach` and the hf engine: placeholder ids in, each row's injection written over
+them inside the model's embedding layer. See `rsp.attach` for the user's view.
+
+How: `RSPHandle.prepare` lays prompts out with `rsp.core.inputs.layout` (left padding, L placeholder ids
+at the insertion point). A forward hook on the input-embedding module (`rsp.core.inputs.SlotFiller`)
+overwrites the placeholder rows with each row's injected vectors, so `generate`'s prefill and every plain
+forward (`model(**enc, labels=...)`, log-prob code, TRL, lm-eval) see the RSP, and decode steps, which
+carry no placeholder, pass through. The seeds of a `generate` call are drawn when its prefill runs, after
+transformers has expanded the batch for `num_return_sequences`, so each returned row gets its own RSP;
+`handle.seeds` lists them in output order and `handle.use_seeds(seeds)` rebuilds them.
+
+An instance attribute wraps `model.generate` only to mark "a new call: draw fresh seeds" and to keep the
+placeholder id from ever being sampled; `detach` deletes it, so the class method shows through again.
+"""
+
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from rsp.core.injection import Injection
+from rsp.core.inputs import SlotFiller, layout
+from rsp.core.insert import PromptTokens
+from rsp.core.seeds import derive_seed
+from rsp.models.loading import LoadedModel, choose_placeholder
+
+__all__ = ["RSPHandle", "choose_placeholder"]
+from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
+
+Prompt = str | Messages | PromptTokens
+
+
+class _BanToken:
+    """Logits processor: the placeholder id is never sampled (duck-typed, so it never clashes with the
+    processors transformers builds from the generation config)."""
+
+    def __init__(self, token_id: int) -> None:
+        self.token_id = token_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, self.token_id] = -float("inf")
+        return scores
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper (the module whose forward receives attention_mask)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class RSPHandle:
+    """An injection attached to a model; see the module docstring. Use as a context manager or `detach()`."""
+
+    def __init__(self, lm: LoadedModel, injection: Injection, *, seed: int = 0,
+                 placeholder_id: int | None = None) -> None:
+        self.lm = lm
+        self.model = lm.model
+        self.tokenizer = lm.tokenizer
+        self.injection = injection
+        self.seed = int(seed)
+        vocab_rows = int(self.model.get_input_embeddings().weight.shape[0])
+        self.placeholder_id = lm.placeholder_id if placeholder_id is None else int(placeholder_id)
+        if not 0 <= self.placeholder_id < vocab_rows:
+            raise ValueError(f"placeholder_id {self.placeholder_id} is outside the embedding table ({vocab_rows} rows)")
+        self.seeds: list[int | None] | None = None  # the seeds of the last injected call, row by row
+        self.draws = 0  # how many fresh sets of seeds were drawn
+        self._pinned: list[int | None] | None = None
+        self._in_generate = False
+        self._fresh = False
+        self._k = 1
+        self._prepared: tuple[int, int] | None = None  # (rows, n) of the last prepare()
+        self._mask: torch.Tensor | None = None
+        self.filler = SlotFiller(injection, self.placeholder_id, self._seeds_for, lambda: self._mask)
+        self._handles = [self.model.get_input_embeddings().register_forward_hook(self.filler)]
+        if injection.changes_prompt_rows:
+            self._handles.append(_hf_model(self.model).register_forward_pre_hook(self._capture_mask,
+                                                                                 with_kwargs=True))
+        self._had_generate = "generate" in vars(self.model)
+        self._previous_generate = vars(self.model).get("generate")
+        self._original_generate = self.model.generate
+        self.model.generate = self._generate  # type: ignore[method-assign]
+        self.attached = True
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, prompts: Prompt | Sequence[Prompt], n: int = 1, *, chat: bool | None = None):
+        """A left-padded `BatchEncoding` (input_ids, attention_mask) on the model's device, each prompt
+        repeated `n` times in a row (prompt-major), with the L placeholder slots at the insertion point.
+
+        Strings use the chat template with the generation prompt where the tokenizer has one (`chat`
+        overrides); chat message lists always do. For greedy decoding use `n` (transformers allows
+        `num_return_sequences > 1` only when sampling): every row then gets its own RSP.
+        """
+        from transformers import BatchEncoding
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
+            prompts = [prompts]  # type: ignore[list-item]
+        tokens = [tokenize_prompt(self.tokenizer, p, chat=chat) for p in prompts]  # type: ignore[arg-type]
+        rows = [t for t in tokens for _ in range(n)]
+        batch = layout(rows, self.injection, pad_id=self.lm.pad_token_id, placeholder_id=self.placeholder_id)
+        self._prepared = (len(rows), n)
+        device = self.lm.device
+        return BatchEncoding({"input_ids": batch.input_ids.to(device),
+                              "attention_mask": batch.attention_mask.to(device)})
+
+    def rows(self, seeds: Sequence[int | None]) -> torch.Tensor | None:
+        """The injected vectors (B, L, d) for these seeds: the same seeds rebuild the same RSPs."""
+        return self.injection.rows(list(seeds))
+
+    @contextmanager
+    def use_seeds(self, seeds: Sequence[int | None]) -> Iterator[RSPHandle]:
+        """Inside the block every injected call (generate or forward) uses exactly these seeds, row by row."""
+        previous, self._pinned = self._pinned, list(seeds)
+        try:
+            yield self
+        finally:
+            self._pinned = previous
+
+    # ------------------------------------------------------------------ hooks
+    def _draw(self, rows: int) -> list[int | None]:
+        base = derive_seed(self.seed, "attach", self.draws)
+        self.draws += 1
+        k = self._k if self._in_generate and rows % self._k == 0 else 1
+        prepared_rows, n = self._prepared if self._prepared else (rows // k, 1)
+        if prepared_rows * k != rows:
+            n = 1
+        seeds = []
+        for r in range(rows):
+            row_in, rep = divmod(r, k)
+            prompt, copy = divmod(row_in, n)
+            seeds.append(self.injection.seed_for(base, str(prompt), copy * k + rep))
+        return seeds
+
+    def _seeds_for(self, rows: int) -> list[int | None]:
+        if self._pinned is not None:
+            if len(self._pinned) != rows:
+                raise ValueError(f"use_seeds gave {len(self._pinned)} seeds for a batch of {rows} rows")
+            seeds = self._pinned
+        elif self._in_generate:
+            if self._fresh or self.seeds is None or len(self.seeds) != rows:
+                self._fresh = False
+                seeds = self._draw(rows)
+            else:
+                seeds = self.seeds
+        elif self.seeds is not None and len(self.seeds) == rows:
+            seeds = self.seeds  # a scoring forward after generate: the rows' own RSPs
+        else:
+            seeds = self._draw(rows)
+        self.seeds = list(seeds)
+        return self.seeds
+
+    def _capture_mask(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _generate(self, *args: Any, **kwargs: Any):
+        from transformers import LogitsProcessorList
+
+        config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+        self._k = int(kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1)
+        processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
+        processors.append(_BanToken(self.placeholder_id))
+        self._in_generate, self._fresh = True, True
+        try:
+            return self._original_generate(*args, logits_processor=processors, **kwargs)
+        finally:
+            self._in_generate, self._fresh = False, False
+
+    # ------------------------------------------------------------------ lifetime
+    def detach(self) -> None:
+        """Remove every hook and the generate wrapper: the model is exactly as it was before `attach`."""
+        if not self.attached:
+            return
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._had_generate:
+            self.model.generate = self._previous_generate  # type: ignore[method-assign]
+        else:
+            del self.model.generate
+        self.attached = False
+
+    def __enter__(self) -> RSPHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+

@@ -1,0 +1,179 @@
+"""The one place where (prompts, an injection, per-attempt seeds) become model inputs.
+
+Why one place: the method *is* this step. Every engine, probe and trainer that builds its inputs here
+(or through `SlotFiller`, the same step run as a hook inside a stock model's embedding layer) injects
+the same rows at the same columns, so a rollout and its log-prob recomputation, or `rsp.attach` inside
+a user's `model.generate` and `rsp.generate(engine="hf")`, agree by construction instead of by test.
+
+Two entry points share `layout` and `Injection.apply`:
+- `embed_prompts`: lay out, embed, inject; for engines that feed `inputs_embeds` (lean, prefix, vLLM's
+  full-embedding requests, analysis, soft-prompt training, the native DAPO trainer);
+- `SlotFiller`: a forward hook on the input-embedding module that finds the placeholder runs written by
+  `layout` in whatever ids the model receives and fills them; for code that only passes token ids
+  (`model.generate(**enc)`, TRL's trainer, lm-eval's HFLM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rsp.core.injection import Injection
+from rsp.core.insert import PromptTokens, SlottedBatch, build_slotted_batch
+
+EmbedFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def layout(prompts: Sequence[PromptTokens], injection: Injection, *, pad_id: int,
+           placeholder_id: int | None = None, suffixes: Sequence[Sequence[int]] | None = None) -> SlottedBatch:
+    """Left-padded ids with the injection's L slots (`placeholder_id`, default `pad_id`) at each prompt's
+    insertion point. `suffixes` (e.g. a training target) are appended after each prompt, inside the row."""
+    seqs = [list(p.ids) + (list(suffixes[i]) if suffixes is not None else []) for i, p in enumerate(prompts)]
+    if placeholder_id is not None and placeholder_id != pad_id:
+        for i, p in enumerate(prompts):
+            if placeholder_id in p.ids:
+                raise ValueError(f"prompt {i} already contains the placeholder id {placeholder_id}; pass another "
+                                 "placeholder_id")
+    return build_slotted_batch(seqs, [p.insert_index(injection.position) for p in prompts], injection.length,
+                               pad_id=pad_id, placeholder_id=placeholder_id)
+
+
+def embed_prompts(embed: EmbedFn, prompts: Sequence[PromptTokens], injection: Injection,
+                  seeds: Sequence[int | None], *, pad_id: int, suffixes: Sequence[Sequence[int]] | None = None,
+                  grad: bool = False) -> tuple[SlottedBatch, torch.Tensor]:
+    """Laid-out batch and its input embeddings with the injection applied (row i from seeds[i]).
+
+    `embed` maps ids to *effective* embeddings (the model's embedding module, scale included). With
+    `grad`, the injection's own parameters (a trained soft prompt) stay in the autograd graph; the
+    token embeddings never do.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"one injection seed per prompt is required ({len(prompts)} prompts, {len(seeds)} seeds)")
+    batch = layout(prompts, injection, pad_id=pad_id, suffixes=suffixes)
+    with torch.no_grad():
+        embeds = embed(batch.input_ids)
+    with torch.enable_grad() if grad else torch.no_grad():
+        embeds = injection.apply(embeds, batch, seeds)
+    return batch, embeds
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids as `generate()` derives them: count of attended tokens before, 0 on padding."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 0)
+
+
+@dataclass
+class Continued:
+    """A laid-out prompt batch followed by right-padded continuations (completions being scored)."""
+
+    embeds: torch.Tensor  # (B, P + T, d)
+    attention_mask: torch.Tensor  # (B, P + T); 1 on the continuation's right padding too (never read)
+    position_ids: torch.Tensor
+    continuation_ids: torch.Tensor  # (B, T), pad after each continuation
+    continuation_mask: torch.Tensor  # (B, T), 1 on real continuation tokens
+    prompt_width: int
+
+
+def append_continuations(embed: EmbedFn, batch: SlottedBatch, prompt_embeds: torch.Tensor,
+                         continuations: Sequence[Sequence[int]], *, pad_id: int, width: int | None = None) -> Continued:
+    """Append each row's continuation after its prompt, as `generate` laid it out when it sampled it.
+
+    Right padding after a short continuation only affects positions that are never read, so the mask
+    keeps it attended (as every scoring path here always did); `width` caps or fixes the number of
+    continuation columns (default: the longest continuation, at least 1).
+    """
+    T = width if width is not None else max(1, max((len(c) for c in continuations), default=0))
+    ids = torch.full((len(continuations), T), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(continuations), T), dtype=torch.long)
+    for i, c in enumerate(continuations):
+        toks = list(c)[:T]
+        if toks:
+            ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            cmask[i, : len(toks)] = 1
+    device = prompt_embeds.device
+    with torch.no_grad():
+        cont = embed(ids).to(device=device, dtype=prompt_embeds.dtype)
+    embeds = torch.cat([prompt_embeds, cont], dim=1)
+    mask = torch.cat([batch.attention_mask, torch.ones_like(cmask)], dim=1).to(device)
+    return Continued(embeds, mask, positions_from_mask(mask), ids, cmask, int(batch.input_ids.shape[1]))
+
+
+def slots_from_placeholders(input_ids: torch.Tensor, placeholder_id: int, length: int) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """(slot_index (B, L), has_slots (B,)): the first run of `length` placeholder ids in each row.
+
+    The inverse of `layout` for code that only sees ids. A row holds either no placeholder or exactly
+    one run of `length`; anything else means the ids were not laid out by `layout` and is refused.
+    """
+    hits = input_ids == placeholder_id
+    counts = hits.sum(dim=1)
+    has = counts > 0
+    bad = has & (counts != length)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"row {row} holds {int(counts[row])} placeholder ids ({placeholder_id}), expected 0 or "
+                         f"{length}: the prompt itself contains the placeholder token, or it was not laid out by "
+                         "rsp (use handle.prepare)")
+    starts = hits.int().argmax(dim=1)
+    slot_index = starts.unsqueeze(1) + torch.arange(length, device=input_ids.device).unsqueeze(0)
+    if length and bool(has.any()):
+        rows = has.nonzero().squeeze(1)
+        if not bool(hits[rows.unsqueeze(1), slot_index[rows]].all()):
+            raise ValueError(f"the {length} placeholder ids of a row are not consecutive")
+    return slot_index, has
+
+
+class SlotFiller:
+    """Forward hook for an input-embedding module: fills each row's slots with its injected rows.
+
+    `seeds_for(rows)` returns the seed of every row of the call's batch (or None to leave the call
+    alone). A call is an injection call (the prefill of `generate`, or a scoring forward) when its rows
+    hold the placeholder run; decode steps (one new token per row) never do and pass through. Injections
+    that rewrite the prompt's own rows (`changes_prompt_rows`, L = 0) are applied to every call with more
+    than one column, and need the call's attention mask from `attention_mask()`.
+    """
+
+    def __init__(self, injection: Injection, placeholder_id: int,
+                 seeds_for: Callable[[int], Sequence[int | None] | None],
+                 attention_mask: Callable[[], torch.Tensor | None] = lambda: None) -> None:
+        self.injection = injection
+        self.placeholder_id = int(placeholder_id)
+        self.seeds_for = seeds_for
+        self.attention_mask = attention_mask
+
+    def batch_for(self, input_ids: torch.Tensor) -> SlottedBatch | None:
+        """The `SlottedBatch` view of ids the model received, or None when nothing is to be injected."""
+        L = self.injection.length
+        if L == 0:
+            if not self.injection.changes_prompt_rows or input_ids.shape[1] <= 1:
+                return None
+            slot_index = torch.empty((input_ids.shape[0], 0), dtype=torch.long)
+        else:
+            if input_ids.shape[1] < L:
+                return None
+            slot_index, has = slots_from_placeholders(input_ids, self.placeholder_id, L)
+            if not bool(has.any()):
+                return None
+            if not bool(has.all()):
+                raise ValueError("some rows of the batch carry the injection's slots and some do not; "
+                                 "lay every row out with the same handle")
+        mask = self.attention_mask()
+        if mask is None or mask.shape != input_ids.shape:
+            mask = torch.ones_like(input_ids)
+        return SlottedBatch(input_ids.cpu(), mask.cpu(), slot_index.cpu(), L)
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return output
+        batch = self.batch_for(args[0])
+        if batch is None:
+            return output
+        seeds = self.seeds_for(batch.batch_size)
+        if seeds is None:
+            return output
+        if len(seeds) != batch.batch_size:
+            raise RuntimeError(f"injection hook: batch of {batch.batch_size} rows but {len(seeds)} seeds")
+        return self.injection.apply(output, batch, list(seeds))

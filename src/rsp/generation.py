@@ -1,0 +1,261 @@
+"""`rsp.generate`: n attempts per prompt, each with its own Random Soft Prompt, on any engine.
+
+    import rsp
+    outs = rsp.generate("smollm2-135m-instruct", ["What is 2 + 3?"], n=16, rsp=rsp.RSPConfig(length=4),
+                        temperature=0.7, max_new_tokens=64, seed=0)
+    outs[0].samples[3].text, outs[0].samples[3].rsp_seed
+
+Shaped like vLLM's `LLM.generate(prompts, SamplingParams(n=16, seed=0))`: `n` is a parameter, and every
+one of the n attempts is its own batch row with its own injected vectors (never transformers'
+`num_return_sequences` or vLLM's `n`, which would share one RSP). `Generator` keeps a loaded model and
+engine for repeated calls (`rsp eval`, `rsp sweep` and `rsp serve` use one); `rsp.generate` is a
+one-shot `Generator(...).generate(...)`.
+
+Seeds: attempt `a` of the prompt with key `k` (its index, or the `keys` you pass, e.g. problem ids) uses
+the method's own `seed_for(seed, k, a)`; each batch decodes with `derive_seed(seed, "decode", method,
+group, chunk)`, batches being fixed by (number of prompts, n, batch_size). This is `rsp eval`'s scheme,
+so `rsp.generate` with a task's prompts and problem ids reproduces an eval run's samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from rsp.backends import ENGINE_NAMES, Completion, SamplingConfig, create_backend, load_for_engine
+from rsp.core.injection import Injection, NoInjection
+from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.core.seeds import derive_seed
+from rsp.methods import MethodOptions, build_method, method_names
+from rsp.models.loading import LoadedModel, wrap_model
+from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
+
+Prompt = str | Messages | PromptTokens
+
+
+@dataclass(frozen=True)
+class RSPConfig:
+    """What is injected into every attempt. The defaults are the project's documented choices (the paper
+    does not publish its own): see the README's options table.
+
+    Args:
+        length: L, the number of injected vectors; 0 injects nothing.
+        scale: multiplies the fitted standard deviation of the embedding table.
+        position: `after_generation_prompt` (right before the first generated token),
+            `end_of_user_turn` (before the chat template's end-of-turn / assistant header) or `prepend`.
+        method: `rsp` or any registered control / baseline (`rsp methods`).
+        stats_rows: fit the statistics on `all` embedding rows or only the tokenizer's real `tokens`.
+        stats_mean: `scalar` (isotropic) or `per_dim` mean.
+        options: method-specific settings (`soft_prompt` file, `noise_alpha`, ...).
+    """
+
+    length: int = 4
+    scale: float = 1.0
+    position: str = "after_generation_prompt"
+    method: str = "rsp"
+    stats_rows: str = "all"
+    stats_mean: str = "scalar"
+    options: dict = field(default_factory=dict, hash=False)
+
+    def validate(self) -> RSPConfig:
+        if self.length < 0:
+            raise ValueError(f"RSPConfig.length must be >= 0, got {self.length}")
+        if self.scale < 0:
+            raise ValueError(f"RSPConfig.scale must be >= 0, got {self.scale}")
+        if self.position not in INSERTION_POINTS:
+            raise ValueError(f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}")
+        if self.method not in method_names():
+            raise ValueError(f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(method_names())}")
+        return self
+
+    def method_options(self) -> MethodOptions:
+        return MethodOptions(self.length, self.scale, self.position, self.stats_rows, self.stats_mean,
+                             dict(self.options))
+
+    def key(self) -> tuple:
+        return (self.length, self.scale, self.position, self.method, self.stats_rows, self.stats_mean,
+                tuple(sorted((k, str(v)) for k, v in self.options.items())))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One attempt: its text and tokens, why it ended, and the seeds that rebuild it."""
+
+    attempt: int
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str  # "stop" (EOS / stop string) or "length"
+    rsp_seed: int | None  # rebuilds the injected vectors (`handle.rows([seed])`, `injection.rows([seed])`)
+    decode_seed: int  # the batch's decoding seed (sampling is reproduced with the same batch composition)
+
+
+@dataclass
+class GenerationOutput:
+    """The n samples of one prompt."""
+
+    prompt: Any
+    key: str
+    prompt_token_ids: tuple[int, ...]
+    samples: list[Sample]
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.samples]
+
+
+@dataclass(frozen=True)
+class WorkBatch:
+    """One engine call: a method, its prompt group and chunk, and the (prompt index, attempt) rows."""
+
+    method: str
+    group: int
+    chunk: int
+    rows: tuple[tuple[int, int], ...]
+
+
+def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: int) -> list[WorkBatch]:
+    """Deterministic batches: prompts in groups of about batch_size / n, each method in turn per group.
+
+    Interleaving methods per group means a run stopped early still has paired data for every method on
+    the prompts it finished.
+    """
+    per_group = max(1, batch_size // n)
+    batches: list[WorkBatch] = []
+    for group, start in enumerate(range(0, num_prompts, per_group)):
+        rows = [(p, a) for p in range(start, min(start + per_group, num_prompts)) for a in range(n)]
+        for method in methods:
+            for chunk, c0 in enumerate(range(0, len(rows), batch_size)):
+                batches.append(WorkBatch(method, group, chunk, tuple(rows[c0:c0 + batch_size])))
+    return batches
+
+
+def decode_seed_for(seed: int, batch: WorkBatch) -> int:
+    """The decoding seed of a planned batch (shared by `rsp.generate` and `rsp eval`)."""
+    return derive_seed(seed, "decode", batch.method, batch.group, batch.chunk)
+
+
+def context_limit(lm) -> int | None:
+    model = getattr(lm, "model", None)
+    config = getattr(model, "config", None) or getattr(lm, "config", None)
+    return getattr(config, "max_position_embeddings", None)
+
+
+class Generator:
+    """A loaded model and one engine, reused across calls (`rsp eval`, `rsp sweep`, `rsp serve`).
+
+    `model`: a packaged name (`smollm2-135m-instruct`, `gemma3-270m`), a Hub id, a local model folder, a
+    `.gguf` file, a `(model, tokenizer)` pair, or an rsp `LoadedModel`. `engine`: `hf`, `lean`, `prefix`
+    or `vllm` (the vllm engine loads only the tokenizer and the embedding table here; vLLM loads the
+    weights). `engine_options` go to the engine (vLLM: `tensor_parallel_size`, `data_parallel_size`, ...).
+    """
+
+    def __init__(self, model: Any = "smollm2-135m-instruct", *, engine: str = "hf", dtype: str = "auto",
+                 device: str = "cpu", **engine_options: Any) -> None:
+        if engine not in ENGINE_NAMES:
+            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
+        if isinstance(model, str):
+            lm = load_for_engine(model, engine, dtype=dtype, device=device)
+        elif isinstance(model, tuple) and len(model) == 2:
+            lm = wrap_model(model[0], model[1], name=type(model[0]).__name__)
+        elif hasattr(model, "tokenizer") and hasattr(model, "embedding_stats"):
+            lm = model
+        else:
+            raise TypeError("model must be a name or path, a (model, tokenizer) pair, or a LoadedModel; got "
+                            f"{type(model).__name__}")
+        self.lm: LoadedModel = lm  # type: ignore[assignment]
+        self.engine = engine
+        self.backend = create_backend(engine, self.lm, **engine_options)
+        self._injections: dict[tuple, Injection] = {}
+
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    def injection(self, rsp: RSPConfig | None) -> Injection:
+        """The injection for `rsp` (None or length 0 with the `rsp` method: plain sampling), built once."""
+        if rsp is None:
+            return NoInjection()
+        key = rsp.key()
+        if key not in self._injections:
+            rsp.validate()
+            self._injections[key] = build_method(rsp.method, self.lm, rsp.method_options())
+        return self._injections[key]
+
+    def tokenize(self, prompt: Prompt, *, chat: bool | None = None) -> PromptTokens:
+        return tokenize_prompt(self.lm.tokenizer, prompt, chat=chat)
+
+    def check_context(self, prompts: Sequence[PromptTokens], injection: Injection, max_new_tokens: int) -> None:
+        """Refuse before sampling when prompt + injected vectors + new tokens exceed the context."""
+        limit = context_limit(self.lm)
+        if limit is None or not prompts:
+            return
+        longest = max(len(p.ids) for p in prompts) + injection.length + max_new_tokens
+        if longest > limit:
+            raise ValueError(f"longest prompt + {injection.length} injected vectors ({injection.name}) + "
+                             f"max_new_tokens = {longest} exceeds the model's context of {limit} tokens")
+
+    def run(self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None],
+            sampling: SamplingConfig, *, decode_seed: int, stop_strings: Sequence[str] = ()) -> list[Completion]:
+        """One batch: row i is prompts[i] with the injection drawn from seeds[i]."""
+        return self.backend.generate(prompts, injection, seeds, sampling, decode_seed=decode_seed,
+                                     stop_strings=stop_strings)
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], *, n: int = 1, rsp: RSPConfig | None = RSPConfig(),
+                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+                 max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), batch_size: int = 32,
+                 keys: Sequence[str] | None = None, chat: bool | None = None,
+                 progress: bool = False) -> list[GenerationOutput]:
+        """n completions per prompt; see the module docstring for the seeds. Temperature 0 is greedy."""
+        if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
+            prompts = [prompts]  # type: ignore[list-item]
+        prompts = list(prompts)  # type: ignore[arg-type]
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if keys is not None and len(keys) != len(prompts):
+            raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
+        keys = [str(k) for k in keys] if keys is not None else [str(i) for i in range(len(prompts))]
+        sampling = SamplingConfig(temperature, top_p, top_k, min_p, max_new_tokens)
+        sampling.validate()
+        injection = self.injection(rsp)
+        tokens = [self.tokenize(p, chat=chat) for p in prompts]
+        self.check_context(tokens, injection, max_new_tokens)
+        samples: list[list[Sample | None]] = [[None] * n for _ in prompts]
+        batches = plan_batches(len(prompts), n, [injection.name], batch_size)
+        bar = tqdm(total=len(prompts) * n, disable=not progress, unit="attempt", desc="generate")
+        for batch in batches:
+            seeds = [injection.seed_for(seed, keys[p], a) for p, a in batch.rows]
+            decode_seed = decode_seed_for(seed, batch)
+            done = self.run([tokens[p] for p, _ in batch.rows], injection, seeds, sampling,
+                            decode_seed=decode_seed, stop_strings=stop)
+            for (p, a), s, c in zip(batch.rows, seeds, done, strict=True):
+                samples[p][a] = Sample(a, c.text, c.token_ids, c.finish_reason, s, decode_seed)
+            bar.update(len(batch.rows))
+        bar.close()
+        return [GenerationOutput(prompt, key, tok.ids, [s for s in row if s is not None])
+                for prompt, key, tok, row in zip(prompts, keys, tokens, samples, strict=True)]
+
+
+def generate(model: Any, prompts: Prompt | Sequence[Prompt], *, n: int = 1, rsp: RSPConfig | None = RSPConfig(),
+             temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+             max_new_tokens: int = 256, seed: int = 0, engine: str = "hf", stop: Sequence[str] = (),
+             batch_size: int = 32, keys: Sequence[str] | None = None, chat: bool | None = None,
+             dtype: str = "auto", device: str = "cpu", progress: bool = False,
+             **engine_options: Any) -> list[GenerationOutput]:
+    """Per prompt, `n` completions each carrying its own RSP (`rsp=None`: plain sampling).
+
+    `model` is a packaged name, Hub id, local folder, `.gguf` file, a `(model, tokenizer)` pair, a
+    `LoadedModel`, or a `Generator` (reused as is). Prompts are strings (the chat template is applied
+    where the tokenizer has one; `chat=False` sends them raw), chat message lists, or `PromptTokens`.
+    Greedy outputs (temperature 0) are identical across the hf, lean and prefix engines for the same
+    seeds; see docs/performance.md for where bf16 rounding makes them differ.
+    """
+    gen = model if isinstance(model, Generator) else Generator(model, engine=engine, dtype=dtype, device=device,
+                                                               **engine_options)
+    return gen.generate(prompts, n=n, rsp=rsp, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                        max_new_tokens=max_new_tokens, seed=seed, stop=stop, batch_size=batch_size, keys=keys,
+                        chat=chat, progress=progress)
