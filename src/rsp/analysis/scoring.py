@@ -12,31 +12,19 @@ from contextlib import contextmanager
 
 import torch
 
-from rsp.backends.hf import HFBackend
 from rsp.core.injection import Injection
+from rsp.core.inputs import append_continuations, embed_prompts
 from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.models.loading import LoadedModel
 
 
 def _inputs(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None],
             continuations: Sequence[Sequence[int]], k: int) -> tuple[SlottedBatch, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Embeddings, attention mask and position ids for prompt + slots + the first k-1 completion tokens."""
-    batch, embeds = HFBackend(lm).prepare(prompts, injection, seeds)
-    feed = max(k - 1, 0)
-    cont = torch.full((len(prompts), feed), lm.pad_token_id, dtype=torch.long)
-    cont_mask = torch.zeros((len(prompts), feed), dtype=torch.long)
-    for i, toks in enumerate(continuations):
-        toks = list(toks)[:feed]
-        if toks:
-            cont[i, : len(toks)] = torch.tensor(toks)
-            cont_mask[i, : len(toks)] = 1
-    with torch.no_grad():
-        cont_embeds = lm.embed(cont).to(embeds.dtype)
-    full = torch.cat([embeds, cont_embeds], dim=1)
-    # right-side padding after a short completion only affects positions we never read
-    mask = torch.cat([batch.attention_mask, torch.ones_like(cont_mask)], dim=1).to(lm.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return batch, full, mask, positions, batch.input_ids.shape[1]
+    """Embeddings, attention mask and position ids for prompt + slots + the first k-1 completion tokens,
+    built by `rsp.core.inputs` exactly as the engines and trainers build theirs."""
+    batch, embeds = embed_prompts(lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id)
+    seq = append_continuations(lm.embed, batch, embeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0))
+    return batch, seq.embeds, seq.attention_mask, seq.position_ids, seq.prompt_width
 
 
 def valid_positions(continuations: Sequence[Sequence[int]], k: int) -> torch.Tensor:

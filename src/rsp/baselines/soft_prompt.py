@@ -1,7 +1,7 @@
 """Trained soft prompts: the learned-content baseline an RSP is compared against.
 
 The soft prompt is L free vectors trained with the model frozen, by cross-entropy on reference
-solutions. Training builds its inputs with the same `build_slotted_batch` + `Injection.apply` code
+solutions. Training builds its inputs with the same `rsp.core.inputs.embed_prompts` code
 that evaluation uses, at the same insertion point, with the same position ids as generation, so a
 trained prompt and an RSP differ only in the vectors' content. Prompt-tuning adapters saved by PEFT
 load as soft prompts too (their virtual tokens are a prefix, i.e. position "prepend").
@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from rsp.core.injection import Injection, RandomSoftPrompt
-from rsp.core.insert import INSERTION_POINTS, PromptTokens, build_slotted_batch
+from rsp.core.inputs import embed_prompts
+from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel
 from rsp.runio import atomic_write_text
@@ -276,16 +277,12 @@ def build_examples(lm: LoadedModel, config: SoftPromptTrainConfig) -> tuple[list
 def solution_loss(lm: LoadedModel, injection: Injection, examples: Sequence[Example]) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the solution tokens of `examples`, and the number of those tokens.
 
-    Prompt + solution are laid out by `build_slotted_batch` with the slots at the prompt's insertion
+    Prompt + solution are laid out by `rsp.core.inputs.embed_prompts` with the slots at the prompt's insertion
     point (which lies inside the prompt, so the solution is unaffected), left-padded, with the
     position ids `generate` uses; only the last max(solution)+1 logits are computed.
     """
-    seqs = [list(ex.prompt.ids) + list(ex.target) for ex in examples]
-    batch = build_slotted_batch(seqs, [ex.prompt.insert_index(injection.position) for ex in examples],
-                                injection.length, pad_id=lm.pad_token_id)
-    with torch.no_grad():
-        embeds = lm.embed(batch.input_ids)
-    embeds = injection.apply(embeds, batch, [None] * len(examples))
+    batch, embeds = embed_prompts(lm.embed, [ex.prompt for ex in examples], injection, [None] * len(examples),
+                                  pad_id=lm.pad_token_id, suffixes=[ex.target for ex in examples], grad=True)
     mask = batch.attention_mask.to(lm.device)
     position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     keep = max(len(ex.target) for ex in examples) + 1

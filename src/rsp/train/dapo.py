@@ -18,7 +18,8 @@ import torch
 
 from rsp.backends import HFBackend, SamplingConfig
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
-from rsp.core.insert import PromptTokens, build_slotted_batch
+from rsp.core.inputs import append_continuations, embed_prompts
+from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.models.loading import LoadedModel
 from rsp.tasks.base import Problem
@@ -103,19 +104,11 @@ def completion_logprobs(
     stored seed's RSP rows, then the completion right-padded; positions count only real tokens.
     """
     model = model or lm.model
-    batch = build_slotted_batch([p.ids for p in prompts], [p.insert_index(injection.position) for p in prompts],
-                                injection.length, pad_id=lm.pad_token_id)
+    batch, prompt_emb = embed_prompts(lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id, grad=True)
+    seq = append_continuations(lm.embed, batch, prompt_emb, completions, pad_id=lm.pad_token_id)
+    embeds, attn, position_ids = seq.embeds, seq.attention_mask, seq.position_ids
+    comp_ids, comp_mask, T = seq.continuation_ids, seq.continuation_mask, seq.continuation_ids.shape[1]
     device = lm.device
-    T = max(1, max(len(c) for c in completions))
-    comp_ids = torch.full((len(completions), T), lm.pad_token_id, dtype=torch.long)
-    comp_mask = torch.zeros((len(completions), T), dtype=torch.long)
-    for i, c in enumerate(completions):
-        comp_ids[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-        comp_mask[i, :len(c)] = 1
-    prompt_emb = injection.apply(lm.embed(batch.input_ids), batch, seeds)
-    embeds = torch.cat([prompt_emb, lm.embed(comp_ids)], dim=1)
-    attn = torch.cat([batch.attention_mask, comp_mask], dim=1).to(device)
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
     # Only the T positions that predict completion tokens go through the LM head: with a 49k-262k vocabulary
     # the full-sequence logits (and their autograd copies) dominated peak memory (9 GB at 16 x 280 tokens).
     logits = model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False,
