@@ -9,6 +9,11 @@
 #   bash scripts/findings.sh --print    # print every step's command line, in run order
 #
 # FINDINGS_JOBS (default 2) steps run at once; OMP_NUM_THREADS (default 1) threads each.
+#
+# The runs use a frozen copy of the code, runs/findings/code/src (git archive of the commit that was
+# HEAD at the first start, named in runs/findings/code/COMMIT), not the working tree: the map takes
+# hours and other work edits the checkout meanwhile, and every cell must come from one version of the
+# prompts, engine and grader. Delete runs/findings/code (and the cells it made) to move to newer code.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,5 +29,13 @@ case "${1:-run}" in
   run) ;;
   *) echo "usage: bash scripts/findings.sh [--print]" >&2; exit 2 ;;
 esac
+CODE="$ROOT/runs/findings/code"
+if [ ! -d "$CODE/src/rsp" ]; then
+  mkdir -p "$CODE"
+  git -C "$ROOT" archive HEAD src | tar -x -C "$CODE"
+  git -C "$ROOT" rev-parse HEAD > "$CODE/COMMIT"
+fi
+echo "[findings] code: $CODE/src at commit $(cat "$CODE/COMMIT")"
+export PYTHONPATH="$CODE/src${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec nice -n 19 python -m rsp.findings run --jobs "${FINDINGS_JOBS:-2}"

@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "commands":
         from rsp.findings.cells import steps
 
-        for step in steps():
-            print(step.command)
+        try:
+            for step in steps():
+                print(step.command)
+        except BrokenPipeError:  # `... --print | head`
+            pass
         return 0
     if args.cmd == "run":
         from rsp.findings.runner import run_all
