@@ -7,8 +7,9 @@ import itertools
 import pytest
 import torch
 
-from rsp.backends import HFBackend
+from rsp.backends.hook import RSPHandle
 from rsp.core import PromptTokens, RandomSoftPrompt
+from rsp.core.inputs import layout
 from rsp.tasks.base import Problem
 from rsp.train.config import DAPOConfig, DAPOConfigError
 from rsp.train.dapo import DAPOTrainer, completion_logprobs, group_advantages, overlong_penalty
@@ -23,15 +24,17 @@ def test_recomputed_logprobs_equal_rollout_logprobs_only_with_the_stored_rsp(tin
     injection = RandomSoftPrompt(tiny_lm.embedding_stats(), 4, scale=1.0)
     prompts = [_prompt(tiny_lm.tokenizer, t) for t in ("what is 2+3?", "hi", "compute 7*8 please")]
     seeds = [injection.seed_for(11, f"p{i}", i) for i in range(len(prompts))]
-    batch, embeds = HFBackend(tiny_lm).prepare(prompts, injection, seeds)
+    # The rollout goes through the hf engine's path (the attach hook over placeholder ids); the recomputation
+    # through rsp.core.inputs.embed_prompts: both fill the slots with the same code.
     torch.manual_seed(0)
-    with torch.no_grad():
-        out = tiny_lm.model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, do_sample=True,
+    with RSPHandle(tiny_lm, injection) as handle, handle.use_seeds(seeds), torch.no_grad():
+        batch = layout(prompts, injection, pad_id=0, placeholder_id=handle.placeholder_id)
+        out = tiny_lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=True,
                                      temperature=1.0, top_k=0, max_new_tokens=12, output_logits=True,
                                      return_dict_in_generate=True, eos_token_id=2, pad_token_id=0)
     rollout_logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
     completions, expected = [], []
-    for b, row in enumerate(out.sequences.tolist()):
+    for b, row in enumerate(out.sequences[:, batch.input_ids.shape[1]:].tolist()):
         n = row.index(2) + 1 if 2 in row else len(row)
         completions.append(row[:n])
         expected.append(torch.stack([rollout_logp[b, t, row[t]] for t in range(n)]))

@@ -9,8 +9,11 @@ carry no placeholder, pass through. The seeds of a `generate` call are drawn whe
 transformers has expanded the batch for `num_return_sequences`, so each returned row gets its own RSP;
 `handle.seeds` lists them in output order and `handle.use_seeds(seeds)` rebuilds them.
 
-An instance attribute wraps `model.generate` only to mark "a new call: draw fresh seeds" and to keep the
-placeholder id from ever being sampled; `detach` deletes it, so the class method shows through again.
+The placeholder is never sampled: a forward hook on the output head sets its logit to BANNED_LOGIT in
+every distribution the model gives while attached (generation, and the log-probs that training and
+analysis recompute, so both describe the same policy; the lean engine and the native trainer apply the
+same ban). An instance attribute wraps `model.generate` only to mark "a new call: draw fresh seeds";
+`detach` removes the hooks and deletes it, so the class method shows through again.
 """
 
 
@@ -34,16 +37,17 @@ from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
 Prompt = str | Messages | PromptTokens
 
 
-class _BanToken:
-    """Logits processor: the placeholder id is never sampled (duck-typed, so it never clashes with the
-    processors transformers builds from the generation config)."""
+BANNED_LOGIT = -1.0e4  # exp() of it underflows to 0 in every float type: never sampled, yet finite in a loss
 
-    def __init__(self, token_id: int) -> None:
-        self.token_id = token_id
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores[:, self.token_id] = -float("inf")
-        return scores
+def ban_token_in_logits(logits: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Set the logit column of `token_id` to BANNED_LOGIT (in place when autograd allows it)."""
+    try:
+        logits[..., token_id] = BANNED_LOGIT
+    except RuntimeError:  # e.g. an inference-mode tensor seen from outside it
+        logits = logits.clone()
+        logits[..., token_id] = BANNED_LOGIT
+    return logits
 
 
 def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -76,6 +80,10 @@ class RSPHandle:
         self._mask: torch.Tensor | None = None
         self.filler = SlotFiller(injection, self.placeholder_id, self._seeds_for, lambda: self._mask)
         self._handles = [self.model.get_input_embeddings().register_forward_hook(self.filler)]
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if head is not None:  # every distribution the model gives while attached excludes the placeholder
+            self._handles.append(head.register_forward_hook(
+                lambda module, args, output: ban_token_in_logits(output, self.placeholder_id)))
         if injection.changes_prompt_rows:
             self._handles.append(_hf_model(self.model).register_forward_pre_hook(self._capture_mask,
                                                                                  with_kwargs=True))
@@ -159,15 +167,11 @@ class RSPHandle:
         self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     def _generate(self, *args: Any, **kwargs: Any):
-        from transformers import LogitsProcessorList
-
         config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
         self._k = int(kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1)
-        processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-        processors.append(_BanToken(self.placeholder_id))
         self._in_generate, self._fresh = True, True
         try:
-            return self._original_generate(*args, logits_processor=processors, **kwargs)
+            return self._original_generate(*args, **kwargs)
         finally:
             self._in_generate, self._fresh = False, False
 

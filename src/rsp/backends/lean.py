@@ -16,6 +16,7 @@ import torch
 
 from rsp.backends.base import Completion, SamplingConfig
 from rsp.backends.hf import HFBackend
+from rsp.backends.hook import BANNED_LOGIT
 from rsp.backends.packed import WeightPacker
 from rsp.core.injection import Injection
 from rsp.core.inputs import positions_from_mask
@@ -90,7 +91,7 @@ def decode_loop(
     for step in range(sampling.max_new_tokens):
         scores = logits.float()
         if banned:
-            scores[:, banned] = -float("inf")
+            scores[:, banned] = BANNED_LOGIT
         if sampling.greedy:
             token = scores.argmax(-1)
         else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rsp.backends import HFBackend, SamplingConfig
+from rsp.backends.hook import ban_token_in_logits
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
 from rsp.core.inputs import append_continuations, embed_prompts
 from rsp.core.insert import PromptTokens
@@ -113,7 +114,7 @@ def completion_logprobs(
     # the full-sequence logits (and their autograd copies) dominated peak memory (9 GB at 16 x 280 tokens).
     logits = model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False,
                    logits_to_keep=T + 1).logits
-    logits = logits[:, :T].float() / temperature
+    logits = ban_token_in_logits(logits[:, :T].float(), lm.placeholder_id) / temperature  # as the rollout engine
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, comp_ids.to(device).unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():  # a logged statistic, not part of the loss: keep it out of the autograd graph
