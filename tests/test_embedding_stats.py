@@ -120,35 +120,77 @@ def test_stop_ids_fall_back_to_the_config_without_a_generation_config(tmp_path):
     assert 3 in lm.stop_token_ids  # from config.json's eos_token_id list
 
 
-def test_only_the_embedding_tensor_is_read(checkpoints, monkeypatch):
-    requested: list[str] = []
-    real = emb_mod.safe_open
+class ReadSpy:
+    """Stands in for safetensors.safe_open and records every tensor read: (how, key)."""
 
-    class Spy:
-        def __init__(self, *args, **kwargs):
-            self.inner = real(*args, **kwargs)
+    reads: list[tuple[str, str]] = []
+    real = staticmethod(emb_mod.safe_open)
 
-        def __enter__(self):
-            handle = self.inner.__enter__()
+    def __init__(self, *args, **kwargs):
+        self.inner = self.real(*args, **kwargs)
 
-            class Handle:
-                def __getattr__(self, name):
-                    return getattr(handle, name)
+    def __enter__(self):
+        handle, reads = self.inner.__enter__(), self.reads
 
-                def get_tensor(self, key):
-                    requested.append(key)
-                    return handle.get_tensor(key)
+        class Handle:
+            def __getattr__(self, name):
+                return getattr(handle, name)
 
-            return Handle()
+            def get_tensor(self, key):
+                reads.append(("tensor", key))
+                return handle.get_tensor(key)
 
-        def __exit__(self, *exc):
-            return self.inner.__exit__(*exc)
+            def get_slice(self, key):
+                inner = handle.get_slice(key)
 
-    monkeypatch.setattr(emb_mod, "safe_open", Spy)
+                class Slice:  # get_shape reads the header only; indexing reads rows
+                    def __getattr__(self, name):
+                        return getattr(inner, name)
+
+                    def __getitem__(self, index):
+                        reads.append(("slice", key))
+                        return inner[index]
+
+                return Slice()
+
+        return Handle()
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+
+@pytest.fixture
+def read_spy(monkeypatch):
+    ReadSpy.reads = []
+    monkeypatch.setattr(emb_mod, "safe_open", ReadSpy)
+    return ReadSpy.reads
+
+
+def test_only_the_embedding_tensor_is_read(checkpoints, read_spy):
     for kind in ("sharded", "untied"):
         embedding_stats(str(checkpoints[kind][0]))
-        load_embedding_model(str(checkpoints[kind][0]))
-    assert requested == ["model.embed_tokens.weight"] * 4
+        load_embedding_model(str(checkpoints[kind][0])).embed(torch.tensor([1, 2]))
+    assert {key for _, key in read_spy} == {"model.embed_tokens.weight"}
+    assert [how for how, _ in read_spy].count("tensor") == 4  # one full read per call, no more
+
+
+def test_the_table_is_not_held_until_something_needs_it(checkpoints, read_spy):
+    """vLLM's mixed prompts need only the statistics, the hidden size and the dtype: building them must not
+    read the table (the point of issue #12), and fitting statistics must not keep it."""
+    from conftest import chat_prompt
+
+    from rsp.backends.vllm import build_requests
+    from rsp.core import RandomSoftPrompt
+
+    em = load_embedding_model(str(checkpoints["gemma"][0]))
+    assert read_spy == [] and em._table is None
+    injection = RandomSoftPrompt(em.embedding_stats(), 3)
+    requests = build_requests(em, [chat_prompt(em, "hi")] * 2, injection, [1, 2], decode_seed=0, prompt_mode="mixed")
+    assert requests[0].prompt_embeds.shape[1] == em.hidden_size and em._table is None
+    assert em.embed_scale == checkpoints["gemma"][1].embed_scale  # from a 64-row slice, same number
+    assert ("tensor", "model.embed_tokens.weight") in read_spy  # the fit read it, transiently
+    em.embed(torch.tensor([5]))
+    assert em._table is not None
 
 
 def _write_checkpoint(folder, tensors: dict[str, torch.Tensor], config: dict | None = None):

@@ -4,8 +4,8 @@ Why: RSP injection needs only the input-embedding table (its statistics; row loo
 prompts), the tokenizer and the stop ids. An engine that holds its own copy of the weights (vLLM) was
 given a full HF model beside it just for these, doubling the host memory (issue #12).
 `EmbeddingModel` has the attributes the vLLM backend and the injection methods read from a
-`LoadedModel`, but holds the embedding table alone; `embedding_stats` fits the RSP statistics from the
-checkpoint reading that one tensor (`safe_open(...).get_tensor` of its key, nothing else).
+`LoadedModel`, but holds at most the embedding table (read when first needed); `embedding_stats` fits
+the RSP statistics from the checkpoint reading that one tensor (`safe_open` of its key, nothing else).
 
 The numbers are the loaded model's, not an approximation of them: the table is cast to the same dtype
 that `load_model` casts it to, Gemma's sqrt(hidden_size) scale is applied as transformers'
@@ -151,18 +151,39 @@ def find_embedding_tensor(location: str, config: dict | None = None,
     return ckpt.required(keys[candidates[0]]), candidates[0]
 
 
+@dataclass(frozen=True)
+class EmbeddingTensor:
+    """Where a checkpoint's input-embedding table is, its (V, d) shape, and the dtype it is read into."""
+
+    path: Path
+    key: str
+    shape: tuple[int, int]
+    dtype: torch.dtype
+
+    def read(self, rows: int | None = None) -> torch.Tensor:
+        """The table (or its first `rows` rows), cast with the rounding `load_model` applies for its dtype."""
+        with safe_open(str(self.path), framework="pt") as handle:
+            raw = handle.get_tensor(self.key) if rows is None else handle.get_slice(self.key)[:rows]
+        return raw.to(self.dtype)
+
+
+def locate_embedding_table(location: str, *, dtype: torch.dtype, config: dict | None = None,
+                           tensor_name: str | None = None) -> EmbeddingTensor:
+    """Find and check the input-embedding tensor, reading only the safetensors headers."""
+    path, key = find_embedding_tensor(location, config, tensor_name)
+    shape = _shape(path, key)
+    if len(shape) != 2:
+        raise ModelLoadError(f"{key} in {path} has shape {shape}, not (vocab, hidden)")
+    hidden = _text_config(config or {}).get("hidden_size")
+    if hidden and shape[1] != hidden:
+        raise ModelLoadError(f"{key} in {path} has width {shape[1]} but the config says hidden_size {hidden}")
+    return EmbeddingTensor(path, key, (int(shape[0]), int(shape[1])), dtype)
+
+
 def read_embedding_table(location: str, *, dtype: torch.dtype, config: dict | None = None,
                          tensor_name: str | None = None) -> torch.Tensor:
     """The (V, d) input-embedding table in `dtype`, reading only that tensor from the checkpoint."""
-    path, key = find_embedding_tensor(location, config, tensor_name)
-    with safe_open(str(path), framework="pt") as handle:
-        table = handle.get_tensor(key)
-    if table.dim() != 2:
-        raise ModelLoadError(f"{key} in {path} has shape {tuple(table.shape)}, not (vocab, hidden)")
-    hidden = _text_config(config or {}).get("hidden_size")
-    if hidden and table.shape[1] != hidden:
-        raise ModelLoadError(f"{key} in {path} has width {table.shape[1]} but the config says hidden_size {hidden}")
-    return table.to(dtype)  # the same rounding load_model applies when it casts to its dtype
+    return locate_embedding_table(location, dtype=dtype, config=config, tensor_name=tensor_name).read()
 
 
 def _scale_tensor(config: dict, dtype: torch.dtype) -> torch.Tensor | None:
@@ -183,9 +204,13 @@ class EmbeddingModel:
     Stands in for `LoadedModel` where the transformer itself is never run here (the vLLM engine loads
     its own copy of the weights). It has no `model`: `vocab_rows`, `hidden_size` and `config` answer
     what callers otherwise read from it.
+
+    The table is read on first use only (`embed`, i.e. `embeds` prompts and the token controls), and a
+    statistics fit without it reads it transiently: vLLM's default mixed prompts need neither, so with
+    cached statistics (packaged and GGUF models) nothing of the weights is held here at all.
     """
 
-    table: torch.Tensor  # (V, d), raw (unscaled) in the model dtype, on the CPU
+    tensor: EmbeddingTensor
     tokenizer: object
     name: str
     source: str
@@ -195,27 +220,40 @@ class EmbeddingModel:
     pad_token_id: int
     scale: torch.Tensor | None = None  # Gemma: sqrt(hidden_size) as a 0-d tensor in the model dtype
     stats_cache_dir: Path | None = None
-    embed_scale: float = field(init=False)
+    _table: torch.Tensor | None = field(default=None, repr=False)
+    _embed_scale: float | None = field(default=None, repr=False)
     _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self) -> None:
-        self.embed_scale = probe_embed_scale(self.table, self.embed)
+    @property
+    def table(self) -> torch.Tensor:
+        """(V, d), raw (unscaled) in the model dtype, on the CPU; read from the checkpoint on first use."""
+        if self._table is None:
+            self._table = self.tensor.read()
+        return self._table
+
+    @property
+    def embed_scale(self) -> float:
+        """`measure_embed_scale`'s number, from the same first 64 rows (read alone if the table is not)."""
+        if self._embed_scale is None:
+            rows = self._table[:64] if self._table is not None else self.tensor.read(64)
+            self._embed_scale = probe_embed_scale(rows, lambda ids: _lookup(rows, self.scale, ids))
+        return self._embed_scale
 
     @property
     def device(self) -> torch.device:
-        return self.table.device
+        return torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.table.dtype
+        return self.tensor.dtype
 
     @property
     def hidden_size(self) -> int:
-        return int(self.table.shape[1])
+        return self.tensor.shape[1]
 
     @property
     def vocab_rows(self) -> int:
-        return int(self.table.shape[0])
+        return self.tensor.shape[0]
 
     @property
     def has_chat_template(self) -> bool:
@@ -231,7 +269,8 @@ class EmbeddingModel:
         if key not in self._stats:
             self._stats[key] = cached_stats(
                 self.stats_cache_dir, rows, mean_mode,
-                lambda: fit_embedding_stats(self.table, embed_scale=self.embed_scale, rows=rows,
+                lambda: fit_embedding_stats(self._table if self._table is not None else self.tensor.read(),
+                                            embed_scale=self.embed_scale, rows=rows,
                                             num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
                                             mean_mode=mean_mode))
         return self._stats[key]
@@ -277,7 +316,8 @@ def embedding_stats(path_or_id: str, *, rows: RowSelection = "all", mean_mode: M
 def load_embedding_model(spec: str = "smollm2-135m-instruct", *, dtype: str = "auto",
                          cache_dir: str | Path | None = None, tensor_name: str | None = None) -> EmbeddingModel:
     """Tokenizer, stop ids and input-embedding table of `spec` (anything `load_model` takes), on the CPU,
-    without the transformer's weights: the injection side of an engine that loads the model itself."""
+    without the transformer's weights: the injection side of an engine that loads the model itself.
+    Only safetensors headers are read here; the table itself when first needed (`EmbeddingModel`)."""
     from transformers import AutoConfig
 
     torch_dtype = resolve_dtype(dtype)
@@ -288,12 +328,12 @@ def load_embedding_model(spec: str = "smollm2-135m-instruct", *, dtype: str = "a
         hf_config = AutoConfig.from_pretrained(location)
     except OSError as exc:
         raise ModelLoadError(f"could not load the tokenizer or config of {spec!r} from {location}: {exc}") from exc
-    table = read_embedding_table(location, dtype=torch_dtype, config=config, tensor_name=tensor_name)
+    tensor = locate_embedding_table(location, dtype=torch_dtype, config=config, tensor_name=tensor_name)
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     return EmbeddingModel(
-        table=table,
+        tensor=tensor,
         tokenizer=tokenizer,
         name=spec,
         source=source,
