@@ -104,6 +104,7 @@ def test_embedding_model_matches_the_loaded_model(checkpoints, kind):
     assert (em.embed_scale, em.stop_token_ids, em.pad_token_id, em.hidden_size, em.vocab_rows, em.dtype) == \
            (lm.embed_scale, lm.stop_token_ids, lm.pad_token_id, lm.hidden_size, lm.vocab_rows, lm.dtype)
     assert em.device == torch.device("cpu") and em.has_chat_template == lm.has_chat_template
+    assert em.placeholder_id == lm.placeholder_id
     assert em.location == lm.location and em.config.max_position_embeddings == lm.config.max_position_embeddings
     got, want = em.embedding_stats(rows="tokens"), lm.embedding_stats(rows="tokens")
     assert torch.equal(got.mean, want.mean) and got.std == want.std and got.rows_used == want.rows_used

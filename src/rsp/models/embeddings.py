@@ -26,6 +26,7 @@ from rsp.core.stats import EmbeddingStats, MeanMode, RowSelection, fit_embedding
 from rsp.models.loading import (
     ModelLoadError,
     cached_stats,
+    choose_placeholder,
     load_tokenizer,
     probe_embed_scale,
     resolve_dtype,
@@ -258,6 +259,11 @@ class EmbeddingModel:
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def placeholder_id(self) -> int:
+        """The slot-marking token id `LoadedModel.placeholder_id` picks (`choose_placeholder`)."""
+        return choose_placeholder(self.tokenizer, self.vocab_rows, self.stop_token_ids)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Effective input embeddings (table lookup times any model-specific scale) for token ids."""
