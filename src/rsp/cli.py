@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-PLUGINS = ("rsp.analysis.cli", "rsp.baselines.cli", "rsp.train.cli")
+PLUGINS = ("rsp.analysis.cli", "rsp.baselines.cli", "rsp.train.cli", "rsp.server.cli")
 
 
 def _csv(text: str) -> tuple[str, ...]:

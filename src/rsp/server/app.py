@@ -1,0 +1,510 @@
+"""The FastAPI application behind `rsp serve`: OpenAI routes in front of the dynamic batcher.
+
+Why this shape: everything that can be refused is refused in the request handler, before a row is
+queued (schema, limits, model name, prompt length), so the worker thread only ever sees work it can
+run, and a bad request costs no engine time and cannot take the server down. Handlers run on the event
+loop; the `Generator` is touched only by the batcher's worker thread, except for tokenising, which uses
+a private copy of the tokenizer (a fast tokenizer shared across threads can fail with "Already
+borrowed") through the same `tokenize_prompt` the library uses, and for building an injection the first
+time its settings are seen (`Generator.injection`, cached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hmac
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rsp.backends import SamplingConfig
+from rsp.core.insert import PromptTokens
+from rsp.core.seeds import derive_seed
+from rsp.generation import RSPConfig, context_limit
+from rsp.server.batcher import Batcher, Job, RowResult, ServerClosing, group_key
+from rsp.server.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
+from rsp.tasks.base import TaskError
+from rsp.tasks.prompts import tokenize_prompt
+
+log = logging.getLogger("rsp.server")
+MAX_STOP_CHARS = 256
+
+
+@dataclass
+class ServeConfig:
+    """Server settings (the `rsp serve` flags)."""
+
+    model_name: str  # the only value a request's `model` field may have
+    rsp: RSPConfig | None = field(default_factory=RSPConfig)  # injected when a request has no `rsp` field
+    seed: int = 0  # derives the request seed of requests without `seed`, and mixed batches' decoding seeds
+    max_batch_size: int = 32
+    batch_wait_ms: float = 5.0
+    max_n: int = 64
+    max_tokens_limit: int = 1024
+    max_prompts: int = 32
+    max_body_bytes: int = 1 << 20
+    max_rsp_length: int = 64
+    api_key: str | None = None
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+class Gate:
+    """ASGI middleware: bearer-token check (every route but /health), early body-size refusal, and one
+    log line per request (written when its response has been sent, so streams log their real end)."""
+
+    def __init__(self, app: Any, config: ServeConfig) -> None:
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        info: dict[str, Any] = {}
+        scope.setdefault("state", {})["rsp"] = info
+        status: list[int | None] = [None]
+
+        async def send_logged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            err = self.refuse(scope["path"], headers)
+            if err is not None:
+                info["error"] = err.code
+                await error_response(err)(scope, receive, send_logged)
+                return
+            await self.app(scope, receive, send_logged)
+        finally:
+            code = status[0] if status[0] is not None else info.get("status", 499)
+            extra = " ".join(f"{k}={v}" for k, v in info.items() if k != "status")
+            log.info("%s %s %s %.2fs %s", scope.get("method"), scope["path"], code, time.monotonic() - start,
+                     extra)
+
+    def refuse(self, path: str, headers: dict[str, str]) -> APIError | None:
+        key = self.config.api_key
+        if key and path != "/health":
+            auth = headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                what = "missing" if not auth else "invalid"
+                return APIError(401, f"{what} API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return APIError(400, "invalid Content-Length header", code="invalid_request")
+            if int(length) > self.config.max_body_bytes:
+                return APIError(413, f"request body of {length} bytes exceeds the server's limit of "
+                                     f"{self.config.max_body_bytes} bytes", code="body_too_large")
+        return None
+
+
+class Channel:
+    """Carries one job's row results from the worker thread into the event loop."""
+
+    def __init__(self, rows: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[RowResult] = asyncio.Queue()
+        self.rows = rows
+
+    def sink(self, result: RowResult) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, result)
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Returns when the client has gone (the body is already read, so the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body exceeds the server's limit of {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+
+
+class RSPServer:
+    """Request handling shared by both generation routes."""
+
+    def __init__(self, generator: Any, config: ServeConfig) -> None:
+        self.generator = generator
+        self.config = config
+        self.tokenizer = copy.deepcopy(generator.lm.tokenizer)  # used on the event loop only
+        self.batcher = Batcher(generator, max_batch_size=config.max_batch_size,
+                               batch_wait_s=config.batch_wait_ms / 1000, seed=config.seed)
+        self.requests = itertools.count()
+        self.created = int(time.time())
+        self.context = context_limit(generator.lm)
+        self.placeholder = getattr(generator.lm, "placeholder_id", None)
+        rows = getattr(generator.lm, "vocab_rows", None)
+        self.vocab = min(len(self.tokenizer), rows) if rows else len(self.tokenizer)
+        self.can_score = getattr(generator.lm, "model", None) is not None
+
+    # ------------------------------------------------------------------ request -> job
+    def rsp_config(self, req: Any) -> RSPConfig | None:
+        if "rsp" not in req.model_fields_set:
+            return self.config.rsp
+        if req.rsp is None:
+            return None
+        base = self.config.rsp or RSPConfig()
+        changes = {k: v for k, v in req.rsp.model_dump().items() if v is not None}
+        if "method" in changes and changes["method"] != base.method:
+            changes["options"] = {}  # the server's method options (e.g. a soft-prompt file) stay with its method
+        cfg = replace(base, **changes)
+        if cfg.length > self.config.max_rsp_length:
+            raise APIError(400, f"rsp.length {cfg.length} exceeds the server's limit of "
+                                f"{self.config.max_rsp_length}", param="rsp.length", code="rsp_too_long")
+        return cfg
+
+    def check_limits(self, req: Any, prompts: int, max_tokens: int | None) -> None:
+        for name, why in req.unsupported():
+            raise APIError(400, why, param=name, code="unsupported_parameter")
+        if req.model != self.config.model_name:
+            raise APIError(404, f"model {req.model!r} is not served here; this server serves "
+                                f"{self.config.model_name!r}", param="model", code="model_not_found")
+        if req.n > self.config.max_n:
+            raise APIError(400, f"n = {req.n} exceeds the server's limit of {self.config.max_n}", param="n",
+                           code="n_too_large")
+        if prompts > self.config.max_prompts:
+            raise APIError(400, f"{prompts} prompts exceed the server's limit of {self.config.max_prompts} per "
+                                "request", param="prompt", code="too_many_prompts")
+        if max_tokens is not None and max_tokens > self.config.max_tokens_limit:
+            raise APIError(400, f"max_tokens = {max_tokens} exceeds the server's limit of "
+                                f"{self.config.max_tokens_limit}", param="max_tokens", code="max_tokens_too_large")
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise APIError(400, f"each stop string must have 1 to {MAX_STOP_CHARS} characters", param="stop",
+                           code="invalid_value")
+
+    def check_tokens(self, prompts: Sequence[PromptTokens]) -> None:
+        for i, p in enumerate(prompts):
+            if not p.ids:
+                raise APIError(400, f"prompt {i} is empty", param="prompt", code="empty_prompt")
+            bad = [t for t in p.ids if not 0 <= t < self.vocab]
+            if bad:
+                raise APIError(400, f"prompt {i}: token id {bad[0]} is outside the vocabulary (0..{self.vocab - 1})",
+                               param="prompt", code="invalid_token")
+            if self.placeholder is not None and self.placeholder in p.ids:
+                name = self.tokenizer.decode([self.placeholder], skip_special_tokens=False)
+                raise APIError(400, f"prompt {i} contains token {self.placeholder} ({name!r}), which the server "
+                                    "reserves to mark the injected vectors", param="prompt", code="reserved_token")
+
+    def make_job(self, kind: str, req: Any, prompts: list[PromptTokens], max_tokens: int | None,
+                 logprobs: int | None, echo: bool, channel_rows: int) -> tuple[Job, Channel, RSPConfig | None]:
+        self.check_tokens(prompts)
+        cfg = self.rsp_config(req)
+        try:
+            injection = self.generator.injection(cfg)
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+            raise APIError(400, f"rsp: {exc}", param="rsp", code="invalid_rsp") from None
+        longest = max(len(p.ids) for p in prompts) + injection.length
+        if max_tokens is None:  # chat without a limit: whatever the context leaves, within the server's cap
+            room = (self.context - longest) if self.context else self.config.max_tokens_limit
+            max_tokens = max(1, min(self.config.max_tokens_limit, room))
+        if self.context and longest + max_tokens > self.context:
+            raise APIError(400, f"this request needs {longest} prompt tokens (with {injection.length} injected "
+                                f"vectors) + {max_tokens} new tokens = {longest + max_tokens}, over the model's "
+                                f"context of {self.context} tokens; shorten the prompt or lower max_tokens",
+                           param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+        if logprobs is not None and not self.can_score:
+            raise APIError(400, f"logprobs are not available with the {self.generator.engine} engine",
+                           param="logprobs", code="unsupported_parameter")
+        top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+        sampling = SamplingConfig(temperature=1.0 if req.temperature is None else req.temperature,
+                                  top_p=1.0 if req.top_p is None else req.top_p, top_k=top_k,
+                                  min_p=req.min_p or 0.0, max_new_tokens=max_tokens)
+        try:
+            sampling.validate()
+        except ValueError as exc:
+            raise APIError(422, str(exc), code="invalid_value") from None
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        seed = req.seed if req.seed is not None else derive_seed(self.config.seed, "request", next(self.requests))
+        channel = Channel(channel_rows)
+        prefix = "chatcmpl" if kind == "chat" else "cmpl"
+        key = cfg.key() if cfg is not None else None
+        job = Job(f"{prefix}-{uuid.uuid4().hex[:24]}", prompts, req.n, injection,
+                  group_key(key, sampling, stop), sampling, stop, seed, channel.sink, logprobs=logprobs, echo=echo)
+        return job, channel, cfg
+
+    # ------------------------------------------------------------------ running a job
+    def submit(self, job: Job) -> None:
+        try:
+            self.batcher.submit(job)
+        except ServerClosing as exc:
+            raise APIError(503, str(exc), code="shutting_down") from None
+
+    async def collect(self, request: Request, job: Job, channel: Channel) -> list[RowResult] | None:
+        """All rows of the job, or None when the client went away first (its queued rows are dropped)."""
+        results: list[RowResult | None] = [None] * job.rows
+        gone = asyncio.ensure_future(wait_for_disconnect(request))
+        try:
+            for _ in range(job.rows):
+                getter = asyncio.ensure_future(channel.queue.get())
+                done, _pending = await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    self.batcher.cancel(job)
+                    return None
+                res = getter.result()
+                results[res.index] = res
+        finally:
+            gone.cancel()
+        return [r for r in results if r is not None]
+
+    def describe(self, job: Job, info: dict, cfg: RSPConfig | None, results: Sequence[RowResult]) -> None:
+        info.update(id=job.id, n=job.n, prompts=len(job.prompts), rows=job.rows,
+                    rsp=f"{cfg.method}/L{cfg.length}" if cfg else "none", seed=job.seed,
+                    tokens=f"{sum(len(p.ids) for p in job.prompts)}+"
+                           f"{sum(len(r.completion.token_ids) for r in results if r.completion)}")
+        sizes = sorted({(r.batch, r.batch_rows, r.batch_jobs) for r in results if r.batch is not None})
+        info["batches"] = ",".join(f"#{b}:{rows}rows/{jobs}req" for b, rows, jobs in sizes) or "-"
+
+
+def first_error(results: Sequence[RowResult]) -> APIError | None:
+    for r in results:
+        if r.error is not None:
+            return APIError(500, f"generation failed: {type(r.error).__name__}: {r.error}", code="generation_error")
+    return None
+
+
+def sse(payload: Any) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def create_app(generator: Any, config: ServeConfig) -> FastAPI:
+    """The ASGI app around a loaded `rsp.Generator` (or anything with its `run`, `injection`, `lm`)."""
+    server = RSPServer(generator, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.batcher.start()
+        log.info("serving %r (engine %s, rsp %s) with batches of up to %d rows", config.model_name,
+                 getattr(generator, "engine", "?"), config.rsp.key() if config.rsp else None, config.max_batch_size)
+        try:
+            yield
+        finally:
+            log.info("shutting down: finishing %d queued rows", server.batcher.queued)
+            await asyncio.get_running_loop().run_in_executor(None, server.batcher.close)
+            log.info("stopped after %d batches, %d rows", server.batcher.batches_run, server.batcher.rows_run)
+
+    app = FastAPI(title="rsp serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        request.state.rsp["error"] = exc.code
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(APIError(exc.status_code, str(exc.detail), code=code))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
+
+    def model_card() -> dict:
+        cfg = config.rsp
+        return {"id": config.model_name, "object": "model", "created": server.created, "owned_by": "rsp",
+                "engine": getattr(generator, "engine", None), "max_model_len": server.context,
+                "rsp": None if cfg is None else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale,
+                                                 "position": cfg.position}}
+
+    @app.get("/health")
+    async def health() -> dict:
+        b = server.batcher
+        return {"status": "ok", "queued_rows": b.queued, "busy": b.busy, "batches": b.batches_run,
+                "rows": b.rows_run, "rows_dropped": b.rows_dropped}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict:
+        if name != config.model_name:
+            raise APIError(404, f"model {name!r} is not served here", param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        req = parse_request(CompletionRequest, await read_json(request, config.max_body_bytes))
+        raw = req.prompt
+        if isinstance(raw, str):
+            texts: list[Any] = [raw]
+        elif raw and all(isinstance(t, int) for t in raw):
+            texts = [raw]
+        else:
+            texts = list(raw)
+        server.check_limits(req, len(texts), req.max_tokens)
+        prompts = [PromptTokens(tuple(t), len(t)) if isinstance(t, list) else
+                   tokenize_prompt(server.tokenizer, t, chat=False) for t in texts]
+        job, channel, cfg = server.make_job("completion", req, prompts, req.max_tokens, req.logprobs, req.echo,
+                                            len(prompts) * req.n)
+        echoes = [t if isinstance(t, str) else server.tokenizer.decode(list(t)) for t in texts] if req.echo else None
+
+        def choice(r: RowResult) -> dict:
+            assert r.completion is not None
+            p = r.index // job.n
+            text = (echoes[p] if echoes else "") + r.completion.text
+            return {"index": r.index, "text": text, "logprobs": completion_logprobs(server.tokenizer, r),
+                    "finish_reason": r.completion.finish_reason, "rsp_seed": r.rsp_seed, "decode_seed": r.decode_seed}
+
+        head = {"object": "text_completion", "model": config.model_name, "system_fingerprint": None}
+        return await respond(request, job, channel, cfg, req, head, choice, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req = parse_request(ChatCompletionRequest, await read_json(request, config.max_body_bytes))
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        server.check_limits(req, 1, max_tokens)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        try:
+            prompts = [tokenize_prompt(server.tokenizer, messages)]
+        except (TaskError, ValueError, TypeError) as exc:  # no template, or the template refused the turns
+            raise APIError(400, f"messages: {exc}", param="messages", code="invalid_messages") from None
+        except Exception as exc:  # jinja2 errors raised by the template itself
+            raise APIError(400, f"messages: the chat template refused them: {exc}", param="messages",
+                           code="invalid_messages") from None
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        job, channel, cfg = server.make_job("chat", req, prompts, max_tokens, top, False, req.n)
+
+        def choice(r: RowResult) -> dict:
+            assert r.completion is not None
+            return {"index": r.index, "message": {"role": "assistant", "content": r.completion.text},
+                    "logprobs": chat_logprobs(server.tokenizer, r), "finish_reason": r.completion.finish_reason,
+                    "rsp_seed": r.rsp_seed, "decode_seed": r.decode_seed}
+
+        head = {"object": "chat.completion", "model": config.model_name, "system_fingerprint": None}
+        return await respond(request, job, channel, cfg, req, head, choice, chat=True)
+
+    async def respond(request: Request, job: Job, channel: Channel, cfg: RSPConfig | None, req: Any, head: dict,
+                      choice: Any, *, chat: bool) -> Response:
+        info = request.state.rsp
+        created = int(time.time())
+        rsp_field = None if cfg is None else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale,
+                                              "position": cfg.position}
+        prompt_tokens = sum(len(p.ids) for p in job.prompts)
+        server.submit(job)
+        if not req.stream:
+            results = await server.collect(request, job, channel)
+            if results is None:  # nothing is sent; 499 (nginx's "client closed request") is for the log
+                server.describe(job, info, cfg, [])
+                info.update(status=499, client="gone")
+                return Response(status_code=499)
+            server.describe(job, info, cfg, results)
+            err = first_error(results)
+            if err is not None:
+                raise err
+            completion_tokens = sum(len(r.completion.token_ids) for r in results if r.completion)
+            body = {"id": job.id, **head, "created": created, "choices": [choice(r) for r in results],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens},
+                    "seed": job.seed, "rsp": rsp_field}
+            return JSONResponse(body)
+
+        chunk_head = {"id": job.id, "object": "chat.completion.chunk" if chat else "text_completion",
+                      "created": created, "model": config.model_name, "system_fingerprint": None}
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[str]:
+            got: list[RowResult] = []
+            failed = False
+            try:
+                while len(got) < job.rows:
+                    r = await channel.queue.get()
+                    got.append(r)
+                    if r.error is not None:
+                        err = first_error([r])
+                        assert err is not None
+                        info["error"] = err.code
+                        yield sse(err.body())
+                        failed = True
+                        break
+                    c = choice(r)
+                    extra = {"seed": job.seed, "rsp": rsp_field}
+                    if chat:
+                        message = c.pop("message")
+                        yield sse({**chunk_head, **extra, "choices": [
+                            {"index": r.index, "delta": message, "logprobs": c["logprobs"], "finish_reason": None}]})
+                        c["delta"] = {}
+                        c["logprobs"] = None
+                    yield sse({**chunk_head, **extra, "choices": [c]})
+                if include_usage and not failed:
+                    done = sum(len(r.completion.token_ids) for r in got if r.completion)
+                    yield sse({**chunk_head, "choices": [], "usage": {
+                        "prompt_tokens": prompt_tokens, "completion_tokens": done,
+                        "total_tokens": prompt_tokens + done}})
+                yield "data: [DONE]\n\n"
+            finally:
+                if len(got) < job.rows and not failed:
+                    server.batcher.cancel(job)
+                    info["client"] = "gone"
+                server.describe(job, info, cfg, got)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return Gate(app, config)  # type: ignore[return-value]
+
+
+def token_text(tokenizer: Any, token: int) -> str:
+    return tokenizer.decode([token], skip_special_tokens=False)
+
+
+def completion_logprobs(tokenizer: Any, r: RowResult) -> dict | None:
+    """OpenAI completions shape: tokens, token_logprobs, top_logprobs, text_offset."""
+    lp = r.logprobs
+    if lp is None:
+        return None
+    tokens = [token_text(tokenizer, t) for t in lp.token_ids]
+    offsets, pos = [], 0
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    tops = [None if v is None else {token_text(tokenizer, i): p for i, p in top}
+            for v, top in zip(lp.logprobs, lp.top, strict=True)]
+    return {"tokens": tokens, "token_logprobs": list(lp.logprobs), "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(tokenizer: Any, r: RowResult) -> dict | None:
+    """OpenAI chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    lp = r.logprobs
+    if lp is None:
+        return None
+
+    def entry(token: int, value: float) -> dict:
+        text = token_text(tokenizer, token)
+        return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**entry(t, v if v is not None else 0.0), "top_logprobs": [entry(i, p) for i, p in top]}
+                        for t, v, top in zip(lp.token_ids, lp.logprobs, lp.top, strict=True)]}

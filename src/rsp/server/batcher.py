@@ -1,0 +1,266 @@
+"""Dynamic batching: one worker thread owns the `Generator`; concurrent requests share engine batches.
+
+Why: an engine batch of 16 rows costs little more than a batch of 1 on a CPU (and far less than 16
+batches on any device), while each HTTP request usually carries one or a few attempts. Every request
+becomes a `Job` of rows (one per attempt); the worker takes the oldest queued row, waits at most
+`batch_wait_s` for more rows that can share its batch (same injection, sampling settings and stop
+strings: one `Generator.run` call takes one of each), and runs up to `max_batch_size` of them in arrival
+order. A cancelled job (its client went away) loses its queued rows before they cost anything; a row
+already inside a running batch finishes with it.
+
+Seeds: a job with request seed `s` gives attempt `a` of its prompt `p` the injection seed
+`injection.seed_for(s, str(p), a)`, exactly what `rsp.generate(model, prompts, n=n, seed=s)` gives. The
+decoding seed of a batch holding exactly one whole job is `decode_seed_for(s, ...)` of `rsp.generate`'s
+first batch, so such a request (alone in its batch) reproduces `rsp.generate` even when sampling;
+a batch mixing jobs decodes with a seed derived from the server seed and the batch number.
+
+Failure isolation: when a shared batch raises, each job in it is retried alone, so only the job whose
+rows fail gets the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rsp.backends import Completion, SamplingConfig
+from rsp.core.injection import Injection
+from rsp.core.insert import PromptTokens
+from rsp.core.seeds import derive_seed
+from rsp.generation import WorkBatch, decode_seed_for
+from rsp.server.logprobs import TokenLogprobs, score_row
+
+log = logging.getLogger("rsp.server")
+
+
+class ServerClosing(RuntimeError):
+    """The server is draining for shutdown and takes no new work."""
+
+
+@dataclass
+class RowResult:
+    """One finished attempt (or its error), handed to the job's sink from the worker thread."""
+
+    index: int
+    completion: Completion | None
+    rsp_seed: int | None
+    decode_seed: int | None
+    batch: int | None
+    batch_rows: int
+    batch_jobs: int
+    logprobs: TokenLogprobs | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)  # identity: a job is one request
+class Job:
+    """One request's rows. `prompts[p]` is attempted `n` times; choice index = p * n + a."""
+
+    id: str
+    prompts: Sequence[PromptTokens]
+    n: int
+    injection: Injection
+    group: tuple  # what rows must share to be batched together (injection, sampling, stop)
+    sampling: SamplingConfig
+    stop: tuple[str, ...]
+    seed: int
+    sink: Callable[[RowResult], None]
+    logprobs: int | None = None  # top-k count; None: no log-probs
+    echo: bool = False
+    cancelled: bool = False
+    batches: list[int] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.n
+
+    def rsp_seed(self, index: int) -> int | None:
+        p, a = divmod(index, self.n)
+        return self.injection.seed_for(self.seed, str(p), a)
+
+
+@dataclass
+class Row:
+    job: Job
+    index: int
+    enqueued: float
+
+
+def group_key(injection_key: tuple | None, sampling: SamplingConfig, stop: Sequence[str]) -> tuple:
+    return (injection_key, sampling, tuple(stop))
+
+
+class Batcher:
+    """The queue and its worker thread. `generator` needs `run(...)` (a `rsp.Generator`) and `lm` for
+    log-probs. `submit` and `cancel` may be called from any thread; sinks run on the worker thread."""
+
+    def __init__(self, generator: Any, *, max_batch_size: int = 32, batch_wait_s: float = 0.005,
+                 seed: int = 0) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.generator = generator
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = max(0.0, batch_wait_s)
+        self.seed = seed
+        self._pending: list[Row] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.batches_run = 0
+        self.rows_run = 0
+        self.rows_dropped = 0
+        self.busy = False
+
+    # ------------------------------------------------------------------ client side
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rsp-batcher", daemon=True)
+            self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if self._closing:
+                raise ServerClosing("the server is shutting down")
+            self._pending.extend(Row(job, i, now) for i in range(job.rows))
+            self._cond.notify_all()
+
+    def cancel(self, job: Job) -> int:
+        """Drop the job's queued rows; returns how many were dropped (rows already running finish)."""
+        with self._cond:
+            job.cancelled = True
+            before = len(self._pending)
+            self._pending = [r for r in self._pending if r.job is not job]
+            dropped = before - len(self._pending)
+            self.rows_dropped += dropped
+        if dropped:
+            log.info("job %s cancelled (client gone): dropped %d queued rows", job.id, dropped)
+        return dropped
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no new jobs, finish every queued row, stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ worker
+    def _take(self) -> list[Row] | None:
+        """The next batch: the oldest row's group, once it fills or the oldest row has waited long enough."""
+        with self._cond:
+            while True:
+                if not self._pending:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                head = self._pending[0]
+                same = sum(1 for r in self._pending if r.job.group == head.job.group)
+                left = head.enqueued + self.batch_wait_s - time.monotonic()
+                if same >= self.max_batch_size or left <= 0 or self._closing:
+                    break
+                self._cond.wait(left)
+            taken, kept = [], []
+            for r in self._pending:
+                if r.job.group == head.job.group and len(taken) < self.max_batch_size:
+                    taken.append(r)
+                else:
+                    kept.append(r)
+            self._pending = kept
+            self.busy = True
+            return taken
+
+    def _loop(self) -> None:
+        while True:
+            rows = self._take()
+            if rows is None:
+                return
+            try:
+                if rows:
+                    self._run(rows)
+            except Exception as exc:  # the worker must survive anything a batch does
+                log.exception("batch failed outside the engine call")
+                for r in rows:
+                    self._deliver(r.job, RowResult(r.index, None, None, None, None, 0, 0, error=exc))
+            finally:
+                with self._cond:
+                    self.busy = False
+
+    def _run(self, rows: list[Row]) -> None:
+        rows = [r for r in rows if not r.job.cancelled]
+        if not rows:
+            return
+        self.batches_run += 1
+        batch_id = self.batches_run
+        jobs = list(dict.fromkeys(r.job for r in rows))
+        start = time.monotonic()
+        try:
+            results = self._generate(rows, batch_id)
+        except Exception as exc:
+            if len(jobs) == 1:
+                log.warning("batch %d failed (%s): %s", batch_id, jobs[0].id, exc)
+                for r in rows:
+                    self._deliver(r.job, RowResult(r.index, None, r.job.rsp_seed(r.index), None, batch_id,
+                                                   len(rows), 1, error=exc))
+                return
+            log.warning("batch %d of %d jobs failed (%s); retrying each job alone", batch_id, len(jobs), exc)
+            for job in jobs:
+                self._run([r for r in rows if r.job is job])
+            return
+        seconds = time.monotonic() - start
+        self.rows_run += len(rows)
+        first = rows[0].job
+        log.info("batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s", batch_id, len(rows),
+                 len(jobs), first.injection.name, first.sampling.max_new_tokens, seconds)
+        for job in jobs:
+            job.batches.append(batch_id)
+        for r, res in zip(rows, results, strict=True):
+            self._deliver(r.job, res)
+
+    def _generate(self, rows: list[Row], batch_id: int) -> list[RowResult]:
+        job = rows[0].job
+        jobs = {id(r.job) for r in rows}
+        whole = len(jobs) == 1 and len(rows) == job.rows
+        if whole:  # rsp.generate's first batch: reproduces it when this request runs alone
+            decode_seed = decode_seed_for(job.seed, WorkBatch(job.injection.name, 0, 0, ()))
+        else:
+            decode_seed = derive_seed(self.seed, "serve-decode", batch_id)
+        prompts = [r.job.prompts[r.index // r.job.n] for r in rows]
+        seeds = [r.job.rsp_seed(r.index) for r in rows]
+        done = self.generator.run(prompts, job.injection, seeds, job.sampling, decode_seed=decode_seed,
+                                  stop_strings=job.stop)
+        out = []
+        for r, p, s, c in zip(rows, prompts, seeds, done, strict=True):
+            res = RowResult(r.index, c, s, decode_seed, batch_id, len(rows), len(jobs))
+            if r.job.logprobs is not None:
+                try:
+                    ended_on = self._stop_ids(c) if r.job.echo else ()
+                    res.logprobs = score_row(self.generator.lm, p, r.job.injection, s, c.token_ids,
+                                             top_k=r.job.logprobs, echo=r.job.echo, ended_on=ended_on)
+                except Exception as exc:  # fails this row's request only
+                    res.error = exc
+            out.append(res)
+        return out
+
+    def _stop_ids(self, c: Completion) -> tuple[int, ...]:
+        """The model's stop ids when `c` ended on one of them (not on a stop string, which cuts the text)."""
+        lm = self.generator.lm
+        if c.finish_reason != "stop" or lm.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) != c.text:
+            return ()
+        return tuple(lm.stop_token_ids)
+
+    @staticmethod
+    def _deliver(job: Job, result: RowResult) -> None:
+        try:
+            job.sink(result)
+        except Exception:  # a closed event loop must not stop the worker
+            log.debug("could not deliver a result of job %s", job.id, exc_info=True)

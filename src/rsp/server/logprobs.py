@@ -1,0 +1,87 @@
+"""Per-token log-probabilities of served samples, from one teacher-forced forward per row.
+
+Why a forward after sampling instead of scores kept during decoding: the engines return token ids
+only, and the same inputs `rsp.core.inputs` builds for every engine (prompt laid out with the row's
+injection, then the completion appended) give the distribution each token was drawn from, with the
+same RSP, so no insertion code is duplicated here. The values are the model's raw next-token
+log-probabilities (before temperature, top-p or top-k), as vLLM reports by default; in bf16 they can
+differ in the last bits from the logits the engine decoded with, since the shapes of the two passes differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rsp.core.injection import Injection
+from rsp.core.inputs import append_continuations, embed_prompts
+from rsp.core.insert import PromptTokens
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probabilities of `token_ids` (None where nothing precedes the token: a prompt's first one)."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float | None, ...]
+    top: tuple[tuple[tuple[int, float], ...], ...]  # per token: (id, logprob) of the `k` likeliest
+
+
+def score_row(lm, prompt: PromptTokens, injection: Injection, seed: int | None, completion: Sequence[int],
+              *, top_k: int, echo: bool, ended_on: Sequence[int] = ()) -> TokenLogprobs:
+    """Log-probs of the completion tokens (and, with `echo`, of the prompt's own tokens) for one row.
+
+    Prompt tokens are scored at their own columns, skipping the injected slots; a token right after the
+    slots is predicted from them, as the model saw it. `ended_on`: the stop ids, when the sample ended on
+    one (the engines drop it from the tokens); the likeliest of them is appended, which is the token
+    drawn when decoding was greedy. Scorers such as lm-eval's `local-completions` (echo, max_tokens=1,
+    then every value but the last) need that last entry to be there.
+    """
+    model = getattr(lm, "model", None)
+    if model is None:
+        raise ValueError("log-probs need the model's weights in this process (hf, lean or prefix engine)")
+    batch, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
+    seq = append_continuations(lm.embed, batch, embeds, [list(completion)], pad_id=lm.pad_token_id,
+                               width=len(completion) if completion else 1)
+    width = seq.prompt_width
+    keep = seq.embeds.shape[1] if echo else len(completion) + 1
+    with torch.no_grad():
+        out = model(inputs_embeds=seq.embeds, attention_mask=seq.attention_mask, position_ids=seq.position_ids,
+                    use_cache=False, logits_to_keep=keep)
+    logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (keep, V)
+    offset = seq.embeds.shape[1] - keep  # absolute column of logp[0]
+
+    columns: list[tuple[int, int]] = []  # (column whose logits predict the token, token id)
+    if echo:
+        real = (batch.attention_mask[0].bool() & ~batch.slot_mask()[0]).tolist()
+        ids = batch.input_ids[0].tolist()
+        seen = False
+        for c in range(width):
+            if not real[c]:
+                continue
+            columns.append((c - 1 if seen else -1, ids[c]))
+            seen = True
+    for t, tok in enumerate(completion):
+        columns.append((width - 1 + t, int(tok)))
+    if ended_on:
+        col = width - 1 + len(completion)
+        row = logp[col - offset]
+        columns.append((col, max(ended_on, key=lambda i: float(row[i]))))
+
+    token_ids, values, tops = [], [], []
+    for col, tok in columns:
+        token_ids.append(tok)
+        if col < 0:
+            values.append(None)
+            tops.append(())
+            continue
+        row = logp[col - offset]
+        values.append(float(row[tok]))
+        if top_k:
+            v, i = torch.topk(row, top_k)
+            tops.append(tuple(zip(i.tolist(), v.tolist(), strict=True)))
+        else:
+            tops.append(())
+    return TokenLogprobs(tuple(token_ids), tuple(values), tuple(tops))
