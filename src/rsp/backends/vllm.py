@@ -28,12 +28,14 @@ import torch
 
 from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.core.injection import Injection
-from rsp.core.insert import PromptTokens, build_slotted_batch
+from rsp.core.inputs import embed_prompts, layout
+from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.models.embeddings import EmbeddingModel
 from rsp.models.loading import LoadedModel
 
 PromptMode = Literal["auto", "mixed", "embeds"]
+VLLM_BAN_BIAS = -100.0  # the bound vLLM's OpenAI layer allows; exp(-100) is below any sampled probability
 PROMPT_MODES: tuple[str, ...] = ("auto", "mixed", "embeds")
 
 
@@ -79,9 +81,8 @@ def build_requests(lm: LoadedModel | EmbeddingModel, prompts: Sequence[PromptTok
         if plain:
             requests.append(AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids)))
             continue
-        batch = build_slotted_batch([prompt.ids], [prompt.insert_index(injection.position)], injection.length,
-                                    pad_id=lm.pad_token_id)
         if mixed:
+            batch = layout([prompt], injection, pad_id=lm.pad_token_id)
             slots = batch.slot_mask()[0]
             rows = injection.rows([seed])
             if rows is None:
@@ -91,18 +92,18 @@ def build_requests(lm: LoadedModel | EmbeddingModel, prompts: Sequence[PromptTok
             requests.append(AttemptRequest(embeds, decode, i, token_ids=tuple(batch.input_ids[0].tolist()),
                                            is_token_ids=tuple((~slots).tolist())))
             continue
-        with torch.no_grad():
-            embeds = injection.apply(lm.embed(batch.input_ids), batch, [seed])
+        _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
         requests.append(AttemptRequest(embeds[0].detach().cpu(), decode, i))
     return requests
 
 
 def sampling_params(sampling: SamplingConfig, seed: int, stop_token_ids: Sequence[int],
-                    stop_strings: Sequence[str], *, ignore_eos: bool = False):
-    """`ignore_eos` (benchmarks: fixed-length decoding) also drops the stop ids and strings."""
+                    stop_strings: Sequence[str], *, ignore_eos: bool = False, banned_ids: Sequence[int] = ()):
+    """`ignore_eos` (benchmarks: fixed-length decoding) also drops the stop ids and strings; `banned_ids`
+    (the slot placeholder, banned by every engine) get a logit bias that keeps them from being sampled."""
     from vllm import SamplingParams
 
-    return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+    return SamplingParams(n=1, logit_bias={int(t): VLLM_BAN_BIAS for t in banned_ids} or None, temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=sampling.top_k if sampling.top_k else -1, min_p=sampling.min_p,
                           max_tokens=sampling.max_new_tokens, seed=seed,
                           stop_token_ids=[] if ignore_eos else list(stop_token_ids),
@@ -220,7 +221,8 @@ class VLLMBackend:
         sampling.validate()
         requests = build_requests(self.lm, prompts, injection, seeds, decode_seed=decode_seed,
                                   prompt_mode=self.prompt_mode)
-        params = [sampling_params(sampling, r.seed, self.lm.stop_token_ids, stop_strings, ignore_eos=self.ignore_eos)
+        params = [sampling_params(sampling, r.seed, self.lm.stop_token_ids, stop_strings, ignore_eos=self.ignore_eos,
+                                  banned_ids=(self.lm.placeholder_id,))
                   for r in requests]
         outputs = self.llm.generate([r.as_prompt() for r in requests], params, use_tqdm=use_tqdm)
         return [completion_from_output(out.outputs[0], self.lm.stop_token_ids) for out in outputs]
