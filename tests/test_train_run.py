@@ -1,4 +1,5 @@
-"""`rsp train` runs: resume after a kill repeats the uninterrupted run, config mismatch is refused, flags parse."""
+"""`rsp train` runs: resume after a kill repeats the uninterrupted run, config mismatch is refused, flags parse,
+and a checkpoint that would run code when unpickled is refused before anything of it runs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rsp.models import wrap_model
 from rsp.runio import RunDirError
 from rsp.train.cli import config_from_args, register
 from rsp.train.config import DAPOConfig
-from rsp.train.run import latest_checkpoint, train
+from rsp.train.run import CheckpointError, latest_checkpoint, train
 
 
 def _fresh_lm():
@@ -82,3 +83,31 @@ def test_merged_model_directory_loads_with_the_trained_weights(tmp_path, tiny_mo
     name = next(n for n in trained if n.endswith("q_proj.weight"))
     assert torch.equal(dict(reloaded.model.named_parameters())[name], trained[name])
     assert not torch.equal(base[name], trained[name])
+
+
+class _RunsCode:
+    """Unpickling this calls Path.write_text: what a crafted checkpoint in a downloaded run directory could do."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_checkpoint_that_runs_code_on_load_is_refused_and_nothing_runs(tmp_path):
+    import torch
+
+    cfg = DAPOConfig(**{**CFG, "steps": 2})
+    out = tmp_path / "run"
+    train(cfg, out, lm=_fresh_lm(), reward_fn=_reward, progress=False, stop_after=1)
+    ckpt = latest_checkpoint(out)
+    state = torch.load(ckpt, weights_only=True)  # what rsp writes loads under the safe loader
+    marker = tmp_path / "marker"
+    torch.save({**state, "step": _RunsCode(marker)}, ckpt)
+    with pytest.raises(CheckpointError, match="refusing to resume"):
+        train(cfg, out, lm=_fresh_lm(), reward_fn=_reward, progress=False)
+    assert not marker.exists()
+    assert issubclass(CheckpointError, RunDirError)  # `rsp train` reports it as an error (exit 2), no traceback

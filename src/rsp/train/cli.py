@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -29,6 +30,11 @@ def register(subparsers) -> None:
         if isinstance(default, bool):
             p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"(default {default})")
+        elif isinstance(default, dict):
+            p.add_argument(_flag(f.name), dest=f.name, default=None, type=_json_object,
+                           help="JSON object of TRL GRPOConfig fields for --trainer trl, applied on top of the "
+                                "mapping, e.g. '{\"bf16\": true, \"gradient_accumulation_steps\": 2, "
+                                "\"report_to\": [\"tensorboard\"]}'")
         elif isinstance(default, list):
             p.add_argument(_flag(f.name), dest=f.name, default=None,
                            type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
@@ -37,6 +43,16 @@ def register(subparsers) -> None:
             p.add_argument(_flag(f.name), dest=f.name, type=type(default), default=None,
                            help=f"(default {default})")
     p.set_defaults(func=run_train)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> DAPOConfig:

@@ -54,6 +54,9 @@ class DAPOConfig:
     seed: int = 0
     checkpoint_every: int = 10
     trainer: str = "native"  # native (plain torch, DAPO refill) or trl (GRPOTrainer subclass, masking form)
+    # trainer=trl only: GRPOConfig fields set on top of the mapping above (bf16, gradient_accumulation_steps,
+    # report_to, vllm options, ...); left out of to_dict() when empty, so older run directories still resume.
+    trl_args: dict = field(default_factory=dict)
 
     def validate(self) -> DAPOConfig:
         def need(ok: bool, msg: str) -> None:
@@ -86,13 +89,18 @@ class DAPOConfig:
              f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
         need(self.trainer in ("native", "trl"), f"trainer must be native or trl, got {self.trainer!r}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        need(isinstance(self.trl_args, dict), f"trl_args must be a mapping of GRPOConfig fields, got {self.trl_args!r}")
+        need(not self.trl_args or self.trainer == "trl", "trl_args apply to --trainer trl only")
         if self.lora:
             need(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
             need(bool(self.lora_target_modules), "lora_target_modules must name at least one module")
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not data["trl_args"]:
+            del data["trl_args"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> DAPOConfig:

