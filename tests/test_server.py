@@ -95,6 +95,19 @@ def test_concurrent_jobs_share_one_engine_batch():
     assert all(r[0].batch_rows == 16 and r[0].batch_jobs == 16 for _, r in jobs)
 
 
+def test_a_burst_longer_than_the_wait_still_shares_one_batch_when_its_gaps_are_short():
+    gen = FakeGenerator()
+    batcher = Batcher(gen, max_batch_size=16, batch_wait_s=0.1)  # quiet gap 0.1 s, oldest row waits <= 1 s
+    jobs = [make_job(f"j{i}", 10 + i) for i in range(6)]
+    batcher.start()
+    for job, _ in jobs:  # 6 arrivals 0.03 s apart: the burst lasts 0.15 s, longer than the 0.1 s wait
+        batcher.submit(job)
+        time.sleep(0.03)
+    wait_until(lambda: all(r for _, r in jobs))
+    batcher.close()
+    assert [c["rows"] for c in gen.calls] == [6]
+
+
 def test_rows_with_different_sampling_settings_run_in_separate_batches():
     gen = FakeGenerator()
     batcher = Batcher(gen, max_batch_size=16, batch_wait_s=0.2)
@@ -391,6 +404,8 @@ BAD_INPUTS = [
     ("unknown model", {"model": "gpt-4o", "prompt": "x"}, 404, "model_not_found", "not served"),
     ("model given as a path", {"model": "/etc/passwd", "prompt": "x"}, 404, "model_not_found", "not served"),
     ("unknown rsp method", {"model": MODEL, "prompt": "x", "rsp": {"method": "nope"}}, 400, "invalid_rsp", "nope"),
+    ("rsp method that needs a server-side file", {"model": MODEL, "prompt": "x", "rsp": {"method": "soft-prompt"}},
+     400, "invalid_rsp", "soft-prompt"),
     ("rsp too long", {"model": MODEL, "prompt": "x", "rsp": {"length": 65}}, 400, "rsp_too_long", "rsp.length"),
     ("token id outside the vocabulary", {"model": MODEL, "prompt": [1, 2, 10 ** 9]}, 400, "invalid_token",
      "outside the vocabulary"),
@@ -415,6 +430,8 @@ def test_bad_inputs_get_openai_errors_and_the_server_stays_healthy(server):
     chat = server.post("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]})
     assert chat.status_code == 422 and chat.json()["error"]["param"].startswith("messages")
     assert httpx.get(server.url + "/v1/nowhere").json()["error"]["code"] == "not_found"
+    wrong_method = httpx.delete(server.url + "/v1/models")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     ok = server.post("/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 2})
     assert ok.status_code == 200

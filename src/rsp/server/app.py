@@ -49,7 +49,7 @@ class ServeConfig:
     rsp: RSPConfig | None = field(default_factory=RSPConfig)  # injected when a request has no `rsp` field
     seed: int = 0  # derives the request seed of requests without `seed`, and mixed batches' decoding seeds
     max_batch_size: int = 32
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 20.0
     max_n: int = 64
     max_tokens_limit: int = 1024
     max_prompts: int = 32

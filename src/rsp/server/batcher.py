@@ -2,10 +2,12 @@
 
 Why: an engine batch of 16 rows costs little more than a batch of 1 on a CPU (and far less than 16
 batches on any device), while each HTTP request usually carries one or a few attempts. Every request
-becomes a `Job` of rows (one per attempt); the worker takes the oldest queued row, waits at most
-`batch_wait_s` for more rows that can share its batch (same injection, sampling settings and stop
-strings: one `Generator.run` call takes one of each), and runs up to `max_batch_size` of them in arrival
-order. A cancelled job (its client went away) loses its queued rows before they cost anything; a row
+becomes a `Job` of rows (one per attempt); the worker takes the oldest queued row and gathers the rows
+that can share its batch (same injection, sampling settings and stop strings: one `Generator.run` call
+takes one of each) until the batch is full (`max_batch_size`), or no request has arrived for
+`batch_wait_s`, or the oldest row has waited `MAX_WAIT_FACTOR` times that; then it runs them in arrival
+order. Waiting for a quiet gap rather than a fixed time after the first row is what lets a burst of
+clients, whose requests reach the queue a millisecond or two apart, share one batch. A cancelled job (its client went away) loses its queued rows before they cost anything; a row
 already inside a running batch finishes with it.
 
 Seeds: a job with request seed `s` gives attempt `a` of its prompt `p` the injection seed
@@ -35,6 +37,7 @@ from rsp.generation import WorkBatch, decode_seed_for
 from rsp.server.logprobs import TokenLogprobs, score_row
 
 log = logging.getLogger("rsp.server")
+MAX_WAIT_FACTOR = 10
 
 
 class ServerClosing(RuntimeError):
@@ -109,6 +112,7 @@ class Batcher:
         self._pending: list[Row] = []
         self._cond = threading.Condition()
         self._closing = False
+        self._last_arrival = 0.0
         self._thread: threading.Thread | None = None
         self.batches_run = 0
         self.rows_run = 0
@@ -127,6 +131,7 @@ class Batcher:
             if self._closing:
                 raise ServerClosing("the server is shutting down")
             self._pending.extend(Row(job, i, now) for i in range(job.rows))
+            self._last_arrival = now
             self._cond.notify_all()
 
     def cancel(self, job: Job) -> int:
@@ -155,7 +160,8 @@ class Batcher:
 
     # ------------------------------------------------------------------ worker
     def _take(self) -> list[Row] | None:
-        """The next batch: the oldest row's group, once it fills or the oldest row has waited long enough."""
+        """The next batch: the oldest row's group, once it is full, the queue has been quiet for
+        `batch_wait_s`, or the oldest row has waited `MAX_WAIT_FACTOR * batch_wait_s`."""
         with self._cond:
             while True:
                 if not self._pending:
@@ -165,7 +171,9 @@ class Batcher:
                     continue
                 head = self._pending[0]
                 same = sum(1 for r in self._pending if r.job.group == head.job.group)
-                left = head.enqueued + self.batch_wait_s - time.monotonic()
+                deadline = min(self._last_arrival + self.batch_wait_s,
+                               head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s)
+                left = deadline - time.monotonic()
                 if same >= self.max_batch_size or left <= 0 or self._closing:
                     break
                 self._cond.wait(left)

@@ -70,8 +70,9 @@ def register(subparsers) -> None:
     g.add_argument("--port", type=int, default=8000)
     g.add_argument("--api-key", default=None, help="required Bearer token (default: $RSP_API_KEY)")
     g.add_argument("--max-batch-size", type=int, default=32, help="rows per engine batch (default: %(default)s)")
-    g.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long the oldest queued row waits for others to share its batch (default: %(default)s)")
+    g.add_argument("--batch-wait-ms", type=float, default=20.0,
+                   help="a batch starts when full, when no request has come for this long, or when its oldest "
+                        "row has waited 10x this (default: %(default)s)")
     g.add_argument("--max-n", type=int, default=64, help="largest n per request (default: %(default)s)")
     g.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens (default: %(default)s)")
     g.add_argument("--max-prompts", type=int, default=32, help="prompts per completions request")
