@@ -434,9 +434,12 @@ def test_vllm_serve_command_is_trls_plus_prompt_embeds_and_the_middleware(monkey
 
 
 @pytest.mark.vllm
-def test_vllm_colocate_rollouts_on_a_real_engine_match_the_training_side(tmp_path, vllm_model_dir):
+def test_vllm_colocate_rollouts_on_a_real_engine_match_the_training_side(tmp_path, vllm_model_dir, monkeypatch):
     require_vllm()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # TRL's colocate set-up writes these; restored for the tests after this one
+        monkeypatch.delenv(key)
     from datasets import load_dataset
 
     from rsp.train import RSPGRPOTrainer
