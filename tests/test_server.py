@@ -200,6 +200,22 @@ def test_the_served_name_never_reveals_a_local_path(tmp_path):
     assert served_name(MODEL) == MODEL
 
 
+def test_per_request_rsp_settings_are_built_in_a_bounded_cache(tiny_lm):
+    import rsp
+    from rsp.server.app import INJECTION_CACHE, RSPServer, ServeConfig
+
+    gen = rsp.Generator(tiny_lm)
+    server = RSPServer(gen, ServeConfig(model_name="tiny", rsp=rsp.RSPConfig(length=4)))
+    default = server.injection(rsp.RSPConfig(length=4))
+    assert default is gen.injection(rsp.RSPConfig(length=4))
+    for i in range(INJECTION_CACHE + 20):  # a client sending ever new scales
+        inj = server.injection(rsp.RSPConfig(length=2, scale=1 + i / 1000))
+        assert inj.length == 2 and inj.scale == pytest.approx(1 + i / 1000)
+    assert len(server._injections) == INJECTION_CACHE
+    assert len(gen._injections) == 1  # only the server's own settings are kept for good
+    assert isinstance(server.injection(None), NoInjection)
+
+
 def test_schema_errors_name_the_field():
     from rsp.server.protocol import APIError, CompletionRequest, parse_request
 
@@ -300,6 +316,10 @@ def test_openai_client_gets_n_completions_each_with_its_own_rsp_seed(client):
     assert len(set(seeds)) == 4
     assert seeds == [derive_seed(11, "rsp", "0", a) for a in range(4)]  # RandomSoftPrompt.seed_for
     assert out.model_extra["rsp"]["length"] == 4
+    custom = client.completions.create(model=MODEL, prompt="The capital of France is", n=2, max_tokens=4, seed=11,
+                                       extra_body={"rsp": {"length": 8, "scale": 0.5}})
+    assert custom.model_extra["rsp"] == {"method": "rsp", "length": 8, "scale": 0.5,
+                                         "position": "after_generation_prompt"}
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], n=2,
                                           max_tokens=4)
     assert len({c.model_extra["rsp_seed"] for c in chat.choices}) == 2

@@ -6,7 +6,7 @@ run, and a bad request costs no engine time and cannot take the server down. Han
 loop; the `Generator` is touched only by the batcher's worker thread, except for tokenising, which uses
 a private copy of the tokenizer (a fast tokenizer shared across threads can fail with "Already
 borrowed") through the same `tokenize_prompt` the library uses, and for building an injection the first
-time its settings are seen (`Generator.injection`, cached).
+time its settings are seen.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -29,9 +30,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rsp.backends import SamplingConfig
+from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.generation import RSPConfig, context_limit
+from rsp.methods import build_method
 from rsp.server.batcher import Batcher, Job, RowResult, ServerClosing, group_key
 from rsp.server.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
 from rsp.tasks.base import TaskError
@@ -39,6 +42,7 @@ from rsp.tasks.prompts import tokenize_prompt
 
 log = logging.getLogger("rsp.server")
 MAX_STOP_CHARS = 256
+INJECTION_CACHE = 64  # per-request injection settings kept built (least recently used dropped first)
 
 
 @dataclass
@@ -166,8 +170,24 @@ class RSPServer:
         rows = getattr(generator.lm, "vocab_rows", None)
         self.vocab = min(len(self.tokenizer), rows) if rows else len(self.tokenizer)
         self.can_score = getattr(generator.lm, "model", None) is not None
+        self._injections: OrderedDict[tuple, Injection] = OrderedDict()
 
     # ------------------------------------------------------------------ request -> job
+    def injection(self, cfg: RSPConfig | None) -> Injection:
+        """The server's own settings through `Generator.injection` (built at start, cached there); a
+        request's other settings in a bounded cache here, so clients sending ever new scales cannot grow
+        the server's memory without limit."""
+        if cfg is None or cfg.key() == (self.config.rsp.key() if self.config.rsp else None):
+            return self.generator.injection(cfg)
+        key = cfg.key()
+        if key not in self._injections:
+            cfg.validate()
+            self._injections[key] = build_method(cfg.method, self.generator.lm, cfg.method_options())
+            while len(self._injections) > INJECTION_CACHE:
+                self._injections.popitem(last=False)
+        self._injections.move_to_end(key)
+        return self._injections[key]
+
     def rsp_config(self, req: Any) -> RSPConfig | None:
         if "rsp" not in req.model_fields_set:
             return self.config.rsp
@@ -221,7 +241,7 @@ class RSPServer:
         self.check_tokens(prompts)
         cfg = self.rsp_config(req)
         try:
-            injection = self.generator.injection(cfg)
+            injection = self.injection(cfg)
         except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
             raise APIError(400, f"rsp: {exc}", param="rsp", code="invalid_rsp") from None
         longest = max(len(p.ids) for p in prompts) + injection.length
