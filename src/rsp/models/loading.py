@@ -275,11 +275,14 @@ def load_tokenizer(location: str):
         if not gguf_file.is_file():
             raise ModelLoadError(f"{location} needs its tokenizer from {gguf_file}, which no longer exists; "
                                  f"delete {location} to convert again")
-        tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
+                                            clean_up_tokenization_spaces=False)
         if info.get("add_bos_token"):
             tok.add_bos_token = True
         return tok
-    return AutoTokenizer.from_pretrained(location)
+    # clean_up_tokenization_spaces=False: transformers ignores the saved True for BPE tokenizers anyway (and
+    # warned about it on every run); the decoded text is the same.
+    return AutoTokenizer.from_pretrained(location, clean_up_tokenization_spaces=False)
 
 
 def _gguf_cache_key(path: Path) -> str:
