@@ -78,9 +78,12 @@ def plot_best_worst(results: list[CellResult], path: Path) -> Path | None:
     if pair is None:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    panels = list(zip(pair, ("largest Δ pass@32", "smallest Δ pass@32"), strict=True))
+    if pair[0] is pair[1]:
+        panels = [(pair[0], "the only cell so far")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
     ks = np.arange(1, N_ATTEMPTS + 1)
-    for ax, r, label in zip(axes, pair, ("largest Δ pass@32", "smallest Δ pass@32"), strict=True):
+    for ax, (r, label) in zip(axes[0], panels, strict=True):
         ax.plot(ks, r.curve("treatment"), marker="o", ms=3, label=r.cell.treatment.name)
         ax.plot(ks, r.curve("reference"), "k--", marker="s", ms=3, label=r.cell.reference.name)
         ax.set_xscale("log", base=2)
@@ -90,7 +93,7 @@ def plot_best_worst(results: list[CellResult], path: Path) -> Path | None:
         ax.set_title(f"{label}: {r.cell.treatment.model.key} / {r.cell.treatment.difficulty.key} "
                      f"({r.problems} problems)", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
-    axes[0].set_ylabel("pass@k")
+    axes[0][0].set_ylabel("pass@k")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
