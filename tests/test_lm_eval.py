@@ -155,6 +155,8 @@ def test_rsp_hf_greedy_completions_equal_rsp_generate_with_the_same_seeds(sharp_
                      (lm.apply_chat_template([{"role": "user", "content": q}]), dict(gen)), 0, ("t", i, 2))
             for i, q in enumerate(questions)]
     out = lm.generate_until([r for r in reqs for _ in range(2)])
+    assert lm.generate_until([r for r in reqs for _ in range(2)]) == out  # the same requests again: same RSPs
+    assert all(len(r.arguments) == 3 for r in reqs)  # (context, gen_kwargs, seed log): the log is replaced
     assert [r.arguments[-1]["rsp_seeds"] for r in reqs] == \
         [[lm.rsp_handle.injection.seed_for(5, f"p{i}", a) for a in range(2)] for i in range(3)]
     lm.rsp_handle.detach()  # the reference engine attaches its own hook
@@ -183,6 +185,7 @@ def test_loglikelihood_requests_are_scored_under_their_documents_rsp(sharp_dir):
             for d, (c, chs) in enumerate(docs) for j, ch in enumerate(chs)]
     batch = [r for r in reqs for _ in range(2)]  # repeats: 2, as lm-eval passes them
     got = lm.loglikelihood(batch)
+    assert lm.loglikelihood(batch) == got and all(len(r.arguments) == 3 for r in reqs)
     seeds = request_seeds(batch, lm.rsp_injection, 0)
     assert seeds[0] != seeds[1] and seeds[0] == seeds[2]  # per repeat; the choices of a doc share it
     for req, seed, (ll, _) in zip(batch, seeds, got, strict=True):

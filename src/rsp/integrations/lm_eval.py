@@ -206,10 +206,26 @@ class _SeededText(str):
 
 
 class _Request:
-    """The part of an lm-eval `Instance` that `generate_until` reads, with the seeded context."""
+    """The part of an lm-eval `Instance` that the model's request methods read."""
 
-    def __init__(self, args: tuple) -> None:
+    def __init__(self, args: tuple, task_name: str | None = None) -> None:
         self.args = args
+        self.task_name = task_name
+
+
+def request_args(req: Any) -> tuple:
+    """A request's arguments without the seed log a previous run appended (an `Instance` run twice)."""
+    args = tuple(req.args)
+    return args[:-1] if args and isinstance(args[-1], dict) and SEED_LOG_KEY in args[-1] else args
+
+
+def seeded_requests(requests: Sequence[Any], seeds: Sequence[int | None]) -> list[_Request]:
+    """The requests with contexts that carry their RSP seeds (generation)."""
+    out = []
+    for req, seed in zip(requests, seeds, strict=True):
+        context, *rest = request_args(req)
+        out.append(_Request((_SeededText(context, seed), *rest), getattr(req, "task_name", None)))
+    return out
 
 
 def user_turn_cut(text: str, chat_history: Sequence[dict]) -> int | None:
@@ -292,9 +308,7 @@ class RSPHFLM(HFLM):
         if not self.injecting:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
-        seeded = [_Request((_SeededText(req.args[0], seed), *req.args[1:])) for req, seed in zip(requests, seeds,
-                                                                                                  strict=True)]
-        out = super().generate_until(seeded, disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
+        out = super().generate_until(seeded_requests(requests, seeds), disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
         log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
         return out
 
@@ -335,7 +349,8 @@ class RSPHFLM(HFLM):
         seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
         self._ll_seeds = seeds
         try:
-            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            plain = [_Request(request_args(r), getattr(r, "task_name", None)) for r in requests]
+            out = super().loglikelihood(plain, disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
         finally:
             self._ll_seeds = None
         log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)

@@ -21,12 +21,12 @@ from rsp.backends.vllm import build_requests, cpu_memory_fraction, resolve_promp
 from rsp.core.insert import PromptTokens
 from rsp.integrations.lm_eval import (
     RSPSettings,
-    _Request,
     _SeededText,
     injects,
     log_seeds,
     request_seeds,
     resolve_pretrained,
+    seeded_requests,
     user_turn_cut,
 )
 from rsp.methods import MethodOptions, build_method
@@ -114,9 +114,7 @@ class RSPVLLM(VLLM):
         if not self.injecting:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
-        seeded = [_Request((_SeededText(req.args[0], seed), *req.args[1:])) for req, seed in zip(requests, seeds,
-                                                                                                  strict=True)]
-        out = super().generate_until(seeded, disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
+        out = super().generate_until(seeded_requests(requests, seeds), disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
         log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
         return out
 
