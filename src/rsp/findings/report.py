@@ -168,6 +168,11 @@ def cost_markdown(c: dict) -> str:
                      "attempt-equivalents; GSM8K and its screen counted at 2x for 256 new tokens; plus the "
                      "soft-prompt budget).")
     missing = [m for m in MODEL_BY_KEY if m not in c["estimate_cpu_hours"]]
+    if not missing:
+        total = sum(c["estimate_cpu_hours"].values())
+        lines.append(f"- Whole map, both models: about **{total:.0f} CPU hours**; with two single-threaded workers "
+                     f"that is about {total / 2:.0f} h of wall time on an otherwise idle 2-core machine, several "
+                     "times that at the lowest priority on a busy one.")
     if missing:
         lines.append(f"- No measurement yet for {', '.join(missing)}: no estimate.")
     return "\n".join(lines)
