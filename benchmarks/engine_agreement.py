@@ -17,17 +17,9 @@ import argparse
 import time
 
 import rsp
+from rsp.backends.base import common_prefix
 from rsp.generation import Generator, RSPConfig
 from rsp.tasks import PromptBuilder, load_task
-
-
-def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> None:

@@ -26,20 +26,12 @@ import time
 import torch
 
 from rsp.backends import HFBackend, SamplingConfig, create_backend, load_for_engine
+from rsp.backends.base import common_prefix
 from rsp.backends.prefix import PrefixSharedHFBackend
 from rsp.backends.vllm import vllm_available
 from rsp.core import RandomSoftPrompt
 from rsp.models import load_model
 from rsp.tasks import PromptBuilder, load_task
-
-
-def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> int:

@@ -68,3 +68,13 @@ def cut_at_stop_token(tokens: Sequence[int], stop_token_ids: Sequence[int]) -> t
         if t in stops:
             return list(tokens[:i]), True
     return list(tokens), False
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two completions share (where two engines' greedy outputs part ways)."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
