@@ -36,6 +36,6 @@ if [ ! -d "$CODE/src/rsp" ]; then
   git -C "$ROOT" rev-parse HEAD > "$CODE/COMMIT"
 fi
 echo "[findings] code: $CODE/src at commit $(cat "$CODE/COMMIT")"
-export PYTHONPATH="$CODE/src${PYTHONPATH:+:$PYTHONPATH}"
+export FINDINGS_CODE_SRC="$CODE/src"  # the steps run on it; the runner itself runs from the working tree
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec nice -n 19 python -m rsp.findings run --jobs "${FINDINGS_JOBS:-2}"

@@ -215,3 +215,22 @@ def test_gsm8k_selection_needs_a_finished_screen_and_pools_both_arms():
     assert solved_ids(rows, problems=4, attempts=2) == {"g1", "g2"}
     with pytest.raises(SelectionError):
         solved_ids(rows[:-1], problems=4, attempts=2)
+
+
+def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, monkeypatch):
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    step = C.steps()[0]
+    assert step.run is not None and not runner.finished(step)
+    _write_run(Path(C.ROOT), step.run, [0.1] * 32, 0)  # the run's own directory, relative to cwd
+    cfg = Path(step.run.out) / "config.json"
+    cfg.write_text(json.dumps({"kind": "eval", "config": runner.expected_config(step.run)}))
+    assert runner.finished(step)
+    other = dict(runner.expected_config(step.run), max_new_tokens=64)
+    cfg.write_text(json.dumps({"kind": "eval", "config": other}))
+    assert not runner.finished(step), "a run made with other settings must go back to rsp eval (which refuses it)"
+    lines = (Path(step.run.out) / "samples.jsonl").read_text().splitlines()
+    (Path(step.run.out) / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    cfg.write_text(json.dumps({"kind": "eval", "config": runner.expected_config(step.run)}))
+    assert not runner.finished(step), "an unfinished run must be resumed"

@@ -7,7 +7,11 @@ asks for are only known if every step's CPU time is recorded. Steps that depend 
 prompt is trained before its cell; GSM8K is screened, then selected, then evaluated) form one group
 that a single worker runs in order; groups are handed out in list order, so the most informative
 cells still finish first. Every step is resumable on its own, so killing the runner loses at most the
-batches in flight; the next start skips what is finished.
+batches in flight; the next start skips what is finished (an eval step whose run directory holds all
+its attempts under the same settings is not even started, which saves reloading a model to learn that).
+
+The steps run on the code named by `FINDINGS_CODE_SRC` (a frozen copy, see scripts/findings.sh),
+while this orchestration runs from the working tree.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from rsp.findings.cells import ROOT, Step, steps
+from rsp.findings.cells import N_PROBLEMS, ROOT, Run, Step, steps
 
 TIMING = f"{ROOT}/timing.jsonl"
 
@@ -45,12 +49,45 @@ def _count_samples(step: Step) -> int:
         return sum(1 for line in f if line.endswith(b"\n"))
 
 
+def expected_config(run: Run) -> dict:
+    """The config `rsp eval` saves for this run's command line."""
+    from rsp.cli import build_parser, eval_config_from_args
+
+    return eval_config_from_args(build_parser().parse_args(run.argv()[1:])).to_dict()
+
+
+def finished(step: Step) -> bool:
+    """An eval step whose directory holds every attempt, saved under exactly this step's settings."""
+    if step.run is None:
+        return False
+    cfg_path = Path(step.run.out) / "config.json"
+    if not cfg_path.is_file() or _count_samples(step) < N_PROBLEMS * step.run.n:
+        return False
+    try:
+        saved = json.loads(cfg_path.read_text(encoding="utf-8")).get("config")
+    except (OSError, json.JSONDecodeError):
+        return False
+    return saved == expected_config(step.run)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    code = env.get("FINDINGS_CODE_SRC")
+    if code:
+        env["PYTHONPATH"] = code + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMING)) -> int:
     """Run one step's command in bash; append its wall time, CPU time and new attempts to timing.jsonl."""
+    if finished(step):
+        print(f"[findings {time.strftime('%H:%M:%S')}] already finished: {step.run.out if step.run else ''}",
+              flush=True)
+        return 0
     before = _count_samples(step)
     started = time.time()
     print(f"[findings {time.strftime('%H:%M:%S')}] start: {step.command}", flush=True)
-    proc = subprocess.Popen(["bash", "-c", step.command])
+    proc = subprocess.Popen(["bash", "-c", step.command], env=_child_env())
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.time() - started
