@@ -226,3 +226,18 @@ def test_generator_rejects_bad_settings_with_the_field_named(sharp):
         gen.generate(["a"], rsp=RSPConfig(method="nope"))
     with pytest.raises(ValueError, match="n must be"):
         gen.generate(["a"], n=0)
+
+
+def test_hf_engine_sampling_without_top_k_builds_no_top_k_warper(sharp):
+    """top_k=0 means no top-k, as in the lean engine; transformers 5 reads a None top_k as its default 50."""
+    from rsp.backends import HFBackend, SamplingConfig
+    from rsp.models import wrap_model
+
+    model, tok = sharp
+    backend = HFBackend(wrap_model(model, tok))
+    for top_k, want in ((0, []), (7, ["TopKLogitsWarper"])):
+        config = backend.generation_kwargs(SamplingConfig(temperature=0.7, top_k=top_k))["generation_config"]
+        config, _ = model._prepare_generation_config(config)
+        processors = model._get_logits_processor(config, input_ids_seq_length=3, encoder_input_ids=None,
+                                                 prefix_allowed_tokens_fn=None, logits_processor=[])
+        assert [type(p).__name__ for p in processors if "TopK" in type(p).__name__] == want

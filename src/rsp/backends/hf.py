@@ -112,7 +112,8 @@ class HFBackend:
             do_sample=not sampling.greedy,
             temperature=None if sampling.greedy else sampling.temperature,
             top_p=None if sampling.greedy or sampling.top_p >= 1 else sampling.top_p,
-            top_k=None if sampling.greedy or sampling.top_k == 0 else sampling.top_k,
+            # 0 (not None) turns top-k off: transformers 5 fills a None top_k with its default of 50.
+            top_k=None if sampling.greedy else sampling.top_k,
             min_p=None if sampling.greedy or sampling.min_p == 0 else sampling.min_p,
             eos_token_id=list(self.lm.stop_token_ids),
             pad_token_id=self.lm.pad_token_id,
