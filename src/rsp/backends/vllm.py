@@ -28,7 +28,7 @@ import torch
 
 from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.core.injection import Injection
-from rsp.core.inputs import embed_prompts, layout
+from rsp.core.inputs import embed_prompts, mixed_prompt
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.models.embeddings import EmbeddingModel
@@ -82,15 +82,9 @@ def build_requests(lm: LoadedModel | EmbeddingModel, prompts: Sequence[PromptTok
             requests.append(AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids)))
             continue
         if mixed:
-            batch = layout([prompt], injection, pad_id=lm.pad_token_id)
-            slots = batch.slot_mask()[0]
-            rows = injection.rows([seed])
-            if rows is None:
-                raise RuntimeError(f"{injection.name}: {injection.length} slots but the injection gave no rows")
-            embeds = torch.zeros(batch.input_ids.shape[1], lm.hidden_size, dtype=lm.dtype)
-            embeds[slots] = rows[0].to(lm.dtype).cpu()
-            requests.append(AttemptRequest(embeds, decode, i, token_ids=tuple(batch.input_ids[0].tolist()),
-                                           is_token_ids=tuple((~slots).tolist())))
+            ids, is_token, embeds = mixed_prompt(prompt, injection, seed, pad_id=lm.pad_token_id,
+                                                 hidden_size=lm.hidden_size, dtype=lm.dtype)
+            requests.append(AttemptRequest(embeds, decode, i, token_ids=ids, is_token_ids=is_token))
             continue
         _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
         requests.append(AttemptRequest(embeds[0].detach().cpu(), decode, i))

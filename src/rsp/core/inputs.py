@@ -59,6 +59,20 @@ def embed_prompts(embed: EmbedFn, prompts: Sequence[PromptTokens], injection: In
     return batch, embeds
 
 
+def mixed_prompt(prompt: PromptTokens, injection: Injection, seed: int | None, *, pad_id: int, hidden_size: int,
+                 dtype: torch.dtype) -> tuple[tuple[int, ...], tuple[bool, ...], torch.Tensor]:
+    """One attempt as token ids plus slot rows, for engines that embed the real tokens themselves (vLLM's
+    mixed prompts): (ids with `pad_id` at the slots, False at the slots, (seq, d) zeros but the slot rows)."""
+    batch = layout([prompt], injection, pad_id=pad_id)
+    slots = batch.slot_mask()[0]
+    rows = injection.rows([seed])
+    if rows is None:
+        raise RuntimeError(f"{injection.name}: {injection.length} slots but the injection gave no rows")
+    embeds = torch.zeros(batch.input_ids.shape[1], hidden_size, dtype=dtype)
+    embeds[slots] = rows[0].to(dtype).cpu()
+    return tuple(batch.input_ids[0].tolist()), tuple((~slots).tolist()), embeds
+
+
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids as `generate()` derives them: count of attended tokens before, 0 on padding."""
     pos = mask.long().cumsum(-1) - 1
