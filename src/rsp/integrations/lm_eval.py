@@ -238,8 +238,37 @@ def user_turn_cut(text: str, chat_history: Sequence[dict]) -> int | None:
     return None if cut < 0 else cut + len(users[-1]["content"])
 
 
+class RSPRequestsMixin:
+    """What `rsp-hf` and `rsp-vllm` share on top of their lm-eval base class: the chat prompt's user-turn
+    cut is remembered, and each generation request is sent with, and logged with, its own RSP seed."""
+
+    rsp_injection: Any
+    rsp_settings: Any
+    _user_turn_cuts: dict
+
+    @property
+    def injecting(self) -> bool:
+        return self.rsp_injection is not None
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        text = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)  # type: ignore[misc]
+        if self.injecting:
+            cut = user_turn_cut(text, chat_history)
+            if cut is not None:
+                self._user_turn_cuts[text] = cut
+        return text
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        if not self.injecting:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)  # type: ignore[misc]
+        seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
+        out = super().generate_until(seeded_requests(requests, seeds), disable_tqdm=disable_tqdm)  # type: ignore[misc]
+        log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
+        return out
+
+
 @register_model("rsp-hf")
-class RSPHFLM(HFLM):
+class RSPHFLM(RSPRequestsMixin, HFLM):
     """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`); see the module docstring.
 
     Model arguments: every `HFLM` argument, plus `rsp_length` [4], `rsp_seed` [0], `rsp_scale` [1.0],
@@ -293,24 +322,6 @@ class RSPHFLM(HFLM):
         cut = self._user_turn_cuts.get(text) if self.rsp_injection.position == "end_of_user_turn" else None
         head, tail = (text, "") if cut is None else (text[:cut], text[cut:])
         return tokenize_split(self.tokenizer, head, tail, add_special_tokens=add_special_tokens)
-
-    # ------------------------------------------------------------------ chat prompts
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        text = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
-        if self.injecting:
-            cut = user_turn_cut(text, chat_history)
-            if cut is not None:
-                self._user_turn_cuts[text] = cut
-        return text
-
-    # ------------------------------------------------------------------ generation
-    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        if not self.injecting:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
-        out = super().generate_until(seeded_requests(requests, seeds), disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
-        log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
-        return out
 
     def tok_batch_encode(self, strings: list[str], padding_side: str = "left", left_truncate_len: int | None = None,
                          truncation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

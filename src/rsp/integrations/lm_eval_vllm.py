@@ -20,14 +20,11 @@ from typing import Any
 from rsp.backends.vllm import build_requests, cpu_memory_fraction, resolve_prompt_mode, vllm_runs_on_cpu
 from rsp.core.insert import PromptTokens
 from rsp.integrations.lm_eval import (
+    RSPRequestsMixin,
     RSPSettings,
     _SeededText,
     injects,
-    log_seeds,
-    request_seeds,
     resolve_pretrained,
-    seeded_requests,
-    user_turn_cut,
 )
 from rsp.methods import MethodOptions, build_method
 
@@ -65,7 +62,7 @@ class _SeededIds(list):
     prompt: PromptTokens
 
 
-class RSPVLLM(VLLM):
+class RSPVLLM(RSPRequestsMixin, VLLM):
     """lm-eval's `VLLM` with one prompt-embeddings request, and its own RSP, per generation request.
 
     Model arguments: every lm-eval `vllm` argument plus the `rsp_*` arguments of `rsp-hf`.
@@ -97,26 +94,6 @@ class RSPVLLM(VLLM):
         if injects(injection):
             self.rsp_injection = injection
             self._prompt_mode = resolve_prompt_mode("auto")
-
-    @property
-    def injecting(self) -> bool:
-        return self.rsp_injection is not None
-
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        text = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
-        if self.injecting:
-            cut = user_turn_cut(text, chat_history)
-            if cut is not None:
-                self._user_turn_cuts[text] = cut
-        return text
-
-    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        if not self.injecting:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        seeds = request_seeds(requests, self.rsp_injection, self.rsp_settings.seed)
-        out = super().generate_until(seeded_requests(requests, seeds), disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
-        log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
-        return out
 
     def tok_encode(self, string: Any, add_special_tokens: bool | None = None, **kwargs: Any) -> Any:
         ids = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
