@@ -34,7 +34,9 @@ def child(payload: dict) -> None:
     from rsp.core import RandomSoftPrompt
 
     torch.set_num_threads(payload["threads"])
-    lm = smollm2_like(False, getattr(torch, payload["dtype"]), layers=payload["layers"], device=payload["device"])
+    lm = smollm2_like(
+        False, getattr(torch, payload["dtype"]), layers=payload["layers"], device=payload["device"]
+    )
     injection = RandomSoftPrompt(lm.embedding_stats(), payload["rsp_length"])
     batch, k = payload["batch"], payload["k"]
     prompts = synthetic_prompts(batch, payload["prompt_length"], seed=0)
@@ -43,7 +45,9 @@ def child(payload: dict) -> None:
     continuations = [torch.randint(100, 49000, (k,), generator=g).tolist() for _ in range(batch)]
     result: dict = {}
     if payload["method"] == "teacher":
-        attention_mass(lm, prompts[:1], injection, seeds[:1], [c[:4] for c in continuations[:1]], 4)  # warm-up
+        attention_mass(
+            lm, prompts[:1], injection, seeds[:1], [c[:4] for c in continuations[:1]], 4
+        )  # warm-up
         reset_ok = peakmem.reset_peak()
         base = peakmem.rss_mb()
         t0 = time.perf_counter()
@@ -60,8 +64,9 @@ def child(payload: dict) -> None:
             cfg = kwargs["generation_config"]
             cfg.output_attentions, cfg.return_dict_in_generate, cfg.min_new_tokens = True, True, new
             with torch.no_grad():
-                return lm.model.generate(inputs_embeds=embeds, attention_mask=b.attention_mask.to(lm.device),
-                                         **kwargs)
+                return lm.model.generate(
+                    inputs_embeds=embeds, attention_mask=b.attention_mask.to(lm.device), **kwargs
+                )
 
         run(1, 2)  # warm-up
         reset_ok = peakmem.reset_peak()
@@ -72,11 +77,15 @@ def child(payload: dict) -> None:
         result["kept_mb"] = sum(a.numel() * a.element_size() for step in out.attentions for a in step) / 2**20
         result["steps"] = len(out.attentions)
         del out
-    result.update(peak_mb=peakmem.peak_mb(), base_mb=base, reset_ok=reset_ok, cuda_peak_mb=peakmem.cuda_peak_mb())
+    result.update(
+        peak_mb=peakmem.peak_mb(), base_mb=base, reset_ok=reset_ok, cuda_peak_mb=peakmem.cuda_peak_mb()
+    )
     peakmem.emit(result)
 
 
-def computed_sizes(layers: int, batch: int, heads: int, prompt: int, k: int, itemsize: int) -> tuple[float, float]:
+def computed_sizes(
+    layers: int, batch: int, heads: int, prompt: int, k: int, itemsize: int
+) -> tuple[float, float]:
     """MiB of generate's per-step attentions for k new tokens, and of one full (L, B, H, S, S) map."""
     prefill = prompt * prompt
     steps = sum(prompt + t for t in range(1, k))  # step t: one query row over prompt + t keys
@@ -96,7 +105,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--no-generate", action="store_true", help="skip measuring generate(output_attentions=True)")
+    ap.add_argument(
+        "--no-generate", action="store_true", help="skip measuring generate(output_attentions=True)"
+    )
     peakmem.add_child_arguments(ap)
     args = ap.parse_args()
     if peakmem.serve_child(args, child):
@@ -105,21 +116,35 @@ def main() -> None:
     script = str(Path(__file__).resolve())
     itemsize = 2 if args.dtype == "bfloat16" else 4
     prompt = args.prompt_length + args.rsp_length
-    print(f"model=smollm2-config(random, {args.layers} layers, 9 heads) dtype={args.dtype} device={args.device} "
-          f"batch={args.batch} prompt={args.prompt_length}+{args.rsp_length} slots threads={args.threads} "
-          f"RSS cap={cap:.0f} MiB")
-    print("peak MiB = peak RSS of a fresh process during the call (model and imports included); "
-          "+MiB = peak minus RSS just before it (CUDA: max_memory_allocated)")
-    print("k    | teacher-forced peak MiB (+) | s     | generate(output_attentions) peak MiB (+) | s     "
-          "| generate kept MiB (measured / computed) | full map MiB (computed) | +MiB ratio gen/teacher")
+    print(
+        f"model=smollm2-config(random, {args.layers} layers, 9 heads) dtype={args.dtype} device={args.device} "
+        f"batch={args.batch} prompt={args.prompt_length}+{args.rsp_length} slots threads={args.threads} "
+        f"RSS cap={cap:.0f} MiB"
+    )
+    print(
+        "peak MiB = peak RSS of a fresh process during the call (model and imports included); "
+        "+MiB = peak minus RSS just before it (CUDA: max_memory_allocated)"
+    )
+    print(
+        "k    | teacher-forced peak MiB (+) | s     | generate(output_attentions) peak MiB (+) | s     "
+        "| generate kept MiB (measured / computed) | full map MiB (computed) | +MiB ratio gen/teacher"
+    )
     methods = ["teacher"] if args.no_generate else ["teacher", "generate"]
     key = "cuda_peak_mb" if args.device.startswith("cuda") else "peak_mb"
     for k in args.lengths:
         res = {}
         for method in methods:
-            payload = {"method": method, "k": k, "batch": args.batch, "prompt_length": args.prompt_length,
-                       "rsp_length": args.rsp_length, "layers": args.layers, "threads": args.threads,
-                       "dtype": args.dtype, "device": args.device}
+            payload = {
+                "method": method,
+                "k": k,
+                "batch": args.batch,
+                "prompt_length": args.prompt_length,
+                "rsp_length": args.rsp_length,
+                "layers": args.layers,
+                "threads": args.threads,
+                "dtype": args.dtype,
+                "device": args.device,
+            }
             res[method] = peakmem.run_child(script, payload, max_rss_mb=cap)
         kept, full = computed_sizes(args.layers, args.batch, 9, prompt, k, itemsize)
         cells, extra = [], {}
@@ -133,9 +158,16 @@ def main() -> None:
                 extra[method] = r[key] - (0 if key == "cuda_peak_mb" else r["base_mb"])
                 cells += [f"{r[key]:.0f} (+{extra[method]:.0f})", f"{r['seconds']:.1f}"]
         measured = f"{res['generate']['kept_mb']:.1f}" if "kept_mb" in res.get("generate", {}) else "-"
-        ratio = f"{extra['generate'] / extra['teacher']:.1f}x" if len(extra) == 2 and extra["teacher"] > 0 else "-"
-        print(f"{k:4d} | {cells[0]:>27s} | {cells[1]:>5s} | {cells[2]:>40s} | {cells[3]:>5s} | "
-              f"{measured:>10s} / {kept:<10.1f}                | {full:23.1f} | {ratio}", flush=True)
+        ratio = (
+            f"{extra['generate'] / extra['teacher']:.1f}x"
+            if len(extra) == 2 and extra["teacher"] > 0
+            else "-"
+        )
+        print(
+            f"{k:4d} | {cells[0]:>27s} | {cells[1]:>5s} | {cells[2]:>40s} | {cells[3]:>5s} | "
+            f"{measured:>10s} / {kept:<10.1f}                | {full:23.1f} | {ratio}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

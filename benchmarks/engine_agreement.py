@@ -39,15 +39,26 @@ def main() -> None:
     prompts = [builder.build(p) for p in task.problems]
     keys = [p.id for p in task.problems]
     results: dict[str, dict[str, list[tuple[int, ...]]]] = {}
-    print(f"model {args.model} {args.dtype}, {args.problems} problems x {args.n} attempts x 2 methods, greedy, "
-          f"{args.max_new_tokens} new tokens")
+    print(
+        f"model {args.model} {args.dtype}, {args.problems} problems x {args.n} attempts x 2 methods, greedy, "
+        f"{args.max_new_tokens} new tokens"
+    )
     for engine in args.engines.split(","):
         gen = Generator(lm, engine=engine)
         t0 = time.perf_counter()
         results[engine] = {}
         for name, cfg in (("temperature", None), ("rsp", RSPConfig(length=4))):
-            outs = gen.generate(prompts, n=args.n, rsp=cfg, temperature=0, max_new_tokens=args.max_new_tokens,
-                                seed=0, keys=keys, batch_size=args.batch_size, stop=builder.stop_strings)
+            outs = gen.generate(
+                prompts,
+                n=args.n,
+                rsp=cfg,
+                temperature=0,
+                max_new_tokens=args.max_new_tokens,
+                seed=0,
+                keys=keys,
+                batch_size=args.batch_size,
+                stop=builder.stop_strings,
+            )
             results[engine][name] = [s.token_ids for o in outs for s in o.samples]
         seconds = time.perf_counter() - t0
         ref = results.get("hf")
@@ -57,7 +68,9 @@ def main() -> None:
                 pairs = list(zip(results[engine][name], ref[name], strict=True))
                 same = sum(a == b for a, b in pairs)
                 diff = [common_prefix(a, b) for a, b in pairs if a != b]
-                mean = f", differing ones agree on the first {sum(diff) / len(diff):.1f} tokens" if diff else ""
+                mean = (
+                    f", differing ones agree on the first {sum(diff) / len(diff):.1f} tokens" if diff else ""
+                )
                 line += f" | {name}: {same}/{len(pairs)} identical to hf{mean}"
         print(line, flush=True)
 

@@ -55,8 +55,12 @@ def hook_overhead(lm, prompts: list[str], args) -> None:
     handle = rsp.attach(lm.model, lm.tokenizer, length=4, seed=0)
     enc = handle.prepare(prompts, n=4)
     handle.detach()
-    kwargs = dict(do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                  pad_token_id=lm.pad_token_id)
+    kwargs = dict(
+        do_sample=False,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        pad_token_id=lm.pad_token_id,
+    )
 
     def plain() -> None:
         with torch.no_grad():
@@ -72,9 +76,11 @@ def hook_overhead(lm, prompts: list[str], args) -> None:
         times["plain"].append(timed(plain))
         times["attached"].append(timed(hooked))
     p, h = statistics.median(times["plain"]), statistics.median(times["attached"])
-    print(f"hook: batch {enc['input_ids'].shape[0]} x {args.new_tokens} tokens: plain generate {p:.2f} s, "
-          f"attached {h:.2f} s, throughput ratio {p / h:.3f} (target >= 0.97)", flush=True)
-
+    print(
+        f"hook: batch {enc['input_ids'].shape[0]} x {args.new_tokens} tokens: plain generate {p:.2f} s, "
+        f"attached {h:.2f} s, throughput ratio {p / h:.3f} (target >= 0.97)",
+        flush=True,
+    )
 
 
 def front_door_overhead(lm, prompts: list[str], args) -> None:
@@ -91,8 +97,9 @@ def front_door_overhead(lm, prompts: list[str], args) -> None:
     def direct() -> None:
         for b in plan_batches(len(prompts), 4, [injection.name], 32):
             seeds = [injection.seed_for(0, keys[i], a) for i, a in b.rows]
-            gen.backend.generate([tokens[i] for i, _ in b.rows], injection, seeds, sampling,
-                                 decode_seed=decode_seed_for(0, b))
+            gen.backend.generate(
+                [tokens[i] for i, _ in b.rows], injection, seeds, sampling, decode_seed=decode_seed_for(0, b)
+            )
 
     direct()
     times = {"direct": [], "rsp.generate": []}
@@ -100,8 +107,11 @@ def front_door_overhead(lm, prompts: list[str], args) -> None:
         times["direct"].append(timed(direct))
         times["rsp.generate"].append(timed(front))
     d, f = statistics.median(times["direct"]), statistics.median(times["rsp.generate"])
-    print(f"front door: {len(prompts)} prompts x 4 attempts, T=0.7, {args.new_tokens} tokens: engine directly "
-          f"{d:.2f} s, rsp.generate {f:.2f} s, overhead {100 * (f / d - 1):+.1f} % (target <= 2 %)", flush=True)
+    print(
+        f"front door: {len(prompts)} prompts x 4 attempts, T=0.7, {args.new_tokens} tokens: engine directly "
+        f"{d:.2f} s, rsp.generate {f:.2f} s, overhead {100 * (f / d - 1):+.1f} % (target <= 2 %)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,15 @@ def smollm2_like(packaged: bool, dtype: torch.dtype, *, layers: int = 30, device
     lm = load_model("smollm2-135m-instruct", dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
     if not packaged:
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                          num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=layers,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            tie_word_embeddings=True,
+        )
         lm = dataclasses.replace(lm, model=LlamaForCausalLM(cfg).to(dtype).eval())
     lm = dataclasses.replace(lm, model=lm.model.to(device))
     return dataclasses.replace(lm, stop_token_ids=(49152 + 10,))  # never sampled: fixed length
@@ -49,8 +56,10 @@ def smollm2_like(packaged: bool, dtype: torch.dtype, *, layers: int = 30, device
 
 def synthetic_prompts(n: int, length: int, seed: int = 0) -> list[PromptTokens]:
     g = torch.Generator().manual_seed(seed)
-    return [PromptTokens(tuple(torch.randint(100, 49000, (length,), generator=g).tolist()), length)
-            for _ in range(n)]
+    return [
+        PromptTokens(tuple(torch.randint(100, 49000, (length,), generator=g).tolist()), length)
+        for _ in range(n)
+    ]
 
 
 def child(payload: dict) -> None:
@@ -69,8 +78,14 @@ def child(payload: dict) -> None:
     reset_ok = peakmem.reset_peak()
     base = peakmem.rss_mb()
     backend.generate(prompts, injection, list(range(batch)), sampling, decode_seed=0)
-    peakmem.emit({"peak_mb": peakmem.peak_mb(), "base_mb": base, "reset_ok": reset_ok,
-                  "cuda_peak_mb": peakmem.cuda_peak_mb()})
+    peakmem.emit(
+        {
+            "peak_mb": peakmem.peak_mb(),
+            "base_mb": base,
+            "reset_ok": reset_ok,
+            "cuda_peak_mb": peakmem.cuda_peak_mb(),
+        }
+    )
 
 
 def peak_column(args, batch: int) -> dict[str, str]:
@@ -78,11 +93,20 @@ def peak_column(args, batch: int) -> dict[str, str]:
 
     out = {}
     for arm in ("generate", "lean"):
-        payload = {"arm": arm, "batch": batch, "prompt_length": args.prompt_length, "new_tokens": args.new_tokens,
-                   "rsp_length": args.rsp_length, "threads": args.threads, "dtype": args.dtype,
-                   "packaged": args.packaged, "device": args.device}
-        r = peakmem.run_child(str(Path(__file__).resolve()), payload,
-                              max_rss_mb=args.max_rss_mb or 0.8 * peakmem.available_mb())
+        payload = {
+            "arm": arm,
+            "batch": batch,
+            "prompt_length": args.prompt_length,
+            "new_tokens": args.new_tokens,
+            "rsp_length": args.rsp_length,
+            "threads": args.threads,
+            "dtype": args.dtype,
+            "packaged": args.packaged,
+            "device": args.device,
+        }
+        r = peakmem.run_child(
+            str(Path(__file__).resolve()), payload, max_rss_mb=args.max_rss_mb or 0.8 * peakmem.available_mb()
+        )
         if "error" in r:
             out[arm] = r["error"]
         elif args.device.startswith("cuda"):
@@ -103,7 +127,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    ap.add_argument("--packaged", action="store_true", help="use SmolLM2's real weights instead of random init")
+    ap.add_argument(
+        "--packaged", action="store_true", help="use SmolLM2's real weights instead of random init"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     peakmem.add_child_arguments(ap)
@@ -114,25 +140,37 @@ def main() -> None:
     lm = smollm2_like(args.packaged, getattr(torch, args.dtype), device=args.device)
     injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
     sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
-    arms = {"generate": HFBackend(lm),
-            "lean-eager": LeanHFBackend(lm, pack_weights=False, preallocate_cache=False),
-            "lean": LeanHFBackend(lm)}
-    print(f"model=smollm2-config({'packaged' if args.packaged else 'random'}) dtype={args.dtype} "
-          f"prompt={args.prompt_length} new_tokens={args.new_tokens} L={args.rsp_length} "
-          f"threads={args.threads} repeats={args.repeats}")
-    print("peak MiB = peak RSS of a fresh process during one call (model and imports included); "
-          "+MiB = peak minus RSS just before the call (CUDA: max_memory_allocated)")
-    print("lean-eager = the decode loop alone (no packed weights, concatenating cache); lean = the default "
-          "(prepacked bf16 weights + preallocated cache)")
-    print("batch | generate tok/s | lean-eager tok/s | lean tok/s | lean-eager/generate | lean/generate "
-          "| greedy identical | generate peak MiB (+) | lean peak MiB (+)")
+    arms = {
+        "generate": HFBackend(lm),
+        "lean-eager": LeanHFBackend(lm, pack_weights=False, preallocate_cache=False),
+        "lean": LeanHFBackend(lm),
+    }
+    print(
+        f"model=smollm2-config({'packaged' if args.packaged else 'random'}) dtype={args.dtype} "
+        f"prompt={args.prompt_length} new_tokens={args.new_tokens} L={args.rsp_length} "
+        f"threads={args.threads} repeats={args.repeats}"
+    )
+    print(
+        "peak MiB = peak RSS of a fresh process during one call (model and imports included); "
+        "+MiB = peak minus RSS just before the call (CUDA: max_memory_allocated)"
+    )
+    print(
+        "lean-eager = the decode loop alone (no packed weights, concatenating cache); lean = the default "
+        "(prepacked bf16 weights + preallocated cache)"
+    )
+    print(
+        "batch | generate tok/s | lean-eager tok/s | lean tok/s | lean-eager/generate | lean/generate "
+        "| greedy identical | generate peak MiB (+) | lean peak MiB (+)"
+    )
     for batch in args.batches:
         prompts = synthetic_prompts(batch, args.prompt_length, seed=batch)
         seeds = list(range(batch))
-        outs = {name: b.generate(prompts, injection, seeds, sampling, decode_seed=0) for name, b in arms.items()}
+        outs = {
+            name: b.generate(prompts, injection, seeds, sampling, decode_seed=0) for name, b in arms.items()
+        }
         times: dict[str, list[float]] = {k: [] for k in arms}
         for rep in range(args.repeats):
-            for name in (list(arms) if rep % 2 == 0 else list(reversed(arms))):
+            for name in list(arms) if rep % 2 == 0 else list(reversed(arms)):
                 t0 = time.perf_counter()
                 arms[name].generate(prompts, injection, seeds, sampling, decode_seed=rep)
                 times[name].append(time.perf_counter() - t0)
@@ -140,9 +178,12 @@ def main() -> None:
         rate = {k: tokens / statistics.median(v) for k, v in times.items()}
         same = outs["generate"] == outs["lean"] == outs["lean-eager"]
         peaks = {"generate": "-", "lean": "-"} if args.no_memory else peak_column(args, batch)
-        print(f"{batch:5d} | {rate['generate']:14.1f} | {rate['lean-eager']:16.1f} | {rate['lean']:10.1f} | "
-              f"{rate['lean-eager'] / rate['generate']:19.2f} | {rate['lean'] / rate['generate']:13.2f} | "
-              f"{same!s:16s} | {peaks['generate']:>21s} | {peaks['lean']:>17s}", flush=True)
+        print(
+            f"{batch:5d} | {rate['generate']:14.1f} | {rate['lean-eager']:16.1f} | {rate['lean']:10.1f} | "
+            f"{rate['lean-eager'] / rate['generate']:19.2f} | {rate['lean'] / rate['generate']:13.2f} | "
+            f"{same!s:16s} | {peaks['generate']:>21s} | {peaks['lean']:>17s}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,12 @@ def generated_tokens(completions: list[Completion]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
-    ap.add_argument("--workloads", nargs="+", default=["sample-stops", "greedy-stops", "greedy-fixed"],
-                    choices=["sample-stops", "greedy-stops", "greedy-fixed"])
+    ap.add_argument(
+        "--workloads",
+        nargs="+",
+        default=["sample-stops", "greedy-stops", "greedy-fixed"],
+        choices=["sample-stops", "greedy-stops", "greedy-fixed"],
+    )
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--attempts", type=int, default=4, help="attempts (RSP draws) per problem in a batch")
     ap.add_argument("--rsp-length", type=int, default=4)
@@ -66,33 +70,45 @@ def main() -> None:
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     problems = [builder.build(p) for p in task.problems]
     injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
-    print(f"SHARED MACHINE: 2 CPU cores, other experiments running; torch threads={args.threads}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, nice={os.nice(0)}. Expect drift; compare ratios.")
-    print(f"model=smollm2-135m-instruct(packaged) dtype=bf16 task=arith(steps=1,max=10) style={builder.resolved_style} "
-          f"L={args.rsp_length} new_tokens={args.new_tokens} T(sample-stops)={args.temperature} attempts/problem={args.attempts} "
-          f"prompt tokens={min(len(p.ids) for p in problems)}-{max(len(p.ids) for p in problems)} repeats={args.repeats}")
-    print("lean-eager = compaction alone (no packed weights, concatenating cache); lean = the default "
-          "(compaction + prepacked bf16 weights + preallocated cache)")
-    print("batch | workload     | generate tok/s | lean-eager tok/s | lean tok/s | lean-eager/generate | lean/generate "
-          "| gen tok/row | lean tok/row | gen s | lean s | rows stopped | lean rows/pass | greedy identical")
+    print(
+        f"SHARED MACHINE: 2 CPU cores, other experiments running; torch threads={args.threads}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, nice={os.nice(0)}. Expect drift; compare ratios."
+    )
+    print(
+        f"model=smollm2-135m-instruct(packaged) dtype=bf16 task=arith(steps=1,max=10) style={builder.resolved_style} "
+        f"L={args.rsp_length} new_tokens={args.new_tokens} T(sample-stops)={args.temperature} attempts/problem={args.attempts} "
+        f"prompt tokens={min(len(p.ids) for p in problems)}-{max(len(p.ids) for p in problems)} repeats={args.repeats}"
+    )
+    print(
+        "lean-eager = compaction alone (no packed weights, concatenating cache); lean = the default "
+        "(compaction + prepacked bf16 weights + preallocated cache)"
+    )
+    print(
+        "batch | workload     | generate tok/s | lean-eager tok/s | lean tok/s | lean-eager/generate | lean/generate "
+        "| gen tok/row | lean tok/row | gen s | lean s | rows stopped | lean rows/pass | greedy identical"
+    )
     for batch in args.batches:
         prompts = [problems[(i // args.attempts) % len(problems)] for i in range(batch)]
-        seeds = [injection.seed_for(0, task.problems[(i // args.attempts) % len(problems)].id, i % args.attempts)
-                 for i in range(batch)]
+        seeds = [
+            injection.seed_for(0, task.problems[(i // args.attempts) % len(problems)].id, i % args.attempts)
+            for i in range(batch)
+        ]
         for workload in args.workloads:
             model = fixed_lm if workload == "greedy-fixed" else lm
             temp = args.temperature if workload == "sample-stops" else 0.0
             sampling = SamplingConfig(temperature=temp, max_new_tokens=args.new_tokens)
-            arms = {"generate": HFBackend(model),
-                    "lean-eager": LeanHFBackend(model, pack_weights=False, preallocate_cache=False),
-                    "lean": LeanHFBackend(model)}
+            arms = {
+                "generate": HFBackend(model),
+                "lean-eager": LeanHFBackend(model, pack_weights=False, preallocate_cache=False),
+                "lean": LeanHFBackend(model),
+            }
             times: dict[str, list[float]] = {k: [] for k in arms}
             tokens: dict[str, list[int]] = {k: [] for k in arms}
             first: dict[str, list[Completion]] = {}
             live: list[float] = []  # lean: mean rows per decode forward pass
             stopped: list[float] = []  # share of rows that ended before the length limit
             for rep in range(args.repeats):
-                for name in (list(arms) if rep % 2 == 0 else list(reversed(arms))):
+                for name in list(arms) if rep % 2 == 0 else list(reversed(arms)):
                     t0 = time.perf_counter()
                     out = arms[name].generate(prompts, injection, seeds, sampling, decode_seed=rep)
                     times[name].append(time.perf_counter() - t0)
@@ -102,15 +118,24 @@ def main() -> None:
                         sizes = arms["lean"].last_batch_sizes
                         live.append(statistics.mean(sizes) if sizes else 0.0)
                     stopped.append(statistics.mean(c.finish_reason == "stop" for c in out))
-            rate = {k: statistics.median(n / t for n, t in zip(tokens[k], times[k], strict=True)) for k in arms}
+            rate = {
+                k: statistics.median(n / t for n, t in zip(tokens[k], times[k], strict=True)) for k in arms
+            }
             per_row = {k: statistics.mean(tokens[k]) / batch for k in arms}
             secs = {k: statistics.median(times[k]) for k in arms}
-            same = str(first["generate"] == first["lean"] == first["lean-eager"]) if temp == 0 else "n/a (sampled)"
-            print(f"{batch:5d} | {workload:12s} | {rate['generate']:14.1f} | {rate['lean-eager']:16.1f} | "
-                  f"{rate['lean']:10.1f} | {rate['lean-eager'] / rate['generate']:19.2f} | "
-                  f"{rate['lean'] / rate['generate']:13.2f} | {per_row['generate']:11.1f} | {per_row['lean']:12.1f} "
-                  f"| {secs['generate']:5.1f} | {secs['lean']:6.1f} | {statistics.mean(stopped):12.0%} "
-                  f"| {statistics.mean(live):14.1f} | {same}", flush=True)
+            same = (
+                str(first["generate"] == first["lean"] == first["lean-eager"])
+                if temp == 0
+                else "n/a (sampled)"
+            )
+            print(
+                f"{batch:5d} | {workload:12s} | {rate['generate']:14.1f} | {rate['lean-eager']:16.1f} | "
+                f"{rate['lean']:10.1f} | {rate['lean-eager'] / rate['generate']:19.2f} | "
+                f"{rate['lean'] / rate['generate']:13.2f} | {per_row['generate']:11.1f} | {per_row['lean']:12.1f} "
+                f"| {secs['generate']:5.1f} | {secs['lean']:6.1f} | {statistics.mean(stopped):12.0%} "
+                f"| {statistics.mean(live):14.1f} | {same}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-INSTALL_HINT = ("llama-cpp-python is not installed: pip install -e '.[llamacpp]' "
-                "(or pip install llama-cpp-python==0.3.36; it builds llama.cpp from source with CMake "
-                "and a C++ compiler where PyPI has no wheel for this platform, e.g. "
-                "CMAKE_ARGS=\"-DGGML_NATIVE=ON\" pip install llama-cpp-python==0.3.36)")
+INSTALL_HINT = (
+    "llama-cpp-python is not installed: pip install -e '.[llamacpp]' "
+    "(or pip install llama-cpp-python==0.3.36; it builds llama.cpp from source with CMake "
+    "and a C++ compiler where PyPI has no wheel for this platform, e.g. "
+    'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36)'
+)
 
 
 def packaged_gguf() -> Path:
@@ -66,9 +68,11 @@ def hf_decode(lm, prompt: list[int], new: int) -> tuple[list[int], float, float]
         lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, min_new_tokens=1, **common)
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, **common)
+        out = lm.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, **common
+        )
         total = time.perf_counter() - t0
-    return out[0, len(prompt):].tolist(), first, total
+    return out[0, len(prompt) :].tolist(), first, total
 
 
 def main() -> None:
@@ -91,33 +95,48 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gguf = packaged_gguf()
     lm = load_model("smollm2-135m-instruct", dtype=args.dtype)
-    prompt = lm.tokenizer.apply_chat_template([{"role": "user", "content": args.question}],
-                                              add_generation_prompt=True, tokenize=True)
+    prompt = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": args.question}], add_generation_prompt=True, tokenize=True
+    )
     if not isinstance(prompt, list):  # transformers 5 may return a BatchEncoding
         prompt = list(prompt["input_ids"])
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=len(prompt) + args.new_tokens + 8, n_threads=args.threads,
-                          n_threads_batch=args.threads, n_batch=512, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(gguf),
+        n_ctx=len(prompt) + args.new_tokens + 8,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_batch=512,
+        verbose=False,
+    )
     llama_decode(llm, prompt, 4)  # warm-up
     hf_decode(lm, prompt, 4)
     rates: dict[str, list[float]] = {"llama.cpp": [], "hf": []}
     outs: dict[str, list[int]] = {}
-    runners = {"llama.cpp": lambda: llama_decode(llm, prompt, args.new_tokens),
-               "hf": lambda: hf_decode(lm, prompt, args.new_tokens)}
+    runners = {
+        "llama.cpp": lambda: llama_decode(llm, prompt, args.new_tokens),
+        "hf": lambda: hf_decode(lm, prompt, args.new_tokens),
+    }
     for rep in range(args.repeats):
-        for name in (list(runners) if rep % 2 == 0 else list(runners)[::-1]):
+        for name in list(runners) if rep % 2 == 0 else list(runners)[::-1]:
             toks, first, total = runners[name]()
             outs[name] = toks
             rates[name].append((args.new_tokens - 1) / (total - first))
     agree = sum(a == b for a, b in zip(outs["llama.cpp"], outs["hf"], strict=False))
-    first_diff = next((i for i, (a, b) in enumerate(zip(outs["llama.cpp"], outs["hf"], strict=False)) if a != b), None)
-    print(f"model=smollm2-135m-instruct gguf={gguf.name} llama_cpp={llama_cpp.__version__} hf_dtype={lm.dtype} "
-          f"prompt={len(prompt)} new_tokens={args.new_tokens} threads={args.threads} repeats={args.repeats}")
+    first_diff = next(
+        (i for i, (a, b) in enumerate(zip(outs["llama.cpp"], outs["hf"], strict=False)) if a != b), None
+    )
+    print(
+        f"model=smollm2-135m-instruct gguf={gguf.name} llama_cpp={llama_cpp.__version__} hf_dtype={lm.dtype} "
+        f"prompt={len(prompt)} new_tokens={args.new_tokens} threads={args.threads} repeats={args.repeats}"
+    )
     print("engine    | decode tok/s (median) | runs")
     for name, r in rates.items():
         print(f"{name:9s} | {statistics.median(r):21.1f} | " + ", ".join(f"{x:.1f}" for x in r))
-    print(f"llama.cpp / hf = {statistics.median(rates['llama.cpp']) / statistics.median(rates['hf']):.2f}x; "
-          f"greedy tokens equal at {agree}/{args.new_tokens} positions, first difference at "
-          f"{'none' if first_diff is None else first_diff}")
+    print(
+        f"llama.cpp / hf = {statistics.median(rates['llama.cpp']) / statistics.median(rates['hf']):.2f}x; "
+        f"greedy tokens equal at {agree}/{args.new_tokens} positions, first difference at "
+        f"{'none' if first_diff is None else first_diff}"
+    )
 
 
 if __name__ == "__main__":

@@ -92,8 +92,12 @@ def add_child_arguments(ap) -> None:
     """The flags every memory-measuring benchmark shares: the RSS cap and the hidden child entry point."""
     import argparse
 
-    ap.add_argument("--max-rss-mb", type=float, default=None,
-                    help="kill a measurement whose RSS passes this (default: 80%% of MemAvailable at start)")
+    ap.add_argument(
+        "--max-rss-mb",
+        type=float,
+        default=None,
+        help="kill a measurement whose RSS passes this (default: 80%% of MemAvailable at start)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
 
 
@@ -130,8 +134,13 @@ def run_child(script: str, payload: dict, *, max_rss_mb: float, timeout_s: float
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(payload.get("threads", 1)))
     env.setdefault("MKL_NUM_THREADS", str(payload.get("threads", 1)))
-    proc = subprocess.Popen([sys.executable, script, "--child", json.dumps(payload)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, script, "--child", json.dumps(payload)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     start = time.monotonic()
     seen = 0.0
     killed = ""
@@ -150,6 +159,6 @@ def run_child(script: str, payload: dict, *, max_rss_mb: float, timeout_s: float
         return {"error": killed}
     for line in reversed(out.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     tail = (err or out).strip().splitlines()[-3:]
     return {"error": f"child exited {proc.returncode}: " + " | ".join(tail)}

@@ -46,13 +46,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--engine", choices=ENGINE_NAMES, default="hf")
-    ap.add_argument("--no-prefix-caching", action="store_true",
-                    help="vllm: turn off the prefix cache, which serves the plain arm's repeated prompts for free")
+    ap.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="vllm: turn off the prefix cache, which serves the plain arm's repeated prompts for free",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     lm = load_for_engine(args.model, args.engine, dtype=args.dtype)  # vllm: the embedding table alone
-    lm = dataclasses.replace(lm, stop_token_ids=(len(lm.tokenizer) + 10,))  # an id never sampled: fixed length
+    lm = dataclasses.replace(
+        lm, stop_token_ids=(len(lm.tokenizer) + 10,)
+    )  # an id never sampled: fixed length
     task = load_task("arith", limit=args.batch // 4 or 1)
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     prompts = [builder.build(p) for p in task.problems for _ in range(4)][: args.batch]
@@ -74,11 +79,16 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
             assert all(len(c.token_ids) == args.new_tokens for c in out)
     tokens = len(prompts) * args.new_tokens
-    print(f"engine={args.engine} prefix_caching={not args.no_prefix_caching} model={args.model} dtype={lm.dtype} batch={len(prompts)} new_tokens={args.new_tokens} "
-          f"L={args.rsp_length} threads={args.threads} repeats={args.repeats}")
+    print(
+        f"engine={args.engine} prefix_caching={not args.no_prefix_caching} model={args.model} dtype={lm.dtype} batch={len(prompts)} new_tokens={args.new_tokens} "
+        f"L={args.rsp_length} threads={args.threads} repeats={args.repeats}"
+    )
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, t in med.items():
-        print(f"{name:6s} median {t:7.2f} s   {tokens / t:8.1f} tok/s   runs: " + ", ".join(f"{x:.2f}" for x in times[name]))
+        print(
+            f"{name:6s} median {t:7.2f} s   {tokens / t:8.1f} tok/s   runs: "
+            + ", ".join(f"{x:.2f}" for x in times[name])
+        )
     ratio = med["plain"] / med["rsp"]
     print(f"RSP throughput / plain throughput = {ratio:.3f} (target >= 0.95)")
 

@@ -36,9 +36,27 @@ from pathlib import Path
 import httpx
 
 MODEL = "smollm2-135m-instruct"
-PROMPTS = [f"Question: what is {a} + {b}? Think step by step.\nAnswer:" for a, b in
-           [(3, 4), (12, 9), (7, 7), (25, 17), (40, 2), (8, 13), (99, 1), (6, 28), (14, 14), (31, 5), (2, 2),
-            (17, 26), (50, 50), (9, 8), (11, 21), (4, 36)]]
+PROMPTS = [
+    f"Question: what is {a} + {b}? Think step by step.\nAnswer:"
+    for a, b in [
+        (3, 4),
+        (12, 9),
+        (7, 7),
+        (25, 17),
+        (40, 2),
+        (8, 13),
+        (99, 1),
+        (6, 28),
+        (14, 14),
+        (31, 5),
+        (2, 2),
+        (17, 26),
+        (50, 50),
+        (9, 8),
+        (11, 21),
+        (4, 36),
+    ]
+]
 
 
 def free_port() -> int:
@@ -60,11 +78,32 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "rsp.cli", "serve", "--model", args.model, "--engine", args.engine,
-               "--dtype", args.dtype, "--port", str(self.port), "--max-batch-size", str(args.max_batch_size),
-               "--batch-wait-ms", str(args.batch_wait_ms), "--max-tokens-limit", "256"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        cmd = [
+            sys.executable,
+            "-m",
+            "rsp.cli",
+            "serve",
+            "--model",
+            args.model,
+            "--engine",
+            args.engine,
+            "--dtype",
+            args.dtype,
+            "--port",
+            str(self.port),
+            "--max-batch-size",
+            str(args.max_batch_size),
+            "--batch-wait-ms",
+            str(args.batch_wait_ms),
+            "--max-tokens-limit",
+            "256",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+        )
         deadline = time.monotonic() + 300
         while True:
             if self.proc.poll() is not None:
@@ -81,8 +120,10 @@ class Server:
     def batches_since(self, offset: int) -> list[tuple[int, float]]:
         """(rows, engine seconds) of each batch the server logged after `offset`."""
         text = self.log_path.read_text()[offset:]
-        return [(int(m.group(1)), float(m.group(2)))
-                for m in re.finditer(r"batch \d+: (\d+) rows from .* in ([0-9.]+) s", text)]
+        return [
+            (int(m.group(1)), float(m.group(2)))
+            for m in re.finditer(r"batch \d+: (\d+) rows from .* in ([0-9.]+) s", text)
+        ]
 
     def log_size(self) -> int:
         return len(self.log_path.read_text())
@@ -103,8 +144,14 @@ def concurrent_round(server: Server, args: argparse.Namespace, seed: int) -> tup
     clients = [httpx.Client(timeout=600) for _ in PROMPTS]
 
     def one(i: int) -> None:
-        body = {"model": MODEL, "prompt": PROMPTS[i], "n": 1, "max_tokens": args.max_tokens, "temperature": 0,
-                "seed": seed}
+        body = {
+            "model": MODEL,
+            "prompt": PROMPTS[i],
+            "n": 1,
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+            "seed": seed,
+        }
         barrier.wait()
         r = clients[i].post(server.url + "/v1/completions", json=body)
         r.raise_for_status()
@@ -137,8 +184,16 @@ def throughput(server: Server, args: argparse.Namespace) -> None:
 
     def direct(seed: int) -> tuple[float, int, list[str]]:
         start = time.perf_counter()
-        outs = gen.generate(PROMPTS, n=1, seed=seed, temperature=0, max_new_tokens=args.max_tokens, chat=False,
-                            keys=keys, batch_size=args.max_batch_size)
+        outs = gen.generate(
+            PROMPTS,
+            n=1,
+            seed=seed,
+            temperature=0,
+            max_new_tokens=args.max_tokens,
+            chat=False,
+            keys=keys,
+            batch_size=args.max_batch_size,
+        )
         seconds = time.perf_counter() - start
         return seconds, sum(len(o.samples[0].token_ids) for o in outs), [o.samples[0].text for o in outs]
 
@@ -155,15 +210,21 @@ def throughput(server: Server, args: argparse.Namespace) -> None:
             d_sec, d_tok, d_texts = direct(100 + r)
         same = sum(a == b for a, b in zip(s_texts, d_texts, strict=True))
         rows.append((s_tok / s_sec, d_tok / d_sec, len(batches) == 1))
-        print(f"round {r}: server {s_tok} tokens in {s_sec:.2f} s ({s_tok / s_sec:.1f} tok/s; batches of "
-              f"{[b for b, _ in batches]} rows, engine {sum(t for _, t in batches):.2f} s); rsp.generate {d_tok} "
-              f"tokens in {d_sec:.2f} s ({d_tok / d_sec:.1f} tok/s); ratio {s_tok / s_sec / (d_tok / d_sec):.2f}; "
-              f"identical texts {same}/16", flush=True)
+        print(
+            f"round {r}: server {s_tok} tokens in {s_sec:.2f} s ({s_tok / s_sec:.1f} tok/s; batches of "
+            f"{[b for b, _ in batches]} rows, engine {sum(t for _, t in batches):.2f} s); rsp.generate {d_tok} "
+            f"tokens in {d_sec:.2f} s ({d_tok / d_sec:.1f} tok/s); ratio {s_tok / s_sec / (d_tok / d_sec):.2f}; "
+            f"identical texts {same}/16",
+            flush=True,
+        )
     ratio = statistics.median(s / d for s, d, _ in rows)
     one = [s / d for s, d, single in rows if single]
-    print(f"(a) throughput ratio server / rsp.generate, median of {args.rounds} rounds: {ratio:.2f} (target >= 0.8); "
-          f"{len(one)} rounds ran as one batch" + (f" (their median ratio {statistics.median(one):.2f})" if one else ""),
-          flush=True)
+    print(
+        f"(a) throughput ratio server / rsp.generate, median of {args.rounds} rounds: {ratio:.2f} (target >= 0.8); "
+        f"{len(one)} rounds ran as one batch"
+        + (f" (their median ratio {statistics.median(one):.2f})" if one else ""),
+        flush=True,
+    )
 
 
 def soak(server: Server, args: argparse.Namespace) -> None:
@@ -178,8 +239,13 @@ def soak(server: Server, args: argparse.Namespace) -> None:
         with httpx.Client(timeout=600) as c:
             k = 0
             while time.monotonic() < deadline and k < 100_000:
-                body = {"model": MODEL, "prompt": PROMPTS[(i + k) % len(PROMPTS)], "n": args.n,
-                        "max_tokens": args.soak_max_tokens, "temperature": 0.7}
+                body = {
+                    "model": MODEL,
+                    "prompt": PROMPTS[(i + k) % len(PROMPTS)],
+                    "n": args.n,
+                    "max_tokens": args.soak_max_tokens,
+                    "temperature": 0.7,
+                }
                 k += 1
                 try:
                     r = c.post(server.url + "/v1/completions", json=body)
@@ -204,16 +270,22 @@ def soak(server: Server, args: argparse.Namespace) -> None:
     seconds = time.monotonic() - start
     health = httpx.get(server.url + "/health").json()
     done = sum(ok)
-    print(f"(b) soak: {args.clients} clients x n={args.n}, max_tokens {args.soak_max_tokens}, {seconds:.0f} s: "
-          f"{done} requests ok ({done * args.n} samples, {done / seconds:.2f} req/s), {len(failed)} failed or lost; "
-          f"server ran {health['batches']} batches, {health['rows']} rows in all", flush=True)
+    print(
+        f"(b) soak: {args.clients} clients x n={args.n}, max_tokens {args.soak_max_tokens}, {seconds:.0f} s: "
+        f"{done} requests ok ({done * args.n} samples, {done / seconds:.2f} req/s), {len(failed)} failed or lost; "
+        f"server ran {health['batches']} batches, {health['rows']} rows in all",
+        flush=True,
+    )
     for why in failed[:5]:
         print("   failure:", why)
     half = [m for t, m in samples if t >= samples[-1][0] / 2]
     first_half = [m for t, m in samples if t < samples[-1][0] / 2]
     print(f"    server RSS (MiB) every {args.rss_every:.0f} s: " + " ".join(f"{m:.0f}" for _, m in samples))
-    print(f"    RSS first half median {statistics.median(first_half):.0f} MiB, second half median "
-          f"{statistics.median(half):.0f} MiB, max {max(m for _, m in samples):.0f} MiB", flush=True)
+    print(
+        f"    RSS first half median {statistics.median(first_half):.0f} MiB, second half median "
+        f"{statistics.median(half):.0f} MiB, max {max(m for _, m in samples):.0f} MiB",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -234,9 +306,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(args, Path(tmp) / "server.log")
         try:
-            print(f"server: {args.model}, engine {args.engine}, dtype {args.dtype}, max batch {args.max_batch_size}, "
-                  f"batch wait {args.batch_wait_ms} ms, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-                  flush=True)
+            print(
+                f"server: {args.model}, engine {args.engine}, dtype {args.dtype}, max batch {args.max_batch_size}, "
+                f"batch wait {args.batch_wait_ms} ms, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+                flush=True,
+            )
             if args.rounds:
                 throughput(server, args)
             if args.soak_seconds > 0:

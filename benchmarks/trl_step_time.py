@@ -34,23 +34,49 @@ def run_arm(model: str, length: int, args, out_dir: str) -> dict:
     from rsp.train import RSPGRPOTrainer
     from rsp.train.grpo import resolve_model
 
-    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {2 * i + 1}? Answer with a number."}],
-             "solution": str(3 * i + 1)} for i in range(64)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} + {2 * i + 1}? Answer with a number."}],
+            "solution": str(3 * i + 1),
+        }
+        for i in range(64)
+    ]
 
     def reward(completions, solution, **_):  # cheap and non-constant, so every group has an update
         return [float(len(c[0]["content"]) % 3) for c in completions]
 
-    config = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=args.rollouts,
-                        num_generations=args.rollouts, max_completion_length=args.tokens, max_steps=args.steps,
-                        use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no",
-                        learning_rate=1e-5, seed=0, generation_kwargs={"min_new_tokens": args.tokens},
-                        model_init_kwargs={"dtype": "float32"}, disable_tqdm=True)
-    peft = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    config = GRPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=args.rollouts,
+        num_generations=args.rollouts,
+        max_completion_length=args.tokens,
+        max_steps=args.steps,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-5,
+        seed=0,
+        generation_kwargs={"min_new_tokens": args.tokens},
+        model_init_kwargs={"dtype": "float32"},
+        disable_tqdm=True,
+    )
+    peft = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
     t0 = time.perf_counter()
-    trainer = RSPGRPOTrainer(model=resolve_model(model), reward_funcs=reward, args=config,
-                             train_dataset=Dataset.from_list(rows), peft_config=peft,
-                             rsp_config=rsp.RSPConfig(length=length))
+    trainer = RSPGRPOTrainer(
+        model=resolve_model(model),
+        reward_funcs=reward,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        peft_config=peft,
+        rsp_config=rsp.RSPConfig(length=length),
+    )
     build = time.perf_counter() - t0
     cpu: list[float] = []
 
@@ -66,9 +92,16 @@ def run_arm(model: str, length: int, args, out_dir: str) -> dict:
     trainer.train()
     wall = time.perf_counter() - t0
     steps = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
-    return {"length": length, "build_s": build, "train_wall_s": wall, "step_time_s": steps, "step_cpu_s": cpu,
-            "completion_tokens": [h.get("completions/mean_length") for h in trainer.state.log_history
-                                  if "step_time" in h]}
+    return {
+        "length": length,
+        "build_s": build,
+        "train_wall_s": wall,
+        "step_time_s": steps,
+        "step_cpu_s": cpu,
+        "completion_tokens": [
+            h.get("completions/mean_length") for h in trainer.state.log_history if "step_time" in h
+        ],
+    }
 
 
 def main() -> None:
@@ -94,8 +127,10 @@ def main() -> None:
         for key in ("step_time_s", "step_cpu_s"):
             later = [s for r in results if r["length"] == length for s in r[key][1:]]
             first = [r[key][0] for r in results if r["length"] == length]
-            print(f"L={length} {key}: first step median {statistics.median(first):.3f} s"
-                  + (f", later steps median {statistics.median(later):.3f} s (n={len(later)})" if later else ""))
+            print(
+                f"L={length} {key}: first step median {statistics.median(first):.3f} s"
+                + (f", later steps median {statistics.median(later):.3f} s (n={len(later)})" if later else "")
+            )
 
 
 if __name__ == "__main__":

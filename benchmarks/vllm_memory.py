@@ -60,16 +60,32 @@ def child(payload: dict) -> None:
     prompts = [builder.build(p) for p in task.problems for _ in range(attempts)]
     injection = RandomSoftPrompt(lm.embedding_stats(), payload["rsp_length"])
     seeds = [injection.seed_for(0, p.id, a) for p in task.problems for a in range(attempts)]
-    out = backend.generate(prompts, injection, seeds, SamplingConfig(temperature=0, max_new_tokens=payload["new_tokens"]),
-                           decode_seed=0, stop_strings=builder.stop_strings)
+    out = backend.generate(
+        prompts,
+        injection,
+        seeds,
+        SamplingConfig(temperature=0, max_new_tokens=payload["new_tokens"]),
+        decode_seed=0,
+        stop_strings=builder.stop_strings,
+    )
     tokens = [list(c.token_ids) for c in out]
     if payload["arm"] != "hf":  # the table is read only if something needed it (not mixed prompts)
         held = 0 if lm._table is None else lm._table.numel() * lm._table.element_size()
-    peakmem.emit({"peak_mb": peakmem.peak_mb(), "base_mb": base, "load_peak_mb": load_peak,
-                  "engine_peak_mb": engine_peak, "end_rss_mb": peakmem.rss_mb(), "held_bytes": held,
-                  "seconds": time.perf_counter() - t0, "reset_ok": reset_ok,
-                  "completions": hashlib.sha256(repr(tokens).encode()).hexdigest()[:16],
-                  "distinct": len({tuple(t) for t in tokens}), "attempts": len(tokens)})
+    peakmem.emit(
+        {
+            "peak_mb": peakmem.peak_mb(),
+            "base_mb": base,
+            "load_peak_mb": load_peak,
+            "engine_peak_mb": engine_peak,
+            "end_rss_mb": peakmem.rss_mb(),
+            "held_bytes": held,
+            "seconds": time.perf_counter() - t0,
+            "reset_ok": reset_ok,
+            "completions": hashlib.sha256(repr(tokens).encode()).hexdigest()[:16],
+            "distinct": len({tuple(t) for t in tokens}),
+            "attempts": len(tokens),
+        }
+    )
 
 
 def main() -> None:
@@ -94,33 +110,53 @@ def main() -> None:
     embedding_stats(args.model, dtype=args.dtype)
     cap = args.max_rss_mb or 0.8 * peakmem.available_mb()
     script = str(Path(__file__).resolve())
-    print(f"model={args.model} dtype={args.dtype} {args.problems} problems x {args.attempts} RSP attempts "
-          f"(L={args.rsp_length}, greedy, {args.new_tokens} new tokens) threads={args.threads} "
-          f"kv_cache={args.kv_cache_gib} GiB RSS cap={cap:.0f} MiB")
-    print("peak MiB = peak RSS from after the imports to the end (load + engine + stats + generate); "
-          "+MiB = that minus the RSS after the imports")
+    print(
+        f"model={args.model} dtype={args.dtype} {args.problems} problems x {args.attempts} RSP attempts "
+        f"(L={args.rsp_length}, greedy, {args.new_tokens} new tokens) threads={args.threads} "
+        f"kv_cache={args.kv_cache_gib} GiB RSS cap={cap:.0f} MiB"
+    )
+    print(
+        "peak MiB = peak RSS from after the imports to the end (load + engine + stats + generate); "
+        "+MiB = that minus the RSS after the imports"
+    )
     results = {}
-    for arm, label in (("hf", "(a) load_model + VLLMBackend"), ("embedding", "(b) load_embedding_model + VLLMBackend")):
-        payload = {"arm": arm, "model": args.model, "dtype": args.dtype, "problems": args.problems,
-                   "attempts": args.attempts, "rsp_length": args.rsp_length, "new_tokens": args.new_tokens,
-                   "threads": args.threads, "kv_cache_gib": args.kv_cache_gib}
+    for arm, label in (
+        ("hf", "(a) load_model + VLLMBackend"),
+        ("embedding", "(b) load_embedding_model + VLLMBackend"),
+    ):
+        payload = {
+            "arm": arm,
+            "model": args.model,
+            "dtype": args.dtype,
+            "problems": args.problems,
+            "attempts": args.attempts,
+            "rsp_length": args.rsp_length,
+            "new_tokens": args.new_tokens,
+            "threads": args.threads,
+            "kv_cache_gib": args.kv_cache_gib,
+        }
         r = results[arm] = peakmem.run_child(script, payload, max_rss_mb=cap, timeout_s=1800)
         if "error" in r:
             print(f"{label}: {r['error']}")
             continue
-        print(f"{label:40s} peak {r['peak_mb']:7.0f} MiB (+{r['peak_mb'] - r['base_mb']:6.0f}); after load "
-              f"{r['load_peak_mb']:6.0f}, after engine {r['engine_peak_mb']:6.0f}, end RSS {r['end_rss_mb']:6.0f}; "
-              f"holds {r['held_bytes'] / 2**20:6.1f} MiB besides vLLM; {r['seconds']:.1f} s; "
-              f"{r['distinct']}/{r['attempts']} distinct completions", flush=True)
+        print(
+            f"{label:40s} peak {r['peak_mb']:7.0f} MiB (+{r['peak_mb'] - r['base_mb']:6.0f}); after load "
+            f"{r['load_peak_mb']:6.0f}, after engine {r['engine_peak_mb']:6.0f}, end RSS {r['end_rss_mb']:6.0f}; "
+            f"holds {r['held_bytes'] / 2**20:6.1f} MiB besides vLLM; {r['seconds']:.1f} s; "
+            f"{r['distinct']}/{r['attempts']} distinct completions",
+            flush=True,
+        )
     a, b = results.get("hf", {}), results.get("embedding", {})
     if "peak_mb" in a and "peak_mb" in b:
         saved = a["peak_mb"] - b["peak_mb"]
         hf_mb = a["held_bytes"] / 2**20
         # A ratio rather than met/missed: RSS moves by ~1 MiB between runs, and a saving of exactly the
         # HF copy would flip a strict comparison on noise.
-        print(f"difference (a) - (b): {saved:.0f} MiB peak, {a['end_rss_mb'] - b['end_rss_mb']:.0f} MiB at the end; "
-              f"HF model parameters {hf_mb:.1f} MiB; peak saving / HF parameters = {saved / hf_mb:.3f} "
-              f"(target: >= 1, up to ~1 MiB of RSS noise)")
+        print(
+            f"difference (a) - (b): {saved:.0f} MiB peak, {a['end_rss_mb'] - b['end_rss_mb']:.0f} MiB at the end; "
+            f"HF model parameters {hf_mb:.1f} MiB; peak saving / HF parameters = {saved / hf_mb:.3f} "
+            f"(target: >= 1, up to ~1 MiB of RSS noise)"
+        )
         print(f"greedy completions identical: {a['completions'] == b['completions']}")
 
 

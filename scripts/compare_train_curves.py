@@ -21,7 +21,9 @@ def main(argv: list[str]) -> int:
     out, arms = Path(argv[0]), [a.split("=", 1) for a in argv[1:]]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for label, run in arms:
-        records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line]
+        records = [
+            json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line
+        ]
         steps = [r["step"] for r in records]
         for ax, key in zip(axes.flat, KEYS, strict=True):
             ax.plot(steps, [r.get(key, float("nan")) for r in records], marker="o", ms=3, label=label)

@@ -62,8 +62,13 @@ def main() -> int:
 
     def vllm_engine():
         light = load_for_engine(args.model, "vllm", dtype=args.dtype)
-        backend = create_backend("vllm", light, tensor_parallel_size=args.tensor_parallel,
-                                 data_parallel_size=args.data_parallel, max_model_len=2048)
+        backend = create_backend(
+            "vllm",
+            light,
+            tensor_parallel_size=args.tensor_parallel,
+            data_parallel_size=args.data_parallel,
+            max_model_len=2048,
+        )
         return backend, RandomSoftPrompt(light.embedding_stats(), args.rsp_length)
 
     engines = {
@@ -74,8 +79,9 @@ def main() -> int:
     for name, make in engines.items():
         backend, injection = make()
         t0 = time.perf_counter()
-        results[name] = backend.generate(prompts, injection, seeds, sampling, decode_seed=0,
-                                         stop_strings=builder.stop_strings)
+        results[name] = backend.generate(
+            prompts, injection, seeds, sampling, decode_seed=0, stop_strings=builder.stop_strings
+        )
         elapsed = time.perf_counter() - t0
         rates[name] = sum(len(c.token_ids) for c in results[name]) / elapsed
         print(f"{name:10s} {elapsed:8.2f} s  {rates[name]:10.1f} tok/s  ({len(prompts)} attempts)")
@@ -84,8 +90,10 @@ def main() -> int:
     for name in ("hf-prefix", "vllm"):
         same = sum(a.token_ids == b.token_ids for a, b in zip(ref, results[name], strict=True)) / len(ref)
         prefix = sum(common_prefix(a.token_ids, b.token_ids) for a, b in zip(ref, results[name], strict=True))
-        print(f"{name:10s} vs hf: identical {same:.3f}, mean common prefix {prefix / len(ref):.1f} tokens, "
-              f"throughput x{rates[name] / rates['hf']:.2f}")
+        print(
+            f"{name:10s} vs hf: identical {same:.3f}, mean common prefix {prefix / len(ref):.1f} tokens, "
+            f"throughput x{rates[name] / rates['hf']:.2f}"
+        )
         worst = min(worst, same)
     return 0 if worst >= args.min_agreement else 1
 

@@ -70,9 +70,19 @@ def build_tiny_llama(seed: int = 0, vocab_size: int = 256, dtype: torch.dtype = 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        max_position_embeddings=512,
+    )
     model = LlamaForCausalLM(cfg).to(dtype).eval()
     model.generation_config.eos_token_id = 2
     return model
@@ -82,10 +92,21 @@ def build_tiny_gemma(seed: int = 0, vocab_size: int = 256, dtype: torch.dtype = 
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
-                           layer_types=["sliding_attention", "full_attention"], bos_token_id=1, eos_token_id=2,
-                           pad_token_id=0, max_position_embeddings=512)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        max_position_embeddings=512,
+    )
     model = Gemma3ForCausalLM(cfg).to(dtype).eval()
     model.generation_config.eos_token_id = 2
     return model
@@ -130,10 +151,18 @@ def build_char_tokenizer():
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=["<|end|>"])
-    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|end|>"],
+    )
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     return tok
 
 
@@ -152,9 +181,19 @@ def build_vllm_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        max_position_embeddings=512,
+    )
     model = LlamaForCausalLM(cfg).eval()
     sharpen(model)
     model.generation_config.eos_token_id = 2
@@ -163,8 +202,11 @@ def build_vllm_llama(seed: int = 0):
 
 def make_tiny_model_dir(path, arch: str = "llama"):
     """Save a tiny random model ("llama", "gemma" or "vllm-llama") and the char tokenizer as an HF model dir."""
-    builders = {"llama": lambda: build_tiny_llama(vocab_size=128), "gemma": lambda: build_tiny_gemma(vocab_size=128),
-                "vllm-llama": build_vllm_llama}
+    builders = {
+        "llama": lambda: build_tiny_llama(vocab_size=128),
+        "gemma": lambda: build_tiny_gemma(vocab_size=128),
+        "vllm-llama": build_vllm_llama,
+    }
     model = builders[arch]()
     model.save_pretrained(str(path))
     build_char_tokenizer().save_pretrained(str(path))
@@ -200,8 +242,9 @@ def chat_prompt(lm, question: str):
     """One chat prompt tokenised the way a real (fast) tokenizer does it, via the template's text."""
     from rsp.core import PromptTokens
 
-    text = lm.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                            add_generation_prompt=True)
+    text = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     return PromptTokens(tuple(ids), len(ids) - 2)
 

@@ -9,8 +9,9 @@ import pytest
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 
 
-@pytest.mark.parametrize("name,kind", [("multi_gpu.yaml", "MULTI_GPU"), ("zero3.yaml", "DEEPSPEED"),
-                                       ("fsdp2.yaml", "FSDP")])
+@pytest.mark.parametrize(
+    "name,kind", [("multi_gpu.yaml", "MULTI_GPU"), ("zero3.yaml", "DEEPSPEED"), ("fsdp2.yaml", "FSDP")]
+)
 def test_config_parses_with_accelerate(name, kind):
     from accelerate.commands.config.config_args import ClusterConfig
 

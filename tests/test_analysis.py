@@ -54,8 +54,10 @@ def test_branching_and_diversity_measures():
 
 
 def _prompts():
-    return [PromptTokens(ids=(1, 40, 41, 42, 43, 3, 50), user_turn_end=5),
-            PromptTokens(ids=(1, 60, 3, 70), user_turn_end=2)]
+    return [
+        PromptTokens(ids=(1, 40, 41, 42, 43, 3, 50), user_turn_end=5),
+        PromptTokens(ids=(1, 60, 3, 70), user_turn_end=2),
+    ]
 
 
 def test_teacher_forced_logits_equal_generation_logits(tiny_lm):
@@ -65,9 +67,17 @@ def test_teacher_forced_logits_equal_generation_logits(tiny_lm):
     backend = HFBackend(tiny_lm)
     batch, embeds = backend.prepare(prompts, inj, seeds)
     torch.manual_seed(0)
-    out = tiny_lm.model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, do_sample=True,
-                                 max_new_tokens=6, output_logits=True, return_dict_in_generate=True,
-                                 eos_token_id=None, pad_token_id=0, top_k=0)
+    out = tiny_lm.model.generate(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        do_sample=True,
+        max_new_tokens=6,
+        output_logits=True,
+        return_dict_in_generate=True,
+        eos_token_id=None,
+        pad_token_id=0,
+        top_k=0,
+    )
     gen_logits = torch.stack(out.logits, dim=1)  # (B, 6, V)
     tokens = out.sequences.tolist()
     tf = teacher_forced_logits(tiny_lm, prompts, inj, seeds, tokens, 6)
@@ -134,18 +144,53 @@ def test_saved_run_analysis_equals_live(tmp_path, tiny_model_dir):
     from rsp.cli import main
 
     lm = load_model(str(tiny_model_dir), dtype="float32")
-    cfg = EvalConfig(model=str(tiny_model_dir), limit=2, n=3, methods=("temperature", "rsp"), rsp_length=2,
-                     max_new_tokens=8, batch_size=6, dtype="float32")
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        limit=2,
+        n=3,
+        methods=("temperature", "rsp"),
+        rsp_length=2,
+        max_new_tokens=8,
+        batch_size=6,
+        dtype="float32",
+    )
     run_eval(cfg, tmp_path / "saved", lm=lm, progress=False)
     saved = analyse_run(tmp_path / "saved", options=AnalysisOptions(k=6), lm=lm, progress=False)
-    code = main(["analyze", "--model", str(tiny_model_dir), "--dtype", "float32", "--limit", "2", "--n", "3",
-                 "--methods", "temperature,rsp", "--rsp-length", "2", "--max-new-tokens", "8", "--batch-size", "6",
-                 "--k", "6", "--out", str(tmp_path / "live"), "--quiet"])
+    code = main(
+        [
+            "analyze",
+            "--model",
+            str(tiny_model_dir),
+            "--dtype",
+            "float32",
+            "--limit",
+            "2",
+            "--n",
+            "3",
+            "--methods",
+            "temperature,rsp",
+            "--rsp-length",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "6",
+            "--k",
+            "6",
+            "--out",
+            str(tmp_path / "live"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     live = json.loads((tmp_path / "live" / "metrics.json").read_text())
-    assert live["metrics"]["rsp"]["entropy"]["mean"] == pytest.approx(saved["metrics"]["rsp"]["entropy"]["mean"])
+    assert live["metrics"]["rsp"]["entropy"]["mean"] == pytest.approx(
+        saved["metrics"]["rsp"]["entropy"]["mean"]
+    )
     assert live["metrics"]["rsp"]["kl"]["mean"] == pytest.approx(saved["metrics"]["rsp"]["kl"]["mean"])
-    assert live["metrics"]["rsp"]["attention"]["mean"] == pytest.approx(saved["metrics"]["rsp"]["attention"]["mean"])
+    assert live["metrics"]["rsp"]["attention"]["mean"] == pytest.approx(
+        saved["metrics"]["rsp"]["attention"]["mean"]
+    )
     assert (tmp_path / "live" / "report.md").read_text().count("![") >= 4
     assert "kl" not in saved["metrics"]["temperature"]  # no injection, no KL
 

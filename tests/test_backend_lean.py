@@ -16,7 +16,9 @@ from rsp.core import NoInjection, RandomSoftPrompt
 
 
 def test_lean_greedy_matches_generate(sharp_lm):
-    prompts = [chat_prompt(sharp_lm, q) for q in ["hi", "a longer question here", "mid size"] for _ in range(2)]
+    prompts = [
+        chat_prompt(sharp_lm, q) for q in ["hi", "a longer question here", "mid size"] for _ in range(2)
+    ]
     injection = RandomSoftPrompt(sharp_lm.embedding_stats(), 4)
     seeds = list(range(len(prompts)))
     sampling = SamplingConfig(temperature=0, max_new_tokens=12)
@@ -52,7 +54,9 @@ def test_lean_sampling_matches_softmax(tiny_lm):
     counts = Counter(c.token_ids[0] if c.token_ids else tiny_lm.stop_token_ids[0] for c in out)
     batch, embeds = backend.prepare([prompt], NoInjection(), [None])
     with torch.no_grad():
-        logits = tiny_lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits[0, -1].float()
+        logits = (
+            tiny_lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits[0, -1].float()
+        )
     kth = logits.topk(12).values[-1]
     probs = torch.softmax(logits.masked_fill(logits < kth, -math.inf) / 1.5, -1)
     stat, df = chi2_stat(counts, probs, n)
@@ -102,8 +106,13 @@ def test_lean_compaction_greedy_matches_generate(fixture, request):
     ref = HFBackend(lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
     sizes: list[int] = []
     hook = lm.model.register_forward_pre_hook(
-        lambda _m, args, kwargs: sizes.append((kwargs.get("input_ids") if kwargs.get("input_ids") is not None
-                                               else kwargs["inputs_embeds"]).shape[0]), with_kwargs=True)
+        lambda _m, args, kwargs: sizes.append(
+            (
+                kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+            ).shape[0]
+        ),
+        with_kwargs=True,
+    )
     try:
         lean = LeanHFBackend(lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
     finally:
@@ -140,8 +149,9 @@ def test_lean_compacted_sampling_matches_conditional(tiny_lm):
     out = backend.generate([prompt] * n, NoInjection(), [None] * n, sampling, decode_seed=5)
     stopped = sum(1 for c in out if c.finish_reason == "stop" and not c.token_ids)
     assert stopped > 100 and backend.last_batch_sizes == [n - stopped]
-    counts = Counter(c.token_ids[1] if len(c.token_ids) > 1 else stop
-                     for c in out if c.token_ids and c.token_ids[0] == t1)
+    counts = Counter(
+        c.token_ids[1] if len(c.token_ids) > 1 else stop for c in out if c.token_ids and c.token_ids[0] == t1
+    )
     m = sum(counts.values())
 
     def conditional(prev: int) -> torch.Tensor:

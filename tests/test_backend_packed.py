@@ -12,7 +12,9 @@ from rsp.backends.packed import WeightPacker, packing_supported
 from rsp.core import RandomSoftPrompt
 from rsp.models import wrap_model
 
-pytestmark = pytest.mark.skipif(not packing_supported()[0], reason=f"weight packing: {packing_supported()[1]}")
+pytestmark = pytest.mark.skipif(
+    not packing_supported()[0], reason=f"weight packing: {packing_supported()[1]}"
+)
 
 
 @pytest.fixture
@@ -81,16 +83,23 @@ def test_hf_backend_feeds_the_head_a_contiguous_input_with_identical_bf16_tokens
     sampling = SamplingConfig(temperature=0, max_new_tokens=8)
     backend = HFBackend(bf16_lm)
     seen: list[bool] = []
-    spy = bf16_lm.model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    spy = bf16_lm.model.lm_head.register_forward_hook(
+        lambda m, args, out: seen.append(args[0].is_contiguous())
+    )
     try:
         ours = backend.generate(prompts, injection, seeds, sampling, decode_seed=0)
         assert seen and all(seen)
         seen.clear()
         batch, embeds = backend.prepare(prompts, injection, seeds)
         with torch.no_grad():
-            raw = bf16_lm.model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                                         **backend.generation_kwargs(sampling))
+            raw = bf16_lm.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=batch.attention_mask,
+                **backend.generation_kwargs(sampling),
+            )
     finally:
         spy.remove()
-    assert not seen[0], "plain generate() hands the head a non-contiguous prefill slice (the case the hook fixes)"
+    assert not seen[0], (
+        "plain generate() hands the head a non-contiguous prefill slice (the case the hook fixes)"
+    )
     assert [c.token_ids for c in ours] == [backend._finish(r.tolist(), sampling, ()).token_ids for r in raw]

@@ -22,7 +22,9 @@ def test_shared_matches_unshared_greedy_mixed_lengths(sharp_lm, position):
     backend = PrefixSharedHFBackend(sharp_lm)
     shared = backend.generate(prompts, injection, seeds, GREEDY, decode_seed=1)
     assert shared == plain
-    assert len({c.token_ids for c in plain}) == len(plain), "outputs must differ per attempt for the test to bite"
+    assert len({c.token_ids for c in plain}) == len(plain), (
+        "outputs must differ per attempt for the test to bite"
+    )
     if position == "prepend":
         assert not backend.last_shared
     else:
@@ -56,8 +58,9 @@ def test_no_injection_and_stop_strings_match(sharp_lm):
     shared = PrefixSharedHFBackend(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
     assert shared == plain
     stop = plain[0].text[3:5]
-    cut = PrefixSharedHFBackend(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0,
-                                                   stop_strings=[stop])
+    cut = PrefixSharedHFBackend(sharp_lm).generate(
+        prompts, NoInjection(), seeds, sampling, decode_seed=0, stop_strings=[stop]
+    )
     assert cut[0].text == plain[0].text[: plain[0].text.find(stop)]
     assert cut[0].finish_reason == "stop"
 

@@ -23,11 +23,13 @@ def test_one_request_per_attempt_with_its_own_rsp(tiny_lm, position):
     for i, (req, prompt) in enumerate(zip(requests, prompts, strict=True)):
         at = prompt.insert_index(position)
         assert req.prompt_embeds.shape == (len(prompt.ids) + 4, tiny_lm.model.config.hidden_size)
-        assert torch.equal(req.prompt_embeds[at:at + 4], injection.rows([seeds[i]])[0])
-        token_rows = torch.cat([req.prompt_embeds[:at], req.prompt_embeds[at + 4:]])
+        assert torch.equal(req.prompt_embeds[at : at + 4], injection.rows([seeds[i]])[0])
+        token_rows = torch.cat([req.prompt_embeds[:at], req.prompt_embeds[at + 4 :]])
         assert torch.equal(token_rows, tiny_lm.embed(torch.tensor([prompt.ids]))[0])
         width = int(batch.attention_mask[i].sum())
-        assert torch.equal(req.prompt_embeds, padded[i, -width:]), "same rows as the HF backend, minus padding"
+        assert torch.equal(req.prompt_embeds, padded[i, -width:]), (
+            "same rows as the HF backend, minus padding"
+        )
     assert not torch.equal(requests[0].prompt_embeds, requests[1].prompt_embeds)
 
 
@@ -43,7 +45,9 @@ def test_sampling_params_never_share_a_prompt():
     from rsp.backends import SamplingConfig
     from rsp.backends.vllm import sampling_params
 
-    params = sampling_params(SamplingConfig(temperature=0.7, top_k=5), seed=3, stop_token_ids=[2], stop_strings=[])
+    params = sampling_params(
+        SamplingConfig(temperature=0.7, top_k=5), seed=3, stop_token_ids=[2], stop_strings=[]
+    )
     assert params.n == 1 and params.seed == 3 and params.top_k == 5
 
 
@@ -58,8 +62,8 @@ def test_mixed_requests_carry_ids_and_only_the_slot_rows(tiny_lm):
         ids = list(prompt.ids[:at]) + [tiny_lm.pad_token_id] * 3 + list(prompt.ids[at:])
         assert list(req.token_ids) == ids
         assert list(req.is_token_ids) == [True] * at + [False] * 3 + [True] * (len(prompt.ids) - at)
-        assert torch.equal(req.prompt_embeds[at:at + 3], injection.rows([seed])[0])
-        assert not req.prompt_embeds[:at].any() and not req.prompt_embeds[at + 3:].any()
+        assert torch.equal(req.prompt_embeds[at : at + 3], injection.rows([seed])[0])
+        assert not req.prompt_embeds[:at].any() and not req.prompt_embeds[at + 3 :].any()
         prompt_dict = req.as_prompt()
         assert set(prompt_dict) == {"prompt_embeds", "prompt_token_ids", "prompt_is_token_ids"}
     # Attempts of one problem share every token row, which is what lets vLLM's prefix cache reuse them.
@@ -84,8 +88,14 @@ def test_plain_prompts_become_token_requests_and_prompt_noise_forces_embeddings(
 def test_unknown_prompt_mode_is_rejected(tiny_lm):
     prompts = chat_prompts(tiny_lm, ["hi"], attempts=1)
     with pytest.raises(ValueError, match="prompt_mode"):
-        build_requests(tiny_lm, prompts, RandomSoftPrompt(tiny_lm.embedding_stats(), 2), [1], decode_seed=0,
-                       prompt_mode="ids")  # type: ignore[arg-type]
+        build_requests(
+            tiny_lm,
+            prompts,
+            RandomSoftPrompt(tiny_lm.embedding_stats(), 2),
+            [1],
+            decode_seed=0,
+            prompt_mode="ids",
+        )  # type: ignore[arg-type]
 
 
 def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch):
@@ -106,7 +116,8 @@ def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch
     create_backend("vllm", tiny_lm, model_path="/m", tensor_parallel_size=2)
     # vllm-cpu's default reserves 92 % of all RAM and refuses to start beside an HF copy of the model.
     assert 0.05 <= seen["gpu_memory_utilization"] <= 0.9 and seen["gpu_memory_utilization"] == pytest.approx(
-        cpu_memory_fraction(), abs=0.05)
+        cpu_memory_fraction(), abs=0.05
+    )
     assert seen["dtype"] == "float32" and seen["enforce_eager"] is True and seen["tensor_parallel_size"] == 2
     assert seen["model"] == "/m" and seen["enable_prompt_embeds"] is True
     seen.clear()
@@ -116,8 +127,9 @@ def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch
         create_backend("vllm", tiny_lm)  # a wrapped in-memory model has no folder for vLLM to load
 
 
-def test_vllm_gets_the_same_engine_options_from_the_embedding_table_as_from_the_full_model(tiny_model_dir,
-                                                                                             monkeypatch):
+def test_vllm_gets_the_same_engine_options_from_the_embedding_table_as_from_the_full_model(
+    tiny_model_dir, monkeypatch
+):
     """`load_for_engine(..., "vllm")` hands VLLMBackend an EmbeddingModel: the engine it builds must be the
     one the full model built (folder, dtype, CPU settings), or the greedy agreement test proves nothing."""
     import sys

@@ -11,8 +11,16 @@ from rsp.baselines.soft_prompt import save_soft_prompt
 from rsp.methods import MethodOptions, build_method, method_names
 from rsp.tasks import PromptBuilder, load_task
 
-CONTROLS = ("rsp-fixed", "rsp-shared", "rsp-scaled", "token-rows", "token-string", "embed-noise", "mean-vector",
-            "soft-prompt")
+CONTROLS = (
+    "rsp-fixed",
+    "rsp-shared",
+    "rsp-scaled",
+    "token-rows",
+    "token-string",
+    "embed-noise",
+    "mean-vector",
+    "soft-prompt",
+)
 
 
 @pytest.fixture
@@ -41,8 +49,9 @@ def test_all_controls_are_registered_methods():
     assert set(CONTROLS) <= set(method_names())
 
 
-@pytest.mark.parametrize("method", ["rsp-fixed", "rsp-shared", "rsp-scaled", "token-rows", "token-string",
-                                    "mean-vector"])
+@pytest.mark.parametrize(
+    "method", ["rsp-fixed", "rsp-shared", "rsp-scaled", "token-rows", "token-string", "mean-vector"]
+)
 def test_only_the_slots_change(tiny_lm, prompts, method):
     problems, ps = prompts
     inj, batch, embeds, rows, _ = _slot_rows(tiny_lm, method, problems, ps, [0, 1])
@@ -55,7 +64,9 @@ def test_sharing_patterns(tiny_lm, prompts):
     problems, ps = prompts
     _, _, _, fixed, fixed_seeds = _slot_rows(tiny_lm, "rsp-fixed", problems, ps, [0, 1])
     assert len(set(fixed_seeds)) == 1 and all(torch.equal(fixed[0], r) for r in fixed)
-    _, _, _, shared, _ = _slot_rows(tiny_lm, "rsp-shared", problems, ps, [0, 1])  # order: (p0,a0),(p0,a1),(p1,a0),(p1,a1)
+    _, _, _, shared, _ = _slot_rows(
+        tiny_lm, "rsp-shared", problems, ps, [0, 1]
+    )  # order: (p0,a0),(p0,a1),(p1,a0),(p1,a1)
     assert torch.equal(shared[0], shared[1]) and torch.equal(shared[2], shared[3])
     assert not torch.equal(shared[0], shared[2])
     for method in ("rsp", "rsp-scaled", "token-rows", "token-string"):
@@ -122,7 +133,9 @@ def test_embed_noise_touches_only_real_prompt_tokens_with_neftune_magnitude(tiny
         assert diff[row].abs().max() <= bound * (1 + 1e-5)
         assert diff[row].abs().max() > 0.9 * bound  # uniform(-1,1): the max entry is close to the bound
     alone, embeds_alone = HFBackend(tiny_lm).prepare([short], inj, seeds[1:])
-    assert torch.equal(embeds_alone[0, -len(short.ids):], embeds[1, -len(short.ids):])  # independent of batching
+    assert torch.equal(
+        embeds_alone[0, -len(short.ids) :], embeds[1, -len(short.ids) :]
+    )  # independent of batching
 
 
 def test_embed_noise_is_scaled_into_the_effective_space(tiny_gemma_lm):
@@ -135,7 +148,11 @@ def test_soft_prompt_method_injects_the_file_vectors_at_its_position(tiny_lm, pr
     problems, ps = prompts
     vectors = torch.randn(3, tiny_lm.hidden_size)
     save_soft_prompt(tmp_path / "sp.safetensors", vectors, "end_of_user_turn", {"model": tiny_lm.name})
-    inj = build_method("soft-prompt", tiny_lm, MethodOptions(length=99, extra={"soft_prompt": str(tmp_path / "sp.safetensors")}))
+    inj = build_method(
+        "soft-prompt",
+        tiny_lm,
+        MethodOptions(length=99, extra={"soft_prompt": str(tmp_path / "sp.safetensors")}),
+    )
     assert inj.length == 3 and inj.position == "end_of_user_turn"
     seeds = [inj.seed_for(0, p.id, 0) for p in problems]
     batch, embeds = HFBackend(tiny_lm).prepare(ps, inj, seeds)
@@ -150,7 +167,12 @@ def test_soft_prompt_errors_are_specific(tiny_lm, tmp_path):
         build_method("soft-prompt", tiny_lm, MethodOptions())
     save_soft_prompt(tmp_path / "wide.safetensors", torch.zeros(2, 32), "prepend", {})
     with pytest.raises(ValueError, match="hidden size 32"):
-        build_method("soft-prompt", tiny_lm, MethodOptions(extra={"soft_prompt": str(tmp_path / "wide.safetensors")}))
+        build_method(
+            "soft-prompt", tiny_lm, MethodOptions(extra={"soft_prompt": str(tmp_path / "wide.safetensors")})
+        )
     with pytest.raises(FileNotFoundError):
-        build_method("soft-prompt", tiny_lm, MethodOptions(extra={"soft_prompt": str(tmp_path / "missing.safetensors")}))
-
+        build_method(
+            "soft-prompt",
+            tiny_lm,
+            MethodOptions(extra={"soft_prompt": str(tmp_path / "missing.safetensors")}),
+        )

@@ -21,8 +21,17 @@ from rsp.core import RandomSoftPrompt, derive_seed
 
 
 def _config(**kw) -> SoftPromptTrainConfig:
-    base = dict(model="tiny", length=2, train_size=16, val_size=4, steps=30, eval_every=10, batch_size=4, lr=0.1,
-                patience=3)
+    base = dict(
+        model="tiny",
+        length=2,
+        train_size=16,
+        val_size=4,
+        steps=30,
+        eval_every=10,
+        batch_size=4,
+        lr=0.1,
+        patience=3,
+    )
     base.update(kw)
     return SoftPromptTrainConfig(**base)
 
@@ -65,9 +74,15 @@ def test_loss_is_on_solution_tokens_only_and_independent_of_padding(tiny_lm):
 
 def test_early_stopping_keeps_the_best_vectors(tiny_lm, tmp_path):
     # No held-out improvement can beat min_delta, so the RSP initialisation stays the best.
-    result = train_soft_prompt(tiny_lm, _config(min_delta=1.0, eval_every=2, patience=2, steps=40), tmp_path,
-                               progress=False)
-    assert result.stopped_early and result.stop_reason == "patience" and result.steps_run == 4 and result.best_step == 0
+    result = train_soft_prompt(
+        tiny_lm, _config(min_delta=1.0, eval_every=2, patience=2, steps=40), tmp_path, progress=False
+    )
+    assert (
+        result.stopped_early
+        and result.stop_reason == "patience"
+        and result.steps_run == 4
+        and result.best_step == 0
+    )
     init = RandomSoftPrompt(tiny_lm.embedding_stats(), 2).rows([derive_seed(0, "soft-prompt-init")])[0]
     assert torch.equal(load_soft_prompt(tmp_path / "soft_prompt.safetensors").vectors, init)
 
@@ -76,8 +91,12 @@ def test_peft_prompt_tuning_adapter_loads_as_a_prepended_soft_prompt(tmp_path):
     from conftest import build_tiny_llama
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-    peft_model = get_peft_model(build_tiny_llama(), PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3, prompt_tuning_init=PromptTuningInit.RANDOM))
+    peft_model = get_peft_model(
+        build_tiny_llama(),
+        PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3, prompt_tuning_init=PromptTuningInit.RANDOM
+        ),
+    )
     peft_model.save_pretrained(str(tmp_path))
     soft = load_soft_prompt(tmp_path)
     assert soft.position == "prepend" and soft.length == 3

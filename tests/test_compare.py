@@ -12,13 +12,31 @@ from rsp.reporting import compare_runs, parse_arm, summarise
 
 def _fake_run(path, method: str, correct_by_problem: dict[str, list[bool]], *, n: int, task: str = "arith"):
     path.mkdir(parents=True)
-    config = {"methods": [method], "n": n, "task": task, "arith_steps": 1, "arith_max_value": 10, "split": "test"}
+    config = {
+        "methods": [method],
+        "n": n,
+        "task": task,
+        "arith_steps": 1,
+        "arith_max_value": 10,
+        "split": "test",
+    }
     (path / "config.json").write_text(json.dumps({"kind": "eval", "config": config}))
     with (path / "samples.jsonl").open("w") as f:
         for pid, outcomes in correct_by_problem.items():
             for a, ok in enumerate(outcomes):
-                f.write(json.dumps({"problem_id": pid, "method": method, "attempt": a, "correct": ok,
-                                    "extracted": "1" if ok else str(a + 2), "num_tokens": 5}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "problem_id": pid,
+                            "method": method,
+                            "attempt": a,
+                            "correct": ok,
+                            "extracted": "1" if ok else str(a + 2),
+                            "num_tokens": 5,
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def test_compare_pairs_problems_across_runs(tmp_path):
@@ -26,15 +44,17 @@ def test_compare_pairs_problems_across_runs(tmp_path):
     after = {f"p{i}": [True, False, True, True] for i in range(6)}
     _fake_run(tmp_path / "base", "rsp", before, n=4)
     _fake_run(tmp_path / "trained", "rsp", after, n=4)
-    summary = compare_runs([parse_arm(f"before={tmp_path / 'base'}:rsp"),
-                            parse_arm(f"after={tmp_path / 'trained'}:rsp")])
+    summary = compare_runs(
+        [parse_arm(f"before={tmp_path / 'base'}:rsp"), parse_arm(f"after={tmp_path / 'trained'}:rsp")]
+    )
     assert summary["problems"] == 6
     assert summary["methods"]["before"]["accuracy"]["mean"] == pytest.approx(3 / 24)
     assert summary["methods"]["after"]["accuracy"]["mean"] == pytest.approx(0.75)
     assert summary["paired"]["after"]["accuracy"]["mean"] == pytest.approx(0.75 - 3 / 24)
     # Same numbers as summarising one run that holds both arms.
-    merged = [{**r, "method": "before"} for r in _records(tmp_path / "base")] + \
-             [{**r, "method": "after"} for r in _records(tmp_path / "trained")]
+    merged = [{**r, "method": "before"} for r in _records(tmp_path / "base")] + [
+        {**r, "method": "after"} for r in _records(tmp_path / "trained")
+    ]
     assert summarise(merged, ["before", "after"], 4)["paired"] == summary["paired"]
 
 
@@ -46,11 +66,25 @@ def test_compare_cli_writes_files_and_refuses_mismatched_runs(tmp_path, capsys):
     _fake_run(tmp_path / "a", "temperature", {"p0": [True, False]}, n=2)
     _fake_run(tmp_path / "b", "rsp", {"p0": [True, True]}, n=2)
     _fake_run(tmp_path / "c", "rsp", {"p0": [True, True, False]}, n=3)
-    assert main(["compare", "--arm", f"x={tmp_path / 'a'}:temperature", "--arm", f"y={tmp_path / 'b'}:rsp",
-                 "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--arm",
+                f"x={tmp_path / 'a'}:temperature",
+                "--arm",
+                f"y={tmp_path / 'b'}:rsp",
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
     assert "| y |" in (tmp_path / "cmp" / "summary.md").read_text()
     assert (tmp_path / "cmp" / "passk.png").stat().st_size > 0
-    assert main(["compare", "--arm", f"x={tmp_path / 'a'}:temperature", "--arm", f"y={tmp_path / 'c'}:rsp"]) == 2
+    assert (
+        main(["compare", "--arm", f"x={tmp_path / 'a'}:temperature", "--arm", f"y={tmp_path / 'c'}:rsp"]) == 2
+    )
     assert "same problems and n" in capsys.readouterr().err
     assert main(["compare", "--arm", f"x={tmp_path / 'a'}:rsp", "--arm", f"y={tmp_path / 'b'}:rsp"]) == 2
     assert "has no method 'rsp'" in capsys.readouterr().err

@@ -56,9 +56,15 @@ def test_generation_from_embeddings_with_l0_equals_generation_from_ids(tiny_lm):
     ours = backend.generate(prompts, NoInjection(), [None] * 3, sampling, decode_seed=0)
     for prompt, got in zip(prompts, ours, strict=True):
         ids = torch.tensor([prompt.ids])
-        ref = tiny_lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=12, eos_token_id=list(tiny_lm.stop_token_ids), pad_token_id=0)
-        new = ref[0, ids.shape[1]:].tolist()
+        ref = tiny_lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=list(tiny_lm.stop_token_ids),
+            pad_token_id=0,
+        )
+        new = ref[0, ids.shape[1] :].tolist()
         stop = next((i for i, t in enumerate(new) if t in tiny_lm.stop_token_ids), len(new))
         assert list(got.token_ids) == new[:stop]
 
@@ -95,7 +101,9 @@ def test_gemma_embedding_scale_is_measured_and_used(tiny_gemma_lm):
     expected = weight.shape[1] ** 0.5
     assert lm.embed_scale == pytest.approx(expected, rel=1e-3)
     stats = lm.embedding_stats()
-    assert stats.std == pytest.approx(float((weight.detach().double() * expected).std(unbiased=False)), rel=1e-4)
+    assert stats.std == pytest.approx(
+        float((weight.detach().double() * expected).std(unbiased=False)), rel=1e-4
+    )
     ids = torch.tensor([[5, 6]])
     assert torch.allclose(lm.embed(ids), weight[ids] * expected, rtol=1e-5)
 
@@ -104,11 +112,15 @@ def test_insertion_points_put_rsp_where_named(tiny_lm):
     prompt = _prompts()[0]
     backend = HFBackend(tiny_lm)
     stats = tiny_lm.embedding_stats()
-    for position, start in [("after_generation_prompt", len(prompt.ids)), ("end_of_user_turn", 7), ("prepend", 0)]:
+    for position, start in [
+        ("after_generation_prompt", len(prompt.ids)),
+        ("end_of_user_turn", 7),
+        ("prepend", 0),
+    ]:
         batch, _ = backend.prepare([prompt], RandomSoftPrompt(stats, 2, position=position), [1])
         assert batch.slot_index[0].tolist() == [start, start + 1]
         ids = batch.input_ids[0].tolist()
-        assert ids[:start] + ids[start + 2:] == list(prompt.ids)
+        assert ids[:start] + ids[start + 2 :] == list(prompt.ids)
 
 
 @pytest.mark.real_model
@@ -120,12 +132,19 @@ def test_smollm2_l0_embeddings_generation_equals_ids(smollm2):
     prompts = [builder.build(p) for p in task.problems]
     backend = HFBackend(smollm2)
     sampling = SamplingConfig(temperature=0, max_new_tokens=16)
-    ours = backend.generate(prompts, RandomSoftPrompt(smollm2.embedding_stats(), 0), [1, 2], sampling, decode_seed=0)
+    ours = backend.generate(
+        prompts, RandomSoftPrompt(smollm2.embedding_stats(), 0), [1, 2], sampling, decode_seed=0
+    )
     for prompt, got in zip(prompts, ours, strict=True):
         ids = torch.tensor([prompt.ids])
-        ref = smollm2.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=16, eos_token_id=list(smollm2.stop_token_ids),
-                                     pad_token_id=smollm2.pad_token_id)
-        new = ref[0, ids.shape[1]:].tolist()
+        ref = smollm2.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=16,
+            eos_token_id=list(smollm2.stop_token_ids),
+            pad_token_id=smollm2.pad_token_id,
+        )
+        new = ref[0, ids.shape[1] :].tolist()
         stop = next((i for i, t in enumerate(new) if t in smollm2.stop_token_ids), len(new))
         assert list(got.token_ids) == new[:stop]

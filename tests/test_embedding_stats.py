@@ -22,9 +22,19 @@ def _untied_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        max_position_embeddings=128,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -33,10 +43,21 @@ def _gemma_48():
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(2)
-    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
-                           layer_types=["full_attention"], bos_token_id=1, eos_token_id=[2, 3], pad_token_id=0,
-                           max_position_embeddings=128)
+    cfg = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=16,
+        layer_types=["full_attention"],
+        bos_token_id=1,
+        eos_token_id=[2, 3],
+        pad_token_id=0,
+        max_position_embeddings=128,
+    )
     return Gemma3ForCausalLM(cfg).eval()
 
 
@@ -83,7 +104,7 @@ def test_the_fixtures_cover_what_they_claim(checkpoints):
     untied = checkpoints["untied"][1].model
     assert not torch.equal(untied.lm_head.weight, untied.get_input_embeddings().weight)
     gemma = checkpoints["gemma"][1]
-    assert gemma.embed_scale != 1.0 and abs(gemma.embed_scale - 48 ** 0.5) > 1e-3
+    assert gemma.embed_scale != 1.0 and abs(gemma.embed_scale - 48**0.5) > 1e-3
 
 
 def test_gemma_scale_is_applied_in_each_dtype(checkpoints):
@@ -101,11 +122,19 @@ def test_embedding_model_matches_the_loaded_model(checkpoints, kind):
     ids = torch.tensor([[0, 1, 5, 17, 99, 127], [3, 3, 2, 64, 100, 8]])
     assert torch.equal(em.embed(ids), lm.embed(ids))
     assert em.embed(ids).dtype == lm.embed(ids).dtype == torch.bfloat16
-    assert (em.embed_scale, em.stop_token_ids, em.pad_token_id, em.hidden_size, em.vocab_rows, em.dtype) == \
-           (lm.embed_scale, lm.stop_token_ids, lm.pad_token_id, lm.hidden_size, lm.vocab_rows, lm.dtype)
+    assert (em.embed_scale, em.stop_token_ids, em.pad_token_id, em.hidden_size, em.vocab_rows, em.dtype) == (
+        lm.embed_scale,
+        lm.stop_token_ids,
+        lm.pad_token_id,
+        lm.hidden_size,
+        lm.vocab_rows,
+        lm.dtype,
+    )
     assert em.device == torch.device("cpu") and em.has_chat_template == lm.has_chat_template
     assert em.placeholder_id == lm.placeholder_id
-    assert em.location == lm.location and em.config.max_position_embeddings == lm.config.max_position_embeddings
+    assert (
+        em.location == lm.location and em.config.max_position_embeddings == lm.config.max_position_embeddings
+    )
     got, want = em.embedding_stats(rows="tokens"), lm.embedding_stats(rows="tokens")
     assert torch.equal(got.mean, want.mean) and got.std == want.std and got.rows_used == want.rows_used
 
@@ -186,7 +215,9 @@ def test_the_table_is_not_held_until_something_needs_it(checkpoints, read_spy):
     em = load_embedding_model(str(checkpoints["gemma"][0]))
     assert read_spy == [] and em._table is None
     injection = RandomSoftPrompt(em.embedding_stats(), 3)
-    requests = build_requests(em, [chat_prompt(em, "hi")] * 2, injection, [1, 2], decode_seed=0, prompt_mode="mixed")
+    requests = build_requests(
+        em, [chat_prompt(em, "hi")] * 2, injection, [1, 2], decode_seed=0, prompt_mode="mixed"
+    )
     assert requests[0].prompt_embeds.shape[1] == em.hidden_size and em._table is None
     assert em.embed_scale == checkpoints["gemma"][1].embed_scale  # from a 64-row slice, same number
     assert ("tensor", "model.embed_tokens.weight") in read_spy  # the fit read it, transiently
@@ -197,31 +228,46 @@ def test_the_table_is_not_held_until_something_needs_it(checkpoints, read_spy):
 def _write_checkpoint(folder, tensors: dict[str, torch.Tensor], config: dict | None = None):
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config or {"model_type": "llama", "vocab_size": 8,
-                                                               "hidden_size": 4}))
+    (folder / "config.json").write_text(
+        json.dumps(config or {"model_type": "llama", "vocab_size": 8, "hidden_size": 4})
+    )
     return folder
 
 
 def test_embedding_key_is_found_by_its_ending_and_narrowed_by_shape(tmp_path):
-    wrapped = _write_checkpoint(tmp_path / "a", {"model.language_model.embed_tokens.weight": torch.ones(8, 4),
-                                                 "lm_head.weight": torch.zeros(8, 4)})
+    wrapped = _write_checkpoint(
+        tmp_path / "a",
+        {"model.language_model.embed_tokens.weight": torch.ones(8, 4), "lm_head.weight": torch.zeros(8, 4)},
+    )
     assert emb_mod.find_embedding_tensor(str(wrapped))[1] == "model.language_model.embed_tokens.weight"
-    two = _write_checkpoint(tmp_path / "b", {"model.language_model.embed_tokens.weight": torch.ones(8, 4),
-                                             "model.vision_tower.embed_tokens.weight": torch.ones(3, 5)})
+    two = _write_checkpoint(
+        tmp_path / "b",
+        {
+            "model.language_model.embed_tokens.weight": torch.ones(8, 4),
+            "model.vision_tower.embed_tokens.weight": torch.ones(3, 5),
+        },
+    )
     config = {"model_type": "x", "text_config": {"vocab_size": 8, "hidden_size": 4}}
     assert emb_mod.find_embedding_tensor(str(two), config)[1] == "model.language_model.embed_tokens.weight"
-    gpt2 = _write_checkpoint(tmp_path / "c", {"transformer.wte.weight": torch.ones(8, 4),
-                                              "transformer.wpe.weight": torch.ones(16, 4)})
+    gpt2 = _write_checkpoint(
+        tmp_path / "c",
+        {"transformer.wte.weight": torch.ones(8, 4), "transformer.wpe.weight": torch.ones(16, 4)},
+    )
     assert emb_mod.find_embedding_tensor(str(gpt2))[1] == "transformer.wte.weight"
 
 
 def test_ambiguous_embedding_keys_are_refused_with_the_candidates(tmp_path):
-    folder = _write_checkpoint(tmp_path, {"a.embed_tokens.weight": torch.ones(8, 4),
-                                          "b.embed_tokens.weight": torch.ones(8, 4)})
-    with pytest.raises(ModelLoadError, match=r"a\.embed_tokens\.weight, b\.embed_tokens\.weight.*tensor_name"):
+    folder = _write_checkpoint(
+        tmp_path, {"a.embed_tokens.weight": torch.ones(8, 4), "b.embed_tokens.weight": torch.ones(8, 4)}
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"a\.embed_tokens\.weight, b\.embed_tokens\.weight.*tensor_name"
+    ):
         emb_mod.find_embedding_tensor(str(folder), {"vocab_size": 8, "hidden_size": 4})
-    assert emb_mod.find_embedding_tensor(str(folder), tensor_name="b.embed_tokens.weight")[1] == \
-           "b.embed_tokens.weight"
+    assert (
+        emb_mod.find_embedding_tensor(str(folder), tensor_name="b.embed_tokens.weight")[1]
+        == "b.embed_tokens.weight"
+    )
 
 
 def test_a_checkpoint_without_an_embedding_tensor_is_named_in_the_error(tmp_path):
@@ -263,7 +309,10 @@ def test_methods_build_the_same_injections_from_the_embedding_model(checkpoints)
     for name in ("rsp", "rsp-fixed", "mean-vector", "token-rows", "token-string"):
         for rows in ("all", "tokens"):
             options = MethodOptions(length=3, stats_rows=rows)
-            got, want = build_method(name, em, options).rows(seeds), build_method(name, lm, options).rows(seeds)
+            got, want = (
+                build_method(name, em, options).rows(seeds),
+                build_method(name, lm, options).rows(seeds),
+            )
             assert torch.equal(got, want), (name, rows)
     noise = build_method("embed-noise", em)
     assert noise.dim == lm.hidden_size and noise.embed_scale == lm.embed_scale

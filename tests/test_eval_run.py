@@ -19,8 +19,17 @@ from rsp.runio import RunDirError, read_jsonl_records
 
 
 def _config(model_dir, **kw) -> EvalConfig:
-    base = dict(model=str(model_dir), limit=3, n=4, methods=("temperature", "rsp"), rsp_length=2,
-                max_new_tokens=6, batch_size=4, temperature=0.9, dtype="float32")
+    base = dict(
+        model=str(model_dir),
+        limit=3,
+        n=4,
+        methods=("temperature", "rsp"),
+        rsp_length=2,
+        max_new_tokens=6,
+        batch_size=4,
+        temperature=0.9,
+        dtype="float32",
+    )
     base.update(kw)
     return EvalConfig(**base)
 
@@ -42,8 +51,18 @@ def test_records_have_the_documented_fields(tmp_path, tiny_model_dir, tiny_loade
     run = run_eval(_config(tiny_model_dir), tmp_path / "r", lm=tiny_loaded, progress=False)
     assert len(run.records) == 3 * 4 * 2
     r = run.records[0]
-    for key in ("problem_id", "method", "attempt", "rsp_seed", "decode_seed", "prompt_hash", "completion",
-                "token_ids", "extracted", "correct"):
+    for key in (
+        "problem_id",
+        "method",
+        "attempt",
+        "rsp_seed",
+        "decode_seed",
+        "prompt_hash",
+        "completion",
+        "token_ids",
+        "extracted",
+        "correct",
+    ):
         assert key in r
     rsp_seeds = [x["rsp_seed"] for x in run.records if x["method"] == "rsp"]
     assert len(set(rsp_seeds)) == len(rsp_seeds)  # a fresh RSP for every attempt
@@ -66,7 +85,10 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_model_dir, t
     run_eval(cfg, tmp_path / "part", lm=tiny_loaded, progress=False)
     full_bytes = (tmp_path / "full" / "samples.jsonl").read_bytes()
     assert (tmp_path / "part" / "samples.jsonl").read_bytes() == full_bytes
-    keys = [(r["problem_id"], r["method"], r["attempt"]) for r in read_jsonl_records(tmp_path / "part" / "samples.jsonl")]
+    keys = [
+        (r["problem_id"], r["method"], r["attempt"])
+        for r in read_jsonl_records(tmp_path / "part" / "samples.jsonl")
+    ]
     assert len(keys) == len(set(keys)) == 24
 
 
@@ -74,7 +96,9 @@ def test_finished_run_is_not_recomputed(tmp_path, tiny_model_dir, tiny_loaded):
     cfg = _config(tiny_model_dir)
     run_eval(cfg, tmp_path / "r", lm=tiny_loaded, progress=False)
     before = (tmp_path / "r" / "samples.jsonl").stat().st_mtime_ns
-    run = run_eval(cfg, tmp_path / "r", lm=None, progress=False)  # lm=None: would have to load if work remained
+    run = run_eval(
+        cfg, tmp_path / "r", lm=None, progress=False
+    )  # lm=None: would have to load if work remained
     assert (tmp_path / "r" / "samples.jsonl").stat().st_mtime_ns == before
     assert len(run.records) == 24
 
@@ -95,17 +119,20 @@ def test_greedy_runs_are_byte_identical(tmp_path, tiny_model_dir, tiny_loaded):
     assert len(greedy_rsp) > 1  # fresh RSPs make greedy attempts differ
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    ({"n": 0}, "--n must be >= 1"),
-    ({"rsp_length": -1}, "--rsp-length must be >= 0"),
-    ({"temperature": -0.5}, "--temperature must be >= 0"),
-    ({"methods": ("rsp", "bogus")}, "unknown method 'bogus'"),
-    ({"batch_size": 0}, "--batch-size must be >= 1"),
-    ({"position": "middle"}, "--position must be one of"),
-    ({"top_p": 1.5}, "top_p must be in"),
-    ({"engine": "hf", "tensor_parallel_size": 2}, "apply to --engine vllm only"),
-    ({"engine": "tgi"}, "--engine must be one of hf, lean, prefix, vllm"),
-])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"n": 0}, "--n must be >= 1"),
+        ({"rsp_length": -1}, "--rsp-length must be >= 0"),
+        ({"temperature": -0.5}, "--temperature must be >= 0"),
+        ({"methods": ("rsp", "bogus")}, "unknown method 'bogus'"),
+        ({"batch_size": 0}, "--batch-size must be >= 1"),
+        ({"position": "middle"}, "--position must be one of"),
+        ({"top_p": 1.5}, "top_p must be in"),
+        ({"engine": "hf", "tensor_parallel_size": 2}, "apply to --engine vllm only"),
+        ({"engine": "tgi"}, "--engine must be one of hf, lean, prefix, vllm"),
+    ],
+)
 def test_bad_settings_get_specific_errors(tmp_path, tiny_model_dir, kw, message):
     with pytest.raises(ConfigError, match=message):
         run_eval(_config(tiny_model_dir, **kw), tmp_path / "r", progress=False)
@@ -117,7 +144,9 @@ def test_context_overflow_is_refused(tmp_path, tiny_model_dir, tiny_loaded):
         run_eval(_config(tiny_model_dir, max_new_tokens=5000), tmp_path / "r", lm=tiny_loaded, progress=False)
 
 
-def test_context_check_uses_the_soft_prompt_files_length_not_rsp_length(tmp_path, tiny_model_dir, tiny_loaded):
+def test_context_check_uses_the_soft_prompt_files_length_not_rsp_length(
+    tmp_path, tiny_model_dir, tiny_loaded
+):
     import torch
 
     from rsp.baselines.soft_prompt import save_soft_prompt
@@ -125,21 +154,48 @@ def test_context_check_uses_the_soft_prompt_files_length_not_rsp_length(tmp_path
     hidden = tiny_loaded.model.config.hidden_size
     limit = tiny_loaded.model.config.max_position_embeddings
     save_soft_prompt(tmp_path / "long.safetensors", torch.zeros(limit, hidden), "after_generation_prompt", {})
-    config = _config(tiny_model_dir, methods=("soft-prompt",), rsp_length=1, max_new_tokens=4,
-                     method_extra={"soft_prompt": str(tmp_path / "long.safetensors")})
+    config = _config(
+        tiny_model_dir,
+        methods=("soft-prompt",),
+        rsp_length=1,
+        max_new_tokens=4,
+        method_extra={"soft_prompt": str(tmp_path / "long.safetensors")},
+    )
     with pytest.raises(ConfigError, match=rf"{limit} injected vectors \(soft-prompt\)"):
         run_eval(config, tmp_path / "r", lm=tiny_loaded, progress=False)
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "rsp.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rsp.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 def test_cli_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
-    args = ["eval", "--model", str(tiny_model_dir), "--dtype", "float32", "--limit", "6", "--n", "4",
-            "--batch-size", "4", "--max-new-tokens", "24", "--rsp-length", "2", "--quiet"]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "float32",
+        "--limit",
+        "6",
+        "--n",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-new-tokens",
+        "24",
+        "--rsp-length",
+        "2",
+        "--quiet",
+    ]
     ref = _cli([*args, "--out", str(tmp_path / "ref")])
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     out = tmp_path / "killed"

@@ -32,14 +32,21 @@ def _commands() -> list[str]:
 
 
 def test_script_print_lists_exactly_the_cell_commands():
-    out = subprocess.run(["bash", str(REPO / "scripts" / "findings.sh"), "--print"], capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "findings.sh"), "--print"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     assert out.stdout.splitlines() == _commands()
 
 
 def test_docs_commands_are_the_script_commands():
     text = (REPO / "docs" / "findings.md").read_text(encoding="utf-8")
-    assert doc_commands(text) == _commands(), "rerun `python -m rsp.findings report` after changing the cell list"
+    assert doc_commands(text) == _commands(), (
+        "rerun `python -m rsp.findings report` after changing the cell list"
+    )
 
 
 def test_every_eval_command_is_a_valid_rsp_eval_of_its_run():
@@ -76,8 +83,12 @@ def test_map_covers_the_issue_axes_with_enough_attempts_and_unique_dirs():
 
 def test_base_pair_runs_first_for_both_models():
     first = C.runs()[:4]
-    assert [(r.model.key, r.method) for r in first] == [("smollm2", "temperature"), ("smollm2", "rsp"),
-                                                        ("gemma3", "temperature"), ("gemma3", "rsp")]
+    assert [(r.model.key, r.method) for r in first] == [
+        ("smollm2", "temperature"),
+        ("smollm2", "rsp"),
+        ("gemma3", "temperature"),
+        ("gemma3", "rsp"),
+    ]
     assert all(r.difficulty.key == "arith1" and r.temperature == C.BASE_T for r in first)
 
 
@@ -94,8 +105,19 @@ def _write_run(root: Path, run: C.Run, rates: list[float], seed: int) -> None:
         for a in range(run.n):
             ok = bool(rng.random() < p)
             wrong = str(100 + int(rng.integers(0, 5)))
-            lines.append(json.dumps({"problem_id": f"p{i:02d}", "method": run.method, "attempt": a, "correct": ok,
-                                     "extracted": "7" if ok else wrong, "gold": "7", "num_tokens": 50}))
+            lines.append(
+                json.dumps(
+                    {
+                        "problem_id": f"p{i:02d}",
+                        "method": run.method,
+                        "attempt": a,
+                        "correct": ok,
+                        "extracted": "7" if ok else wrong,
+                        "gold": "7",
+                        "num_tokens": 50,
+                    }
+                )
+            )
     (d / "samples.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -116,8 +138,11 @@ def synthetic(tmp_path: Path) -> tuple[Path, dict[str, Cell]]:
     _write_run(root, null[0], base, 4)
     _write_run(root, harm[1], [0.5] * 32, 5)
     _write_run(root, harm[0], [0.0] * 32, 6)
-    cells = {"effect": Cell(*effect, "difficulty"), "null": Cell(*null, "temperature"),
-             "harm": Cell(*harm, "temperature")}
+    cells = {
+        "effect": Cell(*effect, "difficulty"),
+        "null": Cell(*null, "temperature"),
+        "harm": Cell(*harm, "temperature"),
+    }
     return root, cells
 
 
@@ -172,8 +197,15 @@ def test_report_writes_summaries_plots_and_doc_sections(synthetic, tmp_path: Pat
     monkeypatch.setattr("rsp.findings.report.evaluate_all", lambda r: evaluate_all(r, list(cells.values())))
     out = tmp_path / "out"
     rep = build_report(root=root, out=out, doc=doc, analysis_files=())
-    for name in ("cells.csv", "cells.json", "verdicts.json", "cost.json", "delta_vs_base.png", "passk_best_worst.png",
-                 "heatmap_L_T.png"):
+    for name in (
+        "cells.csv",
+        "cells.json",
+        "verdicts.json",
+        "cost.json",
+        "delta_vs_base.png",
+        "passk_best_worst.png",
+        "heatmap_L_T.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert "completion" not in (out / "cells.json").read_text()
     text = doc.read_text()
@@ -189,12 +221,21 @@ def _metrics_file(tmp_path: Path, rsp_t1: float, kl16: float) -> Path:
     n = 20
 
     def series(first: float, rest: float) -> dict:
-        return {"mean": [first] + [rest] * (n - 1), "ci_low": [first - 0.05] + [rest - 0.01] * (n - 1),
-                "ci_high": [first + 0.05] + [rest + 0.01] * (n - 1)}
+        return {
+            "mean": [first] + [rest] * (n - 1),
+            "ci_low": [first - 0.05] + [rest - 0.01] * (n - 1),
+            "ci_high": [first + 0.05] + [rest + 0.01] * (n - 1),
+        }
 
-    data = {"baseline": "temperature", "problems": 8, "config": {"model": "m"},
-            "metrics": {"temperature": {"entropy": series(1.0, 0.8)},
-                        "rsp": {"entropy": series(rsp_t1, 0.8), "kl": series(10.0, kl16)}}}
+    data = {
+        "baseline": "temperature",
+        "problems": 8,
+        "config": {"model": "m"},
+        "metrics": {
+            "temperature": {"entropy": series(1.0, 0.8)},
+            "rsp": {"entropy": series(rsp_t1, 0.8), "kl": series(10.0, kl16)},
+        },
+    }
     path = tmp_path / f"{rsp_t1}-{kl16}" / "metrics.json"
     path.parent.mkdir()
     path.write_text(json.dumps(data))
@@ -209,9 +250,17 @@ def test_entropy_verdict_rule(tmp_path: Path):
 
 
 def test_gsm8k_selection_needs_a_finished_screen_and_pools_both_arms():
-    rows = [{"problem_id": f"g{i}", "method": m, "attempt": a, "correct": (i == 1 and m == "rsp" and a == 1)
-             or (i == 2 and m == "temperature" and a == 0)}
-            for i in range(4) for m in ("temperature", "rsp") for a in range(2)]
+    rows = [
+        {
+            "problem_id": f"g{i}",
+            "method": m,
+            "attempt": a,
+            "correct": (i == 1 and m == "rsp" and a == 1) or (i == 2 and m == "temperature" and a == 0),
+        }
+        for i in range(4)
+        for m in ("temperature", "rsp")
+        for a in range(2)
+    ]
     assert solved_ids(rows, problems=4, attempts=2) == {"g1", "g2"}
     with pytest.raises(SelectionError):
         solved_ids(rows[:-1], problems=4, attempts=2)
@@ -229,7 +278,9 @@ def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, 
     assert runner.finished(step)
     other = dict(runner.expected_config(step.run), max_new_tokens=64)
     cfg.write_text(json.dumps({"kind": "eval", "config": other}))
-    assert not runner.finished(step), "a run made with other settings must go back to rsp eval (which refuses it)"
+    assert not runner.finished(step), (
+        "a run made with other settings must go back to rsp eval (which refuses it)"
+    )
     lines = (Path(step.run.out) / "samples.jsonl").read_text().splitlines()
     (Path(step.run.out) / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     cfg.write_text(json.dumps({"kind": "eval", "config": runner.expected_config(step.run)}))

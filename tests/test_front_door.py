@@ -17,7 +17,7 @@ def sharp(tiny_tokenizer):
 
 
 def _new_tokens(out: torch.Tensor, enc) -> list[list[int]]:
-    return out[:, enc["input_ids"].shape[1]:].tolist()
+    return out[:, enc["input_ids"].shape[1] :].tolist()
 
 
 class _Capture:
@@ -26,7 +26,8 @@ class _Capture:
     def __init__(self, model):
         self.outputs: list[torch.Tensor] = []
         self.handle = model.get_input_embeddings().register_forward_hook(
-            lambda m, a, out: self.outputs.append(out.detach().clone()))
+            lambda m, a, out: self.outputs.append(out.detach().clone())
+        )
 
 
 def test_num_return_sequences_gives_every_row_its_own_rsp(sharp):
@@ -39,7 +40,7 @@ def test_num_return_sequences_gives_every_row_its_own_rsp(sharp):
         assert out.shape[0] == 16 and len(h.seeds) == 16 and len(set(h.seeds)) == 16
         prefill = cap.outputs[0]
         assert prefill.shape[0] == 16  # expanded by transformers before the prefill, then injected row by row
-        slots = (torch.cat([enc["input_ids"]] * 1).repeat_interleave(8, dim=0) == h.placeholder_id)
+        slots = torch.cat([enc["input_ids"]] * 1).repeat_interleave(8, dim=0) == h.placeholder_id
         written = torch.stack([prefill[i][slots[i]] for i in range(16)])
         assert torch.allclose(written, h.rows(h.seeds).to(written.dtype))
 
@@ -54,7 +55,9 @@ def test_greedy_rows_of_prepare_n_equal_single_row_runs_with_their_seeds(sharp):
         one = h.prepare(["hello there"])
         for row, seed in zip(many, seeds, strict=True):
             with h.use_seeds([seed]):
-                alone = _new_tokens(model.generate(**one, do_sample=False, max_new_tokens=6, pad_token_id=0), one)
+                alone = _new_tokens(
+                    model.generate(**one, do_sample=False, max_new_tokens=6, pad_token_id=0), one
+                )
             assert alone == [row]
 
 
@@ -75,21 +78,24 @@ def test_each_generate_call_draws_fresh_seeds_and_the_same_seed_repeats_them(sha
 def test_attach_generate_equals_rsp_generate_hf_for_the_same_seeds(sharp):
     model, tok = sharp
     prompts = ["hello there", "what is 2+2", "x"]
-    outs = rsp.generate((model, tok), prompts, n=3, rsp=RSPConfig(length=3), temperature=0, max_new_tokens=6,
-                        seed=3)
+    outs = rsp.generate(
+        (model, tok), prompts, n=3, rsp=RSPConfig(length=3), temperature=0, max_new_tokens=6, seed=3
+    )
     with attach(model, tok, length=3) as h:
         for prompt, out in zip(prompts, outs, strict=True):
             enc = h.prepare([prompt], n=3)
             with h.use_seeds([s.rsp_seed for s in out.samples]):
                 got = model.generate(**enc, do_sample=False, max_new_tokens=6, pad_token_id=0)
             want = [list(s.token_ids) for s in out.samples]
-            assert [row[:len(w)] for row, w in zip(_new_tokens(got, enc), want, strict=True)] == want
+            assert [row[: len(w)] for row, w in zip(_new_tokens(got, enc), want, strict=True)] == want
 
 
 @pytest.mark.parametrize("engine", ["lean", "prefix"])
 def test_greedy_outputs_are_identical_across_engines(sharp, engine):
     model, tok = sharp
-    kwargs = dict(n=4, rsp=RSPConfig(length=2, position="end_of_user_turn"), temperature=0, max_new_tokens=6, seed=2)
+    kwargs = dict(
+        n=4, rsp=RSPConfig(length=2, position="end_of_user_turn"), temperature=0, max_new_tokens=6, seed=2
+    )
     prompts = ["hello there", [{"role": "user", "content": "what is 2+2"}]]
     ref = rsp.generate((model, tok), prompts, engine="hf", **kwargs)
     got = rsp.generate((model, tok), prompts, engine=engine, **kwargs)
@@ -114,7 +120,7 @@ def test_plain_forward_sees_the_rows_rsp_so_logprobs_can_be_recomputed(sharp):
     with attach(model, tok, length=3, seed=0) as h:
         enc = h.prepare(["hello there"], n=2)
         out = model.generate(**enc, do_sample=True, max_new_tokens=4, pad_token_id=0)
-        mask = torch.cat([enc["attention_mask"], torch.ones_like(out[:, enc["input_ids"].shape[1]:])], dim=1)
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(out[:, enc["input_ids"].shape[1] :])], dim=1)
         again = model(input_ids=out, attention_mask=mask).logits  # after generate: the rows' own RSPs
         with h.use_seeds(h.seeds):
             pinned = model(input_ids=out, attention_mask=mask).logits
@@ -148,7 +154,9 @@ def test_the_placeholder_is_never_generated(tiny_tokenizer):
     out = _new_tokens(model.generate(**enc, do_sample=False, max_new_tokens=5, pad_token_id=0), enc)
     assert h.placeholder_id not in out[0]
     h.detach()
-    plain = model.generate(input_ids=torch.tensor([[1, 40, 41]]), do_sample=False, max_new_tokens=5, pad_token_id=0)
+    plain = model.generate(
+        input_ids=torch.tensor([[1, 40, 41]]), do_sample=False, max_new_tokens=5, pad_token_id=0
+    )
     assert h.placeholder_id in plain[0, 3:].tolist()  # the ban is what kept it out
 
 
@@ -172,14 +180,17 @@ def test_attach_works_on_a_peft_wrapped_model(tiny_tokenizer):
 def test_controls_attach_the_same_way_and_match_the_embeds_engine(sharp, method):
     model, tok = sharp
     cfg = RSPConfig(length=2, method=method)
-    ref = rsp.generate((model, tok), ["hello there"], n=3, rsp=cfg, engine="lean", temperature=0, max_new_tokens=5)
+    ref = rsp.generate(
+        (model, tok), ["hello there"], n=3, rsp=cfg, engine="lean", temperature=0, max_new_tokens=5
+    )
     seeds = [s.rsp_seed for s in ref[0].samples]
     with attach(model, tok, length=2, method=method) as h:
         enc = h.prepare(["hello there"], n=3)
         with h.use_seeds(seeds):
             got = _new_tokens(model.generate(**enc, do_sample=False, max_new_tokens=5, pad_token_id=0), enc)
-    assert [row[:len(s.token_ids)] for row, s in zip(got, ref[0].samples, strict=True)] == \
-        [list(s.token_ids) for s in ref[0].samples]
+    assert [row[: len(s.token_ids)] for row, s in zip(got, ref[0].samples, strict=True)] == [
+        list(s.token_ids) for s in ref[0].samples
+    ]
 
 
 def test_rsp_generate_with_problem_keys_reproduces_rsp_eval(tmp_path, tiny_model_dir):
@@ -188,15 +199,38 @@ def test_rsp_generate_with_problem_keys_reproduces_rsp_eval(tmp_path, tiny_model
     from rsp.tasks import PromptBuilder
 
     lm = load_model(str(tiny_model_dir), dtype="float32")
-    cfg = EvalConfig(model=str(tiny_model_dir), task="arith", limit=3, n=4, methods=("rsp",), temperature=0,
-                     max_new_tokens=6, batch_size=8, seed=4)
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        task="arith",
+        limit=3,
+        n=4,
+        methods=("rsp",),
+        temperature=0,
+        max_new_tokens=6,
+        batch_size=8,
+        seed=4,
+    )
     run = run_eval(cfg, tmp_path / "r", lm=lm, progress=False)
     task = cfg.load_task()
     builder = PromptBuilder.for_task(lm.tokenizer, task)
-    outs = rsp.generate(lm, [builder.build(p) for p in task.problems], n=4, rsp=cfg.rsp_config("rsp"),
-                        temperature=0, max_new_tokens=6, batch_size=8, seed=4, keys=[p.id for p in task.problems])
-    got = {(o.key, s.attempt): (s.rsp_seed, s.decode_seed, list(s.token_ids)) for o in outs for s in o.samples}
-    want = {(r["problem_id"], r["attempt"]): (r["rsp_seed"], r["decode_seed"], r["token_ids"]) for r in run.records}
+    outs = rsp.generate(
+        lm,
+        [builder.build(p) for p in task.problems],
+        n=4,
+        rsp=cfg.rsp_config("rsp"),
+        temperature=0,
+        max_new_tokens=6,
+        batch_size=8,
+        seed=4,
+        keys=[p.id for p in task.problems],
+    )
+    got = {
+        (o.key, s.attempt): (s.rsp_seed, s.decode_seed, list(s.token_ids)) for o in outs for s in o.samples
+    }
+    want = {
+        (r["problem_id"], r["attempt"]): (r["rsp_seed"], r["decode_seed"], r["token_ids"])
+        for r in run.records
+    }
     assert got == want
 
 
@@ -208,10 +242,21 @@ def test_sweep_builds_one_engine_for_all_its_cells(tmp_path, tiny_model_dir, mon
     built = []
     real = generation.create_backend
     monkeypatch.setattr(generation, "create_backend", lambda *a, **k: built.append(a[0]) or real(*a, **k))
-    base = EvalConfig(model=str(tiny_model_dir), task="arith", limit=2, n=2, temperature=0, max_new_tokens=3,
-                      batch_size=4, dtype="float32")
-    result = run_sweep(SweepConfig(base=base, methods=("rsp",), lengths=(1, 2), temperatures=(0.0, 0.7)),
-                       tmp_path / "s", progress=False)
+    base = EvalConfig(
+        model=str(tiny_model_dir),
+        task="arith",
+        limit=2,
+        n=2,
+        temperature=0,
+        max_new_tokens=3,
+        batch_size=4,
+        dtype="float32",
+    )
+    result = run_sweep(
+        SweepConfig(base=base, methods=("rsp",), lengths=(1, 2), temperatures=(0.0, 0.7)),
+        tmp_path / "s",
+        progress=False,
+    )
     assert len(result.ran) >= 4 and built == ["hf"]
 
 
@@ -238,6 +283,11 @@ def test_hf_engine_sampling_without_top_k_builds_no_top_k_warper(sharp):
     for top_k, want in ((0, []), (7, ["TopKLogitsWarper"])):
         config = backend.generation_kwargs(SamplingConfig(temperature=0.7, top_k=top_k))["generation_config"]
         config, _ = model._prepare_generation_config(config)
-        processors = model._get_logits_processor(config, input_ids_seq_length=3, encoder_input_ids=None,
-                                                 prefix_allowed_tokens_fn=None, logits_processor=[])
+        processors = model._get_logits_processor(
+            config,
+            input_ids_seq_length=3,
+            encoder_input_ids=None,
+            prefix_allowed_tokens_fn=None,
+            logits_processor=[],
+        )
         assert [type(p).__name__ for p in processors if "TopK" in type(p).__name__] == want

@@ -20,18 +20,21 @@ def grader():
     g.close()
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("so the total is \\boxed{72}.", "72"),
-    ("first \\boxed{3} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-    ("nested \\boxed{\\sqrt{x^{2}}} ok", "\\sqrt{x^{2}}"),
-    ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
-    ("#### 1,450,000", "1,450,000"),
-    ("Therefore, the answer is 18.", "18"),
-    ("She has 5 apples then 7 more, 12 total", "12"),
-    ("\\boxed 5", "5"),
-    ("no numbers here", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so the total is \\boxed{72}.", "72"),
+        ("first \\boxed{3} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("nested \\boxed{\\sqrt{x^{2}}} ok", "\\sqrt{x^{2}}"),
+        ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
+        ("#### 1,450,000", "1,450,000"),
+        ("Therefore, the answer is 18.", "18"),
+        ("She has 5 apples then 7 more, 12 total", "12"),
+        ("\\boxed 5", "5"),
+        ("no numbers here", None),
+        ("", None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
@@ -41,20 +44,23 @@ def test_unclosed_boxed_falls_back_to_last_number():
     assert extract_answer("answer \\boxed{12") == "12"
 
 
-@pytest.mark.parametrize(("pred", "gold", "ok"), [
-    ("72", "72", True),
-    ("72.0", "72", True),
-    ("1,450,000", "1450000", True),
-    ("$18", "18", True),
-    ("71", "72", False),
-    ("\\frac{1}{2}", "0.5", True),
-    ("\\frac12", "\\frac{1}{2}", True),
-    ("(x+1)^2", "x^2+2x+1", True),
-    ("\\sqrt{2}", "2^{1/2}", True),
-    ("x^2+2x", "x^2+2x+1", False),
-    ("\\text{(B)}", "(C)", False),
-    (None, "5", False),
-])
+@pytest.mark.parametrize(
+    ("pred", "gold", "ok"),
+    [
+        ("72", "72", True),
+        ("72.0", "72", True),
+        ("1,450,000", "1450000", True),
+        ("$18", "18", True),
+        ("71", "72", False),
+        ("\\frac{1}{2}", "0.5", True),
+        ("\\frac12", "\\frac{1}{2}", True),
+        ("(x+1)^2", "x^2+2x+1", True),
+        ("\\sqrt{2}", "2^{1/2}", True),
+        ("x^2+2x", "x^2+2x+1", False),
+        ("\\text{(B)}", "(C)", False),
+        (None, "5", False),
+    ],
+)
 def test_grader_equivalence(grader, pred, gold, ok):
     assert grader.check(pred, gold).correct is ok
 
@@ -101,7 +107,9 @@ def test_huge_and_hostile_outputs_are_incorrect_not_errors(grader):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(alphabet=st.sampled_from(list("0123456789{}\\boxed frac^_$.-,#/ anwsri()[]xé中\n")), max_size=300))
+@given(
+    st.text(alphabet=st.sampled_from(list("0123456789{}\\boxed frac^_$.-,#/ anwsri()[]xé中\n")), max_size=300)
+)
 def test_extractor_and_grader_never_raise_on_random_strings(grader, text):
     t0 = time.monotonic()
     res = grader.grade(text, "12")

@@ -15,7 +15,9 @@ def run_steps(model, cache, ids, steps, drop_at):
     out = []
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits[
+            :, -1
+        ]
         for step in range(steps):
             out.append(logits)
             token = logits.argmax(-1, keepdim=True)
@@ -24,7 +26,9 @@ def run_steps(model, cache, ids, steps, drop_at):
                 cache.batch_select_indices(keep)
                 token, mask = token[keep], mask[keep]
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            logits = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = model(
+                input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True
+            ).logits[:, -1]
     return out
 
 
@@ -50,5 +54,7 @@ def test_growing_layer_crop_and_repeat():
     assert layer.get_seq_length() == 3 and torch.equal(layer.keys, k[..., :3, :])
     layer.batch_repeat_interleave(2)
     assert layer.keys.shape == (4, 1, 3, 2) and torch.equal(layer.values[1], k[0, :, :3] + 100)
-    keys, _ = layer.update(k[..., :1, :].repeat_interleave(2, dim=0), k[..., :1, :].repeat_interleave(2, dim=0))
+    keys, _ = layer.update(
+        k[..., :1, :].repeat_interleave(2, dim=0), k[..., :1, :].repeat_interleave(2, dim=0)
+    )
     assert keys.shape == (4, 1, 4, 2) and torch.equal(keys[3, :, 3], k[1, :, 0])

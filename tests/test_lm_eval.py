@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install "
-                    "'random-soft-prompts[lm-eval]'; scripts/test.sh installs it)")
+pytest.importorskip(
+    "lm_eval",
+    reason="lm-evaluation-harness is not installed (pip install "
+    "'random-soft-prompts[lm-eval]'; scripts/test.sh installs it)",
+)
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,10 +36,13 @@ from rsp.tasks.grading import Grader  # noqa: E402
 def arith_variant(folder: Path, name: str, *, repeats: int, max_gen_toks: int, sample: bool = True) -> Path:
     """A task config that includes the shipped rsp_arith and overrides repeats and decoding."""
     folder.mkdir(parents=True, exist_ok=True)
-    decoding = "  do_sample: true\n  temperature: 0.7\n" if sample else "  do_sample: false\n  temperature: 0.0\n"
+    decoding = (
+        "  do_sample: true\n  temperature: 0.7\n" if sample else "  do_sample: false\n  temperature: 0.0\n"
+    )
     (folder / f"{name}.yaml").write_text(
         f"include: {TASKS_DIR / 'rsp_arith.yaml'}\ntask: {name}\nrepeats: {repeats}\n"
-        f"generation_kwargs:\n  until: []\n{decoding}  max_gen_toks: {max_gen_toks}\n")
+        f"generation_kwargs:\n  until: []\n{decoding}  max_gen_toks: {max_gen_toks}\n"
+    )
     return folder
 
 
@@ -44,9 +50,14 @@ def evaluate(lm, task: str, include: Path, limit: int, *, chat: bool = True) -> 
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    return lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=True, apply_chat_template=chat,
-                                   task_manager=TaskManager(include_path=[str(TASKS_DIR), str(include)],
-                                                            include_defaults=False))
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[task],
+        limit=limit,
+        log_samples=True,
+        apply_chat_template=chat,
+        task_manager=TaskManager(include_path=[str(TASKS_DIR), str(include)], include_defaults=False),
+    )
 
 
 def responses(results: dict, task: str) -> list[list[str]]:
@@ -54,19 +65,45 @@ def responses(results: dict, task: str) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------- arguments and wiring (no model)
-@pytest.mark.parametrize(("arg", "named"), [("rsp_length=-1", "rsp_length"), ("rsp_method=bogus", "rsp_method"),
-                                            ("rsp_position=middle", "rsp_position"), ("rsp_lenght=4", "rsp_lenght"),
-                                            ("rsp_scale=-0.5", "rsp_scale")])
+@pytest.mark.parametrize(
+    ("arg", "named"),
+    [
+        ("rsp_length=-1", "rsp_length"),
+        ("rsp_method=bogus", "rsp_method"),
+        ("rsp_position=middle", "rsp_position"),
+        ("rsp_lenght=4", "rsp_lenght"),
+        ("rsp_scale=-0.5", "rsp_scale"),
+    ],
+)
 def test_bad_model_args_fail_before_loading_with_a_message_naming_the_argument(arg, named):
     with pytest.raises(RSPArgumentError, match=named):
         get_model("rsp-hf").create_from_arg_string(f"pretrained=/nonexistent/model,{arg}")
 
 
 def test_rsp_lm_eval_cli_reports_a_bad_model_arg_by_name(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rsp.cli", "lm-eval", "--model", "rsp-hf", "--model_args",
-                           "pretrained=/nonexistent/model,rsp_length=-1", "--tasks", "rsp_arith", "--limit", "1",
-                           "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsp.cli",
+            "lm-eval",
+            "--model",
+            "rsp-hf",
+            "--model_args",
+            "pretrained=/nonexistent/model,rsp_length=-1",
+            "--tasks",
+            "rsp_arith",
+            "--limit",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "rsp_length must be >= 0" in proc.stderr
 
@@ -100,7 +137,9 @@ def test_offline_benchmark_tasks_read_the_local_jsonl_through_lm_eval():
 
     if find_data_file("gsm8k_test.jsonl") is None or find_data_file("math500.jsonl") is None:
         pytest.skip("gsm8k_test.jsonl / math500.jsonl not found under $RSP_DATA_DIR or ../shared/data")
-    tasks = TaskManager(include_defaults=False, include_path=str(TASKS_DIR)).load(["rsp_gsm8k_cot", "rsp_math500"])
+    tasks = TaskManager(include_defaults=False, include_path=str(TASKS_DIR)).load(
+        ["rsp_gsm8k_cot", "rsp_math500"]
+    )
     tasks = tasks["tasks"]
     gsm8k, math500 = tasks["rsp_gsm8k_cot"], tasks["rsp_math500"]
     docs = list(gsm8k.test_docs())
@@ -114,7 +153,9 @@ def test_repeats_of_one_request_get_distinct_seeds_keyed_by_problem_id_and_repea
     a = Instance("generate_until", {"rsp_problem_id": "arith-1"}, ("q", {}), 0, ("t", 0, 3))
     b = Instance("generate_until", {"question": "x"}, ("q", {}), 0, ("t", 1, 3))
     seeds = request_seeds([a, a, a, b, b, b], inj, 7)
-    assert seeds[:3] == [derive_seed(7, "rsp", "arith-1", r) for r in range(3)]  # rsp eval's seed_for(7, pid, r)
+    assert seeds[:3] == [
+        derive_seed(7, "rsp", "arith-1", r) for r in range(3)
+    ]  # rsp eval's seed_for(7, pid, r)
     assert seeds[3:] == [derive_seed(7, "rsp", "t:1", r) for r in range(3)]
     assert len(set(seeds)) == 6
 
@@ -138,8 +179,9 @@ def test_rsp_length_0_gives_lm_evals_hf_greedy_outputs_and_length_4_does_not(sha
     off = _tiny(RSPHFLM, sharp_dir, rsp_length=0)
     assert off.rsp_handle is None and "generate" not in vars(off.model)  # nothing attached at all
     assert responses(evaluate(off, "rsp_arith_greedy", include, 5), "rsp_arith_greedy") == plain
-    on = responses(evaluate(_tiny(RSPHFLM, sharp_dir, rsp_length=4), "rsp_arith_greedy", include, 5),
-                   "rsp_arith_greedy")
+    on = responses(
+        evaluate(_tiny(RSPHFLM, sharp_dir, rsp_length=4), "rsp_arith_greedy", include, 5), "rsp_arith_greedy"
+    )
     assert on != plain  # the comparison can tell an injecting model apart
     assert any(len(set(r)) > 1 for r in on)  # greedy repeats differ only through their own RSPs
 
@@ -151,19 +193,34 @@ def test_rsp_hf_greedy_completions_equal_rsp_generate_with_the_same_seeds(sharp_
     lm = _tiny(RSPHFLM, sharp_dir, rsp_length=3, rsp_seed=5)
     questions = ["2+3?", "a longer question, 7*6?", "1?"]
     gen = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 8}
-    reqs = [Instance("generate_until", {"rsp_problem_id": f"p{i}"},
-                     (lm.apply_chat_template([{"role": "user", "content": q}]), dict(gen)), 0, ("t", i, 2))
-            for i, q in enumerate(questions)]
+    reqs = [
+        Instance(
+            "generate_until",
+            {"rsp_problem_id": f"p{i}"},
+            (lm.apply_chat_template([{"role": "user", "content": q}]), dict(gen)),
+            0,
+            ("t", i, 2),
+        )
+        for i, q in enumerate(questions)
+    ]
     out = lm.generate_until([r for r in reqs for _ in range(2)])
     assert lm.generate_until([r for r in reqs for _ in range(2)]) == out  # the same requests again: same RSPs
     assert all(len(r.arguments) == 3 for r in reqs)  # (context, gen_kwargs, seed log): the log is replaced
-    assert [r.arguments[-1]["rsp_seeds"] for r in reqs] == \
-        [[lm.rsp_handle.injection.seed_for(5, f"p{i}", a) for a in range(2)] for i in range(3)]
+    assert [r.arguments[-1]["rsp_seeds"] for r in reqs] == [
+        [lm.rsp_handle.injection.seed_for(5, f"p{i}", a) for a in range(2)] for i in range(3)
+    ]
     lm.rsp_handle.detach()  # the reference engine attaches its own hook
     generator = Generator((lm.model, lm.tokenizer), engine="hf")
     prompts = [tokenize_prompt(lm.tokenizer, [{"role": "user", "content": q}]) for q in questions]
-    ref = generator.generate(prompts, n=2, rsp=RSPConfig(length=3), temperature=0.0, max_new_tokens=8, seed=5,
-                             keys=[f"p{i}" for i in range(3)])
+    ref = generator.generate(
+        prompts,
+        n=2,
+        rsp=RSPConfig(length=3),
+        temperature=0.0,
+        max_new_tokens=8,
+        seed=5,
+        keys=[f"p{i}" for i in range(3)],
+    )
     assert out == [s.text for o in ref for s in o.samples]
 
 
@@ -179,10 +236,16 @@ def test_loglikelihood_requests_are_scored_under_their_documents_rsp(sharp_dir):
     from lm_eval.models.huggingface import HFLM
 
     lm = _tiny(RSPHFLM, sharp_dir, rsp_length=2)
-    docs = [("Q: 1+1? A:", [" 2", " 3 apples"]), ("Q: a much longer question here? A:", [" yes", " no"]),
-            ("Q: x? A:", [" 4"])]
-    reqs = [Instance("loglikelihood", {"question": c}, (c, ch), j, ("mc", d, 2))
-            for d, (c, chs) in enumerate(docs) for j, ch in enumerate(chs)]
+    docs = [
+        ("Q: 1+1? A:", [" 2", " 3 apples"]),
+        ("Q: a much longer question here? A:", [" yes", " no"]),
+        ("Q: x? A:", [" 4"]),
+    ]
+    reqs = [
+        Instance("loglikelihood", {"question": c}, (c, ch), j, ("mc", d, 2))
+        for d, (c, chs) in enumerate(docs)
+        for j, ch in enumerate(chs)
+    ]
     batch = [r for r in reqs for _ in range(2)]  # repeats: 2, as lm-eval passes them
     got = lm.loglikelihood(batch)
     assert lm.loglikelihood(batch) == got and all(len(r.arguments) == 3 for r in reqs)
@@ -190,11 +253,14 @@ def test_loglikelihood_requests_are_scored_under_their_documents_rsp(sharp_dir):
     assert seeds[0] != seeds[1] and seeds[0] == seeds[2]  # per repeat; the choices of a doc share it
     for req, seed, (ll, _) in zip(batch, seeds, got, strict=True):
         assert ll == pytest.approx(_manual_loglikelihood(lm, *req.args[:2], seed), abs=1e-3)
-    assert [r.arguments[-1]["rsp_seeds"] for r in reqs] == [seeds[2 * i:2 * i + 2] for i in range(len(reqs))]
+    assert [r.arguments[-1]["rsp_seeds"] for r in reqs] == [
+        seeds[2 * i : 2 * i + 2] for i in range(len(reqs))
+    ]
     plain = [(c, ch) for c, chs in docs for ch in chs]
     fresh = [Instance("loglikelihood", {}, a, 0, ("mc", 0, 1)) for a in plain]
-    assert _tiny(RSPHFLM, sharp_dir, rsp_length=0).loglikelihood(fresh) == _tiny(HFLM, sharp_dir).loglikelihood(
-        [Instance("loglikelihood", {}, a, 0, ("mc", 0, 1)) for a in plain])
+    assert _tiny(RSPHFLM, sharp_dir, rsp_length=0).loglikelihood(fresh) == _tiny(
+        HFLM, sharp_dir
+    ).loglikelihood([Instance("loglikelihood", {}, a, 0, ("mc", 0, 1)) for a in plain])
 
 
 # ---------------------------------------------------------------- SmolLM2, a real `rsp lm-eval` run
@@ -204,16 +270,45 @@ def smol_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("lm-eval-smol")
     include = arith_variant(base / "tasks", "rsp_arith_r4", repeats=4, max_gen_toks=32)
     out = base / "out"
-    proc = subprocess.run([sys.executable, "-m", "rsp.cli", "lm-eval", "--model", "rsp-hf", "--model_args",
-                           "pretrained=smollm2-135m-instruct,rsp_length=4,rsp_seed=0", "--device", "cpu",
-                           "--batch_size", "8", "--tasks", "rsp_arith_r4", "--include_path", str(include),
-                           "--limit", "2", "--apply_chat_template", "--log_samples", "--output_path", str(out)],
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsp.cli",
+            "lm-eval",
+            "--model",
+            "rsp-hf",
+            "--model_args",
+            "pretrained=smollm2-135m-instruct,rsp_length=4,rsp_seed=0",
+            "--device",
+            "cpu",
+            "--batch_size",
+            "8",
+            "--tasks",
+            "rsp_arith_r4",
+            "--include_path",
+            str(include),
+            "--limit",
+            "2",
+            "--apply_chat_template",
+            "--log_samples",
+            "--output_path",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     samples = read_samples(next(out.rglob("samples_rsp_arith_r4_*.jsonl")))
     results = json.loads(next(out.rglob("results_*.json")).read_text())
-    return {"samples": sorted(samples, key=lambda s: s["doc_id"]), "results": results, "include": include,
-            "out": out}
+    return {
+        "samples": sorted(samples, key=lambda s: s["doc_id"]),
+        "results": results,
+        "include": include,
+        "out": out,
+    }
 
 
 @pytest.mark.real_model
@@ -238,7 +333,9 @@ def test_shipped_task_pass_at_k_equals_rsp_pass_at_k_on_the_logged_samples(smol_
             per_doc.append(c)
     agg = smol_run["results"]["results"]["rsp_arith_r4"]
     for k in (1, 2, 4):
-        assert agg[f"pass@{k},repeats"] == pytest.approx(sum(pass_at_k(4, c, k) for c in per_doc) / len(per_doc))
+        assert agg[f"pass@{k},repeats"] == pytest.approx(
+            sum(pass_at_k(4, c, k) for c in per_doc) / len(per_doc)
+        )
     assert agg["acc,repeats"] == pytest.approx(sum(per_doc) / (4 * len(per_doc)))
 
 
@@ -259,8 +356,9 @@ def test_logged_samples_convert_to_an_rsp_run_that_rsp_report_reads(smol_run, tm
     path = next(smol_run["out"].rglob("samples_rsp_arith_r4_*.jsonl"))
     run = convert({"rsp": path}, tmp_path / "run", model="smollm2-135m-instruct")
     records = read_jsonl_records(run / "samples.jsonl")
-    assert len(records) == 8 and {r["rsp_seed"] for r in records} == {x for s in smol_run["samples"]
-                                                                     for x in sample_seeds(s)}
+    assert len(records) == 8 and {r["rsp_seed"] for r in records} == {
+        x for s in smol_run["samples"] for x in sample_seeds(s)
+    }
     summary = summarise(records, ["rsp"], 4)
     agg = smol_run["results"]["results"]["rsp_arith_r4"]
     assert summary["methods"]["rsp"]["pass@2"]["mean"] == pytest.approx(agg["pass@2,repeats"])

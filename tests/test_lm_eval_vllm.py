@@ -23,9 +23,16 @@ GREEDY = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 1
 def _requests(lm, questions, repeats):
     from lm_eval.api.instance import Instance
 
-    reqs = [Instance("generate_until", {"rsp_problem_id": f"p{i}"},
-                     (lm.apply_chat_template([{"role": "user", "content": q}]), dict(GREEDY)), 0, ("t", i, repeats))
-            for i, q in enumerate(questions)]
+    reqs = [
+        Instance(
+            "generate_until",
+            {"rsp_problem_id": f"p{i}"},
+            (lm.apply_chat_template([{"role": "user", "content": q}]), dict(GREEDY)),
+            0,
+            ("t", i, repeats),
+        )
+        for i, q in enumerate(questions)
+    ]
     return reqs, [r for r in reqs for _ in range(repeats)]
 
 
@@ -42,16 +49,23 @@ def test_rsp_vllm_gives_each_repeat_its_own_rsp_and_rsp_hfs_greedy_completions(v
     from rsp.integrations.lm_eval_vllm import RSPVLLM
 
     questions = ["what is 2+3?", "name a colour"]
-    engine = RSPVLLM(pretrained=str(vllm_model_dir), rsp_length=3, rsp_seed=1, dtype="float32", max_model_len=256,
-                     batch_size=4)
+    engine = RSPVLLM(
+        pretrained=str(vllm_model_dir),
+        rsp_length=3,
+        rsp_seed=1,
+        dtype="float32",
+        max_model_len=256,
+        batch_size=4,
+    )
     reqs, batch = _requests(engine, questions, 3)
     got = engine.generate_until(batch)
     seeds = [r.arguments[-1]["rsp_seeds"] for r in reqs]
     assert all(len(set(s)) == 3 for s in seeds)
     assert len(set(got[:3])) > 1  # greedy repeats branch only through their own RSPs
 
-    hf = RSPHFLM(pretrained=str(vllm_model_dir), rsp_length=3, rsp_seed=1, dtype="float32", device="cpu",
-                 batch_size=4)
+    hf = RSPHFLM(
+        pretrained=str(vllm_model_dir), rsp_length=3, rsp_seed=1, dtype="float32", device="cpu", batch_size=4
+    )
     hf_reqs, hf_batch = _requests(hf, questions, 3)
     # lm-eval's vllm model keeps special tokens in the text (skip_special_tokens=False), its hf model drops them
     special = [t for t in hf.tokenizer.all_special_tokens if t]

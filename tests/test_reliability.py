@@ -43,8 +43,9 @@ def test_out_of_memory_backs_off_to_smaller_batches(tiny_lm, monkeypatch):
     assert backend.oom_events and "out of memory at batch 6" in backend.oom_events[0]
     # greedy results are the same as without the fault
     monkeypatch.setattr(tiny_lm.model, "generate", real_generate)
-    clean = HFBackend(tiny_lm).generate(prompts, inj, list(range(6)), SamplingConfig(0, max_new_tokens=4),
-                                        decode_seed=0)
+    clean = HFBackend(tiny_lm).generate(
+        prompts, inj, list(range(6)), SamplingConfig(0, max_new_tokens=4), decode_seed=0
+    )
     assert [c.token_ids for c in clean] == [c.token_ids for c in out]
 
 
@@ -56,8 +57,13 @@ def test_other_runtime_errors_are_not_swallowed(tiny_lm, monkeypatch):
     from rsp.core import NoInjection, PromptTokens
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        HFBackend(tiny_lm).generate([PromptTokens((1, 2), 1)] * 2, NoInjection(), [None, None],
-                                    SamplingConfig(0, max_new_tokens=2), decode_seed=0)
+        HFBackend(tiny_lm).generate(
+            [PromptTokens((1, 2), 1)] * 2,
+            NoInjection(),
+            [None, None],
+            SamplingConfig(0, max_new_tokens=2),
+            decode_seed=0,
+        )
 
 
 def test_disk_full_keeps_finished_records_and_says_how_to_resume(tmp_path, monkeypatch):
@@ -99,8 +105,16 @@ def test_run_of_another_kind_is_refused(tmp_path):
 
 
 def test_sampling_resume_reproduces_rsp_tensors(tmp_path, tiny_model_dir, tiny_loaded):
-    cfg = EvalConfig(model=str(tiny_model_dir), limit=2, n=3, methods=("rsp",), rsp_length=3, max_new_tokens=4,
-                     batch_size=3, dtype="float32")
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        limit=2,
+        n=3,
+        methods=("rsp",),
+        rsp_length=3,
+        max_new_tokens=4,
+        batch_size=3,
+        dtype="float32",
+    )
     run = run_eval(cfg, tmp_path / "r", lm=tiny_loaded, progress=False)
     inj = RandomSoftPrompt(tiny_loaded.embedding_stats(), 3)
     for rec in run.records:

@@ -54,8 +54,9 @@ class FakeGenerator:
         self.started = threading.Event()
 
     def run(self, prompts, injection, seeds, sampling, *, decode_seed, stop_strings=()):
-        self.calls.append({"rows": len(prompts), "seeds": list(seeds), "decode_seed": decode_seed,
-                           "sampling": sampling})
+        self.calls.append(
+            {"rows": len(prompts), "seeds": list(seeds), "decode_seed": decode_seed, "sampling": sampling}
+        )
         self.started.set()
         if self.hold is not None:
             self.hold.wait(10)
@@ -69,8 +70,17 @@ def make_job(name: str, first_token: int, *, n: int = 1, seed: int = 0, max_toke
     results: list[RowResult] = []
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_tokens)
     injection = SeededInjection()
-    job = Job(name, [PromptTokens((first_token, 5), 2)], n, injection, group_key(("seeded",), sampling, ()),
-              sampling, (), seed, sink or results.append)
+    job = Job(
+        name,
+        [PromptTokens((first_token, 5), 2)],
+        n,
+        injection,
+        group_key(("seeded",), sampling, ()),
+        sampling,
+        (),
+        seed,
+        sink or results.append,
+    )
     return job, results
 
 
@@ -223,7 +233,9 @@ def test_schema_errors_name_the_field():
         parse_request(CompletionRequest, {"model": MODEL, "prompt": "x", "temprature": 0.5})
     assert (exc.value.status, exc.value.param, exc.value.code) == (422, "temprature", "unknown_field")
     with pytest.raises(APIError) as exc:
-        parse_request(CompletionRequest, {"model": MODEL, "prompt": "x", "rsp": {"options": {"soft_prompt": "/x"}}})
+        parse_request(
+            CompletionRequest, {"model": MODEL, "prompt": "x", "rsp": {"options": {"soft_prompt": "/x"}}}
+        )
     assert (exc.value.status, exc.value.param) == (422, "rsp.options")
 
 
@@ -270,8 +282,12 @@ class ServerProcess:
     def post(self, path: str, body, **kw) -> httpx.Response:
         kw.setdefault("timeout", 120)
         if isinstance(body, (bytes, str)):
-            return httpx.post(self.url + path, content=body, headers={"Content-Type": "application/json",
-                                                                        **self.headers()}, **kw)
+            return httpx.post(
+                self.url + path,
+                content=body,
+                headers={"Content-Type": "application/json", **self.headers()},
+                **kw,
+            )
         return httpx.post(self.url + path, json=body, headers=self.headers(), **kw)
 
     def stop(self) -> None:
@@ -287,16 +303,31 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("serve") / "server.log", "--max-batch-size", "32",
-                        "--batch-wait-ms", "50", "--max-n", "8", "--max-tokens-limit", "64")
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("serve") / "server.log",
+        "--max-batch-size",
+        "32",
+        "--batch-wait-ms",
+        "50",
+        "--max-n",
+        "8",
+        "--max-tokens-limit",
+        "64",
+    )
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("serve-key") / "server.log", "--max-batch-size", "2",
-                        "--batch-wait-ms", "0", api_key="sesame")
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("serve-key") / "server.log",
+        "--max-batch-size",
+        "2",
+        "--batch-wait-ms",
+        "0",
+        api_key="sesame",
+    )
     yield srv
     srv.stop()
 
@@ -309,26 +340,39 @@ def client(server):
 
 @pytest.mark.real_model
 def test_openai_client_gets_n_completions_each_with_its_own_rsp_seed(client):
-    out = client.completions.create(model=MODEL, prompt="The capital of France is", n=4, max_tokens=6, seed=11,
-                                    temperature=0.8)
+    out = client.completions.create(
+        model=MODEL, prompt="The capital of France is", n=4, max_tokens=6, seed=11, temperature=0.8
+    )
     assert len(out.choices) == 4 and sorted(c.index for c in out.choices) == [0, 1, 2, 3]
     seeds = [c.model_extra["rsp_seed"] for c in sorted(out.choices, key=lambda c: c.index)]
     assert len(set(seeds)) == 4
     assert seeds == [derive_seed(11, "rsp", "0", a) for a in range(4)]  # RandomSoftPrompt.seed_for
     assert out.model_extra["rsp"]["length"] == 4
-    custom = client.completions.create(model=MODEL, prompt="The capital of France is", n=2, max_tokens=4, seed=11,
-                                       extra_body={"rsp": {"length": 8, "scale": 0.5}})
-    assert custom.model_extra["rsp"] == {"method": "rsp", "length": 8, "scale": 0.5,
-                                         "position": "after_generation_prompt"}
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], n=2,
-                                          max_tokens=4)
+    custom = client.completions.create(
+        model=MODEL,
+        prompt="The capital of France is",
+        n=2,
+        max_tokens=4,
+        seed=11,
+        extra_body={"rsp": {"length": 8, "scale": 0.5}},
+    )
+    assert custom.model_extra["rsp"] == {
+        "method": "rsp",
+        "length": 8,
+        "scale": 0.5,
+        "position": "after_generation_prompt",
+    }
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], n=2, max_tokens=4
+    )
     assert len({c.model_extra["rsp_seed"] for c in chat.choices}) == 2
 
 
 @pytest.mark.real_model
 def test_rsp_null_returns_plain_samples_without_seeds(client):
-    out = client.completions.create(model=MODEL, prompt="Once upon a time", n=2, max_tokens=4, seed=3,
-                                    extra_body={"rsp": None})
+    out = client.completions.create(
+        model=MODEL, prompt="Once upon a time", n=2, max_tokens=4, seed=3, extra_body={"rsp": None}
+    )
     assert [c.model_extra["rsp_seed"] for c in out.choices] == [None, None]
     assert out.model_extra["rsp"] is None
     assert all(c.text for c in out.choices)
@@ -340,24 +384,42 @@ def test_a_request_alone_in_its_batch_equals_rsp_generate_with_its_seed(server, 
 
     prompt = "Question: what is 7 + 5?\nAnswer:"
     for temperature in (0.0, 0.9):
-        body = {"model": MODEL, "prompt": prompt, "n": 3, "max_tokens": 12, "seed": 5, "temperature": temperature}
+        body = {
+            "model": MODEL,
+            "prompt": prompt,
+            "n": 3,
+            "max_tokens": 12,
+            "seed": 5,
+            "temperature": temperature,
+        }
         served = sorted(server.post("/v1/completions", body).json()["choices"], key=lambda c: c["index"])
-        expected = rsp.generate(smollm2, [prompt], n=3, seed=5, temperature=temperature, max_new_tokens=12,
-                                chat=False)[0].samples
+        expected = rsp.generate(
+            smollm2, [prompt], n=3, seed=5, temperature=temperature, max_new_tokens=12, chat=False
+        )[0].samples
         assert [c["text"] for c in served] == [s.text for s in expected], temperature
         assert [c["rsp_seed"] for c in served] == [s.rsp_seed for s in expected]
         assert [c["decode_seed"] for c in served] == [s.decode_seed for s in expected]
     messages = [{"role": "user", "content": "Name a fruit."}]
-    chat = server.post("/v1/chat/completions", {"model": MODEL, "messages": messages, "n": 2, "max_tokens": 8,
-                                                 "seed": 9, "temperature": 0}).json()
+    chat = server.post(
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": messages, "n": 2, "max_tokens": 8, "seed": 9, "temperature": 0},
+    ).json()
     expected = rsp.generate(smollm2, [messages], n=2, seed=9, temperature=0, max_new_tokens=8)[0].samples
-    assert [c["message"]["content"] for c in sorted(chat["choices"], key=lambda c: c["index"])] == \
-        [s.text for s in expected]
+    assert [c["message"]["content"] for c in sorted(chat["choices"], key=lambda c: c["index"])] == [
+        s.text for s in expected
+    ]
 
 
 @pytest.mark.real_model
 def test_streaming_returns_the_same_text_as_the_plain_call(client):
-    kwargs = {"model": MODEL, "prompt": "List three colors:", "n": 2, "max_tokens": 8, "seed": 21, "temperature": 0.9}
+    kwargs = {
+        "model": MODEL,
+        "prompt": "List three colors:",
+        "n": 2,
+        "max_tokens": 8,
+        "seed": 21,
+        "temperature": 0.9,
+    }
     plain = {c.index: c.text for c in client.completions.create(**kwargs).choices}
     streamed: dict[int, str] = {}
     for chunk in client.completions.create(stream=True, **kwargs):
@@ -365,7 +427,14 @@ def test_streaming_returns_the_same_text_as_the_plain_call(client):
             streamed[c.index] = streamed.get(c.index, "") + c.text
     assert streamed == plain
     messages = [{"role": "user", "content": "Name a planet."}]
-    chat_kwargs = {"model": MODEL, "messages": messages, "n": 2, "max_tokens": 6, "seed": 4, "temperature": 0.9}
+    chat_kwargs = {
+        "model": MODEL,
+        "messages": messages,
+        "n": 2,
+        "max_tokens": 6,
+        "seed": 4,
+        "temperature": 0.9,
+    }
     plain = {c.index: c.message.content for c in client.chat.completions.create(**chat_kwargs).choices}
     streamed = {}
     for chunk in client.chat.completions.create(stream=True, **chat_kwargs):
@@ -376,8 +445,14 @@ def test_streaming_returns_the_same_text_as_the_plain_call(client):
 
 @pytest.mark.real_model
 def test_logprobs_score_the_sampled_tokens(server):
-    body = {"model": MODEL, "prompt": "One, two, three,", "max_tokens": 4, "temperature": 0, "logprobs": 2,
-            "seed": 1}
+    body = {
+        "model": MODEL,
+        "prompt": "One, two, three,",
+        "max_tokens": 4,
+        "temperature": 0,
+        "logprobs": 2,
+        "seed": 1,
+    }
     choice = server.post("/v1/completions", body).json()["choices"][0]
     lp = choice["logprobs"]
     assert "".join(lp["tokens"]) == choice["text"]
@@ -394,8 +469,10 @@ def test_32_concurrent_requests_all_succeed_and_share_batches(server):
     before = server.text().count("\n")
 
     def one(i: int) -> httpx.Response:
-        return server.post("/v1/completions", {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 4,
-                                               "temperature": 0.7, "seed": i})
+        return server.post(
+            "/v1/completions",
+            {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 4, "temperature": 0.7, "seed": i},
+        )
 
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(one, range(32)))
@@ -412,29 +489,81 @@ BAD_INPUTS = [
     ("malformed json", '{"model": "x", "prompt": ', 400, "invalid_json", "malformed JSON"),
     ("not an object", "[1, 2]", 400, "invalid_json", "JSON object"),
     ("unknown field", {"model": MODEL, "prompt": "x", "temprature": 0.5}, 422, "unknown_field", "temprature"),
-    ("unknown rsp field", {"model": MODEL, "prompt": "x", "rsp": {"options": {"soft_prompt": "/etc/passwd"}}}, 422,
-     "unknown_field", "rsp.options"),
+    (
+        "unknown rsp field",
+        {"model": MODEL, "prompt": "x", "rsp": {"options": {"soft_prompt": "/etc/passwd"}}},
+        422,
+        "unknown_field",
+        "rsp.options",
+    ),
     ("wrong type", {"model": MODEL, "prompt": "x", "n": "4"}, 422, "invalid_value", "n"),
     ("missing prompt", {"model": MODEL}, 422, "missing_field", "prompt"),
     ("n over the limit", {"model": MODEL, "prompt": "x", "n": 9}, 400, "n_too_large", "limit of 8"),
-    ("max_tokens over the limit", {"model": MODEL, "prompt": "x", "max_tokens": 65}, 400, "max_tokens_too_large",
-     "limit of 64"),
-    ("prompt longer than the context", {"model": MODEL, "prompt": "word " * 9000}, 400,
-     "context_length_exceeded", "context of 8192"),
+    (
+        "max_tokens over the limit",
+        {"model": MODEL, "prompt": "x", "max_tokens": 65},
+        400,
+        "max_tokens_too_large",
+        "limit of 64",
+    ),
+    (
+        "prompt longer than the context",
+        {"model": MODEL, "prompt": "word " * 9000},
+        400,
+        "context_length_exceeded",
+        "context of 8192",
+    ),
     ("unknown model", {"model": "gpt-4o", "prompt": "x"}, 404, "model_not_found", "not served"),
     ("model given as a path", {"model": "/etc/passwd", "prompt": "x"}, 404, "model_not_found", "not served"),
-    ("unknown rsp method", {"model": MODEL, "prompt": "x", "rsp": {"method": "nope"}}, 400, "invalid_rsp", "nope"),
-    ("rsp method that needs a server-side file", {"model": MODEL, "prompt": "x", "rsp": {"method": "soft-prompt"}},
-     400, "invalid_rsp", "soft-prompt"),
-    ("rsp too long", {"model": MODEL, "prompt": "x", "rsp": {"length": 65}}, 400, "rsp_too_long", "rsp.length"),
-    ("token id outside the vocabulary", {"model": MODEL, "prompt": [1, 2, 10 ** 9]}, 400, "invalid_token",
-     "outside the vocabulary"),
-    ("placeholder token in the prompt", {"model": MODEL, "prompt": "a <empty_output> b"}, 400, "reserved_token",
-     "reserves"),
-    ("unsupported penalty", {"model": MODEL, "prompt": "x", "presence_penalty": 1.0}, 400, "unsupported_parameter",
-     "presence_penalty"),
-    ("negative temperature", {"model": MODEL, "prompt": "x", "temperature": -1}, 422, "invalid_value",
-     "temperature"),
+    (
+        "unknown rsp method",
+        {"model": MODEL, "prompt": "x", "rsp": {"method": "nope"}},
+        400,
+        "invalid_rsp",
+        "nope",
+    ),
+    (
+        "rsp method that needs a server-side file",
+        {"model": MODEL, "prompt": "x", "rsp": {"method": "soft-prompt"}},
+        400,
+        "invalid_rsp",
+        "soft-prompt",
+    ),
+    (
+        "rsp too long",
+        {"model": MODEL, "prompt": "x", "rsp": {"length": 65}},
+        400,
+        "rsp_too_long",
+        "rsp.length",
+    ),
+    (
+        "token id outside the vocabulary",
+        {"model": MODEL, "prompt": [1, 2, 10**9]},
+        400,
+        "invalid_token",
+        "outside the vocabulary",
+    ),
+    (
+        "placeholder token in the prompt",
+        {"model": MODEL, "prompt": "a <empty_output> b"},
+        400,
+        "reserved_token",
+        "reserves",
+    ),
+    (
+        "unsupported penalty",
+        {"model": MODEL, "prompt": "x", "presence_penalty": 1.0},
+        400,
+        "unsupported_parameter",
+        "presence_penalty",
+    ),
+    (
+        "negative temperature",
+        {"model": MODEL, "prompt": "x", "temperature": -1},
+        422,
+        "invalid_value",
+        "temperature",
+    ),
     ("body over the size limit", {"model": MODEL, "prompt": "x" * (1 << 20)}, 413, "body_too_large", "limit"),
 ]
 
@@ -447,7 +576,9 @@ def test_bad_inputs_get_openai_errors_and_the_server_stays_healthy(server):
         err = r.json()["error"]
         assert set(err) == {"message", "type", "param", "code"}, name
         assert err["code"] == code and words in err["message"], (name, err)
-    chat = server.post("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]})
+    chat = server.post(
+        "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}
+    )
     assert chat.status_code == 422 and chat.json()["error"]["param"].startswith("messages")
     assert httpx.get(server.url + "/v1/nowhere").json()["error"]["code"] == "not_found"
     wrong_method = httpx.delete(server.url + "/v1/models")
@@ -462,17 +593,34 @@ def test_lm_eval_local_completions_runs_two_document_tasks(server, smollm2, tmp_
     """A generation task and a log-likelihood task (lm-eval sends token ids with echo + logprobs); the
     log-likelihoods equal a plain forward's, since the RSP sits after the scored tokens."""
     lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (the 'lm-eval' extra)")
-    for needed in ("tenacity", "aiohttp", "requests"):  # lm-eval's own [api] extra, which local-completions needs
-        pytest.importorskip(needed, reason=f"lm-eval's local-completions needs {needed} (pip install 'lm-eval[api]')")
+    for needed in (
+        "tenacity",
+        "aiohttp",
+        "requests",
+    ):  # lm-eval's own [api] extra, which local-completions needs
+        pytest.importorskip(
+            needed, reason=f"lm-eval's local-completions needs {needed} (pip install 'lm-eval[api]')"
+        )
     import torch
     from lm_eval.tasks import TaskManager
 
     from rsp.models.loading import resolve_model_dir
 
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps(d) + "\n" for d in [
-        {"question": "What is 2 + 2?", "answer": "4", "choices": ["4", "5"], "label": 0},
-        {"question": "How many legs does a cat have?", "answer": "4", "choices": ["two", "four"], "label": 1}]))
+    docs.write_text(
+        "".join(
+            json.dumps(d) + "\n"
+            for d in [
+                {"question": "What is 2 + 2?", "answer": "4", "choices": ["4", "5"], "label": 0},
+                {
+                    "question": "How many legs does a cat have?",
+                    "answer": "4",
+                    "choices": ["two", "four"],
+                    "label": 1,
+                },
+            ]
+        )
+    )
     common = f"""dataset_path: json
 dataset_kwargs:
   data_files:
@@ -480,7 +628,9 @@ dataset_kwargs:
 test_split: test
 doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
 """
-    (tmp_path / "gen.yaml").write_text(common + """task: rsp_serve_gen
+    (tmp_path / "gen.yaml").write_text(
+        common
+        + """task: rsp_serve_gen
 output_type: generate_until
 doc_to_target: "{{answer}}"
 generation_kwargs:
@@ -489,19 +639,25 @@ generation_kwargs:
   do_sample: false
 metric_list:
   - metric: exact_match
-""")
-    (tmp_path / "mc.yaml").write_text(common + """task: rsp_serve_mc
+"""
+    )
+    (tmp_path / "mc.yaml").write_text(
+        common
+        + """task: rsp_serve_mc
 output_type: multiple_choice
 doc_to_choice: "{{choices}}"
 doc_to_target: "{{label}}"
 metric_list:
   - metric: acc
-""")
+"""
+    )
     tokenizer_dir = resolve_model_dir(MODEL)[0]
     results = lm_eval.simple_evaluate(
         model="local-completions",
         model_args=f"model={MODEL},base_url={server.url}/v1/completions,tokenizer={tokenizer_dir},max_retries=1",
-        tasks=["rsp_serve_gen", "rsp_serve_mc"], task_manager=TaskManager(include_path=str(tmp_path)))
+        tasks=["rsp_serve_gen", "rsp_serve_mc"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+    )
     gen = results["samples"]["rsp_serve_gen"]
     assert len(gen) == 2 and all(isinstance(s["resps"][0][0], str) for s in gen)
     assert results["results"]["rsp_serve_mc"]["acc,none"] in (0.0, 0.5, 1.0)
@@ -562,7 +718,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(keyed_server):
     log = keyed_server.text()
     assert "shutting down" in log and "Application shutdown complete" in log
     # the request in flight finished after the shutdown began, and before the server stopped
-    assert log.index("Shutting down") < log.rindex("POST /v1/completions 200") < log.rindex("shutdown complete")
+    assert (
+        log.index("Shutting down") < log.rindex("POST /v1/completions 200") < log.rindex("shutdown complete")
+    )
 
 
 def child_pids(pid: int) -> set[int]:
@@ -588,10 +746,20 @@ def test_vllm_engine_serves_n_rsps_and_sigterm_leaves_no_engine_process(tmp_path
     require_vllm()
     srv = ServerProcess(tmp_path / "server.log", "--engine", "vllm", "--max-tokens-limit", "16")
     try:
-        out = srv.post("/v1/completions", {"model": MODEL, "prompt": "Question: what is 7 + 5?\nAnswer:", "n": 3,
-                                           "max_tokens": 8, "temperature": 0, "seed": 5}).json()
-        assert [c["rsp_seed"] for c in sorted(out["choices"], key=lambda c: c["index"])] == \
-            [derive_seed(5, "rsp", "0", a) for a in range(3)]
+        out = srv.post(
+            "/v1/completions",
+            {
+                "model": MODEL,
+                "prompt": "Question: what is 7 + 5?\nAnswer:",
+                "n": 3,
+                "max_tokens": 8,
+                "temperature": 0,
+                "seed": 5,
+            },
+        ).json()
+        assert [c["rsp_seed"] for c in sorted(out["choices"], key=lambda c: c["index"])] == [
+            derive_seed(5, "rsp", "0", a) for a in range(3)
+        ]
         assert srv.post("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 1}).status_code == 400
         children = child_pids(srv.proc.pid)
         assert children, "vLLM's engine core should run as a child process"

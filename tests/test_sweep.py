@@ -52,8 +52,12 @@ def test_default_grid_has_greedy_rsp_and_one_baseline_per_temperature():
     names = [c.name for c in cells]
     assert len(names) == len(set(names)) == 4 * (1 + 6)
     assert "rsp_T0_L4_a1" in names  # greedy + RSP
-    assert [c.name for c in cells if c.method == "temperature"] == ["temperature_T0", "temperature_T0.3",
-                                                                    "temperature_T0.7", "temperature_T1"]
+    assert [c.name for c in cells if c.method == "temperature"] == [
+        "temperature_T0",
+        "temperature_T0.3",
+        "temperature_T0.7",
+        "temperature_T1",
+    ]
     greedy_base = next(c for c in cells if c.name == "temperature_T0")
     assert greedy_base.replicate and greedy_base.eval_config(EvalConfig(), 16, {}).n == 1
     assert not any(c.replicate for c in cells if c.method == "rsp")  # fresh RSPs make greedy attempts differ
@@ -61,13 +65,25 @@ def test_default_grid_has_greedy_rsp_and_one_baseline_per_temperature():
 
 def test_axes_a_method_does_not_read_are_collapsed(tmp_path):
     save_soft_prompt(tmp_path / "sp.safetensors", torch.zeros(3, 8), "after_generation_prompt", {})
-    cfg = SweepConfig(base=EvalConfig(method_extra={"soft_prompt": str(tmp_path / "sp.safetensors")}),
-                      methods=("rsp-fixed", "embed-noise", "token-rows", "soft-prompt"), lengths=(1, 2),
-                      alphas=(0.5, 1.0), temperatures=(0.0,))
+    cfg = SweepConfig(
+        base=EvalConfig(method_extra={"soft_prompt": str(tmp_path / "sp.safetensors")}),
+        methods=("rsp-fixed", "embed-noise", "token-rows", "soft-prompt"),
+        lengths=(1, 2),
+        alphas=(0.5, 1.0),
+        temperatures=(0.0,),
+    )
     names = [c.name for c in cfg.cells()]
-    assert names == ["temperature_T0", "rsp-fixed_T0_L1_a0.5", "rsp-fixed_T0_L1_a1", "rsp-fixed_T0_L2_a0.5",
-                     "rsp-fixed_T0_L2_a1", "embed-noise_T0", "token-rows_T0_L1", "token-rows_T0_L2",
-                     "soft-prompt_T0_L3"]
+    assert names == [
+        "temperature_T0",
+        "rsp-fixed_T0_L1_a0.5",
+        "rsp-fixed_T0_L1_a1",
+        "rsp-fixed_T0_L2_a0.5",
+        "rsp-fixed_T0_L2_a1",
+        "embed-noise_T0",
+        "token-rows_T0_L1",
+        "token-rows_T0_L2",
+        "soft-prompt_T0_L3",
+    ]
     cells = {c.name: c for c in cfg.cells()}
     assert cells["rsp-fixed_T0_L1_a1"].replicate and not cells["token-rows_T0_L1"].replicate
     extra = cfg.base.method_extra
@@ -75,8 +91,9 @@ def test_axes_a_method_does_not_read_are_collapsed(tmp_path):
     assert cells["soft-prompt_T0_L3"].eval_config(cfg.base, 16, extra).method_extra == extra
 
 
-def test_interrupted_sweep_resumes_without_recomputing_finished_cells(tmp_path, tiny_model_dir, tiny_loaded,
-                                                                        monkeypatch):
+def test_interrupted_sweep_resumes_without_recomputing_finished_cells(
+    tmp_path, tiny_model_dir, tiny_loaded, monkeypatch
+):
     cfg = _sweep(tiny_model_dir)
     with CountingGenerate(tiny_loaded.model) as full:
         run_sweep(cfg, tmp_path / "full", lm=tiny_loaded, progress=False)
@@ -107,7 +124,9 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(tmp_path, 
     assert again.ran == [] and len(again.skipped) == 6
 
 
-def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(tmp_path, tiny_model_dir, tiny_loaded):
+def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(
+    tmp_path, tiny_model_dir, tiny_loaded
+):
     result = run_sweep(_sweep(tiny_model_dir), tmp_path, lm=tiny_loaded, progress=False)
     rows = {r["cell"]: r for r in result.rows}
     greedy = read_jsonl_records(tmp_path / "cells" / "temperature_T0" / "samples.jsonl")
@@ -126,12 +145,19 @@ def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(tmp_pat
         assert (tmp_path / "plots" / name).stat().st_size > 0
 
 
-def test_extending_the_grid_keeps_finished_cells_but_changing_the_base_is_refused(tmp_path, tiny_model_dir,
-                                                                                   tiny_loaded):
-    run_sweep(_sweep(tiny_model_dir, lengths=(1,), temperatures=(1.0,)), tmp_path, lm=tiny_loaded, progress=False)
+def test_extending_the_grid_keeps_finished_cells_but_changing_the_base_is_refused(
+    tmp_path, tiny_model_dir, tiny_loaded
+):
+    run_sweep(
+        _sweep(tiny_model_dir, lengths=(1,), temperatures=(1.0,)), tmp_path, lm=tiny_loaded, progress=False
+    )
     with CountingGenerate(tiny_loaded.model) as counter:
-        result = run_sweep(_sweep(tiny_model_dir, lengths=(1, 2), temperatures=(1.0,)), tmp_path, lm=tiny_loaded,
-                           progress=False)
+        result = run_sweep(
+            _sweep(tiny_model_dir, lengths=(1, 2), temperatures=(1.0,)),
+            tmp_path,
+            lm=tiny_loaded,
+            progress=False,
+        )
     assert counter.calls == 1 and result.ran == ["rsp_T1_L2_a1"]
     other = _sweep(tiny_model_dir)
     other.base.n = 5

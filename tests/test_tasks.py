@@ -42,12 +42,24 @@ def _require_local_copy(name: str) -> None:
     file_name = BENCHMARKS[name].files["test"]
     if find_data_file(file_name) is None:
         searched = ", ".join(str(d) for d in data_dir_candidates())
-        pytest.skip(f"local benchmark data {file_name} not found (searched {searched}); "
-                    "set RSP_DATA_DIR to the shared data directory to run this check")
+        pytest.skip(
+            f"local benchmark data {file_name} not found (searched {searched}); "
+            "set RSP_DATA_DIR to the shared data directory to run this check"
+        )
 
 
-@pytest.mark.parametrize(("name", "count"), [("gsm8k", 1319), ("math500", 500), ("aime24", 30), ("aime25", 30),
-                                             ("amc23", 40), ("minerva", 272), ("olympiadbench", 675)])
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("gsm8k", 1319),
+        ("math500", 500),
+        ("aime24", 30),
+        ("aime25", 30),
+        ("amc23", 40),
+        ("minerva", 272),
+        ("olympiadbench", 675),
+    ],
+)
 def test_benchmarks_load_from_local_jsonl(name, count):
     _require_local_copy(name)
     task = load_task(name)
@@ -69,17 +81,22 @@ def _write(tmp_path, text: bytes | str):
     return path
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"problem": "a", "answer": "1"}\n{"problem": "b" "answer": "2"}\n', ":2: malformed JSON"),
-    ('{"problem": "a", "answer": "1"}\n{"answer": "2"}\n', ":2: missing field 'problem'"),
-    ('{"problem": "  ", "answer": "1"}\n', ":1: field 'problem' is empty"),
-    ('{"problem": "a"}\n', ":1: missing field 'answer'"),
-    ('{"id": "x", "problem": "a", "answer": "1"}\n{"id": "x", "problem": "b", "answer": "2"}\n',
-     ":2: duplicate id 'x' (first seen on line 1)"),
-    (b'{"problem": "a", "answer": "1"}\n{"problem": "\xff\xfe", "answer": "2"}\n', ":2: not valid UTF-8"),
-    ("", "no problems found"),
-    ("[1, 2]\n", ":1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"problem": "a", "answer": "1"}\n{"problem": "b" "answer": "2"}\n', ":2: malformed JSON"),
+        ('{"problem": "a", "answer": "1"}\n{"answer": "2"}\n', ":2: missing field 'problem'"),
+        ('{"problem": "  ", "answer": "1"}\n', ":1: field 'problem' is empty"),
+        ('{"problem": "a"}\n', ":1: missing field 'answer'"),
+        (
+            '{"id": "x", "problem": "a", "answer": "1"}\n{"id": "x", "problem": "b", "answer": "2"}\n',
+            ":2: duplicate id 'x' (first seen on line 1)",
+        ),
+        (b'{"problem": "a", "answer": "1"}\n{"problem": "\xff\xfe", "answer": "2"}\n', ":2: not valid UTF-8"),
+        ("", "no problems found"),
+        ("[1, 2]\n", ":1: expected a JSON object"),
+    ],
+)
 def test_bad_jsonl_names_file_and_line(tmp_path, content, message):
     path = _write(tmp_path, content)
     with pytest.raises(TaskError) as err:

@@ -29,29 +29,40 @@ def test_recomputed_logprobs_equal_rollout_logprobs_only_with_the_stored_rsp(tin
     torch.manual_seed(0)
     with RSPHandle(tiny_lm, injection) as handle, handle.use_seeds(seeds), torch.no_grad():
         batch = layout(prompts, injection, pad_id=0, placeholder_id=handle.placeholder_id)
-        out = tiny_lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=True,
-                                     temperature=1.0, top_k=0, max_new_tokens=12, output_logits=True,
-                                     return_dict_in_generate=True, eos_token_id=2, pad_token_id=0)
+        out = tiny_lm.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            max_new_tokens=12,
+            output_logits=True,
+            return_dict_in_generate=True,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
     rollout_logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
     completions, expected = [], []
-    for b, row in enumerate(out.sequences[:, batch.input_ids.shape[1]:].tolist()):
+    for b, row in enumerate(out.sequences[:, batch.input_ids.shape[1] :].tolist()):
         n = row.index(2) + 1 if 2 in row else len(row)
         completions.append(row[:n])
         expected.append(torch.stack([rollout_logp[b, t, row[t]] for t in range(n)]))
     assert all(completions)
     with torch.no_grad():
         logp, mask, _ = completion_logprobs(tiny_lm, injection, prompts, seeds, completions)
-        ratios = torch.cat([torch.exp(logp[b, :len(c)] - expected[b]) for b, c in enumerate(completions)])
+        ratios = torch.cat([torch.exp(logp[b, : len(c)] - expected[b]) for b, c in enumerate(completions)])
         assert mask.sum() == sum(len(c) for c in completions)
         assert (ratios - 1).abs().max() < 1e-5
 
         other = [s + 1 for s in seeds]
         logp2, _, _ = completion_logprobs(tiny_lm, injection, prompts, other, completions)
-        ratios2 = torch.cat([torch.exp(logp2[b, :len(c)] - expected[b]) for b, c in enumerate(completions)])
+        ratios2 = torch.cat([torch.exp(logp2[b, : len(c)] - expected[b]) for b, c in enumerate(completions)])
         assert (ratios2 - 1).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("length,expected", [(48, 0.0), (52, -0.25), (56, -0.5), (64, -1.0), (70, -1.0), (0, 0.0)])
+@pytest.mark.parametrize(
+    "length,expected", [(48, 0.0), (52, -0.25), (56, -0.5), (64, -1.0), (70, -1.0), (0, 0.0)]
+)
 def test_overlong_penalty_at_buffer_edges(length, expected):
     # max_len 64, buffer 16: free up to 48, linear to -1 at 64, -1 beyond.
     assert overlong_penalty(length, 64, 16, 1.0) == pytest.approx(expected)
@@ -66,12 +77,24 @@ def test_group_advantages_normalise_and_zero_for_constant_groups():
 
 
 def _trainer(lm, reward_fn, **overrides) -> DAPOTrainer:
-    settings = dict(model="tiny", rsp_length=2, group_size=4, prompts_per_step=2, steps=2, lr=1e-2,
-                    max_new_tokens=6, overlong_buffer=0, max_extra_rounds=2, train_problems=8,
-                    lora_r=4, lora_target_modules=["q_proj", "v_proj"])
+    settings = dict(
+        model="tiny",
+        rsp_length=2,
+        group_size=4,
+        prompts_per_step=2,
+        steps=2,
+        lr=1e-2,
+        max_new_tokens=6,
+        overlong_buffer=0,
+        max_extra_rounds=2,
+        train_problems=8,
+        lora_r=4,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
     cfg = DAPOConfig(**{**settings, **overrides})
-    problems = [Problem(id=f"p{i}", question=f"q{i}?", answer=("const" if i % 2 == 0 else "mixed"))
-                for i in range(8)]
+    problems = [
+        Problem(id=f"p{i}", question=f"q{i}?", answer=("const" if i % 2 == 0 else "mixed")) for i in range(8)
+    ]
     return DAPOTrainer(lm, cfg, problems, lambda p: _prompt(lm.tokenizer, p.question), reward_fn)
 
 
@@ -131,8 +154,9 @@ def test_full_finetuning_plain_dapo_updates_transformer_not_embeddings(tiny_lm):
     assert trainer.train_step()["updated"]
     emb = tiny_lm.model.get_input_embeddings().weight
     assert torch.equal(emb, before["model.embed_tokens.weight"])
-    assert not torch.equal(named["model.layers.0.self_attn.q_proj.weight"],
-                           before["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        named["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"]
+    )
 
 
 def test_dapo_loss_clips_higher_and_averages_over_tokens():
@@ -154,13 +178,19 @@ def test_dapo_loss_clips_higher_and_averages_over_tokens():
 @pytest.mark.parametrize("mask_truncated", [False, True])
 def test_micro_batched_update_gives_the_full_batch_gradient(tiny_lm, mask_truncated):
     flip = itertools.cycle([True, False])
-    trainer = _trainer(tiny_lm, lambda text, gold: next(flip), micro_batch_size=0, mask_truncated=mask_truncated)
+    trainer = _trainer(
+        tiny_lm, lambda text, gold: next(flip), micro_batch_size=0, mask_truncated=mask_truncated
+    )
     import dataclasses
 
     sampled = [r for g in trainer.sample_batch(0).groups for r in g]
     # Ragged lengths (so the token normaliser matters) and some "stopped" rows (so truncation masking does).
-    rollouts = [dataclasses.replace(r, token_ids=r.token_ids[:2 + i % 5], finish_reason="stop" if i % 3 else "length")
-                for i, r in enumerate(sampled)]
+    rollouts = [
+        dataclasses.replace(
+            r, token_ids=r.token_ids[: 2 + i % 5], finish_reason="stop" if i % 3 else "length"
+        )
+        for i, r in enumerate(sampled)
+    ]
     assert len(rollouts) == 8 and len({len(r.token_ids) for r in rollouts}) > 1
     grads = {}
     for mb in (0, 3):  # 3 does not divide 8: the last micro-batch is short

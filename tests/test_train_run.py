@@ -24,14 +24,29 @@ def _reward(text: str, gold: str) -> bool:
     return sum(map(ord, text)) % 2 == 0  # deterministic in the text; mixed groups on a random model
 
 
-CFG = dict(model="tiny-llama", steps=3, checkpoint_every=1, group_size=4, prompts_per_step=2, max_new_tokens=6,
-           overlong_buffer=2, train_problems=8, lora_r=4, lora_target_modules=["q_proj", "v_proj"],
-           max_extra_rounds=1, lr=1e-2, updates_per_batch=2, rsp_length=2)
+CFG = dict(
+    model="tiny-llama",
+    steps=3,
+    checkpoint_every=1,
+    group_size=4,
+    prompts_per_step=2,
+    max_new_tokens=6,
+    overlong_buffer=2,
+    train_problems=8,
+    lora_r=4,
+    lora_target_modules=["q_proj", "v_proj"],
+    max_extra_rounds=1,
+    lr=1e-2,
+    updates_per_batch=2,
+    rsp_length=2,
+)
 
 
 def _metrics(path):
-    return [{k: v for k, v in json.loads(line).items() if k != "step_time"}
-            for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "step_time"}
+        for line in path.read_text().splitlines()
+    ]
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
@@ -41,7 +56,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert latest_checkpoint(tmp_path / "split").name == "step_000002.pt"
     assert len(_metrics(tmp_path / "split" / "metrics.jsonl")) == 2
     train(cfg, tmp_path / "split", lm=_fresh_lm(), reward_fn=_reward, progress=False)
-    full, split = _metrics(tmp_path / "full" / "metrics.jsonl"), _metrics(tmp_path / "split" / "metrics.jsonl")
+    full, split = (
+        _metrics(tmp_path / "full" / "metrics.jsonl"),
+        _metrics(tmp_path / "split" / "metrics.jsonl"),
+    )
     assert [m["step"] for m in split] == [1, 2, 3]
     assert any(m["updated"] for m in full)
     for a, b in zip(full, split, strict=True):
@@ -50,23 +68,47 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7, nan_ok=True), k
     assert (tmp_path / "split" / "curves.png").stat().st_size > 0
     rollouts = [json.loads(line) for line in (tmp_path / "split" / "rollouts.jsonl").read_text().splitlines()]
-    full_rollouts = [json.loads(line) for line in (tmp_path / "full" / "rollouts.jsonl").read_text().splitlines()]
+    full_rollouts = [
+        json.loads(line) for line in (tmp_path / "full" / "rollouts.jsonl").read_text().splitlines()
+    ]
     assert rollouts == full_rollouts and sorted({r["step"] for r in rollouts}) == [1, 2, 3]
     assert (tmp_path / "full" / "adapter" / "adapter_config.json").is_file()
 
     with pytest.raises(RunDirError, match="different settings.*steps"):
-        train(DAPOConfig(**{**CFG, "steps": 4}), tmp_path / "split", lm=_fresh_lm(), reward_fn=_reward,
-              progress=False)
+        train(
+            DAPOConfig(**{**CFG, "steps": 4}),
+            tmp_path / "split",
+            lm=_fresh_lm(),
+            reward_fn=_reward,
+            progress=False,
+        )
 
 
 def test_cli_flags_override_config_file(tmp_path):
     DAPOConfig(steps=7, rsp_length=8).save(tmp_path / "c.json")
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o"),
-                              "--rsp-length", "0", "--no-lora", "--lora-target-modules", "q_proj,v_proj"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--config",
+            str(tmp_path / "c.json"),
+            "--out",
+            str(tmp_path / "o"),
+            "--rsp-length",
+            "0",
+            "--no-lora",
+            "--lora-target-modules",
+            "q_proj,v_proj",
+        ]
+    )
     cfg = config_from_args(args)
-    assert (cfg.steps, cfg.rsp_length, cfg.lora, cfg.lora_target_modules) == (7, 0, False, ["q_proj", "v_proj"])
+    assert (cfg.steps, cfg.rsp_length, cfg.lora, cfg.lora_target_modules) == (
+        7,
+        0,
+        False,
+        ["q_proj", "v_proj"],
+    )
 
 
 def test_merged_model_directory_loads_with_the_trained_weights(tmp_path, tiny_model_dir):
@@ -110,4 +152,6 @@ def test_a_checkpoint_that_runs_code_on_load_is_refused_and_nothing_runs(tmp_pat
     with pytest.raises(CheckpointError, match="refusing to resume"):
         train(cfg, out, lm=_fresh_lm(), reward_fn=_reward, progress=False)
     assert not marker.exists()
-    assert issubclass(CheckpointError, RunDirError)  # `rsp train` reports it as an error (exit 2), no traceback
+    assert issubclass(
+        CheckpointError, RunDirError
+    )  # `rsp train` reports it as an error (exit 2), no traceback

@@ -108,8 +108,17 @@ def test_rsp_eval_on_the_vllm_engine_matches_the_hf_engine(tmp_path, vllm_model_
     from rsp.runio import read_jsonl_records
 
     lm, _ = engine
-    base = dict(model=str(vllm_model_dir), limit=2, n=3, methods=("temperature", "rsp"), rsp_length=2,
-                max_new_tokens=8, batch_size=6, temperature=0.0, dtype="float32")
+    base = dict(
+        model=str(vllm_model_dir),
+        limit=2,
+        n=3,
+        methods=("temperature", "rsp"),
+        rsp_length=2,
+        max_new_tokens=8,
+        batch_size=6,
+        temperature=0.0,
+        dtype="float32",
+    )
     run_eval(EvalConfig(**base), tmp_path / "hf", lm=lm, progress=False)
     config = EvalConfig(**base, engine="vllm")
     run_eval(config, tmp_path / "vllm", lm=lm, progress=False)
@@ -117,7 +126,8 @@ def test_rsp_eval_on_the_vllm_engine_matches_the_hf_engine(tmp_path, vllm_model_
     vl = read_jsonl_records(tmp_path / "vllm" / "samples.jsonl")
     key = lambda r: (r["method"], r["problem_id"], r["attempt"])  # noqa: E731
     assert len(vl) == 2 * 3 * 2
-    assert [(key(r), r["completion"], r["rsp_seed"]) for r in sorted(hf, key=key)] == \
-           [(key(r), r["completion"], r["rsp_seed"]) for r in sorted(vl, key=key)]
+    assert [(key(r), r["completion"], r["rsp_seed"]) for r in sorted(hf, key=key)] == [
+        (key(r), r["completion"], r["rsp_seed"]) for r in sorted(vl, key=key)
+    ]
     assert run_eval(config, tmp_path / "vllm", lm=lm, progress=False) is not None  # finished: nothing redone
     assert len(read_jsonl_records(tmp_path / "vllm" / "samples.jsonl")) == len(vl)

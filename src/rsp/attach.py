@@ -25,10 +25,21 @@ from rsp.models.loading import LoadedModel, wrap_model
 __all__ = ["RSPHandle", "attach", "choose_placeholder"]
 
 
-def attach(model: torch.nn.Module | LoadedModel, tokenizer=None, *, length: int = 4, seed: int = 0,
-           position: str = "after_generation_prompt", scale: float = 1.0, method: str = "rsp",
-           injection: Injection | None = None, placeholder_id: int | None = None,
-           stats_rows: str = "all", stats_mean: str = "scalar", **method_options: Any) -> RSPHandle:
+def attach(
+    model: torch.nn.Module | LoadedModel,
+    tokenizer=None,
+    *,
+    length: int = 4,
+    seed: int = 0,
+    position: str = "after_generation_prompt",
+    scale: float = 1.0,
+    method: str = "rsp",
+    injection: Injection | None = None,
+    placeholder_id: int | None = None,
+    stats_rows: str = "all",
+    stats_mean: str = "scalar",
+    **method_options: Any,
+) -> RSPHandle:
     """Make a transformers causal LM (or a PEFT-wrapped one) RSP-aware; returns the handle.
 
     Args:
@@ -53,8 +64,14 @@ def attach(model: torch.nn.Module | LoadedModel, tokenizer=None, *, length: int 
             raise ValueError("rsp.attach needs the tokenizer together with the model")
         lm = wrap_model(model, tokenizer, name=type(model).__name__, prepare=False)
     if injection is None:
-        options = MethodOptions(length=length, scale=scale, position=position, stats_rows=stats_rows,
-                                stats_mean=stats_mean, extra=dict(method_options))
+        options = MethodOptions(
+            length=length,
+            scale=scale,
+            position=position,
+            stats_rows=stats_rows,
+            stats_mean=stats_mean,
+            extra=dict(method_options),
+        )
         injection = build_method(method, lm, options)
     elif method_options:
         raise ValueError("method options apply to `method`, not to a ready `injection`")

@@ -85,7 +85,9 @@ class EvalConfig:
         if self.grader_timeout <= 0:
             raise ConfigError(f"--grader-timeout must be > 0, got {self.grader_timeout}")
         if self.position not in INSERTION_POINTS:
-            raise ConfigError(f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}")
+            raise ConfigError(
+                f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
+            )
         if self.engine not in ENGINE_NAMES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINE_NAMES)}, got {self.engine!r}")
         if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
@@ -110,14 +112,24 @@ class EvalConfig:
 
     def rsp_config(self, method: str) -> RSPConfig:
         """What `method` injects under this run's settings (the front door's `RSPConfig`)."""
-        return RSPConfig(length=self.rsp_length, scale=self.rsp_scale, position=self.position, method=method,
-                         stats_rows=self.stats_rows, stats_mean=self.stats_mean, options=dict(self.method_extra))
+        return RSPConfig(
+            length=self.rsp_length,
+            scale=self.rsp_scale,
+            position=self.position,
+            method=method,
+            stats_rows=self.stats_rows,
+            stats_mean=self.stats_mean,
+            options=dict(self.method_extra),
+        )
 
     def engine_options(self) -> dict:
         """Options for `create_backend` beyond the engine name (vLLM's parallelism)."""
         if self.engine != "vllm":
             return {}
-        return {"tensor_parallel_size": self.tensor_parallel_size, "data_parallel_size": self.data_parallel_size}
+        return {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "data_parallel_size": self.data_parallel_size,
+        }
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,8 +151,14 @@ class EvalConfig:
         return cls(**d)
 
     def load_task(self) -> Task:
-        return load_task(self.task, split=self.split, limit=self.limit, arith_steps=self.arith_steps,
-                         arith_max_value=self.arith_max_value, seed=self.seed)
+        return load_task(
+            self.task,
+            split=self.split,
+            limit=self.limit,
+            arith_steps=self.arith_steps,
+            arith_max_value=self.arith_max_value,
+            seed=self.seed,
+        )
 
 
 def prompt_hash(prompt: PromptTokens) -> str:
@@ -157,8 +175,15 @@ class EvalRun:
     oom_events: list[str]
 
 
-def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = None, progress: bool = True,
-             max_batches: int | None = None, generator: Generator | None = None) -> EvalRun:
+def run_eval(
+    config: EvalConfig,
+    out: str | Path,
+    *,
+    lm: LoadedModel | None = None,
+    progress: bool = True,
+    max_batches: int | None = None,
+    generator: Generator | None = None,
+) -> EvalRun:
     """Run (or resume) an evaluation into `out`. `max_batches` stops early (used by tests).
 
     Every batch is one `Generator.run` call, the step `rsp.generate` is made of, with the same seeds;
@@ -182,11 +207,18 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
     oom_events: list[str] = []
     if todo:
         if generator is None:
-            generator = Generator(lm if lm is not None else config.model, engine=config.engine, dtype=config.dtype,
-                                  device=config.device, **config.engine_options())
+            generator = Generator(
+                lm if lm is not None else config.model,
+                engine=config.engine,
+                dtype=config.dtype,
+                device=config.device,
+                **config.engine_options(),
+            )
         elif generator.engine != config.engine:
-            raise ConfigError(f"the generator runs the {generator.engine} engine but the run asks for "
-                              f"--engine {config.engine}")
+            raise ConfigError(
+                f"the generator runs the {generator.engine} engine but the run asks for "
+                f"--engine {config.engine}"
+            )
         lm = generator.lm
         builder = PromptBuilder.for_task(lm.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
@@ -194,15 +226,23 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
         _check_context(generator, prompts, config, injections)
         appender = JsonlAppender(samples_path)
         sampling = config.sampling()
-        bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}")
+        bar = tqdm(
+            total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}"
+        )
         with Grader(timeout=config.grader_timeout) as grader:
             for batch in todo:
                 injection = injections[batch.method]
                 problems = [task.problems[p] for p, _ in batch.rows]
                 seeds = [injection.seed_for(config.seed, task.problems[p].id, a) for p, a in batch.rows]
                 decode_seed = decode_seed_for(config.seed, batch)
-                completions = generator.run([prompts[p] for p, _ in batch.rows], injection, seeds, sampling,
-                                            decode_seed=decode_seed, stop_strings=builder.stop_strings)
+                completions = generator.run(
+                    [prompts[p] for p, _ in batch.rows],
+                    injection,
+                    seeds,
+                    sampling,
+                    decode_seed=decode_seed,
+                    stop_strings=builder.stop_strings,
+                )
                 new = []
                 for (p, a), problem, seed, comp in zip(batch.rows, problems, seeds, completions, strict=True):
                     if (problem.id, batch.method, a) in done:
@@ -217,8 +257,9 @@ def run_eval(config: EvalConfig, out: str | Path, *, lm: LoadedModel | None = No
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
 
 
-def _check_context(generator: Generator, prompts: list[PromptTokens], config: EvalConfig,
-                   injections: dict[str, Injection]) -> None:
+def _check_context(
+    generator: Generator, prompts: list[PromptTokens], config: EvalConfig, injections: dict[str, Injection]
+) -> None:
     """Fail before sampling, using each method's own length (a soft prompt file fixes L, not --rsp-length)."""
     method, injection = max(injections.items(), key=lambda kv: kv[1].length)
     try:
@@ -227,8 +268,16 @@ def _check_context(generator: Generator, prompts: list[PromptTokens], config: Ev
         raise ConfigError(f"{exc} ({method}); lower --max-new-tokens or the injection length") from None
 
 
-def _record(problem: Problem, method: str, attempt: int, seed: int | None, decode_seed: int, prompt: PromptTokens,
-            comp, grader: Grader) -> dict:
+def _record(
+    problem: Problem,
+    method: str,
+    attempt: int,
+    seed: int | None,
+    decode_seed: int,
+    prompt: PromptTokens,
+    comp,
+    grader: Grader,
+) -> dict:
     grade = grader.grade(comp.text, problem.answer)
     return {
         "problem_id": problem.id,

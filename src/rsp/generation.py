@@ -66,18 +66,30 @@ class RSPConfig:
         if self.scale < 0:
             raise ValueError(f"RSPConfig.scale must be >= 0, got {self.scale}")
         if self.position not in INSERTION_POINTS:
-            raise ValueError(f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}")
+            raise ValueError(
+                f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
+            )
         if self.method not in method_names():
-            raise ValueError(f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(method_names())}")
+            raise ValueError(
+                f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(method_names())}"
+            )
         return self
 
     def method_options(self) -> MethodOptions:
-        return MethodOptions(self.length, self.scale, self.position, self.stats_rows, self.stats_mean,
-                             dict(self.options))
+        return MethodOptions(
+            self.length, self.scale, self.position, self.stats_rows, self.stats_mean, dict(self.options)
+        )
 
     def key(self) -> tuple:
-        return (self.length, self.scale, self.position, self.method, self.stats_rows, self.stats_mean,
-                tuple(sorted((k, str(v)) for k, v in self.options.items())))
+        return (
+            self.length,
+            self.scale,
+            self.position,
+            self.method,
+            self.stats_rows,
+            self.stats_mean,
+            tuple(sorted((k, str(v)) for k, v in self.options.items())),
+        )
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,7 @@ def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: i
         rows = [(p, a) for p in range(start, min(start + per_group, num_prompts)) for a in range(n)]
         for method in methods:
             for chunk, c0 in enumerate(range(0, len(rows), batch_size)):
-                batches.append(WorkBatch(method, group, chunk, tuple(rows[c0:c0 + batch_size])))
+                batches.append(WorkBatch(method, group, chunk, tuple(rows[c0 : c0 + batch_size])))
     return batches
 
 
@@ -152,8 +164,15 @@ class Generator:
     weights). `engine_options` go to the engine (vLLM: `tensor_parallel_size`, `data_parallel_size`, ...).
     """
 
-    def __init__(self, model: Any = "smollm2-135m-instruct", *, engine: str = "hf", dtype: str = "auto",
-                 device: str = "cpu", **engine_options: Any) -> None:
+    def __init__(
+        self,
+        model: Any = "smollm2-135m-instruct",
+        *,
+        engine: str = "hf",
+        dtype: str = "auto",
+        device: str = "cpu",
+        **engine_options: Any,
+    ) -> None:
         if engine not in ENGINE_NAMES:
             raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
         if isinstance(model, str):
@@ -163,8 +182,10 @@ class Generator:
         elif hasattr(model, "tokenizer") and hasattr(model, "embedding_stats"):
             lm = model
         else:
-            raise TypeError("model must be a name or path, a (model, tokenizer) pair, or a LoadedModel; got "
-                            f"{type(model).__name__}")
+            raise TypeError(
+                "model must be a name or path, a (model, tokenizer) pair, or a LoadedModel; got "
+                f"{type(model).__name__}"
+            )
         self.lm: LoadedModel = lm  # type: ignore[assignment]
         self.engine = engine
         self.backend = create_backend(engine, self.lm, **engine_options)
@@ -187,27 +208,53 @@ class Generator:
     def tokenize(self, prompt: Prompt, *, chat: bool | None = None) -> PromptTokens:
         return tokenize_prompt(self.lm.tokenizer, prompt, chat=chat)
 
-    def check_context(self, prompts: Sequence[PromptTokens], injection: Injection, max_new_tokens: int) -> None:
+    def check_context(
+        self, prompts: Sequence[PromptTokens], injection: Injection, max_new_tokens: int
+    ) -> None:
         """Refuse before sampling when prompt + injected vectors + new tokens exceed the context."""
         limit = context_limit(self.lm)
         if limit is None or not prompts:
             return
         longest = max(len(p.ids) for p in prompts) + injection.length + max_new_tokens
         if longest > limit:
-            raise ValueError(f"longest prompt + {injection.length} injected vectors ({injection.name}) + "
-                             f"max_new_tokens = {longest} exceeds the model's context of {limit} tokens")
+            raise ValueError(
+                f"longest prompt + {injection.length} injected vectors ({injection.name}) + "
+                f"max_new_tokens = {longest} exceeds the model's context of {limit} tokens"
+            )
 
-    def run(self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None],
-            sampling: SamplingConfig, *, decode_seed: int, stop_strings: Sequence[str] = ()) -> list[Completion]:
+    def run(
+        self,
+        prompts: Sequence[PromptTokens],
+        injection: Injection,
+        seeds: Sequence[int | None],
+        sampling: SamplingConfig,
+        *,
+        decode_seed: int,
+        stop_strings: Sequence[str] = (),
+    ) -> list[Completion]:
         """One batch: row i is prompts[i] with the injection drawn from seeds[i]."""
-        return self.backend.generate(prompts, injection, seeds, sampling, decode_seed=decode_seed,
-                                     stop_strings=stop_strings)
+        return self.backend.generate(
+            prompts, injection, seeds, sampling, decode_seed=decode_seed, stop_strings=stop_strings
+        )
 
-    def generate(self, prompts: Prompt | Sequence[Prompt], *, n: int = 1, rsp: RSPConfig | None = RSPConfig(),
-                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
-                 max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), batch_size: int = 32,
-                 keys: Sequence[str] | None = None, chat: bool | None = None,
-                 progress: bool = False) -> list[GenerationOutput]:
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        *,
+        n: int = 1,
+        rsp: RSPConfig | None = RSPConfig(),
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        max_new_tokens: int = 256,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+        batch_size: int = 32,
+        keys: Sequence[str] | None = None,
+        chat: bool | None = None,
+        progress: bool = False,
+    ) -> list[GenerationOutput]:
         """n completions per prompt; see the module docstring for the seeds. Temperature 0 is greedy."""
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
             prompts = [prompts]  # type: ignore[list-item]
@@ -230,22 +277,46 @@ class Generator:
         for batch in batches:
             seeds = [injection.seed_for(seed, keys[p], a) for p, a in batch.rows]
             decode_seed = decode_seed_for(seed, batch)
-            done = self.run([tokens[p] for p, _ in batch.rows], injection, seeds, sampling,
-                            decode_seed=decode_seed, stop_strings=stop)
+            done = self.run(
+                [tokens[p] for p, _ in batch.rows],
+                injection,
+                seeds,
+                sampling,
+                decode_seed=decode_seed,
+                stop_strings=stop,
+            )
             for (p, a), s, c in zip(batch.rows, seeds, done, strict=True):
                 samples[p][a] = Sample(a, c.text, c.token_ids, c.finish_reason, s, decode_seed)
             bar.update(len(batch.rows))
         bar.close()
-        return [GenerationOutput(prompt, key, tok.ids, [s for s in row if s is not None])
-                for prompt, key, tok, row in zip(prompts, keys, tokens, samples, strict=True)]
+        return [
+            GenerationOutput(prompt, key, tok.ids, [s for s in row if s is not None])
+            for prompt, key, tok, row in zip(prompts, keys, tokens, samples, strict=True)
+        ]
 
 
-def generate(model: Any, prompts: Prompt | Sequence[Prompt], *, n: int = 1, rsp: RSPConfig | None = RSPConfig(),
-             temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, engine: str = "hf", stop: Sequence[str] = (),
-             batch_size: int = 32, keys: Sequence[str] | None = None, chat: bool | None = None,
-             dtype: str = "auto", device: str = "cpu", progress: bool = False,
-             **engine_options: Any) -> list[GenerationOutput]:
+def generate(
+    model: Any,
+    prompts: Prompt | Sequence[Prompt],
+    *,
+    n: int = 1,
+    rsp: RSPConfig | None = RSPConfig(),
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    engine: str = "hf",
+    stop: Sequence[str] = (),
+    batch_size: int = 32,
+    keys: Sequence[str] | None = None,
+    chat: bool | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    progress: bool = False,
+    **engine_options: Any,
+) -> list[GenerationOutput]:
     """Per prompt, `n` completions each carrying its own RSP (`rsp=None`: plain sampling).
 
     `model` is a packaged name, Hub id, local folder, `.gguf` file, a `(model, tokenizer)` pair, a
@@ -254,8 +325,24 @@ def generate(model: Any, prompts: Prompt | Sequence[Prompt], *, n: int = 1, rsp:
     Greedy outputs (temperature 0) are identical across the hf, lean and prefix engines for the same
     seeds; see docs/performance.md for where bf16 rounding makes them differ.
     """
-    gen = model if isinstance(model, Generator) else Generator(model, engine=engine, dtype=dtype, device=device,
-                                                               **engine_options)
-    return gen.generate(prompts, n=n, rsp=rsp, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                        max_new_tokens=max_new_tokens, seed=seed, stop=stop, batch_size=batch_size, keys=keys,
-                        chat=chat, progress=progress)
+    gen = (
+        model
+        if isinstance(model, Generator)
+        else Generator(model, engine=engine, dtype=dtype, device=device, **engine_options)
+    )
+    return gen.generate(
+        prompts,
+        n=n,
+        rsp=rsp,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        stop=stop,
+        batch_size=batch_size,
+        keys=keys,
+        chat=chat,
+        progress=progress,
+    )

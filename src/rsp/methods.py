@@ -83,4 +83,6 @@ def _none(lm: LoadedModel, o: MethodOptions) -> Injection:
 
 @register_method("rsp", "Random Soft Prompt: L fresh Gaussian vectors per attempt (the paper's method)")
 def _rsp(lm: LoadedModel, o: MethodOptions) -> Injection:
-    return RandomSoftPrompt(_stats(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt")
+    return RandomSoftPrompt(
+        _stats(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt"
+    )

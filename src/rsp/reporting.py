@@ -20,15 +20,25 @@ def report_ks(n: int) -> list[int]:
     return ks if n in ks else [*ks, n]
 
 
-def per_problem_table(records: Sequence[dict], methods: Sequence[str], n: int) -> dict[str, dict[str, list[dict]]]:
+def per_problem_table(
+    records: Sequence[dict], methods: Sequence[str], n: int
+) -> dict[str, dict[str, list[dict]]]:
     """method -> problem_id -> records (only problems complete for every method, sorted by attempt)."""
     table: dict[str, dict[str, list[dict]]] = {m: defaultdict(list) for m in methods}
     for r in records:
         if r["method"] in table:
             table[r["method"]][r["problem_id"]].append(r)
-    complete = set.intersection(*[{pid for pid, rs in table[m].items() if len(rs) >= n} for m in methods]) if methods else set()
-    return {m: {pid: sorted(rs, key=lambda r: r["attempt"])[:n] for pid, rs in table[m].items() if pid in complete}
-            for m in methods}
+    complete = (
+        set.intersection(*[{pid for pid, rs in table[m].items() if len(rs) >= n} for m in methods])
+        if methods
+        else set()
+    )
+    return {
+        m: {
+            pid: sorted(rs, key=lambda r: r["attempt"])[:n] for pid, rs in table[m].items() if pid in complete
+        }
+        for m in methods
+    }
 
 
 def summarise(records: Sequence[dict], methods: Sequence[str], n: int, *, seed: int = 0) -> dict:
@@ -48,8 +58,12 @@ def summarise(records: Sequence[dict], methods: Sequence[str], n: int, *, seed: 
         for k in range(1, n + 1):
             vals[f"pass@{k}"] = np.array([pass_at_k(n, sum(c), k) for c in correct])
         for k in ks:
-            vals[f"maj@{k}"] = np.array([maj_at_k(a, c, k, seed=seed) for a, c in zip(answers, correct, strict=True)])
-        vals["distinct_answers"] = np.array([len({x for x in a if x is not None}) for a in answers], dtype=float)
+            vals[f"maj@{k}"] = np.array(
+                [maj_at_k(a, c, k, seed=seed) for a, c in zip(answers, correct, strict=True)]
+            )
+        vals["distinct_answers"] = np.array(
+            [len({x for x in a if x is not None}) for a in answers], dtype=float
+        )
         vals["mean_tokens"] = np.array([np.mean([r.get("num_tokens", 0) for r in rs]) for rs in rows])
         per_problem[m] = vals
         out["methods"][m] = {key: bootstrap_ci(v, seed=seed).to_dict() for key, v in vals.items()}
@@ -73,20 +87,33 @@ def markdown_table(summary: dict) -> str:
         return "No complete problems yet.\n"
     ks = summary["ks"]
     cols = ["accuracy", *[f"pass@{k}" for k in ks], f"maj@{ks[-1]}", "distinct_answers", "mean_tokens"]
-    lines = [f"Problems: {summary['problems']}, attempts per problem: {summary['n']}. "
-             "Cells: mean over problems [95% bootstrap CI over problems].", "",
-             "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        f"Problems: {summary['problems']}, attempts per problem: {summary['n']}. "
+        "Cells: mean over problems [95% bootstrap CI over problems].",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for m, vals in summary["methods"].items():
         digits = [3 if c not in ("distinct_answers", "mean_tokens") else 1 for c in cols]
-        lines.append(f"| {m} | " + " | ".join(_fmt(vals[c], d) for c, d in zip(cols, digits, strict=True)) + " |")
+        lines.append(
+            f"| {m} | " + " | ".join(_fmt(vals[c], d) for c, d in zip(cols, digits, strict=True)) + " |"
+        )
     if summary.get("paired"):
         pcols = ["accuracy", *[f"pass@{k}" for k in ks], f"maj@{ks[-1]}"]
-        lines += ["", f"Paired difference against `{summary['baseline']}` on the same problems "
-                  "(mean [95% CI], two-sided sign-flip permutation p):", "",
-                  "| method | " + " | ".join(pcols) + " |", "|---" * (len(pcols) + 1) + "|"]
+        lines += [
+            "",
+            f"Paired difference against `{summary['baseline']}` on the same problems "
+            "(mean [95% CI], two-sided sign-flip permutation p):",
+            "",
+            "| method | " + " | ".join(pcols) + " |",
+            "|---" * (len(pcols) + 1) + "|",
+        ]
         for m, vals in summary["paired"].items():
-            cells = [f"{vals[c]['mean']:+.3f} [{vals[c]['ci_low']:+.3f}, {vals[c]['ci_high']:+.3f}] p={vals[c]['p_value']:.2f}"
-                     for c in pcols]
+            cells = [
+                f"{vals[c]['mean']:+.3f} [{vals[c]['ci_low']:+.3f}, {vals[c]['ci_high']:+.3f}] p={vals[c]['p_value']:.2f}"
+                for c in pcols
+            ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -113,13 +140,20 @@ def plot_passk(summary: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.text(0.01, 0.01, f"{summary['problems']} problems, n={n}; bands: 95% bootstrap CI over problems", fontsize=7)
+    fig.text(
+        0.01,
+        0.01,
+        f"{summary['problems']} problems, n={n}; bands: 95% bootstrap CI over problems",
+        fontsize=7,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_eval_report(out: Path, records: Sequence[dict], config: dict, *, seconds: float | None = None) -> dict:
+def write_eval_report(
+    out: Path, records: Sequence[dict], config: dict, *, seconds: float | None = None
+) -> dict:
     """Write summary.json, summary.md and passk.png into a run directory; return the summary."""
     methods = list(config["methods"])
     summary = summarise(records, methods, int(config["n"]), seed=int(config.get("seed", 0)))
@@ -127,8 +161,10 @@ def write_eval_report(out: Path, records: Sequence[dict], config: dict, *, secon
     if seconds is not None:
         summary["seconds"] = seconds
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    title = (f"{config['model']} on {config['task']} (T={config['temperature']}, "
-             f"RSP L={config['rsp_length']}, {config['position']})")
+    title = (
+        f"{config['model']} on {config['task']} (T={config['temperature']}, "
+        f"RSP L={config['rsp_length']}, {config['position']})"
+    )
     header = f"# Evaluation: {title}\n\n"
     atomic_write_text(out / "summary.md", header + markdown_table(summary) + "\n![pass@k](passk.png)\n")
     if summary.get("problems"):
@@ -141,7 +177,9 @@ def parse_arm(spec: str) -> tuple[str, Path, str]:
     label, sep, rest = spec.partition("=")
     run, sep2, method = rest.rpartition(":")
     if not sep or not sep2 or not label or not run or not method:
-        raise ValueError(f"--arm must look like LABEL=RUN_DIR:METHOD (e.g. before=runs/base:rsp), got {spec!r}")
+        raise ValueError(
+            f"--arm must look like LABEL=RUN_DIR:METHOD (e.g. before=runs/base:rsp), got {spec!r}"
+        )
     return label, Path(run), method
 
 
@@ -167,12 +205,19 @@ def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dic
         if method not in config["methods"]:
             raise ValueError(f"{run} has no method {method!r} (it has {', '.join(config['methods'])})")
         ns.add(int(config["n"]))
-        tasks.add((config["task"], config.get("arith_steps"), config.get("arith_max_value"), config.get("split")))
-        merged += [{**r, "method": label} for r in read_jsonl_records(run / "samples.jsonl", repair=False)
-                   if r["method"] == method]
+        tasks.add(
+            (config["task"], config.get("arith_steps"), config.get("arith_max_value"), config.get("split"))
+        )
+        merged += [
+            {**r, "method": label}
+            for r in read_jsonl_records(run / "samples.jsonl", repair=False)
+            if r["method"] == method
+        ]
     if len(ns) != 1 or len(tasks) != 1:
-        raise ValueError(f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}; "
-                         "paired comparison needs the same problems and n")
+        raise ValueError(
+            f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}; "
+            "paired comparison needs the same problems and n"
+        )
     summary = summarise(merged, labels, ns.pop(), seed=seed)
     summary["arms"] = [{"label": a[0], "run": str(a[1]), "method": a[2]} for a in arms]
     return summary

@@ -45,9 +45,13 @@ def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
         try:
             saved = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise RunDirError(f"{cfg_path} exists but is unreadable ({exc}); use a new --out directory") from None
+            raise RunDirError(
+                f"{cfg_path} exists but is unreadable ({exc}); use a new --out directory"
+            ) from None
         if saved.get("kind") != kind:
-            raise RunDirError(f"{out} holds a {saved.get('kind')!r} run, not {kind!r}; use a new --out directory")
+            raise RunDirError(
+                f"{out} holds a {saved.get('kind')!r} run, not {kind!r}; use a new --out directory"
+            )
         old = saved.get("config", {})
         if old != config:
             keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
@@ -110,6 +114,8 @@ class JsonlAppender:
                 os.fsync(f.fileno())
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise RunDirError(f"disk full while writing {self.path}; finished records are kept, "
-                                  "free space and rerun the same command to resume") from None
+                raise RunDirError(
+                    f"disk full while writing {self.path}; finished records are kept, "
+                    "free space and rerun the same command to resume"
+                ) from None
             raise RunDirError(f"cannot write {self.path}: {exc.strerror}") from None

@@ -11,7 +11,9 @@ from pathlib import Path
 def register(subparsers) -> None:
     from rsp.cli import add_eval_arguments
 
-    p = subparsers.add_parser("analyze", help="mechanism metrics: entropy/KL by position, attention mass, branching")
+    p = subparsers.add_parser(
+        "analyze", help="mechanism metrics: entropy/KL by position, attention mass, branching"
+    )
     p.add_argument("--run", help="an `rsp eval` run directory to analyse (no regeneration needed)")
     p.add_argument("--out", help="where to write metrics and the report (default: RUN/analysis or OUT given)")
     p.add_argument("--k", type=int, default=32, help="generated positions to analyse (default: %(default)s)")
@@ -45,8 +47,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         out = Path(args.out)
         run_dir = out / "eval"
         run_eval(eval_config_from_args(args), run_dir, progress=not args.quiet)
-    options = AnalysisOptions(k=args.k, batch_size=args.analysis_batch_size, max_problems=args.max_problems,
-                              attention=not args.no_attention)
+    options = AnalysisOptions(
+        k=args.k,
+        batch_size=args.analysis_batch_size,
+        max_problems=args.max_problems,
+        attention=not args.no_attention,
+    )
     result = analyse_run(run_dir, options=options, progress=not args.quiet)
     write_metrics(result, out)
     report = write_report(result, out, command="rsp " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

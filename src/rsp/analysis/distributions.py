@@ -91,4 +91,6 @@ def self_bleu(sequences: Sequence[Sequence[int]]) -> float:
     """Mean BLEU of each attempt against the others (higher = less diverse)."""
     if len(sequences) < 2:
         return float("nan")
-    return sum(bleu(s, [o for j, o in enumerate(sequences) if j != i]) for i, s in enumerate(sequences)) / len(sequences)
+    return sum(
+        bleu(s, [o for j, o in enumerate(sequences) if j != i]) for i, s in enumerate(sequences)
+    ) / len(sequences)

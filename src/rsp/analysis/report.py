@@ -14,7 +14,10 @@ from rsp.runio import atomic_write_text  # noqa: E402
 CURVES = {
     "entropy": ("Next-token entropy given one injection (nats)", "entropy_by_position.png"),
     "kl": ("KL(injected || plain) on the plain trajectory (nats)", "kl_by_position.png"),
-    "attention": ("Attention share on injected slots (plain: last L prompt tokens)", "attention_by_position.png"),
+    "attention": (
+        "Attention share on injected slots (plain: last L prompt tokens)",
+        "attention_by_position.png",
+    ),
     "distinct_prefixes": ("Distinct first-t-token prefixes across attempts", "distinct_prefixes.png"),
 }
 
@@ -76,19 +79,28 @@ def _at(v: dict, t: int) -> str:
 def headline_table(result: dict) -> str:
     k = result["k"]
     pos = [t for t in (1, 2, 3, 4, 8, 16, 32) if t <= k]
-    lines = ["| method | metric | " + " | ".join(f"t={t}" for t in pos) + " |", "|---|---|" + "---|" * len(pos)]
+    lines = [
+        "| method | metric | " + " | ".join(f"t={t}" for t in pos) + " |",
+        "|---|---|" + "---|" * len(pos),
+    ]
     for m, metrics in result["metrics"].items():
         for name in ("entropy", "kl", "attention", "top1"):
             if name in metrics:
                 lines.append(f"| {m} | {name} | " + " | ".join(_at(metrics[name], t) for t in pos) + " |")
-    lines += ["", "| method | distinct-1 | distinct-2 | distinct-3 | distinct-4 | self-BLEU | first divergence (token) "
-              "| distinct answers | length (tokens) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | distinct-1 | distinct-2 | distinct-3 | distinct-4 | self-BLEU | first divergence (token) "
+        "| distinct answers | length (tokens) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m, metrics in result["metrics"].items():
         dn = metrics["distinct_n"]["mean"]
-        cells = [f"{x:.3f}" for x in dn] + [f"{metrics['self_bleu']['mean'][0]:.3f}",
-                                          f"{metrics['first_divergence']['mean'][0]:.2f}",
-                                          f"{metrics['distinct_answers']['mean'][0]:.2f}",
-                                          f"{metrics['length']['mean'][0]:.1f}"]
+        cells = [f"{x:.3f}" for x in dn] + [
+            f"{metrics['self_bleu']['mean'][0]:.3f}",
+            f"{metrics['first_divergence']['mean'][0]:.2f}",
+            f"{metrics['distinct_answers']['mean'][0]:.2f}",
+            f"{metrics['length']['mean'][0]:.1f}",
+        ]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -115,17 +127,31 @@ Definitions (all per generated position t = 1..K, t being the position whose tok
 def write_report(result: dict, out: Path, command: str | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg = result["config"]
-    parts = [f"# Mechanism analysis: {cfg['model']} on {cfg['task']}", "",
-             f"{result['problems']} problems x {cfg['n']} attempts per method; methods {', '.join(result['methods'])}; "
-             f"RSP L={cfg['rsp_length']} at `{cfg['position']}`, scale {cfg['rsp_scale']}; sampling temperature "
-             f"{cfg['temperature']}; K={result['k']} positions.", ""]
+    parts = [
+        f"# Mechanism analysis: {cfg['model']} on {cfg['task']}",
+        "",
+        f"{result['problems']} problems x {cfg['n']} attempts per method; methods {', '.join(result['methods'])}; "
+        f"RSP L={cfg['rsp_length']} at `{cfg['position']}`, scale {cfg['rsp_scale']}; sampling temperature "
+        f"{cfg['temperature']}; K={result['k']} positions.",
+        "",
+    ]
     if command:
         parts += ["Command:", "", "```bash", command, "```", ""]
     if result.get("sliding_window"):
         sliding = [i for i, t in enumerate(result["layer_types"]) if t == "sliding_attention"]
-        parts += [f"Note: layers {sliding} use sliding-window attention (window {result['sliding_window']} tokens): "
-                  "they stop seeing the injected slots once the context grows past the window.", ""]
-    parts += ["## Headline numbers", "", "Mean [95% CI] at selected positions.", "", headline_table(result), ""]
+        parts += [
+            f"Note: layers {sliding} use sliding-window attention (window {result['sliding_window']} tokens): "
+            "they stop seeing the injected slots once the context grows past the window.",
+            "",
+        ]
+    parts += [
+        "## Headline numbers",
+        "",
+        "Mean [95% CI] at selected positions.",
+        "",
+        headline_table(result),
+        "",
+    ]
     captions = {
         "entropy": "Does the first tokens' distribution flatten with an injection, and does it return to the plain level later?",
         "kl": "How far the injection moves the next-token distribution on the same prefix, by position (the 'dilution' claim predicts decay).",
@@ -139,8 +165,14 @@ def write_report(result: dict, out: Path, command: str | None = None) -> Path:
     for m in result["methods"]:
         fname = f"attention_heatmap_{m}.png"
         if _heatmap(result, m, out / fname):
-            parts += [f"### Attention by layer and position: {m}", "", f"![heatmap {m}]({fname})", "",
-                      "Which layers carry the attention to the injected columns, and how it changes with t.", ""]
+            parts += [
+                f"### Attention by layer and position: {m}",
+                "",
+                f"![heatmap {m}]({fname})",
+                "",
+                "Which layers carry the attention to the injected columns, and how it changes with t.",
+                "",
+            ]
     parts += ["## Definitions", "", DEFINITIONS]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(parts))

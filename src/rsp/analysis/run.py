@@ -47,7 +47,9 @@ class AnalysisOptions:
     batch_size: int = 16
     max_problems: int | None = None
     attention: bool = True
-    baseline: str | None = None  # method whose trajectories are used for KL (default: the first non-injecting one)
+    baseline: str | None = (
+        None  # method whose trajectories are used for KL (default: the first non-injecting one)
+    )
 
 
 def _nanmean(rows) -> np.ndarray:
@@ -57,8 +59,13 @@ def _nanmean(rows) -> np.ndarray:
         return np.nanmean(np.asarray(rows, dtype=np.float64), axis=0)
 
 
-def analyse_run(run_dir: str | Path, *, options: AnalysisOptions | None = None, lm: LoadedModel | None = None,
-                progress: bool = True) -> dict:
+def analyse_run(
+    run_dir: str | Path,
+    *,
+    options: AnalysisOptions | None = None,
+    lm: LoadedModel | None = None,
+    progress: bool = True,
+) -> dict:
     """Compute all metrics for a finished (or partial) eval run; returns a JSON-serialisable dict."""
     o = options or AnalysisOptions()
     run_dir = Path(run_dir)
@@ -90,8 +97,11 @@ def analyse_run(run_dir: str | Path, *, options: AnalysisOptions | None = None, 
     total_batches = sum(math.ceil(len(by_method[m][pid]) / o.batch_size) for m in methods for pid in pids)
     bar = tqdm(total=total_batches, disable=not progress, desc="analyze", unit="batch")
     for pid in pids:
-        plain_trajs = [r["token_ids"] for r in sorted(by_method[baseline][pid], key=lambda r: r["attempt"])] \
-            if baseline else []
+        plain_trajs = (
+            [r["token_ids"] for r in sorted(by_method[baseline][pid], key=lambda r: r["attempt"])]
+            if baseline
+            else []
+        )
         for m in methods:
             inj = injections[m]
             recs = sorted(by_method[m][pid], key=lambda r: r["attempt"])
@@ -112,8 +122,10 @@ def analyse_run(run_dir: str | Path, *, options: AnalysisOptions | None = None, 
                     ref = [plain_trajs[i % len(plain_trajs)] for i in range(c0, c0 + len(chunk))]
                     rvalid = valid_positions(ref, k)
                     lp_inj = log_probs(teacher_forced_logits(lm, ps, inj, seeds, ref, k), temperature)
-                    lp_plain = log_probs(teacher_forced_logits(lm, ps, NoInjection(inj.position), [None] * len(chunk),
-                                                               ref, k), temperature)
+                    lp_plain = log_probs(
+                        teacher_forced_logits(lm, ps, NoInjection(inj.position), [None] * len(chunk), ref, k),
+                        temperature,
+                    )
                     kl_rows.append(kl_divergence(lp_inj, lp_plain).masked_fill(~rvalid, float("nan")).numpy())
                 if o.attention:
                     if inj.length > 0:
@@ -140,8 +152,9 @@ def analyse_run(run_dir: str | Path, *, options: AnalysisOptions | None = None, 
             pp["first_divergence"].append(np.array([mean_first_divergence(seqs)]))
             pp["distinct_n"].append(np.array([distinct_n(seqs, n) for n in range(1, 5)]))
             pp["self_bleu"].append(np.array([self_bleu(seqs)]))
-            pp["distinct_answers"].append(np.array([len({r.get("extracted") for r in recs if r.get("extracted")})],
-                                                   dtype=float))
+            pp["distinct_answers"].append(
+                np.array([len({r.get("extracted") for r in recs if r.get("extracted")})], dtype=float)
+            )
             pp["length"].append(np.array([np.mean([len(s) for s in seqs])]))
     bar.close()
     return _aggregate(per_problem, attention_layers_acc, cfg, methods, baseline, pids, k, lm)
@@ -163,9 +176,15 @@ def _ci(rows: list[np.ndarray], seed: int = 0, n_boot: int = 1000) -> dict:
 def _aggregate(per_problem, attention_layers_acc, cfg: EvalConfig, methods, baseline, pids, k, lm) -> dict:
     layer_types = list(getattr(lm.model.config, "layer_types", None) or [])
     out: dict = {
-        "config": cfg.to_dict(), "k": k, "problems": len(pids), "methods": methods, "baseline": baseline,
+        "config": cfg.to_dict(),
+        "k": k,
+        "problems": len(pids),
+        "methods": methods,
+        "baseline": baseline,
         "temperature_for_entropy": cfg.temperature if cfg.temperature > 0 else 1.0,
-        "sliding_window": getattr(lm.model.config, "sliding_window", None) if "sliding_attention" in layer_types else None,
+        "sliding_window": getattr(lm.model.config, "sliding_window", None)
+        if "sliding_attention" in layer_types
+        else None,
         "layer_types": layer_types,
         "metrics": {},
     }
@@ -187,4 +206,3 @@ def write_metrics(result: dict, out: Path) -> None:
             for i, (a, lo, hi) in enumerate(zip(v["mean"], v["ci_low"], v["ci_high"], strict=True)):
                 lines.append(f"{m},{name},{i + 1},{a:.6g},{lo:.6g},{hi:.6g}")
     atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
-

@@ -18,12 +18,20 @@ from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.models.loading import LoadedModel
 
 
-def _inputs(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None],
-            continuations: Sequence[Sequence[int]], k: int) -> tuple[SlottedBatch, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def _inputs(
+    lm: LoadedModel,
+    prompts: Sequence[PromptTokens],
+    injection: Injection,
+    seeds: Sequence[int | None],
+    continuations: Sequence[Sequence[int]],
+    k: int,
+) -> tuple[SlottedBatch, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Embeddings, attention mask and position ids for prompt + slots + the first k-1 completion tokens,
     built by `rsp.core.inputs` exactly as the engines and trainers build theirs."""
     batch, embeds = embed_prompts(lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id)
-    seq = append_continuations(lm.embed, batch, embeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0))
+    seq = append_continuations(
+        lm.embed, batch, embeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0)
+    )
     return batch, seq.embeds, seq.attention_mask, seq.position_ids, seq.prompt_width
 
 
@@ -33,13 +41,24 @@ def valid_positions(continuations: Sequence[Sequence[int]], k: int) -> torch.Ten
     return torch.arange(k).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def teacher_forced_logits(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: Injection,
-                          seeds: Sequence[int | None], continuations: Sequence[Sequence[int]], k: int) -> torch.Tensor:
+def teacher_forced_logits(
+    lm: LoadedModel,
+    prompts: Sequence[PromptTokens],
+    injection: Injection,
+    seeds: Sequence[int | None],
+    continuations: Sequence[Sequence[int]],
+    k: int,
+) -> torch.Tensor:
     """(B, k, V) fp32 raw logits of the next-token distribution at generated positions 1..k."""
     _, embeds, mask, positions, prompt_len = _inputs(lm, prompts, injection, seeds, continuations, k)
     with torch.no_grad():
-        out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
-                       logits_to_keep=embeds.shape[1] - prompt_len + 1)
+        out = lm.model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=embeds.shape[1] - prompt_len + 1,
+        )
     return out.logits[:, :k].float()
 
 
@@ -64,9 +83,15 @@ def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def attention_mass(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: Injection,
-                   seeds: Sequence[int | None], continuations: Sequence[Sequence[int]], k: int,
-                   key_columns: torch.Tensor | None = None) -> torch.Tensor:
+def attention_mass(
+    lm: LoadedModel,
+    prompts: Sequence[PromptTokens],
+    injection: Injection,
+    seeds: Sequence[int | None],
+    continuations: Sequence[Sequence[int]],
+    k: int,
+    key_columns: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(B, layers, k): share of attention, averaged over heads, that each generated position puts on
     the key columns (default: the injected slots).
 
@@ -91,16 +116,22 @@ def attention_mass(lm: LoadedModel, prompts: Sequence[PromptTokens], injection: 
         handles = [m.register_forward_hook(hook) for m in attention_layers(lm.model)]
         try:
             with torch.no_grad():
-                lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
-                         logits_to_keep=1)
+                lm.model(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=False,
+                    logits_to_keep=1,
+                )
         finally:
             for h in handles:
                 h.remove()
     return torch.stack(captured, dim=1)
 
 
-def columns_before_insertion(prompts: Sequence[PromptTokens], position: str, length: int,
-                             batch: SlottedBatch) -> torch.Tensor:
+def columns_before_insertion(
+    prompts: Sequence[PromptTokens], position: str, length: int, batch: SlottedBatch
+) -> torch.Tensor:
     """(B, length) absolute columns of the `length` prompt tokens just before the insertion point,
     the no-injection reference for attention mass ("same number of ordinary tokens, same place")."""
     width = batch.input_ids.shape[1]

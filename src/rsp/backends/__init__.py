@@ -13,8 +13,9 @@ ENGINES = {"hf": HFBackend, "lean": LeanHFBackend, "prefix": PrefixSharedHFBacke
 ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
 
 
-def load_for_engine(spec: str, engine: str, *, dtype: str = "auto", device: str = "cpu",
-                    cache_dir: str | Path | None = None) -> LoadedModel | EmbeddingModel:
+def load_for_engine(
+    spec: str, engine: str, *, dtype: str = "auto", device: str = "cpu", cache_dir: str | Path | None = None
+) -> LoadedModel | EmbeddingModel:
     """What `engine` needs of model `spec`: for vllm only the tokenizer and input-embedding table
     (vLLM loads the weights itself; a full HF copy beside it doubled the memory), else the whole model.
 
@@ -38,5 +39,15 @@ def create_backend(engine: str, lm, **vllm_options) -> Backend:
     return VLLMBackend(lm, **vllm_options)
 
 
-__all__ = ["ENGINES", "ENGINE_NAMES", "Backend", "Completion", "HFBackend", "LeanHFBackend", "PrefixSharedHFBackend",
-           "SamplingConfig", "create_backend", "load_for_engine"]
+__all__ = [
+    "ENGINES",
+    "ENGINE_NAMES",
+    "Backend",
+    "Completion",
+    "HFBackend",
+    "LeanHFBackend",
+    "PrefixSharedHFBackend",
+    "SamplingConfig",
+    "create_backend",
+    "load_for_engine",
+]

@@ -54,8 +54,9 @@ def contiguous_head_input(model: torch.nn.Module):
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
-                                              or "can't allocate memory" in str(exc).lower())
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower()
+    )
 
 
 class HFBackend:
@@ -66,8 +67,9 @@ class HFBackend:
         self.min_batch_size = min_batch_size
         self.oom_events: list[str] = []
 
-    def prepare(self, prompts: Sequence[PromptTokens], injection: Injection,
-                seeds: Sequence[int | None]) -> tuple[SlottedBatch, torch.Tensor]:
+    def prepare(
+        self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None]
+    ) -> tuple[SlottedBatch, torch.Tensor]:
         """Left-padded slotted batch and its input embeddings with the injection applied
         (`rsp.core.inputs.embed_prompts`, the path every `inputs_embeds` engine and probe uses)."""
         return embed_prompts(self.lm.embed, prompts, injection, seeds, pad_id=self.lm.pad_token_id)
@@ -98,10 +100,22 @@ class HFBackend:
             self.oom_events.append(msg)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            first = self.generate(prompts[:half], injection, seeds[:half], sampling,
-                                  decode_seed=derive_seed(decode_seed, "oom", 0), stop_strings=stop_strings)
-            second = self.generate(prompts[half:], injection, seeds[half:], sampling,
-                                   decode_seed=derive_seed(decode_seed, "oom", 1), stop_strings=stop_strings)
+            first = self.generate(
+                prompts[:half],
+                injection,
+                seeds[:half],
+                sampling,
+                decode_seed=derive_seed(decode_seed, "oom", 0),
+                stop_strings=stop_strings,
+            )
+            second = self.generate(
+                prompts[half:],
+                injection,
+                seeds[half:],
+                sampling,
+                decode_seed=derive_seed(decode_seed, "oom", 1),
+                stop_strings=stop_strings,
+            )
             return first + second
 
     def generation_kwargs(self, sampling: SamplingConfig, stop_strings: Sequence[str] = ()) -> dict:
@@ -129,11 +143,16 @@ class HFBackend:
         # The same hook a user gets from `rsp.attach`: placeholder ids in, each row's RSP written over them
         # inside the embedding layer, so this engine and attach + model.generate agree by construction.
         with RSPHandle(self.lm, injection) as handle, handle.use_seeds(seeds):
-            batch = layout(prompts, injection, pad_id=self.lm.pad_token_id, placeholder_id=handle.placeholder_id)
+            batch = layout(
+                prompts, injection, pad_id=self.lm.pad_token_id, placeholder_id=handle.placeholder_id
+            )
             kwargs = self.generation_kwargs(sampling, stop_strings)
             with torch.no_grad():
-                out = self.lm.model.generate(input_ids=batch.input_ids.to(self.lm.device),
-                                             attention_mask=batch.attention_mask.to(self.lm.device), **kwargs)
+                out = self.lm.model.generate(
+                    input_ids=batch.input_ids.to(self.lm.device),
+                    attention_mask=batch.attention_mask.to(self.lm.device),
+                    **kwargs,
+                )
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         width = batch.input_ids.shape[1]
         return [self._finish(row.tolist(), sampling, stop_strings) for row in sequences[:, width:].cpu()]

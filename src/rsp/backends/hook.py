@@ -16,7 +16,6 @@ same ban). An instance attribute wraps `model.generate` only to mark "a new call
 `detach` removes the hooks and deletes it, so the class method shows through again.
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -59,8 +58,9 @@ def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
 class RSPHandle:
     """An injection attached to a model; see the module docstring. Use as a context manager or `detach()`."""
 
-    def __init__(self, lm: LoadedModel, injection: Injection, *, seed: int = 0,
-                 placeholder_id: int | None = None) -> None:
+    def __init__(
+        self, lm: LoadedModel, injection: Injection, *, seed: int = 0, placeholder_id: int | None = None
+    ) -> None:
         self.lm = lm
         self.model = lm.model
         self.tokenizer = lm.tokenizer
@@ -69,7 +69,9 @@ class RSPHandle:
         vocab_rows = int(self.model.get_input_embeddings().weight.shape[0])
         self.placeholder_id = lm.placeholder_id if placeholder_id is None else int(placeholder_id)
         if not 0 <= self.placeholder_id < vocab_rows:
-            raise ValueError(f"placeholder_id {self.placeholder_id} is outside the embedding table ({vocab_rows} rows)")
+            raise ValueError(
+                f"placeholder_id {self.placeholder_id} is outside the embedding table ({vocab_rows} rows)"
+            )
         self.seeds: list[int | None] | None = None  # the seeds of the last injected call, row by row
         self.draws = 0  # how many fresh sets of seeds were drawn
         self._pinned: list[int | None] | None = None
@@ -82,11 +84,15 @@ class RSPHandle:
         self._handles = [self.model.get_input_embeddings().register_forward_hook(self.filler)]
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         if head is not None:  # every distribution the model gives while attached excludes the placeholder
-            self._handles.append(head.register_forward_hook(
-                lambda module, args, output: ban_token_in_logits(output, self.placeholder_id)))
+            self._handles.append(
+                head.register_forward_hook(
+                    lambda module, args, output: ban_token_in_logits(output, self.placeholder_id)
+                )
+            )
         if injection.changes_prompt_rows:
-            self._handles.append(_hf_model(self.model).register_forward_pre_hook(self._capture_mask,
-                                                                                 with_kwargs=True))
+            self._handles.append(
+                _hf_model(self.model).register_forward_pre_hook(self._capture_mask, with_kwargs=True)
+            )
         self._had_generate = "generate" in vars(self.model)
         self._previous_generate = vars(self.model).get("generate")
         self._original_generate = self.model.generate
@@ -113,8 +119,9 @@ class RSPHandle:
         batch = layout(rows, self.injection, pad_id=self.lm.pad_token_id, placeholder_id=self.placeholder_id)
         self._prepared = (len(rows), n)
         device = self.lm.device
-        return BatchEncoding({"input_ids": batch.input_ids.to(device),
-                              "attention_mask": batch.attention_mask.to(device)})
+        return BatchEncoding(
+            {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
+        )
 
     def rows(self, seeds: Sequence[int | None]) -> torch.Tensor | None:
         """The injected vectors (B, L, d) for these seeds: the same seeds rebuild the same RSPs."""
@@ -194,5 +201,3 @@ class RSPHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
-
-

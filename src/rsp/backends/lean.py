@@ -103,7 +103,7 @@ def decode_loop(
         if stop_strings and tokenizer is not None:
             for i, row in enumerate(live.tolist()):
                 if not finished[i]:
-                    text = tokenizer.decode(out[row, :step + 1].tolist(), skip_special_tokens=True)
+                    text = tokenizer.decode(out[row, : step + 1].tolist(), skip_special_tokens=True)
                     if any(s in text for s in stop_strings):
                         finished[i] = True
         if bool(finished.all()) or step == sampling.max_new_tokens - 1:
@@ -118,12 +118,17 @@ def decode_loop(
         mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
         if batch_sizes is not None:
             batch_sizes.append(int(token.shape[0]))
-        result = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True)
+        result = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
         cache = result.past_key_values
         logits = result.logits[:, -1, :]
         positions = positions + 1
-    return out[:, :step + 1].cpu().tolist()
+    return out[:, : step + 1].cpu().tolist()
 
 
 class LeanHFBackend(HFBackend):
@@ -137,8 +142,15 @@ class LeanHFBackend(HFBackend):
     every step (`rsp.backends.kvcache`; same values, same outputs).
     """
 
-    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True, pack_weights: bool = True,
-                 preallocate_cache: bool = True) -> None:
+    def __init__(
+        self,
+        lm,
+        *,
+        min_batch_size: int = 1,
+        compact: bool = True,
+        pack_weights: bool = True,
+        preallocate_cache: bool = True,
+    ) -> None:
         super().__init__(lm, min_batch_size=min_batch_size)
         self.compact = compact
         self.pack_weights = pack_weights
@@ -146,10 +158,13 @@ class LeanHFBackend(HFBackend):
         self.packer = WeightPacker()
         self.last_batch_sizes: list[int] = []  # rows of each decode forward pass of the last batch
 
-    def generate(self, prompts, injection, seeds, sampling, *, decode_seed, stop_strings=()) -> list[Completion]:
+    def generate(
+        self, prompts, injection, seeds, sampling, *, decode_seed, stop_strings=()
+    ) -> list[Completion]:
         with self.packer.applied(self.lm.model) if self.pack_weights else nullcontext():
-            return super().generate(prompts, injection, seeds, sampling, decode_seed=decode_seed,
-                                    stop_strings=stop_strings)
+            return super().generate(
+                prompts, injection, seeds, sampling, decode_seed=decode_seed, stop_strings=stop_strings
+            )
 
     def new_cache(self, reserve: int):
         """An empty KV cache; `reserve` is how many positions to leave room for beyond the first fill."""
@@ -162,14 +177,26 @@ class LeanHFBackend(HFBackend):
 
     def _decode(self, logits, cache, mask, next_position, sampling, stop_strings) -> list[Completion]:
         self.last_batch_sizes = []
-        rows = decode_loop(self.lm.model, logits, cache, mask, next_position, sampling,
-                           stop_token_ids=self.lm.stop_token_ids, pad_token_id=self.lm.pad_token_id,
-                           tokenizer=self.lm.tokenizer, stop_strings=stop_strings, compact=self.compact,
-                           batch_sizes=self.last_batch_sizes, banned_ids=(self.lm.placeholder_id,))
+        rows = decode_loop(
+            self.lm.model,
+            logits,
+            cache,
+            mask,
+            next_position,
+            sampling,
+            stop_token_ids=self.lm.stop_token_ids,
+            pad_token_id=self.lm.pad_token_id,
+            tokenizer=self.lm.tokenizer,
+            stop_strings=stop_strings,
+            compact=self.compact,
+            batch_sizes=self.last_batch_sizes,
+            banned_ids=(self.lm.placeholder_id,),
+        )
         return [self._finish(row, sampling, stop_strings) for row in rows]
 
-    def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling,
-                        stop_strings) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling, stop_strings
+    ) -> list[Completion]:
         batch, embeds = self.prepare(prompts, injection, seeds)
         model = self.lm.model
         device = self.lm.device
@@ -179,7 +206,14 @@ class LeanHFBackend(HFBackend):
             cache = self.new_cache(sampling.max_new_tokens)
             # logits_to_keep=1: only the last position's logits are used (as in generate()); the
             # full (B, P, vocab) head output would be about a fifth of SmolLM2's prefill compute.
-            result = model(inputs_embeds=embeds.to(device), attention_mask=mask, position_ids=pos,
-                           past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return self._decode(result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling,
-                            stop_strings)
+            result = model(
+                inputs_embeds=embeds.to(device),
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return self._decode(
+            result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling, stop_strings
+        )

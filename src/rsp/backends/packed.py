@@ -30,8 +30,13 @@ def packing_supported() -> tuple[bool, str]:
 
 def _packable(module: torch.nn.Module) -> bool:
     w = getattr(module, "weight", None)
-    return (isinstance(module, torch.nn.Linear) and w is not None and w.device.type == "cpu"
-            and w.dtype in PACKABLE_DTYPES and w.dim() == 2)
+    return (
+        isinstance(module, torch.nn.Linear)
+        and w is not None
+        and w.device.type == "cpu"
+        and w.dtype in PACKABLE_DTYPES
+        and w.dim() == 2
+    )
 
 
 class WeightPacker:
@@ -44,7 +49,9 @@ class WeightPacker:
 
     def _check_identical(self, module: torch.nn.Linear) -> bool:
         if self.identical is None:
-            x = torch.randn(3, module.in_features, generator=torch.Generator().manual_seed(0)).to(module.weight.dtype)
+            x = torch.randn(3, module.in_features, generator=torch.Generator().manual_seed(0)).to(
+                module.weight.dtype
+            )
             with torch.no_grad():
                 want = torch.nn.functional.linear(x, module.weight, module.bias)
                 got = _packed_forward(module, self.packed_weight(module))(x)

@@ -26,9 +26,9 @@ def has_sliding_layers(model: torch.nn.Module) -> bool:
     """Sliding-window masks count cache columns, so a padding gap would shift the window."""
     cfg = getattr(model, "config", None)
     layer_types = getattr(cfg, "layer_types", None) or ()
-    return any("sliding" in str(t) for t in layer_types) or bool(getattr(cfg, "sliding_window", None)
-                                                                   and getattr(cfg, "use_sliding_window", True)
-                                                                   and layer_types)
+    return any("sliding" in str(t) for t in layer_types) or bool(
+        getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and layer_types
+    )
 
 
 class PrefixSharedHFBackend(LeanHFBackend):
@@ -38,20 +38,40 @@ class PrefixSharedHFBackend(LeanHFBackend):
     come first), injections that rewrite the prompt's own rows per seed, or sliding-window models.
     """
 
-    def __init__(self, lm, *, min_batch_size: int = 1, compact: bool = True, pack_weights: bool = True,
-                 preallocate_cache: bool = True) -> None:
-        super().__init__(lm, min_batch_size=min_batch_size, compact=compact, pack_weights=pack_weights,
-                         preallocate_cache=preallocate_cache)
+    def __init__(
+        self,
+        lm,
+        *,
+        min_batch_size: int = 1,
+        compact: bool = True,
+        pack_weights: bool = True,
+        preallocate_cache: bool = True,
+    ) -> None:
+        super().__init__(
+            lm,
+            min_batch_size=min_batch_size,
+            compact=compact,
+            pack_weights=pack_weights,
+            preallocate_cache=preallocate_cache,
+        )
         self.last_shared: bool = False
         self.last_prefill_rows: int = 0
 
     def can_share(self, injection: Injection) -> bool:
-        return (injection.position != "prepend"
-                and not injection.changes_prompt_rows
-                and not has_sliding_layers(self.lm.model))
+        return (
+            injection.position != "prepend"
+            and not injection.changes_prompt_rows
+            and not has_sliding_layers(self.lm.model)
+        )
 
-    def _generate_batch(self, prompts: Sequence[PromptTokens], injection: Injection, seeds,
-                        sampling: SamplingConfig, stop_strings) -> list[Completion]:
+    def _generate_batch(
+        self,
+        prompts: Sequence[PromptTokens],
+        injection: Injection,
+        seeds,
+        sampling: SamplingConfig,
+        stop_strings,
+    ) -> list[Completion]:
         if not self.can_share(injection):
             self.last_shared = False
             return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
@@ -66,9 +86,14 @@ class PrefixSharedHFBackend(LeanHFBackend):
             return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
 
         groups: dict[tuple[int, ...], int] = {}
-        row_group = [groups.setdefault(tuple(p.ids[:share]), len(groups)) for p, (share, _) in zip(prompts, cuts, strict=True)]
+        row_group = [
+            groups.setdefault(tuple(p.ids[:share]), len(groups))
+            for p, (share, _) in zip(prompts, cuts, strict=True)
+        ]
         prefixes = list(groups)
-        prefix_batch = build_slotted_batch(prefixes, [len(x) for x in prefixes], 0, pad_id=self.lm.pad_token_id)
+        prefix_batch = build_slotted_batch(
+            prefixes, [len(x) for x in prefixes], 0, pad_id=self.lm.pad_token_id
+        )
         tails = [p.ids[share:] for p, (share, _) in zip(prompts, cuts, strict=True)]
         tail_batch = build_slotted_batch(tails, [off for _, off in cuts], length, pad_id=self.lm.pad_token_id)
 
@@ -77,17 +102,33 @@ class PrefixSharedHFBackend(LeanHFBackend):
         prefix_mask = prefix_batch.attention_mask.to(device)
         with torch.no_grad():
             cache = self.new_cache(tail_batch.input_ids.shape[1] + sampling.max_new_tokens)
-            model(inputs_embeds=self.lm.embed(prefix_batch.input_ids).to(device), attention_mask=prefix_mask,
-                  position_ids=positions_from_mask(prefix_mask), past_key_values=cache, use_cache=True,
-                  logits_to_keep=1)
+            model(
+                inputs_embeds=self.lm.embed(prefix_batch.input_ids).to(device),
+                attention_mask=prefix_mask,
+                position_ids=positions_from_mask(prefix_mask),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache.batch_select_indices(select)
-            mask = torch.cat([prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1)
+            mask = torch.cat(
+                [prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1
+            )
             pos = positions_from_mask(mask)
-            tail_embeds = injection.apply(self.lm.embed(tail_batch.input_ids), tail_batch, seeds)  # as embed_prompts
+            tail_embeds = injection.apply(
+                self.lm.embed(tail_batch.input_ids), tail_batch, seeds
+            )  # as embed_prompts
             width = prefix_mask.shape[1]
-            result = model(inputs_embeds=tail_embeds.to(device), attention_mask=mask, position_ids=pos[:, width:],
-                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+            result = model(
+                inputs_embeds=tail_embeds.to(device),
+                attention_mask=mask,
+                position_ids=pos[:, width:],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         self.last_shared = True
         self.last_prefill_rows = len(prefixes)
-        return self._decode(result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling,
-                            stop_strings)
+        return self._decode(
+            result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling, stop_strings
+        )

@@ -65,9 +65,15 @@ class AttemptRequest:
         return prompt
 
 
-def build_requests(lm: LoadedModel | EmbeddingModel, prompts: Sequence[PromptTokens], injection: Injection,
-                   seeds: Sequence[int | None], *, decode_seed: int,
-                   prompt_mode: Literal["mixed", "embeds"] = "embeds") -> list[AttemptRequest]:
+def build_requests(
+    lm: LoadedModel | EmbeddingModel,
+    prompts: Sequence[PromptTokens],
+    injection: Injection,
+    seeds: Sequence[int | None],
+    *,
+    decode_seed: int,
+    prompt_mode: Literal["mixed", "embeds"] = "embeds",
+) -> list[AttemptRequest]:
     """One request per attempt (never n>1); embeddings in the model's dtype on the CPU."""
     if len(prompts) != len(seeds):
         raise ValueError("one injection seed per prompt is required")
@@ -82,8 +88,9 @@ def build_requests(lm: LoadedModel | EmbeddingModel, prompts: Sequence[PromptTok
             requests.append(AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids)))
             continue
         if mixed:
-            ids, is_token, embeds = mixed_prompt(prompt, injection, seed, pad_id=lm.pad_token_id,
-                                                 hidden_size=lm.hidden_size, dtype=lm.dtype)
+            ids, is_token, embeds = mixed_prompt(
+                prompt, injection, seed, pad_id=lm.pad_token_id, hidden_size=lm.hidden_size, dtype=lm.dtype
+            )
             requests.append(AttemptRequest(embeds, decode, i, token_ids=ids, is_token_ids=is_token))
             continue
         _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
@@ -91,17 +98,32 @@ def build_requests(lm: LoadedModel | EmbeddingModel, prompts: Sequence[PromptTok
     return requests
 
 
-def sampling_params(sampling: SamplingConfig, seed: int, stop_token_ids: Sequence[int],
-                    stop_strings: Sequence[str], *, ignore_eos: bool = False, banned_ids: Sequence[int] = ()):
+def sampling_params(
+    sampling: SamplingConfig,
+    seed: int,
+    stop_token_ids: Sequence[int],
+    stop_strings: Sequence[str],
+    *,
+    ignore_eos: bool = False,
+    banned_ids: Sequence[int] = (),
+):
     """`ignore_eos` (benchmarks: fixed-length decoding) also drops the stop ids and strings; `banned_ids`
     (the slot placeholder, banned by every engine) get a logit bias that keeps them from being sampled."""
     from vllm import SamplingParams
 
-    return SamplingParams(n=1, logit_bias={int(t): VLLM_BAN_BIAS for t in banned_ids} or None, temperature=sampling.temperature, top_p=sampling.top_p,
-                          top_k=sampling.top_k if sampling.top_k else -1, min_p=sampling.min_p,
-                          max_tokens=sampling.max_new_tokens, seed=seed,
-                          stop_token_ids=[] if ignore_eos else list(stop_token_ids),
-                          stop=None if ignore_eos else (list(stop_strings) or None), ignore_eos=ignore_eos)
+    return SamplingParams(
+        n=1,
+        logit_bias={int(t): VLLM_BAN_BIAS for t in banned_ids} or None,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k if sampling.top_k else -1,
+        min_p=sampling.min_p,
+        max_tokens=sampling.max_new_tokens,
+        seed=seed,
+        stop_token_ids=[] if ignore_eos else list(stop_token_ids),
+        stop=None if ignore_eos else (list(stop_strings) or None),
+        ignore_eos=ignore_eos,
+    )
 
 
 def vllm_available() -> tuple[bool, str]:
@@ -127,8 +149,10 @@ def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
     if supports_mixed_prompts():
         return "mixed"
     if prompt_mode == "mixed":
-        raise ValueError("this vLLM has no mixed token/embedding prompts (EmbedsPrompt.prompt_is_token_ids); "
-                         "use prompt_mode='embeds'")
+        raise ValueError(
+            "this vLLM has no mixed token/embedding prompts (EmbedsPrompt.prompt_is_token_ids); "
+            "use prompt_mode='embeds'"
+        )
     return "embeds"
 
 
@@ -182,24 +206,38 @@ class VLLMBackend:
     sizes and any other `vllm.LLM` options (`engine_kwargs`) are passed through.
     """
 
-    def __init__(self, lm: LoadedModel | EmbeddingModel, model_path: str | None = None, *,
-                 tensor_parallel_size: int = 1, data_parallel_size: int = 1, dtype: str | None = None,
-                 prompt_mode: PromptMode = "auto", **engine_kwargs) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel | EmbeddingModel,
+        model_path: str | None = None,
+        *,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        dtype: str | None = None,
+        prompt_mode: PromptMode = "auto",
+        **engine_kwargs,
+    ) -> None:
         ok, why = vllm_available()
         if not ok:
             raise RuntimeError(why)
         model_path = model_path or lm.location
         if model_path is None:
-            raise ValueError("the vllm engine needs the model's folder: load the model with "
-                             "rsp.models.load_embedding_model (or rsp.load_model) or pass model_path")
+            raise ValueError(
+                "the vllm engine needs the model's folder: load the model with "
+                "rsp.models.load_embedding_model (or rsp.load_model) or pass model_path"
+            )
         from vllm import LLM
 
         self.lm = lm
         self.prompt_mode = resolve_prompt_mode(prompt_mode)
         self.ignore_eos = False  # benchmarks set this to decode exactly max_new_tokens
         self.oom_events: list[str] = []  # stays empty: vLLM sizes its KV cache up front and never backs off
-        kwargs = dict(model=model_path, enable_prompt_embeds=True, tensor_parallel_size=tensor_parallel_size,
-                      dtype=dtype or str(lm.dtype).removeprefix("torch."))
+        kwargs = dict(
+            model=model_path,
+            enable_prompt_embeds=True,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype or str(lm.dtype).removeprefix("torch."),
+        )
         if vllm_runs_on_cpu():
             kwargs["enforce_eager"] = True
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
@@ -209,14 +247,31 @@ class VLLMBackend:
         kwargs.update(engine_kwargs)
         self.llm = LLM(**kwargs)
 
-    def generate(self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None],
-                 sampling: SamplingConfig, *, decode_seed: int, stop_strings: Sequence[str] = (),
-                 use_tqdm: bool = False) -> list[Completion]:
+    def generate(
+        self,
+        prompts: Sequence[PromptTokens],
+        injection: Injection,
+        seeds: Sequence[int | None],
+        sampling: SamplingConfig,
+        *,
+        decode_seed: int,
+        stop_strings: Sequence[str] = (),
+        use_tqdm: bool = False,
+    ) -> list[Completion]:
         sampling.validate()
-        requests = build_requests(self.lm, prompts, injection, seeds, decode_seed=decode_seed,
-                                  prompt_mode=self.prompt_mode)
-        params = [sampling_params(sampling, r.seed, self.lm.stop_token_ids, stop_strings, ignore_eos=self.ignore_eos,
-                                  banned_ids=(self.lm.placeholder_id,))
-                  for r in requests]
+        requests = build_requests(
+            self.lm, prompts, injection, seeds, decode_seed=decode_seed, prompt_mode=self.prompt_mode
+        )
+        params = [
+            sampling_params(
+                sampling,
+                r.seed,
+                self.lm.stop_token_ids,
+                stop_strings,
+                ignore_eos=self.ignore_eos,
+                banned_ids=(self.lm.placeholder_id,),
+            )
+            for r in requests
+        ]
         outputs = self.llm.generate([r.as_prompt() for r in requests], params, use_tqdm=use_tqdm)
         return [completion_from_output(out.outputs[0], self.lm.stop_token_ids) for out in outputs]

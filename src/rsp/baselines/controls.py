@@ -45,8 +45,14 @@ class TokenRows(Injection):
     name = "token-rows"
     stream = "token-rows"
 
-    def __init__(self, embed: EmbedFn, candidates: torch.Tensor, length: int, *,
-                 position: str = "after_generation_prompt") -> None:
+    def __init__(
+        self,
+        embed: EmbedFn,
+        candidates: torch.Tensor,
+        length: int,
+        *,
+        position: str = "after_generation_prompt",
+    ) -> None:
         super().__init__(length, position)
         if candidates.dim() != 1 or candidates.numel() == 0:
             raise ValueError(f"{self.name}: need a non-empty 1-D tensor of candidate token ids")
@@ -86,8 +92,15 @@ class TokenString(TokenRows):
     name = "token-string"
     stream = "token-string"
 
-    def __init__(self, embed: EmbedFn, candidates: torch.Tensor, length: int, *, tokenizer=None,
-                 position: str = "after_generation_prompt") -> None:
+    def __init__(
+        self,
+        embed: EmbedFn,
+        candidates: torch.Tensor,
+        length: int,
+        *,
+        tokenizer=None,
+        position: str = "after_generation_prompt",
+    ) -> None:
         super().__init__(embed, candidates, length, position=position)
         self.tokenizer = tokenizer
 
@@ -102,7 +115,9 @@ class MeanVector(Injection):
 
     name = "mean-vector"
 
-    def __init__(self, stats: EmbeddingStats, length: int, *, position: str = "after_generation_prompt") -> None:
+    def __init__(
+        self, stats: EmbeddingStats, length: int, *, position: str = "after_generation_prompt"
+    ) -> None:
         super().__init__(length, position)
         self.mean = stats.mean_vector()
 
@@ -123,8 +138,14 @@ class EmbeddingNoise(Injection):
 
     name = "embed-noise"
 
-    def __init__(self, dim: int, *, alpha: float = DEFAULT_NOISE_ALPHA, embed_scale: float = 1.0,
-                 position: str = "after_generation_prompt") -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        alpha: float = DEFAULT_NOISE_ALPHA,
+        embed_scale: float = 1.0,
+        position: str = "after_generation_prompt",
+    ) -> None:
         super().__init__(0, position)
         if alpha < 0:
             raise ValueError(f"embed-noise: noise_alpha must be >= 0, got {alpha}")
@@ -144,8 +165,9 @@ class EmbeddingNoise(Injection):
         magnitude = self.alpha / (tokens * self.dim) ** 0.5 * self.embed_scale
         return (torch.rand(tokens, self.dim, generator=gen, dtype=torch.float32) * 2 - 1) * magnitude
 
-    def transform_prompt(self, embeds: torch.Tensor, batch: SlottedBatch,
-                         seeds: Sequence[int | None]) -> torch.Tensor:
+    def transform_prompt(
+        self, embeds: torch.Tensor, batch: SlottedBatch, seeds: Sequence[int | None]
+    ) -> torch.Tensor:
         if embeds.shape[-1] != self.dim:
             raise ValueError(f"embed-noise: built for hidden size {self.dim}, got {embeds.shape[-1]}")
         out = embeds.clone()
@@ -206,10 +228,14 @@ def _rsp_fixed(lm: LoadedModel, o: MethodOptions) -> Injection:
 
 @register_method("rsp-shared", "control: one RSP per problem, shared by its N attempts")
 def _rsp_shared(lm: LoadedModel, o: MethodOptions) -> Injection:
-    return RandomSoftPrompt(_stats(lm, o), o.length, scale=o.scale, position=o.position, granularity="problem")
+    return RandomSoftPrompt(
+        _stats(lm, o), o.length, scale=o.scale, position=o.position, granularity="problem"
+    )
 
 
-@register_method("rsp-scaled", "control: RSP with std multiplied by alpha (--rsp-scale or --method-option alpha=)")
+@register_method(
+    "rsp-scaled", "control: RSP with std multiplied by alpha (--rsp-scale or --method-option alpha=)"
+)
 def _rsp_scaled(lm: LoadedModel, o: MethodOptions) -> Injection:
     alpha = _float_option(o, "alpha", o.scale)
     if alpha < 0:
@@ -228,11 +254,18 @@ def _token_string(lm: LoadedModel, o: MethodOptions) -> Injection:
     return TokenString(lm.embed, pool, o.length, tokenizer=lm.tokenizer, position=o.position)
 
 
-@register_method("embed-noise", "control: NEFTune-style noise on the prompt's own embeddings, nothing appended "
-                 "(--method-option noise_alpha=, default 5)")
+@register_method(
+    "embed-noise",
+    "control: NEFTune-style noise on the prompt's own embeddings, nothing appended "
+    "(--method-option noise_alpha=, default 5)",
+)
 def _embed_noise(lm: LoadedModel, o: MethodOptions) -> Injection:
-    return EmbeddingNoise(lm.hidden_size, alpha=_float_option(o, "noise_alpha", DEFAULT_NOISE_ALPHA),
-                          embed_scale=lm.embed_scale, position=o.position)
+    return EmbeddingNoise(
+        lm.hidden_size,
+        alpha=_float_option(o, "noise_alpha", DEFAULT_NOISE_ALPHA),
+        embed_scale=lm.embed_scale,
+        position=o.position,
+    )
 
 
 @register_method("mean-vector", "control: L copies of the mean embedding (injection without randomness)")
@@ -240,13 +273,18 @@ def _mean_vector(lm: LoadedModel, o: MethodOptions) -> Injection:
     return MeanVector(_stats(lm, o), o.length, position=o.position)
 
 
-@register_method("soft-prompt", "baseline: trained soft prompt (--method-option soft_prompt=FILE.safetensors "
-                 "or a PEFT prompt-tuning adapter dir); L and position come from the file")
+@register_method(
+    "soft-prompt",
+    "baseline: trained soft prompt (--method-option soft_prompt=FILE.safetensors "
+    "or a PEFT prompt-tuning adapter dir); L and position come from the file",
+)
 def _soft_prompt(lm: LoadedModel, o: MethodOptions) -> Injection:
     path = o.extra.get("soft_prompt")
     if not path:
-        raise ValueError("soft-prompt needs --method-option soft_prompt=PATH (a file from `rsp train-soft-prompt` "
-                         "or a PEFT prompt-tuning adapter)")
+        raise ValueError(
+            "soft-prompt needs --method-option soft_prompt=PATH (a file from `rsp train-soft-prompt` "
+            "or a PEFT prompt-tuning adapter)"
+        )
     soft = load_soft_prompt(path)
     position = str(o.extra.get("soft_prompt_position", soft.position))
     if position != soft.position:

@@ -79,11 +79,15 @@ class SoftPrompt:
 
     def check_compatible(self, lm: LoadedModel) -> None:
         if self.dim != lm.hidden_size:
-            raise ValueError(f"soft prompt {self.source} has hidden size {self.dim} but model {lm.name} has "
-                             f"{lm.hidden_size}; it was trained for {self.metadata.get('model', 'another model')}")
+            raise ValueError(
+                f"soft prompt {self.source} has hidden size {self.dim} but model {lm.name} has "
+                f"{lm.hidden_size}; it was trained for {self.metadata.get('model', 'another model')}"
+            )
         trained_for = self.metadata.get("model")
         if trained_for and trained_for != lm.name:
-            log.warning("soft prompt %s was trained for %s, now used with %s", self.source, trained_for, lm.name)
+            log.warning(
+                "soft prompt %s was trained for %s, now used with %s", self.source, trained_for, lm.name
+            )
 
     def save(self, path: str | Path) -> None:
         save_soft_prompt(path, self.vectors, self.position, self.metadata)
@@ -93,7 +97,9 @@ def save_soft_prompt(path: str | Path, vectors: torch.Tensor, position: str, met
     """Write key "soft_prompt" (L, d) fp32 plus string metadata, atomically."""
     path = Path(path)
     meta = {str(k): str(v) for k, v in metadata.items()}
-    meta.update(format=FORMAT, position=position, length=str(vectors.shape[0]), hidden_size=str(vectors.shape[1]))
+    meta.update(
+        format=FORMAT, position=position, length=str(vectors.shape[0]), hidden_size=str(vectors.shape[1])
+    )
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({TENSOR_KEY: vectors.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -123,11 +129,15 @@ def load_soft_prompt(path: str | Path) -> SoftPrompt:
                 position = "prepend"  # PEFT concatenates virtual tokens before everything else
                 meta = {**meta, **_peft_metadata(path, vectors)}
             else:
-                raise ValueError(f"{path} has no {TENSOR_KEY!r} or {PEFT_KEY!r} tensor (keys: {sorted(keys)})")
+                raise ValueError(
+                    f"{path} has no {TENSOR_KEY!r} or {PEFT_KEY!r} tensor (keys: {sorted(keys)})"
+                )
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
     if vectors.dim() != 2 or vectors.shape[0] < 1:
-        raise ValueError(f"{path}: soft prompt must have shape (L, d) with L >= 1, got {tuple(vectors.shape)}")
+        raise ValueError(
+            f"{path}: soft prompt must have shape (L, d) with L >= 1, got {tuple(vectors.shape)}"
+        )
     if not torch.isfinite(vectors).all():
         raise ValueError(f"{path}: soft prompt contains NaN or inf")
     if position not in INSERTION_POINTS:
@@ -141,12 +151,16 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
         return {"source_format": "peft", "model": ""}
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("peft_type") not in (None, "PROMPT_TUNING"):
-        raise ValueError(f"{path}: PEFT adapter type {cfg.get('peft_type')} is not prompt tuning; only "
-                         "PROMPT_TUNING adapters are input-embedding soft prompts")
+        raise ValueError(
+            f"{path}: PEFT adapter type {cfg.get('peft_type')} is not prompt tuning; only "
+            "PROMPT_TUNING adapters are input-embedding soft prompts"
+        )
     virtual = cfg.get("num_virtual_tokens")
     if virtual is not None and int(virtual) != vectors.shape[0]:
-        raise ValueError(f"{path}: {vectors.shape[0]} prompt embeddings but num_virtual_tokens={virtual} "
-                         "(encoder-decoder adapters with several submodules are not supported)")
+        raise ValueError(
+            f"{path}: {vectors.shape[0]} prompt embeddings but num_virtual_tokens={virtual} "
+            "(encoder-decoder adapters with several submodules are not supported)"
+        )
     return {"source_format": "peft", "model": str(cfg.get("base_model_name_or_path") or "")}
 
 
@@ -183,20 +197,31 @@ class SoftPromptTrainConfig:
     def validate(self) -> None:
         checks = [
             (self.length >= 1, f"--length must be >= 1, got {self.length}"),
-            (self.position in INSERTION_POINTS,
-             f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"),
+            (
+                self.position in INSERTION_POINTS,
+                f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}",
+            ),
             (bool(self.data), "--data must name at least one training source (arith, gsm8k, ...)"),
             (self.train_size >= 1, f"--train-size must be >= 1, got {self.train_size}"),
-            (self.val_size >= 1, f"--val-size must be >= 1 (early stopping needs a held-out split), got {self.val_size}"),
+            (
+                self.val_size >= 1,
+                f"--val-size must be >= 1 (early stopping needs a held-out split), got {self.val_size}",
+            ),
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
-            (self.max_solution_tokens >= 1, f"--max-solution-tokens must be >= 1, got {self.max_solution_tokens}"),
+            (
+                self.max_solution_tokens >= 1,
+                f"--max-solution-tokens must be >= 1, got {self.max_solution_tokens}",
+            ),
             (self.min_delta >= 0, f"--min-delta must be >= 0, got {self.min_delta}"),
             (self.init_scale >= 0, f"--init-scale must be >= 0, got {self.init_scale}"),
-            (self.max_seconds is None or self.max_seconds > 0, f"--max-seconds must be > 0, got {self.max_seconds}"),
+            (
+                self.max_seconds is None or self.max_seconds > 0,
+                f"--max-seconds must be > 0, got {self.max_seconds}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -240,12 +265,20 @@ def _terminator(lm: LoadedModel, builder: PromptBuilder) -> list[int]:
     return [eos] if isinstance(eos, int) and eos in lm.stop_token_ids else []
 
 
-def _source_problems(source: str, config: SoftPromptTrainConfig) -> tuple[list[Problem], list[Problem], object]:
+def _source_problems(
+    source: str, config: SoftPromptTrainConfig
+) -> tuple[list[Problem], list[Problem], object]:
     """(train, val) problems with reference solutions from one source's train split, and its task."""
     need = config.train_size + config.val_size
     if source == "arith":
-        task = load_task("arith", split="train", limit=need, arith_steps=config.arith_steps,
-                         arith_max_value=config.arith_max_value, seed=config.seed)
+        task = load_task(
+            "arith",
+            split="train",
+            limit=need,
+            arith_steps=config.arith_steps,
+            arith_max_value=config.arith_max_value,
+            seed=config.seed,
+        )
         problems = list(task.problems)
     else:
         task = load_task(source, split="train")
@@ -255,9 +288,11 @@ def _source_problems(source: str, config: SoftPromptTrainConfig) -> tuple[list[P
         random.Random(derive_seed(config.seed, "soft-prompt-data", source)).shuffle(problems)
         problems = problems[:need]
     if len(problems) <= config.val_size:
-        raise TaskError(f"training source {source!r} has {len(problems)} problems; need more than "
-                        f"--val-size={config.val_size}")
-    return problems[config.val_size:], problems[: config.val_size], task
+        raise TaskError(
+            f"training source {source!r} has {len(problems)} problems; need more than "
+            f"--val-size={config.val_size}"
+        )
+    return problems[config.val_size :], problems[: config.val_size], task
 
 
 def build_examples(lm: LoadedModel, config: SoftPromptTrainConfig) -> tuple[list[Example], list[Example]]:
@@ -274,22 +309,36 @@ def build_examples(lm: LoadedModel, config: SoftPromptTrainConfig) -> tuple[list
     return train, val
 
 
-def solution_loss(lm: LoadedModel, injection: Injection, examples: Sequence[Example]) -> tuple[torch.Tensor, int]:
+def solution_loss(
+    lm: LoadedModel, injection: Injection, examples: Sequence[Example]
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the solution tokens of `examples`, and the number of those tokens.
 
     Prompt + solution are laid out by `rsp.core.inputs.embed_prompts` with the slots at the prompt's insertion
     point (which lies inside the prompt, so the solution is unaffected), left-padded, with the
     position ids `generate` uses; only the last max(solution)+1 logits are computed.
     """
-    batch, embeds = embed_prompts(lm.embed, [ex.prompt for ex in examples], injection, [None] * len(examples),
-                                  pad_id=lm.pad_token_id, suffixes=[ex.target for ex in examples], grad=True)
+    batch, embeds = embed_prompts(
+        lm.embed,
+        [ex.prompt for ex in examples],
+        injection,
+        [None] * len(examples),
+        pad_id=lm.pad_token_id,
+        suffixes=[ex.target for ex in examples],
+        grad=True,
+    )
     mask = batch.attention_mask.to(lm.device)
     position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     keep = max(len(ex.target) for ex in examples) + 1
-    out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep,
-                   use_cache=False)
+    out = lm.model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=position_ids,
+        logits_to_keep=keep,
+        use_cache=False,
+    )
     logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1
-    targets = batch.input_ids[:, -(keep - 1):].to(lm.device)
+    targets = batch.input_ids[:, -(keep - 1) :].to(lm.device)
     lengths = torch.tensor([len(ex.target) for ex in examples], device=lm.device)
     j = torch.arange(keep - 1, device=lm.device)
     on_solution = j.unsqueeze(0) >= (keep - 1 - lengths).unsqueeze(1)
@@ -307,8 +356,9 @@ def mean_loss(lm: LoadedModel, injection: Injection, examples: Sequence[Example]
     return total / max(count, 1)
 
 
-def train_soft_prompt(lm: LoadedModel, config: SoftPromptTrainConfig, out: str | Path, *,
-                      progress: bool = True) -> TrainResult:
+def train_soft_prompt(
+    lm: LoadedModel, config: SoftPromptTrainConfig, out: str | Path, *, progress: bool = True
+) -> TrainResult:
     """Train L vectors with `lm` frozen; write soft_prompt.safetensors, loss.png and history.json to `out`."""
     config.validate()
     out = Path(out)
@@ -371,22 +421,48 @@ def train_soft_prompt(lm: LoadedModel, config: SoftPromptTrainConfig, out: str |
     seconds = time.time() - t0
     data_desc = "+".join(
         f"arith(train,steps={config.arith_steps},max_value={config.arith_max_value},seed={config.seed})"
-        if s == "arith" else f"{s}(train)" for s in config.data)
+        if s == "arith"
+        else f"{s}(train)"
+        for s in config.data
+    )
     metadata = {
-        "model": lm.name, "data": data_desc, "train_examples": len(train), "val_examples": len(val),
-        "steps": step, "best_step": best_step, "best_val_loss": f"{best:.6f}", "initial_val_loss": f"{initial:.6f}",
-        "stop_reason": stop_reason, "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed,
-        "init": f"rsp(scale={config.init_scale},seed={init_seed})", "embed_scale": lm.embed_scale,
-        "prompt_style": config.prompt_style, "train_dtype": str(lm.dtype).removeprefix("torch."),
+        "model": lm.name,
+        "data": data_desc,
+        "train_examples": len(train),
+        "val_examples": len(val),
+        "steps": step,
+        "best_step": best_step,
+        "best_val_loss": f"{best:.6f}",
+        "initial_val_loss": f"{initial:.6f}",
+        "stop_reason": stop_reason,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "init": f"rsp(scale={config.init_scale},seed={init_seed})",
+        "embed_scale": lm.embed_scale,
+        "prompt_style": config.prompt_style,
+        "train_dtype": str(lm.dtype).removeprefix("torch."),
         "seconds": f"{seconds:.1f}",
     }
     path = out / SOFT_PROMPT_FILE
     save_soft_prompt(path, best_vectors, config.position, metadata)
     history.update(config=config.to_dict(), metadata=metadata)
     atomic_write_text(out / "history.json", json.dumps(history, indent=2) + "\n")
-    plot_loss_curve(history, out / "loss.png", title=f"soft prompt L={config.length} on {lm.name} ({data_desc})")
-    return TrainResult(path, best_vectors.cpu(), initial, best, best_step, step, stop_reason == "patience",
-                       stop_reason, seconds, history)
+    plot_loss_curve(
+        history, out / "loss.png", title=f"soft prompt L={config.length} on {lm.name} ({data_desc})"
+    )
+    return TrainResult(
+        path,
+        best_vectors.cpu(),
+        initial,
+        best,
+        best_step,
+        step,
+        stop_reason == "patience",
+        stop_reason,
+        seconds,
+        history,
+    )
 
 
 def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
@@ -400,8 +476,10 @@ def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
         steps, losses = zip(*history["train"], strict=True)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train (batch)")
         window = max(1, len(losses) // 20)
-        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-                  for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         ax.plot(steps, smooth, color="tab:blue", lw=1.5, label=f"train (mean of {window})")
     if history["val"]:
         vs, vl = zip(*history["val"], strict=True)

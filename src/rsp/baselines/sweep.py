@@ -38,12 +38,24 @@ BASELINE = "temperature"
 NO_LENGTH = frozenset({"temperature", "none", "embed-noise", "soft-prompt"})
 USES_ALPHA = frozenset({"rsp", "rsp-fixed", "rsp-shared", "rsp-scaled"})
 # Methods whose injection is identical for every attempt at a problem (so greedy => N identical attempts).
-ATTEMPT_INVARIANT = frozenset({"temperature", "none", "mean-vector", "soft-prompt", "rsp-fixed", "rsp-shared"})
+ATTEMPT_INVARIANT = frozenset(
+    {"temperature", "none", "mean-vector", "soft-prompt", "rsp-fixed", "rsp-shared"}
+)
 # Method-specific options each known method reads; a cell's config carries only these, so adding
 # e.g. a soft-prompt path to a sweep does not change (and invalidate) the other cells.
-EXTRA_KEYS = {"temperature": (), "none": (), "rsp": (), "rsp-fixed": (), "rsp-shared": (), "rsp-scaled": (),
-              "token-rows": (), "token-string": (), "mean-vector": (), "embed-noise": ("noise_alpha",),
-              "soft-prompt": ("soft_prompt", "soft_prompt_position")}
+EXTRA_KEYS = {
+    "temperature": (),
+    "none": (),
+    "rsp": (),
+    "rsp-fixed": (),
+    "rsp-shared": (),
+    "rsp-scaled": (),
+    "token-rows": (),
+    "token-string": (),
+    "mean-vector": (),
+    "embed-noise": ("noise_alpha",),
+    "soft-prompt": ("soft_prompt", "soft_prompt_position"),
+}
 GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_extra")
 
 
@@ -91,14 +103,20 @@ class SweepConfig:
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
 
     def validate(self) -> None:
-        for axis, values in (("methods", self.methods), ("lengths", self.lengths), ("alphas", self.alphas),
-                             ("temperatures", self.temperatures)):
+        for axis, values in (
+            ("methods", self.methods),
+            ("lengths", self.lengths),
+            ("alphas", self.alphas),
+            ("temperatures", self.temperatures),
+        ):
             if not values:
                 raise ConfigError(f"--{axis} must list at least one value")
             if len(set(values)) != len(values):
                 raise ConfigError(f"--{axis} lists a value twice: {', '.join(map(str, values))}")
         if any(L < 1 for L in self.lengths):
-            raise ConfigError(f"--lengths must all be >= 1 (temperature-only is the L=0 baseline), got {self.lengths}")
+            raise ConfigError(
+                f"--lengths must all be >= 1 (temperature-only is the L=0 baseline), got {self.lengths}"
+            )
         if any(a < 0 for a in self.alphas):
             raise ConfigError(f"--alphas must all be >= 0, got {self.alphas}")
         if any(t < 0 for t in self.temperatures):
@@ -134,7 +152,9 @@ class SweepConfig:
                 lengths: tuple[int | None, ...] = (None,) if m in NO_LENGTH else self.lengths
                 if m == "soft-prompt":
                     lengths = (soft_length,)
-                alphas: tuple[float | None, ...] = self.alphas if (m in USES_ALPHA or m not in EXTRA_KEYS) else (None,)
+                alphas: tuple[float | None, ...] = (
+                    self.alphas if (m in USES_ALPHA or m not in EXTRA_KEYS) else (None,)
+                )
                 out += [Cell(m, t, L, a, replicate) for L in lengths for a in alphas]
         return out
 
@@ -171,8 +191,14 @@ def _expand(records: list[dict], n: int) -> list[dict]:
     return out
 
 
-def run_sweep(config: SweepConfig, out: str | Path, *, lm: LoadedModel | None = None,
-              progress: bool = True, generator: Generator | None = None) -> SweepResult:
+def run_sweep(
+    config: SweepConfig,
+    out: str | Path,
+    *,
+    lm: LoadedModel | None = None,
+    progress: bool = True,
+    generator: Generator | None = None,
+) -> SweepResult:
     """Run (or resume, or extend) the grid into `out`, then write the comparison table and plots.
 
     One `Generator` (model + engine) serves every cell: a vLLM engine starts once per sweep, not per cell.
@@ -183,10 +209,23 @@ def run_sweep(config: SweepConfig, out: str | Path, *, lm: LoadedModel | None = 
     cells = config.cells()
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
-        raise ConfigError("two sweep cells share a name; check --lengths / --alphas for values that print alike")
-    atomic_write_text(out / "grid.json", json.dumps(
-        {"methods": list(config.methods), "lengths": list(config.lengths), "alphas": list(config.alphas),
-         "temperatures": list(config.temperatures), "cells": names}, indent=2) + "\n")
+        raise ConfigError(
+            "two sweep cells share a name; check --lengths / --alphas for values that print alike"
+        )
+    atomic_write_text(
+        out / "grid.json",
+        json.dumps(
+            {
+                "methods": list(config.methods),
+                "lengths": list(config.lengths),
+                "alphas": list(config.alphas),
+                "temperatures": list(config.temperatures),
+                "cells": names,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     problems = len(config.base.load_task().problems)
     n = config.base.n
     records: dict[str, list[dict]] = {}
@@ -201,9 +240,13 @@ def run_sweep(config: SweepConfig, out: str | Path, *, lm: LoadedModel | None = 
             skipped.append(cell.name)
         else:
             if generator is None:
-                generator = Generator(lm if lm is not None else config.base.model, engine=config.base.engine,
-                                      dtype=config.base.dtype, device=config.base.device,
-                                      **config.base.engine_options())
+                generator = Generator(
+                    lm if lm is not None else config.base.model,
+                    engine=config.base.engine,
+                    dtype=config.base.dtype,
+                    device=config.base.device,
+                    **config.base.engine_options(),
+                )
             run = run_eval(cfg, cell_dir, generator=generator, progress=progress)
             recs = run.records
             write_eval_report(cell_dir, recs, cfg.to_dict(), seconds=run.seconds)
@@ -234,8 +277,14 @@ def compare_cells(cells: list[Cell], records: dict[str, list[dict]], n: int, *, 
     metrics = ["accuracy", *[f"pass@{k}" for k in ks], maj]
     rows = []
     for cell in cells:
-        row: dict = {"cell": cell.name, "method": cell.method, "L": cell.length, "alpha": cell.alpha,
-                     "temperature": cell.temperature, "attempts_run": 1 if cell.replicate else n}
+        row: dict = {
+            "cell": cell.name,
+            "method": cell.method,
+            "L": cell.length,
+            "alpha": cell.alpha,
+            "temperature": cell.temperature,
+            "attempts_run": 1 if cell.replicate else n,
+        }
         base_name = cell.baseline_name
         recs = _renamed(records.get(cell.name, []), "cell")
         if cell.name == base_name or base_name not in records:
@@ -274,33 +323,48 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
     b = config.base
     lines = [
         f"# Sweep: {b.model} on {b.task} ({b.split}, {rows[0]['problems'] if rows else 0} problems, "
-        f"n={b.n} attempts, seed {b.seed}, max {b.max_new_tokens} new tokens, position {b.position})", "",
+        f"n={b.n} attempts, seed {b.seed}, max {b.max_new_tokens} new tokens, position {b.position})",
+        "",
         "Cells: mean over problems [95% bootstrap CI over problems]. `runs` = attempts generated per problem "
         "(1 for a deterministic cell: greedy decoding with an injection that is the same for every attempt, "
-        "whose single answer stands for all N).", "",
+        "whose single answer stands for all N).",
+        "",
         "| cell | method | L | alpha | T | runs | " + " | ".join(metrics) + " |",
         "|---" * (6 + len(metrics)) + "|",
     ]
     for r in rows:
-        lines.append(f"| {r['cell']} | {r['method']} | {_dash(r['L'])} | {_dash(r['alpha'])} | {r['temperature']:g} | "
-                     f"{r['attempts_run']} | " + " | ".join(_ci(r[m]) for m in metrics) + " |")
-    lines += ["", "Paired difference against temperature-only at the same temperature, on the same problems "
-              "(mean [95% CI], two-sided sign-flip permutation p):", "",
-              "| cell | " + " | ".join(f"Δ {m}" for m in metrics) + " |", "|---" * (1 + len(metrics)) + "|"]
+        lines.append(
+            f"| {r['cell']} | {r['method']} | {_dash(r['L'])} | {_dash(r['alpha'])} | {r['temperature']:g} | "
+            f"{r['attempts_run']} | " + " | ".join(_ci(r[m]) for m in metrics) + " |"
+        )
+    lines += [
+        "",
+        "Paired difference against temperature-only at the same temperature, on the same problems "
+        "(mean [95% CI], two-sided sign-flip permutation p):",
+        "",
+        "| cell | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+        "|---" * (1 + len(metrics)) + "|",
+    ]
     for r in rows:
         if r["method"] != BASELINE:
-            lines.append(f"| {r['cell']} | " + " | ".join(_ci(r[f'delta {m}'], True) for m in metrics) + " |")
+            lines.append(f"| {r['cell']} | " + " | ".join(_ci(r[f"delta {m}"], True) for m in metrics) + " |")
     best = [r for r in rows if r["accuracy"]]
     if best:
         top = max(best, key=lambda r: r["accuracy"]["mean"])
         last = f"pass@{table_ks(b.n)[-1]}"
         top_pass = max(best, key=lambda r: r[last]["mean"])
-        lines += ["", f"Highest mean accuracy: `{top['cell']}` ({_ci(top['accuracy'])}). "
-                  f"Highest {last}: `{top_pass['cell']}` ({_ci(top_pass[last])}). "
-                  "With this many problems, differences whose paired CI includes 0 are not evidence either way."]
-    lines += ["", "Plots: `plots/passk_<method>.png` (pass@k per temperature, one line per L/alpha, "
-              "temperature-only dashed), `plots/heatmap_<method>_a<alpha>.png` (accuracy and its paired difference over "
-              "L x temperature)."]
+        lines += [
+            "",
+            f"Highest mean accuracy: `{top['cell']}` ({_ci(top['accuracy'])}). "
+            f"Highest {last}: `{top_pass['cell']}` ({_ci(top_pass[last])}). "
+            "With this many problems, differences whose paired CI includes 0 are not evidence either way.",
+        ]
+    lines += [
+        "",
+        "Plots: `plots/passk_<method>.png` (pass@k per temperature, one line per L/alpha, "
+        "temperature-only dashed), `plots/heatmap_<method>_a<alpha>.png` (accuracy and its paired difference over "
+        "L x temperature).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -319,8 +383,15 @@ def csv_report(rows: list[dict]) -> str:
     w = csv.writer(buf)
     w.writerow(header)
     for r in rows:
-        line = [r["cell"], r["method"], _blank(r["L"]), _blank(r["alpha"]), r["temperature"], r["attempts_run"],
-                r["problems"]]
+        line = [
+            r["cell"],
+            r["method"],
+            _blank(r["L"]),
+            _blank(r["alpha"]),
+            r["temperature"],
+            r["attempts_run"],
+            r["problems"],
+        ]
         for m in metrics:
             d = r[m] or {}
             line += [d.get("mean", ""), d.get("ci_low", ""), d.get("ci_high", "")]
@@ -335,11 +406,14 @@ def _blank(v) -> str:
     return "" if v is None else str(v)
 
 
-def write_sweep_report(out: Path, config: SweepConfig, cells: list[Cell], rows: list[dict],
-                       records: dict[str, list[dict]]) -> None:
+def write_sweep_report(
+    out: Path, config: SweepConfig, cells: list[Cell], rows: list[dict], records: dict[str, list[dict]]
+) -> None:
     atomic_write_text(out / "sweep.md", markdown_report(rows, config))
     atomic_write_text(out / "sweep.csv", csv_report(rows))
-    atomic_write_text(out / "sweep.json", json.dumps({"config": config.identity(), "rows": rows}, indent=2) + "\n")
+    atomic_write_text(
+        out / "sweep.json", json.dumps({"config": config.identity(), "rows": rows}, indent=2) + "\n"
+    )
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     if any(r["problems"] for r in rows):
@@ -372,7 +446,11 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
                 if r["method"] != method or r["temperature"] != t or not r["passk_curve"]:
                     continue
                 ks, vals = zip(*sorted((int(k), v) for k, v in r["passk_curve"].items()), strict=True)
-                label = method if r["L"] is None else f"L={r['L']}" + ("" if r["alpha"] is None else f" a={r['alpha']:g}")
+                label = (
+                    method
+                    if r["L"] is None
+                    else f"L={r['L']}" + ("" if r["alpha"] is None else f" a={r['alpha']:g}")
+                )
                 ax.plot(ks, vals, marker="o", ms=2, lw=1.2, label=label)
             base = baseline.get(t)
             if method != BASELINE and base and base["passk_curve"]:
@@ -385,7 +463,9 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("pass@k")
         axes[0][-1].legend(fontsize=6, loc="lower right")
-        fig.suptitle(f"{method}: pass@k on {config.base.task} ({config.base.model}, n={config.base.n})", fontsize=9)
+        fig.suptitle(
+            f"{method}: pass@k on {config.base.task} ({config.base.model}, n={config.base.n})", fontsize=9
+        )
         fig.tight_layout()
         path = plots / f"passk_{method}.png"
         fig.savefig(path, dpi=110)
@@ -415,9 +495,10 @@ def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Pa
                     delta[i, j] = r["delta accuracy"]["mean"]
             fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.6 * len(temps), 1.6 + 0.45 * len(lengths)))
             span = max(0.05, float(np.nanmax(np.abs(delta)))) if np.isfinite(delta).any() else 0.05
-            for ax, data, title, cmap, lim in ((axes[0], acc, "mean accuracy", "viridis", (0, 1)),
-                                               (axes[1], delta, "Δ accuracy vs temperature only", "RdBu",
-                                                (-span, span))):
+            for ax, data, title, cmap, lim in (
+                (axes[0], acc, "mean accuracy", "viridis", (0, 1)),
+                (axes[1], delta, "Δ accuracy vs temperature only", "RdBu", (-span, span)),
+            ):
                 im = ax.imshow(data, cmap=cmap, vmin=lim[0], vmax=lim[1], aspect="auto")
                 ax.set_xticks(range(len(temps)), ["greedy" if t == 0 else f"{t:g}" for t in temps])
                 ax.set_yticks(range(len(lengths)), [str(L) for L in lengths])
@@ -426,11 +507,20 @@ def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Pa
                 ax.set_title(title, fontsize=9)
                 for (i, j), v in np.ndenumerate(data):
                     if np.isfinite(v):
-                        ax.text(j, i, f"{v:+.2f}" if data is delta else f"{v:.2f}", ha="center", va="center",
-                                fontsize=7, color="white" if data is acc and v < 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            f"{v:+.2f}" if data is delta else f"{v:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if data is acc and v < 0.5 else "black",
+                        )
                 fig.colorbar(im, ax=ax, fraction=0.046)
             suffix = "" if alpha is None else f"_a{alpha:g}"
-            fig.suptitle(f"{method}{'' if alpha is None else f' (alpha={alpha:g})'} on {config.base.task}", fontsize=9)
+            fig.suptitle(
+                f"{method}{'' if alpha is None else f' (alpha={alpha:g})'} on {config.base.task}", fontsize=9
+            )
             fig.tight_layout()
             path = plots / f"heatmap_{method}{suffix}.png"
             fig.savefig(path, dpi=110)

@@ -30,7 +30,9 @@ class Injection(ABC):
         if length < 0:
             raise ValueError(f"injection length must be >= 0, got {length}")
         if position not in INSERTION_POINTS:
-            raise ValueError(f"unknown insertion point {position!r}; choose from {', '.join(INSERTION_POINTS)}")
+            raise ValueError(
+                f"unknown insertion point {position!r}; choose from {', '.join(INSERTION_POINTS)}"
+            )
         self.length = int(length)
         self.position = position
 

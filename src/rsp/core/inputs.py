@@ -26,23 +26,43 @@ from rsp.core.insert import PromptTokens, SlottedBatch, build_slotted_batch
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def layout(prompts: Sequence[PromptTokens], injection: Injection, *, pad_id: int,
-           placeholder_id: int | None = None, suffixes: Sequence[Sequence[int]] | None = None) -> SlottedBatch:
+def layout(
+    prompts: Sequence[PromptTokens],
+    injection: Injection,
+    *,
+    pad_id: int,
+    placeholder_id: int | None = None,
+    suffixes: Sequence[Sequence[int]] | None = None,
+) -> SlottedBatch:
     """Left-padded ids with the injection's L slots (`placeholder_id`, default `pad_id`) at each prompt's
     insertion point. `suffixes` (e.g. a training target) are appended after each prompt, inside the row."""
     seqs = [list(p.ids) + (list(suffixes[i]) if suffixes is not None else []) for i, p in enumerate(prompts)]
     if placeholder_id is not None and placeholder_id != pad_id:
         for i, p in enumerate(prompts):
             if placeholder_id in p.ids:
-                raise ValueError(f"prompt {i} already contains the placeholder id {placeholder_id}; pass another "
-                                 "placeholder_id")
-    return build_slotted_batch(seqs, [p.insert_index(injection.position) for p in prompts], injection.length,
-                               pad_id=pad_id, placeholder_id=placeholder_id)
+                raise ValueError(
+                    f"prompt {i} already contains the placeholder id {placeholder_id}; pass another "
+                    "placeholder_id"
+                )
+    return build_slotted_batch(
+        seqs,
+        [p.insert_index(injection.position) for p in prompts],
+        injection.length,
+        pad_id=pad_id,
+        placeholder_id=placeholder_id,
+    )
 
 
-def embed_prompts(embed: EmbedFn, prompts: Sequence[PromptTokens], injection: Injection,
-                  seeds: Sequence[int | None], *, pad_id: int, suffixes: Sequence[Sequence[int]] | None = None,
-                  grad: bool = False) -> tuple[SlottedBatch, torch.Tensor]:
+def embed_prompts(
+    embed: EmbedFn,
+    prompts: Sequence[PromptTokens],
+    injection: Injection,
+    seeds: Sequence[int | None],
+    *,
+    pad_id: int,
+    suffixes: Sequence[Sequence[int]] | None = None,
+    grad: bool = False,
+) -> tuple[SlottedBatch, torch.Tensor]:
     """Laid-out batch and its input embeddings with the injection applied (row i from seeds[i]).
 
     `embed` maps ids to *effective* embeddings (the model's embedding module, scale included). With
@@ -50,7 +70,9 @@ def embed_prompts(embed: EmbedFn, prompts: Sequence[PromptTokens], injection: In
     token embeddings never do.
     """
     if len(prompts) != len(seeds):
-        raise ValueError(f"one injection seed per prompt is required ({len(prompts)} prompts, {len(seeds)} seeds)")
+        raise ValueError(
+            f"one injection seed per prompt is required ({len(prompts)} prompts, {len(seeds)} seeds)"
+        )
     batch = layout(prompts, injection, pad_id=pad_id, suffixes=suffixes)
     with torch.no_grad():
         embeds = embed(batch.input_ids)
@@ -59,8 +81,15 @@ def embed_prompts(embed: EmbedFn, prompts: Sequence[PromptTokens], injection: In
     return batch, embeds
 
 
-def mixed_prompt(prompt: PromptTokens, injection: Injection, seed: int | None, *, pad_id: int, hidden_size: int,
-                 dtype: torch.dtype) -> tuple[tuple[int, ...], tuple[bool, ...], torch.Tensor]:
+def mixed_prompt(
+    prompt: PromptTokens,
+    injection: Injection,
+    seed: int | None,
+    *,
+    pad_id: int,
+    hidden_size: int,
+    dtype: torch.dtype,
+) -> tuple[tuple[int, ...], tuple[bool, ...], torch.Tensor]:
     """One attempt as token ids plus slot rows, for engines that embed the real tokens themselves (vLLM's
     mixed prompts): (ids with `pad_id` at the slots, False at the slots, (seq, d) zeros but the slot rows)."""
     batch = layout([prompt], injection, pad_id=pad_id)
@@ -91,8 +120,15 @@ class Continued:
     prompt_width: int
 
 
-def append_continuations(embed: EmbedFn, batch: SlottedBatch, prompt_embeds: torch.Tensor,
-                         continuations: Sequence[Sequence[int]], *, pad_id: int, width: int | None = None) -> Continued:
+def append_continuations(
+    embed: EmbedFn,
+    batch: SlottedBatch,
+    prompt_embeds: torch.Tensor,
+    continuations: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    width: int | None = None,
+) -> Continued:
     """Append each row's continuation after its prompt, as `generate` laid it out when it sampled it.
 
     Right padding after a short continuation only affects positions that are never read, so the mask
@@ -115,8 +151,9 @@ def append_continuations(embed: EmbedFn, batch: SlottedBatch, prompt_embeds: tor
     return Continued(embeds, mask, positions_from_mask(mask), ids, cmask, int(batch.input_ids.shape[1]))
 
 
-def slots_from_placeholders(input_ids: torch.Tensor, placeholder_id: int, length: int) -> tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
+def slots_from_placeholders(
+    input_ids: torch.Tensor, placeholder_id: int, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(slot_index (B, L), has_slots (B,)): the first run of `length` placeholder ids in each row.
 
     The inverse of `layout` for code that only sees ids. A row holds either no placeholder or exactly
@@ -128,9 +165,11 @@ def slots_from_placeholders(input_ids: torch.Tensor, placeholder_id: int, length
     bad = has & (counts != length)
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"row {row} holds {int(counts[row])} placeholder ids ({placeholder_id}), expected 0 or "
-                         f"{length}: the prompt itself contains the placeholder token, or it was not laid out by "
-                         "rsp (use handle.prepare)")
+        raise ValueError(
+            f"row {row} holds {int(counts[row])} placeholder ids ({placeholder_id}), expected 0 or "
+            f"{length}: the prompt itself contains the placeholder token, or it was not laid out by "
+            "rsp (use handle.prepare)"
+        )
     starts = hits.int().argmax(dim=1)
     slot_index = starts.unsqueeze(1) + torch.arange(length, device=input_ids.device).unsqueeze(0)
     if length and bool(has.any()):
@@ -150,9 +189,13 @@ class SlotFiller:
     than one column, and need the call's attention mask from `attention_mask()`.
     """
 
-    def __init__(self, injection: Injection, placeholder_id: int,
-                 seeds_for: Callable[[int], Sequence[int | None] | None],
-                 attention_mask: Callable[[], torch.Tensor | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        injection: Injection,
+        placeholder_id: int,
+        seeds_for: Callable[[int], Sequence[int | None] | None],
+        attention_mask: Callable[[], torch.Tensor | None] = lambda: None,
+    ) -> None:
         self.injection = injection
         self.placeholder_id = int(placeholder_id)
         self.seeds_for = seeds_for
@@ -172,8 +215,10 @@ class SlotFiller:
             if not bool(has.any()):
                 return None
             if not bool(has.all()):
-                raise ValueError("some rows of the batch carry the injection's slots and some do not; "
-                                 "lay every row out with the same handle")
+                raise ValueError(
+                    "some rows of the batch carry the injection's slots and some do not; "
+                    "lay every row out with the same handle"
+                )
         mask = self.attention_mask()
         if mask is None or mask.shape != input_ids.shape:
             mask = torch.ones_like(input_ids)

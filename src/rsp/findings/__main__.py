@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--screen", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--limit", type=int, required=True)
-    rep = sub.add_parser("report", help="rebuild docs/findings/ and the tables in docs/findings.md from runs/")
+    rep = sub.add_parser(
+        "report", help="rebuild docs/findings/ and the tables in docs/findings.md from runs/"
+    )
     rep.add_argument("--root", type=Path, default=None, help="runs root (default: runs/findings)")
     rep.add_argument("--out", type=Path, default=Path("docs/findings"))
     rep.add_argument("--doc", type=Path, default=Path("docs/findings.md"))

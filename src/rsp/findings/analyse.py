@@ -141,8 +141,9 @@ class CellResult:
         return self.problems >= N_PROBLEMS
 
     def delta(self, metric: str, *, confidence: float = 0.95, n_boot: int = 2000) -> dict:
-        return paired_comparison(self.treatment[metric], self.reference[metric], confidence=confidence,
-                                 n_boot=n_boot).to_dict()
+        return paired_comparison(
+            self.treatment[metric], self.reference[metric], confidence=confidence, n_boot=n_boot
+        ).to_dict()
 
     def estimate(self, arm: str, metric: str) -> dict:
         values = self.treatment[metric] if arm == "treatment" else self.reference[metric]
@@ -155,15 +156,30 @@ class CellResult:
     def summary(self) -> dict:
         """Everything the docs need about the cell, without raw completions."""
         t, r = self.cell.treatment, self.cell.reference
-        out: dict = {"key": self.cell.key, "model": t.model.key, "difficulty": t.difficulty.key, "axis": self.cell.axis,
-                     "treatment": t.name, "reference": r.name, "method": t.method, "reference_method": r.method,
-                     "temperature": t.temperature, "L": t.length, "scale": t.scale, "position": t.position,
-                     "problems": self.problems, "complete": self.complete}
+        out: dict = {
+            "key": self.cell.key,
+            "model": t.model.key,
+            "difficulty": t.difficulty.key,
+            "axis": self.cell.axis,
+            "treatment": t.name,
+            "reference": r.name,
+            "method": t.method,
+            "reference_method": r.method,
+            "temperature": t.temperature,
+            "L": t.length,
+            "scale": t.scale,
+            "position": t.position,
+            "problems": self.problems,
+            "complete": self.complete,
+        }
         if not self.problems:
             return out
         for metric in METRICS:
-            out[metric] = {"treatment": self.estimate("treatment", metric),
-                           "reference": self.estimate("reference", metric), "delta": self.delta(metric)}
+            out[metric] = {
+                "treatment": self.estimate("treatment", metric),
+                "reference": self.estimate("reference", metric),
+                "delta": self.delta(metric),
+            }
         out["curves"] = {"treatment": self.curve("treatment"), "reference": self.curve("reference")}
         out["correct_per_problem"] = {"problem_ids": self.pids, **self.counts}
         out["mean_tokens"] = self.tokens
@@ -177,10 +193,18 @@ def evaluate_cell(cell: Cell, loaded: dict[str, RunData | None]) -> CellResult:
     pids = sorted(set(t.correct) & set(r.correct))
     if not pids:
         return CellResult(cell, 0)
-    return CellResult(cell, len(pids), per_problem(t, pids), per_problem(r, pids),
-                      {"treatment": [sum(t.correct[p]) for p in pids], "reference": [sum(r.correct[p]) for p in pids]},
-                      pids, {"treatment": float(np.mean([t.tokens[p] for p in pids])),
-                             "reference": float(np.mean([r.tokens[p] for p in pids]))})
+    return CellResult(
+        cell,
+        len(pids),
+        per_problem(t, pids),
+        per_problem(r, pids),
+        {"treatment": [sum(t.correct[p]) for p in pids], "reference": [sum(r.correct[p]) for p in pids]},
+        pids,
+        {
+            "treatment": float(np.mean([t.tokens[p] for p in pids])),
+            "reference": float(np.mean([r.tokens[p] for p in pids])),
+        },
+    )
 
 
 def evaluate_all(root: Path | None = None, cell_list: list[Cell] | None = None) -> list[CellResult]:

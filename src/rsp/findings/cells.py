@@ -157,11 +157,32 @@ class Run:
         return {"RSP_DATA_DIR": data_dir(self.model)} if self.difficulty.task == "gsm8k" else {}
 
     def argv(self) -> list[str]:
-        args = ["rsp", "eval", *_model_args(self.model), *_task_args(self.difficulty),
-                "--limit", str(N_PROBLEMS), "--n", str(self.n), "--methods", self.method,
-                "--rsp-length", str(self.length), "--rsp-scale", f"{self.scale:g}", "--position", self.position,
-                "--temperature", f"{self.temperature:g}", "--max-new-tokens", str(self.difficulty.max_new_tokens),
-                "--batch-size", "32", "--seed", str(SEED)]
+        args = [
+            "rsp",
+            "eval",
+            *_model_args(self.model),
+            *_task_args(self.difficulty),
+            "--limit",
+            str(N_PROBLEMS),
+            "--n",
+            str(self.n),
+            "--methods",
+            self.method,
+            "--rsp-length",
+            str(self.length),
+            "--rsp-scale",
+            f"{self.scale:g}",
+            "--position",
+            self.position,
+            "--temperature",
+            f"{self.temperature:g}",
+            "--max-new-tokens",
+            str(self.difficulty.max_new_tokens),
+            "--batch-size",
+            "32",
+            "--seed",
+            str(SEED),
+        ]
         if self.method == "soft-prompt":
             args += ["--method-option", f"soft_prompt={soft_prompt_file(self.model)}"]
         return [*args, "--quiet", "--out", self.out]
@@ -189,28 +210,94 @@ def _pair(model: Model, d: Difficulty, t: float) -> list[Run]:
 
 def _soft_prompt_step(model: Model) -> Step:
     out = str(Path(soft_prompt_file(model)).parent)
-    train = ["rsp", "train-soft-prompt", "--model", model.name, "--length", str(BASE_L), "--position",
-             DEFAULT_POSITION, "--data", "arith", "--arith-steps", "1", "--arith-max-value", "10",
-             "--train-size", "256", "--val-size", "32", "--steps", "400", "--batch-size", "8", "--lr", "0.01",
-             "--eval-every", "20", "--patience", "3", "--max-seconds", "900", "--seed", str(SEED), "--quiet"]
+    train = [
+        "rsp",
+        "train-soft-prompt",
+        "--model",
+        model.name,
+        "--length",
+        str(BASE_L),
+        "--position",
+        DEFAULT_POSITION,
+        "--data",
+        "arith",
+        "--arith-steps",
+        "1",
+        "--arith-max-value",
+        "10",
+        "--train-size",
+        "256",
+        "--val-size",
+        "32",
+        "--steps",
+        "400",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--eval-every",
+        "20",
+        "--patience",
+        "3",
+        "--max-seconds",
+        "900",
+        "--seed",
+        str(SEED),
+        "--quiet",
+    ]
     if model.prompt_style != "auto":
         train += ["--prompt-style", model.prompt_style]
     train += ["--out", out]
     command = f"test -f {shlex.quote(soft_prompt_file(model))} || {shlex.join(train)}"
-    return Step("train-soft-prompt", "control (soft-prompt)", command, None, (out,), f"soft-prompt-{model.key}")
+    return Step(
+        "train-soft-prompt", "control (soft-prompt)", command, None, (out,), f"soft-prompt-{model.key}"
+    )
 
 
 def _screen_steps(model: Model) -> list[Step]:
     d = DIFFICULTY_BY_KEY["gsm8k"]
-    screen = ["rsp", "eval", *_model_args(model), *_task_args(d), "--limit", str(SCREEN_PROBLEMS),
-              "--n", str(SCREEN_ATTEMPTS), "--methods", "temperature,rsp", "--rsp-length", str(BASE_L),
-              "--temperature", f"{BASE_T:g}", "--max-new-tokens", str(d.max_new_tokens), "--batch-size", "32",
-              "--seed", str(SCREEN_SEED), "--quiet", "--out", screen_dir(model)]
-    select = ["python", "-m", "rsp.findings", "select-gsm8k", "--screen", screen_dir(model),
-              "--out", data_dir(model), "--limit", str(N_PROBLEMS)]
+    screen = [
+        "rsp",
+        "eval",
+        *_model_args(model),
+        *_task_args(d),
+        "--limit",
+        str(SCREEN_PROBLEMS),
+        "--n",
+        str(SCREEN_ATTEMPTS),
+        "--methods",
+        "temperature,rsp",
+        "--rsp-length",
+        str(BASE_L),
+        "--temperature",
+        f"{BASE_T:g}",
+        "--max-new-tokens",
+        str(d.max_new_tokens),
+        "--batch-size",
+        "32",
+        "--seed",
+        str(SCREEN_SEED),
+        "--quiet",
+        "--out",
+        screen_dir(model),
+    ]
+    select = [
+        "python",
+        "-m",
+        "rsp.findings",
+        "select-gsm8k",
+        "--screen",
+        screen_dir(model),
+        "--out",
+        data_dir(model),
+        "--limit",
+        str(N_PROBLEMS),
+    ]
     chain = f"gsm8k-{model.key}"
-    return [Step("screen", "difficulty (gsm8k)", shlex.join(screen), None, (screen_dir(model),), chain),
-            Step("select", "difficulty (gsm8k)", shlex.join(select), None, (data_dir(model),), chain)]
+    return [
+        Step("screen", "difficulty (gsm8k)", shlex.join(screen), None, (screen_dir(model),), chain),
+        Step("select", "difficulty (gsm8k)", shlex.join(select), None, (data_dir(model),), chain),
+    ]
 
 
 def steps() -> list[Step]:
@@ -236,9 +323,16 @@ def steps() -> list[Step]:
         add(f"position ({pos})", lambda m, p=pos: [Run(m, arith1, "rsp", BASE_T, position=p)])
     for scale in (0.5, 2.0):
         add(f"scale ({scale:g})", lambda m, s=scale: [Run(m, arith1, "rsp", BASE_T, scale=s)])
-    add("control (soft-prompt)", lambda m: [_soft_prompt_step(m), Run(m, arith1, "soft-prompt", BASE_T, 0)],
-        "soft-prompt")
-    add("difficulty (gsm8k)", lambda m: [*_screen_steps(m), *_pair(m, DIFFICULTY_BY_KEY["gsm8k"], BASE_T)], "gsm8k")
+    add(
+        "control (soft-prompt)",
+        lambda m: [_soft_prompt_step(m), Run(m, arith1, "soft-prompt", BASE_T, 0)],
+        "soft-prompt",
+    )
+    add(
+        "difficulty (gsm8k)",
+        lambda m: [*_screen_steps(m), *_pair(m, DIFFICULTY_BY_KEY["gsm8k"], BASE_T)],
+        "gsm8k",
+    )
 
     out: list[Step] = []
     for tier, item, chain in tiers:

@@ -15,8 +15,14 @@ import numpy as np
 from rsp.findings.analyse import CellResult
 from rsp.findings.cells import DEFAULT_POSITION, LENGTHS, MODELS, N_ATTEMPTS, TEMPERATURES
 
-AXIS_COLORS = {"difficulty": "tab:blue", "temperature": "tab:orange", "length": "tab:green",
-               "position": "tab:red", "scale": "tab:purple", "control": "tab:gray"}
+AXIS_COLORS = {
+    "difficulty": "tab:blue",
+    "temperature": "tab:orange",
+    "length": "tab:green",
+    "position": "tab:red",
+    "scale": "tab:purple",
+    "control": "tab:gray",
+}
 MODEL_MARKERS = {"smollm2": "o", "gemma3": "s"}
 
 
@@ -44,8 +50,17 @@ def plot_delta_vs_base(results: list[CellResult], path: Path) -> Path:
             x = float(r.reference["pass@1"].mean())
             color = AXIS_COLORS.get(r.cell.axis, "black")
             marker = MODEL_MARKERS.get(r.cell.treatment.model.key, "^")
-            ax.errorbar(x, d["mean"], yerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]], fmt=marker,
-                        color=color, mfc=color if r.complete else "white", ms=6, capsize=2, lw=0.8)
+            ax.errorbar(
+                x,
+                d["mean"],
+                yerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
+                fmt=marker,
+                color=color,
+                mfc=color if r.complete else "white",
+                ms=6,
+                capsize=2,
+                lw=0.8,
+            )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"Δ {metric} (treatment − temperature only)", fontsize=9)
         ax.set_xlabel("temperature-only pass@1 in the cell")
@@ -53,7 +68,10 @@ def plot_delta_vs_base(results: list[CellResult], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("paired difference, 95% CI")
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=a) for a, c in AXIS_COLORS.items()]
-    handles += [plt.Line2D([], [], color="black", marker=m, ls="", mfc="white", label=k) for k, m in MODEL_MARKERS.items()]
+    handles += [
+        plt.Line2D([], [], color="black", marker=m, ls="", mfc="white", label=k)
+        for k, m in MODEL_MARKERS.items()
+    ]
     axes[-1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(f"{len(pts)} cells with data (hollow: fewer than all problems finished)", fontsize=9)
     fig.tight_layout()
@@ -62,14 +80,21 @@ def plot_delta_vs_base(results: list[CellResult], path: Path) -> Path:
     return path
 
 
-def best_and_worst(results: list[CellResult], metric: str = "pass@32") -> tuple[CellResult, CellResult] | None:
+def best_and_worst(
+    results: list[CellResult], metric: str = "pass@32"
+) -> tuple[CellResult, CellResult] | None:
     """The cells with the largest and smallest Δmetric (complete cells if any, else any with data)."""
     pts = _vs_baseline(results)
     pool = [r for r in pts if r.complete] or pts
     if not pool:
         return None
-    order = sorted(pool, key=lambda r: (float((r.treatment[metric] - r.reference[metric]).mean()),
-                                        float((r.treatment["pass@1"] - r.reference["pass@1"]).mean())))
+    order = sorted(
+        pool,
+        key=lambda r: (
+            float((r.treatment[metric] - r.reference[metric]).mean()),
+            float((r.treatment["pass@1"] - r.reference["pass@1"]).mean()),
+        ),
+    )
     return order[-1], order[0]
 
 
@@ -90,8 +115,11 @@ def plot_best_worst(results: list[CellResult], path: Path) -> Path | None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.set_xlabel("k")
-        ax.set_title(f"{label}: {r.cell.treatment.model.key} / {r.cell.treatment.difficulty.key} "
-                     f"({r.problems} problems)", fontsize=9)
+        ax.set_title(
+            f"{label}: {r.cell.treatment.model.key} / {r.cell.treatment.difficulty.key} "
+            f"({r.problems} problems)",
+            fontsize=9,
+        )
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("pass@k")
     fig.tight_layout()
@@ -105,11 +133,19 @@ def heatmap_values(results: list[CellResult], model: str, metric: str) -> np.nda
     grid = np.full((len(LENGTHS), len(TEMPERATURES)), np.nan)
     for r in _vs_baseline(results):
         t = r.cell.treatment
-        if (t.model.key != model or t.method != "rsp" or t.difficulty.key != "arith1" or t.scale != 1.0
-                or t.position != DEFAULT_POSITION or t.length not in LENGTHS or t.temperature not in TEMPERATURES):
+        if (
+            t.model.key != model
+            or t.method != "rsp"
+            or t.difficulty.key != "arith1"
+            or t.scale != 1.0
+            or t.position != DEFAULT_POSITION
+            or t.length not in LENGTHS
+            or t.temperature not in TEMPERATURES
+        ):
             continue
         grid[LENGTHS.index(t.length), TEMPERATURES.index(t.temperature)] = float(
-            (r.treatment[metric] - r.reference[metric]).mean())
+            (r.treatment[metric] - r.reference[metric]).mean()
+        )
     return grid
 
 
@@ -130,8 +166,15 @@ def plot_heatmaps(results: list[CellResult], path: Path) -> Path:
             ax.set_ylabel("L")
             ax.set_title(f"{model.key}: Δ {metric} vs temperature only (arith 1 step)", fontsize=9)
             for (a, b), v in np.ndenumerate(grid):
-                ax.text(b, a, "not run" if not np.isfinite(v) else f"{v:+.2f}", ha="center", va="center",
-                        fontsize=7, color="#666666" if not np.isfinite(v) else "black")
+                ax.text(
+                    b,
+                    a,
+                    "not run" if not np.isfinite(v) else f"{v:+.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="#666666" if not np.isfinite(v) else "black",
+                )
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -31,7 +31,10 @@ from rsp.findings.plots import plot_best_worst, plot_delta_vs_base, plot_heatmap
 from rsp.findings.verdicts import Verdict, all_verdicts
 from rsp.runio import atomic_write_text
 
-ANALYSIS_FILES = (Path("docs/analysis/smollm2-arith/metrics.json"), Path("docs/analysis/gemma3-arith/metrics.json"))
+ANALYSIS_FILES = (
+    Path("docs/analysis/smollm2-arith/metrics.json"),
+    Path("docs/analysis/gemma3-arith/metrics.json"),
+)
 SOFT_PROMPT_BUDGET_S = 900  # --max-seconds of each soft-prompt training step
 
 
@@ -43,24 +46,62 @@ def _ci(d: dict | None, signed: bool = True) -> str:
 
 
 def csv_table(results: list[CellResult]) -> str:
-    header = ["key", "model", "difficulty", "axis", "treatment", "reference", "temperature", "L", "scale", "position",
-              "problems", "complete"]
+    header = [
+        "key",
+        "model",
+        "difficulty",
+        "axis",
+        "treatment",
+        "reference",
+        "temperature",
+        "L",
+        "scale",
+        "position",
+        "problems",
+        "complete",
+    ]
     for m in METRICS:
-        header += [f"{m} reference", f"{m} treatment", f"delta {m}", f"delta {m} ci_low", f"delta {m} ci_high",
-                   f"delta {m} p"]
+        header += [
+            f"{m} reference",
+            f"{m} treatment",
+            f"delta {m}",
+            f"delta {m} ci_low",
+            f"delta {m} ci_high",
+            f"delta {m} p",
+        ]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in results:
         s = r.summary()
-        row = [s[k] for k in ("key", "model", "difficulty", "axis", "treatment", "reference", "temperature", "L",
-                              "scale", "position", "problems", "complete")]
+        row = [
+            s[k]
+            for k in (
+                "key",
+                "model",
+                "difficulty",
+                "axis",
+                "treatment",
+                "reference",
+                "temperature",
+                "L",
+                "scale",
+                "position",
+                "problems",
+                "complete",
+            )
+        ]
         for m in METRICS:
             if m in s:
                 d = s[m]
-                row += [round(d["reference"]["mean"], 4), round(d["treatment"]["mean"], 4),
-                        round(d["delta"]["mean"], 4), round(d["delta"]["ci_low"], 4), round(d["delta"]["ci_high"], 4),
-                        round(d["delta"]["p_value"], 4)]
+                row += [
+                    round(d["reference"]["mean"], 4),
+                    round(d["treatment"]["mean"], 4),
+                    round(d["delta"]["mean"], 4),
+                    round(d["delta"]["ci_low"], 4),
+                    round(d["delta"]["ci_high"], 4),
+                    round(d["delta"]["p_value"], 4),
+                ]
             else:
                 row += [""] * 6
         w.writerow(row)
@@ -74,8 +115,11 @@ def _status(r: CellResult) -> str:
 
 
 def cells_markdown(results: list[CellResult]) -> str:
-    lines = ["| model | difficulty | axis | treatment | reference | problems | reference pass@1 | Δ pass@1 | "
-             "Δ pass@8 | Δ pass@32 | Δ maj@32 |", "|---" * 11 + "|"]
+    lines = [
+        "| model | difficulty | axis | treatment | reference | problems | reference pass@1 | Δ pass@1 | "
+        "Δ pass@8 | Δ pass@32 | Δ maj@32 |",
+        "|---" * 11 + "|",
+    ]
     for r in results:
         c = r.cell
         if r.problems:
@@ -83,8 +127,10 @@ def cells_markdown(results: list[CellResult]) -> str:
             deltas = [_ci(r.delta(m)) for m in ("pass@1", "pass@8", "pass@32", "maj@32")]
         else:
             ref, deltas = "-", ["-"] * 4
-        lines.append(f"| {c.treatment.model.key} | {c.treatment.difficulty.key} | {c.axis} | {c.treatment.name} | "
-                     f"{c.reference.name} | {_status(r)} | {ref} | " + " | ".join(deltas) + " |")
+        lines.append(
+            f"| {c.treatment.model.key} | {c.treatment.difficulty.key} | {c.axis} | {c.treatment.name} | "
+            f"{c.reference.name} | {_status(r)} | {ref} | " + " | ".join(deltas) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -105,8 +151,10 @@ def hurts_markdown(results: list[CellResult]) -> str:
 def verdicts_markdown(verdicts: list[Verdict]) -> str:
     lines = ["| claim | verdict | metric | complete cells | holds in | hurts in |", "|---" * 6 + "|"]
     for v in verdicts:
-        lines.append(f"| {v.claim} | **{v.verdict}** | {v.metric} | {v.cells_complete} of {v.cells_total} | "
-                     f"{'; '.join(v.holds_in) or '-'} | {'; '.join(v.hurts_in) or '-'} |")
+        lines.append(
+            f"| {v.claim} | **{v.verdict}** | {v.metric} | {v.cells_complete} of {v.cells_total} | "
+            f"{'; '.join(v.holds_in) or '-'} | {'; '.join(v.hurts_in) or '-'} |"
+        )
     lines.append("")
     for v in verdicts:
         if not v.evidence:
@@ -114,12 +162,16 @@ def verdicts_markdown(verdicts: list[Verdict]) -> str:
         lines.append(f"- {v.claim}:")
         for e in v.evidence:
             if "low" in e:
-                lines.append(f"  - `{e['cell']}`: {e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] "
-                             f"(interval at level {e['level']:.4f}, permutation p={e['p_value']:.3f})")
+                lines.append(
+                    f"  - `{e['cell']}`: {e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] "
+                    f"(interval at level {e['level']:.4f}, permutation p={e['p_value']:.3f})"
+                )
             else:
-                lines.append(f"  - {e['cell']}: entropy at token 1 {e['entropy_t1_rsp']:.2f} (RSP) vs "
-                             f"{e['entropy_t1_plain']:.2f} (plain); KL t=1 {e['kl_t1']:.2f}, t=16 {e['kl_t16']:.2f}; "
-                             f"lifted: {e['lifted']}, diluted: {e['diluted']}")
+                lines.append(
+                    f"  - {e['cell']}: entropy at token 1 {e['entropy_t1_rsp']:.2f} (RSP) vs "
+                    f"{e['entropy_t1_plain']:.2f} (plain); KL t=1 {e['kl_t1']:.2f}, t=16 {e['kl_t16']:.2f}; "
+                    f"lifted: {e['lifted']}, diluted: {e['diluted']}"
+                )
         if v.note:
             lines.append(f"  - {v.note}")
     return "\n".join(lines)
@@ -138,8 +190,11 @@ def cost(root: Path) -> dict:
     used = sum(t["cpu_s"] for t in timing)
     rates: dict[str, float] = {}
     for model in MODEL_BY_KEY:
-        sel = [t for t in timing if t["kind"] == "eval" and t["new_attempts"] > 0
-               and t["out"].startswith(f"{ROOT}/{model}/arith")]
+        sel = [
+            t
+            for t in timing
+            if t["kind"] == "eval" and t["new_attempts"] > 0 and t["out"].startswith(f"{ROOT}/{model}/arith")
+        ]
         attempts = sum(t["new_attempts"] for t in sel)
         if attempts:
             rates[model] = sum(t["cpu_s"] for t in sel) / attempts
@@ -151,28 +206,42 @@ def cost(root: Path) -> dict:
     for m in need:
         need[m] += SCREEN_PROBLEMS * SCREEN_ATTEMPTS * 2 * screen_factor
     estimate = {m: need[m] * rates[m] / 3600 + SOFT_PROMPT_BUDGET_S / 3600 for m in need if m in rates}
-    return {"cpu_hours_used": used / 3600, "wall_hours_of_steps": sum(t["wall_s"] for t in timing) / 3600,
-            "cpu_s_per_attempt": rates, "arith1_equivalent_attempts": need, "estimate_cpu_hours": estimate,
-            "estimate_complete": len(estimate) == len(need), "steps_logged": len(timing)}
+    return {
+        "cpu_hours_used": used / 3600,
+        "wall_hours_of_steps": sum(t["wall_s"] for t in timing) / 3600,
+        "cpu_s_per_attempt": rates,
+        "arith1_equivalent_attempts": need,
+        "estimate_cpu_hours": estimate,
+        "estimate_complete": len(estimate) == len(need),
+        "steps_logged": len(timing),
+    }
 
 
 def cost_markdown(c: dict) -> str:
-    lines = [f"- CPU time used so far by the map's steps: **{c['cpu_hours_used']:.2f} CPU hours** "
-             f"({c['wall_hours_of_steps']:.2f} h of step wall time summed over the parallel workers; "
-             f"{c['steps_logged']} step invocations logged in `{ROOT}/timing.jsonl`)."]
+    lines = [
+        f"- CPU time used so far by the map's steps: **{c['cpu_hours_used']:.2f} CPU hours** "
+        f"({c['wall_hours_of_steps']:.2f} h of step wall time summed over the parallel workers; "
+        f"{c['steps_logged']} step invocations logged in `{ROOT}/timing.jsonl`)."
+    ]
     for m, rate in c["cpu_s_per_attempt"].items():
-        lines.append(f"- {m}: {rate:.2f} CPU s per attempt (measured on its arithmetic cells, 1 thread, "
-                     "max 128 new tokens, lowest priority on a shared 2-core machine).")
+        lines.append(
+            f"- {m}: {rate:.2f} CPU s per attempt (measured on its arithmetic cells, 1 thread, "
+            "max 128 new tokens, lowest priority on a shared 2-core machine)."
+        )
     for m, hours in c["estimate_cpu_hours"].items():
-        lines.append(f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** ({c['arith1_equivalent_attempts'][m]:.0f} "
-                     "attempt-equivalents; GSM8K and its screen counted at 2x for 256 new tokens; plus the "
-                     "soft-prompt budget).")
+        lines.append(
+            f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** ({c['arith1_equivalent_attempts'][m]:.0f} "
+            "attempt-equivalents; GSM8K and its screen counted at 2x for 256 new tokens; plus the "
+            "soft-prompt budget)."
+        )
     missing = [m for m in MODEL_BY_KEY if m not in c["estimate_cpu_hours"]]
     if not missing:
         total = sum(c["estimate_cpu_hours"].values())
-        lines.append(f"- Whole map, both models: about **{total:.0f} CPU hours**; with two single-threaded workers "
-                     f"that is about {total / 2:.0f} h of wall time on an otherwise idle 2-core machine, several "
-                     "times that at the lowest priority on a busy one.")
+        lines.append(
+            f"- Whole map, both models: about **{total:.0f} CPU hours**; with two single-threaded workers "
+            f"that is about {total / 2:.0f} h of wall time on an otherwise idle 2-core machine, several "
+            "times that at the lowest priority on a busy one."
+        )
     if missing:
         lines.append(f"- No measurement yet for {', '.join(missing)}: no estimate.")
     return "\n".join(lines)
@@ -211,8 +280,12 @@ def doc_commands(text: str) -> list[str]:
     return m.group(1).splitlines() if m else []
 
 
-def build_report(root: Path | None = None, out: Path = Path("docs/findings"), doc: Path | None = None,
-                 analysis_files: tuple[Path, ...] = ANALYSIS_FILES) -> dict:
+def build_report(
+    root: Path | None = None,
+    out: Path = Path("docs/findings"),
+    doc: Path | None = None,
+    analysis_files: tuple[Path, ...] = ANALYSIS_FILES,
+) -> dict:
     runs_root = Path(ROOT) if root is None else Path(root)
     results = evaluate_all(root)
     verdicts = all_verdicts(results, list(analysis_files))
@@ -222,15 +295,29 @@ def build_report(root: Path | None = None, out: Path = Path("docs/findings"), do
     atomic_write_text(out / "verdicts.json", json.dumps([v.to_dict() for v in verdicts], indent=1) + "\n")
     c = cost(runs_root)
     atomic_write_text(out / "cost.json", json.dumps(c, indent=1) + "\n")
-    plots = [plot_delta_vs_base(results, out / "delta_vs_base.png"), plot_best_worst(results, out / "passk_best_worst.png"),
-             plot_heatmaps(results, out / "heatmap_L_T.png")]
-    sections = {"verdicts": verdicts_markdown(verdicts), "cells": cells_markdown(results),
-                "hurts": hurts_markdown(results), "cost": cost_markdown(c), "missing": missing_markdown(root),
-                "commands": commands_markdown()}
+    plots = [
+        plot_delta_vs_base(results, out / "delta_vs_base.png"),
+        plot_best_worst(results, out / "passk_best_worst.png"),
+        plot_heatmaps(results, out / "heatmap_L_T.png"),
+    ]
+    sections = {
+        "verdicts": verdicts_markdown(verdicts),
+        "cells": cells_markdown(results),
+        "hurts": hurts_markdown(results),
+        "cost": cost_markdown(c),
+        "missing": missing_markdown(root),
+        "commands": commands_markdown(),
+    }
     if doc is not None and doc.is_file():
         text = doc.read_text(encoding="utf-8")
         for name, body in sections.items():
             text = replace_section(text, name, body)
         atomic_write_text(doc, text)
-    return {"results": results, "verdicts": verdicts, "cost": c, "plots": [p for p in plots if p], "sections": sections,
-            "attempts": N_ATTEMPTS}
+    return {
+        "results": results,
+        "verdicts": verdicts,
+        "cost": c,
+        "plots": [p for p in plots if p],
+        "sections": sections,
+        "attempts": N_ATTEMPTS,
+    }

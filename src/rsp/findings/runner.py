@@ -81,8 +81,10 @@ def _child_env() -> dict[str, str]:
 def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMING)) -> int:
     """Run one step's command in bash; append its wall time, CPU time and new attempts to timing.jsonl."""
     if finished(step):
-        print(f"[findings {time.strftime('%H:%M:%S')}] already finished: {step.run.out if step.run else ''}",
-              flush=True)
+        print(
+            f"[findings {time.strftime('%H:%M:%S')}] already finished: {step.run.out if step.run else ''}",
+            flush=True,
+        )
         return 0
     before = _count_samples(step)
     started = time.time()
@@ -92,11 +94,18 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.time() - started
     after = _count_samples(step)
-    record = {"command": step.command, "kind": step.kind, "tier": step.tier,
-              "out": step.outputs[0] if step.outputs else None, "rc": proc.returncode,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_s": round(wall, 1),
-              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "new_attempts": after - before,
-              "threads": os.environ.get("OMP_NUM_THREADS", "")}
+    record = {
+        "command": step.command,
+        "kind": step.kind,
+        "tier": step.tier,
+        "out": step.outputs[0] if step.outputs else None,
+        "rc": proc.returncode,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "new_attempts": after - before,
+        "threads": os.environ.get("OMP_NUM_THREADS", ""),
+    }
     with log_lock:
         timing_path.parent.mkdir(parents=True, exist_ok=True)
         with timing_path.open("a", encoding="utf-8") as f:
@@ -131,6 +140,9 @@ def run_all(jobs: int = 2) -> int:
         t.start()
     for t in threads:
         t.join()
-    print(f"[findings] finished with {failures[0]} failed step(s); rebuild the report with "
-          "`python -m rsp.findings report`", file=sys.stderr)
+    print(
+        f"[findings] finished with {failures[0]} failed step(s); rebuild the report with "
+        "`python -m rsp.findings report`",
+        file=sys.stderr,
+    )
     return failures[0]

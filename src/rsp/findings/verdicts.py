@@ -81,9 +81,19 @@ def adjusted_intervals(results: list[CellResult], metric: str) -> list[dict]:
     level = 1 - FAMILY_ALPHA / max(1, len(complete))
     out = []
     for r in complete:
-        d = paired_comparison(r.treatment[metric], r.reference[metric], confidence=level, n_boot=N_BOOT).to_dict()
-        out.append({"cell": r.cell.key, "mean": d["mean"], "low": d["ci_low"], "high": d["ci_high"],
-                    "level": level, "p_value": d["p_value"]})
+        d = paired_comparison(
+            r.treatment[metric], r.reference[metric], confidence=level, n_boot=N_BOOT
+        ).to_dict()
+        out.append(
+            {
+                "cell": r.cell.key,
+                "mean": d["mean"],
+                "low": d["ci_low"],
+                "high": d["ci_high"],
+                "level": level,
+                "p_value": d["p_value"],
+            }
+        )
     return out
 
 
@@ -104,11 +114,20 @@ def family_verdict(claim: str, results: list[CellResult], metric: str, rule: str
     return v
 
 
-def equivalence_verdict(claim: str, results: list[CellResult], metric: str, margin: float = MARGIN) -> Verdict:
+def equivalence_verdict(
+    claim: str, results: list[CellResult], metric: str, margin: float = MARGIN
+) -> Verdict:
     """C3's rule: non-inferiority of the treatment within `margin` in every complete cell."""
     evidence = adjusted_intervals(results, metric)
-    v = Verdict(claim, "not run", metric, f"equivalence margin {margin}", len(evidence), len(results),
-                evidence=evidence)
+    v = Verdict(
+        claim,
+        "not run",
+        metric,
+        f"equivalence margin {margin}",
+        len(evidence),
+        len(results),
+        evidence=evidence,
+    )
     if not evidence:
         return v
     v.holds_in = [e["cell"] for e in evidence if e["low"] > -margin]
@@ -129,8 +148,14 @@ def _is_default_rsp(r: CellResult) -> bool:
 
 def entropy_verdict(metrics_files: list[Path]) -> Verdict:
     """C1 from `rsp analyze` metrics.json files (see the module docstring)."""
-    v = Verdict("C1 early-token entropy lifted, then diluted", "not run", "entropy / KL by position",
-                "analysis rule", 0, len(metrics_files))
+    v = Verdict(
+        "C1 early-token entropy lifted, then diluted",
+        "not run",
+        "entropy / KL by position",
+        "analysis rule",
+        0,
+        len(metrics_files),
+    )
     lifted, diluted, notes = [], [], []
     for path in metrics_files:
         if not path.is_file():
@@ -149,11 +174,17 @@ def entropy_verdict(metrics_files: list[Path]) -> Verdict:
             no = kl["ci_low"][15] > 0.1 * kl["ci_high"][0]
             diluted.append("yes" if yes else "no" if no else "unclear")
         model = data.get("config", {}).get("model", path.parent.name)
-        v.evidence.append({"cell": f"{model} ({data.get('problems')} problems, {path.parent})",
-                           "entropy_t1_rsp": e_r["mean"][0], "entropy_t1_plain": e_p["mean"][0],
-                           "kl_t1": kl["mean"][0] if kl else None,
-                           "kl_t16": kl["mean"][15] if kl and len(kl["mean"]) >= 16 else None,
-                           "lifted": lifted[-1], "diluted": diluted[-1]})
+        v.evidence.append(
+            {
+                "cell": f"{model} ({data.get('problems')} problems, {path.parent})",
+                "entropy_t1_rsp": e_r["mean"][0],
+                "entropy_t1_plain": e_p["mean"][0],
+                "kl_t1": kl["mean"][0] if kl else None,
+                "kl_t16": kl["mean"][15] if kl and len(kl["mean"]) >= 16 else None,
+                "lifted": lifted[-1],
+                "diluted": diluted[-1],
+            }
+        )
         notes.append(model)
     v.cells_complete = len(lifted)
     if not lifted:
@@ -165,13 +196,18 @@ def entropy_verdict(metrics_files: list[Path]) -> Verdict:
         v.holds_in = [e["cell"] for e in v.evidence]
     else:
         v.verdict = "inconclusive here"
-    v.note = ("From the committed mechanism analyses (`rsp analyze`), not from the map's cells: "
-              + ", ".join(notes) + "; T=0.7, L=4, arithmetic 1 step.")
+    v.note = (
+        "From the committed mechanism analyses (`rsp analyze`), not from the map's cells: "
+        + ", ".join(notes)
+        + "; T=0.7, L=4, arithmetic 1 step."
+    )
     return v
 
 
 def all_verdicts(results: list[CellResult], analysis_files: list[Path]) -> list[Verdict]:
-    base = [r for r in results if r.cell.axis in ("difficulty", "temperature") and r.cell.reference.is_baseline]
+    base = [
+        r for r in results if r.cell.axis in ("difficulty", "temperature") and r.cell.reference.is_baseline
+    ]
     widened = [r for r in base if _is_default_rsp(r) and r.cell.treatment.temperature > 0]
     greedy = [r for r in base if _is_default_rsp(r) and r.cell.treatment.temperature == 0]
     soft = [r for r in results if r.cell.axis == "direct" and r.cell.reference.method == "soft-prompt"]
@@ -180,11 +216,19 @@ def all_verdicts(results: list[CellResult], analysis_files: list[Path]) -> list[
         entropy_verdict(analysis_files),
         family_verdict("C2 Pass@N widened together with temperature", widened, "pass@32"),
         equivalence_verdict("C3 comparable to trained soft prompts", soft, "pass@32"),
-        Verdict("C4 gains in DAPO (RSP-DAPO vs DAPO)", "not run", "held-out pass@k", "3 seeds per arm", 0, 0,
-                note="Not part of this map; see 'Missing' in docs/findings.md for the command."),
+        Verdict(
+            "C4 gains in DAPO (RSP-DAPO vs DAPO)",
+            "not run",
+            "held-out pass@k",
+            "3 seeds per arm",
+            0,
+            0,
+            note="Not part of this map; see 'Missing' in docs/findings.md for the command.",
+        ),
         family_verdict("D1 RSP raises per-attempt accuracy (pass@1) at T > 0", widened, "pass@1"),
         family_verdict("D2 RSP widens greedy decoding (pass@32 at T = 0)", greedy, "pass@32"),
-        family_verdict("D3 fresh Gaussian vectors beat the controls (RSP minus control, pass@32)", controls,
-                       "pass@32"),
+        family_verdict(
+            "D3 fresh Gaussian vectors beat the controls (RSP minus control, pass@32)", controls, "pass@32"
+        ),
     ]
     return out

@@ -62,8 +62,12 @@ TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped off
 SEED_LOG_KEY = "rsp_seeds"
 
 # model_args that set a method-specific option (MethodOptions.extra), by their rsp name
-_METHOD_OPTION_ARGS = {"rsp_soft_prompt": "soft_prompt", "rsp_soft_prompt_position": "soft_prompt_position",
-                       "rsp_noise_alpha": "noise_alpha", "rsp_alpha": "alpha"}
+_METHOD_OPTION_ARGS = {
+    "rsp_soft_prompt": "soft_prompt",
+    "rsp_soft_prompt_position": "soft_prompt_position",
+    "rsp_noise_alpha": "noise_alpha",
+    "rsp_alpha": "alpha",
+}
 
 
 class RSPArgumentError(ValueError):
@@ -89,11 +93,15 @@ class RSPSettings:
         ValueError naming the argument when one is unknown or out of range."""
         raw = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("rsp_")}
         d = cls()
-        known = {f"rsp_{f}" for f in ("length", "seed", "scale", "position", "method", "stats_rows", "stats_mean")}
+        known = {
+            f"rsp_{f}" for f in ("length", "seed", "scale", "position", "method", "stats_rows", "stats_mean")
+        }
         unknown = sorted(set(raw) - known - set(_METHOD_OPTION_ARGS))
         if unknown:
-            raise RSPArgumentError(f"{model}: unknown model_args {', '.join(unknown)}; rsp arguments are "
-                             f"{', '.join(sorted(known | set(_METHOD_OPTION_ARGS)))}")
+            raise RSPArgumentError(
+                f"{model}: unknown model_args {', '.join(unknown)}; rsp arguments are "
+                f"{', '.join(sorted(known | set(_METHOD_OPTION_ARGS)))}"
+            )
         length = _integer(raw.get("rsp_length", d.length), "rsp_length", model)
         if length < 0:
             raise RSPArgumentError(f"{model}: rsp_length must be >= 0 (0 = no injection), got {length}")
@@ -106,20 +114,28 @@ class RSPSettings:
             raise RSPArgumentError(f"{model}: rsp_scale must be >= 0, got {scale}")
         position = str(raw.get("rsp_position", d.position))
         if position not in INSERTION_POINTS:
-            raise RSPArgumentError(f"{model}: rsp_position must be one of {', '.join(INSERTION_POINTS)}, got {position!r}")
+            raise RSPArgumentError(
+                f"{model}: rsp_position must be one of {', '.join(INSERTION_POINTS)}, got {position!r}"
+            )
         method = str(raw.get("rsp_method", d.method))
         if method not in method_names():
-            raise RSPArgumentError(f"{model}: rsp_method {method!r} is unknown; known methods: {', '.join(method_names())}")
+            raise RSPArgumentError(
+                f"{model}: rsp_method {method!r} is unknown; known methods: {', '.join(method_names())}"
+            )
         stats_rows = str(raw.get("rsp_stats_rows", d.stats_rows))
         if stats_rows not in ("all", "tokens"):
             raise RSPArgumentError(f"{model}: rsp_stats_rows must be 'all' or 'tokens', got {stats_rows!r}")
         stats_mean = str(raw.get("rsp_stats_mean", d.stats_mean))
         if stats_mean not in ("scalar", "per_dim"):
-            raise RSPArgumentError(f"{model}: rsp_stats_mean must be 'scalar' or 'per_dim', got {stats_mean!r}")
+            raise RSPArgumentError(
+                f"{model}: rsp_stats_mean must be 'scalar' or 'per_dim', got {stats_mean!r}"
+            )
         options = {opt: raw[arg] for arg, opt in _METHOD_OPTION_ARGS.items() if arg in raw}
         if method == "soft-prompt" and "soft_prompt" not in options:
-            raise RSPArgumentError(f"{model}: rsp_method=soft-prompt needs rsp_soft_prompt=FILE (a file from "
-                             "`rsp train-soft-prompt` or a PEFT prompt-tuning adapter)")
+            raise RSPArgumentError(
+                f"{model}: rsp_method=soft-prompt needs rsp_soft_prompt=FILE (a file from "
+                "`rsp train-soft-prompt` or a PEFT prompt-tuning adapter)"
+            )
         return cls(length, seed, scale, position, method, stats_rows, stats_mean, options)
 
     @property
@@ -128,8 +144,16 @@ class RSPSettings:
         return self.method in ("temperature", "none") or (self.method == "rsp" and self.length == 0)
 
     def attach_options(self) -> dict[str, Any]:
-        return {"length": self.length, "seed": self.seed, "position": self.position, "scale": self.scale,
-                "method": self.method, "stats_rows": self.stats_rows, "stats_mean": self.stats_mean, **self.options}
+        return {
+            "length": self.length,
+            "seed": self.seed,
+            "position": self.position,
+            "scale": self.scale,
+            "method": self.method,
+            "stats_rows": self.stats_rows,
+            "stats_mean": self.stats_mean,
+            **self.options,
+        }
 
 
 def _integer(value: Any, name: str, model: str) -> int:
@@ -178,8 +202,9 @@ def request_seeds(requests: Sequence[Any], injection: Injection, base_seed: int)
     return seeds
 
 
-def log_seeds(requests: Sequence[Any], seeds: Sequence[int | None], settings: RSPSettings,
-              injection: Injection) -> None:
+def log_seeds(
+    requests: Sequence[Any], seeds: Sequence[int | None], settings: RSPSettings, injection: Injection
+) -> None:
     """Append `{"rsp_seeds": [...], ...}` to each request's arguments, which `--log_samples` writes out
     (after the model has run, so batching and caching never see it)."""
     per_request: dict[int, tuple[Any, list[int | None]]] = {}
@@ -189,8 +214,14 @@ def log_seeds(requests: Sequence[Any], seeds: Sequence[int | None], settings: RS
         args = req.arguments if isinstance(req.arguments, tuple) else (req.arguments,)
         if args and isinstance(args[-1], dict) and SEED_LOG_KEY in args[-1]:
             args = args[:-1]  # the same request run again: replace, never stack
-        info = {SEED_LOG_KEY: req_seeds, "rsp_method": settings.method, "rsp_length": injection.length,
-                "rsp_position": injection.position, "rsp_scale": settings.scale, "rsp_seed": settings.seed}
+        info = {
+            SEED_LOG_KEY: req_seeds,
+            "rsp_method": settings.method,
+            "rsp_length": injection.length,
+            "rsp_position": injection.position,
+            "rsp_scale": settings.scale,
+            "rsp_seed": settings.seed,
+        }
         req.arguments = (*args, info)
 
 
@@ -250,7 +281,9 @@ class RSPRequestsMixin:
     def injecting(self) -> bool:
         return self.rsp_injection is not None
 
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
         text = super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)  # type: ignore[misc]
         if self.injecting:
             cut = user_turn_cut(text, chat_history)
@@ -313,8 +346,9 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         return int(pad) if pad is not None else self.rsp_handle.lm.pad_token_id  # type: ignore[union-attr]
 
     def _layout(self, prompts: Sequence[PromptTokens]):
-        return layout(prompts, self.rsp_injection, pad_id=self._pad_id(),
-                      placeholder_id=self.rsp_handle.placeholder_id)  # type: ignore[union-attr]
+        return layout(
+            prompts, self.rsp_injection, pad_id=self._pad_id(), placeholder_id=self.rsp_handle.placeholder_id
+        )  # type: ignore[union-attr]
 
     def _prompt_tokens(self, text: str, add_special_tokens: bool) -> PromptTokens:
         """lm-eval's tokenisation of one context, with the end of the user's turn marked (chat prompts
@@ -323,12 +357,18 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         head, tail = (text, "") if cut is None else (text[:cut], text[cut:])
         return tokenize_split(self.tokenizer, head, tail, add_special_tokens=add_special_tokens)
 
-    def tok_batch_encode(self, strings: list[str], padding_side: str = "left", left_truncate_len: int | None = None,
-                         truncation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def tok_batch_encode(
+        self,
+        strings: list[str],
+        padding_side: str = "left",
+        left_truncate_len: int | None = None,
+        truncation: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         seeds = [getattr(s, "rsp_seed", _NO_SEED) for s in strings]
         if not self.injecting or not strings or any(s is _NO_SEED for s in seeds):
-            return super().tok_batch_encode(strings, padding_side=padding_side, left_truncate_len=left_truncate_len,
-                                            truncation=truncation)
+            return super().tok_batch_encode(
+                strings, padding_side=padding_side, left_truncate_len=left_truncate_len, truncation=truncation
+            )
         if padding_side != "left":
             raise ValueError("rsp-hf lays generation prompts out left-padded only")
         # the same special-token rule as HFLM.tok_batch_encode
@@ -344,7 +384,9 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         self._batch_seeds = list(seeds)
         return batch.input_ids, batch.attention_mask
 
-    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any):
+    def _model_generate(
+        self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
+    ):
         seeds, self._batch_seeds = self._batch_seeds, None
         if not self.injecting or seeds is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
@@ -371,10 +413,13 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         if self.injecting:
             raise NotImplementedError(
                 "rsp-hf: rolling log-likelihood (perplexity tasks) has no prompt/answer boundary to insert an RSP "
-                "at; run such tasks with rsp_length=0 or --model hf")
+                "at; run such tasks with rsp_length=0 or --model hf"
+            )
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None):
+    def _loglikelihood_tokens(
+        self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None
+    ):
         seeds, self._ll_seeds = self._ll_seeds, None
         if not self.injecting or seeds is None:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
@@ -383,13 +428,18 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         slotted = [(strs, self._slot_context(strs[0], ctx), cont) for strs, ctx, cont in requests]
         # HFLM scores them sorted by (-length, tokens), stably, in batches (logits cache off): queue each row's
         # seed in that order; _model_call checks every row against its queued tokens.
-        order = sorted(range(len(slotted)), key=lambda i: (-len(slotted[i][1] + slotted[i][2]),
-                                                           tuple(slotted[i][1] + slotted[i][2])))
-        self._ll_queue = deque(((slotted[i][1] + slotted[i][2])[-(self.max_length + 1):][:-1], seeds[i])
-                               for i in order)
+        order = sorted(
+            range(len(slotted)),
+            key=lambda i: (-len(slotted[i][1] + slotted[i][2]), tuple(slotted[i][1] + slotted[i][2])),
+        )
+        self._ll_queue = deque(
+            ((slotted[i][1] + slotted[i][2])[-(self.max_length + 1) :][:-1], seeds[i]) for i in order
+        )
         cache, self.logits_cache = self.logits_cache, False
         try:
-            result = super()._loglikelihood_tokens(slotted, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            result = super()._loglikelihood_tokens(
+                slotted, disable_tqdm=disable_tqdm, override_bs=override_bs
+            )
             if self._ll_queue:
                 raise RuntimeError(f"rsp-hf: {len(self._ll_queue)} scoring rows were never run")
         finally:
@@ -407,8 +457,9 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         batch = self._layout([PromptTokens(ids=tuple(context_enc), user_turn_end=end)])
         return batch.input_ids[0].tolist()
 
-    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    def _model_call(
+        self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         queue = self._ll_queue
         if queue is None:
             return super()._model_call(inps, attn_mask, labels)
@@ -418,8 +469,10 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
                 raise RuntimeError("rsp-hf: more scoring rows than requests")
             expected, seed = queue.popleft()
             if row[: len(expected)] != expected:
-                raise RuntimeError("rsp-hf: lm-eval scored the log-likelihood requests in an order this version "
-                                   "does not expect, so rows cannot be matched to their RSP seeds")
+                raise RuntimeError(
+                    "rsp-hf: lm-eval scored the log-likelihood requests in an order this version "
+                    "does not expect, so rows cannot be matched to their RSP seeds"
+                )
             seeds.append(seed)
         with self.rsp_handle.use_seeds(seeds):  # type: ignore[union-attr]
             return super()._model_call(inps, attn_mask, labels)
@@ -437,8 +490,11 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         rsp = asdict(self.rsp_settings)
         rsp["injecting"] = self.injecting
         if self.rsp_handle is not None:
-            rsp.update(length=self.rsp_injection.length, position=self.rsp_injection.position,
-                       placeholder_id=self.rsp_handle.placeholder_id)
+            rsp.update(
+                length=self.rsp_injection.length,
+                position=self.rsp_injection.position,
+                placeholder_id=self.rsp_handle.placeholder_id,
+            )
         info["rsp"] = rsp
         return info
 

@@ -20,7 +20,10 @@ def run_cli(argv: Sequence[str]) -> int:
         from lm_eval._cli import HarnessCLI
         from lm_eval.utils import setup_logging
     except ImportError as exc:
-        print(f"rsp lm-eval: error: lm-evaluation-harness is not installed ({exc}); {INSTALL_HINT}", file=sys.stderr)
+        print(
+            f"rsp lm-eval: error: lm-evaluation-harness is not installed ({exc}); {INSTALL_HINT}",
+            file=sys.stderr,
+        )
         return 2
     from rsp.integrations.lm_eval import TASKS_DIR, RSPArgumentError, register
 
@@ -35,7 +38,9 @@ def run_cli(argv: Sequence[str]) -> int:
         if getattr(args, "model", None) in ("rsp-hf", "rsp-vllm") and isinstance(model_args, dict):
             from rsp.integrations.lm_eval import RSPSettings
 
-            RSPSettings.pop_from(dict(model_args), args.model)  # fail now, not after lm-eval indexes its tasks
+            RSPSettings.pop_from(
+                dict(model_args), args.model
+            )  # fail now, not after lm-eval indexes its tasks
         if hasattr(args, "include_path"):
             user = args.include_path
             if not user and getattr(args, "config", None):  # a --config YAML's include_path is kept too

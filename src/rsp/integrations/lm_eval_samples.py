@@ -27,7 +27,9 @@ from typing import Any
 
 from rsp.runio import JsonlAppender, atomic_write_text, prepare_run_dir
 
-SEED_LOG_KEY = "rsp_seeds"  # the key rsp.integrations.lm_eval writes (kept here so this module needs no lm_eval)
+SEED_LOG_KEY = (
+    "rsp_seeds"  # the key rsp.integrations.lm_eval writes (kept here so this module needs no lm_eval)
+)
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -39,8 +41,10 @@ def read_samples(path: str | Path) -> list[dict]:
 def _argument_lists(arguments: Any) -> list[list]:
     """lm-eval logs `arguments` either as a list of tuples or as {"gen_args_0": {"arg_0": ...}, ...}."""
     if isinstance(arguments, dict):
-        return [[v[k] for k in sorted(v, key=lambda k: int(k.split("_")[-1]))] if isinstance(v, dict) else [v]
-                for _, v in sorted(arguments.items(), key=lambda kv: int(kv[0].split("_")[-1]))]
+        return [
+            [v[k] for k in sorted(v, key=lambda k: int(k.split("_")[-1]))] if isinstance(v, dict) else [v]
+            for _, v in sorted(arguments.items(), key=lambda kv: int(kv[0].split("_")[-1]))
+        ]
     return [list(a) if isinstance(a, list | tuple) else [a] for a in arguments or []]
 
 
@@ -60,7 +64,9 @@ def sample_seeds(sample: dict) -> list[int | None]:
         return [None] * len(completions)
     seeds = list(info[SEED_LOG_KEY])
     if len(seeds) != len(completions):
-        raise ValueError(f"doc {sample.get('doc_id')}: {len(completions)} completions but {len(seeds)} RSP seeds")
+        raise ValueError(
+            f"doc {sample.get('doc_id')}: {len(completions)} completions but {len(seeds)} RSP seeds"
+        )
     return seeds
 
 
@@ -68,7 +74,9 @@ def sample_completions(sample: dict) -> list[str]:
     """The repeats' raw completions of a generation sample (`resps` of its one request)."""
     resps = sample.get("resps") or []
     if len(resps) != 1:
-        raise ValueError(f"doc {sample.get('doc_id')}: expected one generation request per doc, got {len(resps)}")
+        raise ValueError(
+            f"doc {sample.get('doc_id')}: expected one generation request per doc, got {len(resps)}"
+        )
     return [str(r) for r in resps[0]]
 
 
@@ -78,18 +86,36 @@ def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) 
     for sample in samples:
         doc = sample.get("doc") or {}
         if "rsp_problem_id" not in doc:
-            raise ValueError(f"doc {sample.get('doc_id')} has no rsp_problem_id: only the shipped rsp_* tasks convert")
+            raise ValueError(
+                f"doc {sample.get('doc_id')} has no rsp_problem_id: only the shipped rsp_* tasks convert"
+            )
         gold = str(doc["answer"])
-        for attempt, (text, seed) in enumerate(zip(sample_completions(sample), sample_seeds(sample), strict=True)):
+        for attempt, (text, seed) in enumerate(
+            zip(sample_completions(sample), sample_seeds(sample), strict=True)
+        ):
             grade = grader.grade(text, gold)
-            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else []
-            records.append({
-                "problem_id": str(doc["rsp_problem_id"]), "method": method, "attempt": attempt, "rsp_seed": seed,
-                "decode_seed": None, "prompt_hash": sample.get("prompt_hash"), "completion": text,
-                "token_ids": ids, "num_tokens": len(ids), "token_ids_source": "retokenised",
-                "finish_reason": None, "extracted": grade.extracted, "gold": gold, "correct": grade.correct,
-                "grade_method": grade.method,
-            })
+            ids = (
+                list(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else []
+            )
+            records.append(
+                {
+                    "problem_id": str(doc["rsp_problem_id"]),
+                    "method": method,
+                    "attempt": attempt,
+                    "rsp_seed": seed,
+                    "decode_seed": None,
+                    "prompt_hash": sample.get("prompt_hash"),
+                    "completion": text,
+                    "token_ids": ids,
+                    "num_tokens": len(ids),
+                    "token_ids_source": "retokenised",
+                    "finish_reason": None,
+                    "extracted": grade.extracted,
+                    "gold": gold,
+                    "correct": grade.correct,
+                    "grade_method": grade.method,
+                }
+            )
     return records
 
 
@@ -101,17 +127,29 @@ def _injection_settings(arms: dict[str, list[dict]]) -> dict:
         if info is None:
             continue
         if info.get("rsp_method") not in (None, method):
-            raise ValueError(f"arm {method!r} was run with rsp_method={info['rsp_method']}: name the arm after it")
+            raise ValueError(
+                f"arm {method!r} was run with rsp_method={info['rsp_method']}: name the arm after it"
+            )
         for key in ("rsp_length", "rsp_position", "rsp_scale", "rsp_seed"):
             found.setdefault(key, set()).add(info.get(key))
     for key, values in found.items():
         if len(values) > 1:
-            raise ValueError(f"the injected arms differ in {key} ({sorted(map(str, values))}); convert them separately")
+            raise ValueError(
+                f"the injected arms differ in {key} ({sorted(map(str, values))}); convert them separately"
+            )
     return {k: next(iter(v)) for k, v in found.items()}
 
 
-def convert(arms: dict[str, str | Path], out: str | Path, *, model: str, task: str = "arith", arith_steps: int = 1,
-            arith_max_value: int = 10, retokenise: bool = True) -> Path:
+def convert(
+    arms: dict[str, str | Path],
+    out: str | Path,
+    *,
+    model: str,
+    task: str = "arith",
+    arith_steps: int = 1,
+    arith_max_value: int = 10,
+    retokenise: bool = True,
+) -> Path:
     """Write `out/config.json` and `out/samples.jsonl` (rsp eval's format) from one samples file per method.
 
     The config's `seed` is 0, the seed the `rsp_arith` task generates its problems with (in rsp eval one seed
@@ -127,18 +165,32 @@ def convert(arms: dict[str, str | Path], out: str | Path, *, model: str, task: s
     n = len(sample_completions(first[0])) if first else 0
     gen = _generation_kwargs(first[0]) if first else {}
     pids = {str(s["doc"]["rsp_problem_id"]) for samples in loaded.values() for s in samples}
-    all_problems = [p.id for p in load_task(task, arith_steps=arith_steps, arith_max_value=arith_max_value,
-                                            arith_n=1000).problems]
+    all_problems = [
+        p.id
+        for p in load_task(
+            task, arith_steps=arith_steps, arith_max_value=arith_max_value, arith_n=1000
+        ).problems
+    ]
     missing = sorted(pids - set(all_problems))
     if missing:
         raise ValueError(f"problem ids {missing[:3]} are not in rsp's {task!r} task with these settings")
     limit = max(all_problems.index(p) for p in pids) + 1
-    cfg = EvalConfig(model=model, task=task, limit=limit, arith_steps=arith_steps, arith_max_value=arith_max_value,
-                     n=n, methods=tuple(loaded), rsp_length=int(inj.get("rsp_length", 4)),
-                     rsp_scale=float(inj.get("rsp_scale", 1.0)),
-                     position=str(inj.get("rsp_position", "after_generation_prompt")), seed=0,
-                     temperature=float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0,
-                     max_new_tokens=int(gen.get("max_gen_toks", 256)), prompt_style="chat")
+    cfg = EvalConfig(
+        model=model,
+        task=task,
+        limit=limit,
+        arith_steps=arith_steps,
+        arith_max_value=arith_max_value,
+        n=n,
+        methods=tuple(loaded),
+        rsp_length=int(inj.get("rsp_length", 4)),
+        rsp_scale=float(inj.get("rsp_scale", 1.0)),
+        position=str(inj.get("rsp_position", "after_generation_prompt")),
+        seed=0,
+        temperature=float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0,
+        max_new_tokens=int(gen.get("max_gen_toks", 256)),
+        prompt_style="chat",
+    )
     tokenizer = None
     if retokenise:
         from transformers import AutoTokenizer
@@ -154,8 +206,11 @@ def convert(arms: dict[str, str | Path], out: str | Path, *, model: str, task: s
     with Grader() as grader:
         for method, samples in loaded.items():
             appender.append(to_records(samples, method, grader=grader, tokenizer=tokenizer))
-    atomic_write_text(out / "SOURCE.md", "Converted from lm-eval samples by rsp.integrations.lm_eval_samples:\n\n"
-                      + "".join(f"- `{m}`: `{p}`\n" for m, p in arms.items()))
+    atomic_write_text(
+        out / "SOURCE.md",
+        "Converted from lm-eval samples by rsp.integrations.lm_eval_samples:\n\n"
+        + "".join(f"- `{m}`: `{p}`\n" for m, p in arms.items()),
+    )
     return out
 
 
@@ -167,14 +222,27 @@ def _generation_kwargs(sample: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rsp.integrations.lm_eval_samples", description=__doc__.split("\n")[0])
-    p.add_argument("--arm", action="append", required=True, metavar="METHOD=SAMPLES.jsonl",
-                   help="repeatable; the first is the baseline of rsp report's paired differences")
-    p.add_argument("--model", required=True, help="the model the samples came from (rsp spec: name, dir, .gguf)")
-    p.add_argument("--task", default="arith", help="the rsp task the rsp_* lm-eval task wraps (arith, gsm8k, math500)")
+    p = argparse.ArgumentParser(
+        prog="python -m rsp.integrations.lm_eval_samples", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--arm",
+        action="append",
+        required=True,
+        metavar="METHOD=SAMPLES.jsonl",
+        help="repeatable; the first is the baseline of rsp report's paired differences",
+    )
+    p.add_argument(
+        "--model", required=True, help="the model the samples came from (rsp spec: name, dir, .gguf)"
+    )
+    p.add_argument(
+        "--task", default="arith", help="the rsp task the rsp_* lm-eval task wraps (arith, gsm8k, math500)"
+    )
     p.add_argument("--arith-steps", type=int, default=1)
     p.add_argument("--arith-max-value", type=int, default=10)
-    p.add_argument("--no-retokenise", action="store_true", help="leave token_ids empty (no tokenizer is loaded)")
+    p.add_argument(
+        "--no-retokenise", action="store_true", help="leave token_ids empty (no tokenizer is loaded)"
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     arms = {}
@@ -184,8 +252,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--arm expects METHOD=SAMPLES.jsonl, got {spec!r}")
         arms[method] = path
     try:
-        out = convert(arms, args.out, model=args.model, task=args.task, arith_steps=args.arith_steps,
-                      arith_max_value=args.arith_max_value, retokenise=not args.no_retokenise)
+        out = convert(
+            arms,
+            args.out,
+            model=args.model,
+            task=args.task,
+            arith_steps=args.arith_steps,
+            arith_max_value=args.arith_max_value,
+            retokenise=not args.no_retokenise,
+        )
     except (ValueError, OSError) as exc:
         print(f"lm_eval_samples: error: {exc}", file=sys.stderr)
         return 2

@@ -83,13 +83,21 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
         if settings.trivially_off:
             return
         if self.data_parallel_size > 1:
-            raise ValueError("rsp-vllm: data_parallel_size > 1 is not supported (lm-eval runs it through Ray "
-                             "workers that take token prompts only)")
+            raise ValueError(
+                "rsp-vllm: data_parallel_size > 1 is not supported (lm-eval runs it through Ray "
+                "workers that take token prompts only)"
+            )
         from rsp.models.embeddings import load_embedding_model
 
         self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
-        options = MethodOptions(settings.length, settings.scale, settings.position, settings.stats_rows,
-                                settings.stats_mean, dict(settings.options))
+        options = MethodOptions(
+            settings.length,
+            settings.scale,
+            settings.position,
+            settings.stats_rows,
+            settings.stats_mean,
+            dict(settings.options),
+        )
         injection = build_method(settings.method, self._rsp_lm, options)
         if injects(injection):
             self.rsp_injection = injection
@@ -97,15 +105,21 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
 
     def tok_encode(self, string: Any, add_special_tokens: bool | None = None, **kwargs: Any) -> Any:
         ids = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
-        if not self.injecting or isinstance(string, str) or not string \
-                or not all(isinstance(s, _SeededText) for s in string):
+        if (
+            not self.injecting
+            or isinstance(string, str)
+            or not string
+            or not all(isinstance(s, _SeededText) for s in string)
+        ):
             return ids
         out = []
         for text, row in zip(string, ids, strict=True):
             end = len(row)
             cut = self._user_turn_cuts.get(str(text))
             if cut is not None and self.rsp_injection.position == "end_of_user_turn":
-                end = min(end, len(super().tok_encode(str(text)[:cut], add_special_tokens=add_special_tokens)))
+                end = min(
+                    end, len(super().tok_encode(str(text)[:cut], add_special_tokens=add_special_tokens))
+                )
             seeded = _SeededIds(row)
             seeded.rsp_seed = text.rsp_seed
             seeded.prompt = PromptTokens(ids=tuple(row), user_turn_end=end)
@@ -122,23 +136,42 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
         prompts = []
         for r in requests:
             if not isinstance(r, _SeededIds):
-                raise ValueError("rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
-                                 "RSP slots; raise max_model_len or shorten the task's prompts")
-            built = build_requests(self._rsp_lm, [r.prompt], self.rsp_injection, [r.rsp_seed], decode_seed=0,
-                                   prompt_mode=self._prompt_mode)[0]
-            prompts.append(built.as_prompt() if built.prompt_embeds is not None
-                           else TokensPrompt(prompt_token_ids=list(r)))
-        return self.model.generate(prompts, sampling_params=sampling_params, use_tqdm=self.batch_size == "auto",
-                                   lora_request=self.lora_request)
+                raise ValueError(
+                    "rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
+                    "RSP slots; raise max_model_len or shorten the task's prompts"
+                )
+            built = build_requests(
+                self._rsp_lm,
+                [r.prompt],
+                self.rsp_injection,
+                [r.rsp_seed],
+                decode_seed=0,
+                prompt_mode=self._prompt_mode,
+            )[0]
+            prompts.append(
+                built.as_prompt()
+                if built.prompt_embeds is not None
+                else TokensPrompt(prompt_token_ids=list(r))
+            )
+        return self.model.generate(
+            prompts,
+            sampling_params=sampling_params,
+            use_tqdm=self.batch_size == "auto",
+            lora_request=self.lora_request,
+        )
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False):
         if self.injecting:
-            raise NotImplementedError("rsp-vllm injects into generation requests only (vLLM gives no prompt "
-                                      "log-probs for embedding prompts); use rsp-hf for log-likelihood tasks")
+            raise NotImplementedError(
+                "rsp-vllm injects into generation requests only (vLLM gives no prompt "
+                "log-probs for embedding prompts); use rsp-hf for log-likelihood tasks"
+            )
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False):
         if self.injecting:
-            raise NotImplementedError("rsp-vllm injects into generation requests only; use rsp-hf with "
-                                      "rsp_length=0 or lm-eval's vllm for perplexity tasks")
+            raise NotImplementedError(
+                "rsp-vllm injects into generation requests only; use rsp-hf with "
+                "rsp_length=0 or lm-eval's vllm for perplexity tasks"
+            )
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)

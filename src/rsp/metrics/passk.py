@@ -40,8 +40,9 @@ def _majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) ->
     return sum(truth[w] for w in winners) / len(winners)
 
 
-def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, *, max_subsets: int = 2000,
-             seed: int = 0) -> float:
+def maj_at_k(
+    answers: Sequence[str | None], correct: Sequence[bool], k: int, *, max_subsets: int = 2000, seed: int = 0
+) -> float:
     """Expected majority-vote accuracy over k-subsets of the n attempts.
 
     `answers` are canonical answer strings (equivalent answers share a string); an answer's

@@ -44,12 +44,18 @@ class PairedComparison:
     losses: int
 
     def to_dict(self) -> dict:
-        return {**self.difference.to_dict(), "p_value": self.p_value, "n_problems": self.n_problems,
-                "wins": self.wins, "losses": self.losses}
+        return {
+            **self.difference.to_dict(),
+            "p_value": self.p_value,
+            "n_problems": self.n_problems,
+            "wins": self.wins,
+            "losses": self.losses,
+        }
 
 
-def paired_comparison(a, b, *, confidence: float = 0.95, n_boot: int = 2000, n_perm: int = 10000,
-                      seed: int = 0) -> PairedComparison:
+def paired_comparison(
+    a, b, *, confidence: float = 0.95, n_boot: int = 2000, n_perm: int = 10000, seed: int = 0
+) -> PairedComparison:
     """Compare two methods on the same problems (a[i] and b[i] are per-problem scores)."""
     xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if xa.shape != xb.shape:

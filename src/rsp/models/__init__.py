@@ -11,5 +11,15 @@ from rsp.models.loading import (
 )
 from rsp.models.packaged import PACKAGED_MODELS
 
-__all__ = ["PACKAGED_MODELS", "EmbeddingModel", "LoadedModel", "ModelLoadError", "default_cache_dir", "embedding_stats",
-           "load_embedding_model", "load_model", "resolve_model_dir", "wrap_model"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "EmbeddingModel",
+    "LoadedModel",
+    "ModelLoadError",
+    "default_cache_dir",
+    "embedding_stats",
+    "load_embedding_model",
+    "load_model",
+    "resolve_model_dir",
+    "wrap_model",
+]

@@ -36,8 +36,13 @@ from rsp.models.loading import (
 
 # Key endings of the input-embedding tensor across architectures (Llama/Gemma/Qwen/Mistral, GPT-2,
 # BLOOM/BERT-style, GPT-NeoX, original Llama checkpoints).
-EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight",
-                      "tok_embeddings.weight")
+EMBEDDING_SUFFIXES = (
+    "embed_tokens.weight",
+    "wte.weight",
+    "word_embeddings.weight",
+    "embed_in.weight",
+    "tok_embeddings.weight",
+)
 # model_type values whose transformers embedding multiplies the lookup by sqrt(hidden_size).
 SCALED_EMBEDDING_TYPES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
 INDEX_FILE = "model.safetensors.index.json"
@@ -63,7 +68,9 @@ class _Checkpoint:
         except EntryNotFoundError:
             return None
         except Exception as exc:  # offline, gated, unknown repository: the hub raises many types
-            raise ModelLoadError(f"could not fetch {name} of {self.location} from the Hugging Face Hub: {exc}") from exc
+            raise ModelLoadError(
+                f"could not fetch {name} of {self.location} from the Hugging Face Hub: {exc}"
+            ) from exc
 
     def tensor_files(self) -> tuple[dict[str, str], str]:
         """Key -> file name of every weight tensor, and what was read to learn it (for messages).
@@ -79,8 +86,10 @@ class _Checkpoint:
             files = sorted(Path(self.location).glob("*.safetensors"))
         if not files:
             present = ", ".join(sorted(p.name for p in Path(self.location).iterdir())) if self.local else "?"
-            raise ModelLoadError(f"{self.location} has no safetensors weights (no {INDEX_FILE} or {SINGLE_FILE}; "
-                                 f"it holds {present}): the embedding table can only be read from safetensors")
+            raise ModelLoadError(
+                f"{self.location} has no safetensors weights (no {INDEX_FILE} or {SINGLE_FILE}; "
+                f"it holds {present}): the embedding table can only be read from safetensors"
+            )
         keys: dict[str, str] = {}
         for f in files:
             with safe_open(str(f), framework="pt") as handle:
@@ -123,8 +132,9 @@ def _shape(path: Path, key: str) -> tuple[int, ...]:
         return tuple(handle.get_slice(key).get_shape())
 
 
-def find_embedding_tensor(location: str, config: dict | None = None,
-                          tensor_name: str | None = None) -> tuple[Path, str]:
+def find_embedding_tensor(
+    location: str, config: dict | None = None, tensor_name: str | None = None
+) -> tuple[Path, str]:
     """(safetensors file, key) of the input-embedding table; a clear error when there is none or several.
 
     The key varies by architecture and wrapper (`model.embed_tokens.weight`,
@@ -139,16 +149,20 @@ def find_embedding_tensor(location: str, config: dict | None = None,
         return ckpt.required(keys[tensor_name]), tensor_name
     candidates = sorted(k for k in keys if any(k == s or k.endswith("." + s) for s in EMBEDDING_SUFFIXES))
     if not candidates:
-        raise ModelLoadError(f"no input-embedding tensor in {where}: no key ends in {', '.join(EMBEDDING_SUFFIXES)} "
-                             f"(a checkpoint that stores only lm_head.weight cannot be read this way)")
+        raise ModelLoadError(
+            f"no input-embedding tensor in {where}: no key ends in {', '.join(EMBEDDING_SUFFIXES)} "
+            f"(a checkpoint that stores only lm_head.weight cannot be read this way)"
+        )
     if len(candidates) > 1 and config is not None:
         text = _text_config(config)
         want = (text.get("vocab_size"), text.get("hidden_size"))
         fitting = [k for k in candidates if _shape(ckpt.required(keys[k]), k) == want]
         candidates = fitting or candidates
     if len(candidates) > 1:
-        raise ModelLoadError(f"several input-embedding candidates in {where}: {', '.join(candidates)}; "
-                             "pass tensor_name= to choose one")
+        raise ModelLoadError(
+            f"several input-embedding candidates in {where}: {', '.join(candidates)}; "
+            "pass tensor_name= to choose one"
+        )
     return ckpt.required(keys[candidates[0]]), candidates[0]
 
 
@@ -168,8 +182,9 @@ class EmbeddingTensor:
         return raw.to(self.dtype)
 
 
-def locate_embedding_table(location: str, *, dtype: torch.dtype, config: dict | None = None,
-                           tensor_name: str | None = None) -> EmbeddingTensor:
+def locate_embedding_table(
+    location: str, *, dtype: torch.dtype, config: dict | None = None, tensor_name: str | None = None
+) -> EmbeddingTensor:
     """Find and check the input-embedding tensor, reading only the safetensors headers."""
     path, key = find_embedding_tensor(location, config, tensor_name)
     shape = _shape(path, key)
@@ -181,8 +196,9 @@ def locate_embedding_table(location: str, *, dtype: torch.dtype, config: dict | 
     return EmbeddingTensor(path, key, (int(shape[0]), int(shape[1])), dtype)
 
 
-def read_embedding_table(location: str, *, dtype: torch.dtype, config: dict | None = None,
-                         tensor_name: str | None = None) -> torch.Tensor:
+def read_embedding_table(
+    location: str, *, dtype: torch.dtype, config: dict | None = None, tensor_name: str | None = None
+) -> torch.Tensor:
     """The (V, d) input-embedding table in `dtype`, reading only that tensor from the checkpoint."""
     return locate_embedding_table(location, dtype=dtype, config=config, tensor_name=tensor_name).read()
 
@@ -274,11 +290,17 @@ class EmbeddingModel:
         key = (rows, mean_mode)
         if key not in self._stats:
             self._stats[key] = cached_stats(
-                self.stats_cache_dir, rows, mean_mode,
-                lambda: fit_embedding_stats(self._table if self._table is not None else self.tensor.read(),
-                                            embed_scale=self.embed_scale, rows=rows,
-                                            num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
-                                            mean_mode=mean_mode))
+                self.stats_cache_dir,
+                rows,
+                mean_mode,
+                lambda: fit_embedding_stats(
+                    self._table if self._table is not None else self.tensor.read(),
+                    embed_scale=self.embed_scale,
+                    rows=rows,
+                    num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
+                    mean_mode=mean_mode,
+                ),
+            )
         return self._stats[key]
 
 
@@ -296,9 +318,15 @@ def _generation_eos(location: str, config: dict) -> int | list[int] | None:
     return config.get("eos_token_id", _text_config(config).get("eos_token_id"))
 
 
-def embedding_stats(path_or_id: str, *, rows: RowSelection = "all", mean_mode: MeanMode = "scalar",
-                    dtype: str = "auto", cache_dir: str | Path | None = None,
-                    tensor_name: str | None = None) -> EmbeddingStats:
+def embedding_stats(
+    path_or_id: str,
+    *,
+    rows: RowSelection = "all",
+    mean_mode: MeanMode = "scalar",
+    dtype: str = "auto",
+    cache_dir: str | Path | None = None,
+    tensor_name: str | None = None,
+) -> EmbeddingStats:
     """RSP statistics of a checkpoint, reading only its input-embedding tensor (and, for
     rows="tokens", its tokenizer); equal to `load_model(path_or_id, dtype=dtype).embedding_stats(...)`.
 
@@ -309,18 +337,26 @@ def embedding_stats(path_or_id: str, *, rows: RowSelection = "all", mean_mode: M
 
     def fit() -> EmbeddingStats:
         config = read_config(location)
-        table = read_embedding_table(location, dtype=resolve_dtype(dtype), config=config, tensor_name=tensor_name)
+        table = read_embedding_table(
+            location, dtype=resolve_dtype(dtype), config=config, tensor_name=tensor_name
+        )
         scale = _scale_tensor(config, table.dtype)
         embed_scale = probe_embed_scale(table, lambda ids: _lookup(table, scale, ids))
         tokens = len(load_tokenizer(location)) if rows == "tokens" else None
-        return fit_embedding_stats(table, embed_scale=embed_scale, rows=rows, num_real_tokens=tokens,
-                                   mean_mode=mean_mode)
+        return fit_embedding_stats(
+            table, embed_scale=embed_scale, rows=rows, num_real_tokens=tokens, mean_mode=mean_mode
+        )
 
     return cached_stats(_stats_dir(location, source), rows, mean_mode, fit)
 
 
-def load_embedding_model(spec: str = "smollm2-135m-instruct", *, dtype: str = "auto",
-                         cache_dir: str | Path | None = None, tensor_name: str | None = None) -> EmbeddingModel:
+def load_embedding_model(
+    spec: str = "smollm2-135m-instruct",
+    *,
+    dtype: str = "auto",
+    cache_dir: str | Path | None = None,
+    tensor_name: str | None = None,
+) -> EmbeddingModel:
     """Tokenizer, stop ids and input-embedding table of `spec` (anything `load_model` takes), on the CPU,
     without the transformer's weights: the injection side of an engine that loads the model itself.
     Only safetensors headers are read here; the table itself when first needed (`EmbeddingModel`)."""
@@ -333,7 +369,9 @@ def load_embedding_model(spec: str = "smollm2-135m-instruct", *, dtype: str = "a
         tokenizer = load_tokenizer(location)
         hf_config = AutoConfig.from_pretrained(location)
     except OSError as exc:
-        raise ModelLoadError(f"could not load the tokenizer or config of {spec!r} from {location}: {exc}") from exc
+        raise ModelLoadError(
+            f"could not load the tokenizer or config of {spec!r} from {location}: {exc}"
+        ) from exc
     tensor = locate_embedding_table(location, dtype=torch_dtype, config=config, tensor_name=tensor_name)
     pad = tokenizer.pad_token_id
     if pad is None:
@@ -350,4 +388,3 @@ def load_embedding_model(spec: str = "smollm2-135m-instruct", *, dtype: str = "a
         scale=_scale_tensor(config, torch_dtype),
         stats_cache_dir=_stats_dir(location, source),
     )
-

@@ -24,8 +24,14 @@ from rsp.models.packaged import PACKAGED_MODELS, locate_packaged_gguf
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>")
 
 
@@ -73,7 +79,9 @@ class LoadedModel:
     _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
     stats_cache_dir: Path | None = None
     _placeholder: int | None = field(default=None, repr=False)
-    location: str | None = None  # the folder (or Hub id) the weights were loaded from; None for wrapped models
+    location: str | None = (
+        None  # the folder (or Hub id) the weights were loaded from; None for wrapped models
+    )
 
     @property
     def device(self) -> torch.device:
@@ -119,15 +127,23 @@ class LoadedModel:
         key = (rows, mean_mode)
         if key not in self._stats:
             self._stats[key] = cached_stats(
-                self.stats_cache_dir, rows, mean_mode,
-                lambda: fit_embedding_stats(self.model.get_input_embeddings().weight, embed_scale=self.embed_scale,
-                                            rows=rows, num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
-                                            mean_mode=mean_mode))
+                self.stats_cache_dir,
+                rows,
+                mean_mode,
+                lambda: fit_embedding_stats(
+                    self.model.get_input_embeddings().weight,
+                    embed_scale=self.embed_scale,
+                    rows=rows,
+                    num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
+                    mean_mode=mean_mode,
+                ),
+            )
         return self._stats[key]
 
 
-def cached_stats(stats_cache_dir: Path | None, rows: str, mean_mode: str,
-                 fit: Callable[[], EmbeddingStats]) -> EmbeddingStats:
+def cached_stats(
+    stats_cache_dir: Path | None, rows: str, mean_mode: str, fit: Callable[[], EmbeddingStats]
+) -> EmbeddingStats:
     """Statistics from the on-disk cache of a converted model, else `fit()` (saved there when there is one)."""
     path = stats_cache_path(stats_cache_dir, rows, mean_mode) if stats_cache_dir else None
     if path is not None and path.is_file():
@@ -146,18 +162,22 @@ def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ())
     token, if it is not a stop or padding token; else the last id of the vocabulary. Its embedding row is
     always overwritten, and the generate wrapper keeps it from being sampled.
     """
-    reserved = {getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id",
-                                                       "unk_token_id")} | set(stop_ids)
+    reserved = {
+        getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+    } | set(stop_ids)
     template = str(getattr(tokenizer, "chat_template", "") or "")
     added = getattr(tokenizer, "get_added_vocab", None)
     if callable(added):
-        free = [i for tok, i in added().items()
-                if i not in reserved and i < vocab_rows and tok not in template]
+        free = [
+            i for tok, i in added().items() if i not in reserved and i < vocab_rows and tok not in template
+        ]
         if free:
             return int(max(free))
     unk = getattr(tokenizer, "unk_token_id", None)
-    if isinstance(unk, int) and unk not in set(stop_ids) | {getattr(tokenizer, "pad_token_id", None),
-                                                            getattr(tokenizer, "bos_token_id", None)}:
+    if isinstance(unk, int) and unk not in set(stop_ids) | {
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(tokenizer, "bos_token_id", None),
+    }:
         return unk
     return int(min(len(tokenizer), vocab_rows) - 1)
 
@@ -212,7 +232,9 @@ def probe_embed_scale(weight: torch.Tensor, lookup: Callable[[torch.Tensor], tor
         return 1.0
     scale = float((out * raw).sum()) / denom
     if not torch.allclose(out, raw * scale, rtol=2e-2, atol=1e-3 * max(1.0, abs(scale))):
-        raise ModelLoadError("the input-embedding module is not a (scaled) table lookup; RSP statistics cannot be fitted")
+        raise ModelLoadError(
+            "the input-embedding module is not a (scaled) table lookup; RSP statistics cannot be fitted"
+        )
     return 1.0 if abs(scale - 1.0) < 1e-3 else scale
 
 
@@ -229,7 +251,9 @@ def check_inputs_embeds_support(model: torch.nn.Module) -> None:
 
 def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
     """Every id that ends an answer: EOS from the generation config and tokenizer, plus end-of-turn tokens."""
-    return stop_token_ids_from(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
+    return stop_token_ids_from(
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer
+    )
 
 
 def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int, ...]:
@@ -246,7 +270,11 @@ def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int
 
 
 TOKENIZER_MARKER = "rsp-tokenizer-from-gguf.json"
-PROBE_TEXTS = ("Hello world! 12 + 345 = 357.", "hi\n\nQuestion: How many apples?", "\\boxed{\\frac{1}{2}} é 中文")
+PROBE_TEXTS = (
+    "Hello world! 12 + 345 = 357.",
+    "hi\n\nQuestion: How many apples?",
+    "\\boxed{\\frac{1}{2}} é 中文",
+)
 
 
 def gguf_add_bos_token(path: Path) -> bool:
@@ -273,10 +301,13 @@ def load_tokenizer(location: str):
         info = json.loads(marker.read_text())
         gguf_file = Path(info["gguf_file"])
         if not gguf_file.is_file():
-            raise ModelLoadError(f"{location} needs its tokenizer from {gguf_file}, which no longer exists; "
-                                 f"delete {location} to convert again")
-        tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
-                                            clean_up_tokenization_spaces=False)
+            raise ModelLoadError(
+                f"{location} needs its tokenizer from {gguf_file}, which no longer exists; "
+                f"delete {location} to convert again"
+            )
+        tok = AutoTokenizer.from_pretrained(
+            str(gguf_file.parent), gguf_file=gguf_file.name, clean_up_tokenization_spaces=False
+        )
         if info.get("add_bos_token"):
             tok.add_bos_token = True
         return tok
@@ -321,9 +352,12 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
         if not _tokenizer_round_trips(tok, tmp):
             # Some saved GGUF tokenizers re-load with different merges (seen with Gemma 3 on
             # transformers 5.17): then keep reading the tokenizer from the GGUF file itself.
-            log.warning("tokenizer of %s does not survive save/load; it will be read from the GGUF file", gguf_path)
-            (tmp / TOKENIZER_MARKER).write_text(json.dumps({"gguf_file": str(gguf_path.resolve()),
-                                                            "add_bos_token": add_bos}))
+            log.warning(
+                "tokenizer of %s does not survive save/load; it will be read from the GGUF file", gguf_path
+            )
+            (tmp / TOKENIZER_MARKER).write_text(
+                json.dumps({"gguf_file": str(gguf_path.resolve()), "add_bos_token": add_bos})
+            )
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -351,7 +385,9 @@ def resolve_model_dir(spec: str, cache_dir: Path | None = None) -> tuple[str, st
         return str(target), f"gguf:{path}"
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is a directory but has no config.json, so it is not a model directory")
+            raise ModelLoadError(
+                f"{path} is a directory but has no config.json, so it is not a model directory"
+            )
         return str(path), f"local:{path}"
     if path.exists():
         raise ModelLoadError(f"{path} is a file but not a .gguf model")
@@ -405,7 +441,9 @@ def load_model(
     )
 
 
-def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", *, prepare: bool = True) -> LoadedModel:
+def wrap_model(
+    model: torch.nn.Module, tokenizer, name: str = "in-memory", *, prepare: bool = True
+) -> LoadedModel:
     """Use an already-built model (e.g. a tiny random test model, or one from your own code).
 
     `prepare=False` (what `rsp.attach` uses) leaves the model untouched: no eval mode, and no check that

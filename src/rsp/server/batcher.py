@@ -101,8 +101,9 @@ class Batcher:
     """The queue and its worker thread. `generator` needs `run(...)` (a `rsp.Generator`) and `lm` for
     log-probs. `submit` and `cancel` may be called from any thread; sinks run on the worker thread."""
 
-    def __init__(self, generator: Any, *, max_batch_size: int = 32, batch_wait_s: float = 0.005,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, generator: Any, *, max_batch_size: int = 32, batch_wait_s: float = 0.005, seed: int = 0
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.generator = generator
@@ -171,8 +172,10 @@ class Batcher:
                     continue
                 head = self._pending[0]
                 same = sum(1 for r in self._pending if r.job.group == head.job.group)
-                deadline = min(self._last_arrival + self.batch_wait_s,
-                               head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s)
+                deadline = min(
+                    self._last_arrival + self.batch_wait_s,
+                    head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s,
+                )
                 left = deadline - time.monotonic()
                 if same >= self.max_batch_size or left <= 0 or self._closing:
                     break
@@ -217,8 +220,12 @@ class Batcher:
             if len(jobs) == 1:
                 log.warning("batch %d failed (%s): %s", batch_id, jobs[0].id, exc)
                 for r in rows:
-                    self._deliver(r.job, RowResult(r.index, None, r.job.rsp_seed(r.index), None, batch_id,
-                                                   len(rows), 1, error=exc))
+                    self._deliver(
+                        r.job,
+                        RowResult(
+                            r.index, None, r.job.rsp_seed(r.index), None, batch_id, len(rows), 1, error=exc
+                        ),
+                    )
                 return
             log.warning("batch %d of %d jobs failed (%s); retrying each job alone", batch_id, len(jobs), exc)
             for job in jobs:
@@ -227,8 +234,15 @@ class Batcher:
         seconds = time.monotonic() - start
         self.rows_run += len(rows)
         first = rows[0].job
-        log.info("batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s", batch_id, len(rows),
-                 len(jobs), first.injection.name, first.sampling.max_new_tokens, seconds)
+        log.info(
+            "batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s",
+            batch_id,
+            len(rows),
+            len(jobs),
+            first.injection.name,
+            first.sampling.max_new_tokens,
+            seconds,
+        )
         for job in jobs:
             job.batches.append(batch_id)
         for r, res in zip(rows, results, strict=True):
@@ -244,16 +258,25 @@ class Batcher:
             decode_seed = derive_seed(self.seed, "serve-decode", batch_id)
         prompts = [r.job.prompts[r.index // r.job.n] for r in rows]
         seeds = [r.job.rsp_seed(r.index) for r in rows]
-        done = self.generator.run(prompts, job.injection, seeds, job.sampling, decode_seed=decode_seed,
-                                  stop_strings=job.stop)
+        done = self.generator.run(
+            prompts, job.injection, seeds, job.sampling, decode_seed=decode_seed, stop_strings=job.stop
+        )
         out = []
         for r, p, s, c in zip(rows, prompts, seeds, done, strict=True):
             res = RowResult(r.index, c, s, decode_seed, batch_id, len(rows), len(jobs))
             if r.job.logprobs is not None:
                 try:
                     ended_on = self._stop_ids(c) if r.job.echo else ()
-                    res.logprobs = score_row(self.generator.lm, p, r.job.injection, s, c.token_ids,
-                                             top_k=r.job.logprobs, echo=r.job.echo, ended_on=ended_on)
+                    res.logprobs = score_row(
+                        self.generator.lm,
+                        p,
+                        r.job.injection,
+                        s,
+                        c.token_ids,
+                        top_k=r.job.logprobs,
+                        echo=r.job.echo,
+                        ended_on=ended_on,
+                    )
                 except Exception as exc:  # fails this row's request only
                     res.error = exc
             out.append(res)
@@ -262,7 +285,10 @@ class Batcher:
     def _stop_ids(self, c: Completion) -> tuple[int, ...]:
         """The model's stop ids when `c` ended on one of them (not on a stop string, which cuts the text)."""
         lm = self.generator.lm
-        if c.finish_reason != "stop" or lm.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) != c.text:
+        if (
+            c.finish_reason != "stop"
+            or lm.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) != c.text
+        ):
             return ()
         return tuple(lm.stop_token_ids)
 

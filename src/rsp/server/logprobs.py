@@ -29,8 +29,17 @@ class TokenLogprobs:
     top: tuple[tuple[tuple[int, float], ...], ...]  # per token: (id, logprob) of the `k` likeliest
 
 
-def score_row(lm, prompt: PromptTokens, injection: Injection, seed: int | None, completion: Sequence[int],
-              *, top_k: int, echo: bool, ended_on: Sequence[int] = ()) -> TokenLogprobs:
+def score_row(
+    lm,
+    prompt: PromptTokens,
+    injection: Injection,
+    seed: int | None,
+    completion: Sequence[int],
+    *,
+    top_k: int,
+    echo: bool,
+    ended_on: Sequence[int] = (),
+) -> TokenLogprobs:
     """Log-probs of the completion tokens (and, with `echo`, of the prompt's own tokens) for one row.
 
     Prompt tokens are scored at their own columns, skipping the injected slots; a token right after the
@@ -43,13 +52,24 @@ def score_row(lm, prompt: PromptTokens, injection: Injection, seed: int | None, 
     if model is None:
         raise ValueError("log-probs need the model's weights in this process (hf, lean or prefix engine)")
     batch, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
-    seq = append_continuations(lm.embed, batch, embeds, [list(completion)], pad_id=lm.pad_token_id,
-                               width=len(completion) if completion else 1)
+    seq = append_continuations(
+        lm.embed,
+        batch,
+        embeds,
+        [list(completion)],
+        pad_id=lm.pad_token_id,
+        width=len(completion) if completion else 1,
+    )
     width = seq.prompt_width
     keep = seq.embeds.shape[1] if echo else len(completion) + 1
     with torch.no_grad():
-        out = model(inputs_embeds=seq.embeds, attention_mask=seq.attention_mask, position_ids=seq.position_ids,
-                    use_cache=False, logits_to_keep=keep)
+        out = model(
+            inputs_embeds=seq.embeds,
+            attention_mask=seq.attention_mask,
+            position_ids=seq.position_ids,
+            use_cache=False,
+            logits_to_keep=keep,
+        )
     logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (keep, V)
     offset = seq.embeds.shape[1] - keep  # absolute column of logp[0]
 

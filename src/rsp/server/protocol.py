@@ -20,15 +20,24 @@ from rsp.core.insert import INSERTION_POINTS
 Position = Literal["after_generation_prompt", "end_of_user_turn", "prepend"]
 assert set(INSERTION_POINTS) == set(Position.__args__)  # type: ignore[attr-defined]
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-               500: "server_error", 503: "server_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    500: "server_error",
+    503: "server_error",
+}
 
 
 class APIError(Exception):
     """An error answered to the client as OpenAI-style JSON with `status`."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -36,8 +45,14 @@ class APIError(Exception):
         self.code = code
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
-                          "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class Strict(BaseModel):
@@ -71,7 +86,7 @@ class SamplingFields(Strict):
     top_k: StrictInt | None = Field(default=None, ge=-1)  # vLLM's extension; 0 or -1 = off
     min_p: float | None = Field(default=None, ge=0, lt=1)  # vLLM's extension
     stop: Stop = None
-    seed: StrictInt | None = Field(default=None, ge=-(2 ** 63), lt=2 ** 63)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), lt=2**63)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
@@ -95,8 +110,12 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions. `prompt`: a string, a list of strings, token ids, or a list of token-id lists;
     it is sent raw (no chat template), as OpenAI's and vLLM's completions endpoints do."""
 
-    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | TokenIds | Annotated[
-        list[TokenIds], Field(min_length=1)]
+    prompt: (
+        StrictStr
+        | Annotated[list[StrictStr], Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    )
     max_tokens: StrictInt | None = Field(default=16, ge=1)
     logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     echo: StrictBool = False
@@ -165,13 +184,25 @@ def parse_request(model: type[Strict], body: Any) -> Any:
         return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "constrained-", "list["))
-               and p not in ("str", "int", "float", "bool", "TextPart", "ChatMessage")]
+        loc = [
+            str(p)
+            for p in err["loc"]
+            if not str(p).startswith(("function-", "constrained-", "list["))
+            and p not in ("str", "int", "float", "bool", "TextPart", "ChatMessage")
+        ]
         param = ".".join(loc) or None
         if err["type"] == "extra_forbidden":
-            raise APIError(422, f"unknown field {param!r}: not part of the OpenAI schema this server accepts "
-                                "(nor the extra 'rsp' field)", param=param, code="unknown_field") from None
+            raise APIError(
+                422,
+                f"unknown field {param!r}: not part of the OpenAI schema this server accepts "
+                "(nor the extra 'rsp' field)",
+                param=param,
+                code="unknown_field",
+            ) from None
         if err["type"] == "missing":
-            raise APIError(422, f"missing required field {param!r}", param=param, code="missing_field") from None
-        raise APIError(422, f"invalid value for {param!r}: {err['msg']}", param=param,
-                       code="invalid_value") from None
+            raise APIError(
+                422, f"missing required field {param!r}", param=param, code="missing_field"
+            ) from None
+        raise APIError(
+            422, f"invalid value for {param!r}: {err['msg']}", param=param, code="invalid_value"
+        ) from None

@@ -6,5 +6,16 @@ from rsp.tasks.prompts import PromptBuilder
 from rsp.tasks.registry import TASK_NAMES, load_task
 from rsp.tasks.synthetic import arith_task
 
-__all__ = ["TASK_NAMES", "GradeResult", "Grader", "Problem", "PromptBuilder", "Task", "TaskError",
-           "arith_task", "canonical_answer", "extract_answer", "load_task"]
+__all__ = [
+    "TASK_NAMES",
+    "GradeResult",
+    "Grader",
+    "Problem",
+    "PromptBuilder",
+    "Task",
+    "TaskError",
+    "arith_task",
+    "canonical_answer",
+    "extract_answer",
+    "load_task",
+]

@@ -22,23 +22,66 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "gsm8k": Benchmark("gsm8k", {"test": "gsm8k_test.jsonl", "train": "gsm8k_train.jsonl"}, "openai/gsm8k",
-                       "main", {"test": "test", "train": "train"}, "question", "answer"),
-    "math500": Benchmark("math500", {"test": "math500.jsonl", "train": "math_train.jsonl"},
-                         "HuggingFaceH4/MATH-500", None, {"test": "test"}, "problem", "answer"),
-    "aime24": Benchmark("aime24", {"test": "aime24.jsonl"}, "HuggingFaceH4/aime_2024", None,
-                        {"test": "train"}, "problem", "answer"),
-    "aime25": Benchmark("aime25", {"test": "aime25.jsonl"}, "math-ai/aime25", None, {"test": "test"},
-                        "problem", "answer"),
-    "amc23": Benchmark("amc23", {"test": "amc23.jsonl"}, "math-ai/amc23", None, {"test": "test"},
-                       "question", "answer"),
-    "minerva": Benchmark("minerva", {"test": "minerva_math.jsonl"}, "math-ai/minervamath", None,
-                         {"test": "test"}, "question", "answer"),
-    "olympiadbench": Benchmark("olympiadbench", {"test": "olympiadbench.jsonl"}, "math-ai/olympiadbench", None,
-                               {"test": "test"}, "question", "final_answer"),
+    "gsm8k": Benchmark(
+        "gsm8k",
+        {"test": "gsm8k_test.jsonl", "train": "gsm8k_train.jsonl"},
+        "openai/gsm8k",
+        "main",
+        {"test": "test", "train": "train"},
+        "question",
+        "answer",
+    ),
+    "math500": Benchmark(
+        "math500",
+        {"test": "math500.jsonl", "train": "math_train.jsonl"},
+        "HuggingFaceH4/MATH-500",
+        None,
+        {"test": "test"},
+        "problem",
+        "answer",
+    ),
+    "aime24": Benchmark(
+        "aime24",
+        {"test": "aime24.jsonl"},
+        "HuggingFaceH4/aime_2024",
+        None,
+        {"test": "train"},
+        "problem",
+        "answer",
+    ),
+    "aime25": Benchmark(
+        "aime25", {"test": "aime25.jsonl"}, "math-ai/aime25", None, {"test": "test"}, "problem", "answer"
+    ),
+    "amc23": Benchmark(
+        "amc23", {"test": "amc23.jsonl"}, "math-ai/amc23", None, {"test": "test"}, "question", "answer"
+    ),
+    "minerva": Benchmark(
+        "minerva",
+        {"test": "minerva_math.jsonl"},
+        "math-ai/minervamath",
+        None,
+        {"test": "test"},
+        "question",
+        "answer",
+    ),
+    "olympiadbench": Benchmark(
+        "olympiadbench",
+        {"test": "olympiadbench.jsonl"},
+        "math-ai/olympiadbench",
+        None,
+        {"test": "test"},
+        "question",
+        "final_answer",
+    ),
 }
-ALIASES = {"math-500": "math500", "minerva_math": "minerva", "minerva-math": "minerva", "aime-24": "aime24",
-           "aime-25": "aime25", "amc-23": "amc23"}
+ALIASES = {
+    "math-500": "math500",
+    "minerva_math": "minerva",
+    "minerva-math": "minerva",
+    "aime-24": "aime24",
+    "aime-25": "aime25",
+    "amc-23": "amc23",
+}
 
 
 def data_dir_candidates() -> list[Path]:
@@ -86,14 +129,24 @@ def read_jsonl_problems(path: str | Path, *, name: str | None = None) -> tuple[P
                 raise TaskError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(rec, dict):
                 raise TaskError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            problems.append(_record_to_problem(rec, where, default_id=f"{stem}-{lineno - 1}", seen=seen, lineno=lineno))
+            problems.append(
+                _record_to_problem(rec, where, default_id=f"{stem}-{lineno - 1}", seen=seen, lineno=lineno)
+            )
     if not problems:
         raise TaskError(f"{path}: no problems found (empty file)")
     return tuple(problems)
 
 
-def _record_to_problem(rec: dict, where: str, *, default_id: str, seen: dict[str, int], lineno: int,
-                       question_field: str | None = None, answer_field: str = "answer") -> Problem:
+def _record_to_problem(
+    rec: dict,
+    where: str,
+    *,
+    default_id: str,
+    seen: dict[str, int],
+    lineno: int,
+    question_field: str | None = None,
+    answer_field: str = "answer",
+) -> Problem:
     qf = question_field or ("problem" if "problem" in rec else "question")
     if qf not in rec:
         raise TaskError(f"{where}: missing field 'problem' (or 'question')")
@@ -118,12 +171,18 @@ def _record_to_problem(rec: dict, where: str, *, default_id: str, seen: dict[str
         raise TaskError(f"{where}: duplicate id {pid!r} (first seen on line {seen[pid]})")
     seen[pid] = lineno
     meta = rec.get("metadata") if isinstance(rec.get("metadata"), dict) else {}
-    return Problem(id=pid, question=question.strip(), answer=answer.strip(),
-                   solution=solution if isinstance(solution, str) else None, metadata=meta)
+    return Problem(
+        id=pid,
+        question=question.strip(),
+        answer=answer.strip(),
+        solution=solution if isinstance(solution, str) else None,
+        metadata=meta,
+    )
 
 
-def load_hub_problems(hub_id: str, *, config: str | None, split: str, question_field: str,
-                      answer_field: str) -> tuple[Problem, ...]:
+def load_hub_problems(
+    hub_id: str, *, config: str | None, split: str, question_field: str, answer_field: str
+) -> tuple[Problem, ...]:
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -137,8 +196,15 @@ def load_hub_problems(hub_id: str, *, config: str | None, split: str, question_f
         raise TaskError(f"could not load Hugging Face dataset {hub_id!r} (split {split!r}): {exc}") from exc
     seen: dict[str, int] = {}
     return tuple(
-        _record_to_problem(dict(rec), f"{hub_id}[{split}][{i}]", default_id=f"{hub_id.split('/')[-1]}-{i}",
-                           seen=seen, lineno=i, question_field=question_field, answer_field=answer_field)
+        _record_to_problem(
+            dict(rec),
+            f"{hub_id}[{split}][{i}]",
+            default_id=f"{hub_id.split('/')[-1]}-{i}",
+            seen=seen,
+            lineno=i,
+            question_field=question_field,
+            answer_field=answer_field,
+        )
         for i, rec in enumerate(ds)
     )
 
@@ -154,9 +220,16 @@ def load_benchmark(name: str, split: str = "test", *, data_dir: str | Path | Non
         source = str(path)
     else:
         if split not in bench.hub_split:
-            raise TaskError(f"{bench.files[split]} not found locally and {key} has no Hub split for {split!r}")
-        problems = load_hub_problems(bench.hub_id, config=bench.hub_config, split=bench.hub_split[split],
-                                     question_field=bench.question_field, answer_field=bench.answer_field)
+            raise TaskError(
+                f"{bench.files[split]} not found locally and {key} has no Hub split for {split!r}"
+            )
+        problems = load_hub_problems(
+            bench.hub_id,
+            config=bench.hub_config,
+            split=bench.hub_split[split],
+            question_field=bench.question_field,
+            answer_field=bench.answer_field,
+        )
         source = f"hub:{bench.hub_id}"
     fewshot: tuple[Problem, ...] = ()
     if key == "gsm8k" and split == "test":

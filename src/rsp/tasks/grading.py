@@ -144,7 +144,11 @@ class Grader:
         # that re-imports the caller's __main__) speaking JSON lines over stdin/stdout.
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "rsp.tasks.verify_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
         )
         # Import and warm-up time is not charged to the first answer's timeout.
         ready = _readline_within(self._proc, STARTUP_TIMEOUT)

@@ -42,12 +42,18 @@ class PromptBuilder:
             raise TaskError(f"prompt style must be auto, chat or plain, got {self.style!r}")
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         if self.style == "chat" and not has_template:
-            raise TaskError("prompt style 'chat' requested but this tokenizer has no chat template "
-                            "(a base model?); use --prompt-style plain or auto")
-        self.resolved_style = "chat" if (self.style == "chat" or (self.style == "auto" and has_template)) else "plain"
+            raise TaskError(
+                "prompt style 'chat' requested but this tokenizer has no chat template "
+                "(a base model?); use --prompt-style plain or auto"
+            )
+        self.resolved_style = (
+            "chat" if (self.style == "chat" or (self.style == "auto" and has_template)) else "plain"
+        )
 
     @classmethod
-    def for_task(cls, tokenizer, task: Task, style: PromptStyle = "auto", system_prompt: str | None = None) -> PromptBuilder:
+    def for_task(
+        cls, tokenizer, task: Task, style: PromptStyle = "auto", system_prompt: str | None = None
+    ) -> PromptBuilder:
         return cls(tokenizer, style, task.fewshot, system_prompt)
 
     @property
@@ -65,7 +71,9 @@ class PromptBuilder:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             cut = text.rfind(content)
             if cut < 0:
-                raise TaskError("the chat template changed the user's text; cannot locate the end of the user turn")
+                raise TaskError(
+                    "the chat template changed the user's text; cannot locate the end of the user turn"
+                )
             cut += len(content)
             return text[:cut], text[cut:]
         shots = "".join(f"Question: {s.question}\nAnswer: {fewshot_solution(s)}\n\n" for s in self.fewshot)
@@ -91,10 +99,14 @@ Messages = list[dict]
 
 def is_messages(prompt: object) -> bool:
     """A chat conversation: a list of {"role": ..., "content": ...} dicts."""
-    return isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) and "role" in m for m in prompt)
+    return (
+        isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) and "role" in m for m in prompt)
+    )
 
 
-def tokenize_prompt(tokenizer, prompt: str | Messages | PromptTokens, *, chat: bool | None = None) -> PromptTokens:
+def tokenize_prompt(
+    tokenizer, prompt: str | Messages | PromptTokens, *, chat: bool | None = None
+) -> PromptTokens:
     """A user's prompt as `PromptTokens`.
 
     - chat messages go through the tokenizer's chat template with the generation prompt; the
@@ -117,8 +129,9 @@ def tokenize_prompt(tokenizer, prompt: str | Messages | PromptTokens, *, chat: b
             return tokenize_split(tokenizer, prompt, "", add_special_tokens=True)
         messages = [{"role": "user", "content": prompt}]
     else:
-        raise TaskError(f"a prompt must be a string, a list of chat messages or PromptTokens, got "
-                        f"{type(prompt).__name__}")
+        raise TaskError(
+            f"a prompt must be a string, a list of chat messages or PromptTokens, got {type(prompt).__name__}"
+        )
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
     cut = text.rfind(users[-1]["content"]) if users else -1

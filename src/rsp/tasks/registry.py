@@ -26,7 +26,9 @@ def load_task(
     if limit is not None and limit < 1:
         raise TaskError(f"limit must be >= 1, got {limit}")
     if spec == "arith":
-        task = arith_task(split=split, n=limit or arith_n, steps=arith_steps, max_value=arith_max_value, seed=seed)
+        task = arith_task(
+            split=split, n=limit or arith_n, steps=arith_steps, max_value=arith_max_value, seed=seed
+        )
         return task
     if spec.lower() in BENCHMARKS or spec.lower() in ALIASES:
         task = load_benchmark(spec, split, data_dir=data_dir)
@@ -35,8 +37,9 @@ def load_task(
         task = Task(name=path.stem, problems=read_jsonl_problems(path), description=f"JSONL file {path}")
     elif spec.startswith("hf:"):
         hub_id, _, config = spec[3:].partition(":")
-        problems = load_hub_problems(hub_id, config=config or None, split=split, question_field="problem",
-                                     answer_field="answer")
+        problems = load_hub_problems(
+            hub_id, config=config or None, split=split, question_field="problem", answer_field="answer"
+        )
         task = Task(name=hub_id.split("/")[-1], problems=problems, description=f"hub:{hub_id} {split}")
     else:
         raise TaskError(

@@ -13,10 +13,42 @@ from dataclasses import dataclass
 from rsp.core.seeds import derive_seed
 from rsp.tasks.base import Problem, Task, TaskError
 
-NAMES = ("Ava", "Ben", "Carla", "Dev", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jamal", "Kira", "Liam",
-         "Maya", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara")
-ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards", "stamps", "cookies",
-         "beads", "tickets")
+NAMES = (
+    "Ava",
+    "Ben",
+    "Carla",
+    "Dev",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jamal",
+    "Kira",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+)
+ITEMS = (
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "coins",
+    "pencils",
+    "shells",
+    "cards",
+    "stamps",
+    "cookies",
+    "beads",
+    "tickets",
+)
 SPLITS = ("train", "test")
 
 
@@ -49,20 +81,28 @@ def _one_problem(rng: random.Random, settings: ArithSettings) -> tuple[str, int,
         if op == "add":
             k = rng.randint(1, top)
             friend = rng.choice([n for n in NAMES if n != name])
-            sentences.append(rng.choice([
-                f"{friend} gives {name} {k} more {item}.",
-                f"Then {name} finds {k} more {item}.",
-                f"{name} buys {k} more {item}.",
-            ]))
+            sentences.append(
+                rng.choice(
+                    [
+                        f"{friend} gives {name} {k} more {item}.",
+                        f"Then {name} finds {k} more {item}.",
+                        f"{name} buys {k} more {item}.",
+                    ]
+                )
+            )
             lines.append(f"{value} + {k} = {value + k}.")
             value += k
         elif op == "sub":
             k = rng.randint(1, value - 1)
-            sentences.append(rng.choice([
-                f"{name} gives away {k} {item}.",
-                f"Then {name} loses {k} {item}.",
-                f"{name} uses {k} of the {item}.",
-            ]))
+            sentences.append(
+                rng.choice(
+                    [
+                        f"{name} gives away {k} {item}.",
+                        f"Then {name} loses {k} {item}.",
+                        f"{name} uses {k} of the {item}.",
+                    ]
+                )
+            )
             lines.append(f"{value} - {k} = {value - k}.")
             value -= k
         else:
@@ -87,13 +127,15 @@ def generate_arith(split: str, n: int, settings: ArithSettings) -> tuple[Problem
     for i in range(n):
         rng = random.Random(derive_seed(settings.seed, "arith", split, settings.steps, settings.max_value, i))
         question, answer, solution = _one_problem(rng, settings)
-        out.append(Problem(
-            id=f"arith-s{settings.steps}-m{settings.max_value}-{split}-{i:05d}",
-            question=question,
-            answer=str(answer),
-            solution=solution,
-            metadata={"steps": settings.steps, "max_value": settings.max_value, "split": split},
-        ))
+        out.append(
+            Problem(
+                id=f"arith-s{settings.steps}-m{settings.max_value}-{split}-{i:05d}",
+                question=question,
+                answer=str(answer),
+                solution=solution,
+                metadata={"steps": settings.steps, "max_value": settings.max_value, "split": split},
+            )
+        )
     return tuple(out)
 
 

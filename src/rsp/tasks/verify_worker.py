@@ -13,8 +13,11 @@ def main() -> None:
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     configs = [LatexExtractionConfig(), ExprExtractionConfig()]
-    verify(parse("$1$", extraction_config=configs, parsing_timeout=None), parse("$1$", extraction_config=configs,
-           parsing_timeout=None), timeout_seconds=None)  # warm up sympy before announcing readiness
+    verify(
+        parse("$1$", extraction_config=configs, parsing_timeout=None),
+        parse("$1$", extraction_config=configs, parsing_timeout=None),
+        timeout_seconds=None,
+    )  # warm up sympy before announcing readiness
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     for line in sys.stdin:

@@ -50,7 +50,8 @@ class DAPOConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     seed: int = 0
     checkpoint_every: int = 10
     trainer: str = "native"  # native (plain torch, DAPO refill) or trl (GRPOTrainer subclass, masking form)
@@ -64,32 +65,48 @@ class DAPOConfig:
                 raise DAPOConfigError(msg)
 
         need(self.rsp_length >= 0, f"rsp_length must be >= 0 (0 = plain DAPO), got {self.rsp_length}")
-        need(self.rsp_position in POSITIONS, f"rsp_position must be one of {', '.join(POSITIONS)}, "
-                                             f"got {self.rsp_position!r}")
+        need(
+            self.rsp_position in POSITIONS,
+            f"rsp_position must be one of {', '.join(POSITIONS)}, got {self.rsp_position!r}",
+        )
         need(self.rsp_scale > 0, f"rsp_scale must be > 0, got {self.rsp_scale}")
-        need(self.group_size >= 2, f"group_size must be >= 2 (advantages are relative to the group), "
-                                   f"got {self.group_size}")
+        need(
+            self.group_size >= 2,
+            f"group_size must be >= 2 (advantages are relative to the group), got {self.group_size}",
+        )
         need(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.micro_batch_size >= 0, f"micro_batch_size must be >= 0 (0 = whole batch), got {self.micro_batch_size}")
+        need(
+            self.micro_batch_size >= 0,
+            f"micro_batch_size must be >= 0 (0 = whole batch), got {self.micro_batch_size}",
+        )
         need(self.updates_per_batch >= 1, f"updates_per_batch must be >= 1, got {self.updates_per_batch}")
         need(0 <= self.epsilon_low < 1, f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
         need(self.epsilon_high >= 0, f"epsilon_high must be >= 0, got {self.epsilon_high}")
         need(self.beta >= 0, f"beta (KL coefficient) must be >= 0, got {self.beta}")
         need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        need(0 <= self.overlong_buffer < self.max_new_tokens,
-             f"overlong_buffer must be in [0, max_new_tokens={self.max_new_tokens}), got {self.overlong_buffer}")
+        need(
+            0 <= self.overlong_buffer < self.max_new_tokens,
+            f"overlong_buffer must be in [0, max_new_tokens={self.max_new_tokens}), got {self.overlong_buffer}",
+        )
         need(self.overlong_penalty >= 0, f"overlong_penalty must be >= 0, got {self.overlong_penalty}")
-        need(self.reward_correct > self.reward_wrong,
-             f"reward_correct ({self.reward_correct}) must exceed reward_wrong ({self.reward_wrong})")
+        need(
+            self.reward_correct > self.reward_wrong,
+            f"reward_correct ({self.reward_correct}) must exceed reward_wrong ({self.reward_wrong})",
+        )
         need(self.max_extra_rounds >= 0, f"max_extra_rounds must be >= 0, got {self.max_extra_rounds}")
         need(self.temperature > 0, f"temperature must be > 0 for sampled rollouts, got {self.temperature}")
-        need(self.train_problems >= self.prompts_per_step,
-             f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
+        need(
+            self.train_problems >= self.prompts_per_step,
+            f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})",
+        )
         need(self.trainer in ("native", "trl"), f"trainer must be native or trl, got {self.trainer!r}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        need(isinstance(self.trl_args, dict), f"trl_args must be a mapping of GRPOConfig fields, got {self.trl_args!r}")
+        need(
+            isinstance(self.trl_args, dict),
+            f"trl_args must be a mapping of GRPOConfig fields, got {self.trl_args!r}",
+        )
         need(not self.trl_args or self.trainer == "trl", "trl_args apply to --trainer trl only")
         if self.lora:
             need(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")

@@ -85,8 +85,13 @@ def group_advantages(rewards: Sequence[float]) -> list[float]:
 def build_injection(lm: LoadedModel, cfg: DAPOConfig) -> Injection:
     if cfg.rsp_length == 0:
         return NoInjection(cfg.rsp_position)
-    return RandomSoftPrompt(lm.embedding_stats(), cfg.rsp_length, scale=cfg.rsp_scale,
-                            position=cfg.rsp_position, granularity="attempt")
+    return RandomSoftPrompt(
+        lm.embedding_stats(),
+        cfg.rsp_length,
+        scale=cfg.rsp_scale,
+        position=cfg.rsp_position,
+        granularity="attempt",
+    )
 
 
 def completion_logprobs(
@@ -112,9 +117,16 @@ def completion_logprobs(
     device = lm.device
     # Only the T positions that predict completion tokens go through the LM head: with a 49k-262k vocabulary
     # the full-sequence logits (and their autograd copies) dominated peak memory (9 GB at 16 x 280 tokens).
-    logits = model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False,
-                   logits_to_keep=T + 1).logits
-    logits = ban_token_in_logits(logits[:, :T].float(), lm.placeholder_id) / temperature  # as the rollout engine
+    logits = model(
+        inputs_embeds=embeds,
+        attention_mask=attn,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=T + 1,
+    ).logits
+    logits = (
+        ban_token_in_logits(logits[:, :T].float(), lm.placeholder_id) / temperature
+    )  # as the rollout engine
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, comp_ids.to(device).unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():  # a logged statistic, not part of the loss: keep it out of the autograd graph
@@ -122,9 +134,17 @@ def completion_logprobs(
     return logp, comp_mask.to(device).float(), entropy
 
 
-def dapo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-              eps_low: float, eps_high: float, ref_logp: torch.Tensor | None = None,
-              beta: float = 0.0, num_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+def dapo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate with clip-higher, averaged over every completion token in the batch.
 
     `num_tokens` is the token count of the whole batch when this call sees one micro-batch of it, so the
@@ -165,9 +185,15 @@ class DataCursor:
 class DAPOTrainer:
     """One object per run: sampling with RSP, dynamic sampling, and the DAPO update."""
 
-    def __init__(self, lm: LoadedModel, cfg: DAPOConfig, problems: Sequence[Problem],
-                 prompt_of: Callable[[Problem], PromptTokens], reward_fn: RewardFn,
-                 stop_strings: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        cfg: DAPOConfig,
+        problems: Sequence[Problem],
+        prompt_of: Callable[[Problem], PromptTokens],
+        reward_fn: RewardFn,
+        stop_strings: Sequence[str] = (),
+    ) -> None:
         self.cfg = cfg.validate()
         self.lm, self.problems, self.prompt_of, self.reward_fn = lm, list(problems), prompt_of, reward_fn
         self.stop_strings = tuple(stop_strings)
@@ -176,9 +202,17 @@ class DAPOTrainer:
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
 
-            self.peft_model = get_peft_model(lm.model, LoraConfig(
-                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM"))
+            self.peft_model = get_peft_model(
+                lm.model,
+                LoraConfig(
+                    r=cfg.lora_r,
+                    lora_alpha=cfg.lora_alpha,
+                    lora_dropout=cfg.lora_dropout,
+                    target_modules=list(cfg.lora_target_modules),
+                    bias="none",
+                    task_type="CAUSAL_LM",
+                ),
+            )
             # get_peft_model injects the adapters into lm.model in place, so lm.model.generate uses them.
         else:
             lm.model.get_input_embeddings().weight.requires_grad_(False)
@@ -189,11 +223,14 @@ class DAPOTrainer:
             self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False)
         self.trainable = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.trainable:
-            raise RuntimeError("no trainable parameters: check lora_target_modules against the model's layer names")
+            raise RuntimeError(
+                "no trainable parameters: check lora_target_modules against the model's layer names"
+            )
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.backend = HFBackend(lm)
-        self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=1.0, top_k=0, min_p=0.0,
-                                       max_new_tokens=cfg.max_new_tokens)
+        self.sampling = SamplingConfig(
+            temperature=cfg.temperature, top_p=1.0, top_k=0, min_p=0.0, max_new_tokens=cfg.max_new_tokens
+        )
         self.cursor = DataCursor(len(self.problems), cfg.seed)
         self.step = 0
         self.last_rollouts: list[Rollout] = []
@@ -206,9 +243,14 @@ class DAPOTrainer:
         base = derive_seed(cfg.seed, "rollout", step, round_)
         seeds = [self.injection.seed_for(base, problem.id, i) for i in range(cfg.group_size)]
         self.lm.model.eval()
-        comps = self.backend.generate([prompt] * cfg.group_size, self.injection, seeds, self.sampling,
-                                      decode_seed=derive_seed(base, "decode", problem.id),
-                                      stop_strings=self.stop_strings)
+        comps = self.backend.generate(
+            [prompt] * cfg.group_size,
+            self.injection,
+            seeds,
+            self.sampling,
+            decode_seed=derive_seed(base, "decode", problem.id),
+            stop_strings=self.stop_strings,
+        )
         group = []
         for seed, c in zip(seeds, comps, strict=True):
             tokens = tuple(c.token_ids)
@@ -217,8 +259,7 @@ class DAPOTrainer:
                 tokens = tokens + (self.lm.stop_token_ids[0],)
             correct = bool(self.reward_fn(c.text, problem.answer))
             reward = shaped_reward(cfg, correct, len(tokens))
-            group.append(Rollout(problem.id, prompt, seed, tokens, c.text, c.finish_reason, correct,
-                                 reward))
+            group.append(Rollout(problem.id, prompt, seed, tokens, c.text, c.finish_reason, correct, reward))
         for r, a in zip(group, group_advantages([r.reward for r in group]), strict=True):
             r.advantage = a
         return group
@@ -251,9 +292,15 @@ class DAPOTrainer:
 
     # ---------------------------------------------------------------- update
     def logprobs(self, rollouts: Sequence[Rollout], model: torch.nn.Module | None = None):
-        return completion_logprobs(self.lm, self.injection, [r.prompt for r in rollouts],
-                                   [r.rsp_seed for r in rollouts], [r.token_ids for r in rollouts],
-                                   temperature=self.cfg.temperature, model=model)
+        return completion_logprobs(
+            self.lm,
+            self.injection,
+            [r.prompt for r in rollouts],
+            [r.rsp_seed for r in rollouts],
+            [r.token_ids for r in rollouts],
+            temperature=self.cfg.temperature,
+            model=model,
+        )
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
@@ -274,7 +321,11 @@ class DAPOTrainer:
             "shortfall": sb.shortfall,
             "response_length": _mean([len(r.token_ids) for r in sb.all_rollouts]),
             "truncated_frac": _mean([float(r.finish_reason == "length") for r in sb.all_rollouts]),
-            "loss": 0.0, "entropy": float("nan"), "clip_fraction": 0.0, "grad_norm": 0.0, "updated": False,
+            "loss": 0.0,
+            "entropy": float("nan"),
+            "clip_fraction": 0.0,
+            "grad_norm": 0.0,
+            "updated": False,
         }
         if rollouts and any(len(r.token_ids) for r in rollouts):
             m.update(self._update(rollouts))
@@ -292,12 +343,23 @@ class DAPOTrainer:
         """
         cfg = self.cfg
         mb = cfg.micro_batch_size or len(rollouts)
-        chunks = [rollouts[i:i + mb] for i in range(0, len(rollouts), mb)]
-        advs = [torch.tensor([r.advantage for r in c], dtype=torch.float32, device=self.lm.device) for c in chunks]
-        keeps = [torch.tensor([not (cfg.mask_truncated and r.finish_reason == "length") for r in c],
-                              dtype=torch.float32, device=self.lm.device) for c in chunks]
-        num_tokens = float(sum(len(r.token_ids) for r in rollouts
-                               if not (cfg.mask_truncated and r.finish_reason == "length")))
+        chunks = [rollouts[i : i + mb] for i in range(0, len(rollouts), mb)]
+        advs = [
+            torch.tensor([r.advantage for r in c], dtype=torch.float32, device=self.lm.device) for c in chunks
+        ]
+        keeps = [
+            torch.tensor(
+                [not (cfg.mask_truncated and r.finish_reason == "length") for r in c],
+                dtype=torch.float32,
+                device=self.lm.device,
+            )
+            for c in chunks
+        ]
+        num_tokens = float(
+            sum(
+                len(r.token_ids) for r in rollouts if not (cfg.mask_truncated and r.finish_reason == "length")
+            )
+        )
         self.lm.model.train()
         olds: list[torch.Tensor | None] = [None] * len(chunks)
         refs: list[torch.Tensor | None] = [None] * len(chunks)
@@ -318,16 +380,31 @@ class DAPOTrainer:
             for c, adv, keep, old, ref in zip(chunks, advs, keeps, olds, refs, strict=True):
                 logp, mask, ent = self.logprobs(c)
                 mask = mask * keep.unsqueeze(-1)
-                loss, info = dapo_loss(logp, old if old is not None else logp.detach(), adv, mask,
-                                       cfg.epsilon_low, cfg.epsilon_high, ref, cfg.beta, num_tokens=num_tokens)
+                loss, info = dapo_loss(
+                    logp,
+                    old if old is not None else logp.detach(),
+                    adv,
+                    mask,
+                    cfg.epsilon_low,
+                    cfg.epsilon_high,
+                    ref,
+                    cfg.beta,
+                    num_tokens=num_tokens,
+                )
                 loss.backward()
                 loss_sum += float(loss.detach())
                 clip_sum += info["clip_fraction"]
                 ent_sum += float((ent * mask).sum())
             gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
             self.optimizer.step()
-            stats.append({"loss": loss_sum, "clip_fraction": clip_sum,
-                          "entropy": ent_sum / max(num_tokens, 1.0), "grad_norm": float(gn)})
+            stats.append(
+                {
+                    "loss": loss_sum,
+                    "clip_fraction": clip_sum,
+                    "entropy": ent_sum / max(num_tokens, 1.0),
+                    "grad_norm": float(gn),
+                }
+            )
         self.lm.model.eval()
         out = {k: _mean([s[k] for s in stats]) for k in stats[0]}
         out["updated"] = True

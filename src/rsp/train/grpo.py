@@ -23,35 +23,57 @@ from typing import Any, Literal
 
 from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
 
-REWARD_FUNCS = ("rsp_accuracy_reward", "accuracy_reward", "reasoning_accuracy_reward", "think_format_reward",
-                "soft_overlong_punishment")
+REWARD_FUNCS = (
+    "rsp_accuracy_reward",
+    "accuracy_reward",
+    "reasoning_accuracy_reward",
+    "think_format_reward",
+    "soft_overlong_punishment",
+)
 
 
 @dataclass
 class RSPArguments:
     """The RSP of every rollout: the fields of `rsp.RSPConfig`, prefixed so they never clash with TRL's."""
 
-    rsp_length: int = field(default=4, metadata={"help": "L, the number of random vectors per rollout (0 = plain "
-                                                          "GRPO, nothing attached)"})
-    rsp_scale: float = field(default=1.0, metadata={"help": "multiplies the fitted standard deviation of the "
-                                                            "input-embedding table"})
+    rsp_length: int = field(
+        default=4,
+        metadata={"help": "L, the number of random vectors per rollout (0 = plain GRPO, nothing attached)"},
+    )
+    rsp_scale: float = field(
+        default=1.0,
+        metadata={"help": "multiplies the fitted standard deviation of the input-embedding table"},
+    )
     rsp_position: Literal["after_generation_prompt", "end_of_user_turn", "prepend"] = field(
         default="after_generation_prompt",
-        metadata={"help": "where the L vectors go in TRL's prompt ids: right before the first generated token, at the "
-                          "end of the last user message (conversational prompts), or at the very start"})
+        metadata={
+            "help": "where the L vectors go in TRL's prompt ids: right before the first generated token, at the "
+            "end of the last user message (conversational prompts), or at the very start"
+        },
+    )
     rsp_method: str = field(default="rsp", metadata={"help": "rsp, or a control from `rsp methods`"})
     rsp_stats_rows: Literal["all", "tokens"] = field(
-        default="all", metadata={"help": "fit the Gaussian on all embedding rows or on the tokenizer's real tokens"})
+        default="all",
+        metadata={"help": "fit the Gaussian on all embedding rows or on the tokenizer's real tokens"},
+    )
     rsp_stats_mean: Literal["scalar", "per_dim"] = field(
-        default="scalar", metadata={"help": "isotropic scalar mean, or one mean per dimension"})
-    rsp_seed: int | None = field(default=None, metadata={"help": "base of the per-rollout RSP seeds (default: seed)"})
+        default="scalar", metadata={"help": "isotropic scalar mean, or one mean per dimension"}
+    )
+    rsp_seed: int | None = field(
+        default=None, metadata={"help": "base of the per-rollout RSP seeds (default: seed)"}
+    )
 
     def to_rsp_config(self):
         from rsp.generation import RSPConfig
 
-        return RSPConfig(length=self.rsp_length, scale=self.rsp_scale, position=self.rsp_position,
-                         method=self.rsp_method, stats_rows=self.rsp_stats_rows,
-                         stats_mean=self.rsp_stats_mean).validate()
+        return RSPConfig(
+            length=self.rsp_length,
+            scale=self.rsp_scale,
+            position=self.rsp_position,
+            method=self.rsp_method,
+            stats_rows=self.rsp_stats_rows,
+            stats_mean=self.rsp_stats_mean,
+        ).validate()
 
 
 @dataclass
@@ -61,26 +83,40 @@ class RSPScriptArguments(ScriptArguments):
 
     task: str | None = field(
         default=None,
-        metadata={"help": "an rsp task (arith, gsm8k, math500, ... or a .jsonl with question/answer) turned into a "
-                          "TRL dataset: `prompt` (conversational, or a string with prompt_format: standard) and "
-                          "`solution`. Local JSONL first ($RSP_DATA_DIR, ../shared/data). Overrides dataset_name"})
+        metadata={
+            "help": "an rsp task (arith, gsm8k, math500, ... or a .jsonl with question/answer) turned into a "
+            "TRL dataset: `prompt` (conversational, or a string with prompt_format: standard) and "
+            "`solution`. Local JSONL first ($RSP_DATA_DIR, ../shared/data). Overrides dataset_name"
+        },
+    )
     task_split: str = field(default="train", metadata={"help": "split of the rsp task"})
     task_limit: int | None = field(default=None, metadata={"help": "use at most this many problems"})
     arith_steps: int = field(default=2, metadata={"help": "arith task: operations per problem"})
     arith_max_value: int = field(default=20, metadata={"help": "arith task: largest operand"})
     arith_n: int = field(default=512, metadata={"help": "arith task: number of generated problems"})
     prompt_format: Literal["conversational", "standard"] = field(
-        default="conversational", metadata={"help": "task prompts as chat messages or as plain strings"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system message for conversational prompts"})
+        default="conversational", metadata={"help": "task prompts as chat messages or as plain strings"}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "system message for conversational prompts"}
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["rsp_accuracy_reward"],
-        metadata={"help": f"reward functions: {', '.join(REWARD_FUNCS)}, or a dotted import path "
-                          "(module.function); all read the dataset's `solution` column"})
+        metadata={
+            "help": f"reward functions: {', '.join(REWARD_FUNCS)}, or a dotted import path "
+            "(module.function); all read the dataset's `solution` column"
+        },
+    )
     overlong_buffer: int = field(
-        default=0, metadata={"help": "soft_overlong_punishment: DAPO's buffer before max_completion_length"})
+        default=0, metadata={"help": "soft_overlong_punishment: DAPO's buffer before max_completion_length"}
+    )
     mask_constant_groups: bool = field(
-        default=True, metadata={"help": "DAPO dynamic sampling, masking form: groups whose rewards are all equal "
-                                        "leave the loss and its token count"})
+        default=True,
+        metadata={
+            "help": "DAPO dynamic sampling, masking form: groups whose rewards are all equal "
+            "leave the loss and its token count"
+        },
+    )
     grader_timeout: float = field(default=5.0, metadata={"help": "rsp_accuracy_reward: seconds per grading"})
 
 
@@ -91,8 +127,15 @@ def task_dataset(args: RSPScriptArguments, seed: int):
     from rsp.tasks import load_task
     from rsp.tasks.prompts import INSTRUCTION
 
-    task = load_task(args.task, split=args.task_split, limit=args.task_limit, arith_steps=args.arith_steps,
-                     arith_max_value=args.arith_max_value, arith_n=args.arith_n, seed=seed)
+    task = load_task(
+        args.task,
+        split=args.task_split,
+        limit=args.task_limit,
+        arith_steps=args.arith_steps,
+        arith_max_value=args.arith_max_value,
+        arith_n=args.arith_n,
+        seed=seed,
+    )
     rows = []
     for p in task.problems:
         content = f"{p.question}\n{INSTRUCTION}"
@@ -100,7 +143,8 @@ def task_dataset(args: RSPScriptArguments, seed: int):
             prompt: Any = content
         else:
             prompt = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + [
-                {"role": "user", "content": content}]
+                {"role": "user", "content": content}
+            ]
         rows.append({"prompt": prompt, "solution": p.answer, "problem_id": p.id})
     return Dataset.from_list(rows)
 
@@ -109,13 +153,17 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
     if args.task:
         return task_dataset(args, seed)
     if not args.dataset_name:
-        raise ValueError("set `task` (an rsp task) or `dataset_name` (a TRL dataset: Hub id, or a local "
-                         ".jsonl/.json/.parquet file or folder)")
+        raise ValueError(
+            "set `task` (an rsp task) or `dataset_name` (a TRL dataset: Hub id, or a local "
+            ".jsonl/.json/.parquet file or folder)"
+        )
     from datasets import load_dataset
 
     path = os.path.expanduser(args.dataset_name)
     if os.path.isfile(path):
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(os.path.splitext(path)[1])
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
+            os.path.splitext(path)[1]
+        )
         if kind is None:
             raise ValueError(f"cannot tell the format of {path}; use .jsonl, .json, .parquet or .csv")
         return load_dataset(kind, data_files={args.dataset_train_split: path})[args.dataset_train_split]
@@ -130,8 +178,10 @@ def rsp_accuracy_reward(timeout: float):
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
-        return [float(grader.grade(completion_text(c), str(s)).correct) for c, s in zip(completions, solution,
-                                                                                        strict=True)]
+        return [
+            float(grader.grade(completion_text(c), str(s)).correct)
+            for c, s in zip(completions, solution, strict=True)
+        ]
 
     rsp_accuracy_reward.close = grader.close  # type: ignore[attr-defined]  (the grader's worker process)
     return rsp_accuracy_reward
@@ -150,8 +200,9 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
         "accuracy_reward": lambda: accuracy_reward,
         "reasoning_accuracy_reward": lambda: reasoning_accuracy_reward,
         "think_format_reward": lambda: think_format_reward,
-        "soft_overlong_punishment": lambda: get_soft_overlong_punishment(training_args.max_completion_length,
-                                                                         args.overlong_buffer),
+        "soft_overlong_punishment": lambda: get_soft_overlong_punishment(
+            training_args.max_completion_length, args.overlong_buffer
+        ),
     }
     funcs = []
     for name in args.reward_funcs:
@@ -162,7 +213,9 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
             sys.path.insert(0, os.getcwd())
             funcs.append(getattr(importlib.import_module(module), attr))
         else:
-            raise ValueError(f"unknown reward function {name!r}; use one of {', '.join(REWARD_FUNCS)} or module.func")
+            raise ValueError(
+                f"unknown reward function {name!r}; use one of {', '.join(REWARD_FUNCS)} or module.func"
+            )
     if not funcs:
         raise ValueError("reward_funcs is empty")
     return funcs
@@ -179,7 +232,9 @@ def resolve_model(name: str) -> str:
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((RSPScriptArguments, GRPOConfig, ModelConfig, RSPArguments), prog="python -m rsp.train.grpo")
+    return TrlParser(
+        (RSPScriptArguments, GRPOConfig, ModelConfig, RSPArguments), prog="python -m rsp.train.grpo"
+    )
 
 
 def parse(argv: list[str] | None = None):
@@ -193,8 +248,12 @@ def main(argv: list[str] | None = None):
     from rsp.train.trl_rsp import _grpo_trainer_class
 
     script_args, training_args, model_args, rsp_args = parse(argv)
-    model_init_kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                             attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     rewards = reward_functions(script_args, training_args)
     trainer = _grpo_trainer_class()(
@@ -212,7 +271,9 @@ def main(argv: list[str] | None = None):
     if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the latest checkpoint in output_dir
         from transformers.trainer_utils import get_last_checkpoint
 
-        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        resume = (
+            get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        )
     try:
         trainer.train(resume_from_checkpoint=resume)
     finally:

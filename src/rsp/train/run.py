@@ -44,10 +44,14 @@ def load_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refusing to resume from {path}: it holds more than tensors and plain values "
-                              f"({first}); rsp checkpoints never do, so it was not written by rsp train. Move it "
-                              "away (the run resumes from the previous checkpoint) or start a new --out") from None
-    if not isinstance(state, dict) or not {"step", "cursor", "trainable", "optimizer", "torch_rng"} <= set(state):
+        raise CheckpointError(
+            f"refusing to resume from {path}: it holds more than tensors and plain values "
+            f"({first}); rsp checkpoints never do, so it was not written by rsp train. Move it "
+            "away (the run resumes from the previous checkpoint) or start a new --out"
+        ) from None
+    if not isinstance(state, dict) or not {"step", "cursor", "trainable", "optimizer", "torch_rng"} <= set(
+        state
+    ):
         raise CheckpointError(f"{path} is not an rsp train checkpoint")
     return state
 
@@ -65,8 +69,15 @@ def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
     and the `PromptBuilder` (the TRL path turns problems into standard TRL prompts with it)."""
     from rsp.tasks import PromptBuilder, load_task
 
-    task = load_task(cfg.task, split="train", limit=cfg.train_problems, arith_steps=cfg.arith_steps,
-                     arith_max_value=cfg.arith_max_value, arith_n=cfg.train_problems, seed=cfg.seed)
+    task = load_task(
+        cfg.task,
+        split="train",
+        limit=cfg.train_problems,
+        arith_steps=cfg.arith_steps,
+        arith_max_value=cfg.arith_max_value,
+        arith_n=cfg.train_problems,
+        seed=cfg.seed,
+    )
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     cache: dict[str, object] = {}
 
@@ -78,8 +89,16 @@ def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
     return task.problems, prompt_of, builder
 
 
-def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_fn: RewardFn | None = None,
-          stop_after: int | None = None, progress: bool = True, save_merged: bool = False) -> list[dict]:
+def train(
+    cfg: DAPOConfig,
+    out: Path,
+    *,
+    lm: LoadedModel | None = None,
+    reward_fn: RewardFn | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    save_merged: bool = False,
+) -> list[dict]:
     """Run (or resume) training into `out`; `stop_after` ends early after that many total steps (tests).
 
     `save_merged` also writes `out/merged/`, a plain model directory (LoRA merged in) that `rsp eval --model`
@@ -99,8 +118,17 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
     problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
     if cfg.trainer == "trl":
         try:
-            return train_with_trl(cfg, out, lm, problems, builder, reward_fn, resuming=resuming,
-                                  save_merged=save_merged, stop_after=stop_after)
+            return train_with_trl(
+                cfg,
+                out,
+                lm,
+                problems,
+                builder,
+                reward_fn,
+                resuming=resuming,
+                save_merged=save_merged,
+                stop_after=stop_after,
+            )
         finally:
             if close is not None:
                 close()
@@ -130,8 +158,11 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
                 log.append([m])
                 records.append(m)
                 bar.update(1)
-                bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}",
-                                kept=f"{m['frac_groups_kept']:.2f}")
+                bar.set_postfix(
+                    reward=f"{m['reward_mean']:.2f}",
+                    acc=f"{m['accuracy']:.2f}",
+                    kept=f"{m['frac_groups_kept']:.2f}",
+                )
                 if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
                     save_checkpoint(trainer, out)
     finally:
@@ -147,7 +178,9 @@ def train(cfg: DAPOConfig, out: Path, *, lm: LoadedModel | None = None, reward_f
 
 
 def save_merged_model(trainer: DAPOTrainer, path: Path) -> None:
-    write_merged(trainer.peft_model if trainer.peft_model is not None else trainer.lm.model, trainer.lm.tokenizer, path)
+    write_merged(
+        trainer.peft_model if trainer.peft_model is not None else trainer.lm.model, trainer.lm.tokenizer, path
+    )
 
 
 def write_merged(model, tokenizer, path: Path) -> None:
@@ -159,10 +192,21 @@ def write_merged(model, tokenizer, path: Path) -> None:
 
 def rollout_records(trainer: DAPOTrainer, step: int) -> list[dict]:
     """One record per rollout; `rsp_seed` rebuilds its RSP exactly (`injection.rows([rsp_seed])`)."""
-    return [{"step": step, "problem_id": r.problem_id, "rsp_seed": r.rsp_seed, "completion": r.text,
-             "token_ids": list(r.token_ids), "finish_reason": r.finish_reason, "correct": r.correct,
-             "reward": r.reward, "advantage": r.advantage, "kept": kept}
-            for r, kept in zip(trainer.last_rollouts, trainer.last_kept, strict=True)]
+    return [
+        {
+            "step": step,
+            "problem_id": r.problem_id,
+            "rsp_seed": r.rsp_seed,
+            "completion": r.text,
+            "token_ids": list(r.token_ids),
+            "finish_reason": r.finish_reason,
+            "correct": r.correct,
+            "reward": r.reward,
+            "advantage": r.advantage,
+            "kept": kept,
+        }
+        for r, kept in zip(trainer.last_rollouts, trainer.last_kept, strict=True)
+    ]
 
 
 def save_checkpoint(trainer: DAPOTrainer, out: Path, keep: int = 2) -> Path:
@@ -206,17 +250,33 @@ def process_device(device: str, env: dict | None = None) -> str:
 
 
 # TRL's own log keys are kept; the native trainer's names are added where TRL has the same quantity.
-TRL_ALIASES = {"reward_mean": "reward", "response_length": "completions/mean_length",
-               "frac_groups_kept": "rsp/frac_groups_kept"}
+TRL_ALIASES = {
+    "reward_mean": "reward",
+    "response_length": "completions/mean_length",
+    "frac_groups_kept": "rsp/frac_groups_kept",
+}
 
 
 def trl_record(step: int, logs: dict) -> dict:
-    return {"step": int(step), **{k: logs[v] for k, v in TRL_ALIASES.items() if v in logs},
-            **{k: v for k, v in logs.items() if k != "step"}}
+    return {
+        "step": int(step),
+        **{k: logs[v] for k, v in TRL_ALIASES.items() if v in logs},
+        **{k: v for k, v in logs.items() if k != "step"},
+    }
 
 
-def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, builder, reward_fn: RewardFn, *,
-                   resuming: bool, save_merged: bool, stop_after: int | None = None) -> list[dict]:
+def train_with_trl(
+    cfg: DAPOConfig,
+    out: Path,
+    lm: LoadedModel,
+    problems,
+    builder,
+    reward_fn: RewardFn,
+    *,
+    resuming: bool,
+    save_merged: bool,
+    stop_after: int | None = None,
+) -> list[dict]:
     """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/.
 
     metrics.jsonl gets one record per optimizer step as TRL logs it (main process only); on resume the
@@ -239,10 +299,23 @@ def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, builde
                 control.should_training_stop = True
                 control.should_save = True  # so the rerun resumes from here
 
-    trainer = build_trl_trainer(cfg, lm, problems, builder, reward_fn, str(out / "trl"),
-                                save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=2)
+    trainer = build_trl_trainer(
+        cfg,
+        lm,
+        problems,
+        builder,
+        reward_fn,
+        str(out / "trl"),
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_every,
+        save_total_limit=2,
+    )
     trainer.add_callback(StepLog())
-    ckpts = sorted((out / "trl").glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1])) if resuming else []
+    ckpts = (
+        sorted((out / "trl").glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1]))
+        if resuming
+        else []
+    )
     if trainer.accelerator.is_main_process:
         done = int(ckpts[-1].name.split("-")[-1]) if ckpts else 0
         kept = [r for r in read_jsonl_records(metrics_path) if r["step"] <= done] if ckpts else []
@@ -260,8 +333,11 @@ def train_with_trl(cfg: DAPOConfig, out: Path, lm: LoadedModel, problems, builde
     plot_curves(records, out / "curves.png")  # the CLI points at it; keys TRL lacks are plotted as NaN
     if finished and save_merged:
         if trainer.accelerator.num_processes > 1:
-            print("rsp train: --save-merged is skipped under multi-process training; merge OUT/adapter into the "
-                  "base model afterwards in one process", file=sys.stderr)
+            print(
+                "rsp train: --save-merged is skipped under multi-process training; merge OUT/adapter into the "
+                "base model afterwards in one process",
+                file=sys.stderr,
+            )
         else:
             write_merged(trainer.model, lm.tokenizer, out / "merged")
     return records

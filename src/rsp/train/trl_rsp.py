@@ -50,7 +50,9 @@ def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int],
     return [injection.seed_for(base, "row", i) for i in range(n)]
 
 
-def local_constant_rows(gathered_adv: torch.Tensor, group_size: int, process_index: int, local_n: int) -> torch.Tensor:
+def local_constant_rows(
+    gathered_adv: torch.Tensor, group_size: int, process_index: int, local_n: int
+) -> torch.Tensor:
     """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal).
 
     `gathered_adv` is the advantage vector of the whole generation batch in process order (what TRL slices
@@ -59,14 +61,16 @@ def local_constant_rows(gathered_adv: torch.Tensor, group_size: int, process_ind
     if gathered_adv.numel() % group_size:
         raise ValueError(f"{gathered_adv.numel()} rollouts do not split into groups of {group_size}")
     constant = (gathered_adv.view(-1, group_size).abs() < 1e-8).all(dim=1).repeat_interleave(group_size)
-    return constant[process_index * local_n:(process_index + 1) * local_n]
+    return constant[process_index * local_n : (process_index + 1) * local_n]
 
 
 def last_user_content(messages: Sequence[dict]) -> str:
     users = [m for m in messages if m.get("role") == "user"]
     if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"]:
-        raise ValueError("position 'end_of_user_turn' needs a conversational prompt whose last user message has "
-                         "non-empty string content")
+        raise ValueError(
+            "position 'end_of_user_turn' needs a conversational prompt whose last user message has "
+            "non-empty string content"
+        )
     return users[-1]["content"]
 
 
@@ -78,15 +82,19 @@ def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> 
     """
     cut = text.rfind(content)
     if cut < 0:
-        raise ValueError("position 'end_of_user_turn': the chat template changed the user's text, so the end of the "
-                         "user turn cannot be located; use after_generation_prompt or prepend")
+        raise ValueError(
+            "position 'end_of_user_turn': the chat template changed the user's text, so the end of the "
+            "user turn cannot be located; use after_generation_prompt or prepend"
+        )
     cut += len(content)
     head = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
     tail = list(tokenizer(text[cut:], add_special_tokens=False)["input_ids"]) if cut < len(text) else []
     if head + tail != list(ids):
-        raise ValueError("position 'end_of_user_turn': a token of TRL's prompt ids straddles the end of the user "
-                         "turn (tokenising the two halves separately gives other ids), so there is no token "
-                         "boundary to insert at; use after_generation_prompt or prepend")
+        raise ValueError(
+            "position 'end_of_user_turn': a token of TRL's prompt ids straddles the end of the user "
+            "turn (tokenising the two halves separately gives other ids), so there is no token "
+            "boundary to insert at; use after_generation_prompt or prepend"
+        )
     return len(head)
 
 
@@ -188,10 +196,17 @@ def _grpo_trainer_class():
                 `rsp.attach`'s choice, an unused special token); a prompt that contains it is refused.
         """
 
-        def __init__(self, *args: Any, rsp_config=None, injection: Injection | None = None,
-                     rsp_seed: int | None = None, mask_constant_groups: bool = False,
-                     vllm_engine_kwargs: dict | None = None, placeholder_id: int | None = None,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            rsp_config=None,
+            injection: Injection | None = None,
+            rsp_seed: int | None = None,
+            mask_constant_groups: bool = False,
+            vllm_engine_kwargs: dict | None = None,
+            placeholder_id: int | None = None,
+            **kwargs: Any,
+        ) -> None:
             from rsp.core.injection import NoInjection
             from rsp.generation import RSPConfig
 
@@ -203,8 +218,14 @@ def _grpo_trainer_class():
                     injection = NoInjection(rsp_config.position)
             active = injection is None or injection.length > 0 or injection.changes_prompt_rows
             grpo_args = _grpo_args(args, kwargs)
-            colocated = bool(grpo_args is not None and grpo_args.use_vllm and grpo_args.vllm_mode == "colocate")
-            with _engine_with_prompt_embeds(dict(vllm_engine_kwargs or {})) if colocated and active else ExitStack():
+            colocated = bool(
+                grpo_args is not None and grpo_args.use_vllm and grpo_args.vllm_mode == "colocate"
+            )
+            with (
+                _engine_with_prompt_embeds(dict(vllm_engine_kwargs or {}))
+                if colocated and active
+                else ExitStack()
+            ):
                 super().__init__(*args, **kwargs)
             self.mask_constant_groups = mask_constant_groups
             self.rsp_seed = int(self.args.seed if rsp_seed is None else rsp_seed)
@@ -221,41 +242,66 @@ def _grpo_trainer_class():
             self._refuse_unsupported()
             from rsp.models.loading import wrap_model
 
-            lm = _with_full_weights(self.model, lambda: wrap_model(self.model, self.processing_class,
-                                                                   name=type(self.model).__name__, prepare=False))
+            lm = _with_full_weights(
+                self.model,
+                lambda: wrap_model(
+                    self.model, self.processing_class, name=type(self.model).__name__, prepare=False
+                ),
+            )
             if injection is None:
                 from rsp.methods import build_method
 
-                injection = _with_full_weights(self.model, lambda: build_method(rsp_config.method, lm,
-                                                                                   rsp_config.method_options()))
+                injection = _with_full_weights(
+                    self.model, lambda: build_method(rsp_config.method, lm, rsp_config.method_options())
+                )
                 self.injection = injection
                 if not (injection.length > 0 or injection.changes_prompt_rows):
                     return
-            self.rsp = _with_full_weights(self.model, lambda: attach(lm, injection=injection, seed=self.rsp_seed,
-                                                                     placeholder_id=placeholder_id))
+            self.rsp = _with_full_weights(
+                self.model,
+                lambda: attach(lm, injection=injection, seed=self.rsp_seed, placeholder_id=placeholder_id),
+            )
             self.rsp_handles = [self.rsp]
-            if self.ref_model is not None:  # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
+            if (
+                self.ref_model is not None
+            ):  # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
                 ref = self.accelerator.unwrap_model(self.ref_model)
-                self.rsp_handles.append(_with_full_weights(ref, lambda: attach(
-                    ref, self.processing_class, injection=injection, seed=self.rsp_seed,
-                    placeholder_id=self.rsp.placeholder_id)))
+                self.rsp_handles.append(
+                    _with_full_weights(
+                        ref,
+                        lambda: attach(
+                            ref,
+                            self.processing_class,
+                            injection=injection,
+                            seed=self.rsp_seed,
+                            placeholder_id=self.rsp.placeholder_id,
+                        ),
+                    )
+                )
             if self.use_vllm:
                 self._check_vllm_engine()
 
         # ----------------------------------------------------------- set-up checks
         def _refuse_unsupported(self) -> None:
             if self._is_vlm:
-                raise NotImplementedError("RSPGRPOTrainer supports text models; this processing class is a "
-                                          "multimodal processor")
+                raise NotImplementedError(
+                    "RSPGRPOTrainer supports text models; this processing class is a multimodal processor"
+                )
             if self.tools or self.environment_factories is not None:
-                raise NotImplementedError("tools / environment_factory with an RSP: the multi-turn tool loop "
-                                          "would re-generate without the rollout's RSP; not supported")
+                raise NotImplementedError(
+                    "tools / environment_factory with an RSP: the multi-turn tool loop "
+                    "would re-generate without the rollout's RSP; not supported"
+                )
             if self.rollout_func is not None:
-                raise ValueError("rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends "
-                                 "the RSP to vLLM); drop rollout_func or use RSPConfig(length=0)")
+                raise ValueError(
+                    "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends "
+                    "the RSP to vLLM); drop rollout_func or use RSPConfig(length=0)"
+                )
             if self.use_transformers_continuous_batching:
-                raise NotImplementedError("use_transformers_continuous_batching with an RSP: generate_batch does "
-                                          "not run the embedding hook per row; use the default generate or vLLM")
+                raise NotImplementedError(
+                    "use_transformers_continuous_batching with an RSP: generate_batch does "
+                    "not run the embedding hook per row; use the default generate or vLLM"
+                )
 
         def _check_vllm_engine(self) -> None:
             gen = self.vllm_generation
@@ -264,7 +310,8 @@ def _grpo_trainer_class():
                     raise NotImplementedError(
                         "vllm_tensor_parallel_size > 1 in colocate mode with an RSP is not implemented; use "
                         f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
-                        "--tensor_parallel_size N)")
+                        "--tensor_parallel_size N)"
+                    )
                 config = gen.llm.llm_engine.model_config
                 if not getattr(config, "enable_prompt_embeds", False):
                     raise RuntimeError("the colocated vLLM engine was built without enable_prompt_embeds")
@@ -275,19 +322,29 @@ def _grpo_trainer_class():
                     raise RuntimeError(
                         f"the vLLM server at {client.base_url} cannot take RSP rollouts: `trl vllm-serve` / `vllm "
                         "serve` have no mixed token/embedding prompts over HTTP. Start the server with "
-                        f"`{SERVER_COMMAND}` (the same flags as `trl vllm-serve`), which adds them")
+                        f"`{SERVER_COMMAND}` (the same flags as `trl vllm-serve`), which adds them"
+                    )
 
         # ----------------------------------------------------------- prompts with slots
         def _tokenize_prompts(self, prompts: list):
             prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
             if self.rsp is None:
                 return prompt_ids, images, multimodal_fields
-            tokens = [PromptTokens(tuple(int(t) for t in ids), self._user_turn_end(p, ids))
-                      for p, ids in zip(prompts, prompt_ids, strict=True)]
+            tokens = [
+                PromptTokens(tuple(int(t) for t in ids), self._user_turn_end(p, ids))
+                for p, ids in zip(prompts, prompt_ids, strict=True)
+            ]
             self._rsp_prompts = tokens
-            batch = layout(tokens, self.injection, pad_id=self.rsp.lm.pad_token_id,
-                           placeholder_id=self.rsp.placeholder_id)
-            rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+            batch = layout(
+                tokens,
+                self.injection,
+                pad_id=self.rsp.lm.pad_token_id,
+                placeholder_id=self.rsp.placeholder_id,
+            )
+            rows = [
+                ids[mask.bool()].tolist()
+                for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+            ]
             return rows, images, multimodal_fields
 
         def _user_turn_end(self, prompt, ids: Sequence[int]) -> int:
@@ -296,8 +353,13 @@ def _grpo_trainer_class():
             if self.injection.position != "end_of_user_turn" or not is_conversational({"prompt": prompt}):
                 return len(ids)
             text = self.processing_class.apply_chat_template(
-                conversation=prompt, tools=self.tools or None, chat_template=self.chat_template,
-                add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs)
+                conversation=prompt,
+                tools=self.tools or None,
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                tokenize=False,
+                **self.chat_template_kwargs,
+            )
             return user_turn_offset(self.processing_class, text, last_user_content(prompt), ids)
 
         # ----------------------------------------------------------- rollouts
@@ -309,16 +371,20 @@ def _grpo_trainer_class():
                     stack.enter_context(handle.use_seeds(seeds))
                 yield
 
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        def _generate_single_turn(
+            self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+        ):
             if self.rsp is None:
-                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                     has_tool_images)
+                return super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                )
             seeds = self.next_rollout_seeds(len(prompt_ids))
             if self.use_vllm:
                 return self._vllm_rollouts(seeds)
             with self.pinned(seeds):
-                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                     has_tool_images)
+                return super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                )
 
         def round_key(self) -> tuple[int, int, int]:
             """(process, optimizer step, call) of the next generation round: distinct on every rank, and a
@@ -337,19 +403,35 @@ def _grpo_trainer_class():
             from rsp.backends.vllm import build_requests
 
             gen = self.vllm_generation
-            if gen.mode == "colocate" and gen.enable_sleep_mode and getattr(gen, "_llm_weights_sleeping", False):
+            if (
+                gen.mode == "colocate"
+                and gen.enable_sleep_mode
+                and getattr(gen, "_llm_weights_sleeping", False)
+            ):
                 gen.sync_weights()
                 self._last_loaded_step = self.state.global_step
             if self.state.global_step != self._last_loaded_step:
                 gen.sync_weights()
                 self._last_loaded_step = self.state.global_step
-            requests = build_requests(self.rsp.lm, self._rsp_prompts, self.injection, seeds,
-                                      decode_seed=derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round),
-                                      prompt_mode="mixed")
+            requests = build_requests(
+                self.rsp.lm,
+                self._rsp_prompts,
+                self.injection,
+                seeds,
+                decode_seed=derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round),
+                prompt_mode="mixed",
+            )
             params: dict[str, Any] = dict(
-                n=1, repetition_penalty=gen.repetition_penalty, temperature=gen.temperature, top_p=gen.top_p,
-                top_k=gen.top_k, min_p=0.0 if gen.min_p is None else gen.min_p, max_tokens=gen.max_completion_length,
-                logprobs=gen.logprobs, logit_bias={self.rsp.placeholder_id: -100.0})  # never sample the placeholder
+                n=1,
+                repetition_penalty=gen.repetition_penalty,
+                temperature=gen.temperature,
+                top_p=gen.top_p,
+                top_k=gen.top_k,
+                min_p=0.0 if gen.min_p is None else gen.min_p,
+                max_tokens=gen.max_completion_length,
+                logprobs=gen.logprobs,
+                logit_bias={self.rsp.placeholder_id: -100.0},
+            )  # never sample the placeholder
             if gen.mode == "colocate":
                 return self._colocate_generate(requests, params)
             return self._server_generate(requests, params)
@@ -387,26 +469,37 @@ def _grpo_trainer_class():
                 if gen.structured_outputs_regex is not None:
                     sampling["structured_outputs"] = {"regex": gen.structured_outputs_regex}
                 sampling.update(gen.generation_kwargs)
-                result = client._post(f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": sampling})
+                result = client._post(
+                    f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": sampling}
+                )
                 payload = [(result["completion_ids"], result["logprobs"])]
             else:
                 payload = [None]
             broadcast_object_list(payload, from_process=0)
             completion_ids, logprobs = payload[0]
-            local = slice(self.accelerator.process_index * len(requests),
-                          (self.accelerator.process_index + 1) * len(requests))
-            return completion_ids[local], [[math.nan if x is None else x for x in row] for row in logprobs[local]]
+            local = slice(
+                self.accelerator.process_index * len(requests),
+                (self.accelerator.process_index + 1) * len(requests),
+            )
+            return completion_ids[local], [
+                [math.nan if x is None else x for x in row] for row in logprobs[local]
+            ]
 
         def _generate_and_score_completions(self, inputs):
             self._pending_seeds = None
-            self._scoring_seeds = None  # old / reference log-probs inside super() score the rows in rollout order
+            self._scoring_seeds = (
+                None  # old / reference log-probs inside super() score the rows in rollout order
+            )
             output = super()._generate_and_score_completions(inputs)
             if self.rsp is not None:
                 seeds = self._pending_seeds
                 if seeds is None:
                     raise RuntimeError("no RSP seeds were recorded for this rollout batch")
-                output["rsp_seeds"] = torch.tensor([-1 if s is None else s for s in seeds], dtype=torch.long,
-                                                   device=output["completion_ids"].device)
+                output["rsp_seeds"] = torch.tensor(
+                    [-1 if s is None else s for s in seeds],
+                    dtype=torch.long,
+                    device=output["completion_ids"].device,
+                )
             if self.mask_constant_groups:
                 self._mask_constant_groups(output)
             return output
@@ -418,16 +511,24 @@ def _grpo_trainer_class():
                 return
             # A group can span ranks (TRL slices the gathered batch per process), so decide on the gathered vector.
             everything = self.accelerator.gather(adv)
-            constant = local_constant_rows(everything, self.num_generations, self.accelerator.process_index,
-                                           adv.numel())
+            constant = local_constant_rows(
+                everything, self.num_generations, self.accelerator.process_index, adv.numel()
+            )
             output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
-            loss_mask = output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
+            loss_mask = (
+                output["completion_mask"]
+                if "tool_mask" not in output
+                else output["completion_mask"] * output["tool_mask"]
+            )
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-            kept_groups = 1 - float(local_constant_rows(everything, self.num_generations, 0,
-                                                        everything.numel()).float().mean())
+            kept_groups = 1 - float(
+                local_constant_rows(everything, self.num_generations, 0, everything.numel()).float().mean()
+            )
             # Already global (from the gathered batch); written straight into this step's metrics, because
             # `_log_metric` values are only flushed by the *next* call of `_generate_and_score_completions`.
-            self._metrics["train" if self.model.training else "eval"]["rsp/frac_groups_kept"].append(kept_groups)
+            self._metrics["train" if self.model.training else "eval"]["rsp/frac_groups_kept"].append(
+                kept_groups
+            )
 
         # ----------------------------------------------------------- scoring with the stored RSP
         def _compute_loss(self, model, inputs):
@@ -439,11 +540,13 @@ def _grpo_trainer_class():
             finally:
                 self._scoring_seeds = None
 
-        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
-                                               batch_size=None, **kwargs):
+        def _get_per_token_logps_and_entropies(
+            self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs
+        ):
             if self.rsp is None:
-                return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
-                                                                  batch_size=batch_size, **kwargs)
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **kwargs
+                )
             seeds = self._scoring_seeds if self._scoring_seeds is not None else self._pending_seeds
             n = input_ids.size(0)
             if seeds is None or len(seeds) != n:
@@ -452,13 +555,24 @@ def _grpo_trainer_class():
             parts = []
             for start in range(0, n, step):
                 end = min(start + step, n)
-                chunk = {k: v[start:end] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
-                         for k, v in kwargs.items()}
-                with self.pinned(seeds[start:end]), banned_in_fused_head(self.accelerator.unwrap_model(model),
-                                                                         self.rsp.placeholder_id):
-                    parts.append(super()._get_per_token_logps_and_entropies(
-                        model, input_ids[start:end], attention_mask[start:end], logits_to_keep, batch_size=None,
-                        **chunk))
+                chunk = {
+                    k: v[start:end] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
+                    for k, v in kwargs.items()
+                }
+                with (
+                    self.pinned(seeds[start:end]),
+                    banned_in_fused_head(self.accelerator.unwrap_model(model), self.rsp.placeholder_id),
+                ):
+                    parts.append(
+                        super()._get_per_token_logps_and_entropies(
+                            model,
+                            input_ids[start:end],
+                            attention_mask[start:end],
+                            logits_to_keep,
+                            batch_size=None,
+                            **chunk,
+                        )
+                    )
             logps = torch.cat([p[0] for p in parts], dim=0)
             ents = torch.cat([p[1] for p in parts], dim=0) if parts[0][1] is not None else None
             aux = torch.stack([p[2] for p in parts]).mean() if parts[0][2] is not None else None
@@ -493,13 +607,31 @@ def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
     from trl import GRPOConfig
 
     settings: dict[str, Any] = dict(
-        output_dir=output_dir, loss_type="dapo", epsilon=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
-        beta=cfg.beta, num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=1.0, top_k=0, mask_truncated_completions=cfg.mask_truncated,
-        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step, gradient_accumulation_steps=1,
-        num_iterations=cfg.updates_per_batch, max_steps=cfg.steps, seed=cfg.seed, use_cpu=cfg.device == "cpu",
-        report_to="none", logging_steps=1, save_strategy="no", scale_rewards="group", bf16=False,
+        output_dir=output_dir,
+        loss_type="dapo",
+        epsilon=cfg.epsilon_low,
+        epsilon_high=cfg.epsilon_high,
+        beta=cfg.beta,
+        num_generations=cfg.group_size,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=1.0,
+        top_k=0,
+        mask_truncated_completions=cfg.mask_truncated,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step,
+        gradient_accumulation_steps=1,
+        num_iterations=cfg.updates_per_batch,
+        max_steps=cfg.steps,
+        seed=cfg.seed,
+        use_cpu=cfg.device == "cpu",
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        scale_rewards="group",
+        bf16=False,
     )
     settings.update(overrides)
     settings.update(cfg.trl_args)
@@ -538,7 +670,9 @@ def task_prompt(builder, problem):
     from rsp.tasks.prompts import INSTRUCTION
 
     if builder.resolved_style == "chat":
-        messages = [] if builder.system_prompt is None else [{"role": "system", "content": builder.system_prompt}]
+        messages = (
+            [] if builder.system_prompt is None else [{"role": "system", "content": builder.system_prompt}]
+        )
         return messages + [{"role": "user", "content": f"{problem.question}\n{INSTRUCTION}"}]
     head, tail = builder.render(problem)
     return head + tail
@@ -556,13 +690,26 @@ def build_trl_trainer(cfg: DAPOConfig, lm, problems, builder, correct_fn, output
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
     else:  # rsp's loader freezes everything; full fine-tuning trains all but the embedding table (as natively)
         lm.model.requires_grad_(True)
         lm.model.get_input_embeddings().weight.requires_grad_(False)
     trainer_cls = _grpo_trainer_class()
-    return trainer_cls(model=lm.model, reward_funcs=[dapo_reward(cfg, correct_fn)],
-                       args=grpo_config(cfg, output_dir, **overrides), train_dataset=Dataset.from_list(rows),
-                       processing_class=lm.tokenizer, peft_config=peft_config, injection=injection,
-                       rsp_seed=cfg.seed, mask_constant_groups=True)
+    return trainer_cls(
+        model=lm.model,
+        reward_funcs=[dapo_reward(cfg, correct_fn)],
+        args=grpo_config(cfg, output_dir, **overrides),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=lm.tokenizer,
+        peft_config=peft_config,
+        injection=injection,
+        rsp_seed=cfg.seed,
+        mask_constant_groups=True,
+    )

@@ -32,7 +32,13 @@ def encode_request(request) -> dict:
     """An `rsp.backends.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those vectors."""
     embeds = request.prompt_embeds
     if embeds is None:
-        return {"token_ids": list(request.token_ids or ()), "slots": [], "embeds": "", "dim": 0, "seed": request.seed}
+        return {
+            "token_ids": list(request.token_ids or ()),
+            "slots": [],
+            "embeds": "",
+            "dim": 0,
+            "seed": request.seed,
+        }
     if request.is_token_ids is None:  # a whole-prompt embedding request ("embeds" layout)
         slots = list(range(embeds.shape[0]))
         token_ids = None
@@ -40,8 +46,14 @@ def encode_request(request) -> dict:
         slots = [i for i, is_token in enumerate(request.is_token_ids) if not is_token]
         token_ids = list(request.token_ids or ())
     rows = embeds[slots].to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-    return {"token_ids": token_ids, "slots": slots, "length": int(embeds.shape[0]), "dim": int(embeds.shape[1]),
-            "embeds": base64.b64encode(rows).decode("ascii"), "seed": request.seed}
+    return {
+        "token_ids": token_ids,
+        "slots": slots,
+        "length": int(embeds.shape[0]),
+        "dim": int(embeds.shape[1]),
+        "embeds": base64.b64encode(rows).decode("ascii"),
+        "seed": request.seed,
+    }
 
 
 def decode_request(row: dict) -> dict:
@@ -57,8 +69,11 @@ def decode_request(row: dict) -> dict:
     if row["token_ids"] is None:
         return {"prompt_embeds": embeds}
     slots = set(row["slots"])
-    return {"prompt_token_ids": list(row["token_ids"]), "prompt_embeds": embeds,
-            "prompt_is_token_ids": [i not in slots for i in range(row["length"])]}
+    return {
+        "prompt_token_ids": list(row["token_ids"]),
+        "prompt_embeds": embeds,
+        "prompt_is_token_ids": [i not in slots for i in range(row["length"])],
+    }
 
 
 def sampling_kwargs(sampling: dict, seed: int) -> dict:
@@ -114,8 +129,9 @@ async def mixed_prompts(request, call_next):
 
     engine = request.app.state.engine_client
     if path == "/rsp/info":
-        return JSONResponse({"enable_prompt_embeds": bool(getattr(engine.model_config, "enable_prompt_embeds",
-                                                                     False))})
+        return JSONResponse(
+            {"enable_prompt_embeds": bool(getattr(engine.model_config, "enable_prompt_embeds", False))}
+        )
     try:
         return JSONResponse(await _generate_rows(engine, await request.json()))
     except Exception as exc:  # a bad request must come back as an answer, not kill the server's event loop
@@ -149,7 +165,9 @@ def _without_cli_version_check(command: list[str]) -> list[str]:
         return command
     except importlib.metadata.PackageNotFoundError:
         i = command.index("vllm.entrypoints.cli.main")
-        return command[:i] + ["vllm.entrypoints.openai.api_server", "--model", command[i + 2]] + command[i + 3:]
+        return (
+            command[:i] + ["vllm.entrypoints.openai.api_server", "--model", command[i + 2]] + command[i + 3 :]
+        )
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -37,9 +37,13 @@ def _dataset(task: Task) -> dict[str, Any]:
 
 def load_arith(**metadata: Any) -> dict[str, Any]:
     """rsp's synthetic arithmetic (`rsp eval --task arith`): `arith_n` problems of the test split."""
-    task = load_task("arith", arith_steps=int(metadata.get("arith_steps", 1)),
-                     arith_max_value=int(metadata.get("arith_max_value", 10)),
-                     limit=int(metadata.get("arith_n", 100)), seed=int(metadata.get("arith_seed", 0)))
+    task = load_task(
+        "arith",
+        arith_steps=int(metadata.get("arith_steps", 1)),
+        arith_max_value=int(metadata.get("arith_max_value", 10)),
+        limit=int(metadata.get("arith_n", 100)),
+        seed=int(metadata.get("arith_seed", 0)),
+    )
     return _dataset(task)
 
 
@@ -59,8 +63,10 @@ def _local(name: str, metadata: dict[str, Any]) -> Task:
     data_dir = metadata.get("data_dir")
     if find_data_file(BENCHMARKS[name].files["test"], data_dir) is None:
         where = [str(data_dir)] if data_dir else [str(d) for d in data_dir_candidates()]
-        raise FileNotFoundError(f"rsp_{name}: {BENCHMARKS[name].files['test']} not found in {', '.join(where)}; "
-                                "set RSP_DATA_DIR (or --metadata data_dir=...), or use lm-eval's hub task when online")
+        raise FileNotFoundError(
+            f"rsp_{name}: {BENCHMARKS[name].files['test']} not found in {', '.join(where)}; "
+            "set RSP_DATA_DIR (or --metadata data_dir=...), or use lm-eval's hub task when online"
+        )
     return load_task(name, data_dir=data_dir)
 
 
