@@ -30,8 +30,8 @@ def child(payload: dict) -> None:
     from lean_decode import smollm2_like, synthetic_prompts
 
     from rsp.analysis.scoring import attention_mass
-    from rsp.backends import HFBackend, SamplingConfig
     from rsp.core import RandomSoftPrompt
+    from rsp.engines import HFEngine, SamplingConfig
 
     torch.set_num_threads(payload["threads"])
     lm = smollm2_like(
@@ -56,7 +56,7 @@ def child(payload: dict) -> None:
         result["shape"] = list(mass.shape)
     else:
         lm.model.set_attn_implementation("eager")  # the only implementation that returns weights
-        backend = HFBackend(lm)
+        backend = HFEngine(lm)
 
         def run(rows: int, new: int):
             b, embeds = backend.prepare(prompts[:rows], injection, seeds[:rows])

@@ -17,7 +17,7 @@ import argparse
 import time
 
 import rsp
-from rsp.backends.base import common_prefix
+from rsp.engines.base import common_prefix
 from rsp.generation import Generator, RSPConfig
 from rsp.tasks import PromptBuilder, load_task
 

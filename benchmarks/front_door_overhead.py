@@ -7,7 +7,7 @@ batch; `rsp.generate` within 2 % of calling the engine directly with the same ba
   through `model.generate`, once with the handle attached (embedding hook fills the slots, head hook
   bans the placeholder) and once without; fixed-length greedy decoding (`min_new_tokens`), so both arms
   run the same number of steps.
-- front door: `rsp.generate(generator, prompts, n)` against a loop calling `generator.backend.generate`
+- front door: `rsp.generate(generator, prompts, n)` against a loop calling `generator.engine.generate`
   with the batches, seeds and decode seeds `rsp.generate` plans itself.
 Arms alternate, repeats are reported as medians.
 
@@ -23,7 +23,7 @@ import time
 import torch
 
 import rsp
-from rsp.backends import SamplingConfig
+from rsp.engines import SamplingConfig
 from rsp.generation import Generator, RSPConfig, decode_seed_for, plan_batches
 
 
@@ -97,7 +97,7 @@ def front_door_overhead(lm, prompts: list[str], args) -> None:
     def direct() -> None:
         for b in plan_batches(len(prompts), 4, [injection.name], 32):
             seeds = [injection.seed_for(0, keys[i], a) for i, a in b.rows]
-            gen.backend.generate(
+            gen.engine.generate(
                 [tokens[i] for i, _ in b.rows], injection, seeds, sampling, decode_seed=decode_seed_for(0, b)
             )
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig
-from rsp.backends.lean import LeanHFBackend
 from rsp.core import PromptTokens, RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig
+from rsp.engines.lean import LeanEngine
 from rsp.models import load_model
 
 
@@ -69,7 +69,7 @@ def child(payload: dict) -> None:
     torch.set_num_threads(payload["threads"])
     lm = smollm2_like(payload["packaged"], getattr(torch, payload["dtype"]), device=payload["device"])
     injection = RandomSoftPrompt(lm.embedding_stats(), payload["rsp_length"])
-    backend = (LeanHFBackend if payload["arm"] == "lean" else HFBackend)(lm)
+    backend = (LeanEngine if payload["arm"] == "lean" else HFEngine)(lm)
     warm = SamplingConfig(temperature=0, max_new_tokens=2)
     backend.generate(synthetic_prompts(2, 8, seed=1), injection, [0, 1], warm, decode_seed=0)
     batch = payload["batch"]
@@ -141,9 +141,9 @@ def main() -> None:
     injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
     sampling = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
     arms = {
-        "generate": HFBackend(lm),
-        "lean-eager": LeanHFBackend(lm, pack_weights=False, preallocate_cache=False),
-        "lean": LeanHFBackend(lm),
+        "generate": HFEngine(lm),
+        "lean-eager": LeanEngine(lm, pack_weights=False, preallocate_cache=False),
+        "lean": LeanEngine(lm),
     }
     print(
         f"model=smollm2-config({'packaged' if args.packaged else 'random'}) dtype={args.dtype} "

@@ -32,10 +32,10 @@ import time
 
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig
-from rsp.backends.base import Completion
-from rsp.backends.lean import LeanHFBackend
 from rsp.core import RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig
+from rsp.engines.base import Completion
+from rsp.engines.lean import LeanEngine
 from rsp.models import load_model
 from rsp.tasks.prompts import PromptBuilder
 from rsp.tasks.registry import load_task
@@ -98,9 +98,9 @@ def main() -> None:
             temp = args.temperature if workload == "sample-stops" else 0.0
             sampling = SamplingConfig(temperature=temp, max_new_tokens=args.new_tokens)
             arms = {
-                "generate": HFBackend(model),
-                "lean-eager": LeanHFBackend(model, pack_weights=False, preallocate_cache=False),
-                "lean": LeanHFBackend(model),
+                "generate": HFEngine(model),
+                "lean-eager": LeanEngine(model, pack_weights=False, preallocate_cache=False),
+                "lean": LeanEngine(model),
             }
             times: dict[str, list[float]] = {k: [] for k in arms}
             tokens: dict[str, list[int]] = {k: [] for k in arms}

@@ -1,8 +1,8 @@
 """Prefix-shared versus unshared prefill: time and peak memory per problem, N attempts per problem.
 
 Both arms get the same N rows (one problem, N attempts with their own RSPs) and decode one token,
-so the time is the prompt prefill plus one sampling step. The unshared arm is `HFBackend`
-(`generate()` over N full rows); the shared arm is `PrefixSharedHFBackend` (prompt prefilled once,
+so the time is the prompt prefill plus one sampling step. The unshared arm is `HFEngine`
+(`generate()` over N full rows); the shared arm is `PrefixEngine` (prompt prefilled once,
 its cache branched N ways, then only the L slots per attempt).
 
 Every measurement runs in a fresh subprocess (see peakmem.py): it builds the model, warms up on a
@@ -33,9 +33,9 @@ def child(payload: dict) -> None:
     import torch
     from lean_decode import smollm2_like, synthetic_prompts
 
-    from rsp.backends import HFBackend, SamplingConfig
-    from rsp.backends.prefix import PrefixSharedHFBackend
     from rsp.core import RandomSoftPrompt
+    from rsp.engines import HFEngine, SamplingConfig
+    from rsp.engines.prefix import PrefixEngine
 
     torch.set_num_threads(payload["threads"])
     lm = smollm2_like(
@@ -43,7 +43,7 @@ def child(payload: dict) -> None:
     )
     injection = RandomSoftPrompt(lm.embedding_stats(), payload["rsp_length"])
     sampling = SamplingConfig(temperature=0, max_new_tokens=1)
-    backend = (PrefixSharedHFBackend if payload["arm"] == "shared" else HFBackend)(lm)
+    backend = (PrefixEngine if payload["arm"] == "shared" else HFEngine)(lm)
     n, length = payload["n"], payload["length"]
     backend.generate(
         synthetic_prompts(1, 8, seed=1) * 2, injection, [0, 1], sampling, decode_seed=0

@@ -11,7 +11,7 @@ because this machine's timings drift by +-20 %.
     python benchmarks/rsp_overhead.py --engine vllm --no-prefix-caching
 
 With --engine vllm the plain arm sends token-id prompts and the RSP arm one mixed token/embedding
-prompt per attempt (`rsp.backends.vllm`), both with ignore_eos.
+prompt per attempt (`rsp.engines.vllm`), both with ignore_eos.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import time
 
 import torch
 
-from rsp.backends import ENGINE_NAMES, SamplingConfig, create_backend, load_for_engine
 from rsp.core import NoInjection, RandomSoftPrompt
+from rsp.engines import ENGINE_NAMES, SamplingConfig, create_engine, load_for_engine
 from rsp.tasks import PromptBuilder, load_task
 
 
 def make_backend(engine: str, lm, prefix_caching: bool = True):
     if engine != "vllm":
-        return create_backend(engine, lm)
-    backend = create_backend("vllm", lm, max_model_len=1024, enable_prefix_caching=prefix_caching)
+        return create_engine(engine, lm)
+    backend = create_engine("vllm", lm, max_model_len=1024, enable_prefix_caching=prefix_caching)
     backend.ignore_eos = True  # fixed-length decoding, like the never-sampled stop id of the HF arms
     return backend
 

@@ -36,9 +36,9 @@ def child(payload: dict) -> None:
     import transformers  # noqa: F401  (imports are setup, not measured)
     import vllm  # noqa: F401
 
-    from rsp.backends import SamplingConfig
-    from rsp.backends.vllm import VLLMBackend
     from rsp.core import RandomSoftPrompt
+    from rsp.engines import SamplingConfig
+    from rsp.engines.vllm import VLLMEngine
     from rsp.models import load_embedding_model, load_model
     from rsp.tasks import PromptBuilder, load_task
 
@@ -52,7 +52,7 @@ def child(payload: dict) -> None:
     else:
         lm = load_embedding_model(payload["model"], dtype=payload["dtype"])
     load_peak = peakmem.peak_mb()
-    backend = VLLMBackend(lm, max_model_len=1024)
+    backend = VLLMEngine(lm, max_model_len=1024)
     engine_peak = peakmem.peak_mb()
     task = load_task("arith", limit=payload["problems"])
     builder = PromptBuilder.for_task(lm.tokenizer, task)
@@ -121,8 +121,8 @@ def main() -> None:
     )
     results = {}
     for arm, label in (
-        ("hf", "(a) load_model + VLLMBackend"),
-        ("embedding", "(b) load_embedding_model + VLLMBackend"),
+        ("hf", "(a) load_model + VLLMEngine"),
+        ("embedding", "(b) load_embedding_model + VLLMEngine"),
     ):
         payload = {
             "arm": arm,

@@ -25,11 +25,11 @@ import time
 
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig, create_backend, load_for_engine
-from rsp.backends.base import common_prefix
-from rsp.backends.prefix import PrefixSharedHFBackend
-from rsp.backends.vllm import vllm_available
 from rsp.core import RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig, create_engine, load_for_engine
+from rsp.engines.base import common_prefix
+from rsp.engines.prefix import PrefixEngine
+from rsp.engines.vllm import vllm_available
 from rsp.models import load_model
 from rsp.tasks import PromptBuilder, load_task
 
@@ -62,7 +62,7 @@ def main() -> int:
 
     def vllm_engine():
         light = load_for_engine(args.model, "vllm", dtype=args.dtype)
-        backend = create_backend(
+        backend = create_engine(
             "vllm",
             light,
             tensor_parallel_size=args.tensor_parallel,
@@ -72,8 +72,8 @@ def main() -> int:
         return backend, RandomSoftPrompt(light.embedding_stats(), args.rsp_length)
 
     engines = {
-        "hf": lambda: (HFBackend(lm), hf_injection),
-        "hf-prefix": lambda: (PrefixSharedHFBackend(lm), hf_injection),
+        "hf": lambda: (HFEngine(lm), hf_injection),
+        "hf-prefix": lambda: (PrefixEngine(lm), hf_injection),
         "vllm": vllm_engine,
     }
     for name, make in engines.items():

@@ -262,7 +262,7 @@ def chat_prompts(lm, questions, attempts):
 
 def require_vllm() -> None:
     """Skip (or fail, under RSP_REQUIRE_VLLM=1 as in scripts/test.sh's vLLM stage) when vLLM cannot run."""
-    from rsp.backends.vllm import vllm_available
+    from rsp.engines.vllm import vllm_available
 
     ok, why = vllm_available()
     if ok:

@@ -20,8 +20,8 @@ from rsp.analysis.distributions import (
 )
 from rsp.analysis.run import AnalysisOptions, analyse_run
 from rsp.analysis.scoring import attention_mass, teacher_forced_logits
-from rsp.backends import HFBackend
 from rsp.core import NoInjection, PromptTokens, RandomSoftPrompt
+from rsp.engines import HFEngine
 from rsp.evaluation import EvalConfig, run_eval
 from rsp.models import load_model
 
@@ -64,7 +64,7 @@ def test_teacher_forced_logits_equal_generation_logits(tiny_lm):
     prompts = _prompts()
     inj = RandomSoftPrompt(tiny_lm.embedding_stats(), 3)
     seeds = [11, 12]
-    backend = HFBackend(tiny_lm)
+    backend = HFEngine(tiny_lm)
     batch, embeds = backend.prepare(prompts, inj, seeds)
     torch.manual_seed(0)
     out = tiny_lm.model.generate(
@@ -92,7 +92,7 @@ def test_attention_shares_respect_masks_and_padding(tiny_lm):
     mass = attention_mass(tiny_lm, prompts, inj, seeds, trajs, 4)
     assert mass.shape == (2, 2, 4)
     assert float(mass.min()) >= 0 and float(mass.max()) <= 1
-    batch, _ = HFBackend(tiny_lm).prepare(prompts, inj, seeds)
+    batch, _ = HFEngine(tiny_lm).prepare(prompts, inj, seeds)
     width = batch.input_ids.shape[1] + 3
     every = torch.arange(width).expand(2, -1)
     total = attention_mass(tiny_lm, prompts, inj, seeds, trajs, 4, key_columns=every)
@@ -120,7 +120,7 @@ def test_a_layer_attending_only_to_slots_gives_one(tiny_lm, monkeypatch):
 
     prompts = _prompts()
     inj = RandomSoftPrompt(tiny_lm.embedding_stats(), 2)
-    batch, _ = HFBackend(tiny_lm).prepare(prompts, inj, [1, 2])
+    batch, _ = HFEngine(tiny_lm).prepare(prompts, inj, [1, 2])
 
     def slot_only_hooks(model):
         layers = [m for n, m in model.named_modules() if n.endswith("self_attn")]
@@ -199,7 +199,7 @@ def test_no_injection_uses_prompt_tokens_before_insertion(tiny_lm):
     from rsp.analysis.scoring import columns_before_insertion
 
     prompts = _prompts()
-    batch, _ = HFBackend(tiny_lm).prepare(prompts, NoInjection(), [None, None])
+    batch, _ = HFEngine(tiny_lm).prepare(prompts, NoInjection(), [None, None])
     cols = columns_before_insertion(prompts, "after_generation_prompt", 2, batch)
     # row 1 is left-padded by 3; its last two prompt tokens sit at the last two columns
     assert cols.tolist() == [[5, 6], [5, 6]]

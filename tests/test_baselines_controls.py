@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsp.backends import HFBackend
 from rsp.baselines.controls import EmbeddingNoise, text_token_pool
 from rsp.baselines.soft_prompt import save_soft_prompt
+from rsp.engines import HFEngine
 from rsp.methods import MethodOptions, build_method, method_names
 from rsp.tasks import PromptBuilder, load_task
 
@@ -35,7 +35,7 @@ def _slot_rows(tiny_lm, method, problems, prompts, attempts, length=3, **extra):
     inj = build_method(method, tiny_lm, MethodOptions(length=length, extra=extra))
     pairs = [(i, a) for i in range(len(problems)) for a in attempts]
     seeds = [inj.seed_for(0, problems[i].id, a) for i, a in pairs]
-    batch, embeds = HFBackend(tiny_lm).prepare([prompts[i] for i, _ in pairs], inj, seeds)
+    batch, embeds = HFEngine(tiny_lm).prepare([prompts[i] for i, _ in pairs], inj, seeds)
     rows = torch.stack([embeds[b, batch.slot_index[b]] for b in range(len(pairs))])
     return inj, batch, embeds, rows, seeds
 
@@ -123,7 +123,7 @@ def test_embed_noise_touches_only_real_prompt_tokens_with_neftune_magnitude(tiny
     assert inj.length == 0
     short = ps[0].__class__(ids=ps[0].ids[5:], user_turn_end=ps[0].user_turn_end - 5)  # forces left padding
     seeds = [inj.seed_for(0, problems[0].id, 0), inj.seed_for(0, problems[0].id, 1)]
-    batch, embeds = HFBackend(tiny_lm).prepare([ps[0], short], inj, seeds)
+    batch, embeds = HFEngine(tiny_lm).prepare([ps[0], short], inj, seeds)
     diff = embeds - _embed(tiny_lm, batch.input_ids)
     touched = (diff != 0).any(-1)
     assert torch.equal(touched, batch.attention_mask.bool())  # padding untouched, every real token noised
@@ -132,7 +132,7 @@ def test_embed_noise_touches_only_real_prompt_tokens_with_neftune_magnitude(tiny
         bound = 8 / (tokens * tiny_lm.hidden_size) ** 0.5
         assert diff[row].abs().max() <= bound * (1 + 1e-5)
         assert diff[row].abs().max() > 0.9 * bound  # uniform(-1,1): the max entry is close to the bound
-    alone, embeds_alone = HFBackend(tiny_lm).prepare([short], inj, seeds[1:])
+    alone, embeds_alone = HFEngine(tiny_lm).prepare([short], inj, seeds[1:])
     assert torch.equal(
         embeds_alone[0, -len(short.ids) :], embeds[1, -len(short.ids) :]
     )  # independent of batching
@@ -155,7 +155,7 @@ def test_soft_prompt_method_injects_the_file_vectors_at_its_position(tiny_lm, pr
     )
     assert inj.length == 3 and inj.position == "end_of_user_turn"
     seeds = [inj.seed_for(0, p.id, 0) for p in problems]
-    batch, embeds = HFBackend(tiny_lm).prepare(ps, inj, seeds)
+    batch, embeds = HFEngine(tiny_lm).prepare(ps, inj, seeds)
     start = int(batch.slot_index[0, 0]) - int((batch.attention_mask[0] == 0).sum())
     assert start == ps[0].user_turn_end
     for b in range(2):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig
 from rsp.core import NoInjection, PromptTokens, RandomSoftPrompt, build_slotted_batch, fill_slots
+from rsp.engines import HFEngine, SamplingConfig
 
 
 def _prompts() -> list[PromptTokens]:
@@ -51,7 +51,7 @@ def test_fill_slots_writes_only_slot_rows():
 
 def test_generation_from_embeddings_with_l0_equals_generation_from_ids(tiny_lm):
     prompts = _prompts()
-    backend = HFBackend(tiny_lm)
+    backend = HFEngine(tiny_lm)
     sampling = SamplingConfig(temperature=0, max_new_tokens=12)
     ours = backend.generate(prompts, NoInjection(), [None] * 3, sampling, decode_seed=0)
     for prompt, got in zip(prompts, ours, strict=True):
@@ -75,7 +75,7 @@ def test_left_padded_batch_matches_each_row_alone(fixture, request):
     prompts = _prompts()
     inj = RandomSoftPrompt(lm.embedding_stats(), 3)
     seeds = [inj.seed_for(0, f"p{i}", 0) for i in range(3)]
-    backend = HFBackend(lm)
+    backend = HFEngine(lm)
     sampling = SamplingConfig(temperature=0, max_new_tokens=10)
     batched = backend.generate(prompts, inj, seeds, sampling, decode_seed=0)
     for i, prompt in enumerate(prompts):
@@ -85,7 +85,7 @@ def test_left_padded_batch_matches_each_row_alone(fixture, request):
 
 def test_rsp_changes_the_input_and_zero_scale_rsp_is_the_mean(tiny_lm):
     prompts = _prompts()[:1]
-    backend = HFBackend(tiny_lm)
+    backend = HFEngine(tiny_lm)
     stats = tiny_lm.embedding_stats()
     batch, embeds = backend.prepare(prompts, RandomSoftPrompt(stats, 4, scale=0.0), [7])
     slots = embeds[0, batch.slot_index[0]]
@@ -110,7 +110,7 @@ def test_gemma_embedding_scale_is_measured_and_used(tiny_gemma_lm):
 
 def test_insertion_points_put_rsp_where_named(tiny_lm):
     prompt = _prompts()[0]
-    backend = HFBackend(tiny_lm)
+    backend = HFEngine(tiny_lm)
     stats = tiny_lm.embedding_stats()
     for position, start in [
         ("after_generation_prompt", len(prompt.ids)),
@@ -130,7 +130,7 @@ def test_smollm2_l0_embeddings_generation_equals_ids(smollm2):
     task = arith_task(n=2)
     builder = PromptBuilder.for_task(smollm2.tokenizer, task)
     prompts = [builder.build(p) for p in task.problems]
-    backend = HFBackend(smollm2)
+    backend = HFEngine(smollm2)
     sampling = SamplingConfig(temperature=0, max_new_tokens=16)
     ours = backend.generate(
         prompts, RandomSoftPrompt(smollm2.embedding_stats(), 0), [1, 2], sampling, decode_seed=0

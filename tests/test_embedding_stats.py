@@ -209,8 +209,8 @@ def test_the_table_is_not_held_until_something_needs_it(checkpoints, read_spy):
     read the table (the point of issue #12), and fitting statistics must not keep it."""
     from conftest import chat_prompt
 
-    from rsp.backends.vllm import build_requests
     from rsp.core import RandomSoftPrompt
+    from rsp.engines.vllm import build_requests
 
     em = load_embedding_model(str(checkpoints["gemma"][0]))
     assert read_spy == [] and em._table is None
@@ -319,7 +319,7 @@ def test_methods_build_the_same_injections_from_the_embedding_model(checkpoints)
 
 
 def test_load_for_engine_gives_vllm_the_table_only(checkpoints):
-    from rsp.backends import load_for_engine
+    from rsp.engines import load_for_engine
     from rsp.models import LoadedModel
 
     folder = str(checkpoints["tied"][0])

@@ -240,8 +240,8 @@ def test_sweep_builds_one_engine_for_all_its_cells(tmp_path, tiny_model_dir, mon
     from rsp.evaluation import EvalConfig
 
     built = []
-    real = generation.create_backend
-    monkeypatch.setattr(generation, "create_backend", lambda *a, **k: built.append(a[0]) or real(*a, **k))
+    real = generation.create_engine
+    monkeypatch.setattr(generation, "create_engine", lambda *a, **k: built.append(a[0]) or real(*a, **k))
     base = EvalConfig(
         model=str(tiny_model_dir),
         task="arith",
@@ -275,11 +275,11 @@ def test_generator_rejects_bad_settings_with_the_field_named(sharp):
 
 def test_hf_engine_sampling_without_top_k_builds_no_top_k_warper(sharp):
     """top_k=0 means no top-k, as in the lean engine; transformers 5 reads a None top_k as its default 50."""
-    from rsp.backends import HFBackend, SamplingConfig
+    from rsp.engines import HFEngine, SamplingConfig
     from rsp.models import wrap_model
 
     model, tok = sharp
-    backend = HFBackend(wrap_model(model, tok))
+    backend = HFEngine(wrap_model(model, tok))
     for top_k, want in ((0, []), (7, ["TopKLogitsWarper"])):
         config = backend.generation_kwargs(SamplingConfig(temperature=0.7, top_k=top_k))["generation_config"]
         config, _ = model._prepare_generation_config(config)

@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny_gemma, build_tiny_llama
 from transformers import DynamicCache
 
-from rsp.backends.kvcache import GrowingLayer, growing_cache
+from rsp.engines.kvcache import GrowingLayer, growing_cache
 
 
 def run_steps(model, cache, ids, steps, drop_at):

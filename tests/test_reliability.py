@@ -7,8 +7,8 @@ import errno
 import pytest
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig
 from rsp.core import RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig
 from rsp.evaluation import EvalConfig, run_eval
 from rsp.models import load_model
 from rsp.runio import JsonlAppender, RunDirError, prepare_run_dir, read_jsonl_records
@@ -36,14 +36,14 @@ def test_out_of_memory_backs_off_to_smaller_batches(tiny_lm, monkeypatch):
 
     prompts = [PromptTokens(ids=(1, 10 + i, 11, 12), user_turn_end=2) for i in range(6)]
     inj = RandomSoftPrompt(tiny_lm.embedding_stats(), 2)
-    backend = HFBackend(tiny_lm)
+    backend = HFEngine(tiny_lm)
     out = backend.generate(prompts, inj, list(range(6)), SamplingConfig(0, max_new_tokens=4), decode_seed=0)
     assert len(out) == 6
     assert tried[0] == 6 and max(succeeded) <= 2 and sum(succeeded) == 6
     assert backend.oom_events and "out of memory at batch 6" in backend.oom_events[0]
     # greedy results are the same as without the fault
     monkeypatch.setattr(tiny_lm.model, "generate", real_generate)
-    clean = HFBackend(tiny_lm).generate(
+    clean = HFEngine(tiny_lm).generate(
         prompts, inj, list(range(6)), SamplingConfig(0, max_new_tokens=4), decode_seed=0
     )
     assert [c.token_ids for c in clean] == [c.token_ids for c in out]
@@ -57,7 +57,7 @@ def test_other_runtime_errors_are_not_swallowed(tiny_lm, monkeypatch):
     from rsp.core import NoInjection, PromptTokens
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        HFBackend(tiny_lm).generate(
+        HFEngine(tiny_lm).generate(
             [PromptTokens((1, 2), 1)] * 2,
             NoInjection(),
             [None, None],

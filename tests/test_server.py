@@ -24,10 +24,10 @@ import pytest
 pytest.importorskip("fastapi", reason="rsp serve needs the 'serve' extra (fastapi, uvicorn, openai)")
 httpx = pytest.importorskip("httpx")
 
-from rsp.backends import Completion, SamplingConfig  # noqa: E402
 from rsp.core.injection import NoInjection  # noqa: E402
 from rsp.core.insert import PromptTokens  # noqa: E402
 from rsp.core.seeds import derive_seed  # noqa: E402
+from rsp.engines import Completion, SamplingConfig  # noqa: E402
 from rsp.server.batcher import Batcher, Job, RowResult, group_key  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"

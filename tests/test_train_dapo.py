@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from rsp.backends.hook import RSPHandle
 from rsp.core import PromptTokens, RandomSoftPrompt
 from rsp.core.inputs import layout
+from rsp.engines.hook import RSPHandle
 from rsp.tasks.base import Problem
 from rsp.train.config import DAPOConfig, DAPOConfigError
 from rsp.train.dapo import DAPOTrainer, completion_logprobs, group_advantages, overlong_penalty

@@ -13,23 +13,23 @@ import os
 import pytest
 from conftest import chat_prompt, require_vllm
 
-from rsp.backends import HFBackend, SamplingConfig
 from rsp.core import NoInjection, RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig
 
 pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
 def engine(vllm_model_dir):
-    """(full HF model for the reference runs, VLLMBackend on the embedding table alone as `rsp eval` builds it)."""
+    """(full HF model for the reference runs, VLLMEngine on the embedding table alone as `rsp eval` builds it)."""
     require_vllm()
-    from rsp.backends.vllm import VLLMBackend
+    from rsp.engines.vllm import VLLMEngine
     from rsp.models import load_embedding_model, load_model
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     lm = load_model(str(vllm_model_dir), dtype="float32")
     light = load_embedding_model(str(vllm_model_dir), dtype="float32")
-    backend = VLLMBackend(light, str(vllm_model_dir), dtype="float32", max_model_len=256, enforce_eager=True)
+    backend = VLLMEngine(light, str(vllm_model_dir), dtype="float32", max_model_len=256, enforce_eager=True)
     return lm, backend
 
 
@@ -48,14 +48,14 @@ def test_greedy_rsp_completions_match_the_hf_backend(engine):
     for mode in ("mixed", "embeds"):
         backend.prompt_mode = mode
         got = backend.generate(prompts, injection, seeds, GREEDY, decode_seed=0)
-        want = HFBackend(lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
+        want = HFEngine(lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
         assert [c.token_ids for c in got] == [c.token_ids for c in want], mode
     # Each attempt carries its own RSP: greedy decoding still branches across the attempts of a problem.
     assert len({c.token_ids for c in got[:3]}) > 1
 
 
 def test_vllm_on_the_embedding_table_alone_gives_the_full_models_greedy_completions(engine):
-    """The same engine driven through the full `load_model` copy (the old path; test_backend_vllm checks
+    """The same engine driven through the full `load_model` copy (the old path; test_engine_vllm checks
     that both build the engine with the same options) and through `load_embedding_model`, each with its
     own methods built from its own statistics, in both prompt layouts."""
     from rsp.methods import MethodOptions, build_method
@@ -82,7 +82,7 @@ def test_plain_prompts_run_as_token_requests_and_agree_with_hf(engine):
     lm, backend = engine
     prompts = prompts_for(lm, ["what is 2+3?"], attempts=2)
     got = backend.generate(prompts, NoInjection(), [None, None], GREEDY, decode_seed=0)
-    want = HFBackend(lm).generate(prompts, NoInjection(), [None, None], GREEDY, decode_seed=0)
+    want = HFEngine(lm).generate(prompts, NoInjection(), [None, None], GREEDY, decode_seed=0)
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert got[0].token_ids == got[1].token_ids, "without an RSP, greedy attempts of one prompt coincide"
 

@@ -10,7 +10,6 @@ prompts out with slots, generate, grade, score.
 """
 
 from rsp.attach import RSPHandle, attach
-from rsp.backends import Completion, HFBackend, SamplingConfig
 from rsp.core import (
     INSERTION_POINTS,
     EmbeddingStats,
@@ -24,6 +23,7 @@ from rsp.core import (
     fill_slots,
     fit_embedding_stats,
 )
+from rsp.engines import Completion, HFEngine, SamplingConfig
 from rsp.evaluation import EvalConfig, run_eval
 from rsp.generation import GenerationOutput, Generator, RSPConfig, Sample, generate
 from rsp.methods import MethodOptions, build_method, method_names, register_method
@@ -47,7 +47,7 @@ __all__ = [
     "EmbeddingStats",
     "EvalConfig",
     "Grader",
-    "HFBackend",
+    "HFEngine",
     "Injection",
     "LoadedModel",
     "MethodOptions",

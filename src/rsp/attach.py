@@ -7,7 +7,7 @@
     handle.detach()                                               # the model is exactly as before
 
 The mechanics (placeholder layout, embedding hook, seeds per generate call) live in
-`rsp.backends.hook`, which the hf engine uses too, so attach + `model.generate` and
+`rsp.engines.hook`, which the hf engine uses too, so attach + `model.generate` and
 `rsp.generate(engine="hf")` give the same completions for the same seeds by construction.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from rsp.backends.hook import RSPHandle, choose_placeholder
 from rsp.core.injection import Injection
+from rsp.engines.hook import RSPHandle, choose_placeholder
 from rsp.methods import MethodOptions, build_method
 from rsp.models.loading import LoadedModel, wrap_model
 

@@ -18,8 +18,8 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that samples attempts (eval, sweep, analyze)."""
-    from rsp.backends import ENGINE_NAMES
     from rsp.core.insert import INSERTION_POINTS
+    from rsp.engines import ENGINE_NAMES
     from rsp.evaluation import EvalConfig
 
     d = EvalConfig()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rsp.backends import ENGINE_NAMES
-from rsp.backends.base import SamplingConfig
 from rsp.core.injection import Injection
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.engines import ENGINE_NAMES
+from rsp.engines.base import SamplingConfig
 from rsp.generation import Generator, RSPConfig, decode_seed_for, plan_batches
 from rsp.methods import method_names
 from rsp.models.loading import LoadedModel
@@ -123,7 +123,7 @@ class EvalConfig:
         )
 
     def engine_options(self) -> dict:
-        """Options for `create_backend` beyond the engine name (vLLM's parallelism)."""
+        """Options for `create_engine` beyond the engine name (vLLM's parallelism)."""
         if self.engine != "vllm":
             return {}
         return {
@@ -214,9 +214,9 @@ def run_eval(
                 device=config.device,
                 **config.engine_options(),
             )
-        elif generator.engine != config.engine:
+        elif generator.engine_name != config.engine:
             raise ConfigError(
-                f"the generator runs the {generator.engine} engine but the run asks for "
+                f"the generator runs the {generator.engine_name} engine but the run asks for "
                 f"--engine {config.engine}"
             )
         lm = generator.lm
@@ -253,7 +253,7 @@ def run_eval(
                 existing.extend(new)
                 bar.update(len(new))
         bar.close()
-        oom_events = list(generator.backend.oom_events)
+        oom_events = list(generator.engine.oom_events)
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
 
 

@@ -25,10 +25,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rsp.backends import ENGINE_NAMES, Completion, SamplingConfig, create_backend, load_for_engine
 from rsp.core.injection import Injection, NoInjection
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
+from rsp.engines import ENGINE_NAMES, Completion, SamplingConfig, create_engine, load_for_engine
 from rsp.methods import MethodOptions, build_method, method_names
 from rsp.models.loading import LoadedModel, wrap_model
 from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
@@ -187,8 +187,8 @@ class Generator:
                 f"{type(model).__name__}"
             )
         self.lm: LoadedModel = lm  # type: ignore[assignment]
-        self.engine = engine
-        self.backend = create_backend(engine, self.lm, **engine_options)
+        self.engine_name = engine
+        self.engine = create_engine(engine, self.lm, **engine_options)
         self._injections: dict[tuple, Injection] = {}
 
     @property
@@ -233,7 +233,7 @@ class Generator:
         stop_strings: Sequence[str] = (),
     ) -> list[Completion]:
         """One batch: row i is prompts[i] with the injection drawn from seeds[i]."""
-        return self.backend.generate(
+        return self.engine.generate(
             prompts, injection, seeds, sampling, decode_seed=decode_seed, stop_strings=stop_strings
         )
 

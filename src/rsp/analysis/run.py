@@ -32,8 +32,8 @@ from rsp.analysis.scoring import (
     teacher_forced_logits,
     valid_positions,
 )
-from rsp.backends.hf import HFBackend
 from rsp.core.injection import NoInjection
+from rsp.engines.hf import HFEngine
 from rsp.evaluation import EvalConfig
 from rsp.methods import build_method
 from rsp.models.loading import LoadedModel, load_model
@@ -132,7 +132,7 @@ def analyse_run(
                         mass = attention_mass(lm, ps, inj, seeds, trajs, k)
                     else:
                         ref_len = max((i.length for i in injections.values()), default=0) or cfg.rsp_length
-                        batch, _ = HFBackend(lm).prepare(ps, inj, seeds)
+                        batch, _ = HFEngine(lm).prepare(ps, inj, seeds)
                         cols = columns_before_insertion(ps, inj.position, ref_len, batch)
                         mass = attention_mass(lm, ps, inj, seeds, trajs, k, key_columns=cols)
                     mass = mass.masked_fill(~valid.unsqueeze(1), float("nan"))

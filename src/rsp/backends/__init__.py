@@ -1,53 +1,25 @@
-"""Generation engines behind one interface: hf (default), lean and prefix-shared HF paths, vllm (scale-out)."""
+"""Deprecated import path: the generation engines moved to `rsp.engines` (one name per concept: the
+CLI, configs and docs all say "engine"). This alias keeps `rsp.backends` and its submodules importable,
+with a DeprecationWarning, for one release; it will be removed in 0.3."""
 
-from pathlib import Path
+from __future__ import annotations
 
-from rsp.backends.base import Backend, Completion, SamplingConfig
-from rsp.backends.hf import HFBackend
-from rsp.backends.lean import LeanHFBackend
-from rsp.backends.prefix import PrefixSharedHFBackend
-from rsp.models.embeddings import EmbeddingModel, load_embedding_model
-from rsp.models.loading import LoadedModel, load_model
+import importlib
+import sys
+import warnings
 
-ENGINES = {"hf": HFBackend, "lean": LeanHFBackend, "prefix": PrefixSharedHFBackend}
-ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
+from rsp.engines import *  # noqa: F403
+from rsp.engines import __all__ as __all__  # noqa: F401
+from rsp.engines import create_engine
 
+warnings.warn(
+    "rsp.backends is renamed rsp.engines (and create_backend create_engine, *Backend classes *Engine); "
+    "the old path works until 0.3",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-def load_for_engine(
-    spec: str, engine: str, *, dtype: str = "auto", device: str = "cpu", cache_dir: str | Path | None = None
-) -> LoadedModel | EmbeddingModel:
-    """What `engine` needs of model `spec`: for vllm only the tokenizer and input-embedding table
-    (vLLM loads the weights itself; a full HF copy beside it doubled the memory), else the whole model.
+for _name in ("base", "hf", "hook", "kvcache", "lean", "packed", "prefix", "vllm"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"rsp.engines.{_name}")
 
-    `device` is where an HF engine runs; the vllm side stays on the CPU (vLLM places its own weights).
-    """
-    if engine == "vllm":
-        return load_embedding_model(spec, dtype=dtype, cache_dir=cache_dir)
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
-    return load_model(spec, dtype=dtype, device=device, cache_dir=cache_dir)
-
-
-def create_backend(engine: str, lm, **vllm_options) -> Backend:
-    """The named engine around `lm`; options (model_path, tensor_parallel_size, ...) go to `VLLMBackend`."""
-    if engine in ENGINES:
-        return ENGINES[engine](lm)
-    if engine != "vllm":
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
-    from rsp.backends.vllm import VLLMBackend
-
-    return VLLMBackend(lm, **vllm_options)
-
-
-__all__ = [
-    "ENGINES",
-    "ENGINE_NAMES",
-    "Backend",
-    "Completion",
-    "HFBackend",
-    "LeanHFBackend",
-    "PrefixSharedHFBackend",
-    "SamplingConfig",
-    "create_backend",
-    "load_for_engine",
-]
+create_backend = create_engine

@@ -45,10 +45,10 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import has_bos_prefix
 
 from rsp.attach import attach
-from rsp.backends.hook import RSPHandle
 from rsp.core.injection import Injection
 from rsp.core.inputs import layout
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.engines.hook import RSPHandle
 from rsp.methods import method_names
 from rsp.models.loading import resolve_model_dir
 from rsp.models.packaged import PACKAGED_MODELS

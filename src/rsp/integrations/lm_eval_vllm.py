@@ -3,7 +3,7 @@
 Why separate from `rsp.integrations.lm_eval`: importing vLLM is slow and only works where it is installed;
 lm-eval materialises this class only when `--model rsp-vllm` is asked for.
 
-Each generation request becomes one vLLM prompt-embeddings request built by `rsp.backends.vllm.build_requests`
+Each generation request becomes one vLLM prompt-embeddings request built by `rsp.engines.vllm.build_requests`
 (the rsp vLLM engine's own request builder: token ids with the slots marked and the slot rows filled, or
 full embeddings), so a `repeats: N` task's N copies are N requests with N RSPs, never one request with
 `n=N`. Seeds and logging are those of `rsp-hf` (see `rsp.integrations.lm_eval`). Log-likelihood requests
@@ -17,8 +17,8 @@ import importlib
 import importlib.metadata as metadata
 from typing import Any
 
-from rsp.backends.vllm import build_requests, cpu_memory_fraction, resolve_prompt_mode, vllm_runs_on_cpu
 from rsp.core.insert import PromptTokens
+from rsp.engines.vllm import build_requests, cpu_memory_fraction, resolve_prompt_mode, vllm_runs_on_cpu
 from rsp.integrations.lm_eval import (
     RSPRequestsMixin,
     RSPSettings,

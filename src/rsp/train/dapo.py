@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rsp.backends import HFBackend, SamplingConfig
-from rsp.backends.hook import ban_token_in_logits
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
 from rsp.core.inputs import append_continuations, embed_prompts
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
+from rsp.engines import HFEngine, SamplingConfig
+from rsp.engines.hook import ban_token_in_logits
 from rsp.models.loading import LoadedModel
 from rsp.tasks.base import Problem
 from rsp.train.config import DAPOConfig
@@ -227,7 +227,7 @@ class DAPOTrainer:
                 "no trainable parameters: check lora_target_modules against the model's layer names"
             )
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.backend = HFBackend(lm)
+        self.engine = HFEngine(lm)
         self.sampling = SamplingConfig(
             temperature=cfg.temperature, top_p=1.0, top_k=0, min_p=0.0, max_new_tokens=cfg.max_new_tokens
         )
@@ -243,7 +243,7 @@ class DAPOTrainer:
         base = derive_seed(cfg.seed, "rollout", step, round_)
         seeds = [self.injection.seed_for(base, problem.id, i) for i in range(cfg.group_size)]
         self.lm.model.eval()
-        comps = self.backend.generate(
+        comps = self.engine.generate(
             [prompt] * cfg.group_size,
             self.injection,
             seeds,
@@ -255,7 +255,7 @@ class DAPOTrainer:
         for seed, c in zip(seeds, comps, strict=True):
             tokens = tuple(c.token_ids)
             if c.finish_reason == "stop" and len(tokens) < cfg.max_new_tokens and self._stopped_by_token(c):
-                # The backend strips the stop token; train on it too so the policy learns when to stop.
+                # The engine strips the stop token; train on it too so the policy learns when to stop.
                 tokens = tokens + (self.lm.stop_token_ids[0],)
             correct = bool(self.reward_fn(c.text, problem.answer))
             reward = shaped_reward(cfg, correct, len(tokens))

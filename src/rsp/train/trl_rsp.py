@@ -13,7 +13,7 @@ are private methods):
   and current log-probs all see the rollout's own RSP;
 - the seeds travel with the rollouts as an `rsp_seeds` tensor, which TRL shuffles and splits with the rest;
 - vLLM (`use_vllm=True`): one request per rollout in the mixed token/embedding layout
-  (`rsp.backends.vllm.build_requests(prompt_mode="mixed")`). Colocate: TRL 1.16 builds its `vllm.LLM`
+  (`rsp.engines.vllm.build_requests(prompt_mode="mixed")`). Colocate: TRL 1.16 builds its `vllm.LLM`
   without `enable_prompt_embeds` and has no option for it, so the trainer adds it (and `vllm_engine_kwargs`)
   while TRL builds the engine. Server: `trl vllm-serve` runs stock `vllm serve`, whose HTTP API has no
   mixed prompts, so the server must be `python -m rsp.train.vllm_serve` (same flags), which adds them.
@@ -146,7 +146,7 @@ def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None
     fused kernel that reads the head's weight and bias without calling its forward, so the ban is given to it
     as a bias term for the duration of the call (added to a real bias, which keeps its gradient).
     """
-    from rsp.backends.hook import BANNED_LOGIT
+    from rsp.engines.hook import BANNED_LOGIT
 
     head = model.get_output_embeddings()
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
@@ -400,7 +400,7 @@ def _grpo_trainer_class():
 
         def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
             """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
-            from rsp.backends.vllm import build_requests
+            from rsp.engines.vllm import build_requests
 
             gen = self.vllm_generation
             if (

@@ -29,7 +29,7 @@ MIDDLEWARE = "rsp.train.vllm_serve.mixed_prompts"
 
 
 def encode_request(request) -> dict:
-    """An `rsp.backends.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those vectors."""
+    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those vectors."""
     embeds = request.prompt_embeds
     if embeds is None:
         return {

@@ -2,7 +2,7 @@
 
 Why: `generate()` re-validates configs, rebuilds logits processors and stopping criteria and
 re-derives model inputs on every step; at small models on CPU that overhead is a large share
-of the step time. This loop does only what sampling needs. Greedy output matches `HFBackend`
+of the step time. This loop does only what sampling needs. Greedy output matches `HFEngine`
 token for token; sampling uses the same warpers (temperature, top-k, top-p, min-p in
 transformers' order) and `torch.multinomial`, so it is the same distribution.
 """
@@ -14,13 +14,13 @@ from contextlib import nullcontext
 
 import torch
 
-from rsp.backends.base import Completion, SamplingConfig
-from rsp.backends.hf import HFBackend
-from rsp.backends.hook import BANNED_LOGIT
-from rsp.backends.packed import WeightPacker
 from rsp.core.injection import Injection
 from rsp.core.inputs import positions_from_mask
 from rsp.core.insert import PromptTokens
+from rsp.engines.base import Completion, SamplingConfig
+from rsp.engines.hf import HFEngine
+from rsp.engines.hook import BANNED_LOGIT
+from rsp.engines.packed import WeightPacker
 
 
 def build_warpers(sampling: SamplingConfig):
@@ -131,15 +131,15 @@ def decode_loop(
     return out[:, : step + 1].cpu().tolist()
 
 
-class LeanHFBackend(HFBackend):
-    """`HFBackend` with the hand-written decode loop instead of `generate()` (same interface).
+class LeanEngine(HFEngine):
+    """`HFEngine` with the hand-written decode loop instead of `generate()` (same interface).
 
     `compact=False` keeps finished rows in the batch like `generate` (sampled tokens then match
     `generate`'s random-number use row for row); the default drops them (see `decode_loop`).
     `pack_weights` runs bf16 linear layers on the CPU with prepacked oneDNN weights
-    (`rsp.backends.packed`; bit-identical outputs, one extra copy of those weights in memory).
+    (`rsp.engines.packed`; bit-identical outputs, one extra copy of those weights in memory).
     `preallocate_cache` appends keys/values into reserved room instead of re-concatenating the cache
-    every step (`rsp.backends.kvcache`; same values, same outputs).
+    every step (`rsp.engines.kvcache`; same values, same outputs).
     """
 
     def __init__(
@@ -170,7 +170,7 @@ class LeanHFBackend(HFBackend):
         """An empty KV cache; `reserve` is how many positions to leave room for beyond the first fill."""
         from transformers import DynamicCache
 
-        from rsp.backends.kvcache import growing_cache
+        from rsp.engines.kvcache import growing_cache
 
         config = self.lm.model.config
         return growing_cache(config, reserve) if self.preallocate_cache else DynamicCache(config=config)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import build_tiny_llama, chat_prompts, sharpen
 
-from rsp.backends import HFBackend, SamplingConfig
-from rsp.backends.lean import LeanHFBackend
-from rsp.backends.packed import WeightPacker, packing_supported
 from rsp.core import RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig
+from rsp.engines.lean import LeanEngine
+from rsp.engines.packed import WeightPacker, packing_supported
 from rsp.models import wrap_model
 
 pytestmark = pytest.mark.skipif(
@@ -66,8 +66,8 @@ def test_packed_lean_greedy_matches_generate_in_bf16(bf16_lm):
     injection = RandomSoftPrompt(bf16_lm.embedding_stats(), 4)
     seeds = list(range(len(prompts)))
     sampling = SamplingConfig(temperature=0, max_new_tokens=12)
-    ref = HFBackend(bf16_lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
-    backend = LeanHFBackend(bf16_lm)
+    ref = HFEngine(bf16_lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
+    backend = LeanEngine(bf16_lm)
     lean = backend.generate(prompts, injection, seeds, sampling, decode_seed=0)
     assert backend.packer.identical is True, "the packed path must actually have run"
     assert lean == ref
@@ -81,7 +81,7 @@ def test_hf_backend_feeds_the_head_a_contiguous_input_with_identical_bf16_tokens
     injection = RandomSoftPrompt(bf16_lm.embedding_stats(), 4)
     seeds = list(range(len(prompts)))
     sampling = SamplingConfig(temperature=0, max_new_tokens=8)
-    backend = HFBackend(bf16_lm)
+    backend = HFEngine(bf16_lm)
     seen: list[bool] = []
     spy = bf16_lm.model.lm_head.register_forward_hook(
         lambda m, args, out: seen.append(args[0].is_contiguous())

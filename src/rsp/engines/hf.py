@@ -1,4 +1,4 @@
-"""Hugging Face transformers backend: `generate(inputs_embeds=...)` with one injection per row.
+"""Hugging Face transformers engine: `generate(inputs_embeds=...)` with one injection per row.
 
 Each row of a batch is its own attempt with its own injected rows, so N attempts at a problem are
 N rows (never `num_return_sequences`, which would copy one RSP to all N).
@@ -12,12 +12,12 @@ from contextlib import contextmanager
 
 import torch
 
-from rsp.backends.base import Completion, SamplingConfig, cut_at_stop_token
-from rsp.backends.hook import RSPHandle
 from rsp.core.injection import Injection
 from rsp.core.inputs import embed_prompts, layout
 from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.core.seeds import derive_seed
+from rsp.engines.base import Completion, SamplingConfig, cut_at_stop_token
+from rsp.engines.hook import RSPHandle
 from rsp.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
-class HFBackend:
+class HFEngine:
     """Batched sampling with transformers; backs off to smaller batches on out-of-memory."""
 
     def __init__(self, lm: LoadedModel, *, min_batch_size: int = 1) -> None:

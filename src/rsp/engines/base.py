@@ -44,7 +44,7 @@ class Completion:
     finish_reason: str  # "stop" (EOS / stop string) or "length"
 
 
-class Backend(Protocol):
+class Engine(Protocol):
     """Generate one completion per prompt; row i gets the injection drawn from seeds[i]."""
 
     oom_events: list[str]  # out-of-memory back-offs taken so far (reported with a run's results)

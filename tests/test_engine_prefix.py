@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import chat_prompts
 
-from rsp.backends import HFBackend, SamplingConfig
-from rsp.backends.prefix import PrefixSharedHFBackend
 from rsp.core import NoInjection, RandomSoftPrompt
+from rsp.engines import HFEngine, SamplingConfig
+from rsp.engines.prefix import PrefixEngine
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=10)
 
@@ -18,8 +18,8 @@ def test_shared_matches_unshared_greedy_mixed_lengths(sharp_lm, position):
     prompts = chat_prompts(sharp_lm, ["hi", "what is 2+3 and then some", "x" * 17], attempts=3)
     injection = RandomSoftPrompt(sharp_lm.embedding_stats(), 4, position=position)
     seeds = [injection.seed_for(7, str(i // 3), i % 3) for i in range(len(prompts))]
-    plain = HFBackend(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=1)
-    backend = PrefixSharedHFBackend(sharp_lm)
+    plain = HFEngine(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=1)
+    backend = PrefixEngine(sharp_lm)
     shared = backend.generate(prompts, injection, seeds, GREEDY, decode_seed=1)
     assert shared == plain
     assert len({c.token_ids for c in plain}) == len(plain), (
@@ -44,8 +44,8 @@ def test_shared_uses_the_same_rsp_rows(sharp_lm):
         return out
 
     injection.apply = spy  # type: ignore[method-assign]
-    HFBackend(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
-    PrefixSharedHFBackend(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
+    HFEngine(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
+    PrefixEngine(sharp_lm).generate(prompts, injection, seeds, GREEDY, decode_seed=0)
     assert torch.equal(captured[0], captured[1])
     assert torch.equal(captured[0], injection.rows(seeds).to(captured[0].dtype))
 
@@ -54,11 +54,11 @@ def test_no_injection_and_stop_strings_match(sharp_lm):
     prompts = chat_prompts(sharp_lm, ["hello there", "q"], attempts=2)
     seeds = [None] * 4
     sampling = SamplingConfig(temperature=0, max_new_tokens=12)
-    plain = HFBackend(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
-    shared = PrefixSharedHFBackend(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
+    plain = HFEngine(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
+    shared = PrefixEngine(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
     assert shared == plain
     stop = plain[0].text[3:5]
-    cut = PrefixSharedHFBackend(sharp_lm).generate(
+    cut = PrefixEngine(sharp_lm).generate(
         prompts, NoInjection(), seeds, sampling, decode_seed=0, stop_strings=[stop]
     )
     assert cut[0].text == plain[0].text[: plain[0].text.find(stop)]
@@ -68,7 +68,7 @@ def test_no_injection_and_stop_strings_match(sharp_lm):
 def test_sliding_window_model_falls_back(tiny_gemma_lm):
     prompts = chat_prompts(tiny_gemma_lm, ["hi", "longer question"], attempts=2)
     injection = RandomSoftPrompt(tiny_gemma_lm.embedding_stats(), 2)
-    backend = PrefixSharedHFBackend(tiny_gemma_lm)
+    backend = PrefixEngine(tiny_gemma_lm)
     out = backend.generate(prompts, injection, [1, 2, 3, 4], GREEDY, decode_seed=0)
     assert not backend.last_shared
-    assert out == HFBackend(tiny_gemma_lm).generate(prompts, injection, [1, 2, 3, 4], GREEDY, decode_seed=0)
+    assert out == HFEngine(tiny_gemma_lm).generate(prompts, injection, [1, 2, 3, 4], GREEDY, decode_seed=0)

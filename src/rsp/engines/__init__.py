@@ -1,0 +1,53 @@
+"""Generation engines behind one interface: hf (default), lean and prefix-shared HF paths, vllm (scale-out)."""
+
+from pathlib import Path
+
+from rsp.engines.base import Completion, Engine, SamplingConfig
+from rsp.engines.hf import HFEngine
+from rsp.engines.lean import LeanEngine
+from rsp.engines.prefix import PrefixEngine
+from rsp.models.embeddings import EmbeddingModel, load_embedding_model
+from rsp.models.loading import LoadedModel, load_model
+
+ENGINES = {"hf": HFEngine, "lean": LeanEngine, "prefix": PrefixEngine}
+ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
+
+
+def load_for_engine(
+    spec: str, engine: str, *, dtype: str = "auto", device: str = "cpu", cache_dir: str | Path | None = None
+) -> LoadedModel | EmbeddingModel:
+    """What `engine` needs of model `spec`: for vllm only the tokenizer and input-embedding table
+    (vLLM loads the weights itself; a full HF copy beside it doubled the memory), else the whole model.
+
+    `device` is where an HF engine runs; the vllm side stays on the CPU (vLLM places its own weights).
+    """
+    if engine == "vllm":
+        return load_embedding_model(spec, dtype=dtype, cache_dir=cache_dir)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
+    return load_model(spec, dtype=dtype, device=device, cache_dir=cache_dir)
+
+
+def create_engine(engine: str, lm, **vllm_options) -> Engine:
+    """The named engine around `lm`; options (model_path, tensor_parallel_size, ...) go to `VLLMEngine`."""
+    if engine in ENGINES:
+        return ENGINES[engine](lm)
+    if engine != "vllm":
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
+    from rsp.engines.vllm import VLLMEngine
+
+    return VLLMEngine(lm, **vllm_options)
+
+
+__all__ = [
+    "ENGINES",
+    "ENGINE_NAMES",
+    "Engine",
+    "Completion",
+    "HFEngine",
+    "LeanEngine",
+    "PrefixEngine",
+    "SamplingConfig",
+    "create_engine",
+    "load_for_engine",
+]
