@@ -117,7 +117,8 @@ def main() -> None:
     itemsize = 2 if args.dtype == "bfloat16" else 4
     prompt = args.prompt_length + args.rsp_length
     print(
-        f"model=smollm2-config(random, {args.layers} layers, 9 heads) dtype={args.dtype} device={args.device} "
+        f"model=smollm2-config(random, {args.layers} layers, 9 heads) dtype={args.dtype} "
+        f"device={args.device} "
         f"batch={args.batch} prompt={args.prompt_length}+{args.rsp_length} slots threads={args.threads} "
         f"RSS cap={cap:.0f} MiB"
     )

@@ -1,4 +1,5 @@
-"""Lean decode (row compaction) versus `generate()` on a realistic RSP workload: rows stop at different lengths.
+"""Lean decode (row compaction) versus `generate()` on a realistic RSP workload: rows stop at
+different lengths.
 
 The packaged SmolLM2-135M-Instruct (bf16) answers the built-in arith task (one step, values <= 10)
 with chat prompts, L=4 random soft prompts, one RSP per attempt. Workloads:
@@ -72,20 +73,24 @@ def main() -> None:
     injection = RandomSoftPrompt(lm.embedding_stats(), args.rsp_length)
     print(
         f"SHARED MACHINE: 2 CPU cores, other experiments running; torch threads={args.threads}, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, nice={os.nice(0)}. Expect drift; compare ratios."
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, nice={os.nice(0)}. "
+        "Expect drift; compare ratios."
     )
     print(
-        f"model=smollm2-135m-instruct(packaged) dtype=bf16 task=arith(steps=1,max=10) style={builder.resolved_style} "
-        f"L={args.rsp_length} new_tokens={args.new_tokens} T(sample-stops)={args.temperature} attempts/problem={args.attempts} "
-        f"prompt tokens={min(len(p.ids) for p in problems)}-{max(len(p.ids) for p in problems)} repeats={args.repeats}"
+        "model=smollm2-135m-instruct(packaged) dtype=bf16 task=arith(steps=1,max=10) "
+        f"style={builder.resolved_style} L={args.rsp_length} new_tokens={args.new_tokens} "
+        f"T(sample-stops)={args.temperature} attempts/problem={args.attempts} "
+        f"prompt tokens={min(len(p.ids) for p in problems)}-{max(len(p.ids) for p in problems)} "
+        f"repeats={args.repeats}"
     )
     print(
         "lean-eager = compaction alone (no packed weights, concatenating cache); lean = the default "
         "(compaction + prepacked bf16 weights + preallocated cache)"
     )
     print(
-        "batch | workload     | generate tok/s | lean-eager tok/s | lean tok/s | lean-eager/generate | lean/generate "
-        "| gen tok/row | lean tok/row | gen s | lean s | rows stopped | lean rows/pass | greedy identical"
+        "batch | workload     | generate tok/s | lean-eager tok/s | lean tok/s | lean-eager/generate "
+        "| lean/generate | gen tok/row | lean tok/row | gen s | lean s | rows stopped | lean rows/pass "
+        "| greedy identical"
     )
     for batch in args.batches:
         prompts = [problems[(i // args.attempts) % len(problems)] for i in range(batch)]
@@ -131,9 +136,9 @@ def main() -> None:
             print(
                 f"{batch:5d} | {workload:12s} | {rate['generate']:14.1f} | {rate['lean-eager']:16.1f} | "
                 f"{rate['lean']:10.1f} | {rate['lean-eager'] / rate['generate']:19.2f} | "
-                f"{rate['lean'] / rate['generate']:13.2f} | {per_row['generate']:11.1f} | {per_row['lean']:12.1f} "
-                f"| {secs['generate']:5.1f} | {secs['lean']:6.1f} | {statistics.mean(stopped):12.0%} "
-                f"| {statistics.mean(live):14.1f} | {same}",
+                f"{rate['lean'] / rate['generate']:13.2f} | {per_row['generate']:11.1f} | "
+                f"{per_row['lean']:12.1f} | {secs['generate']:5.1f} | {secs['lean']:6.1f} | "
+                f"{statistics.mean(stopped):12.0%} | {statistics.mean(live):14.1f} | {same}",
                 flush=True,
             )
 

@@ -4,7 +4,8 @@ Why a subprocess: `tracemalloc` does not see torch's allocations and a process's
 goes down, so one process measuring several configurations would report the largest of them for
 all. Each measurement therefore runs in its own child process, which resets its peak after setup
 (`/proc/self/clear_refs` = 5, so model construction and imports do not count) and reports
-its peak RSS (VmHWM, i.e. `ru_maxrss` without the thread-exit records) after the measured call. On CUDA it reports `torch.cuda.max_memory_allocated` instead.
+its peak RSS (VmHWM, i.e. `ru_maxrss` without the thread-exit records) after the measured call.
+On CUDA it reports `torch.cuda.max_memory_allocated` instead.
 
 The parent watches the child's RSS and kills it above a cap, because the machine these
 benchmarks run on is shared with long jobs that an out-of-memory kill would take down too.

@@ -80,7 +80,8 @@ def main() -> None:
             assert all(len(c.token_ids) == args.new_tokens for c in out)
     tokens = len(prompts) * args.new_tokens
     print(
-        f"engine={args.engine} prefix_caching={not args.no_prefix_caching} model={args.model} dtype={lm.dtype} batch={len(prompts)} new_tokens={args.new_tokens} "
+        f"engine={args.engine} prefix_caching={not args.no_prefix_caching} model={args.model} "
+        f"dtype={lm.dtype} batch={len(prompts)} new_tokens={args.new_tokens} "
         f"L={args.rsp_length} threads={args.threads} repeats={args.repeats}"
     )
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -212,15 +212,17 @@ def throughput(server: Server, args: argparse.Namespace) -> None:
         rows.append((s_tok / s_sec, d_tok / d_sec, len(batches) == 1))
         print(
             f"round {r}: server {s_tok} tokens in {s_sec:.2f} s ({s_tok / s_sec:.1f} tok/s; batches of "
-            f"{[b for b, _ in batches]} rows, engine {sum(t for _, t in batches):.2f} s); rsp.generate {d_tok} "
-            f"tokens in {d_sec:.2f} s ({d_tok / d_sec:.1f} tok/s); ratio {s_tok / s_sec / (d_tok / d_sec):.2f}; "
+            f"{[b for b, _ in batches]} rows, engine {sum(t for _, t in batches):.2f} s); "
+            f"rsp.generate {d_tok} tokens in {d_sec:.2f} s ({d_tok / d_sec:.1f} tok/s); "
+            f"ratio {s_tok / s_sec / (d_tok / d_sec):.2f}; "
             f"identical texts {same}/16",
             flush=True,
         )
     ratio = statistics.median(s / d for s, d, _ in rows)
     one = [s / d for s, d, single in rows if single]
     print(
-        f"(a) throughput ratio server / rsp.generate, median of {args.rounds} rounds: {ratio:.2f} (target >= 0.8); "
+        f"(a) throughput ratio server / rsp.generate, median of {args.rounds} rounds: {ratio:.2f} "
+        "(target >= 0.8); "
         f"{len(one)} rounds ran as one batch"
         + (f" (their median ratio {statistics.median(one):.2f})" if one else ""),
         flush=True,
@@ -272,7 +274,8 @@ def soak(server: Server, args: argparse.Namespace) -> None:
     done = sum(ok)
     print(
         f"(b) soak: {args.clients} clients x n={args.n}, max_tokens {args.soak_max_tokens}, {seconds:.0f} s: "
-        f"{done} requests ok ({done * args.n} samples, {done / seconds:.2f} req/s), {len(failed)} failed or lost; "
+        f"{done} requests ok ({done * args.n} samples, {done / seconds:.2f} req/s), "
+        f"{len(failed)} failed or lost; "
         f"server ran {health['batches']} batches, {health['rows']} rows in all",
         flush=True,
     )
@@ -307,7 +310,8 @@ def main() -> int:
         server = Server(args, Path(tmp) / "server.log")
         try:
             print(
-                f"server: {args.model}, engine {args.engine}, dtype {args.dtype}, max batch {args.max_batch_size}, "
+                f"server: {args.model}, engine {args.engine}, dtype {args.dtype}, "
+                f"max batch {args.max_batch_size}, "
                 f"batch wait {args.batch_wait_ms} ms, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
                 flush=True,
             )

@@ -141,7 +141,8 @@ def main() -> None:
             continue
         print(
             f"{label:40s} peak {r['peak_mb']:7.0f} MiB (+{r['peak_mb'] - r['base_mb']:6.0f}); after load "
-            f"{r['load_peak_mb']:6.0f}, after engine {r['engine_peak_mb']:6.0f}, end RSS {r['end_rss_mb']:6.0f}; "
+            f"{r['load_peak_mb']:6.0f}, after engine {r['engine_peak_mb']:6.0f}, "
+            f"end RSS {r['end_rss_mb']:6.0f}; "
             f"holds {r['held_bytes'] / 2**20:6.1f} MiB besides vLLM; {r['seconds']:.1f} s; "
             f"{r['distinct']}/{r['attempts']} distinct completions",
             flush=True,
@@ -153,7 +154,8 @@ def main() -> None:
         # A ratio rather than met/missed: RSS moves by ~1 MiB between runs, and a saving of exactly the
         # HF copy would flip a strict comparison on noise.
         print(
-            f"difference (a) - (b): {saved:.0f} MiB peak, {a['end_rss_mb'] - b['end_rss_mb']:.0f} MiB at the end; "
+            f"difference (a) - (b): {saved:.0f} MiB peak, "
+            f"{a['end_rss_mb'] - b['end_rss_mb']:.0f} MiB at the end; "
             f"HF model parameters {hf_mb:.1f} MiB; peak saving / HF parameters = {saved / hf_mb:.3f} "
             f"(target: >= 1, up to ~1 MiB of RSS noise)"
         )

@@ -1,4 +1,7 @@
-"""Overlay the training curves of several `rsp train` runs: python scripts/compare_train_curves.py OUT.png LABEL=RUN ..."""
+"""Overlay the training curves of several `rsp train` runs.
+
+python scripts/compare_train_curves.py OUT.png LABEL=RUN ...
+"""
 
 from __future__ import annotations
 

@@ -201,7 +201,8 @@ def build_vllm_llama(seed: int = 0):
 
 
 def make_tiny_model_dir(path, arch: str = "llama"):
-    """Save a tiny random model ("llama", "gemma" or "vllm-llama") and the char tokenizer as an HF model dir."""
+    """Save a tiny random model ("llama", "gemma" or "vllm-llama") and the char tokenizer as an HF
+    model dir."""
     builders = {
         "llama": lambda: build_tiny_llama(vocab_size=128),
         "gemma": lambda: build_tiny_gemma(vocab_size=128),
@@ -225,7 +226,8 @@ def vllm_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sharp_lm(tiny_tokenizer_module):
-    """Tiny Llama with weights scaled up so greedy outputs differ by prompt and by RSP (not one repeated token)."""
+    """Tiny Llama with weights scaled up so greedy outputs differ by prompt and by RSP (not one
+    repeated token)."""
     from rsp.models import wrap_model
 
     model = build_tiny_llama()

@@ -1,4 +1,5 @@
-"""The map of issue #16: the script, the docs and the cell list agree; analysis and verdicts behave on known data.
+"""The map of issue #16: the script, the docs and the cell list agree; analysis and verdicts behave on
+known data.
 
 Why synthetic runs: a verdict rule is only trustworthy if it says "holds" for an effect that is there
 and does not say it for an effect that is not; both are built here as run directories with known

@@ -713,7 +713,8 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(keyed_server):
     keyed_server.proc.send_signal(signal.SIGTERM)
     t.join(120)
     assert result["r"].status_code == 200 and len(result["r"].json()["choices"]) == 2
-    # uvicorn re-raises the signal once its graceful shutdown is done, so the status is "terminated by SIGTERM"
+    # uvicorn re-raises the signal once its graceful shutdown is done, so the status is
+    # "terminated by SIGTERM"
     assert keyed_server.proc.wait(60) in (0, -signal.SIGTERM)
     log = keyed_server.text()
     assert "shutting down" in log and "Application shutdown complete" in log

@@ -36,7 +36,8 @@ def test_arith_splits_and_settings_differ():
 
 
 def _require_local_copy(name: str) -> None:
-    """These tests check the offline JSONL copies; a clone that cannot see them says so instead of failing on the Hub."""
+    """These tests check the offline JSONL copies; a clone that cannot see them says so instead of
+    failing on the Hub."""
     from rsp.tasks.datasets import BENCHMARKS, data_dir_candidates, find_data_file
 
     file_name = BENCHMARKS[name].files["test"]

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture(scope="module")
 def engine(vllm_model_dir):
-    """(full HF model for the reference runs, VLLMEngine on the embedding table alone as `rsp eval` builds it)."""
+    """(full HF model for the reference runs, VLLMEngine on the embedding table alone as `rsp eval`
+    builds it)."""
     require_vllm()
     from rsp.engines.vllm import VLLMEngine
     from rsp.models import load_embedding_model, load_model

@@ -16,7 +16,10 @@ import torch
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-softmax of logits / temperature (temperature 0 is treated as 1: greedy has no spread to measure)."""
+    """Log-softmax of logits / temperature.
+
+    Temperature 0 is treated as 1: greedy has no spread to measure.
+    """
     t = temperature if temperature > 0 else 1.0
     return torch.log_softmax(logits.float() / t, dim=-1)
 

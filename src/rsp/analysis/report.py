@@ -130,7 +130,8 @@ def write_report(result: dict, out: Path, command: str | None = None) -> Path:
     parts = [
         f"# Mechanism analysis: {cfg['model']} on {cfg['task']}",
         "",
-        f"{result['problems']} problems x {cfg['n']} attempts per method; methods {', '.join(result['methods'])}; "
+        f"{result['problems']} problems x {cfg['n']} attempts per method; "
+        f"methods {', '.join(result['methods'])}; "
         f"RSP L={cfg['rsp_length']} at `{cfg['position']}`, scale {cfg['rsp_scale']}; sampling temperature "
         f"{cfg['temperature']}; K={result['k']} positions.",
         "",
@@ -140,7 +141,8 @@ def write_report(result: dict, out: Path, command: str | None = None) -> Path:
     if result.get("sliding_window"):
         sliding = [i for i, t in enumerate(result["layer_types"]) if t == "sliding_attention"]
         parts += [
-            f"Note: layers {sliding} use sliding-window attention (window {result['sliding_window']} tokens): "
+            f"Note: layers {sliding} use sliding-window attention "
+            f"(window {result['sliding_window']} tokens): "
             "they stop seeing the injected slots once the context grows past the window.",
             "",
         ]
@@ -153,10 +155,21 @@ def write_report(result: dict, out: Path, command: str | None = None) -> Path:
         "",
     ]
     captions = {
-        "entropy": "Does the first tokens' distribution flatten with an injection, and does it return to the plain level later?",
-        "kl": "How far the injection moves the next-token distribution on the same prefix, by position (the 'dilution' claim predicts decay).",
-        "attention": "How much attention generated positions pay to the injected vectors, compared with ordinary prompt tokens at the same place.",
-        "distinct_prefixes": "Branching across the N attempts: how many different prefixes exist after t tokens.",
+        "entropy": (
+            "Does the first tokens' distribution flatten with an injection, "
+            "and does it return to the plain level later?"
+        ),
+        "kl": (
+            "How far the injection moves the next-token distribution on the same prefix, "
+            "by position (the 'dilution' claim predicts decay)."
+        ),
+        "attention": (
+            "How much attention generated positions pay to the injected vectors, "
+            "compared with ordinary prompt tokens at the same place."
+        ),
+        "distinct_prefixes": (
+            "Branching across the N attempts: how many different prefixes exist after t tokens."
+        ),
     }
     parts += ["## Plots", ""]
     for metric, (title, fname) in CURVES.items():

@@ -1,4 +1,7 @@
-"""Generation engines behind one interface: hf (default), lean and prefix-shared HF paths, vllm (scale-out)."""
+"""Generation engines behind one interface.
+
+hf (default), lean and prefix-shared HF paths, vllm (scale-out).
+"""
 
 from pathlib import Path
 

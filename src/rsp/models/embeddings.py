@@ -204,7 +204,8 @@ def read_embedding_table(
 
 
 def _scale_tensor(config: dict, dtype: torch.dtype) -> torch.Tensor | None:
-    # transformers builds the scale buffer under the load dtype as default dtype: one rounding, float -> dtype.
+    # transformers builds the scale buffer under the load dtype as default dtype: one rounding,
+    # float -> dtype.
     scale = config_embed_scale(config)
     return None if scale is None else torch.tensor(scale, dtype=dtype)
 

@@ -144,7 +144,10 @@ class LoadedModel:
 def cached_stats(
     stats_cache_dir: Path | None, rows: str, mean_mode: str, fit: Callable[[], EmbeddingStats]
 ) -> EmbeddingStats:
-    """Statistics from the on-disk cache of a converted model, else `fit()` (saved there when there is one)."""
+    """Statistics from the on-disk cache of a converted model, else `fit()`.
+
+    A fitted result is saved there when there is a cache.
+    """
     path = stats_cache_path(stats_cache_dir, rows, mean_mode) if stats_cache_dir else None
     if path is not None and path.is_file():
         return EmbeddingStats.load(path)
@@ -242,7 +245,8 @@ def check_inputs_embeds_support(model: torch.nn.Module) -> None:
     params = inspect.signature(model.forward).parameters
     if "inputs_embeds" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         raise ModelLoadError(
-            f"{type(model).__name__}.forward does not accept inputs_embeds, so RSPs cannot be injected into it"
+            f"{type(model).__name__}.forward does not accept inputs_embeds, "
+            "so RSPs cannot be injected into it"
         )
     prep = getattr(model, "prepare_inputs_for_generation", None)
     if prep is not None and "inputs_embeds" not in inspect.signature(prep).parameters:
@@ -257,7 +261,10 @@ def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
 
 
 def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int, ...]:
-    """`stop_token_ids` given the generation config's eos_token_id (read from a folder when there is no model)."""
+    """`stop_token_ids` given the generation config's eos_token_id.
+
+    The eos_token_id is read from a folder when there is no model.
+    """
     ids: set[int] = set()
     for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
         if isinstance(value, int):

@@ -48,7 +48,8 @@ def locate_packaged_gguf(name: str, cache_dir: Path) -> Path:
     pkg_dir = _package_dir(info.package)
     if pkg_dir is None:
         raise FileNotFoundError(
-            f"packaged model {name!r} needs the Python package {info.package!r}; install it with: {info.install_hint}"
+            f"packaged model {name!r} needs the Python package {info.package!r}; "
+            f"install it with: {info.install_hint}"
         )
     if name == "smollm2-135m-instruct":
         path = pkg_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"

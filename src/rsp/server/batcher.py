@@ -7,8 +7,9 @@ that can share its batch (same injection, sampling settings and stop strings: on
 takes one of each) until the batch is full (`max_batch_size`), or no request has arrived for
 `batch_wait_s`, or the oldest row has waited `MAX_WAIT_FACTOR` times that; then it runs them in arrival
 order. Waiting for a quiet gap rather than a fixed time after the first row is what lets a burst of
-clients, whose requests reach the queue a millisecond or two apart, share one batch. A cancelled job (its client went away) loses its queued rows before they cost anything; a row
-already inside a running batch finishes with it.
+clients, whose requests reach the queue a millisecond or two apart, share one batch. A cancelled job
+(its client went away) loses its queued rows before they cost anything; a row already inside a running
+batch finishes with it.
 
 Seeds: a job with request seed `s` gives attempt `a` of its prompt `p` the injection seed
 `injection.seed_for(s, str(p), a)`, exactly what `rsp.generate(model, prompts, n=n, seed=s)` gives. The

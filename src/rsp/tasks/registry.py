@@ -22,7 +22,10 @@ def load_task(
     arith_n: int = 100,
     seed: int = 0,
 ) -> Task:
-    """Resolve `spec`: 'arith', a benchmark name, a .jsonl path (or 'jsonl:PATH'), or 'hf:org/name[:config]'."""
+    """Resolve `spec`.
+
+    'arith', a benchmark name, a .jsonl path (or 'jsonl:PATH'), or 'hf:org/name[:config]'.
+    """
     if limit is not None and limit < 1:
         raise TaskError(f"limit must be >= 1, got {limit}")
     if spec == "arith":

