@@ -1,0 +1,369 @@
+"""Command configs: every flag comes from a config dataclass field, parsed by transformers' `HfArgumentParser`.
+
+One pattern for every `rsp` command, as in TRL: a command is a set of dataclasses; each field is a flag
+(`--rsp-length` for `rsp_length`, its help and choices in the field's metadata, made with `option`);
+
+    rsp eval --config recipe.yaml --n 32      # a YAML (or JSON) file of field values, then CLI overrides
+    rsp eval --config recipe.yaml --print-config   # the resolved config, as YAML, and exit
+
+so the flag list is never written by hand and never copied field by field. What `HfArgumentParser` does
+not do is added here, small and in one place: repeatable `KEY=VALUE` mapping fields, comma-separated
+list fields (`--methods temperature,rsp`, also `--methods temperature rsp`), `--config` with the file's
+values as defaults (TrlParser's approach), `--print-config`, and retired spellings (`deprecated=`) that
+still parse for one release with a FutureWarning naming the new flag. Range checks stay in each config's
+`validate()`, whose messages name the field and its flag (`flag_of`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+from transformers import HfArgumentParser
+
+# metadata keys read here (HfArgumentParser passes the rest to argparse.add_argument)
+_DEPRECATED = "deprecated"
+_GROUP = "group"
+_FLAG = "flag"
+
+
+class ConfigFileError(ValueError):
+    """A `--config` file cannot be read, is not a mapping, or names an unknown setting."""
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: Sequence[Any] | None = None,
+    deprecated: Sequence[str] = (),
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    metavar: str | None = None,
+    group: str | None = None,
+    flag: str | None = None,
+) -> Any:
+    """A config field that is also a flag. `deprecated` lists retired flags (`"--position"`) that still
+    set this field, with a warning; as config-file keys they are spelled without dashes."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if deprecated:
+        metadata[_DEPRECATED] = tuple(deprecated)
+    if metavar:
+        metadata["metavar"] = metavar
+    if group:
+        metadata[_GROUP] = group
+    if flag:
+        metadata[_FLAG] = flag  # when the flag is not the field's name (`--method-option` for a mapping)
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_of(name: str) -> str:
+    """The flag of config field `name`: `rsp_length` -> `--rsp-length` (`method_options` is spelled
+    `--method-option`, once per KEY=VALUE)."""
+    return "--method-option" if name == "method_options" else "--" + name.replace("_", "-")
+
+
+def field_label(name: str) -> str:
+    """How a validation message names a setting: the config key and its flag."""
+    return f"{name} ({flag_of(name)})"
+
+
+def _key_of(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _warn_deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is deprecated and will be removed in rsp 0.3; use {new}", FutureWarning, stacklevel=3
+    )
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _sequence_item(tp: Any) -> tuple[type, type] | None:
+    """(container, item type) for list[X] / tuple[X, ...] fields, else None."""
+    tp = _unwrap_optional(tp)
+    origin = get_origin(tp)
+    if origin in (list, tuple):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return origin, (args[0] if args else str)
+    return None
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+class _DeprecatedFlag(argparse.Action):
+    """A retired spelling: stores into the field's dest and warns once per use."""
+
+    def __init__(self, option_strings, dest, new_flag: str = "", **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _warn_deprecated(str(option_string), self.new_flag)
+        setattr(namespace, self.dest, values)
+
+
+class _AppendKeyValue(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = dict(getattr(namespace, self.dest, None) or {})
+        key, value = values
+        current[key] = value
+        setattr(namespace, self.dest, current)
+
+
+class RSPArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` plus what rsp's commands need (see the module docstring).
+
+    `parse(argv)` returns one instance per dataclass, in the order given.
+    """
+
+    def __init__(
+        self,
+        dataclass_types: Iterable[type],
+        *,
+        defaults: dict[str, Any] | None = None,
+        exclude: Iterable[str] = (),
+        **kwargs: Any,
+    ):
+        """`defaults` overrides field defaults for this command (shown in --help); `exclude` names fields
+        that are not settings of this command (they keep their defaults, e.g. what a sweep's grid sets)."""
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        self._exclude = set(exclude)
+        self._fields: dict[str, dataclasses.Field] = {}
+        self._hints: dict[str, Any] = {}
+        self._deprecated_keys: dict[str, str] = {}
+        self._groups: dict[str, Any] = {}
+        super().__init__(list(dataclass_types), **kwargs)
+        self.add_argument(
+            "--config",
+            metavar="FILE",
+            help="YAML or JSON file of settings (keys are the flag names with underscores); flags override it",
+        )
+        self.add_argument(
+            "--print-config", action="store_true", help="print the resolved settings as YAML and exit"
+        )
+        if defaults:
+            self.set_defaults(**defaults)
+
+    def _add_dataclass_arguments(self, dtype: Any) -> None:
+        hints = get_type_hints(dtype)
+        default_group = getattr(dtype, "_argument_group_name", None)
+        for f in dataclasses.fields(dtype):
+            if not f.init or f.name in self._exclude:
+                continue
+            if f.name in self._fields:
+                raise ValueError(f"two config classes of one command both define {f.name!r}")
+            self._fields[f.name] = f
+            self._hints[f.name] = hints[f.name]
+            title = f.metadata.get(_GROUP) or default_group
+            if title and title not in self._groups:
+                self._groups[title] = self.add_argument_group(title)
+            self._add_field(self._groups[title] if title else self, f, hints[f.name])
+
+    def _add_field(self, group: Any, f: dataclasses.Field, hint: Any) -> None:
+        meta = dict(f.metadata)
+        meta.pop(_GROUP, None)
+        flag = meta.pop(_FLAG, None) or flag_of(f.name)
+        deprecated = tuple(meta.pop(_DEPRECATED, ()))
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        seq = _sequence_item(hint)
+        base = _unwrap_optional(hint)
+        kwargs: dict[str, Any]
+        if get_origin(base) is dict or base is dict:
+            meta.setdefault("metavar", "KEY=VALUE")
+            kwargs = {"action": _AppendKeyValue, "type": _key_value, "default": default, **meta}
+            kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
+        elif seq is not None:
+            _, item = seq
+            kwargs = {"nargs": "+", "type": str, "default": default, **meta}
+            kwargs.pop("choices", None)  # checked per item after splitting on commas
+            kwargs["help"] = (kwargs.get("help") or "") + " (comma- or space-separated)"
+        elif base is bool:
+            kwargs = {"action": argparse.BooleanOptionalAction, "default": default, **meta}
+        else:
+            kwargs = {"type": base, "default": default, **meta}
+            if default is dataclasses.MISSING:
+                kwargs.pop("default")
+                kwargs["required"] = True
+        group.add_argument(flag, dest=f.name, **kwargs)
+        for old in deprecated:
+            self._deprecated_keys[_key_of(old)] = f.name
+            dep = {k: v for k, v in kwargs.items() if k in ("type", "nargs", "choices", "metavar")}
+            if kwargs.get("action") is _AppendKeyValue:
+                dep = {"type": _key_value, "metavar": "KEY=VALUE"}
+            group.add_argument(
+                old,
+                dest=f.name,
+                action=_DeprecatedFlag
+                if kwargs.get("action") is not _AppendKeyValue
+                else _DeprecatedKeyValue,
+                new_flag=flag,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+                **dep,
+            )
+
+    # ---- parsing -------------------------------------------------------------------------------------
+
+    def _read_config_file(self, path: str) -> dict[str, Any]:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigFileError(f"cannot read --config {path}: {exc.strerror}") from None
+        try:
+            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigFileError(
+                f"--config {path} is not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}"
+            ) from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigFileError(
+                f"--config {path} must hold a mapping of settings, got {type(data).__name__}"
+            )
+        if "config" in data and "kind" in data and isinstance(data["config"], dict):
+            data = data["config"]  # a run directory's config.json
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name in self._deprecated_keys:
+                _warn_deprecated(f"config key {key!r}", repr(self._deprecated_keys[name]))
+                name = self._deprecated_keys[name]
+            if name not in self._fields:
+                known = ", ".join(sorted(self._fields))
+                raise ConfigFileError(f"--config {path}: unknown setting {key!r}; settings are {known}")
+            out[name] = value
+        return out
+
+    def parse(self, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config")
+        pre.add_argument("--print-config", action="store_true")
+        known, _ = pre.parse_known_args(argv)
+        if known.print_config:  # show what would run even before every required setting is given
+            for action in self._actions:
+                action.required = False
+        if known.config:
+            values = self._read_config_file(known.config)
+            self.set_defaults(**values)
+            for action in self._actions:  # a required field given in the file is no longer required
+                if action.dest in values:
+                    action.required = False
+        ns = self.parse_args(argv)
+        outputs = self._build(vars(ns))
+        if ns.print_config:
+            print(config_yaml(*outputs), end="")
+            raise SystemExit(0)
+        return outputs
+
+    def _coerce(self, name: str, value: Any) -> Any:
+        hint = self._hints[name]
+        seq = _sequence_item(hint)
+        if seq is not None and value is not None:
+            container, item = seq
+            raw = [value] if isinstance(value, str) else list(value)
+            items: list[Any] = []
+            for part in raw:
+                if isinstance(part, str):
+                    items += [x.strip() for x in part.split(",") if x.strip()]
+                else:
+                    items.append(part)
+            try:
+                converted = [item(x) if not isinstance(x, item) else x for x in items]
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{field_label(name)} expects {item.__name__} values, got {value!r}"
+                ) from None
+            choices = self._fields[name].metadata.get("choices")
+            bad = [x for x in converted if choices and x not in choices]
+            if bad:
+                raise ValueError(
+                    f"{field_label(name)}: {bad[0]!r} is not one of {', '.join(map(str, choices))}"
+                )
+            return container(converted)
+        base = _unwrap_optional(hint)
+        if value is not None and base in (int, float) and isinstance(value, str):
+            try:
+                return base(value)
+            except ValueError:
+                raise ValueError(f"{field_label(name)} expects a number, got {value!r}") from None
+        if base is dict and value is not None and not isinstance(value, dict):
+            raise ValueError(f"{field_label(name)} expects a mapping, got {value!r}")
+        return value
+
+    def _build(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        outputs = []
+        for dtype in self.dataclass_types:
+            kwargs = {}
+            for f in dataclasses.fields(dtype):
+                if f.name in self._exclude:
+                    continue
+                if f.init and f.name in values:
+                    kwargs[f.name] = self._coerce(f.name, values[f.name])
+                elif f.init and values.get("print_config"):
+                    kwargs[f.name] = None  # a required setting not given yet; shown as null
+            outputs.append(dtype(**kwargs))
+        return tuple(outputs)
+
+
+class _DeprecatedKeyValue(_AppendKeyValue):
+    def __init__(self, option_strings, dest, new_flag: str = "", **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _warn_deprecated(str(option_string), self.new_flag)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def config_dict(*configs: Any) -> dict[str, Any]:
+    """The fields of one or more config dataclasses as one plain mapping (tuples as lists)."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_yaml(*configs: Any) -> str:
+    """The resolved settings as YAML that `--config` reads back."""
+    return yaml.safe_dump(config_dict(*configs), sort_keys=False, default_flow_style=None)
+
+
+@dataclasses.dataclass
+class OutputOptions:
+    """Where a command writes, and how much it says; not part of a run's settings (not saved, not hashed)."""
+
+    out: str = option(help="output directory (a rerun of the same command resumes it)")
+    quiet: bool = option(False, "no progress bars")
