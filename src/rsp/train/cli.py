@@ -1,105 +1,115 @@
-"""`rsp train`: RSP-DAPO from flags or a JSON config file (flags override the file)."""
+"""`rsp train`: RSP-DAPO from flags and/or a config file (YAML or JSON, or a run directory's config.json;
+flags override the file). The flags are the fields of `DAPOConfig` plus `OutputOptions` and
+`TrainOptions`, parsed by `rsp.config.RSPArgumentParser`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import sys
-from dataclasses import fields
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from rsp.train.config import DAPOConfig, DAPOConfigError
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+from rsp.config import OutputOptions, RSPArgumentParser, option
+from rsp.train.config import DAPOConfig
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="RSP-DAPO reinforcement learning (fresh RSP per rollout)",
-        description="Train with DAPO; every rollout carries its own Random Soft Prompt "
-        "(--rsp-length 0 = plain DAPO). Resumes if --out holds the same run.",
+@dataclasses.dataclass
+class TrainOptions:
+    """What `rsp train` writes besides the run itself; not part of the run's settings (not saved)."""
+
+    save_merged: bool = option(
+        False, "at the end also write OUT/merged/, a model directory for `rsp eval --model OUT/merged`"
     )
-    p.add_argument("--config", type=Path, help="JSON config file (a DAPOConfig or a run's config.json)")
-    p.add_argument("--out", type=Path, required=True, help="run directory (created, or resumed)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument(
-        "--save-merged",
-        action="store_true",
-        help="at the end also write OUT/merged/, a model directory for `rsp eval --model OUT/merged`",
-    )
-    defaults = DAPOConfig()
-    for f in fields(DAPOConfig):
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            p.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"(default {default})",
-            )
-        elif isinstance(default, dict):
-            p.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                default=None,
-                type=_json_object,
-                help="JSON object of TRL GRPOConfig fields for --trainer trl, applied on top of the "
-                'mapping, e.g. \'{"bf16": true, "gradient_accumulation_steps": 2, '
-                '"report_to": ["tensorboard"]}\'',
-            )
-        elif isinstance(default, list):
-            p.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                default=None,
-                type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                help=f"comma-separated (default {','.join(default)})",
-            )
-        else:
-            p.add_argument(
-                _flag(f.name), dest=f.name, type=type(default), default=None, help=f"(default {default})"
-            )
-    p.set_defaults(func=run_train)
 
 
-def _json_object(text: str) -> dict:
+def _mapping(text: str) -> dict:
+    """A JSON object (`{"bf16": true}`) or one KEY=VALUE (the value read as JSON when it parses)."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("expected a JSON object")
+        return value
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected a JSON object or KEY=VALUE, got {text!r}")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
+        return {key: json.loads(raw)}
+    except json.JSONDecodeError:
+        return {key: raw}
 
 
-def config_from_args(args: argparse.Namespace) -> DAPOConfig:
-    base = DAPOConfig.load(args.config).to_dict() if args.config else DAPOConfig().to_dict()
-    for f in fields(DAPOConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            base[f.name] = value
-    return DAPOConfig.from_dict(base)
+class _MergeMapping(argparse.Action):
+    """Each use merges its mapping into the field's value (the config file's, or an earlier flag's)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **values})
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from rsp.runio import RunDirError
+class _NoProgress(argparse.Action):
+    """The retired `--no-progress`: sets `quiet`, with a warning naming `--quiet`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(
+            "--no-progress is deprecated and will be removed in rsp 0.3; use --quiet",
+            FutureWarning,
+            stacklevel=3,
+        )
+        namespace.quiet = True
+
+
+class TrainArgumentParser(RSPArgumentParser):
+    """`RSPArgumentParser` with `--trl-args` taking a JSON object (as it always has) as well as KEY=VALUE."""
+
+    def _add_field(self, group: Any, f: dataclasses.Field, hint: Any) -> None:
+        if f.name != "trl_args":
+            super()._add_field(group, f, hint)
+            return
+        group.add_argument(
+            "--trl-args",
+            dest="trl_args",
+            type=_mapping,
+            action=_MergeMapping,
+            default={},
+            metavar="JSON|KEY=VALUE",
+            help=f.metadata.get("help", "") + " (repeatable; merged)",
+        )
+
+
+def build_parser() -> TrainArgumentParser:
+    parser = TrainArgumentParser(
+        [DAPOConfig, OutputOptions, TrainOptions],
+        prog="rsp train",
+        description="Train with DAPO; every rollout carries its own Random Soft Prompt "
+        "(--rsp-length 0 = plain DAPO). Resumes if --out holds the same run "
+        "(--config OUT/config.json repeats its settings). "
+        "See docs/training.md.",
+    )
+    parser.add_argument("--no-progress", nargs=0, action=_NoProgress, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> tuple[DAPOConfig, OutputOptions, TrainOptions]:
+    cfg, output, options = build_parser().parse(argv)
+    return cfg.validate(), output, options
+
+
+def main(argv: Sequence[str]) -> int:
     from rsp.train.run import train
 
-    try:
-        cfg = config_from_args(args)
-        records = train(cfg, args.out, progress=not args.no_progress, save_merged=args.save_merged)
-    except (DAPOConfigError, RunDirError) as exc:
-        print(f"rsp train: error: {exc}", file=sys.stderr)
-        return 2
+    cfg, output, options = parse(argv)
+    out = Path(output.out)
+    records = train(cfg, out, progress=not output.quiet, save_merged=options.save_merged)
     if records:
         last = records[-1]
         print(
             f"step {last['step']}: reward {last.get('reward_mean', float('nan')):.3f}, "
             f"accuracy {last.get('accuracy', float('nan')):.3f}; "
-            f"metrics in {args.out / 'metrics.jsonl'}, curves in {args.out / 'curves.png'}"
+            f"metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}"
         )
     return 0

@@ -1,120 +1,175 @@
-"""The RSP-DAPO run configuration: one dataclass, saved with every run so a resume can check it."""
+"""The RSP-DAPO run configuration: one dataclass, saved with every run so a resume can check it.
+
+Each field is also a flag of `rsp train` (`rsp_length` is `--rsp-length`; see `rsp.config`), and a key of
+its `--config` file (YAML or JSON, or a run directory's `config.json`). The keys are those of the run
+directories already written, so every earlier run still resumes.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-POSITIONS = ("after_generation_prompt", "end_of_user_turn", "prepend")
+from rsp.config import field_label, option
+from rsp.core.insert import INSERTION_POINTS
+
+TRAINERS = ("native", "trl")
+_MODEL, _TASK, _RSP, _DAPO, _REWARD, _LORA, _RUN = (
+    "model",
+    "task",
+    "injection",
+    "DAPO",
+    "reward",
+    "LoRA",
+    "run",
+)
 
 
 class DAPOConfigError(ValueError):
-    """A setting is out of range or inconsistent with another."""
+    """A setting is out of range or inconsistent with another; the message names it and its flag."""
 
 
 @dataclass
 class DAPOConfig:
-    model: str = "smollm2-135m-instruct"
-    dtype: str = "float32"
-    device: str = "cpu"
-    task: str = "arith"
-    arith_steps: int = 2
-    arith_max_value: int = 20
-    train_problems: int = 512
-    rsp_length: int = 4  # 0 = plain DAPO
-    rsp_position: str = "after_generation_prompt"
-    rsp_scale: float = 1.0
-    group_size: int = 8
-    prompts_per_step: int = 4
-    steps: int = 40
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    updates_per_batch: int = 1  # >1 reuses each rollout batch (then old != current and clipping acts)
-    micro_batch_size: int = 4  # rollouts per forward/backward; gradients are accumulated (0 = all at once)
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.28
-    beta: float = 0.0
-    max_new_tokens: int = 64
-    overlong_buffer: int = 16  # 0 disables overlong reward shaping
-    overlong_penalty: float = 1.0
-    mask_truncated: bool = False
-    reward_correct: float = 1.0
-    reward_wrong: float = -1.0
-    grader_timeout: float = 5.0
-    max_extra_rounds: int = 2
-    temperature: float = 1.0
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Everything that determines an RSP-DAPO run (saved as the run's config.json, checked on resume)."""
+
+    model: str = option(
+        "smollm2-135m-instruct", "packaged name, local dir, .gguf file or Hub id", group=_MODEL
     )
-    seed: int = 0
-    checkpoint_every: int = 10
-    trainer: str = "native"  # native (plain torch, DAPO refill) or trl (GRPOTrainer subclass, masking form)
+    dtype: str = option("float32", "float32, bfloat16, float16 or auto", group=_MODEL)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
+    task: str = option("arith", "the rsp task trained on (arith, gsm8k, a .jsonl path, ...)", group=_TASK)
+    arith_steps: int = option(2, "synthetic task: operations per problem", group=_TASK)
+    arith_max_value: int = option(20, "synthetic task: size of numbers", group=_TASK)
+    train_problems: int = option(512, "problems in the training set", group=_TASK)
+    rsp_length: int = option(4, "L, vectors per RSP per rollout (0 = plain DAPO)", group=_RSP)
+    rsp_position: str = option(
+        "after_generation_prompt", "insertion point of the vectors", choices=INSERTION_POINTS, group=_RSP
+    )
+    rsp_scale: float = option(1.0, "multiplier on the fitted standard deviation", group=_RSP)
+    group_size: int = option(8, "rollouts per prompt (a group; advantages are relative to it)", group=_DAPO)
+    prompts_per_step: int = option(4, "prompts (groups) per optimisation step", group=_DAPO)
+    steps: int = option(40, "optimisation steps", group=_DAPO)
+    lr: float = option(1e-5, "learning rate", group=_DAPO)
+    weight_decay: float = option(0.0, "AdamW weight decay", group=_DAPO)
+    max_grad_norm: float = option(1.0, "gradient clipping norm", group=_DAPO)
+    updates_per_batch: int = option(
+        1, "updates per rollout batch (>1 reuses it: old != current and clipping acts)", group=_DAPO
+    )
+    micro_batch_size: int = option(
+        4, "rollouts per forward/backward; gradients are accumulated (0 = all at once)", group=_DAPO
+    )
+    epsilon_low: float = option(0.2, "lower clip of the ratio: 1 - epsilon_low", group=_DAPO)
+    epsilon_high: float = option(0.28, "upper clip of the ratio (clip-higher): 1 + epsilon_high", group=_DAPO)
+    beta: float = option(0.0, "KL coefficient to a frozen reference (0 = no KL, DAPO's choice)", group=_DAPO)
+    max_new_tokens: int = option(64, "tokens per rollout at most", group=_DAPO)
+    overlong_buffer: int = option(16, "overlong reward shaping buffer in tokens (0 = off)", group=_REWARD)
+    overlong_penalty: float = option(1.0, "overlong reward shaping: penalty at the limit", group=_REWARD)
+    mask_truncated: bool = option(False, "leave truncated rollouts out of the loss", group=_REWARD)
+    reward_correct: float = option(1.0, "reward of a correct answer", group=_REWARD)
+    reward_wrong: float = option(-1.0, "reward of a wrong answer", group=_REWARD)
+    grader_timeout: float = option(5.0, "seconds per answer check", group=_REWARD)
+    max_extra_rounds: int = option(
+        2,
+        "dynamic sampling: extra rounds of prompts when a step's groups all have equal rewards",
+        group=_DAPO,
+    )
+    temperature: float = option(1.0, "rollout sampling temperature (> 0)", group=_DAPO)
+    lora: bool = option(True, "train LoRA adapters (--no-lora: full fine-tuning)", group=_LORA)
+    lora_r: int = option(16, "LoRA rank", group=_LORA)
+    lora_alpha: int = option(32, "LoRA alpha", group=_LORA)
+    lora_dropout: float = option(0.0, "LoRA dropout", group=_LORA)
+    lora_target_modules: list[str] = option(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        help="modules that get adapters",
+        group=_LORA,
+    )
+    seed: int = option(0, "the run's base seed (problems, every rollout's RSP seed, sampling)", group=_RUN)
+    checkpoint_every: int = option(10, "steps between checkpoints", group=_RUN)
+    trainer: str = option(
+        "native",
+        "native (plain torch, DAPO refill) or trl (GRPOTrainer subclass, masking form)",
+        choices=TRAINERS,
+        group=_RUN,
+    )
     # trainer=trl only: GRPOConfig fields set on top of the mapping above (bf16, gradient_accumulation_steps,
     # report_to, vllm options, ...); left out of to_dict() when empty, so older run directories still resume.
-    trl_args: dict = field(default_factory=dict)
+    trl_args: dict = option(
+        default_factory=dict,
+        help="--trainer trl only: TRL GRPOConfig fields applied on top of the mapping, as a JSON object "
+        '(\'{"bf16": true, "gradient_accumulation_steps": 2}\') or KEY=VALUE',
+        group=_RUN,
+    )
 
     def validate(self) -> DAPOConfig:
-        def need(ok: bool, msg: str) -> None:
+        def need(ok: bool, name: str, msg: str) -> None:
             if not ok:
-                raise DAPOConfigError(msg)
+                raise DAPOConfigError(f"{field_label(name)} {msg}")
 
-        need(self.rsp_length >= 0, f"rsp_length must be >= 0 (0 = plain DAPO), got {self.rsp_length}")
+        need(self.rsp_length >= 0, "rsp_length", f"must be >= 0 (0 = plain DAPO), got {self.rsp_length}")
         need(
-            self.rsp_position in POSITIONS,
-            f"rsp_position must be one of {', '.join(POSITIONS)}, got {self.rsp_position!r}",
+            self.rsp_position in INSERTION_POINTS,
+            "rsp_position",
+            f"must be one of {', '.join(INSERTION_POINTS)}, got {self.rsp_position!r}",
         )
-        need(self.rsp_scale > 0, f"rsp_scale must be > 0, got {self.rsp_scale}")
+        need(self.rsp_scale > 0, "rsp_scale", f"must be > 0, got {self.rsp_scale}")
         need(
             self.group_size >= 2,
-            f"group_size must be >= 2 (advantages are relative to the group), got {self.group_size}",
+            "group_size",
+            f"must be >= 2 (advantages are relative to the group), got {self.group_size}",
         )
-        need(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
-        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
+        need(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         need(
             self.micro_batch_size >= 0,
-            f"micro_batch_size must be >= 0 (0 = whole batch), got {self.micro_batch_size}",
+            "micro_batch_size",
+            f"must be >= 0 (0 = whole batch), got {self.micro_batch_size}",
         )
-        need(self.updates_per_batch >= 1, f"updates_per_batch must be >= 1, got {self.updates_per_batch}")
-        need(0 <= self.epsilon_low < 1, f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
-        need(self.epsilon_high >= 0, f"epsilon_high must be >= 0, got {self.epsilon_high}")
-        need(self.beta >= 0, f"beta (KL coefficient) must be >= 0, got {self.beta}")
-        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        need(self.updates_per_batch >= 1, "updates_per_batch", f"must be >= 1, got {self.updates_per_batch}")
+        need(0 <= self.epsilon_low < 1, "epsilon_low", f"must be in [0, 1), got {self.epsilon_low}")
+        need(self.epsilon_high >= 0, "epsilon_high", f"must be >= 0, got {self.epsilon_high}")
+        need(self.beta >= 0, "beta", f"(KL coefficient) must be >= 0, got {self.beta}")
+        need(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         need(
             0 <= self.overlong_buffer < self.max_new_tokens,
-            f"overlong_buffer must be in [0, max_new_tokens={self.max_new_tokens}), got {self.overlong_buffer}",
+            "overlong_buffer",
+            f"must be in [0, max_new_tokens={self.max_new_tokens}), got {self.overlong_buffer}",
         )
-        need(self.overlong_penalty >= 0, f"overlong_penalty must be >= 0, got {self.overlong_penalty}")
+        need(self.overlong_penalty >= 0, "overlong_penalty", f"must be >= 0, got {self.overlong_penalty}")
         need(
             self.reward_correct > self.reward_wrong,
-            f"reward_correct ({self.reward_correct}) must exceed reward_wrong ({self.reward_wrong})",
+            "reward_correct",
+            f"({self.reward_correct}) must exceed reward_wrong ({self.reward_wrong})",
         )
-        need(self.max_extra_rounds >= 0, f"max_extra_rounds must be >= 0, got {self.max_extra_rounds}")
-        need(self.temperature > 0, f"temperature must be > 0 for sampled rollouts, got {self.temperature}")
+        need(self.max_extra_rounds >= 0, "max_extra_rounds", f"must be >= 0, got {self.max_extra_rounds}")
+        need(
+            self.temperature > 0,
+            "temperature",
+            f"must be > 0 for sampled rollouts, got {self.temperature}",
+        )
         need(
             self.train_problems >= self.prompts_per_step,
-            f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})",
+            "train_problems",
+            f"({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})",
         )
-        need(self.trainer in ("native", "trl"), f"trainer must be native or trl, got {self.trainer!r}")
-        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        need(self.trainer in TRAINERS, "trainer", f"must be native or trl, got {self.trainer!r}")
+        need(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         need(
             isinstance(self.trl_args, dict),
-            f"trl_args must be a mapping of GRPOConfig fields, got {self.trl_args!r}",
+            "trl_args",
+            f"must be a mapping of GRPOConfig fields, got {self.trl_args!r}",
         )
-        need(not self.trl_args or self.trainer == "trl", "trl_args apply to --trainer trl only")
+        need(not self.trl_args or self.trainer == "trl", "trl_args", "apply to --trainer trl only")
         if self.lora:
-            need(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
-            need(bool(self.lora_target_modules), "lora_target_modules must name at least one module")
+            need(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
+            need(bool(self.lora_target_modules), "lora_target_modules", "must name at least one module")
         return self
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["lora_target_modules"] = list(self.lora_target_modules)
         if not data["trl_args"]:
             del data["trl_args"]
         return data
