@@ -1,60 +1,105 @@
-"""`rsp analyze`: from a finished eval run (`--run`), or run what it needs itself (`--model/--task ...`)."""
+"""`rsp analyze`: from a finished eval run (`--run`), or run what it needs itself (`--model/--task ...`).
+
+Its flags are the fields of `AnalyzeConfig` and, for live mode, of `rsp.evaluation.EvalConfig` (with this
+command's smaller defaults: `ANALYZE_DEFAULTS`), parsed by `rsp.config.RSPArgumentParser`.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import shlex
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from rsp.config import RSPArgumentParser, field_label, option
+from rsp.evaluation import EvalConfig
 
-def register(subparsers) -> None:
-    from rsp.cli import add_eval_arguments
+_ANALYSIS = "analysis"
+# live mode: fewer problems and attempts than `rsp eval`, and the fixed-RSP control beside RSP
+ANALYZE_DEFAULTS = {"n": 8, "methods": ("temperature", "rsp", "rsp-fixed"), "limit": 12}
 
-    p = subparsers.add_parser(
-        "analyze", help="mechanism metrics: entropy/KL by position, attention mass, branching"
+
+@dataclasses.dataclass
+class AnalyzeConfig:
+    """What `rsp analyze` reads, writes and measures (the eval settings of live mode are `EvalConfig`)."""
+
+    run: str | None = option(
+        None, "an `rsp eval` run directory to analyse (no regeneration needed)", group=_ANALYSIS
     )
-    p.add_argument("--run", help="an `rsp eval` run directory to analyse (no regeneration needed)")
-    p.add_argument("--out", help="where to write metrics and the report (default: RUN/analysis or OUT given)")
-    p.add_argument("--k", type=int, default=32, help="generated positions to analyse (default: %(default)s)")
-    p.add_argument("--analysis-batch-size", type=int, default=16)
-    p.add_argument("--max-problems", type=int, default=None)
-    p.add_argument("--no-attention", action="store_true", help="skip the attention-mass pass")
-    p.add_argument("--n", type=int, default=8, help="live mode: attempts per problem")
-    p.add_argument("--methods", default="temperature,rsp,rsp-fixed", help="live mode: methods to compare")
-    p.add_argument("--quiet", action="store_true")
-    add_eval_arguments(p)
-    p.set_defaults(func=cmd_analyze, limit=12)
+    out: str | None = option(
+        None,
+        "where to write metrics and the report (default with --run: RUN/analysis; live mode needs it)",
+        group=_ANALYSIS,
+    )
+    k: int = option(32, "generated positions to analyse", group=_ANALYSIS)
+    analysis_batch_size: int = option(16, "rows per forward pass of the analysis", group=_ANALYSIS)
+    max_problems: int | None = option(
+        None, "analyse at most this many problems (default: all)", group=_ANALYSIS
+    )
+    attention: bool = option(True, "measure the attention mass on the injected vectors", group=_ANALYSIS)
+    quiet: bool = option(False, "no progress bars", group=_ANALYSIS)
+
+    def validate(self) -> AnalyzeConfig:
+        if self.k < 1:
+            raise ValueError(f"{field_label('k')} must be >= 1, got {self.k}")
+        if self.analysis_batch_size < 1:
+            raise ValueError(
+                f"{field_label('analysis_batch_size')} must be >= 1, got {self.analysis_batch_size}"
+            )
+        if self.max_problems is not None and self.max_problems < 1:
+            raise ValueError(f"{field_label('max_problems')} must be >= 1, got {self.max_problems}")
+        if self.run is None and not self.out:
+            raise ValueError("live mode (no --run) needs --out")
+        return self
+
+    def output_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        assert self.run is not None
+        return Path(self.run) / "analysis"
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
+def build_parser() -> RSPArgumentParser:
+    return RSPArgumentParser(
+        [AnalyzeConfig, EvalConfig],
+        defaults=ANALYZE_DEFAULTS,
+        prog="rsp analyze",
+        description="Mechanism metrics (entropy and KL by position, attention mass, branching) of an "
+        "eval run (--run), or of a small live run with the eval settings below (--out).",
+    )
+
+
+def parse(argv: Sequence[str]) -> tuple[AnalyzeConfig, EvalConfig]:
+    analyze, evaluation = build_parser().parse(argv)
+    analyze.validate()
+    if analyze.run is None:
+        evaluation.validate()
+    return analyze, evaluation
+
+
+def main(argv: Sequence[str]) -> int:
     from rsp.analysis.report import write_report
     from rsp.analysis.run import AnalysisOptions, analyse_run, write_metrics
 
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
-    if args.run:
-        run_dir = Path(args.run)
+    cfg, eval_cfg = parse(argv)
+    out = cfg.output_dir()
+    if cfg.run is not None:
+        run_dir = Path(cfg.run)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"{run_dir} is not an rsp eval run (no config.json)")
-        out = Path(args.out) if args.out else run_dir / "analysis"
     else:
-        if not args.out:
-            raise ValueError("live mode (no --run) needs --out")
-        from rsp.cli import eval_config_from_args
         from rsp.evaluation import run_eval
 
-        out = Path(args.out)
         run_dir = out / "eval"
-        run_eval(eval_config_from_args(args), run_dir, progress=not args.quiet)
+        run_eval(eval_cfg, run_dir, progress=not cfg.quiet)
     options = AnalysisOptions(
-        k=args.k,
-        batch_size=args.analysis_batch_size,
-        max_problems=args.max_problems,
-        attention=not args.no_attention,
+        k=cfg.k,
+        batch_size=cfg.analysis_batch_size,
+        max_problems=cfg.max_problems,
+        attention=cfg.attention,
     )
-    result = analyse_run(run_dir, options=options, progress=not args.quiet)
+    result = analyse_run(run_dir, options=options, progress=not cfg.quiet)
     write_metrics(result, out)
-    report = write_report(result, out, command="rsp " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    report = write_report(result, out, command="rsp analyze " + " ".join(shlex.quote(a) for a in argv))
     print(f"metrics: {out / 'metrics.json'}, {out / 'metrics.csv'}  report: {report}")
     return 0
