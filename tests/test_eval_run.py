@@ -122,15 +122,18 @@ def test_greedy_runs_are_byte_identical(tmp_path, tiny_model_dir, tiny_loaded):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"n": 0}, "--n must be >= 1"),
-        ({"rsp_length": -1}, "--rsp-length must be >= 0"),
-        ({"temperature": -0.5}, "--temperature must be >= 0"),
+        ({"n": 0}, r"n \(--n\) must be >= 1"),
+        ({"rsp_length": -1}, r"rsp_length \(--rsp-length\) must be >= 0"),
+        ({"temperature": -0.5}, r"temperature \(--temperature\) must be >= 0"),
         ({"methods": ("rsp", "bogus")}, "unknown method 'bogus'"),
-        ({"batch_size": 0}, "--batch-size must be >= 1"),
-        ({"position": "middle"}, "--position must be one of"),
+        ({"batch_size": 0}, r"batch_size \(--batch-size\) must be >= 1"),
+        ({"rsp_position": "middle"}, r"rsp_position \(--rsp-position\) must be one of"),
         ({"top_p": 1.5}, "top_p must be in"),
-        ({"engine": "hf", "tensor_parallel_size": 2}, "apply to --engine vllm only"),
-        ({"engine": "tgi"}, "--engine must be one of hf, lean, prefix, vllm"),
+        (
+            {"engine": "hf", "tensor_parallel_size": 2},
+            r"tensor_parallel_size \(--tensor-parallel-size\) applies to --engine vllm only",
+        ),
+        ({"engine": "tgi"}, r"engine \(--engine\) must be one of hf, lean, prefix, vllm"),
     ],
 )
 def test_bad_settings_get_specific_errors(tmp_path, tiny_model_dir, kw, message):
@@ -159,7 +162,7 @@ def test_context_check_uses_the_soft_prompt_files_length_not_rsp_length(
         methods=("soft-prompt",),
         rsp_length=1,
         max_new_tokens=4,
-        method_extra={"soft_prompt": str(tmp_path / "long.safetensors")},
+        method_options={"soft_prompt": str(tmp_path / "long.safetensors")},
     )
     with pytest.raises(ConfigError, match=rf"{limit} injected vectors \(soft-prompt\)"):
         run_eval(config, tmp_path / "r", lm=tiny_loaded, progress=False)
@@ -220,7 +223,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, tiny_model_dir):
         (["--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["--model", str(tiny_model_dir), "--task", "nonsense"], "unknown task 'nonsense'"),
         (["--model", str(tiny_model_dir), "--task", str(bad)], f"{bad}:2: malformed JSON"),
-        (["--model", str(tiny_model_dir), "--n", "0"], "--n must be >= 1"),
+        (["--model", str(tiny_model_dir), "--n", "0"], "n (--n) must be >= 1"),
     ]
     for extra, message in cases:
         proc = _cli(["eval", *extra, "--out", str(tmp_path / "o"), "--quiet"])

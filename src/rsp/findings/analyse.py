@@ -39,7 +39,7 @@ METRICS = tuple(f"pass@{k}" for k in KS) + ("maj@32",)
 
 @dataclass
 class RunData:
-    """Per-problem attempts of one run: correctness and canonical answers (a deterministic run expanded to N)."""
+    """Per-problem attempts of one run: correctness and canonical answers (a greedy run expanded to N)."""
 
     run: Run
     correct: dict[str, list[bool]]

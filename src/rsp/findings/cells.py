@@ -140,7 +140,8 @@ class Run:
     def name(self) -> str:
         if self.method in ("temperature", "soft-prompt"):  # no L / alpha / position of their own
             return f"{self.method}_T{self.temperature:g}"
-        return f"{self.method}_T{self.temperature:g}_L{self.length}_a{self.scale:g}_{POSITION_TAG[self.position]}"
+        tag = POSITION_TAG[self.position]
+        return f"{self.method}_T{self.temperature:g}_L{self.length}_a{self.scale:g}_{tag}"
 
     @property
     def out(self) -> str:

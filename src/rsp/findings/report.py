@@ -135,7 +135,7 @@ def cells_markdown(results: list[CellResult]) -> str:
 
 
 def hurts_markdown(results: list[CellResult]) -> str:
-    """Cells whose unadjusted paired 95% interval lies below zero for some metric (treatment vs temperature)."""
+    """Cells whose unadjusted paired 95% interval lies below zero for a metric (treatment vs temperature)."""
     lines = []
     for r in results:
         if not r.problems:
@@ -230,7 +230,8 @@ def cost_markdown(c: dict) -> str:
         )
     for m, hours in c["estimate_cpu_hours"].items():
         lines.append(
-            f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** ({c['arith1_equivalent_attempts'][m]:.0f} "
+            f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** "
+            f"({c['arith1_equivalent_attempts'][m]:.0f} "
             "attempt-equivalents; GSM8K and its screen counted at 2x for 256 new tokens; plus the "
             "soft-prompt budget)."
         )

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from rsp.findings.cells import N_PROBLEMS, ROOT, Run, Step, steps
@@ -31,7 +32,7 @@ TIMING = f"{ROOT}/timing.jsonl"
 
 
 def groups(all_steps: list[Step]) -> list[list[Step]]:
-    """Consecutive steps that share a chain stay together, in order; every other step is a group of its own."""
+    """Consecutive steps that share a chain stay together, in order; every other step is its own group."""
     out: list[list[Step]] = []
     for step in all_steps:
         if step.chain and out and out[-1][0].chain == step.chain:
@@ -50,10 +51,23 @@ def _count_samples(step: Step) -> int:
 
 
 def expected_config(run: Run) -> dict:
-    """The config `rsp eval` saves for this run's command line."""
-    from rsp.cli import build_parser, eval_config_from_args
+    """The config `rsp eval` saves for this run's command line, in the current key spelling.
 
-    return eval_config_from_args(build_parser().parse_args(run.argv()[1:])).to_dict()
+    The map's command lines keep the flag spellings of the frozen code that runs them (`--position`,
+    deprecated since); they still parse, so the retired-flag warnings are silenced here."""
+    from rsp.cli import eval_parser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        cfg, _ = eval_parser().parse(run.argv()[2:])  # after "rsp eval"
+    return cfg.to_dict()
+
+
+def current_spelling(config: dict) -> dict:
+    """A saved eval config with the keys renamed since (`evaluation.LEGACY_KEYS`) in their new spelling."""
+    from rsp.evaluation import LEGACY_KEYS
+
+    return {LEGACY_KEYS.get(k, k): v for k, v in config.items()}
 
 
 def finished(step: Step) -> bool:
@@ -67,7 +81,7 @@ def finished(step: Step) -> bool:
         saved = json.loads(cfg_path.read_text(encoding="utf-8")).get("config")
     except (OSError, json.JSONDecodeError):
         return False
-    return saved == expected_config(step.run)
+    return isinstance(saved, dict) and current_spelling(saved) == expected_config(step.run)
 
 
 def _child_env() -> dict[str, str]:

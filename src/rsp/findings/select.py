@@ -45,7 +45,7 @@ def solved_ids(
 
 
 def select_gsm8k(screen: Path, out: Path, limit: int) -> list[str]:
-    """Write out/gsm8k_test.jsonl (first `limit` solved problems, file order) and the two few-shot examples."""
+    """Write out/gsm8k_test.jsonl (first `limit` solved problems, file order) and the two few-shot shots."""
     lines = [
         json.loads(x)
         for x in (screen / "samples.jsonl").read_text(encoding="utf-8").splitlines()
