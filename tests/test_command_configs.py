@@ -1,0 +1,237 @@
+"""`rsp serve`, `rsp train` and `rsp analyze` parse their flags from config dataclasses (`rsp.config`):
+a `--config` file plus overrides equals the same settings as flags, retired spellings still parse with a
+FutureWarning, and `--print-config` writes YAML that `--config` reads back to the same settings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import yaml
+
+from rsp.analysis import cli as analyze_cli
+from rsp.server import cli as serve_cli
+from rsp.train import cli as train_cli
+from rsp.train.config import DAPOConfig, DAPOConfigError
+
+# (module, settings as a config file, one override flag, the same settings as flags alone)
+CASES = {
+    "serve": (
+        serve_cli,
+        {"model": "m", "rsp_length": 2, "rsp_position": "prepend", "seed": 7, "port": 9000},
+        ["--rsp-scale", "0.5"],
+        [
+            "--model",
+            "m",
+            "--rsp-length",
+            "2",
+            "--rsp-position",
+            "prepend",
+            "--seed",
+            "7",
+            "--port",
+            "9000",
+            "--rsp-scale",
+            "0.5",
+        ],
+    ),
+    "train": (
+        train_cli,
+        {
+            "out": "runs/x",
+            "steps": 7,
+            "rsp_length": 8,
+            "lr": "1e-4",
+            "lora_target_modules": ["q_proj", "v_proj"],
+        },
+        ["--no-lora"],
+        [
+            "--out",
+            "runs/x",
+            "--steps",
+            "7",
+            "--rsp-length",
+            "8",
+            "--lr",
+            "1e-4",
+            "--lora-target-modules",
+            "q_proj,v_proj",
+            "--no-lora",
+        ],
+    ),
+    "analyze": (
+        analyze_cli,
+        {"out": "runs/a", "k": 6, "methods": ["temperature", "rsp"], "rsp_length": 2, "attention": False},
+        ["--n", "3"],
+        [
+            "--out",
+            "runs/a",
+            "--k",
+            "6",
+            "--methods",
+            "temperature,rsp",
+            "--rsp-length",
+            "2",
+            "--no-attention",
+            "--n",
+            "3",
+        ],
+    ),
+}
+
+
+def _write(path, data) -> str:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_config_file_plus_override_equals_the_flags_alone(command, tmp_path):
+    module, settings, override, flags = CASES[command]
+    from_file = module.parse(["--config", _write(tmp_path / "c.yaml", settings), *override])
+    assert from_file == module.parse(flags)
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_print_config_is_yaml_that_config_reads_back(command, tmp_path, capsys):
+    module, _, _, flags = CASES[command]
+    with pytest.raises(SystemExit) as exit_:
+        module.parse([*flags, "--print-config"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert module.parse(["--config", _write(tmp_path / "p.yaml", yaml.safe_load(printed))]) == module.parse(
+        flags
+    )
+
+
+def test_a_flag_overrides_the_config_file(tmp_path):
+    path = _write(tmp_path / "c.yaml", {"rsp_length": 2, "method_options": {"soft_prompt": "a.safetensors"}})
+    (cfg,) = serve_cli.parse(["--config", path, "--rsp-length", "0", "--method-option", "noise_alpha=5"])
+    assert cfg.rsp_length == 0 and cfg.method_options == {"soft_prompt": "a.safetensors", "noise_alpha": 5}
+
+
+# ---------------------------------------------------------------- rsp serve
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (["--position", "prepend"], ["--rsp-position", "prepend"]),
+        (["--stats-rows", "tokens"], ["--rsp-stats-rows", "tokens"]),
+        (["--stats-mean", "per_dim"], ["--rsp-stats-mean", "per_dim"]),
+        (["--rsp-seed", "5"], ["--seed", "5"]),
+    ],
+)
+def test_serve_retired_flags_still_parse_with_a_warning(old, new):
+    with pytest.warns(FutureWarning, match=new[0]):
+        got = serve_cli.parse(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert got == serve_cli.parse(new)
+
+
+def test_serve_retired_config_keys_still_read_with_a_warning(tmp_path):
+    path = _write(tmp_path / "c.yaml", {"position": "prepend", "rsp_seed": 3})
+    with pytest.warns(FutureWarning) as record:
+        (cfg,) = serve_cli.parse(["--config", path])
+    messages = " ".join(str(w.message) for w in record)
+    assert "'rsp_position'" in messages and "'seed'" in messages
+    assert (cfg.rsp_position, cfg.seed) == ("prepend", 3)
+
+
+def test_serve_rsp_config_carries_the_injection_defaults():
+    (cfg,) = serve_cli.parse(["--method", "rsp-fixed", "--rsp-length", "2", "--method-option", "x=1"])
+    rsp = cfg.rsp_config()
+    assert (rsp.method, rsp.length, rsp.position) == ("rsp-fixed", 2, "after_generation_prompt")
+    options = getattr(rsp, "options", None)
+    if not isinstance(options, dict):
+        options = rsp.method_options
+    assert options == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--rsp-length", "-1"], "rsp_length (--rsp-length)"),
+        (["--method", "bogus"], "method (--method)"),
+        (["--tensor-parallel-size", "2"], "tensor_parallel_size (--tensor-parallel-size)"),
+    ],
+)
+def test_serve_bad_settings_name_the_field_and_flag(argv, named):
+    with pytest.raises(ValueError, match=rf"^{named.replace('(', '[(]').replace(')', '[)]')}"):
+        serve_cli.parse(argv)
+
+
+# ---------------------------------------------------------------- rsp train
+def test_train_reads_a_run_directorys_config_json_and_flags_override_it(tmp_path):
+    cfg = DAPOConfig(steps=7, rsp_length=8, rsp_position="prepend")
+    record = {"kind": "train", "config": cfg.to_dict(), "config_hash": "x", "schema_version": 1}
+    (tmp_path / "config.json").write_text(json.dumps(record), encoding="utf-8")
+    parsed, output, options = train_cli.parse(
+        ["--config", str(tmp_path / "config.json"), "--out", str(tmp_path), "--save-merged"]
+    )
+    assert parsed == cfg and parsed.to_dict() == cfg.to_dict()  # the same run: it resumes
+    assert (output.out, output.quiet, options.save_merged) == (str(tmp_path), False, True)
+    parsed, _, _ = train_cli.parse(["--config", str(tmp_path / "config.json"), "--out", "o", "--steps", "9"])
+    assert (parsed.steps, parsed.rsp_length) == (9, 8)
+
+
+def test_train_bare_dapo_config_json_still_reads(tmp_path):
+    DAPOConfig(steps=7, rsp_length=8).save(tmp_path / "c.json")
+    parsed, _, _ = train_cli.parse(["--config", str(tmp_path / "c.json"), "--out", "o", "--rsp-length", "0"])
+    assert (parsed.steps, parsed.rsp_length) == (7, 0)
+
+
+def test_train_trl_args_take_a_json_object_and_key_values_merged_over_the_file(tmp_path):
+    path = _write(tmp_path / "c.yaml", {"trainer": "trl", "trl_args": {"bf16": True}})
+    cfg, _, _ = train_cli.parse(
+        [
+            "--config",
+            path,
+            "--out",
+            "o",
+            "--trl-args",
+            '{"gradient_accumulation_steps": 2}',
+            "--trl-args",
+            'report_to=["tensorboard"]',
+        ]
+    )
+    assert cfg.trl_args == {"bf16": True, "gradient_accumulation_steps": 2, "report_to": ["tensorboard"]}
+
+
+def test_train_no_progress_is_quiet_with_a_warning():
+    with pytest.warns(FutureWarning, match="--quiet"):
+        _, output, _ = train_cli.parse(["--out", "o", "--no-progress"])
+    assert output.quiet
+
+
+def test_train_validation_names_the_field_and_its_flag():
+    with pytest.raises(DAPOConfigError, match=r"^group_size \(--group-size\) must be >= 2"):
+        train_cli.parse(["--out", "o", "--group-size", "1"])
+    with pytest.raises(DAPOConfigError, match=r"^trl_args \(--trl-args\) apply to --trainer trl only"):
+        train_cli.parse(["--out", "o", "--trl-args", "bf16=true"])
+
+
+# ---------------------------------------------------------------- rsp analyze
+def test_analyze_live_mode_has_its_own_defaults():
+    cfg, evaluation = analyze_cli.parse(["--out", "o"])
+    assert (evaluation.n, evaluation.methods, evaluation.limit) == (
+        8,
+        ("temperature", "rsp", "rsp-fixed"),
+        12,
+    )
+    assert (cfg.k, cfg.attention, cfg.run) == (32, True, None)
+
+
+def test_analyze_retired_flags_still_parse_with_a_warning():
+    with pytest.warns(FutureWarning, match="--rsp-position"):
+        _, evaluation = analyze_cli.parse(["--out", "o", "--position", "prepend"])
+    assert evaluation.rsp_position == "prepend"
+
+
+def test_analyze_live_mode_needs_out_and_k_is_checked():
+    with pytest.raises(ValueError, match="needs --out"):
+        analyze_cli.parse([])
+    with pytest.raises(ValueError, match=r"k \(--k\) must be >= 1"):
+        analyze_cli.parse(["--run", "r", "--k", "0"])
+    cfg, _ = analyze_cli.parse(["--run", "r"])
+    assert str(cfg.output_dir()) == "r/analysis"
