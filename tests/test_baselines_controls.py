@@ -8,7 +8,7 @@ import torch
 from rsp.baselines.controls import EmbeddingNoise, text_token_pool
 from rsp.baselines.soft_prompt import save_soft_prompt
 from rsp.engines import HFEngine
-from rsp.methods import MethodOptions, build_method, method_names
+from rsp.methods import RSPConfig, build_method, method_names
 from rsp.tasks import PromptBuilder, load_task
 
 CONTROLS = (
@@ -32,7 +32,7 @@ def prompts(tiny_lm):
 
 def _slot_rows(tiny_lm, method, problems, prompts, attempts, length=3, **extra):
     """Rows injected for every (problem, attempt), via the backend's real prepare path."""
-    inj = build_method(method, tiny_lm, MethodOptions(length=length, extra=extra))
+    inj = build_method(method, tiny_lm, RSPConfig(length=length, method_options=extra))
     pairs = [(i, a) for i in range(len(problems)) for a in attempts]
     seeds = [inj.seed_for(0, problems[i].id, a) for i, a in pairs]
     batch, embeds = HFEngine(tiny_lm).prepare([prompts[i] for i, _ in pairs], inj, seeds)
@@ -82,11 +82,14 @@ def test_sharing_patterns(tiny_lm, prompts):
 def test_rsp_scaled_multiplies_the_deviation_from_the_mean(tiny_lm, prompts):
     problems, ps = prompts
     _, _, _, plain, _ = _slot_rows(tiny_lm, "rsp", problems, ps, [0])
-    _, _, _, scaled, _ = _slot_rows(tiny_lm, "rsp-scaled", problems, ps, [0], alpha=2.5)
+    _, _, _, scaled, _ = _slot_rows(tiny_lm, "rsp-scaled", problems, ps, [0], rsp_scale=2.5)
     mean = tiny_lm.embedding_stats().mean_vector()
     assert torch.allclose(scaled - mean, 2.5 * (plain - mean), atol=1e-5)
-    inj = build_method("rsp-scaled", tiny_lm, MethodOptions(length=2, scale=0.5))
-    assert inj.scale == 0.5  # without extra alpha, --rsp-scale is alpha
+    inj = build_method("rsp-scaled", tiny_lm, RSPConfig(length=2, scale=0.5))
+    assert inj.scale == 0.5  # without the rsp_scale option, --rsp-scale is the scale
+    with pytest.warns(FutureWarning, match="'alpha' of rsp-scaled.*'rsp_scale'"):
+        _, _, _, retired, _ = _slot_rows(tiny_lm, "rsp-scaled", problems, ps, [0], alpha=2.5)
+    assert torch.equal(retired, scaled)  # the retired option name still works, for one release
 
 
 def test_token_rows_are_real_table_rows_reproducible_by_seed(tiny_lm, prompts):
@@ -119,7 +122,7 @@ def test_text_token_pool_drops_special_and_byte_fragment_tokens(smollm2):
 
 def test_embed_noise_touches_only_real_prompt_tokens_with_neftune_magnitude(tiny_lm, prompts):
     problems, ps = prompts
-    inj = build_method("embed-noise", tiny_lm, MethodOptions(length=4, extra={"noise_alpha": 8}))
+    inj = build_method("embed-noise", tiny_lm, RSPConfig(length=4, method_options={"noise_alpha": 8}))
     assert inj.length == 0
     short = ps[0].__class__(ids=ps[0].ids[5:], user_turn_end=ps[0].user_turn_end - 5)  # forces left padding
     seeds = [inj.seed_for(0, problems[0].id, 0), inj.seed_for(0, problems[0].id, 1)]
@@ -139,7 +142,7 @@ def test_embed_noise_touches_only_real_prompt_tokens_with_neftune_magnitude(tiny
 
 
 def test_embed_noise_is_scaled_into_the_effective_space(tiny_gemma_lm):
-    inj = build_method("embed-noise", tiny_gemma_lm, MethodOptions())
+    inj = build_method("embed-noise", tiny_gemma_lm, RSPConfig())
     assert isinstance(inj, EmbeddingNoise) and inj.embed_scale == pytest.approx(64**0.5, rel=1e-3)
     assert inj.noise(7, 10).abs().max() <= 5 / (10 * 64) ** 0.5 * inj.embed_scale
 
@@ -151,7 +154,7 @@ def test_soft_prompt_method_injects_the_file_vectors_at_its_position(tiny_lm, pr
     inj = build_method(
         "soft-prompt",
         tiny_lm,
-        MethodOptions(length=99, extra={"soft_prompt": str(tmp_path / "sp.safetensors")}),
+        RSPConfig(length=99, method_options={"soft_prompt": str(tmp_path / "sp.safetensors")}),
     )
     assert inj.length == 3 and inj.position == "end_of_user_turn"
     seeds = [inj.seed_for(0, p.id, 0) for p in problems]
@@ -164,15 +167,15 @@ def test_soft_prompt_method_injects_the_file_vectors_at_its_position(tiny_lm, pr
 
 def test_soft_prompt_errors_are_specific(tiny_lm, tmp_path):
     with pytest.raises(ValueError, match="soft_prompt=PATH"):
-        build_method("soft-prompt", tiny_lm, MethodOptions())
+        build_method("soft-prompt", tiny_lm, RSPConfig())
     save_soft_prompt(tmp_path / "wide.safetensors", torch.zeros(2, 32), "prepend", {})
     with pytest.raises(ValueError, match="hidden size 32"):
         build_method(
-            "soft-prompt", tiny_lm, MethodOptions(extra={"soft_prompt": str(tmp_path / "wide.safetensors")})
+            "soft-prompt", tiny_lm, RSPConfig(method_options={"soft_prompt": str(tmp_path / "wide.safetensors")})
         )
     with pytest.raises(FileNotFoundError):
         build_method(
             "soft-prompt",
             tiny_lm,
-            MethodOptions(extra={"soft_prompt": str(tmp_path / "missing.safetensors")}),
+            RSPConfig(method_options={"soft_prompt": str(tmp_path / "missing.safetensors")}),
         )

@@ -9,6 +9,7 @@ Below it, in the order a pipeline uses it: load a model, fit the statistics, bui
 prompts out with slots, generate, grade, score.
 """
 
+import rsp.baselines  # noqa: F401  (registers the controls and the trained soft prompt: see rsp.methods)
 from rsp.attach import RSPHandle, attach
 from rsp.core import (
     INSERTION_POINTS,

@@ -20,76 +20,21 @@ so `rsp.generate` with a task's prompts and problem ids reproduces an eval run's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from rsp.core.injection import Injection, NoInjection
-from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import ENGINE_NAMES, Completion, SamplingConfig, create_engine, load_for_engine
-from rsp.methods import MethodOptions, build_method, method_names
+from rsp.methods import RSPConfig, build_method  # RSPConfig lives with the methods; public here too
 from rsp.models.loading import LoadedModel, wrap_model
 from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
 
 Prompt = str | Messages | PromptTokens
-
-
-@dataclass(frozen=True)
-class RSPConfig:
-    """What is injected into every attempt. The defaults are the project's documented choices (the paper
-    does not publish its own): see the README's options table.
-
-    Args:
-        length: L, the number of injected vectors; 0 injects nothing.
-        scale: multiplies the fitted standard deviation of the embedding table.
-        position: `after_generation_prompt` (right before the first generated token),
-            `end_of_user_turn` (before the chat template's end-of-turn / assistant header) or `prepend`.
-        method: `rsp` or any registered control / baseline (`rsp methods`).
-        stats_rows: fit the statistics on `all` embedding rows or only the tokenizer's real `tokens`.
-        stats_mean: `scalar` (isotropic) or `per_dim` mean.
-        options: method-specific settings (`soft_prompt` file, `noise_alpha`, ...).
-    """
-
-    length: int = 4
-    scale: float = 1.0
-    position: str = "after_generation_prompt"
-    method: str = "rsp"
-    stats_rows: str = "all"
-    stats_mean: str = "scalar"
-    options: dict = field(default_factory=dict, hash=False)
-
-    def validate(self) -> RSPConfig:
-        if self.length < 0:
-            raise ValueError(f"RSPConfig.length must be >= 0, got {self.length}")
-        if self.scale < 0:
-            raise ValueError(f"RSPConfig.scale must be >= 0, got {self.scale}")
-        if self.position not in INSERTION_POINTS:
-            raise ValueError(
-                f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
-            )
-        if self.method not in method_names():
-            raise ValueError(
-                f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(method_names())}"
-            )
-        return self
-
-    def method_options(self) -> MethodOptions:
-        return MethodOptions(
-            self.length, self.scale, self.position, self.stats_rows, self.stats_mean, dict(self.options)
-        )
-
-    def key(self) -> tuple:
-        return (
-            self.length,
-            self.scale,
-            self.position,
-            self.method,
-            self.stats_rows,
-            self.stats_mean,
-            tuple(sorted((k, str(v)) for k, v in self.options.items())),
-        )
+DEFAULT_RSP = RSPConfig()  # what `rsp.generate` injects unless told otherwise (L = 4 after the prompt)
 
 
 @dataclass(frozen=True)
@@ -202,7 +147,7 @@ class Generator:
         key = rsp.key()
         if key not in self._injections:
             rsp.validate()
-            self._injections[key] = build_method(rsp.method, self.lm, rsp.method_options())
+            self._injections[key] = build_method(rsp.method, self.lm, rsp)
         return self._injections[key]
 
     def tokenize(self, prompt: Prompt, *, chat: bool | None = None) -> PromptTokens:
@@ -242,7 +187,7 @@ class Generator:
         prompts: Prompt | Sequence[Prompt],
         *,
         n: int = 1,
-        rsp: RSPConfig | None = RSPConfig(),
+        rsp: RSPConfig | None = DEFAULT_RSP,
         temperature: float = 0.7,
         top_p: float = 1.0,
         top_k: int = 0,
@@ -300,7 +245,7 @@ def generate(
     prompts: Prompt | Sequence[Prompt],
     *,
     n: int = 1,
-    rsp: RSPConfig | None = RSPConfig(),
+    rsp: RSPConfig | None = DEFAULT_RSP,
     temperature: float = 0.7,
     top_p: float = 1.0,
     top_k: int = 0,

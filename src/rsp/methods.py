@@ -1,88 +1,316 @@
-"""Method names usable in `rsp eval` and `rsp sweep`, mapped to the injection that implements them.
+"""The method registry: every method usable in `rsp eval`, `rsp sweep`, `rsp.generate` and `rsp.attach`,
+with the facts other modules need about it, and `RSPConfig`, the settings a method is built from.
 
-The registry lives outside `core` so that baselines (trained soft prompts, controls) can add
-methods without core depending on them.
+A registered method is a frozen `Method` spec: its name, a one-line description, the factory that builds its
+`Injection` from a loaded model and an `RSPConfig`, its category (`baseline`, `rsp`, `control`, `trained`),
+whether it reads the length L (`uses_length`) and the scale (`uses_scale`), whether its injected tensor
+depends on the attempt's seed (`per_attempt`; False: every attempt at a problem gets the same injection),
+and the method options it reads (`MethodOption`, with their meaning). `rsp sweep` builds its grid from
+these facts and `rsp methods` lists them; nothing outside this module decides by a method's name.
+
+Import direction, one way only: this module knows nothing of `rsp.baselines`; it holds the registry and the
+built-in methods (`temperature`, `rsp`), and `rsp.baselines.controls` registers the controls and the
+trained soft prompt by importing it. The package's `rsp/__init__.py`, which runs before any `rsp.<module>`
+import, imports `rsp.baselines`, so the registry is complete wherever rsp is used (`import rsp.methods`
+included) without this module importing its plugins. Third-party code registers with `register_method`
+the same way.
+
+Retired spellings (docs/glossary.md) keep working until rsp 0.3 with a FutureWarning: the method `none`
+(an alias of `temperature`: records and tables say `temperature`), `RSPConfig(options=...)` (now
+`method_options`), `MethodOptions(...)` (now `RSPConfig`) and method options a spec lists as `deprecated`
+(`--method-option alpha=` of rsp-scaled is `rsp_scale=`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import InitVar, dataclass, field, replace
+from typing import Any, Literal
 
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
+from rsp.core.insert import INSERTION_POINTS
 from rsp.models.loading import LoadedModel
+
+Category = Literal["baseline", "rsp", "control", "trained"]
+CATEGORIES: tuple[str, ...] = ("baseline", "rsp", "control", "trained")
+BASELINE = "temperature"  # the method every other one is compared against: nothing injected
+
+# Retired method names -> the method they now resolve to (docs/glossary.md).
+ALIASES: Mapping[str, str] = {"none": "temperature"}
+
+
+def _deprecated(old: str, new: str, stacklevel: int = 3) -> None:
+    warnings.warn(
+        f"{old} is deprecated and will be removed in rsp 0.3; use {new}", FutureWarning, stacklevel=stacklevel
+    )
+
+
+def canonical_method(name: str) -> str:
+    """`name`, or the method a retired alias stands for (with a FutureWarning): `none` -> `temperature`."""
+    if name in ALIASES:
+        _deprecated(f"method {name!r}", repr(ALIASES[name]), stacklevel=4)
+        return ALIASES[name]
+    return name
 
 
 @dataclass(frozen=True)
-class MethodOptions:
-    """Settings shared by all methods; a method reads the ones it needs."""
+class RSPConfig:
+    """What is injected into every attempt: the method and the settings it is built from. The defaults are
+    the project's documented choices (the paper does not publish its own): see the README's options table.
+
+    Args:
+        length: L, the number of injected vectors; 0 injects nothing.
+        scale: multiplies the fitted standard deviation of the embedding table.
+        position: `after_generation_prompt` (right before the first generated token),
+            `end_of_user_turn` (before the chat template's end-of-turn / assistant header) or `prepend`.
+        method: `rsp` or any registered control / baseline (`rsp methods`).
+        stats_rows: fit the statistics on `all` embedding rows or only the tokenizer's real `tokens`.
+        stats_mean: `scalar` (isotropic) or `per_dim` mean.
+        method_options: settings only one method reads (`soft_prompt` file, `noise_alpha`, ...).
+        options: the retired name of `method_options` (FutureWarning; until rsp 0.3).
+    """
 
     length: int = 4
     scale: float = 1.0
     position: str = "after_generation_prompt"
+    method: str = "rsp"
     stats_rows: str = "all"
     stats_mean: str = "scalar"
-    extra: dict = field(default_factory=dict)  # method-specific: soft_prompt path, noise alpha, ...
+    method_options: dict = field(default_factory=dict, hash=False)
+    options: InitVar[dict | None] = None
+
+    def __post_init__(self, options: dict | None) -> None:
+        if options is not None:
+            _deprecated("RSPConfig(options=...)", "RSPConfig(method_options=...)", stacklevel=4)
+            if self.method_options:
+                raise ValueError("RSPConfig: give method_options, not both method_options and options")
+            object.__setattr__(self, "method_options", dict(options))
+        if self.method in ALIASES:
+            object.__setattr__(self, "method", canonical_method(self.method))
+
+    def validate(self) -> RSPConfig:
+        if self.length < 0:
+            raise ValueError(f"RSPConfig.length must be >= 0, got {self.length}")
+        if self.scale < 0:
+            raise ValueError(f"RSPConfig.scale must be >= 0, got {self.scale}")
+        if self.position not in INSERTION_POINTS:
+            raise ValueError(
+                f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
+            )
+        if self.method not in _REGISTRY:
+            raise ValueError(
+                f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(sorted(_REGISTRY))}"
+            )
+        return self
+
+    def key(self) -> tuple:
+        return (
+            self.length,
+            self.scale,
+            self.position,
+            self.method,
+            self.stats_rows,
+            self.stats_mean,
+            tuple(sorted((k, str(v)) for k, v in self.method_options.items())),
+        )
+
+    @property
+    def extra(self) -> dict:
+        """Retired name of `method_options` (what `MethodOptions.extra` was)."""
+        _deprecated("RSPConfig.extra (MethodOptions.extra)", "RSPConfig.method_options")
+        return self.method_options
 
 
-MethodFactory = Callable[[LoadedModel, MethodOptions], Injection]
-_REGISTRY: dict[str, MethodFactory] = {}
-_DESCRIPTIONS: dict[str, str] = {}
+def MethodOptions(  # noqa: N802  (the retired class name, kept callable)
+    length: int = 4,
+    scale: float = 1.0,
+    position: str = "after_generation_prompt",
+    stats_rows: str = "all",
+    stats_mean: str = "scalar",
+    extra: dict | None = None,
+) -> RSPConfig:
+    """Retired: the settings a method was built from are an `RSPConfig` (`extra` is `method_options`)."""
+    _deprecated("rsp.methods.MethodOptions", "rsp.RSPConfig (extra= is method_options=)")
+    return RSPConfig(
+        length=length,
+        scale=scale,
+        position=position,
+        stats_rows=stats_rows,
+        stats_mean=stats_mean,
+        method_options=dict(extra or {}),
+    )
 
 
-def register_method(name: str, description: str) -> Callable[[MethodFactory], MethodFactory]:
+MethodFactory = Callable[[LoadedModel, RSPConfig], Injection]
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """A setting only one method reads, given as `--method-option KEY=VALUE` (`RSPConfig.method_options`)."""
+
+    key: str
+    meaning: str
+    required: bool = False
+    metavar: str = "VALUE"
+    swept: bool = True  # False: a sweep's grid sets it, so its cells do not carry it
+    deprecated: tuple[str, ...] = ()  # retired keys still read, with a FutureWarning
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method and the facts other modules ask about it (see the module docstring)."""
+
+    name: str
+    description: str
+    factory: MethodFactory = field(repr=False)
+    category: Category = "control"
+    uses_length: bool = True
+    uses_scale: bool = True
+    per_attempt: bool = True  # the injected tensor depends on the attempt's seed
+    # The method options it reads; None: not declared (a sweep then passes every option to its cells).
+    options: tuple[MethodOption, ...] | None = None
+    # The L it injects when it does not read `length` (a trained soft prompt: its file's), else None.
+    length_of: Callable[[RSPConfig], int] | None = field(default=None, repr=False)
+
+    @property
+    def option_keys(self) -> tuple[str, ...] | None:
+        return None if self.options is None else tuple(o.key for o in self.options)
+
+    def cell_options(self, method_options: Mapping[str, Any]) -> dict:
+        """The method options one run of this method carries in a sweep: those it reads, grid axes aside."""
+        if self.options is None:
+            return dict(method_options)
+        return {o.key: method_options[o.key] for o in self.options if o.swept and o.key in method_options}
+
+    def missing_options(self, method_options: Mapping[str, Any]) -> list[MethodOption]:
+        return [o for o in self.options or () if o.required and not method_options.get(o.key)]
+
+    def injected_length(self, config: RSPConfig) -> int | None:
+        """L as a sweep labels this method's cell: `config.length` when it reads L, else its own or None."""
+        if self.uses_length:
+            return config.length
+        return self.length_of(config) if self.length_of is not None else None
+
+    def build(self, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
+        config = replace(config, method=self.name) if config else RSPConfig(method=self.name)
+        config = _upgrade_options(self, config)
+        injection = self.factory(lm, config)
+        injection.name = self.name
+        return injection
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add (or replace) a method spec; its category must be one of `CATEGORIES`."""
+    if method.category not in CATEGORIES:
+        raise ValueError(f"method {method.name!r}: category must be one of {', '.join(CATEGORIES)}")
+    if method.name in ALIASES:
+        raise ValueError(f"{method.name!r} is a retired alias of {ALIASES[method.name]!r}")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def register_method(
+    name: str,
+    description: str,
+    *,
+    category: Category = "control",
+    uses_length: bool = True,
+    uses_scale: bool = True,
+    per_attempt: bool = True,
+    options: tuple[MethodOption, ...] | None = None,
+    length_of: Callable[[RSPConfig], int] | None = None,
+) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator form of `register`; left at their defaults, the facts are the cautious ones (reads L and
+    the scale, differs per attempt, options undeclared)."""
+
     def wrap(factory: MethodFactory) -> MethodFactory:
-        _REGISTRY[name] = factory
-        _DESCRIPTIONS[name] = description
+        register(
+            Method(
+                name, description, factory, category, uses_length, uses_scale, per_attempt, options, length_of
+            )
+        )
         return factory
 
     return wrap
 
 
-def _load_plugins() -> None:
-    try:
-        import rsp.baselines.controls  # noqa: F401  (registers control methods)
-    except ImportError as exc:
-        if "rsp.baselines.controls" not in str(exc):
-            raise
+def get_method(name: str) -> Method:
+    """The spec of method `name` (a retired alias resolves, with a FutureWarning); ValueError names the
+    known methods."""
+    name = canonical_method(name)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_specs() -> list[Method]:
+    """Every registered method, by name (aliases are not methods)."""
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
 def method_names() -> list[str]:
-    _load_plugins()
-    return sorted(_REGISTRY)
+    """Every name a method can be given by: the registered methods, sorted, then the retired aliases
+    (accepted until rsp 0.3, resolving to their method)."""
+    return sorted(_REGISTRY) + sorted(a for a in ALIASES if ALIASES[a] in _REGISTRY)
 
 
 def method_descriptions() -> dict[str, str]:
-    _load_plugins()
-    return dict(_DESCRIPTIONS)
+    """Name -> description, as `rsp methods` lists them; a retired alias is described as one."""
+    out = {m.name: m.description for m in method_specs()}
+    for alias, target in ALIASES.items():
+        out[alias] = f"deprecated alias of {target} (until rsp 0.3)"
+    return out
 
 
-def build_method(name: str, lm: LoadedModel, options: MethodOptions | None = None) -> Injection:
-    """Build the injection for method `name`; raises ValueError naming the known methods."""
-    _load_plugins()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
-    injection = _REGISTRY[name](lm, options or MethodOptions())
-    injection.name = name
-    return injection
+def build_method(name: str, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
+    """Build the injection for method `name` under `config` (its `method` field is ignored: `name` wins);
+    raises ValueError naming the known methods."""
+    return get_method(name).build(lm, config)
 
 
-def _stats(lm: LoadedModel, o: MethodOptions):
-    return lm.embedding_stats(rows=o.stats_rows, mean_mode=o.stats_mean)  # type: ignore[arg-type]
+def _upgrade_options(method: Method, config: RSPConfig) -> RSPConfig:
+    """Rename the retired method-option keys `method` lists (`alpha` -> `rsp_scale`), with a FutureWarning."""
+    opts = dict(config.method_options)
+    changed = False
+    for o in method.options or ():
+        for old in o.deprecated:
+            if old in opts:
+                _deprecated(f"method option {old!r} of {method.name}", repr(o.key), stacklevel=5)
+                value = opts.pop(old)
+                opts.setdefault(o.key, value)
+                changed = True
+    return replace(config, method_options=opts) if changed else config
 
 
-@register_method("temperature", "no injection: plain sampling at the run's temperature (the baseline)")
-def _temperature(lm: LoadedModel, o: MethodOptions) -> Injection:
+def embedding_stats_for(lm: LoadedModel, config: RSPConfig):
+    """The embedding statistics `config` asks for (which rows, which mean)."""
+    return lm.embedding_stats(rows=config.stats_rows, mean_mode=config.stats_mean)  # type: ignore[arg-type]
+
+
+@register_method(
+    "temperature",
+    "no injection: plain sampling at the run's temperature (the baseline)",
+    category="baseline",
+    uses_length=False,
+    uses_scale=False,
+    per_attempt=False,
+    options=(),
+)
+def _temperature(lm: LoadedModel, o: RSPConfig) -> Injection:
     return NoInjection(o.position)
 
 
-@register_method("none", "alias of temperature: no injection")
-def _none(lm: LoadedModel, o: MethodOptions) -> Injection:
-    return NoInjection(o.position)
-
-
-@register_method("rsp", "Random Soft Prompt: L fresh Gaussian vectors per attempt (the paper's method)")
-def _rsp(lm: LoadedModel, o: MethodOptions) -> Injection:
+@register_method(
+    "rsp",
+    "Random Soft Prompt: L fresh Gaussian vectors per attempt (the paper's method)",
+    category="rsp",
+    options=(),
+)
+def _rsp(lm: LoadedModel, o: RSPConfig) -> Injection:
     return RandomSoftPrompt(
-        _stats(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt"
+        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt"
     )

@@ -1,5 +1,9 @@
 """Control injections that isolate what about an RSP matters, each registered as an `rsp eval` method.
 
+This module registers them (and the trained soft prompt) with `rsp.methods` when imported, together with the
+facts `rsp sweep` reads (which settings each reads, whether it differs per attempt); `rsp.methods` never
+imports it (`rsp/__init__.py` does, so the registry is complete wherever rsp is used).
+
 Every control goes through the same slot code as the RSP (`Injection.apply` -> `fill_slots`), so a
 difference in accuracy can only come from *what* is injected, not from where or how. Random controls
 derive one seed per attempt (or per problem / run, for the sharing ablations) from their own named
@@ -19,7 +23,7 @@ from rsp.core.injection import Injection, RandomSoftPrompt
 from rsp.core.insert import SlottedBatch
 from rsp.core.seeds import derive_seed
 from rsp.core.stats import EmbeddingStats
-from rsp.methods import MethodOptions, register_method
+from rsp.methods import MethodOption, RSPConfig, embedding_stats_for, register_method
 from rsp.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -202,54 +206,87 @@ def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) 
     return torch.tensor(keep, dtype=torch.long)
 
 
-def _stats(lm: LoadedModel, o: MethodOptions) -> EmbeddingStats:
-    return lm.embedding_stats(rows=o.stats_rows, mean_mode=o.stats_mean)  # type: ignore[arg-type]
-
-
-def _row_candidates(lm: LoadedModel, o: MethodOptions) -> torch.Tensor:
+def _row_candidates(lm: LoadedModel, o: RSPConfig) -> torch.Tensor:
     rows = lm.vocab_rows  # LoadedModel or EmbeddingModel (no transformer beside a vLLM engine)
     if o.stats_rows == "tokens":
         rows = min(rows, len(lm.tokenizer))
     return torch.arange(rows)
 
 
-def _float_option(o: MethodOptions, key: str, default: float) -> float:
-    value = o.extra.get(key, default)
+def _float_option(o: RSPConfig, key: str, default: float) -> float:
+    value = o.method_options.get(key, default)
     try:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"method option {key} must be a number, got {value!r}") from None
 
 
-@register_method("rsp-fixed", "control: one RSP drawn once and reused for every attempt and problem")
-def _rsp_fixed(lm: LoadedModel, o: MethodOptions) -> Injection:
-    return RandomSoftPrompt(_stats(lm, o), o.length, scale=o.scale, position=o.position, granularity="run")
-
-
-@register_method("rsp-shared", "control: one RSP per problem, shared by its N attempts")
-def _rsp_shared(lm: LoadedModel, o: MethodOptions) -> Injection:
+@register_method(
+    "rsp-fixed",
+    "control: one RSP drawn once and reused for every attempt and problem",
+    uses_scale=True,
+    per_attempt=False,
+    options=(),
+)
+def _rsp_fixed(lm: LoadedModel, o: RSPConfig) -> Injection:
     return RandomSoftPrompt(
-        _stats(lm, o), o.length, scale=o.scale, position=o.position, granularity="problem"
+        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="run"
     )
 
 
 @register_method(
-    "rsp-scaled", "control: RSP with std multiplied by alpha (--rsp-scale or --method-option alpha=)"
+    "rsp-shared",
+    "control: one RSP per problem, shared by its N attempts",
+    uses_scale=True,
+    per_attempt=False,
+    options=(),
 )
-def _rsp_scaled(lm: LoadedModel, o: MethodOptions) -> Injection:
-    alpha = _float_option(o, "alpha", o.scale)
-    if alpha < 0:
-        raise ValueError(f"rsp-scaled: alpha must be >= 0, got {alpha}")
-    return RandomSoftPrompt(_stats(lm, o), o.length, scale=alpha, position=o.position, granularity="attempt")
+def _rsp_shared(lm: LoadedModel, o: RSPConfig) -> Injection:
+    return RandomSoftPrompt(
+        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="problem"
+    )
 
 
-@register_method("token-rows", "control: L random rows of the real embedding table per attempt")
-def _token_rows(lm: LoadedModel, o: MethodOptions) -> Injection:
+@register_method(
+    "rsp-scaled",
+    "control: RSP with std multiplied by the scale (--rsp-scale or --method-option rsp_scale=)",
+    uses_scale=True,
+    options=(
+        MethodOption(
+            "rsp_scale",
+            "std multiplier, instead of --rsp-scale (a sweep's --rsp-scales grid sets it)",
+            metavar="SCALE",
+            swept=False,
+            deprecated=("alpha",),
+        ),
+    ),
+)
+def _rsp_scaled(lm: LoadedModel, o: RSPConfig) -> Injection:
+    scale = _float_option(o, "rsp_scale", o.scale)
+    if scale < 0:
+        raise ValueError(f"rsp-scaled: rsp_scale must be >= 0, got {scale}")
+    return RandomSoftPrompt(
+        embedding_stats_for(lm, o), o.length, scale=scale, position=o.position, granularity="attempt"
+    )
+
+
+@register_method(
+    "token-rows",
+    "control: L random rows of the real embedding table per attempt",
+    uses_scale=False,
+    options=(),
+)
+def _token_rows(lm: LoadedModel, o: RSPConfig) -> Injection:
     return TokenRows(lm.embed, _row_candidates(lm, o), o.length, position=o.position)
 
 
-@register_method("token-string", "control: L random real text tokens per attempt (seed-conditioning style)")
-def _token_string(lm: LoadedModel, o: MethodOptions) -> Injection:
+@register_method(
+    "token-string",
+    "control: L random real text tokens per attempt (seed-conditioning style)",
+    uses_scale=False,
+    options=(),
+)
+def _token_string(lm: LoadedModel, o: RSPConfig) -> Injection:
     pool = text_token_pool(lm.tokenizer, lm.vocab_rows, exclude=(*lm.stop_token_ids, lm.pad_token_id))
     return TokenString(lm.embed, pool, o.length, tokenizer=lm.tokenizer, position=o.position)
 
@@ -258,8 +295,17 @@ def _token_string(lm: LoadedModel, o: MethodOptions) -> Injection:
     "embed-noise",
     "control: NEFTune-style noise on the prompt's own embeddings, nothing appended "
     "(--method-option noise_alpha=, default 5)",
+    uses_length=False,
+    uses_scale=False,
+    options=(
+        MethodOption(
+            "noise_alpha",
+            f"NEFTune's alpha, the noise magnitude (default {DEFAULT_NOISE_ALPHA:g})",
+            metavar="A",
+        ),
+    ),
 )
-def _embed_noise(lm: LoadedModel, o: MethodOptions) -> Injection:
+def _embed_noise(lm: LoadedModel, o: RSPConfig) -> Injection:
     return EmbeddingNoise(
         lm.hidden_size,
         alpha=_float_option(o, "noise_alpha", DEFAULT_NOISE_ALPHA),
@@ -268,25 +314,53 @@ def _embed_noise(lm: LoadedModel, o: MethodOptions) -> Injection:
     )
 
 
-@register_method("mean-vector", "control: L copies of the mean embedding (injection without randomness)")
-def _mean_vector(lm: LoadedModel, o: MethodOptions) -> Injection:
-    return MeanVector(_stats(lm, o), o.length, position=o.position)
+@register_method(
+    "mean-vector",
+    "control: L copies of the mean embedding (injection without randomness)",
+    uses_scale=False,
+    per_attempt=False,
+    options=(),
+)
+def _mean_vector(lm: LoadedModel, o: RSPConfig) -> Injection:
+    return MeanVector(embedding_stats_for(lm, o), o.length, position=o.position)
+
+
+def _soft_prompt_length(o: RSPConfig) -> int:
+    return load_soft_prompt(o.method_options["soft_prompt"]).length
 
 
 @register_method(
     "soft-prompt",
     "baseline: trained soft prompt (--method-option soft_prompt=FILE.safetensors "
     "or a PEFT prompt-tuning adapter dir); L and position come from the file",
+    category="trained",
+    uses_length=False,
+    uses_scale=False,
+    per_attempt=False,
+    options=(
+        MethodOption(
+            "soft_prompt",
+            "a file from `rsp train-soft-prompt` or a PEFT prompt-tuning adapter",
+            required=True,
+            metavar="PATH",
+        ),
+        MethodOption(
+            "soft_prompt_position",
+            "insertion point, instead of the one the file was trained at",
+            metavar="POS",
+        ),
+    ),
+    length_of=_soft_prompt_length,
 )
-def _soft_prompt(lm: LoadedModel, o: MethodOptions) -> Injection:
-    path = o.extra.get("soft_prompt")
+def _soft_prompt(lm: LoadedModel, o: RSPConfig) -> Injection:
+    path = o.method_options.get("soft_prompt")
     if not path:
         raise ValueError(
             "soft-prompt needs --method-option soft_prompt=PATH (a file from `rsp train-soft-prompt` "
             "or a PEFT prompt-tuning adapter)"
         )
     soft = load_soft_prompt(path)
-    position = str(o.extra.get("soft_prompt_position", soft.position))
+    position = str(o.method_options.get("soft_prompt_position", soft.position))
     if position != soft.position:
         log.warning("soft prompt %s was trained at %s but is evaluated at %s", path, soft.position, position)
     soft.check_compatible(lm)
