@@ -14,6 +14,7 @@ from rsp.baselines.soft_prompt import (
     build_examples,
     load_soft_prompt,
     mean_loss,
+    save_soft_prompt,
     solution_loss,
     train_soft_prompt,
 )
@@ -23,7 +24,7 @@ from rsp.core import RandomSoftPrompt, derive_seed
 def _config(**kw) -> SoftPromptTrainConfig:
     base = dict(
         model="tiny",
-        length=2,
+        rsp_length=2,
         train_size=16,
         val_size=4,
         steps=30,
@@ -111,5 +112,73 @@ def test_bad_files_and_settings_get_clear_errors(tmp_path):
         load_soft_prompt(tmp_path)
     with pytest.raises(ValueError, match="--val-size"):
         _config(val_size=0).validate()
-    with pytest.raises(ValueError, match="--position"):
-        _config(position="middle").validate()
+    with pytest.raises(ValueError, match=r"rsp_position \(--rsp-position\) must be one of"):
+        _config(rsp_position="middle").validate()
+
+
+# ------------------------------------------------------------------------------ rsp train-soft-prompt flags
+
+
+def test_config_file_plus_one_flag_equals_the_flags_alone(tmp_path):
+    from rsp.baselines.cli import parse_train_soft_prompt
+
+    (tmp_path / "sp.yaml").write_text(
+        "model: tiny\nrsp_length: 3\nrsp_position: end_of_user_turn\ndata: [arith, gsm8k]\n"
+        "steps: 50\nmax_seconds: 30\nout: runs/sp\n"
+    )
+    from_file = parse_train_soft_prompt(["--config", str(tmp_path / "sp.yaml"), "--steps", "80"])
+    flags = parse_train_soft_prompt(
+        [
+            *("--model", "tiny", "--rsp-length", "3", "--rsp-position", "end_of_user_turn"),
+            *("--data", "arith,gsm8k", "--steps", "80", "--max-seconds", "30", "--out", "runs/sp"),
+        ]
+    )
+    assert from_file == flags
+    config, output = flags
+    assert (config.rsp_length, config.data, config.steps, config.max_seconds) == (
+        3,
+        ("arith", "gsm8k"),
+        80,
+        30,
+    )
+    assert output.out == "runs/sp" and not output.quiet
+
+
+def test_retired_length_and_position_still_parse_with_a_warning(tmp_path):
+    from rsp.baselines.cli import parse_train_soft_prompt
+
+    with pytest.warns(FutureWarning, match="--position.*--rsp-position"):
+        old, _ = parse_train_soft_prompt(["--position", "prepend", "--out", "x"])
+    with pytest.warns(FutureWarning, match="--length.*--rsp-length"):
+        old_len, _ = parse_train_soft_prompt(["--length", "6", "--out", "x"])
+    assert old.rsp_position == "prepend" and old_len.rsp_length == 6
+    (tmp_path / "old.yaml").write_text("length: 5\nposition: prepend\n")
+    with (
+        pytest.warns(FutureWarning, match="config key 'position'"),
+        pytest.warns(FutureWarning, match="'length'"),
+    ):
+        from_file, _ = parse_train_soft_prompt(["--config", str(tmp_path / "old.yaml"), "--out", "x"])
+    assert (from_file.rsp_length, from_file.rsp_position) == (5, "prepend")
+    with pytest.warns(FutureWarning, match=r"SoftPromptTrainConfig\(position=...\)"):
+        assert _config(position="prepend").rsp_position == "prepend"  # the Python keyword too
+
+
+def test_a_soft_prompt_file_saved_before_the_renames_loads_and_new_files_keep_the_format(tmp_path):
+    save_soft_prompt(tmp_path / "a.safetensors", torch.zeros(2, 8), "end_of_user_turn", {"model": "m"})
+    meta = safe_open_metadata(tmp_path / "a.safetensors")
+    assert meta["position"] == "end_of_user_turn" and meta["format"] == "rsp-soft-prompt/1"
+    assert load_soft_prompt(tmp_path / "a.safetensors").position == "end_of_user_turn"
+
+
+def safe_open_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def test_train_soft_prompt_main_rejects_bad_settings_naming_field_and_flag():
+    from rsp.baselines.cli import train_soft_prompt_main
+
+    with pytest.raises(ValueError, match=r"val_size \(--val-size\) must be >= 1"):
+        train_soft_prompt_main(["--val-size", "0", "--out", "x"])

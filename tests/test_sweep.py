@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import json
+from dataclasses import replace
 
 import pytest
 import torch
 
+from rsp import methods as methods_mod
 from rsp.baselines import sweep as sweep_mod
+from rsp.baselines.cli import parse_sweep, sweep_main
 from rsp.baselines.soft_prompt import save_soft_prompt
-from rsp.baselines.sweep import SweepConfig, run_sweep
-from rsp.evaluation import ConfigError, EvalConfig
+from rsp.baselines.sweep import Cell, SweepConfig, run_sweep
+from rsp.evaluation import LEGACY_KEYS, ConfigError, EvalConfig
 from rsp.models import load_model
-from rsp.runio import RunDirError, read_jsonl_records
+from rsp.runio import RunDirError, config_hash, read_jsonl_records
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,7 @@ def tiny_loaded(tiny_model_dir):
 
 def _sweep(model_dir, **kw) -> SweepConfig:
     base = EvalConfig(model=str(model_dir), limit=2, n=3, max_new_tokens=4, batch_size=6, dtype="float32")
-    grid = dict(methods=("temperature", "rsp"), lengths=(1, 2), temperatures=(0.0, 1.0))
+    grid = dict(methods=("temperature", "rsp"), rsp_lengths=(1, 2), temperatures=(0.0, 1.0))
     grid.update(kw)
     return SweepConfig(base=base, **grid)
 
@@ -66,10 +70,10 @@ def test_default_grid_has_greedy_rsp_and_one_baseline_per_temperature():
 def test_axes_a_method_does_not_read_are_collapsed(tmp_path):
     save_soft_prompt(tmp_path / "sp.safetensors", torch.zeros(3, 8), "after_generation_prompt", {})
     cfg = SweepConfig(
-        base=EvalConfig(method_extra={"soft_prompt": str(tmp_path / "sp.safetensors")}),
+        base=EvalConfig(method_options={"soft_prompt": str(tmp_path / "sp.safetensors")}),
         methods=("rsp-fixed", "embed-noise", "token-rows", "soft-prompt"),
-        lengths=(1, 2),
-        alphas=(0.5, 1.0),
+        rsp_lengths=(1, 2),
+        rsp_scales=(0.5, 1.0),
         temperatures=(0.0,),
     )
     names = [c.name for c in cfg.cells()]
@@ -86,9 +90,9 @@ def test_axes_a_method_does_not_read_are_collapsed(tmp_path):
     ]
     cells = {c.name: c for c in cfg.cells()}
     assert cells["rsp-fixed_T0_L1_a1"].replicate and not cells["token-rows_T0_L1"].replicate
-    extra = cfg.base.method_extra
-    assert cells["token-rows_T0_L1"].eval_config(cfg.base, 16, extra).method_extra == {}
-    assert cells["soft-prompt_T0_L3"].eval_config(cfg.base, 16, extra).method_extra == extra
+    options = cfg.base.method_options
+    assert cells["token-rows_T0_L1"].eval_config(cfg.base, 16, options).method_options == {}
+    assert cells["soft-prompt_T0_L3"].eval_config(cfg.base, 16, options).method_options == options
 
 
 def test_interrupted_sweep_resumes_without_recomputing_finished_cells(
@@ -140,7 +144,10 @@ def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(
     table = (tmp_path / "sweep.md").read_text()
     assert "rsp_T0_L1_a1" in table and "Δ accuracy" in table
     with open(tmp_path / "sweep.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
+        table_rows = list(csv.DictReader(f))
+    assert len(table_rows) == 6 and "alpha" not in table_rows[0]
+    assert {r["rsp_scale"] for r in table_rows} == {"", "1.0"}  # the baseline has no scale
+    assert "| rsp_scale |" in (tmp_path / "sweep.md").read_text()
     for name in ("passk_rsp.png", "passk_temperature.png", "heatmap_rsp_a1.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
 
@@ -149,11 +156,14 @@ def test_extending_the_grid_keeps_finished_cells_but_changing_the_base_is_refuse
     tmp_path, tiny_model_dir, tiny_loaded
 ):
     run_sweep(
-        _sweep(tiny_model_dir, lengths=(1,), temperatures=(1.0,)), tmp_path, lm=tiny_loaded, progress=False
+        _sweep(tiny_model_dir, rsp_lengths=(1,), temperatures=(1.0,)),
+        tmp_path,
+        lm=tiny_loaded,
+        progress=False,
     )
     with CountingGenerate(tiny_loaded.model) as counter:
         result = run_sweep(
-            _sweep(tiny_model_dir, lengths=(1, 2), temperatures=(1.0,)),
+            _sweep(tiny_model_dir, rsp_lengths=(1, 2), temperatures=(1.0,)),
             tmp_path,
             lm=tiny_loaded,
             progress=False,
@@ -165,16 +175,131 @@ def test_extending_the_grid_keeps_finished_cells_but_changing_the_base_is_refuse
         run_sweep(other, tmp_path, lm=tiny_loaded, progress=False)
 
 
-def test_bad_grids_and_flags_get_clear_errors(tiny_model_dir, capsys):
-    with pytest.raises(ConfigError, match="--lengths must all be >= 1"):
-        _sweep(tiny_model_dir, lengths=(0, 4)).validate()
+def test_bad_grids_and_flags_get_clear_errors(tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"rsp_lengths \(--rsp-lengths\) must all be >= 1"):
+        _sweep(tiny_model_dir, rsp_lengths=(0, 4)).validate()
     with pytest.raises(ConfigError, match="soft_prompt=PATH"):
         _sweep(tiny_model_dir, methods=("soft-prompt",)).validate()
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         _sweep(tiny_model_dir, methods=("nope",)).validate()
-    from rsp.cli import main
+    with pytest.raises(ConfigError, match="use --rsp-lengths"):
+        sweep_main(["--out", "x", "--rsp-length", "4"])
+    with pytest.raises(
+        ConfigError, match="not --temperature;"
+    ):  # not taken for an abbreviated --temperatures
+        sweep_main(["--out", "x", "--temperature=0.5"])
+    with pytest.raises(ValueError, match=r"rsp_lengths \(--rsp-lengths\) expects int"):
+        sweep_main(["--out", "x", "--rsp-lengths", "1,two"])
 
-    assert main(["sweep", "--out", "x", "--rsp-length", "4"]) == 2
-    assert "use --lengths" in capsys.readouterr().err
-    assert main(["sweep", "--out", "x", "--lengths", "1,two"]) == 2
-    assert "--lengths expects" in capsys.readouterr().err
+
+# --------------------------------------------------------------------------- registry facts drive the grid
+
+
+def test_the_registry_facts_decide_the_axes_and_the_greedy_replication(monkeypatch):
+    from rsp.core.injection import NoInjection
+
+    def build(lm, config):
+        return NoInjection(config.position)
+
+    spec = methods_mod.Method(
+        "probe", "test method", build, uses_length=False, uses_scale=False, per_attempt=False, options=()
+    )
+    monkeypatch.setitem(methods_mod._REGISTRY, "probe", spec)
+    cfg = SweepConfig(
+        methods=("probe",), rsp_lengths=(1, 2, 4), rsp_scales=(0.5, 1.0), temperatures=(0.0, 1.0)
+    )
+    probe = [c for c in cfg.cells() if c.method == "probe"]
+    assert [c.name for c in probe] == ["probe_T0", "probe_T1"]  # one cell whatever the L and scale grids say
+    assert [c.replicate for c in probe] == [True, False]  # the same injection every attempt: greedy runs once
+    monkeypatch.setitem(methods_mod._REGISTRY, "probe", replace(spec, uses_length=True, per_attempt=True))
+    probe = [c for c in cfg.cells() if c.method == "probe"]
+    assert [c.name for c in probe] == [f"probe_T{t}_L{L}" for t in (0, 1) for L in (1, 2, 4)]
+    assert not any(c.replicate for c in probe)
+    monkeypatch.setitem(methods_mod._REGISTRY, "probe", replace(spec, uses_scale=True))
+    assert [c.name for c in cfg.cells() if c.method == "probe"][:2] == ["probe_T0_a0.5", "probe_T0_a1"]
+
+
+def test_cells_carry_only_the_method_options_their_method_reads():
+    options = {"noise_alpha": 3, "soft_prompt": "x.safetensors", "rsp_scale": 2.0, "other": 1}
+    base = EvalConfig(method_options=options)
+    assert Cell("embed-noise", 0.7).eval_config(base, 4, options).method_options == {"noise_alpha": 3}
+    assert Cell("rsp-scaled", 0.7, 4, 1.0).eval_config(base, 4, options).method_options == {}  # grid axis
+    assert Cell("rsp", 0.7, 4, 1.0).eval_config(base, 4, options).method_options == {}
+
+
+def test_retired_method_none_warns_and_resolves_to_temperature():
+    with pytest.warns(FutureWarning, match="method 'none'.*'temperature'"):
+        cfg = SweepConfig(methods=("none", "rsp"), rsp_lengths=(2,), temperatures=(0.7,))
+    assert cfg.methods == ("temperature", "rsp")
+    assert [c.name for c in cfg.cells()] == ["temperature_T0.7", "rsp_T0.7_L2_a1"]
+
+
+# ------------------------------------------------------------------------------------------ rsp sweep flags
+
+
+def test_config_file_plus_one_flag_equals_the_flags_alone(tmp_path):
+    (tmp_path / "sweep.yaml").write_text(
+        "model: tiny\ntask: arith\nlimit: 4\nn: 8\nmethods: [temperature, rsp, rsp-fixed]\n"
+        "rsp_lengths: [1, 4]\nrsp_scales: [0.5, 1.0]\ntemperatures: [0.0, 0.7]\n"
+        "rsp_position: end_of_user_turn\nmethod_options: {noise_alpha: 3}\nout: runs/s\n"
+    )
+    from_file = parse_sweep(["--config", str(tmp_path / "sweep.yaml"), "--n", "16"])
+    flags = parse_sweep(
+        [
+            *("--model", "tiny", "--task", "arith", "--limit", "4", "--n", "16"),
+            *("--methods", "temperature,rsp,rsp-fixed", "--rsp-lengths", "1,4", "--rsp-scales", "0.5", "1.0"),
+            *("--temperatures", "0,0.7", "--rsp-position", "end_of_user_turn"),
+            *("--method-option", "noise_alpha=3", "--out", "runs/s"),
+        ]
+    )
+    assert from_file == flags
+    base, grid, output = flags
+    assert (base.n, base.methods, base.rsp_position) == (
+        16,
+        ("temperature", "rsp", "rsp-fixed"),
+        "end_of_user_turn",
+    )
+    assert (grid.rsp_lengths, grid.rsp_scales, grid.temperatures) == ((1, 4), (0.5, 1.0), (0.0, 0.7))
+    assert output.out == "runs/s"
+    sweep = SweepConfig.from_configs(base, grid)
+    assert sweep.methods == ("temperature", "rsp", "rsp-fixed") and sweep.rsp_scales == (0.5, 1.0)
+    assert "methods" not in sweep.identity() and sweep.identity()["rsp_position"] == "end_of_user_turn"
+
+
+def test_retired_grid_flags_still_parse_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match="--alphas.*--rsp-scales"):
+        _, grid, _ = parse_sweep(["--alphas", "0.5,2", "--out", "x"])
+    assert grid.rsp_scales == (0.5, 2.0)
+    with pytest.warns(FutureWarning, match="--lengths.*--rsp-lengths"):
+        _, grid, _ = parse_sweep(["--lengths", "3", "--out", "x"])
+    assert grid.rsp_lengths == (3,)
+    (tmp_path / "old.yaml").write_text("alphas: [2.0]\nlengths: [1, 2]\n")
+    with pytest.warns(FutureWarning, match="config key 'alphas'"):
+        _, grid, _ = parse_sweep(["--config", str(tmp_path / "old.yaml"), "--out", "x"])
+    assert (grid.rsp_lengths, grid.rsp_scales) == ((1, 2), (2.0,))
+    with pytest.warns(FutureWarning, match=r"SweepConfig\(alphas=...\)"):
+        assert SweepConfig(alphas=(2.0,)).rsp_scales == (2.0,)
+    with pytest.warns(FutureWarning, match="Cell.alpha"):
+        assert Cell("rsp", 0.7, 4, 2.0).alpha == 2.0
+
+
+def test_a_sweep_written_before_the_renames_resumes_without_recomputing(
+    tmp_path, tiny_model_dir, tiny_loaded, monkeypatch
+):
+    cfg = _sweep(tiny_model_dir, temperatures=(1.0,))
+    run_sweep(cfg, tmp_path, lm=tiny_loaded, progress=False)
+    old_names = {v: k for k, v in LEGACY_KEYS.items()}
+    for path in [tmp_path / "config.json", *(tmp_path / "cells").glob("*/config.json")]:
+        saved = json.loads(path.read_text())
+        saved["config"] = {old_names.get(k, k): v for k, v in saved["config"].items()}
+        saved["config_hash"] = config_hash(saved["config"])
+        path.write_text(json.dumps(saved))
+    assert "position" in json.loads((tmp_path / "config.json").read_text())["config"]
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished sweep must not load the model")
+
+    monkeypatch.setattr(sweep_mod, "Generator", no_loading)
+    again = run_sweep(cfg, tmp_path, lm=None, progress=False)
+    assert again.ran == [] and len(again.skipped) == 3
+    assert "rsp_position" in json.loads((tmp_path / "config.json").read_text())["config"]

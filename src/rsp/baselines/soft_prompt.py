@@ -14,8 +14,9 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from rsp.config import field_label, option
 from rsp.core.injection import Injection, RandomSoftPrompt
 from rsp.core.inputs import embed_prompts
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
@@ -106,7 +108,7 @@ def save_soft_prompt(path: str | Path, vectors: torch.Tensor, position: str, met
 
 
 def load_soft_prompt(path: str | Path) -> SoftPrompt:
-    """Load a soft prompt from `rsp train-soft-prompt` output or a PEFT prompt-tuning adapter (file or dir)."""
+    """Load a soft prompt: `rsp train-soft-prompt` output or a PEFT prompt-tuning adapter (file or dir)."""
     path = Path(path)
     if path.is_dir():
         for name in (SOFT_PROMPT_FILE, PEFT_FILE):
@@ -167,65 +169,101 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- training
 
 
+_MODEL, _DATA, _TRAINING = "model", "data", "training"
+
+
 @dataclass
 class SoftPromptTrainConfig:
-    """Settings of one soft-prompt training run (saved with the result)."""
+    """Settings of one soft-prompt training run (saved with the result); each field is a flag of
+    `rsp train-soft-prompt` (`rsp_length` is `--rsp-length`). `length=` / `position=` (and the flags
+    `--length` / `--position`) are the retired names of `rsp_length` / `rsp_position` (FutureWarning)."""
 
-    model: str = "smollm2-135m-instruct"
-    length: int = 4
-    position: str = "after_generation_prompt"
-    data: tuple[str, ...] = ("arith",)
-    train_size: int = 512  # examples per data source
-    val_size: int = 64  # held-out examples per data source, for early stopping
-    arith_steps: int = 1
-    arith_max_value: int = 10
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 1e-2
-    eval_every: int = 25
-    patience: int = 4  # evaluations without a new best validation loss before stopping
-    min_delta: float = 0.0  # a held-out loss must beat the best by more than this to count as better
-    seed: int = 0
-    prompt_style: str = "auto"
-    max_solution_tokens: int = 256
-    init_scale: float = 1.0
-    dtype: str = "float32"
-    device: str = "cpu"
-    max_seconds: float | None = None  # wall-clock budget; the best vectors so far are kept
+    model: str = option("smollm2-135m-instruct", "packaged name, local dir or Hub id", group=_MODEL)
+    rsp_length: int = option(4, "L, the number of trained vectors", deprecated=("--length",), group=_MODEL)
+    rsp_position: str = option(
+        "after_generation_prompt",
+        "insertion point the vectors are trained at (and evaluated at by default)",
+        choices=INSERTION_POINTS,
+        deprecated=("--position",),
+        group=_MODEL,
+    )
+    data: tuple[str, ...] = option(
+        default_factory=lambda: ("arith",),
+        help="training sources: arith, gsm8k, ... (their train splits)",
+        group=_DATA,
+    )
+    train_size: int = option(512, "training examples per source", group=_DATA)
+    val_size: int = option(64, "held-out examples per source (early stopping)", group=_DATA)
+    arith_steps: int = option(1, "synthetic task: operations per problem", group=_DATA)
+    arith_max_value: int = option(10, "synthetic task: size of numbers", group=_DATA)
+    steps: int = option(300, "optimizer steps at most", group=_TRAINING)
+    batch_size: int = option(8, "examples per step", group=_TRAINING)
+    lr: float = option(1e-2, "Adam learning rate", group=_TRAINING)
+    eval_every: int = option(25, "steps between held-out evaluations", group=_TRAINING)
+    patience: int = option(4, "evaluations without improvement before stopping", group=_TRAINING)
+    min_delta: float = option(0.0, "held-out improvement that counts as better", group=_TRAINING)
+    seed: int = option(0, "seed of the initialisation and the data order", group=_TRAINING)
+    prompt_style: str = option(
+        "auto", "chat template, plain few-shot text, or auto", choices=("auto", "chat", "plain"), group=_DATA
+    )
+    max_solution_tokens: int = option(256, "reference solution tokens trained on, at most", group=_DATA)
+    init_scale: float = option(1.0, "std multiplier of the RSP initialisation", group=_TRAINING)
+    dtype: str = option("float32", "training dtype (the vectors are saved in fp32)", group=_MODEL)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
+    max_seconds: float | None = option(
+        None, "wall-clock budget (the best vectors so far are kept)", group=_TRAINING
+    )
     extra: dict = field(default_factory=dict)
+    length: InitVar[int | None] = None
+    position: InitVar[str | None] = None
+
+    def __post_init__(self, length: int | None, position: str | None) -> None:
+        for old, new, value in (("length", "rsp_length", length), ("position", "rsp_position", position)):
+            if value is not None:
+                warnings.warn(
+                    f"SoftPromptTrainConfig({old}=...) is deprecated and will be removed in rsp 0.3; "
+                    f"use {new}=",
+                    FutureWarning,
+                    stacklevel=3,
+                )
+                setattr(self, new, value)
+        self.data = tuple(self.data)
 
     def validate(self) -> None:
-        checks = [
-            (self.length >= 1, f"--length must be >= 1, got {self.length}"),
-            (
-                self.position in INSERTION_POINTS,
-                f"--position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}",
-            ),
-            (bool(self.data), "--data must name at least one training source (arith, gsm8k, ...)"),
-            (self.train_size >= 1, f"--train-size must be >= 1, got {self.train_size}"),
-            (
-                self.val_size >= 1,
-                f"--val-size must be >= 1 (early stopping needs a held-out split), got {self.val_size}",
-            ),
-            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
-            (self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
-            (
-                self.max_solution_tokens >= 1,
-                f"--max-solution-tokens must be >= 1, got {self.max_solution_tokens}",
-            ),
-            (self.min_delta >= 0, f"--min-delta must be >= 0, got {self.min_delta}"),
-            (self.init_scale >= 0, f"--init-scale must be >= 0, got {self.init_scale}"),
-            (
-                self.max_seconds is None or self.max_seconds > 0,
-                f"--max-seconds must be > 0, got {self.max_seconds}",
-            ),
-        ]
-        for ok, msg in checks:
+        def need(ok: bool, name: str, msg: str) -> None:
             if not ok:
-                raise ValueError(msg)
+                raise ValueError(f"{field_label(name)} {msg}")
+
+        need(self.rsp_length >= 1, "rsp_length", f"must be >= 1, got {self.rsp_length}")
+        need(
+            self.rsp_position in INSERTION_POINTS,
+            "rsp_position",
+            f"must be one of {', '.join(INSERTION_POINTS)}, got {self.rsp_position!r}",
+        )
+        need(bool(self.data), "data", "must name at least one training source (arith, gsm8k, ...)")
+        need(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
+        need(
+            self.val_size >= 1,
+            "val_size",
+            f"must be >= 1 (early stopping needs a held-out split), got {self.val_size}",
+        )
+        need(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        need(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        need(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        need(
+            self.max_solution_tokens >= 1,
+            "max_solution_tokens",
+            f"must be >= 1, got {self.max_solution_tokens}",
+        )
+        need(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
+        need(self.init_scale >= 0, "init_scale", f"must be >= 0, got {self.init_scale}")
+        need(
+            self.max_seconds is None or self.max_seconds > 0,
+            "max_seconds",
+            f"must be > 0, got {self.max_seconds}",
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -366,9 +404,9 @@ def train_soft_prompt(
     train, val = build_examples(lm, config)
     init_seed = derive_seed(config.seed, "soft-prompt-init")
     stats = lm.embedding_stats()
-    init = RandomSoftPrompt(stats, config.length, scale=config.init_scale).rows([init_seed])[0]  # type: ignore[index]
+    init = RandomSoftPrompt(stats, config.rsp_length, scale=config.init_scale).rows([init_seed])[0]  # type: ignore[index]
     vectors = torch.nn.Parameter(init.to(lm.device).clone())
-    injection = SoftPromptInjection(vectors, position=config.position)
+    injection = SoftPromptInjection(vectors, position=config.rsp_position)
     optimizer = torch.optim.Adam([vectors], lr=config.lr)
     saved_flags = [p.requires_grad for p in lm.model.parameters()]
     was_training = lm.model.training
@@ -445,11 +483,11 @@ def train_soft_prompt(
         "seconds": f"{seconds:.1f}",
     }
     path = out / SOFT_PROMPT_FILE
-    save_soft_prompt(path, best_vectors, config.position, metadata)
+    save_soft_prompt(path, best_vectors, config.rsp_position, metadata)
     history.update(config=config.to_dict(), metadata=metadata)
     atomic_write_text(out / "history.json", json.dumps(history, indent=2) + "\n")
     plot_loss_curve(
-        history, out / "loss.png", title=f"soft prompt L={config.length} on {lm.name} ({data_desc})"
+        history, out / "loss.png", title=f"soft prompt L={config.rsp_length} on {lm.name} ({data_desc})"
     )
     return TrainResult(
         path,

@@ -1,11 +1,18 @@
-"""`rsp sweep`: a grid over method x L x alpha x temperature, every cell an `rsp eval` run on the same problems.
+"""`rsp sweep`: a grid over method x L x scale x temperature, each cell an `rsp eval` run on one problem set.
 
 Each cell is a complete eval run directory (OUT/cells/<name>/), so cells resume exactly like `rsp eval`,
 and a finished cell is recognised from its files and skipped without loading the model. All cells use
 the same seed, hence the same problems and, per (problem, attempt), the same RSP seed stream. Axes a
-method does not read are collapsed (temperature-only has no L), and a cell that is deterministic
-(greedy decoding with an injection that is the same for every attempt) is run once per problem and
-its answer counted for all N attempts, because N greedy runs would be N identical copies.
+method does not read are collapsed, and a cell that is deterministic (greedy decoding with an injection
+that is the same for every attempt) is run once per problem and its answer counted for all N attempts,
+because N greedy runs would be N identical copies. Which axes a method reads, whether its injection
+differs per attempt and which method options its cells carry are facts of the method registry
+(`rsp.methods.Method`), not lists kept here.
+
+Spellings (docs/glossary.md): the scale grid is `rsp_scales` (`--rsp-scales`), a cell's scale and the
+table's column `rsp_scale`; `--alphas`, `--lengths` and config keys `alphas` / `lengths` still parse with a
+FutureWarning until rsp 0.3, and a sweep directory written before the renames resumes (its config.json keys
+are mapped on read). Cell directory names keep their `_a<scale>` suffix, so finished cells are found.
 """
 
 from __future__ import annotations
@@ -14,49 +21,36 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rsp.evaluation import SAMPLES, ConfigError, EvalConfig, run_eval
+from rsp.config import field_label, option
+from rsp.evaluation import LEGACY_KEYS, SAMPLES, ConfigError, EvalConfig, run_eval, upgrade_legacy_config
 from rsp.generation import Generator
-from rsp.methods import method_names
+from rsp.methods import BASELINE, RSPConfig, canonical_method, get_method, method_names
 from rsp.models.loading import LoadedModel
 from rsp.reporting import summarise, write_eval_report
-from rsp.runio import atomic_write_text, prepare_run_dir, read_jsonl_records
+from rsp.runio import atomic_write_text, config_hash, prepare_run_dir, read_jsonl_records
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("temperature", "rsp")
 DEFAULT_LENGTHS = (1, 2, 4, 8, 16, 32)
-DEFAULT_ALPHAS = (1.0,)
+DEFAULT_SCALES = (1.0,)
 DEFAULT_TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
-BASELINE = "temperature"
+# The base run's settings that a sweep's grid sets per cell (not part of what a resumed sweep must share).
+GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_options")
+# EvalConfig fields the grid replaces: not settings of `rsp sweep` (its plural grid flags set them per cell).
+NOT_SWEPT_FLAGS = ("rsp_length", "rsp_scale", "temperature")
 
-# Which grid axes each known method reads; methods registered elsewhere are assumed to read both.
-NO_LENGTH = frozenset({"temperature", "none", "embed-noise", "soft-prompt"})
-USES_ALPHA = frozenset({"rsp", "rsp-fixed", "rsp-shared", "rsp-scaled"})
-# Methods whose injection is identical for every attempt at a problem (so greedy => N identical attempts).
-ATTEMPT_INVARIANT = frozenset(
-    {"temperature", "none", "mean-vector", "soft-prompt", "rsp-fixed", "rsp-shared"}
-)
-# Method-specific options each known method reads; a cell's config carries only these, so adding
-# e.g. a soft-prompt path to a sweep does not change (and invalidate) the other cells.
-EXTRA_KEYS = {
-    "temperature": (),
-    "none": (),
-    "rsp": (),
-    "rsp-fixed": (),
-    "rsp-shared": (),
-    "rsp-scaled": (),
-    "token-rows": (),
-    "token-string": (),
-    "mean-vector": (),
-    "embed-noise": ("noise_alpha",),
-    "soft-prompt": ("soft_prompt", "soft_prompt_position"),
-}
-GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_extra")
+
+def _retired(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is deprecated and will be removed in rsp 0.3; use {new}", FutureWarning, stacklevel=4
+    )
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ class Cell:
     method: str
     temperature: float
     length: int | None = None  # None: the method has no L axis
-    alpha: float | None = None  # None: the method has no alpha axis
+    rsp_scale: float | None = None  # None: the method has no scale axis
     replicate: bool = False  # deterministic: run one attempt per problem, count it N times
 
     @property
@@ -72,65 +66,119 @@ class Cell:
         parts = [self.method, f"T{self.temperature:g}"]
         if self.length is not None:
             parts.append(f"L{self.length}")
-        if self.alpha is not None:
-            parts.append(f"a{self.alpha:g}")
+        if self.rsp_scale is not None:
+            parts.append(f"a{self.rsp_scale:g}")  # the directory name of sweeps written so far
         return "_".join(parts)
+
+    @property
+    def alpha(self) -> float | None:
+        """Retired name of `rsp_scale`."""
+        _retired("Cell.alpha", "Cell.rsp_scale")
+        return self.rsp_scale
 
     @property
     def baseline_name(self) -> str:
         return Cell(BASELINE, self.temperature).name
 
-    def eval_config(self, base: EvalConfig, n: int, extra: dict) -> EvalConfig:
-        keys = EXTRA_KEYS.get(self.method)
+    def eval_config(self, base: EvalConfig, n: int, method_options: dict) -> EvalConfig:
+        """The `rsp eval` settings of this cell: the base run with the cell's method, L, scale, temperature,
+        and only the method options its method reads (so adding e.g. a soft-prompt path to a sweep does not
+        change, and invalidate, the other cells)."""
         cfg = EvalConfig.from_dict(base.to_dict())
         cfg.methods = (self.method,)
         cfg.n = 1 if self.replicate else n
         cfg.temperature = self.temperature
         cfg.rsp_length = self.length if self.length is not None else 0
-        cfg.rsp_scale = self.alpha if self.alpha is not None else 1.0
-        cfg.method_extra = dict(extra) if keys is None else {k: extra[k] for k in keys if k in extra}
+        cfg.rsp_scale = self.rsp_scale if self.rsp_scale is not None else 1.0
+        cfg.method_options = get_method(self.method).cell_options(method_options)
         return cfg
 
 
 @dataclass
+class SweepGrid:
+    """The grid of `rsp sweep` (with `rsp eval`'s `--methods` as its method axis): each field is a flag."""
+
+    rsp_lengths: tuple[int, ...] = option(
+        default_factory=lambda: DEFAULT_LENGTHS,
+        help="L values, for the methods that read L",
+        deprecated=("--lengths",),
+        group="grid",
+    )
+    rsp_scales: tuple[float, ...] = option(
+        default_factory=lambda: DEFAULT_SCALES,
+        help="multipliers on the fitted standard deviation, for the methods that read the scale",
+        deprecated=("--alphas",),
+        group="grid",
+    )
+    temperatures: tuple[float, ...] = option(
+        default_factory=lambda: DEFAULT_TEMPERATURES, help="0 = greedy", group="grid"
+    )
+
+
+@dataclass
 class SweepConfig:
-    """A grid on top of one base evaluation (model, task, problems, n, seed, decoding limits)."""
+    """A grid on top of one base evaluation (model, task, problems, n, seed, decoding limits).
+
+    `lengths=` and `alphas=` are the retired names of `rsp_lengths` and `rsp_scales` (FutureWarning)."""
 
     base: EvalConfig = field(default_factory=EvalConfig)
     methods: tuple[str, ...] = DEFAULT_METHODS
-    lengths: tuple[int, ...] = DEFAULT_LENGTHS
-    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    rsp_lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    rsp_scales: tuple[float, ...] = DEFAULT_SCALES
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    lengths: InitVar[tuple[int, ...] | None] = None
+    alphas: InitVar[tuple[float, ...] | None] = None
+
+    def __post_init__(self, lengths: tuple[int, ...] | None, alphas: tuple[float, ...] | None) -> None:
+        if lengths is not None:
+            _retired("SweepConfig(lengths=...)", "SweepConfig(rsp_lengths=...)")
+            self.rsp_lengths = tuple(lengths)
+        if alphas is not None:
+            _retired("SweepConfig(alphas=...)", "SweepConfig(rsp_scales=...)")
+            self.rsp_scales = tuple(alphas)
+        self.methods = tuple(canonical_method(m) for m in self.methods)
+
+    @classmethod
+    def from_configs(cls, base: EvalConfig, grid: SweepGrid) -> SweepConfig:
+        """From what `rsp sweep` parses: the base run (its `methods` are the method axis) and the grid."""
+        methods = tuple(base.methods)
+        base = EvalConfig.from_dict(
+            {**base.to_dict(), "methods": [BASELINE], "rsp_length": 0, "rsp_scale": 1.0, "temperature": 0.0}
+        )
+        return cls(base, methods, tuple(grid.rsp_lengths), tuple(grid.rsp_scales), tuple(grid.temperatures))
 
     def validate(self) -> None:
         for axis, values in (
             ("methods", self.methods),
-            ("lengths", self.lengths),
-            ("alphas", self.alphas),
+            ("rsp_lengths", self.rsp_lengths),
+            ("rsp_scales", self.rsp_scales),
             ("temperatures", self.temperatures),
         ):
             if not values:
-                raise ConfigError(f"--{axis} must list at least one value")
+                raise ConfigError(f"{field_label(axis)} must list at least one value")
             if len(set(values)) != len(values):
-                raise ConfigError(f"--{axis} lists a value twice: {', '.join(map(str, values))}")
-        if any(L < 1 for L in self.lengths):
+                raise ConfigError(f"{field_label(axis)} lists a value twice: {', '.join(map(str, values))}")
+        if any(L < 1 for L in self.rsp_lengths):
             raise ConfigError(
-                f"--lengths must all be >= 1 (temperature-only is the L=0 baseline), got {self.lengths}"
+                f"{field_label('rsp_lengths')} must all be >= 1 (temperature-only is the L=0 baseline), "
+                f"got {self.rsp_lengths}"
             )
-        if any(a < 0 for a in self.alphas):
-            raise ConfigError(f"--alphas must all be >= 0, got {self.alphas}")
+        if any(a < 0 for a in self.rsp_scales):
+            raise ConfigError(f"{field_label('rsp_scales')} must all be >= 0, got {self.rsp_scales}")
         if any(t < 0 for t in self.temperatures):
-            raise ConfigError(f"--temperatures must all be >= 0 (0 = greedy), got {self.temperatures}")
+            raise ConfigError(
+                f"{field_label('temperatures')} must all be >= 0 (0 = greedy), got {self.temperatures}"
+            )
         known = method_names()
         for m in self.methods:
             if m not in known:
                 raise ConfigError(f"unknown method {m!r}; known methods: {', '.join(known)}")
-        if "soft-prompt" in self.methods and not self.base.method_extra.get("soft_prompt"):
-            raise ConfigError("method soft-prompt needs --method-option soft_prompt=PATH")
+            for missing in get_method(m).missing_options(self.base.method_options):
+                raise ConfigError(f"method {m} needs --method-option {missing.key}={missing.metavar}")
         probe = EvalConfig.from_dict(self.base.to_dict())
         probe.methods = (BASELINE,)
         probe.temperature = self.temperatures[0]
-        probe.method_extra = {}
+        probe.method_options = {}
         probe.validate()
 
     def identity(self) -> dict:
@@ -138,25 +186,44 @@ class SweepConfig:
         return {k: v for k, v in self.base.to_dict().items() if k not in GRID_KEYS}
 
     def cells(self) -> list[Cell]:
-        """Cells in run order: per temperature the baseline first, then each method's L x alpha grid."""
-        methods = [BASELINE] + [m for m in self.methods if m not in (BASELINE, "none")]
-        soft_length = None
-        if "soft-prompt" in methods:
-            from rsp.baselines.soft_prompt import load_soft_prompt
-
-            soft_length = load_soft_prompt(self.base.method_extra["soft_prompt"]).length
-        out: list[Cell] = []
+        """Cells in run order: per temperature the baseline first, then each method's L x scale grid; the axes
+        a method does not read (`Method.uses_length`, `uses_scale`) collapse to one cell."""
+        methods = [BASELINE] + [m for m in self.methods if m != BASELINE]
+        specs = {m: get_method(m) for m in methods}
+        options = dict(self.base.method_options)
+        own_length = {  # the L of a method that does not read L (a soft prompt's file), read once
+            m: spec.injected_length(RSPConfig(method=m, method_options=options))
+            for m, spec in specs.items()
+            if not spec.uses_length
+        }
+        cells: list[Cell] = []
         for t in self.temperatures:
-            for m in methods:
-                replicate = t == 0 and m in ATTEMPT_INVARIANT and self.base.n > 1
-                lengths: tuple[int | None, ...] = (None,) if m in NO_LENGTH else self.lengths
-                if m == "soft-prompt":
-                    lengths = (soft_length,)
-                alphas: tuple[float | None, ...] = (
-                    self.alphas if (m in USES_ALPHA or m not in EXTRA_KEYS) else (None,)
-                )
-                out += [Cell(m, t, L, a, replicate) for L in lengths for a in alphas]
-        return out
+            for m, spec in specs.items():
+                replicate = t == 0 and not spec.per_attempt and self.base.n > 1
+                lengths: tuple[int | None, ...] = self.rsp_lengths if spec.uses_length else (own_length[m],)
+                scales: tuple[float | None, ...] = self.rsp_scales if spec.uses_scale else (None,)
+                cells += [Cell(m, t, L, a, replicate) for L in lengths for a in scales]
+        return cells
+
+
+def upgrade_legacy_sweep_config(out: Path) -> None:
+    """Rename the keys of a sweep directory's config.json written before the renames (`position` ->
+    `rsp_position`, ...: `rsp.evaluation.LEGACY_KEYS`), so the sweep still resumes; its cells are eval runs,
+    upgraded the same way by `rsp.evaluation.upgrade_legacy_config`."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # prepare_run_dir reports it
+    config = saved.get("config") if isinstance(saved, dict) else None
+    if saved.get("kind") != "sweep" or not isinstance(config, dict) or not set(config) & set(LEGACY_KEYS):
+        return
+    config = {LEGACY_KEYS.get(k, k): v for k, v in config.items() if LEGACY_KEYS.get(k, k) not in GRID_KEYS}
+    saved.update(config=config, config_hash=config_hash(config))
+    atomic_write_text(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    log.info("%s: config.json keys renamed to the current spelling", out)
 
 
 @dataclass
@@ -169,6 +236,7 @@ class SweepResult:
 
 
 def _cell_finished(cell_dir: Path, cfg: EvalConfig, problems: int) -> bool:
+    upgrade_legacy_config(cell_dir)  # a cell written before the renames is still found finished
     cfg_path = cell_dir / "config.json"
     if not cfg_path.is_file():
         return False
@@ -205,20 +273,21 @@ def run_sweep(
     """
     config.validate()
     out = Path(out)
+    upgrade_legacy_sweep_config(out)
     prepare_run_dir(out, config.identity(), kind="sweep")
     cells = config.cells()
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise ConfigError(
-            "two sweep cells share a name; check --lengths / --alphas for values that print alike"
+            "two sweep cells share a name; check --rsp-lengths / --rsp-scales for values that print alike"
         )
     atomic_write_text(
         out / "grid.json",
         json.dumps(
             {
                 "methods": list(config.methods),
-                "lengths": list(config.lengths),
-                "alphas": list(config.alphas),
+                "rsp_lengths": list(config.rsp_lengths),
+                "rsp_scales": list(config.rsp_scales),
                 "temperatures": list(config.temperatures),
                 "cells": names,
             },
@@ -233,7 +302,7 @@ def run_sweep(
     bar = tqdm(cells, disable=not progress, unit="cell", desc="sweep")
     for cell in bar:
         bar.set_postfix_str(cell.name)
-        cfg = cell.eval_config(config.base, n, config.base.method_extra)
+        cfg = cell.eval_config(config.base, n, config.base.method_options)
         cell_dir = out / "cells" / cell.name
         if _cell_finished(cell_dir, cfg, problems):
             recs = read_jsonl_records(cell_dir / SAMPLES, repair=False)
@@ -248,7 +317,7 @@ def run_sweep(
                     **config.base.engine_options(),
                 )
             run = run_eval(cfg, cell_dir, generator=generator, progress=progress)
-            recs = run.records
+            recs = [dict(r) for r in run.records]
             write_eval_report(cell_dir, recs, cfg.to_dict(), seconds=run.seconds)
             ran.append(cell.name)
         records[cell.name] = _expand(recs, n) if cell.replicate else recs
@@ -281,7 +350,7 @@ def compare_cells(cells: list[Cell], records: dict[str, list[dict]], n: int, *, 
             "cell": cell.name,
             "method": cell.method,
             "L": cell.length,
-            "alpha": cell.alpha,
+            "rsp_scale": cell.rsp_scale,
             "temperature": cell.temperature,
             "attempts_run": 1 if cell.replicate else n,
         }
@@ -306,7 +375,7 @@ def compare_cells(cells: list[Cell], records: dict[str, list[dict]], n: int, *, 
 
 
 def _metric_names(rows: list[dict]) -> list[str]:
-    skip = {"cell", "method", "L", "alpha", "temperature", "attempts_run", "problems", "passk_curve"}
+    skip = {"cell", "method", "L", "rsp_scale", "temperature", "attempts_run", "problems", "passk_curve"}
     return [k for k in rows[0] if k not in skip and not k.startswith("delta ")] if rows else []
 
 
@@ -323,19 +392,19 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
     b = config.base
     lines = [
         f"# Sweep: {b.model} on {b.task} ({b.split}, {rows[0]['problems'] if rows else 0} problems, "
-        f"n={b.n} attempts, seed {b.seed}, max {b.max_new_tokens} new tokens, position {b.position})",
+        f"n={b.n} attempts, seed {b.seed}, max {b.max_new_tokens} new tokens, position {b.rsp_position})",
         "",
         "Cells: mean over problems [95% bootstrap CI over problems]. `runs` = attempts generated per problem "
         "(1 for a deterministic cell: greedy decoding with an injection that is the same for every attempt, "
         "whose single answer stands for all N).",
         "",
-        "| cell | method | L | alpha | T | runs | " + " | ".join(metrics) + " |",
+        "| cell | method | L | rsp_scale | T | runs | " + " | ".join(metrics) + " |",
         "|---" * (6 + len(metrics)) + "|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['cell']} | {r['method']} | {_dash(r['L'])} | {_dash(r['alpha'])} | {r['temperature']:g} | "
-            f"{r['attempts_run']} | " + " | ".join(_ci(r[m]) for m in metrics) + " |"
+            f"| {r['cell']} | {r['method']} | {_dash(r['L'])} | {_dash(r['rsp_scale'])} | "
+            f"{r['temperature']:g} | {r['attempts_run']} | " + " | ".join(_ci(r[m]) for m in metrics) + " |"
         )
     lines += [
         "",
@@ -361,9 +430,9 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
         ]
     lines += [
         "",
-        "Plots: `plots/passk_<method>.png` (pass@k per temperature, one line per L/alpha, "
-        "temperature-only dashed), `plots/heatmap_<method>_a<alpha>.png` (accuracy and its paired difference over "
-        "L x temperature).",
+        "Plots: `plots/passk_<method>.png` (pass@k per temperature, one line per L/scale, "
+        "temperature-only dashed), `plots/heatmap_<method>_a<scale>.png` (accuracy and its paired difference "
+        "over L x temperature).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -374,7 +443,7 @@ def _dash(v) -> str:
 
 def csv_report(rows: list[dict]) -> str:
     metrics = _metric_names(rows)
-    header = ["cell", "method", "L", "alpha", "temperature", "attempts_run", "problems"]
+    header = ["cell", "method", "L", "rsp_scale", "temperature", "attempts_run", "problems"]
     for m in metrics:
         header += [m, f"{m} ci_low", f"{m} ci_high"]
     for m in metrics:
@@ -387,7 +456,7 @@ def csv_report(rows: list[dict]) -> str:
             r["cell"],
             r["method"],
             _blank(r["L"]),
-            _blank(r["alpha"]),
+            _blank(r["rsp_scale"]),
             r["temperature"],
             r["attempts_run"],
             r["problems"],
@@ -434,7 +503,7 @@ def _pyplot():
 
 
 def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
-    """One figure per method: a panel per temperature, a line per (L, alpha), temperature-only dashed."""
+    """One figure per method: a panel per temperature, a line per (L, scale), temperature-only dashed."""
     plt = _pyplot()
     temps = list(config.temperatures)
     baseline = {r["temperature"]: r for r in rows if r["method"] == BASELINE}
@@ -449,7 +518,7 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
                 label = (
                     method
                     if r["L"] is None
-                    else f"L={r['L']}" + ("" if r["alpha"] is None else f" a={r['alpha']:g}")
+                    else f"L={r['L']}" + ("" if r["rsp_scale"] is None else f" scale={r['rsp_scale']:g}")
                 )
                 ax.plot(ks, vals, marker="o", ms=2, lw=1.2, label=label)
             base = baseline.get(t)
@@ -482,8 +551,8 @@ def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Pa
     written = []
     temps = list(config.temperatures)
     for method in dict.fromkeys(r["method"] for r in rows if r["L"] is not None):
-        for alpha in dict.fromkeys(r["alpha"] for r in rows if r["method"] == method):
-            sel = [r for r in rows if r["method"] == method and r["alpha"] == alpha]
+        for scale in dict.fromkeys(r["rsp_scale"] for r in rows if r["method"] == method):
+            sel = [r for r in rows if r["method"] == method and r["rsp_scale"] == scale]
             lengths = sorted({r["L"] for r in sel})
             acc = np.full((len(lengths), len(temps)), np.nan)
             delta = np.full_like(acc, np.nan)
@@ -517,9 +586,9 @@ def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Pa
                             color="white" if data is acc and v < 0.5 else "black",
                         )
                 fig.colorbar(im, ax=ax, fraction=0.046)
-            suffix = "" if alpha is None else f"_a{alpha:g}"
+            suffix = "" if scale is None else f"_a{scale:g}"
             fig.suptitle(
-                f"{method}{'' if alpha is None else f' (alpha={alpha:g})'} on {config.base.task}", fontsize=9
+                f"{method}{'' if scale is None else f' (scale={scale:g})'} on {config.base.task}", fontsize=9
             )
             fig.tight_layout()
             path = plots / f"heatmap_{method}{suffix}.png"

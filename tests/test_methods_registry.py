@@ -1,0 +1,129 @@
+"""The method registry: one spec per method with the facts others ask, one-way imports, retired names."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rsp
+from rsp import methods as methods_mod
+from rsp.methods import (
+    Method,
+    RSPConfig,
+    build_method,
+    get_method,
+    method_descriptions,
+    method_names,
+    method_specs,
+    register_method,
+)
+
+# name: (category, uses_length, uses_scale, per_attempt, option keys)
+FACTS = {
+    "temperature": ("baseline", False, False, False, ()),
+    "rsp": ("rsp", True, True, True, ()),
+    "rsp-fixed": ("control", True, True, False, ()),
+    "rsp-shared": ("control", True, True, False, ()),
+    "rsp-scaled": ("control", True, True, True, ("rsp_scale",)),
+    "token-rows": ("control", True, False, True, ()),
+    "token-string": ("control", True, False, True, ()),
+    "mean-vector": ("control", True, False, False, ()),
+    "embed-noise": ("control", False, False, True, ("noise_alpha",)),
+    "soft-prompt": ("trained", False, False, False, ("soft_prompt", "soft_prompt_position")),
+}
+
+
+def test_every_method_is_a_spec_with_its_facts():
+    specs = {m.name: m for m in method_specs()}
+    assert set(FACTS) <= set(specs)
+    for name, (category, uses_length, uses_scale, per_attempt, keys) in FACTS.items():
+        m = specs[name]
+        assert (m.category, m.uses_length, m.uses_scale, m.per_attempt, m.option_keys) == (
+            category,
+            uses_length,
+            uses_scale,
+            per_attempt,
+            keys,
+        ), name
+        assert all(o.meaning for o in m.options or ())
+    assert [o.key for o in specs["soft-prompt"].options or () if o.required] == ["soft_prompt"]
+    with pytest.raises(AttributeError):
+        specs["rsp"].uses_length = False  # type: ignore[misc]  (frozen)
+
+
+def test_methods_module_never_imports_the_baselines():
+    tree = ast.parse(Path(methods_mod.__file__).read_text())
+    imported = [
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in (n.names if isinstance(n, ast.Import) else [None])
+    ]
+    assert not [m for m in imported if m and m.startswith("rsp.baselines")], imported
+
+
+def test_importing_the_registry_alone_gives_the_complete_list():
+    """`rsp/__init__` imports rsp.baselines, which registers into rsp.methods: no lazy loading, no cycle."""
+    code = (
+        "import rsp.methods as m, sys; "
+        "print(','.join(m.method_names())); "
+        "print(sys.modules['rsp.baselines.controls'].__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    names, controls = out.splitlines()
+    assert set(FACTS) <= set(names.split(",")) and controls == "rsp.baselines.controls"
+
+
+def test_rsp_config_is_one_class_in_every_public_place():
+    from rsp.generation import RSPConfig as from_generation
+
+    assert rsp.RSPConfig is from_generation is RSPConfig
+    cfg = RSPConfig(length=2, method="rsp-fixed", method_options={"x": 1})
+    assert cfg.method_options == {"x": 1} and cfg.key()[-1] == (("x", "1"),)
+
+
+def test_retired_options_keyword_warns_and_becomes_method_options():
+    with pytest.warns(FutureWarning, match=r"RSPConfig\(options=...\).*method_options"):
+        cfg = RSPConfig(length=2, options={"noise_alpha": 3})
+    assert cfg.method_options == {"noise_alpha": 3} and cfg == RSPConfig(2, method_options={"noise_alpha": 3})
+    with pytest.raises(ValueError, match="not both"), pytest.warns(FutureWarning):
+        RSPConfig(options={"a": 1}, method_options={"b": 2})
+    with pytest.warns(FutureWarning, match="MethodOptions"):
+        old = methods_mod.MethodOptions(length=3, extra={"soft_prompt": "f"})
+    assert old == RSPConfig(length=3, method_options={"soft_prompt": "f"})
+    with pytest.warns(FutureWarning, match="extra"):
+        assert old.extra == {"soft_prompt": "f"}  # what third-party factories read
+
+
+def test_none_is_a_deprecated_alias_of_temperature(tiny_lm):
+    assert "none" not in {m.name for m in method_specs()}
+    assert method_descriptions()["none"].startswith("deprecated alias of temperature")
+    assert "none" in method_names()  # still accepted for one release
+    with pytest.warns(FutureWarning, match="method 'none'.*'temperature'"):
+        assert RSPConfig(method="none").method == "temperature"
+    with pytest.warns(FutureWarning, match="method 'none'"):
+        assert get_method("none") is get_method("temperature")
+    with pytest.warns(FutureWarning):
+        injection = build_method("none", tiny_lm)
+    assert injection.name == "temperature" and injection.length == 0
+
+
+def test_unknown_method_and_bad_registrations_are_refused():
+    with pytest.raises(ValueError, match="unknown method 'nope'; known methods: embed-noise"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="category"):
+        register_method("x", "bad", category="other")(lambda lm, o: None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retired alias"):
+        methods_mod.register(Method("none", "clash", lambda lm, o: None))  # type: ignore[arg-type,return-value]
+
+
+def test_a_registered_method_defaults_to_the_cautious_facts(monkeypatch):
+    monkeypatch.setattr(methods_mod, "_REGISTRY", dict(methods_mod._REGISTRY))
+    register_method("plugin", "third-party method")(lambda lm, o: None)  # type: ignore[arg-type,return-value]
+    spec = get_method("plugin")
+    assert (spec.uses_length, spec.uses_scale, spec.per_attempt, spec.options) == (True, True, True, None)
+    assert spec.cell_options({"a": 1}) == {"a": 1}  # undeclared options: a sweep passes them all
