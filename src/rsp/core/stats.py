@@ -55,8 +55,8 @@ class EmbeddingStats:
             std=float(meta["std"]),
             dim=int(meta["dim"]),
             rows_used=int(meta["rows_used"]),
-            rows=meta["rows"],  # type: ignore[arg-type]
-            mean_mode=meta["mean_mode"],  # type: ignore[arg-type]
+            rows=meta["rows"],
+            mean_mode=meta["mean_mode"],
             embed_scale=float(meta["embed_scale"]),
         )
 

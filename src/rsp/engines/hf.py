@@ -7,8 +7,9 @@ N rows (never `num_return_sequences`, which would copy one RSP to all N).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 
@@ -18,7 +19,7 @@ from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.core.seeds import derive_seed
 from rsp.engines.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.engines.hook import RSPHandle
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import LoadedModel, output_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def contiguous_head_input(model: torch.nn.Module):
     contiguous copy of the (B, 1, d) input takes the plain matmul path instead; in bf16 and fp16 the
     logits are bit-identical (tested), in fp32 they may differ in the last bit.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_embeddings(model)
     if head is None:
         yield
         return
@@ -148,7 +149,9 @@ class HFEngine:
             )
             kwargs = self.generation_kwargs(sampling, stop_strings)
             with torch.no_grad():
-                out = self.lm.model.generate(
+                # torch types the undeclared attribute as Tensor | Module; it is transformers' generate()
+                generate = cast("Callable[..., Any]", self.lm.model.generate)
+                out = generate(
                     input_ids=batch.input_ids.to(self.lm.device),
                     attention_mask=batch.attention_mask.to(self.lm.device),
                     **kwargs,
@@ -160,7 +163,8 @@ class HFEngine:
     def _finish(self, tokens: list[int], sampling: SamplingConfig, stop_strings: Sequence[str]) -> Completion:
         tokens, stopped = cut_at_stop_token(tokens, self.lm.stop_token_ids)
         reason = "stop" if stopped else "length"
-        text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True)
+        # transformers types decode's result for batches too; one list of ids decodes to one str
+        text = cast(str, self.lm.tokenizer.decode(tokens, skip_special_tokens=True))
         for s in stop_strings:
             cut = text.find(s)
             if cut >= 0:

@@ -18,9 +18,9 @@ same ban). An instance attribute wraps `model.generate` only to mark "a new call
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -28,7 +28,7 @@ from rsp.core.injection import Injection
 from rsp.core.inputs import SlotFiller, layout
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
-from rsp.models.loading import LoadedModel, choose_placeholder
+from rsp.models.loading import LoadedModel, choose_placeholder, input_embeddings, output_embeddings
 
 __all__ = ["RSPHandle", "choose_placeholder"]
 from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
@@ -66,7 +66,7 @@ class RSPHandle:
         self.tokenizer = lm.tokenizer
         self.injection = injection
         self.seed = int(seed)
-        vocab_rows = int(self.model.get_input_embeddings().weight.shape[0])
+        vocab_rows = int(input_embeddings(self.model).weight.shape[0])
         self.placeholder_id = lm.placeholder_id if placeholder_id is None else int(placeholder_id)
         if not 0 <= self.placeholder_id < vocab_rows:
             raise ValueError(
@@ -81,8 +81,8 @@ class RSPHandle:
         self._prepared: tuple[int, int] | None = None  # (rows, n) of the last prepare()
         self._mask: torch.Tensor | None = None
         self.filler = SlotFiller(injection, self.placeholder_id, self._seeds_for, lambda: self._mask)
-        self._handles = [self.model.get_input_embeddings().register_forward_hook(self.filler)]
-        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        self._handles = [input_embeddings(self.model).register_forward_hook(self.filler)]
+        head = output_embeddings(self.model)
         if head is not None:  # every distribution the model gives while attached excludes the placeholder
             self._handles.append(
                 head.register_forward_hook(
@@ -95,8 +95,10 @@ class RSPHandle:
             )
         self._had_generate = "generate" in vars(self.model)
         self._previous_generate = vars(self.model).get("generate")
-        self._original_generate = self.model.generate
-        self.model.generate = self._generate  # type: ignore[method-assign]
+        # torch types a module attribute it does not declare as Tensor | Module (its __getattr__ and
+        # __setattr__); `generate` is transformers' method, here wrapped on the instance.
+        self._original_generate = cast("Callable[..., Any]", self.model.generate)
+        self.model.generate = self._generate  # type: ignore[assignment]
         self.attached = True
 
     # ------------------------------------------------------------------ inputs
@@ -113,8 +115,8 @@ class RSPHandle:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
-            prompts = [prompts]  # type: ignore[list-item]
-        tokens = [tokenize_prompt(self.tokenizer, p, chat=chat) for p in prompts]  # type: ignore[arg-type]
+            prompts = [prompts]
+        tokens = [tokenize_prompt(self.tokenizer, p, chat=chat) for p in prompts]
         rows = [t for t in tokens for _ in range(n)]
         batch = layout(rows, self.injection, pad_id=self.lm.pad_token_id, placeholder_id=self.placeholder_id)
         self._prepared = (len(rows), n)
@@ -191,7 +193,7 @@ class RSPHandle:
             h.remove()
         self._handles = []
         if self._had_generate:
-            self.model.generate = self._previous_generate  # type: ignore[method-assign]
+            self.model.generate = self._previous_generate  # type: ignore[assignment]  # as in attach
         else:
             del self.model.generate
         self.attached = False

@@ -34,7 +34,7 @@ class GrowingLayer(DynamicLayer):
         capacity = needed + self.reserve
         k = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
         v = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
-        if self._kbuf is not None and self._len:
+        if self._kbuf is not None and self._vbuf is not None and self._len:
             k[..., : self._len, :] = self._kbuf[..., : self._len, :]
             v[..., : self._len, :] = self._vbuf[..., : self._len, :]
         self._kbuf, self._vbuf = k, v
@@ -45,6 +45,7 @@ class GrowingLayer(DynamicLayer):
         new = key_states.shape[-2]
         if self._kbuf is None or self._len + new > self._kbuf.shape[-2]:
             self._grow(key_states, value_states, self._len + new)
+        assert self._kbuf is not None and self._vbuf is not None
         self._kbuf[..., self._len : self._len + new, :] = key_states
         self._vbuf[..., self._len : self._len + new, :] = value_states
         self._len += new
@@ -59,13 +60,13 @@ class GrowingLayer(DynamicLayer):
             self._views()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self._kbuf is not None and self._len:
+        if self._kbuf is not None and self._vbuf is not None and self._len:
             self._kbuf = self._kbuf.repeat_interleave(repeats, dim=0)
             self._vbuf = self._vbuf.repeat_interleave(repeats, dim=0)
             self._views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self._kbuf is not None and self._len:
+        if self._kbuf is not None and self._vbuf is not None and self._len:
             self._kbuf = self._kbuf[indices, ...]
             self._vbuf = self._vbuf[indices, ...]
             self._views()

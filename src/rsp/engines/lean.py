@@ -172,7 +172,7 @@ class LeanEngine(HFEngine):
 
         from rsp.engines.kvcache import growing_cache
 
-        config = self.lm.model.config
+        config = self.lm.config
         return growing_cache(config, reserve) if self.preallocate_cache else DynamicCache(config=config)
 
     def _decode(self, logits, cache, mask, next_position, sampling, stop_strings) -> list[Completion]:

@@ -55,7 +55,7 @@ def maj_at_k(
     if not 1 <= k <= n:
         raise ValueError(f"maj@{k} needs 1 <= k <= n = {n}")
     if math.comb(n, k) <= max_subsets:
-        subsets: list[tuple[int, ...]] | None = list(itertools.combinations(range(n), k))
+        subsets: list[tuple[int, ...]] = list(itertools.combinations(range(n), k))
     else:
         rng = random.Random(seed)
         subsets = [tuple(rng.sample(range(n), k)) for _ in range(max_subsets)]

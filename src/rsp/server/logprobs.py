@@ -90,7 +90,9 @@ def score_row(
         row = logp[col - offset]
         columns.append((col, max(ended_on, key=lambda i: float(row[i]))))
 
-    token_ids, values, tops = [], [], []
+    token_ids: list[int] = []
+    values: list[float | None] = []
+    tops: list[tuple[tuple[int, float], ...]] = []
     for col, tok in columns:
         token_ids.append(tok)
         if col < 0:

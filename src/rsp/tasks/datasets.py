@@ -170,13 +170,13 @@ def _record_to_problem(
     if pid in seen:
         raise TaskError(f"{where}: duplicate id {pid!r} (first seen on line {seen[pid]})")
     seen[pid] = lineno
-    meta = rec.get("metadata") if isinstance(rec.get("metadata"), dict) else {}
+    meta = rec.get("metadata")
     return Problem(
         id=pid,
         question=question.strip(),
         answer=answer.strip(),
         solution=solution if isinstance(solution, str) else None,
-        metadata=meta,
+        metadata=meta if isinstance(meta, dict) else {},
     )
 
 
@@ -184,7 +184,7 @@ def load_hub_problems(
     hub_id: str, *, config: str | None, split: str, question_field: str, answer_field: str
 ) -> tuple[Problem, ...]:
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError as exc:
         raise TaskError(
             f"loading {hub_id!r} from the Hugging Face Hub needs the 'datasets' package "

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from rsp.core.insert import PromptTokens
 from rsp.tasks.base import Problem, Task, TaskError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from typing_extensions import TypeIs
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 PLAIN_STOP_STRINGS = ("\nQuestion:", "\n\nQuestion")
@@ -32,7 +36,7 @@ def fewshot_solution(problem: Problem) -> str:
 class PromptBuilder:
     """Turns problems into `PromptTokens` for one tokenizer."""
 
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     style: PromptStyle = "auto"
     fewshot: tuple[Problem, ...] = ()
     system_prompt: str | None = None
@@ -68,7 +72,7 @@ class PromptBuilder:
             if self.system_prompt is not None:
                 messages.append({"role": "system", "content": self.system_prompt})
             messages.append({"role": "user", "content": content})
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = render_chat(self.tokenizer, messages)
             cut = text.rfind(content)
             if cut < 0:
                 raise TaskError(
@@ -97,7 +101,14 @@ def tokenize_split(tokenizer, head: str, tail: str, *, add_special_tokens: bool)
 Messages = list[dict]
 
 
-def is_messages(prompt: object) -> bool:
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
+    """The chat template applied to `messages` with the generation prompt, as text."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # transformers types the result for every combination of options; with tokenize=False it is the text
+    return cast(str, text)
+
+
+def is_messages(prompt: object) -> TypeIs[Messages]:
     """A chat conversation: a list of {"role": ..., "content": ...} dicts."""
     return (
         isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) and "role" in m for m in prompt)
@@ -132,7 +143,7 @@ def tokenize_prompt(
         raise TaskError(
             f"a prompt must be a string, a list of chat messages or PromptTokens, got {type(prompt).__name__}"
         )
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = render_chat(tokenizer, messages)
     users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
     cut = text.rfind(users[-1]["content"]) if users else -1
     if cut < 0:
