@@ -2,6 +2,11 @@
 
 Records are appended a batch at a time with one write and an fsync, so a kill loses at most the
 batch in flight; a torn last line (killed mid-write) is detected and cut off on the next start.
+
+config.json holds `kind`, `config`, `config_hash` and `schema_version`, the version of the directory's
+format (config.json and the record lines; `rsp.records` types the lines). Directories written before the
+version was saved have no key and are version 0; they resume and read as before. A directory from a
+newer rsp is refused with a message saying so, rather than misread.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+# Version 1 added this key to config.json; the record lines are as in version 0.
+SCHEMA_VERSION = 1
 
 
 class RunDirError(RuntimeError):
@@ -31,6 +40,49 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run directory's config.json: the kind of run, its settings, the format version it was written in."""
+
+    kind: str
+    config: dict
+    schema_version: int
+
+
+def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -> RunConfig:
+    """Read `run_dir/config.json`, refusing one from a newer rsp (and, with `kind`, a run of another kind).
+
+    Every failure is a `RunDirError` naming the directory; `hint` is appended to the unreadable-file message.
+    """
+    path = Path(run_dir) / CONFIG
+    what = f"an rsp {kind} run" if kind else "an rsp run directory"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not {what} (no {CONFIG})")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(
+            f"{path} exists but is unreadable ({exc})" + (f"; {hint}" if hint else "")
+        ) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise RunDirError(f"{path} is not an rsp run config (no 'config' object)")
+    version = saved.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise RunDirError(f"{path} has an invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise RunDirError(
+            f"{run_dir} was written by a newer rsp (schema version {version}; this rsp reads up to "
+            f"{SCHEMA_VERSION}): upgrade rsp"
+        )
+    found = saved.get("kind")
+    if kind is not None and found != kind:
+        raise RunDirError(f"{run_dir} holds a {found!r} run, not {what}")
+    return RunConfig(kind=str(found), config=saved["config"], schema_version=version)
+
+
 def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
     """Create `out` or check it holds the same run. Returns True when resuming an existing run."""
     try:
@@ -39,20 +91,18 @@ def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
         raise RunDirError(f"cannot create output directory {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK):
         raise RunDirError(f"output directory {out} is not writable")
-    cfg_path = out / "config.json"
-    record = {"kind": kind, "config_hash": config_hash(config), "config": config}
+    cfg_path = out / CONFIG
+    record = {
+        "kind": kind,
+        "config_hash": config_hash(config),
+        "config": config,
+        "schema_version": SCHEMA_VERSION,
+    }
     if cfg_path.is_file():
-        try:
-            saved = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunDirError(
-                f"{cfg_path} exists but is unreadable ({exc}); use a new --out directory"
-            ) from None
-        if saved.get("kind") != kind:
-            raise RunDirError(
-                f"{out} holds a {saved.get('kind')!r} run, not {kind!r}; use a new --out directory"
-            )
-        old = saved.get("config", {})
+        saved = read_run_config(out, hint="use a new --out directory")
+        if saved.kind != kind:
+            raise RunDirError(f"{out} holds a {saved.kind!r} run, not {kind!r}; use a new --out directory")
+        old = saved.config
         if old != config:
             keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in keys)
@@ -69,24 +119,30 @@ def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
 
 
 def read_jsonl_records(path: Path, *, repair: bool = True) -> list[dict]:
-    """Read complete records; a torn final line (from a kill) is dropped and, with repair, cut off the file."""
+    """Complete records; a torn final line (from a kill) is dropped and, with repair, cut off the file."""
+    return [record for _, record in read_jsonl_lines(path, repair=repair)]
+
+
+def read_jsonl_lines(path: Path, *, repair: bool = True) -> list[tuple[int, dict]]:
+    """(line number, record) of each complete line, as `read_jsonl_records`; the numbers are for messages."""
     if not path.is_file():
         return []
     data = path.read_bytes()
-    records: list[dict] = []
+    records: list[tuple[int, dict]] = []
     good_end = 0
     pos = 0
+    lineno = 0
     while pos < len(data):
         nl = data.find(b"\n", pos)
         if nl < 0:
             break  # no newline: torn final line
+        lineno += 1
         line = data[pos:nl]
         if line.strip():
             try:
-                records.append(json.loads(line))
+                records.append((lineno, json.loads(line)))
             except json.JSONDecodeError:
                 if nl + 1 < len(data):  # a bad line followed by more data is corruption, not a torn tail
-                    lineno = data.count(b"\n", 0, pos) + 1
                     raise RunDirError(f"{path}: corrupt record on line {lineno}") from None
                 break
         pos = nl + 1
