@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rsp.cli import main
+from rsp.records import SampleRecord, append_samples
 from rsp.reporting import compare_runs, parse_arm, summarise
 
 
@@ -20,23 +21,30 @@ def _fake_run(path, method: str, correct_by_problem: dict[str, list[bool]], *, n
         "arith_max_value": 10,
         "split": "test",
     }
-    (path / "config.json").write_text(json.dumps({"kind": "eval", "config": config}))
-    with (path / "samples.jsonl").open("w") as f:
-        for pid, outcomes in correct_by_problem.items():
-            for a, ok in enumerate(outcomes):
-                f.write(
-                    json.dumps(
-                        {
-                            "problem_id": pid,
-                            "method": method,
-                            "attempt": a,
-                            "correct": ok,
-                            "extracted": "1" if ok else str(a + 2),
-                            "num_tokens": 5,
-                        }
-                    )
-                    + "\n"
-                )
+    (path / "config.json").write_text(json.dumps({"kind": "eval", "config": config}))  # schema version 0
+    append_samples(
+        path / "samples.jsonl",
+        [
+            SampleRecord(
+                problem_id=pid,
+                method=method,
+                attempt=a,
+                rsp_seed=None,
+                decode_seed=0,
+                prompt_hash="0" * 16,
+                completion="1" if ok else str(a + 2),
+                token_ids=[1, 2, 3, 4, 5],
+                num_tokens=5,
+                finish_reason="stop",
+                extracted="1" if ok else str(a + 2),
+                gold="1",
+                correct=ok,
+                grade_method="numeric",
+            )
+            for pid, outcomes in correct_by_problem.items()
+            for a, ok in enumerate(outcomes)
+        ],
+    )
 
 
 def test_compare_pairs_problems_across_runs(tmp_path):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rsp.metrics.passk import maj_at_k, pass_at_k
 from rsp.metrics.stats import bootstrap_ci, paired_comparison
-from rsp.runio import atomic_write_text, read_jsonl_records
+from rsp.records import read_eval_run
+from rsp.runio import atomic_write_text
 from rsp.tasks.grading import canonical_answer
 
 
@@ -20,11 +22,16 @@ def report_ks(n: int) -> list[int]:
     return ks if n in ks else [*ks, n]
 
 
+# Records are read by key (the fields of `rsp.records.SampleRecord`); a Mapping also admits the plain dicts
+# that callers derive from them (a sweep's replicated attempts, a comparison's relabelled arms).
+Record = Mapping[str, Any]
+
+
 def per_problem_table(
-    records: Sequence[dict], methods: Sequence[str], n: int
-) -> dict[str, dict[str, list[dict]]]:
+    records: Sequence[Record], methods: Sequence[str], n: int
+) -> dict[str, dict[str, list[Record]]]:
     """method -> problem_id -> records (only problems complete for every method, sorted by attempt)."""
-    table: dict[str, dict[str, list[dict]]] = {m: defaultdict(list) for m in methods}
+    table: dict[str, dict[str, list[Record]]] = {m: defaultdict(list) for m in methods}
     for r in records:
         if r["method"] in table:
             table[r["method"]][r["problem_id"]].append(r)
@@ -41,7 +48,7 @@ def per_problem_table(
     }
 
 
-def summarise(records: Sequence[dict], methods: Sequence[str], n: int, *, seed: int = 0) -> dict:
+def summarise(records: Sequence[Record], methods: Sequence[str], n: int, *, seed: int = 0) -> dict:
     """Per-method metrics with 95% bootstrap CIs over problems, and paired differences vs the first method."""
     table = per_problem_table(records, methods, n)
     pids = sorted(next(iter(table.values())).keys()) if table else []
@@ -111,7 +118,8 @@ def markdown_table(summary: dict) -> str:
         ]
         for m, vals in summary["paired"].items():
             cells = [
-                f"{vals[c]['mean']:+.3f} [{vals[c]['ci_low']:+.3f}, {vals[c]['ci_high']:+.3f}] p={vals[c]['p_value']:.2f}"
+                f"{vals[c]['mean']:+.3f} [{vals[c]['ci_low']:+.3f}, {vals[c]['ci_high']:+.3f}] "
+                f"p={vals[c]['p_value']:.2f}"
                 for c in pcols
             ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -152,7 +160,7 @@ def plot_passk(summary: dict, path: Path, title: str) -> None:
 
 
 def write_eval_report(
-    out: Path, records: Sequence[dict], config: dict, *, seconds: float | None = None
+    out: Path, records: Sequence[Record], config: dict, *, seconds: float | None = None
 ) -> dict:
     """Write summary.json, summary.md and passk.png into a run directory; return the summary."""
     methods = list(config["methods"])
@@ -163,13 +171,19 @@ def write_eval_report(
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     title = (
         f"{config['model']} on {config['task']} (T={config['temperature']}, "
-        f"RSP L={config['rsp_length']}, {config['position']})"
+        f"RSP L={config['rsp_length']}, {config.get('rsp_position', config.get('position'))})"
     )
     header = f"# Evaluation: {title}\n\n"
     atomic_write_text(out / "summary.md", header + markdown_table(summary) + "\n![pass@k](passk.png)\n")
     if summary.get("problems"):
         plot_passk(summary, out / "passk.png", title)
     return summary
+
+
+def report_run(run: Path) -> dict:
+    """`rsp report`: (re)write an eval run's summary from its config.json and samples; return the summary."""
+    saved, records = read_eval_run(run)
+    return write_eval_report(run, records, saved.config)
 
 
 def parse_arm(spec: str) -> tuple[str, Path, str]:
@@ -195,24 +209,18 @@ def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dic
     labels = [a[0] for a in arms]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--arm labels must be distinct, got {labels}")
-    merged: list[dict] = []
+    merged: list[Record] = []
     ns, tasks = set(), set()
     for label, run, method in arms:
-        cfg_path = run / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{run} is not an rsp eval run (no config.json)")
-        config = json.loads(cfg_path.read_text())["config"]
+        saved, records = read_eval_run(run)
+        config = saved.config
         if method not in config["methods"]:
             raise ValueError(f"{run} has no method {method!r} (it has {', '.join(config['methods'])})")
         ns.add(int(config["n"]))
         tasks.add(
             (config["task"], config.get("arith_steps"), config.get("arith_max_value"), config.get("split"))
         )
-        merged += [
-            {**r, "method": label}
-            for r in read_jsonl_records(run / "samples.jsonl", repair=False)
-            if r["method"] == method
-        ]
+        merged += [{**r, "method": label} for r in records if r["method"] == method]
     if len(ns) != 1 or len(tasks) != 1:
         raise ValueError(
             f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}; "

@@ -37,7 +37,8 @@ from rsp.engines.hf import HFEngine
 from rsp.evaluation import EvalConfig
 from rsp.methods import build_method
 from rsp.models.loading import LoadedModel, load_model
-from rsp.runio import atomic_write_text, read_jsonl_records
+from rsp.records import SampleRecord, read_eval_run
+from rsp.runio import atomic_write_text
 from rsp.tasks.prompts import PromptBuilder
 
 
@@ -69,14 +70,13 @@ def analyse_run(
     """Compute all metrics for a finished (or partial) eval run; returns a JSON-serialisable dict."""
     o = options or AnalysisOptions()
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "config.json").read_text())
-    cfg = EvalConfig.from_dict(saved["config"])
-    records = read_jsonl_records(run_dir / "samples.jsonl", repair=False)
+    saved, records = read_eval_run(run_dir)
+    cfg = EvalConfig.from_dict(saved.config)
     if not records:
         raise ValueError(f"{run_dir} has no samples to analyse")
     task = cfg.load_task()
     problems = {p.id: p for p in task.problems}
-    by_method: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    by_method: dict[str, dict[str, list[SampleRecord]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_method[r["method"]][r["problem_id"]].append(r)
     methods = [m for m in cfg.methods if m in by_method]
