@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,16 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 
 from rsp.core.seeds import derive_seed  # noqa: E402
-from rsp.integrations.lm_eval import RSPHFLM, TASKS_DIR, RSPArgumentError, request_seeds  # noqa: E402
+from rsp.integrations.lm_eval import (  # noqa: E402
+    RSPHFLM,
+    TASKS_DIR,
+    RSPArgumentError,
+    RSPSettings,
+    request_seeds,
+)
 from rsp.integrations.lm_eval_cli import with_rsp_tasks  # noqa: E402
 from rsp.integrations.lm_eval_samples import convert, read_samples, sample_completions, sample_seeds  # noqa: E402
+from rsp.methods import RSPConfig  # noqa: E402
 from rsp.metrics.passk import pass_at_k  # noqa: E402
 from rsp.tasks.grading import Grader  # noqa: E402
 
@@ -69,7 +77,7 @@ def responses(results: dict, task: str) -> list[list[str]]:
     ("arg", "named"),
     [
         ("rsp_length=-1", "rsp_length"),
-        ("rsp_method=bogus", "rsp_method"),
+        ("method=bogus", "method"),
         ("rsp_position=middle", "rsp_position"),
         ("rsp_lenght=4", "rsp_lenght"),
         ("rsp_scale=-0.5", "rsp_scale"),
@@ -78,6 +86,71 @@ def responses(results: dict, task: str) -> list[list[str]]:
 def test_bad_model_args_fail_before_loading_with_a_message_naming_the_argument(arg, named):
     with pytest.raises(RSPArgumentError, match=named):
         get_model("rsp-hf").create_from_arg_string(f"pretrained=/nonexistent/model,{arg}")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"rsp_seed": 5}, {"seed": 5}),
+        ({"rsp_method": "rsp-fixed"}, {"method": "rsp-fixed"}),
+        (
+            {
+                "rsp_method": "soft-prompt",
+                "rsp_soft_prompt": "sp.safetensors",
+                "rsp_soft_prompt_position": "x",
+            },
+            {"method": "soft-prompt", "soft_prompt": "sp.safetensors", "soft_prompt_position": "x"},
+        ),
+        ({"rsp_method": "embed-noise", "rsp_noise_alpha": 3}, {"method": "embed-noise", "noise_alpha": 3}),
+        ({"rsp_method": "rsp-scaled", "rsp_alpha": 2.0}, {"method": "rsp-scaled", "rsp_scale": 2.0}),
+    ],
+)
+def test_retired_model_args_still_work_with_a_warning_and_equal_the_glossary_names(old, new):
+    old_kwargs, new_kwargs = {"dtype": "float32", **old}, {"dtype": "float32", **new}
+    with pytest.warns(FutureWarning, match="deprecated"):
+        from_old = RSPSettings.pop_from(old_kwargs, "rsp-hf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_new = RSPSettings.pop_from(new_kwargs, "rsp-hf")
+    assert from_old == from_new
+    assert old_kwargs == new_kwargs == {"dtype": "float32"}  # the rest goes to the base model
+
+
+def test_model_args_build_the_librarys_rsp_config_and_the_base_seed():
+    kwargs = {
+        "rsp_length": "2",
+        "rsp_scale": "0.5",
+        "rsp_position": "prepend",
+        "method": "embed-noise",
+        "rsp_stats_rows": "tokens",
+        "rsp_stats_mean": "per_dim",
+        "noise_alpha": 5,
+        "seed": "7",
+        "batch_size": 4,
+    }
+    settings = RSPSettings.pop_from(kwargs, "rsp-hf")
+    assert settings.config == RSPConfig(
+        length=2,
+        scale=0.5,
+        position="prepend",
+        method="embed-noise",
+        stats_rows="tokens",
+        stats_mean="per_dim",
+        method_options={"noise_alpha": 5},
+    )
+    assert settings.seed == 7 and kwargs == {"batch_size": 4}
+    assert settings.info()["seed"] == 7 and settings.info()["method"] == "embed-noise"
+
+
+def test_rsp_vllm_reads_seed_and_leaves_it_for_vllm():
+    kwargs = {"seed": 3, "rsp_length": 2}
+    assert RSPSettings.pop_from(kwargs, "rsp-vllm", shared=("seed",)).seed == 3
+    assert kwargs == {"seed": 3}
+
+
+def test_a_setting_given_by_both_its_names_is_refused():
+    with pytest.warns(FutureWarning), pytest.raises(RSPArgumentError, match="give seed or rsp_seed"):
+        RSPSettings.pop_from({"seed": 1, "rsp_seed": 2}, "rsp-hf")
 
 
 def test_rsp_lm_eval_cli_reports_a_bad_model_arg_by_name(tmp_path):
@@ -190,7 +263,7 @@ def test_rsp_hf_greedy_completions_equal_rsp_generate_with_the_same_seeds(sharp_
     from rsp.generation import Generator, RSPConfig
     from rsp.tasks.prompts import tokenize_prompt
 
-    lm = _tiny(RSPHFLM, sharp_dir, rsp_length=3, rsp_seed=5)
+    lm = _tiny(RSPHFLM, sharp_dir, rsp_length=3, seed=5)
     questions = ["2+3?", "a longer question, 7*6?", "1?"]
     gen = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 8}
     reqs = [
@@ -266,7 +339,8 @@ def test_loglikelihood_requests_are_scored_under_their_documents_rsp(sharp_dir):
 # ---------------------------------------------------------------- SmolLM2, a real `rsp lm-eval` run
 @pytest.fixture(scope="module")
 def smol_run(tmp_path_factory):
-    """`rsp lm-eval` with rsp-hf on SmolLM2: 2 arithmetic problems x 4 repeats, 32 new tokens, logged samples."""
+    """`rsp lm-eval` with rsp-hf on SmolLM2: 2 arithmetic problems x 4 repeats, 32 new tokens, logged
+    samples."""
     base = tmp_path_factory.mktemp("lm-eval-smol")
     include = arith_variant(base / "tasks", "rsp_arith_r4", repeats=4, max_gen_toks=32)
     out = base / "out"
@@ -279,7 +353,7 @@ def smol_run(tmp_path_factory):
             "--model",
             "rsp-hf",
             "--model_args",
-            "pretrained=smollm2-135m-instruct,rsp_length=4,rsp_seed=0",
+            "pretrained=smollm2-135m-instruct,rsp_length=4,seed=0",
             "--device",
             "cpu",
             "--batch_size",
@@ -341,7 +415,7 @@ def test_shipped_task_pass_at_k_equals_rsp_pass_at_k_on_the_logged_samples(smol_
 
 @pytest.mark.real_model
 def test_rerun_with_the_same_seeds_through_the_python_route_logs_the_same_completions(smol_run):
-    lm = RSPHFLM(pretrained="smollm2-135m-instruct", rsp_length=4, rsp_seed=0, device="cpu", batch_size=8)
+    lm = RSPHFLM(pretrained="smollm2-135m-instruct", rsp_length=4, seed=0, device="cpu", batch_size=8)
     again = evaluate(lm, "rsp_arith_r4", smol_run["include"], 2)
     assert responses(again, "rsp_arith_r4") == [sample_completions(s) for s in smol_run["samples"]]
     logged = sorted(again["samples"]["rsp_arith_r4"], key=lambda s: s["doc_id"])

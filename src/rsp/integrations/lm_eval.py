@@ -4,7 +4,7 @@ Why a model and not a task: an RSP changes the model's input, not the prompt tex
 (generation with `repeats`, log-likelihood, multiple choice) runs with and without RSP by writing
 `--model rsp-hf` instead of `--model hf`, with lm-eval's own prompts, filters, metrics and logs.
 
-    rsp lm-eval --model rsp-hf --model_args pretrained=smollm2-135m-instruct,rsp_length=4,rsp_seed=0 \
+    rsp lm-eval --model rsp-hf --model_args pretrained=smollm2-135m-instruct,rsp_length=4,seed=0 \
                 --tasks rsp_arith --apply_chat_template --log_samples --output_path runs/lm-eval
     lm_eval.simple_evaluate(model=RSPHFLM(pretrained="smollm2-135m-instruct", rsp_length=4), tasks=[...])
 
@@ -13,10 +13,16 @@ How: `RSPHFLM` is lm-eval's `HFLM` with `rsp.attach` on its model. The L placeho
 context encoding of `_loglikelihood_tokens` for scoring) and the attach hook writes each row's vectors
 over them in the embedding layer; this module has no insertion code of its own.
 
-Seeds. Request r-th repeat of document d of task T uses `injection.seed_for(rsp_seed, key, r)`, where key
+Model arguments use docs/glossary.md's flat names: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
+`rsp_stats_rows`, `rsp_stats_mean`, `seed` (the base seed) and method options by their own names
+(`soft_prompt=FILE`, `noise_alpha=5`); the retired `rsp_seed`, `rsp_method`, `rsp_soft_prompt`, ... still
+work with a FutureWarning (`RETIRED_ARGS`).
+
+Seeds. Request r-th repeat of document d of task T uses `injection.seed_for(seed, key, r)`, where key
 is the document's `rsp_problem_id` (the shipped `rsp_*` tasks set it to rsp's problem id, so the RSPs
-equal those of `rsp eval --seed rsp_seed` for the same problem and attempt) or else `"T:d"`. Reruns
-therefore get the same RSPs; lm-eval's own `--seed` fixes the sampling.
+equal those of `rsp eval --seed SEED` for the same problem and attempt) or else `"T:d"`. Reruns
+therefore get the same RSPs; lm-eval's own `--seed` fixes rsp-hf's sampling (rsp-vllm passes `seed` on to
+vLLM as well, whose sampling it seeds).
 - generation: each of a `repeats: N` task's N copies is its own batch row with its own RSP (lm-eval hands
   the model the same request N times and nothing here merges them);
 - log-likelihood: one RSP per document and repeat, shared by that document's requests, so the choices
@@ -24,8 +30,9 @@ therefore get the same RSPs; lm-eval's own `--seed` fixes the sampling.
   cache is off while injecting (a shared forward would share one RSP across documents). Rolling
   log-likelihood (perplexity) has no prompt/answer boundary to insert at and is refused while injecting.
 Logged samples (`--log_samples`): every injected request's `arguments` gain a last element
-`{"rsp_seeds": [...], ...}`, one seed per repeat in `resps` order; `rsp.integrations.lm_eval_samples`
-turns such a file into an `rsp eval` run directory for `rsp report` / `rsp analyze`.
+`{"rsp_seeds": [...], "method": ..., "seed": ..., ...}`, one RSP seed per repeat in `resps` order;
+`rsp.integrations.lm_eval_samples` turns such a file into an `rsp eval` run directory for `rsp report` /
+`rsp analyze`.
 
 `rsp_length=0` (method `rsp`) attaches nothing: the model is then exactly lm-eval's `hf`.
 """
@@ -33,11 +40,12 @@ turns such a file into an `rsp eval` run directory for `rsp report` / `rsp analy
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 import torch
 from lm_eval.api.registry import model_registry, register_model
@@ -48,8 +56,9 @@ from rsp.attach import attach
 from rsp.core.injection import Injection
 from rsp.core.inputs import layout
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.core.stats import MeanMode, RowSelection
 from rsp.engines.hook import RSPHandle
-from rsp.methods import method_names
+from rsp.methods import RSPConfig, method_names, method_specs
 from rsp.models.loading import resolve_model_dir
 from rsp.models.packaged import PACKAGED_MODELS
 from rsp.tasks.prompts import tokenize_split
@@ -60,52 +69,86 @@ log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped offline task configs
 SEED_LOG_KEY = "rsp_seeds"
+STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
+STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
 
-# model_args that set a method-specific option (MethodOptions.extra), by their rsp name
-_METHOD_OPTION_ARGS = {
+# Retired model_args (FutureWarning until rsp 0.3) and what they are now: docs/glossary.md's flat names.
+RETIRED_ARGS = {
+    "rsp_seed": "seed",  # the base seed; in JSONL and the seed log `rsp_seed` is one attempt's seed
+    "rsp_method": "method",
     "rsp_soft_prompt": "soft_prompt",
     "rsp_soft_prompt_position": "soft_prompt_position",
     "rsp_noise_alpha": "noise_alpha",
-    "rsp_alpha": "alpha",
+    "rsp_alpha": "rsp_scale",  # rsp-scaled's scale (its method option was once called alpha)
+}
+# the RSPConfig fields set by flat model_args
+_FLAT = {
+    "rsp_length": "length",
+    "rsp_scale": "scale",
+    "rsp_position": "position",
+    "method": "method",
+    "rsp_stats_rows": "stats_rows",
+    "rsp_stats_mean": "stats_mean",
 }
 
 
+def method_option_args() -> set[str]:
+    """The method options a model_arg can set by its own name (`soft_prompt=FILE`, `noise_alpha=5`): every
+    option a registered method declares, except those spelt like a flat setting (rsp-scaled's `rsp_scale`
+    is the flat `rsp_scale` already)."""
+    keys = {o.key for m in method_specs() for o in m.options or ()}
+    return keys - set(_FLAT) - {"seed"}
+
+
 class RSPArgumentError(ValueError):
-    """A bad `rsp_*` model argument; the message names it (`rsp lm-eval` prints it without a traceback)."""
+    """A bad rsp model argument; the message names it (`rsp lm-eval` prints it without a traceback)."""
 
 
 @dataclass(frozen=True)
 class RSPSettings:
-    """The `rsp_*` model_args of `rsp-hf` / `rsp-vllm`, validated before any model is loaded."""
+    """The rsp model_args of `rsp-hf` / `rsp-vllm`, validated before any model is loaded: what is injected
+    (`config`, the library's `RSPConfig`) and the base seed every request's RSP seed derives from."""
 
-    length: int = 4
+    config: RSPConfig = field(default_factory=RSPConfig)
     seed: int = 0
-    scale: float = 1.0
-    position: str = "after_generation_prompt"
-    method: str = "rsp"
-    stats_rows: str = "all"
-    stats_mean: str = "scalar"
-    options: dict = field(default_factory=dict)
 
     @classmethod
-    def pop_from(cls, kwargs: dict[str, Any], model: str) -> RSPSettings:
-        """Remove every `rsp_*` key from `kwargs` (the rest are the base model's arguments); raise a
-        ValueError naming the argument when one is unknown or out of range."""
-        raw = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("rsp_")}
-        d = cls()
-        known = {
-            f"rsp_{f}" for f in ("length", "seed", "scale", "position", "method", "stats_rows", "stats_mean")
-        }
-        unknown = sorted(set(raw) - known - set(_METHOD_OPTION_ARGS))
+    def pop_from(cls, kwargs: dict[str, Any], model: str, *, shared: Sequence[str] = ()) -> RSPSettings:
+        """Remove the rsp model_args from `kwargs` (the rest are the base model's arguments) and raise an
+        `RSPArgumentError` naming the argument when one is unknown or out of range. Names in `shared` are
+        read but left in `kwargs`, for the base model too (rsp-vllm: `seed` is also vLLM's seed).
+
+        The names are the glossary's flat ones: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
+        `rsp_stats_rows`, `rsp_stats_mean`, `seed`, and method options by their own names (`soft_prompt`,
+        ...); the retired `rsp_seed`, `rsp_method`, `rsp_soft_prompt`, ... (`RETIRED_ARGS`) still work with a
+        FutureWarning."""
+        options_known = method_option_args()
+        known = set(_FLAT) | {"seed"} | options_known
+        raw: dict[str, Any] = {}
+        for key in list(kwargs):
+            if key in RETIRED_ARGS:
+                new = RETIRED_ARGS[key]
+                warnings.warn(
+                    f"{model}: model_arg {key} is deprecated and will be removed in rsp 0.3; use {new}",
+                    FutureWarning,
+                    stacklevel=3,
+                )
+                if new in kwargs or new in raw:
+                    raise RSPArgumentError(f"{model}: give {new} or {key} (its retired name), not both")
+                raw[new] = kwargs.pop(key)
+            elif key.startswith("rsp_") or key in known:
+                raw[key] = kwargs[key] if key in shared else kwargs.pop(key)
+        unknown = sorted(k for k in raw if k not in known)
         if unknown:
             raise RSPArgumentError(
                 f"{model}: unknown model_args {', '.join(unknown)}; rsp arguments are "
-                f"{', '.join(sorted(known | set(_METHOD_OPTION_ARGS)))}"
+                f"{', '.join(sorted(known))}"
             )
+        d = RSPConfig()
         length = _integer(raw.get("rsp_length", d.length), "rsp_length", model)
         if length < 0:
             raise RSPArgumentError(f"{model}: rsp_length must be >= 0 (0 = no injection), got {length}")
-        seed = _integer(raw.get("rsp_seed", d.seed), "rsp_seed", model)
+        seed = _integer(raw.get("seed", 0), "seed", model)
         try:
             scale = float(raw.get("rsp_scale", d.scale))
         except (TypeError, ValueError):
@@ -117,42 +160,69 @@ class RSPSettings:
             raise RSPArgumentError(
                 f"{model}: rsp_position must be one of {', '.join(INSERTION_POINTS)}, got {position!r}"
             )
-        method = str(raw.get("rsp_method", d.method))
+        method = str(raw.get("method", d.method))
         if method not in method_names():
             raise RSPArgumentError(
-                f"{model}: rsp_method {method!r} is unknown; known methods: {', '.join(method_names())}"
+                f"{model}: method {method!r} is unknown; known methods: {', '.join(method_names())}"
             )
         stats_rows = str(raw.get("rsp_stats_rows", d.stats_rows))
-        if stats_rows not in ("all", "tokens"):
-            raise RSPArgumentError(f"{model}: rsp_stats_rows must be 'all' or 'tokens', got {stats_rows!r}")
-        stats_mean = str(raw.get("rsp_stats_mean", d.stats_mean))
-        if stats_mean not in ("scalar", "per_dim"):
+        if stats_rows not in STATS_ROWS:
             raise RSPArgumentError(
-                f"{model}: rsp_stats_mean must be 'scalar' or 'per_dim', got {stats_mean!r}"
+                f"{model}: rsp_stats_rows must be one of {', '.join(STATS_ROWS)}, got {stats_rows!r}"
             )
-        options = {opt: raw[arg] for arg, opt in _METHOD_OPTION_ARGS.items() if arg in raw}
-        if method == "soft-prompt" and "soft_prompt" not in options:
+        stats_mean = str(raw.get("rsp_stats_mean", d.stats_mean))
+        if stats_mean not in STATS_MEANS:
             raise RSPArgumentError(
-                f"{model}: rsp_method=soft-prompt needs rsp_soft_prompt=FILE (a file from "
+                f"{model}: rsp_stats_mean must be one of {', '.join(STATS_MEANS)}, got {stats_mean!r}"
+            )
+        options = {key: value for key, value in raw.items() if key in options_known}
+        config = RSPConfig(
+            length=length,
+            scale=scale,
+            position=position,
+            method=method,
+            stats_rows=stats_rows,
+            stats_mean=stats_mean,
+            method_options=options,
+        )
+        if config.method == "soft-prompt" and "soft_prompt" not in options:
+            raise RSPArgumentError(
+                f"{model}: method=soft-prompt needs soft_prompt=FILE (a file from "
                 "`rsp train-soft-prompt` or a PEFT prompt-tuning adapter)"
             )
-        return cls(length, seed, scale, position, method, stats_rows, stats_mean, options)
+        return cls(config, seed)
 
     @property
     def trivially_off(self) -> bool:
         """Settings under which nothing can be injected, so no hook is attached at all."""
-        return self.method in ("temperature", "none") or (self.method == "rsp" and self.length == 0)
+        c = self.config
+        return c.method in ("temperature", "none") or (c.method == "rsp" and c.length == 0)
 
     def attach_options(self) -> dict[str, Any]:
+        c = self.config
         return {
-            "length": self.length,
+            "length": c.length,
             "seed": self.seed,
-            "position": self.position,
-            "scale": self.scale,
-            "method": self.method,
-            "stats_rows": self.stats_rows,
-            "stats_mean": self.stats_mean,
-            **self.options,
+            "position": c.position,
+            "scale": c.scale,
+            "method": c.method,
+            "stats_rows": c.stats_rows,
+            "stats_mean": c.stats_mean,
+            **c.method_options,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
+        c = self.config
+        return {
+            "method": c.method,
+            "rsp_length": c.length,
+            "rsp_scale": c.scale,
+            "rsp_position": c.position,
+            "rsp_stats_rows": c.stats_rows,
+            "rsp_stats_mean": c.stats_mean,
+            "seed": self.seed,
+            **c.method_options,
         }
 
 
@@ -216,11 +286,11 @@ def log_seeds(
             args = args[:-1]  # the same request run again: replace, never stack
         info = {
             SEED_LOG_KEY: req_seeds,
-            "rsp_method": settings.method,
+            "method": settings.config.method,
             "rsp_length": injection.length,
             "rsp_position": injection.position,
-            "rsp_scale": settings.scale,
-            "rsp_seed": settings.seed,
+            "rsp_scale": settings.config.scale,
+            "seed": settings.seed,
         }
         req.arguments = (*args, info)
 
@@ -304,15 +374,15 @@ class RSPRequestsMixin:
 class RSPHFLM(RSPRequestsMixin, HFLM):
     """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`); see the module docstring.
 
-    Model arguments: every `HFLM` argument, plus `rsp_length` [4], `rsp_seed` [0], `rsp_scale` [1.0],
-    `rsp_position` [after_generation_prompt | end_of_user_turn | prepend], `rsp_method` [rsp, or a control:
-    `rsp methods`], `rsp_stats_rows`, `rsp_stats_mean`, and method options `rsp_soft_prompt=FILE`,
-    `rsp_soft_prompt_position`, `rsp_noise_alpha`, `rsp_alpha`. `pretrained` also takes rsp's packaged
-    names (`smollm2-135m-instruct`, `gemma3-270m`) and `.gguf` files.
+    Model arguments: every `HFLM` argument, plus `rsp_length` [4], `seed` [0] (the base seed), `rsp_scale`
+    [1.0], `rsp_position` [after_generation_prompt | end_of_user_turn | prepend], `method` [rsp, or a control:
+    `rsp methods`], `rsp_stats_rows`, `rsp_stats_mean`, and method options by their names (`soft_prompt=FILE`,
+    `soft_prompt_position`, `noise_alpha`). `pretrained` also takes rsp's packaged names
+    (`smollm2-135m-instruct`, `gemma3-270m`) and `.gguf` files.
     """
 
     def __init__(self, pretrained: Any = "smollm2-135m-instruct", **kwargs: Any) -> None:
-        settings = RSPSettings.pop_from(kwargs, "rsp-hf")  # fail on bad rsp_* arguments before loading
+        settings = RSPSettings.pop_from(kwargs, "rsp-hf")  # fail on bad rsp arguments before loading
         super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
         self.rsp_settings = settings
         self.rsp_handle: RSPHandle | None = None
@@ -346,9 +416,10 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         return int(pad) if pad is not None else self.rsp_handle.lm.pad_token_id  # type: ignore[union-attr]
 
     def _layout(self, prompts: Sequence[PromptTokens]):
+        assert self.rsp_handle is not None
         return layout(
             prompts, self.rsp_injection, pad_id=self._pad_id(), placeholder_id=self.rsp_handle.placeholder_id
-        )  # type: ignore[union-attr]
+        )
 
     def _prompt_tokens(self, text: str, add_special_tokens: bool) -> PromptTokens:
         """lm-eval's tokenisation of one context, with the end of the user's turn marked (chat prompts
@@ -381,7 +452,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
             keep = max(1, left_truncate_len - self.rsp_injection.length)
             prompts = [_truncate_left(p, keep) for p in prompts]
         batch = self._layout(prompts)
-        self._batch_seeds = list(seeds)
+        self._batch_seeds = cast("list[int | None]", seeds)
         return batch.input_ids, batch.attention_mask
 
     def _model_generate(
@@ -403,7 +474,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         self._ll_seeds = seeds
         try:
             plain = [_Request(request_args(r), getattr(r, "task_name", None)) for r in requests]
-            out = super().loglikelihood(plain, disable_tqdm=disable_tqdm)  # type: ignore[arg-type]
+            out = super().loglikelihood(plain, disable_tqdm=disable_tqdm)
         finally:
             self._ll_seeds = None
         log_seeds(requests, seeds, self.rsp_settings, self.rsp_injection)
@@ -412,8 +483,8 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
         if self.injecting:
             raise NotImplementedError(
-                "rsp-hf: rolling log-likelihood (perplexity tasks) has no prompt/answer boundary to insert an RSP "
-                "at; run such tasks with rsp_length=0 or --model hf"
+                "rsp-hf: rolling log-likelihood (perplexity tasks) has no prompt/answer boundary to insert "
+                "an RSP at; run such tasks with rsp_length=0 or --model hf"
             )
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
@@ -426,8 +497,8 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         if len(seeds) != len(requests):
             raise RuntimeError(f"rsp-hf: {len(requests)} scoring requests but {len(seeds)} RSP seeds")
         slotted = [(strs, self._slot_context(strs[0], ctx), cont) for strs, ctx, cont in requests]
-        # HFLM scores them sorted by (-length, tokens), stably, in batches (logits cache off): queue each row's
-        # seed in that order; _model_call checks every row against its queued tokens.
+        # HFLM scores them sorted by (-length, tokens), stably, in batches (logits cache off): queue each
+        # row's seed in that order; _model_call checks every row against its queued tokens.
         order = sorted(
             range(len(slotted)),
             key=lambda i: (-len(slotted[i][1] + slotted[i][2]), tuple(slotted[i][1] + slotted[i][2])),
@@ -435,7 +506,8 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         self._ll_queue = deque(
             ((slotted[i][1] + slotted[i][2])[-(self.max_length + 1) :][:-1], seeds[i]) for i in order
         )
-        cache, self.logits_cache = self.logits_cache, False
+        cache: bool = self.logits_cache  # type: ignore[has-type]
+        self.logits_cache = False
         try:
             result = super()._loglikelihood_tokens(
                 slotted, disable_tqdm=disable_tqdm, override_bs=override_bs
@@ -487,12 +559,12 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
     # ------------------------------------------------------------------ results
     def get_model_info(self) -> dict:
         info = super().get_model_info()
-        rsp = asdict(self.rsp_settings)
+        rsp = self.rsp_settings.info()
         rsp["injecting"] = self.injecting
         if self.rsp_handle is not None:
             rsp.update(
-                length=self.rsp_injection.length,
-                position=self.rsp_injection.position,
+                rsp_length=self.rsp_injection.length,
+                rsp_position=self.rsp_injection.position,
                 placeholder_id=self.rsp_handle.placeholder_id,
             )
         info["rsp"] = rsp

@@ -119,18 +119,22 @@ def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) 
     return records
 
 
+# keys of the seed log written before the glossary's names (there `rsp_seed` was the base seed)
+_OLD_LOG_KEYS = {"rsp_method": "method", "rsp_seed": "seed"}
+
+
 def _injection_settings(arms: dict[str, list[dict]]) -> dict:
-    """rsp_length / position / scale / seed shared by the injected arms (rsp eval has one of each per run)."""
+    """rsp_length / rsp_position / rsp_scale / seed shared by the injected arms (rsp eval has one of each
+    per run)."""
     found: dict[str, set] = {}
     for method, samples in arms.items():
         info = next((rsp_info(s) for s in samples if rsp_info(s)), None)
         if info is None:
             continue
-        if info.get("rsp_method") not in (None, method):
-            raise ValueError(
-                f"arm {method!r} was run with rsp_method={info['rsp_method']}: name the arm after it"
-            )
-        for key in ("rsp_length", "rsp_position", "rsp_scale", "rsp_seed"):
+        info = {_OLD_LOG_KEYS.get(k, k): v for k, v in info.items()}
+        if info.get("method") not in (None, method):
+            raise ValueError(f"arm {method!r} was run with method={info['method']}: name the arm after it")
+        for key in ("rsp_length", "rsp_position", "rsp_scale", "seed"):
             found.setdefault(key, set()).add(info.get(key))
     for key, values in found.items():
         if len(values) > 1:
@@ -185,7 +189,7 @@ def convert(
         methods=tuple(loaded),
         rsp_length=int(inj.get("rsp_length", 4)),
         rsp_scale=float(inj.get("rsp_scale", 1.0)),
-        position=str(inj.get("rsp_position", "after_generation_prompt")),
+        rsp_position=str(inj.get("rsp_position", "after_generation_prompt")),
         seed=0,
         temperature=float(gen.get("temperature", 0.0)) if gen.get("do_sample", True) else 0.0,
         max_new_tokens=int(gen.get("max_gen_toks", 256)),

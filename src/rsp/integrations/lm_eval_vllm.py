@@ -26,7 +26,7 @@ from rsp.integrations.lm_eval import (
     injects,
     resolve_pretrained,
 )
-from rsp.methods import MethodOptions, build_method
+from rsp.methods import build_method
 
 __all__ = ["RSPVLLM"]
 
@@ -45,14 +45,14 @@ def _lm_eval_vllm_module():
     def version(name: str) -> str:
         return cpu_version if name == "vllm" else real(name)
 
-    metadata.version = version  # type: ignore[assignment]
+    metadata.version = version
     try:
         return importlib.import_module("lm_eval.models.vllm_causallms")
     finally:
-        metadata.version = real  # type: ignore[assignment]
+        metadata.version = real
 
 
-VLLM = _lm_eval_vllm_module().VLLM
+VLLM: Any = _lm_eval_vllm_module().VLLM
 
 
 class _SeededIds(list):
@@ -65,11 +65,13 @@ class _SeededIds(list):
 class RSPVLLM(RSPRequestsMixin, VLLM):
     """lm-eval's `VLLM` with one prompt-embeddings request, and its own RSP, per generation request.
 
-    Model arguments: every lm-eval `vllm` argument plus the `rsp_*` arguments of `rsp-hf`.
+    Model arguments: every lm-eval `vllm` argument plus the rsp arguments of `rsp-hf`; `seed`, the base
+    seed of the RSP seeds, is also passed on as vLLM's own seed (lm-eval's `vllm` default, 1234, is kept
+    when it is not given).
     """
 
     def __init__(self, pretrained: str = "smollm2-135m-instruct", **kwargs: Any) -> None:
-        settings = RSPSettings.pop_from(kwargs, "rsp-vllm")
+        settings = RSPSettings.pop_from(kwargs, "rsp-vllm", shared=("seed",))  # `seed` seeds vLLM too
         pretrained = resolve_pretrained(pretrained)
         if not settings.trivially_off:
             kwargs.setdefault("enable_prompt_embeds", True)
@@ -90,15 +92,7 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
         from rsp.models.embeddings import load_embedding_model
 
         self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
-        options = MethodOptions(
-            settings.length,
-            settings.scale,
-            settings.position,
-            settings.stats_rows,
-            settings.stats_mean,
-            dict(settings.options),
-        )
-        injection = build_method(settings.method, self._rsp_lm, options)
+        injection = build_method(settings.config.method, self._rsp_lm, settings.config)  # type: ignore[arg-type]
         if injects(injection):
             self.rsp_injection = injection
             self._prompt_mode = resolve_prompt_mode("auto")
