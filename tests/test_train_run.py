@@ -1,5 +1,5 @@
-"""`rsp train` runs: resume after a kill repeats the uninterrupted run, config mismatch is refused, flags parse,
-and a checkpoint that would run code when unpickled is refused before anything of it runs."""
+"""`rsp train` runs: resume after a kill repeats the uninterrupted run, config mismatch is refused, flags
+parse, and a checkpoint that would run code when unpickled is refused before anything of it runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from conftest import TinyTokenizer, build_tiny_llama
 
 from rsp.models import wrap_model
+from rsp.records import read_rollouts
 from rsp.runio import RunDirError
 from rsp.train.cli import config_from_args, register
 from rsp.train.config import DAPOConfig
@@ -67,11 +68,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7, nan_ok=True), k
     assert (tmp_path / "split" / "curves.png").stat().st_size > 0
-    rollouts = [json.loads(line) for line in (tmp_path / "split" / "rollouts.jsonl").read_text().splitlines()]
-    full_rollouts = [
-        json.loads(line) for line in (tmp_path / "full" / "rollouts.jsonl").read_text().splitlines()
-    ]
-    assert rollouts == full_rollouts and sorted({r["step"] for r in rollouts}) == [1, 2, 3]
+    # Rollouts read back through the typed schema; the resumed run's file is byte-identical to the full run's.
+    rollouts = read_rollouts(tmp_path / "split" / "rollouts.jsonl")
+    assert rollouts == read_rollouts(tmp_path / "full" / "rollouts.jsonl")
+    assert sorted({r["step"] for r in rollouts}) == [1, 2, 3]
+    assert (tmp_path / "split" / "rollouts.jsonl").read_bytes() == (
+        tmp_path / "full" / "rollouts.jsonl"
+    ).read_bytes()
     assert (tmp_path / "full" / "adapter" / "adapter_config.json").is_file()
 
     with pytest.raises(RunDirError, match="different settings.*steps"):
@@ -128,7 +131,7 @@ def test_merged_model_directory_loads_with_the_trained_weights(tmp_path, tiny_mo
 
 
 class _RunsCode:
-    """Unpickling this calls Path.write_text: what a crafted checkpoint in a downloaded run directory could do."""
+    """Unpickling this calls Path.write_text: what a crafted checkpoint in a downloaded run could do."""
 
     def __init__(self, marker) -> None:
         self.marker = marker

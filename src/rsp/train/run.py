@@ -11,14 +11,22 @@ import math
 import os
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from rsp.models.loading import LoadedModel
-from rsp.runio import JsonlAppender, RunDirError, atomic_write_text, prepare_run_dir, read_jsonl_records
+from rsp.records import ROLLOUTS, RolloutRecord, append_rollouts, read_rollouts, write_rollouts
+from rsp.runio import (
+    JsonlAppender,
+    RunDirError,
+    atomic_write_text,
+    prepare_run_dir,
+    read_jsonl_records,
+    read_run_config,
+)
 from rsp.train.config import DAPOConfig
 from rsp.train.dapo import DAPOTrainer, RewardFn
 
@@ -35,7 +43,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A native checkpoint (tensors, numbers, strings, lists, dicts), refusing anything that needs a full unpickle.
+    """A native checkpoint (tensors, numbers, strings, lists, dicts), refusing what needs a full unpickle.
 
     `weights_only=True` makes torch's unpickler reject every global outside its allowlist before calling it,
     so a crafted file (e.g. an object whose `__reduce__` runs a command) is refused and nothing of it runs.
@@ -134,7 +142,7 @@ def train(
                 close()
     trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=builder.stop_strings)
     metrics_path = out / "metrics.jsonl"
-    rollouts_path = out / "rollouts.jsonl"
+    rollouts_path = out / ROLLOUTS
     ckpt = latest_checkpoint(out) if resuming else None
     records = []
     if ckpt is not None:
@@ -142,19 +150,19 @@ def train(
         # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
         records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-        kept_rollouts = [r for r in read_jsonl_records(rollouts_path) if r["step"] <= trainer.step]
-        atomic_write_text(rollouts_path, "".join(json.dumps(r) + "\n" for r in kept_rollouts))
+        version = read_run_config(out, kind="train").schema_version
+        rollouts = read_rollouts(rollouts_path, repair=True, version=version)
+        write_rollouts(rollouts_path, [r for r in rollouts if r["step"] <= trainer.step])
     else:
         for path in (metrics_path, rollouts_path):
             path.unlink(missing_ok=True)
     log = JsonlAppender(metrics_path)
-    rollout_log = JsonlAppender(rollouts_path)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     try:
         with tqdm(total=cfg.steps, initial=trainer.step, desc="rsp-dapo", disable=not progress) as bar:
             while trainer.step < end:
                 m = trainer.train_step()
-                rollout_log.append(rollout_records(trainer, m["step"]))
+                append_rollouts(rollouts_path, rollout_records(trainer, m["step"]))
                 log.append([m])
                 records.append(m)
                 bar.update(1)
@@ -190,21 +198,21 @@ def write_merged(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(str(path))
 
 
-def rollout_records(trainer: DAPOTrainer, step: int) -> list[dict]:
+def rollout_records(trainer: DAPOTrainer, step: int) -> list[RolloutRecord]:
     """One record per rollout; `rsp_seed` rebuilds its RSP exactly (`injection.rows([rsp_seed])`)."""
     return [
-        {
-            "step": step,
-            "problem_id": r.problem_id,
-            "rsp_seed": r.rsp_seed,
-            "completion": r.text,
-            "token_ids": list(r.token_ids),
-            "finish_reason": r.finish_reason,
-            "correct": r.correct,
-            "reward": r.reward,
-            "advantage": r.advantage,
-            "kept": kept,
-        }
+        RolloutRecord(
+            step=step,
+            problem_id=r.problem_id,
+            rsp_seed=r.rsp_seed,
+            completion=r.text,
+            token_ids=list(r.token_ids),
+            finish_reason=r.finish_reason,
+            correct=r.correct,
+            reward=r.reward,
+            advantage=r.advantage,
+            kept=kept,
+        )
         for r, kept in zip(trainer.last_rollouts, trainer.last_kept, strict=True)
     ]
 
@@ -241,11 +249,11 @@ def plot_curves(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def process_device(device: str, env: dict | None = None) -> str:
-    """Under `accelerate launch`/torchrun each process loads onto its own GPU (LOCAL_RANK), not all onto cuda:0."""
-    env = os.environ if env is None else env
-    if device == "cuda" and "LOCAL_RANK" in env:
-        return f"cuda:{int(env['LOCAL_RANK'])}"
+def process_device(device: str, env: Mapping[str, str] | None = None) -> str:
+    """Under `accelerate launch`/torchrun each process loads onto its own GPU (LOCAL_RANK), not all cuda:0."""
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if device == "cuda" and "LOCAL_RANK" in environ:
+        return f"cuda:{int(environ['LOCAL_RANK'])}"
     return device
 
 
@@ -334,8 +342,8 @@ def train_with_trl(
     if finished and save_merged:
         if trainer.accelerator.num_processes > 1:
             print(
-                "rsp train: --save-merged is skipped under multi-process training; merge OUT/adapter into the "
-                "base model afterwards in one process",
+                "rsp train: --save-merged is skipped under multi-process training; merge OUT/adapter into "
+                "the base model afterwards in one process",
                 file=sys.stderr,
             )
         else:
