@@ -22,7 +22,7 @@ from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import HFEngine, SamplingConfig
 from rsp.engines.hook import ban_token_in_logits
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import LoadedModel, input_embeddings
 from rsp.tasks.base import Problem
 from rsp.train.config import DAPOConfig
 
@@ -166,7 +166,7 @@ def dapo_loss(
 
 
 class DataCursor:
-    """An endless, seeded stream of problem indices (a fresh permutation each epoch), resumable by position."""
+    """An endless, seeded stream of problem indices (a new permutation each epoch), resumable by position."""
 
     def __init__(self, n: int, seed: int, position: int = 0) -> None:
         self.n, self.seed, self.position = n, seed, position
@@ -215,7 +215,7 @@ class DAPOTrainer:
             )
             # get_peft_model injects the adapters into lm.model in place, so lm.model.generate uses them.
         else:
-            lm.model.get_input_embeddings().weight.requires_grad_(False)
+            input_embeddings(lm.model).weight.requires_grad_(False)
         self.ref_model = None
         if cfg.beta > 0 and not cfg.lora:
             import copy
@@ -265,14 +265,14 @@ class DAPOTrainer:
         return group
 
     def _stopped_by_token(self, c) -> bool:
-        """True when generation ended on a stop token rather than on a stop string (which leaves tokens intact)."""
+        """True when generation ended on a stop token, not on a stop string (which leaves tokens intact)."""
         if not self.stop_strings:
             return True
         full = self.lm.tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
         return full == c.text
 
     def sample_batch(self, step: int) -> SampledBatch:
-        """Dynamic sampling: drop groups whose correctness is all equal; refill with extra rounds (bounded)."""
+        """Dynamic sampling: drop groups whose correctness is all equal; refill in extra rounds (bounded)."""
         cfg = self.cfg
         kept: list[list[Rollout]] = []
         everything: list[Rollout] = []
