@@ -142,10 +142,7 @@ def test_serve_rsp_config_carries_the_injection_defaults():
     (cfg,) = serve_cli.parse(["--method", "rsp-fixed", "--rsp-length", "2", "--method-option", "x=1"])
     rsp = cfg.rsp_config()
     assert (rsp.method, rsp.length, rsp.position) == ("rsp-fixed", 2, "after_generation_prompt")
-    options = getattr(rsp, "options", None)
-    if not isinstance(options, dict):
-        options = rsp.method_options
-    assert options == {"x": 1}
+    assert rsp.method_options == {"x": 1}
 
 
 @pytest.mark.parametrize(

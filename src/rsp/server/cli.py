@@ -14,12 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 from rsp.config import RSPArgumentParser, field_label, option
 from rsp.core.insert import INSERTION_POINTS
 from rsp.core.stats import MeanMode, RowSelection
 from rsp.engines import ENGINE_NAMES
+from rsp.methods import RSPConfig, method_names
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -127,8 +128,6 @@ class ServeCommandConfig:
     max_connections: int = option(1024, "concurrent connections before new ones get 503", group=_SERVER)
 
     def validate(self) -> ServeCommandConfig:
-        from rsp.methods import method_names
-
         def need(ok: bool, name: str, msg: str) -> None:
             if not ok:
                 raise ValueError(f"{field_label(name)} {msg}")
@@ -162,16 +161,16 @@ class ServeCommandConfig:
             need(self.engine == "vllm" or getattr(self, name) == 1, name, "applies to --engine vllm only")
         return self
 
-    def rsp_config(self) -> Any:
+    def rsp_config(self) -> RSPConfig:
         """The injection of requests without an `rsp` field (the front door's `RSPConfig`)."""
-        return rsp_config(
+        return RSPConfig(
             length=self.rsp_length,
             scale=self.rsp_scale,
             position=self.rsp_position,
             method=self.method,
             stats_rows=self.rsp_stats_rows,
             stats_mean=self.rsp_stats_mean,
-            method_options=self.method_options,
+            method_options=dict(self.method_options),
         )
 
     def engine_options(self) -> dict:
@@ -182,17 +181,6 @@ class ServeCommandConfig:
             "tensor_parallel_size": self.tensor_parallel_size,
             "data_parallel_size": self.data_parallel_size,
         }
-
-
-def rsp_config(*, method_options: dict, **settings: Any) -> Any:
-    """`rsp.generation.RSPConfig` from its nested settings and `method_options` (the field was once
-    called `options`; this accepts either spelling of the class)."""
-    from rsp.generation import RSPConfig
-
-    names = {f.name for f in dataclasses.fields(RSPConfig)}
-    key = "method_options" if "method_options" in names else "options"
-    settings[key] = dict(method_options)
-    return RSPConfig(**settings)
 
 
 def build_parser() -> RSPArgumentParser:
