@@ -132,7 +132,7 @@ def test_train_step_changes_lora_weights_but_not_base(tiny_lm):
 
 
 def test_config_validation_and_roundtrip(tmp_path):
-    with pytest.raises(DAPOConfigError, match="group_size must be >= 2"):
+    with pytest.raises(DAPOConfigError, match=r"group_size \(--group-size\) must be >= 2"):
         DAPOConfig(group_size=1).validate()
     with pytest.raises(DAPOConfigError, match="overlong_buffer"):
         DAPOConfig(max_new_tokens=8, overlong_buffer=8).validate()
