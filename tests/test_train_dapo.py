@@ -1,4 +1,4 @@
-"""RSP-DAPO core: importance-ratio identity with the stored RSP, dynamic sampling, overlong shaping, LoRA update."""
+"""RSP-DAPO core: ratio identity with the stored RSP, dynamic sampling, overlong shaping, LoRA update."""
 
 from __future__ import annotations
 

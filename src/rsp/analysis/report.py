@@ -132,7 +132,8 @@ def write_report(result: dict, out: Path, command: str | None = None) -> Path:
         "",
         f"{result['problems']} problems x {cfg['n']} attempts per method; "
         f"methods {', '.join(result['methods'])}; "
-        f"RSP L={cfg['rsp_length']} at `{cfg.get('rsp_position', cfg.get('position'))}`, scale {cfg['rsp_scale']}; sampling temperature "
+        f"RSP L={cfg['rsp_length']} at `{cfg.get('rsp_position', cfg.get('position'))}`, "
+        f"scale {cfg['rsp_scale']}; sampling temperature "
         f"{cfg['temperature']}; K={result['k']} positions.",
         "",
     ]
