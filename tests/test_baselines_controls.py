@@ -171,7 +171,9 @@ def test_soft_prompt_errors_are_specific(tiny_lm, tmp_path):
     save_soft_prompt(tmp_path / "wide.safetensors", torch.zeros(2, 32), "prepend", {})
     with pytest.raises(ValueError, match="hidden size 32"):
         build_method(
-            "soft-prompt", tiny_lm, RSPConfig(method_options={"soft_prompt": str(tmp_path / "wide.safetensors")})
+            "soft-prompt",
+            tiny_lm,
+            RSPConfig(method_options={"soft_prompt": str(tmp_path / "wide.safetensors")}),
         )
     with pytest.raises(FileNotFoundError):
         build_method(
