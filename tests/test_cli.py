@@ -194,3 +194,24 @@ def test_top_level_help_lists_every_command():
     assert proc.returncode == 0
     for name in COMMANDS:
         assert name in proc.stdout
+
+
+def test_the_retired_method_none_is_recorded_as_temperature():
+    with pytest.warns(FutureWarning, match="method 'none'"):
+        cfg = EvalConfig(methods=("none", "rsp"))
+    assert cfg.methods == ("temperature", "rsp")
+    with pytest.warns(FutureWarning):
+        assert EvalConfig.from_dict({"methods": ["none"]}).methods == ("temperature",)
+
+
+def test_print_config_of_a_command_with_excluded_fields_reads_back(tmp_path, capsys):
+    from rsp.baselines.cli import build_sweep_parser
+
+    argv = ["--methods", "rsp", "--rsp-lengths", "1,4", "--out", "o"]
+    with pytest.raises(SystemExit):
+        build_sweep_parser().parse([*argv, "--print-config"])
+    text = capsys.readouterr().out
+    assert "rsp_length:" not in text.replace("rsp_lengths:", "")  # the grid sets it, not the file
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    assert build_sweep_parser().parse(["--config", str(path)]) == build_sweep_parser().parse(argv)

@@ -301,7 +301,7 @@ class RSPArgumentParser(HfArgumentParser):
         ns = self.parse_args(argv)
         outputs = self._build(vars(ns))
         if ns.print_config:
-            print(config_yaml(*outputs), end="")
+            print(config_yaml(*outputs, exclude=self._exclude), end="")
             raise SystemExit(0)
         return outputs
 
@@ -366,19 +366,23 @@ class _DeprecatedKeyValue(_AppendKeyValue):
         super().__call__(parser, namespace, values, option_string)
 
 
-def config_dict(*configs: Any) -> dict[str, Any]:
-    """The fields of one or more config dataclasses as one plain mapping (tuples as lists)."""
+def config_dict(*configs: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of one or more config dataclasses as one plain mapping (tuples as lists), leaving out
+    `exclude` (fields that are not settings of the command, e.g. what a sweep's grid sets)."""
+    skip = set(exclude)
     out: dict[str, Any] = {}
     for cfg in configs:
         for f in dataclasses.fields(cfg):
+            if f.name in skip:
+                continue
             value = getattr(cfg, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
 
-def config_yaml(*configs: Any) -> str:
+def config_yaml(*configs: Any, exclude: Iterable[str] = ()) -> str:
     """The resolved settings as YAML that `--config` reads back."""
-    return yaml.safe_dump(config_dict(*configs), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(config_dict(*configs, exclude=exclude), sort_keys=False, default_flow_style=None)
 
 
 @dataclasses.dataclass
