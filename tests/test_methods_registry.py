@@ -127,3 +127,13 @@ def test_a_registered_method_defaults_to_the_cautious_facts(monkeypatch):
     spec = get_method("plugin")
     assert (spec.uses_length, spec.uses_scale, spec.per_attempt, spec.options) == (True, True, True, None)
     assert spec.cell_options({"a": 1}) == {"a": 1}  # undeclared options: a sweep passes them all
+
+
+def test_injects_nothing_is_the_baseline_or_a_length_method_at_length_zero():
+    from rsp.methods import RSPConfig, get_method
+
+    assert get_method("temperature").injects_nothing(RSPConfig(method="temperature", length=4))
+    assert get_method("rsp").injects_nothing(RSPConfig(length=0))
+    assert not get_method("rsp").injects_nothing(RSPConfig(length=1))
+    # embed-noise perturbs the prompt's own rows: L=0 still injects
+    assert not get_method("embed-noise").injects_nothing(RSPConfig(method="embed-noise", length=0))

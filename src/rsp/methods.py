@@ -186,6 +186,11 @@ class Method:
     def missing_options(self, method_options: Mapping[str, Any]) -> list[MethodOption]:
         return [o for o in self.options or () if o.required and not method_options.get(o.key)]
 
+    def injects_nothing(self, config: RSPConfig) -> bool:
+        """Whether this method under `config` adds nothing to any prompt (no hook needs attaching): the
+        baseline, or a method whose vectors number `length` when length is 0."""
+        return self.category == "baseline" or (self.uses_length and config.length == 0)
+
     def injected_length(self, config: RSPConfig) -> int | None:
         """L as a sweep labels this method's cell: `config.length` when it reads L, else its own or None."""
         if self.uses_length:

@@ -58,7 +58,7 @@ from rsp.core.inputs import layout
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.stats import MeanMode, RowSelection
 from rsp.engines.hook import RSPHandle
-from rsp.methods import RSPConfig, method_names, method_specs
+from rsp.methods import RSPConfig, get_method, method_names, method_specs
 from rsp.models.loading import resolve_model_dir
 from rsp.models.packaged import PACKAGED_MODELS
 from rsp.tasks.prompts import tokenize_split
@@ -195,8 +195,7 @@ class RSPSettings:
     @property
     def trivially_off(self) -> bool:
         """Settings under which nothing can be injected, so no hook is attached at all."""
-        c = self.config
-        return c.method in ("temperature", "none") or (c.method == "rsp" and c.length == 0)
+        return get_method(self.config.method).injects_nothing(self.config)
 
     def attach_options(self) -> dict[str, Any]:
         c = self.config
