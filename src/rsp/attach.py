@@ -19,7 +19,7 @@ import torch
 
 from rsp.core.injection import Injection
 from rsp.engines.hook import RSPHandle, choose_placeholder
-from rsp.methods import MethodOptions, build_method
+from rsp.methods import RSPConfig, build_method
 from rsp.models.loading import LoadedModel, wrap_model
 
 __all__ = ["RSPHandle", "attach", "choose_placeholder"]
@@ -64,13 +64,13 @@ def attach(
             raise ValueError("rsp.attach needs the tokenizer together with the model")
         lm = wrap_model(model, tokenizer, name=type(model).__name__, prepare=False)
     if injection is None:
-        options = MethodOptions(
+        options = RSPConfig(
             length=length,
             scale=scale,
             position=position,
             stats_rows=stats_rows,
             stats_mean=stats_mean,
-            extra=dict(method_options),
+            method_options=dict(method_options),
         )
         injection = build_method(method, lm, options)
     elif method_options:

@@ -99,18 +99,10 @@ def report_parser() -> RSPArgumentParser:
 
 
 def report_main(argv: Sequence[str]) -> int:
-    from rsp.reporting import markdown_table, write_eval_report
-    from rsp.runio import read_jsonl_records
+    from rsp.reporting import markdown_table, report_run
 
     (cfg,) = report_parser().parse(argv)
-    run = Path(cfg.run)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run} is not an rsp eval run (no config.json)")
-    config = json.loads(cfg_path.read_text())["config"]
-    records = read_jsonl_records(run / "samples.jsonl", repair=False)
-    summary = write_eval_report(run, records, config)
-    print(markdown_table(summary))
+    print(markdown_table(report_run(Path(cfg.run))))
     return 0
 
 

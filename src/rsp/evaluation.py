@@ -24,9 +24,10 @@ from rsp.core.stats import MeanMode, RowSelection
 from rsp.engines import ENGINE_NAMES
 from rsp.engines.base import SamplingConfig
 from rsp.generation import Generator, RSPConfig, decode_seed_for, plan_batches
-from rsp.methods import method_names
+from rsp.methods import canonical_method, method_names
 from rsp.models.loading import LoadedModel
-from rsp.runio import JsonlAppender, atomic_write_text, config_hash, prepare_run_dir, read_jsonl_records
+from rsp.records import SampleRecord, append_samples, read_samples
+from rsp.runio import atomic_write_text, config_hash, prepare_run_dir
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import PromptBuilder, PromptStyle
@@ -131,6 +132,10 @@ class EvalConfig:
     batch_size: int = option(32, "attempts per engine batch", group=_SAMPLING)
     seed: int = option(0, "the run's base seed (every RSP and decode seed derives from it)", group=_SAMPLING)
     grader_timeout: float = option(5.0, "seconds per answer check", group=_SAMPLING)
+
+    def __post_init__(self) -> None:
+        # a retired method alias (`none`) names its method from here on: in records, tables and config.json
+        self.methods = tuple(canonical_method(m) for m in self.methods)
 
     def validate(self) -> None:
         def need(ok: bool, name: str, msg: str) -> None:
@@ -258,7 +263,7 @@ def prompt_hash(prompt: PromptTokens) -> str:
 class EvalRun:
     out: Path
     config: EvalConfig
-    records: list[dict]
+    records: list[SampleRecord]
     task: Task
     seconds: float
     oom_events: list[str]
@@ -284,7 +289,7 @@ def run_eval(
     upgrade_legacy_config(out)
     resumed = prepare_run_dir(out, config.to_dict(), kind="eval")
     samples_path = out / SAMPLES
-    existing = read_jsonl_records(samples_path)
+    existing = read_samples(samples_path, repair=True)
     done = {(r["problem_id"], r["method"], r["attempt"]) for r in existing}
     total = len(task.problems) * config.n * len(config.methods)
     if resumed:
@@ -314,7 +319,6 @@ def run_eval(
         prompts = [builder.build(p) for p in task.problems]
         injections = {m: generator.injection(config.rsp_config(m)) for m in config.methods}
         _check_context(generator, prompts, config, injections)
-        appender = JsonlAppender(samples_path)
         sampling = config.sampling()
         bar = tqdm(
             total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}"
@@ -333,12 +337,12 @@ def run_eval(
                     decode_seed=decode_seed,
                     stop_strings=builder.stop_strings,
                 )
-                new = []
+                new: list[SampleRecord] = []
                 for (p, a), problem, seed, comp in zip(batch.rows, problems, seeds, completions, strict=True):
                     if (problem.id, batch.method, a) in done:
                         continue
                     new.append(_record(problem, batch.method, a, seed, decode_seed, prompts[p], comp, grader))
-                appender.append(new)
+                append_samples(samples_path, new)
                 done.update((r["problem_id"], r["method"], r["attempt"]) for r in new)
                 existing.extend(new)
                 bar.update(len(new))
@@ -367,21 +371,21 @@ def _record(
     prompt: PromptTokens,
     comp,
     grader: Grader,
-) -> dict:
+) -> SampleRecord:
     grade = grader.grade(comp.text, problem.answer)
-    return {
-        "problem_id": problem.id,
-        "method": method,
-        "attempt": attempt,
-        "rsp_seed": seed,
-        "decode_seed": decode_seed,
-        "prompt_hash": prompt_hash(prompt),
-        "completion": comp.text,
-        "token_ids": list(comp.token_ids),
-        "num_tokens": len(comp.token_ids),
-        "finish_reason": comp.finish_reason,
-        "extracted": grade.extracted,
-        "gold": problem.answer,
-        "correct": grade.correct,
-        "grade_method": grade.method,
-    }
+    return SampleRecord(
+        problem_id=problem.id,
+        method=method,
+        attempt=attempt,
+        rsp_seed=seed,
+        decode_seed=decode_seed,
+        prompt_hash=prompt_hash(prompt),
+        completion=comp.text,
+        token_ids=list(comp.token_ids),
+        num_tokens=len(comp.token_ids),
+        finish_reason=comp.finish_reason,
+        extracted=grade.extracted,
+        gold=problem.answer,
+        correct=grade.correct,
+        grade_method=grade.method,
+    )

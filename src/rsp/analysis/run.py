@@ -87,7 +87,7 @@ def analyse_run(
         lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     builder = PromptBuilder.for_task(lm.tokenizer, task, style=cfg.prompt_style)  # type: ignore[arg-type]
     prompts = {pid: builder.build(problems[pid]) for pid in pids}
-    injections = {m: build_method(m, lm, cfg.rsp_config(m).method_options()) for m in methods}
+    injections = {m: build_method(m, lm, cfg.rsp_config(m)) for m in methods}
     baseline = o.baseline or next((m for m in methods if injections[m].length == 0), None)
     temperature = cfg.temperature
     k = o.k
