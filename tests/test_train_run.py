@@ -3,7 +3,6 @@ parse, and a checkpoint that would run code when unpickled is refused before any
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -12,7 +11,6 @@ from conftest import TinyTokenizer, build_tiny_llama
 from rsp.models import wrap_model
 from rsp.records import read_rollouts
 from rsp.runio import RunDirError
-from rsp.train.cli import config_from_args, register
 from rsp.train.config import DAPOConfig
 from rsp.train.run import CheckpointError, latest_checkpoint, train
 
@@ -88,12 +86,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_cli_flags_override_config_file(tmp_path):
+    from rsp.train.cli import parse
+
     DAPOConfig(steps=7, rsp_length=8).save(tmp_path / "c.json")
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(
+    cfg, output, _ = parse(
         [
-            "train",
             "--config",
             str(tmp_path / "c.json"),
             "--out",
@@ -105,13 +102,13 @@ def test_cli_flags_override_config_file(tmp_path):
             "q_proj,v_proj",
         ]
     )
-    cfg = config_from_args(args)
     assert (cfg.steps, cfg.rsp_length, cfg.lora, cfg.lora_target_modules) == (
         7,
         0,
         False,
         ["q_proj", "v_proj"],
     )
+    assert output.out == str(tmp_path / "o")
 
 
 def test_merged_model_directory_loads_with_the_trained_weights(tmp_path, tiny_model_dir):
