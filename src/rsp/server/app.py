@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
 
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
@@ -83,7 +84,7 @@ class Gate:
         scope.setdefault("state", {})["rsp"] = info
         status: list[int | None] = [None]
 
-        async def send_logged(message: dict) -> None:
+        async def send_logged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -409,7 +410,7 @@ def sse(payload: Any) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def create_app(generator: Any, config: ServeConfig) -> FastAPI:
+def create_app(generator: Any, config: ServeConfig) -> Gate:
     """The ASGI app around a loaded `rsp.Generator` (or anything with its `run`, `injection`, `lm`)."""
     server = RSPServer(generator, config)
 
@@ -679,7 +680,7 @@ def create_app(generator: Any, config: ServeConfig) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    return Gate(app, config)  # type: ignore[return-value]
+    return Gate(app, config)
 
 
 def close_engine(generator: Any) -> None:

@@ -30,17 +30,23 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
+from rsp.models.loading import input_embeddings, output_embeddings
 from rsp.train.config import DAPOConfig, DAPOConfigError
 from rsp.train.dapo import shaped_reward
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from rsp.engines.hook import RSPHandle
 
 SERVER_COMMAND = "python -m rsp.train.vllm_serve --model MODEL"
 
@@ -156,16 +162,18 @@ def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None
     """
     from rsp.engines.hook import BANNED_LOGIT
 
-    head = model.get_output_embeddings()
-    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+    head = output_embeddings(model)
+    weight = getattr(head, "weight", None)
+    if head is None or not isinstance(weight, torch.Tensor):
         yield
         return
     params = head._parameters
     had, old = "bias" in params, params.get("bias")
-    rows = int(getattr(head.weight, "ds_shape", head.weight.shape)[0])  # ZeRO-3 keeps the full shape aside
-    ban = torch.zeros(rows, dtype=head.weight.dtype, device=head.weight.device)
+    rows = int(getattr(weight, "ds_shape", weight.shape)[0])  # ZeRO-3 keeps the full shape aside
+    ban = torch.zeros(rows, dtype=weight.dtype, device=weight.device)
     ban[token_id] = BANNED_LOGIT
-    params["bias"] = ban if old is None else old + ban  # a plain tensor: bypasses nn.Module's Parameter check
+    # A plain tensor: bypasses nn.Module's Parameter check (torch types _parameters as Parameter-valued).
+    params["bias"] = ban if old is None else old + ban  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -242,34 +250,37 @@ def _grpo_trainer_class():
             self._pending_seeds: list[int | None] | None = None
             self._scoring_seeds: list[int | None] | None = None
             self._rsp_prompts: list[PromptTokens] = []
-            self.rsp = None
-            self.rsp_handles: list = []
-            self.injection = injection
+            self.rsp: RSPHandle | None = None
+            self.rsp_handles: list[RSPHandle] = []
+            if injection is not None:  # else built below (`active` is then True)
+                self.injection: Injection = injection
             if not active:
                 return  # nothing is injected: plain GRPOTrainer, bit for bit
             self._refuse_unsupported()
             from rsp.models.loading import wrap_model
 
+            model = self.model
+            # transformers' Trainer types it Optional (for model_init); GRPOTrainer always sets it
+            assert model is not None
             lm = _with_full_weights(
-                self.model,
-                lambda: wrap_model(
-                    self.model, self.processing_class, name=type(self.model).__name__, prepare=False
-                ),
+                model,
+                lambda: wrap_model(model, self.processing_class, name=type(model).__name__, prepare=False),
             )
             if injection is None:
                 from rsp.methods import build_method
 
                 injection = _with_full_weights(
-                    self.model, lambda: build_method(rsp_config.method, lm, rsp_config.method_options())
+                    model, lambda: build_method(rsp_config.method, lm, rsp_config.method_options())
                 )
                 self.injection = injection
                 if not (injection.length > 0 or injection.changes_prompt_rows):
                     return
-            self.rsp = _with_full_weights(
-                self.model,
+            handle = _with_full_weights(
+                model,
                 lambda: attach(lm, injection=injection, seed=self.rsp_seed, placeholder_id=placeholder_id),
             )
-            self.rsp_handles = [self.rsp]
+            self.rsp = handle
+            self.rsp_handles = [handle]
             if (
                 self.ref_model is not None
             ):  # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
@@ -282,7 +293,7 @@ def _grpo_trainer_class():
                             self.processing_class,
                             injection=injection,
                             seed=self.rsp_seed,
-                            placeholder_id=self.rsp.placeholder_id,
+                            placeholder_id=handle.placeholder_id,
                         ),
                     )
                 )
@@ -361,15 +372,22 @@ def _grpo_trainer_class():
             template applied by TRL) is all user text, so it ends at the end of the prompt."""
             if self.injection.position != "end_of_user_turn" or not is_conversational({"prompt": prompt}):
                 return len(ids)
-            text = self.processing_class.apply_chat_template(
+            # TRL's own call (GRPOTrainer._tokenize_prompts), typed for what TRL's types leave loose:
+            # _refuse_unsupported() refused multimodal processors, so processing_class is a tokenizer;
+            # TrainingArguments.__post_init__ turns a JSON-string chat_template_kwargs into the dict;
+            # TRL keeps tools as list[Callable], which transformers' list[dict | Callable] does not accept.
+            tokenizer = cast("PreTrainedTokenizerBase", self.processing_class)
+            tools: list[dict | Callable] | None = list(self.tools) if self.tools else None
+            text = tokenizer.apply_chat_template(
                 conversation=prompt,
-                tools=self.tools or None,
+                tools=tools,
                 chat_template=self.chat_template,
                 add_generation_prompt=True,
                 tokenize=False,
-                **self.chat_template_kwargs,
+                **cast(dict, self.chat_template_kwargs),
             )
-            return user_turn_offset(self.processing_class, text, last_user_content(prompt), ids)
+            # tokenize=False: the rendered text (transformers types the result for every option)
+            return user_turn_offset(tokenizer, cast(str, text), last_user_content(prompt), ids)
 
         # ----------------------------------------------------------- rollouts
         @contextmanager
@@ -425,6 +443,7 @@ def _grpo_trainer_class():
             if self.state.global_step != self._last_loaded_step:
                 gen.sync_weights()
                 self._last_loaded_step = self.state.global_step
+            assert self.rsp is not None  # only called for an active RSP (_generate_single_turn)
             requests = build_requests(
                 self.rsp.lm,
                 self._rsp_prompts,
@@ -484,7 +503,8 @@ def _grpo_trainer_class():
                 result = client._post(
                     f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": sampling}
                 )
-                payload = [(result["completion_ids"], result["logprobs"])]
+                # filled on every rank by the broadcast from rank 0
+                payload: list[Any] = [(result["completion_ids"], result["logprobs"])]
             else:
                 payload = [None]
             broadcast_object_list(payload, from_process=0)
@@ -527,8 +547,10 @@ def _grpo_trainer_class():
             # A group can span ranks (TRL slices the gathered batch per process), so decide on the
             # gathered vector.
             everything = self.accelerator.gather(adv)
+            # TRL types num_generations Optional; GRPOConfig.__post_init__ has checked it is a divisor
+            group_size = cast(int, self.num_generations)
             constant = local_constant_rows(
-                everything, self.num_generations, self.accelerator.process_index, adv.numel()
+                everything, group_size, self.accelerator.process_index, adv.numel()
             )
             output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
             loss_mask = (
@@ -538,13 +560,12 @@ def _grpo_trainer_class():
             )
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
             kept_groups = 1 - float(
-                local_constant_rows(everything, self.num_generations, 0, everything.numel()).float().mean()
+                local_constant_rows(everything, group_size, 0, everything.numel()).float().mean()
             )
             # Already global (from the gathered batch); written straight into this step's metrics, because
             # `_log_metric` values are only flushed by the *next* call of `_generate_and_score_completions`.
-            self._metrics["train" if self.model.training else "eval"]["rsp/frac_groups_kept"].append(
-                kept_groups
-            )
+            training = cast(torch.nn.Module, self.model).training  # Trainer types it Optional, as above
+            self._metrics["train" if training else "eval"]["rsp/frac_groups_kept"].append(kept_groups)
 
         # ----------------------------------------------------------- scoring with the stored RSP
         def _compute_loss(self, model, inputs):
@@ -600,7 +621,7 @@ def _grpo_trainer_class():
 def _with_full_weights(model: torch.nn.Module, build):
     """Run `build` (which reads the embedding table) with the table gathered under DeepSpeed ZeRO-3
     (not run here: deepspeed is not installed in this project's environments)."""
-    weight = model.get_input_embeddings().weight
+    weight = input_embeddings(model).weight
     if not hasattr(weight, "ds_id"):
         return build()
     import deepspeed  # ZeRO-3 partitions the table; the statistics need all of it
