@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -16,6 +17,9 @@ from rsp.core.injection import Injection
 from rsp.core.inputs import append_continuations, embed_prompts
 from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def _inputs(
@@ -65,7 +69,8 @@ def teacher_forced_logits(
 @contextmanager
 def eager_attention(lm: LoadedModel):
     """Temporarily switch to eager attention, the only implementation that exposes weights."""
-    model = lm.model
+    # LoadedModel.model is typed nn.Module (any wrapped model); the analysis runs a transformers model
+    model = cast("PreTrainedModel", lm.model)
     before = getattr(model.config, "_attn_implementation", None)
     if before != "eager":
         model.set_attn_implementation("eager")

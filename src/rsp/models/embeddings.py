@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -33,6 +34,9 @@ from rsp.models.loading import (
     resolve_model_dir,
     stop_token_ids_from,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Key endings of the input-embedding tensor across architectures (Llama/Gemma/Qwen/Mistral, GPT-2,
 # BLOOM/BERT-style, GPT-NeoX, original Llama checkpoints).
@@ -229,7 +233,7 @@ class EmbeddingModel:
     """
 
     tensor: EmbeddingTensor
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
     location: str
@@ -298,7 +302,7 @@ class EmbeddingModel:
                     self._table if self._table is not None else self.tensor.read(),
                     embed_scale=self.embed_scale,
                     rows=rows,
-                    num_real_tokens=len(self.tokenizer),  # type: ignore[arg-type]
+                    num_real_tokens=len(self.tokenizer),
                     mean_mode=mean_mode,
                 ),
             )

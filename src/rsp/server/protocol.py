@@ -11,14 +11,14 @@ so a typo never silently changes the sampling. Errors are OpenAI-shaped:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from rsp.core.insert import INSERTION_POINTS
 
 Position = Literal["after_generation_prompt", "end_of_user_turn", "prepend"]
-assert set(INSERTION_POINTS) == set(Position.__args__)  # type: ignore[attr-defined]
+assert set(INSERTION_POINTS) == set(get_args(Position))
 
 ERROR_TYPES = {
     400: "invalid_request_error",

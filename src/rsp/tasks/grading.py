@@ -115,7 +115,9 @@ STARTUP_TIMEOUT = 120.0
 def _readline_within(proc: subprocess.Popen, timeout: float) -> str | None:
     """One line from the worker's stdout, or None if none arrives within `timeout` seconds."""
     reply: list[str] = []
-    reader = threading.Thread(target=lambda: reply.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    stdout = proc.stdout
+    assert stdout is not None, "the worker is started with stdout=PIPE"
+    reader = threading.Thread(target=lambda: reply.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
     return reply[0] if reply else None

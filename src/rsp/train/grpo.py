@@ -128,6 +128,7 @@ def task_dataset(args: RSPScriptArguments, seed: int):
     from rsp.tasks import load_task
     from rsp.tasks.prompts import INSTRUCTION
 
+    assert args.task is not None, "task_dataset is for `task` runs (load_train_dataset checks it)"
     task = load_task(
         args.task,
         split=args.task_split,
@@ -187,7 +188,9 @@ def rsp_accuracy_reward(timeout: float):
             for c, s in zip(completions, solution, strict=True)
         ]
 
-    rsp_accuracy_reward.close = grader.close  # type: ignore[attr-defined]  (the grader's worker process)
+    # A plain function, as TRL takes rewards (it logs their __name__), carrying close() for the grader's
+    # worker process; mypy does not model attributes set on a function object.
+    rsp_accuracy_reward.close = grader.close  # type: ignore[attr-defined]
     return rsp_accuracy_reward
 
 
@@ -199,14 +202,17 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
         think_format_reward,
     )
 
+    def soft_overlong_punishment():
+        if training_args.max_completion_length is None:
+            raise ValueError("soft_overlong_punishment needs max_completion_length")
+        return get_soft_overlong_punishment(training_args.max_completion_length, args.overlong_buffer)
+
     registry = {
         "rsp_accuracy_reward": lambda: rsp_accuracy_reward(args.grader_timeout),
         "accuracy_reward": lambda: accuracy_reward,
         "reasoning_accuracy_reward": lambda: reasoning_accuracy_reward,
         "think_format_reward": lambda: think_format_reward,
-        "soft_overlong_punishment": lambda: get_soft_overlong_punishment(
-            training_args.max_completion_length, args.overlong_buffer
-        ),
+        "soft_overlong_punishment": soft_overlong_punishment,
     }
     funcs = []
     for name in args.reward_funcs:
@@ -240,7 +246,9 @@ def resolve_model(name: str) -> str:
 
 def make_parser() -> TrlParser:
     return TrlParser(
-        (RSPScriptArguments, GRPOConfig, ModelConfig, RSPArguments), prog="python -m rsp.train.grpo"
+        # TRL types dataclass_types with DataClassType, a NewType over Any that no class matches unwrapped
+        (RSPScriptArguments, GRPOConfig, ModelConfig, RSPArguments),  # type: ignore[arg-type]
+        prog="python -m rsp.train.grpo",
     )
 
 

@@ -111,6 +111,8 @@ async def _generate_rows(engine, body: dict) -> dict:
         final = None
         async for out in engine.generate(engine_input, params, f"rsp-{base}-{i}"):
             final = out
+        if final is None:
+            raise RuntimeError(f"vLLM returned no output for request rsp-{base}-{i}")
         completion = final.outputs[0]
         ids = list(completion.token_ids)
         logprobs = []
@@ -153,7 +155,8 @@ def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
     from trl.scripts.vllm_serve import ScriptArguments
     from trl.scripts.vllm_serve import build_command as trl_command
 
-    parser = TrlParser(ScriptArguments, prog="python -m rsp.train.vllm_serve")
+    # TRL types dataclass_types with DataClassType, a NewType over Any that no class matches unwrapped
+    parser = TrlParser(ScriptArguments, prog="python -m rsp.train.vllm_serve")  # type: ignore[arg-type]
     script_args, extra = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     command = trl_command(script_args, list(extra)) + ["--enable-prompt-embeds", "--middleware", MIDDLEWARE]
     command = _without_cli_version_check(command)
