@@ -26,7 +26,7 @@ from rsp.engines.base import SamplingConfig
 from rsp.generation import Generator, RSPConfig, decode_seed_for, plan_batches
 from rsp.methods import canonical_method, method_names
 from rsp.models.loading import LoadedModel
-from rsp.records import SampleRecord, append_samples, read_samples
+from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
 from rsp.runio import atomic_write_text, config_hash, prepare_run_dir
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
@@ -34,7 +34,6 @@ from rsp.tasks.prompts import PromptBuilder, PromptStyle
 from rsp.tasks.registry import load_task
 
 log = logging.getLogger(__name__)
-SAMPLES = "samples.jsonl"
 
 
 class ConfigError(ValueError):
