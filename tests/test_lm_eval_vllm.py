@@ -67,7 +67,8 @@ def test_rsp_vllm_gives_each_repeat_its_own_rsp_and_rsp_hfs_greedy_completions(v
         pretrained=str(vllm_model_dir), rsp_length=3, rsp_seed=1, dtype="float32", device="cpu", batch_size=4
     )
     hf_reqs, hf_batch = _requests(hf, questions, 3)
-    # lm-eval's vllm model keeps special tokens in the text (skip_special_tokens=False), its hf model drops them
+    # lm-eval's vllm model keeps special tokens in the text (skip_special_tokens=False);
+    # its hf model drops them
     special = [t for t in hf.tokenizer.all_special_tokens if t]
     assert hf.generate_until(hf_batch) == [_strip(t, special) for t in got]
     assert [r.arguments[-1]["rsp_seeds"] for r in hf_reqs] == seeds

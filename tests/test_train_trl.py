@@ -1,4 +1,5 @@
-"""RSPGRPOTrainer: a TRL user's GRPO script with one class swapped gets a fresh RSP per rollout, scored exactly.
+"""RSPGRPOTrainer: a TRL user's GRPO script with one class swapped gets a fresh RSP per rollout,
+scored exactly.
 
 Most tests use TRL's public entry points (a model path, a dataset from a local JSONL, a plain reward function,
 `GRPOConfig`); the `rsp train --trainer trl` path (`build_trl_trainer`, DAPO masking) is tested after them.
@@ -30,7 +31,7 @@ from rsp.train.trl_rsp import build_trl_trainer  # noqa: E402
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 
 
-# --------------------------------------------------------------------------- a TRL user's script, as documented
+# ------------------------------------------------------------------ a TRL user's script, as documented
 def _jsonl(tmp_path: Path, conversational: bool, n: int = 8) -> Path:
     """A TRL-format dataset file: `prompt` (string or chat messages) and `solution`."""
     rows = []
@@ -661,7 +662,7 @@ def test_vllm_server_rollouts_through_the_rsp_server_match_the_training_side(
         log.close()
 
 
-# --------------------------------------------------------------------------- recipes: python -m rsp.train.grpo
+# ------------------------------------------------------------------ recipes: python -m rsp.train.grpo
 def _recipe_names():
     return sorted(p.name for p in RECIPES.glob("*.yaml"))
 

@@ -125,11 +125,17 @@ def _key_value(text: str) -> tuple[str, Any]:
 class _DeprecatedFlag(argparse.Action):
     """A retired spelling: stores into the field's dest and warns once per use."""
 
-    def __init__(self, option_strings, dest, new_flag: str = "", **kwargs):
+    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str = "", **kwargs: Any) -> None:
         self.new_flag = new_flag
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         _warn_deprecated(str(option_string), self.new_flag)
         setattr(namespace, self.dest, values)
 
@@ -137,7 +143,13 @@ class _DeprecatedFlag(argparse.Action):
 class _ExtendList(argparse.Action):
     """A list flag: its first use replaces the default, repeats extend it (`--arm A --arm B`)."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         seen: set[str] = namespace.__dict__.setdefault("_rsp_lists_seen", set())
         current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
         seen.add(self.dest)
@@ -145,7 +157,13 @@ class _ExtendList(argparse.Action):
 
 
 class _AppendKeyValue(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         current = dict(getattr(namespace, self.dest, None) or {})
         key, value = values
         current[key] = value
@@ -160,7 +178,7 @@ class RSPArgumentParser(HfArgumentParser):
 
     def __init__(
         self,
-        dataclass_types: Iterable[type],
+        dataclass_types: Iterable[Any],
         *,
         defaults: dict[str, Any] | None = None,
         exclude: Iterable[str] = (),
@@ -324,7 +342,7 @@ class RSPArgumentParser(HfArgumentParser):
                 raise ValueError(
                     f"{field_label(name)} expects {item.__name__} values, got {value!r}"
                 ) from None
-            choices = self._fields[name].metadata.get("choices")
+            choices = self._fields[name].metadata.get("choices") or ()
             bad = [x for x in converted if choices and x not in choices]
             if bad:
                 raise ValueError(
@@ -357,11 +375,17 @@ class RSPArgumentParser(HfArgumentParser):
 
 
 class _DeprecatedKeyValue(_AppendKeyValue):
-    def __init__(self, option_strings, dest, new_flag: str = "", **kwargs):
+    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str = "", **kwargs: Any) -> None:
         self.new_flag = new_flag
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         _warn_deprecated(str(option_string), self.new_flag)
         super().__call__(parser, namespace, values, option_string)
 

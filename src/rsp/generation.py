@@ -202,8 +202,8 @@ class Generator:
     ) -> list[GenerationOutput]:
         """n completions per prompt; see the module docstring for the seeds. Temperature 0 is greedy."""
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompts = list(prompts)  # type: ignore[arg-type]
+            prompts = [prompts]
+        prompts = list(prompts)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if batch_size < 1:

@@ -196,7 +196,7 @@ class RSPServer:
         key = cfg.key()
         if key not in self._injections:
             cfg.validate()
-            self._injections[key] = build_method(cfg.method, self.generator.lm, cfg.method_options())
+            self._injections[key] = build_method(cfg.method, self.generator.lm, cfg)
             while len(self._injections) > INJECTION_CACHE:
                 self._injections.popitem(last=False)
         self._injections.move_to_end(key)
@@ -210,9 +210,8 @@ class RSPServer:
         base = self.config.rsp or RSPConfig()
         changes = {k: v for k, v in req.rsp.model_dump().items() if v is not None}
         if "method" in changes and changes["method"] != base.method:
-            changes[
-                "options"
-            ] = {}  # the server's method options (e.g. a soft-prompt file) stay with its method
+            # the server's method options (e.g. a soft-prompt file) stay with its method
+            changes["method_options"] = {}
         cfg = replace(base, **changes)
         if cfg.length > self.config.max_rsp_length:
             raise APIError(

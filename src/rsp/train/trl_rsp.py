@@ -224,13 +224,13 @@ def _grpo_trainer_class():
             **kwargs: Any,
         ) -> None:
             from rsp.core.injection import NoInjection
-            from rsp.generation import RSPConfig
+            from rsp.methods import RSPConfig, get_method
 
             if rsp_config is not None and injection is not None:
                 raise ValueError("pass rsp_config or injection, not both")
             if injection is None:
                 rsp_config = (rsp_config or RSPConfig()).validate()
-                if rsp_config.length == 0 and rsp_config.method in ("rsp", "temperature", "none"):
+                if get_method(rsp_config.method).injects_nothing(rsp_config):
                     injection = NoInjection(rsp_config.position)
             active = injection is None or injection.length > 0 or injection.changes_prompt_rows
             grpo_args = _grpo_args(args, kwargs)
@@ -269,9 +269,7 @@ def _grpo_trainer_class():
             if injection is None:
                 from rsp.methods import build_method
 
-                injection = _with_full_weights(
-                    model, lambda: build_method(rsp_config.method, lm, rsp_config.method_options())
-                )
+                injection = _with_full_weights(model, lambda: build_method(rsp_config.method, lm, rsp_config))
                 self.injection = injection
                 if not (injection.length > 0 or injection.changes_prompt_rows):
                     return
