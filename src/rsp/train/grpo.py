@@ -19,6 +19,7 @@ Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m
 import importlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,7 +53,7 @@ class RSPArguments:
             "at the end of the last user message (conversational prompts), or at the very start"
         },
     )
-    rsp_method: str = field(default="rsp", metadata={"help": "rsp, or a control from `rsp methods`"})
+    method: str = field(default="rsp", metadata={"help": "rsp, or a control from `rsp methods`"})
     rsp_stats_rows: Literal["all", "tokens"] = field(
         default="all",
         metadata={"help": "fit the Gaussian on all embedding rows or on the tokenizer's real tokens"},
@@ -60,21 +61,41 @@ class RSPArguments:
     rsp_stats_mean: Literal["scalar", "per_dim"] = field(
         default="scalar", metadata={"help": "isotropic scalar mean, or one mean per dimension"}
     )
+    # retired spellings (docs/glossary.md), accepted with a FutureWarning until 0.3
+    rsp_method: str | None = field(default=None, metadata={"help": "retired: use --method"})
     rsp_seed: int | None = field(
-        default=None, metadata={"help": "base of the per-rollout RSP seeds (default: seed)"}
+        default=None, metadata={"help": "retired: the RSPs' base seed is TRL's --seed"}
     )
 
     def to_rsp_config(self):
-        from rsp.generation import RSPConfig
+        from rsp.methods import RSPConfig
 
+        method = self.method
+        if self.rsp_method is not None:
+            warnings.warn(
+                "--rsp_method is deprecated and will be removed in rsp 0.3; use --method", FutureWarning, 2
+            )
+            method = self.rsp_method
         return RSPConfig(
             length=self.rsp_length,
             scale=self.rsp_scale,
             position=self.rsp_position,
-            method=self.rsp_method,
+            method=method,
             stats_rows=self.rsp_stats_rows,
             stats_mean=self.rsp_stats_mean,
         ).validate()
+
+
+def _retired_rsp_seed(rsp_args: RSPArguments) -> dict:
+    """`--rsp_seed`, still honoured for one release: it was a second base seed beside TRL's `--seed`."""
+    if rsp_args.rsp_seed is None:
+        return {}
+    warnings.warn(
+        "--rsp_seed is deprecated and will be removed in rsp 0.3; the RSPs' base seed is --seed",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return {"rsp_seed": rsp_args.rsp_seed}
 
 
 @dataclass
@@ -282,7 +303,7 @@ def main(argv: list[str] | None = None):
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
         rsp_config=rsp_args.to_rsp_config(),
-        rsp_seed=rsp_args.rsp_seed,
+        **_retired_rsp_seed(rsp_args),
         mask_constant_groups=script_args.mask_constant_groups,
     )
     resume = training_args.resume_from_checkpoint
