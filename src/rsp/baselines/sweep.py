@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rsp.config import field_label, option
-from rsp.evaluation import LEGACY_KEYS, SAMPLES, ConfigError, EvalConfig, run_eval, upgrade_legacy_config
+from rsp.evaluation import LEGACY_KEYS, ConfigError, EvalConfig, run_eval, upgrade_legacy_config
 from rsp.generation import Generator
 from rsp.methods import (
     ALIASES,
@@ -40,8 +40,9 @@ from rsp.methods import (
     method_specs,
 )
 from rsp.models.loading import LoadedModel
+from rsp.records import SAMPLES, SampleRecord, read_samples
 from rsp.reporting import summarise, write_eval_report
-from rsp.runio import atomic_write_text, config_hash, prepare_run_dir, read_jsonl_records
+from rsp.runio import CONFIG, RunDirError, atomic_write_text, config_hash, prepare_run_dir, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -222,20 +223,20 @@ class SweepConfig:
 def upgrade_legacy_sweep_config(out: Path) -> None:
     """Rename the keys of a sweep directory's config.json written before the renames (`position` ->
     `rsp_position`, ...: `rsp.evaluation.LEGACY_KEYS`), so the sweep still resumes; its cells are eval runs,
-    upgraded the same way by `rsp.evaluation.upgrade_legacy_config`."""
-    path = out / "config.json"
-    if not path.is_file():
-        return
+    upgraded the same way by `rsp.evaluation.upgrade_legacy_config`. The file keeps its schema version."""
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return  # prepare_run_dir reports it
-    config = saved.get("config") if isinstance(saved, dict) else None
-    if saved.get("kind") != "sweep" or not isinstance(config, dict) or not set(config) & set(LEGACY_KEYS):
+        saved = read_run_config(out, kind="sweep")
+    except RunDirError:
+        return  # no sweep here yet, or one prepare_run_dir reports
+    if not set(saved.config) & set(LEGACY_KEYS):
         return
-    config = {LEGACY_KEYS.get(k, k): v for k, v in config.items() if LEGACY_KEYS.get(k, k) not in GRID_KEYS}
-    saved.update(config=config, config_hash=config_hash(config))
-    atomic_write_text(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    config = {
+        LEGACY_KEYS.get(k, k): v for k, v in saved.config.items() if LEGACY_KEYS.get(k, k) not in GRID_KEYS
+    }
+    record: dict[str, object] = {"kind": saved.kind, "config": config, "config_hash": config_hash(config)}
+    if saved.schema_version:  # version 0 had no key
+        record["schema_version"] = saved.schema_version
+    atomic_write_text(out / CONFIG, json.dumps(record, indent=2, sort_keys=True) + "\n")
     log.info("%s: config.json keys renamed to the current spelling", out)
 
 
@@ -248,19 +249,19 @@ class SweepResult:
     skipped: list[str]  # cells already finished on disk
 
 
-def _cell_finished(cell_dir: Path, cfg: EvalConfig, problems: int) -> bool:
+def _finished_samples(cell_dir: Path, cfg: EvalConfig, problems: int) -> list[SampleRecord] | None:
+    """The samples of a cell finished on disk with the settings `cfg`, or None: run_eval then starts or
+    resumes it, or explains why it cannot (another run, other settings, a newer rsp)."""
     upgrade_legacy_config(cell_dir)  # a cell written before the renames is still found finished
-    cfg_path = cell_dir / "config.json"
-    if not cfg_path.is_file():
-        return False
     try:
-        saved = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if saved.get("kind") != "eval" or saved.get("config") != cfg.to_dict():
-        return False  # run_eval will explain the mismatch
-    keys = {(r["problem_id"], r["attempt"]) for r in read_jsonl_records(cell_dir / SAMPLES, repair=False)}
-    return len(keys) >= problems * cfg.n
+        saved = read_run_config(cell_dir, kind="eval")
+    except RunDirError:
+        return None
+    if saved.config != cfg.to_dict():
+        return None
+    records = read_samples(cell_dir / SAMPLES, version=saved.schema_version)
+    keys = {(r["problem_id"], r["attempt"]) for r in records}
+    return records if len(keys) >= problems * cfg.n else None
 
 
 def _expand(records: list[dict], n: int) -> list[dict]:
@@ -317,8 +318,9 @@ def run_sweep(
         bar.set_postfix_str(cell.name)
         cfg = cell.eval_config(config.base, n, config.base.method_options)
         cell_dir = out / "cells" / cell.name
-        if _cell_finished(cell_dir, cfg, problems):
-            recs = read_jsonl_records(cell_dir / SAMPLES, repair=False)
+        finished = _finished_samples(cell_dir, cfg, problems)
+        if finished is not None:
+            recs = [dict(r) for r in finished]
             skipped.append(cell.name)
         else:
             if generator is None:
