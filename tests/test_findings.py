@@ -22,6 +22,7 @@ from rsp.findings.plots import heatmap_values
 from rsp.findings.report import build_report, doc_commands
 from rsp.findings.select import SelectionError, solved_ids
 from rsp.findings.verdicts import entropy_verdict, equivalence_verdict, family_verdict
+from rsp.records import SAMPLES, SampleRecord, append_samples
 
 REPO = Path(__file__).resolve().parents[1]
 SMOL = C.MODEL_BY_KEY["smollm2"]
@@ -101,25 +102,31 @@ def _write_run(root: Path, run: C.Run, rates: list[float], seed: int) -> None:
     rng = np.random.default_rng(seed)
     d = run_dir(run, root)
     d.mkdir(parents=True, exist_ok=True)
-    lines = []
+    records: list[SampleRecord] = []
     for i, p in enumerate(rates):
         for a in range(run.n):
             ok = bool(rng.random() < p)
             wrong = str(100 + int(rng.integers(0, 5)))
-            lines.append(
-                json.dumps(
-                    {
-                        "problem_id": f"p{i:02d}",
-                        "method": run.method,
-                        "attempt": a,
-                        "correct": ok,
-                        "extracted": "7" if ok else wrong,
-                        "gold": "7",
-                        "num_tokens": 50,
-                    }
-                )
+            answer = "7" if ok else wrong
+            records.append(
+                {
+                    "problem_id": f"p{i:02d}",
+                    "method": run.method,
+                    "attempt": a,
+                    "rsp_seed": None,
+                    "decode_seed": None,
+                    "prompt_hash": None,
+                    "completion": answer,
+                    "token_ids": [],
+                    "num_tokens": 50,
+                    "finish_reason": "stop",
+                    "extracted": answer,
+                    "gold": "7",
+                    "correct": ok,
+                    "grade_method": "exact",
+                }
             )
-    (d / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    append_samples(d / SAMPLES, records)
 
 
 def _pair(t: float, L: int = 4) -> tuple[C.Run, C.Run]:

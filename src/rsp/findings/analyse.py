@@ -30,7 +30,8 @@ from rsp.findings.cells import (
 )
 from rsp.metrics.passk import maj_at_k, pass_at_k
 from rsp.metrics.stats import bootstrap_ci, paired_comparison
-from rsp.runio import read_jsonl_records
+from rsp.records import SAMPLES, SampleRecord, read_samples
+from rsp.runio import CONFIG, SCHEMA_VERSION, read_run_config
 from rsp.tasks.grading import canonical_answer
 
 KS = (1, 8, 32)
@@ -54,11 +55,15 @@ def run_dir(run: Run, root: Path | None) -> Path:
 
 
 def load_run(run: Run, root: Path | None = None) -> RunData | None:
-    """The run's complete problems, or None when it has not started."""
-    records = read_jsonl_records(run_dir(run, root) / "samples.jsonl", repair=False)
+    """The run's complete problems, or None when it has not started. Its samples are read under the schema
+    version of its config.json (the current one for a directory with samples only), a torn last line left
+    alone (the run may be writing)."""
+    path = run_dir(run, root)
+    version = read_run_config(path).schema_version if (path / CONFIG).is_file() else SCHEMA_VERSION
+    records = read_samples(path / SAMPLES, version=version)
     if not records:
         return None
-    by_pid: dict[str, dict[int, dict]] = defaultdict(dict)
+    by_pid: dict[str, dict[int, SampleRecord]] = defaultdict(dict)
     for r in records:
         if r["method"] == run.method:
             by_pid[r["problem_id"]][int(r["attempt"])] = r
