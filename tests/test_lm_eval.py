@@ -424,17 +424,17 @@ def test_rerun_with_the_same_seeds_through_the_python_route_logs_the_same_comple
 
 @pytest.mark.real_model
 def test_logged_samples_convert_to_an_rsp_run_that_rsp_report_reads(smol_run, tmp_path):
+    from rsp.records import read_eval_run
     from rsp.reporting import summarise
-    from rsp.runio import read_jsonl_records
 
     path = next(smol_run["out"].rglob("samples_rsp_arith_r4_*.jsonl"))
     run = convert({"rsp": path}, tmp_path / "run", model="smollm2-135m-instruct")
-    records = read_jsonl_records(run / "samples.jsonl")
+    saved, records = read_eval_run(run)
     assert len(records) == 8 and {r["rsp_seed"] for r in records} == {
         x for s in smol_run["samples"] for x in sample_seeds(s)
     }
     summary = summarise(records, ["rsp"], 4)
     agg = smol_run["results"]["results"]["rsp_arith_r4"]
     assert summary["methods"]["rsp"]["pass@2"]["mean"] == pytest.approx(agg["pass@2,repeats"])
-    cfg = json.loads((run / "config.json").read_text())["config"]
+    cfg = saved.config
     assert (cfg["rsp_length"], cfg["n"], cfg["max_new_tokens"], cfg["prompt_style"]) == (4, 4, 32, "chat")

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rsp.runio import JsonlAppender, atomic_write_text, prepare_run_dir
+from rsp.records import SAMPLES, SampleRecord, append_samples
+from rsp.runio import atomic_write_text, prepare_run_dir
 
 SEED_LOG_KEY = (
     "rsp_seeds"  # the key rsp.integrations.lm_eval writes (kept here so this module needs no lm_eval)
@@ -33,7 +34,7 @@ SEED_LOG_KEY = (
 
 
 def read_samples(path: str | Path) -> list[dict]:
-    """The JSON lines of an lm-eval samples file."""
+    """The JSON lines of an lm-eval samples file (lm-eval's format, not rsp's `rsp.records.read_samples`)."""
     with Path(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -80,9 +81,9 @@ def sample_completions(sample: dict) -> list[str]:
     return [str(r) for r in resps[0]]
 
 
-def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) -> list[dict]:
+def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) -> list[SampleRecord]:
     """rsp eval records (one per repeat) from the samples of one lm-eval run of an `rsp_*` task."""
-    records = []
+    records: list[SampleRecord] = []
     for sample in samples:
         doc = sample.get("doc") or {}
         if "rsp_problem_id" not in doc:
@@ -204,12 +205,11 @@ def convert(
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model)[0])
     out = Path(out)
     prepare_run_dir(out, cfg.to_dict(), kind="eval")
-    if (out / "samples.jsonl").exists():
-        raise ValueError(f"{out}/samples.jsonl exists already; convert into a new directory")
-    appender = JsonlAppender(out / "samples.jsonl")
+    if (out / SAMPLES).exists():
+        raise ValueError(f"{out}/{SAMPLES} exists already; convert into a new directory")
     with Grader() as grader:
         for method, samples in loaded.items():
-            appender.append(to_records(samples, method, grader=grader, tokenizer=tokenizer))
+            append_samples(out / SAMPLES, to_records(samples, method, grader=grader, tokenizer=tokenizer))
     atomic_write_text(
         out / "SOURCE.md",
         "Converted from lm-eval samples by rsp.integrations.lm_eval_samples:\n\n"
