@@ -203,3 +203,14 @@ def test_no_injection_uses_prompt_tokens_before_insertion(tiny_lm):
     cols = columns_before_insertion(prompts, "after_generation_prompt", 2, batch)
     # row 1 is left-padded by 3; its last two prompt tokens sit at the last two columns
     assert cols.tolist() == [[5, 6], [5, 6]]
+
+
+def test_analyze_of_a_directory_that_is_no_eval_run_names_it(tmp_path, capsys):
+    from rsp.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["analyze", "--run", str(tmp_path / "empty")]) == 2
+    assert f"rsp analyze: error: {tmp_path / 'empty'} is not an rsp eval run (no config.json)" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "empty" / "analysis").exists()  # nothing written, no model loaded

@@ -84,9 +84,7 @@ def main(argv: Sequence[str]) -> int:
     cfg, eval_cfg = parse(argv)
     out = cfg.output_dir()
     if cfg.run is not None:
-        run_dir = Path(cfg.run)
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir} is not an rsp eval run (no config.json)")
+        run_dir = Path(cfg.run)  # analyse_run reads it first: RunDirError "RUN is not an rsp eval run (...)"
     else:
         from rsp.evaluation import run_eval
 
