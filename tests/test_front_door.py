@@ -253,7 +253,7 @@ def test_sweep_builds_one_engine_for_all_its_cells(tmp_path, tiny_model_dir, mon
         dtype="float32",
     )
     result = run_sweep(
-        SweepConfig(base=base, methods=("rsp",), lengths=(1, 2), temperatures=(0.0, 0.7)),
+        SweepConfig(base=base, methods=("rsp",), rsp_lengths=(1, 2), temperatures=(0.0, 0.7)),
         tmp_path / "s",
         progress=False,
     )
