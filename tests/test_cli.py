@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import yaml
@@ -113,8 +114,12 @@ def test_retired_flags_and_keys_still_parse_and_warn(tmp_path):
     assert cfg.rsp_stats_rows == "tokens"
     path = tmp_path / "old.yaml"
     path.write_text("position: end_of_user_turn\nstats_mean: per_dim\n")
-    with pytest.warns(FutureWarning, match="config key 'position' is deprecated"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cfg, _ = eval_parser().parse(["--config", str(path), "--out", "o"])
+    messages = [str(w.message) for w in caught if w.category is FutureWarning]
+    assert any("config key 'position' is deprecated" in m for m in messages)
+    assert any("config key 'stats_mean' is deprecated" in m for m in messages)
     assert (cfg.rsp_position, cfg.rsp_stats_mean) == ("end_of_user_turn", "per_dim")
 
 

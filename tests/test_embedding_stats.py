@@ -301,14 +301,14 @@ def test_converted_models_reuse_the_on_disk_stats_cache(checkpoints, tmp_path, m
 
 
 def test_methods_build_the_same_injections_from_the_embedding_model(checkpoints):
-    from rsp.methods import MethodOptions, build_method
+    from rsp.methods import RSPConfig, build_method
 
     folder, lm = checkpoints["gemma"]
     em = load_embedding_model(str(folder))
     seeds = [11, 12]
     for name in ("rsp", "rsp-fixed", "mean-vector", "token-rows", "token-string"):
         for rows in ("all", "tokens"):
-            options = MethodOptions(length=3, stats_rows=rows)
+            options = RSPConfig(length=3, stats_rows=rows)
             got, want = (
                 build_method(name, em, options).rows(seeds),
                 build_method(name, lm, options).rows(seeds),

@@ -59,7 +59,7 @@ def test_vllm_on_the_embedding_table_alone_gives_the_full_models_greedy_completi
     """The same engine driven through the full `load_model` copy (the old path; test_engine_vllm checks
     that both build the engine with the same options) and through `load_embedding_model`, each with its
     own methods built from its own statistics, in both prompt layouts."""
-    from rsp.methods import MethodOptions, build_method
+    from rsp.methods import RSPConfig, build_method
     from rsp.models import EmbeddingModel
 
     lm, backend = engine
@@ -68,8 +68,8 @@ def test_vllm_on_the_embedding_table_alone_gives_the_full_models_greedy_completi
     full.lm = lm
     prompts = prompts_for(lm, ["what is 2+3?", "name a colour"], attempts=2)
     for name in ("rsp", "embed-noise"):  # embed-noise sends every prompt row, looked up by lm.embed
-        light_inj = build_method(name, backend.lm, MethodOptions(length=3))
-        full_inj = build_method(name, lm, MethodOptions(length=3))
+        light_inj = build_method(name, backend.lm, RSPConfig(length=3))
+        full_inj = build_method(name, lm, RSPConfig(length=3))
         seeds = [light_inj.seed_for(0, str(i // 2), i % 2) for i in range(len(prompts))]
         for mode in ("mixed", "embeds"):
             backend.prompt_mode = full.prompt_mode = mode
