@@ -920,7 +920,7 @@ def test_rsp_train_cli_runs_the_trl_path(tmp_path, tiny_model_dir):
         "5",
         "--checkpoint-every",
         "1",
-        "--no-progress",
+        "--quiet",
         "--out",
         str(out),
         "--trl-args",

@@ -249,8 +249,8 @@ def probe_embed_scale(weight: torch.Tensor, lookup: Callable[[torch.Tensor], tor
     (`rsp.models.embeddings`) gets exactly the number the loaded model gets."""
     ids = torch.arange(min(64, weight.shape[0]), device=weight.device)
     with torch.no_grad():
-        out = lookup(ids).float()
-        raw = weight[ids].float()
+        out = lookup(ids).float().detach()
+        raw = weight[ids].float().detach()
     denom = float((raw * raw).sum())
     if denom == 0.0:
         return 1.0
