@@ -232,3 +232,102 @@ def test_analyze_live_mode_needs_out_and_k_is_checked():
         analyze_cli.parse(["--run", "r", "--k", "0"])
     cfg, _ = analyze_cli.parse(["--run", "r"])
     assert str(cfg.output_dir()) == "r/analysis"
+
+
+# ---------------------------------------------------------------- saved settings
+# What `EvalConfig` / `DAPOConfig` saved as a run's config.json before their field groups became shared
+# mixins (`EngineArgs`, `InjectionArgs`, `ModelArgs`): the same keys, values and hash, so runs written then
+# still resume.
+EVAL_KEYS = [
+    "arith_max_value",
+    "arith_steps",
+    "batch_size",
+    "device",
+    "dtype",
+    "engine",
+    "grader_timeout",
+    "limit",
+    "max_new_tokens",
+    "method_options",
+    "methods",
+    "min_p",
+    "model",
+    "n",
+    "prompt_style",
+    "rsp_length",
+    "rsp_position",
+    "rsp_scale",
+    "rsp_stats_mean",
+    "rsp_stats_rows",
+    "seed",
+    "split",
+    "task",
+    "temperature",
+    "top_k",
+    "top_p",
+]
+DAPO_KEYS = [
+    "arith_max_value",
+    "arith_steps",
+    "beta",
+    "checkpoint_every",
+    "device",
+    "dtype",
+    "epsilon_high",
+    "epsilon_low",
+    "grader_timeout",
+    "group_size",
+    "lora",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_r",
+    "lora_target_modules",
+    "lr",
+    "mask_truncated",
+    "max_extra_rounds",
+    "max_grad_norm",
+    "max_new_tokens",
+    "micro_batch_size",
+    "model",
+    "overlong_buffer",
+    "overlong_penalty",
+    "prompts_per_step",
+    "reward_correct",
+    "reward_wrong",
+    "rsp_length",
+    "rsp_position",
+    "rsp_scale",
+    "seed",
+    "steps",
+    "task",
+    "temperature",
+    "train_problems",
+    "trainer",
+    "updates_per_batch",
+    "weight_decay",
+]
+
+
+def test_saved_eval_settings_keep_their_keys_and_hash():
+    from rsp.evaluation import EvalConfig
+    from rsp.runio import config_hash
+
+    saved = EvalConfig().to_dict()
+    assert sorted(saved) == EVAL_KEYS
+    assert config_hash(saved) == "cf834e29b8d7a624"
+    vllm = EvalConfig(
+        engine="vllm",
+        tensor_parallel_size=2,
+        rsp_position="prepend",
+        method_options={"soft_prompt": "a.safetensors"},
+    ).to_dict()
+    assert config_hash(vllm) == "e64b111e241fb1b7"
+    assert EvalConfig.from_dict(saved) == EvalConfig()
+
+
+def test_saved_dapo_settings_keep_their_keys_and_hash():
+    from rsp.runio import config_hash
+
+    saved = DAPOConfig().to_dict()
+    assert sorted(saved) == DAPO_KEYS
+    assert config_hash(saved) == "8be106a5433d83f3"

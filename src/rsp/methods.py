@@ -26,10 +26,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import InitVar, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from rsp.config import option, require, require_choice
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
 from rsp.core.insert import INSERTION_POINTS
+from rsp.core.stats import MeanMode, RowSelection
 from rsp.models.loading import LoadedModel
 
 Category = Literal["baseline", "rsp", "control", "trained"]
@@ -140,6 +142,69 @@ def MethodOptions(  # noqa: N802  (the retired class name, kept callable)
         stats_mean=stats_mean,
         method_options=dict(extra or {}),
     )
+
+
+STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
+STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
+_INJECTION = "injection"
+
+
+@dataclass
+class InjectionArgs:
+    """The injection's settings in their flat spelling (docs/glossary.md), as a config-dataclass mixin
+    (`rsp.config`): each field is a flag of every command that inherits it (`rsp eval`, `rsp sweep`,
+    `rsp analyze`, `rsp serve`). The method is the command's own field (`methods` of an eval, `method` of
+    the server); `rsp_config(method)` is the `RSPConfig` it is built from."""
+
+    rsp_length: int = option(4, "L, vectors per RSP (0 = nothing injected)", group=_INJECTION)
+    rsp_scale: float = option(1.0, "multiplier on the fitted standard deviation", group=_INJECTION)
+    rsp_position: str = option(
+        "after_generation_prompt",
+        "insertion point of the vectors",
+        choices=INSERTION_POINTS,
+        deprecated=("--position",),
+        group=_INJECTION,
+    )
+    rsp_stats_rows: str = option(
+        "all",
+        "fit the statistics on all embedding rows or only the tokenizer's real tokens",
+        choices=STATS_ROWS,
+        deprecated=("--stats-rows",),
+        group=_INJECTION,
+    )
+    rsp_stats_mean: str = option(
+        "scalar",
+        "isotropic (scalar) or per-dimension mean",
+        choices=STATS_MEANS,
+        deprecated=("--stats-mean",),
+        group=_INJECTION,
+    )
+    method_options: dict = option(
+        default_factory=dict,
+        help="method-specific setting, e.g. soft_prompt=path.safetensors",
+        flag="--method-option",
+        group=_INJECTION,
+    )
+
+    def validate_injection(self, error: type[Exception] = ValueError) -> None:
+        """Length and scale >= 0; position and statistics among their choices."""
+        require(self.rsp_length >= 0, "rsp_length", f"must be >= 0, got {self.rsp_length}", error)
+        require(self.rsp_scale >= 0, "rsp_scale", f"must be >= 0, got {self.rsp_scale}", error)
+        require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS, error)
+        require_choice(self.rsp_stats_rows, "rsp_stats_rows", STATS_ROWS, error)
+        require_choice(self.rsp_stats_mean, "rsp_stats_mean", STATS_MEANS, error)
+
+    def rsp_config(self, method: str) -> RSPConfig:
+        """What `method` injects under these settings (the front door's `RSPConfig`)."""
+        return RSPConfig(
+            length=self.rsp_length,
+            scale=self.rsp_scale,
+            position=self.rsp_position,
+            method=method,
+            stats_rows=self.rsp_stats_rows,
+            stats_mean=self.rsp_stats_mean,
+            method_options=dict(self.method_options),
+        )
 
 
 MethodFactory = Callable[[LoadedModel, RSPConfig], Injection]

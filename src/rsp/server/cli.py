@@ -14,13 +14,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import get_args
+from typing import ClassVar
 
-from rsp.config import RSPArgumentParser, field_label, option
-from rsp.core.insert import INSERTION_POINTS
-from rsp.core.stats import MeanMode, RowSelection
-from rsp.engines import ENGINE_NAMES
-from rsp.methods import RSPConfig, method_names
+from rsp.config import RSPArgumentParser, option, require
+from rsp.engines.args import EngineArgs
+from rsp.methods import InjectionArgs, RSPConfig, method_names
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -43,66 +41,34 @@ def served_name(model: str) -> str:
     return model
 
 
-_MODEL, _INJECTION, _SERVER = "model", "injection (defaults for requests without an `rsp` field)", "server"
-STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
-STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
+_MODEL, _INJECTION, _SERVER = "model", "injection", "server"
 
 
 @dataclasses.dataclass
-class ServeCommandConfig:
+class ServeCommandConfig(InjectionArgs, EngineArgs):
     """The settings of `rsp serve`: what is served, what a request without `rsp` gets injected, and the
-    server's limits. Each field is the flag of the same name (`rsp_length` is `--rsp-length`)."""
+    server's limits. Each field is the flag of the same name (`rsp_length` is `--rsp-length`); the model and
+    engine fields are `EngineArgs`'s, the injection's `InjectionArgs`'s (with the help worded for serving)."""
 
-    model: str = option(
-        "smollm2-135m-instruct", "packaged name, local dir, .gguf file or Hub id", group=_MODEL
-    )
+    _option_help: ClassVar[dict[str, str]] = {
+        "engine": "generation engine",
+        "dtype": "auto (bf16), bfloat16, float32, float16; float32 makes greedy outputs independent of how "
+        "requests are batched",
+        "rsp_length": "L, vectors per RSP (0 = plain sampling)",
+        "method_options": "server-side method setting, e.g. soft_prompt=path.safetensors (requests cannot "
+        "set these)",
+    }
+    _group_titles: ClassVar[dict[str, str]] = {
+        _INJECTION: "injection (defaults for requests without an `rsp` field)"
+    }
+
     served_model_name: str | None = option(
         None,
         "the name clients send as `model` (default: the packaged name or Hub id, or a local path's last "
         "component)",
         group=_MODEL,
     )
-    engine: str = option("hf", "generation engine", choices=ENGINE_NAMES, group=_MODEL)
-    dtype: str = option(
-        "auto",
-        "auto (bf16), bfloat16, float32, float16; float32 makes greedy outputs independent of how "
-        "requests are batched",
-        group=_MODEL,
-    )
-    device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
-    tensor_parallel_size: int = option(1, "vllm engine only", group=_MODEL)
-    data_parallel_size: int = option(1, "vllm engine only", group=_MODEL)
-
     method: str = option("rsp", "what each sample gets injected (`rsp methods`)", group=_INJECTION)
-    rsp_length: int = option(4, "L, vectors per RSP (0 = plain sampling)", group=_INJECTION)
-    rsp_scale: float = option(1.0, "multiplier on the fitted standard deviation", group=_INJECTION)
-    rsp_position: str = option(
-        "after_generation_prompt",
-        "insertion point of the vectors",
-        choices=INSERTION_POINTS,
-        deprecated=("--position",),
-        group=_INJECTION,
-    )
-    rsp_stats_rows: str = option(
-        "all",
-        "fit the statistics on all embedding rows or only the tokenizer's real tokens",
-        choices=STATS_ROWS,
-        deprecated=("--stats-rows",),
-        group=_INJECTION,
-    )
-    rsp_stats_mean: str = option(
-        "scalar",
-        "isotropic (scalar) or per-dimension mean",
-        choices=STATS_MEANS,
-        deprecated=("--stats-mean",),
-        group=_INJECTION,
-    )
-    method_options: dict = option(
-        default_factory=dict,
-        help="server-side method setting, e.g. soft_prompt=path.safetensors (requests cannot set these)",
-        flag="--method-option",
-        group=_INJECTION,
-    )
     seed: int = option(
         0,
         "the server's base seed: requests without `seed` get seeds derived from it and a request counter",
@@ -128,22 +94,13 @@ class ServeCommandConfig:
     max_connections: int = option(1024, "concurrent connections before new ones get 503", group=_SERVER)
 
     def validate(self) -> ServeCommandConfig:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"{field_label(name)} {msg}")
-
-        need(self.rsp_length >= 0, "rsp_length", f"must be >= 0, got {self.rsp_length}")
-        need(self.rsp_scale >= 0, "rsp_scale", f"must be >= 0, got {self.rsp_scale}")
-        for name, value, allowed in (
-            ("rsp_position", self.rsp_position, INSERTION_POINTS),
-            ("engine", self.engine, ENGINE_NAMES),
-            ("rsp_stats_rows", self.rsp_stats_rows, STATS_ROWS),
-            ("rsp_stats_mean", self.rsp_stats_mean, STATS_MEANS),
-        ):
-            need(value in allowed, name, f"must be one of {', '.join(allowed)}, got {value!r}")
+        self.validate_injection()
+        self.validate_engine()
         known = method_names()
-        need(self.method in known, "method", f"{self.method!r} is unknown; known methods: {', '.join(known)}")
-        need(0 < self.port < 65536, "port", f"must be in 1..65535, got {self.port}")
+        require(
+            self.method in known, "method", f"{self.method!r} is unknown; known methods: {', '.join(known)}"
+        )
+        require(0 < self.port < 65536, "port", f"must be in 1..65535, got {self.port}")
         for name in (
             "max_batch_size",
             "max_n",
@@ -151,36 +108,16 @@ class ServeCommandConfig:
             "max_prompts",
             "max_body_bytes",
             "max_connections",
-            "tensor_parallel_size",
-            "data_parallel_size",
         ):
-            need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        need(self.max_rsp_length >= 0, "max_rsp_length", f"must be >= 0, got {self.max_rsp_length}")
-        need(self.batch_wait_ms >= 0, "batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
-        for name in ("tensor_parallel_size", "data_parallel_size"):
-            need(self.engine == "vllm" or getattr(self, name) == 1, name, "applies to --engine vllm only")
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.max_rsp_length >= 0, "max_rsp_length", f"must be >= 0, got {self.max_rsp_length}")
+        require(self.batch_wait_ms >= 0, "batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
         return self
 
-    def rsp_config(self) -> RSPConfig:
-        """The injection of requests without an `rsp` field (the front door's `RSPConfig`)."""
-        return RSPConfig(
-            length=self.rsp_length,
-            scale=self.rsp_scale,
-            position=self.rsp_position,
-            method=self.method,
-            stats_rows=self.rsp_stats_rows,
-            stats_mean=self.rsp_stats_mean,
-            method_options=dict(self.method_options),
-        )
-
-    def engine_options(self) -> dict:
-        """Options for `create_engine` beyond the engine name (vLLM's parallelism)."""
-        if self.engine != "vllm":
-            return {}
-        return {
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "data_parallel_size": self.data_parallel_size,
-        }
+    def rsp_config(self, method: str | None = None) -> RSPConfig:
+        """The injection of requests without an `rsp` field (the front door's `RSPConfig`): `method`, by
+        default the server's."""
+        return super().rsp_config(self.method if method is None else method)
 
 
 def build_parser() -> RSPArgumentParser:
