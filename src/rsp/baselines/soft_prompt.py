@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from rsp.config import field_label, option
+from rsp.config import option, require, require_choice
 from rsp.core.injection import Injection, RandomSoftPrompt
 from rsp.core.inputs import embed_prompts
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
@@ -230,36 +230,28 @@ class SoftPromptTrainConfig:
         self.data = tuple(self.data)
 
     def validate(self) -> None:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"{field_label(name)} {msg}")
-
-        need(self.rsp_length >= 1, "rsp_length", f"must be >= 1, got {self.rsp_length}")
-        need(
-            self.rsp_position in INSERTION_POINTS,
-            "rsp_position",
-            f"must be one of {', '.join(INSERTION_POINTS)}, got {self.rsp_position!r}",
-        )
-        need(bool(self.data), "data", "must name at least one training source (arith, gsm8k, ...)")
-        need(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
-        need(
+        require(self.rsp_length >= 1, "rsp_length", f"must be >= 1, got {self.rsp_length}")
+        require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS)
+        require(bool(self.data), "data", "must name at least one training source (arith, gsm8k, ...)")
+        require(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
+        require(
             self.val_size >= 1,
             "val_size",
             f"must be >= 1 (early stopping needs a held-out split), got {self.val_size}",
         )
-        need(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        need(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
-        need(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        need(
+        require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        require(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        require(
             self.max_solution_tokens >= 1,
             "max_solution_tokens",
             f"must be >= 1, got {self.max_solution_tokens}",
         )
-        need(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
-        need(self.init_scale >= 0, "init_scale", f"must be >= 0, got {self.init_scale}")
-        need(
+        require(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
+        require(self.init_scale >= 0, "init_scale", f"must be >= 0, got {self.init_scale}")
+        require(
             self.max_seconds is None or self.max_seconds > 0,
             "max_seconds",
             f"must be > 0, got {self.max_seconds}",

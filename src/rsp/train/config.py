@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
-from rsp.config import field_label, option
+from rsp.config import ModelArgs, option, require, require_choice
 from rsp.core.insert import INSERTION_POINTS
 
 TRAINERS = ("native", "trl")
@@ -31,14 +32,12 @@ class DAPOConfigError(ValueError):
 
 
 @dataclass
-class DAPOConfig:
-    """Everything that determines an RSP-DAPO run (saved as the run's config.json, checked on resume)."""
+class DAPOConfig(ModelArgs):
+    """Everything that determines an RSP-DAPO run (saved as the run's config.json, checked on resume).
 
-    model: str = option(
-        "smollm2-135m-instruct", "packaged name, local dir, .gguf file or Hub id", group=_MODEL
-    )
+    `model` and `device` are `ModelArgs`'s; training defaults to float32 weights."""
+
     dtype: str = option("float32", "float32, bfloat16, float16 or auto", group=_MODEL)
-    device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
     task: str = option("arith", "the rsp task trained on (arith, gsm8k, a .jsonl path, ...)", group=_TASK)
     arith_steps: int = option(2, "synthetic task: operations per problem", group=_TASK)
     arith_max_value: int = option(20, "synthetic task: size of numbers", group=_TASK)
@@ -103,16 +102,9 @@ class DAPOConfig:
     )
 
     def validate(self) -> DAPOConfig:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise DAPOConfigError(f"{field_label(name)} {msg}")
-
+        need = partial(require, error=DAPOConfigError)
         need(self.rsp_length >= 0, "rsp_length", f"must be >= 0 (0 = plain DAPO), got {self.rsp_length}")
-        need(
-            self.rsp_position in INSERTION_POINTS,
-            "rsp_position",
-            f"must be one of {', '.join(INSERTION_POINTS)}, got {self.rsp_position!r}",
-        )
+        require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS, DAPOConfigError)
         need(self.rsp_scale > 0, "rsp_scale", f"must be > 0, got {self.rsp_scale}")
         need(
             self.group_size >= 2,
