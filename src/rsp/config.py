@@ -143,12 +143,8 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
-class _DeprecatedFlag(argparse.Action):
-    """A retired spelling: stores into the field's dest and warns once per use."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str = "", **kwargs: Any) -> None:
-        self.new_flag = new_flag
-        super().__init__(option_strings, dest, **kwargs)
+class _Action(argparse.Action):
+    """An argparse action whose `apply` says what one use of its flag does to the namespace."""
 
     def __call__(
         self,
@@ -157,38 +153,51 @@ class _DeprecatedFlag(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        _warn_deprecated(str(option_string), self.new_flag)
+        self.apply(namespace, values, str(option_string))
+
+    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
+        raise NotImplementedError
+
+
+class _Store(_Action):
+    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
         setattr(namespace, self.dest, values)
 
 
-class _ExtendList(argparse.Action):
+class _ExtendList(_Action):
     """A list flag: its first use replaces the default, repeats extend it (`--arm A --arm B`)."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
+    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
         seen: set[str] = namespace.__dict__.setdefault("_rsp_lists_seen", set())
         current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
         seen.add(self.dest)
         setattr(namespace, self.dest, current + list(values))
 
 
-class _AppendKeyValue(argparse.Action):
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        current = dict(getattr(namespace, self.dest, None) or {})
+class _AppendKeyValue(_Action):
+    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
         key, value = values
-        current[key] = value
-        setattr(namespace, self.dest, current)
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), key: value})
+
+
+class _Retired(_Action):
+    """A retired spelling: warns once per use, naming the new flag, then does what the new flag does."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str = "", **kwargs: Any) -> None:
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
+        _warn_deprecated(option_string, self.new_flag)
+        super().apply(namespace, values, option_string)
+
+
+class _DeprecatedFlag(_Retired, _Store):
+    """A retired spelling of a flag: stores into the field's dest."""
+
+
+class _DeprecatedKeyValue(_Retired, _AppendKeyValue):
+    """A retired spelling of a KEY=VALUE flag: adds to the field's mapping."""
 
 
 def _with_metadata(f: dataclasses.Field, **metadata: Any) -> dataclasses.Field:
@@ -410,22 +419,6 @@ class RSPArgumentParser(HfArgumentParser):
                     kwargs[f.name] = None  # a required setting not given yet; shown as null
             outputs.append(dtype(**kwargs))
         return tuple(outputs)
-
-
-class _DeprecatedKeyValue(_AppendKeyValue):
-    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str = "", **kwargs: Any) -> None:
-        self.new_flag = new_flag
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        _warn_deprecated(str(option_string), self.new_flag)
-        super().__call__(parser, namespace, values, option_string)
 
 
 def config_dict(*configs: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
