@@ -52,7 +52,7 @@ def test_rsp_vllm_gives_each_repeat_its_own_rsp_and_rsp_hfs_greedy_completions(v
     engine = RSPVLLM(
         pretrained=str(vllm_model_dir),
         rsp_length=3,
-        rsp_seed=1,
+        seed=1,
         dtype="float32",
         max_model_len=256,
         batch_size=4,
@@ -64,7 +64,7 @@ def test_rsp_vllm_gives_each_repeat_its_own_rsp_and_rsp_hfs_greedy_completions(v
     assert len(set(got[:3])) > 1  # greedy repeats branch only through their own RSPs
 
     hf = RSPHFLM(
-        pretrained=str(vllm_model_dir), rsp_length=3, rsp_seed=1, dtype="float32", device="cpu", batch_size=4
+        pretrained=str(vllm_model_dir), rsp_length=3, seed=1, dtype="float32", device="cpu", batch_size=4
     )
     hf_reqs, hf_batch = _requests(hf, questions, 3)
     # lm-eval's vllm model keeps special tokens in the text (skip_special_tokens=False);
