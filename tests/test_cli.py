@@ -155,6 +155,58 @@ def test_validation_messages_name_the_field_and_its_flag():
         EvalConfig(rsp_position="middle").validate()
 
 
+def test_require_names_the_field_and_raises_the_configs_error():
+    from rsp.config import require, require_choice
+    from rsp.evaluation import ConfigError
+
+    require(True, "n", "must be >= 1, got 0")
+    with pytest.raises(ValueError, match=r"^n \(--n\) must be >= 1, got 0$"):
+        require(False, "n", "must be >= 1, got 0")
+    with pytest.raises(ConfigError, match=r"^engine \(--engine\) must be one of hf, vllm, got 'x'$"):
+        require_choice("x", "engine", ("hf", "vllm"), ConfigError)
+
+
+def test_shared_field_groups_check_the_same_way_in_every_command():
+    """`rsp eval` and `rsp serve` take the model, engine and injection fields from the same mixins: one
+    check each, raising the command's own error type."""
+    from rsp.engines.args import EngineArgs
+    from rsp.evaluation import ConfigError
+    from rsp.methods import InjectionArgs
+    from rsp.server.cli import ServeCommandConfig
+
+    for cls in (EvalConfig, ServeCommandConfig):
+        assert issubclass(cls, InjectionArgs) and issubclass(cls, EngineArgs)
+    bad = {"rsp_scale": -1.0}
+    with pytest.raises(ConfigError, match=r"rsp_scale \(--rsp-scale\) must be >= 0, got -1.0"):
+        EvalConfig(**bad).validate()
+    with pytest.raises(ValueError, match=r"rsp_scale \(--rsp-scale\) must be >= 0, got -1.0"):
+        ServeCommandConfig(**bad).validate()
+    with pytest.raises(ValueError, match=r"tensor_parallel_size \(--tensor-parallel-size\) applies to"):
+        ServeCommandConfig(tensor_parallel_size=2).validate()
+    assert EvalConfig(engine="vllm", data_parallel_size=2).engine_options() == {
+        "tensor_parallel_size": 1,
+        "data_parallel_size": 2,
+    }
+    assert ServeCommandConfig(method="rsp").rsp_config() == EvalConfig().rsp_config("rsp")
+
+
+def test_a_command_words_a_shared_fields_help_and_group_its_own_way():
+    from rsp.server.cli import build_parser
+
+    def help_of(parser, flag):
+        return next(a.help for a in parser._actions if flag in a.option_strings)
+
+    serve, evaluate = build_parser(), eval_parser()
+    assert help_of(serve, "--engine") == "generation engine"
+    assert help_of(evaluate, "--engine").startswith("hf: transformers generate")
+    assert help_of(serve, "--rsp-length").startswith("L, vectors per RSP (0 = plain sampling)")
+    assert help_of(evaluate, "--rsp-length").startswith("L, vectors per RSP (0 = nothing injected)")
+    titles = [g.title for g in serve._action_groups]
+    assert "injection (defaults for requests without an `rsp` field)" in titles and "injection" not in titles
+    eval_titles = [g.title for g in evaluate._action_groups]
+    assert eval_titles.index("task") < eval_titles.index("sampling") < eval_titles.index("injection")
+
+
 def test_two_config_classes_of_one_command_cannot_share_a_field():
     @dataclasses.dataclass
     class A:
