@@ -11,8 +11,8 @@ cd "$ROOT"
 (
   # shellcheck disable=SC1091
   . "$ROOT/scripts/env.sh"
-  ruff check src tests benchmarks scripts
-  ruff format --check src tests benchmarks scripts
+  ruff check .
+  ruff format --check .
   mypy
   python -m pytest -q -m "not vllm" "$@"
 )
