@@ -293,3 +293,17 @@ def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, 
     (Path(step.run.out) / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     cfg.write_text(json.dumps({"kind": "eval", "config": runner.expected_config(step.run)}))
     assert not runner.finished(step), "an unfinished run must be resumed"
+
+
+def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):
+    from rsp.config import RSPArgumentParser
+    from rsp.findings.__main__ import SelectConfig, main
+
+    argv = ["--screen", "runs/s", "--out", "runs/d", "--limit", "32"]
+    (cfg,) = RSPArgumentParser([SelectConfig]).parse(argv)
+    assert (cfg.screen, cfg.out, cfg.limit) == ("runs/s", "runs/d", 32)
+    (tmp_path / "c.yaml").write_text("screen: runs/s\nout: runs/x\nlimit: 32\n")
+    assert RSPArgumentParser([SelectConfig]).parse(
+        ["--config", str(tmp_path / "c.yaml"), "--out", "runs/d"]
+    ) == (cfg,)
+    assert main(["no-such-command"]) == 2

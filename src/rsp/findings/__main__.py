@@ -1,63 +1,97 @@
 """`python -m rsp.findings commands | run | select-gsm8k | report`: the map of issue #16 from one place.
 
-Why a module entry point and not an `rsp` subcommand: the CLI module is shared with other work; this
-entry point keeps the map's commands next to the cell list they print.
+Why a module entry point and not an `rsp` subcommand: it drives one experiment of this repository (its
+cells, its runs/ folder, its docs page), not a tool for users' own models. Its flags come from the config
+dataclasses below through `rsp.config.RSPArgumentParser`, like every `rsp` command's.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rsp.config import RSPArgumentParser, option
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rsp.findings", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("commands", help="print every step's command line, in run order")
-    r = sub.add_parser("run", help="run every step (resumable); prefer scripts/findings.sh")
-    r.add_argument("--jobs", type=int, default=2, help="steps run at once (default: %(default)s)")
-    s = sub.add_parser("select-gsm8k", help="choose a model's GSM8K problems from its screening run")
-    s.add_argument("--screen", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--limit", type=int, required=True)
-    rep = sub.add_parser(
-        "report", help="rebuild docs/findings/ and the tables in docs/findings.md from runs/"
-    )
-    rep.add_argument("--root", type=Path, default=None, help="runs root (default: runs/findings)")
-    rep.add_argument("--out", type=Path, default=Path("docs/findings"))
-    rep.add_argument("--doc", type=Path, default=Path("docs/findings.md"))
-    args = p.parse_args(argv)
+@dataclass
+class RunConfig:
+    jobs: int = option(2, "steps run at once")
 
-    if args.cmd == "commands":
-        from rsp.findings.cells import steps
 
-        try:
-            for step in steps():
-                print(step.command)
-        except BrokenPipeError:  # `... --print | head`
-            pass
-        return 0
-    if args.cmd == "run":
-        from rsp.findings.runner import run_all
+@dataclass
+class SelectConfig:
+    screen: str = option(help="the model's GSM8K screening run directory")
+    out: str = option(help="where gsm8k_test.jsonl and the few-shot examples go")
+    limit: int = option(help="number of problems to keep")
 
-        return 1 if run_all(args.jobs) else 0
-    if args.cmd == "select-gsm8k":
-        from rsp.findings.select import SelectionError, select_gsm8k
 
-        try:
-            ids = select_gsm8k(args.screen, args.out, args.limit)
-        except SelectionError as exc:
-            print(f"select-gsm8k: {exc}", file=sys.stderr)
-            return 1
-        print(f"selected {len(ids)} problems: {', '.join(ids)}")
-        return 0
-    if args.cmd == "report":
-        from rsp.findings.report import build_report
+@dataclass
+class ReportConfig:
+    root: str | None = option(None, "runs root (default: runs/findings)")
+    out: str = option("docs/findings", "where the summaries and plots go")
+    doc: str = option("docs/findings.md", "the page whose generated sections are rewritten")
 
-        build_report(root=args.root, out=args.out, doc=args.doc)
-        return 0
-    return 2
+
+def _commands(argv: Sequence[str]) -> int:
+    from rsp.findings.cells import steps
+
+    RSPArgumentParser([], prog="python -m rsp.findings commands").parse(argv)
+    try:
+        for step in steps():
+            print(step.command)
+    except BrokenPipeError:  # `... --print | head`
+        pass
+    return 0
+
+
+def _run(argv: Sequence[str]) -> int:
+    from rsp.findings.runner import run_all
+
+    (cfg,) = RSPArgumentParser([RunConfig], prog="python -m rsp.findings run").parse(argv)
+    return 1 if run_all(cfg.jobs) else 0
+
+
+def _select(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from rsp.findings.select import SelectionError, select_gsm8k
+
+    (cfg,) = RSPArgumentParser([SelectConfig], prog="python -m rsp.findings select-gsm8k").parse(argv)
+    try:
+        ids = select_gsm8k(Path(cfg.screen), Path(cfg.out), cfg.limit)
+    except SelectionError as exc:
+        print(f"select-gsm8k: {exc}", file=sys.stderr)
+        return 1
+    print(f"selected {len(ids)} problems: {', '.join(ids)}")
+    return 0
+
+
+def _report(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from rsp.findings.report import build_report
+
+    (cfg,) = RSPArgumentParser([ReportConfig], prog="python -m rsp.findings report").parse(argv)
+    build_report(root=Path(cfg.root) if cfg.root else None, out=Path(cfg.out), doc=Path(cfg.doc))
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "commands": (_commands, "print every step's command line, in run order"),
+    "run": (_run, "run every step (resumable); prefer scripts/findings.sh"),
+    "select-gsm8k": (_select, "choose a model's GSM8K problems from its screening run"),
+    "report": (_report, "rebuild docs/findings/ and the tables in docs/findings.md from runs/"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in COMMANDS:
+        lines = [f"  {name:13s} {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: python -m rsp.findings <command> [flags]\n\n" + "\n".join(lines), file=sys.stderr)
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    return COMMANDS[args[0]][0](args[1:])
 
 
 if __name__ == "__main__":
