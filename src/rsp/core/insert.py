@@ -58,27 +58,27 @@ class SlottedBatch:
 
 def build_slotted_batch(
     prompts: Sequence[Sequence[int]],
-    insert_at: Sequence[int],
+    insert_index: Sequence[int],
     length: int,
     *,
     pad_id: int,
     placeholder_id: int | None = None,
 ) -> SlottedBatch:
-    """Lay out prompts left-padded, with `length` slots inserted at `insert_at[i]` in row i.
+    """Lay out prompts left-padded, with `length` slots inserted at `insert_index[i]` in row i.
 
     With length 0 this is exactly a left-padded batch of the prompts, so "no injection" and "L=0"
     share one code path.
     """
     if length < 0:
         raise ValueError(f"injection length must be >= 0, got {length}")
-    if len(prompts) != len(insert_at):
-        raise ValueError("prompts and insert_at must have the same length")
+    if len(prompts) != len(insert_index):
+        raise ValueError("prompts and insert_index must have the same length")
     if not prompts:
         raise ValueError("cannot build an empty batch")
     placeholder = pad_id if placeholder_id is None else placeholder_id
     rows: list[list[int]] = []
     slot_starts: list[int] = []
-    for ids, at in zip(prompts, insert_at, strict=True):
+    for ids, at in zip(prompts, insert_index, strict=True):
         ids = list(ids)
         if not 0 <= at <= len(ids):
             raise ValueError(f"insertion index {at} outside prompt of length {len(ids)}")
