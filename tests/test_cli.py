@@ -272,3 +272,16 @@ def test_print_config_of_a_command_with_excluded_fields_reads_back(tmp_path, cap
     path = tmp_path / "sweep.yaml"
     path.write_text(text)
     assert build_sweep_parser().parse(["--config", str(path)]) == build_sweep_parser().parse(argv)
+
+
+@pytest.mark.parametrize(
+    ("make_parser", "flags", "moved"),
+    [
+        (report_parser, ["--run", "runs/a"], {"run": "runs/b"}),
+        (compare_parser, ["--arm", "a=r1:rsp", "--arm", "b=r2:rsp", "--out", "o"], {"out": "x"}),
+    ],
+)
+def test_report_and_compare_config_file_plus_override_equals_flags(tmp_path, make_parser, flags, moved):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(moved))
+    assert make_parser().parse(["--config", str(path), *flags]) == make_parser().parse(flags)
