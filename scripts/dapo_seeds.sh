@@ -11,13 +11,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-if [ -x "$ROOT/.venv/bin/python" ]; then
-  # shellcheck disable=SC1091
-  . "$ROOT/.venv/bin/activate"
-else
-  # shellcheck disable=SC1091
-  . "$ROOT/scripts/env.sh"
-fi
+# shellcheck disable=SC1091
+. "$ROOT/scripts/activate.sh"
 export OMP_NUM_THREADS=1
 OUT="${DAPO_SEEDS_OUT:-runs/dapo-seeds}"
 

@@ -12,13 +12,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-if [ -x "$ROOT/.venv/bin/python" ]; then
-  # shellcheck disable=SC1091
-  . "$ROOT/.venv/bin/activate"
-else
-  # shellcheck disable=SC1091
-  . "$ROOT/scripts/env.sh"
-fi
+# shellcheck disable=SC1091
+. "$ROOT/scripts/activate.sh"
 MODEL="${1:-smollm2-135m-instruct}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec nice -n "${RSP_NICE:-19}" rsp sweep --model "$MODEL" --engine lean --task arith --split train \

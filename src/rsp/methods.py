@@ -91,6 +91,21 @@ class RSPConfig:
         if self.method in ALIASES:
             object.__setattr__(self, "method", canonical_method(self.method))
 
+    @classmethod
+    def from_flat(cls, settings: Any, method: str) -> RSPConfig:
+        """From an object holding the flat spelling (`rsp_length`, `rsp_scale`, `rsp_position`,
+        `rsp_stats_rows`, `rsp_stats_mean`, optionally `method_options`; docs/glossary.md), e.g. a command's
+        config or TRL's `RSPArguments`."""
+        return cls(
+            length=settings.rsp_length,
+            scale=settings.rsp_scale,
+            position=settings.rsp_position,
+            method=method,
+            stats_rows=settings.rsp_stats_rows,
+            stats_mean=settings.rsp_stats_mean,
+            method_options=dict(getattr(settings, "method_options", None) or {}),
+        )
+
     def validate(self) -> RSPConfig:
         if self.length < 0:
             raise ValueError(f"RSPConfig.length must be >= 0, got {self.length}")
@@ -196,15 +211,7 @@ class InjectionArgs:
 
     def rsp_config(self, method: str) -> RSPConfig:
         """What `method` injects under these settings (the front door's `RSPConfig`)."""
-        return RSPConfig(
-            length=self.rsp_length,
-            scale=self.rsp_scale,
-            position=self.rsp_position,
-            method=method,
-            stats_rows=self.rsp_stats_rows,
-            stats_mean=self.rsp_stats_mean,
-            method_options=dict(self.method_options),
-        )
+        return RSPConfig.from_flat(self, method)
 
 
 MethodFactory = Callable[[LoadedModel, RSPConfig], Injection]

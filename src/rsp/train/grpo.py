@@ -76,14 +76,7 @@ class RSPArguments:
                 "--rsp_method is deprecated and will be removed in rsp 0.3; use --method", FutureWarning, 2
             )
             method = self.rsp_method
-        return RSPConfig(
-            length=self.rsp_length,
-            scale=self.rsp_scale,
-            position=self.rsp_position,
-            method=method,
-            stats_rows=self.rsp_stats_rows,
-            stats_mean=self.rsp_stats_mean,
-        ).validate()
+        return RSPConfig.from_flat(self, method).validate()
 
 
 def _retired_rsp_seed(rsp_args: RSPArguments) -> dict:
