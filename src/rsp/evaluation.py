@@ -8,7 +8,6 @@ run would have, and skips every batch already on disk.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, fields
@@ -27,7 +26,7 @@ from rsp.generation import Generator, decode_seed_for, plan_batches
 from rsp.methods import InjectionArgs, canonical_method, method_names
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
-from rsp.runio import atomic_write_text, config_hash, prepare_run_dir
+from rsp.runio import prepare_run_dir, rename_config_keys
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import PromptBuilder, PromptStyle
@@ -155,22 +154,10 @@ class EvalConfig(InjectionArgs, EngineArgs):
 def upgrade_legacy_config(out: Path) -> None:
     """Rename the `LEGACY_KEYS` of a run written before the renames in its config.json, so the run still
     resumes (the settings compare equal) and reads; nothing else in the file or the run changes."""
-    path = out / "config.json"
-    if not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return  # prepare_run_dir reports it
-    config = saved.get("config") if isinstance(saved, dict) else None
-    if saved.get("kind") != "eval" or not isinstance(config, dict) or not set(config) & set(LEGACY_KEYS):
-        return
-    config = {LEGACY_KEYS.get(k, k): v for k, v in config.items()}
-    saved.update(config=config, config_hash=config_hash(config))
-    atomic_write_text(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")
-    log.info(
-        "%s: config.json keys renamed to the current spelling (%s)", out, ", ".join(LEGACY_KEYS.values())
-    )
+    if rename_config_keys(out, "eval", LEGACY_KEYS):
+        log.info(
+            "%s: config.json keys renamed to the current spelling (%s)", out, ", ".join(LEGACY_KEYS.values())
+        )
 
 
 def prompt_hash(prompt: PromptTokens) -> str:

@@ -83,6 +83,26 @@ def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -
     return RunConfig(kind=str(found), config=saved["config"], schema_version=version)
 
 
+def rename_config_keys(run_dir: Path, kind: str, renames: dict[str, str], drop: Iterable[str] = ()) -> bool:
+    """When a run's config.json holds a key of `renames` (old -> new), rewrite it with the keys renamed and
+    the (new) keys in `drop` left out, keeping its kind and schema version, so a run written before a
+    rename still resumes (its settings compare equal). Returns whether the file changed; a missing,
+    unreadable, newer or other-kind config is left for `prepare_run_dir` / `read_run_config` to report."""
+    try:
+        saved = read_run_config(run_dir, kind=kind)
+    except RunDirError:
+        return False
+    if not set(saved.config) & set(renames):
+        return False
+    skip = set(drop)
+    config = {renames.get(k, k): v for k, v in saved.config.items() if renames.get(k, k) not in skip}
+    record: dict[str, object] = {"kind": saved.kind, "config": config, "config_hash": config_hash(config)}
+    if saved.schema_version:  # version 0 had no key
+        record["schema_version"] = saved.schema_version
+    atomic_write_text(Path(run_dir) / CONFIG, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return True
+
+
 def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
     """Create `out` or check it holds the same run. Returns True when resuming an existing run."""
     try:

@@ -42,7 +42,13 @@ from rsp.methods import (
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, read_samples
 from rsp.reporting import summarise, write_eval_report
-from rsp.runio import CONFIG, RunDirError, atomic_write_text, config_hash, prepare_run_dir, read_run_config
+from rsp.runio import (
+    RunDirError,
+    atomic_write_text,
+    prepare_run_dir,
+    read_run_config,
+    rename_config_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,20 +230,8 @@ def upgrade_legacy_sweep_config(out: Path) -> None:
     """Rename the keys of a sweep directory's config.json written before the renames (`position` ->
     `rsp_position`, ...: `rsp.evaluation.LEGACY_KEYS`), so the sweep still resumes; its cells are eval runs,
     upgraded the same way by `rsp.evaluation.upgrade_legacy_config`. The file keeps its schema version."""
-    try:
-        saved = read_run_config(out, kind="sweep")
-    except RunDirError:
-        return  # no sweep here yet, or one prepare_run_dir reports
-    if not set(saved.config) & set(LEGACY_KEYS):
-        return
-    config = {
-        LEGACY_KEYS.get(k, k): v for k, v in saved.config.items() if LEGACY_KEYS.get(k, k) not in GRID_KEYS
-    }
-    record: dict[str, object] = {"kind": saved.kind, "config": config, "config_hash": config_hash(config)}
-    if saved.schema_version:  # version 0 had no key
-        record["schema_version"] = saved.schema_version
-    atomic_write_text(out / CONFIG, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    log.info("%s: config.json keys renamed to the current spelling", out)
+    if rename_config_keys(out, "sweep", LEGACY_KEYS, drop=GRID_KEYS):
+        log.info("%s: config.json keys renamed to the current spelling", out)
 
 
 @dataclass
