@@ -45,21 +45,25 @@ def _ci(d: dict | None, signed: bool = True) -> str:
     return f"{d['mean']:{f}} [{d['ci_low']:{f}}, {d['ci_high']:{f}}]"
 
 
+# the per-cell columns of cells.csv, before the metric columns
+CELL_COLUMNS = (
+    "key",
+    "model",
+    "difficulty",
+    "axis",
+    "treatment",
+    "reference",
+    "temperature",
+    "L",
+    "scale",
+    "position",
+    "problems",
+    "complete",
+)
+
+
 def csv_table(results: list[CellResult]) -> str:
-    header = [
-        "key",
-        "model",
-        "difficulty",
-        "axis",
-        "treatment",
-        "reference",
-        "temperature",
-        "L",
-        "scale",
-        "position",
-        "problems",
-        "complete",
-    ]
+    header = list(CELL_COLUMNS)
     for m in METRICS:
         header += [
             f"{m} reference",
@@ -74,23 +78,7 @@ def csv_table(results: list[CellResult]) -> str:
     w.writerow(header)
     for r in results:
         s = r.summary()
-        row = [
-            s[k]
-            for k in (
-                "key",
-                "model",
-                "difficulty",
-                "axis",
-                "treatment",
-                "reference",
-                "temperature",
-                "L",
-                "scale",
-                "position",
-                "problems",
-                "complete",
-            )
-        ]
+        row = [s[k] for k in CELL_COLUMNS]
         for m in METRICS:
             if m in s:
                 d = s[m]
