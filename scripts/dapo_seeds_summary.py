@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
+from rsp.metrics import t_interval
 from rsp.reporting import compare_runs
 from rsp.runio import RunDirError
 
 METRICS = ("accuracy", "pass@8", "pass@32", "maj@32")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # two-sided 95% t quantiles by df
 
 
 def complete(eval_dir: Path, attempts: int = 32 * 32) -> bool:
@@ -75,12 +74,9 @@ def main() -> int:
             "|---|---|---|---|",
         ]
         for m in METRICS:
-            xs = [r["paired"][m]["mean"] for r in per_seed.values()]
-            mean = sum(xs) / len(xs)
-            sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-            half = T_975[len(xs) - 1] * sd / math.sqrt(len(xs))
-            across[m] = {"mean": mean, "low": mean - half, "high": mean + half, "seeds": len(xs)}
-            lines.append(f"| {m} | {mean:+.3f} | [{mean - half:+.3f}, {mean + half:+.3f}] | {len(xs)} |")
+            est = t_interval([r["paired"][m]["mean"] for r in per_seed.values()])
+            across[m] = {"mean": est.mean, "low": est.low, "high": est.high, "seeds": len(per_seed)}
+            lines.append(f"| {m} | {est.mean:+.3f} | [{est.low:+.3f}, {est.high:+.3f}] | {len(per_seed)} |")
     if missing:
         lines += ["", "Missing: " + "; ".join(missing)]
     text = "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from rsp.findings.analyse import Cell, evaluate_all, run_dir
 from rsp.findings.plots import heatmap_values
 from rsp.findings.report import build_report, doc_commands
 from rsp.findings.select import SelectionError, solved_ids
-from rsp.findings.verdicts import entropy_verdict, equivalence_verdict, family_verdict
+from rsp.findings.verdicts import dapo_verdict, entropy_verdict, equivalence_verdict, family_verdict
 from rsp.records import SAMPLES, SampleRecord, append_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,6 +255,33 @@ def test_entropy_verdict_rule(tmp_path: Path):
     assert entropy_verdict([_metrics_file(tmp_path, 0.5, 0.1)]).verdict == "does not hold"  # not lifted
     assert entropy_verdict([_metrics_file(tmp_path, 2.5, 5.0)]).verdict == "does not hold"  # not diluted
     assert entropy_verdict([]).verdict == "not run"
+
+
+def _dapo_summary(tmp_path: Path, name: str, diffs: list[tuple[float, float]]) -> Path:
+    """A dapo_seeds_summary.py summary.json whose seeds have the given (pass@1, pass@32) differences."""
+    per_seed = {
+        str(i): {"paired": {"accuracy": {"mean": a}, "pass@32": {"mean": b}}}
+        for i, (a, b) in enumerate(diffs)
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"per_seed": per_seed, "across_seeds": {}, "missing": []}))
+    return path
+
+
+def test_dapo_verdict_rule_over_seeds(tmp_path: Path):
+    gain = _dapo_summary(tmp_path, "gain", [(0.10, 0.20), (0.11, 0.25), (0.09, 0.22)])
+    v = dapo_verdict(gain)
+    assert v.verdict == "holds" and v.holds_in == ["pass@1, 3 seeds", "pass@32, 3 seeds"]
+    assert v.evidence[0]["level"] == pytest.approx(0.975)
+    # consistent small losses: the pass@1 interval lies below zero
+    loss = dapo_verdict(_dapo_summary(tmp_path, "loss", [(-0.012, -0.03), (-0.014, -0.12), (-0.013, 0.05)]))
+    assert loss.verdict == "does not hold" and loss.hurts_in == ["pass@1, 3 seeds"]
+    # seeds that disagree widely: nothing resolved
+    noisy = dapo_verdict(_dapo_summary(tmp_path, "noisy", [(0.2, 0.3), (-0.2, -0.3), (0.05, 0.1)]))
+    assert noisy.verdict == "inconclusive here"
+    # fewer seeds than the rule needs, or no summary at all: not run, never a verdict from two seeds
+    assert dapo_verdict(_dapo_summary(tmp_path, "two", [(0.1, 0.2), (0.1, 0.2)])).verdict == "not run"
+    assert dapo_verdict(tmp_path / "absent.json").verdict == "not run"
 
 
 def test_gsm8k_selection_needs_a_finished_screen_and_pools_both_arms():

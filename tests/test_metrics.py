@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rsp.metrics import bootstrap_ci, maj_at_k, paired_comparison, pass_at_k, pass_at_k_curve
+from rsp.metrics import (
+    bootstrap_ci,
+    maj_at_k,
+    paired_comparison,
+    pass_at_k,
+    pass_at_k_curve,
+    t_interval,
+    t_quantile,
+)
 
 
 def _exact_pass_at_k(n: int, c: int, k: int) -> float:
@@ -87,3 +95,28 @@ def test_paired_comparison_detects_consistent_difference():
     assert same.p_value == 1.0 and same.difference.mean == 0
     with pytest.raises(ValueError):
         paired_comparison([1, 2], [1])
+
+
+@pytest.mark.parametrize(
+    ("confidence", "df", "expected"),  # printed Student-t tables, two-sided
+    [
+        (0.95, 1, 12.706),
+        (0.95, 2, 4.303),
+        (0.95, 5, 2.571),
+        (0.95, 30, 2.042),
+        (0.975, 2, 6.205),
+        (0.99, 4, 4.604),
+    ],
+)
+def test_t_quantile_matches_printed_tables(confidence, df, expected):
+    assert t_quantile(confidence, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_t_interval_is_mean_plus_minus_t_times_standard_error():
+    est = t_interval([1.0, 2.0, 6.0])
+    half = 4.303 * math.sqrt(7.0) / math.sqrt(3)  # sample sd of (1, 2, 6) is sqrt(7)
+    assert est.mean == pytest.approx(3.0)
+    assert (est.low, est.high) == pytest.approx((3.0 - half, 3.0 + half), abs=1e-3)
+    assert t_interval([1.0, 2.0, 6.0], confidence=0.99).high > est.high
+    with pytest.raises(ValueError, match="at least two"):
+        t_interval([1.0])

@@ -35,6 +35,7 @@ ANALYSIS_FILES = (
     Path("docs/analysis/smollm2-arith/metrics.json"),
     Path("docs/analysis/gemma3-arith/metrics.json"),
 )
+DAPO_SUMMARY = Path("docs/results/dapo-seeds/summary.json")  # scripts/dapo_seeds_summary.py
 SOFT_PROMPT_BUDGET_S = 900  # --max-seconds of each soft-prompt training step
 
 
@@ -145,14 +146,15 @@ def verdicts_markdown(verdicts: list[Verdict]) -> str:
         )
     lines.append("")
     for v in verdicts:
-        if not v.evidence:
+        if not v.evidence and not v.note:
             continue
         lines.append(f"- {v.claim}:")
         for e in v.evidence:
             if "low" in e:
+                how = f"permutation p={e['p_value']:.3f}" if "p_value" in e else "t interval over seeds"
                 lines.append(
                     f"  - `{e['cell']}`: {e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}] "
-                    f"(interval at level {e['level']:.4f}, permutation p={e['p_value']:.3f})"
+                    f"(interval at level {e['level']:.4f}, {how})"
                 )
             else:
                 lines.append(
@@ -274,10 +276,11 @@ def build_report(
     out: Path = Path("docs/findings"),
     doc: Path | None = None,
     analysis_files: tuple[Path, ...] = ANALYSIS_FILES,
+    dapo_summary: Path | None = DAPO_SUMMARY,
 ) -> dict:
     runs_root = Path(ROOT) if root is None else Path(root)
     results = evaluate_all(root)
-    verdicts = all_verdicts(results, list(analysis_files))
+    verdicts = all_verdicts(results, list(analysis_files), dapo_summary)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cells.csv", csv_table(results))
     atomic_write_text(out / "cells.json", json.dumps([r.summary() for r in results], indent=1) + "\n")

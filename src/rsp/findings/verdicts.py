@@ -36,7 +36,14 @@ Claim-specific rules:
   pass@32; an equivalence-style rule with margin `MARGIN` = 0.10: holds if every complete cell's
   adjusted lower bound is above -0.10 (RSP at most 0.10 worse), does not hold if some cell's adjusted
   upper bound is below -0.10, otherwise inconclusive.
-* C4 (gains in DAPO): not part of this map (3 seeds per arm were not run): "not run".
+* C4 (gains in DAPO): not measured by the map; judged from `scripts/dapo_seeds.sh`'s committed summary
+  (docs/results/dapo-seeds/summary.json): per seed, RSP-DAPO minus plain DAPO on the same held-out
+  problems, at pass@1 and pass@32. Across the seeds, each metric gets a Student-t interval of the mean
+  difference at the Bonferroni level 1 - 0.05/2 (two metrics). Fewer than `DAPO_SEEDS` complete seeds:
+  "not run". Holds if some metric's interval lies above 0; does not hold if none does and some lies
+  below 0, or both upper bounds are below `MIN_EFFECT`; otherwise inconclusive. This rule was written
+  after seeds 0 and 1 had been read (both slightly negative, every interval including 0) and before
+  seed 2 finished; it is the family rule above applied to seeds instead of cells.
 * Derived questions use the family rule: D1 pass@1 over C2's family (does RSP cost per-attempt
   accuracy?); D2 pass@32 under greedy decoding (T=0); D3 RSP minus each control (rsp-shared,
   token-string, mean-vector) at pass@32 (is it the fresh randomness?).
@@ -50,10 +57,12 @@ from pathlib import Path
 
 from rsp.findings.analyse import CellResult
 from rsp.findings.cells import BASE_L, CONTROLS, DEFAULT_POSITION
-from rsp.metrics.stats import paired_comparison
+from rsp.metrics.stats import paired_comparison, t_interval
 
 MIN_EFFECT = 0.05
 MARGIN = 0.10
+DAPO_SEEDS = 3
+DAPO_METRICS = {"pass@1": "accuracy", "pass@32": "pass@32"}  # verdict name -> key in summary.json
 FAMILY_ALPHA = 0.05
 N_BOOT = 20_000
 
@@ -204,7 +213,45 @@ def entropy_verdict(metrics_files: list[Path]) -> Verdict:
     return v
 
 
-def all_verdicts(results: list[CellResult], analysis_files: list[Path]) -> list[Verdict]:
+def dapo_verdict(summary_file: Path | None) -> Verdict:
+    """C4 from scripts/dapo_seeds_summary.py's summary.json (see the module docstring)."""
+    v = Verdict(
+        "C4 gains in DAPO (RSP-DAPO vs DAPO)",
+        "not run",
+        "held-out pass@1, pass@32",
+        f"t interval over {DAPO_SEEDS} seeds",
+        0,
+        DAPO_SEEDS,
+    )
+    if summary_file is None or not summary_file.is_file():
+        v.note = "No summary of `bash scripts/dapo_seeds.sh` (python scripts/dapo_seeds_summary.py)."
+        return v
+    per_seed = json.loads(summary_file.read_text())["per_seed"]
+    v.cells_complete = len(per_seed)
+    v.note = f"From {summary_file}: {len(per_seed)} of {DAPO_SEEDS} seeds complete."
+    if len(per_seed) < DAPO_SEEDS:
+        return v
+    level = 1 - FAMILY_ALPHA / len(DAPO_METRICS)
+    for name, key in DAPO_METRICS.items():
+        est = t_interval([r["paired"][key]["mean"] for r in per_seed.values()], confidence=level)
+        cell = f"{name}, {len(per_seed)} seeds"
+        v.evidence.append({"cell": cell, "mean": est.mean, "low": est.low, "high": est.high, "level": level})
+        if est.low > 0:
+            v.holds_in.append(cell)
+        if est.high < 0:
+            v.hurts_in.append(cell)
+    if v.holds_in:
+        v.verdict = "holds"
+    elif v.hurts_in or all(e["high"] < MIN_EFFECT for e in v.evidence):
+        v.verdict = "does not hold"
+    else:
+        v.verdict = "inconclusive here"
+    return v
+
+
+def all_verdicts(
+    results: list[CellResult], analysis_files: list[Path], dapo_summary: Path | None = None
+) -> list[Verdict]:
     base = [
         r for r in results if r.cell.axis in ("difficulty", "temperature") and r.cell.reference.is_baseline
     ]
@@ -216,15 +263,7 @@ def all_verdicts(results: list[CellResult], analysis_files: list[Path]) -> list[
         entropy_verdict(analysis_files),
         family_verdict("C2 Pass@N widened together with temperature", widened, "pass@32"),
         equivalence_verdict("C3 comparable to trained soft prompts", soft, "pass@32"),
-        Verdict(
-            "C4 gains in DAPO (RSP-DAPO vs DAPO)",
-            "not run",
-            "held-out pass@k",
-            "3 seeds per arm",
-            0,
-            0,
-            note="Not part of this map; see 'Missing' in docs/findings.md for the command.",
-        ),
+        dapo_verdict(dapo_summary),
         family_verdict("D1 RSP raises per-attempt accuracy (pass@1) at T > 0", widened, "pass@1"),
         family_verdict("D2 RSP widens greedy decoding (pass@32 at T = 0)", greedy, "pass@32"),
         family_verdict(

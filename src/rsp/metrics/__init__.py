@@ -1,7 +1,14 @@
-"""Metrics: pass@k, maj@k, confidence intervals, paired comparisons."""
+"""Metrics: pass@k, maj@k, intervals (bootstrap over problems, t over seeds), paired comparisons."""
 
 from rsp.metrics.passk import maj_at_k, pass_at_k, pass_at_k_curve
-from rsp.metrics.stats import Estimate, PairedComparison, bootstrap_ci, paired_comparison
+from rsp.metrics.stats import (
+    Estimate,
+    PairedComparison,
+    bootstrap_ci,
+    paired_comparison,
+    t_interval,
+    t_quantile,
+)
 
 __all__ = [
     "Estimate",
@@ -11,4 +18,6 @@ __all__ = [
     "paired_comparison",
     "pass_at_k",
     "pass_at_k_curve",
+    "t_interval",
+    "t_quantile",
 ]

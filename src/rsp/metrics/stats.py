@@ -70,3 +70,45 @@ def paired_comparison(
         signs = rng.choice([-1.0, 1.0], size=(n_perm, d.size))
         p = float((np.abs((signs * d).mean(axis=1)) >= observed - 1e-12).mean())
     return PairedComparison(est, p, int(d.size), int((d > 0).sum()), int((d < 0).sum()))
+
+
+def _t_two_sided_mass(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with integer df (Abramowitz & Stegun 26.7.3-4, exact finite series)."""
+    theta = np.arctan(t / np.sqrt(df))
+    c2 = np.cos(theta) ** 2
+    if df % 2 == 1:
+        term, total = 1.0, 0.0
+        for k in range(1, (df - 1) // 2 + 1):  # 1 + (2/3)c^2 + (2*4)/(3*5)c^4 + ... up to c^(df-3)
+            total += term
+            term *= c2 * (2 * k) / (2 * k + 1)
+        series = np.sin(theta) * np.cos(theta) * total if df > 1 else 0.0
+        return float(2 / np.pi * (theta + series))
+    term, total = 1.0, 0.0
+    for k in range(1, df // 2 + 1):  # 1 + (1/2)c^2 + (1*3)/(2*4)c^4 + ... up to c^(df-2)
+        total += term
+        term *= c2 * (2 * k - 1) / (2 * k)
+    return float(np.sin(theta) * total)
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student-t critical value: P(|T| <= q) = confidence, for integer df >= 1."""
+    if df < 1 or not 0 < confidence < 1:
+        raise ValueError(f"t_quantile needs df >= 1 and 0 < confidence < 1, got df={df}, {confidence}")
+    lo, hi = 0.0, 1.0
+    while _t_two_sided_mass(hi, df) < confidence:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_two_sided_mass(mid, df) < confidence else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_interval(values, *, confidence: float = 0.95) -> Estimate:
+    """Mean with a Student-t interval: for a handful of independent replicates (e.g. training seeds),
+    where a bootstrap over 3 values would be meaningless. Needs at least two values."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        raise ValueError(f"t_interval needs at least two values, got {x.size}")
+    mean = float(x.mean())
+    half = t_quantile(confidence, x.size - 1) * float(x.std(ddof=1)) / np.sqrt(x.size)
+    return Estimate(mean, mean - half, mean + half)
