@@ -316,14 +316,7 @@ def steps() -> list[Step]:
         add(f"difficulty ({key})", lambda m, key=key: _pair(m, DIFFICULTY_BY_KEY[key], BASE_T))
     for t in (0.0, 1.0, 0.3):
         add(f"temperature ({'greedy' if t == 0 else f'T={t:g}'})", lambda m, t=t: _pair(m, arith1, t))
-    for L in (1, 16, 2, 8):
-        add(f"length (L={L})", lambda m, L=L: [Run(m, arith1, "rsp", BASE_T, L)])
-    for control in CONTROLS:
-        add(f"control ({control})", lambda m, c=control: [Run(m, arith1, c, BASE_T)])
-    for pos in POSITIONS[1:]:
-        add(f"position ({pos})", lambda m, p=pos: [Run(m, arith1, "rsp", BASE_T, position=p)])
-    for scale in (0.5, 2.0):
-        add(f"scale ({scale:g})", lambda m, s=scale: [Run(m, arith1, "rsp", BASE_T, scale=s)])
+    # the paper's claims before the derived questions: C3 (trained soft prompt), then C2 on GSM8K
     add(
         "control (soft-prompt)",
         lambda m: [_soft_prompt_step(m), Run(m, arith1, "soft-prompt", BASE_T, 0)],
@@ -334,6 +327,14 @@ def steps() -> list[Step]:
         lambda m: [*_screen_steps(m), *_pair(m, DIFFICULTY_BY_KEY["gsm8k"], BASE_T)],
         "gsm8k",
     )
+    for L in (1, 16, 2, 8):
+        add(f"length (L={L})", lambda m, L=L: [Run(m, arith1, "rsp", BASE_T, L)])
+    for control in CONTROLS:
+        add(f"control ({control})", lambda m, c=control: [Run(m, arith1, c, BASE_T)])
+    for pos in POSITIONS[1:]:
+        add(f"position ({pos})", lambda m, p=pos: [Run(m, arith1, "rsp", BASE_T, position=p)])
+    for scale in (0.5, 2.0):
+        add(f"scale ({scale:g})", lambda m, s=scale: [Run(m, arith1, "rsp", BASE_T, scale=s)])
 
     out: list[Step] = []
     for tier, item, chain in tiers:
