@@ -8,6 +8,7 @@ from conftest import chat_prompts
 
 from rsp.core import NoInjection, RandomSoftPrompt
 from rsp.engines import HFEngine, SamplingConfig
+from rsp.engines.lean import LeanEngine
 from rsp.engines.prefix import PrefixEngine
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=10)
@@ -63,6 +64,30 @@ def test_no_injection_and_stop_strings_match(sharp_lm):
     )
     assert cut[0].text == plain[0].text[: plain[0].text.find(stop)]
     assert cut[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("engine", [LeanEngine, PrefixEngine])  # HFEngine: generate()'s stop strings
+def test_a_stop_string_ends_the_token_ids_where_it_was_completed(sharp_lm, engine):  # need a real tokenizer
+    """token_ids (hence the records' num_tokens) stop at the token that completed the stop string, not at
+    max_new_tokens with the pad that fills a finished row while the rest of the batch goes on (all three
+    engines finish rows in HFEngine._finish)."""
+    prompts = chat_prompts(sharp_lm, ["hello there", "q"], attempts=2)
+    seeds = [None] * 4
+    sampling = SamplingConfig(temperature=0, max_new_tokens=12)
+    free = engine(sharp_lm).generate(prompts, NoInjection(), seeds, sampling, decode_seed=0)
+    stop = free[0].text[3:5]
+    assert stop and stop not in free[0].text[:3], "the stop string must first appear mid-completion"
+    cut = engine(sharp_lm).generate(
+        prompts, NoInjection(), seeds, sampling, decode_seed=0, stop_strings=[stop]
+    )
+    ids = cut[0].token_ids
+    decode = sharp_lm.tokenizer.decode
+    assert len(ids) < len(free[0].token_ids) and ids == free[0].token_ids[: len(ids)]
+    assert stop in decode(list(ids), skip_special_tokens=True)
+    assert stop not in decode(list(ids[:-1]), skip_special_tokens=True)
+    for c, f in zip(cut, free, strict=True):  # rows the stop string never reached are untouched
+        if stop not in f.text:
+            assert c == f
 
 
 def test_sliding_window_model_falls_back(tiny_gemma_lm):

@@ -163,11 +163,23 @@ class HFEngine:
     def _finish(self, tokens: list[int], sampling: SamplingConfig, stop_strings: Sequence[str]) -> Completion:
         tokens, stopped = cut_at_stop_token(tokens, self.lm.stop_token_ids)
         reason = "stop" if stopped else "length"
-        # transformers types decode's result for batches too; one list of ids decodes to one str
-        text = cast(str, self.lm.tokenizer.decode(tokens, skip_special_tokens=True))
-        for s in stop_strings:
-            cut = text.find(s)
-            if cut >= 0:
-                text = text[:cut]
-                reason = "stop"
+        text = self._decode_text(tokens)
+        hits = [text.find(s) for s in stop_strings if s in text]
+        if hits:
+            text, reason = text[: min(hits)], "stop"
+            # The ids end with the token that completed the stop string, as vLLM reports them, not with
+            # the pad written into the finished row until the batch ended: `num_tokens` counts what was
+            # generated. "Some stop string is in the decoded prefix" only turns on as the prefix grows.
+            lo, hi = 1, len(tokens)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if any(s in self._decode_text(tokens[:mid]) for s in stop_strings):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            tokens = tokens[:lo]
         return Completion(token_ids=tuple(tokens), text=text, finish_reason=reason)
+
+    def _decode_text(self, tokens: Sequence[int]) -> str:
+        # transformers types decode's result for batches too; one list of ids decodes to one str
+        return cast(str, self.lm.tokenizer.decode(list(tokens), skip_special_tokens=True))
