@@ -110,13 +110,16 @@ def family_verdict(claim: str, results: list[CellResult], metric: str, rule: str
     """Rules 1-5 of the module docstring."""
     evidence = adjusted_intervals(results, metric)
     v = Verdict(claim, "not run", metric, rule, len(evidence), len(results), evidence=evidence)
-    if not evidence:
-        return v
-    v.holds_in = [e["cell"] for e in evidence if e["low"] > 0]
-    v.hurts_in = [e["cell"] for e in evidence if e["high"] < 0]
+    return _apply_family_rule(v) if evidence else v
+
+
+def _apply_family_rule(v: Verdict) -> Verdict:
+    """Rules 3-5 of the module docstring, on `v.evidence` (one interval per cell, or per metric for C4)."""
+    v.holds_in = [e["cell"] for e in v.evidence if e["low"] > 0]
+    v.hurts_in = [e["cell"] for e in v.evidence if e["high"] < 0]
     if v.holds_in:
         v.verdict = "holds"
-    elif v.hurts_in or all(e["high"] < MIN_EFFECT for e in evidence):
+    elif v.hurts_in or all(e["high"] < MIN_EFFECT for e in v.evidence):
         v.verdict = "does not hold"
     else:
         v.verdict = "inconclusive here"
@@ -236,17 +239,7 @@ def dapo_verdict(summary_file: Path | None) -> Verdict:
         est = t_interval([r["paired"][key]["mean"] for r in per_seed.values()], confidence=level)
         cell = f"{name}, {len(per_seed)} seeds"
         v.evidence.append({"cell": cell, "mean": est.mean, "low": est.low, "high": est.high, "level": level})
-        if est.low > 0:
-            v.holds_in.append(cell)
-        if est.high < 0:
-            v.hurts_in.append(cell)
-    if v.holds_in:
-        v.verdict = "holds"
-    elif v.hurts_in or all(e["high"] < MIN_EFFECT for e in v.evidence):
-        v.verdict = "does not hold"
-    else:
-        v.verdict = "inconclusive here"
-    return v
+    return _apply_family_rule(v)
 
 
 def all_verdicts(
