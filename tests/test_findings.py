@@ -202,7 +202,10 @@ def test_report_writes_summaries_plots_and_doc_sections(synthetic, tmp_path: Pat
     root, cells = synthetic
     doc = tmp_path / "findings.md"
     shutil.copy(REPO / "docs" / "findings.md", doc)
-    monkeypatch.setattr("rsp.findings.report.evaluate_all", lambda r: evaluate_all(r, list(cells.values())))
+    monkeypatch.setattr(
+        "rsp.findings.report.evaluate_all",
+        lambda r, ledger=None: evaluate_all(r, list(cells.values()), ledger),
+    )
     out = tmp_path / "out"
     rep = build_report(root=root, out=out, doc=doc, analysis_files=())
     for name in (
@@ -301,6 +304,43 @@ def test_gsm8k_selection_needs_a_finished_screen_and_pools_both_arms():
         solved_ids(rows[:-1], problems=4, attempts=2)
 
 
+def test_a_recorded_gsm8k_selection_rebuilds_the_data_without_the_screen(tmp_path: Path, monkeypatch):
+    from rsp.findings.select import select_gsm8k
+
+    data = tmp_path / "shared"
+    data.mkdir()
+    test = [{"id": f"g{i}", "problem": f"q{i}", "answer": str(i)} for i in range(C.SCREEN_PROBLEMS)]
+    (data / "gsm8k_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
+    (data / "gsm8k_train.jsonl").write_text('{"problem": "a", "answer": "1"}\n' * 3)
+    monkeypatch.setenv("RSP_DATA_DIR", str(data))
+    screen = tmp_path / "runs" / "smollm2" / "gsm8k-screen"
+    screen.mkdir(parents=True)
+    solved = {3, 7, 11, 40}  # rsp solves 3 and 40, temperature 7 and 11
+    rows = [
+        {
+            "problem_id": f"g{i}",
+            "method": m,
+            "attempt": a,
+            "correct": a == 0 and ((m == "rsp" and i in (3, 40)) or (m == "temperature" and i in (7, 11))),
+        }
+        for i in range(C.SCREEN_PROBLEMS)
+        for m in ("temperature", "rsp")
+        for a in range(C.SCREEN_ATTEMPTS)
+    ]
+    (screen / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = tmp_path / "ledger" / "selection.json"
+    out = tmp_path / "runs" / "data"
+    assert select_gsm8k(screen, out, 3, record) == ["g3", "g7", "g11"]
+    saved = json.loads(record.read_text())
+    assert saved["selected"] == ["g3", "g7", "g11"]
+    assert saved["correct_per_problem"]["g40"] == {"temperature": 0, "rsp": 1}
+    assert sum(sum(v.values()) for v in saved["correct_per_problem"].values()) == len(solved)
+    first = (out / "gsm8k_test.jsonl").read_text()
+    shutil.rmtree(tmp_path / "runs")  # the next session: no screen, no data directory
+    assert select_gsm8k(screen, out, 3, record) == ["g3", "g7", "g11"]
+    assert (out / "gsm8k_test.jsonl").read_text() == first
+
+
 def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, monkeypatch):
     from rsp.findings import runner
 
@@ -320,6 +360,96 @@ def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, 
     (Path(step.run.out) / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     cfg.write_text(json.dumps({"kind": "eval", "config": runner.expected_config(step.run)}))
     assert not runner.finished(step), "an unfinished run must be resumed"
+
+
+# ------------------------------------------------------------------------------------------------- ledger
+
+
+def _finish(root: Path, run: C.Run, rates: list[float], seed: int, config: dict | None = None) -> None:
+    """A finished run directory: its samples plus the config.json `rsp eval` writes."""
+    from rsp.findings.runner import expected_config
+    from rsp.runio import SCHEMA_VERSION
+
+    _write_run(root, run, rates, seed)
+    saved = {"kind": "eval", "schema_version": SCHEMA_VERSION, "config": config or expected_config(run)}
+    (run_dir(run, root) / "config.json").write_text(json.dumps(saved))
+
+
+def test_a_banked_run_reads_back_as_the_run_it_came_from(synthetic, tmp_path: Path):
+    from rsp.findings.analyse import bank_run, load_samples
+    from rsp.findings.ledger import read_entry
+
+    root, cells = synthetic
+    ledger = tmp_path / "ledger"
+    cell = cells["effect"]
+    for run, rates, seed in ((cell.treatment, [0.3] * 32, 2), (cell.reference, [0.0] * 32, 1)):
+        _finish(root, run, rates, seed)
+        assert bank_run(run, root, ledger) is not None
+        entry, samples = read_entry(run, ledger), load_samples(run, root)
+        assert entry is not None and samples is not None
+        assert entry.correct == samples.correct and entry.answers == samples.answers
+        assert entry.tokens == samples.tokens
+    from_runs = evaluate_all(root, [cell])[0]
+    shutil.rmtree(root)  # the next session's checkout: no runs/, only the ledger
+    from_ledger = evaluate_all(root, [cell], ledger)[0]
+    assert from_ledger.complete and from_ledger.counts == from_runs.counts
+    for m in ("pass@1", "pass@32", "maj@32"):
+        assert from_ledger.delta(m) == from_runs.delta(m)
+
+
+def test_only_complete_runs_under_their_own_settings_enter_the_ledger(tmp_path: Path):
+    from rsp.findings.analyse import bank_run
+    from rsp.findings.runner import expected_config
+
+    root, ledger = tmp_path / "runs", tmp_path / "ledger"
+    rsp, base = _pair(0.7)
+    _finish(root, rsp, [0.5] * 32, 0)
+    samples = run_dir(rsp, root) / "samples.jsonl"
+    samples.write_text("\n".join(samples.read_text().splitlines()[:-1]) + "\n")
+    assert bank_run(rsp, root, ledger) is None, "a run missing one attempt is not finished"
+    _finish(root, base, [0.5] * 32, 1, dict(expected_config(base), max_new_tokens=64))
+    assert bank_run(base, root, ledger) is None, "a run made with other settings is not this cell"
+    assert not ledger.exists()
+
+
+def test_the_runner_counts_a_ledger_entry_as_finished_and_refuses_one_with_other_settings(
+    tmp_path: Path, monkeypatch
+):
+    import rsp.findings.ledger as L
+    from rsp.findings import runner
+    from rsp.findings.analyse import bank_run
+
+    monkeypatch.chdir(tmp_path)
+    step = C.steps()[0]
+    assert step.run is not None and not runner.finished(step)
+    _finish(Path("elsewhere"), step.run, [0.2] * 32, 0)
+    entry = bank_run(step.run, Path("elsewhere"), Path(L.LEDGER))
+    assert entry is not None and not Path(step.run.out).exists()
+    assert runner.finished(step), "a run finished in an earlier session must not run again"
+    saved = json.loads(entry.read_text())
+    saved["config"]["temperature"] = 1.0
+    entry.write_text(json.dumps(saved))
+    with pytest.raises(L.LedgerError, match="other settings"):
+        runner.finished(step)
+
+
+def test_a_reconstructed_entry_without_answers_gives_pass_at_k_but_no_maj(tmp_path: Path):
+    from rsp.findings.ledger import RunData, write_entry
+    from rsp.findings.report import cells_markdown
+    from rsp.findings.runner import expected_config
+
+    ledger = tmp_path / "ledger"
+    rsp, base = _pair(0.7)
+    counts = {"rsp": [8] * 16 + [0] * 16, "base": [0] * 32}
+    for run, key in ((rsp, "rsp"), (base, "base")):
+        correct = {f"p{i:02d}": [a < c for a in range(C.N_ATTEMPTS)] for i, c in enumerate(counts[key])}
+        data = RunData(run, correct, None, {p: 40.0 for p in correct})
+        write_entry(data, ledger, config=expected_config(run), code="x", source="reconstructed")
+    (r,) = evaluate_all(tmp_path / "none", [Cell(rsp, base, "difficulty")], ledger)
+    assert r.complete and not r.has("maj@32") and "maj@32" not in r.summary()
+    assert float(r.treatment["pass@32"].mean()) == pytest.approx(0.5)
+    assert float(r.treatment["pass@1"].mean()) == pytest.approx(0.125)
+    assert cells_markdown([r]).splitlines()[-1].endswith("| n/a |")
 
 
 def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):

@@ -24,6 +24,9 @@ class SelectConfig:
     screen: str = option(help="the model's GSM8K screening run directory")
     out: str = option(help="where gsm8k_test.jsonl and the few-shot examples go")
     limit: int = option(help="number of problems to keep")
+    record: str | None = option(
+        None, "the committed selection record: read when it exists (no screen needed), else written"
+    )
 
 
 @dataclass
@@ -59,7 +62,8 @@ def _select(argv: Sequence[str]) -> int:
 
     (cfg,) = RSPArgumentParser([SelectConfig], prog="python -m rsp.findings select-gsm8k").parse(argv)
     try:
-        ids = select_gsm8k(Path(cfg.screen), Path(cfg.out), cfg.limit)
+        record = Path(cfg.record) if cfg.record else None
+        ids = select_gsm8k(Path(cfg.screen), Path(cfg.out), cfg.limit, record)
     except SelectionError as exc:
         print(f"select-gsm8k: {exc}", file=sys.stderr)
         return 1
@@ -81,7 +85,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "commands": (_commands, "print every step's command line, in run order"),
     "run": (_run, "run every step (resumable); prefer scripts/findings.sh"),
     "select-gsm8k": (_select, "choose a model's GSM8K problems from its screening run"),
-    "report": (_report, "rebuild docs/findings/ and the tables in docs/findings.md from runs/"),
+    "report": (_report, "bank finished runs; rebuild docs/findings/ and docs/findings.md"),
 }
 
 

@@ -28,6 +28,7 @@ from rsp.findings.cells import (
     Run,
     runs,
 )
+from rsp.findings.ledger import RunData, read_entry
 from rsp.metrics.passk import maj_at_k, pass_at_k
 from rsp.metrics.stats import bootstrap_ci, paired_comparison
 from rsp.records import SAMPLES, SampleRecord, read_samples
@@ -38,26 +39,16 @@ KS = (1, 8, 32)
 METRICS = tuple(f"pass@{k}" for k in KS) + ("maj@32",)
 
 
-@dataclass
-class RunData:
-    """Per-problem attempts of one run: correctness and canonical answers (a greedy run expanded to N)."""
-
-    run: Run
-    correct: dict[str, list[bool]]
-    answers: dict[str, list[str | None]]
-    tokens: dict[str, float]
-
-
 def run_dir(run: Run, root: Path | None) -> Path:
     if root is None:
         return Path(run.out)
     return Path(root) / run.out.removeprefix(ROOT + "/")
 
 
-def load_run(run: Run, root: Path | None = None) -> RunData | None:
-    """The run's complete problems, or None when it has not started. Its samples are read under the schema
-    version of its config.json (the current one for a directory with samples only), a torn last line left
-    alone (the run may be writing)."""
+def load_samples(run: Run, root: Path | None = None) -> RunData | None:
+    """The run's complete problems from its run directory, or None when it has not started. Its samples are
+    read under the schema version of its config.json (the current one for a directory with samples only), a
+    torn last line left alone (the run may be writing)."""
     path = run_dir(run, root)
     version = read_run_config(path).schema_version if (path / CONFIG).is_file() else SCHEMA_VERSION
     records = read_samples(path / SAMPLES, version=version)
@@ -67,7 +58,9 @@ def load_run(run: Run, root: Path | None = None) -> RunData | None:
     for r in records:
         if r["method"] == run.method:
             by_pid[r["problem_id"]][int(r["attempt"])] = r
-    correct, answers, tokens = {}, {}, {}
+    correct: dict[str, list[bool]] = {}
+    answers: dict[str, list[str | None]] = {}
+    tokens: dict[str, float] = {}
     for pid, attempts in by_pid.items():
         if len(attempts) < run.n:
             continue
@@ -78,6 +71,41 @@ def load_run(run: Run, root: Path | None = None) -> RunData | None:
         answers[pid] = [canonical_answer(r.get("extracted")) for r in rows]
         tokens[pid] = float(np.mean([r.get("num_tokens", 0) for r in rows]))
     return RunData(run, correct, answers, tokens)
+
+
+def code_commit(root: Path | None = None) -> str:
+    """The commit of the frozen code the map's steps run on (runs/findings/code/COMMIT), or "unknown"."""
+    path = (Path(ROOT) if root is None else Path(root)) / "code" / "COMMIT"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else "unknown"
+
+
+def bank_run(run: Run, root: Path | None, ledger: Path) -> Path | None:
+    """Write the ledger entry of a run whose directory holds every attempt under this run's settings
+    (None when it does not, or when the entry is already there). The run directory stays the source of
+    truth while it exists; the entry is what a later session on a fresh checkout reads."""
+    from rsp.findings.ledger import entry_path, write_entry
+    from rsp.findings.runner import current_spelling, expected_config
+
+    path = run_dir(run, root)
+    if entry_path(run, ledger).is_file() or not (path / CONFIG).is_file():
+        return None
+    config = current_spelling(read_run_config(path).config)
+    if config != expected_config(run):
+        return None
+    data = load_samples(run, root)
+    if data is None or not data.complete:
+        return None
+    return write_entry(data, ledger, config=config, code=code_commit(root), source="runs")
+
+
+def load_run(run: Run, root: Path | None = None, ledger: Path | None = None) -> RunData | None:
+    """The run's attempts: from its ledger entry when that is complete (a run finished in an earlier
+    session, whose run directory is gone), else from its run directory (finished or in progress)."""
+    if ledger is not None:
+        entry = read_entry(run, ledger)
+        if entry is not None and entry.complete:
+            return entry
+    return load_samples(run, root)
 
 
 @dataclass(frozen=True)
@@ -127,7 +155,9 @@ def per_problem(data: RunData, pids: list[str]) -> dict[str, np.ndarray]:
     vals: dict[str, np.ndarray] = {}
     for k in range(1, N_ATTEMPTS + 1):
         vals[f"pass@{k}"] = np.array([pass_at_k(N_ATTEMPTS, sum(data.correct[p]), k) for p in pids])
-    vals["maj@32"] = np.array([maj_at_k(data.answers[p], data.correct[p], N_ATTEMPTS) for p in pids])
+    if data.answers is not None:  # unknown for a reconstructed ledger entry: no maj@k
+        answers = data.answers
+        vals["maj@32"] = np.array([maj_at_k(answers[p], data.correct[p], N_ATTEMPTS) for p in pids])
     return vals
 
 
@@ -144,6 +174,10 @@ class CellResult:
     @property
     def complete(self) -> bool:
         return self.problems >= N_PROBLEMS
+
+    def has(self, metric: str) -> bool:
+        """Whether both arms have the metric (maj@k needs answers, which reconstructed entries lack)."""
+        return metric in self.treatment and metric in self.reference
 
     def delta(self, metric: str, *, confidence: float = 0.95, n_boot: int = 2000) -> dict:
         return paired_comparison(
@@ -179,7 +213,7 @@ class CellResult:
         }
         if not self.problems:
             return out
-        for metric in METRICS:
+        for metric in (m for m in METRICS if self.has(m)):
             out[metric] = {
                 "treatment": self.estimate("treatment", metric),
                 "reference": self.estimate("reference", metric),
@@ -212,11 +246,14 @@ def evaluate_cell(cell: Cell, loaded: dict[str, RunData | None]) -> CellResult:
     )
 
 
-def evaluate_all(root: Path | None = None, cell_list: list[Cell] | None = None) -> list[CellResult]:
+def evaluate_all(
+    root: Path | None = None, cell_list: list[Cell] | None = None, ledger: Path | None = None
+) -> list[CellResult]:
+    """Every cell's paired numbers; runs are read from `ledger` (committed entries) or from `root`."""
     cell_list = cells() if cell_list is None else cell_list
     loaded: dict[str, RunData | None] = {}
     for cell in cell_list:
         for run in (cell.treatment, cell.reference):
             if run.out not in loaded:
-                loaded[run.out] = load_run(run, root)
+                loaded[run.out] = load_run(run, root, ledger)
     return [evaluate_cell(c, loaded) for c in cell_list]

@@ -35,7 +35,9 @@ from pathlib import Path
 
 from rsp.baselines.sweep import ATTEMPT_INVARIANT
 
-ROOT = "runs/findings"
+ROOT = "runs/findings"  # raw runs (git-ignored; gone in the next session's checkout)
+LEDGER = "docs/findings/ledger"  # what of them is committed (rsp.findings.ledger)
+TIMING = "docs/findings/timing.jsonl"  # one line per step invocation: wall and CPU time, new attempts
 # lean: greedy-identical to hf on the real models in bf16, about 1.2x faster on a CPU (docs/performance.md);
 # prefix would save prefill on long prompts but falls back to lean on Gemma 3 (sliding window).
 ENGINE = "lean"
@@ -100,6 +102,12 @@ def soft_prompt_file(model: Model) -> str:
 
 def screen_dir(model: Model) -> str:
     return f"{ROOT}/{model.key}/gsm8k-screen"
+
+
+def selection_file(model: Model) -> str:
+    """The committed record of the model's GSM8K selection (ids and screening counts): with it, a later
+    session rebuilds the data directory without screening again."""
+    return f"{LEDGER}/{model.key}/gsm8k/selection.json"
 
 
 def _model_args(model: Model) -> list[str]:
@@ -293,10 +301,13 @@ def _screen_steps(model: Model) -> list[Step]:
         data_dir(model),
         "--limit",
         str(N_PROBLEMS),
+        "--record",
+        selection_file(model),
     ]
     chain = f"gsm8k-{model.key}"
+    screen_command = f"test -f {shlex.quote(selection_file(model))} || {shlex.join(screen)}"
     return [
-        Step("screen", "difficulty (gsm8k)", shlex.join(screen), None, (screen_dir(model),), chain),
+        Step("screen", "difficulty (gsm8k)", screen_command, None, (screen_dir(model),), chain),
         Step("select", "difficulty (gsm8k)", shlex.join(select), None, (data_dir(model),), chain),
     ]
 

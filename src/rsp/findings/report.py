@@ -4,7 +4,8 @@ Why generated sections inside a hand-written page: the verdict table, the cell t
 the list of commands must never drift from the runs and the cell list, so they are rewritten between
 `<!-- BEGIN generated:NAME -->` / `<!-- END generated:NAME -->` markers each time, while the reading of
 the results around them stays prose. Only summaries are written (per-cell means, intervals, per-problem
-correct counts, pass@k curves), never completions; the raw JSONL stays in runs/ (git-ignored).
+correct counts, pass@k curves) and the ledger of graded attempts (`rsp.findings.ledger`), never
+completions; the raw JSONL stays in runs/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from rsp.findings.analyse import METRICS, CellResult, evaluate_all, run_dir
+from rsp.findings.analyse import METRICS, CellResult, bank_run, evaluate_all, run_dir
 from rsp.findings.cells import (
     DIFFICULTY_BY_KEY,
     MODEL_BY_KEY,
@@ -27,6 +28,7 @@ from rsp.findings.cells import (
     runs,
     steps,
 )
+from rsp.findings.ledger import TIMING, read_entry
 from rsp.findings.plots import plot_best_worst, plot_delta_vs_base, plot_heatmaps
 from rsp.findings.verdicts import Verdict, all_verdicts
 from rsp.runio import atomic_write_text
@@ -113,7 +115,9 @@ def cells_markdown(results: list[CellResult]) -> str:
         c = r.cell
         if r.problems:
             ref = f"{float(r.reference['pass@1'].mean()):.3f}"
-            deltas = [_ci(r.delta(m)) for m in ("pass@1", "pass@8", "pass@32", "maj@32")]
+            deltas = [
+                _ci(r.delta(m)) if r.has(m) else "n/a" for m in ("pass@1", "pass@8", "pass@32", "maj@32")
+            ]
         else:
             ref, deltas = "-", ["-"] * 4
         lines.append(
@@ -129,7 +133,7 @@ def hurts_markdown(results: list[CellResult]) -> str:
     for r in results:
         if not r.problems:
             continue
-        bad = [(m, r.delta(m)) for m in METRICS]
+        bad = [(m, r.delta(m)) for m in METRICS if r.has(m)]
         bad = [(m, d) for m, d in bad if d["ci_high"] < 0]
         if bad:
             tag = "" if r.complete else f" ({r.problems}/{N_PROBLEMS} problems so far)"
@@ -167,16 +171,15 @@ def verdicts_markdown(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-def read_timing(root: Path) -> list[dict]:
-    path = root / "timing.jsonl"
+def read_timing(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def cost(root: Path) -> dict:
+def cost(timing_path: Path) -> dict:
     """CPU time used so far, and an estimate for the whole map from the measured CPU seconds per attempt."""
-    timing = read_timing(root)
+    timing = read_timing(timing_path)
     used = sum(t["cpu_s"] for t in timing)
     rates: dict[str, float] = {}
     for model in MODEL_BY_KEY:
@@ -211,7 +214,7 @@ def cost_markdown(c: dict) -> str:
     lines = [
         f"- CPU time used so far by the map's steps: **{c['cpu_hours_used']:.2f} CPU hours** "
         f"({c['wall_hours_of_steps']:.2f} h of step wall time summed over the parallel workers; "
-        f"{c['steps_logged']} step invocations logged in `{ROOT}/timing.jsonl`)."
+        f"{c['steps_logged']} step invocations logged in `{TIMING}`)."
     ]
     for m, rate in c["cpu_s_per_attempt"].items():
         lines.append(
@@ -238,9 +241,11 @@ def cost_markdown(c: dict) -> str:
     return "\n".join(lines)
 
 
-def missing_markdown(root: Path | None) -> str:
+def missing_markdown(root: Path | None, ledger: Path | None = None) -> str:
     lines = []
     for run in runs():
+        if ledger is not None and (entry := read_entry(run, ledger)) is not None and entry.complete:
+            continue
         path = run_dir(run, root) / "samples.jsonl"
         expected = N_PROBLEMS * run.n
         have = 0
@@ -278,14 +283,16 @@ def build_report(
     analysis_files: tuple[Path, ...] = ANALYSIS_FILES,
     dapo_summary: Path | None = DAPO_SUMMARY,
 ) -> dict:
-    runs_root = Path(ROOT) if root is None else Path(root)
-    results = evaluate_all(root)
+    ledger = out / "ledger"  # docs/findings/ledger: the committed ledger (rsp.findings.ledger)
+    for run in runs():  # a run that finished since the last report enters the ledger
+        bank_run(run, root, ledger)
+    results = evaluate_all(root, ledger=ledger)
     verdicts = all_verdicts(results, list(analysis_files), dapo_summary)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cells.csv", csv_table(results))
     atomic_write_text(out / "cells.json", json.dumps([r.summary() for r in results], indent=1) + "\n")
     atomic_write_text(out / "verdicts.json", json.dumps([v.to_dict() for v in verdicts], indent=1) + "\n")
-    c = cost(runs_root)
+    c = cost(out / Path(TIMING).name)
     atomic_write_text(out / "cost.json", json.dumps(c, indent=1) + "\n")
     plots = [
         plot_delta_vs_base(results, out / "delta_vs_base.png"),
@@ -297,7 +304,7 @@ def build_report(
         "cells": cells_markdown(results),
         "hurts": hurts_markdown(results),
         "cost": cost_markdown(c),
-        "missing": missing_markdown(root),
+        "missing": missing_markdown(root, ledger),
         "commands": commands_markdown(),
     }
     if doc is not None and doc.is_file():

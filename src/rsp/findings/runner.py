@@ -11,7 +11,9 @@ batches in flight; the next start skips what is finished (an eval step whose run
 its attempts under the same settings is not even started, which saves reloading a model to learn that).
 
 The steps run on the code named by `FINDINGS_CODE_SRC` (a frozen copy, see scripts/findings.sh),
-while this orchestration runs from the working tree.
+while this orchestration runs from the working tree. Every finished eval run is written to the
+committed ledger (`rsp.findings.ledger`) as soon as it finishes, and a run with a ledger entry counts
+as finished: runs/ does not survive into the next session's checkout, the ledger does once committed.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ import time
 import warnings
 from pathlib import Path
 
-from rsp.findings.cells import N_PROBLEMS, ROOT, Run, Step, steps
-
-TIMING = f"{ROOT}/timing.jsonl"
+from rsp.findings.cells import N_PROBLEMS, Run, Step, steps
+from rsp.findings.ledger import LEDGER, TIMING
 
 
 def groups(all_steps: list[Step]) -> list[list[Step]]:
@@ -70,10 +71,16 @@ def current_spelling(config: dict) -> dict:
     return {LEGACY_KEYS.get(k, k): v for k, v in config.items()}
 
 
-def finished(step: Step) -> bool:
-    """An eval step whose directory holds every attempt, saved under exactly this step's settings."""
+def finished(step: Step, ledger: Path = Path(LEDGER)) -> bool:
+    """An eval step with a complete ledger entry, or whose directory holds every attempt, saved under
+    exactly this step's settings. (An entry under other settings raises `LedgerError`.)"""
     if step.run is None:
         return False
+    from rsp.findings.ledger import read_entry
+
+    entry = read_entry(step.run, ledger)
+    if entry is not None and entry.complete:
+        return True
     cfg_path = Path(step.run.out) / "config.json"
     if not cfg_path.is_file() or _count_samples(step) < N_PROBLEMS * step.run.n:
         return False
@@ -92,6 +99,18 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _bank(step: Step, log_lock: threading.Lock) -> None:
+    """Write a finished eval run's ledger entry (once; a run finished from the ledger has none to write)."""
+    if step.run is None:
+        return
+    from rsp.findings.analyse import bank_run
+
+    with log_lock:
+        banked = bank_run(step.run, None, Path(LEDGER))
+    if banked:
+        print(f"[findings {time.strftime('%H:%M:%S')}] ledger: {banked} (commit it)", flush=True)
+
+
 def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMING)) -> int:
     """Run one step's command in bash; append its wall time, CPU time and new attempts to timing.jsonl."""
     if finished(step):
@@ -99,6 +118,7 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
             f"[findings {time.strftime('%H:%M:%S')}] already finished: {step.run.out if step.run else ''}",
             flush=True,
         )
+        _bank(step, log_lock)
         return 0
     before = _count_samples(step)
     started = time.time()
@@ -124,6 +144,8 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
         timing_path.parent.mkdir(parents=True, exist_ok=True)
         with timing_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+    if proc.returncode == 0:
+        _bank(step, log_lock)
     state = "done" if proc.returncode == 0 else f"FAILED (rc={proc.returncode})"
     print(f"[findings {time.strftime('%H:%M:%S')}] {state} in {wall:.0f} s: {step.command}", flush=True)
     return proc.returncode

@@ -5,7 +5,9 @@ zero to both arms of every comparison. The screen pools temperature-only and RSP
 choice favours neither arm, and it uses a seed the evaluation does not, so the problems are not chosen
 on the same random draws that are later measured. The selection is written once: a rerun that would
 choose differently (a changed screen) refuses to overwrite it, because finished cells were measured on
-the old set.
+the old set. It is also recorded in the committed ledger (`cells.selection_file`: the ids, each screened
+problem's correct attempts per arm, the code and the machine), and a later session, whose checkout has
+no runs/, rebuilds the data directory from that record instead of screening again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from rsp.findings.cells import SCREEN_ATTEMPTS, SCREEN_PROBLEMS
+from rsp.findings.cells import SCREEN_ATTEMPTS, SCREEN_PROBLEMS, SCREEN_SEED
+from rsp.runio import atomic_write_text
 from rsp.tasks.datasets import BENCHMARKS, find_data_file
 
 
@@ -44,18 +47,37 @@ def solved_ids(
     return correct
 
 
-def select_gsm8k(screen: Path, out: Path, limit: int) -> list[str]:
-    """Write out/gsm8k_test.jsonl (first `limit` solved problems, file order) and the two few-shot shots."""
-    lines = [
-        json.loads(x)
-        for x in (screen / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-        if x.strip()
-    ]
-    solved = solved_ids(lines)
+def screen_counts(samples: list[dict]) -> dict[str, dict[str, int]]:
+    """Correct screening attempts per problem and arm (what the selection was made from)."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in samples:
+        counts[str(r["problem_id"])][r["method"]] += int(bool(r["correct"]))
+    return {pid: dict(arms) for pid, arms in counts.items()}
+
+
+def select_gsm8k(screen: Path, out: Path, limit: int, record: Path | None = None) -> list[str]:
+    """Write out/gsm8k_test.jsonl (first `limit` solved problems, file order) and the two few-shot shots.
+
+    With `record`: when it exists, the selection is read from it (the screen is not needed); otherwise
+    it is made from the screen and written there."""
+    from rsp.findings.ledger import machine
+
     test = find_data_file(BENCHMARKS["gsm8k"].files["test"])
     train = find_data_file(BENCHMARKS["gsm8k"].files["train"])
     if test is None or train is None:
         raise SelectionError("gsm8k_test.jsonl / gsm8k_train.jsonl not found (set RSP_DATA_DIR)")
+    if record is not None and record.is_file():
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        solved, counts = set(saved["selected"]), None
+        if len(solved) > limit:
+            raise SelectionError(f"{record} selects {len(solved)} problems, more than --limit {limit}")
+    else:
+        lines = [
+            json.loads(x)
+            for x in (screen / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+            if x.strip()
+        ]
+        solved, counts = solved_ids(lines), screen_counts(lines)
     chosen = [
         raw
         for raw in test.read_text(encoding="utf-8").splitlines()
@@ -65,6 +87,8 @@ def select_gsm8k(screen: Path, out: Path, limit: int) -> list[str]:
         raise SelectionError(
             f"no screened problem was solved in {screen}; GSM8K cells cannot run for this model"
         )
+    if counts is None and len(chosen) != len(solved):
+        raise SelectionError(f"{record} names problems that {test} does not hold")
     shots = [raw for raw in train.read_text(encoding="utf-8").splitlines() if raw.strip()][:2]
     files = {"gsm8k_test.jsonl": "\n".join(chosen) + "\n", "gsm8k_train.jsonl": "\n".join(shots) + "\n"}
     out.mkdir(parents=True, exist_ok=True)
@@ -76,4 +100,22 @@ def select_gsm8k(screen: Path, out: Path, limit: int) -> list[str]:
                 "Move it away (and those cells) to reselect."
             )
         path.write_text(text, encoding="utf-8")
-    return [str(json.loads(raw)["id"]) for raw in chosen]
+    ids = [str(json.loads(raw)["id"]) for raw in chosen]
+    if record is not None and counts is not None:
+        entry = {
+            "selected": ids,
+            "rule": f"the first {limit} test problems (file order) with a correct screening attempt",
+            "screen": {"seed": SCREEN_SEED, "problems": SCREEN_PROBLEMS, "attempts_per_arm": SCREEN_ATTEMPTS},
+            "correct_per_problem": counts,
+            "code": _screen_code(screen),
+            "machine": machine(),
+        }
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
+    return ids
+
+
+def _screen_code(screen: Path) -> str:
+    """The frozen code's commit (runs/findings/code/COMMIT, beside the model folders), or "unknown"."""
+    path = screen.parent.parent / "code" / "COMMIT"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else "unknown"

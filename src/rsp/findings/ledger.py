@@ -1,0 +1,118 @@
+"""The map's committed ledger: each finished run's graded attempts, small enough to keep in git.
+
+Why: the map takes about 18 CPU hours, several sessions on two cores, and a session's machine keeps
+only what is committed; `runs/` (the raw JSONL with every completion, git-ignored) does not survive
+from one session to the next. A run that finished in an earlier session must neither be run again nor
+drop out of the report, so when a run is complete its graded attempts are written here: per problem,
+whether each attempt was correct, its canonical answer (for maj@k) and the mean number of generated
+tokens, plus the settings it was made with, the commit of the code that made it and the machine. That
+is all the analysis reads (about 10 KB a run, no completion text), and the runner counts a run with a
+ledger entry under the same settings as finished.
+
+An entry's `source` says where it came from. Entries rebuilt from an earlier report's per-problem
+correct counts (`reconstructed`) have no answers (so no maj@k) and no per-problem token counts (each
+problem carries the run's mean), and the order of their correct attempts is not the order they were
+drawn in; pass@k needs only the counts, so it is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsp.findings.cells import LEDGER, N_ATTEMPTS, N_PROBLEMS, TIMING, Run
+from rsp.runio import atomic_write_text
+
+__all__ = ["LEDGER", "TIMING", "LedgerError", "RunData", "entry_path", "machine", "read_entry", "write_entry"]
+
+
+class LedgerError(RuntimeError):
+    """A ledger entry that cannot stand for its run: other settings, or a malformed file."""
+
+
+@dataclass
+class RunData:
+    """Per-problem attempts of one run: correctness and canonical answers (a greedy run expanded to N).
+
+    `answers` is None when they are unknown (a reconstructed entry): maj@k cannot be computed."""
+
+    run: Run
+    correct: dict[str, list[bool]]
+    answers: dict[str, list[str | None]] | None
+    tokens: dict[str, float]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.correct) >= N_PROBLEMS
+
+
+def entry_path(run: Run, ledger: Path) -> Path:
+    return ledger / run.model.key / run.difficulty.key / f"{run.name}.json"
+
+
+def machine() -> str:
+    """The CPU model (bf16 sampling differs across CPUs, so a rerun elsewhere draws other attempts)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_entry(data: RunData, ledger: Path, *, config: dict, code: str, source: str) -> Path:
+    """Write `data` (a complete run) as its ledger entry; returns the path."""
+    run = data.run
+    problems = {}
+    for pid in sorted(data.correct):
+        flags = data.correct[pid]
+        if len(flags) != N_ATTEMPTS:
+            raise LedgerError(f"{run.out}: problem {pid} has {len(flags)} attempts, not {N_ATTEMPTS}")
+        problems[pid] = {
+            "correct": "".join("1" if ok else "0" for ok in flags),
+            "answers": None if data.answers is None else data.answers[pid],
+            "tokens": round(data.tokens[pid], 3),
+        }
+    entry = {
+        "run": run.out,
+        "command": run.shell(),
+        "config": config,
+        "code": code,
+        "machine": machine() if source == "runs" else None,
+        "source": source,
+        "attempts": N_ATTEMPTS,
+        "problems": problems,
+    }
+    path = entry_path(run, ledger)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(entry, indent=0, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_entry(run: Run, ledger: Path) -> RunData | None:
+    """The run's ledger entry, or None when there is none. An entry saved under other settings than the
+    run's current command line is an error (delete the entry to run the cell again), never a silent mix."""
+    from rsp.findings.runner import current_spelling, expected_config
+
+    path = entry_path(run, ledger)
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        problems = entry["problems"]
+        saved = entry["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise LedgerError(f"{path}: not a findings ledger entry ({exc})") from exc
+    if current_spelling(saved) != expected_config(run):
+        raise LedgerError(
+            f"{path} was made with other settings than `{run.shell()}`; "
+            "delete it (and rerun the map) to measure this cell again"
+        )
+    correct = {pid: [c == "1" for c in p["correct"]] for pid, p in problems.items()}
+    known = all(p.get("answers") is not None for p in problems.values())
+    answers = {pid: list(p["answers"]) for pid, p in problems.items()} if known else None
+    tokens = {pid: float(p["tokens"]) for pid, p in problems.items()}
+    return RunData(run, correct, answers, tokens)
