@@ -8,7 +8,9 @@
 #   bash scripts/findings.sh            # run (or resume) the whole map
 #   bash scripts/findings.sh --print    # print every step's command line, in run order
 #
-# FINDINGS_JOBS (default 2) steps run at once; OMP_NUM_THREADS (default 1) threads each.
+# FINDINGS_JOBS (default 2) steps run at once; OMP_NUM_THREADS (default 1) threads each. FINDINGS_HOURS
+# (default: none) starts no step that would not finish within that many hours (a session's machine goes
+# away with runs/ at a known time; finished runs are kept in the committed ledger, partial ones are not).
 #
 # The runs use a frozen copy of the code, runs/findings/code/src (git archive of the commit that was
 # HEAD at the first start, named in runs/findings/code/COMMIT), not the working tree: the map takes
@@ -33,4 +35,6 @@ fi
 echo "[findings] code: $CODE/src at commit $(cat "$CODE/COMMIT")"
 export FINDINGS_CODE_SRC="$CODE/src"  # the steps run on it; the runner itself runs from the working tree
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec nice -n 19 python -m rsp.findings run --jobs "${FINDINGS_JOBS:-2}"
+HOURS=()
+if [ -n "${FINDINGS_HOURS:-}" ]; then HOURS=(--hours "$FINDINGS_HOURS"); fi
+exec nice -n 19 python -m rsp.findings run --jobs "${FINDINGS_JOBS:-2}" "${HOURS[@]}"

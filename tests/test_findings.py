@@ -18,6 +18,7 @@ import pytest
 
 from rsp.findings import cells as C
 from rsp.findings.analyse import Cell, evaluate_all, run_dir
+from rsp.findings.cells import Step
 from rsp.findings.plots import heatmap_values
 from rsp.findings.report import build_report, doc_commands
 from rsp.findings.select import SelectionError, solved_ids
@@ -450,6 +451,47 @@ def test_a_reconstructed_entry_without_answers_gives_pass_at_k_but_no_maj(tmp_pa
     assert float(r.treatment["pass@32"].mean()) == pytest.approx(0.5)
     assert float(r.treatment["pass@1"].mean()) == pytest.approx(0.125)
     assert cells_markdown([r]).splitlines()[-1].endswith("| n/a |")
+
+
+def test_the_runner_estimates_what_a_step_still_needs(tmp_path: Path, monkeypatch):
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
+    arith = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp"]
+    gsm8k = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7"]
+    screen = by_out["runs/findings/gemma3/gsm8k-screen"]
+    rates = {"smollm2": 0.5, "gemma3": 1.0}
+    assert runner.estimate_s(arith, rates) == runner.LOAD_S + 1024 * 0.5
+    assert runner.estimate_s(gsm8k, rates) == runner.LOAD_S + 1024 * 1.0 * 2  # 256 new tokens
+    assert runner.estimate_s(screen, rates) == runner.LOAD_S + 160 * 8 * 2 * 1.0 * 2
+    assert runner.estimate_s(arith, {}) is None, "no measured rate: no estimate"
+    assert arith.run is not None
+    _write_run(Path(C.ROOT), arith.run, [0.5] * 8, 0)  # 8 of 32 problems done: resumes the rest
+    assert runner.estimate_s(arith, rates) == runner.LOAD_S + (1024 - 8 * 32) * 0.5
+    Path(screen.done_if).parent.mkdir(parents=True)
+    Path(screen.done_if).write_text("{}")
+    assert runner.estimate_s(screen, rates) == 0.0, "a recorded selection makes the screen a no-op"
+
+
+def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tmp_path: Path, monkeypatch):
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
+    long = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7"]  # ~34 min at 1 s per attempt
+    short = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp"]  # ~9 min at 0.5 s
+    started: list[Step] = []
+    monkeypatch.setattr(runner, "steps", lambda: [long, short])
+    monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
+    rates = {"cpu_s_per_attempt": {"smollm2": 0.5, "gemma3": 1.0}}
+    monkeypatch.setattr("rsp.findings.report.cost", lambda _: rates)
+    assert runner.run_all(jobs=1, hours=0.5) == 0
+    assert started == [short], "the step that cannot finish in 30 min is left for the next start"
+    started.clear()
+    assert runner.run_all(jobs=1, hours=1.0) == 0 and started == [long, short]
+    started.clear()
+    assert runner.run_all(jobs=1) == 0 and started == [long, short], "no deadline: everything runs"
 
 
 def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):

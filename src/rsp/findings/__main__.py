@@ -17,6 +17,9 @@ from rsp.config import RSPArgumentParser, option
 @dataclass
 class RunConfig:
     jobs: int = option(2, "steps run at once")
+    hours: float | None = option(
+        None, "start no step whose estimated time would run past this many hours from now"
+    )
 
 
 @dataclass
@@ -52,7 +55,10 @@ def _run(argv: Sequence[str]) -> int:
     from rsp.findings.runner import run_all
 
     (cfg,) = RSPArgumentParser([RunConfig], prog="python -m rsp.findings run").parse(argv)
-    return 1 if run_all(cfg.jobs) else 0
+    if cfg.hours is not None and cfg.hours <= 0:
+        print("run: --hours must be positive", file=sys.stderr)
+        return 2
+    return 1 if run_all(cfg.jobs, cfg.hours) else 0
 
 
 def _select(argv: Sequence[str]) -> int:

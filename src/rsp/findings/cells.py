@@ -57,6 +57,7 @@ POSITIONS = ("after_generation_prompt", "end_of_user_turn", "prepend")
 CONTROLS = ("rsp-shared", "token-string", "mean-vector")
 POSITION_TAG = {"after_generation_prompt": "agp", "end_of_user_turn": "eut", "prepend": "pre"}
 SOFT_PROMPT_DIR = "soft-prompt-arith1-L4"
+SOFT_PROMPT_BUDGET_S = 900  # --max-seconds of each soft-prompt training step
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class Step:
     run: Run | None = None
     outputs: tuple[str, ...] = field(default=())
     chain: str = ""  # steps sharing a non-empty chain depend on each other and run in order, by one worker
+    done_if: str = ""  # a file whose existence makes the step's command a no-op (its `test -f ... ||`)
 
 
 def _pair(model: Model, d: Difficulty, t: float) -> list[Run]:
@@ -249,7 +251,7 @@ def _soft_prompt_step(model: Model) -> Step:
         "--patience",
         "3",
         "--max-seconds",
-        "900",
+        str(SOFT_PROMPT_BUDGET_S),
         "--seed",
         str(SEED),
         "--quiet",
@@ -259,7 +261,13 @@ def _soft_prompt_step(model: Model) -> Step:
     train += ["--out", out]
     command = f"test -f {shlex.quote(soft_prompt_file(model))} || {shlex.join(train)}"
     return Step(
-        "train-soft-prompt", "control (soft-prompt)", command, None, (out,), f"soft-prompt-{model.key}"
+        "train-soft-prompt",
+        "control (soft-prompt)",
+        command,
+        None,
+        (out,),
+        f"soft-prompt-{model.key}",
+        soft_prompt_file(model),
     )
 
 
@@ -307,7 +315,15 @@ def _screen_steps(model: Model) -> list[Step]:
     chain = f"gsm8k-{model.key}"
     screen_command = f"test -f {shlex.quote(selection_file(model))} || {shlex.join(screen)}"
     return [
-        Step("screen", "difficulty (gsm8k)", screen_command, None, (screen_dir(model),), chain),
+        Step(
+            "screen",
+            "difficulty (gsm8k)",
+            screen_command,
+            None,
+            (screen_dir(model),),
+            chain,
+            selection_file(model),
+        ),
         Step("select", "difficulty (gsm8k)", shlex.join(select), None, (data_dir(model),), chain),
     ]
 

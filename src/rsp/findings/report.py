@@ -25,6 +25,7 @@ from rsp.findings.cells import (
     ROOT,
     SCREEN_ATTEMPTS,
     SCREEN_PROBLEMS,
+    SOFT_PROMPT_BUDGET_S,
     runs,
     steps,
 )
@@ -38,7 +39,6 @@ ANALYSIS_FILES = (
     Path("docs/analysis/gemma3-arith/metrics.json"),
 )
 DAPO_SUMMARY = Path("docs/results/dapo-seeds/summary.json")  # scripts/dapo_seeds_summary.py
-SOFT_PROMPT_BUDGET_S = 900  # --max-seconds of each soft-prompt training step
 
 
 def _ci(d: dict | None, signed: bool = True) -> str:

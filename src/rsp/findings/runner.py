@@ -28,7 +28,16 @@ import time
 import warnings
 from pathlib import Path
 
-from rsp.findings.cells import N_PROBLEMS, Run, Step, steps
+from rsp.findings.cells import (
+    DIFFICULTY_BY_KEY,
+    N_PROBLEMS,
+    SCREEN_ATTEMPTS,
+    SCREEN_PROBLEMS,
+    SOFT_PROMPT_BUDGET_S,
+    Run,
+    Step,
+    steps,
+)
 from rsp.findings.ledger import LEDGER, TIMING
 
 
@@ -151,13 +160,62 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
     return proc.returncode
 
 
-def run_all(jobs: int = 2) -> int:
-    """Run every group; a failed step stops the rest of its group only. Returns the number of failures."""
+LOAD_S = 60  # loading a model and starting a step, on top of its attempts
+MARGIN = 1.15  # a step is started only if 1.15x its estimate fits before the deadline
+
+
+def estimate_s(step: Step, rates: dict[str, float]) -> float | None:
+    """Seconds the step still needs on one core: its missing attempts at the model's measured CPU seconds
+    per attempt (scaled by max new tokens), or the training budget; None when no rate is measured yet."""
+    if step.done_if and Path(step.done_if).is_file():
+        return 0.0
+    if step.kind == "select":
+        return 0.0
+    if step.kind == "train-soft-prompt":
+        return SOFT_PROMPT_BUDGET_S + 3 * LOAD_S  # training, conversion, the final save
+    if step.run is not None:
+        model, difficulty, total = step.run.model.key, step.run.difficulty, N_PROBLEMS * step.run.n
+    else:  # the GSM8K screen: two arms
+        model = Path(step.outputs[0]).parent.name
+        difficulty, total = DIFFICULTY_BY_KEY["gsm8k"], SCREEN_PROBLEMS * SCREEN_ATTEMPTS * 2
+    if finished(step):
+        return 0.0
+    if model not in rates:
+        return None
+    factor = difficulty.max_new_tokens / DIFFICULTY_BY_KEY["arith1"].max_new_tokens
+    return LOAD_S + max(0, total - _count_samples(step)) * rates[model] * factor
+
+
+def run_all(jobs: int = 2, hours: float | None = None) -> int:
+    """Run every group; a failed step stops the rest of its group only. Returns the number of failures.
+
+    With `hours`: a step is not started when its estimate (`estimate_s`, with a margin) would run past
+    that many hours from now; its group is left for the next start and the worker takes the next group.
+    A session whose machine is reclaimed at a known time then spends its last hour on cells that finish
+    (and enter the ledger) instead of on a long step whose partial attempts are lost with runs/."""
+    from rsp.findings.report import cost
+
+    deadline = None if hours is None else time.time() + hours * 3600
     work: queue.Queue[list[Step]] = queue.Queue()
     for g in groups(steps()):
         work.put(g)
     lock = threading.Lock()
     failures = [0]
+
+    def fits(step: Step) -> bool:
+        if deadline is None:
+            return True
+        with lock:
+            est = estimate_s(step, cost(Path(TIMING))["cpu_s_per_attempt"])
+        left = deadline - time.time()
+        if est is None or est * MARGIN <= left:
+            return True
+        print(
+            f"[findings {time.strftime('%H:%M:%S')}] deferred (needs ~{est / 60:.0f} min, "
+            f"{left / 60:.0f} min left): {step.command}",
+            flush=True,
+        )
+        return False
 
     def worker() -> None:
         while True:
@@ -166,6 +224,8 @@ def run_all(jobs: int = 2) -> int:
             except queue.Empty:
                 return
             for step in group:
+                if not fits(step):
+                    break
                 if run_step(step, lock) != 0:
                     with lock:
                         failures[0] += 1
