@@ -97,3 +97,33 @@ def test_sliding_window_model_falls_back(tiny_gemma_lm):
     out = backend.generate(prompts, injection, [1, 2, 3, 4], GREEDY, decode_seed=0)
     assert not backend.last_shared
     assert out == HFEngine(tiny_gemma_lm).generate(prompts, injection, [1, 2, 3, 4], GREEDY, decode_seed=0)
+
+
+def test_the_completion_names_the_stop_token_only_when_one_ended_it(sharp_lm):
+    """`Completion.stop_token`: what DAPO appends to learn when to stop, and what the server scores last.
+    A stop string or the length limit ends a completion without one; the ids never include it."""
+    eos = sharp_lm.stop_token_ids[0]
+    finish = HFEngine(sharp_lm)._finish
+    plain = sharp_lm.tokenizer("abcabc", add_special_tokens=False)["input_ids"]
+    greedy = SamplingConfig(temperature=0, max_new_tokens=16)
+    ended = finish([*plain, eos, eos, eos], greedy, ())
+    assert (ended.token_ids, ended.finish_reason, ended.stop_token) == (tuple(plain), "stop", eos)
+    text = sharp_lm.tokenizer.decode(plain)
+    cut = finish([*plain, eos], greedy, [text[2:4]])
+    assert cut.finish_reason == "stop" and cut.stop_token is None and cut.text == text[:2]
+    full = finish(plain, greedy, ())
+    assert (full.finish_reason, full.stop_token) == ("length", None)
+
+
+def test_vllm_outputs_name_the_stop_token_as_the_torch_engines_do():
+    from types import SimpleNamespace
+
+    from rsp.engines.vllm import completion_from_output
+
+    def out(ids, reason, stop_reason):
+        return SimpleNamespace(token_ids=ids, text="t", finish_reason=reason, stop_reason=stop_reason)
+
+    assert completion_from_output(out([5, 6, 2], "stop", None), [2, 3]).stop_token == 2  # EOS among the ids
+    assert completion_from_output(out([5, 6], "stop", 3), [2, 3]).stop_token == 3  # reported, not in ids
+    assert completion_from_output(out([5, 6], "stop", "\n\n"), [2, 3]).stop_token is None  # a stop string
+    assert completion_from_output(out([5, 6], "length", None), [2, 3]).stop_token is None

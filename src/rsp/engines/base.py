@@ -42,6 +42,10 @@ class Completion:
     token_ids: tuple[int, ...]
     text: str
     finish_reason: str  # "stop" (EOS / stop string) or "length"
+    # The stop token that ended generation (dropped from token_ids), or None: ended on a stop string
+    # (the text is cut there, the ids end with the token that completed it) or at max_new_tokens.
+    # Trainers append it to learn when to stop; the server scores it as the last completion token.
+    stop_token: int | None = None
 
 
 class Engine(Protocol):
@@ -61,13 +65,13 @@ class Engine(Protocol):
     ) -> list[Completion]: ...
 
 
-def cut_at_stop_token(tokens: Sequence[int], stop_token_ids: Sequence[int]) -> tuple[list[int], bool]:
-    """The tokens before the first stop token, and whether one was found (the stop token is dropped)."""
+def cut_at_stop_token(tokens: Sequence[int], stop_token_ids: Sequence[int]) -> tuple[list[int], int | None]:
+    """The tokens before the first stop token, and that token (None when there is none; it is dropped)."""
     stops = set(stop_token_ids)
     for i, t in enumerate(tokens):
         if t in stops:
-            return list(tokens[:i]), True
-    return list(tokens), False
+            return list(tokens[:i]), int(t)
+    return list(tokens), None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -161,12 +161,12 @@ class HFEngine:
         return [self._finish(row.tolist(), sampling, stop_strings) for row in sequences[:, width:].cpu()]
 
     def _finish(self, tokens: list[int], sampling: SamplingConfig, stop_strings: Sequence[str]) -> Completion:
-        tokens, stopped = cut_at_stop_token(tokens, self.lm.stop_token_ids)
-        reason = "stop" if stopped else "length"
+        tokens, stop_token = cut_at_stop_token(tokens, self.lm.stop_token_ids)
+        reason = "stop" if stop_token is not None else "length"
         text = self._decode_text(tokens)
         hits = [text.find(s) for s in stop_strings if s in text]
         if hits:
-            text, reason = text[: min(hits)], "stop"
+            text, reason, stop_token = text[: min(hits)], "stop", None
             # The ids end with the token that completed the stop string, as vLLM reports them, not with
             # the pad written into the finished row until the batch ended: `num_tokens` counts what was
             # generated. "Some stop string is in the decoded prefix" only turns on as the prefix grows.
@@ -178,7 +178,7 @@ class HFEngine:
                 else:
                     lo = mid + 1
             tokens = tokens[:lo]
-        return Completion(token_ids=tuple(tokens), text=text, finish_reason=reason)
+        return Completion(token_ids=tuple(tokens), text=text, finish_reason=reason, stop_token=stop_token)
 
     def _decode_text(self, tokens: Sequence[int]) -> str:
         # transformers types decode's result for batches too; one list of ids decodes to one str

@@ -157,10 +157,18 @@ def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
 
 
 def completion_from_output(output, stop_token_ids: Sequence[int]) -> Completion:
-    """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF engine."""
-    tokens, _ = cut_at_stop_token(output.token_ids, stop_token_ids)
+    """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF engine.
+
+    vLLM's `stop_reason` is the stop string (str), the stop token id (int), or None for the model's EOS;
+    a stop string leaves `stop_token` None, as in the HF engines."""
+    tokens, stop_token = cut_at_stop_token(output.token_ids, stop_token_ids)
     reason = "stop" if output.finish_reason == "stop" else "length"
-    return Completion(token_ids=tuple(tokens), text=output.text, finish_reason=reason)
+    stop_reason = getattr(output, "stop_reason", None)
+    if reason != "stop" or isinstance(stop_reason, str):
+        stop_token = None
+    elif stop_token is None:  # the stop token was not reported among the ids
+        stop_token = stop_reason if isinstance(stop_reason, int) else int(stop_token_ids[0])
+    return Completion(token_ids=tuple(tokens), text=output.text, finish_reason=reason, stop_token=stop_token)
 
 
 def vllm_runs_on_cpu() -> bool:

@@ -268,7 +268,6 @@ class Batcher:
             res = RowResult(r.index, c, s, decode_seed, batch_id, len(rows), len(jobs))
             if r.job.logprobs is not None:
                 try:
-                    ended_on = self._stop_ids(c) if r.job.echo else ()
                     res.logprobs = score_row(
                         self.generator.lm,
                         p,
@@ -277,22 +276,12 @@ class Batcher:
                         c.token_ids,
                         top_k=r.job.logprobs,
                         echo=r.job.echo,
-                        ended_on=ended_on,
+                        ended_on=c.stop_token if r.job.echo else None,
                     )
                 except Exception as exc:  # fails this row's request only
                     res.error = exc
             out.append(res)
         return out
-
-    def _stop_ids(self, c: Completion) -> tuple[int, ...]:
-        """The model's stop ids when `c` ended on one of them (not on a stop string, which cuts the text)."""
-        lm = self.generator.lm
-        if (
-            c.finish_reason != "stop"
-            or lm.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) != c.text
-        ):
-            return ()
-        return tuple(lm.stop_token_ids)
 
     @staticmethod
     def _deliver(job: Job, result: RowResult) -> None:

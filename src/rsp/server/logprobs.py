@@ -38,15 +38,15 @@ def score_row(
     *,
     top_k: int,
     echo: bool,
-    ended_on: Sequence[int] = (),
+    ended_on: int | None = None,
 ) -> TokenLogprobs:
     """Log-probs of the completion tokens (and, with `echo`, of the prompt's own tokens) for one row.
 
     Prompt tokens are scored at their own columns, skipping the injected slots; a token right after the
-    slots is predicted from them, as the model saw it. `ended_on`: the stop ids, when the sample ended on
-    one (the engines drop it from the tokens); the likeliest of them is appended, which is the token
-    drawn when decoding was greedy. Scorers such as lm-eval's `local-completions` (echo, max_tokens=1,
-    then every value but the last) need that last entry to be there.
+    slots is predicted from them, as the model saw it. `ended_on`: the stop token the sample ended on
+    (`Completion.stop_token`; the engines drop it from the tokens), appended as the last entry.
+    Scorers such as lm-eval's `local-completions` (echo, max_tokens=1, then every value but the last)
+    need that last entry to be there.
     """
     model = getattr(lm, "model", None)
     if model is None:
@@ -85,10 +85,8 @@ def score_row(
             seen = True
     for t, tok in enumerate(completion):
         columns.append((width - 1 + t, int(tok)))
-    if ended_on:
-        col = width - 1 + len(completion)
-        row = logp[col - offset]
-        columns.append((col, max(ended_on, key=lambda i: float(row[i]))))
+    if ended_on is not None:
+        columns.append((width - 1 + len(completion), int(ended_on)))
 
     token_ids: list[int] = []
     values: list[float | None] = []

@@ -254,22 +254,15 @@ class DAPOTrainer:
         group = []
         for seed, c in zip(seeds, comps, strict=True):
             tokens = tuple(c.token_ids)
-            if c.finish_reason == "stop" and len(tokens) < cfg.max_new_tokens and self._stopped_by_token(c):
+            if c.stop_token is not None and len(tokens) < cfg.max_new_tokens:
                 # The engine strips the stop token; train on it too so the policy learns when to stop.
-                tokens = tokens + (self.lm.stop_token_ids[0],)
+                tokens = tokens + (c.stop_token,)
             correct = bool(self.reward_fn(c.text, problem.answer))
             reward = shaped_reward(cfg, correct, len(tokens))
             group.append(Rollout(problem.id, prompt, seed, tokens, c.text, c.finish_reason, correct, reward))
         for r, a in zip(group, group_advantages([r.reward for r in group]), strict=True):
             r.advantage = a
         return group
-
-    def _stopped_by_token(self, c) -> bool:
-        """True when generation ended on a stop token, not on a stop string (which leaves tokens intact)."""
-        if not self.stop_strings:
-            return True
-        full = self.lm.tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
-        return full == c.text
 
     def sample_batch(self, step: int) -> SampledBatch:
         """Dynamic sampling: drop groups whose correctness is all equal; refill in extra rounds (bounded)."""
