@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -484,14 +485,61 @@ def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tm
     started: list[Step] = []
     monkeypatch.setattr(runner, "steps", lambda: [long, short])
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
-    rates = {"cpu_s_per_attempt": {"smollm2": 0.5, "gemma3": 1.0}}
-    monkeypatch.setattr("rsp.findings.report.cost", lambda _: rates)
+    monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: set())  # nothing runs elsewhere
+    rates = {"smollm2": 0.5, "gemma3": 1.0}
+    monkeypatch.setattr("rsp.findings.report.attempt_rates", lambda timing, machine=None: rates)
     assert runner.run_all(jobs=1, hours=0.5) == 0
     assert started == [short], "the step that cannot finish in 30 min is left for the next start"
     started.clear()
     assert runner.run_all(jobs=1, hours=1.0) == 0 and started == [long, short]
     started.clear()
     assert runner.run_all(jobs=1) == 0 and started == [long, short], "no deadline: everything runs"
+
+
+def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path, monkeypatch):
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
+    busy = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp"]
+    free = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp"]
+    started: list[Step] = []
+    monkeypatch.setattr(runner, "steps", lambda: [busy, free])
+    monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
+    monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: {busy.outputs[0]})
+    assert runner.run_all(jobs=2) == 0 and started == [free], "a second writer would corrupt the run"
+    monkeypatch.setattr(runner, "SLOT_POLL_S", 0.01)
+    polls = iter([{"x", "y"}, {"x", "y"}, {"x"}])  # two steps run elsewhere, then one of them ends
+    monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: next(polls, set()))
+    started.clear()
+    assert runner.run_all(jobs=2) == 0 and started == [busy, free]
+
+
+def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path):
+    from rsp.findings.runner import live_outputs
+
+    out = f"{C.ROOT}/smollm2/arith1/test-{tmp_path.name}"
+    assert out not in live_outputs()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--out", out])
+    try:
+        assert out in live_outputs()
+        assert out not in live_outputs(exclude=proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_attempt_rates_can_be_taken_from_one_machine_only():
+    from rsp.findings.report import attempt_rates
+
+    def rec(model: str, cpu: float, n: int, machine: str | None) -> dict:
+        r = {"kind": "eval", "out": f"{C.ROOT}/{model}/arith1/x", "cpu_s": cpu, "new_attempts": n}
+        return r if machine is None else {**r, "machine": machine}
+
+    timing = [rec("smollm2", 100, 100, None), rec("smollm2", 300, 100, "slow"), rec("gemma3", 50, 10, None)]
+    assert attempt_rates(timing) == {"smollm2": 2.0, "gemma3": 5.0}
+    assert attempt_rates(timing, "slow") == {"smollm2": 3.0}
+    assert attempt_rates(timing, "other") == {}
 
 
 def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):

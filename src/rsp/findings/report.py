@@ -177,20 +177,30 @@ def read_timing(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def cost(timing_path: Path) -> dict:
-    """CPU time used so far, and an estimate for the whole map from the measured CPU seconds per attempt."""
-    timing = read_timing(timing_path)
-    used = sum(t["cpu_s"] for t in timing)
+def attempt_rates(timing: list[dict], machine: str | None = None) -> dict[str, float]:
+    """CPU seconds per attempt of each model on its arithmetic cells (128 new tokens, one thread), over the
+    logged steps, or over those that ran on `machine` (CPUs differ several-fold in bf16 speed)."""
     rates: dict[str, float] = {}
     for model in MODEL_BY_KEY:
         sel = [
             t
             for t in timing
-            if t["kind"] == "eval" and t["new_attempts"] > 0 and t["out"].startswith(f"{ROOT}/{model}/arith")
+            if t["kind"] == "eval"
+            and t["new_attempts"] > 0
+            and t["out"].startswith(f"{ROOT}/{model}/arith")
+            and (machine is None or t.get("machine") == machine)
         ]
         attempts = sum(t["new_attempts"] for t in sel)
         if attempts:
             rates[model] = sum(t["cpu_s"] for t in sel) / attempts
+    return rates
+
+
+def cost(timing_path: Path) -> dict:
+    """CPU time used so far, and an estimate for the whole map from the measured CPU seconds per attempt."""
+    timing = read_timing(timing_path)
+    used = sum(t["cpu_s"] for t in timing)
+    rates = attempt_rates(timing)
     need: dict[str, float] = {m: 0.0 for m in MODEL_BY_KEY}
     for run in runs():
         tokens_factor = run.difficulty.max_new_tokens / DIFFICULTY_BY_KEY["arith1"].max_new_tokens

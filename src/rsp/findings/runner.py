@@ -31,6 +31,7 @@ from pathlib import Path
 from rsp.findings.cells import (
     DIFFICULTY_BY_KEY,
     N_PROBLEMS,
+    ROOT,
     SCREEN_ATTEMPTS,
     SCREEN_PROBLEMS,
     SOFT_PROMPT_BUDGET_S,
@@ -38,7 +39,7 @@ from rsp.findings.cells import (
     Step,
     steps,
 )
-from rsp.findings.ledger import LEDGER, TIMING
+from rsp.findings.ledger import LEDGER, TIMING, machine
 
 
 def groups(all_steps: list[Step]) -> list[list[Step]]:
@@ -148,6 +149,7 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "new_attempts": after - before,
         "threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "machine": machine(),
     }
     with log_lock:
         timing_path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +162,26 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
     return proc.returncode
 
 
+def live_outputs(exclude: int | None = None) -> set[str]:
+    """The `--out` directories under runs/findings of the rsp processes running on this machine, whoever
+    started them (this runner, another runner, a step started by hand): a step whose directory is among
+    them is left alone, and a worker starts a step only while fewer than `jobs` of them run."""
+    out: set[str] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        if exclude is not None and proc.name == str(exclude):
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for flag, value in zip(args, args[1:], strict=False):
+            if flag == b"--out" and value.decode(errors="replace").startswith(ROOT + "/"):
+                out.add(value.decode(errors="replace"))
+    return out
+
+
 LOAD_S = 60  # loading a model and starting a step, on top of its attempts
+SLOT_POLL_S = 10.0
 MARGIN = 1.15  # a step is started only if 1.15x its estimate fits before the deadline
 
 
@@ -193,7 +214,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
     that many hours from now; its group is left for the next start and the worker takes the next group.
     A session whose machine is reclaimed at a known time then spends its last hour on cells that finish
     (and enter the ledger) instead of on a long step whose partial attempts are lost with runs/."""
-    from rsp.findings.report import cost
+    from rsp.findings.report import attempt_rates, read_timing
 
     deadline = None if hours is None else time.time() + hours * 3600
     work: queue.Queue[list[Step]] = queue.Queue()
@@ -206,7 +227,9 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
         if deadline is None:
             return True
         with lock:
-            est = estimate_s(step, cost(Path(TIMING))["cpu_s_per_attempt"])
+            timing = read_timing(Path(TIMING))
+            rates = {**attempt_rates(timing), **attempt_rates(timing, machine())}  # this CPU's, if any
+            est = estimate_s(step, rates)
         left = deadline - time.time()
         if est is None or est * MARGIN <= left:
             return True
@@ -217,6 +240,21 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
         )
         return False
 
+    own: set[str] = set()  # this runner's steps in flight (or about to start)
+
+    def acquire(step: Step) -> str | None:
+        """Wait for a free slot (steps started elsewhere count) and take it; None: the step runs elsewhere."""
+        key = step.outputs[0] if step.outputs else step.command
+        while True:
+            with lock:
+                live = live_outputs(exclude=os.getpid()) | own
+                if key in live and key not in own:
+                    return None
+                if len(live) < jobs:
+                    own.add(key)
+                    return key
+            time.sleep(SLOT_POLL_S)
+
     def worker() -> None:
         while True:
             try:
@@ -224,9 +262,18 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
             except queue.Empty:
                 return
             for step in group:
-                if not fits(step):
+                key = acquire(step)
+                if key is None:
+                    print(f"[findings {time.strftime('%H:%M:%S')}] running elsewhere: {step.command}")
                     break
-                if run_step(step, lock) != 0:
+                try:
+                    if not fits(step):
+                        break
+                    rc = run_step(step, lock)
+                finally:
+                    with lock:
+                        own.discard(key)
+                if rc != 0:
                     with lock:
                         failures[0] += 1
                     break
