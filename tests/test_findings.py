@@ -542,6 +542,15 @@ def test_attempt_rates_can_be_taken_from_one_machine_only():
     assert attempt_rates(timing, "other") == {}
 
 
+def test_a_slower_cpu_scales_the_rates_it_has_not_measured():
+    from rsp.findings.runner import local_rates
+
+    everywhere = {"smollm2": 1.0, "gemma3": 2.0}
+    assert local_rates(everywhere, {}) == everywhere
+    assert local_rates(everywhere, {"gemma3": 8.0}) == {"smollm2": 4.0, "gemma3": 8.0}
+    assert local_rates(everywhere, {"smollm2": 3.0, "gemma3": 4.0}) == {"smollm2": 3.0, "gemma3": 4.0}
+
+
 def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):
     from rsp.config import RSPArgumentParser
     from rsp.findings.__main__ import SelectConfig, main

@@ -207,6 +207,14 @@ def estimate_s(step: Step, rates: dict[str, float]) -> float | None:
     return LOAD_S + max(0, total - _count_samples(step)) * rates[model] * factor
 
 
+def local_rates(everywhere: dict[str, float], here: dict[str, float]) -> dict[str, float]:
+    """Per-attempt rates for this CPU: its own where measured; for a model measured only elsewhere, the
+    rate there times the largest slowdown of this CPU seen on another model (bf16 speed varies several
+    fold between CPUs, so a deadline must not trust another machine's rate as it stands)."""
+    slowdown = max((here[m] / everywhere[m] for m in here if m in everywhere), default=1.0)
+    return {m: here.get(m, rate * slowdown) for m, rate in everywhere.items()}
+
+
 def run_all(jobs: int = 2, hours: float | None = None) -> int:
     """Run every group; a failed step stops the rest of its group only. Returns the number of failures.
 
@@ -228,8 +236,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
             return True
         with lock:
             timing = read_timing(Path(TIMING))
-            rates = {**attempt_rates(timing), **attempt_rates(timing, machine())}  # this CPU's, if any
-            est = estimate_s(step, rates)
+            est = estimate_s(step, local_rates(attempt_rates(timing), attempt_rates(timing, machine())))
         left = deadline - time.time()
         if est is None or est * MARGIN <= left:
             return True
