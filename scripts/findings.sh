@@ -12,10 +12,9 @@
 # (default: none) starts no step that would not finish within that many hours (a session's machine goes
 # away with runs/ at a known time; finished runs are kept in the committed ledger, partial ones are not).
 #
-# The runs use a frozen copy of the code, runs/findings/code/src (git archive of the commit that was
-# HEAD at the first start, named in runs/findings/code/COMMIT), not the working tree: the map takes
-# hours and other work edits the checkout meanwhile, and every cell must come from one version of the
-# prompts, engine and grader. Delete runs/findings/code (and the cells it made) to move to newer code.
+# The runs use a frozen copy of the code, runs/findings/code/src (git archive of MAP_COMMIT below, named
+# in runs/findings/code/COMMIT), not the working tree: the map takes sessions and other work edits the
+# checkout meanwhile, and every cell must come from one version of the prompts, engine and grader.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -26,11 +25,19 @@ case "${1:-run}" in
   run) ;;
   *) echo "usage: bash scripts/findings.sh [--print]" >&2; exit 2 ;;
 esac
+# The code every step runs on, the same in every session (a fresh checkout has no runs/, so "HEAD at the
+# first start" would move with each session): 32d213b made the first 24 runs, this commit the rest; the
+# only difference that touches a sample is the stop-string fix 907b6cd (num_tokens, not grading).
+MAP_COMMIT=647935cc03186e38c551449737edca63dc5a18c6
 CODE="$ROOT/runs/findings/code"
 if [ ! -d "$CODE/src/rsp" ]; then
   mkdir -p "$CODE"
-  git -C "$ROOT" archive HEAD src | tar -x -C "$CODE"
-  git -C "$ROOT" rev-parse HEAD > "$CODE/COMMIT"
+  git -C "$ROOT" archive "$MAP_COMMIT" src | tar -x -C "$CODE"
+  echo "$MAP_COMMIT" > "$CODE/COMMIT"
+fi
+if [ "$(cat "$CODE/COMMIT")" != "$MAP_COMMIT" ]; then
+  echo "[findings] $CODE holds commit $(cat "$CODE/COMMIT"), not the map's $MAP_COMMIT; remove it" >&2
+  exit 1
 fi
 echo "[findings] code: $CODE/src at commit $(cat "$CODE/COMMIT")"
 export FINDINGS_CODE_SRC="$CODE/src"  # the steps run on it; the runner itself runs from the working tree
