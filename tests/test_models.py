@@ -89,3 +89,21 @@ def test_cached_smollm2_tokenizer_matches_the_gguf_tokenizer(smollm2):
     ref = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     for text in PROBE_TEXTS:
         assert smollm2.tokenizer(text)["input_ids"] == ref(text)["input_ids"]
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_and_names_the_fast_dtype(monkeypatch, caplog):
+    import logging
+
+    import rsp.models.loading as loading
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loading, "_WARNED_BF16", False)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert not loading.warn_if_slow_bf16(torch.bfloat16, cpu), "native bf16: nothing to say"
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+    assert not loading.warn_if_slow_bf16(torch.float32, cpu)
+    assert not loading.warn_if_slow_bf16(torch.bfloat16, torch.device("meta"))  # not a CPU
+    with caplog.at_level(logging.WARNING, logger="rsp.models.loading"):
+        assert loading.warn_if_slow_bf16(torch.bfloat16, cpu)
+        assert not loading.warn_if_slow_bf16(torch.bfloat16, cpu), "once per process"
+    assert len(caplog.records) == 1 and "--dtype float32" in caplog.records[0].getMessage()

@@ -78,6 +78,34 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 / AMX, as oneDNN sees it). Without it (AVX2
+    only: many laptops and AMD servers) bf16 products are emulated: SmolLM2 in bf16 ran 4x slower per
+    attempt than in fp32 on such a CPU (benchmarks/cpu_dtype.py, docs/performance.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # unknown: say nothing
+
+
+def warn_if_slow_bf16(torch_dtype: torch.dtype, device: torch.device) -> bool:
+    """Log once per process that bf16 on this CPU is emulated and fp32 would be faster; True if it did."""
+    global _WARNED_BF16
+    if torch_dtype != torch.bfloat16 or device.type != "cpu" or cpu_has_native_bf16() or _WARNED_BF16:
+        return False
+    _WARNED_BF16 = True
+    log.warning(
+        "this CPU has no native bf16 (%s): bf16 runs emulated, about 4x slower per attempt than "
+        "--dtype float32 here (benchmarks/cpu_dtype.py). --dtype auto stays bf16 so that results match "
+        "other machines' dtype; pass --dtype float32 for speed.",
+        torch.backends.cpu.get_cpu_capability(),
+    )
+    return True
+
+
+_WARNED_BF16 = False
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16
@@ -445,6 +473,7 @@ def load_model(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    warn_if_slow_bf16(torch_dtype, torch_device)
     location, source = resolve_model_dir(spec, Path(cache_dir) if cache_dir else None)
     kwargs: dict = {"dtype": torch_dtype}
     if attn_implementation:
