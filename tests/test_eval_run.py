@@ -92,6 +92,37 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_model_dir, t
     assert len(keys) == len(set(keys)) == 24
 
 
+def test_the_shards_of_a_run_together_are_the_run(tmp_path, tiny_model_dir, tiny_loaded):
+    """--offset/--limit split a run into runs whose attempts (RSP draws, decode seeds, batches) are the
+    unsharded run's: a long run can be made in pieces that each finish, and the pieces pooled."""
+    cfg = _config(tiny_model_dir, limit=6, n=2, batch_size=4)  # two problems per batch group
+    run_eval(cfg, tmp_path / "whole", lm=tiny_loaded, progress=False)
+    whole = read_jsonl_records(tmp_path / "whole" / "samples.jsonl")
+    pieces = []
+    for offset in (0, 2, 4):
+        shard = _config(tiny_model_dir, limit=2, n=2, batch_size=4, offset=offset)
+        run_eval(shard, tmp_path / f"shard{offset}", lm=tiny_loaded, progress=False)
+        pieces += read_jsonl_records(tmp_path / f"shard{offset}" / "samples.jsonl")
+    assert len(whole) == 6 * 2 * 2 and pieces == whole
+    assert len({r["rsp_seed"] for r in whole if r["method"] == "rsp"}) == 12, "a fresh RSP per attempt"
+
+
+def test_an_offset_past_the_last_problem_is_refused(tmp_path, tiny_model_dir):
+    task = tmp_path / "two.jsonl"
+    task.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": "4"}\n')
+    cfg = _config(tiny_model_dir, task=str(task), limit=None, offset=4, n=4)
+    with pytest.raises(ConfigError, match="offset 4 skips all 2 problems"):
+        run_eval(cfg, tmp_path / "r", progress=False)
+
+
+def test_a_run_made_before_offset_existed_still_resumes(tmp_path, tiny_model_dir, tiny_loaded):
+    cfg = _config(tiny_model_dir)
+    assert "offset" not in cfg.to_dict(), "older config.json files have no offset key"
+    assert "offset" in _config(tiny_model_dir, offset=4, n=4).to_dict()
+    run_eval(cfg, tmp_path / "r", lm=tiny_loaded, progress=False, max_batches=1)
+    run_eval(EvalConfig.from_dict(cfg.to_dict()), tmp_path / "r", lm=tiny_loaded, progress=False)
+
+
 def test_finished_run_is_not_recomputed(tmp_path, tiny_model_dir, tiny_loaded):
     cfg = _config(tiny_model_dir)
     run_eval(cfg, tmp_path / "r", lm=tiny_loaded, progress=False)
@@ -134,6 +165,7 @@ def test_greedy_runs_are_byte_identical(tmp_path, tiny_model_dir, tiny_loaded):
             r"tensor_parallel_size \(--tensor-parallel-size\) applies to --engine vllm only",
         ),
         ({"engine": "tgi"}, r"engine \(--engine\) must be one of hf, lean, prefix, vllm"),
+        ({"offset": 1, "n": 2}, r"offset \(--offset\) must be a multiple of batch_size / n = 2"),
     ],
 )
 def test_bad_settings_get_specific_errors(tmp_path, tiny_model_dir, kw, message):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import ClassVar, get_args
@@ -68,6 +68,12 @@ class EvalConfig(InjectionArgs, EngineArgs):
     )
     split: str = option("test", "the task's split", group=_TASK)
     limit: int | None = option(40, "number of problems (null in a config file: all)", group=_TASK)
+    offset: int = option(
+        0,
+        "skip the task's first OFFSET problems: the run is a shard of the one without it, and its attempts "
+        "(seeds, batches) are the ones that run gives these problems; a multiple of batch_size / n",
+        group=_TASK,
+    )
     arith_steps: int = option(1, "synthetic task: operations per problem", group=_TASK)
     arith_max_value: int = option(10, "synthetic task: size of numbers", group=_TASK)
     prompt_style: str = option(
@@ -99,6 +105,13 @@ class EvalConfig(InjectionArgs, EngineArgs):
         need(self.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
         need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         need(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
+        per_group = max(1, self.batch_size // self.n)
+        need(
+            self.offset >= 0 and self.offset % per_group == 0,
+            "offset",
+            f"must be a multiple of batch_size / n = {per_group} (whole batches of the unsharded run), "
+            f"got {self.offset}",
+        )
         need(self.grader_timeout > 0, "grader_timeout", f"must be > 0, got {self.grader_timeout}")
         self.validate_engine(ConfigError)
         require_choice(self.prompt_style, "prompt_style", PROMPT_STYLES, ConfigError)
@@ -125,6 +138,8 @@ class EvalConfig(InjectionArgs, EngineArgs):
         for key in PARALLEL_SIZES:  # absent at 1, so older runs still resume
             if d[key] == 1:
                 del d[key]
+        if d["offset"] == 0:  # likewise: added after runs existed
+            del d["offset"]
         return d
 
     @classmethod
@@ -141,14 +156,19 @@ class EvalConfig(InjectionArgs, EngineArgs):
         return cls(**d)
 
     def load_task(self) -> Task:
-        return load_task(
+        task = load_task(
             self.task,
             split=self.split,
-            limit=self.limit,
+            limit=None if self.limit is None else self.offset + self.limit,
             arith_steps=self.arith_steps,
             arith_max_value=self.arith_max_value,
             seed=self.seed,
         )
+        if not self.offset:
+            return task
+        if self.offset >= len(task.problems):
+            raise ConfigError(f"offset {self.offset} skips all {len(task.problems)} problems of {self.task}")
+        return replace(task, problems=task.problems[self.offset :])
 
 
 def upgrade_legacy_config(out: Path) -> None:
@@ -199,7 +219,9 @@ def run_eval(
     total = len(task.problems) * config.n * len(config.methods)
     if resumed:
         log.info("resuming %s: %d of %d attempts already done", out, len(done), total)
-    batches = plan_batches(len(task.problems), config.n, tuple(config.methods), config.batch_size)
+    batches = plan_batches(
+        len(task.problems), config.n, tuple(config.methods), config.batch_size, first=config.offset
+    )
     todo = [b for b in batches if any((task.problems[p].id, b.method, a) not in done for p, a in b.rows)]
     if max_batches is not None:
         todo = todo[:max_batches]
