@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -349,7 +350,7 @@ def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, 
     monkeypatch.chdir(tmp_path)
     step = C.steps()[0]
     assert step.run is not None and not runner.finished(step)
-    _write_run(Path(C.ROOT), step.run, [0.1] * 32, 0)  # the run's own directory, relative to cwd
+    _write_run(Path(C.ROOT), step.run, [0.1] * step.run.problems, 0)  # its directory, relative to cwd
     cfg = Path(step.run.out) / "config.json"
     cfg.write_text(json.dumps({"kind": "eval", "config": runner.expected_config(step.run)}))
     assert runner.finished(step)
@@ -424,7 +425,7 @@ def test_the_runner_counts_a_ledger_entry_as_finished_and_refuses_one_with_other
     monkeypatch.chdir(tmp_path)
     step = C.steps()[0]
     assert step.run is not None and not runner.finished(step)
-    _finish(Path("elsewhere"), step.run, [0.2] * 32, 0)
+    _finish(Path("elsewhere"), step.run, [0.2] * step.run.problems, 0)
     entry = bank_run(step.run, Path("elsewhere"), Path(L.LEDGER))
     assert entry is not None and not Path(step.run.out).exists()
     assert runner.finished(step), "a run finished in an earlier session must not run again"
@@ -433,6 +434,36 @@ def test_the_runner_counts_a_ledger_entry_as_finished_and_refuses_one_with_other
     entry.write_text(json.dumps(saved))
     with pytest.raises(L.LedgerError, match="other settings"):
         runner.finished(step)
+
+
+def test_a_run_made_in_shards_pools_its_shards_from_the_ledger_and_from_disk(tmp_path: Path, monkeypatch):
+    from rsp.findings import runner
+    from rsp.findings.analyse import bank_run, load_run
+
+    root, ledger = tmp_path / "runs", tmp_path / "ledger"
+    rsp, base = _pair(0.7)
+    shards = rsp.shards()
+    assert [s.offset for s in shards] == list(range(0, C.N_PROBLEMS, C.SHARD_PROBLEMS))
+    assert all(s.whole() == rsp and s.problems == C.SHARD_PROBLEMS for s in shards)
+    assert len({s.out for s in shards}) == len(shards)
+    assert all(s.out.startswith(rsp.out + "/") for s in shards)
+    for i, shard in enumerate(shards):
+        _finish(root, shard, [0.5] * C.SHARD_PROBLEMS, i)
+        # the shards' problems are their own: rename p00.. to the run's ids for the offset
+        samples = run_dir(shard, root) / "samples.jsonl"
+        lines = [json.loads(x) for x in samples.read_text().splitlines()]
+        for r in lines:
+            r["problem_id"] = f"p{int(r['problem_id'][1:]) + shard.offset:02d}"
+        samples.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert bank_run(shards[0], root, ledger) and bank_run(shards[1], root, ledger)
+    for shard in shards[:2]:  # two shards finished in an earlier session: only their ledger entries are left
+        shutil.rmtree(run_dir(shard, root))
+    data = load_run(rsp, root, ledger)
+    assert data is not None and data.complete and sorted(data.correct) == [f"p{i:02d}" for i in range(32)]
+    monkeypatch.chdir(tmp_path)
+    steps = [s for s in C.steps() if s.run is not None and s.run.whole() == rsp]
+    assert [s.run for s in steps] == shards
+    assert runner.finished(steps[0], ledger) and not runner.finished(steps[2], ledger)
 
 
 def test_a_reconstructed_entry_without_answers_gives_pass_at_k_but_no_maj(tmp_path: Path):
@@ -459,17 +490,18 @@ def test_the_runner_estimates_what_a_step_still_needs(tmp_path: Path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    arith = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp"]
-    gsm8k = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7"]
+    arith = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-08"]
+    gsm8k = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7/shard-00"]
     screen = by_out["runs/findings/gemma3/gsm8k-screen"]
     rates = {"smollm2": 0.5, "gemma3": 1.0}
-    assert runner.estimate_s(arith, rates) == runner.LOAD_S + 1024 * 0.5
-    assert runner.estimate_s(gsm8k, rates) == runner.LOAD_S + 1024 * 1.0 * 2  # 256 new tokens
+    shard = C.SHARD_PROBLEMS * 32
+    assert runner.estimate_s(arith, rates) == runner.LOAD_S + shard * 0.5
+    assert runner.estimate_s(gsm8k, rates) == runner.LOAD_S + shard * 1.0 * 2  # 256 new tokens
     assert runner.estimate_s(screen, rates) == runner.LOAD_S + 160 * 8 * 2 * 1.0 * 2
     assert runner.estimate_s(arith, {}) is None, "no measured rate: no estimate"
     assert arith.run is not None
-    _write_run(Path(C.ROOT), arith.run, [0.5] * 8, 0)  # 8 of 32 problems done: resumes the rest
-    assert runner.estimate_s(arith, rates) == runner.LOAD_S + (1024 - 8 * 32) * 0.5
+    _write_run(Path(C.ROOT), arith.run, [0.5] * 3, 0)  # 3 of the shard's problems done: resumes the rest
+    assert runner.estimate_s(arith, rates) == runner.LOAD_S + (shard - 3 * 32) * 0.5
     Path(screen.done_if).parent.mkdir(parents=True)
     Path(screen.done_if).write_text("{}")
     assert runner.estimate_s(screen, rates) == 0.0, "a recorded selection makes the screen a no-op"
@@ -480,16 +512,16 @@ def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tm
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    long = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7"]  # ~34 min at 1 s per attempt
-    short = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp"]  # ~9 min at 0.5 s
+    long = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7/shard-00"]  # ~9.5 min at 1 s per attempt
+    short = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]  # ~3 min at 0.5 s
     started: list[Step] = []
     monkeypatch.setattr(runner, "steps", lambda: [long, short])
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: set())  # nothing runs elsewhere
     rates = {"smollm2": 0.5, "gemma3": 1.0}
     monkeypatch.setattr("rsp.findings.report.attempt_rates", lambda timing, machine=None: rates)
-    assert runner.run_all(jobs=1, hours=0.5) == 0
-    assert started == [short], "the step that cannot finish in 30 min is left for the next start"
+    assert runner.run_all(jobs=1, hours=0.1) == 0
+    assert started == [short], "the step that cannot finish in 6 min is left for the next start"
     started.clear()
     assert runner.run_all(jobs=1, hours=1.0) == 0 and started == [long, short]
     started.clear()
@@ -501,8 +533,8 @@ def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path,
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    busy = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp"]
-    free = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp"]
+    busy = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
+    free = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
     started: list[Step] = []
     monkeypatch.setattr(runner, "steps", lambda: [busy, free])
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
@@ -522,6 +554,9 @@ def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path):
     assert out not in live_outputs()
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--out", out])
     try:
+        deadline = time.time() + 10
+        while out not in live_outputs() and time.time() < deadline:  # until the child has exec'd
+            time.sleep(0.05)
         assert out in live_outputs()
         assert out not in live_outputs(exclude=proc.pid)
     finally:

@@ -98,14 +98,34 @@ def bank_run(run: Run, root: Path | None, ledger: Path) -> Path | None:
     return write_entry(data, ledger, config=config, code=code_commit(root), source="runs")
 
 
-def load_run(run: Run, root: Path | None = None, ledger: Path | None = None) -> RunData | None:
-    """The run's attempts: from its ledger entry when that is complete (a run finished in an earlier
-    session, whose run directory is gone), else from its run directory (finished or in progress)."""
+def _load_part(run: Run, root: Path | None, ledger: Path | None) -> RunData | None:
+    """One directory's worth: the ledger entry when complete, else what the run directory holds."""
     if ledger is not None:
         entry = read_entry(run, ledger)
         if entry is not None and entry.complete:
             return entry
     return load_samples(run, root)
+
+
+def load_run(run: Run, root: Path | None = None, ledger: Path | None = None) -> RunData | None:
+    """The run's complete problems: from its ledger entry when that is complete (a run finished in an
+    earlier session, whose run directory is gone), else pooled over what its own directory and its
+    shards (ledger entries or directories, finished or in progress) hold."""
+    whole = _load_part(run, root, ledger)
+    if whole is not None and whole.complete:
+        return whole
+    parts = [p for p in [whole, *(_load_part(s, root, ledger) for s in run.shards())] if p is not None]
+    if not parts:
+        return None
+    pooled = RunData(run, {}, {}, {})
+    for part in parts:
+        pooled.correct.update(part.correct)
+        pooled.tokens.update(part.tokens)
+        if part.answers is None or pooled.answers is None:
+            pooled.answers = None
+        else:
+            pooled.answers.update(part.answers)
+    return pooled
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ Design choices, fixed before any of these runs existed:
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rsp.baselines.sweep import ATTEMPT_INVARIANT
@@ -43,6 +43,10 @@ TIMING = "docs/findings/timing.jsonl"  # one line per step invocation: wall and 
 ENGINE = "lean"
 N_PROBLEMS = 32
 N_ATTEMPTS = 32
+# A sampled run is made in shards of this many problems (`rsp eval --offset`; the attempts are the
+# unsharded run's): a shard takes 4-25 minutes on one core, so a session that ends mid-map loses at
+# most the shards in flight, while a whole run (1-3 hours on a CPU without native bf16) may never fit.
+SHARD_PROBLEMS = 8
 SEED = 0
 SCREEN_SEED = 1
 SCREEN_PROBLEMS = 160
@@ -136,6 +140,7 @@ class Run:
     length: int = BASE_L  # 0 for methods without injected slots of their own choosing
     scale: float = 1.0
     position: str = DEFAULT_POSITION
+    offset: int | None = None  # a shard: problems offset .. offset + SHARD_PROBLEMS - 1 of the run
 
     @property
     def deterministic(self) -> bool:
@@ -154,7 +159,25 @@ class Run:
 
     @property
     def out(self) -> str:
-        return f"{ROOT}/{self.model.key}/{self.difficulty.key}/{self.name}"
+        whole = f"{ROOT}/{self.model.key}/{self.difficulty.key}/{self.name}"
+        return whole if self.offset is None else f"{whole}/{self.shard_name}"
+
+    @property
+    def shard_name(self) -> str:
+        return f"shard-{self.offset:02d}"
+
+    @property
+    def problems(self) -> int:
+        return N_PROBLEMS if self.offset is None else SHARD_PROBLEMS
+
+    def whole(self) -> Run:
+        return replace(self, offset=None)
+
+    def shards(self) -> list[Run]:
+        """The shards the map makes this run in (none for a greedy run: one attempt per problem)."""
+        if self.offset is not None or self.deterministic:
+            return []
+        return [replace(self, offset=o) for o in range(0, N_PROBLEMS, SHARD_PROBLEMS)]
 
     @property
     def is_baseline(self) -> bool:
@@ -173,7 +196,8 @@ class Run:
             *_model_args(self.model),
             *_task_args(self.difficulty),
             "--limit",
-            str(N_PROBLEMS),
+            str(self.problems),
+            *(() if self.offset is None else ("--offset", str(self.offset))),
             "--n",
             str(self.n),
             "--methods",
@@ -369,10 +393,15 @@ def steps() -> list[Step]:
             out.append(item)
         else:
             assert isinstance(item, Run)
-            out.append(Step("eval", tier, item.shell(), item, (item.out,), chain))
+            for part in item.shards() or [item]:
+                out.append(Step("eval", tier, part.shell(), part, (part.out,), chain))
     return out
 
 
 def runs() -> list[Run]:
-    """The map's eval runs (baselines and treatments), in run order."""
-    return [s.run for s in steps() if s.run is not None]
+    """The map's eval runs (baselines and treatments, whole: not their shards), in run order."""
+    out: list[Run] = []
+    for s in steps():
+        if s.run is not None and s.run.whole() not in out:
+            out.append(s.run.whole())
+    return out

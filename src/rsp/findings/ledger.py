@@ -22,7 +22,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.findings.cells import LEDGER, N_ATTEMPTS, N_PROBLEMS, TIMING, Run
+from rsp.findings.cells import LEDGER, N_ATTEMPTS, TIMING, Run
 from rsp.runio import atomic_write_text
 
 __all__ = ["LEDGER", "TIMING", "LedgerError", "RunData", "entry_path", "machine", "read_entry", "write_entry"]
@@ -45,11 +45,13 @@ class RunData:
 
     @property
     def complete(self) -> bool:
-        return len(self.correct) >= N_PROBLEMS
+        return len(self.correct) >= self.run.problems
 
 
 def entry_path(run: Run, ledger: Path) -> Path:
-    return ledger / run.model.key / run.difficulty.key / f"{run.name}.json"
+    """`<model>/<difficulty>/<run>.json` for a whole run, `<run>/shard-NN.json` beside it for a shard."""
+    whole = ledger / run.model.key / run.difficulty.key / f"{run.name}.json"
+    return whole if run.offset is None else whole.with_suffix("") / f"{run.shard_name}.json"
 
 
 def machine() -> str:

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from rsp.findings.analyse import METRICS, CellResult, bank_run, evaluate_all, run_dir
+from rsp.findings.analyse import METRICS, CellResult, bank_run, evaluate_all, load_run
 from rsp.findings.cells import (
     DIFFICULTY_BY_KEY,
     MODEL_BY_KEY,
@@ -29,7 +29,7 @@ from rsp.findings.cells import (
     runs,
     steps,
 )
-from rsp.findings.ledger import TIMING, read_entry
+from rsp.findings.ledger import TIMING
 from rsp.findings.plots import plot_best_worst, plot_delta_vs_base, plot_heatmaps
 from rsp.findings.verdicts import Verdict, all_verdicts
 from rsp.runio import atomic_write_text
@@ -254,16 +254,10 @@ def cost_markdown(c: dict) -> str:
 def missing_markdown(root: Path | None, ledger: Path | None = None) -> str:
     lines = []
     for run in runs():
-        if ledger is not None and (entry := read_entry(run, ledger)) is not None and entry.complete:
-            continue
-        path = run_dir(run, root) / "samples.jsonl"
-        expected = N_PROBLEMS * run.n
-        have = 0
-        if path.is_file():
-            with path.open("rb") as f:
-                have = sum(1 for line in f if line.endswith(b"\n"))
-        if have < expected:
-            state = "not started" if not have else f"{have}/{expected} attempts"
+        data = load_run(run, root, ledger)
+        have = len(data.correct) if data is not None else 0
+        if have < N_PROBLEMS:
+            state = "not started" if not have else f"{have}/{N_PROBLEMS} problems"
             lines.append(f"- `{run.out}` ({state})")
     return "\n".join(lines) if lines else "- Nothing: every run of the map has finished."
 
@@ -294,8 +288,9 @@ def build_report(
     dapo_summary: Path | None = DAPO_SUMMARY,
 ) -> dict:
     ledger = out / "ledger"  # docs/findings/ledger: the committed ledger (rsp.findings.ledger)
-    for run in runs():  # a run that finished since the last report enters the ledger
-        bank_run(run, root, ledger)
+    for run in runs():  # a run or shard that finished since the last report enters the ledger
+        for part in [run, *run.shards()]:
+            bank_run(part, root, ledger)
     results = evaluate_all(root, ledger=ledger)
     verdicts = all_verdicts(results, list(analysis_files), dapo_summary)
     out.mkdir(parents=True, exist_ok=True)

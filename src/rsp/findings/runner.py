@@ -30,7 +30,6 @@ from pathlib import Path
 
 from rsp.findings.cells import (
     DIFFICULTY_BY_KEY,
-    N_PROBLEMS,
     ROOT,
     SCREEN_ATTEMPTS,
     SCREEN_PROBLEMS,
@@ -88,11 +87,12 @@ def finished(step: Step, ledger: Path = Path(LEDGER)) -> bool:
         return False
     from rsp.findings.ledger import read_entry
 
-    entry = read_entry(step.run, ledger)
-    if entry is not None and entry.complete:
-        return True
+    for run in (step.run, step.run.whole()):  # a shard of a run that is in the ledger whole is done too
+        entry = read_entry(run, ledger)
+        if entry is not None and entry.complete:
+            return True
     cfg_path = Path(step.run.out) / "config.json"
-    if not cfg_path.is_file() or _count_samples(step) < N_PROBLEMS * step.run.n:
+    if not cfg_path.is_file() or _count_samples(step) < step.run.problems * step.run.n:
         return False
     try:
         saved = json.loads(cfg_path.read_text(encoding="utf-8")).get("config")
@@ -195,7 +195,7 @@ def estimate_s(step: Step, rates: dict[str, float]) -> float | None:
     if step.kind == "train-soft-prompt":
         return SOFT_PROMPT_BUDGET_S + 3 * LOAD_S  # training, conversion, the final save
     if step.run is not None:
-        model, difficulty, total = step.run.model.key, step.run.difficulty, N_PROBLEMS * step.run.n
+        model, difficulty, total = step.run.model.key, step.run.difficulty, step.run.problems * step.run.n
     else:  # the GSM8K screen: two arms
         model = Path(step.outputs[0]).parent.name
         difficulty, total = DIFFICULTY_BY_KEY["gsm8k"], SCREEN_PROBLEMS * SCREEN_ATTEMPTS * 2
