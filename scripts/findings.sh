@@ -26,9 +26,10 @@ case "${1:-run}" in
   *) echo "usage: bash scripts/findings.sh [--print]" >&2; exit 2 ;;
 esac
 # The code every step runs on, the same in every session (a fresh checkout has no runs/, so "HEAD at the
-# first start" would move with each session): 32d213b made the first 24 runs, this commit the rest; the
-# only difference that touches a sample is the stop-string fix 907b6cd (num_tokens, not grading).
-MAP_COMMIT=647935cc03186e38c551449737edca63dc5a18c6
+# first start" would move with each session): 32d213b made the first 24 runs, 647935c SmolLM2's
+# soft-prompt run, this commit (which adds rsp eval --offset for the shards) the rest. The only change
+# among them that touches a sample is the stop-string fix 907b6cd (num_tokens, not grading).
+MAP_COMMIT=d979b407268939c57af158bee25527998ec7a296
 CODE="$ROOT/runs/findings/code"
 if [ ! -d "$CODE/src/rsp" ]; then
   mkdir -p "$CODE"
