@@ -540,6 +540,10 @@ def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path,
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: {busy.outputs[0]})
     assert runner.run_all(jobs=2) == 0 and started == [free], "a second writer would corrupt the run"
+    assert busy.run is not None
+    monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: {busy.run.whole().out})
+    started.clear()
+    assert runner.run_all(jobs=2) == 0 and started == [free], "the whole run is being made elsewhere"
     monkeypatch.setattr(runner, "SLOT_POLL_S", 0.01)
     polls = iter([{"x", "y"}, {"x", "y"}, {"x"}])  # two steps run elsewhere, then one of them ends
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: next(polls, set()))

@@ -255,8 +255,9 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
         while True:
             with lock:
                 live = live_outputs(exclude=os.getpid()) | own
-                if key in live and key not in own:
-                    return None
+                whole = step.run.whole().out if step.run is not None else key
+                if (key in live and key not in own) or (whole != key and whole in live):
+                    return None  # this step, or the whole run it is a shard of, is being made elsewhere
                 if len(live) < jobs:
                     own.add(key)
                     return key
