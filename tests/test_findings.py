@@ -23,7 +23,7 @@ from rsp.findings.analyse import Cell, evaluate_all, run_dir
 from rsp.findings.cells import Step
 from rsp.findings.plots import heatmap_values
 from rsp.findings.report import build_report, doc_commands
-from rsp.findings.select import SelectionError, solved_ids
+from rsp.findings.select import SelectionError, screen_counts, solved_ids
 from rsp.findings.verdicts import dapo_verdict, entropy_verdict, equivalence_verdict, family_verdict
 from rsp.records import SAMPLES, SampleRecord, append_samples
 
@@ -302,13 +302,29 @@ def test_gsm8k_selection_needs_a_finished_screen_and_pools_both_arms():
         for m in ("temperature", "rsp")
         for a in range(2)
     ]
-    assert solved_ids(rows, problems=4, attempts=2) == {"g1", "g2"}
+    assert solved_ids(screen_counts(rows), problems=4, attempts=2) == {"g1", "g2"}
     with pytest.raises(SelectionError):
-        solved_ids(rows[:-1], problems=4, attempts=2)
+        solved_ids(screen_counts(rows[:-1]), problems=4, attempts=2)
 
 
-def test_a_recorded_gsm8k_selection_rebuilds_the_data_without_the_screen(tmp_path: Path, monkeypatch):
-    from rsp.findings.select import select_gsm8k
+FILLER = {  # the rest of a sample record
+    "rsp_seed": None,
+    "decode_seed": None,
+    "prompt_hash": None,
+    "completion": "",
+    "token_ids": [],
+    "num_tokens": 0,
+    "finish_reason": "stop",
+    "extracted": None,
+    "gold": "1",
+    "grade_method": "exact",
+}
+
+
+def test_a_screen_made_in_shards_over_sessions_selects_from_its_records(tmp_path: Path, monkeypatch):
+    """Each finished screen shard is recorded; the selection is made from the records (the shard
+    directories may be gone), recorded too, and a later session rebuilds the data from that record."""
+    from rsp.findings.select import record_screen_shard, select_gsm8k
 
     data = tmp_path / "shared"
     data.mkdir()
@@ -316,31 +332,46 @@ def test_a_recorded_gsm8k_selection_rebuilds_the_data_without_the_screen(tmp_pat
     (data / "gsm8k_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
     (data / "gsm8k_train.jsonl").write_text('{"problem": "a", "answer": "1"}\n' * 3)
     monkeypatch.setenv("RSP_DATA_DIR", str(data))
-    screen = tmp_path / "runs" / "smollm2" / "gsm8k-screen"
-    screen.mkdir(parents=True)
     solved = {3, 7, 11, 40}  # rsp solves 3 and 40, temperature 7 and 11
-    rows = [
-        {
-            "problem_id": f"g{i}",
-            "method": m,
-            "attempt": a,
-            "correct": a == 0 and ((m == "rsp" and i in (3, 40)) or (m == "temperature" and i in (7, 11))),
-        }
-        for i in range(C.SCREEN_PROBLEMS)
-        for m in ("temperature", "rsp")
-        for a in range(C.SCREEN_ATTEMPTS)
-    ]
-    (screen / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = tmp_path / "ledger" / "screen"
+    size = C.SCREEN_SHARD_PROBLEMS
+    for offset in range(0, C.SCREEN_PROBLEMS, size):
+        shard = tmp_path / "runs" / "smollm2" / "gsm8k-screen" / f"shard-{offset:03d}"
+        shard.mkdir(parents=True)
+        rows = [
+            {
+                "problem_id": f"g{i}",
+                "method": m,
+                "attempt": a,
+                "correct": a == 0 and i in ({3, 40} if m == "rsp" else {7, 11}),
+                **FILLER,
+            }
+            for i in range(offset, offset + size)
+            for m in ("temperature", "rsp")
+            for a in range(C.SCREEN_ATTEMPTS)
+        ]
+        if offset == 8:  # an unfinished shard is not recorded
+            (shard / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+            (shard / "config.json").write_text(json.dumps({"kind": "eval", "config": {"offset": offset}}))
+            assert record_screen_shard(shard, records / f"shard-{offset:03d}.json", size) is None
+        (shard / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (shard / "config.json").write_text(json.dumps({"kind": "eval", "config": {"offset": offset}}))
+        assert record_screen_shard(shard, records / f"shard-{offset:03d}.json", size) is not None
+        if offset == 0:
+            with pytest.raises(SelectionError, match="of 160 problems complete"):
+                select_gsm8k(records, tmp_path / "runs" / "data", 3, tmp_path / "ledger" / "selection.json")
+    shutil.rmtree(tmp_path / "runs" / "smollm2")  # the screen's directories went with earlier sessions
     record = tmp_path / "ledger" / "selection.json"
     out = tmp_path / "runs" / "data"
-    assert select_gsm8k(screen, out, 3, record) == ["g3", "g7", "g11"]
+    assert select_gsm8k(records, out, 3, record) == ["g3", "g7", "g11"]
     saved = json.loads(record.read_text())
     assert saved["selected"] == ["g3", "g7", "g11"]
-    assert saved["correct_per_problem"]["g40"] == {"temperature": 0, "rsp": 1}
-    assert sum(sum(v.values()) for v in saved["correct_per_problem"].values()) == len(solved)
+    assert saved["correct_per_problem"]["g40"] == {"temperature": [0, 8], "rsp": [1, 8]}
+    assert sum(v[m][0] for v in saved["correct_per_problem"].values() for m in v) == len(solved)
     first = (out / "gsm8k_test.jsonl").read_text()
-    shutil.rmtree(tmp_path / "runs")  # the next session: no screen, no data directory
-    assert select_gsm8k(screen, out, 3, record) == ["g3", "g7", "g11"]
+    shutil.rmtree(tmp_path / "runs")  # the next session: no data directory
+    shutil.rmtree(records)
+    assert select_gsm8k(records, out, 3, record) == ["g3", "g7", "g11"]
     assert (out / "gsm8k_test.jsonl").read_text() == first
 
 
@@ -492,19 +523,22 @@ def test_the_runner_estimates_what_a_step_still_needs(tmp_path: Path, monkeypatc
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
     arith = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-08"]
     gsm8k = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7/shard-00"]
-    screen = by_out["runs/findings/gemma3/gsm8k-screen"]
+    screen = by_out["runs/findings/gemma3/gsm8k-screen/shard-000"]
     rates = {"smollm2": 0.5, "gemma3": 1.0}
     shard = C.SHARD_PROBLEMS * 32
     assert runner.estimate_s(arith, rates) == runner.LOAD_S + shard * 0.5
     assert runner.estimate_s(gsm8k, rates) == runner.LOAD_S + shard * 1.0 * 2  # 256 new tokens
-    assert runner.estimate_s(screen, rates) == runner.LOAD_S + 160 * 8 * 2 * 1.0 * 2
+    assert runner.estimate_s(screen, rates) == runner.LOAD_S + C.SCREEN_SHARD_PROBLEMS * 8 * 2 * 1.0 * 2
     assert runner.estimate_s(arith, {}) is None, "no measured rate: no estimate"
     assert arith.run is not None
     _write_run(Path(C.ROOT), arith.run, [0.5] * 3, 0)  # 3 of the shard's problems done: resumes the rest
     assert runner.estimate_s(arith, rates) == runner.LOAD_S + (shard - 3 * 32) * 0.5
-    Path(screen.done_if).parent.mkdir(parents=True)
-    Path(screen.done_if).write_text("{}")
-    assert runner.estimate_s(screen, rates) == 0.0, "a recorded selection makes the screen a no-op"
+    for guard in screen.done_if:  # the model's selection, then the shard's own record
+        assert runner.estimate_s(screen, rates) > 0
+        Path(guard).parent.mkdir(parents=True, exist_ok=True)
+        Path(guard).write_text("{}")
+        assert runner.estimate_s(screen, rates) == 0.0, f"{guard} makes the screen shard a no-op"
+        Path(guard).unlink()
 
 
 def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tmp_path: Path, monkeypatch):

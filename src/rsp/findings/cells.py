@@ -24,7 +24,9 @@ Design choices, fixed before any of these runs existed:
   order) with at least one correct screening attempt become that model's GSM8K set. The evaluation
   itself then uses seed `SEED`, so selection and measurement share no random draw. The selected
   problems are written as `gsm8k_test.jsonl` (plus the two few-shot examples the plain prompt takes
-  from the train split) into a data directory that the cells name through `RSP_DATA_DIR`.
+  from the train split) into a data directory that the cells name through `RSP_DATA_DIR`. The screen
+  is made in shards of `SCREEN_SHARD_PROBLEMS` problems, each recorded (per-problem correct attempts
+  per arm) in the committed ledger when it finishes; the selection is made from those records.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ SEED = 0
 SCREEN_SEED = 1
 SCREEN_PROBLEMS = 160
 SCREEN_ATTEMPTS = 8
+SCREEN_SHARD_PROBLEMS = 8  # the screen, too, is made in shards (20 of them), each recorded when done
 BASE_T = 0.7
 BASE_L = 4
 DEFAULT_POSITION = "after_generation_prompt"
@@ -107,6 +110,19 @@ def soft_prompt_file(model: Model) -> str:
 
 def screen_dir(model: Model) -> str:
     return f"{ROOT}/{model.key}/gsm8k-screen"
+
+
+def screen_shard_dir(model: Model, offset: int) -> str:
+    return f"{screen_dir(model)}/shard-{offset:03d}"
+
+
+def screen_records(model: Model) -> str:
+    """Where each finished screen shard's per-problem counts are recorded (committed, like the ledger)."""
+    return f"{LEDGER}/{model.key}/gsm8k/screen"
+
+
+def screen_record(model: Model, offset: int) -> str:
+    return f"{screen_records(model)}/shard-{offset:03d}.json"
 
 
 def selection_file(model: Model) -> str:
@@ -236,7 +252,8 @@ class Step:
     run: Run | None = None
     outputs: tuple[str, ...] = field(default=())
     chain: str = ""  # steps sharing a non-empty chain depend on each other and run in order, by one worker
-    done_if: str = ""  # a file whose existence makes the step's command a no-op (its `test -f ... ||`)
+    done_if: tuple[str, ...] = ()  # files any of which makes the command a no-op (its `test -f ... ||`)
+    model: str = ""  # the model key, for the steps without a run
 
 
 def _pair(model: Model, d: Difficulty, t: float) -> list[Run]:
@@ -291,44 +308,65 @@ def _soft_prompt_step(model: Model) -> Step:
         None,
         (out,),
         f"soft-prompt-{model.key}",
-        soft_prompt_file(model),
+        (soft_prompt_file(model),),
+        model.key,
     )
 
 
 def _screen_steps(model: Model) -> list[Step]:
+    """The screen's shards (each skipped once the selection or its own record exists), then the choice."""
     d = DIFFICULTY_BY_KEY["gsm8k"]
-    screen = [
-        "rsp",
-        "eval",
-        *_model_args(model),
-        *_task_args(d),
-        "--limit",
-        str(SCREEN_PROBLEMS),
-        "--n",
-        str(SCREEN_ATTEMPTS),
-        "--methods",
-        "temperature,rsp",
-        "--rsp-length",
-        str(BASE_L),
-        "--temperature",
-        f"{BASE_T:g}",
-        "--max-new-tokens",
-        str(d.max_new_tokens),
-        "--batch-size",
-        "32",
-        "--seed",
-        str(SCREEN_SEED),
-        "--quiet",
-        "--out",
-        screen_dir(model),
-    ]
+    chain = f"gsm8k-{model.key}"
+    out: list[Step] = []
+    for offset in range(0, SCREEN_PROBLEMS, SCREEN_SHARD_PROBLEMS):
+        screen = [
+            "rsp",
+            "eval",
+            *_model_args(model),
+            *_task_args(d),
+            "--limit",
+            str(SCREEN_SHARD_PROBLEMS),
+            "--offset",
+            str(offset),
+            "--n",
+            str(SCREEN_ATTEMPTS),
+            "--methods",
+            "temperature,rsp",
+            "--rsp-length",
+            str(BASE_L),
+            "--temperature",
+            f"{BASE_T:g}",
+            "--max-new-tokens",
+            str(d.max_new_tokens),
+            "--batch-size",
+            "32",
+            "--seed",
+            str(SCREEN_SEED),
+            "--quiet",
+            "--out",
+            screen_shard_dir(model, offset),
+        ]
+        guards = (selection_file(model), screen_record(model, offset))
+        command = " || ".join([*(f"test -f {shlex.quote(g)}" for g in guards), shlex.join(screen)])
+        out.append(
+            Step(
+                "screen",
+                "difficulty (gsm8k)",
+                command,
+                None,
+                (screen_shard_dir(model, offset), screen_record(model, offset)),
+                chain,
+                guards,
+                model.key,
+            )
+        )
     select = [
         "python",
         "-m",
         "rsp.findings",
         "select-gsm8k",
         "--screen",
-        screen_dir(model),
+        screen_records(model),
         "--out",
         data_dir(model),
         "--limit",
@@ -336,20 +374,12 @@ def _screen_steps(model: Model) -> list[Step]:
         "--record",
         selection_file(model),
     ]
-    chain = f"gsm8k-{model.key}"
-    screen_command = f"test -f {shlex.quote(selection_file(model))} || {shlex.join(screen)}"
-    return [
+    out.append(
         Step(
-            "screen",
-            "difficulty (gsm8k)",
-            screen_command,
-            None,
-            (screen_dir(model),),
-            chain,
-            selection_file(model),
-        ),
-        Step("select", "difficulty (gsm8k)", shlex.join(select), None, (data_dir(model),), chain),
-    ]
+            "select", "difficulty (gsm8k)", shlex.join(select), None, (data_dir(model),), chain, (), model.key
+        )
+    )
+    return out
 
 
 def steps() -> list[Step]:

@@ -32,7 +32,7 @@ from rsp.findings.cells import (
     DIFFICULTY_BY_KEY,
     ROOT,
     SCREEN_ATTEMPTS,
-    SCREEN_PROBLEMS,
+    SCREEN_SHARD_PROBLEMS,
     SOFT_PROMPT_BUDGET_S,
     Run,
     Step,
@@ -110,13 +110,17 @@ def _child_env() -> dict[str, str]:
 
 
 def _bank(step: Step, log_lock: threading.Lock) -> None:
-    """Write a finished eval run's ledger entry (once; a run finished from the ledger has none to write)."""
-    if step.run is None:
-        return
+    """Write a finished eval run's ledger entry, or a finished screen shard's record (once each)."""
     from rsp.findings.analyse import bank_run
+    from rsp.findings.select import record_screen_shard
 
     with log_lock:
-        banked = bank_run(step.run, None, Path(LEDGER))
+        if step.run is not None:
+            banked = bank_run(step.run, None, Path(LEDGER))
+        elif step.kind == "screen":
+            banked = record_screen_shard(Path(step.outputs[0]), Path(step.outputs[1]), SCREEN_SHARD_PROBLEMS)
+        else:
+            return
     if banked:
         print(f"[findings {time.strftime('%H:%M:%S')}] ledger: {banked} (commit it)", flush=True)
 
@@ -188,7 +192,7 @@ MARGIN = 1.15  # a step is started only if 1.15x its estimate fits before the de
 def estimate_s(step: Step, rates: dict[str, float]) -> float | None:
     """Seconds the step still needs on one core: its missing attempts at the model's measured CPU seconds
     per attempt (scaled by max new tokens), or the training budget; None when no rate is measured yet."""
-    if step.done_if and Path(step.done_if).is_file():
+    if any(Path(f).is_file() for f in step.done_if):
         return 0.0
     if step.kind == "select":
         return 0.0
@@ -196,9 +200,9 @@ def estimate_s(step: Step, rates: dict[str, float]) -> float | None:
         return SOFT_PROMPT_BUDGET_S + 3 * LOAD_S  # training, conversion, the final save
     if step.run is not None:
         model, difficulty, total = step.run.model.key, step.run.difficulty, step.run.problems * step.run.n
-    else:  # the GSM8K screen: two arms
-        model = Path(step.outputs[0]).parent.name
-        difficulty, total = DIFFICULTY_BY_KEY["gsm8k"], SCREEN_PROBLEMS * SCREEN_ATTEMPTS * 2
+    else:  # a shard of the GSM8K screen: two arms
+        model = step.model
+        difficulty, total = DIFFICULTY_BY_KEY["gsm8k"], SCREEN_SHARD_PROBLEMS * SCREEN_ATTEMPTS * 2
     if finished(step):
         return 0.0
     if model not in rates:

@@ -7,16 +7,19 @@ on the same random draws that are later measured. The selection is written once:
 choose differently (a changed screen) refuses to overwrite it, because finished cells were measured on
 the old set. It is also recorded in the committed ledger (`cells.selection_file`: the ids, each screened
 problem's correct attempts per arm, the code and the machine), and a later session, whose checkout has
-no runs/, rebuilds the data directory from that record instead of screening again.
+no runs/, rebuilds the data directory from that record instead of screening again. The screen itself
+is made in shards; each finished shard's per-problem counts are recorded in the ledger
+(`record_screen_shard`), and the selection is made from those records, so a screen may span sessions.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rsp.findings.cells import SCREEN_ATTEMPTS, SCREEN_PROBLEMS, SCREEN_SEED
+from rsp.records import read_samples
 from rsp.runio import atomic_write_text
 from rsp.tasks.datasets import BENCHMARKS, find_data_file
 
@@ -25,59 +28,83 @@ class SelectionError(RuntimeError):
     """The screen is unfinished, or an existing selection differs from the one the screen gives."""
 
 
-def solved_ids(
-    samples: list[dict],
-    *,
-    problems: int = SCREEN_PROBLEMS,
-    attempts: int = SCREEN_ATTEMPTS,
-    methods: tuple[str, ...] = ("temperature", "rsp"),
-) -> set[str]:
-    """Problem ids with at least one correct attempt, pooled over `methods`; the screen must be complete."""
-    seen: dict[str, set[tuple[str, int]]] = defaultdict(set)
-    correct: set[str] = set()
+METHODS = ("temperature", "rsp")
+Counts = dict[str, dict[str, list[int]]]  # problem id -> method -> [correct, attempts]
+
+
+def screen_counts(samples: Sequence[Mapping]) -> Counts:
+    """Correct and total screening attempts per problem and arm."""
+    counts: Counts = {}
     for r in samples:
-        seen[r["problem_id"]].add((r["method"], r["attempt"]))
-        if r["correct"]:
-            correct.add(r["problem_id"])
-    complete = [pid for pid, keys in seen.items() if len(keys) >= attempts * len(methods)]
+        arm = counts.setdefault(str(r["problem_id"]), {}).setdefault(r["method"], [0, 0])
+        arm[0] += int(bool(r["correct"]))
+        arm[1] += 1
+    return counts
+
+
+def solved_ids(
+    counts: Counts, *, problems: int = SCREEN_PROBLEMS, attempts: int = SCREEN_ATTEMPTS
+) -> set[str]:
+    """Problem ids with at least one correct attempt, pooled over both arms; the screen must be complete."""
+    complete = [
+        pid for pid, arms in counts.items() if all(arms.get(m, [0, 0])[1] >= attempts for m in METHODS)
+    ]
     if len(complete) < problems:
         raise SelectionError(
             f"the screen has {len(complete)} of {problems} problems complete; finish it first"
         )
-    return correct
+    return {pid for pid, arms in counts.items() if any(arms.get(m, [0, 0])[0] for m in METHODS)}
 
 
-def screen_counts(samples: list[dict]) -> dict[str, dict[str, int]]:
-    """Correct screening attempts per problem and arm (what the selection was made from)."""
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for r in samples:
-        counts[str(r["problem_id"])][r["method"]] += int(bool(r["correct"]))
-    return {pid: dict(arms) for pid, arms in counts.items()}
+def record_screen_shard(shard: Path, record: Path, problems: int) -> Path | None:
+    """Write a finished screen shard's counts (with its settings, code and machine) to `record`; None when
+    the shard is not finished or already recorded."""
+    from rsp.findings.ledger import machine
+
+    if record.is_file() or not (shard / "config.json").is_file():
+        return None
+    counts = screen_counts(read_samples(shard / "samples.jsonl"))
+    try:
+        solved_ids(counts, problems=problems)
+    except SelectionError:
+        return None
+    saved = json.loads((shard / "config.json").read_text(encoding="utf-8"))
+    entry = {
+        "config": saved.get("config"),
+        "code": _screen_code(shard),
+        "machine": machine(),
+        "correct_per_problem": counts,
+    }
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
+    return record
+
+
+def read_screen_records(records: Path) -> Counts:
+    counts: Counts = {}
+    for path in sorted(records.glob("shard-*.json")):
+        counts.update(json.loads(path.read_text(encoding="utf-8"))["correct_per_problem"])
+    return counts
 
 
 def select_gsm8k(screen: Path, out: Path, limit: int, record: Path | None = None) -> list[str]:
     """Write out/gsm8k_test.jsonl (first `limit` solved problems, file order) and the two few-shot shots.
 
-    With `record`: when it exists, the selection is read from it (the screen is not needed); otherwise
-    it is made from the screen and written there."""
-    from rsp.findings.ledger import machine
-
+    `screen`: the directory of the screen shards' records. With `record`: when it exists, the selection is
+    read from it (the screen is not needed); otherwise it is made from the screen and written there."""
     test = find_data_file(BENCHMARKS["gsm8k"].files["test"])
     train = find_data_file(BENCHMARKS["gsm8k"].files["train"])
     if test is None or train is None:
         raise SelectionError("gsm8k_test.jsonl / gsm8k_train.jsonl not found (set RSP_DATA_DIR)")
+    counts: Counts | None = None
     if record is not None and record.is_file():
         saved = json.loads(record.read_text(encoding="utf-8"))
-        solved, counts = set(saved["selected"]), None
+        solved = set(saved["selected"])
         if len(solved) > limit:
             raise SelectionError(f"{record} selects {len(solved)} problems, more than --limit {limit}")
     else:
-        lines = [
-            json.loads(x)
-            for x in (screen / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-            if x.strip()
-        ]
-        solved, counts = solved_ids(lines), screen_counts(lines)
+        counts = read_screen_records(screen)
+        solved = solved_ids(counts)
     chosen = [
         raw
         for raw in test.read_text(encoding="utf-8").splitlines()
@@ -107,15 +134,13 @@ def select_gsm8k(screen: Path, out: Path, limit: int, record: Path | None = None
             "rule": f"the first {limit} test problems (file order) with a correct screening attempt",
             "screen": {"seed": SCREEN_SEED, "problems": SCREEN_PROBLEMS, "attempts_per_arm": SCREEN_ATTEMPTS},
             "correct_per_problem": counts,
-            "code": _screen_code(screen),
-            "machine": machine(),
         }
         record.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
     return ids
 
 
-def _screen_code(screen: Path) -> str:
+def _screen_code(shard: Path) -> str:
     """The frozen code's commit (runs/findings/code/COMMIT, beside the model folders), or "unknown"."""
-    path = screen.parent.parent / "code" / "COMMIT"
+    path = shard.parent.parent.parent / "code" / "COMMIT"
     return path.read_text(encoding="utf-8").strip() if path.is_file() else "unknown"
