@@ -27,9 +27,9 @@ case "${1:-run}" in
 esac
 # The code every step runs on, the same in every session (a fresh checkout has no runs/, so "HEAD at the
 # first start" would move with each session): 32d213b made the first 24 runs, 647935c SmolLM2's
-# soft-prompt run, this commit (which adds rsp eval --offset for the shards) the rest. The only change
-# among them that touches a sample is the stop-string fix 907b6cd (num_tokens, not grading).
-MAP_COMMIT=d979b407268939c57af158bee25527998ec7a296
+# soft-prompt run, this commit (rsp eval --offset for the shards, the recorded screen shards) the rest.
+# The only change among them that touches a sample is the stop-string fix 907b6cd (num_tokens only).
+MAP_COMMIT=e58be48bc69f2dafcda81c412b61878dabcf4627
 CODE="$ROOT/runs/findings/code"
 if [ ! -d "$CODE/src/rsp" ]; then
   mkdir -p "$CODE"
