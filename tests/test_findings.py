@@ -9,6 +9,7 @@ per-problem success rates, read through the same code that reads the real map.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -622,6 +623,30 @@ def test_a_slower_cpu_scales_the_rates_it_has_not_measured():
     assert local_rates(everywhere, {}) == everywhere
     assert local_rates(everywhere, {"gemma3": 8.0}) == {"smollm2": 4.0, "gemma3": 8.0}
     assert local_rates(everywhere, {"smollm2": 3.0, "gemma3": 4.0}) == {"smollm2": 3.0, "gemma3": 4.0}
+
+
+def test_a_trained_soft_prompt_is_kept_and_a_later_session_reuses_it(tmp_path: Path, monkeypatch):
+    """A soft prompt trained against a wall-clock budget differs between machines: the map trains it
+    once, commits it, and the train step of a later session copies it back instead of training."""
+    from rsp.findings.runner import keep_soft_prompt
+
+    monkeypatch.chdir(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rsp").write_text("#!/bin/sh\nexit 99\n")  # training would be attempted
+    (bin_dir / "rsp").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    step = next(s for s in C.steps() if s.kind == "train-soft-prompt" and s.model == "gemma3")
+    trained, record = Path(step.outputs[0]), Path(step.outputs[1])
+    assert subprocess.run(["bash", "-c", step.command], env=env).returncode == 99, "nothing to reuse yet"
+    (trained / "soft_prompt.safetensors").write_bytes(b"vectors")
+    (trained / "history.json").write_text("{}")
+    assert keep_soft_prompt(trained, record) == record / "soft_prompt.safetensors"
+    assert keep_soft_prompt(trained, record) is None, "kept once"
+    assert (record / "history.json").is_file()
+    shutil.rmtree(tmp_path / "runs")  # the next session
+    assert subprocess.run(["bash", "-c", step.command], env=env).returncode == 0
+    assert (trained / "soft_prompt.safetensors").read_bytes() == b"vectors"
 
 
 def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):

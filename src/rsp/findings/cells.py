@@ -108,6 +108,12 @@ def soft_prompt_file(model: Model) -> str:
     return f"{ROOT}/{model.key}/{SOFT_PROMPT_DIR}/soft_prompt.safetensors"
 
 
+def soft_prompt_record(model: Model) -> str:
+    """The committed copy of the trained vectors: a soft prompt trained against a wall-clock budget
+    differs from one machine to the next, so every session's soft-prompt shards must use this one."""
+    return f"{LEDGER}/{model.key}/{SOFT_PROMPT_DIR}/soft_prompt.safetensors"
+
+
 def screen_dir(model: Model) -> str:
     return f"{ROOT}/{model.key}/gsm8k-screen"
 
@@ -300,15 +306,20 @@ def _soft_prompt_step(model: Model) -> Step:
     if model.prompt_style != "auto":
         train += ["--prompt-style", model.prompt_style]
     train += ["--out", out]
-    command = f"test -f {shlex.quote(soft_prompt_file(model))} || {shlex.join(train)}"
+    file, saved = shlex.quote(soft_prompt_file(model)), shlex.quote(soft_prompt_record(model))
+    # trained once: a later session copies the committed vectors back instead of training others
+    command = (
+        f"mkdir -p {shlex.quote(out)} && {{ test -f {file} || cp {saved} {file} 2>/dev/null || "
+        f"{shlex.join(train)}; }}"
+    )
     return Step(
         "train-soft-prompt",
         "control (soft-prompt)",
         command,
         None,
-        (out,),
+        (out, str(Path(soft_prompt_record(model)).parent)),
         f"soft-prompt-{model.key}",
-        (soft_prompt_file(model),),
+        (soft_prompt_file(model), soft_prompt_record(model)),
         model.key,
     )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -119,10 +120,24 @@ def _bank(step: Step, log_lock: threading.Lock) -> None:
             banked = bank_run(step.run, None, Path(LEDGER))
         elif step.kind == "screen":
             banked = record_screen_shard(Path(step.outputs[0]), Path(step.outputs[1]), SCREEN_SHARD_PROBLEMS)
+        elif step.kind == "train-soft-prompt":
+            banked = keep_soft_prompt(Path(step.outputs[0]), Path(step.outputs[1]))
         else:
             return
     if banked:
         print(f"[findings {time.strftime('%H:%M:%S')}] ledger: {banked} (commit it)", flush=True)
+
+
+def keep_soft_prompt(trained: Path, record: Path) -> Path | None:
+    """Copy a trained soft prompt (vectors, loss history and curve) to its committed place, once."""
+    vectors = trained / "soft_prompt.safetensors"
+    if not vectors.is_file() or (record / vectors.name).is_file():
+        return None
+    record.mkdir(parents=True, exist_ok=True)
+    for name in ("history.json", "loss.png", vectors.name):  # the vectors last: their presence = kept
+        if (trained / name).is_file():
+            shutil.copyfile(trained / name, record / name)
+    return record / vectors.name
 
 
 def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMING)) -> int:
