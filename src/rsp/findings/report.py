@@ -213,6 +213,9 @@ def cost(timing_path: Path) -> dict:
         "cpu_hours_used": used / 3600,
         "wall_hours_of_steps": sum(t["wall_s"] for t in timing) / 3600,
         "cpu_s_per_attempt": rates,
+        "cpu_s_per_attempt_by_machine": {
+            m: attempt_rates(timing, m) for m in sorted({t["machine"] for t in timing if t.get("machine")})
+        },
         "arith1_equivalent_attempts": need,
         "estimate_cpu_hours": estimate,
         "estimate_complete": len(estimate) == len(need),
@@ -231,6 +234,13 @@ def cost_markdown(c: dict) -> str:
             f"- {m}: {rate:.2f} CPU s per attempt (measured on its arithmetic cells, 1 thread, "
             "max 128 new tokens, lowest priority on a shared 2-core machine)."
         )
+    for machine, by_model in c.get("cpu_s_per_attempt_by_machine", {}).items():
+        if by_model:
+            rates = ", ".join(f"{m} {r:.2f}" for m, r in by_model.items())
+            lines.append(
+                f"- On `{machine}` alone: {rates} CPU s per attempt (CPUs differ several-fold in bf16 "
+                "speed: see docs/performance.md; the estimates below use all machines' steps)."
+            )
     for m, hours in c["estimate_cpu_hours"].items():
         lines.append(
             f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** "
