@@ -111,7 +111,8 @@ def _child_env() -> dict[str, str]:
 
 
 def _bank(step: Step, log_lock: threading.Lock) -> None:
-    """Write a finished eval run's ledger entry, or a finished screen shard's record (once each)."""
+    """Bank what a finished step made (once): an eval run's ledger entry, a screen shard's record, a
+    trained soft prompt's vectors."""
     from rsp.findings.analyse import bank_run
     from rsp.findings.select import record_screen_shard
 
