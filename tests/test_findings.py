@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rsp.findings import cells as C
 from rsp.findings.analyse import Cell, evaluate_all, run_dir
@@ -625,12 +626,20 @@ def test_a_slower_cpu_scales_the_rates_it_has_not_measured():
     assert local_rates(everywhere, {"smollm2": 3.0, "gemma3": 4.0}) == {"smollm2": 3.0, "gemma3": 4.0}
 
 
-def test_a_trained_soft_prompt_is_kept_and_a_later_session_reuses_it(tmp_path: Path, monkeypatch):
+def test_a_trained_soft_prompt_is_kept_as_json_and_a_later_session_restores_it_exactly(
+    tmp_path: Path, monkeypatch
+):
     """A soft prompt trained against a wall-clock budget differs between machines: the map trains it
-    once, commits it, and the train step of a later session copies it back instead of training."""
+    once, commits its vectors as JSON text (no weight files in the repository), and the train step of a
+    later session restores them bit for bit instead of training; a damaged record fails the step
+    instead of silently training other vectors."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     from rsp.findings.runner import keep_soft_prompt
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").symlink_to(Path(__file__).resolve().parents[1] / "src")  # the step runs from the root
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "rsp").write_text("#!/bin/sh\nexit 99\n")  # training would be attempted
@@ -639,14 +648,23 @@ def test_a_trained_soft_prompt_is_kept_and_a_later_session_reuses_it(tmp_path: P
     step = next(s for s in C.steps() if s.kind == "train-soft-prompt" and s.model == "gemma3")
     trained, record = Path(step.outputs[0]), Path(step.outputs[1])
     assert subprocess.run(["bash", "-c", step.command], env=env).returncode == 99, "nothing to reuse yet"
-    (trained / "soft_prompt.safetensors").write_bytes(b"vectors")
+    vectors = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)) / 3
+    save_file({"soft_prompt": vectors}, str(trained / "soft_prompt.safetensors"), metadata={"position": "x"})
     (trained / "history.json").write_text("{}")
-    assert keep_soft_prompt(trained, record) == record / "soft_prompt.safetensors"
+    assert keep_soft_prompt(trained, record) == record / "soft_prompt.json"
     assert keep_soft_prompt(trained, record) is None, "kept once"
     assert (record / "history.json").is_file()
+    assert not list(record.glob("*.safetensors")), "no weight file in the committed record"
     shutil.rmtree(tmp_path / "runs")  # the next session
     assert subprocess.run(["bash", "-c", step.command], env=env).returncode == 0
-    assert (trained / "soft_prompt.safetensors").read_bytes() == b"vectors"
+    with safe_open(str(trained / "soft_prompt.safetensors"), framework="pt") as f:
+        assert torch.equal(f.get_tensor("soft_prompt"), vectors), "restored bit for bit"
+        assert f.metadata() == {"position": "x"}
+    shutil.rmtree(tmp_path / "runs")
+    kept = record / "soft_prompt.json"
+    kept.write_text(kept.read_text().replace(repr(float(vectors[0, 0])), "0.5", 1))
+    rc = subprocess.run(["bash", "-c", step.command], env=env, capture_output=True).returncode
+    assert rc not in (0, 99), "a damaged record fails; it neither passes nor retrains"
 
 
 def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):

@@ -109,9 +109,13 @@ def soft_prompt_file(model: Model) -> str:
 
 
 def soft_prompt_record(model: Model) -> str:
-    """The committed copy of the trained vectors: a soft prompt trained against a wall-clock budget
-    differs from one machine to the next, so every session's soft-prompt shards must use this one."""
-    return f"{LEDGER}/{model.key}/{SOFT_PROMPT_DIR}/soft_prompt.safetensors"
+    """The committed copy of the trained vectors, as JSON text (`rsp.findings.tensorjson`; the repository
+    holds no weight files): a soft prompt trained against a wall-clock budget differs from one machine to
+    the next, so every session's soft-prompt shards must use this one."""
+    return f"{LEDGER}/{model.key}/{SOFT_PROMPT_DIR}/soft_prompt.json"
+
+
+TENSORJSON = "src/rsp/findings/tensorjson.py"  # run as a script by path: the steps' PYTHONPATH is frozen
 
 
 def screen_dir(model: Model) -> str:
@@ -307,10 +311,11 @@ def _soft_prompt_step(model: Model) -> Step:
         train += ["--prompt-style", model.prompt_style]
     train += ["--out", out]
     file, saved = shlex.quote(soft_prompt_file(model)), shlex.quote(soft_prompt_record(model))
-    # trained once: a later session copies the committed vectors back instead of training others
+    # trained once: a later session restores the committed vectors instead of training others (and
+    # fails, rather than retrains, if the record cannot be restored)
     command = (
-        f"mkdir -p {shlex.quote(out)} && {{ test -f {file} || cp {saved} {file} 2>/dev/null || "
-        f"{shlex.join(train)}; }}"
+        f"mkdir -p {shlex.quote(out)} && {{ test -f {file} || if test -f {saved}; then "
+        f"python -P {TENSORJSON} restore {saved} {file}; else {shlex.join(train)}; fi; }}"
     )
     return Step(
         "train-soft-prompt",

@@ -130,15 +130,18 @@ def _bank(step: Step, log_lock: threading.Lock) -> None:
 
 
 def keep_soft_prompt(trained: Path, record: Path) -> Path | None:
-    """Copy a trained soft prompt (vectors, loss history and curve) to its committed place, once."""
-    vectors = trained / "soft_prompt.safetensors"
-    if not vectors.is_file() or (record / vectors.name).is_file():
+    """Copy a trained soft prompt's loss history and curve to its committed place, and its vectors as
+    JSON text (`tensorjson.dump`; no weight files are committed), once."""
+    from rsp.findings.tensorjson import dump
+
+    vectors, kept = trained / "soft_prompt.safetensors", record / "soft_prompt.json"
+    if not vectors.is_file() or kept.is_file():
         return None
     record.mkdir(parents=True, exist_ok=True)
-    for name in ("history.json", "loss.png", vectors.name):  # the vectors last: their presence = kept
+    for name in ("history.json", "loss.png"):
         if (trained / name).is_file():
             shutil.copyfile(trained / name, record / name)
-    return record / vectors.name
+    return dump(vectors, kept)  # the vectors last: their presence = kept
 
 
 def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMING)) -> int:
