@@ -531,6 +531,10 @@ def test_the_runner_estimates_what_a_step_still_needs(tmp_path: Path, monkeypatc
     assert runner.estimate_s(arith, rates) == runner.LOAD_S + shard * 0.5
     assert runner.estimate_s(gsm8k, rates) == runner.LOAD_S + shard * 1.0 * 2  # 256 new tokens
     assert runner.estimate_s(screen, rates) == runner.LOAD_S + C.SCREEN_SHARD_PROBLEMS * 8 * 2 * 1.0 * 2
+    on_gsm8k = {"gemma3": 4.5}  # a measured GSM8K rate replaces the token-scaled arithmetic one
+    assert runner.estimate_s(screen, rates, on_gsm8k) == runner.LOAD_S + C.SCREEN_SHARD_PROBLEMS * 8 * 2 * 4.5
+    assert runner.estimate_s(gsm8k, rates, on_gsm8k) == runner.LOAD_S + shard * 4.5
+    assert runner.estimate_s(arith, rates, on_gsm8k) == runner.LOAD_S + shard * 0.5, "not on arithmetic"
     assert runner.estimate_s(arith, {}) is None, "no measured rate: no estimate"
     assert arith.run is not None
     _write_run(Path(C.ROOT), arith.run, [0.5] * 3, 0)  # 3 of the shard's problems done: resumes the rest
@@ -555,7 +559,7 @@ def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tm
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: set())  # nothing runs elsewhere
     rates = {"smollm2": 0.5, "gemma3": 1.0}
-    monkeypatch.setattr("rsp.findings.report.attempt_rates", lambda timing, machine=None: rates)
+    monkeypatch.setattr("rsp.findings.report.attempt_rates", lambda timing, machine=None, task="arith": rates)
     assert runner.run_all(jobs=1, hours=0.1) == 0
     assert started == [short], "the step that cannot finish in 6 min is left for the next start"
     started.clear()
@@ -615,6 +619,38 @@ def test_attempt_rates_can_be_taken_from_one_machine_only():
     assert attempt_rates(timing) == {"smollm2": 2.0, "gemma3": 5.0}
     assert attempt_rates(timing, "slow") == {"smollm2": 3.0}
     assert attempt_rates(timing, "other") == {}
+
+
+def test_gsm8k_rates_come_from_gsm8k_steps_measured_on_one_machine():
+    """A GSM8K attempt costs more than its 2x token budget says; the runner must plan GSM8K steps with
+    the GSM8K rate, and for a model without one, with the GSM8K-to-arithmetic ratio of a model measured
+    on the same machine (never across machines, whose bf16 speeds differ several-fold)."""
+    from rsp.findings.report import attempt_rates, gsm8k_rates, gsm8k_ratio
+
+    def rec(model: str, task: str, cpu: float, n: int, machine: str) -> dict:
+        kind = "screen" if task == "gsm8k-screen" else "eval"
+        return {
+            "kind": kind,
+            "out": f"{C.ROOT}/{model}/{task}/x",
+            "cpu_s": cpu,
+            "new_attempts": n,
+            "machine": machine,
+        }
+
+    timing = [
+        rec("smollm2", "arith1", 300, 100, "slow"),
+        rec("smollm2", "gsm8k-screen", 1500, 100, "slow"),  # 5x arithmetic, on the same machine
+        rec("gemma3", "arith2", 100, 100, "fast"),
+        rec("smollm2", "arith1", 50, 100, "fast"),
+    ]
+    assert attempt_rates(timing, "slow", "gsm8k") == {"smollm2": 15.0}
+    assert attempt_rates(timing, "slow") == {"smollm2": 3.0}, "GSM8K steps do not enter the arithmetic rate"
+    assert gsm8k_ratio(timing) == pytest.approx(5.0)
+    assert gsm8k_ratio(timing[2:]) == 2.0, "nothing measured: the ratio of max new tokens"
+    assert gsm8k_rates({"smollm2": 3.0, "gemma3": 9.0}, {"smollm2": 15.0}, 5.0) == {
+        "smollm2": 15.0,
+        "gemma3": 45.0,
+    }
 
 
 def test_a_slower_cpu_scales_the_rates_it_has_not_measured():

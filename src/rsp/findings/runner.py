@@ -208,9 +208,10 @@ SLOT_POLL_S = 10.0
 MARGIN = 1.15  # a step is started only if 1.15x its estimate fits before the deadline
 
 
-def estimate_s(step: Step, rates: dict[str, float]) -> float | None:
+def estimate_s(step: Step, rates: dict[str, float], gsm8k: dict[str, float] | None = None) -> float | None:
     """Seconds the step still needs on one core: its missing attempts at the model's measured CPU seconds
-    per attempt (scaled by max new tokens), or the training budget; None when no rate is measured yet."""
+    per attempt (`gsm8k`'s rate on GSM8K; without one, the arithmetic rate scaled by max new tokens),
+    or the training budget; None when no rate is known yet."""
     if any(Path(f).is_file() for f in step.done_if):
         return 0.0
     if step.kind == "select":
@@ -224,10 +225,13 @@ def estimate_s(step: Step, rates: dict[str, float]) -> float | None:
         difficulty, total = DIFFICULTY_BY_KEY["gsm8k"], SCREEN_SHARD_PROBLEMS * SCREEN_ATTEMPTS * 2
     if finished(step):
         return 0.0
-    if model not in rates:
+    if difficulty.key == "gsm8k" and gsm8k is not None and model in gsm8k:
+        rate = gsm8k[model]
+    elif model in rates:
+        rate = rates[model] * difficulty.max_new_tokens / DIFFICULTY_BY_KEY["arith1"].max_new_tokens
+    else:
         return None
-    factor = difficulty.max_new_tokens / DIFFICULTY_BY_KEY["arith1"].max_new_tokens
-    return LOAD_S + max(0, total - _count_samples(step)) * rates[model] * factor
+    return LOAD_S + max(0, total - _count_samples(step)) * rate
 
 
 def local_rates(everywhere: dict[str, float], here: dict[str, float]) -> dict[str, float]:
@@ -245,7 +249,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
     that many hours from now; its group is left for the next start and the worker takes the next group.
     A session whose machine is reclaimed at a known time then spends its last hour on cells that finish
     (and enter the ledger) instead of on a long step whose partial attempts are lost with runs/."""
-    from rsp.findings.report import attempt_rates, read_timing
+    from rsp.findings.report import attempt_rates, gsm8k_rates, gsm8k_ratio, read_timing
 
     deadline = None if hours is None else time.time() + hours * 3600
     work: queue.Queue[list[Step]] = queue.Queue()
@@ -259,7 +263,10 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
             return True
         with lock:
             timing = read_timing(Path(TIMING))
-            est = estimate_s(step, local_rates(attempt_rates(timing), attempt_rates(timing, machine())))
+            here = machine()
+            arith = local_rates(attempt_rates(timing), attempt_rates(timing, here))
+            on_gsm8k = gsm8k_rates(arith, attempt_rates(timing, here, "gsm8k"), gsm8k_ratio(timing))
+            est = estimate_s(step, arith, on_gsm8k)
         left = deadline - time.time()
         if est is None or est * MARGIN <= left:
             return True
