@@ -377,6 +377,33 @@ def test_a_screen_made_in_shards_over_sessions_selects_from_its_records(tmp_path
     assert (out / "gsm8k_test.jsonl").read_text() == first
 
 
+def test_a_screen_shard_made_under_other_settings_is_never_recorded(tmp_path: Path):
+    from rsp.findings.runner import expected_screen_config
+    from rsp.findings.select import record_screen_shard
+
+    step = next(s for s in C.steps() if s.kind == "screen")
+    expected = expected_screen_config(step)
+    assert (expected["seed"], expected["n"], expected.get("offset", 0)) == (
+        C.SCREEN_SEED,
+        C.SCREEN_ATTEMPTS,
+        0,
+    )
+    shard = tmp_path / "shard-000"
+    shard.mkdir()
+    rows = [
+        {"problem_id": f"g{i}", "method": m, "attempt": a, "correct": a == 0, **FILLER}
+        for i in range(C.SCREEN_SHARD_PROBLEMS)
+        for m in ("temperature", "rsp")
+        for a in range(C.SCREEN_ATTEMPTS)
+    ]
+    (shard / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (shard / "config.json").write_text(json.dumps({"kind": "eval", "config": dict(expected, seed=0)}))
+    with pytest.raises(SelectionError, match="other settings"):
+        record_screen_shard(shard, tmp_path / "r.json", C.SCREEN_SHARD_PROBLEMS, expected)
+    (shard / "config.json").write_text(json.dumps({"kind": "eval", "config": expected}))
+    assert record_screen_shard(shard, tmp_path / "r.json", C.SCREEN_SHARD_PROBLEMS, expected) is not None
+
+
 def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, monkeypatch):
     from rsp.findings import runner
 
@@ -469,6 +496,58 @@ def test_the_runner_counts_a_ledger_entry_as_finished_and_refuses_one_with_other
         runner.finished(step)
 
 
+def test_an_entry_made_with_other_soft_prompt_vectors_is_refused_and_never_banked(
+    tmp_path: Path, monkeypatch
+):
+    """A soft-prompt run's config names only the path of its vectors: the entry carries their digest,
+    and an entry (or a run directory) made with other vectors than the committed record is refused."""
+    from safetensors.torch import save_file
+
+    import rsp.findings.ledger as L
+    from rsp.findings.analyse import bank_run
+    from rsp.findings.tensorjson import dump
+
+    monkeypatch.chdir(tmp_path)
+    run = next(
+        s.run for s in C.steps() if s.run is not None and s.run.method == "soft-prompt" and s.run.offset == 0
+    )
+    ledger, vectors = Path(L.LEDGER), Path(C.soft_prompt_file(run.model))
+    vectors.parent.mkdir(parents=True)
+    save_file({"soft_prompt": torch.ones(4, 8)}, str(vectors))
+    dump(vectors, C.soft_prompt_record(run.model))
+    _finish(Path(C.ROOT), run, [0.5] * run.problems, 0)
+    entry = bank_run(run, None, ledger)
+    assert entry is not None and L.read_entry(run, ledger) is not None
+    assert json.loads(entry.read_text())["inputs"]["soft_prompt_sha256"] is not None
+    save_file({"soft_prompt": torch.zeros(4, 8)}, str(vectors))  # retrained elsewhere
+    dump(vectors, C.soft_prompt_record(run.model) + ".new")
+    Path(C.soft_prompt_record(run.model) + ".new").replace(C.soft_prompt_record(run.model))
+    with pytest.raises(L.LedgerError, match="other inputs"):
+        L.read_entry(run, ledger)
+    entry.unlink()
+    save_file({"soft_prompt": torch.ones(4, 8)}, str(vectors))  # the run dir's vectors, not the record's
+    with pytest.raises(L.LedgerError, match="not banked"):
+        bank_run(run, None, ledger)
+
+
+def test_a_damaged_entry_is_refused(tmp_path: Path, monkeypatch):
+    import rsp.findings.ledger as L
+    from rsp.findings.analyse import bank_run
+
+    monkeypatch.chdir(tmp_path)
+    step = C.steps()[0]
+    assert step.run is not None
+    _finish(Path(C.ROOT), step.run, [0.2] * step.run.problems, 0)
+    entry = bank_run(step.run, None, Path(L.LEDGER))
+    assert entry is not None
+    saved = json.loads(entry.read_text())
+    pid = next(iter(saved["problems"]))
+    saved["problems"][pid]["correct"] = saved["problems"][pid]["correct"][:-1]
+    entry.write_text(json.dumps(saved))
+    with pytest.raises(L.LedgerError, match="damaged"):
+        L.read_entry(step.run, Path(L.LEDGER))
+
+
 def test_a_run_made_in_shards_pools_its_shards_from_the_ledger_and_from_disk(tmp_path: Path, monkeypatch):
     from rsp.findings import runner
     from rsp.findings.analyse import bank_run, load_run
@@ -552,14 +631,17 @@ def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tm
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    long = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7/shard-00"]  # ~9.5 min at 1 s per attempt
-    short = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]  # ~3 min at 0.5 s
+    long = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7/shard-00"]  # 60 + 256 x 2 s: ~9.5 min
+    short = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]  # 60 + 256 x 0.5 s: ~3 min
     started: list[Step] = []
     monkeypatch.setattr(runner, "steps", lambda: [long, short])
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: set())  # nothing runs elsewhere
     rates = {"smollm2": 0.5, "gemma3": 1.0}
-    monkeypatch.setattr("rsp.findings.report.attempt_rates", lambda timing, machine=None, task="arith": rates)
+    monkeypatch.setattr(  # no GSM8K rate measured: twice the arithmetic one, for 256 new tokens
+        "rsp.findings.report.attempt_rates",
+        lambda timing, machine=None, task="arith", **_: rates if task == "arith" else {},
+    )
     assert runner.run_all(jobs=1, hours=0.1) == 0
     assert started == [short], "the step that cannot finish in 6 min is left for the next start"
     started.clear()
@@ -591,12 +673,21 @@ def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path,
     assert runner.run_all(jobs=2) == 0 and started == [busy, free]
 
 
-def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path):
+@pytest.mark.parametrize("spelling", ["--out DIR", "--out=DIR", "--out ABSOLUTE", "--out ./DIR"])
+def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path, spelling: str):
+    """A step started by hand counts however its --out is spelled, as the runner's relative path."""
     from rsp.findings.runner import live_outputs
 
     out = f"{C.ROOT}/smollm2/arith1/test-{tmp_path.name}"
+    value = {
+        "--out DIR": out,
+        "--out=DIR": out,
+        "--out ABSOLUTE": str(Path.cwd() / out),
+        "--out ./DIR": f"./{out}",
+    }
+    flags = [f"--out={value[spelling]}"] if "=" in spelling else ["--out", value[spelling]]
     assert out not in live_outputs()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--out", out])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *flags])
     try:
         deadline = time.time() + 10
         while out not in live_outputs() and time.time() < deadline:  # until the child has exec'd
@@ -606,6 +697,56 @@ def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_failing_check_in_a_worker_counts_as_a_failure_and_ends_only_its_group(tmp_path: Path, monkeypatch):
+    """A LedgerError (an entry under other settings) raised while a worker plans a step must not end the
+    worker silently with "0 failed": it is a failure, and the other groups still run."""
+    from rsp.findings import runner
+    from rsp.findings.ledger import LedgerError
+
+    monkeypatch.chdir(tmp_path)
+    by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
+    bad = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
+    after_bad = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-08"]
+    other = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
+    started: list[Step] = []
+
+    def run_step(step: Step, lock) -> int:
+        if step is bad:
+            raise LedgerError("made with other settings")
+        started.append(step)
+        return 0
+
+    monkeypatch.setattr(runner, "steps", lambda: [bad, after_bad, other])
+    monkeypatch.setattr(runner, "groups", lambda steps: [[bad, after_bad], [other]])
+    monkeypatch.setattr(runner, "run_step", run_step)
+    monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: set())
+    assert runner.run_all(jobs=1) == 1
+    assert started == [other], "the failed group stops; the next group runs"
+
+
+def test_a_duplicated_sample_line_does_not_count_as_another_attempt(tmp_path: Path, monkeypatch):
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    step = next(s for s in C.steps() if s.run is not None and s.run.offset == 0)
+    assert step.run is not None
+    _write_run(Path(C.ROOT), step.run, [0.5] * 2, 0)
+    samples = Path(step.outputs[0]) / "samples.jsonl"
+    lines = samples.read_text().splitlines(keepends=True)
+    assert runner._count_samples(step) == 2 * step.run.n
+    samples.write_text("".join(lines + lines[:5]) + lines[5][:20])  # two writers, then a torn line
+    assert runner._count_samples(step) == 2 * step.run.n
+
+
+def test_a_no_op_step_leaves_no_timing_record():
+    from rsp.findings.runner import is_noop
+
+    assert is_noop({"rc": 0, "new_attempts": 0, "wall_s": 0.1})
+    assert not is_noop({"rc": 0, "new_attempts": 0, "wall_s": 900.0}), "training makes no attempts"
+    assert not is_noop({"rc": 0, "new_attempts": 3, "wall_s": 1.0})
+    assert not is_noop({"rc": 1, "new_attempts": 0, "wall_s": 0.1}), "a failure is always logged"
 
 
 def test_attempt_rates_can_be_taken_from_one_machine_only():

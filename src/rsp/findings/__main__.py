@@ -18,13 +18,15 @@ from rsp.config import RSPArgumentParser, option
 class RunConfig:
     jobs: int = option(2, "steps run at once")
     hours: float | None = option(
-        None, "start no step whose estimated time would run past this many hours from now"
+        None,
+        "start no step whose estimated wall time would run past this many hours from now (a step of a "
+        "model with no measured rate yet has no estimate and starts)",
     )
 
 
 @dataclass
 class SelectConfig:
-    screen: str = option(help="the model's GSM8K screening run directory")
+    screen: str = option(help="the directory of the model's GSM8K screen-shard records (in the ledger)")
     out: str = option(help="where gsm8k_test.jsonl and the few-shot examples go")
     limit: int = option(help="number of problems to keep")
     record: str | None = option(

@@ -83,7 +83,7 @@ def bank_run(run: Run, root: Path | None, ledger: Path) -> Path | None:
     """Write the ledger entry of a run whose directory holds every attempt under this run's settings
     (None when it does not, or when the entry is already there). The run directory stays the source of
     truth while it exists; the entry is what a later session on a fresh checkout reads."""
-    from rsp.findings.ledger import entry_path, write_entry
+    from rsp.findings.ledger import LedgerError, entry_path, expected_inputs, used_inputs, write_entry
     from rsp.findings.runner import current_spelling, expected_config
 
     path = run_dir(run, root)
@@ -95,7 +95,13 @@ def bank_run(run: Run, root: Path | None, ledger: Path) -> Path | None:
     data = load_samples(run, root)
     if data is None or not data.complete:
         return None
-    return write_entry(data, ledger, config=config, code=code_commit(root), source="runs")
+    inputs, expected = used_inputs(run, root), expected_inputs(run, ledger)
+    if inputs != expected:
+        raise LedgerError(
+            f"{path} read other inputs ({inputs}) than the committed records give ({expected}): "
+            "retrained soft-prompt vectors or a reselected GSM8K set; not banked"
+        )
+    return write_entry(data, ledger, config=config, code=code_commit(root), source="runs", inputs=inputs)
 
 
 def _load_part(run: Run, root: Path | None, ledger: Path | None) -> RunData | None:

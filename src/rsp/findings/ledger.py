@@ -17,12 +17,13 @@ drawn in; pass@k needs only the counts, so it is exact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.findings.cells import LEDGER, N_ATTEMPTS, TIMING, Run
+from rsp.findings.cells import LEDGER, N_ATTEMPTS, ROOT, SOFT_PROMPT_DIR, TIMING, Run
 from rsp.runio import atomic_write_text
 
 __all__ = ["LEDGER", "TIMING", "LedgerError", "RunData", "entry_path", "machine", "read_entry", "write_entry"]
@@ -65,8 +66,54 @@ def machine() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_entry(data: RunData, ledger: Path, *, config: dict, code: str, source: str) -> Path:
-    """Write `data` (a complete run) as its ledger entry; returns the path."""
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def expected_inputs(run: Run, ledger: Path) -> dict[str, str | None]:
+    """What the run reads besides its command line, as the committed records say it must be: a
+    soft-prompt run's vectors (the sha256 in `soft_prompt.json`), a GSM8K run's problem set (a digest of
+    the ids in `selection.json`); None where that record is missing. The config names only their paths,
+    so without these an entry made with retrained vectors or reselected problems would pass as this run."""
+    out: dict[str, str | None] = {}
+    if run.method == "soft-prompt":
+        record = ledger / run.model.key / SOFT_PROMPT_DIR / "soft_prompt.json"
+        out["soft_prompt_sha256"] = (
+            json.loads(record.read_text(encoding="utf-8"))["sha256"] if record.is_file() else None
+        )
+    if run.difficulty.key == "gsm8k":
+        record = ledger / run.model.key / "gsm8k" / "selection.json"
+        selected = json.loads(record.read_text(encoding="utf-8"))["selected"] if record.is_file() else None
+        out["gsm8k_selection_sha256"] = None if selected is None else _ids_digest(selected)
+    return out
+
+
+def used_inputs(run: Run, root: Path | None = None) -> dict[str, str | None]:
+    """The same digests, of the files the run directory's run actually read under `root` (runs/findings):
+    the soft prompt's safetensors, the GSM8K data directory's test problems; None where missing."""
+    from rsp.findings.tensorjson import file_digest
+
+    base = Path(ROOT) if root is None else Path(root)
+    out: dict[str, str | None] = {}
+    if run.method == "soft-prompt":
+        vectors = base / run.model.key / SOFT_PROMPT_DIR / "soft_prompt.safetensors"
+        out["soft_prompt_sha256"] = file_digest(vectors) if vectors.is_file() else None
+    if run.difficulty.key == "gsm8k":
+        data = base / "data" / run.model.key / "gsm8k_test.jsonl"
+        ids = (
+            [str(json.loads(x)["id"]) for x in data.read_text(encoding="utf-8").splitlines() if x.strip()]
+            if data.is_file()
+            else None
+        )
+        out["gsm8k_selection_sha256"] = None if ids is None else _ids_digest(ids)
+    return out
+
+
+def write_entry(
+    data: RunData, ledger: Path, *, config: dict, code: str, source: str, inputs: dict | None = None
+) -> Path:
+    """Write `data` (a complete run) as its ledger entry, with the digests of the inputs it read
+    (`used_inputs`); returns the path."""
     run = data.run
     problems = {}
     for pid in sorted(data.correct):
@@ -82,6 +129,7 @@ def write_entry(data: RunData, ledger: Path, *, config: dict, code: str, source:
         "run": run.out,
         "command": run.shell(),
         "config": config,
+        "inputs": inputs or {},
         "code": code,
         "machine": machine() if source == "runs" else None,
         "source": source,
@@ -113,6 +161,15 @@ def read_entry(run: Run, ledger: Path) -> RunData | None:
             f"{path} was made with other settings than `{run.shell()}`; "
             "delete it (and rerun the map) to measure this cell again"
         )
+    if entry.get("inputs", {}) != expected_inputs(run, ledger):
+        raise LedgerError(
+            f"{path} was made with other inputs than the committed records give `{run.shell()}` "
+            f"(its {entry.get('inputs', {})} against {expected_inputs(run, ledger)}: retrained soft-prompt "
+            "vectors or a reselected GSM8K set); delete it to measure this cell again"
+        )
+    bad = [pid for pid, p in problems.items() if len(p["correct"]) != entry.get("attempts", N_ATTEMPTS)]
+    if bad:
+        raise LedgerError(f"{path}: problems {bad[:3]} do not have {entry.get('attempts')} attempts; damaged")
     correct = {pid: [c == "1" for c in p["correct"]] for pid, p in problems.items()}
     known = all(p.get("answers") is not None for p in problems.values())
     answers = {pid: list(p["answers"]) for pid, p in problems.items()} if known else None

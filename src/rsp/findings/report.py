@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 from rsp.findings.analyse import METRICS, CellResult, bank_run, evaluate_all, load_run
@@ -172,15 +173,25 @@ def verdicts_markdown(verdicts: list[Verdict]) -> str:
 
 
 def read_timing(path: Path) -> list[dict]:
+    """The timing log's records; a torn line (a writer killed mid-line) is reported and left out."""
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"[findings] {path}:{n}: not a timing record, left out: {line[:80]!r}", file=sys.stderr)
+    return out
 
 
-def attempt_rates(timing: list[dict], machine: str | None = None, task: str = "arith") -> dict[str, float]:
-    """CPU seconds per attempt of each model on its cells of `task` ("arith": 128 new tokens; "gsm8k":
-    the GSM8K screen and cells, 256), one thread, over the logged steps, or over those that ran on
-    `machine` (CPUs differ several-fold in bf16 speed)."""
+def attempt_rates(
+    timing: list[dict], machine: str | None = None, task: str = "arith", clock: str = "cpu_s"
+) -> dict[str, float]:
+    """CPU seconds (`clock="wall_s"`: wall seconds) per attempt of each model on its cells of `task`
+    ("arith": 128 new tokens; "gsm8k": the GSM8K screen and cells, 256), one thread, over the logged
+    steps, or over those that ran on `machine` (CPUs differ several-fold in bf16 speed)."""
     rates: dict[str, float] = {}
     for model in MODEL_BY_KEY:
         sel = [
@@ -193,7 +204,7 @@ def attempt_rates(timing: list[dict], machine: str | None = None, task: str = "a
         ]
         attempts = sum(t["new_attempts"] for t in sel)
         if attempts:
-            rates[model] = sum(t["cpu_s"] for t in sel) / attempts
+            rates[model] = sum(t[clock] for t in sel) / attempts
     return rates
 
 
@@ -255,7 +266,7 @@ def cost_markdown(c: dict) -> str:
         lines.append(
             f"- {m}: {rate:.2f} CPU s per attempt (measured on its arithmetic cells, 1 thread, "
             "max 128 new tokens, lowest priority on a shared 2-core machine)"
-            + (f"; {on_gsm8k[m]:.2f} on GSM8K (max 256 new tokens)." if m in on_gsm8k else ".")
+            + (f"; {on_gsm8k[m]:.2f} on GSM8K (max 256 new tokens; scaled)." if m in on_gsm8k else ".")
         )
     for machine, by_model in c.get("cpu_s_per_attempt_by_machine", {}).items():
         if by_model:
@@ -267,8 +278,8 @@ def cost_markdown(c: dict) -> str:
     for m, hours in c["estimate_cpu_hours"].items():
         lines.append(
             f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** (every cell's attempts at the "
-            "rates above, GSM8K and its screen at the GSM8K rate, measured or scaled from the other "
-            "model's GSM8K-to-arithmetic ratio; plus the soft-prompt budget)."
+            "rates above; GSM8K and its screen at the arithmetic rate times the largest GSM8K-to-"
+            "arithmetic ratio measured for one model on one machine; plus the soft-prompt budget)."
         )
     missing = [m for m in MODEL_BY_KEY if m not in c["estimate_cpu_hours"]]
     if not missing:

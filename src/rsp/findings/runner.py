@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shlex
 import shutil
 import subprocess
 import sys
@@ -57,8 +58,17 @@ def _count_samples(step: Step) -> int:
     path = Path(step.outputs[0]) / "samples.jsonl" if step.outputs else None
     if path is None or not path.is_file():
         return 0
+    keys = set()  # unique (problem, method, attempt): a duplicated line must not count twice
     with path.open("rb") as f:
-        return sum(1 for line in f if line.endswith(b"\n"))
+        for line in f:
+            if not line.endswith(b"\n"):
+                continue  # a torn last line (a killed writer); resume rewrites it
+            try:
+                r = json.loads(line)
+                keys.add((r["problem_id"], r["method"], r["attempt"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return len(keys)
 
 
 def expected_config(run: Run) -> dict:
@@ -71,6 +81,16 @@ def expected_config(run: Run) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         cfg, _ = eval_parser().parse(run.argv()[2:])  # after "rsp eval"
+    return cfg.to_dict()
+
+
+def expected_screen_config(step: Step) -> dict:
+    """The config `rsp eval` saves for a GSM8K screen shard's command line (after its `test -f` guards)."""
+    from rsp.cli import eval_parser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        cfg, _ = eval_parser().parse(shlex.split(step.command.split(" || ")[-1])[2:])
     return cfg.to_dict()
 
 
@@ -120,7 +140,12 @@ def _bank(step: Step, log_lock: threading.Lock) -> None:
         if step.run is not None:
             banked = bank_run(step.run, None, Path(LEDGER))
         elif step.kind == "screen":
-            banked = record_screen_shard(Path(step.outputs[0]), Path(step.outputs[1]), SCREEN_SHARD_PROBLEMS)
+            banked = record_screen_shard(
+                Path(step.outputs[0]),
+                Path(step.outputs[1]),
+                SCREEN_SHARD_PROBLEMS,
+                expected_screen_config(step),
+            )
         elif step.kind == "train-soft-prompt":
             banked = keep_soft_prompt(Path(step.outputs[0]), Path(step.outputs[1]))
         else:
@@ -174,10 +199,11 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
         "threads": os.environ.get("OMP_NUM_THREADS", ""),
         "machine": machine(),
     }
-    with log_lock:
-        timing_path.parent.mkdir(parents=True, exist_ok=True)
-        with timing_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    if not is_noop(record):
+        with log_lock:
+            timing_path.parent.mkdir(parents=True, exist_ok=True)
+            with timing_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
     if proc.returncode == 0:
         _bank(step, log_lock)
     state = "done" if proc.returncode == 0 else f"FAILED (rc={proc.returncode})"
@@ -185,21 +211,33 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
     return proc.returncode
 
 
+def is_noop(record: dict) -> bool:
+    """A step that made nothing in no time (its `test -f ... ||` guard held): not worth a timing record."""
+    return record["rc"] == 0 and record["new_attempts"] == 0 and record["wall_s"] < 5.0
+
+
 def live_outputs(exclude: int | None = None) -> set[str]:
     """The `--out` directories under runs/findings of the rsp processes running on this machine, whoever
-    started them (this runner, another runner, a step started by hand): a step whose directory is among
-    them is left alone, and a worker starts a step only while fewer than `jobs` of them run."""
+    started them (this runner, another runner, a step started by hand; `--out DIR` or `--out=DIR`,
+    relative to the process's working directory or absolute), as paths relative to the repository
+    root: a step whose directory is among them is left alone, and a worker starts a step only while
+    fewer than `jobs` of them run."""
     out: set[str] = set()
+    root = (Path.cwd() / ROOT).resolve()
     for proc in Path("/proc").glob("[0-9]*"):
         if exclude is not None and proc.name == str(exclude):
             continue
         try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
+            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+            cwd = (proc / "cwd").resolve()
         except OSError:
             continue
-        for flag, value in zip(args, args[1:], strict=False):
-            if flag == b"--out" and value.decode(errors="replace").startswith(ROOT + "/"):
-                out.add(value.decode(errors="replace"))
+        values = [v for f, v in zip(args, args[1:], strict=False) if f == "--out"]
+        values += [a.removeprefix("--out=") for a in args if a.startswith("--out=")]
+        for value in values:
+            path = (cwd / value).resolve()
+            if path == root or root in path.parents:
+                out.add(f"{ROOT}/{path.relative_to(root).as_posix()}")
     return out
 
 
@@ -264,8 +302,12 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
         with lock:
             timing = read_timing(Path(TIMING))
             here = machine()
-            arith = local_rates(attempt_rates(timing), attempt_rates(timing, here))
-            on_gsm8k = gsm8k_rates(arith, attempt_rates(timing, here, "gsm8k"), gsm8k_ratio(timing))
+            # the deadline is wall-clock: this machine's rates in wall seconds per attempt (lowest priority
+            # on a shared machine, a step's wall time is well above its CPU time), other machines' scaled
+            arith = local_rates(attempt_rates(timing), attempt_rates(timing, here, clock="wall_s"))
+            on_gsm8k = gsm8k_rates(
+                arith, attempt_rates(timing, here, "gsm8k", clock="wall_s"), gsm8k_ratio(timing)
+            )
             est = estimate_s(step, arith, on_gsm8k)
         left = deadline - time.time()
         if est is None or est * MARGIN <= left:
@@ -308,6 +350,9 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
                     if not fits(step):
                         break
                     rc = run_step(step, lock)
+                except Exception as exc:  # e.g. LedgerError: count it and end this group, not the worker
+                    print(f"[findings {time.strftime('%H:%M:%S')}] ERROR {exc!r}: {step.command}", flush=True)
+                    rc = 1
                 finally:
                     with lock:
                         own.discard(key)

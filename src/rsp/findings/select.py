@@ -56,10 +56,14 @@ def solved_ids(
     return {pid for pid, arms in counts.items() if any(arms.get(m, [0, 0])[0] for m in METHODS)}
 
 
-def record_screen_shard(shard: Path, record: Path, problems: int) -> Path | None:
+def record_screen_shard(
+    shard: Path, record: Path, problems: int, expected: dict | None = None
+) -> Path | None:
     """Write a finished screen shard's counts (with its settings, code and machine) to `record`; None when
-    the shard is not finished or already recorded."""
+    the shard is not finished or already recorded. With `expected` (the config its command line gives), a
+    shard directory made under other settings is an error, never recorded."""
     from rsp.findings.ledger import machine
+    from rsp.findings.runner import current_spelling
 
     if record.is_file() or not (shard / "config.json").is_file():
         return None
@@ -69,6 +73,8 @@ def record_screen_shard(shard: Path, record: Path, problems: int) -> Path | None
     except SelectionError:
         return None
     saved = json.loads((shard / "config.json").read_text(encoding="utf-8"))
+    if expected is not None and current_spelling(saved.get("config") or {}) != expected:
+        raise SelectionError(f"{shard} was made with other settings than its screen command; move it away")
     entry = {
         "config": saved.get("config"),
         "code": _screen_code(shard),

@@ -36,6 +36,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str | Path) -> str:
+    """The sha256 that `dump` records for the safetensors file at `path`."""
+    with safe_open(str(path), framework="pt") as f:
+        return _digest({key: f.get_tensor(key) for key in f.keys()})  # noqa: SIM118
+
+
 def dump(source: str | Path, target: str | Path) -> Path:
     """Write the safetensors file `source` as JSON at `target` (atomically); float32/float64 only."""
     with safe_open(str(source), framework="pt") as f:
