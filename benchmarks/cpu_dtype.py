@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,6 +24,7 @@ from rsp.core import RandomSoftPrompt
 from rsp.engines import SamplingConfig
 from rsp.engines.lean import LeanEngine
 from rsp.models import load_model
+from rsp.models.loading import native_bf16_flags
 from rsp.tasks.prompts import PromptBuilder
 from rsp.tasks.registry import load_task
 
@@ -32,15 +32,11 @@ PLAIN = {"gemma3-270m": "plain"}  # the base model takes the few-shot plain prom
 
 
 def cpu_facts() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        lines = []
-    flags = next((line for line in lines if line.startswith("flags")), "")
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    native = native_bf16_flags()
+    flags = "unknown" if native is None else native or "none"
     return (
         f"cpu capability={torch.backends.cpu.get_cpu_capability()} "
-        f"mkldnn bf16={torch.ops.mkldnn._is_mkldnn_bf16_supported()} native bf16 flags={native or 'none'}"
+        f"mkldnn bf16={torch.ops.mkldnn._is_mkldnn_bf16_supported()} native bf16 flags={flags}"
     )
 
 

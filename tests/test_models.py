@@ -91,6 +91,24 @@ def test_cached_smollm2_tokenizer_matches_the_gguf_tokenizer(smollm2):
         assert smollm2.tokenizer(text)["input_ids"] == ref(text)["input_ids"]
 
 
+def test_native_bf16_is_the_avx512_bf16_or_amx_flag_not_avx512_alone(monkeypatch):
+    """oneDNN reports bf16 support on any AVX-512 CPU (Skylake, Cascade Lake emulate it), so the
+    /proc/cpuinfo flags decide; only where there are none to read does oneDNN's answer stand."""
+    from rsp.models.loading import cpu_has_native_bf16, native_bf16_flags
+
+    def cpuinfo(flags: str) -> str:
+        return f"processor\t: 0\nmodel name\t: test\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\n"
+
+    assert not cpu_has_native_bf16(cpuinfo("avx512f avx512bw avx512_vnni")), "Cascade Lake: emulated"
+    assert not cpu_has_native_bf16(cpuinfo("")), "AVX2 only"
+    assert cpu_has_native_bf16(cpuinfo("avx512f avx512_bf16"))
+    assert cpu_has_native_bf16(cpuinfo("avx512f amx_tile amx_bf16"))
+    assert native_bf16_flags(cpuinfo("avx512_bf16 amx_bf16")) == ["avx512_bf16", "amx_bf16"]
+    assert native_bf16_flags("processor\t: 0\nFeatures\t: fp asimd bf16\n") is None, "not x86: no flags"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not cpu_has_native_bf16("Features\t: fp asimd\n"), "no flags line: oneDNN's answer"
+
+
 def test_bf16_on_a_cpu_without_native_bf16_warns_once_and_names_the_fast_dtype(monkeypatch, caplog):
     import logging
 

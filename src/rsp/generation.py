@@ -81,7 +81,9 @@ def plan_batches(
     Interleaving methods per group means a run stopped early still has paired data for every method on
     the prompts it finished. `first`: the prompts are a shard that starts at prompt `first` (a multiple of
     the group size) of a larger list; groups are numbered as in that list, so the shard's batches, and
-    the decode seeds derived from them, are the larger run's. Rows index the shard's own prompts.
+    the decode seeds derived from them, are the larger run's, provided the shard also ends at a multiple
+    of the group size or where that list ends (`EvalConfig.check_shard_end`). Rows index the shard's own
+    prompts.
     """
     per_group = max(1, batch_size // n)
     if first % per_group:

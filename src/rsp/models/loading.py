@@ -78,10 +78,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 / AMX, as oneDNN sees it). Without it (AVX2
-    only: many laptops and AMD servers) bf16 products are emulated: SmolLM2 in bf16 ran 4x slower per
-    attempt than in fp32 on such a CPU (benchmarks/cpu_dtype.py, docs/performance.md)."""
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The native-bf16 instruction sets (`NATIVE_BF16_FLAGS`) among an x86 CPU's flags, read from
+    /proc/cpuinfo or from `cpuinfo`, text in its format; None where there is no flags line to read
+    (not Linux, or not x86: ARM lists `Features` instead)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            return [f for f in NATIVE_BF16_FLAGS if f in flags]
+    return None
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively: AVX-512 BF16 or AMX among its /proc/cpuinfo flags
+    (`cpuinfo`: that file's text, for tests). Without them (AVX2 only: many laptops and AMD servers; and
+    AVX-512 without BF16, e.g. Skylake and Cascade Lake, where oneDNN still reports bf16 support because it
+    emulates it) bf16 products are emulated: SmolLM2 in bf16 ran 4x slower per attempt than in fp32 on
+    such a CPU (benchmarks/cpu_dtype.py, docs/performance.md). Where there are no flags to read (not
+    Linux, not x86) this falls back to oneDNN's bf16 support."""
+    native = native_bf16_flags(cpuinfo)
+    if native is not None:
+        return bool(native)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
