@@ -9,6 +9,11 @@ tokens, plus the settings it was made with, the commit of the code that made it 
 is all the analysis reads (about 10 KB a run, no completion text), and the runner counts a run with a
 ledger entry under the same settings as finished.
 
+The settings name some inputs only by path: a soft-prompt run's vectors, a GSM8K run's problem set.
+An entry also carries their digests (`inputs`, from the files the run read), and an entry whose digests
+differ from what the committed records give (`soft_prompt.json`'s sha256, `selection.json`'s ids) is
+refused like one under other settings: retrained vectors or a reselected set make another cell.
+
 An entry's `source` says where it came from. Entries rebuilt from an earlier report's per-problem
 correct counts (`reconstructed`) have no answers (so no maj@k) and no per-problem token counts (each
 problem carries the run's mean), and the order of their correct attempts is not the order they were
