@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -309,6 +310,54 @@ def test_gsm8k_selection_needs_a_finished_screen_and_pools_both_arms():
         solved_ids(screen_counts(rows[:-1]), problems=4, attempts=2)
 
 
+def test_the_screen_walks_the_file_in_order_and_stops_once_it_has_its_problems():
+    """The choice is the first `limit` qualifying problems in file order, so the screen is done once a
+    completely screened prefix holds them (later shards cannot change it), or once it has screened the
+    cap; a gap in the prefix (an unfinished shard) stops the walk there."""
+    from rsp.findings.select import screen_progress
+
+    order = [f"g{i}" for i in range(40)]
+
+    def counts(screened: range, solved: set[int]) -> dict:
+        return {
+            f"g{i}": {m: [int(i in solved and m == "rsp"), 8] for m in ("temperature", "rsp")}
+            for i in screened
+        }
+
+    p = screen_progress(counts(range(16), {2, 9}), order, limit=3, cap=40)
+    assert (p.chosen, p.screened, p.done) == (["g2", "g9"], 16, False)
+    p = screen_progress(counts(range(24), {2, 9, 17, 20}), order, limit=3, cap=40)
+    assert (p.chosen, p.screened, p.done) == (["g2", "g9", "g17"], 18, True), "stops at the third"
+    gap = counts(range(8), {2}) | counts(range(16, 24), {17, 20, 21})
+    p = screen_progress(gap, order, limit=3, cap=40)
+    assert (p.chosen, p.screened, p.done) == (["g2"], 8, False), "problems after a gap do not count yet"
+    p = screen_progress(counts(range(24), {2}), order, limit=3, cap=24)
+    assert (p.chosen, p.screened, p.done) == (["g2"], 24, True), "the cap ends the screen with fewer"
+
+
+def test_the_runner_skips_screen_shards_once_the_screen_is_done(tmp_path: Path, monkeypatch):
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    screen = [s for s in C.steps() if s.kind == "screen" and s.model == "gemma3"]
+    assert len(screen) == C.SCREEN_MAX_PROBLEMS // C.SCREEN_SHARD_PROBLEMS
+    monkeypatch.setattr("rsp.findings.select.screen_progress", lambda records: runner_progress[0])
+    from rsp.findings.select import Progress
+
+    runner_progress = [Progress([], 8, False)]
+    assert runner.estimate_s(screen[3], {"gemma3": 1.0}) > 0
+    runner_progress[0] = Progress(["g1"] * C.N_PROBLEMS, 200, True)
+    assert runner.estimate_s(screen[3], {"gemma3": 1.0}) == 0.0
+    monkeypatch.setenv("FINDINGS_CODE_SRC", "frozen/src")
+    select = next(s for s in C.steps() if s.kind == "select")
+    assert runner._child_env(screen[3])["PYTHONPATH"].startswith("frozen/src"), "sampling: frozen code"
+    assert "frozen/src" not in runner._child_env(select).get("PYTHONPATH", ""), "bookkeeping: working tree"
+    ran = []
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda *a, **k: ran.append(a))
+    assert runner.run_step(screen[3], threading.Lock(), tmp_path / "t.jsonl") == 0
+    assert not ran and not (tmp_path / "t.jsonl").exists(), "nothing run, nothing logged"
+
+
 FILLER = {  # the rest of a sample record
     "rsp_seed": None,
     "decode_seed": None,
@@ -330,14 +379,14 @@ def test_a_screen_made_in_shards_over_sessions_selects_from_its_records(tmp_path
 
     data = tmp_path / "shared"
     data.mkdir()
-    test = [{"id": f"g{i}", "problem": f"q{i}", "answer": str(i)} for i in range(C.SCREEN_PROBLEMS)]
+    test = [{"id": f"g{i}", "problem": f"q{i}", "answer": str(i)} for i in range(160)]  # < the cap: all
     (data / "gsm8k_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
     (data / "gsm8k_train.jsonl").write_text('{"problem": "a", "answer": "1"}\n' * 3)
     monkeypatch.setenv("RSP_DATA_DIR", str(data))
     solved = {3, 7, 11, 40}  # rsp solves 3 and 40, temperature 7 and 11
     records = tmp_path / "ledger" / "screen"
     size = C.SCREEN_SHARD_PROBLEMS
-    for offset in range(0, C.SCREEN_PROBLEMS, size):
+    for offset in range(0, 160, size):
         shard = tmp_path / "runs" / "smollm2" / "gsm8k-screen" / f"shard-{offset:03d}"
         shard.mkdir(parents=True)
         rows = [
@@ -360,7 +409,7 @@ def test_a_screen_made_in_shards_over_sessions_selects_from_its_records(tmp_path
         (shard / "config.json").write_text(json.dumps({"kind": "eval", "config": {"offset": offset}}))
         assert record_screen_shard(shard, records / f"shard-{offset:03d}.json", size) is not None
         if offset == 0:
-            with pytest.raises(SelectionError, match="of 160 problems complete"):
+            with pytest.raises(SelectionError, match="chosen 2 of 3 problems in the first 8"):
                 select_gsm8k(records, tmp_path / "runs" / "data", 3, tmp_path / "ledger" / "selection.json")
     shutil.rmtree(tmp_path / "runs" / "smollm2")  # the screen's directories went with earlier sessions
     record = tmp_path / "ledger" / "selection.json"

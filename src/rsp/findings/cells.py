@@ -18,10 +18,13 @@ Design choices, fixed before any of these runs existed:
   attempt per problem and the analysis counts it N times, as `rsp sweep` does.
 * Engine: `ENGINE`, one constant for every run (see its comment).
 * GSM8K: only problems the model solves at least sometimes carry information about pass@k, so a
-  screening run with a *different seed* (`SCREEN_SEED`) samples the first `SCREEN_PROBLEMS` test
-  problems `SCREEN_ATTEMPTS` times with temperature-only and `SCREEN_ATTEMPTS` times with RSP (L=4,
-  T=0.7; pooled, so the selection favours neither arm), and the first `N_PROBLEMS` problems (in file
-  order) with at least one correct screening attempt become that model's GSM8K set. The evaluation
+  screening run with a *different seed* (`SCREEN_SEED`) samples the test problems in file order,
+  `SCREEN_ATTEMPTS` times with temperature-only and `SCREEN_ATTEMPTS` times with RSP (L=4, T=0.7;
+  pooled, so the selection favours neither arm), and the first `N_PROBLEMS` problems (in file order)
+  with at least one correct screening attempt become that model's GSM8K set. The screen goes on, shard
+  by shard, until it has found them or has screened `SCREEN_MAX_PROBLEMS` (a model that solves one
+  problem in eight needs about 256); the runner skips the shards after that point, which cannot change
+  the choice. The evaluation
   itself then uses seed `SEED`, so selection and measurement share no random draw. The selected
   problems are written as `gsm8k_test.jsonl` (plus the two few-shot examples the plain prompt takes
   from the train split) into a data directory that the cells name through `RSP_DATA_DIR`. The screen
@@ -51,9 +54,11 @@ N_ATTEMPTS = 32
 SHARD_PROBLEMS = 8
 SEED = 0
 SCREEN_SEED = 1
-SCREEN_PROBLEMS = 160
+# The screen stops once N_PROBLEMS problems qualify; at most this many are screened (60 shards). It was
+# a fixed 160 until SmolLM2's first shards showed about 1 problem in 8 qualifying: 160 would give ~20.
+SCREEN_MAX_PROBLEMS = 480
 SCREEN_ATTEMPTS = 8
-SCREEN_SHARD_PROBLEMS = 8  # the screen, too, is made in shards (20 of them), each recorded when done
+SCREEN_SHARD_PROBLEMS = 8  # the screen, too, is made in shards, each recorded when done
 BASE_T = 0.7
 BASE_L = 4
 DEFAULT_POSITION = "after_generation_prompt"
@@ -334,7 +339,7 @@ def _screen_steps(model: Model) -> list[Step]:
     d = DIFFICULTY_BY_KEY["gsm8k"]
     chain = f"gsm8k-{model.key}"
     out: list[Step] = []
-    for offset in range(0, SCREEN_PROBLEMS, SCREEN_SHARD_PROBLEMS):
+    for offset in range(0, SCREEN_MAX_PROBLEMS, SCREEN_SHARD_PROBLEMS):
         screen = [
             "rsp",
             "eval",

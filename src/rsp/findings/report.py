@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -25,12 +26,12 @@ from rsp.findings.cells import (
     N_PROBLEMS,
     ROOT,
     SCREEN_ATTEMPTS,
-    SCREEN_PROBLEMS,
+    SCREEN_MAX_PROBLEMS,
     SOFT_PROMPT_BUDGET_S,
     runs,
     steps,
 )
-from rsp.findings.ledger import TIMING
+from rsp.findings.ledger import LEDGER, TIMING
 from rsp.findings.plots import plot_best_worst, plot_delta_vs_base, plot_heatmaps
 from rsp.findings.verdicts import Verdict, all_verdicts
 from rsp.runio import atomic_write_text
@@ -226,6 +227,18 @@ def gsm8k_rates(arith: dict[str, float], gsm8k: dict[str, float], ratio: float) 
     return {m: gsm8k.get(m, rate * ratio) for m, rate in arith.items()}
 
 
+def screen_size(model: str, ledger: Path = Path(LEDGER)) -> int:
+    """How many problems the model's GSM8K screen will take: all it may screen until one qualifies, then
+    N_PROBLEMS at the rate seen so far (the screen stops once that many qualify)."""
+    from rsp.findings.select import read_screen_records
+
+    counts = read_screen_records(ledger / model / "gsm8k" / "screen")
+    qualified = sum(1 for arms in counts.values() if any(a[0] for a in arms.values()))
+    if not qualified:
+        return SCREEN_MAX_PROBLEMS
+    return min(SCREEN_MAX_PROBLEMS, math.ceil(N_PROBLEMS * len(counts) / qualified))
+
+
 def cost(timing_path: Path) -> dict:
     """CPU time used so far, and an estimate for the whole map from the measured CPU seconds per attempt."""
     timing = read_timing(timing_path)
@@ -239,7 +252,7 @@ def cost(timing_path: Path) -> dict:
             rate = (on_gsm8k if run.difficulty.key == "gsm8k" else rates)[run.model.key]
             need[run.model.key] += N_PROBLEMS * run.n * rate
     for m in rates:
-        need[m] += SCREEN_PROBLEMS * SCREEN_ATTEMPTS * 2 * on_gsm8k[m]
+        need[m] += screen_size(m) * SCREEN_ATTEMPTS * 2 * on_gsm8k[m]
     estimate = {m: need[m] / 3600 + SOFT_PROMPT_BUDGET_S / 3600 for m in need if m in rates}
     return {
         "cpu_hours_used": used / 3600,
@@ -295,7 +308,19 @@ def cost_markdown(c: dict) -> str:
 
 
 def missing_markdown(root: Path | None, ledger: Path | None = None) -> str:
+    from rsp.findings.select import read_screen_records
+
     lines = []
+    for model in MODEL_BY_KEY:
+        base = Path(LEDGER) if ledger is None else ledger
+        if (base / model / "gsm8k" / "selection.json").is_file():
+            continue
+        counts = read_screen_records(base / model / "gsm8k" / "screen")
+        qualified = sum(1 for arms in counts.values() if any(a[0] for a in arms.values()))
+        lines.append(
+            f"- {model} GSM8K screen: {len(counts)} problems screened, {qualified} qualify (it stops at "
+            f"{N_PROBLEMS}, or after {SCREEN_MAX_PROBLEMS}; about {screen_size(model, base)} expected)"
+        )
     for run in runs():
         data = load_run(run, root, ledger)
         have = len(data.correct) if data is not None else 0

@@ -122,10 +122,12 @@ def finished(step: Step, ledger: Path = Path(LEDGER)) -> bool:
     return isinstance(saved, dict) and current_spelling(saved) == expected_config(step.run)
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(step: Step) -> dict[str, str]:
+    """The environment of a step: the map's frozen code first on PYTHONPATH for every step that samples
+    or trains; the GSM8K selection is bookkeeping over committed records and runs on the working tree."""
     env = dict(os.environ)
     code = env.get("FINDINGS_CODE_SRC")
-    if code:
+    if code and step.kind != "select":
         env["PYTHONPATH"] = code + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -169,6 +171,15 @@ def keep_soft_prompt(trained: Path, record: Path) -> Path | None:
     return dump(vectors, kept)  # the vectors last: their presence = kept
 
 
+def screen_done(model: str) -> bool:
+    """Whether the model's GSM8K screen, as recorded in the ledger, has found its problems (or screened
+    as many as it may): its remaining shards cannot change the choice and are skipped."""
+    from rsp.findings.cells import MODEL_BY_KEY, screen_records
+    from rsp.findings.select import screen_progress
+
+    return screen_progress(Path(screen_records(MODEL_BY_KEY[model]))).done
+
+
 def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMING)) -> int:
     """Run one step's command in bash; append its wall time, CPU time and new attempts to timing.jsonl."""
     if finished(step):
@@ -178,10 +189,15 @@ def run_step(step: Step, log_lock: threading.Lock, timing_path: Path = Path(TIMI
         )
         _bank(step, log_lock)
         return 0
+    if step.kind == "screen" and screen_done(step.model):
+        print(
+            f"[findings {time.strftime('%H:%M:%S')}] the {step.model} screen is done: skip {step.outputs[0]}"
+        )
+        return 0
     before = _count_samples(step)
     started = time.time()
     print(f"[findings {time.strftime('%H:%M:%S')}] start: {step.command}", flush=True)
-    proc = subprocess.Popen(["bash", "-c", step.command], env=_child_env())
+    proc = subprocess.Popen(["bash", "-c", step.command], env=_child_env(step))
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.time() - started
@@ -252,7 +268,7 @@ def estimate_s(step: Step, rates: dict[str, float], gsm8k: dict[str, float] | No
     or the training budget; None when no rate is known yet."""
     if any(Path(f).is_file() for f in step.done_if):
         return 0.0
-    if step.kind == "select":
+    if step.kind == "select" or (step.kind == "screen" and screen_done(step.model)):
         return 0.0
     if step.kind == "train-soft-prompt":
         return SOFT_PROMPT_BUDGET_S + 3 * LOAD_S  # training, conversion, the final save

@@ -10,15 +10,18 @@ problem's correct attempts per arm, the code and the machine), and a later sessi
 no runs/, rebuilds the data directory from that record instead of screening again. The screen itself
 is made in shards; each finished shard's per-problem counts are recorded in the ledger
 (`record_screen_shard`), and the selection is made from those records, so a screen may span sessions.
+It walks the test file in order and is done once `N_PROBLEMS` problems have qualified, or once it has
+screened `SCREEN_MAX_PROBLEMS` (`screen_progress`): later shards could not change the choice.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.findings.cells import SCREEN_ATTEMPTS, SCREEN_PROBLEMS, SCREEN_SEED
+from rsp.findings.cells import N_PROBLEMS, SCREEN_ATTEMPTS, SCREEN_MAX_PROBLEMS, SCREEN_SEED
 from rsp.records import read_samples
 from rsp.runio import atomic_write_text
 from rsp.tasks.datasets import BENCHMARKS, find_data_file
@@ -42,10 +45,9 @@ def screen_counts(samples: Sequence[Mapping]) -> Counts:
     return counts
 
 
-def solved_ids(
-    counts: Counts, *, problems: int = SCREEN_PROBLEMS, attempts: int = SCREEN_ATTEMPTS
-) -> set[str]:
-    """Problem ids with at least one correct attempt, pooled over both arms; the screen must be complete."""
+def solved_ids(counts: Counts, *, problems: int, attempts: int = SCREEN_ATTEMPTS) -> set[str]:
+    """Problem ids with at least one correct attempt, pooled over both arms; at least `problems` of them
+    must be complete (a finished shard)."""
     complete = [
         pid for pid, arms in counts.items() if all(arms.get(m, [0, 0])[1] >= attempts for m in METHODS)
     ]
@@ -54,6 +56,47 @@ def solved_ids(
             f"the screen has {len(complete)} of {problems} problems complete; finish it first"
         )
     return {pid for pid, arms in counts.items() if any(arms.get(m, [0, 0])[0] for m in METHODS)}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the screen has walked the test file: the problems it chose so far, how many (a prefix in
+    file order) it has screened completely, and whether it is done."""
+
+    chosen: list[str]
+    screened: int
+    done: bool
+
+
+def screen_progress(
+    records: Path | Counts,
+    order: Sequence[str] | None = None,
+    *,
+    limit: int = N_PROBLEMS,
+    cap: int = SCREEN_MAX_PROBLEMS,
+    attempts: int = SCREEN_ATTEMPTS,
+) -> Progress:
+    """Walk the test problems in file order (`order`: their ids; default: the GSM8K test file) over the
+    completely screened prefix, choosing those with a correct attempt in either arm. Done once `limit`
+    are chosen, or `cap` problems (or the whole file) are screened. Not done without the test file."""
+    counts = read_screen_records(records) if isinstance(records, Path) else records
+    if order is None:
+        test = find_data_file(BENCHMARKS["gsm8k"].files["test"])
+        if test is None:
+            return Progress([], 0, False)
+        order = [
+            str(json.loads(raw)["id"]) for raw in test.read_text(encoding="utf-8").splitlines() if raw.strip()
+        ]
+    chosen: list[str] = []
+    for screened, pid in enumerate(order[:cap]):
+        arms = counts.get(pid)
+        if arms is None or not all(arms.get(m, [0, 0])[1] >= attempts for m in METHODS):
+            return Progress(chosen, screened, False)  # the screened prefix ends here
+        if any(arms.get(m, [0, 0])[0] for m in METHODS):
+            chosen.append(pid)
+            if len(chosen) == limit:
+                return Progress(chosen, screened + 1, True)
+    return Progress(chosen, min(cap, len(order)), True)
 
 
 def record_screen_shard(
@@ -110,7 +153,16 @@ def select_gsm8k(screen: Path, out: Path, limit: int, record: Path | None = None
             raise SelectionError(f"{record} selects {len(solved)} problems, more than --limit {limit}")
     else:
         counts = read_screen_records(screen)
-        solved = solved_ids(counts)
+        order = [
+            str(json.loads(raw)["id"]) for raw in test.read_text(encoding="utf-8").splitlines() if raw.strip()
+        ]
+        progress = screen_progress(counts, order, limit=limit)
+        if not progress.done:
+            raise SelectionError(
+                f"the screen has chosen {len(progress.chosen)} of {limit} problems in the first "
+                f"{progress.screened} it has screened completely; screen on (up to {SCREEN_MAX_PROBLEMS})"
+            )
+        solved = set(progress.chosen)
     chosen = [
         raw
         for raw in test.read_text(encoding="utf-8").splitlines()
@@ -138,7 +190,12 @@ def select_gsm8k(screen: Path, out: Path, limit: int, record: Path | None = None
         entry = {
             "selected": ids,
             "rule": f"the first {limit} test problems (file order) with a correct screening attempt",
-            "screen": {"seed": SCREEN_SEED, "problems": SCREEN_PROBLEMS, "attempts_per_arm": SCREEN_ATTEMPTS},
+            "screen": {
+                "seed": SCREEN_SEED,
+                "problems": progress.screened,
+                "max_problems": SCREEN_MAX_PROBLEMS,
+                "attempts_per_arm": SCREEN_ATTEMPTS,
+            },
             "correct_per_problem": counts,
         }
         record.parent.mkdir(parents=True, exist_ok=True)
