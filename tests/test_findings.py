@@ -89,6 +89,43 @@ def test_map_covers_the_issue_axes_with_enough_attempts_and_unique_dirs():
         assert r.baseline() in all_runs, f"{r.out} has no temperature-only reference in the map"
 
 
+def test_every_comparison_is_within_one_dtype_and_the_bf16_part_is_unchanged():
+    """The later part of the map runs in fp32 (4x faster where bf16 is emulated): every cell must still
+    compare two runs of one dtype, the finished bf16 part must keep its commands (its ledger entries
+    name them), and the base pair must exist in both dtypes so the shift can be read."""
+    from rsp.findings.analyse import cells
+
+    for cell in cells():
+        assert cell.treatment.dtype == cell.reference.dtype, (cell.treatment.name, cell.reference.name)
+    for run in C.runs():
+        fp32 = run.dtype == C.FAST_DTYPE
+        assert ("--dtype" in run.argv()) == fp32 and run.name.endswith("_fp32") == fp32
+        first_part = run.difficulty.key in ("arith2", "arith3") or run.method == "soft-prompt"
+        first_part |= run.temperature != C.BASE_T
+        if first_part:
+            assert run.dtype == "auto", run.name
+        derived = run.length not in (0, C.BASE_L) or run.method in C.CONTROLS or run.scale != 1.0
+        if run.difficulty.key == "gsm8k" or derived or run.position != C.DEFAULT_POSITION:
+            assert fp32, run.name
+    for model in C.MODELS:
+        base = [
+            r
+            for r in C.runs()
+            if r.model == model and r.difficulty.key == "arith1" and r.temperature == C.BASE_T
+        ]
+        pairs = {
+            (r.method, r.dtype)
+            for r in base
+            if r.method in ("temperature", "rsp") and r.length in (0, C.BASE_L)
+        }
+        assert pairs >= {
+            ("temperature", "auto"),
+            ("rsp", "auto"),
+            ("temperature", "float32"),
+            ("rsp", "float32"),
+        }
+
+
 def test_base_pair_runs_first_for_both_models():
     first = C.runs()[:4]
     assert [(r.model.key, r.method) for r in first] == [
@@ -651,8 +688,8 @@ def test_the_runner_estimates_what_a_step_still_needs(tmp_path: Path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    arith = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-08"]
-    gsm8k = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7/shard-00"]
+    arith = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-08"]
+    gsm8k = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7_fp32/shard-00"]
     screen = by_out["runs/findings/gemma3/gsm8k-screen/shard-000"]
     rates = {"smollm2": 0.5, "gemma3": 1.0}
     shard = C.SHARD_PROBLEMS * 32
@@ -680,8 +717,10 @@ def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tm
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    long = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7/shard-00"]  # 60 + 256 x 2 s: ~9.5 min
-    short = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]  # 60 + 256 x 0.5 s: ~3 min
+    long = by_out["runs/findings/gemma3/gsm8k/temperature_T0.7_fp32/shard-00"]  # 60 + 256 x 2 s: ~9.5 min
+    short = by_out[
+        "runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-00"
+    ]  # 60 + 256 x 0.5 s: ~3 min
     started: list[Step] = []
     monkeypatch.setattr(runner, "steps", lambda: [long, short])
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
@@ -704,8 +743,8 @@ def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path,
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    busy = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
-    free = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
+    busy = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-00"]
+    free = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-00"]
     started: list[Step] = []
     monkeypatch.setattr(runner, "steps", lambda: [busy, free])
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
@@ -756,9 +795,9 @@ def test_a_failing_check_in_a_worker_counts_as_a_failure_and_ends_only_its_group
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
-    bad = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
-    after_bad = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp/shard-08"]
-    other = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp/shard-00"]
+    bad = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-00"]
+    after_bad = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-08"]
+    other = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-00"]
     started: list[Step] = []
 
     def run_step(step: Step, lock) -> int:
@@ -841,6 +880,27 @@ def test_gsm8k_rates_come_from_gsm8k_steps_measured_on_one_machine():
         "smollm2": 15.0,
         "gemma3": 45.0,
     }
+
+
+def test_an_fp32_step_is_planned_with_fp32_rates_once_measured():
+    from rsp.findings.runner import step_rates
+
+    def rec(model: str, wall: float, dtype: str | None) -> dict:
+        command = "rsp eval --model x" + (f" --dtype {dtype}" if dtype else "")
+        return {
+            "kind": "eval",
+            "out": f"{C.ROOT}/{model}/arith1/x",
+            "cpu_s": wall,
+            "wall_s": wall,
+            "new_attempts": 1,
+            "machine": "m",
+            "command": command,
+        }
+
+    timing = [rec("smollm2", 4.0, None), rec("gemma3", 9.0, None), rec("smollm2", 1.0, "float32")]
+    arith, _ = step_rates(timing, "m", "float32")
+    assert arith == {"smollm2": 1.0, "gemma3": 9.0}, "gemma3 has no fp32 rate yet: its bf16 one"
+    assert step_rates(timing, "m", "auto")[0] == {"smollm2": 4.0, "gemma3": 9.0}
 
 
 def test_a_slower_cpu_scales_the_rates_it_has_not_measured():

@@ -158,7 +158,7 @@ def cells() -> list[Cell]:
         out.append(Cell(run, run.baseline(), axis_of(run)))
     for run in all_runs:  # direct: RSP (default settings) against each control on the same problems
         if run.method in (*CONTROLS, "soft-prompt"):
-            rsp = Run(run.model, run.difficulty, "rsp", run.temperature)
+            rsp = Run(run.model, run.difficulty, "rsp", run.temperature, dtype=run.dtype)
             out.append(Cell(rsp, run, "direct"))
     return out
 
@@ -166,6 +166,9 @@ def cells() -> list[Cell]:
 def axis_of(run: Run) -> str:
     if run.method != "rsp":
         return "control"
+    base = (run.difficulty.key, run.length, run.temperature, run.scale, run.position)
+    if run.dtype != "auto" and base == ("arith1", BASE_L, BASE_T, 1.0, DEFAULT_POSITION):
+        return "dtype"  # the base pair again, in fp32: the base of the fp32 cells
     if run.position != DEFAULT_POSITION:
         return "position"
     if run.scale != 1.0:

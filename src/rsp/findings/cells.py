@@ -58,6 +58,7 @@ SCREEN_SEED = 1
 # a fixed 160 until SmolLM2's first shards showed about 1 problem in 8 qualifying: 160 would give ~20.
 SCREEN_MAX_PROBLEMS = 480
 SCREEN_ATTEMPTS = 8
+SCREEN_FP32_FROM = 24  # the screen's first 3 shards were made in bf16, the rest in FAST_DTYPE
 SCREEN_SHARD_PROBLEMS = 8  # the screen, too, is made in shards, each recorded when done
 BASE_T = 0.7
 BASE_L = 4
@@ -68,6 +69,14 @@ SCALES = (0.5, 1.0, 2.0)
 POSITIONS = ("after_generation_prompt", "end_of_user_turn", "prepend")
 CONTROLS = ("rsp-shared", "token-string", "mean-vector")
 POSITION_TAG = {"after_generation_prompt": "agp", "end_of_user_turn": "eut", "prepend": "pre"}
+# The runs of the first part of the map (the base pair, difficulty, temperature, the soft prompt) are
+# in bf16 (`--dtype auto`). The rest (GSM8K, L, controls, position, scale, each against its own fp32
+# base pair) are in fp32: on CPUs without native bf16, most of the machines the map has run on, bf16 is
+# emulated and 3.5-4x slower per attempt than fp32 (benchmarks/cpu_dtype.py), and fp32 sampling agrees
+# better across CPUs and engines (docs/performance.md). Every comparison is within one dtype; the base
+# pair, made in both, shows how far the dtype moves the result.
+FAST_DTYPE = "float32"
+DTYPE_TAG = {"auto": "", "float32": "_fp32"}
 SOFT_PROMPT_DIR = "soft-prompt-arith1-L4"
 SOFT_PROMPT_BUDGET_S = 900  # --max-seconds of each soft-prompt training step
 
@@ -172,6 +181,7 @@ class Run:
     scale: float = 1.0
     position: str = DEFAULT_POSITION
     offset: int | None = None  # a shard: problems offset .. offset + SHARD_PROBLEMS - 1 of the run
+    dtype: str = "auto"  # --dtype: "auto" (bf16) or FAST_DTYPE (see its comment)
 
     @property
     def deterministic(self) -> bool:
@@ -183,10 +193,11 @@ class Run:
 
     @property
     def name(self) -> str:
+        dtype = DTYPE_TAG[self.dtype]
         if self.method in ("temperature", "soft-prompt"):  # no L / alpha / position of their own
-            return f"{self.method}_T{self.temperature:g}"
+            return f"{self.method}_T{self.temperature:g}{dtype}"
         tag = POSITION_TAG[self.position]
-        return f"{self.method}_T{self.temperature:g}_L{self.length}_a{self.scale:g}_{tag}"
+        return f"{self.method}_T{self.temperature:g}_L{self.length}_a{self.scale:g}_{tag}{dtype}"
 
     @property
     def out(self) -> str:
@@ -215,7 +226,7 @@ class Run:
         return self.method == "temperature"
 
     def baseline(self) -> Run:
-        return Run(self.model, self.difficulty, "temperature", self.temperature, 0)
+        return Run(self.model, self.difficulty, "temperature", self.temperature, 0, dtype=self.dtype)
 
     def env(self) -> dict[str, str]:
         return {"RSP_DATA_DIR": data_dir(self.model)} if self.difficulty.task == "gsm8k" else {}
@@ -225,6 +236,7 @@ class Run:
             "rsp",
             "eval",
             *_model_args(self.model),
+            *(() if self.dtype == "auto" else ("--dtype", self.dtype)),
             *_task_args(self.difficulty),
             "--limit",
             str(self.problems),
@@ -271,8 +283,8 @@ class Step:
     model: str = ""  # the model key, for the steps without a run
 
 
-def _pair(model: Model, d: Difficulty, t: float) -> list[Run]:
-    return [Run(model, d, "temperature", t, 0), Run(model, d, "rsp", t)]
+def _pair(model: Model, d: Difficulty, t: float, dtype: str = "auto") -> list[Run]:
+    return [Run(model, d, "temperature", t, 0, dtype=dtype), Run(model, d, "rsp", t, dtype=dtype)]
 
 
 def _soft_prompt_step(model: Model) -> Step:
@@ -344,6 +356,7 @@ def _screen_steps(model: Model) -> list[Step]:
             "rsp",
             "eval",
             *_model_args(model),
+            *(() if offset < SCREEN_FP32_FROM else ("--dtype", FAST_DTYPE)),
             *_task_args(d),
             "--limit",
             str(SCREEN_SHARD_PROBLEMS),
@@ -424,19 +437,22 @@ def steps() -> list[Step]:
         lambda m: [_soft_prompt_step(m), Run(m, arith1, "soft-prompt", BASE_T, 0)],
         "soft-prompt",
     )
+    fp32 = FAST_DTYPE
+    # the rest in fp32 (see FAST_DTYPE): the base pair again, the base of every later cell
+    add("base pair in fp32", lambda m: _pair(m, arith1, BASE_T, fp32))
     add(
         "difficulty (gsm8k)",
-        lambda m: [*_screen_steps(m), *_pair(m, DIFFICULTY_BY_KEY["gsm8k"], BASE_T)],
+        lambda m: [*_screen_steps(m), *_pair(m, DIFFICULTY_BY_KEY["gsm8k"], BASE_T, fp32)],
         "gsm8k",
     )
     for L in (1, 16, 2, 8):
-        add(f"length (L={L})", lambda m, L=L: [Run(m, arith1, "rsp", BASE_T, L)])
+        add(f"length (L={L})", lambda m, L=L: [Run(m, arith1, "rsp", BASE_T, L, dtype=fp32)])
     for control in CONTROLS:
-        add(f"control ({control})", lambda m, c=control: [Run(m, arith1, c, BASE_T)])
+        add(f"control ({control})", lambda m, c=control: [Run(m, arith1, c, BASE_T, dtype=fp32)])
     for pos in POSITIONS[1:]:
-        add(f"position ({pos})", lambda m, p=pos: [Run(m, arith1, "rsp", BASE_T, position=p)])
+        add(f"position ({pos})", lambda m, p=pos: [Run(m, arith1, "rsp", BASE_T, position=p, dtype=fp32)])
     for scale in (0.5, 2.0):
-        add(f"scale ({scale:g})", lambda m, s=scale: [Run(m, arith1, "rsp", BASE_T, scale=s)])
+        add(f"scale ({scale:g})", lambda m, s=scale: [Run(m, arith1, "rsp", BASE_T, scale=s, dtype=fp32)])
 
     out: list[Step] = []
     for tier, item, chain in tiers:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rsp.findings.analyse import CellResult
-from rsp.findings.cells import DEFAULT_POSITION, LENGTHS, MODELS, N_ATTEMPTS, TEMPERATURES
+from rsp.findings.cells import BASE_L, DEFAULT_POSITION, LENGTHS, MODELS, N_ATTEMPTS, TEMPERATURES
 
 AXIS_COLORS = {
     "difficulty": "tab:blue",
@@ -141,6 +141,7 @@ def heatmap_values(results: list[CellResult], model: str, metric: str) -> np.nda
             or t.position != DEFAULT_POSITION
             or t.length not in LENGTHS
             or t.temperature not in TEMPERATURES
+            or (t.dtype != "auto" and t.length == BASE_L)  # L=4 is the bf16 row; the fp32 base pair isn't
         ):
             continue
         grid[LENGTHS.index(t.length), TEMPERATURES.index(t.temperature)] = float(
@@ -164,7 +165,9 @@ def plot_heatmaps(results: list[CellResult], path: Path) -> Path:
             ax.set_yticks(range(len(LENGTHS)), [str(L) for L in LENGTHS])
             ax.set_xlabel("temperature")
             ax.set_ylabel("L")
-            ax.set_title(f"{model.key}: Δ {metric} vs temperature only (arith 1 step)", fontsize=9)
+            ax.set_title(
+                f"{model.key}: Δ {metric} vs temperature only (arith 1 step; L≠4 in fp32)", fontsize=9
+            )
             for (a, b), v in np.ndenumerate(grid):
                 ax.text(
                     b,

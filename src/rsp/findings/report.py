@@ -21,6 +21,7 @@ from pathlib import Path
 from rsp.findings.analyse import METRICS, CellResult, bank_run, evaluate_all, load_run
 from rsp.findings.cells import (
     DIFFICULTY_BY_KEY,
+    FAST_DTYPE,
     MODEL_BY_KEY,
     N_ATTEMPTS,
     N_PROBLEMS,
@@ -187,12 +188,22 @@ def read_timing(path: Path) -> list[dict]:
     return out
 
 
+def step_dtype(command: str) -> str:
+    """The --dtype of a logged step's command line ("auto" when it names none)."""
+    parts = command.split()
+    return parts[parts.index("--dtype") + 1] if "--dtype" in parts[:-1] else "auto"
+
+
 def attempt_rates(
-    timing: list[dict], machine: str | None = None, task: str = "arith", clock: str = "cpu_s"
+    timing: list[dict],
+    machine: str | None = None,
+    task: str = "arith",
+    clock: str = "cpu_s",
+    dtype: str = "auto",
 ) -> dict[str, float]:
     """CPU seconds (`clock="wall_s"`: wall seconds) per attempt of each model on its cells of `task`
-    ("arith": 128 new tokens; "gsm8k": the GSM8K screen and cells, 256), one thread, over the logged
-    steps, or over those that ran on `machine` (CPUs differ several-fold in bf16 speed)."""
+    ("arith": 128 new tokens; "gsm8k": the GSM8K screen and cells, 256) in `dtype`, one thread, over the
+    logged steps, or over those that ran on `machine` (CPUs differ several-fold in bf16 speed)."""
     rates: dict[str, float] = {}
     for model in MODEL_BY_KEY:
         sel = [
@@ -202,6 +213,7 @@ def attempt_rates(
             and t["new_attempts"] > 0
             and t["out"].startswith(f"{ROOT}/{model}/{task}")
             and (machine is None or t.get("machine") == machine)
+            and step_dtype(t.get("command", "")) == dtype
         ]
         attempts = sum(t["new_attempts"] for t in sel)
         if attempts:
@@ -244,13 +256,16 @@ def cost(timing_path: Path) -> dict:
     timing = read_timing(timing_path)
     used = sum(t["cpu_s"] for t in timing)
     rates = attempt_rates(timing)
+    fast = rates | attempt_rates(timing, dtype=FAST_DTYPE)  # bf16 where fp32 is not measured yet
     # the arithmetic rates pool all machines; scale them by a ratio measured within one machine
-    on_gsm8k = gsm8k_rates(rates, {}, gsm8k_ratio(timing))
+    ratio = gsm8k_ratio(timing)
     need: dict[str, float] = {m: 0.0 for m in MODEL_BY_KEY}  # CPU seconds, for the models with a rate
     for run in runs():
-        if run.model.key in rates:
-            rate = (on_gsm8k if run.difficulty.key == "gsm8k" else rates)[run.model.key]
+        by_model = fast if run.dtype != "auto" else rates
+        if run.model.key in by_model:
+            rate = by_model[run.model.key] * (ratio if run.difficulty.key == "gsm8k" else 1.0)
             need[run.model.key] += N_PROBLEMS * run.n * rate
+    on_gsm8k = gsm8k_rates(fast, {}, ratio)  # the screen runs in fp32 from its fourth shard
     for m in rates:
         need[m] += screen_size(m) * SCREEN_ATTEMPTS * 2 * on_gsm8k[m]
     estimate = {m: need[m] / 3600 + SOFT_PROMPT_BUDGET_S / 3600 for m in need if m in rates}

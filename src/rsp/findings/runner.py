@@ -296,6 +296,27 @@ def local_rates(everywhere: dict[str, float], here: dict[str, float]) -> dict[st
     return {m: here.get(m, rate * slowdown) for m, rate in everywhere.items()}
 
 
+def step_rates(timing: list[dict], here: str, dtype: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-attempt rates (arithmetic, GSM8K) for a step in `dtype` on machine `here`, for a wall-clock
+    deadline: this machine's wall seconds per attempt (at the lowest priority on a shared machine a
+    step's wall time is well above its CPU time), other machines' rates scaled (`local_rates`); a model
+    with no rate in `dtype` yet takes its bf16 rate (an overestimate where fp32 is faster)."""
+    from rsp.findings.report import attempt_rates, gsm8k_rates, gsm8k_ratio
+
+    def rates(d: str) -> tuple[dict[str, float], dict[str, float]]:
+        arith = local_rates(
+            attempt_rates(timing, dtype=d), attempt_rates(timing, here, clock="wall_s", dtype=d)
+        )
+        on_gsm8k = attempt_rates(timing, here, "gsm8k", clock="wall_s", dtype=d)
+        return arith, gsm8k_rates(arith, on_gsm8k, gsm8k_ratio(timing))
+
+    arith, on_gsm8k = rates(dtype)
+    if dtype != "auto":
+        bf16 = rates("auto")
+        arith, on_gsm8k = bf16[0] | arith, bf16[1] | on_gsm8k
+    return arith, on_gsm8k
+
+
 def run_all(jobs: int = 2, hours: float | None = None) -> int:
     """Run every group; a failed step stops the rest of its group only. Returns the number of failures.
 
@@ -303,7 +324,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
     that many hours from now; its group is left for the next start and the worker takes the next group.
     A session whose machine is reclaimed at a known time then spends its last hour on cells that finish
     (and enter the ledger) instead of on a long step whose partial attempts are lost with runs/."""
-    from rsp.findings.report import attempt_rates, gsm8k_rates, gsm8k_ratio, read_timing
+    from rsp.findings.report import read_timing, step_dtype
 
     deadline = None if hours is None else time.time() + hours * 3600
     work: queue.Queue[list[Step]] = queue.Queue()
@@ -317,14 +338,8 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
             return True
         with lock:
             timing = read_timing(Path(TIMING))
-            here = machine()
-            # the deadline is wall-clock: this machine's rates in wall seconds per attempt (lowest priority
-            # on a shared machine, a step's wall time is well above its CPU time), other machines' scaled
-            arith = local_rates(attempt_rates(timing), attempt_rates(timing, here, clock="wall_s"))
-            on_gsm8k = gsm8k_rates(
-                arith, attempt_rates(timing, here, "gsm8k", clock="wall_s"), gsm8k_ratio(timing)
-            )
-            est = estimate_s(step, arith, on_gsm8k)
+            dtype = step.run.dtype if step.run is not None else step_dtype(step.command)
+            est = estimate_s(step, *step_rates(timing, machine(), dtype))
         left = deadline - time.time()
         if est is None or est * MARGIN <= left:
             return True
