@@ -242,13 +242,18 @@ def gsm8k_rates(arith: dict[str, float], gsm8k: dict[str, float], ratio: float) 
 def screen_size(model: str, ledger: Path = Path(LEDGER)) -> int:
     """How many problems the model's GSM8K screen will take: all it may screen until one qualifies, then
     N_PROBLEMS at the rate seen so far (the screen stops once that many qualify)."""
+    screened, qualified = screen_tally(model, ledger)
+    if not qualified:
+        return SCREEN_MAX_PROBLEMS
+    return min(SCREEN_MAX_PROBLEMS, math.ceil(N_PROBLEMS * screened / qualified))
+
+
+def screen_tally(model: str, ledger: Path = Path(LEDGER)) -> tuple[int, int]:
+    """(problems screened, problems with a correct attempt) in the model's recorded screen shards."""
     from rsp.findings.select import read_screen_records
 
     counts = read_screen_records(ledger / model / "gsm8k" / "screen")
-    qualified = sum(1 for arms in counts.values() if any(a[0] for a in arms.values()))
-    if not qualified:
-        return SCREEN_MAX_PROBLEMS
-    return min(SCREEN_MAX_PROBLEMS, math.ceil(N_PROBLEMS * len(counts) / qualified))
+    return len(counts), sum(1 for arms in counts.values() if any(a[0] for a in arms.values()))
 
 
 def cost(timing_path: Path) -> dict:
@@ -323,17 +328,14 @@ def cost_markdown(c: dict) -> str:
 
 
 def missing_markdown(root: Path | None, ledger: Path | None = None) -> str:
-    from rsp.findings.select import read_screen_records
-
     lines = []
     for model in MODEL_BY_KEY:
         base = Path(LEDGER) if ledger is None else ledger
         if (base / model / "gsm8k" / "selection.json").is_file():
             continue
-        counts = read_screen_records(base / model / "gsm8k" / "screen")
-        qualified = sum(1 for arms in counts.values() if any(a[0] for a in arms.values()))
+        screened, qualified = screen_tally(model, base)
         lines.append(
-            f"- {model} GSM8K screen: {len(counts)} problems screened, {qualified} qualify (it stops at "
+            f"- {model} GSM8K screen: {screened} problems screened, {qualified} qualify (it stops at "
             f"{N_PROBLEMS}, or after {SCREEN_MAX_PROBLEMS}; about {screen_size(model, base)} expected)"
         )
     for run in runs():
