@@ -96,6 +96,7 @@ def expected_inputs(run: Run, ledger: Path) -> dict[str, str | None]:
 def used_inputs(run: Run, root: Path | None = None) -> dict[str, str | None]:
     """The same digests, of the files the run directory's run actually read under `root` (runs/findings):
     the soft prompt's safetensors, the GSM8K data directory's test problems; None where missing."""
+    from rsp.findings.select import jsonl_ids
     from rsp.findings.tensorjson import file_digest
 
     base = Path(ROOT) if root is None else Path(root)
@@ -105,12 +106,7 @@ def used_inputs(run: Run, root: Path | None = None) -> dict[str, str | None]:
         out["soft_prompt_sha256"] = file_digest(vectors) if vectors.is_file() else None
     if run.difficulty.key == "gsm8k":
         data = base / "data" / run.model.key / "gsm8k_test.jsonl"
-        ids = (
-            [str(json.loads(x)["id"]) for x in data.read_text(encoding="utf-8").splitlines() if x.strip()]
-            if data.is_file()
-            else None
-        )
-        out["gsm8k_selection_sha256"] = None if ids is None else _ids_digest(ids)
+        out["gsm8k_selection_sha256"] = _ids_digest(jsonl_ids(data)) if data.is_file() else None
     return out
 
 

@@ -31,6 +31,14 @@ class SelectionError(RuntimeError):
     """The screen is unfinished, or an existing selection differs from the one the screen gives."""
 
 
+def jsonl_ids(path: Path) -> list[str]:
+    """The `id` of each record of the JSONL file at `path`, in file order: the order the screen walks
+    and the problem set a GSM8K run reads (`rsp.findings.ledger.used_inputs` digests it)."""
+    return [
+        str(json.loads(raw)["id"]) for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()
+    ]
+
+
 METHODS = ("temperature", "rsp")
 Counts = dict[str, dict[str, list[int]]]  # problem id -> method -> [correct, attempts]
 
@@ -84,9 +92,7 @@ def screen_progress(
         test = find_data_file(BENCHMARKS["gsm8k"].files["test"])
         if test is None:
             return Progress([], 0, False)
-        order = [
-            str(json.loads(raw)["id"]) for raw in test.read_text(encoding="utf-8").splitlines() if raw.strip()
-        ]
+        order = jsonl_ids(test)
     chosen: list[str] = []
     for screened, pid in enumerate(order[:cap]):
         arms = counts.get(pid)
@@ -153,10 +159,7 @@ def select_gsm8k(screen: Path, out: Path, limit: int, record: Path | None = None
             raise SelectionError(f"{record} selects {len(solved)} problems, more than --limit {limit}")
     else:
         counts = read_screen_records(screen)
-        order = [
-            str(json.loads(raw)["id"]) for raw in test.read_text(encoding="utf-8").splitlines() if raw.strip()
-        ]
-        progress = screen_progress(counts, order, limit=limit)
+        progress = screen_progress(counts, jsonl_ids(test), limit=limit)
         if not progress.done:
             raise SelectionError(
                 f"the screen has chosen {len(progress.chosen)} of {limit} problems in the first "

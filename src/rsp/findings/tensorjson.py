@@ -36,17 +36,20 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of the safetensors file at `path`."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {}), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (a safe_open handle is not a dict)
+
+
 def file_digest(path: str | Path) -> str:
     """The sha256 that `dump` records for the safetensors file at `path`."""
-    with safe_open(str(path), framework="pt") as f:
-        return _digest({key: f.get_tensor(key) for key in f.keys()})  # noqa: SIM118
+    return _digest(_read(path)[1])
 
 
 def dump(source: str | Path, target: str | Path) -> Path:
     """Write the safetensors file `source` as JSON at `target` (atomically); float32/float64 only."""
-    with safe_open(str(source), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (a safe_open handle is not a dict)
+    metadata, tensors = _read(source)
     doc: dict = {"format": FORMAT, "metadata": metadata, "tensors": {}, "sha256": _digest(tensors)}
     for key, t in tensors.items():
         name = str(t.dtype).removeprefix("torch.")
