@@ -901,10 +901,15 @@ def test_an_fp32_step_is_planned_with_fp32_rates_once_measured():
     arith, _ = step_rates(timing, "m", "float32")
     assert arith == {"smollm2": 1.0, "gemma3": 9.0}, "gemma3 has no fp32 rate yet: its bf16 one"
     assert step_rates(timing, "m", "auto")[0] == {"smollm2": 4.0, "gemma3": 9.0}
+    from rsp.findings.report import rate_tables
+
+    assert rate_tables(timing, "float32")[0] == arith, "the report's estimate plans fp32 runs the same way"
+    timing.append({**rec("smollm2", 30.0, "float32"), "out": f"{C.ROOT}/smollm2/gsm8k-screen/x"})
+    assert rate_tables(timing, "float32")[1]["smollm2"] == 30.0, "a measured GSM8K rate is used as it is"
 
 
 def test_a_slower_cpu_scales_the_rates_it_has_not_measured():
-    from rsp.findings.runner import local_rates
+    from rsp.findings.report import local_rates
 
     everywhere = {"smollm2": 1.0, "gemma3": 2.0}
     assert local_rates(everywhere, {}) == everywhere

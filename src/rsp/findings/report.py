@@ -239,6 +239,37 @@ def gsm8k_rates(arith: dict[str, float], gsm8k: dict[str, float], ratio: float) 
     return {m: gsm8k.get(m, rate * ratio) for m, rate in arith.items()}
 
 
+def local_rates(everywhere: dict[str, float], here: dict[str, float]) -> dict[str, float]:
+    """Per-attempt rates for this CPU: its own where measured; for a model measured only elsewhere, the
+    rate there times the largest slowdown of this CPU seen on another model (bf16 speed varies several
+    fold between CPUs, so a deadline must not trust another machine's rate as it stands)."""
+    slowdown = max((here[m] / everywhere[m] for m in here if m in everywhere), default=1.0)
+    return {m: here.get(m, rate * slowdown) for m, rate in everywhere.items()}
+
+
+def rate_tables(
+    timing: list[dict], dtype: str = "auto", *, machine: str | None = None, clock: str = "cpu_s"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-attempt rates (arithmetic, GSM8K) of each model in `dtype`, the one source of every time
+    estimate: the report's (`cost`: all machines, CPU seconds) and the runner's deadline (`machine`: that
+    machine's own `clock` rates, other models' rates from all machines scaled by `local_rates`). GSM8K
+    rates are measured where measured, else the arithmetic rate times `gsm8k_ratio`. A model with no
+    rate in `dtype` yet takes its bf16 ("auto") rate: an overestimate where fp32 is faster."""
+
+    def one(d: str) -> tuple[dict[str, float], dict[str, float]]:
+        arith = attempt_rates(timing, machine, clock=clock, dtype=d)
+        if machine is not None:
+            arith = local_rates(attempt_rates(timing, dtype=d), arith)
+        on_gsm8k = attempt_rates(timing, machine, "gsm8k", clock=clock, dtype=d)
+        return arith, gsm8k_rates(arith, on_gsm8k, gsm8k_ratio(timing))
+
+    arith, on_gsm8k = one(dtype)
+    if dtype != "auto":
+        bf16 = one("auto")
+        arith, on_gsm8k = bf16[0] | arith, bf16[1] | on_gsm8k
+    return arith, on_gsm8k
+
+
 def screen_size(model: str, ledger: Path = Path(LEDGER)) -> int:
     """How many problems the model's GSM8K screen will take: all it may screen until one qualifies, then
     N_PROBLEMS at the rate seen so far (the screen stops once that many qualify)."""
@@ -260,28 +291,28 @@ def cost(timing_path: Path) -> dict:
     """CPU time used so far, and an estimate for the whole map from the measured CPU seconds per attempt."""
     timing = read_timing(timing_path)
     used = sum(t["cpu_s"] for t in timing)
-    rates = attempt_rates(timing)
-    fast = rates | attempt_rates(timing, dtype=FAST_DTYPE)  # bf16 where fp32 is not measured yet
-    # the arithmetic rates pool all machines; scale them by a ratio measured within one machine
-    ratio = gsm8k_ratio(timing)
+    tables = {"auto": rate_tables(timing), FAST_DTYPE: rate_tables(timing, FAST_DTYPE)}
+    rates = tables["auto"][0]
     need: dict[str, float] = {m: 0.0 for m in MODEL_BY_KEY}  # CPU seconds, for the models with a rate
     for run in runs():
-        by_model = fast if run.dtype != "auto" else rates
+        arith, on_gsm8k = tables[run.dtype]
+        by_model = on_gsm8k if run.difficulty.key == "gsm8k" else arith
         if run.model.key in by_model:
-            rate = by_model[run.model.key] * (ratio if run.difficulty.key == "gsm8k" else 1.0)
-            need[run.model.key] += N_PROBLEMS * run.n * rate
-    on_gsm8k = gsm8k_rates(fast, {}, ratio)  # the screen runs in fp32 from its fourth shard
+            need[run.model.key] += N_PROBLEMS * run.n * by_model[run.model.key]
+    screen = tables[FAST_DTYPE][1]  # the screen runs in fp32 from its fourth shard
     for m in rates:
-        need[m] += screen_size(m) * SCREEN_ATTEMPTS * 2 * on_gsm8k[m]
+        need[m] += screen_size(m) * SCREEN_ATTEMPTS * 2 * screen[m]
     estimate = {m: need[m] / 3600 + SOFT_PROMPT_BUDGET_S / 3600 for m in need if m in rates}
     return {
         "cpu_hours_used": used / 3600,
         "wall_hours_of_steps": sum(t["wall_s"] for t in timing) / 3600,
         "cpu_s_per_attempt": rates,
+        "cpu_s_per_attempt_fp32": attempt_rates(timing, dtype=FAST_DTYPE),
         "cpu_s_per_attempt_by_machine": {
             m: attempt_rates(timing, m) for m in sorted({t["machine"] for t in timing if t.get("machine")})
         },
-        "cpu_s_per_attempt_gsm8k": on_gsm8k,
+        "cpu_s_per_attempt_gsm8k": tables["auto"][1],
+        "cpu_s_per_attempt_gsm8k_fp32": tables[FAST_DTYPE][1],
         "estimate_cpu_hours": estimate,
         "estimate_complete": len(estimate) == len(MODEL_BY_KEY),
         "steps_logged": len(timing),
@@ -294,25 +325,27 @@ def cost_markdown(c: dict) -> str:
         f"({c['wall_hours_of_steps']:.2f} h of step wall time summed over the parallel workers; "
         f"{c['steps_logged']} step invocations logged in `{TIMING}`)."
     ]
-    on_gsm8k = c.get("cpu_s_per_attempt_gsm8k", {})
-    for m, rate in c["cpu_s_per_attempt"].items():
-        lines.append(
-            f"- {m}: {rate:.2f} CPU s per attempt (measured on its arithmetic cells, 1 thread, "
-            "max 128 new tokens, lowest priority on a shared 2-core machine)"
-            + (f"; {on_gsm8k[m]:.2f} on GSM8K (max 256 new tokens; scaled)." if m in on_gsm8k else ".")
-        )
+    for tag, suffix in (("bf16", ""), ("fp32", "_fp32")):
+        on_gsm8k = c.get(f"cpu_s_per_attempt_gsm8k{suffix}", {})
+        for m, rate in c.get(f"cpu_s_per_attempt{suffix}", {}).items():
+            lines.append(
+                f"- {m}, {tag}: {rate:.2f} CPU s per attempt (measured on its arithmetic cells, 1 thread, "
+                "max 128 new tokens, lowest priority on a shared 2-core machine)"
+                + (f"; {on_gsm8k[m]:.2f} on GSM8K (max 256 new tokens)." if m in on_gsm8k else ".")
+            )
     for machine, by_model in c.get("cpu_s_per_attempt_by_machine", {}).items():
         if by_model:
             rates = ", ".join(f"{m} {r:.2f}" for m, r in by_model.items())
             lines.append(
-                f"- On `{machine}` alone: {rates} CPU s per attempt (CPUs differ several-fold in bf16 "
-                "speed: see docs/performance.md; the estimates below use all machines' steps)."
+                f"- On `{machine}` alone: {rates} CPU s per attempt in bf16 (CPUs differ several-fold "
+                "in bf16 speed: see docs/performance.md; the estimates below use all machines' steps)."
             )
     for m, hours in c["estimate_cpu_hours"].items():
         lines.append(
             f"- Estimated whole map for {m}: **{hours:.1f} CPU hours** (every cell's attempts at the "
-            "rates above; GSM8K and its screen at the arithmetic rate times the largest GSM8K-to-"
-            "arithmetic ratio measured for one model on one machine; plus the soft-prompt budget)."
+            "rates above, in each run's dtype; GSM8K and its screen at their measured rate, else the "
+            "arithmetic rate times the largest GSM8K-to-arithmetic ratio measured for one model on one "
+            "machine; plus the soft-prompt budget)."
         )
     missing = [m for m in MODEL_BY_KEY if m not in c["estimate_cpu_hours"]]
     if not missing:

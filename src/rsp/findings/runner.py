@@ -288,33 +288,13 @@ def estimate_s(step: Step, rates: dict[str, float], gsm8k: dict[str, float] | No
     return LOAD_S + max(0, total - _count_samples(step)) * rate
 
 
-def local_rates(everywhere: dict[str, float], here: dict[str, float]) -> dict[str, float]:
-    """Per-attempt rates for this CPU: its own where measured; for a model measured only elsewhere, the
-    rate there times the largest slowdown of this CPU seen on another model (bf16 speed varies several
-    fold between CPUs, so a deadline must not trust another machine's rate as it stands)."""
-    slowdown = max((here[m] / everywhere[m] for m in here if m in everywhere), default=1.0)
-    return {m: here.get(m, rate * slowdown) for m, rate in everywhere.items()}
-
-
 def step_rates(timing: list[dict], here: str, dtype: str) -> tuple[dict[str, float], dict[str, float]]:
     """Per-attempt rates (arithmetic, GSM8K) for a step in `dtype` on machine `here`, for a wall-clock
     deadline: this machine's wall seconds per attempt (at the lowest priority on a shared machine a
-    step's wall time is well above its CPU time), other machines' rates scaled (`local_rates`); a model
-    with no rate in `dtype` yet takes its bf16 rate (an overestimate where fp32 is faster)."""
-    from rsp.findings.report import attempt_rates, gsm8k_rates, gsm8k_ratio
+    step's wall time is well above its CPU time), other machines' rates scaled (`report.rate_tables`)."""
+    from rsp.findings.report import rate_tables
 
-    def rates(d: str) -> tuple[dict[str, float], dict[str, float]]:
-        arith = local_rates(
-            attempt_rates(timing, dtype=d), attempt_rates(timing, here, clock="wall_s", dtype=d)
-        )
-        on_gsm8k = attempt_rates(timing, here, "gsm8k", clock="wall_s", dtype=d)
-        return arith, gsm8k_rates(arith, on_gsm8k, gsm8k_ratio(timing))
-
-    arith, on_gsm8k = rates(dtype)
-    if dtype != "auto":
-        bf16 = rates("auto")
-        arith, on_gsm8k = bf16[0] | arith, bf16[1] | on_gsm8k
-    return arith, on_gsm8k
+    return rate_tables(timing, dtype, machine=here, clock="wall_s")
 
 
 def run_all(jobs: int = 2, hours: float | None = None) -> int:
