@@ -761,6 +761,38 @@ def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path,
     assert runner.run_all(jobs=2) == 0 and started == [busy, free]
 
 
+def test_a_step_claimed_by_another_runner_before_its_child_starts_is_left_alone(tmp_path: Path, monkeypatch):
+    """Two runners started together: the first has claimed a step but its child has not exec'd, so no
+    process shows the step yet. The second must not start it too (two writers corrupt a run), nor a
+    step whose whole run is claimed; shards of one run may go side by side."""
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
+    shard = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-00"]
+    sibling = by_out["runs/findings/smollm2/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-08"]
+    free = by_out["runs/findings/gemma3/arith1/rsp_T0.7_L1_a1_agp_fp32/shard-00"]
+    other = runner.claim(shard)  # the other runner's claim (a separate open file, as in another process)
+    assert other is not None
+    assert runner.claim(shard) is None, "the claimed step cannot be claimed twice"
+    mine = runner.claim(sibling)
+    assert mine is not None, "another shard of the same run is free"
+    mine.release()
+    started: list[Step] = []
+    monkeypatch.setattr(runner, "steps", lambda: [shard, free])
+    monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
+    monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: set())  # no child has exec'd
+    assert runner.run_all(jobs=2) == 0 and started == [free]
+    other.release()
+    assert shard.run is not None
+    whole = runner.StepLock()
+    assert whole.take(shard.run.whole().out), "no shard holds the whole run's lock any more"
+    assert runner.claim(sibling) is None, "the whole run is claimed: none of its shards may start"
+    whole.release()
+    started.clear()
+    assert runner.run_all(jobs=2) == 0 and started == [shard, free], "released claims free the steps"
+
+
 @pytest.mark.parametrize("spelling", ["--out DIR", "--out=DIR", "--out ABSOLUTE", "--out ./DIR"])
 def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path, spelling: str):
     """A step started by hand counts however its --out is spelled, as the runner's relative path."""

@@ -18,6 +18,8 @@ as finished: runs/ does not survive into the next session's checkout, the ledger
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -262,6 +264,49 @@ SLOT_POLL_S = 10.0
 MARGIN = 1.15  # a step is started only if 1.15x its estimate fits before the deadline
 
 
+LOCKS = f"{ROOT}/locks"
+
+
+class StepLock:
+    """A claim on a step that another runner sees at once: `flock` on a file per step output under
+    `LOCKS`. `live_outputs` sees a step only once its child has exec'd, so two runners started together
+    could both start it in that window; the lock closes it. A shard holds its whole run's lock shared and
+    its own exclusively, so shards of one run go side by side and never beside the whole run. The kernel
+    drops the locks when the runner dies (its orphaned children are still seen by `live_outputs`)."""
+
+    def __init__(self) -> None:
+        self._files: list = []
+
+    def take(self, key: str, *, shared: bool = False) -> bool:
+        Path(LOCKS).mkdir(parents=True, exist_ok=True)
+        f = open(Path(LOCKS) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self._files.append(f)
+        return True
+
+    def release(self) -> None:
+        for f in self._files:
+            f.close()  # closing the descriptor releases its flock
+        self._files.clear()
+
+
+def claim(step: Step) -> StepLock | None:
+    """Lock `step` (and share its whole run's lock); None when another runner holds either."""
+    key = step.outputs[0] if step.outputs else step.command
+    whole = step.run.whole().out if step.run is not None else key
+    lock = StepLock()
+    if whole != key and not lock.take(whole, shared=True):
+        return None
+    if not lock.take(key):
+        lock.release()
+        return None
+    return lock
+
+
 def estimate_s(step: Step, rates: dict[str, float], gsm8k: dict[str, float] | None = None) -> float | None:
     """Seconds the step still needs on one core: its missing attempts at the model's measured CPU seconds
     per attempt (`gsm8k`'s rate on GSM8K; without one, the arithmetic rate scaled by max new tokens),
@@ -332,7 +377,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
 
     own: set[str] = set()  # this runner's steps in flight (or about to start)
 
-    def acquire(step: Step) -> str | None:
+    def acquire(step: Step) -> tuple[str, StepLock] | None:
         """Wait for a free slot (steps started elsewhere count) and take it; None: the step runs elsewhere."""
         key = step.outputs[0] if step.outputs else step.command
         while True:
@@ -342,8 +387,11 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
                 if (key in live and key not in own) or (whole != key and whole in live):
                     return None  # this step, or the whole run it is a shard of, is being made elsewhere
                 if len(live) < jobs:
+                    claimed = claim(step)
+                    if claimed is None:
+                        return None  # another runner has just claimed it; its child has not exec'd yet
                     own.add(key)
-                    return key
+                    return key, claimed
             time.sleep(SLOT_POLL_S)
 
     def worker() -> None:
@@ -353,10 +401,11 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
             except queue.Empty:
                 return
             for step in group:
-                key = acquire(step)
-                if key is None:
+                taken = acquire(step)
+                if taken is None:
                     print(f"[findings {time.strftime('%H:%M:%S')}] running elsewhere: {step.command}")
                     break
+                key, claimed = taken
                 try:
                     if not fits(step):
                         break
@@ -367,6 +416,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
                 finally:
                     with lock:
                         own.discard(key)
+                        claimed.release()
                 if rc != 0:
                     with lock:
                         failures[0] += 1
