@@ -761,6 +761,16 @@ def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path,
     assert runner.run_all(jobs=2) == 0 and started == [busy, free]
 
 
+def test_each_screen_runs_in_fp32_from_its_recorded_offset():
+    """SmolLM2's first three screen shards were made in bf16 (their records must still match their
+    commands); Gemma's screen started after the switch and runs in fp32 throughout."""
+    screens = {s.outputs[0]: s.command for s in C.steps() if s.kind == "screen"}
+    for model, first_fp32 in (("smollm2", 24), ("gemma3", 0)):
+        for offset in range(0, 48, C.SCREEN_SHARD_PROBLEMS):
+            command = screens[f"{C.ROOT}/{model}/gsm8k-screen/shard-{offset:03d}"]
+            assert ("--dtype float32" in command) == (offset >= first_fp32), (model, offset)
+
+
 def test_a_step_claimed_by_another_runner_before_its_child_starts_is_left_alone(tmp_path: Path, monkeypatch):
     """Two runners started together: the first has claimed a step but its child has not exec'd, so no
     process shows the step yet. The second must not start it too (two writers corrupt a run), nor a

@@ -58,7 +58,10 @@ SCREEN_SEED = 1
 # a fixed 160 until SmolLM2's first shards showed about 1 problem in 8 qualifying: 160 would give ~20.
 SCREEN_MAX_PROBLEMS = 480
 SCREEN_ATTEMPTS = 8
-SCREEN_FP32_FROM = 24  # the screen's first 3 shards were made in bf16, the rest in FAST_DTYPE
+# The offset from which each model's screen runs in FAST_DTYPE: SmolLM2's first 3 shards were made in
+# bf16 before the switch; Gemma's screen had not started, so all of it is fp32 (bf16 would take ~4x as
+# long here, and the screen only chooses problems: no cell measures it).
+SCREEN_FP32_FROM = {"smollm2": 24, "gemma3": 0}
 SCREEN_SHARD_PROBLEMS = 8  # the screen, too, is made in shards, each recorded when done
 BASE_T = 0.7
 BASE_L = 4
@@ -356,7 +359,7 @@ def _screen_steps(model: Model) -> list[Step]:
             "rsp",
             "eval",
             *_model_args(model),
-            *(() if offset < SCREEN_FP32_FROM else ("--dtype", FAST_DTYPE)),
+            *(() if offset < SCREEN_FP32_FROM[model.key] else ("--dtype", FAST_DTYPE)),
             *_task_args(d),
             "--limit",
             str(SCREEN_SHARD_PROBLEMS),

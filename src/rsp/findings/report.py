@@ -299,7 +299,7 @@ def cost(timing_path: Path) -> dict:
         by_model = on_gsm8k if run.difficulty.key == "gsm8k" else arith
         if run.model.key in by_model:
             need[run.model.key] += N_PROBLEMS * run.n * by_model[run.model.key]
-    screen = tables[FAST_DTYPE][1]  # the screen runs in fp32 from its fourth shard
+    screen = tables[FAST_DTYPE][1]  # the screens run in fp32 (SmolLM2's from its fourth shard)
     for m in rates:
         need[m] += screen_size(m) * SCREEN_ATTEMPTS * 2 * screen[m]
     estimate = {m: need[m] / 3600 + SOFT_PROMPT_BUDGET_S / 3600 for m in need if m in rates}
