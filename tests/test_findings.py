@@ -749,11 +749,17 @@ def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path,
     monkeypatch.setattr(runner, "steps", lambda: [busy, free])
     monkeypatch.setattr(runner, "run_step", lambda step, lock: started.append(step) or 0)
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: {busy.outputs[0]})
+    other = runner.claim(busy)  # the other runner that is making it
+    assert other is not None
     assert runner.run_all(jobs=2) == 0 and started == [free], "a second writer would corrupt the run"
+    other.release()
     assert busy.run is not None
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: {busy.run.whole().out})
+    other = runner.StepLock()
+    assert other.take(busy.run.whole().out)  # another runner makes the whole run
     started.clear()
     assert runner.run_all(jobs=2) == 0 and started == [free], "the whole run is being made elsewhere"
+    other.release()
     monkeypatch.setattr(runner, "SLOT_POLL_S", 0.01)
     polls = iter([{"x", "y"}, {"x", "y"}, {"x"}])  # two steps run elsewhere, then one of them ends
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: next(polls, set()))
@@ -769,6 +775,40 @@ def test_each_screen_runs_in_fp32_from_its_recorded_offset():
         for offset in range(0, 48, C.SCREEN_SHARD_PROBLEMS):
             command = screens[f"{C.ROOT}/{model}/gsm8k-screen/shard-{offset:03d}"]
             assert ("--dtype float32" in command) == (offset >= first_fp32), (model, offset)
+
+
+def test_a_step_left_running_by_a_killed_runner_is_waited_for_and_its_group_goes_on(
+    tmp_path: Path, monkeypatch
+):
+    """Killing the runner leaves its children running with nobody's claim on them. A new runner must
+    not give up the step's group (a GSM8K screen is one chain of 60 steps) nor start a second writer:
+    it waits for the process to end, then runs the step (which resumes with nothing to do and banks it)
+    and the rest of the group."""
+    from rsp.findings import runner
+
+    monkeypatch.chdir(tmp_path)
+    chain = [s for s in C.steps() if s.kind == "screen" and s.model == "smollm2"][:2]
+    started: list[Step] = []
+    monkeypatch.setattr(runner, "steps", lambda: chain)
+    monkeypatch.setattr(runner, "SLOT_POLL_S", 0.01)
+    orphan = {chain[0].outputs[0]}
+    polls = iter([orphan, orphan, orphan])  # the orphan is seen three times, then it has ended
+
+    def run_step(step: Step, lock) -> int:
+        assert not orphan & live_now[0], "never beside the process still writing the step"
+        started.append(step)
+        return 0
+
+    live_now = [set()]
+
+    def live_outputs(exclude=None) -> set[str]:
+        live_now[0] = next(polls, set())
+        return live_now[0]
+
+    monkeypatch.setattr(runner, "run_step", run_step)
+    monkeypatch.setattr(runner, "live_outputs", live_outputs)
+    assert runner.run_all(jobs=2) == 0
+    assert started == chain, "the orphan's step is banked here and its chain continues"
 
 
 def test_a_step_claimed_by_another_runner_before_its_child_starts_is_left_alone(tmp_path: Path, monkeypatch):

@@ -378,16 +378,28 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
     own: set[str] = set()  # this runner's steps in flight (or about to start)
 
     def acquire(step: Step) -> tuple[str, StepLock] | None:
-        """Wait for a free slot (steps started elsewhere count) and take it; None: the step runs elsewhere."""
+        """Wait for a free slot (steps started elsewhere count) and take it; None: another runner is
+        making the step (it holds the step's claim) and will carry the step's group on. A step whose
+        process runs with nobody's claim (a child left behind by a killed runner, or started by hand) is
+        waited for, then run here: it resumes with nothing to do, is banked, and its group goes on."""
         key = step.outputs[0] if step.outputs else step.command
+        waiting: StepLock | None = None  # our claim on a step whose unclaimed process we wait out
         while True:
             with lock:
                 live = live_outputs(exclude=os.getpid()) | own
                 whole = step.run.whole().out if step.run is not None else key
                 if (key in live and key not in own) or (whole != key and whole in live):
-                    return None  # this step, or the whole run it is a shard of, is being made elsewhere
-                if len(live) < jobs:
-                    claimed = claim(step)
+                    if waiting is None:
+                        waiting = claim(step)
+                        if waiting is None:
+                            return None  # this step, or the whole run it is a shard of, is another runner's
+                        print(
+                            f"[findings {time.strftime('%H:%M:%S')}] waiting for its unclaimed process "
+                            f"to end: {step.command}",
+                            flush=True,
+                        )
+                elif len(live) < jobs:
+                    claimed = waiting if waiting is not None else claim(step)
                     if claimed is None:
                         return None  # another runner has just claimed it; its child has not exec'd yet
                     own.add(key)
