@@ -1052,3 +1052,72 @@ def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path)
         ["--config", str(tmp_path / "c.yaml"), "--out", "runs/d"]
     ) == (cfg,)
     assert main(["no-such-command"]) == 2
+
+
+# ------------------------------------------------------------------------------------------- replication
+
+_FAKE_CLI = '''
+import json, os, shutil, sys
+from pathlib import Path
+
+def main():
+    """Stands in for the frozen code's `rsp eval`: the banked run again, with attempt 0 of p00 flipped
+    (what a tie broken the other way on another CPU does)."""
+    out = Path(sys.argv[sys.argv.index("--out") + 1])
+    shutil.copytree(os.environ["FAKE_SOURCE"], out)
+    lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    for r in lines:
+        if r["problem_id"] == "p00" and r["attempt"] == 0:
+            r["correct"] = not r["correct"]
+            r["extracted"] = r["completion"] = "7" if r["correct"] else "999"
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in lines))
+    return 0
+'''
+
+
+def _replication_setup(tmp_path: Path, commit: str) -> tuple[C.Run, Path, Path]:
+    from rsp.findings.analyse import bank_run
+
+    run = C.Run(SMOL, ARITH1, "temperature", 0.7, 0, dtype=C.FAST_DTYPE, offset=0)
+    runs_root, ledger = tmp_path / "runs", tmp_path / "ledger"
+    _finish(runs_root, run, [0.5] * 8, 3)
+    (runs_root / "code").mkdir()
+    (runs_root / "code" / "COMMIT").write_text("abc123\n")
+    assert bank_run(run, runs_root, ledger) is not None
+    src = tmp_path / "frozen" / "src"
+    (src / "rsp").mkdir(parents=True)
+    (src / "rsp" / "__init__.py").write_text("")
+    (src / "rsp" / "cli.py").write_text(_FAKE_CLI)
+    (src.parent / "COMMIT").write_text(commit + "\n")
+    return run, ledger, src
+
+
+def test_replication_reruns_with_the_frozen_code_and_counts_every_changed_attempt(
+    tmp_path: Path, monkeypatch
+):
+    from rsp.findings.replicate import replicate
+
+    run, ledger, src = _replication_setup(tmp_path, "abc123")
+    monkeypatch.setenv("FAKE_SOURCE", str(run_dir(run, tmp_path / "runs")))
+    key = "smollm2/arith1/temperature_T0.7_fp32/shard-00"
+    out, a = replicate(key, root=tmp_path / "rerun", ledger=ledger, docs=tmp_path / "docs", code_src=src)
+    assert (tmp_path / "rerun" / key / "samples.jsonl").is_file(), "the rerun goes under --root"
+    assert (a.problems, a.attempts) == (8, 8 * C.N_ATTEMPTS)
+    assert a.same_grade == a.attempts - 1 and a.same_answer == a.attempts - 1
+    assert (a.problems_same_count, a.max_count_change) == (7, 1)
+    assert abs(a.banked["pass@1"] - a.rerun["pass@1"]) == pytest.approx(1 / (8 * C.N_ATTEMPTS))
+    record = json.loads(out.read_text())
+    assert out == tmp_path / "docs" / "smollm2" / "arith1" / "temperature_T0.7_fp32" / "shard-00.json"
+    assert record["code"] == "abc123" and record["rerun_machine"] and record["same_grade"] == a.same_grade
+
+
+def test_replication_refuses_other_code_and_unknown_runs(tmp_path: Path):
+    from rsp.findings.replicate import ReplicationError, replicate
+
+    _, ledger, src = _replication_setup(tmp_path, "def456")
+    with pytest.raises(ReplicationError, match="made with code abc123"):
+        replicate("smollm2/arith1/temperature_T0.7_fp32/shard-00", ledger=ledger, code_src=src)
+    with pytest.raises(ReplicationError, match="temperature_T0.7_fp32/shard-00"):  # the hint lists real runs
+        replicate("smollm2/arith1/temperature_T0.7_fp32/shard-99", ledger=ledger, code_src=src)
+    with pytest.raises(ReplicationError, match="no ledger entry"):
+        replicate("smollm2/arith1/temperature_T0.7_fp32/shard-08", ledger=ledger, code_src=src)

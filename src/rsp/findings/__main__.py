@@ -1,4 +1,4 @@
-"""`python -m rsp.findings commands | run | select-gsm8k | report`: the map of issue #16 from one place.
+"""`python -m rsp.findings commands | run | select-gsm8k | replicate | report`: the map of issue #16.
 
 Why a module entry point and not an `rsp` subcommand: it drives one experiment of this repository (its
 cells, its runs/ folder, its docs page), not a tool for users' own models. Its flags come from the config
@@ -39,6 +39,13 @@ class ReportConfig:
     root: str | None = option(None, "runs root (default: runs/findings)")
     out: str = option("docs/findings", "where the summaries and plots go")
     doc: str = option("docs/findings.md", "the page whose generated sections are rewritten")
+
+
+@dataclass
+class ReplicateConfig:
+    run: str = option(help="the run or shard to rerun, as its directory under runs/findings")
+    root: str = option("runs/findings/replicate", "where the rerun goes (resumable)")
+    docs: str = option("docs/findings/replication", "where the comparison goes")
 
 
 def _commands(argv: Sequence[str]) -> int:
@@ -89,10 +96,32 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def _replicate(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from rsp.findings.replicate import ReplicationError, replicate
+
+    (cfg,) = RSPArgumentParser([ReplicateConfig], prog="python -m rsp.findings replicate").parse(argv)
+    try:
+        out, agreement = replicate(cfg.run, root=Path(cfg.root), docs=Path(cfg.docs))
+    except ReplicationError as exc:
+        print(f"replicate: {exc}", file=sys.stderr)
+        return 1
+    a = agreement
+    answers = "unknown" if a.same_answer < 0 else f"{a.same_answer}/{a.attempts}"
+    print(
+        f"{cfg.run}: same answer {answers}, same grade {a.same_grade}/{a.attempts}, "
+        f"same correct count {a.problems_same_count}/{a.problems} problems (largest change "
+        f"{a.max_count_change}); banked {a.banked}, rerun {a.rerun}; written to {out}"
+    )
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "commands": (_commands, "print every step's command line, in run order"),
     "run": (_run, "run every step (resumable); prefer scripts/findings.sh"),
     "select-gsm8k": (_select, "choose a model's GSM8K problems from its screening run"),
+    "replicate": (_replicate, "rerun one banked run on this machine and compare it attempt by attempt"),
     "report": (_report, "bank finished runs; rebuild docs/findings/ and docs/findings.md"),
 }
 
