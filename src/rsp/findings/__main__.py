@@ -112,7 +112,8 @@ def _replicate(argv: Sequence[str]) -> int:
     print(
         f"{cfg.run}: same answer {answers}, same grade {a.same_grade}/{a.attempts}, "
         f"same correct count {a.problems_same_count}/{a.problems} problems (largest change "
-        f"{a.max_count_change}); banked {a.banked}, rerun {a.rerun}; written to {out}"
+        f"{a.max_count_change}), same mean length {a.problems_same_tokens}/{a.problems}; "
+        f"banked {a.banked}, rerun {a.rerun}; written to {out}"
     )
     return 0
 

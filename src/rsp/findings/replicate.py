@@ -51,6 +51,7 @@ class Agreement:
     same_grade: int  # attempts graded the same (correct in both, or wrong in both)
     problems_same_count: int  # problems with the same number of correct attempts
     max_count_change: int  # the largest change of a problem's correct count
+    problems_same_tokens: int  # problems whose mean generated length agrees to 0.001 token (trajectories)
     banked: dict[str, float]  # pass@k of the banked run, mean over problems
     rerun: dict[str, float]
 
@@ -61,7 +62,7 @@ def compare(banked: RunData, rerun: RunData) -> Agreement:
     pids = sorted(set(banked.correct) & set(rerun.correct))
     if not pids:
         raise ReplicationError("the two runs have no complete problem in common")
-    attempts = same_answer = same_grade = same_count = 0
+    attempts = same_answer = same_grade = same_count = same_tokens = 0
     max_change = 0
     for pid in pids:
         a, b = banked.correct[pid], rerun.correct[pid]
@@ -71,6 +72,7 @@ def compare(banked: RunData, rerun: RunData) -> Agreement:
         same_grade += sum(x == y for x, y in zip(a, b, strict=True))
         if banked.answers is not None and rerun.answers is not None:
             same_answer += sum(x == y for x, y in zip(banked.answers[pid], rerun.answers[pid], strict=True))
+        same_tokens += abs(banked.tokens[pid] - rerun.tokens[pid]) < 1e-3
         change = abs(sum(a) - sum(b))
         same_count += change == 0
         max_change = max(max_change, change)
@@ -78,7 +80,7 @@ def compare(banked: RunData, rerun: RunData) -> Agreement:
     def passk(data: RunData) -> dict[str, float]:
         n = len(data.correct[pids[0]])
         return {
-            f"pass@{k}": float(np.mean([pass_at_k(n, sum(data.correct[p]), k) for p in pids]))
+            f"pass@{k}": round(float(np.mean([pass_at_k(n, sum(data.correct[p]), k) for p in pids])), 6)
             for k in KS
             if k <= n
         }
@@ -90,6 +92,7 @@ def compare(banked: RunData, rerun: RunData) -> Agreement:
         same_grade=same_grade,
         problems_same_count=same_count,
         max_count_change=max_change,
+        problems_same_tokens=same_tokens,
         banked=passk(banked),
         rerun=passk(rerun),
     )
