@@ -1120,5 +1120,8 @@ def test_replication_refuses_other_code_and_unknown_runs(tmp_path: Path):
         replicate("smollm2/arith1/temperature_T0.7_fp32/shard-00", ledger=ledger, code_src=src)
     with pytest.raises(ReplicationError, match="temperature_T0.7_fp32/shard-00"):  # the hint lists real runs
         replicate("smollm2/arith1/temperature_T0.7_fp32/shard-99", ledger=ledger, code_src=src)
+    whole = C.Run(SMOL, ARITH1, "temperature", 0.7, 0)  # a bf16 run of the first sessions, rebuilt
+    with pytest.raises(ReplicationError, match="cannot be compared one by one"):
+        replicate(whole.out.removeprefix(C.ROOT + "/"), ledger=REPO / C.LEDGER, code_src=src)
     with pytest.raises(ReplicationError, match="no ledger entry"):
         replicate("smollm2/arith1/temperature_T0.7_fp32/shard-08", ledger=ledger, code_src=src)

@@ -130,6 +130,11 @@ def replicate(
     if banked is None:
         raise ReplicationError(f"{key} has no ledger entry ({path}); nothing to compare with")
     entry = json.loads(path.read_text(encoding="utf-8"))
+    if entry.get("source") != "runs":
+        raise ReplicationError(
+            f"{key}'s entry was {entry.get('source')} from an earlier report's per-problem counts: its "
+            "attempts are not in the order they were drawn, so they cannot be compared one by one"
+        )
     src = code_src or Path(os.environ.get("FINDINGS_CODE_SRC", f"{ROOT}/code/src"))
     commit_file = src.parent / "COMMIT"
     commit = commit_file.read_text(encoding="utf-8").strip() if commit_file.is_file() else None
