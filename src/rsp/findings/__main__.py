@@ -108,9 +108,8 @@ def _replicate(argv: Sequence[str]) -> int:
         print(f"replicate: {exc}", file=sys.stderr)
         return 1
     a = agreement
-    answers = "unknown" if a.same_answer < 0 else f"{a.same_answer}/{a.attempts}"
     print(
-        f"{cfg.run}: same answer {answers}, same grade {a.same_grade}/{a.attempts}, "
+        f"{cfg.run}: same answer {a.same_answer}/{a.attempts}, same grade {a.same_grade}/{a.attempts}, "
         f"same correct count {a.problems_same_count}/{a.problems} problems (largest change "
         f"{a.max_count_change}), same mean length {a.problems_same_tokens}/{a.problems}; "
         f"banked {a.banked}, rerun {a.rerun}; written to {out}"

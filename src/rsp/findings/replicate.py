@@ -25,16 +25,14 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
+from rsp.findings.analyse import KS, load_samples, per_problem, run_dir
 from rsp.findings.cells import LEDGER, ROOT, Run, runs
 from rsp.findings.ledger import RunData, entry_path, machine, read_entry
-from rsp.metrics.passk import pass_at_k
+from rsp.findings.runner import frozen_env
 from rsp.runio import atomic_write_text
 
 REPLICATE_ROOT = f"{ROOT}/replicate"
 REPLICATION_DOCS = "docs/findings/replication"
-KS = (1, 8, 32)
 
 
 class ReplicationError(RuntimeError):
@@ -58,10 +56,12 @@ class Agreement:
 
 def compare(banked: RunData, rerun: RunData) -> Agreement:
     """Attempt-by-attempt agreement of two runs of the same settings (attempt i of a problem in one
-    against attempt i in the other: the same seed, so the same draws)."""
+    against attempt i in the other: the same seed, so the same draws). Both need their answers."""
     pids = sorted(set(banked.correct) & set(rerun.correct))
     if not pids:
         raise ReplicationError("the two runs have no complete problem in common")
+    if banked.answers is None or rerun.answers is None:
+        raise ReplicationError("a run without its answers cannot be compared attempt by attempt")
     attempts = same_answer = same_grade = same_count = same_tokens = 0
     max_change = 0
     for pid in pids:
@@ -70,25 +70,20 @@ def compare(banked: RunData, rerun: RunData) -> Agreement:
             raise ReplicationError(f"{pid}: {len(a)} banked attempts against {len(b)} rerun")
         attempts += len(a)
         same_grade += sum(x == y for x, y in zip(a, b, strict=True))
-        if banked.answers is not None and rerun.answers is not None:
-            same_answer += sum(x == y for x, y in zip(banked.answers[pid], rerun.answers[pid], strict=True))
+        same_answer += sum(x == y for x, y in zip(banked.answers[pid], rerun.answers[pid], strict=True))
         same_tokens += abs(banked.tokens[pid] - rerun.tokens[pid]) < 1e-3
         change = abs(sum(a) - sum(b))
         same_count += change == 0
         max_change = max(max_change, change)
 
     def passk(data: RunData) -> dict[str, float]:
-        n = len(data.correct[pids[0]])
-        return {
-            f"pass@{k}": round(float(np.mean([pass_at_k(n, sum(data.correct[p]), k) for p in pids])), 6)
-            for k in KS
-            if k <= n
-        }
+        vals = per_problem(data, pids)
+        return {f"pass@{k}": round(float(vals[f"pass@{k}"].mean()), 6) for k in KS}
 
     return Agreement(
         problems=len(pids),
         attempts=attempts,
-        same_answer=same_answer if banked.answers is not None and rerun.answers is not None else -1,
+        same_answer=same_answer,
         same_grade=same_grade,
         problems_same_count=same_count,
         max_count_change=max_change,
@@ -122,8 +117,6 @@ def replicate(
 ) -> tuple[Path, Agreement]:
     """Rerun `key` here with the frozen code (`code_src`, which must hold the entry's commit), compare it
     with its ledger entry, write the comparison; returns its path and the agreement."""
-    from rsp.findings.analyse import load_samples
-
     run = find_run(key)
     path = entry_path(run, ledger)
     banked = read_entry(run, ledger)
@@ -147,10 +140,8 @@ def replicate(
     argv = run.argv()
     beside = Path(sys.executable).parent / "rsp"  # the rsp of this environment, run on the frozen code
     argv[0] = str(beside) if beside.is_file() else (shutil.which("rsp") or "rsp")
-    argv[-1] = str(root / key.strip("/").removeprefix(ROOT + "/"))  # --out
-    env = dict(os.environ, **run.env())
-    env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    subprocess.run(argv, env=env, check=True)
+    argv[-1] = str(run_dir(run, root))  # --out
+    subprocess.run(argv, env=frozen_env(str(src), run.env()), check=True)
     rerun = load_samples(run, root)
     if rerun is None or not rerun.complete:
         raise ReplicationError(f"the rerun under {root} is incomplete; run the command again to resume it")

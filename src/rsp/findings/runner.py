@@ -124,14 +124,19 @@ def finished(step: Step, ledger: Path = Path(LEDGER)) -> bool:
     return isinstance(saved, dict) and current_spelling(saved) == expected_config(step.run)
 
 
+def frozen_env(code_src: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment (plus `extra`) with the map's frozen code `code_src` first on
+    PYTHONPATH, so the `rsp` it runs samples with that code; unchanged when `code_src` is empty."""
+    env = dict(os.environ, **(extra or {}))
+    if code_src:
+        env["PYTHONPATH"] = code_src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def _child_env(step: Step) -> dict[str, str]:
     """The environment of a step: the map's frozen code first on PYTHONPATH for every step that samples
     or trains; the GSM8K selection is bookkeeping over committed records and runs on the working tree."""
-    env = dict(os.environ)
-    code = env.get("FINDINGS_CODE_SRC")
-    if code and step.kind != "select":
-        env["PYTHONPATH"] = code + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    return frozen_env(os.environ.get("FINDINGS_CODE_SRC") if step.kind != "select" else None)
 
 
 def _bank(step: Step, log_lock: threading.Lock) -> None:
