@@ -26,6 +26,7 @@ from rsp.findings.cells import (
     N_PROBLEMS,
     ROOT,
     Run,
+    code_commit,
     runs,
 )
 from rsp.findings.ledger import RunData, read_entry
@@ -73,12 +74,6 @@ def load_samples(run: Run, root: Path | None = None) -> RunData | None:
     return RunData(run, correct, answers, tokens)
 
 
-def code_commit(root: Path | None = None) -> str:
-    """The commit of the frozen code the map's steps run on (runs/findings/code/COMMIT), or "unknown"."""
-    path = (Path(ROOT) if root is None else Path(root)) / "code" / "COMMIT"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else "unknown"
-
-
 def bank_run(run: Run, root: Path | None, ledger: Path) -> Path | None:
     """Write the ledger entry of a run whose directory holds every attempt under this run's settings
     (None when it does not, or when the entry is already there). The run directory stays the source of
@@ -101,7 +96,8 @@ def bank_run(run: Run, root: Path | None, ledger: Path) -> Path | None:
             f"{path} read other inputs ({inputs}) than the committed records give ({expected}): "
             "retrained soft-prompt vectors or a reselected GSM8K set; not banked"
         )
-    return write_entry(data, ledger, config=config, code=code_commit(root), source="runs", inputs=inputs)
+    code = code_commit((Path(ROOT) if root is None else Path(root)) / "code")
+    return write_entry(data, ledger, config=config, code=code, source="runs", inputs=inputs)
 
 
 def _load_part(run: Run, root: Path | None, ledger: Path | None) -> RunData | None:

@@ -116,6 +116,14 @@ MODEL_BY_KEY = {m.key: m for m in MODELS}
 DIFFICULTY_BY_KEY = {d.key: d for d in DIFFICULTIES}
 
 
+def code_commit(code: Path | str = f"{ROOT}/code") -> str:
+    """The commit of the frozen code in `code` (its COMMIT file, written by scripts/findings.sh when it
+    extracts the map's code into runs/findings/code), or "unknown". The one reader of that file: the
+    ledger, the screen records and the replication check all stamp or compare this commit."""
+    path = Path(code) / "COMMIT"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else "unknown"
+
+
 def data_dir(model: Model) -> str:
     """Where the selected GSM8K problems for `model` live (read by the cells through RSP_DATA_DIR)."""
     return f"{ROOT}/data/{model.key}"

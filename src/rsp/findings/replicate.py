@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rsp.findings.analyse import KS, load_samples, per_problem, run_dir
-from rsp.findings.cells import LEDGER, ROOT, Run, runs
+from rsp.findings.cells import LEDGER, ROOT, Run, code_commit, runs
 from rsp.findings.ledger import RunData, entry_path, machine, read_entry
 from rsp.findings.runner import frozen_env
 from rsp.runio import atomic_write_text
@@ -129,11 +129,10 @@ def replicate(
             "attempts are not in the order they were drawn, so they cannot be compared one by one"
         )
     src = code_src or Path(os.environ.get("FINDINGS_CODE_SRC", f"{ROOT}/code/src"))
-    commit_file = src.parent / "COMMIT"
-    commit = commit_file.read_text(encoding="utf-8").strip() if commit_file.is_file() else None
+    commit = code_commit(src.parent)
     if commit != entry["code"]:
         raise ReplicationError(
-            f"{key} was made with code {entry['code']}, but {src} holds {commit or 'no COMMIT'}: "
+            f"{key} was made with code {entry['code']}, but {src} holds {commit} code: "
             "a rerun with other code would not measure the machine alone (scripts/findings.sh extracts "
             "the map's frozen code into runs/findings/code)"
         )

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.findings.cells import N_PROBLEMS, SCREEN_ATTEMPTS, SCREEN_MAX_PROBLEMS, SCREEN_SEED
+from rsp.findings.cells import N_PROBLEMS, SCREEN_ATTEMPTS, SCREEN_MAX_PROBLEMS, SCREEN_SEED, code_commit
 from rsp.records import read_samples
 from rsp.runio import atomic_write_text
 from rsp.tasks.datasets import BENCHMARKS, find_data_file
@@ -126,7 +126,7 @@ def record_screen_shard(
         raise SelectionError(f"{shard} was made with other settings than its screen command; move it away")
     entry = {
         "config": saved.get("config"),
-        "code": _screen_code(shard),
+        "code": code_commit(shard.parent.parent.parent / "code"),  # beside the model folders
         "machine": machine(),
         "correct_per_problem": counts,
     }
@@ -204,9 +204,3 @@ def select_gsm8k(screen: Path, out: Path, limit: int, record: Path | None = None
         record.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
     return ids
-
-
-def _screen_code(shard: Path) -> str:
-    """The frozen code's commit (runs/findings/code/COMMIT, beside the model folders), or "unknown"."""
-    path = shard.parent.parent.parent / "code" / "COMMIT"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else "unknown"
