@@ -1,5 +1,6 @@
-# Sourced by the long-running experiment scripts (findings.sh, recommend.sh, dapo_seeds.sh): use the
-# project's .venv when it exists (they run for hours and must not reinstall under a running job),
+# Sourced by the long-running experiment scripts (scripts/recommend.sh, experiments/findings.sh,
+# experiments/dapo_seeds.sh): use the project's .venv when it exists (they run for hours and must not
+# reinstall under a running job),
 # else build it with scripts/env.sh, the README's set-up.
 # shellcheck shell=bash
 if [ -x "$ROOT/.venv/bin/python" ]; then

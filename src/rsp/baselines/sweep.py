@@ -61,7 +61,7 @@ GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_option
 # EvalConfig fields the grid replaces: not settings of `rsp sweep` (its plural grid flags set them per cell).
 NOT_SWEPT_FLAGS = ("rsp_length", "rsp_scale", "temperature")
 # Methods whose injection is the same for every attempt at a problem (`Method.per_attempt` False), retired
-# aliases included: greedy decoding gives them N identical attempts. The findings map (rsp.findings.cells)
+# aliases included: greedy decoding gives them N identical attempts. The findings map (experiments.findings.cells)
 # imports this name; the sweep itself asks the registry.
 _SAME_EACH_ATTEMPT = {m.name for m in method_specs() if not m.per_attempt}
 ATTEMPT_INVARIANT = frozenset(_SAME_EACH_ATTEMPT | {a for a, m in ALIASES.items() if m in _SAME_EACH_ATTEMPT})

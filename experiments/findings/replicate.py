@@ -9,7 +9,7 @@ same answer and the same grade, and how far each problem's correct count and the
 It reruns with the map's frozen code (the entry's commit), so the only thing that differs is the
 machine.
 
-    python -m rsp.findings replicate --run smollm2/arith1/temperature_T0.7_fp32/shard-00
+    python -m experiments.findings replicate --run smollm2/arith1/temperature_T0.7_fp32/shard-00
 
 writes the rerun under runs/findings/replicate/ (resumable, like every `rsp eval`) and the comparison
 to docs/findings/replication/<model>/<difficulty>/<run>[/<shard>].json.
@@ -25,10 +25,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rsp.findings.analyse import KS, load_samples, per_problem, run_dir
-from rsp.findings.cells import LEDGER, ROOT, Run, code_commit, runs
-from rsp.findings.ledger import RunData, entry_path, machine, read_entry
-from rsp.findings.runner import frozen_env
+from experiments.findings.analyse import KS, load_samples, per_problem, run_dir
+from experiments.findings.cells import LEDGER, ROOT, Run, code_commit, runs
+from experiments.findings.ledger import RunData, entry_path, machine, read_entry
+from experiments.findings.runner import frozen_env
 from rsp.runio import atomic_write_text
 
 REPLICATE_ROOT = f"{ROOT}/replicate"
@@ -133,7 +133,7 @@ def replicate(
     if commit != entry["code"]:
         raise ReplicationError(
             f"{key} was made with code {entry['code']}, but {src} holds {commit} code: "
-            "a rerun with other code would not measure the machine alone (scripts/findings.sh extracts "
+            "a rerun with other code would not measure the machine alone (experiments/findings.sh extracts "
             "the map's frozen code into runs/findings/code)"
         )
     argv = run.argv()

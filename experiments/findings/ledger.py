@@ -28,7 +28,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.findings.cells import LEDGER, N_ATTEMPTS, ROOT, SOFT_PROMPT_DIR, TIMING, Run
+from experiments.findings.cells import LEDGER, N_ATTEMPTS, ROOT, SOFT_PROMPT_DIR, TIMING, Run
+from experiments.findings.frozen import current_spelling, eval_config
 from rsp.runio import atomic_write_text
 
 __all__ = ["LEDGER", "TIMING", "LedgerError", "RunData", "entry_path", "machine", "read_entry", "write_entry"]
@@ -96,8 +97,8 @@ def expected_inputs(run: Run, ledger: Path) -> dict[str, str | None]:
 def used_inputs(run: Run, root: Path | None = None) -> dict[str, str | None]:
     """The same digests, of the files the run directory's run actually read under `root` (runs/findings):
     the soft prompt's safetensors, the GSM8K data directory's test problems; None where missing."""
-    from rsp.findings.select import jsonl_ids
-    from rsp.findings.tensorjson import file_digest
+    from experiments.findings.select import jsonl_ids
+    from experiments.findings.tensorjson import file_digest
 
     base = Path(ROOT) if root is None else Path(root)
     out: dict[str, str | None] = {}
@@ -146,8 +147,6 @@ def write_entry(
 def read_entry(run: Run, ledger: Path) -> RunData | None:
     """The run's ledger entry, or None when there is none. An entry saved under other settings than the
     run's current command line is an error (delete the entry to run the cell again), never a silent mix."""
-    from rsp.findings.runner import current_spelling, expected_config
-
     path = entry_path(run, ledger)
     if not path.is_file():
         return None
@@ -157,7 +156,7 @@ def read_entry(run: Run, ledger: Path) -> RunData | None:
         saved = entry["config"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise LedgerError(f"{path}: not a findings ledger entry ({exc})") from exc
-    if current_spelling(saved) != expected_config(run):
+    if current_spelling(saved) != eval_config(run.argv()[2:]):
         raise LedgerError(
             f"{path} was made with other settings than `{run.shell()}`; "
             "delete it (and rerun the map) to measure this cell again"

@@ -1,4 +1,4 @@
-"""`python -m rsp.findings commands | run | select-gsm8k | replicate | report`: the map of issue #16.
+"""`python -m experiments.findings commands | run | select-gsm8k | replicate | report`: the map of issue #16.
 
 Why a module entry point and not an `rsp` subcommand: it drives one experiment of this repository (its
 cells, its runs/ folder, its docs page), not a tool for users' own models. Its flags come from the config
@@ -49,9 +49,9 @@ class ReplicateConfig:
 
 
 def _commands(argv: Sequence[str]) -> int:
-    from rsp.findings.cells import steps
+    from experiments.findings.cells import steps
 
-    RSPArgumentParser([], prog="python -m rsp.findings commands").parse(argv)
+    RSPArgumentParser([], prog="python -m experiments.findings commands").parse(argv)
     try:
         for step in steps():
             print(step.command)
@@ -61,9 +61,9 @@ def _commands(argv: Sequence[str]) -> int:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from rsp.findings.runner import run_all
+    from experiments.findings.runner import run_all
 
-    (cfg,) = RSPArgumentParser([RunConfig], prog="python -m rsp.findings run").parse(argv)
+    (cfg,) = RSPArgumentParser([RunConfig], prog="python -m experiments.findings run").parse(argv)
     if cfg.hours is not None and cfg.hours <= 0:
         print("run: --hours must be positive", file=sys.stderr)
         return 2
@@ -73,9 +73,9 @@ def _run(argv: Sequence[str]) -> int:
 def _select(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from rsp.findings.select import SelectionError, select_gsm8k
+    from experiments.findings.select import SelectionError, select_gsm8k
 
-    (cfg,) = RSPArgumentParser([SelectConfig], prog="python -m rsp.findings select-gsm8k").parse(argv)
+    (cfg,) = RSPArgumentParser([SelectConfig], prog="python -m experiments.findings select-gsm8k").parse(argv)
     try:
         record = Path(cfg.record) if cfg.record else None
         ids = select_gsm8k(Path(cfg.screen), Path(cfg.out), cfg.limit, record)
@@ -89,9 +89,9 @@ def _select(argv: Sequence[str]) -> int:
 def _report(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from rsp.findings.report import build_report
+    from experiments.findings.report import build_report
 
-    (cfg,) = RSPArgumentParser([ReportConfig], prog="python -m rsp.findings report").parse(argv)
+    (cfg,) = RSPArgumentParser([ReportConfig], prog="python -m experiments.findings report").parse(argv)
     build_report(root=Path(cfg.root) if cfg.root else None, out=Path(cfg.out), doc=Path(cfg.doc))
     return 0
 
@@ -99,9 +99,9 @@ def _report(argv: Sequence[str]) -> int:
 def _replicate(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from rsp.findings.replicate import ReplicationError, replicate
+    from experiments.findings.replicate import ReplicationError, replicate
 
-    (cfg,) = RSPArgumentParser([ReplicateConfig], prog="python -m rsp.findings replicate").parse(argv)
+    (cfg,) = RSPArgumentParser([ReplicateConfig], prog="python -m experiments.findings replicate").parse(argv)
     try:
         out, agreement = replicate(cfg.run, root=Path(cfg.root), docs=Path(cfg.docs))
     except ReplicationError as exc:
@@ -119,7 +119,7 @@ def _replicate(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "commands": (_commands, "print every step's command line, in run order"),
-    "run": (_run, "run every step (resumable); prefer scripts/findings.sh"),
+    "run": (_run, "run every step (resumable); prefer experiments/findings.sh"),
     "select-gsm8k": (_select, "choose a model's GSM8K problems from its screening run"),
     "replicate": (_replicate, "rerun one banked run on this machine and compare it attempt by attempt"),
     "report": (_report, "bank finished runs; rebuild docs/findings/ and docs/findings.md"),
@@ -130,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
         lines = [f"  {name:13s} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m rsp.findings <command> [flags]\n\n" + "\n".join(lines), file=sys.stderr)
+        usage = "usage: python -m experiments.findings <command> [flags]\n\n"
+        print(usage + "\n".join(lines), file=sys.stderr)
         return 0 if args[:1] in (["-h"], ["--help"]) else 2
     return COMMANDS[args[0]][0](args[1:])
 

@@ -10,7 +10,7 @@ was logged.
 pass@k depends only on the per-problem counts, so it is recovered exactly; the canonical answers
 (maj@k) and the per-problem token counts are lost, and the entries say so (`source`).
 
-    python scripts/findings_reconstruct.py    # writes docs/findings/ledger/, docs/findings/timing.jsonl
+    python -m experiments.findings_reconstruct    # writes docs/findings/ledger/, docs/findings/timing.jsonl
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from rsp.findings.analyse import cells
-from rsp.findings.cells import N_ATTEMPTS, ROOT
-from rsp.findings.ledger import LEDGER, TIMING, RunData, entry_path, write_entry
-from rsp.findings.runner import expected_config
+from experiments.findings.analyse import cells
+from experiments.findings.cells import N_ATTEMPTS, ROOT
+from experiments.findings.ledger import LEDGER, TIMING, RunData, entry_path, write_entry
+from experiments.findings.runner import expected_config
 
 SOURCE_COMMIT = "647935c"  # the report the counts are read from
 CODE_COMMIT = "32d213b1b3702f0f50d9bd06880681f28e206db2"  # the frozen code those runs were made with

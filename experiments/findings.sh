@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The map of issue #16: where does RSP help? Runs every cell (an `rsp eval` command line each, defined
-# once in src/rsp/findings/cells.py) over both packaged models, most informative cells first, at the
+# once in experiments/findings/cells.py) over both packaged models, most informative cells first, at the
 # lowest CPU priority, two single-threaded steps at a time. Hours long and resumable: kill it at any
 # point and rerun; finished attempts are kept and finished cells are skipped. Each step's wall and CPU
-# time goes to runs/findings/timing.jsonl. Afterwards: `python -m rsp.findings report`.
+# time goes to runs/findings/timing.jsonl. Afterwards: `python -m experiments.findings report`.
 #
-#   bash scripts/findings.sh            # run (or resume) the whole map
-#   bash scripts/findings.sh --print    # print every step's command line, in run order
+#   bash experiments/findings.sh            # run (or resume) the whole map
+#   bash experiments/findings.sh --print    # print every step's command line, in run order
 #
 # FINDINGS_JOBS (default 2) steps run at once; OMP_NUM_THREADS (default 1) threads each. FINDINGS_HOURS
 # (default: none) starts no step that would not finish within that many hours (a session's machine goes
@@ -21,9 +21,9 @@ cd "$ROOT"
 # shellcheck disable=SC1091
 . "$ROOT/scripts/activate.sh"
 case "${1:-run}" in
-  --print|list) exec python -m rsp.findings commands ;;
+  --print|list) exec python -m experiments.findings commands ;;
   run) ;;
-  *) echo "usage: bash scripts/findings.sh [--print]" >&2; exit 2 ;;
+  *) echo "usage: bash experiments/findings.sh [--print]" >&2; exit 2 ;;
 esac
 # The code every step runs on, the same in every session (a fresh checkout has no runs/, so "HEAD at the
 # first start" would move with each session): 32d213b made the first 24 runs, 647935c SmolLM2's
@@ -45,4 +45,4 @@ export FINDINGS_CODE_SRC="$CODE/src"  # the steps run on it; the runner itself r
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 HOURS=()
 if [ -n "${FINDINGS_HOURS:-}" ]; then HOURS=(--hours "$FINDINGS_HOURS"); fi
-exec nice -n 19 python -m rsp.findings run --jobs "${FINDINGS_JOBS:-2}" "${HOURS[@]}"
+exec nice -n 19 python -m experiments.findings run --jobs "${FINDINGS_JOBS:-2}" "${HOURS[@]}"

@@ -1,4 +1,4 @@
-"""Summary of scripts/dapo_seeds.sh: RSP-DAPO against plain DAPO, per seed and across seeds (issue #16).
+"""Summary of experiments/dapo_seeds.sh: RSP-DAPO against plain DAPO, per seed and across seeds (issue #16).
 
 Per seed: the two trained policies on the same 32 held-out problems x 32 attempts, paired by problem
 (`rsp compare`'s statistics: 95% percentile-bootstrap interval over problems). Across seeds: the mean of
@@ -6,7 +6,7 @@ the per-seed differences and a t interval over seeds (3 seeds: 2 degrees of free
 wide by construction; it is the honest measure of seed-to-seed spread). Seeds whose two evaluations are
 not both complete are listed as missing, never filled in.
 
-    python scripts/dapo_seeds_summary.py [--root runs/dapo-seeds] [--out docs/results/dapo-seeds]
+    python experiments/dapo_seeds_summary.py [--root runs/dapo-seeds] [--out docs/results/dapo-seeds]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> int:
             "rsp-dapo": {m: summary["methods"]["rsp-dapo"][m]["mean"] for m in METRICS},
             "paired": {m: summary["paired"]["rsp-dapo"][m] for m in METRICS},
         }
-    lines = ["# RSP-DAPO vs plain DAPO, 3 seeds per arm (scripts/dapo_seeds.sh)", ""]
+    lines = ["# RSP-DAPO vs plain DAPO, 3 seeds per arm (experiments/dapo_seeds.sh)", ""]
     lines += [
         "| seed | metric | DAPO | RSP-DAPO | RSP-DAPO minus DAPO [95% CI over problems] | p |",
         "|---|---|---|---|---|---|",

@@ -1,10 +1,10 @@
-"""`python -m rsp.findings report`: summaries, plots and verdicts from whatever runs have finished.
+"""`python -m experiments.findings report`: summaries, plots and verdicts from whatever runs have finished.
 
 Why generated sections inside a hand-written page: the verdict table, the cell table, the cost and
 the list of commands must never drift from the runs and the cell list, so they are rewritten between
 `<!-- BEGIN generated:NAME -->` / `<!-- END generated:NAME -->` markers each time, while the reading of
 the results around them stays prose. Only summaries are written (per-cell means, intervals, per-problem
-correct counts, pass@k curves) and the ledger of graded attempts (`rsp.findings.ledger`), never
+correct counts, pass@k curves) and the ledger of graded attempts (`experiments.findings.ledger`), never
 completions; the raw JSONL stays in runs/ (git-ignored).
 """
 
@@ -18,8 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-from rsp.findings.analyse import METRICS, CellResult, bank_run, evaluate_all, load_run
-from rsp.findings.cells import (
+from experiments.findings.analyse import METRICS, CellResult, bank_run, evaluate_all, load_run
+from experiments.findings.cells import (
     DIFFICULTY_BY_KEY,
     FAST_DTYPE,
     MODEL_BY_KEY,
@@ -32,16 +32,16 @@ from rsp.findings.cells import (
     runs,
     steps,
 )
-from rsp.findings.ledger import LEDGER, TIMING
-from rsp.findings.plots import plot_best_worst, plot_delta_vs_base, plot_heatmaps
-from rsp.findings.verdicts import Verdict, all_verdicts
+from experiments.findings.ledger import LEDGER, TIMING
+from experiments.findings.plots import plot_best_worst, plot_delta_vs_base, plot_heatmaps
+from experiments.findings.verdicts import Verdict, all_verdicts
 from rsp.runio import atomic_write_text
 
 ANALYSIS_FILES = (
     Path("docs/analysis/smollm2-arith/metrics.json"),
     Path("docs/analysis/gemma3-arith/metrics.json"),
 )
-DAPO_SUMMARY = Path("docs/results/dapo-seeds/summary.json")  # scripts/dapo_seeds_summary.py
+DAPO_SUMMARY = Path("docs/results/dapo-seeds/summary.json")  # experiments/dapo_seeds_summary.py
 
 
 def _ci(d: dict | None, signed: bool = True) -> str:
@@ -281,7 +281,7 @@ def screen_size(model: str, ledger: Path = Path(LEDGER)) -> int:
 
 def screen_tally(model: str, ledger: Path = Path(LEDGER)) -> tuple[int, int]:
     """(problems screened, problems with a correct attempt) in the model's recorded screen shards."""
-    from rsp.findings.select import read_screen_records
+    from experiments.findings.select import read_screen_records
 
     counts = read_screen_records(ledger / model / "gsm8k" / "screen")
     return len(counts), sum(1 for arms in counts.values() if any(a[0] for a in arms.values()))
@@ -405,7 +405,7 @@ def build_report(
     analysis_files: tuple[Path, ...] = ANALYSIS_FILES,
     dapo_summary: Path | None = DAPO_SUMMARY,
 ) -> dict:
-    ledger = out / "ledger"  # docs/findings/ledger: the committed ledger (rsp.findings.ledger)
+    ledger = out / "ledger"  # docs/findings/ledger: the committed ledger (experiments.findings.ledger)
     for run in runs():  # a run or shard that finished since the last report enters the ledger
         for part in [run, *run.shards()]:
             bank_run(part, root, ledger)

@@ -2,10 +2,10 @@
 
 Why a package of its own: the cell list (`cells`), the reading of finished runs (`analyse`), the plots
 (`plots`) and the verdict rules (`verdicts`) must agree on one definition of every cell, and the
-script (`scripts/findings.sh`), the docs (`docs/findings.md`) and the tests all read that definition
+script (`experiments/findings.sh`), the docs (`docs/findings.md`) and the tests all read that definition
 from here instead of repeating it.
 """
 
-from rsp.findings.cells import ENGINE, N_ATTEMPTS, N_PROBLEMS, Run, Step, runs, steps
+from experiments.findings.cells import ENGINE, N_ATTEMPTS, N_PROBLEMS, Run, Step, runs, steps
 
 __all__ = ["ENGINE", "N_ATTEMPTS", "N_PROBLEMS", "Run", "Step", "runs", "steps"]

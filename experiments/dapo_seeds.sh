@@ -5,9 +5,9 @@
 # on the same 32 held-out arithmetic test problems x 32 attempts with the sampling it was trained with
 # (RSP-DAPO with RSP, plain DAPO with temperature alone). The two arms of a seed run side by side, one
 # thread each, at the lowest priority. Resumable: `rsp train` and `rsp eval` resume their directories.
-# Afterwards: `python scripts/dapo_seeds_summary.py` (per-seed paired differences, mean across seeds).
+# Afterwards: `python experiments/dapo_seeds_summary.py` (per-seed paired differences, mean across seeds).
 #
-#   bash scripts/dapo_seeds.sh          # seeds 0 1 2;  SEEDS="1 2" bash scripts/dapo_seeds.sh
+#   bash experiments/dapo_seeds.sh          # seeds 0 1 2;  SEEDS="1 2" bash experiments/dapo_seeds.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -37,4 +37,4 @@ for seed in ${SEEDS:-0 1 2}; do
   wait "$off"  # a failed arm stops the script (set -e) once both have ended
   wait "$on"
 done
-echo "[dapo-seeds] all done; python scripts/dapo_seeds_summary.py"
+echo "[dapo-seeds] all done; python experiments/dapo_seeds_summary.py"

@@ -21,16 +21,18 @@ import numpy as np
 import pytest
 import torch
 
-from rsp.findings import cells as C
-from rsp.findings.analyse import Cell, evaluate_all, run_dir
-from rsp.findings.cells import Step
-from rsp.findings.plots import heatmap_values
-from rsp.findings.report import build_report, doc_commands
-from rsp.findings.select import SelectionError, screen_counts, solved_ids
-from rsp.findings.verdicts import dapo_verdict, entropy_verdict, equivalence_verdict, family_verdict
+from experiments.findings import cells as C
+from experiments.findings.analyse import Cell, evaluate_all, run_dir
+from experiments.findings.cells import Step
+from experiments.findings.plots import heatmap_values
+from experiments.findings.report import build_report, doc_commands
+from experiments.findings.select import SelectionError, screen_counts, solved_ids
+from experiments.findings.verdicts import dapo_verdict, entropy_verdict, equivalence_verdict, family_verdict
 from rsp.records import SAMPLES, SampleRecord, append_samples
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the harness of one study: in the full suite, out of the inner loop
+
+REPO = Path(__file__).resolve().parents[2]
 SMOL = C.MODEL_BY_KEY["smollm2"]
 ARITH1 = C.DIFFICULTY_BY_KEY["arith1"]
 
@@ -41,7 +43,7 @@ def _commands() -> list[str]:
 
 def test_script_print_lists_exactly_the_cell_commands():
     out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "findings.sh"), "--print"],
+        ["bash", str(REPO / "experiments" / "findings.sh"), "--print"],
         capture_output=True,
         text=True,
         check=True,
@@ -53,23 +55,45 @@ def test_script_print_lists_exactly_the_cell_commands():
 def test_docs_commands_are_the_script_commands():
     text = (REPO / "docs" / "findings.md").read_text(encoding="utf-8")
     assert doc_commands(text) == _commands(), (
-        "rerun `python -m rsp.findings report` after changing the cell list"
+        "rerun `python -m experiments.findings report` after changing the cell list"
     )
 
 
-def test_every_eval_command_is_a_valid_rsp_eval_of_its_run():
-    from rsp.evaluation import EvalConfig
-    from rsp.findings.runner import expected_config
+def test_every_cell_has_its_runs_settings_and_every_committed_entry_its_command_lines_config():
+    """`frozen.eval_config` stands in for the frozen `rsp eval` parser the map runs on (the library's
+    own parser spells some settings otherwise by now): each cell's config carries the run's settings,
+    and every committed ledger entry was saved with exactly the config its command line gives."""
+    from experiments.findings.frozen import current_spelling, eval_command_config, eval_config
+    from experiments.findings.ledger import entry_path
 
-    for run in C.runs():
-        argv = run.argv()
-        assert argv[:2] == ["rsp", "eval"]
-        cfg = EvalConfig.from_dict(expected_config(run))
-        cfg.validate()
-        assert cfg.engine == C.ENGINE and cfg.seed == C.SEED and cfg.limit == C.N_PROBLEMS
-        assert cfg.methods == (run.method,) and cfg.n == run.n and cfg.temperature == run.temperature
-        assert cfg.rsp_position == run.position and cfg.rsp_scale == run.scale
-        assert cfg.prompt_style == run.model.prompt_style and cfg.model == run.model.name
+    checked = 0
+    for whole in C.runs():
+        assert whole.argv()[:2] == ["rsp", "eval"]
+        cfg = eval_config(whole.argv()[2:])
+        assert cfg["engine"] == C.ENGINE and cfg["seed"] == C.SEED and cfg["limit"] == C.N_PROBLEMS
+        assert cfg["methods"] == [whole.method] and cfg["n"] == whole.n
+        assert cfg["temperature"] == whole.temperature and cfg["rsp_position"] == whole.position
+        assert cfg["rsp_scale"] == whole.scale and cfg["prompt_style"] == whole.model.prompt_style
+        assert cfg["model"] == whole.model.name and "offset" not in cfg
+        for run in [whole, *whole.shards()]:
+            path = entry_path(run, REPO / C.LEDGER)
+            if path.is_file():
+                saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+                assert current_spelling(saved) == eval_config(run.argv()[2:]), path
+                checked += 1
+    for step in C.steps():  # the GSM8K screen shards' records carry their config too
+        if step.kind == "screen" and (REPO / step.outputs[1]).is_file():
+            saved = json.loads((REPO / step.outputs[1]).read_text(encoding="utf-8"))["config"]
+            assert current_spelling(saved) == eval_command_config(step.command), step.outputs[1]
+            checked += 1
+    entries = [
+        p
+        for p in (REPO / C.LEDGER).rglob("*.json")
+        if p.name != "history.json" and '"config"' in p.read_text(encoding="utf-8")
+    ]  # history.json: a soft prompt's training log, whose config is `rsp train-soft-prompt`'s
+    assert checked == len(entries) > 0, "a ledger file with a config that no cell names"
+    with pytest.raises(ValueError, match="no flag --rsp-lenght"):
+        eval_config(["--rsp-lenght", "4"])
 
 
 def test_map_covers_the_issue_axes_with_enough_attempts_and_unique_dirs():
@@ -93,7 +117,7 @@ def test_every_comparison_is_within_one_dtype_and_the_bf16_part_is_unchanged():
     """The later part of the map runs in fp32 (4x faster where bf16 is emulated): every cell must still
     compare two runs of one dtype, the finished bf16 part must keep its commands (its ledger entries
     name them), and the base pair must exist in both dtypes so the shift can be read."""
-    from rsp.findings.analyse import cells
+    from experiments.findings.analyse import cells
 
     for cell in cells():
         assert cell.treatment.dtype == cell.reference.dtype, (cell.treatment.name, cell.reference.name)
@@ -246,7 +270,7 @@ def test_report_writes_summaries_plots_and_doc_sections(synthetic, tmp_path: Pat
     doc = tmp_path / "findings.md"
     shutil.copy(REPO / "docs" / "findings.md", doc)
     monkeypatch.setattr(
-        "rsp.findings.report.evaluate_all",
+        "experiments.findings.report.evaluate_all",
         lambda r, ledger=None: evaluate_all(r, list(cells.values()), ledger),
     )
     out = tmp_path / "out"
@@ -351,7 +375,7 @@ def test_the_screen_walks_the_file_in_order_and_stops_once_it_has_its_problems()
     """The choice is the first `limit` qualifying problems in file order, so the screen is done once a
     completely screened prefix holds them (later shards cannot change it), or once it has screened the
     cap; a gap in the prefix (an unfinished shard) stops the walk there."""
-    from rsp.findings.select import screen_progress
+    from experiments.findings.select import screen_progress
 
     order = [f"g{i}" for i in range(40)]
 
@@ -373,13 +397,13 @@ def test_the_screen_walks_the_file_in_order_and_stops_once_it_has_its_problems()
 
 
 def test_the_runner_skips_screen_shards_once_the_screen_is_done(tmp_path: Path, monkeypatch):
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     screen = [s for s in C.steps() if s.kind == "screen" and s.model == "gemma3"]
     assert len(screen) == C.SCREEN_MAX_PROBLEMS // C.SCREEN_SHARD_PROBLEMS
-    monkeypatch.setattr("rsp.findings.select.screen_progress", lambda records: runner_progress[0])
-    from rsp.findings.select import Progress
+    monkeypatch.setattr("experiments.findings.select.screen_progress", lambda records: runner_progress[0])
+    from experiments.findings.select import Progress
 
     runner_progress = [Progress([], 8, False)]
     assert runner.estimate_s(screen[3], {"gemma3": 1.0}) > 0
@@ -412,7 +436,7 @@ FILLER = {  # the rest of a sample record
 def test_a_screen_made_in_shards_over_sessions_selects_from_its_records(tmp_path: Path, monkeypatch):
     """Each finished screen shard is recorded; the selection is made from the records (the shard
     directories may be gone), recorded too, and a later session rebuilds the data from that record."""
-    from rsp.findings.select import record_screen_shard, select_gsm8k
+    from experiments.findings.select import record_screen_shard, select_gsm8k
 
     data = tmp_path / "shared"
     data.mkdir()
@@ -464,8 +488,8 @@ def test_a_screen_made_in_shards_over_sessions_selects_from_its_records(tmp_path
 
 
 def test_a_screen_shard_made_under_other_settings_is_never_recorded(tmp_path: Path):
-    from rsp.findings.runner import expected_screen_config
-    from rsp.findings.select import record_screen_shard
+    from experiments.findings.runner import expected_screen_config
+    from experiments.findings.select import record_screen_shard
 
     step = next(s for s in C.steps() if s.kind == "screen")
     expected = expected_screen_config(step)
@@ -491,7 +515,7 @@ def test_a_screen_shard_made_under_other_settings_is_never_recorded(tmp_path: Pa
 
 
 def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, monkeypatch):
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     step = C.steps()[0]
@@ -516,7 +540,7 @@ def test_runner_skips_only_finished_runs_with_the_same_settings(tmp_path: Path, 
 
 def _finish(root: Path, run: C.Run, rates: list[float], seed: int, config: dict | None = None) -> None:
     """A finished run directory: its samples plus the config.json `rsp eval` writes."""
-    from rsp.findings.runner import expected_config
+    from experiments.findings.runner import expected_config
     from rsp.runio import SCHEMA_VERSION
 
     _write_run(root, run, rates, seed)
@@ -525,8 +549,8 @@ def _finish(root: Path, run: C.Run, rates: list[float], seed: int, config: dict 
 
 
 def test_a_banked_run_reads_back_as_the_run_it_came_from(synthetic, tmp_path: Path):
-    from rsp.findings.analyse import bank_run, load_samples
-    from rsp.findings.ledger import read_entry
+    from experiments.findings.analyse import bank_run, load_samples
+    from experiments.findings.ledger import read_entry
 
     root, cells = synthetic
     ledger = tmp_path / "ledger"
@@ -547,8 +571,8 @@ def test_a_banked_run_reads_back_as_the_run_it_came_from(synthetic, tmp_path: Pa
 
 
 def test_only_complete_runs_under_their_own_settings_enter_the_ledger(tmp_path: Path):
-    from rsp.findings.analyse import bank_run
-    from rsp.findings.runner import expected_config
+    from experiments.findings.analyse import bank_run
+    from experiments.findings.runner import expected_config
 
     root, ledger = tmp_path / "runs", tmp_path / "ledger"
     rsp, base = _pair(0.7)
@@ -564,9 +588,9 @@ def test_only_complete_runs_under_their_own_settings_enter_the_ledger(tmp_path: 
 def test_the_runner_counts_a_ledger_entry_as_finished_and_refuses_one_with_other_settings(
     tmp_path: Path, monkeypatch
 ):
-    import rsp.findings.ledger as L
-    from rsp.findings import runner
-    from rsp.findings.analyse import bank_run
+    import experiments.findings.ledger as L
+    from experiments.findings import runner
+    from experiments.findings.analyse import bank_run
 
     monkeypatch.chdir(tmp_path)
     step = C.steps()[0]
@@ -589,9 +613,9 @@ def test_an_entry_made_with_other_soft_prompt_vectors_is_refused_and_never_banke
     and an entry (or a run directory) made with other vectors than the committed record is refused."""
     from safetensors.torch import save_file
 
-    import rsp.findings.ledger as L
-    from rsp.findings.analyse import bank_run
-    from rsp.findings.tensorjson import dump
+    import experiments.findings.ledger as L
+    from experiments.findings.analyse import bank_run
+    from experiments.findings.tensorjson import dump
 
     monkeypatch.chdir(tmp_path)
     run = next(
@@ -617,8 +641,8 @@ def test_an_entry_made_with_other_soft_prompt_vectors_is_refused_and_never_banke
 
 
 def test_a_damaged_entry_is_refused(tmp_path: Path, monkeypatch):
-    import rsp.findings.ledger as L
-    from rsp.findings.analyse import bank_run
+    import experiments.findings.ledger as L
+    from experiments.findings.analyse import bank_run
 
     monkeypatch.chdir(tmp_path)
     step = C.steps()[0]
@@ -635,8 +659,8 @@ def test_a_damaged_entry_is_refused(tmp_path: Path, monkeypatch):
 
 
 def test_a_run_made_in_shards_pools_its_shards_from_the_ledger_and_from_disk(tmp_path: Path, monkeypatch):
-    from rsp.findings import runner
-    from rsp.findings.analyse import bank_run, load_run
+    from experiments.findings import runner
+    from experiments.findings.analyse import bank_run, load_run
 
     root, ledger = tmp_path / "runs", tmp_path / "ledger"
     rsp, base = _pair(0.7)
@@ -665,9 +689,9 @@ def test_a_run_made_in_shards_pools_its_shards_from_the_ledger_and_from_disk(tmp
 
 
 def test_a_reconstructed_entry_without_answers_gives_pass_at_k_but_no_maj(tmp_path: Path):
-    from rsp.findings.ledger import RunData, write_entry
-    from rsp.findings.report import cells_markdown
-    from rsp.findings.runner import expected_config
+    from experiments.findings.ledger import RunData, write_entry
+    from experiments.findings.report import cells_markdown
+    from experiments.findings.runner import expected_config
 
     ledger = tmp_path / "ledger"
     rsp, base = _pair(0.7)
@@ -684,7 +708,7 @@ def test_a_reconstructed_entry_without_answers_gives_pass_at_k_but_no_maj(tmp_pa
 
 
 def test_the_runner_estimates_what_a_step_still_needs(tmp_path: Path, monkeypatch):
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
@@ -713,7 +737,7 @@ def test_the_runner_estimates_what_a_step_still_needs(tmp_path: Path, monkeypatc
 
 
 def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tmp_path: Path, monkeypatch):
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
@@ -727,7 +751,7 @@ def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tm
     monkeypatch.setattr(runner, "live_outputs", lambda exclude=None: set())  # nothing runs elsewhere
     rates = {"smollm2": 0.5, "gemma3": 1.0}
     monkeypatch.setattr(  # no GSM8K rate measured: twice the arithmetic one, for 256 new tokens
-        "rsp.findings.report.attempt_rates",
+        "experiments.findings.report.attempt_rates",
         lambda timing, machine=None, task="arith", **_: rates if task == "arith" else {},
     )
     assert runner.run_all(jobs=1, hours=0.1) == 0
@@ -739,7 +763,7 @@ def test_with_hours_the_runner_starts_only_steps_that_fit_and_keeps_the_order(tm
 
 
 def test_a_step_running_elsewhere_is_left_alone_and_takes_a_slot(tmp_path: Path, monkeypatch):
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
@@ -784,7 +808,7 @@ def test_a_step_left_running_by_a_killed_runner_is_waited_for_and_its_group_goes
     not give up the step's group (a GSM8K screen is one chain of 60 steps) nor start a second writer:
     it waits for the process to end, then runs the step (which resumes with nothing to do and banks it)
     and the rest of the group."""
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     chain = [s for s in C.steps() if s.kind == "screen" and s.model == "smollm2"][:2]
@@ -815,7 +839,7 @@ def test_a_step_claimed_by_another_runner_before_its_child_starts_is_left_alone(
     """Two runners started together: the first has claimed a step but its child has not exec'd, so no
     process shows the step yet. The second must not start it too (two writers corrupt a run), nor a
     step whose whole run is claimed; shards of one run may go side by side."""
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
@@ -846,7 +870,7 @@ def test_a_step_claimed_by_another_runner_before_its_child_starts_is_left_alone(
 @pytest.mark.parametrize("spelling", ["--out DIR", "--out=DIR", "--out ABSOLUTE", "--out ./DIR"])
 def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path, spelling: str):
     """A step started by hand counts however its --out is spelled, as the runner's relative path."""
-    from rsp.findings.runner import live_outputs
+    from experiments.findings.runner import live_outputs
 
     out = f"{C.ROOT}/smollm2/arith1/test-{tmp_path.name}"
     value = {
@@ -872,8 +896,8 @@ def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path, sp
 def test_a_failing_check_in_a_worker_counts_as_a_failure_and_ends_only_its_group(tmp_path: Path, monkeypatch):
     """A LedgerError (an entry under other settings) raised while a worker plans a step must not end the
     worker silently with "0 failed": it is a failure, and the other groups still run."""
-    from rsp.findings import runner
-    from rsp.findings.ledger import LedgerError
+    from experiments.findings import runner
+    from experiments.findings.ledger import LedgerError
 
     monkeypatch.chdir(tmp_path)
     by_out = {s.outputs[0]: s for s in C.steps() if s.outputs}
@@ -897,7 +921,7 @@ def test_a_failing_check_in_a_worker_counts_as_a_failure_and_ends_only_its_group
 
 
 def test_a_duplicated_sample_line_does_not_count_as_another_attempt(tmp_path: Path, monkeypatch):
-    from rsp.findings import runner
+    from experiments.findings import runner
 
     monkeypatch.chdir(tmp_path)
     step = next(s for s in C.steps() if s.run is not None and s.run.offset == 0)
@@ -911,7 +935,7 @@ def test_a_duplicated_sample_line_does_not_count_as_another_attempt(tmp_path: Pa
 
 
 def test_a_no_op_step_leaves_no_timing_record():
-    from rsp.findings.runner import is_noop
+    from experiments.findings.runner import is_noop
 
     assert is_noop({"rc": 0, "new_attempts": 0, "wall_s": 0.1})
     assert not is_noop({"rc": 0, "new_attempts": 0, "wall_s": 900.0}), "training makes no attempts"
@@ -920,7 +944,7 @@ def test_a_no_op_step_leaves_no_timing_record():
 
 
 def test_attempt_rates_can_be_taken_from_one_machine_only():
-    from rsp.findings.report import attempt_rates
+    from experiments.findings.report import attempt_rates
 
     def rec(model: str, cpu: float, n: int, machine: str | None) -> dict:
         r = {"kind": "eval", "out": f"{C.ROOT}/{model}/arith1/x", "cpu_s": cpu, "new_attempts": n}
@@ -936,7 +960,7 @@ def test_gsm8k_rates_come_from_gsm8k_steps_measured_on_one_machine():
     """A GSM8K attempt costs more than its 2x token budget says; the runner must plan GSM8K steps with
     the GSM8K rate, and for a model without one, with the GSM8K-to-arithmetic ratio of a model measured
     on the same machine (never across machines, whose bf16 speeds differ several-fold)."""
-    from rsp.findings.report import attempt_rates, gsm8k_rates, gsm8k_ratio
+    from experiments.findings.report import attempt_rates, gsm8k_rates, gsm8k_ratio
 
     def rec(model: str, task: str, cpu: float, n: int, machine: str) -> dict:
         kind = "screen" if task == "gsm8k-screen" else "eval"
@@ -965,7 +989,7 @@ def test_gsm8k_rates_come_from_gsm8k_steps_measured_on_one_machine():
 
 
 def test_an_fp32_step_is_planned_with_fp32_rates_once_measured():
-    from rsp.findings.runner import step_rates
+    from experiments.findings.runner import step_rates
 
     def rec(model: str, wall: float, dtype: str | None) -> dict:
         command = "rsp eval --model x" + (f" --dtype {dtype}" if dtype else "")
@@ -983,7 +1007,7 @@ def test_an_fp32_step_is_planned_with_fp32_rates_once_measured():
     arith, _ = step_rates(timing, "m", "float32")
     assert arith == {"smollm2": 1.0, "gemma3": 9.0}, "gemma3 has no fp32 rate yet: its bf16 one"
     assert step_rates(timing, "m", "auto")[0] == {"smollm2": 4.0, "gemma3": 9.0}
-    from rsp.findings.report import rate_tables
+    from experiments.findings.report import rate_tables
 
     assert rate_tables(timing, "float32")[0] == arith, "the report's estimate plans fp32 runs the same way"
     timing.append({**rec("smollm2", 30.0, "float32"), "out": f"{C.ROOT}/smollm2/gsm8k-screen/x"})
@@ -991,7 +1015,7 @@ def test_an_fp32_step_is_planned_with_fp32_rates_once_measured():
 
 
 def test_a_slower_cpu_scales_the_rates_it_has_not_measured():
-    from rsp.findings.report import local_rates
+    from experiments.findings.report import local_rates
 
     everywhere = {"smollm2": 1.0, "gemma3": 2.0}
     assert local_rates(everywhere, {}) == everywhere
@@ -1009,7 +1033,7 @@ def test_a_trained_soft_prompt_is_kept_as_json_and_a_later_session_restores_it_e
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from rsp.findings.runner import keep_soft_prompt
+    from experiments.findings.runner import keep_soft_prompt
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "src").symlink_to(Path(__file__).resolve().parents[1] / "src")  # the step runs from the root
@@ -1041,8 +1065,8 @@ def test_a_trained_soft_prompt_is_kept_as_json_and_a_later_session_restores_it_e
 
 
 def test_findings_entry_point_parses_its_flags_from_config_dataclasses(tmp_path):
+    from experiments.findings.__main__ import SelectConfig, main
     from rsp.config import RSPArgumentParser
-    from rsp.findings.__main__ import SelectConfig, main
 
     argv = ["--screen", "runs/s", "--out", "runs/d", "--limit", "32"]
     (cfg,) = RSPArgumentParser([SelectConfig]).parse(argv)
@@ -1076,7 +1100,7 @@ def main():
 
 
 def _replication_setup(tmp_path: Path, commit: str) -> tuple[C.Run, Path, Path]:
-    from rsp.findings.analyse import bank_run
+    from experiments.findings.analyse import bank_run
 
     run = C.Run(SMOL, ARITH1, "temperature", 0.7, 0, dtype=C.FAST_DTYPE, offset=0)
     runs_root, ledger = tmp_path / "runs", tmp_path / "ledger"
@@ -1095,7 +1119,7 @@ def _replication_setup(tmp_path: Path, commit: str) -> tuple[C.Run, Path, Path]:
 def test_replication_reruns_with_the_frozen_code_and_counts_every_changed_attempt(
     tmp_path: Path, monkeypatch
 ):
-    from rsp.findings.replicate import replicate
+    from experiments.findings.replicate import replicate
 
     run, ledger, src = _replication_setup(tmp_path, "abc123")
     monkeypatch.setenv("FAKE_SOURCE", str(run_dir(run, tmp_path / "runs")))
@@ -1113,7 +1137,7 @@ def test_replication_reruns_with_the_frozen_code_and_counts_every_changed_attemp
 
 
 def test_replication_refuses_other_code_and_unknown_runs(tmp_path: Path):
-    from rsp.findings.replicate import ReplicationError, replicate
+    from experiments.findings.replicate import ReplicationError, replicate
 
     _, ledger, src = _replication_setup(tmp_path, "def456")
     with pytest.raises(ReplicationError, match="made with code abc123"):
@@ -1125,3 +1149,22 @@ def test_replication_refuses_other_code_and_unknown_runs(tmp_path: Path):
         replicate(whole.out.removeprefix(C.ROOT + "/"), ledger=REPO / C.LEDGER, code_src=src)
     with pytest.raises(ReplicationError, match="no ledger entry"):
         replicate("smollm2/arith1/temperature_T0.7_fp32/shard-08", ledger=ledger, code_src=src)
+
+
+def test_the_committed_report_is_what_the_committed_ledger_regenerates(tmp_path: Path, monkeypatch):
+    """`python -m experiments.findings report` from the ledger alone (no runs/) rewrites docs/findings.md
+    and every file of docs/findings/ byte for byte: the page and its tables are never edited by hand
+    out of step with the data, and the moved harness still reads every committed entry."""
+    monkeypatch.chdir(REPO)  # the analysis records and the DAPO summary are read from docs/
+    docs = REPO / "docs"
+    out, doc = tmp_path / "findings", tmp_path / "findings.md"
+    shutil.copytree(docs / "findings", out)
+    shutil.copy(docs / "findings.md", doc)
+    build_report(root=tmp_path / "no-runs", out=out, doc=doc)
+    assert doc.read_bytes() == (docs / "findings.md").read_bytes()
+    kept = docs / "findings"
+    committed = sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file())
+    made = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert made == committed, "the report wrote files that are not committed"
+    changed = [str(p) for p in committed if (out / p).read_bytes() != (kept / p).read_bytes()]
+    assert not changed, f"regenerated files differ from the committed ones: {changed}"

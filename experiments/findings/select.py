@@ -1,4 +1,4 @@
-"""Choose each model's GSM8K problems from a screening run with its own seed (see rsp.findings.cells).
+"""Choose each model's GSM8K problems from a screening run with its own seed (see experiments.findings.cells).
 
 Why: both packaged models are near the floor on GSM8K, and a problem no attempt ever solves adds a
 zero to both arms of every comparison. The screen pools temperature-only and RSP attempts so that the
@@ -21,7 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.findings.cells import N_PROBLEMS, SCREEN_ATTEMPTS, SCREEN_MAX_PROBLEMS, SCREEN_SEED, code_commit
+from experiments.findings.cells import (
+    N_PROBLEMS,
+    SCREEN_ATTEMPTS,
+    SCREEN_MAX_PROBLEMS,
+    SCREEN_SEED,
+    code_commit,
+)
 from rsp.records import read_samples
 from rsp.runio import atomic_write_text
 from rsp.tasks.datasets import BENCHMARKS, find_data_file
@@ -33,7 +39,7 @@ class SelectionError(RuntimeError):
 
 def jsonl_ids(path: Path) -> list[str]:
     """The `id` of each record of the JSONL file at `path`, in file order: the order the screen walks
-    and the problem set a GSM8K run reads (`rsp.findings.ledger.used_inputs` digests it)."""
+    and the problem set a GSM8K run reads (`experiments.findings.ledger.used_inputs` digests it)."""
     return [
         str(json.loads(raw)["id"]) for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()
     ]
@@ -111,8 +117,8 @@ def record_screen_shard(
     """Write a finished screen shard's counts (with its settings, code and machine) to `record`; None when
     the shard is not finished or already recorded. With `expected` (the config its command line gives), a
     shard directory made under other settings is an error, never recorded."""
-    from rsp.findings.ledger import machine
-    from rsp.findings.runner import current_spelling
+    from experiments.findings.frozen import current_spelling
+    from experiments.findings.ledger import machine
 
     if record.is_file() or not (shard / "config.json").is_file():
         return None

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rsp.findings.analyse import CellResult
-from rsp.findings.cells import BASE_L, DEFAULT_POSITION, LENGTHS, MODELS, N_ATTEMPTS, TEMPERATURES
+from experiments.findings.analyse import CellResult
+from experiments.findings.cells import BASE_L, DEFAULT_POSITION, LENGTHS, MODELS, N_ATTEMPTS, TEMPERATURES
 
 AXIS_COLORS = {
     "difficulty": "tab:blue",

@@ -36,7 +36,7 @@ Claim-specific rules:
   pass@32; an equivalence-style rule with margin `MARGIN` = 0.10: holds if every complete cell's
   adjusted lower bound is above -0.10 (RSP at most 0.10 worse), does not hold if some cell's adjusted
   upper bound is below -0.10, otherwise inconclusive.
-* C4 (gains in DAPO): not measured by the map; judged from `scripts/dapo_seeds.sh`'s committed summary
+* C4 (gains in DAPO): not measured by the map; judged from `experiments/dapo_seeds.sh`'s committed summary
   (docs/results/dapo-seeds/summary.json): per seed, RSP-DAPO minus plain DAPO on the same held-out
   problems, at pass@1 and pass@32. Across the seeds, each metric gets a Student-t interval of the mean
   difference at the Bonferroni level 1 - 0.05/2 (two metrics). Fewer than `DAPO_SEEDS` complete seeds:
@@ -55,8 +55,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rsp.findings.analyse import CellResult
-from rsp.findings.cells import BASE_L, CONTROLS, DEFAULT_POSITION
+from experiments.findings.analyse import CellResult
+from experiments.findings.cells import BASE_L, CONTROLS, DEFAULT_POSITION
 from rsp.metrics.stats import paired_comparison, t_interval
 
 MIN_EFFECT = 0.05
@@ -217,7 +217,7 @@ def entropy_verdict(metrics_files: list[Path]) -> Verdict:
 
 
 def dapo_verdict(summary_file: Path | None) -> Verdict:
-    """C4 from scripts/dapo_seeds_summary.py's summary.json (see the module docstring)."""
+    """C4 from experiments/dapo_seeds_summary.py's summary.json (see the module docstring)."""
     v = Verdict(
         "C4 gains in DAPO (RSP-DAPO vs DAPO)",
         "not run",
@@ -227,7 +227,7 @@ def dapo_verdict(summary_file: Path | None) -> Verdict:
         DAPO_SEEDS,
     )
     if summary_file is None or not summary_file.is_file():
-        v.note = "No summary of `bash scripts/dapo_seeds.sh` (python scripts/dapo_seeds_summary.py)."
+        v.note = "No summary of `bash experiments/dapo_seeds.sh` (python experiments/dapo_seeds_summary.py)."
         return v
     per_seed = json.loads(summary_file.read_text())["per_seed"]
     v.cells_complete = len(per_seed)

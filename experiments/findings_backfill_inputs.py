@@ -8,7 +8,7 @@ running older code) lack them: this script computes them from the run directorie
 which must still be on this machine, and writes them only where they equal what the committed records
 give. Idempotent; entries that need no inputs get an empty mapping.
 
-    python scripts/findings_backfill_inputs.py
+    python -m experiments.findings_backfill_inputs
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from rsp.findings.cells import LEDGER, runs
-from rsp.findings.ledger import entry_path, expected_inputs, used_inputs
+from experiments.findings.cells import LEDGER, runs
+from experiments.findings.ledger import entry_path, expected_inputs, used_inputs
 from rsp.runio import atomic_write_text
 
 

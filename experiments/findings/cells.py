@@ -1,7 +1,7 @@
 """The map's cells, defined once: every run is an `rsp eval` command line, listed in the order it should run.
 
-Why one list in Python: `scripts/findings.sh` executes exactly these command lines (it asks
-`python -m rsp.findings commands` for them), `docs/findings.md` prints them, the report reads the run
+Why one list in Python: `experiments/findings.sh` executes exactly these command lines (it asks
+`python -m experiments.findings commands` for them), `docs/findings.md` prints them, the report reads the run
 directories they name, and a test checks that the three agree. Changing a setting here changes all of
 them at once, and a run directory that already holds a different setting refuses to resume
 (`rsp eval` compares its saved config), so the map cannot silently mix settings.
@@ -41,7 +41,7 @@ from pathlib import Path
 from rsp.baselines.sweep import ATTEMPT_INVARIANT
 
 ROOT = "runs/findings"  # raw runs (git-ignored; gone in the next session's checkout)
-LEDGER = "docs/findings/ledger"  # what of them is committed (rsp.findings.ledger)
+LEDGER = "docs/findings/ledger"  # what of them is committed (experiments.findings.ledger)
 TIMING = "docs/findings/timing.jsonl"  # one line per step invocation: wall and CPU time, new attempts
 # lean: greedy-identical to hf on the real models in bf16, about 1.2x faster on a CPU (docs/performance.md);
 # prefix would save prefill on long prompts but falls back to lean on Gemma 3 (sliding window).
@@ -117,7 +117,7 @@ DIFFICULTY_BY_KEY = {d.key: d for d in DIFFICULTIES}
 
 
 def code_commit(code: Path | str = f"{ROOT}/code") -> str:
-    """The commit of the frozen code in `code` (its COMMIT file, written by scripts/findings.sh when it
+    """The commit of the frozen code in `code` (its COMMIT file, written by experiments/findings.sh when it
     extracts the map's code into runs/findings/code), or "unknown". The one reader of that file: the
     ledger, the screen records and the replication check all stamp or compare this commit."""
     path = Path(code) / "COMMIT"
@@ -134,13 +134,13 @@ def soft_prompt_file(model: Model) -> str:
 
 
 def soft_prompt_record(model: Model) -> str:
-    """The committed copy of the trained vectors, as JSON text (`rsp.findings.tensorjson`; the repository
-    holds no weight files): a soft prompt trained against a wall-clock budget differs from one machine to
-    the next, so every session's soft-prompt shards must use this one."""
+    """The committed copy of the trained vectors, as JSON text (`experiments.findings.tensorjson`; the
+    repository holds no weight files): a soft prompt trained against a wall-clock budget differs from one
+    machine to the next, so every session's soft-prompt shards must use this one."""
     return f"{LEDGER}/{model.key}/{SOFT_PROMPT_DIR}/soft_prompt.json"
 
 
-TENSORJSON = "src/rsp/findings/tensorjson.py"  # run as a script by path: the steps' PYTHONPATH is frozen
+TENSORJSON = "experiments/findings/tensorjson.py"  # run as a script by path: the steps' PYTHONPATH is frozen
 
 
 def screen_dir(model: Model) -> str:
@@ -282,7 +282,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Step:
-    """One line of scripts/findings.sh: an eval run, or a preparation step (soft prompt, GSM8K screen)."""
+    """One line of experiments/findings.sh: an eval run, or a preparation step (soft prompt, GSM8K screen)."""
 
     kind: str  # "eval" | "train-soft-prompt" | "screen" | "select"
     tier: str  # which part of the map it belongs to (the order of tiers is the run order)
@@ -408,7 +408,7 @@ def _screen_steps(model: Model) -> list[Step]:
     select = [
         "python",
         "-m",
-        "rsp.findings",
+        "experiments.findings",
         "select-gsm8k",
         "--screen",
         screen_records(model),

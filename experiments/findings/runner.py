@@ -10,9 +10,9 @@ cells still finish first. Every step is resumable on its own, so killing the run
 batches in flight; the next start skips what is finished (an eval step whose run directory holds all
 its attempts under the same settings is not even started, which saves reloading a model to learn that).
 
-The steps run on the code named by `FINDINGS_CODE_SRC` (a frozen copy, see scripts/findings.sh),
+The steps run on the code named by `FINDINGS_CODE_SRC` (a frozen copy, see experiments/findings.sh),
 while this orchestration runs from the working tree. Every finished eval run is written to the
-committed ledger (`rsp.findings.ledger`) as soon as it finishes, and a run with a ledger entry counts
+committed ledger (`experiments.findings.ledger`) as soon as it finishes, and a run with a ledger entry counts
 as finished: runs/ does not survive into the next session's checkout, the ledger does once committed.
 """
 
@@ -23,16 +23,14 @@ import hashlib
 import json
 import os
 import queue
-import shlex
 import shutil
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
-from rsp.findings.cells import (
+from experiments.findings.cells import (
     DIFFICULTY_BY_KEY,
     ROOT,
     SCREEN_ATTEMPTS,
@@ -42,7 +40,8 @@ from rsp.findings.cells import (
     Step,
     steps,
 )
-from rsp.findings.ledger import LEDGER, TIMING, machine
+from experiments.findings.frozen import current_spelling, eval_command_config, eval_config
+from experiments.findings.ledger import LEDGER, TIMING, machine
 
 
 def groups(all_steps: list[Step]) -> list[list[Step]]:
@@ -74,33 +73,14 @@ def _count_samples(step: Step) -> int:
 
 
 def expected_config(run: Run) -> dict:
-    """The config `rsp eval` saves for this run's command line, in the current key spelling.
-
-    The map's command lines keep the flag spellings of the frozen code that runs them (`--position`,
-    deprecated since); they still parse, so the retired-flag warnings are silenced here."""
-    from rsp.cli import eval_parser
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        cfg, _ = eval_parser().parse(run.argv()[2:])  # after "rsp eval"
-    return cfg.to_dict()
+    """The config `rsp eval` saves for this run's command line, as the map's frozen code saves it
+    (`frozen.eval_config`; the library's current parser spells some settings otherwise)."""
+    return eval_config(run.argv()[2:])
 
 
 def expected_screen_config(step: Step) -> dict:
     """The config `rsp eval` saves for a GSM8K screen shard's command line (after its `test -f` guards)."""
-    from rsp.cli import eval_parser
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        cfg, _ = eval_parser().parse(shlex.split(step.command.split(" || ")[-1])[2:])
-    return cfg.to_dict()
-
-
-def current_spelling(config: dict) -> dict:
-    """A saved eval config with the keys renamed since (`evaluation.LEGACY_KEYS`) in their new spelling."""
-    from rsp.evaluation import LEGACY_KEYS
-
-    return {LEGACY_KEYS.get(k, k): v for k, v in config.items()}
+    return eval_command_config(step.command)
 
 
 def finished(step: Step, ledger: Path = Path(LEDGER)) -> bool:
@@ -108,7 +88,7 @@ def finished(step: Step, ledger: Path = Path(LEDGER)) -> bool:
     exactly this step's settings. (An entry under other settings raises `LedgerError`.)"""
     if step.run is None:
         return False
-    from rsp.findings.ledger import read_entry
+    from experiments.findings.ledger import read_entry
 
     for run in (step.run, step.run.whole()):  # a shard of a run that is in the ledger whole is done too
         entry = read_entry(run, ledger)
@@ -142,8 +122,8 @@ def _child_env(step: Step) -> dict[str, str]:
 def _bank(step: Step, log_lock: threading.Lock) -> None:
     """Bank what a finished step made (once): an eval run's ledger entry, a screen shard's record, a
     trained soft prompt's vectors."""
-    from rsp.findings.analyse import bank_run
-    from rsp.findings.select import record_screen_shard
+    from experiments.findings.analyse import bank_run
+    from experiments.findings.select import record_screen_shard
 
     with log_lock:
         if step.run is not None:
@@ -166,7 +146,7 @@ def _bank(step: Step, log_lock: threading.Lock) -> None:
 def keep_soft_prompt(trained: Path, record: Path) -> Path | None:
     """Copy a trained soft prompt's loss history and curve to its committed place, and its vectors as
     JSON text (`tensorjson.dump`; no weight files are committed), once."""
-    from rsp.findings.tensorjson import dump
+    from experiments.findings.tensorjson import dump
 
     vectors, kept = trained / "soft_prompt.safetensors", record / "soft_prompt.json"
     if not vectors.is_file() or kept.is_file():
@@ -181,8 +161,8 @@ def keep_soft_prompt(trained: Path, record: Path) -> Path | None:
 def screen_done(model: str) -> bool:
     """Whether the model's GSM8K screen, as recorded in the ledger, has found its problems (or screened
     as many as it may): its remaining shards cannot change the choice and are skipped."""
-    from rsp.findings.cells import MODEL_BY_KEY, screen_records
-    from rsp.findings.select import screen_progress
+    from experiments.findings.cells import MODEL_BY_KEY, screen_records
+    from experiments.findings.select import screen_progress
 
     return screen_progress(Path(screen_records(MODEL_BY_KEY[model]))).done
 
@@ -342,7 +322,7 @@ def step_rates(timing: list[dict], here: str, dtype: str) -> tuple[dict[str, flo
     """Per-attempt rates (arithmetic, GSM8K) for a step in `dtype` on machine `here`, for a wall-clock
     deadline: this machine's wall seconds per attempt (at the lowest priority on a shared machine a
     step's wall time is well above its CPU time), other machines' rates scaled (`report.rate_tables`)."""
-    from rsp.findings.report import rate_tables
+    from experiments.findings.report import rate_tables
 
     return rate_tables(timing, dtype, machine=here, clock="wall_s")
 
@@ -354,7 +334,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
     that many hours from now; its group is left for the next start and the worker takes the next group.
     A session whose machine is reclaimed at a known time then spends its last hour on cells that finish
     (and enter the ledger) instead of on a long step whose partial attempts are lost with runs/."""
-    from rsp.findings.report import read_timing, step_dtype
+    from experiments.findings.report import read_timing, step_dtype
 
     deadline = None if hours is None else time.time() + hours * 3600
     work: queue.Queue[list[Step]] = queue.Queue()
@@ -446,7 +426,7 @@ def run_all(jobs: int = 2, hours: float | None = None) -> int:
         t.join()
     print(
         f"[findings] finished with {failures[0]} failed step(s); rebuild the report with "
-        "`python -m rsp.findings report`",
+        "`python -m experiments.findings report`",
         file=sys.stderr,
     )
     return failures[0]

@@ -1,6 +1,6 @@
 """Overlay the training curves of several `rsp train` runs.
 
-python scripts/compare_train_curves.py OUT.png LABEL=RUN ...
+python experiments/compare_train_curves.py OUT.png LABEL=RUN ...
 """
 
 from __future__ import annotations

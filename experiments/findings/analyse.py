@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsp.findings.cells import (
+from experiments.findings.cells import (
     BASE_L,
     BASE_T,
     CONTROLS,
@@ -29,7 +29,7 @@ from rsp.findings.cells import (
     code_commit,
     runs,
 )
-from rsp.findings.ledger import RunData, read_entry
+from experiments.findings.ledger import RunData, read_entry
 from rsp.metrics.passk import maj_at_k, pass_at_k
 from rsp.metrics.stats import bootstrap_ci, paired_comparison
 from rsp.records import SAMPLES, SampleRecord, read_samples
@@ -78,14 +78,14 @@ def bank_run(run: Run, root: Path | None, ledger: Path) -> Path | None:
     """Write the ledger entry of a run whose directory holds every attempt under this run's settings
     (None when it does not, or when the entry is already there). The run directory stays the source of
     truth while it exists; the entry is what a later session on a fresh checkout reads."""
-    from rsp.findings.ledger import LedgerError, entry_path, expected_inputs, used_inputs, write_entry
-    from rsp.findings.runner import current_spelling, expected_config
+    from experiments.findings.frozen import current_spelling, eval_config
+    from experiments.findings.ledger import LedgerError, entry_path, expected_inputs, used_inputs, write_entry
 
     path = run_dir(run, root)
     if entry_path(run, ledger).is_file() or not (path / CONFIG).is_file():
         return None
     config = current_spelling(read_run_config(path).config)
-    if config != expected_config(run):
+    if config != eval_config(run.argv()[2:]):
         return None
     data = load_samples(run, root)
     if data is None or not data.complete:
