@@ -38,7 +38,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rsp.baselines.sweep import ATTEMPT_INVARIANT
+from rsp.methods import method_specs
 
 ROOT = "runs/findings"  # raw runs (git-ignored; gone in the next session's checkout)
 LEDGER = "docs/findings/ledger"  # what of them is committed (experiments.findings.ledger)
@@ -114,6 +114,12 @@ DIFFICULTIES = (
 )
 MODEL_BY_KEY = {m.key: m for m in MODELS}
 DIFFICULTY_BY_KEY = {d.key: d for d in DIFFICULTIES}
+
+
+def _same_each_attempt() -> set[str]:
+    """Methods whose injection is the same for every attempt at a problem (`per_attempt` False in the
+    method registry): greedy decoding gives them N identical attempts."""
+    return {m.name for m in method_specs() if not m.per_attempt}
 
 
 def code_commit(code: Path | str = f"{ROOT}/code") -> str:
@@ -196,7 +202,7 @@ class Run:
 
     @property
     def deterministic(self) -> bool:
-        return self.temperature == 0 and self.method in ATTEMPT_INVARIANT
+        return self.temperature == 0 and self.method in _same_each_attempt()
 
     @property
     def n(self) -> int:

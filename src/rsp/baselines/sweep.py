@@ -31,13 +31,11 @@ from rsp.config import field_label, option
 from rsp.evaluation import LEGACY_KEYS, ConfigError, EvalConfig, run_eval, upgrade_legacy_config
 from rsp.generation import Generator
 from rsp.methods import (
-    ALIASES,
     BASELINE,
     RSPConfig,
     canonical_method,
     get_method,
     method_names,
-    method_specs,
 )
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, read_samples
@@ -60,11 +58,6 @@ DEFAULT_TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_options")
 # EvalConfig fields the grid replaces: not settings of `rsp sweep` (its plural grid flags set them per cell).
 NOT_SWEPT_FLAGS = ("rsp_length", "rsp_scale", "temperature")
-# Methods whose injection is the same for every attempt at a problem (`Method.per_attempt` False), retired
-# aliases included: greedy decoding gives them N identical attempts. The findings map (experiments.findings.cells)
-# imports this name; the sweep itself asks the registry.
-_SAME_EACH_ATTEMPT = {m.name for m in method_specs() if not m.per_attempt}
-ATTEMPT_INVARIANT = frozenset(_SAME_EACH_ATTEMPT | {a for a, m in ALIASES.items() if m in _SAME_EACH_ATTEMPT})
 
 
 def _retired(old: str, new: str) -> None:
