@@ -92,68 +92,6 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_model_dir, t
     assert len(keys) == len(set(keys)) == 24
 
 
-def test_the_shards_of_a_run_together_are_the_run(tmp_path, tiny_model_dir, tiny_loaded):
-    """--offset/--limit split a run into runs whose attempts (RSP draws, decode seeds, batches) are the
-    unsharded run's: a long run can be made in pieces that each finish, and the pieces pooled."""
-    cfg = _config(tiny_model_dir, limit=6, n=2, batch_size=4)  # two problems per batch group
-    run_eval(cfg, tmp_path / "whole", lm=tiny_loaded, progress=False)
-    whole = read_jsonl_records(tmp_path / "whole" / "samples.jsonl")
-    pieces = []
-    for offset in (0, 2, 4):
-        shard = _config(tiny_model_dir, limit=2, n=2, batch_size=4, offset=offset)
-        run_eval(shard, tmp_path / f"shard{offset}", lm=tiny_loaded, progress=False)
-        pieces += read_jsonl_records(tmp_path / f"shard{offset}" / "samples.jsonl")
-    assert len(whole) == 6 * 2 * 2 and pieces == whole
-    assert len({r["rsp_seed"] for r in whole if r["method"] == "rsp"}) == 12, "a fresh RSP per attempt"
-
-
-def test_a_middle_shard_whose_limit_is_not_whole_batch_groups_is_refused(tmp_path, tiny_model_dir):
-    """A shard that stops before the task's end on a partial group (3 problems, 2 per group) would be
-    sampled in other batches than the unsharded run's, so it is refused, naming the numbers and the fixes."""
-    cfg = _config(tiny_model_dir, limit=3, n=2, batch_size=4, offset=2)  # arith: 100 problems
-    message = (
-        r"limit \(--limit\) must be a multiple of batch_size / n = 2 for a shard that stops before the "
-        r"task's end, got 3: problems 3-5 of 100 .* use --limit 2 or 4 or 98 \(to the task's end\)"
-    )
-    with pytest.raises(ConfigError, match=message):
-        run_eval(cfg, tmp_path / "r", progress=False)
-    assert not (tmp_path / "r").exists()
-
-
-def test_a_last_shard_that_ends_on_a_partial_group_at_the_task_end_is_the_run(
-    tmp_path, tiny_model_dir, tiny_loaded
-):
-    """The unsharded run's last group is partial too when the task ends inside it, so a shard to the end
-    may be: accepted, and its attempts are the unsharded run's."""
-    task = tmp_path / "five.jsonl"
-    task.write_text("".join(f'{{"problem": "{i}+1?", "answer": "{i + 1}"}}\n' for i in range(5)))
-    kw = dict(task=str(task), n=2, batch_size=4)  # two problems per group: the last group has one
-    run_eval(_config(tiny_model_dir, limit=None, **kw), tmp_path / "whole", lm=tiny_loaded, progress=False)
-    run_eval(_config(tiny_model_dir, limit=2, **kw), tmp_path / "a", lm=tiny_loaded, progress=False)
-    shard = _config(tiny_model_dir, limit=3, offset=2, **kw)  # 3 is not whole groups, but ends the task
-    run = run_eval(shard, tmp_path / "b", lm=tiny_loaded, progress=False)
-    assert run.task.description.endswith("(problems 3-5)")
-    whole = read_jsonl_records(tmp_path / "whole" / "samples.jsonl")
-    pieces = [r for name in ("a", "b") for r in read_jsonl_records(tmp_path / name / "samples.jsonl")]
-    assert len(whole) == 5 * 2 * 2 and pieces == whole
-
-
-def test_an_offset_past_the_last_problem_is_refused(tmp_path, tiny_model_dir):
-    task = tmp_path / "two.jsonl"
-    task.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": "4"}\n')
-    cfg = _config(tiny_model_dir, task=str(task), limit=None, offset=4, n=4)
-    with pytest.raises(ConfigError, match="offset 4 skips all 2 problems"):
-        run_eval(cfg, tmp_path / "r", progress=False)
-
-
-def test_a_run_made_before_offset_existed_still_resumes(tmp_path, tiny_model_dir, tiny_loaded):
-    cfg = _config(tiny_model_dir)
-    assert "offset" not in cfg.to_dict(), "older config.json files have no offset key"
-    assert "offset" in _config(tiny_model_dir, offset=4, n=4).to_dict()
-    run_eval(cfg, tmp_path / "r", lm=tiny_loaded, progress=False, max_batches=1)
-    run_eval(EvalConfig.from_dict(cfg.to_dict()), tmp_path / "r", lm=tiny_loaded, progress=False)
-
-
 def test_finished_run_is_not_recomputed(tmp_path, tiny_model_dir, tiny_loaded):
     cfg = _config(tiny_model_dir)
     run_eval(cfg, tmp_path / "r", lm=tiny_loaded, progress=False)
@@ -196,7 +134,6 @@ def test_greedy_runs_are_byte_identical(tmp_path, tiny_model_dir, tiny_loaded):
             r"tensor_parallel_size \(--tensor-parallel-size\) applies to --engine vllm only",
         ),
         ({"engine": "tgi"}, r"engine \(--engine\) must be one of hf, lean, prefix, vllm"),
-        ({"offset": 1, "n": 2}, r"offset \(--offset\) must be a multiple of batch_size / n = 2"),
     ],
 )
 def test_bad_settings_get_specific_errors(tmp_path, tiny_model_dir, kw, message):

@@ -27,7 +27,7 @@ from rsp.methods import InjectionArgs, canonical_method, method_names
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
 from rsp.runio import prepare_run_dir, rename_config_keys
-from rsp.tasks.base import Problem, Task, TaskError
+from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import PromptBuilder, PromptStyle
 from rsp.tasks.registry import load_task
@@ -68,14 +68,6 @@ class EvalConfig(InjectionArgs, EngineArgs):
     )
     split: str = option("test", "the task's split", group=_TASK)
     limit: int | None = option(40, "number of problems (null in a config file: all)", group=_TASK)
-    offset: int = option(
-        0,
-        "skip the task's first OFFSET problems: the run is a shard of the run without it (over the whole "
-        "task, or a --limit that is a multiple of batch_size / n), and its attempts (seeds, batches) are the "
-        "ones that run gives these problems; a multiple of batch_size / n, and so is --limit unless the "
-        "shard reaches the task's end",
-        group=_TASK,
-    )
     arith_steps: int = option(1, "synthetic task: operations per problem", group=_TASK)
     arith_max_value: int = option(10, "synthetic task: size of numbers", group=_TASK)
     prompt_style: str = option(
@@ -107,13 +99,6 @@ class EvalConfig(InjectionArgs, EngineArgs):
         need(self.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
         need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         need(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
-        per_group = self.problems_per_group()
-        need(
-            self.offset >= 0 and self.offset % per_group == 0,
-            "offset",
-            f"must be a multiple of batch_size / n = {per_group} (whole batches of the unsharded run), "
-            f"got {self.offset}",
-        )
         need(self.grader_timeout > 0, "grader_timeout", f"must be > 0, got {self.grader_timeout}")
         self.validate_engine(ConfigError)
         require_choice(self.prompt_style, "prompt_style", PROMPT_STYLES, ConfigError)
@@ -140,8 +125,6 @@ class EvalConfig(InjectionArgs, EngineArgs):
         for key in PARALLEL_SIZES:  # absent at 1, so older runs still resume
             if d[key] == 1:
                 del d[key]
-        if d["offset"] == 0:  # likewise: added after runs existed
-            del d["offset"]
         return d
 
     @classmethod
@@ -157,54 +140,12 @@ class EvalConfig(InjectionArgs, EngineArgs):
             d["methods"] = tuple(d["methods"])
         return cls(**d)
 
-    def load_task(self, *, check_shard: bool = True) -> Task:
-        """The run's problems: `limit` of them from `offset` on. `check_shard`: refuse a shard whose
-        attempts would not be the unsharded run's (`check_shard_end`)."""
-        try:
-            task = self._task(limit=self.limit, offset=self.offset)
-        except TaskError as exc:
-            if not self.offset:
-                raise
-            self._task(limit=None, offset=0)  # a task that is unusable itself raises its own error
-            raise ConfigError(str(exc)) from None  # otherwise the offset is the setting at fault
-        if check_shard:
-            self.check_shard_end(len(task.problems))
-        return task
-
-    def check_shard_end(self, problems: int) -> None:
-        """A shard (`offset` > 0) that stops before the task's end must stop at a whole batch group.
-
-        Each batch is sampled as one (one decode seed, one draw over all its rows), so a shard's attempts
-        are the unsharded run's only if its batches are that run's batches: it starts at a group boundary
-        (`validate`) and either ends at one or ends where the task does. `problems`: how many it has.
-        """
-        per_group = self.problems_per_group()
-        if not self.offset or self.limit is None or self.limit % per_group == 0 or problems < self.limit:
-            return  # a whole run, a shard to the task's end, or one of whole groups
-        total = len(self._task(limit=None, offset=0).problems)  # the unsharded run's problems
-        end = self.offset + self.limit
-        if end >= total:
-            return
-        below = self.limit - self.limit % per_group
-        choices = [str(c) for c in (below, below + per_group) if 0 < c < total - self.offset]
-        choices.append(f"{total - self.offset} (to the task's end)")
-        raise ConfigError(
-            f"limit (--limit) must be a multiple of batch_size / n = {per_group} for a shard that stops "
-            f"before the task's end, got {self.limit}: problems {self.offset + 1}-{end} of {total} would "
-            f"end on a partial batch group, which samples other attempts than the unsharded run does; use "
-            f"--limit {' or '.join(choices)}"
-        )
-
-    def problems_per_group(self) -> int:
-        """Problems per batch group (`rsp.generation.plan_batches`): shards start and stop at these."""
-        return max(1, self.batch_size // self.n)
-
-    def _task(self, *, limit: int | None, offset: int) -> Task:
+    def load_task(self) -> Task:
+        """The run's problems: the first `limit` of the task."""
         return load_task(
             self.task,
             split=self.split,
-            limit=limit,
-            offset=offset,
+            limit=self.limit,
             arith_steps=self.arith_steps,
             arith_max_value=self.arith_max_value,
             seed=self.seed,
@@ -259,9 +200,7 @@ def run_eval(
     total = len(task.problems) * config.n * len(config.methods)
     if resumed:
         log.info("resuming %s: %d of %d attempts already done", out, len(done), total)
-    batches = plan_batches(
-        len(task.problems), config.n, tuple(config.methods), config.batch_size, first=config.offset
-    )
+    batches = plan_batches(len(task.problems), config.n, tuple(config.methods), config.batch_size)
     todo = [b for b in batches if any((task.problems[p].id, b.method, a) not in done for p, a in b.rows)]
     if max_batches is not None:
         todo = todo[:max_batches]

@@ -73,23 +73,15 @@ class WorkBatch:
     rows: tuple[tuple[int, int], ...]
 
 
-def plan_batches(
-    num_prompts: int, n: int, methods: Sequence[str], batch_size: int, first: int = 0
-) -> list[WorkBatch]:
+def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: int) -> list[WorkBatch]:
     """Deterministic batches: prompts in groups of about batch_size / n, each method in turn per group.
 
     Interleaving methods per group means a run stopped early still has paired data for every method on
-    the prompts it finished. `first`: the prompts are a shard that starts at prompt `first` (a multiple of
-    the group size) of a larger list; groups are numbered as in that list, so the shard's batches, and
-    the decode seeds derived from them, are the larger run's, provided the shard also ends at a multiple
-    of the group size or where that list ends (`EvalConfig.check_shard_end`). Rows index the shard's own
-    prompts.
+    the prompts it finished.
     """
     per_group = max(1, batch_size // n)
-    if first % per_group:
-        raise ValueError(f"a shard must start at a multiple of {per_group} prompts, got {first}")
     batches: list[WorkBatch] = []
-    for group, start in enumerate(range(0, num_prompts, per_group), start=first // per_group):
+    for group, start in enumerate(range(0, num_prompts, per_group)):
         rows = [(p, a) for p in range(start, min(start + per_group, num_prompts)) for a in range(n)]
         for method in methods:
             for chunk, c0 in enumerate(range(0, len(rows), batch_size)):

@@ -74,7 +74,7 @@ def analyse_run(
     cfg = EvalConfig.from_dict(saved.config)
     if not records:
         raise ValueError(f"{run_dir} has no samples to analyse")
-    task = cfg.load_task(check_shard=False)  # the run exists: analyse what it sampled
+    task = cfg.load_task()
     problems = {p.id: p for p in task.problems}
     by_method: dict[str, dict[str, list[SampleRecord]]] = defaultdict(lambda: defaultdict(list))
     for r in records:

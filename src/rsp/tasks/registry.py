@@ -16,7 +16,6 @@ def load_task(
     *,
     split: str = "test",
     limit: int | None = None,
-    offset: int = 0,
     data_dir: str | Path | None = None,
     arith_steps: int = 2,
     arith_max_value: int = 20,
@@ -25,19 +24,15 @@ def load_task(
 ) -> Task:
     """Resolve `spec`.
 
-    'arith', a benchmark name, a .jsonl path (or 'jsonl:PATH'), or 'hf:org/name[:config]'. `offset`
-    skips the first problems and `limit` keeps at most that many of the rest: the problems
-    `offset .. offset+limit-1` of the whole task (`arith` generates as many as asked for, `arith_n` without
-    a limit).
+    'arith', a benchmark name, a .jsonl path (or 'jsonl:PATH'), or 'hf:org/name[:config]'. `limit` keeps
+    at most that many of the first problems (`arith` generates as many as asked for, `arith_n` without a
+    limit).
     """
     if limit is not None and limit < 1:
         raise TaskError(f"limit must be >= 1, got {limit}")
-    if offset < 0:
-        raise TaskError(f"offset must be >= 0, got {offset}")
     if spec == "arith":
-        n = arith_n if limit is None else offset + limit
-        task = arith_task(split=split, n=n, steps=arith_steps, max_value=arith_max_value, seed=seed)
-        return _select(task, offset, limit, suffix=bool(offset))
+        n = arith_n if limit is None else limit
+        return arith_task(split=split, n=n, steps=arith_steps, max_value=arith_max_value, seed=seed)
     if spec.lower() in BENCHMARKS or spec.lower() in ALIASES:
         task = load_benchmark(spec, split, data_dir=data_dir)
     elif spec.startswith("jsonl:") or spec.endswith(".jsonl"):
@@ -53,15 +48,7 @@ def load_task(
         raise TaskError(
             f"unknown task {spec!r}; choose one of {', '.join(TASK_NAMES)}, a .jsonl path, or hf:org/name"
         )
-    return _select(task, offset, limit, suffix=bool(offset) or limit is not None)
-
-
-def _select(task: Task, offset: int, limit: int | None, *, suffix: bool) -> Task:
-    """Problems `offset .. offset+limit-1` of `task`, the description saying which (when `suffix`)."""
-    if not suffix:
+    if limit is None:
         return task
-    if offset and offset >= len(task.problems):
-        raise TaskError(f"offset {offset} skips all {len(task.problems)} problems of {task.name}")
-    problems = task.problems[offset : None if limit is None else offset + limit]
-    which = f"problems {offset + 1}-{offset + len(problems)}" if offset else f"first {len(problems)}"
-    return Task(task.name, problems, f"{task.description} ({which})", task.fewshot)
+    problems = task.problems[:limit]
+    return Task(task.name, problems, f"{task.description} (first {len(problems)})", task.fewshot)
