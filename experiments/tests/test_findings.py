@@ -1045,7 +1045,7 @@ def test_a_trained_soft_prompt_is_kept_as_json_and_a_later_session_restores_it_e
     from experiments.findings.runner import keep_soft_prompt
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "src").symlink_to(Path(__file__).resolve().parents[1] / "src")  # the step runs from the root
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")  # the step runs from the root
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "rsp").write_text("#!/bin/sh\nexit 99\n")  # training would be attempted
