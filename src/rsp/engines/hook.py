@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
+from transformers import BatchEncoding
 
 from rsp.core.injection import Injection
 from rsp.core.inputs import SlotFiller, layout
@@ -127,8 +128,6 @@ class RSPHandle:
         overrides); chat message lists always do. For greedy decoding use `n` (transformers allows
         `num_return_sequences > 1` only when sampling): every row then gets its own RSP.
         """
-        from transformers import BatchEncoding
-
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
