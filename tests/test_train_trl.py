@@ -22,11 +22,11 @@ from conftest import require_vllm
 pytest.importorskip("trl", reason="TRL is an optional dependency (pip install -e .[train])")
 
 from rsp.generation import RSPConfig  # noqa: E402
+from rsp.integrations.trl import build_trl_trainer  # noqa: E402
 from rsp.models import load_model  # noqa: E402
 from rsp.tasks import PromptBuilder, load_task  # noqa: E402
 from rsp.train.config import DAPOConfig  # noqa: E402
 from rsp.train.dapo import completion_logprobs  # noqa: E402
-from rsp.integrations.trl import build_trl_trainer  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 
@@ -468,7 +468,8 @@ def test_vllm_server_mode_needs_the_rsp_server_and_sends_mixed_rows(tmp_path, ti
         )
 
     FakeClient.rsp_server = False
-    with pytest.raises(RuntimeError, match="python -m rsp.integrations.trl_vllm_serve"):  # stock `trl vllm-serve`
+    # stock `trl vllm-serve`
+    with pytest.raises(RuntimeError, match="python -m rsp.integrations.trl_vllm_serve"):
         build()
     FakeClient.rsp_server = True
     trainer = build()
@@ -662,7 +663,7 @@ def test_vllm_server_rollouts_through_the_rsp_server_match_the_training_side(
         log.close()
 
 
-# ------------------------------------------------------------------ recipes: python -m rsp.integrations.trl_grpo
+# ------------------------------------------------------- recipes: python -m rsp.integrations.trl_grpo
 def _recipe_names():
     return sorted(p.name for p in RECIPES.glob("*.yaml"))
 
@@ -842,8 +843,8 @@ def test_separate_reference_model_sees_the_rsp(tmp_path, tiny_model_dir):
 
 
 def test_rollout_seeds_differ_across_ranks_steps_and_calls(tiny_model_dir):
-    from rsp.train.dapo import build_injection
     from rsp.integrations.trl import rollout_seeds
+    from rsp.train.dapo import build_injection
 
     injection = build_injection(
         load_model(str(tiny_model_dir), dtype="float32"), DAPOConfig(model=str(tiny_model_dir), rsp_length=2)
