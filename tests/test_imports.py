@@ -85,3 +85,14 @@ def test_every_rsp_name_the_docs_use_resolves():
         except AttributeError:
             missing.append(dotted)
     assert not missing, missing
+
+
+def test_rsp_train_leaves_trl_alone_and_the_trainer_is_a_plain_class_of_the_trl_integration():
+    assert not loaded_after("import rsp.train, rsp.train.run") & {"trl", "vllm"}
+    pytest.importorskip("trl")
+    import trl
+
+    from rsp.integrations.trl import RSPGRPOTrainer
+
+    assert RSPGRPOTrainer.__qualname__ == "RSPGRPOTrainer"  # defined at module level, not in a factory
+    assert RSPGRPOTrainer.__module__ == "rsp.integrations.trl" and issubclass(RSPGRPOTrainer, trl.GRPOTrainer)
