@@ -31,8 +31,8 @@ def run_arm(model: str, length: int, args, out_dir: str) -> dict:
     from trl import GRPOConfig
 
     import rsp
-    from rsp.train import RSPGRPOTrainer
-    from rsp.train.grpo import resolve_model
+    from rsp.integrations.trl import RSPGRPOTrainer
+    from rsp.integrations.trl_grpo import resolve_model
 
     rows = [
         {

@@ -12,7 +12,8 @@ import warnings
 import pytest
 import yaml
 
-from rsp.cli import COMMANDS, compare_parser, eval_parser, main, report_parser, resolve
+from rsp.cli import COMMANDS, main, resolve
+from rsp.commands import compare_parser, eval_parser, report_parser
 from rsp.config import ConfigFileError, RSPArgumentParser, config_dict, flag_of, option
 from rsp.evaluation import EvalConfig
 

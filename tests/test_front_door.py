@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny_llama, sharpen
 
 import rsp
-from rsp.attach import attach
+from rsp.engines.hook import attach
 from rsp.generation import Generator, RSPConfig
 
 

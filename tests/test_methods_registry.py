@@ -66,16 +66,29 @@ def test_methods_module_never_imports_the_baselines():
     assert not [m for m in imported if m and m.startswith("rsp.baselines")], imported
 
 
-def test_importing_the_registry_alone_gives_the_complete_list():
-    """`rsp/__init__` imports rsp.baselines, which registers into rsp.methods: no lazy loading, no cycle."""
+def test_the_controls_load_on_the_first_lookup_not_on_import():
+    """`import rsp.methods` leaves the controls unimported; the first lookup imports them by name
+    (`BUILTIN_PLUGINS`), so the registry is complete wherever it is read."""
     code = (
         "import rsp.methods as m, sys; "
+        "print('rsp.baselines.controls' in sys.modules); "
         "print(','.join(m.method_names())); "
-        "print(sys.modules['rsp.baselines.controls'].__name__)"
+        "print('rsp.baselines.controls' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    names, controls = out.splitlines()
-    assert set(FACTS) <= set(names.split(",")) and controls == "rsp.baselines.controls"
+    before, names, after = out.splitlines()
+    assert (before, after) == ("False", "True")
+    assert set(FACTS) <= set(names.split(","))
+
+
+def test_a_method_registered_before_the_first_lookup_replaces_the_built_in_of_that_name():
+    code = (
+        "import rsp.methods as m; "
+        "m.register_method('token-rows', 'mine')(lambda lm, o: None); "
+        "print(m.get_method('token-rows').description)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "mine"
 
 
 def test_rsp_config_is_one_class_in_every_public_place():

@@ -22,11 +22,11 @@ from conftest import require_vllm
 pytest.importorskip("trl", reason="TRL is an optional dependency (pip install -e .[train])")
 
 from rsp.generation import RSPConfig  # noqa: E402
+from rsp.integrations.trl import build_trl_trainer  # noqa: E402
 from rsp.models import load_model  # noqa: E402
 from rsp.tasks import PromptBuilder, load_task  # noqa: E402
 from rsp.train.config import DAPOConfig  # noqa: E402
 from rsp.train.dapo import completion_logprobs  # noqa: E402
-from rsp.train.trl_rsp import build_trl_trainer  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 
@@ -74,7 +74,7 @@ def _user_trainer(tmp_path, model_dir, *, conversational=True, rsp_config=None, 
     from datasets import load_dataset
     from peft import LoraConfig
 
-    from rsp.train import RSPGRPOTrainer
+    from rsp.integrations.trl import RSPGRPOTrainer
 
     dataset = load_dataset("json", data_files=str(_jsonl(tmp_path, conversational)), split="train")
     peft = (
@@ -225,7 +225,7 @@ def test_length_zero_is_plain_grpo_trainer_on_the_same_batch(tmp_path, tiny_mode
     for cls_kwargs in ({}, {"rsp_config": RSPConfig(length=0)}):
         torch.manual_seed(0)
         if cls_kwargs:
-            from rsp.train import RSPGRPOTrainer as cls
+            from rsp.integrations.trl import RSPGRPOTrainer as cls
         else:
             cls = GRPOTrainer
         trainer = cls(
@@ -297,7 +297,7 @@ def test_end_of_user_turn_slots_sit_right_after_the_last_user_message(tmp_path, 
 
 
 def test_end_of_user_turn_is_refused_when_no_token_boundary_is_there():
-    from rsp.train.trl_rsp import user_turn_offset
+    from rsp.integrations.trl import user_turn_offset
 
     class Merging:  # a tokenizer whose "ab" merges across the cut, as BPE merges do
         def __call__(self, text, add_special_tokens=False):
@@ -382,7 +382,7 @@ def test_vllm_colocate_sends_one_mixed_embeddings_request_per_rollout(tmp_path, 
     monkeypatch.setattr(vg, "LLM", FakeLLM, raising=False)
     from datasets import load_dataset
 
-    from rsp.train import RSPGRPOTrainer
+    from rsp.integrations.trl import RSPGRPOTrainer
 
     dataset = load_dataset("json", data_files=str(_jsonl(tmp_path, True)), split="train")
     trainer = RSPGRPOTrainer(
@@ -413,11 +413,11 @@ def test_vllm_colocate_sends_one_mixed_embeddings_request_per_rollout(tmp_path, 
 
 def test_vllm_server_mode_needs_the_rsp_server_and_sends_mixed_rows(tmp_path, tiny_model_dir, monkeypatch):
     vg = _fake_vllm(monkeypatch)
-    from rsp.train.vllm_serve import decode_request, sampling_kwargs
+    from rsp.integrations.trl_vllm_serve import decode_request, sampling_kwargs
 
     posted: list = []
 
-    class FakeClient:  # stands in for TRL's VLLMClient talking to `python -m rsp.train.vllm_serve`
+    class FakeClient:  # stands in for TRL's VLLMClient talking to `python -m rsp.integrations.trl_vllm_serve`
         rsp_server = True
 
         def __init__(self, base_url=None, group_port=None, connection_timeout=None):
@@ -454,7 +454,7 @@ def test_vllm_server_mode_needs_the_rsp_server_and_sends_mixed_rows(tmp_path, ti
     monkeypatch.setattr(vg, "VLLMClient", FakeClient)
     from datasets import load_dataset
 
-    from rsp.train import RSPGRPOTrainer
+    from rsp.integrations.trl import RSPGRPOTrainer
 
     dataset = load_dataset("json", data_files=str(_jsonl(tmp_path, True)), split="train")
 
@@ -468,7 +468,8 @@ def test_vllm_server_mode_needs_the_rsp_server_and_sends_mixed_rows(tmp_path, ti
         )
 
     FakeClient.rsp_server = False
-    with pytest.raises(RuntimeError, match="python -m rsp.train.vllm_serve"):  # stock `trl vllm-serve`
+    # stock `trl vllm-serve`
+    with pytest.raises(RuntimeError, match="python -m rsp.integrations.trl_vllm_serve"):
         build()
     FakeClient.rsp_server = True
     trainer = build()
@@ -489,7 +490,7 @@ def test_vllm_server_mode_needs_the_rsp_server_and_sends_mixed_rows(tmp_path, ti
 def test_vllm_serve_command_is_trls_plus_prompt_embeds_and_the_middleware(monkeypatch):
     import importlib.metadata
 
-    from rsp.train.vllm_serve import MIDDLEWARE, build_command
+    from rsp.integrations.trl_vllm_serve import MIDDLEWARE, build_command
 
     argv = ["--model", "/models/m", "--port", "8123", "--max-num-seqs", "64"]
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.32.0")  # a `vllm` distribution
@@ -526,7 +527,7 @@ def test_vllm_colocate_rollouts_on_a_real_engine_match_the_training_side(
         monkeypatch.delenv(key)
     from datasets import load_dataset
 
-    from rsp.train import RSPGRPOTrainer
+    from rsp.integrations.trl import RSPGRPOTrainer
 
     dataset = load_dataset("json", data_files=str(_jsonl(tmp_path, True)), split="train")
     on_gpu = torch.cuda.is_available()
@@ -599,7 +600,7 @@ def test_vllm_server_rollouts_through_the_rsp_server_match_the_training_side(
         [
             sys.executable,
             "-m",
-            "rsp.train.vllm_serve",
+            "rsp.integrations.trl_vllm_serve",
             "--model",
             str(vllm_model_dir),
             "--port",
@@ -630,7 +631,7 @@ def test_vllm_server_rollouts_through_the_rsp_server_match_the_training_side(
             monkeypatch.setattr(vllm_client.VLLMClient, "init_communicator", lambda self, device=None: None)
         from datasets import load_dataset
 
-        from rsp.train import RSPGRPOTrainer
+        from rsp.integrations.trl import RSPGRPOTrainer
 
         dataset = load_dataset("json", data_files=str(_jsonl(tmp_path, True)), split="train")
         trainer = RSPGRPOTrainer(
@@ -662,7 +663,7 @@ def test_vllm_server_rollouts_through_the_rsp_server_match_the_training_side(
         log.close()
 
 
-# ------------------------------------------------------------------ recipes: python -m rsp.train.grpo
+# ------------------------------------------------------- recipes: python -m rsp.integrations.trl_grpo
 def _recipe_names():
     return sorted(p.name for p in RECIPES.glob("*.yaml"))
 
@@ -681,7 +682,7 @@ def test_recipes_cover_gsm8k_and_arith_on_cpu_and_multi_gpu():
 def test_each_recipe_parses_with_trls_parser_and_takes_cli_overrides(name):
     import yaml
 
-    from rsp.train.grpo import parse
+    from rsp.integrations.trl_grpo import parse
 
     raw = yaml.safe_load((RECIPES / name).read_text())
     gpu = "multi_gpu" in name
@@ -699,7 +700,7 @@ def test_each_recipe_parses_with_trls_parser_and_takes_cli_overrides(name):
 
 
 def test_recipe_flags_use_the_glossary_names_and_the_retired_ones_warn():
-    from rsp.train.grpo import _retired_rsp_seed, parse
+    from rsp.integrations.trl_grpo import _retired_rsp_seed, parse
 
     base = ["--config", str(RECIPES / "rsp_dapo_arith_cpu.yaml")]
     _, training, _, rsp_args = parse([*base, "--method", "rsp-shared", "--seed", "7"])
@@ -713,7 +714,7 @@ def test_recipe_flags_use_the_glossary_names_and_the_retired_ones_warn():
 
 
 def test_recipe_script_trains_one_step_on_cpu(tmp_path, tiny_model_dir):
-    from rsp.train.grpo import main
+    from rsp.integrations.trl_grpo import main
 
     out = tmp_path / "recipe"
     trainer = main(
@@ -775,7 +776,7 @@ def _trainer(tmp_path, model_dir, correct_fn, **overrides):
 
 
 def test_dapo_config_maps_onto_grpo_config_and_trl_args_override_it(tmp_path):
-    from rsp.train.trl_rsp import grpo_config
+    from rsp.integrations.trl import grpo_config
 
     cfg = DAPOConfig(
         epsilon_low=0.15,
@@ -842,8 +843,8 @@ def test_separate_reference_model_sees_the_rsp(tmp_path, tiny_model_dir):
 
 
 def test_rollout_seeds_differ_across_ranks_steps_and_calls(tiny_model_dir):
+    from rsp.integrations.trl import rollout_seeds
     from rsp.train.dapo import build_injection
-    from rsp.train.trl_rsp import rollout_seeds
 
     injection = build_injection(
         load_model(str(tiny_model_dir), dtype="float32"), DAPOConfig(model=str(tiny_model_dir), rsp_length=2)
@@ -855,7 +856,7 @@ def test_rollout_seeds_differ_across_ranks_steps_and_calls(tiny_model_dir):
 
 
 def test_constant_groups_are_found_on_the_gathered_batch():
-    from rsp.train.trl_rsp import local_constant_rows
+    from rsp.integrations.trl import local_constant_rows
 
     gathered = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0])
     with pytest.raises(ValueError):

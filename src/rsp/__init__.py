@@ -7,32 +7,87 @@ The front door:
 - `rsp.embedding_stats(path_or_id)`: the RSP distribution, read from the embedding tensor alone.
 Below it, in the order a pipeline uses it: load a model, fit the statistics, build an injection, lay
 prompts out with slots, generate, grade, score.
+
+Why lazy: each public name is imported from its module on first use (as TRL's and transformers' package
+roots do), so `import rsp`, `rsp --help` and `import rsp.core` (torch only) do not pay for transformers and
+every engine up front. The `TYPE_CHECKING` imports below are what type checkers and IDEs read.
 """
 
-import rsp.baselines  # noqa: F401  (registers the controls and the trained soft prompt: see rsp.methods)
-from rsp.attach import RSPHandle, attach
-from rsp.core import (
-    INSERTION_POINTS,
-    EmbeddingStats,
-    Injection,
-    NoInjection,
-    PromptTokens,
-    RandomSoftPrompt,
-    RSPSampler,
-    build_slotted_batch,
-    derive_seed,
-    fill_slots,
-    fit_embedding_stats,
-)
-from rsp.engines import Completion, HFEngine, SamplingConfig
-from rsp.evaluation import EvalConfig, run_eval
-from rsp.generation import GenerationOutput, Generator, RSPConfig, Sample, generate
-from rsp.methods import MethodOptions, build_method, method_names, register_method
-from rsp.metrics import bootstrap_ci, maj_at_k, paired_comparison, pass_at_k, pass_at_k_curve
-from rsp.models import LoadedModel, embedding_stats, load_model, wrap_model
-from rsp.tasks import Grader, Problem, PromptBuilder, Task, extract_answer, load_task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "GenerationOutput": "rsp.generation",
+    "Generator": "rsp.generation",
+    "RSPConfig": "rsp.methods",
+    "RSPHandle": "rsp.engines.hook",
+    "Sample": "rsp.generation",
+    "attach": "rsp.engines.hook",
+    "embedding_stats": "rsp.models.embeddings",
+    "generate": "rsp.generation",
+    "INSERTION_POINTS": "rsp.core.insert",
+    "Completion": "rsp.engines.base",
+    "EmbeddingStats": "rsp.core.stats",
+    "EvalConfig": "rsp.evaluation",
+    "Grader": "rsp.tasks.grading",
+    "HFEngine": "rsp.engines.hf",
+    "Injection": "rsp.core.injection",
+    "LoadedModel": "rsp.models.loading",
+    "NoInjection": "rsp.core.injection",
+    "Problem": "rsp.tasks.base",
+    "PromptBuilder": "rsp.tasks.prompts",
+    "PromptTokens": "rsp.core.insert",
+    "RSPSampler": "rsp.core.sampler",
+    "RandomSoftPrompt": "rsp.core.injection",
+    "SamplingConfig": "rsp.engines.base",
+    "Task": "rsp.tasks.base",
+    "bootstrap_ci": "rsp.metrics.stats",
+    "build_method": "rsp.methods",
+    "build_slotted_batch": "rsp.core.insert",
+    "derive_seed": "rsp.core.seeds",
+    "extract_answer": "rsp.tasks.grading",
+    "fill_slots": "rsp.core.insert",
+    "fit_embedding_stats": "rsp.core.stats",
+    "load_model": "rsp.models.loading",
+    "load_task": "rsp.tasks.registry",
+    "maj_at_k": "rsp.metrics.passk",
+    "method_names": "rsp.methods",
+    "paired_comparison": "rsp.metrics.stats",
+    "pass_at_k": "rsp.metrics.passk",
+    "pass_at_k_curve": "rsp.metrics.passk",
+    "register_method": "rsp.methods",
+    "run_eval": "rsp.evaluation",
+    "wrap_model": "rsp.models.loading",
+}
+
+# subpackages and modules reachable as attributes of `rsp` without importing them first (`rsp.models...`)
+_SUBMODULES = frozenset(
+    {
+        "analysis",
+        "baselines",
+        "cli",
+        "config",
+        "core",
+        "engines",
+        "evaluation",
+        "generation",
+        "integrations",
+        "methods",
+        "metrics",
+        "models",
+        "records",
+        "reporting",
+        "runio",
+        "server",
+        "tasks",
+        "train",
+    }
+)
 
 __all__ = [
     "GenerationOutput",
@@ -51,7 +106,6 @@ __all__ = [
     "HFEngine",
     "Injection",
     "LoadedModel",
-    "MethodOptions",
     "NoInjection",
     "Problem",
     "PromptBuilder",
@@ -78,3 +132,41 @@ __all__ = [
     "run_eval",
     "wrap_model",
 ]
+
+if TYPE_CHECKING:
+    from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
+    from rsp.core.insert import INSERTION_POINTS, PromptTokens, build_slotted_batch, fill_slots
+    from rsp.core.sampler import RSPSampler
+    from rsp.core.seeds import derive_seed
+    from rsp.core.stats import EmbeddingStats, fit_embedding_stats
+    from rsp.engines.base import Completion, SamplingConfig
+    from rsp.engines.hf import HFEngine
+    from rsp.engines.hook import RSPHandle, attach
+    from rsp.evaluation import EvalConfig, run_eval
+    from rsp.generation import GenerationOutput, Generator, Sample, generate
+    from rsp.methods import RSPConfig, build_method, method_names, register_method
+    from rsp.metrics.passk import maj_at_k, pass_at_k, pass_at_k_curve
+    from rsp.metrics.stats import bootstrap_ci, paired_comparison
+    from rsp.models.embeddings import embedding_stats
+    from rsp.models.loading import LoadedModel, load_model, wrap_model
+    from rsp.tasks.base import Problem, Task
+    from rsp.tasks.grading import Grader, extract_answer
+    from rsp.tasks.prompts import PromptBuilder
+    from rsp.tasks.registry import load_task
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise type every unknown `rsp.X` as Any
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is not None:
+            value = getattr(importlib.import_module(module), name)
+            globals()[name] = value  # later lookups do not come back here
+            return value
+        if name in _SUBMODULES:
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

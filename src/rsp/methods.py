@@ -8,12 +8,13 @@ depends on the attempt's seed (`per_attempt`; False: every attempt at a problem 
 and the method options it reads (`MethodOption`, with their meaning). `rsp sweep` builds its grid from
 these facts and `rsp methods` lists them; nothing outside this module decides by a method's name.
 
-Import direction, one way only: this module knows nothing of `rsp.baselines`; it holds the registry and the
-built-in methods (`temperature`, `rsp`), and `rsp.baselines.controls` registers the controls and the
-trained soft prompt by importing it. The package's `rsp/__init__.py`, which runs before any `rsp.<module>`
-import, imports `rsp.baselines`, so the registry is complete wherever rsp is used (`import rsp.methods`
-included) without this module importing its plugins. Third-party code registers with `register_method`
-the same way.
+Import direction, one way only: `rsp.baselines.controls` imports this module and registers the controls and
+the trained soft prompt with `register_method`; this module holds the registry and the built-in methods
+(`temperature`, `rsp`) and imports none of its plugins at import time. The first lookup of the registry
+(`get_method`, `method_names`, `register`, ...) imports the modules named in `BUILTIN_PLUGINS` by name, so the
+registry is complete wherever it is read, and `import rsp` or `import rsp.methods` does not pay for the
+controls. Third-party code registers with `register_method` the same way (after the built-ins: a
+third-party method of the same name replaces the built-in one).
 
 Retired spellings (docs/glossary.md) keep working until rsp 0.3 with a FutureWarning: the method `none`
 (an alias of `temperature`: records and tables say `temperature`), `RSPConfig(options=...)` (now
@@ -23,6 +24,7 @@ Retired spellings (docs/glossary.md) keep working until rsp 0.3 with a FutureWar
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import InitVar, dataclass, field, replace
@@ -115,9 +117,10 @@ class RSPConfig:
             raise ValueError(
                 f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
             )
-        if self.method not in _REGISTRY:
+        known = _registry()
+        if self.method not in known:
             raise ValueError(
-                f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(sorted(_REGISTRY))}"
+                f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(sorted(known))}"
             )
         return self
 
@@ -278,6 +281,26 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
+# Modules that register the built-in methods beyond `temperature` and `rsp`, imported on the first lookup.
+BUILTIN_PLUGINS: tuple[str, ...] = ("rsp.baselines.controls",)
+# "own" while this module registers `temperature` and `rsp` (the plugins import it, so not yet), then
+# "unloaded" until the first lookup.
+_plugins: Literal["own", "unloaded", "loading", "loaded"] = "own"
+
+
+def _registry() -> dict[str, Method]:
+    """The registry, after the first call has imported `BUILTIN_PLUGINS` (they register into it)."""
+    global _plugins
+    if _plugins == "unloaded":
+        _plugins = "loading"
+        try:
+            for module in BUILTIN_PLUGINS:
+                importlib.import_module(module)
+        except BaseException:
+            _plugins = "unloaded"
+            raise
+        _plugins = "loaded"
+    return _REGISTRY
 
 
 def register(method: Method) -> Method:
@@ -286,7 +309,7 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r}: category must be one of {', '.join(CATEGORIES)}")
     if method.name in ALIASES:
         raise ValueError(f"{method.name!r} is a retired alias of {ALIASES[method.name]!r}")
-    _REGISTRY[method.name] = method
+    _registry()[method.name] = method  # after the built-ins, so a later registration of a name wins
     return method
 
 
@@ -319,20 +342,23 @@ def get_method(name: str) -> Method:
     """The spec of method `name` (a retired alias resolves, with a FutureWarning); ValueError names the
     known methods."""
     name = canonical_method(name)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(registry))}")
+    return registry[name]
 
 
 def method_specs() -> list[Method]:
     """Every registered method, by name (aliases are not methods)."""
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    registry = _registry()
+    return [registry[k] for k in sorted(registry)]
 
 
 def method_names() -> list[str]:
     """Every name a method can be given by: the registered methods, sorted, then the retired aliases
     (accepted until rsp 0.3, resolving to their method)."""
-    return sorted(_REGISTRY) + sorted(a for a in ALIASES if ALIASES[a] in _REGISTRY)
+    registry = _registry()
+    return sorted(registry) + sorted(a for a in ALIASES if ALIASES[a] in registry)
 
 
 def method_descriptions() -> dict[str, str]:
@@ -391,3 +417,6 @@ def _rsp(lm: LoadedModel, o: RSPConfig) -> Injection:
     return RandomSoftPrompt(
         embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt"
     )
+
+
+_plugins = "unloaded"

@@ -11,8 +11,10 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from rsp.analysis.report import write_report
+from rsp.analysis.run import AnalysisOptions, analyse_run, write_metrics
 from rsp.config import RSPArgumentParser, field_label, option
-from rsp.evaluation import EvalConfig
+from rsp.evaluation import EvalConfig, run_eval
 
 _ANALYSIS = "analysis"
 # live mode: fewer problems and attempts than `rsp eval`, and the fixed-RSP control beside RSP
@@ -78,16 +80,11 @@ def parse(argv: Sequence[str]) -> tuple[AnalyzeConfig, EvalConfig]:
 
 
 def main(argv: Sequence[str]) -> int:
-    from rsp.analysis.report import write_report
-    from rsp.analysis.run import AnalysisOptions, analyse_run, write_metrics
-
     cfg, eval_cfg = parse(argv)
     out = cfg.output_dir()
     if cfg.run is not None:
         run_dir = Path(cfg.run)  # analyse_run reads it first: RunDirError "RUN is not an rsp eval run (...)"
     else:
-        from rsp.evaluation import run_eval
-
         run_dir = out / "eval"
         run_eval(eval_cfg, run_dir, progress=not cfg.quiet)
     options = AnalysisOptions(

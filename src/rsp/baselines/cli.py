@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from rsp.baselines.soft_prompt import SoftPromptTrainConfig
-from rsp.baselines.sweep import NOT_SWEPT_FLAGS, SweepConfig, SweepGrid
+import torch
+
+from rsp.baselines.soft_prompt import SoftPromptTrainConfig, train_soft_prompt
+from rsp.baselines.sweep import NOT_SWEPT_FLAGS, SweepConfig, SweepGrid, run_sweep
 from rsp.config import OutputOptions, RSPArgumentParser, flag_of
 from rsp.evaluation import ConfigError, EvalConfig
+from rsp.models.loading import load_model
 
 STOP_NOTES = {
     "steps": "",
@@ -56,8 +59,6 @@ def parse_sweep(argv: Sequence[str]) -> tuple[EvalConfig, SweepGrid, OutputOptio
 
 
 def sweep_main(argv: list[str]) -> int:
-    from rsp.baselines.sweep import run_sweep
-
     base, grid, output = parse_sweep(argv)
     config = SweepConfig.from_configs(base, grid)
     result = run_sweep(config, output.out, progress=not output.quiet)
@@ -90,11 +91,6 @@ def parse_train_soft_prompt(argv: Sequence[str]) -> tuple[SoftPromptTrainConfig,
 
 
 def train_soft_prompt_main(argv: list[str]) -> int:
-    import torch
-
-    from rsp.baselines.soft_prompt import train_soft_prompt
-    from rsp.models.loading import load_model
-
     config, output = parse_train_soft_prompt(argv)
     config.validate()
     torch.manual_seed(config.seed)

@@ -1,8 +1,8 @@
 """Control injections that isolate what about an RSP matters, each registered as an `rsp eval` method.
 
 This module registers them (and the trained soft prompt) with `rsp.methods` when imported, together with the
-facts `rsp sweep` reads (which settings each reads, whether it differs per attempt); `rsp.methods` never
-imports it (`rsp/__init__.py` does, so the registry is complete wherever rsp is used).
+facts `rsp sweep` reads (which settings each reads, whether it differs per attempt); `rsp.methods` does not
+import it at import time, but imports it by name (`BUILTIN_PLUGINS`) on the registry's first lookup.
 
 Every control goes through the same slot code as the RSP (`Injection.apply` -> `fill_slots`), so a
 difference in accuracy can only come from *what* is injected, not from where or how. Random controls

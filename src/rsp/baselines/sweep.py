@@ -25,6 +25,7 @@ import warnings
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from rsp.config import field_label, option
@@ -548,8 +549,6 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
 def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
     """Per method with an L axis: mean accuracy, and its paired difference to temperature-only, over L x T."""
     plt = _pyplot()
-    import numpy as np
-
     written = []
     temps = list(config.temperatures)
     for method in dict.fromkeys(r["method"] for r in rows if r["L"] is not None):

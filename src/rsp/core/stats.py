@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 RowSelection = Literal["all", "tokens"]
@@ -45,8 +46,6 @@ class EmbeddingStats:
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingStats:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
         mean = load_file(str(path))["mean"]

@@ -9,6 +9,7 @@ from rsp.engines.base import Completion, Engine, SamplingConfig
 from rsp.engines.hf import HFEngine
 from rsp.engines.lean import LeanEngine
 from rsp.engines.prefix import PrefixEngine
+from rsp.engines.vllm import VLLMEngine  # vLLM itself is imported only when the engine is built
 from rsp.models.embeddings import EmbeddingModel, load_embedding_model
 from rsp.models.loading import LoadedModel, load_model
 
@@ -37,8 +38,6 @@ def create_engine(engine: str, lm, **vllm_options) -> Engine:
         return ENGINES[engine](lm)
     if engine != "vllm":
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
-    from rsp.engines.vllm import VLLMEngine
-
     return VLLMEngine(lm, **vllm_options)
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
+from transformers import GenerationConfig
 
 from rsp.core.injection import Injection
 from rsp.core.inputs import embed_prompts, layout
@@ -120,8 +121,6 @@ class HFEngine:
             return first + second
 
     def generation_kwargs(self, sampling: SamplingConfig, stop_strings: Sequence[str] = ()) -> dict:
-        from transformers import GenerationConfig
-
         cfg = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
             do_sample=not sampling.greedy,

@@ -1,5 +1,15 @@
-"""The hook behind `rsp.attach` and the hf engine: placeholder ids in, each row's injection written over
-them inside the model's embedding layer. See `rsp.attach` for the user's view.
+"""`rsp.attach`: a fresh Random Soft Prompt per row inside a stock transformers model's own `generate`,
+and the hook behind it that the hf engine uses too.
+
+    handle = rsp.attach(model, tokenizer, length=4, seed=0)
+    enc = handle.prepare(["What is 2 + 3?"])                     # L placeholder ids at the insertion point
+    out = model.generate(**enc, do_sample=True, num_return_sequences=16, max_new_tokens=64)
+    handle.seeds                                                  # the RSP seed of each of the 16 rows
+    handle.detach()                                               # the model is exactly as before
+
+One hook for both, so attach + `model.generate` and `rsp.generate(engine="hf")` give the same completions
+for the same seeds by construction. (`attach` lives here, not in a module `rsp.attach`: a submodule of that
+name would shadow the function on the lazily imported package.)
 
 How: `RSPHandle.prepare` lays prompts out with `rsp.core.inputs.layout` (left padding, L placeholder ids
 at the insertion point). A forward hook on the input-embedding module (`rsp.core.inputs.SlotFiller`)
@@ -23,15 +33,23 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
+from transformers import BatchEncoding
 
 from rsp.core.injection import Injection
 from rsp.core.inputs import SlotFiller, layout
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
-from rsp.models.loading import LoadedModel, choose_placeholder, input_embeddings, output_embeddings
-
-__all__ = ["RSPHandle", "choose_placeholder"]
+from rsp.methods import RSPConfig, build_method
+from rsp.models.loading import (
+    LoadedModel,
+    choose_placeholder,
+    input_embeddings,
+    output_embeddings,
+    wrap_model,
+)
 from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
+
+__all__ = ["RSPHandle", "attach", "choose_placeholder"]
 
 Prompt = str | Messages | PromptTokens
 
@@ -110,8 +128,6 @@ class RSPHandle:
         overrides); chat message lists always do. For greedy decoding use `n` (transformers allows
         `num_return_sequences > 1` only when sampling): every row then gets its own RSP.
         """
-        from transformers import BatchEncoding
-
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
@@ -203,3 +219,56 @@ class RSPHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+
+def attach(
+    model: torch.nn.Module | LoadedModel,
+    tokenizer=None,
+    *,
+    length: int = 4,
+    seed: int = 0,
+    position: str = "after_generation_prompt",
+    scale: float = 1.0,
+    method: str = "rsp",
+    injection: Injection | None = None,
+    placeholder_id: int | None = None,
+    stats_rows: str = "all",
+    stats_mean: str = "scalar",
+    **method_options: Any,
+) -> RSPHandle:
+    """Make a transformers causal LM (or a PEFT-wrapped one) RSP-aware; returns the handle.
+
+    Args:
+        model, tokenizer: a stock `AutoModelForCausalLM` (or PEFT model) and its tokenizer, or an rsp
+            `LoadedModel` (tokenizer then omitted).
+        length: L, the number of injected vectors (0 = nothing is injected).
+        seed: base seed; the seeds of each call are derived from it and the call's index.
+        position: insertion point: `after_generation_prompt`, `end_of_user_turn` or `prepend`.
+        scale: multiplies the fitted standard deviation.
+        method: any registered method (`rsp methods`): the controls attach the same way;
+            method-specific options (e.g. `soft_prompt="file.safetensors"`, `noise_alpha=5`) as keywords.
+        injection: a ready `Injection` instead of `method` (its own length and position are used).
+        placeholder_id: the token id that marks the slots (default: `choose_placeholder`).
+
+    The model's train/eval mode, parameters and methods are left alone; `handle.detach()` (or leaving
+    a `with` block) removes every trace.
+    """
+    if isinstance(model, LoadedModel):
+        lm = model
+    else:
+        if tokenizer is None:
+            raise ValueError("rsp.attach needs the tokenizer together with the model")
+        lm = wrap_model(model, tokenizer, name=type(model).__name__, prepare=False)
+    if injection is None:
+        options = RSPConfig(
+            length=length,
+            scale=scale,
+            position=position,
+            stats_rows=stats_rows,
+            stats_mean=stats_mean,
+            method_options=dict(method_options),
+        )
+        injection = build_method(method, lm, options)
+    elif method_options:
+        raise ValueError("method options apply to `method`, not to a ready `injection`")
+    return RSPHandle(lm, injection, seed=seed, placeholder_id=placeholder_id)

@@ -13,6 +13,14 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from rsp.core.injection import Injection
 from rsp.core.inputs import positions_from_mask
@@ -20,19 +28,12 @@ from rsp.core.insert import PromptTokens
 from rsp.engines.base import Completion, SamplingConfig
 from rsp.engines.hf import HFEngine
 from rsp.engines.hook import BANNED_LOGIT
+from rsp.engines.kvcache import growing_cache
 from rsp.engines.packed import WeightPacker
 
 
 def build_warpers(sampling: SamplingConfig):
     """The logits warpers `generate()` would apply for these settings, in the same order."""
-    from transformers import (
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
     warpers = LogitsProcessorList()
     if sampling.greedy:
         return warpers
@@ -168,10 +169,6 @@ class LeanEngine(HFEngine):
 
     def new_cache(self, reserve: int):
         """An empty KV cache; `reserve` is how many positions to leave room for beyond the first fill."""
-        from transformers import DynamicCache
-
-        from rsp.engines.kvcache import growing_cache
-
         config = self.lm.config
         return growing_cache(config, reserve) if self.preallocate_cache else DynamicCache(config=config)
 

@@ -52,12 +52,11 @@ from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import has_bos_prefix
 
-from rsp.attach import attach
 from rsp.core.injection import Injection
 from rsp.core.inputs import layout
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.stats import MeanMode, RowSelection
-from rsp.engines.hook import RSPHandle
+from rsp.engines.hook import RSPHandle, attach
 from rsp.methods import RSPConfig, get_method, method_names, method_specs
 from rsp.models.loading import resolve_model_dir
 from rsp.models.packaged import PACKAGED_MODELS

@@ -9,6 +9,7 @@ otherwise takes exactly lm-eval's arguments (`rsp lm-eval --help` prints lm-eval
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 
 INSTALL_HINT = "pip install 'random-soft-prompts[lm-eval]'"
@@ -36,8 +37,6 @@ def run_cli(argv: Sequence[str]) -> int:
         args = parser.parse_args()
         model_args = getattr(args, "model_args", None)
         if getattr(args, "model", None) in ("rsp-hf", "rsp-vllm") and isinstance(model_args, dict):
-            import warnings
-
             from rsp.integrations.lm_eval import RSPSettings
 
             with warnings.catch_warnings():  # retired names warn once, when the model reads them

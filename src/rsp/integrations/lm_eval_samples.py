@@ -25,8 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoTokenizer
+
+from rsp.evaluation import EvalConfig
+from rsp.models.loading import resolve_model_dir
 from rsp.records import SAMPLES, SampleRecord, append_samples
 from rsp.runio import atomic_write_text, prepare_run_dir
+from rsp.tasks.grading import Grader
+from rsp.tasks.registry import load_task
 
 SEED_LOG_KEY = (
     "rsp_seeds"  # the key rsp.integrations.lm_eval writes (kept here so this module needs no lm_eval)
@@ -160,10 +166,6 @@ def convert(
     The config's `seed` is 0, the seed the `rsp_arith` task generates its problems with (in rsp eval one seed
     drives both); each record carries its own RSP seed, which is all `rsp analyze` rebuilds RSPs from.
     """
-    from rsp.evaluation import EvalConfig
-    from rsp.tasks.grading import Grader
-    from rsp.tasks.registry import load_task
-
     loaded = {m: read_samples(p) for m, p in arms.items()}
     inj = _injection_settings(loaded)
     first = next(iter(loaded.values()))
@@ -198,10 +200,6 @@ def convert(
     )
     tokenizer = None
     if retokenise:
-        from transformers import AutoTokenizer
-
-        from rsp.models.loading import resolve_model_dir
-
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model)[0])
     out = Path(out)
     prepare_run_dir(out, cfg.to_dict(), kind="eval")

@@ -27,6 +27,7 @@ from rsp.integrations.lm_eval import (
     resolve_pretrained,
 )
 from rsp.methods import build_method
+from rsp.models.embeddings import load_embedding_model
 
 __all__ = ["RSPVLLM"]
 
@@ -89,8 +90,6 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
                 "rsp-vllm: data_parallel_size > 1 is not supported (lm-eval runs it through Ray "
                 "workers that take token prompts only)"
             )
-        from rsp.models.embeddings import load_embedding_model
-
         self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
         injection = build_method(settings.config.method, self._rsp_lm, settings.config)  # type: ignore[arg-type]
         if injects(injection):

@@ -365,6 +365,7 @@ def load_embedding_model(
     """Tokenizer, stop ids and input-embedding table of `spec` (anything `load_model` takes), on the CPU,
     without the transformer's weights: the injection side of an engine that loads the model itself.
     Only safetensors headers are read here; the table itself when first needed (`EmbeddingModel`)."""
+    # here, not at the top: `embedding_stats` (this module's other use) reads one tensor, no transformers
     from transformers import AutoConfig
 
     torch_dtype = resolve_dtype(dtype)

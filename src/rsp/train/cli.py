@@ -14,6 +14,7 @@ from typing import Any
 
 from rsp.config import OutputOptions, RSPArgumentParser, option
 from rsp.train.config import DAPOConfig
+from rsp.train.run import train
 
 
 @dataclasses.dataclass
@@ -100,8 +101,6 @@ def parse(argv: Sequence[str]) -> tuple[DAPOConfig, OutputOptions, TrainOptions]
 
 
 def main(argv: Sequence[str]) -> int:
-    from rsp.train.run import train
-
     cfg, output, options = parse(argv)
     out = Path(output.out)
     records = train(cfg, out, progress=not output.quiet, save_merged=options.save_merged)

@@ -8,6 +8,7 @@ exactly 1 before an update and the gradient is that of the policy that produced 
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -218,8 +219,6 @@ class DAPOTrainer:
             input_embeddings(lm.model).weight.requires_grad_(False)
         self.ref_model = None
         if cfg.beta > 0 and not cfg.lora:
-            import copy
-
             self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False)
         self.trainable = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.trainable:

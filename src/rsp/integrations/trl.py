@@ -1,0 +1,717 @@
+"""RSP on TRL: `RSPGRPOTrainer` is TRL's `GRPOTrainer` in which every rollout carries its own Random
+Soft Prompt.
+
+Why a subclass and not a fork: a TRL user keeps the script they run (datasets in TRL's formats, their reward
+functions, every `GRPOConfig` field, PEFT, accelerate/DeepSpeed launchers), changes one class name and adds
+`rsp_config=rsp.RSPConfig(...)`. The RSP gets in at the narrowest points of TRL 1.16.0 (an exact pin: these
+are private methods):
+
+- `_tokenize_prompts`: TRL tokenises the prompts its own way (chat template, tools, `chat_template_kwargs`);
+  `rsp.core.inputs.layout` then puts L placeholder ids at each prompt's insertion point in those ids;
+- the embedding hook is `rsp.attach`'s (`RSPHandle`, i.e. `rsp.core.inputs.SlotFiller`), not a copy: in every
+  forward it writes each row's RSP over the placeholders. The trainer pins the rows' seeds with
+  `handle.use_seeds` for the rollout and for every chunk it scores, so generation and the old, reference
+  and current log-probs all see the rollout's own RSP;
+- the seeds travel with the rollouts as an `rsp_seeds` tensor, which TRL shuffles and splits with the rest;
+- vLLM (`use_vllm=True`): one request per rollout in the mixed token/embedding layout
+  (`rsp.engines.vllm.build_requests(prompt_mode="mixed")`). Colocate: TRL 1.16 builds its `vllm.LLM`
+  without `enable_prompt_embeds` and has no option for it, so the trainer adds it (and `vllm_engine_kwargs`)
+  while TRL builds the engine. Server: `trl vllm-serve` runs stock `vllm serve`, whose HTTP API has no
+  mixed prompts, so the server must be `python -m rsp.integrations.trl_vllm_serve` (same flags), which adds
+  them.
+
+`RSPConfig(length=0)` attaches nothing and changes nothing: the trainer is then plain `GRPOTrainer`.
+
+DAPO on top (`rsp train --trainer trl`, the recipes of `python -m rsp.integrations.trl_grpo`):
+`loss_type="dapo"`, clip-higher, overlong shaping as a reward, and `mask_constant_groups=True`, dynamic
+sampling in its masking form (TRL's sampler fixes the batch, so there is no oversample-and-refill; the
+native trainer does that).
+
+This module imports TRL at the top (the `train` extra); nothing in rsp imports it until it is used
+(`from rsp.integrations.trl import RSPGRPOTrainer`, `rsp train --trainer trl`, the recipes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import is_conversational
+from trl.generation import vllm_generation
+
+from rsp.core.injection import Injection, NoInjection
+from rsp.core.inputs import layout
+from rsp.core.insert import PromptTokens
+from rsp.core.seeds import derive_seed
+from rsp.engines.hook import BANNED_LOGIT, RSPHandle, attach
+from rsp.engines.vllm import build_requests
+from rsp.integrations.trl_vllm_serve import encode_request
+from rsp.methods import RSPConfig, build_method, get_method
+from rsp.models.loading import input_embeddings, output_embeddings, wrap_model
+from rsp.tasks.prompts import INSTRUCTION
+from rsp.train.config import DAPOConfig, DAPOConfigError
+from rsp.train.dapo import build_injection, shaped_reward
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+SERVER_COMMAND = "python -m rsp.integrations.trl_vllm_serve --model MODEL"
+
+
+def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
+    """The n RSP seeds of one generation round.
+
+    `round_key` = (process, step, call) keeps ranks and steps apart.
+    """
+    base = derive_seed(rsp_seed, "trl-rollout", *round_key)
+    return [injection.seed_for(base, "row", i) for i in range(n)]
+
+
+def local_constant_rows(
+    gathered_adv: torch.Tensor, group_size: int, process_index: int, local_n: int
+) -> torch.Tensor:
+    """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal).
+
+    `gathered_adv` is the advantage vector of the whole generation batch in process order (what TRL slices
+    `process_index * local_n : (process_index + 1) * local_n` from); groups are consecutive runs of
+    `group_size`.
+    """
+    if gathered_adv.numel() % group_size:
+        raise ValueError(f"{gathered_adv.numel()} rollouts do not split into groups of {group_size}")
+    constant = (gathered_adv.view(-1, group_size).abs() < 1e-8).all(dim=1).repeat_interleave(group_size)
+    return constant[process_index * local_n : (process_index + 1) * local_n]
+
+
+def last_user_content(messages: Sequence[dict]) -> str:
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"]:
+        raise ValueError(
+            "position 'end_of_user_turn' needs a conversational prompt whose last user message has "
+            "non-empty string content"
+        )
+    return users[-1]["content"]
+
+
+def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> int:
+    """Token offset in TRL's `ids` of the end of `content` (its last occurrence in the rendered prompt
+    `text`).
+
+    The rendered text is cut after the user's content and both halves are tokenised; the offset is accepted
+    only if the two halves give back exactly TRL's ids, i.e. no token straddles the end of the user turn.
+    """
+    cut = text.rfind(content)
+    if cut < 0:
+        raise ValueError(
+            "position 'end_of_user_turn': the chat template changed the user's text, so the end of the "
+            "user turn cannot be located; use after_generation_prompt or prepend"
+        )
+    cut += len(content)
+    head = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+    tail = list(tokenizer(text[cut:], add_special_tokens=False)["input_ids"]) if cut < len(text) else []
+    if head + tail != list(ids):
+        raise ValueError(
+            "position 'end_of_user_turn': a token of TRL's prompt ids straddles the end of the user "
+            "turn (tokenising the two halves separately gives other ids), so there is no token "
+            "boundary to insert at; use after_generation_prompt or prepend"
+        )
+    return len(head)
+
+
+def _sampled_logprobs(outputs, completion_ids: list[list[int]]) -> list[list[float]]:
+    """The sampled tokens' log-probs from vLLM outputs (NaN where vLLM gave none, as TRL does)."""
+    result = []
+    for o, ids in zip(outputs, completion_ids, strict=True):
+        per_pos = getattr(o.outputs[0], "logprobs", None) or [None] * len(ids)
+        row = []
+        for d, t in zip(per_pos, ids, strict=False):
+            lp = d.get(t) if d else None
+            row.append(float(lp.logprob) if lp is not None else math.nan)
+        row += [math.nan] * (len(ids) - len(row))
+        result.append(row)
+    return result
+
+
+@contextmanager
+def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
+    """While TRL builds its colocated `vllm.LLM`, add `enable_prompt_embeds=True` (and `extra`) to its
+    arguments.
+
+    TRL 1.16's `VLLMGeneration._init_vllm` passes a fixed argument list with no way to add engine options.
+    """
+    original = getattr(vllm_generation, "LLM", None)
+    if original is None:  # vLLM is not importable: TRL raises its own error
+        yield
+        return
+
+    def build(*args: Any, **kwargs: Any):
+        kwargs.update(extra)
+        kwargs["enable_prompt_embeds"] = True
+        return original(*args, **kwargs)
+
+    vllm_generation.LLM = build
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
+
+
+@contextmanager
+def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None]:
+    """Inside, TRL's fused LM head scores with the placeholder's logit at BANNED_LOGIT, as everything
+    else does.
+
+    Why: while attached, `rsp.attach` bans the placeholder in the output head's forward (so generation never
+    samples it and recomputed log-probs describe the policy that sampled). TRL 1.16 scores log-probs with a
+    fused kernel that reads the head's weight and bias without calling its forward, so the ban is given to it
+    as a bias term for the duration of the call (added to a real bias, which keeps its gradient).
+    """
+    head = output_embeddings(model)
+    weight = getattr(head, "weight", None)
+    if head is None or not isinstance(weight, torch.Tensor):
+        yield
+        return
+    params = head._parameters
+    had, old = "bias" in params, params.get("bias")
+    rows = int(getattr(weight, "ds_shape", weight.shape)[0])  # ZeRO-3 keeps the full shape aside
+    ban = torch.zeros(rows, dtype=weight.dtype, device=weight.device)
+    ban[token_id] = BANNED_LOGIT
+    # A plain tensor: bypasses nn.Module's Parameter check (torch types _parameters as Parameter-valued).
+    params["bias"] = ban if old is None else old + ban  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if had:
+            params["bias"] = old
+        else:
+            del params["bias"]
+
+
+def _grpo_args(args: tuple, kwargs: dict):
+    """The `GRPOConfig` passed to the constructor, positionally or by keyword (None if omitted)."""
+    return kwargs["args"] if "args" in kwargs else (args[2] if len(args) > 2 else None)
+
+
+class RSPGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` + a fresh RSP per rollout, re-inserted identically in every log-prob pass.
+
+    Same arguments as TRL's `GRPOTrainer`, plus (keyword-only):
+        rsp_config: an `rsp.RSPConfig` (length, scale, position, method, statistics options); the
+            default `RSPConfig()` is L = 4 after the generation prompt. `length=0` is plain GRPO.
+        injection: a ready `rsp.core.injection.Injection` instead of `rsp_config`.
+        rsp_seed: retired (FutureWarning; removed in 0.3): the per-rollout RSP seeds derive from
+            `args.seed`, the run's base seed, as everywhere in rsp (docs/glossary.md).
+        mask_constant_groups: DAPO dynamic sampling, masking form: groups whose rewards are all equal
+            leave the loss and its token count (default False: TRL's own behaviour).
+        vllm_engine_kwargs: extra `vllm.LLM(...)` arguments for the colocated engine (TRL has no option
+            for them), e.g. `{"enforce_eager": True}`.
+        placeholder_id: the token id that marks the L slots in TRL's prompt ids (default:
+            `rsp.attach`'s choice, an unused special token); a prompt that contains it is refused.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        rsp_config=None,
+        injection: Injection | None = None,
+        rsp_seed: int | None = None,
+        mask_constant_groups: bool = False,
+        vllm_engine_kwargs: dict | None = None,
+        placeholder_id: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if rsp_config is not None and injection is not None:
+            raise ValueError("pass rsp_config or injection, not both")
+        if injection is None:
+            rsp_config = (rsp_config or RSPConfig()).validate()
+            if get_method(rsp_config.method).injects_nothing(rsp_config):
+                injection = NoInjection(rsp_config.position)
+        active = injection is None or injection.length > 0 or injection.changes_prompt_rows
+        grpo_args = _grpo_args(args, kwargs)
+        colocated = bool(grpo_args is not None and grpo_args.use_vllm and grpo_args.vllm_mode == "colocate")
+        with (
+            _engine_with_prompt_embeds(dict(vllm_engine_kwargs or {}))
+            if colocated and active
+            else ExitStack()
+        ):
+            super().__init__(*args, **kwargs)
+        self.mask_constant_groups = mask_constant_groups
+        if rsp_seed is not None:
+            warnings.warn(
+                "RSPGRPOTrainer(rsp_seed=...) is deprecated and will be removed in rsp 0.3: the RSPs' "
+                "base seed is args.seed (GRPOConfig.seed); rsp_seed names one rollout's seed",
+                FutureWarning,
+                stacklevel=2,
+            )
+        self.rsp_seed = int(self.args.seed if rsp_seed is None else rsp_seed)  # the RSPs' base seed
+        self._rollout_round = 0
+        self._round: tuple[int, int, int] = (0, 0, 0)
+        self._pending_seeds: list[int | None] | None = None
+        self._scoring_seeds: list[int | None] | None = None
+        self._rsp_prompts: list[PromptTokens] = []
+        self.rsp: RSPHandle | None = None
+        self.rsp_handles: list[RSPHandle] = []
+        if injection is not None:  # else built below (`active` is then True)
+            self.injection: Injection = injection
+        if not active:
+            return  # nothing is injected: plain GRPOTrainer, bit for bit
+        self._refuse_unsupported()
+        model = self.model
+        # transformers' Trainer types it Optional (for model_init); GRPOTrainer always sets it
+        assert model is not None
+        lm = _with_full_weights(
+            model,
+            lambda: wrap_model(model, self.processing_class, name=type(model).__name__, prepare=False),
+        )
+        if injection is None:
+            injection = _with_full_weights(model, lambda: build_method(rsp_config.method, lm, rsp_config))
+            self.injection = injection
+            if not (injection.length > 0 or injection.changes_prompt_rows):
+                return
+        handle = _with_full_weights(
+            model,
+            lambda: attach(lm, injection=injection, seed=self.rsp_seed, placeholder_id=placeholder_id),
+        )
+        self.rsp = handle
+        self.rsp_handles = [handle]
+        if (
+            self.ref_model is not None
+        ):  # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
+            ref = self.accelerator.unwrap_model(self.ref_model)
+            self.rsp_handles.append(
+                _with_full_weights(
+                    ref,
+                    lambda: attach(
+                        ref,
+                        self.processing_class,
+                        injection=injection,
+                        seed=self.rsp_seed,
+                        placeholder_id=handle.placeholder_id,
+                    ),
+                )
+            )
+        if self.use_vllm:
+            self._check_vllm_engine()
+
+    # ----------------------------------------------------------- set-up checks
+    def _refuse_unsupported(self) -> None:
+        if self._is_vlm:
+            raise NotImplementedError(
+                "RSPGRPOTrainer supports text models; this processing class is a multimodal processor"
+            )
+        if self.tools or self.environment_factories is not None:
+            raise NotImplementedError(
+                "tools / environment_factory with an RSP: the multi-turn tool loop "
+                "would re-generate without the rollout's RSP; not supported"
+            )
+        if self.rollout_func is not None:
+            raise ValueError(
+                "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends "
+                "the RSP to vLLM); drop rollout_func or use RSPConfig(length=0)"
+            )
+        if self.use_transformers_continuous_batching:
+            raise NotImplementedError(
+                "use_transformers_continuous_batching with an RSP: generate_batch does "
+                "not run the embedding hook per row; use the default generate or vLLM"
+            )
+
+    def _check_vllm_engine(self) -> None:
+        gen = self.vllm_generation
+        if gen.mode == "colocate":
+            if gen.tensor_parallel_size > 1:
+                raise NotImplementedError(
+                    "vllm_tensor_parallel_size > 1 in colocate mode with an RSP is not implemented; use "
+                    f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
+                    "--tensor_parallel_size N)"
+                )
+            config = gen.llm.llm_engine.model_config
+            if not getattr(config, "enable_prompt_embeds", False):
+                raise RuntimeError("the colocated vLLM engine was built without enable_prompt_embeds")
+        elif self.accelerator.is_main_process:
+            client = gen.vllm_client
+            response = client.session.get(f"{client.base_url}/rsp/info")
+            if response.status_code != 200 or not response.json().get("enable_prompt_embeds"):
+                raise RuntimeError(
+                    f"the vLLM server at {client.base_url} cannot take RSP rollouts: "
+                    "`trl vllm-serve` / `vllm serve` have no mixed token/embedding prompts over HTTP. "
+                    "Start the server with "
+                    f"`{SERVER_COMMAND}` (the same flags as `trl vllm-serve`), which adds them"
+                )
+
+    # ----------------------------------------------------------- prompts with slots
+    def _tokenize_prompts(self, prompts: list):
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+        if self.rsp is None:
+            return prompt_ids, images, multimodal_fields
+        tokens = [
+            PromptTokens(tuple(int(t) for t in ids), self._user_turn_end(p, ids))
+            for p, ids in zip(prompts, prompt_ids, strict=True)
+        ]
+        self._rsp_prompts = tokens
+        batch = layout(
+            tokens,
+            self.injection,
+            pad_id=self.rsp.lm.pad_token_id,
+            placeholder_id=self.rsp.placeholder_id,
+        )
+        rows = [
+            ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+        ]
+        return rows, images, multimodal_fields
+
+    def _user_turn_end(self, prompt, ids: Sequence[int]) -> int:
+        """End of the last user message in TRL's ids (`end_of_user_turn`); a plain-text prompt (no chat
+        template applied by TRL) is all user text, so it ends at the end of the prompt."""
+        if self.injection.position != "end_of_user_turn" or not is_conversational({"prompt": prompt}):
+            return len(ids)
+        # TRL's own call (GRPOTrainer._tokenize_prompts), typed for what TRL's types leave loose:
+        # _refuse_unsupported() refused multimodal processors, so processing_class is a tokenizer;
+        # TrainingArguments.__post_init__ turns a JSON-string chat_template_kwargs into the dict;
+        # TRL keeps tools as list[Callable], which transformers' list[dict | Callable] does not accept.
+        tokenizer = cast("PreTrainedTokenizerBase", self.processing_class)
+        tools: list[dict | Callable] | None = list(self.tools) if self.tools else None
+        text = tokenizer.apply_chat_template(
+            conversation=prompt,
+            tools=tools,
+            chat_template=self.chat_template,
+            add_generation_prompt=True,
+            tokenize=False,
+            **cast(dict, self.chat_template_kwargs),
+        )
+        # tokenize=False: the rendered text (transformers types the result for every option)
+        return user_turn_offset(tokenizer, cast(str, text), last_user_content(prompt), ids)
+
+    # ----------------------------------------------------------- rollouts
+    @contextmanager
+    def pinned(self, seeds: Sequence[int | None]) -> Iterator[None]:
+        """Every forward inside (policy and reference) uses exactly these per-row seeds."""
+        with ExitStack() as stack:
+            for handle in self.rsp_handles:
+                stack.enter_context(handle.use_seeds(seeds))
+            yield
+
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
+        if self.rsp is None:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        seeds = self.next_rollout_seeds(len(prompt_ids))
+        if self.use_vllm:
+            return self._vllm_rollouts(seeds)
+        with self.pinned(seeds):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+
+    def round_key(self) -> tuple[int, int, int]:
+        """(process, optimizer step, call) of the next generation round: distinct on every rank, and a
+        resumed run does not replay the seeds of the steps it already trained on."""
+        return self.accelerator.process_index, int(self.state.global_step), self._rollout_round
+
+    def next_rollout_seeds(self, n: int) -> list[int | None]:
+        """Fresh per-rollout RSP seeds for the next generation round."""
+        self._round = self.round_key()
+        self._pending_seeds = rollout_seeds(self.injection, self.rsp_seed, self._round, n)
+        self._rollout_round += 1
+        return self._pending_seeds
+
+    def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
+        """One vLLM request per rollout, mixed layout.
+
+        The prompt's ids, with the RSP rows at the slots.
+        """
+        gen = self.vllm_generation
+        if gen.mode == "colocate" and gen.enable_sleep_mode and getattr(gen, "_llm_weights_sleeping", False):
+            gen.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        if self.state.global_step != self._last_loaded_step:
+            gen.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        assert self.rsp is not None  # only called for an active RSP (_generate_single_turn)
+        requests = build_requests(
+            self.rsp.lm,
+            self._rsp_prompts,
+            self.injection,
+            seeds,
+            decode_seed=derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round),
+            prompt_mode="mixed",
+        )
+        params: dict[str, Any] = dict(
+            n=1,
+            repetition_penalty=gen.repetition_penalty,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            top_k=gen.top_k,
+            min_p=0.0 if gen.min_p is None else gen.min_p,
+            max_tokens=gen.max_completion_length,
+            logprobs=gen.logprobs,
+            logit_bias={self.rsp.placeholder_id: -100.0},
+        )  # never sample the placeholder
+        if gen.mode == "colocate":
+            return self._colocate_generate(requests, params)
+        return self._server_generate(requests, params)
+
+    def _colocate_generate(self, requests, params: dict):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        gen = self.vllm_generation
+        extra = dict(gen.generation_kwargs)
+        if gen.structured_outputs_regex is not None:
+            extra["structured_outputs"] = StructuredOutputsParams(regex=gen.structured_outputs_regex)
+        elif isinstance(extra.get("structured_outputs"), dict):
+            extra["structured_outputs"] = StructuredOutputsParams(**extra["structured_outputs"])
+        sampling = [SamplingParams(**{**params, "seed": r.seed, **extra}) for r in requests]
+        if gen.enable_sleep_mode:
+            gen.llm.wake_up(tags=["kv_cache"])
+        outputs = gen.llm.generate([r.as_prompt() for r in requests], sampling, use_tqdm=False)
+        if gen.enable_sleep_mode:
+            gen.llm.sleep(level=2)
+            gen._llm_weights_sleeping = True
+        completion_ids = [list(o.outputs[0].token_ids) for o in outputs]
+        return completion_ids, _sampled_logprobs(outputs, completion_ids)
+
+    def _server_generate(self, requests, params: dict):
+        gen = self.vllm_generation
+        rows = gather_object([encode_request(r) for r in requests])
+        if self.accelerator.is_main_process:
+            client = gen.vllm_client
+            sampling = {**params, "logit_bias": {str(k): v for k, v in params["logit_bias"].items()}}
+            if gen.structured_outputs_regex is not None:
+                sampling["structured_outputs"] = {"regex": gen.structured_outputs_regex}
+            sampling.update(gen.generation_kwargs)
+            result = client._post(
+                f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": sampling}
+            )
+            # filled on every rank by the broadcast from rank 0
+            payload: list[Any] = [(result["completion_ids"], result["logprobs"])]
+        else:
+            payload = [None]
+        broadcast_object_list(payload, from_process=0)
+        completion_ids, logprobs = payload[0]
+        local = slice(
+            self.accelerator.process_index * len(requests),
+            (self.accelerator.process_index + 1) * len(requests),
+        )
+        return completion_ids[local], [[math.nan if x is None else x for x in row] for row in logprobs[local]]
+
+    def _generate_and_score_completions(self, inputs):
+        self._pending_seeds = None
+        self._scoring_seeds = None  # old / reference log-probs inside super() score the rows in rollout order
+        output = super()._generate_and_score_completions(inputs)
+        if self.rsp is not None:
+            seeds = self._pending_seeds
+            if seeds is None:
+                raise RuntimeError("no RSP seeds were recorded for this rollout batch")
+            output["rsp_seeds"] = torch.tensor(
+                [-1 if s is None else s for s in seeds],
+                dtype=torch.long,
+                device=output["completion_ids"].device,
+            )
+        if self.mask_constant_groups:
+            self._mask_constant_groups(output)
+        return output
+
+    def _mask_constant_groups(self, output: dict) -> None:
+        """Dynamic sampling, masking form.
+
+        Drop groups with all-equal rewards from the loss and normaliser.
+        """
+        adv = output["advantages"]
+        if adv.dim() != 1:
+            return
+        # A group can span ranks (TRL slices the gathered batch per process), so decide on the
+        # gathered vector.
+        everything = self.accelerator.gather(adv)
+        # TRL types num_generations Optional; GRPOConfig.__post_init__ has checked it is a divisor
+        group_size = cast(int, self.num_generations)
+        constant = local_constant_rows(everything, group_size, self.accelerator.process_index, adv.numel())
+        output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
+        loss_mask = (
+            output["completion_mask"]
+            if "tool_mask" not in output
+            else output["completion_mask"] * output["tool_mask"]
+        )
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        kept_groups = 1 - float(
+            local_constant_rows(everything, group_size, 0, everything.numel()).float().mean()
+        )
+        # Already global (from the gathered batch); written straight into this step's metrics, because
+        # `_log_metric` values are only flushed by the *next* call of `_generate_and_score_completions`.
+        training = cast(torch.nn.Module, self.model).training  # Trainer types it Optional, as above
+        self._metrics["train" if training else "eval"]["rsp/frac_groups_kept"].append(kept_groups)
+
+    # ----------------------------------------------------------- scoring with the stored RSP
+    def _compute_loss(self, model, inputs):
+        if self.rsp is None:
+            return super()._compute_loss(model, inputs)
+        self._scoring_seeds = [None if s < 0 else int(s) for s in inputs["rsp_seeds"].tolist()]
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._scoring_seeds = None
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs
+    ):
+        if self.rsp is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **kwargs
+            )
+        seeds = self._scoring_seeds if self._scoring_seeds is not None else self._pending_seeds
+        n = input_ids.size(0)
+        if seeds is None or len(seeds) != n:
+            raise RuntimeError("scoring a batch without its RSP seeds would use the wrong (or no) RSP")
+        step = batch_size or n
+        parts = []
+        for start in range(0, n, step):
+            end = min(start + step, n)
+            chunk = {
+                k: v[start:end] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
+                for k, v in kwargs.items()
+            }
+            with (
+                self.pinned(seeds[start:end]),
+                banned_in_fused_head(self.accelerator.unwrap_model(model), self.rsp.placeholder_id),
+            ):
+                parts.append(
+                    super()._get_per_token_logps_and_entropies(
+                        model,
+                        input_ids[start:end],
+                        attention_mask[start:end],
+                        logits_to_keep,
+                        batch_size=None,
+                        **chunk,
+                    )
+                )
+        logps = torch.cat([p[0] for p in parts], dim=0)
+        ents = torch.cat([p[1] for p in parts], dim=0) if parts[0][1] is not None else None
+        aux = torch.stack([p[2] for p in parts]).mean() if parts[0][2] is not None else None
+        return logps, ents, aux
+
+
+def _with_full_weights(model: torch.nn.Module, build):
+    """Run `build` (which reads the embedding table) with the table gathered under DeepSpeed ZeRO-3
+    (not run here: deepspeed is not installed in this project's environments)."""
+    weight = input_embeddings(model).weight
+    if not hasattr(weight, "ds_id"):
+        return build()
+    import deepspeed  # ZeRO-3 partitions the table; the statistics need all of it
+
+    with deepspeed.zero.GatheredParameters([weight]):
+        return build()
+
+
+def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
+    """Map the project's DAPOConfig onto TRL's GRPOConfig (DAPO recipe); `overrides` (and `cfg.trl_args`,
+    applied last) may set any GRPOConfig field, e.g. bf16, gradient_accumulation_steps, report_to."""
+    settings: dict[str, Any] = dict(
+        output_dir=output_dir,
+        loss_type="dapo",
+        epsilon=cfg.epsilon_low,
+        epsilon_high=cfg.epsilon_high,
+        beta=cfg.beta,
+        num_generations=cfg.group_size,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=1.0,
+        top_k=0,
+        mask_truncated_completions=cfg.mask_truncated,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step,
+        gradient_accumulation_steps=1,
+        num_iterations=cfg.updates_per_batch,
+        max_steps=cfg.steps,
+        seed=cfg.seed,
+        use_cpu=cfg.device == "cpu",
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        scale_rewards="group",
+        bf16=False,
+    )
+    settings.update(overrides)
+    settings.update(cfg.trl_args)
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(GRPOConfig)})
+    if unknown:
+        raise DAPOConfigError(f"not GRPOConfig fields: {', '.join(unknown)}")
+    return GRPOConfig(**settings)
+
+
+def completion_text(completion) -> str:
+    """A TRL completion as text: a string, or (conversational prompts) a list of one assistant message."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content") or "" for m in completion if isinstance(m, dict))
+
+
+def dapo_reward(cfg: DAPOConfig, correct_fn):
+    """TRL reward function: +/- correctness from the project's grader plus DAPO overlong shaping."""
+
+    def reward(prompts, completions, completion_ids, answer, log_metric=None, **_):
+        out, correct = [], []
+        for completion, ids, gold in zip(completions, completion_ids, answer, strict=True):
+            correct.append(bool(correct_fn(completion_text(completion), gold)))
+            out.append(shaped_reward(cfg, correct[-1], len(ids)))
+        if log_metric is not None and correct:  # TRL averages it over ranks: the native trainer's `accuracy`
+            log_metric("accuracy", sum(correct) / len(correct))
+        return out
+
+    reward.__name__ = "rsp_dapo_reward"
+    return reward
+
+
+def task_prompt(builder, problem):
+    """A task problem as a standard TRL prompt: chat messages where the tokenizer has a chat template
+    (`PromptBuilder`'s chat style), else the plain few-shot text; TRL tokenises either itself."""
+    if builder.resolved_style == "chat":
+        messages = (
+            [] if builder.system_prompt is None else [{"role": "system", "content": builder.system_prompt}]
+        )
+        return messages + [{"role": "user", "content": f"{problem.question}\n{INSTRUCTION}"}]
+    head, tail = builder.render(problem)
+    return head + tail
+
+
+def build_trl_trainer(cfg: DAPOConfig, lm, problems, builder, correct_fn, output_dir: str, **overrides):
+    """An RSPGRPOTrainer on a standard TRL dataset of `problems` (columns: prompt, answer)."""
+    injection = build_injection(lm, cfg)  # statistics from the loaded model's cache, fitted before any update
+    rows = [{"prompt": task_prompt(builder, p), "answer": p.answer} for p in problems]
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+    else:
+        # rsp's loader freezes everything; full fine-tuning trains all but the embedding table
+        # (as natively)
+        lm.model.requires_grad_(True)
+        lm.model.get_input_embeddings().weight.requires_grad_(False)
+    return RSPGRPOTrainer(
+        model=lm.model,
+        reward_funcs=[dapo_reward(cfg, correct_fn)],
+        args=grpo_config(cfg, output_dir, **overrides),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=lm.tokenizer,
+        peft_config=peft_config,
+        injection=injection,
+        mask_constant_groups=True,
+    )
