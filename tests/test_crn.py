@@ -56,7 +56,8 @@ def _config(model_dir, **kw) -> EvalConfig:
 def _by_method(records) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for r in records:
-        out.setdefault(r["method"], {})[(r["problem_id"], r["attempt"])] = (tuple(r["token_ids"]), r["decode_seed"])
+        key = (r["problem_id"], r["attempt"])
+        out.setdefault(r["method"], {})[key] = (tuple(r["token_ids"]), r["decode_seed"])
     return out
 
 
@@ -100,7 +101,8 @@ def test_new_runs_record_the_setting_and_old_runs_resume_without_it(tmp_path, ti
     # resumed by today's command line, whose default is on: it continues with the old seeds
     resumed = run_eval(cfg, tmp_path / "old", lm=tiny_loaded, progress=False)
     assert not resumed.config.common_random_numbers
-    assert (tmp_path / "old" / "samples.jsonl").read_bytes() == (tmp_path / "whole" / "samples.jsonl").read_bytes()
+    samples = "samples.jsonl"
+    assert (tmp_path / "old" / samples).read_bytes() == (tmp_path / "whole" / samples).read_bytes()
     saved = json.loads((tmp_path / "old" / "config.json").read_text())["config"]
     assert "common_random_numbers" not in saved, "the old run's config is left as it was"
     records = read_jsonl_records(tmp_path / "old" / "samples.jsonl")

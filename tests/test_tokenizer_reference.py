@@ -127,9 +127,11 @@ def test_a_cache_without_the_current_stamp_is_converted_again(tmp_path, caplog):
     fake.write_bytes(b"not a gguf")
     current, why = conversion_is_current(target)
     assert not current and CONVERSION_STAMP in why
-    with caplog.at_level(logging.WARNING, logger="rsp.models.loading"):
-        with pytest.raises(ModelLoadError, match="could not read GGUF file"):
-            convert_gguf(fake, target)
+    with (
+        caplog.at_level(logging.WARNING, logger="rsp.models.loading"),
+        pytest.raises(ModelLoadError, match="could not read GGUF file"),
+    ):
+        convert_gguf(fake, target)
     assert "out of date" in caplog.text and "converted before tokenizer format" in caplog.text
 
     (target / CONVERSION_STAMP).write_text(json.dumps({"tokenizer_format": TOKENIZER_FORMAT - 1}))
@@ -214,9 +216,8 @@ def smollm_reference(vocab: GGUFVocab):
         ]
     )
     ref.decoder = decoders.ByteLevel()
-    ref.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t, k in zip(vocab.tokens, vocab.types) if k == CONTROL]
-    )
+    control = [t for t, k in zip(vocab.tokens, vocab.types, strict=True) if k == CONTROL]
+    ref.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     return ref
 
 

@@ -34,8 +34,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The GGUF conversion's version: 1 (no stamp), transformers' Unigram reading of Gemma; 2, SentencePiece BPE.
 TOKENIZER_FORMAT = 2
-"""Version of the GGUF conversion. 1 (no stamp): transformers' Unigram reading of Gemma; 2: SentencePiece BPE."""
 
 GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma4", "gemma4_text")
 # SentencePiece piece types; llama.cpp's token types use the same numbers.
