@@ -137,15 +137,16 @@ def sentencepiece_model(vocab: GGUFVocab) -> bytes:
     `▁` and kept as written (no collapsing of runs), byte fallback, and a dummy prefix only where the
     GGUF asks for one (`tokenizer.ggml.add_space_prefix`; false for Gemma).
     """
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    from sentencepiece import sentencepiece_model_pb2
 
+    pb: Any = sentencepiece_model_pb2  # generated protobuf classes: attributes made at import time
     if vocab.model != "llama":
         raise ValueError(f"GGUF tokenizer model {vocab.model!r} is not a SentencePiece model")
     proto = pb.ModelProto()
     for (piece, kind), score in zip(original_piece_types(vocab), vocab.scores, strict=True):
         entry = proto.pieces.add()
         entry.piece = piece
-        entry.type = kind  # type: ignore[assignment]  # protobuf enums are typed as their own class
+        entry.type = kind
         entry.score = score if kind == NORMAL else 0.0
     spec = proto.trainer_spec
     spec.model_type = pb.TrainerSpec.BPE
@@ -177,7 +178,7 @@ def gemma_tokenizer(vocab: GGUFVocab):
     normal = [(p, s) for p, s, t in zip(vocab.tokens, vocab.scores, vocab.types, strict=True) if t == NORMAL]
     # SentencePiece BPE merges the adjacent pair whose joined piece scores highest, and only NORMAL
     # pieces take part; bytes, control and user-defined pieces never result from a merge.
-    merges = generate_merges({p: ids[p] for p, _ in normal}, normal)
+    merges = generate_merges({p: ids[p] for p, _ in normal}, dict(normal))
 
     def name(i: int | None, default: str) -> str:
         return vocab.tokens[i] if i is not None else default
