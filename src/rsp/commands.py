@@ -38,7 +38,7 @@ def eval_main(argv: Sequence[str]) -> int:
     cfg, output = eval_parser().parse(argv)
     out = Path(output.out)
     run = run_eval(cfg, out, progress=not output.quiet)
-    summary = write_eval_report(out, run.records, cfg.to_dict(), seconds=run.seconds)
+    summary = write_eval_report(out, run.records, run.config.to_dict(), seconds=run.seconds)
     print(markdown_table(summary))
     print(
         f"samples: {out / 'samples.jsonl'}  report: {out / 'summary.md'}  "

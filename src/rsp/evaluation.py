@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import ClassVar, get_args
@@ -26,7 +26,7 @@ from rsp.generation import Generator, decode_seed_for, plan_batches
 from rsp.methods import InjectionArgs, canonical_method, method_names
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
-from rsp.runio import prepare_run_dir, rename_config_keys
+from rsp.runio import RunDirError, prepare_run_dir, read_run_config, rename_config_keys
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import PromptBuilder, PromptStyle
@@ -86,6 +86,13 @@ class EvalConfig(InjectionArgs, EngineArgs):
     max_new_tokens: int = option(128, "tokens generated per attempt at most", group=_SAMPLING)
     batch_size: int = option(32, "attempts per engine batch", group=_SAMPLING)
     seed: int = option(0, "the run's base seed (every RSP and decode seed derives from it)", group=_SAMPLING)
+    common_random_numbers: bool = option(
+        True,
+        "common random numbers: every method's batch of the same problems decodes with the same seed "
+        "(derived without the method name), so paired comparisons do not carry independent sampling noise; "
+        "a run saved without this setting (made before it existed) resumes with it off",
+        group=_SAMPLING,
+    )
     grader_timeout: float = option(5.0, "seconds per answer check", group=_SAMPLING)
 
     def __post_init__(self) -> None:
@@ -125,6 +132,8 @@ class EvalConfig(InjectionArgs, EngineArgs):
         for key in PARALLEL_SIZES:  # absent at 1, so older runs still resume
             if d[key] == 1:
                 del d[key]
+        if not d["common_random_numbers"]:  # absent means off, as in every run made before it
+            del d["common_random_numbers"]
         return d
 
     @classmethod
@@ -138,6 +147,7 @@ class EvalConfig(InjectionArgs, EngineArgs):
         d = dict(d)
         if "methods" in d:
             d["methods"] = tuple(d["methods"])
+        d.setdefault("common_random_numbers", False)  # saved before it existed: decode seeds named the method
         return cls(**d)
 
     def load_task(self) -> Task:
@@ -159,6 +169,24 @@ def upgrade_legacy_config(out: Path) -> None:
         log.info(
             "%s: config.json keys renamed to the current spelling (%s)", out, ", ".join(LEGACY_KEYS.values())
         )
+
+
+def keep_saved_seed_scheme(out: Path, config: EvalConfig) -> EvalConfig:
+    """`config`, with common random numbers off when `out` holds a run saved before that setting existed.
+
+    Such a run derived every decode seed from the method name; resuming it with the same seeds is what
+    keeps its attempts the ones an uninterrupted run would have made. Its config.json has no
+    `common_random_numbers` key, which `EvalConfig.to_dict` also leaves out when the setting is off, so
+    the resumed run's settings compare equal to the saved ones.
+    """
+    try:
+        saved = read_run_config(out, kind="eval")
+    except RunDirError:
+        return config  # no run there yet (or not an eval run: prepare_run_dir says so)
+    if "common_random_numbers" in saved.config or not config.common_random_numbers:
+        return config
+    log.info("%s was made before common random numbers existed: resuming it with them off", out)
+    return replace(config, common_random_numbers=False)
 
 
 def prompt_hash(prompt: PromptTokens) -> str:
@@ -193,6 +221,7 @@ def run_eval(
     out = Path(out)
     task = config.load_task()
     upgrade_legacy_config(out)
+    config = keep_saved_seed_scheme(out, config)
     resumed = prepare_run_dir(out, config.to_dict(), kind="eval")
     samples_path = out / SAMPLES
     existing = read_samples(samples_path, repair=True)
@@ -234,7 +263,7 @@ def run_eval(
                 injection = injections[batch.method]
                 problems = [task.problems[p] for p, _ in batch.rows]
                 seeds = [injection.seed_for(config.seed, task.problems[p].id, a) for p, a in batch.rows]
-                decode_seed = decode_seed_for(config.seed, batch)
+                decode_seed = decode_seed_for(config.seed, batch, common=config.common_random_numbers)
                 completions = generator.run(
                     [prompts[p] for p, _ in batch.rows],
                     injection,

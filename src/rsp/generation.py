@@ -89,8 +89,16 @@ def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: i
     return batches
 
 
-def decode_seed_for(seed: int, batch: WorkBatch) -> int:
-    """The decoding seed of a planned batch (shared by `rsp.generate` and `rsp eval`)."""
+def decode_seed_for(seed: int, batch: WorkBatch, *, common: bool = False) -> int:
+    """The decoding seed of a planned batch (shared by `rsp.generate` and `rsp eval`).
+
+    `common` (common random numbers, `rsp eval`'s default for new runs): leave the method out of the
+    derivation, so every method's batch of the same prompt group and chunk samples from the same random
+    stream. Two arms then differ only by what their injections change, and the sampling noise common to
+    both cancels in a paired comparison; without it each arm draws its own noise.
+    """
+    if common:
+        return derive_seed(seed, "decode", batch.group, batch.chunk)
     return derive_seed(seed, "decode", batch.method, batch.group, batch.chunk)
 
 

@@ -321,7 +321,7 @@ def run_sweep(
                 )
             run = run_eval(cfg, cell_dir, generator=generator, progress=progress)
             recs = [dict(r) for r in run.records]
-            write_eval_report(cell_dir, recs, cfg.to_dict(), seconds=run.seconds)
+            write_eval_report(cell_dir, recs, run.config.to_dict(), seconds=run.seconds)
             ran.append(cell.name)
         records[cell.name] = _expand(recs, n) if cell.replicate else recs
     bar.close()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from rsp.core.stats import EmbeddingStats, MeanMode, RowSelection, fit_embedding_stats
+from rsp.models.gguf_tokenizer import TOKENIZER_FORMAT, read_gguf_vocab, tokenizer_from_gguf
 from rsp.models.packaged import PACKAGED_MODELS, locate_packaged_gguf
 
 if TYPE_CHECKING:
@@ -387,16 +388,33 @@ def load_tokenizer(location: str):
                 f"{location} needs its tokenizer from {gguf_file}, which no longer exists; "
                 f"delete {location} to convert again"
             )
-        tok = AutoTokenizer.from_pretrained(
-            str(gguf_file.parent), gguf_file=gguf_file.name, clean_up_tokenization_spaces=False
-        )
-        if info.get("add_bos_token"):
-            # transformers defines this property's setter apart from its getter; mypy then sees it read-only
-            tok.add_bos_token = True  # type: ignore[misc]
-        return tok
+        return tokenizer_from_gguf(gguf_file)
     # clean_up_tokenization_spaces=False: transformers ignores the saved True for BPE tokenizers anyway (and
     # warned about it on every run); the decoded text is the same.
     return AutoTokenizer.from_pretrained(location, clean_up_tokenization_spaces=False)
+
+
+CONVERSION_STAMP = "rsp-conversion.json"
+
+
+def conversion_is_current(target: Path) -> tuple[bool, str]:
+    """Whether a converted GGUF cache was written by this version of the conversion, and if not, why.
+
+    Caches converted before `TOKENIZER_FORMAT` 2 carry no stamp: their Gemma tokenizer split words into
+    fragments (`rsp.models.gguf_tokenizer`), so they are converted again rather than reused.
+    """
+    if not (target / "config.json").is_file():
+        return False, "not converted yet"
+    stamp = target / CONVERSION_STAMP
+    if not stamp.is_file():
+        return False, f"it has no {CONVERSION_STAMP} (converted before tokenizer format {TOKENIZER_FORMAT})"
+    try:
+        found = json.loads(stamp.read_text()).get("tokenizer_format")
+    except (OSError, ValueError) as exc:
+        return False, f"its {CONVERSION_STAMP} is unreadable ({exc})"
+    if found != TOKENIZER_FORMAT:
+        return False, f"its tokenizer format is {found}, this version writes {TOKENIZER_FORMAT}"
+    return True, "current"
 
 
 def _gguf_cache_key(path: Path) -> str:
@@ -406,19 +424,28 @@ def _gguf_cache_key(path: Path) -> str:
 
 
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
-    """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename).
 
-    if target.is_dir() and (target / "config.json").is_file():
+    A directory already there is reused only if its `CONVERSION_STAMP` names the current
+    `TOKENIZER_FORMAT`; an older one is converted again, with a log line saying why.
+    """
+    from transformers import AutoModelForCausalLM
+
+    current, why = conversion_is_current(target)
+    if current:
         return target
     if not gguf_path.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_path}")
-    log.info("converting %s to a safetensors cache at %s (once)", gguf_path, target)
+    if target.exists():
+        log.warning("converting %s again: the cache at %s is out of date: %s", gguf_path, target, why)
+    else:
+        log.info("converting %s to a safetensors cache at %s (once)", gguf_path, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         try:
-            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            vocab = read_gguf_vocab(gguf_path)
+            tok = tokenizer_from_gguf(gguf_path, vocab)
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
             )
@@ -429,22 +456,19 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
         model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        add_bos = gguf_add_bos_token(gguf_path)
-        if add_bos:
-            # transformers' GGUF tokenizer ignores tokenizer.ggml.add_bos_token. (The property's setter
-            # is defined apart from its getter, which mypy reads as read-only.)
-            tok.add_bos_token = True  # type: ignore[misc]
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         if not _tokenizer_round_trips(tok, tmp):
-            # Some saved GGUF tokenizers re-load with different merges (seen with Gemma 3 on
-            # transformers 5.17): then keep reading the tokenizer from the GGUF file itself.
+            # Should a saved tokenizer re-load differently, keep reading it from the GGUF file itself.
             log.warning(
                 "tokenizer of %s does not survive save/load; it will be read from the GGUF file", gguf_path
             )
             (tmp / TOKENIZER_MARKER).write_text(
-                json.dumps({"gguf_file": str(gguf_path.resolve()), "add_bos_token": add_bos})
+                json.dumps({"gguf_file": str(gguf_path.resolve()), "add_bos_token": vocab.add_bos})
             )
+        (tmp / CONVERSION_STAMP).write_text(
+            json.dumps({"tokenizer_format": TOKENIZER_FORMAT, "gguf_file": str(gguf_path.resolve())})
+        )
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -459,7 +483,7 @@ def resolve_model_dir(spec: str, cache_dir: Path | None = None) -> tuple[str, st
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec in PACKAGED_MODELS:
         target = cache / "models" / spec
-        if not (target / "config.json").is_file():
+        if not conversion_is_current(target)[0]:
             gguf = locate_packaged_gguf(spec, cache / "gguf")
             convert_gguf(gguf, target)
         return str(target), f"packaged:{spec}"

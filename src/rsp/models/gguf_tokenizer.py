@@ -1,0 +1,227 @@
+"""The tokenizer a GGUF file describes, built so that it splits text the way the original model did.
+
+Why this module exists: transformers (5.17) turns the SentencePiece vocabulary of a Gemma GGUF into a
+*Unigram* tokenizer and runs Viterbi over the scores. Gemma's tokenizer is a SentencePiece *BPE* model,
+whose scores are merge priorities (minus the merge rank), not log-probabilities, so Viterbi preferred
+many early-merged fragments over whole words: `" reason"` became `▁re as on` instead of `▁reason`, and
+an arithmetic prompt came out about half again as long as Gemma reads it. Every Gemma number measured
+with that tokenizer saw text the model was not trained on.
+
+What is built instead, for GGUF files whose tokenizer is a SentencePiece model (`tokenizer.ggml.model`
+"llama") of the Gemma family:
+
+- `sentencepiece_model`: the SentencePiece model the GGUF was converted from, rebuilt from its tokens,
+  scores and types (BPE, byte fallback, identity normalisation, spaces escaped to `▁`, no dummy prefix
+  unless the file says `add_space_prefix`). llama.cpp's converter marked the original user-defined
+  pieces that look like tags (`<start_of_turn>`, `<unusedN>`) as control and wrote `▁` in user-defined
+  pieces as a space; both are undone here, so the `sentencepiece` library's own encoder can serve as the
+  reference the loaded tokenizer is checked against.
+- `gemma_tokenizer`: transformers' `GemmaTokenizer` (a BPE with Gemma's normaliser, pre-tokeniser and
+  byte fallback) given the GGUF's vocabulary and merges ordered by score, the order SentencePiece BPE
+  applies them in (`transformers.tokenization_utils_base.generate_merges`), plus the GGUF's control and
+  user-defined tokens as added tokens (frozen, as SentencePiece freezes user-defined pieces).
+
+`TOKENIZER_FORMAT` is written into each converted cache; a cache converted before this fix carries no
+such stamp and is converted again instead of being read (`rsp.models.loading.resolve_model_dir`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The GGUF conversion's version: 1 (no stamp), transformers' Unigram reading of Gemma; 2, SentencePiece BPE.
+TOKENIZER_FORMAT = 2
+
+GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma4", "gemma4_text")
+# SentencePiece piece types; llama.cpp's token types use the same numbers.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+@dataclass(frozen=True)
+class GGUFVocab:
+    """The tokenizer fields of a GGUF file (`tokenizer.ggml.*`)."""
+
+    architecture: str
+    model: str  # "llama" (SentencePiece), "gpt2" (byte-level BPE), ...
+    pre: str | None
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    merges: list[str]
+    bos_id: int | None
+    eos_id: int | None
+    unk_id: int | None
+    pad_id: int | None
+    add_bos: bool
+    add_space_prefix: bool
+
+    @property
+    def is_gemma_sentencepiece(self) -> bool:
+        """Whether transformers would read this vocabulary with its Unigram Gemma converter."""
+        return self.model == "llama" and self.architecture in GEMMA_ARCHITECTURES
+
+
+def _scalar(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    return field.contents()
+
+
+def read_gguf_vocab(path: Path) -> GGUFVocab:
+    """Read the tokenizer fields of a GGUF file with `gguf.GGUFReader` (seconds for a 262k vocabulary)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def array(key: str) -> list[Any]:
+        field = reader.fields.get(key)
+        return list(field.contents()) if field is not None else []
+
+    def optional_int(key: str) -> int | None:
+        value = _scalar(reader, key)
+        return int(value) if value is not None else None
+
+    add_space = _scalar(reader, "tokenizer.ggml.add_space_prefix")
+    return GGUFVocab(
+        architecture=str(_scalar(reader, "general.architecture")),
+        model=str(_scalar(reader, "tokenizer.ggml.model")),
+        pre=_scalar(reader, "tokenizer.ggml.pre"),
+        tokens=[str(t) for t in array("tokenizer.ggml.tokens")],
+        scores=[float(s) for s in array("tokenizer.ggml.scores")],
+        types=[int(t) for t in array("tokenizer.ggml.token_type")],
+        merges=[str(m) for m in array("tokenizer.ggml.merges")],
+        bos_id=optional_int("tokenizer.ggml.bos_token_id"),
+        eos_id=optional_int("tokenizer.ggml.eos_token_id"),
+        unk_id=optional_int("tokenizer.ggml.unknown_token_id"),
+        pad_id=optional_int("tokenizer.ggml.padding_token_id"),
+        add_bos=bool(_scalar(reader, "tokenizer.ggml.add_bos_token")),
+        # llama.cpp's default for a SentencePiece vocabulary without the field is True
+        add_space_prefix=bool(add_space) if add_space is not None else vocab_model_default_prefix(reader),
+    )
+
+
+def vocab_model_default_prefix(reader: Any) -> bool:
+    return str(_scalar(reader, "tokenizer.ggml.model")) == "llama"
+
+
+def original_piece_types(vocab: GGUFVocab) -> list[tuple[str, int]]:
+    """(piece, SentencePiece type) as in the model the GGUF was converted from.
+
+    llama.cpp's converter typed every added token that looks like a tag as CONTROL and replaced `▁` by a
+    space in user-defined ones. In a SentencePiece model only BOS, EOS and PAD are control pieces and
+    UNK is UNKNOWN; every other such piece is USER_DEFINED, matched whole in the text.
+    """
+    keep_control = {i for i in (vocab.bos_id, vocab.eos_id, vocab.pad_id) if i is not None}
+    out = []
+    for i, (piece, kind) in enumerate(zip(vocab.tokens, vocab.types, strict=True)):
+        if i == vocab.unk_id:
+            kind = UNKNOWN
+        elif kind == CONTROL and i not in keep_control:
+            kind = USER_DEFINED
+        if kind == USER_DEFINED:
+            piece = piece.replace(" ", "\u2581")
+        out.append((piece, kind))
+    return out
+
+
+def sentencepiece_model(vocab: GGUFVocab) -> bytes:
+    """A serialised SentencePiece BPE `ModelProto` equivalent to the GGUF's tokenizer.
+
+    Identity normalisation (Gemma's tokenizer applies no Unicode normalisation), whitespace escaped to
+    `▁` and kept as written (no collapsing of runs), byte fallback, and a dummy prefix only where the
+    GGUF asks for one (`tokenizer.ggml.add_space_prefix`; false for Gemma).
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    pb: Any = sentencepiece_model_pb2  # generated protobuf classes: attributes made at import time
+    if vocab.model != "llama":
+        raise ValueError(f"GGUF tokenizer model {vocab.model!r} is not a SentencePiece model")
+    proto = pb.ModelProto()
+    for (piece, kind), score in zip(original_piece_types(vocab), vocab.scores, strict=True):
+        entry = proto.pieces.add()
+        entry.piece = piece
+        entry.type = kind
+        entry.score = score if kind == NORMAL else 0.0
+    spec = proto.trainer_spec
+    spec.model_type = pb.TrainerSpec.BPE
+    spec.vocab_size = len(vocab.tokens)
+    spec.byte_fallback = True
+    spec.split_digits = True
+    for name in ("unk", "bos", "eos", "pad"):
+        ident = getattr(vocab, f"{name}_id")
+        setattr(spec, f"{name}_id", ident if ident is not None else -1)
+        if ident is not None:
+            setattr(spec, f"{name}_piece", vocab.tokens[ident])
+    norm = proto.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = vocab.add_space_prefix
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def gemma_tokenizer(vocab: GGUFVocab):
+    """transformers' `GemmaTokenizer` with the GGUF's vocabulary, score-ordered merges and added tokens."""
+    from tokenizers import AddedToken
+    from transformers import GemmaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    if not vocab.is_gemma_sentencepiece:
+        raise ValueError(f"not a Gemma SentencePiece vocabulary: {vocab.architecture}/{vocab.model}")
+    ids = {piece: i for i, piece in enumerate(vocab.tokens)}
+    normal = [(p, s) for p, s, t in zip(vocab.tokens, vocab.scores, vocab.types, strict=True) if t == NORMAL]
+    # SentencePiece BPE merges the adjacent pair whose joined piece scores highest, and only NORMAL
+    # pieces take part; bytes, control and user-defined pieces never result from a merge.
+    merges = generate_merges({p: ids[p] for p, _ in normal}, dict(normal))
+
+    def name(i: int | None, default: str) -> str:
+        return vocab.tokens[i] if i is not None else default
+
+    tok = GemmaTokenizer(
+        vocab=ids,
+        merges=merges,
+        unk_token=name(vocab.unk_id, "<unk>"),
+        bos_token=name(vocab.bos_id, "<bos>"),
+        eos_token=name(vocab.eos_id, "<eos>"),
+        pad_token=name(vocab.pad_id, "<pad>"),
+        add_bos_token=vocab.add_bos,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+    )
+    control = [
+        AddedToken(p, normalized=False, special=True)
+        for p, t in zip(vocab.tokens, vocab.types, strict=True)
+        if t == CONTROL
+    ]
+    user = [
+        AddedToken(p, normalized=False, special=False)
+        for p, t in zip(vocab.tokens, vocab.types, strict=True)
+        if t == USER_DEFINED
+    ]
+    tok.add_tokens(control, special_tokens=True)
+    tok.add_tokens(user)
+    return tok
+
+
+def tokenizer_from_gguf(path: Path, vocab: GGUFVocab | None = None):
+    """The tokenizer of a GGUF file: `gemma_tokenizer` for Gemma's SentencePiece vocabulary, else
+    transformers' own GGUF reading (its byte-level BPE path builds the merges the file lists)."""
+    from transformers import AutoTokenizer
+
+    vocab = vocab or read_gguf_vocab(path)
+    if vocab.is_gemma_sentencepiece:
+        return gemma_tokenizer(vocab)
+    tok = AutoTokenizer.from_pretrained(
+        str(path.parent), gguf_file=path.name, clean_up_tokenization_spaces=False
+    )
+    if vocab.add_bos:
+        # transformers' GGUF tokenizer ignores tokenizer.ggml.add_bos_token. (The property's setter
+        # is defined apart from its getter, which mypy reads as read-only.)
+        tok.add_bos_token = True  # type: ignore[misc]
+    return tok
