@@ -47,7 +47,8 @@ from typing import Any
 SECTIONS = ("models", "agreement", "throughput", "prefix_cache", "trl_colocate")
 BUDGETS = {  # seconds; the GPU's sum stays under 8 minutes with the parent's own few seconds
     "cuda": {"models": 45, "agreement": 90, "throughput": 150, "prefix_cache": 60, "trl_colocate": 120},
-    "cpu": {"models": 120, "agreement": 420, "throughput": 600, "prefix_cache": 420, "trl_colocate": 600},
+    # the dry run proves the logic, not the timing: a loaded 2-core machine needs minutes per vLLM start
+    "cpu": {"models": 300, "agreement": 900, "throughput": 900, "prefix_cache": 900, "trl_colocate": 900},
 }
 MODELS = ("llama", "gemma")
 
@@ -131,14 +132,25 @@ def build_model(arch: str, path: Path, *, tiny: bool, dtype: str, sharpen: float
 
 # ---------------------------------------------------------------------------------------------- helpers
 class Section:
-    """One section's result: checks and metrics, written out even when the section raises."""
+    """One section's result: checks and metrics, saved after every check (a section stopped at its budget
+    keeps what it had measured) and once more at its end."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
         self.checks: dict[str, bool] = {}
         self.metrics: dict[str, Any] = {}
 
     def check(self, name: str, ok: bool) -> None:
         self.checks[name] = bool(ok)
+        self.flush()
+
+    def flush(self) -> None:
+        self.save({"status": "running", "error": None})
+
+    def save(self, result: dict) -> None:
+        if self.path:
+            body = {**result, "checks": self.checks, "metrics": self.metrics}
+            write(Path(self.path), body)
 
 
 def settings(args) -> dict:
@@ -258,6 +270,7 @@ def section_agreement(args, out: Section) -> None:
             rows[name] = {"identical": round(same, 4), "mean_common_prefix": round(prefix, 2)}
             out.check(f"{arch}_{name}_agreement", same >= args.min_agreement)
         out.metrics[arch] = rows
+        out.flush()
         release(backend)
         del lm
 
@@ -327,6 +340,8 @@ def section_throughput(args, out: Section) -> None:
                 backend.prompt_mode = mode
                 rates[f"{tag}_rsp_{mode}_{phase}"] = timed(backend, prompts, injection, seeds, sampling)
             backend.prompt_mode = "mixed"
+            out.metrics["runs"] = rates
+            out.flush()
         release(backend)
     out.metrics["runs"] = rates
     ratio = {}
@@ -378,14 +393,16 @@ def section_prefix_cache(args, out: Section) -> None:
     on = [[c.token_ids for c in cached.generate(many, injection, many_seeds, greedy, decode_seed=0)]]
     on.append([c.token_ids for c in cached.generate(many, injection, many_seeds, greedy, decode_seed=0)])
 
-    # vLLM's own reproduction of the hazard: same ids and tensor, masks differing on 32 positions.
+    # vLLM's own reproduction of the hazard: same ids and tensor, masks differing on the first cache block.
     llm = cached.llm
-    tail = list(one[0].ids)
-    ids = [5] * 32 + tail
+    tail = list(one[0].ids)[-24:]
+    n = llm.llm_engine.vllm_config.cache_config.block_size  # only full blocks are cached
+    out.metrics["block_size"] = n
+    ids = [5] * n + tail
     row = torch.randn(light.hidden_size, generator=torch.Generator().manual_seed(0)) * 8
     embeds = torch.zeros(len(ids), light.hidden_size, dtype=getattr(torch, s["dtype"]))
-    embeds[:32] = row.to(embeds.dtype)
-    masks = {"A": [False] * 32 + [True] * len(tail), "B": [True] * len(ids)}
+    embeds[:n] = row.to(embeds.dtype)
+    masks = {"A": [False] * n + [True] * len(tail), "B": [True] * len(ids)}
     params = SamplingParams(temperature=0, max_tokens=8)
 
     def run(name: str, salt: bool) -> tuple[int, ...]:
@@ -499,15 +516,14 @@ RUNNERS = {
 
 def run_section(args) -> int:
     """Child process: one section, its result written to --section-out whatever happens."""
-    out = Section()
+    out = Section(args.section_out)
     result: dict[str, Any] = {"status": "error", "error": None}
     try:
         RUNNERS[args.run_section](args, out)
         result["status"] = "passed" if out.checks and all(out.checks.values()) else "failed"
     except BaseException as exc:  # recorded, not raised: the parent reports it beside the other sections
         result["error"] = "".join(traceback.format_exception(exc))[-4000:]
-    result["checks"], result["metrics"] = out.checks, out.metrics
-    Path(args.section_out).write_text(json.dumps(result, indent=1, default=str))
+    out.save(result)
     return 0
 
 
@@ -627,14 +643,17 @@ def main(argv: list[str] | None = None) -> int:
         entry["seconds"] = round(time.monotonic() - t0, 1)
         entry["log"] = str(log_path)
         if part.exists():
-            entry.update(json.loads(part.read_text()))
+            try:
+                entry.update(json.loads(part.read_text()))
+            except ValueError as exc:
+                entry["error"] = f"unreadable section result: {exc}"
         if timed_out:
             entry["status"] = "timeout"
             entry["error"] = f"stopped after its budget of {budget:.0f} s"
-        elif not part.exists():
+        elif entry.get("status") not in ("passed", "failed", "error"):  # no result, or one cut short
             entry["status"] = "error"
             tail = log_path.read_text(errors="replace")[-3000:]
-            entry["error"] = f"the section's process exited with {proc.returncode} and no result:\n{tail}"
+            entry["error"] = f"the section's process exited with {proc.returncode} before its end:\n{tail}"
         report["sections"][name] = entry
         report["total_seconds"] = round(time.monotonic() - start, 1)
         write(out_path, report)

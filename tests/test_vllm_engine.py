@@ -189,8 +189,8 @@ def test_attempts_with_prefix_caching_on_equal_the_same_attempts_with_it_off(eng
 
 def test_the_version_gate_matches_what_this_vllms_prefix_cache_does(engine, vllm_model_dir):
     """vLLM's own reproduction of the hazard: two mixed prompts with the same ids and the same tensor, whose
-    masks differ on 32 positions. On a vLLM the gate calls affected, the second gets the first's cached KV
-    (and rsp's mask salt removes that); on one it calls fixed, it does not."""
+    masks differ on the first cache block. On a vLLM the gate calls affected, the second gets the first's
+    cached KV (and rsp's mask salt removes that); on one it calls fixed, it does not."""
     import torch
 
     from rsp.engines.vllm import installed_vllm_version, mask_salt, prefix_cache_mask_hazard
@@ -200,11 +200,13 @@ def test_the_version_gate_matches_what_this_vllms_prefix_cache_does(engine, vllm
     from vllm import SamplingParams
 
     tail = chat_prompt(lm, "what is 2+3?").ids
-    ids = [5] * 32 + list(tail)
+    n = llm.llm_engine.vllm_config.cache_config.block_size  # one full block: only full blocks are cached
+    assert n + len(tail) + 8 <= 256, f"block size {n}: the probe does not fit max_model_len"
+    ids = [5] * n + list(tail)
     row = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0)) * 8
     embeds = torch.zeros(len(ids), lm.hidden_size)
-    embeds[:32] = row  # used at the first 32 positions by A; B embeds token 5 there and ignores these rows
-    masks = {"A": [False] * 32 + [True] * len(tail), "B": [True] * len(ids)}
+    embeds[:n] = row  # used at the first n positions by A; B embeds token 5 there and ignores these rows
+    masks = {"A": [False] * n + [True] * len(tail), "B": [True] * len(ids)}
     params = SamplingParams(temperature=0, max_tokens=8)
 
     def run(name: str, salt: bool) -> tuple[int, ...]:
