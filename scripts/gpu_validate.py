@@ -398,7 +398,7 @@ def section_prefix_cache(args, out: Section) -> None:
     tail = list(one[0].ids)[-24:]
     n = llm.llm_engine.vllm_config.cache_config.block_size  # only full blocks are cached
     out.metrics["block_size"] = n
-    ids = [5] * n + tail
+    ids = [0] * n + tail  # vLLM hashes embedded positions as id 0: B's real 0s match
     row = torch.randn(light.hidden_size, generator=torch.Generator().manual_seed(0)) * 8
     embeds = torch.zeros(len(ids), light.hidden_size, dtype=getattr(torch, s["dtype"]))
     embeds[:n] = row.to(embeds.dtype)

@@ -202,10 +202,10 @@ def test_the_version_gate_matches_what_this_vllms_prefix_cache_does(engine, vllm
     tail = chat_prompt(lm, "what is 2+3?").ids
     n = llm.llm_engine.vllm_config.cache_config.block_size  # one full block: only full blocks are cached
     assert n + len(tail) + 8 <= 256, f"block size {n}: the probe does not fit max_model_len"
-    ids = [5] * n + list(tail)
+    ids = [0] * n + list(tail)  # vLLM hashes embedded positions as id 0: B's real 0s match
     row = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0)) * 8
     embeds = torch.zeros(len(ids), lm.hidden_size)
-    embeds[:n] = row  # used at the first n positions by A; B embeds token 5 there and ignores these rows
+    embeds[:n] = row  # used at the first n positions by A; B embeds token 0 there and ignores these rows
     masks = {"A": [False] * n + [True] * len(tail), "B": [True] * len(ids)}
     params = SamplingParams(temperature=0, max_tokens=8)
 

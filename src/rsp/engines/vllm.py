@@ -17,16 +17,17 @@ With nothing injected (L = 0 and no prompt transform) a request is a plain token
 sampling and RSP sampling are measured on the same engine.
 
 Prefix caching and mixed prompts: vLLM's prefix-cache key for a block of a prompt-embeddings request is
-(parent block, token ids, digest of the block's `prompt_embeds` rows), with no trace of the per-position
-mask `prompt_is_token_ids`. Two mixed prompts with the same ids and rows but a different mask (a position
-embedded from its id in one, taken from the tensor in the other) therefore share cached KV, and the second
-silently gets the first's state. No vLLM release is known to key the mask (the fix was proposed upstream in
-September 2026 and is not in 0.31-0.33). rsp's own requests are hard to hit (token positions carry zero
-rows, slot rows are random), but a slot row of zeros (a zero-norm control, a zero token row) and a prompt
-holding the placeholder id as a real token are enough. So on a vLLM known to be affected every mixed
-request carries a `cache_salt` derived from its mask (`prefix_cache_mask_hazard`, `mask_salt`): prompts
-with different masks then never share blocks, while the N attempts of one problem (same ids, same mask)
-still share the whole prompt before the slots. A vLLM without `cache_salt` gets prefix caching switched off
+(parent block, token ids with 0 at the embedded positions, digest of the block's `prompt_embeds` rows),
+with no trace of the per-position mask `prompt_is_token_ids`. Two mixed prompts whose ids and rows agree
+but whose masks differ (a position embedded from token id 0 in one, taken from the tensor in the other)
+therefore share cached KV, and the second silently gets the first's state. No vLLM release is known to key
+the mask (the fix was proposed upstream in September 2026 and is not in 0.31-0.33; 0.32 reproduces the
+hazard, see tests/test_vllm_engine.py). rsp's own requests are hard to hit (token positions carry zero
+rows, slot rows are random), but a slot row of zeros (a zero-norm control, a zero token row) facing a
+prompt with token id 0 at that position is enough. So on a vLLM known to be affected every mixed request
+carries a `cache_salt` derived from its mask (`prefix_cache_mask_hazard`, `mask_salt`): prompts with
+different masks then never share blocks, while the N attempts of one problem (same ids, same mask) still
+share the whole prompt before the slots. A vLLM without `cache_salt` gets prefix caching switched off
 instead, with a warning, and a request to turn it on is refused.
 """
 
