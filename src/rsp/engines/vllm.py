@@ -20,15 +20,15 @@ Prefix caching and mixed prompts: vLLM's prefix-cache key for a block of a promp
 (parent block, token ids with 0 at the embedded positions, digest of the block's `prompt_embeds` rows),
 with no trace of the per-position mask `prompt_is_token_ids`. Two mixed prompts whose ids and rows agree
 but whose masks differ (a position embedded from token id 0 in one, taken from the tensor in the other)
-therefore share cached KV, and the second silently gets the first's state. vLLM 0.32 reproduces this (see
-tests/test_vllm_engine.py); a fix was proposed upstream in September 2026, and until a release is known to
-include it every release with mixed prompts (0.31 on) is treated as affected. rsp's own requests are hard to hit (token positions carry zero
-rows, slot rows are random), but a slot row of zeros (a zero-norm control, a zero token row) facing a
-prompt with token id 0 at that position is enough. So on a vLLM known to be affected every mixed request
-carries a `cache_salt` derived from its mask (`prefix_cache_mask_hazard`, `mask_salt`): prompts with
-different masks then never share blocks, while the N attempts of one problem (same ids, same mask) still
-share the whole prompt before the slots. A vLLM without `cache_salt` gets prefix caching switched off
-instead, with a warning, and a request to turn it on is refused.
+therefore share cached KV, and the second silently gets the first's state. vLLM 0.32 reproduces this
+(tests/test_vllm_engine.py); a fix was proposed upstream in September 2026, and until a release is known
+to include it every release with mixed prompts (0.31 on) is treated as affected. rsp's own requests are
+hard to hit (token positions carry zero rows, slot rows are random), but a slot row of zeros (a zero-norm
+control, a zero token row) facing a prompt with token id 0 at that position is enough. So on an affected
+vLLM every mixed request carries a `cache_salt` derived from its mask (`prefix_cache_mask_hazard`,
+`mask_salt`): prompts with different masks then never share blocks, while the N attempts of one problem
+(same ids, same mask) still share the whole prompt before the slots. A vLLM without `cache_salt` gets
+prefix caching switched off instead, with a warning, and a request to turn it on is refused.
 """
 
 from __future__ import annotations
