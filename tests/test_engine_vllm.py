@@ -180,7 +180,7 @@ def test_cpu_engine_defaults_follow_where_vllm_runs_not_where_the_table_sits(tin
     assert cpu["enforce_eager"] is True and "gpu_memory_utilization" in cpu
 
 
-# ------------------------------------------------------------------ prefix caching and the mixed prompt's mask
+# ------------------------------------------------------------- prefix caching and the mixed prompt's mask
 @pytest.mark.parametrize(
     ("version", "affected"),
     [
