@@ -48,6 +48,7 @@ def test_a_section_that_times_out_or_raises_is_reported_and_the_others_still_run
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # eight vLLM engine starts and two TRL steps: minutes even on a quiet machine
 def test_the_cpu_dry_run_passes_every_section_and_writes_one_report(tmp_path):
     from conftest import require_vllm
 
