@@ -452,9 +452,9 @@ def section_trl_colocate(args, out: Section) -> None:
         os.environ.pop(key, None)
     rows = [{"prompt": [{"role": "user", "content": q}], "solution": "x"} for q in questions(16, long=False)]
 
-    def reward(completions, **_):
+    def reward(completions, **_):  # varies within a group (lengths of random models' outputs do not)
         texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
-        return [float(len(t) % 5) for t in texts]
+        return [float(sum(map(ord, t)) % 7) for t in texts]
 
     config = GRPOConfig(
         output_dir=str(Path(args.workdir) / "trl"),
@@ -499,7 +499,7 @@ def section_trl_colocate(args, out: Section) -> None:
     out.metrics["max_weight_change"] = moved
     out.check("two_steps", trainer.state.global_step == 2)
     out.check("losses_finite", len(losses) >= 1 and all(math.isfinite(x) for x in losses))
-    out.check("weights_moved", moved > 0)
+    out.check("weights_moved", moved > 0)  # GRPO's loss is 0 on-policy; its gradient is not
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
