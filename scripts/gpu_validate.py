@@ -276,6 +276,8 @@ def section_agreement(args, out: Section) -> None:
 
 
 def timed(backend, prompts, injection, seeds, sampling) -> dict:
+    """One timed run from a cold prefix cache: what it shares is what its own attempts share."""
+    backend.llm.reset_prefix_cache()
     t0 = time.perf_counter()
     done = backend.generate(prompts, injection, seeds, sampling, decode_seed=0)
     elapsed = time.perf_counter() - t0
