@@ -178,3 +178,99 @@ def test_cpu_engine_defaults_follow_where_vllm_runs_not_where_the_table_sits(tin
     gpu, cpu = seen
     assert "enforce_eager" not in gpu and "gpu_memory_utilization" not in gpu
     assert cpu["enforce_eager"] is True and "gpu_memory_utilization" in cpu
+
+
+# ------------------------------------------------------------- prefix caching and the mixed prompt's mask
+@pytest.mark.parametrize(
+    ("version", "affected"),
+    [
+        (None, False),  # no vLLM
+        ("0.30.2", False),  # before mixed prompts: rsp sends whole-prompt embeddings, which have no mask
+        ("0.31.0", True),
+        ("0.32.0+cpu", True),
+        ("0.33.0", True),
+        ("0.34.0.dev12+gabc", True),  # no release is known to key the mask yet
+    ],
+)
+def test_vllm_versions_whose_prefix_cache_ignores_the_mask_are_named(version, affected):
+    from rsp.engines.vllm import prefix_cache_mask_hazard
+
+    why = prefix_cache_mask_hazard(version)
+    assert (why is not None) == affected
+    if affected:
+        assert "prompt_is_token_ids" in why and "prefix-cache key" in why and version in why
+
+
+def test_a_release_that_keys_the_mask_is_no_longer_guarded(monkeypatch):
+    import rsp.engines.vllm as vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "PREFIX_CACHE_MASK_FIXED_IN", (0, 35))
+    assert vllm_backend.prefix_cache_mask_hazard("0.34.9") is not None
+    assert vllm_backend.prefix_cache_mask_hazard("0.35.0") is None
+
+
+def test_an_affected_vllm_salts_mixed_prompts_or_else_loses_prefix_caching(caplog):
+    import logging
+
+    from rsp.engines.vllm import guard_prefix_cache
+
+    kwargs: dict = {}
+    assert guard_prefix_cache("mixed", "0.32.0", kwargs, lambda: True) is True and kwargs == {}
+    with caplog.at_level(logging.WARNING, logger="rsp.engines.vllm"):
+        assert guard_prefix_cache("mixed", "0.32.0", kwargs, lambda: False) is False
+    assert kwargs == {"enable_prefix_caching": False}
+    assert "prompt_is_token_ids" in caplog.text and "prefix caching is turned off" in caplog.text
+    with pytest.raises(ValueError, match="prompt_is_token_ids.*no cache_salt"):
+        guard_prefix_cache("mixed", "0.32.0", {"enable_prefix_caching": True}, lambda: False)
+    for mode, version in (("embeds", "0.32.0"), ("mixed", "0.30.0"), ("mixed", None)):
+        untouched: dict = {}
+        assert guard_prefix_cache(mode, version, untouched, lambda: False) is False and untouched == {}
+
+
+def test_the_engine_passes_the_guard_to_vllm(tiny_lm, monkeypatch):
+    import sys
+    import types
+
+    import rsp.engines.vllm as vllm_backend
+    from rsp.engines import create_engine
+
+    seen: list[dict] = []
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **kw: seen.append(kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: (True, ""))
+    monkeypatch.setattr(vllm_backend, "resolve_prompt_mode", lambda mode: "mixed")
+    monkeypatch.setattr(vllm_backend, "installed_vllm_version", lambda: "0.32.0")
+    monkeypatch.setattr(vllm_backend, "supports_cache_salt", lambda: False)
+    engine = create_engine("vllm", tiny_lm, model_path="/m")
+    assert seen[-1]["enable_prefix_caching"] is False and engine.salt is False
+    monkeypatch.setattr(vllm_backend, "supports_cache_salt", lambda: True)
+    engine = create_engine("vllm", tiny_lm, model_path="/m")
+    assert "enable_prefix_caching" not in seen[-1] and engine.salt is True
+
+
+def test_mask_salts_let_the_attempts_of_a_problem_share_and_keep_other_masks_apart(tiny_lm):
+    prompts = chat_prompts(tiny_lm, ["hi"], attempts=2) + chat_prompts(tiny_lm, ["a longer question"], 1)
+    injection = RandomSoftPrompt(tiny_lm.embedding_stats(), 3)
+    salted = build_requests(
+        tiny_lm, prompts, injection, [1, 2, 3], decode_seed=0, prompt_mode="mixed", salt=True
+    )
+    a, b, c = (r.cache_salt for r in salted)
+    assert a is not None and a == b, "same ids and slots: the attempts of a problem still share the prompt"
+    assert c != a
+    assert salted[0].as_prompt()["cache_salt"] == a
+    # The mask alone decides the salt: the same ids with the slots elsewhere get another one.
+    moved = build_requests(
+        tiny_lm,
+        prompts[:1],
+        RandomSoftPrompt(tiny_lm.embedding_stats(), 3, position="prepend"),
+        [1],
+        decode_seed=0,
+        prompt_mode="mixed",
+        salt=True,
+    )
+    assert moved[0].cache_salt != a
+    plain = build_requests(
+        tiny_lm, prompts, injection, [1, 2, 3], decode_seed=0, prompt_mode="mixed", salt=False
+    )
+    assert all(r.cache_salt is None and "cache_salt" not in r.as_prompt() for r in plain)

@@ -239,6 +239,72 @@ def test_schema_errors_name_the_field():
     assert (exc.value.status, exc.value.param) == (422, "rsp.options")
 
 
+# ---------------------------------------------------------------------------------------------- body limit
+def _drive_gate(headers: dict, chunks: int, chunk_bytes: int, *, drain_bytes: int = 64 << 20):
+    """Runs one request through Gate with a fake ASGI server; returns (events in order, response start,
+    peak Python memory while it ran). The app behind the gate must never be reached."""
+    import asyncio
+    import tracemalloc
+
+    from rsp.server.app import Gate, ServeConfig
+
+    events: list[str] = []
+    sent: list[dict] = []
+    left = [chunks]
+
+    async def receive():
+        if left[0] == 0:
+            return {"type": "http.disconnect"}
+        left[0] -= 1
+        events.append("chunk")
+        return {"type": "http.request", "body": bytes(chunk_bytes), "more_body": left[0] > 0}
+
+    async def send(message):
+        events.append(message["type"])
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("an over-limit request must not reach the app")
+
+    gate = Gate(app, ServeConfig(model_name="m", max_body_bytes=1 << 20, max_drain_bytes=drain_bytes))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    tracemalloc.start()
+    try:
+        asyncio.run(gate(scope, receive, send))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return events, sent[0], peak
+
+
+def test_an_over_limit_body_is_read_to_its_end_and_dropped_before_the_413():
+    """A client that sends its whole body before reading must find the 413 waiting, not a reset: the gate
+    reads the rest of the body first, one chunk at a time (16 MB pass through, far less is ever held)."""
+    size = 256 * (64 << 10)
+    events, start, peak = _drive_gate({"content-length": str(size)}, chunks=256, chunk_bytes=64 << 10)
+    assert events == ["chunk"] * 256 + ["http.response.start", "http.response.body"]
+    assert start["status"] == 413
+    assert (b"connection", b"close") not in start["headers"], "a drained connection can stay open"
+    assert peak < 2 << 20, f"{peak} bytes held while draining {size}: the body was buffered"
+
+
+def test_a_body_announced_beyond_the_drain_cap_is_refused_at_once_and_the_connection_closed():
+    events, start, _ = _drive_gate({"content-length": str(1 << 30)}, chunks=4, chunk_bytes=1024)
+    assert events == ["http.response.start", "http.response.body"]  # nothing read
+    assert start["status"] == 413 and (b"connection", b"close") in start["headers"]
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_without_being_asked_for_its_body():
+    headers = {"content-length": str(4 << 20), "expect": "100-continue"}
+    events, start, _ = _drive_gate(headers, chunks=64, chunk_bytes=64 << 10)
+    assert events == ["http.response.start", "http.response.body"] and start["status"] == 413
+
+
 # ---------------------------------------------------------------------------------------------- real server
 def free_port() -> int:
     with socket.socket() as s:
@@ -586,6 +652,42 @@ def test_bad_inputs_get_openai_errors_and_the_server_stays_healthy(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     ok = server.post("/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 2})
     assert ok.status_code == 200
+
+
+def _post_raw(url: str, body: bytes, *, chunked: bool) -> tuple[int, dict]:
+    """POST the way plain clients do: send the whole body, then read the response (http.client)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    try:
+        if chunked:  # no Content-Length: the limit is only found while reading (read_json)
+            pieces = (body[i : i + (256 << 10)] for i in range(0, len(body), 256 << 10))
+            conn.request("POST", "/v1/completions", body=pieces, encode_chunked=True)
+        else:
+            conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.real_model
+def test_every_over_limit_upload_gets_the_413_json_not_a_reset(server):
+    """12 uploads of 2 and 4 MB with Content-Length, and 12 chunked ones without it, each sent whole before
+    the response is read: every one gets the JSON error, and the server stays healthy."""
+    outcomes = []
+    for i in range(24):
+        size = (2 << 20) if i % 2 else (4 << 20)
+        body = json.dumps({"model": MODEL, "prompt": "x" * size}).encode()
+        try:
+            status, payload = _post_raw(server.url, body, chunked=i >= 12)
+            outcomes.append((status, payload["error"]["code"]))
+        except OSError as exc:  # a reset or a broken pipe: what this test exists to rule out
+            outcomes.append((0, type(exc).__name__))
+    assert outcomes == [(413, "body_too_large")] * 24
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
 @pytest.mark.real_model

