@@ -445,7 +445,7 @@ def section_trl_colocate(args, out: Section) -> None:
     from trl import GRPOConfig
 
     from rsp import RSPConfig
-    from rsp.train import RSPGRPOTrainer
+    from rsp.integrations.trl import RSPGRPOTrainer
 
     s = settings(args)
     on_gpu = args.device != "cpu"
