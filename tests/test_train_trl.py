@@ -698,20 +698,6 @@ def test_each_recipe_parses_with_trls_parser_and_takes_cli_overrides(name):
     assert rsp_args.to_rsp_config().length == 2
 
 
-def test_recipe_flags_use_the_glossary_names_and_the_retired_ones_warn():
-    from rsp.train.grpo import _retired_rsp_seed, parse
-
-    base = ["--config", str(RECIPES / "rsp_dapo_arith_cpu.yaml")]
-    _, training, _, rsp_args = parse([*base, "--method", "rsp-shared", "--seed", "7"])
-    assert rsp_args.to_rsp_config().method == "rsp-shared" and training.seed == 7
-    assert _retired_rsp_seed(rsp_args) == {}  # the RSPs' base seed is TRL's seed
-    _, _, _, old = parse([*base, "--rsp_method", "rsp-shared", "--rsp_seed", "3"])
-    with pytest.warns(FutureWarning, match="--rsp_method is deprecated"):
-        assert old.to_rsp_config().method == "rsp-shared"
-    with pytest.warns(FutureWarning, match="--rsp_seed is deprecated"):
-        assert _retired_rsp_seed(old) == {"rsp_seed": 3}
-
-
 def test_recipe_script_trains_one_step_on_cpu(tmp_path, tiny_model_dir):
     from rsp.train.grpo import main
 

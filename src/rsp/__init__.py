@@ -27,7 +27,7 @@ from rsp.core import (
 from rsp.engines import Completion, HFEngine, SamplingConfig
 from rsp.evaluation import EvalConfig, run_eval
 from rsp.generation import GenerationOutput, Generator, RSPConfig, Sample, generate
-from rsp.methods import MethodOptions, build_method, method_names, register_method
+from rsp.methods import build_method, method_names, register_method
 from rsp.metrics import bootstrap_ci, maj_at_k, paired_comparison, pass_at_k, pass_at_k_curve
 from rsp.models import LoadedModel, embedding_stats, load_model, wrap_model
 from rsp.tasks import Grader, Problem, PromptBuilder, Task, extract_answer, load_task
@@ -51,7 +51,6 @@ __all__ = [
     "HFEngine",
     "Injection",
     "LoadedModel",
-    "MethodOptions",
     "NoInjection",
     "Problem",
     "PromptBuilder",

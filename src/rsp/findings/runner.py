@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 from rsp.findings.cells import (
@@ -73,16 +72,28 @@ def _count_samples(step: Step) -> int:
     return len(keys)
 
 
-def expected_config(run: Run) -> dict:
-    """The config `rsp eval` saves for this run's command line, in the current key spelling.
+# The map's steps run on frozen code (scripts/findings.sh) older than some renames: its command lines say
+# `--position` and its config.json files `position`, ... where current rsp says `rsp_position`. These are
+# facts of that frozen code, read here to compare its runs with what current rsp would save.
+FROZEN_KEYS = {
+    "position": "rsp_position",
+    "stats_rows": "rsp_stats_rows",
+    "stats_mean": "rsp_stats_mean",
+    "method_extra": "method_options",
+}
+FROZEN_FLAGS = {"--position": "--rsp-position"}
 
-    The map's command lines keep the flag spellings of the frozen code that runs them (`--position`,
-    deprecated since); they still parse, so the retired-flag warnings are silenced here."""
+
+def _current_argv(argv: list[str]) -> list[str]:
+    return [FROZEN_FLAGS.get(a, a) for a in argv]
+
+
+def expected_config(run: Run) -> dict:
+    """The config `rsp eval` saves for this run's command line (in the frozen code's flag spelling,
+    `FROZEN_FLAGS`), in the current key spelling."""
     from rsp.cli import eval_parser
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        cfg, _ = eval_parser().parse(run.argv()[2:])  # after "rsp eval"
+    cfg, _ = eval_parser().parse(_current_argv(run.argv()[2:]))  # after "rsp eval"
     return cfg.to_dict()
 
 
@@ -90,17 +101,14 @@ def expected_screen_config(step: Step) -> dict:
     """The config `rsp eval` saves for a GSM8K screen shard's command line (after its `test -f` guards)."""
     from rsp.cli import eval_parser
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        cfg, _ = eval_parser().parse(shlex.split(step.command.split(" || ")[-1])[2:])
+    cfg, _ = eval_parser().parse(_current_argv(shlex.split(step.command.split(" || ")[-1])[2:]))
     return cfg.to_dict()
 
 
 def current_spelling(config: dict) -> dict:
-    """A saved eval config with the keys renamed since (`evaluation.LEGACY_KEYS`) in their new spelling."""
-    from rsp.evaluation import LEGACY_KEYS
-
-    return {LEGACY_KEYS.get(k, k): v for k, v in config.items()}
+    """A config.json's config as the frozen code saved it, with its keys in the current spelling
+    (`FROZEN_KEYS`)."""
+    return {FROZEN_KEYS.get(k, k): v for k, v in config.items()}
 
 
 def finished(step: Step, ledger: Path = Path(LEDGER)) -> bool:

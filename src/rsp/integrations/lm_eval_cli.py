@@ -36,15 +36,9 @@ def run_cli(argv: Sequence[str]) -> int:
         args = parser.parse_args()
         model_args = getattr(args, "model_args", None)
         if getattr(args, "model", None) in ("rsp-hf", "rsp-vllm") and isinstance(model_args, dict):
-            import warnings
-
             from rsp.integrations.lm_eval import RSPSettings
 
-            with warnings.catch_warnings():  # retired names warn once, when the model reads them
-                warnings.simplefilter("ignore", FutureWarning)
-                RSPSettings.pop_from(
-                    dict(model_args), args.model
-                )  # fail now, not after lm-eval indexes tasks
+            RSPSettings.pop_from(dict(model_args), args.model)  # fail now, not after lm-eval indexes tasks
         if hasattr(args, "include_path"):
             user = args.include_path
             if not user and getattr(args, "config", None):  # a --config YAML's include_path is kept too
