@@ -225,6 +225,7 @@ def test_unknown_command_suggests_the_close_one(capsys):
     assert "did you mean 'eval'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_top_level_help_lists_every_command():
     proc = subprocess.run(
         [sys.executable, "-m", "rsp.cli", "--help"], capture_output=True, text=True, timeout=120

@@ -119,6 +119,7 @@ def test_rsp_vllm_reads_seed_and_leaves_it_for_vllm():
     assert kwargs == {"seed": 3}
 
 
+@pytest.mark.slow
 def test_rsp_lm_eval_cli_reports_a_bad_model_arg_by_name(tmp_path):
     proc = subprocess.run(
         [
@@ -210,6 +211,7 @@ def _tiny(cls, path, **kw):
     return cls(pretrained=str(path), device="cpu", dtype="float32", batch_size=3, **kw)
 
 
+@pytest.mark.slow
 def test_rsp_length_0_gives_lm_evals_hf_greedy_outputs_and_length_4_does_not(sharp_dir, tmp_path):
     from lm_eval.models.huggingface import HFLM
 

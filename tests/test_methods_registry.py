@@ -63,6 +63,7 @@ def test_methods_module_never_imports_the_baselines():
     assert not [m for m in imported if m and m.startswith("rsp.baselines")], imported
 
 
+@pytest.mark.slow
 def test_importing_the_registry_alone_gives_the_complete_list():
     """`rsp/__init__` imports rsp.baselines, which registers into rsp.methods: no lazy loading, no cycle."""
     code = (

@@ -94,6 +94,7 @@ def test_axes_a_method_does_not_read_are_collapsed(tmp_path):
     assert cells["soft-prompt_T0_L3"].eval_config(cfg.base, 16, options).method_options == options
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_recomputing_finished_cells(
     tmp_path, tiny_model_dir, tiny_loaded, monkeypatch
 ):

@@ -48,6 +48,7 @@ def _metrics(path):
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     cfg = DAPOConfig(**CFG)
     train(cfg, tmp_path / "full", lm=_fresh_lm(), reward_fn=_reward, progress=False)

@@ -698,6 +698,7 @@ def test_each_recipe_parses_with_trls_parser_and_takes_cli_overrides(name):
     assert rsp_args.to_rsp_config().length == 2
 
 
+@pytest.mark.slow
 def test_recipe_script_trains_one_step_on_cpu(tmp_path, tiny_model_dir):
     from rsp.train.grpo import main
 
@@ -808,6 +809,7 @@ def test_dapo_config_maps_onto_grpo_config_and_trl_args_override_it(tmp_path):
     assert "trl_args" not in DAPOConfig().to_dict()  # older run directories' config.json still match
 
 
+@pytest.mark.slow
 def test_separate_reference_model_sees_the_rsp(tmp_path, tiny_model_dir):
     flip = itertools.cycle([True, False])
     # Full fine-tuning with a KL term: TRL builds a separate reference copy, which needs the RSP hook too.
@@ -862,6 +864,7 @@ def test_constant_reward_groups_are_masked_out(tmp_path, tiny_model_dir):
     assert out["completion_mask"].sum() == 0 and int(out["num_items_in_batch"]) == 0
 
 
+@pytest.mark.slow
 def test_training_steps_change_only_lora_weights(tmp_path, tiny_model_dir):
     flip = itertools.cycle([True, False, False])
     trainer, _, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
@@ -872,6 +875,7 @@ def test_training_steps_change_only_lora_weights(tmp_path, tiny_model_dir):
     assert not [n for n, p in trainer.model.named_parameters() if "lora_" not in n and p.requires_grad]
 
 
+@pytest.mark.slow
 def test_rsp_train_cli_runs_the_trl_path(tmp_path, tiny_model_dir):
     from rsp.cli import main
 
@@ -933,6 +937,7 @@ class _RunsCode:
         return (Path.write_text, (self.marker, "code ran"))
 
 
+@pytest.mark.slow
 def test_trl_run_stopped_and_resumed_keeps_one_record_per_step_and_refuses_a_crafted_checkpoint(
     tmp_path, tiny_model_dir
 ):
