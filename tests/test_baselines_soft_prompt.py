@@ -37,6 +37,7 @@ def _config(**kw) -> SoftPromptTrainConfig:
     return SoftPromptTrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_training_loss_and_the_file_round_trips(tiny_lm, tmp_path):
     config = _config()
     result = train_soft_prompt(tiny_lm, config, tmp_path, progress=False)

@@ -128,6 +128,7 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(
     assert again.ran == [] and len(again.skipped) == 6
 
 
+@pytest.mark.slow
 def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(
     tmp_path, tiny_model_dir, tiny_loaded
 ):
@@ -152,6 +153,7 @@ def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(
         assert (tmp_path / "plots" / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_extending_the_grid_keeps_finished_cells_but_changing_the_base_is_refused(
     tmp_path, tiny_model_dir, tiny_loaded
 ):

@@ -112,6 +112,7 @@ def test_cli_flags_override_config_file(tmp_path):
     assert output.out == str(tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_merged_model_directory_loads_with_the_trained_weights(tmp_path, tiny_model_dir):
     import torch
 
@@ -140,6 +141,7 @@ class _RunsCode:
         return (Path.write_text, (self.marker, "code ran"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_runs_code_on_load_is_refused_and_nothing_runs(tmp_path):
     import torch
 

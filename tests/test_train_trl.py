@@ -96,6 +96,7 @@ def _rows(trainer, idx=(0, 0, 0, 0, 1, 1, 1, 1)):
     return [dict(trainer.train_dataset[i]) for i in idx]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conversational", [True, False], ids=["conversational", "string"])
 def test_trl_documentation_script_runs_two_lora_steps_with_an_rsp_per_rollout(
     tmp_path, tiny_model_dir, conversational
@@ -248,6 +249,7 @@ def test_length_zero_is_plain_grpo_trainer_on_the_same_batch(tmp_path, tiny_mode
     assert torch.equal(losses[0], losses[1])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_bf16_and_a_file_logger_work_as_in_trl(tmp_path, tiny_model_dir):
     from transformers import TrainerCallback
 
