@@ -10,6 +10,14 @@ import torch
 torch.set_num_threads(1)  # tiny models: more threads only add contention
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the real SmolLM2 weights is `slow` as well (loading them costs seconds per test), so
+    `pytest -m "not slow"`, the inner loop, runs on the tiny models alone; the full suite runs both."""
+    for item in items:
+        if item.get_closest_marker("real_model") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 class TinyTokenizer:
     """A character-level tokenizer with a chat template, enough for prompt/insert/generation tests."""
 

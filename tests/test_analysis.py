@@ -140,6 +140,7 @@ def test_a_layer_attending_only_to_slots_gives_one(tiny_lm, monkeypatch):
     assert torch.allclose(mass, torch.ones_like(mass))
 
 
+@pytest.mark.slow
 def test_saved_run_analysis_equals_live(tmp_path, tiny_model_dir):
     from rsp.cli import main
 

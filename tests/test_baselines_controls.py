@@ -87,9 +87,8 @@ def test_rsp_scaled_multiplies_the_deviation_from_the_mean(tiny_lm, prompts):
     assert torch.allclose(scaled - mean, 2.5 * (plain - mean), atol=1e-5)
     inj = build_method("rsp-scaled", tiny_lm, RSPConfig(length=2, scale=0.5))
     assert inj.scale == 0.5  # without the rsp_scale option, --rsp-scale is the scale
-    with pytest.warns(FutureWarning, match="'alpha' of rsp-scaled.*'rsp_scale'"):
-        _, _, _, retired, _ = _slot_rows(tiny_lm, "rsp-scaled", problems, ps, [0], alpha=2.5)
-    assert torch.equal(retired, scaled)  # the retired option name still works, for one release
+    with pytest.raises(ValueError, match="method option of rsp-scaled 'alpha' was renamed to 'rsp_scale'"):
+        _slot_rows(tiny_lm, "rsp-scaled", problems, ps, [0], alpha=2.5)
 
 
 def test_token_rows_are_real_table_rows_reproducible_by_seed(tiny_lm, prompts):

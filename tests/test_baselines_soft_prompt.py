@@ -37,6 +37,7 @@ def _config(**kw) -> SoftPromptTrainConfig:
     return SoftPromptTrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_training_loss_and_the_file_round_trips(tiny_lm, tmp_path):
     config = _config()
     result = train_soft_prompt(tiny_lm, config, tmp_path, progress=False)
@@ -142,25 +143,6 @@ def test_config_file_plus_one_flag_equals_the_flags_alone(tmp_path):
         30,
     )
     assert output.out == "runs/sp" and not output.quiet
-
-
-def test_retired_length_and_position_still_parse_with_a_warning(tmp_path):
-    from rsp.baselines.cli import parse_train_soft_prompt
-
-    with pytest.warns(FutureWarning, match="--position.*--rsp-position"):
-        old, _ = parse_train_soft_prompt(["--position", "prepend", "--out", "x"])
-    with pytest.warns(FutureWarning, match="--length.*--rsp-length"):
-        old_len, _ = parse_train_soft_prompt(["--length", "6", "--out", "x"])
-    assert old.rsp_position == "prepend" and old_len.rsp_length == 6
-    (tmp_path / "old.yaml").write_text("length: 5\nposition: prepend\n")
-    with (
-        pytest.warns(FutureWarning, match="config key 'position'"),
-        pytest.warns(FutureWarning, match="'length'"),
-    ):
-        from_file, _ = parse_train_soft_prompt(["--config", str(tmp_path / "old.yaml"), "--out", "x"])
-    assert (from_file.rsp_length, from_file.rsp_position) == (5, "prepend")
-    with pytest.warns(FutureWarning, match=r"SoftPromptTrainConfig\(position=...\)"):
-        assert _config(position="prepend").rsp_position == "prepend"  # the Python keyword too
 
 
 def test_a_soft_prompt_file_saved_before_the_renames_loads_and_new_files_keep_the_format(tmp_path):

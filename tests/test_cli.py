@@ -1,5 +1,5 @@
 """The command-config pattern (rsp.config) and the `rsp` dispatcher: flags come from config fields, a
-`--config` file plus flag overrides equals the same flags alone, retired spellings still parse and warn."""
+`--config` file plus flag overrides equals the same flags alone (renamed flags: tests/test_renamed.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import warnings
 
 import pytest
 import yaml
@@ -104,24 +103,6 @@ def test_a_run_directorys_config_json_is_a_config_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "eval", "config": cfg.to_dict()}))
     again, _ = eval_parser().parse(["--config", str(tmp_path / "config.json"), "--out", "o"])
     assert again == cfg
-
-
-def test_retired_flags_and_keys_still_parse_and_warn(tmp_path):
-    with pytest.warns(FutureWarning, match="--position is deprecated.*--rsp-position"):
-        cfg, _ = eval_parser().parse(["--position", "prepend", "--out", "o"])
-    assert cfg.rsp_position == "prepend"
-    with pytest.warns(FutureWarning, match="--stats-rows is deprecated"):
-        cfg, _ = eval_parser().parse(["--stats-rows", "tokens", "--out", "o"])
-    assert cfg.rsp_stats_rows == "tokens"
-    path = tmp_path / "old.yaml"
-    path.write_text("position: end_of_user_turn\nstats_mean: per_dim\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        cfg, _ = eval_parser().parse(["--config", str(path), "--out", "o"])
-    messages = [str(w.message) for w in caught if w.category is FutureWarning]
-    assert any("config key 'position' is deprecated" in m for m in messages)
-    assert any("config key 'stats_mean' is deprecated" in m for m in messages)
-    assert (cfg.rsp_position, cfg.rsp_stats_mean) == ("end_of_user_turn", "per_dim")
 
 
 def test_list_flags_take_commas_spaces_and_repeats_and_replace_the_default():
@@ -245,6 +226,7 @@ def test_unknown_command_suggests_the_close_one(capsys):
     assert "did you mean 'eval'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_top_level_help_lists_every_command():
     proc = subprocess.run(
         [sys.executable, "-m", "rsp.cli", "--help"], capture_output=True, text=True, timeout=120
@@ -252,14 +234,6 @@ def test_top_level_help_lists_every_command():
     assert proc.returncode == 0
     for name in COMMANDS:
         assert name in proc.stdout
-
-
-def test_the_retired_method_none_is_recorded_as_temperature():
-    with pytest.warns(FutureWarning, match="method 'none'"):
-        cfg = EvalConfig(methods=("none", "rsp"))
-    assert cfg.methods == ("temperature", "rsp")
-    with pytest.warns(FutureWarning):
-        assert EvalConfig.from_dict({"methods": ["none"]}).methods == ("temperature",)
 
 
 def test_print_config_of_a_command_with_excluded_fields_reads_back(tmp_path, capsys):

@@ -1,11 +1,10 @@
 """`rsp serve`, `rsp train` and `rsp analyze` parse their flags from config dataclasses (`rsp.config`):
-a `--config` file plus overrides equals the same settings as flags, retired spellings still parse with a
-FutureWarning, and `--print-config` writes YAML that `--config` reads back to the same settings."""
+a `--config` file plus overrides equals the same settings as flags, and `--print-config` writes YAML that
+`--config` reads back to the same settings."""
 
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import yaml
@@ -112,32 +111,6 @@ def test_a_flag_overrides_the_config_file(tmp_path):
 
 
 # ---------------------------------------------------------------- rsp serve
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        (["--position", "prepend"], ["--rsp-position", "prepend"]),
-        (["--stats-rows", "tokens"], ["--rsp-stats-rows", "tokens"]),
-        (["--stats-mean", "per_dim"], ["--rsp-stats-mean", "per_dim"]),
-        (["--rsp-seed", "5"], ["--seed", "5"]),
-    ],
-)
-def test_serve_retired_flags_still_parse_with_a_warning(old, new):
-    with pytest.warns(FutureWarning, match=new[0]):
-        got = serve_cli.parse(old)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert got == serve_cli.parse(new)
-
-
-def test_serve_retired_config_keys_still_read_with_a_warning(tmp_path):
-    path = _write(tmp_path / "c.yaml", {"position": "prepend", "rsp_seed": 3})
-    with pytest.warns(FutureWarning) as record:
-        (cfg,) = serve_cli.parse(["--config", path])
-    messages = " ".join(str(w.message) for w in record)
-    assert "'rsp_position'" in messages and "'seed'" in messages
-    assert (cfg.rsp_position, cfg.seed) == ("prepend", 3)
-
-
 def test_serve_rsp_config_carries_the_injection_defaults():
     (cfg,) = serve_cli.parse(["--method", "rsp-fixed", "--rsp-length", "2", "--method-option", "x=1"])
     rsp = cfg.rsp_config()
@@ -195,12 +168,6 @@ def test_train_trl_args_take_a_json_object_and_key_values_merged_over_the_file(t
     assert cfg.trl_args == {"bf16": True, "gradient_accumulation_steps": 2, "report_to": ["tensorboard"]}
 
 
-def test_train_no_progress_is_quiet_with_a_warning():
-    with pytest.warns(FutureWarning, match="--quiet"):
-        _, output, _ = train_cli.parse(["--out", "o", "--no-progress"])
-    assert output.quiet
-
-
 def test_train_validation_names_the_field_and_its_flag():
     with pytest.raises(DAPOConfigError, match=r"^group_size \(--group-size\) must be >= 2"):
         train_cli.parse(["--out", "o", "--group-size", "1"])
@@ -217,12 +184,6 @@ def test_analyze_live_mode_has_its_own_defaults():
         12,
     )
     assert (cfg.k, cfg.attention, cfg.run) == (32, True, None)
-
-
-def test_analyze_retired_flags_still_parse_with_a_warning():
-    with pytest.warns(FutureWarning, match="--rsp-position"):
-        _, evaluation = analyze_cli.parse(["--out", "o", "--position", "prepend"])
-    assert evaluation.rsp_position == "prepend"
 
 
 def test_analyze_live_mode_needs_out_and_k_is_checked():

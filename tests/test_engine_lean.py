@@ -45,6 +45,7 @@ def chi2_stat(counts: Counter, probs: torch.Tensor, n: int) -> tuple[float, int]
     return stat, len(big) - 1
 
 
+@pytest.mark.slow
 def test_lean_sampling_matches_softmax(tiny_lm):
     n = 3000
     sampling = SamplingConfig(temperature=1.5, top_k=12, max_new_tokens=1)
@@ -128,6 +129,7 @@ def test_lean_compaction_greedy_matches_generate(fixture, request):
     assert set(uncompacted.last_batch_sizes) == {len(prompts)}
 
 
+@pytest.mark.slow
 def test_lean_compacted_sampling_matches_conditional(tiny_lm):
     """After rows stop at step 0, the survivors' second tokens still follow their own conditionals.
 

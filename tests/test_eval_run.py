@@ -180,6 +180,7 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_cli_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
     args = [
         "eval",
@@ -216,6 +217,7 @@ def test_cli_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_pat
     assert (out / "samples.jsonl").read_bytes() == (tmp_path / "ref" / "samples.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_without_traceback(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": \n')
@@ -232,6 +234,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, tiny_model_dir):
         assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_report_command_rebuilds_summary(tmp_path, tiny_model_dir, tiny_loaded):
     run_eval(_config(tiny_model_dir), tmp_path / "r", lm=tiny_loaded, progress=False)
     proc = _cli(["report", "--run", str(tmp_path / "r")])

@@ -234,6 +234,7 @@ def test_rsp_generate_with_problem_keys_reproduces_rsp_eval(tmp_path, tiny_model
     assert got == want
 
 
+@pytest.mark.slow
 def test_sweep_builds_one_engine_for_all_its_cells(tmp_path, tiny_model_dir, monkeypatch):
     import rsp.generation as generation
     from rsp.baselines.sweep import SweepConfig, run_sweep

@@ -72,6 +72,7 @@ def test_gsm8k_and_math_completions_end_to_end(grader):
     assert res.correct
 
 
+@pytest.mark.slow
 def test_pathological_answer_times_out_cleanly():
     g = Grader(timeout=1.0)
     try:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -88,34 +87,6 @@ def test_bad_model_args_fail_before_loading_with_a_message_naming_the_argument(a
         get_model("rsp-hf").create_from_arg_string(f"pretrained=/nonexistent/model,{arg}")
 
 
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ({"rsp_seed": 5}, {"seed": 5}),
-        ({"rsp_method": "rsp-fixed"}, {"method": "rsp-fixed"}),
-        (
-            {
-                "rsp_method": "soft-prompt",
-                "rsp_soft_prompt": "sp.safetensors",
-                "rsp_soft_prompt_position": "x",
-            },
-            {"method": "soft-prompt", "soft_prompt": "sp.safetensors", "soft_prompt_position": "x"},
-        ),
-        ({"rsp_method": "embed-noise", "rsp_noise_alpha": 3}, {"method": "embed-noise", "noise_alpha": 3}),
-        ({"rsp_method": "rsp-scaled", "rsp_alpha": 2.0}, {"method": "rsp-scaled", "rsp_scale": 2.0}),
-    ],
-)
-def test_retired_model_args_still_work_with_a_warning_and_equal_the_glossary_names(old, new):
-    old_kwargs, new_kwargs = {"dtype": "float32", **old}, {"dtype": "float32", **new}
-    with pytest.warns(FutureWarning, match="deprecated"):
-        from_old = RSPSettings.pop_from(old_kwargs, "rsp-hf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        from_new = RSPSettings.pop_from(new_kwargs, "rsp-hf")
-    assert from_old == from_new
-    assert old_kwargs == new_kwargs == {"dtype": "float32"}  # the rest goes to the base model
-
-
 def test_model_args_build_the_librarys_rsp_config_and_the_base_seed():
     kwargs = {
         "rsp_length": "2",
@@ -148,11 +119,7 @@ def test_rsp_vllm_reads_seed_and_leaves_it_for_vllm():
     assert kwargs == {"seed": 3}
 
 
-def test_a_setting_given_by_both_its_names_is_refused():
-    with pytest.warns(FutureWarning), pytest.raises(RSPArgumentError, match="give seed or rsp_seed"):
-        RSPSettings.pop_from({"seed": 1, "rsp_seed": 2}, "rsp-hf")
-
-
+@pytest.mark.slow
 def test_rsp_lm_eval_cli_reports_a_bad_model_arg_by_name(tmp_path):
     proc = subprocess.run(
         [
@@ -244,6 +211,7 @@ def _tiny(cls, path, **kw):
     return cls(pretrained=str(path), device="cpu", dtype="float32", batch_size=3, **kw)
 
 
+@pytest.mark.slow
 def test_rsp_length_0_gives_lm_evals_hf_greedy_outputs_and_length_4_does_not(sharp_dir, tmp_path):
     from lm_eval.models.huggingface import HFLM
 

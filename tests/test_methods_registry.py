@@ -1,4 +1,4 @@
-"""The method registry: one spec per method with the facts others ask, one-way imports, retired names."""
+"""The method registry: one spec per method with the facts others ask, one-way imports."""
 
 from __future__ import annotations
 
@@ -14,10 +14,7 @@ from rsp import methods as methods_mod
 from rsp.methods import (
     Method,
     RSPConfig,
-    build_method,
     get_method,
-    method_descriptions,
-    method_names,
     method_specs,
     register_method,
 )
@@ -66,6 +63,7 @@ def test_methods_module_never_imports_the_baselines():
     assert not [m for m in imported if m and m.startswith("rsp.baselines")], imported
 
 
+@pytest.mark.slow
 def test_the_controls_load_on_the_first_lookup_not_on_import():
     """`import rsp.methods` leaves the controls unimported; the first lookup imports them by name
     (`BUILTIN_PLUGINS`), so the registry is complete wherever it is read."""
@@ -99,38 +97,12 @@ def test_rsp_config_is_one_class_in_every_public_place():
     assert cfg.method_options == {"x": 1} and cfg.key()[-1] == (("x", "1"),)
 
 
-def test_retired_options_keyword_warns_and_becomes_method_options():
-    with pytest.warns(FutureWarning, match=r"RSPConfig\(options=...\).*method_options"):
-        cfg = RSPConfig(length=2, options={"noise_alpha": 3})
-    assert cfg.method_options == {"noise_alpha": 3} and cfg == RSPConfig(2, method_options={"noise_alpha": 3})
-    with pytest.raises(ValueError, match="not both"), pytest.warns(FutureWarning):
-        RSPConfig(options={"a": 1}, method_options={"b": 2})
-    with pytest.warns(FutureWarning, match="MethodOptions"):
-        old = methods_mod.MethodOptions(length=3, extra={"soft_prompt": "f"})
-    assert old == RSPConfig(length=3, method_options={"soft_prompt": "f"})
-    with pytest.warns(FutureWarning, match="extra"):
-        assert old.extra == {"soft_prompt": "f"}  # what third-party factories read
-
-
-def test_none_is_a_deprecated_alias_of_temperature(tiny_lm):
-    assert "none" not in {m.name for m in method_specs()}
-    assert method_descriptions()["none"].startswith("deprecated alias of temperature")
-    assert "none" in method_names()  # still accepted for one release
-    with pytest.warns(FutureWarning, match="method 'none'.*'temperature'"):
-        assert RSPConfig(method="none").method == "temperature"
-    with pytest.warns(FutureWarning, match="method 'none'"):
-        assert get_method("none") is get_method("temperature")
-    with pytest.warns(FutureWarning):
-        injection = build_method("none", tiny_lm)
-    assert injection.name == "temperature" and injection.length == 0
-
-
 def test_unknown_method_and_bad_registrations_are_refused():
     with pytest.raises(ValueError, match="unknown method 'nope'; known methods: embed-noise"):
         get_method("nope")
     with pytest.raises(ValueError, match="category"):
         register_method("x", "bad", category="other")(lambda lm, o: None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="retired alias"):
+    with pytest.raises(ValueError, match="'none' was renamed to 'temperature'"):
         methods_mod.register(Method("none", "clash", lambda lm, o: None))  # type: ignore[arg-type,return-value]
 
 

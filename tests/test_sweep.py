@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import replace
 
 import pytest
@@ -14,9 +13,9 @@ from rsp.baselines import sweep as sweep_mod
 from rsp.baselines.cli import parse_sweep, sweep_main
 from rsp.baselines.soft_prompt import save_soft_prompt
 from rsp.baselines.sweep import Cell, SweepConfig, run_sweep
-from rsp.evaluation import LEGACY_KEYS, ConfigError, EvalConfig
+from rsp.evaluation import ConfigError, EvalConfig
 from rsp.models import load_model
-from rsp.runio import RunDirError, config_hash, read_jsonl_records
+from rsp.runio import RunDirError, read_jsonl_records
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +94,7 @@ def test_axes_a_method_does_not_read_are_collapsed(tmp_path):
     assert cells["soft-prompt_T0_L3"].eval_config(cfg.base, 16, options).method_options == options
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_recomputing_finished_cells(
     tmp_path, tiny_model_dir, tiny_loaded, monkeypatch
 ):
@@ -128,6 +128,7 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(
     assert again.ran == [] and len(again.skipped) == 6
 
 
+@pytest.mark.slow
 def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(
     tmp_path, tiny_model_dir, tiny_loaded
 ):
@@ -152,6 +153,7 @@ def test_report_pairs_each_cell_with_temperature_only_at_its_temperature(
         assert (tmp_path / "plots" / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_extending_the_grid_keeps_finished_cells_but_changing_the_base_is_refused(
     tmp_path, tiny_model_dir, tiny_loaded
 ):
@@ -227,13 +229,6 @@ def test_cells_carry_only_the_method_options_their_method_reads():
     assert Cell("rsp", 0.7, 4, 1.0).eval_config(base, 4, options).method_options == {}
 
 
-def test_retired_method_none_warns_and_resolves_to_temperature():
-    with pytest.warns(FutureWarning, match="method 'none'.*'temperature'"):
-        cfg = SweepConfig(methods=("none", "rsp"), rsp_lengths=(2,), temperatures=(0.7,))
-    assert cfg.methods == ("temperature", "rsp")
-    assert [c.name for c in cfg.cells()] == ["temperature_T0.7", "rsp_T0.7_L2_a1"]
-
-
 # ------------------------------------------------------------------------------------------ rsp sweep flags
 
 
@@ -264,44 +259,3 @@ def test_config_file_plus_one_flag_equals_the_flags_alone(tmp_path):
     sweep = SweepConfig.from_configs(base, grid)
     assert sweep.methods == ("temperature", "rsp", "rsp-fixed") and sweep.rsp_scales == (0.5, 1.0)
     assert "methods" not in sweep.identity() and sweep.identity()["rsp_position"] == "end_of_user_turn"
-
-
-def test_retired_grid_flags_still_parse_with_a_warning(tmp_path):
-    with pytest.warns(FutureWarning, match="--alphas.*--rsp-scales"):
-        _, grid, _ = parse_sweep(["--alphas", "0.5,2", "--out", "x"])
-    assert grid.rsp_scales == (0.5, 2.0)
-    with pytest.warns(FutureWarning, match="--lengths.*--rsp-lengths"):
-        _, grid, _ = parse_sweep(["--lengths", "3", "--out", "x"])
-    assert grid.rsp_lengths == (3,)
-    (tmp_path / "old.yaml").write_text("alphas: [2.0]\nlengths: [1, 2]\n")
-    with pytest.warns(FutureWarning) as caught:
-        _, grid, _ = parse_sweep(["--config", str(tmp_path / "old.yaml"), "--out", "x"])
-    messages = " | ".join(str(w.message) for w in caught)
-    assert "config key 'alphas'" in messages and "config key 'lengths'" in messages
-    assert (grid.rsp_lengths, grid.rsp_scales) == ((1, 2), (2.0,))
-    with pytest.warns(FutureWarning, match=r"SweepConfig\(alphas=...\)"):
-        assert SweepConfig(alphas=(2.0,)).rsp_scales == (2.0,)
-    with pytest.warns(FutureWarning, match="Cell.alpha"):
-        assert Cell("rsp", 0.7, 4, 2.0).alpha == 2.0
-
-
-def test_a_sweep_written_before_the_renames_resumes_without_recomputing(
-    tmp_path, tiny_model_dir, tiny_loaded, monkeypatch
-):
-    cfg = _sweep(tiny_model_dir, temperatures=(1.0,))
-    run_sweep(cfg, tmp_path, lm=tiny_loaded, progress=False)
-    old_names = {v: k for k, v in LEGACY_KEYS.items()}
-    for path in [tmp_path / "config.json", *(tmp_path / "cells").glob("*/config.json")]:
-        saved = json.loads(path.read_text())
-        saved["config"] = {old_names.get(k, k): v for k, v in saved["config"].items()}
-        saved["config_hash"] = config_hash(saved["config"])
-        path.write_text(json.dumps(saved))
-    assert "position" in json.loads((tmp_path / "config.json").read_text())["config"]
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("a finished sweep must not load the model")
-
-    monkeypatch.setattr(sweep_mod, "Generator", no_loading)
-    again = run_sweep(cfg, tmp_path, lm=None, progress=False)
-    assert again.ran == [] and len(again.skipped) == 3
-    assert "rsp_position" in json.loads((tmp_path / "config.json").read_text())["config"]

@@ -48,6 +48,7 @@ def _metrics(path):
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     cfg = DAPOConfig(**CFG)
     train(cfg, tmp_path / "full", lm=_fresh_lm(), reward_fn=_reward, progress=False)
@@ -111,6 +112,7 @@ def test_cli_flags_override_config_file(tmp_path):
     assert output.out == str(tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_merged_model_directory_loads_with_the_trained_weights(tmp_path, tiny_model_dir):
     import torch
 
@@ -139,6 +141,7 @@ class _RunsCode:
         return (Path.write_text, (self.marker, "code ran"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_runs_code_on_load_is_refused_and_nothing_runs(tmp_path):
     import torch
 

@@ -96,6 +96,7 @@ def _rows(trainer, idx=(0, 0, 0, 0, 1, 1, 1, 1)):
     return [dict(trainer.train_dataset[i]) for i in idx]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conversational", [True, False], ids=["conversational", "string"])
 def test_trl_documentation_script_runs_two_lora_steps_with_an_rsp_per_rollout(
     tmp_path, tiny_model_dir, conversational
@@ -248,6 +249,7 @@ def test_length_zero_is_plain_grpo_trainer_on_the_same_batch(tmp_path, tiny_mode
     assert torch.equal(losses[0], losses[1])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_bf16_and_a_file_logger_work_as_in_trl(tmp_path, tiny_model_dir):
     from transformers import TrainerCallback
 
@@ -699,20 +701,7 @@ def test_each_recipe_parses_with_trls_parser_and_takes_cli_overrides(name):
     assert rsp_args.to_rsp_config().length == 2
 
 
-def test_recipe_flags_use_the_glossary_names_and_the_retired_ones_warn():
-    from rsp.integrations.trl_grpo import _retired_rsp_seed, parse
-
-    base = ["--config", str(RECIPES / "rsp_dapo_arith_cpu.yaml")]
-    _, training, _, rsp_args = parse([*base, "--method", "rsp-shared", "--seed", "7"])
-    assert rsp_args.to_rsp_config().method == "rsp-shared" and training.seed == 7
-    assert _retired_rsp_seed(rsp_args) == {}  # the RSPs' base seed is TRL's seed
-    _, _, _, old = parse([*base, "--rsp_method", "rsp-shared", "--rsp_seed", "3"])
-    with pytest.warns(FutureWarning, match="--rsp_method is deprecated"):
-        assert old.to_rsp_config().method == "rsp-shared"
-    with pytest.warns(FutureWarning, match="--rsp_seed is deprecated"):
-        assert _retired_rsp_seed(old) == {"rsp_seed": 3}
-
-
+@pytest.mark.slow
 def test_recipe_script_trains_one_step_on_cpu(tmp_path, tiny_model_dir):
     from rsp.integrations.trl_grpo import main
 
@@ -823,6 +812,7 @@ def test_dapo_config_maps_onto_grpo_config_and_trl_args_override_it(tmp_path):
     assert "trl_args" not in DAPOConfig().to_dict()  # older run directories' config.json still match
 
 
+@pytest.mark.slow
 def test_separate_reference_model_sees_the_rsp(tmp_path, tiny_model_dir):
     flip = itertools.cycle([True, False])
     # Full fine-tuning with a KL term: TRL builds a separate reference copy, which needs the RSP hook too.
@@ -877,6 +867,7 @@ def test_constant_reward_groups_are_masked_out(tmp_path, tiny_model_dir):
     assert out["completion_mask"].sum() == 0 and int(out["num_items_in_batch"]) == 0
 
 
+@pytest.mark.slow
 def test_training_steps_change_only_lora_weights(tmp_path, tiny_model_dir):
     flip = itertools.cycle([True, False, False])
     trainer, _, _ = _trainer(tmp_path, tiny_model_dir, lambda text, gold: next(flip))
@@ -887,6 +878,7 @@ def test_training_steps_change_only_lora_weights(tmp_path, tiny_model_dir):
     assert not [n for n, p in trainer.model.named_parameters() if "lora_" not in n and p.requires_grad]
 
 
+@pytest.mark.slow
 def test_rsp_train_cli_runs_the_trl_path(tmp_path, tiny_model_dir):
     from rsp.cli import main
 
@@ -948,6 +940,7 @@ class _RunsCode:
         return (Path.write_text, (self.marker, "code ran"))
 
 
+@pytest.mark.slow
 def test_trl_run_stopped_and_resumed_keeps_one_record_per_step_and_refuses_a_crafted_checkpoint(
     tmp_path, tiny_model_dir
 ):

@@ -9,10 +9,10 @@ One pattern for every `rsp` command, as in TRL: a command is a set of dataclasse
 so the flag list is never written by hand and never copied field by field. What `HfArgumentParser` does
 not do is added here, small and in one place: repeatable `KEY=VALUE` mapping fields, comma-separated
 list fields (`--methods temperature,rsp`, also `--methods temperature rsp`), `--config` with the file's
-values as defaults (TrlParser's approach), `--print-config`, and retired spellings (`deprecated=`) that
-still parse for one release with a FutureWarning naming the new flag. Range checks stay in each config's
-`validate()`, written with `require` (and `require_choice`), so every message names the field and its flag
-(`field_label`): "rsp_length (--rsp-length) must be >= 0, got -1".
+values as defaults (TrlParser's approach), `--print-config`, and an error that names the new spelling
+when a flag or config key renamed before the first release is used (`rsp.renamed`). Range checks stay in
+each config's `validate()`, written with `require` (and `require_choice`), so every message names the field
+and its flag (`field_label`): "rsp_length (--rsp-length) must be >= 0, got -1".
 
 A group of settings that several commands share is one dataclass mixin, defined once with its checks:
 `ModelArgs` here (model, dtype, device), `rsp.engines.args.EngineArgs` (the engine and vLLM's parallelism)
@@ -29,7 +29,6 @@ import dataclasses
 import json
 import sys
 import types
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -37,8 +36,9 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 from transformers import HfArgumentParser
 
+from rsp.renamed import renamed_flag, renamed_key
+
 # metadata keys read here (HfArgumentParser passes the rest to argparse.add_argument)
-_DEPRECATED = "deprecated"
 _GROUP = "group"
 _FLAG = "flag"
 _COMMA = "comma"
@@ -53,20 +53,16 @@ def option(
     help: str = "",
     *,
     choices: Sequence[Any] | None = None,
-    deprecated: Sequence[str] = (),
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
     metavar: str | None = None,
     group: str | None = None,
     flag: str | None = None,
     comma: bool = True,
 ) -> Any:
-    """A config field that is also a flag. `deprecated` lists retired flags (`"--position"`) that still
-    set this field, with a warning; as config-file keys they are spelled without dashes."""
+    """A config field that is also a flag."""
     metadata: dict[str, Any] = {"help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
-    if deprecated:
-        metadata[_DEPRECATED] = tuple(deprecated)
     if metavar:
         metadata["metavar"] = metavar
     if group:
@@ -102,16 +98,6 @@ def require_choice(
 ) -> None:
     """`require` that `value` is one of `allowed`: "... must be one of a, b, got 'c'"."""
     require(value in allowed, name, f"must be one of {', '.join(map(str, allowed))}, got {value!r}", error)
-
-
-def _key_of(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
-def _warn_deprecated(old: str, new: str) -> None:
-    warnings.warn(
-        f"{old} is deprecated and will be removed in rsp 0.3; use {new}", FutureWarning, stacklevel=3
-    )
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -180,26 +166,6 @@ class _AppendKeyValue(_Action):
         setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), key: value})
 
 
-class _Retired(_Action):
-    """A retired spelling: warns once per use, naming the new flag, then does what the new flag does."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str = "", **kwargs: Any) -> None:
-        self.new_flag = new_flag
-        super().__init__(option_strings, dest, **kwargs)
-
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
-        _warn_deprecated(option_string, self.new_flag)
-        super().apply(namespace, values, option_string)
-
-
-class _DeprecatedFlag(_Retired, _Store):
-    """A retired spelling of a flag: stores into the field's dest."""
-
-
-class _DeprecatedKeyValue(_Retired, _AppendKeyValue):
-    """A retired spelling of a KEY=VALUE flag: adds to the field's mapping."""
-
-
 def _with_metadata(f: dataclasses.Field, **metadata: Any) -> dataclasses.Field:
     """A copy of field `f` with `metadata` replacing some of its own (the class's field is left as it is)."""
     g: dataclasses.Field = dataclasses.field(
@@ -229,7 +195,6 @@ class RSPArgumentParser(HfArgumentParser):
         self._exclude = set(exclude)
         self._fields: dict[str, dataclasses.Field] = {}
         self._hints: dict[str, Any] = {}
-        self._deprecated_keys: dict[str, str] = {}
         self._groups: dict[str, Any] = {}
         super().__init__(list(dataclass_types), **kwargs)
         self.add_argument(
@@ -270,7 +235,6 @@ class RSPArgumentParser(HfArgumentParser):
         meta = dict(f.metadata)
         meta.pop(_GROUP, None)
         flag = meta.pop(_FLAG, None) or flag_of(f.name)
-        deprecated = tuple(meta.pop(_DEPRECATED, ()))
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         seq = _sequence_item(hint)
         base = _unwrap_optional(hint)
@@ -295,24 +259,6 @@ class RSPArgumentParser(HfArgumentParser):
                 kwargs.pop("default")
                 kwargs["required"] = True
         group.add_argument(flag, dest=f.name, **kwargs)
-        for old in deprecated:
-            self._deprecated_keys[_key_of(old)] = f.name
-            dep = {k: v for k, v in kwargs.items() if k in ("type", "nargs", "choices", "metavar")}
-            if kwargs.get("action") is _ExtendList:
-                dep["nargs"] = "+"
-            if kwargs.get("action") is _AppendKeyValue:
-                dep = {"type": _key_value, "metavar": "KEY=VALUE"}
-            group.add_argument(
-                old,
-                dest=f.name,
-                action=_DeprecatedFlag
-                if kwargs.get("action") is not _AppendKeyValue
-                else _DeprecatedKeyValue,
-                new_flag=flag,
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-                **dep,
-            )
 
     # ---- parsing -------------------------------------------------------------------------------------
 
@@ -339,10 +285,10 @@ class RSPArgumentParser(HfArgumentParser):
         out: dict[str, Any] = {}
         for key, value in data.items():
             name = str(key).replace("-", "_")
-            if name in self._deprecated_keys:
-                _warn_deprecated(f"config key {key!r}", repr(self._deprecated_keys[name]))
-                name = self._deprecated_keys[name]
             if name not in self._fields:
+                renamed = renamed_key(key)
+                if renamed:
+                    raise ConfigFileError(f"--config {path}: {renamed}")
                 known = ", ".join(sorted(self._fields))
                 raise ConfigFileError(f"--config {path}: unknown setting {key!r}; settings are {known}")
             out[name] = value
@@ -363,6 +309,12 @@ class RSPArgumentParser(HfArgumentParser):
             for action in self._actions:  # a required field given in the file is no longer required
                 if action.dest in values:
                     action.required = False
+        for arg in argv:
+            if arg == "--":
+                break
+            renamed = renamed_flag(arg)
+            if renamed and arg.split("=", 1)[0] not in self._option_string_actions:
+                self.error(renamed)
         ns = self.parse_args(argv)
         outputs = self._build(vars(ns))
         if ns.print_config:

@@ -23,10 +23,11 @@ from rsp.core.insert import PromptTokens
 from rsp.engines.args import PARALLEL_SIZES, EngineArgs
 from rsp.engines.base import SamplingConfig
 from rsp.generation import Generator, decode_seed_for, plan_batches
-from rsp.methods import InjectionArgs, canonical_method, method_names
+from rsp.methods import InjectionArgs, method_names
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
-from rsp.runio import RunDirError, prepare_run_dir, read_run_config, rename_config_keys
+from rsp.renamed import renamed_key, renamed_method
+from rsp.runio import RunDirError, prepare_run_dir, read_run_config
 from rsp.tasks.base import Problem, Task
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import PromptBuilder, PromptStyle
@@ -38,14 +39,6 @@ log = logging.getLogger(__name__)
 class ConfigError(ValueError):
     """An evaluation setting is out of range or inconsistent; the message names it."""
 
-
-# Config keys renamed for one spelling per concept (docs/glossary.md): runs written before still resume.
-LEGACY_KEYS = {
-    "position": "rsp_position",
-    "stats_rows": "rsp_stats_rows",
-    "stats_mean": "rsp_stats_mean",
-    "method_extra": "method_options",
-}
 
 PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
 _TASK, _INJECTION, _SAMPLING = "task", "injection", "sampling"
@@ -95,10 +88,6 @@ class EvalConfig(InjectionArgs, EngineArgs):
     )
     grader_timeout: float = option(5.0, "seconds per answer check", group=_SAMPLING)
 
-    def __post_init__(self) -> None:
-        # a retired method alias (`none`) names its method from here on: in records, tables and config.json
-        self.methods = tuple(canonical_method(m) for m in self.methods)
-
     def validate(self) -> None:
         need = partial(require, error=ConfigError)
         need(self.n >= 1, "n", f"must be >= 1 (attempts per problem), got {self.n}")
@@ -117,7 +106,11 @@ class EvalConfig(InjectionArgs, EngineArgs):
         )
         known = method_names()
         for m in self.methods:
-            need(m in known, "methods", f"names an unknown method {m!r}; known methods: {', '.join(known)}")
+            need(
+                m in known,
+                "methods",
+                renamed_method(m) or f"names an unknown method {m!r}; known methods: {', '.join(known)}",
+            )
         try:
             self.sampling().validate()
         except ValueError as exc:
@@ -138,12 +131,12 @@ class EvalConfig(InjectionArgs, EngineArgs):
 
     @classmethod
     def from_dict(cls, d: dict) -> EvalConfig:
-        """From a saved run's config (older spellings accepted: `LEGACY_KEYS`)."""
-        d = {LEGACY_KEYS.get(k, k): v for k, v in d.items()}
+        """From a saved run's config."""
         names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"unknown eval setting(s): {', '.join(sorted(unknown))}")
+            renamed = [r for r in map(renamed_key, unknown) if r]
+            raise ConfigError("; ".join(renamed) or f"unknown eval setting(s): {', '.join(unknown)}")
         d = dict(d)
         if "methods" in d:
             d["methods"] = tuple(d["methods"])
@@ -159,15 +152,6 @@ class EvalConfig(InjectionArgs, EngineArgs):
             arith_steps=self.arith_steps,
             arith_max_value=self.arith_max_value,
             seed=self.seed,
-        )
-
-
-def upgrade_legacy_config(out: Path) -> None:
-    """Rename the `LEGACY_KEYS` of a run written before the renames in its config.json, so the run still
-    resumes (the settings compare equal) and reads; nothing else in the file or the run changes."""
-    if rename_config_keys(out, "eval", LEGACY_KEYS):
-        log.info(
-            "%s: config.json keys renamed to the current spelling (%s)", out, ", ".join(LEGACY_KEYS.values())
         )
 
 
@@ -220,7 +204,6 @@ def run_eval(
     config.validate()
     out = Path(out)
     task = config.load_task()
-    upgrade_legacy_config(out)
     config = keep_saved_seed_scheme(out, config)
     resumed = prepare_run_dir(out, config.to_dict(), kind="eval")
     samples_path = out / SAMPLES

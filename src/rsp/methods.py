@@ -16,18 +16,13 @@ registry is complete wherever it is read, and `import rsp` or `import rsp.method
 controls. Third-party code registers with `register_method` the same way (after the built-ins: a
 third-party method of the same name replaces the built-in one).
 
-Retired spellings (docs/glossary.md) keep working until rsp 0.3 with a FutureWarning: the method `none`
-(an alias of `temperature`: records and tables say `temperature`), `RSPConfig(options=...)` (now
-`method_options`), `MethodOptions(...)` (now `RSPConfig`) and method options a spec lists as `deprecated`
-(`--method-option alpha=` of rsp-scaled is `rsp_scale=`).
 """
 
 from __future__ import annotations
 
 import importlib
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import InitVar, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from rsp.config import option, require, require_choice
@@ -35,27 +30,11 @@ from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
 from rsp.core.insert import INSERTION_POINTS
 from rsp.core.stats import MeanMode, RowSelection
 from rsp.models.loading import LoadedModel
+from rsp.renamed import renamed_key, renamed_method
 
 Category = Literal["baseline", "rsp", "control", "trained"]
 CATEGORIES: tuple[str, ...] = ("baseline", "rsp", "control", "trained")
 BASELINE = "temperature"  # the method every other one is compared against: nothing injected
-
-# Retired method names -> the method they now resolve to (docs/glossary.md).
-ALIASES: Mapping[str, str] = {"none": "temperature"}
-
-
-def _deprecated(old: str, new: str, stacklevel: int = 3) -> None:
-    warnings.warn(
-        f"{old} is deprecated and will be removed in rsp 0.3; use {new}", FutureWarning, stacklevel=stacklevel
-    )
-
-
-def canonical_method(name: str) -> str:
-    """`name`, or the method a retired alias stands for (with a FutureWarning): `none` -> `temperature`."""
-    if name in ALIASES:
-        _deprecated(f"method {name!r}", repr(ALIASES[name]), stacklevel=4)
-        return ALIASES[name]
-    return name
 
 
 @dataclass(frozen=True)
@@ -72,7 +51,6 @@ class RSPConfig:
         stats_rows: fit the statistics on `all` embedding rows or only the tokenizer's real `tokens`.
         stats_mean: `scalar` (isotropic) or `per_dim` mean.
         method_options: settings only one method reads (`soft_prompt` file, `noise_alpha`, ...).
-        options: the retired name of `method_options` (FutureWarning; until rsp 0.3).
     """
 
     length: int = 4
@@ -82,16 +60,6 @@ class RSPConfig:
     stats_rows: str = "all"
     stats_mean: str = "scalar"
     method_options: dict = field(default_factory=dict, hash=False)
-    options: InitVar[dict | None] = None
-
-    def __post_init__(self, options: dict | None) -> None:
-        if options is not None:
-            _deprecated("RSPConfig(options=...)", "RSPConfig(method_options=...)", stacklevel=4)
-            if self.method_options:
-                raise ValueError("RSPConfig: give method_options, not both method_options and options")
-            object.__setattr__(self, "method_options", dict(options))
-        if self.method in ALIASES:
-            object.__setattr__(self, "method", canonical_method(self.method))
 
     @classmethod
     def from_flat(cls, settings: Any, method: str) -> RSPConfig:
@@ -120,7 +88,8 @@ class RSPConfig:
         known = _registry()
         if self.method not in known:
             raise ValueError(
-                f"RSPConfig.method {self.method!r} is unknown; known methods: {', '.join(sorted(known))}"
+                f"RSPConfig.{renamed_method(self.method) or f'method {self.method!r} is unknown'}; "
+                f"known methods: {', '.join(sorted(known))}"
             )
         return self
 
@@ -134,32 +103,6 @@ class RSPConfig:
             self.stats_mean,
             tuple(sorted((k, str(v)) for k, v in self.method_options.items())),
         )
-
-    @property
-    def extra(self) -> dict:
-        """Retired name of `method_options` (what `MethodOptions.extra` was)."""
-        _deprecated("RSPConfig.extra (MethodOptions.extra)", "RSPConfig.method_options")
-        return self.method_options
-
-
-def MethodOptions(  # noqa: N802  (the retired class name, kept callable)
-    length: int = 4,
-    scale: float = 1.0,
-    position: str = "after_generation_prompt",
-    stats_rows: str = "all",
-    stats_mean: str = "scalar",
-    extra: dict | None = None,
-) -> RSPConfig:
-    """Retired: the settings a method was built from are an `RSPConfig` (`extra` is `method_options`)."""
-    _deprecated("rsp.methods.MethodOptions", "rsp.RSPConfig (extra= is method_options=)")
-    return RSPConfig(
-        length=length,
-        scale=scale,
-        position=position,
-        stats_rows=stats_rows,
-        stats_mean=stats_mean,
-        method_options=dict(extra or {}),
-    )
 
 
 STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
@@ -180,21 +123,18 @@ class InjectionArgs:
         "after_generation_prompt",
         "insertion point of the vectors",
         choices=INSERTION_POINTS,
-        deprecated=("--position",),
         group=_INJECTION,
     )
     rsp_stats_rows: str = option(
         "all",
         "fit the statistics on all embedding rows or only the tokenizer's real tokens",
         choices=STATS_ROWS,
-        deprecated=("--stats-rows",),
         group=_INJECTION,
     )
     rsp_stats_mean: str = option(
         "scalar",
         "isotropic (scalar) or per-dimension mean",
         choices=STATS_MEANS,
-        deprecated=("--stats-mean",),
         group=_INJECTION,
     )
     method_options: dict = option(
@@ -229,7 +169,6 @@ class MethodOption:
     required: bool = False
     metavar: str = "VALUE"
     swept: bool = True  # False: a sweep's grid sets it, so its cells do not carry it
-    deprecated: tuple[str, ...] = ()  # retired keys still read, with a FutureWarning
 
 
 @dataclass(frozen=True)
@@ -274,7 +213,7 @@ class Method:
 
     def build(self, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
         config = replace(config, method=self.name) if config else RSPConfig(method=self.name)
-        config = _upgrade_options(self, config)
+        _check_option_keys(self, config)
         injection = self.factory(lm, config)
         injection.name = self.name
         return injection
@@ -307,8 +246,8 @@ def register(method: Method) -> Method:
     """Add (or replace) a method spec; its category must be one of `CATEGORIES`."""
     if method.category not in CATEGORIES:
         raise ValueError(f"method {method.name!r}: category must be one of {', '.join(CATEGORIES)}")
-    if method.name in ALIASES:
-        raise ValueError(f"{method.name!r} is a retired alias of {ALIASES[method.name]!r}")
+    if renamed_method(method.name):
+        raise ValueError(f"cannot register {method.name!r}: {renamed_method(method.name)}")
     _registry()[method.name] = method  # after the built-ins, so a later registration of a name wins
     return method
 
@@ -339,34 +278,29 @@ def register_method(
 
 
 def get_method(name: str) -> Method:
-    """The spec of method `name` (a retired alias resolves, with a FutureWarning); ValueError names the
-    known methods."""
-    name = canonical_method(name)
+    """The spec of method `name`; ValueError names the known methods (or the new name of a renamed one)."""
     registry = _registry()
     if name not in registry:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(registry))}")
+        raise ValueError(
+            renamed_method(name) or f"unknown method {name!r}; known methods: {', '.join(sorted(registry))}"
+        )
     return registry[name]
 
 
 def method_specs() -> list[Method]:
-    """Every registered method, by name (aliases are not methods)."""
+    """Every registered method, by name."""
     registry = _registry()
     return [registry[k] for k in sorted(registry)]
 
 
 def method_names() -> list[str]:
-    """Every name a method can be given by: the registered methods, sorted, then the retired aliases
-    (accepted until rsp 0.3, resolving to their method)."""
-    registry = _registry()
-    return sorted(registry) + sorted(a for a in ALIASES if ALIASES[a] in registry)
+    """Every registered method's name, sorted."""
+    return sorted(_registry())
 
 
 def method_descriptions() -> dict[str, str]:
-    """Name -> description, as `rsp methods` lists them; a retired alias is described as one."""
-    out = {m.name: m.description for m in method_specs()}
-    for alias, target in ALIASES.items():
-        out[alias] = f"deprecated alias of {target} (until rsp 0.3)"
-    return out
+    """Name -> description, as `rsp methods` lists them."""
+    return {m.name: m.description for m in method_specs()}
 
 
 def build_method(name: str, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
@@ -375,18 +309,14 @@ def build_method(name: str, lm: LoadedModel, config: RSPConfig | None = None) ->
     return get_method(name).build(lm, config)
 
 
-def _upgrade_options(method: Method, config: RSPConfig) -> RSPConfig:
-    """Rename the retired method-option keys `method` lists (`alpha` -> `rsp_scale`), with a FutureWarning."""
-    opts = dict(config.method_options)
-    changed = False
-    for o in method.options or ():
-        for old in o.deprecated:
-            if old in opts:
-                _deprecated(f"method option {old!r} of {method.name}", repr(o.key), stacklevel=5)
-                value = opts.pop(old)
-                opts.setdefault(o.key, value)
-                changed = True
-    return replace(config, method_options=opts) if changed else config
+def _check_option_keys(method: Method, config: RSPConfig) -> None:
+    """A method option renamed before the first release (`alpha` of rsp-scaled is `rsp_scale`) is an
+    error naming the new key, not an option the method silently ignores."""
+    keys = method.option_keys or ()
+    for key in config.method_options:
+        renamed = renamed_key(key, f"method option of {method.name}")
+        if key not in keys and renamed:
+            raise ValueError(renamed)
 
 
 def embedding_stats_for(lm: LoadedModel, config: RSPConfig):

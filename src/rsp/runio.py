@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsp.renamed import renamed_key
+
 # Version 1 added this key to config.json; the record lines are as in version 0.
 SCHEMA_VERSION = 1
 
@@ -83,26 +85,6 @@ def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -
     return RunConfig(kind=str(found), config=saved["config"], schema_version=version)
 
 
-def rename_config_keys(run_dir: Path, kind: str, renames: dict[str, str], drop: Iterable[str] = ()) -> bool:
-    """When a run's config.json holds a key of `renames` (old -> new), rewrite it with the keys renamed and
-    the (new) keys in `drop` left out, keeping its kind and schema version, so a run written before a
-    rename still resumes (its settings compare equal). Returns whether the file changed; a missing,
-    unreadable, newer or other-kind config is left for `prepare_run_dir` / `read_run_config` to report."""
-    try:
-        saved = read_run_config(run_dir, kind=kind)
-    except RunDirError:
-        return False
-    if not set(saved.config) & set(renames):
-        return False
-    skip = set(drop)
-    config = {renames.get(k, k): v for k, v in saved.config.items() if renames.get(k, k) not in skip}
-    record: dict[str, object] = {"kind": saved.kind, "config": config, "config_hash": config_hash(config)}
-    if saved.schema_version:  # version 0 had no key
-        record["schema_version"] = saved.schema_version
-    atomic_write_text(Path(run_dir) / CONFIG, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return True
-
-
 def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
     """Create `out` or check it holds the same run. Returns True when resuming an existing run."""
     try:
@@ -123,6 +105,9 @@ def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
         if saved.kind != kind:
             raise RunDirError(f"{out} holds a {saved.kind!r} run, not {kind!r}; use a new --out directory")
         old = saved.config
+        renamed = [r for r in (renamed_key(k) for k in sorted(set(old) - set(config))) if r]
+        if renamed:
+            raise RunDirError(f"{cfg_path}: {'; '.join(renamed)}; rename it in the file to resume this run")
         if old != config:
             keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in keys)

@@ -257,7 +257,6 @@ def _rsp_shared(lm: LoadedModel, o: RSPConfig) -> Injection:
             "std multiplier, instead of --rsp-scale (a sweep's --rsp-scales grid sets it)",
             metavar="SCALE",
             swept=False,
-            deprecated=("alpha",),
         ),
     ),
 )

@@ -14,9 +14,8 @@ import logging
 import math
 import random
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -175,16 +174,14 @@ _MODEL, _DATA, _TRAINING = "model", "data", "training"
 @dataclass
 class SoftPromptTrainConfig:
     """Settings of one soft-prompt training run (saved with the result); each field is a flag of
-    `rsp train-soft-prompt` (`rsp_length` is `--rsp-length`). `length=` / `position=` (and the flags
-    `--length` / `--position`) are the retired names of `rsp_length` / `rsp_position` (FutureWarning)."""
+    `rsp train-soft-prompt` (`rsp_length` is `--rsp-length`)."""
 
     model: str = option("smollm2-135m-instruct", "packaged name, local dir or Hub id", group=_MODEL)
-    rsp_length: int = option(4, "L, the number of trained vectors", deprecated=("--length",), group=_MODEL)
+    rsp_length: int = option(4, "L, the number of trained vectors", group=_MODEL)
     rsp_position: str = option(
         "after_generation_prompt",
         "insertion point the vectors are trained at (and evaluated at by default)",
         choices=INSERTION_POINTS,
-        deprecated=("--position",),
         group=_MODEL,
     )
     data: tuple[str, ...] = option(
@@ -214,19 +211,8 @@ class SoftPromptTrainConfig:
         None, "wall-clock budget (the best vectors so far are kept)", group=_TRAINING
     )
     extra: dict = field(default_factory=dict)
-    length: InitVar[int | None] = None
-    position: InitVar[str | None] = None
 
-    def __post_init__(self, length: int | None, position: str | None) -> None:
-        for old, new, value in (("length", "rsp_length", length), ("position", "rsp_position", position)):
-            if value is not None:
-                warnings.warn(
-                    f"SoftPromptTrainConfig({old}=...) is deprecated and will be removed in rsp 0.3; "
-                    f"use {new}=",
-                    FutureWarning,
-                    stacklevel=3,
-                )
-                setattr(self, new, value)
+    def __post_init__(self) -> None:
         self.data = tuple(self.data)
 
     def validate(self) -> None:

@@ -10,9 +10,8 @@ differs per attempt and which method options its cells carry are facts of the me
 (`rsp.methods.Method`), not lists kept here.
 
 Spellings (docs/glossary.md): the scale grid is `rsp_scales` (`--rsp-scales`), a cell's scale and the
-table's column `rsp_scale`; `--alphas`, `--lengths` and config keys `alphas` / `lengths` still parse with a
-FutureWarning until rsp 0.3, and a sweep directory written before the renames resumes (its config.json keys
-are mapped on read). Cell directory names keep their `_a<scale>` suffix, so finished cells are found.
+table's column `rsp_scale`. Cell directory names keep their `_a<scale>` suffix, so finished cells are
+found.
 """
 
 from __future__ import annotations
@@ -21,32 +20,30 @@ import csv
 import io
 import json
 import logging
-import warnings
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from rsp.config import field_label, option
-from rsp.evaluation import LEGACY_KEYS, ConfigError, EvalConfig, run_eval, upgrade_legacy_config
+from rsp.evaluation import ConfigError, EvalConfig, run_eval
 from rsp.generation import Generator
 from rsp.methods import (
     BASELINE,
     RSPConfig,
-    canonical_method,
     get_method,
     method_names,
 )
 from rsp.models.loading import LoadedModel
 from rsp.records import SAMPLES, SampleRecord, read_samples
+from rsp.renamed import renamed_method
 from rsp.reporting import summarise, write_eval_report
 from rsp.runio import (
     RunDirError,
     atomic_write_text,
     prepare_run_dir,
     read_run_config,
-    rename_config_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -59,12 +56,6 @@ DEFAULT_TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_options")
 # EvalConfig fields the grid replaces: not settings of `rsp sweep` (its plural grid flags set them per cell).
 NOT_SWEPT_FLAGS = ("rsp_length", "rsp_scale", "temperature")
-
-
-def _retired(old: str, new: str) -> None:
-    warnings.warn(
-        f"{old} is deprecated and will be removed in rsp 0.3; use {new}", FutureWarning, stacklevel=4
-    )
 
 
 @dataclass(frozen=True)
@@ -83,12 +74,6 @@ class Cell:
         if self.rsp_scale is not None:
             parts.append(f"a{self.rsp_scale:g}")  # the directory name of sweeps written so far
         return "_".join(parts)
-
-    @property
-    def alpha(self) -> float | None:
-        """Retired name of `rsp_scale`."""
-        _retired("Cell.alpha", "Cell.rsp_scale")
-        return self.rsp_scale
 
     @property
     def baseline_name(self) -> str:
@@ -115,13 +100,11 @@ class SweepGrid:
     rsp_lengths: tuple[int, ...] = option(
         default_factory=lambda: DEFAULT_LENGTHS,
         help="L values, for the methods that read L",
-        deprecated=("--lengths",),
         group="grid",
     )
     rsp_scales: tuple[float, ...] = option(
         default_factory=lambda: DEFAULT_SCALES,
         help="multipliers on the fitted standard deviation, for the methods that read the scale",
-        deprecated=("--alphas",),
         group="grid",
     )
     temperatures: tuple[float, ...] = option(
@@ -131,26 +114,13 @@ class SweepGrid:
 
 @dataclass
 class SweepConfig:
-    """A grid on top of one base evaluation (model, task, problems, n, seed, decoding limits).
-
-    `lengths=` and `alphas=` are the retired names of `rsp_lengths` and `rsp_scales` (FutureWarning)."""
+    """A grid on top of one base evaluation (model, task, problems, n, seed, decoding limits)."""
 
     base: EvalConfig = field(default_factory=EvalConfig)
     methods: tuple[str, ...] = DEFAULT_METHODS
     rsp_lengths: tuple[int, ...] = DEFAULT_LENGTHS
     rsp_scales: tuple[float, ...] = DEFAULT_SCALES
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    lengths: InitVar[tuple[int, ...] | None] = None
-    alphas: InitVar[tuple[float, ...] | None] = None
-
-    def __post_init__(self, lengths: tuple[int, ...] | None, alphas: tuple[float, ...] | None) -> None:
-        if lengths is not None:
-            _retired("SweepConfig(lengths=...)", "SweepConfig(rsp_lengths=...)")
-            self.rsp_lengths = tuple(lengths)
-        if alphas is not None:
-            _retired("SweepConfig(alphas=...)", "SweepConfig(rsp_scales=...)")
-            self.rsp_scales = tuple(alphas)
-        self.methods = tuple(canonical_method(m) for m in self.methods)
 
     @classmethod
     def from_configs(cls, base: EvalConfig, grid: SweepGrid) -> SweepConfig:
@@ -186,7 +156,9 @@ class SweepConfig:
         known = method_names()
         for m in self.methods:
             if m not in known:
-                raise ConfigError(f"unknown method {m!r}; known methods: {', '.join(known)}")
+                raise ConfigError(
+                    renamed_method(m) or f"unknown method {m!r}; known methods: {', '.join(known)}"
+                )
             for missing in get_method(m).missing_options(self.base.method_options):
                 raise ConfigError(f"method {m} needs --method-option {missing.key}={missing.metavar}")
         probe = EvalConfig.from_dict(self.base.to_dict())
@@ -220,14 +192,6 @@ class SweepConfig:
         return cells
 
 
-def upgrade_legacy_sweep_config(out: Path) -> None:
-    """Rename the keys of a sweep directory's config.json written before the renames (`position` ->
-    `rsp_position`, ...: `rsp.evaluation.LEGACY_KEYS`), so the sweep still resumes; its cells are eval runs,
-    upgraded the same way by `rsp.evaluation.upgrade_legacy_config`. The file keeps its schema version."""
-    if rename_config_keys(out, "sweep", LEGACY_KEYS, drop=GRID_KEYS):
-        log.info("%s: config.json keys renamed to the current spelling", out)
-
-
 @dataclass
 class SweepResult:
     out: Path
@@ -240,7 +204,6 @@ class SweepResult:
 def _finished_samples(cell_dir: Path, cfg: EvalConfig, problems: int) -> list[SampleRecord] | None:
     """The samples of a cell finished on disk with the settings `cfg`, or None: run_eval then starts or
     resumes it, or explains why it cannot (another run, other settings, a newer rsp)."""
-    upgrade_legacy_config(cell_dir)  # a cell written before the renames is still found finished
     try:
         saved = read_run_config(cell_dir, kind="eval")
     except RunDirError:
@@ -275,7 +238,6 @@ def run_sweep(
     """
     config.validate()
     out = Path(out)
-    upgrade_legacy_sweep_config(out)
     prepare_run_dir(out, config.identity(), kind="sweep")
     cells = config.cells()
     names = [c.name for c in cells]

@@ -15,8 +15,8 @@ over them in the embedding layer; this module has no insertion code of its own.
 
 Model arguments use docs/glossary.md's flat names: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
 `rsp_stats_rows`, `rsp_stats_mean`, `seed` (the base seed) and method options by their own names
-(`soft_prompt=FILE`, `noise_alpha=5`); the retired `rsp_seed`, `rsp_method`, `rsp_soft_prompt`, ... still
-work with a FutureWarning (`RETIRED_ARGS`).
+(`soft_prompt=FILE`, `noise_alpha=5`); a name renamed before the first release (`rsp_seed`) is an error
+naming the new one.
 
 Seeds. Request r-th repeat of document d of task T uses `injection.seed_for(seed, key, r)`, where key
 is the document's `rsp_problem_id` (the shipped `rsp_*` tasks set it to rsp's problem id, so the RSPs
@@ -40,7 +40,6 @@ Logged samples (`--log_samples`): every injected request's `arguments` gain a la
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from rsp.engines.hook import RSPHandle, attach
 from rsp.methods import RSPConfig, get_method, method_names, method_specs
 from rsp.models.loading import resolve_model_dir
 from rsp.models.packaged import PACKAGED_MODELS
+from rsp.renamed import RENAMED, renamed_key
 from rsp.tasks.prompts import tokenize_split
 
 __all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds", "resolve_pretrained"]
@@ -71,15 +71,6 @@ SEED_LOG_KEY = "rsp_seeds"
 STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
 STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
 
-# Retired model_args (FutureWarning until rsp 0.3) and what they are now: docs/glossary.md's flat names.
-RETIRED_ARGS = {
-    "rsp_seed": "seed",  # the base seed; in JSONL and the seed log `rsp_seed` is one attempt's seed
-    "rsp_method": "method",
-    "rsp_soft_prompt": "soft_prompt",
-    "rsp_soft_prompt_position": "soft_prompt_position",
-    "rsp_noise_alpha": "noise_alpha",
-    "rsp_alpha": "rsp_scale",  # rsp-scaled's scale (its method option was once called alpha)
-}
 # the RSPConfig fields set by flat model_args
 _FLAT = {
     "rsp_length": "length",
@@ -119,23 +110,17 @@ class RSPSettings:
 
         The names are the glossary's flat ones: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
         `rsp_stats_rows`, `rsp_stats_mean`, `seed`, and method options by their own names (`soft_prompt`,
-        ...); the retired `rsp_seed`, `rsp_method`, `rsp_soft_prompt`, ... (`RETIRED_ARGS`) still work with a
-        FutureWarning."""
+        ...); a renamed one (`rsp_seed`) is an error naming the new name."""
         options_known = method_option_args()
         known = set(_FLAT) | {"seed"} | options_known
         raw: dict[str, Any] = {}
         for key in list(kwargs):
-            if key in RETIRED_ARGS:
-                new = RETIRED_ARGS[key]
-                warnings.warn(
-                    f"{model}: model_arg {key} is deprecated and will be removed in rsp 0.3; use {new}",
-                    FutureWarning,
-                    stacklevel=3,
-                )
-                if new in kwargs or new in raw:
-                    raise RSPArgumentError(f"{model}: give {new} or {key} (its retired name), not both")
-                raw[new] = kwargs.pop(key)
-            elif key.startswith("rsp_") or key in known:
+            # a renamed rsp name is an error; `backend` is HFLM's own argument, not rsp's old `engine`
+            renamed = renamed_key(key, "model_arg")
+            new = RENAMED["setting"].get(key)
+            if renamed and key not in known and (key.startswith("rsp_") or new in known):
+                raise RSPArgumentError(f"{model}: {renamed}")
+            if key.startswith("rsp_") or key in known:
                 raw[key] = kwargs[key] if key in shared else kwargs.pop(key)
         unknown = sorted(k for k in raw if k not in known)
         if unknown:

@@ -9,7 +9,6 @@ otherwise takes exactly lm-eval's arguments (`rsp lm-eval --help` prints lm-eval
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Sequence
 
 INSTALL_HINT = "pip install 'random-soft-prompts[lm-eval]'"
@@ -39,11 +38,7 @@ def run_cli(argv: Sequence[str]) -> int:
         if getattr(args, "model", None) in ("rsp-hf", "rsp-vllm") and isinstance(model_args, dict):
             from rsp.integrations.lm_eval import RSPSettings
 
-            with warnings.catch_warnings():  # retired names warn once, when the model reads them
-                warnings.simplefilter("ignore", FutureWarning)
-                RSPSettings.pop_from(
-                    dict(model_args), args.model
-                )  # fail now, not after lm-eval indexes tasks
+            RSPSettings.pop_from(dict(model_args), args.model)  # fail now, not after lm-eval indexes tasks
         if hasattr(args, "include_path"):
             user = args.include_path
             if not user and getattr(args, "config", None):  # a --config YAML's include_path is kept too

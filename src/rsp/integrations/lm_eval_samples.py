@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 from rsp.evaluation import EvalConfig
 from rsp.models.loading import resolve_model_dir
 from rsp.records import SAMPLES, SampleRecord, append_samples
+from rsp.renamed import renamed_key
 from rsp.runio import atomic_write_text, prepare_run_dir
 from rsp.tasks.grading import Grader
 from rsp.tasks.registry import load_task
@@ -126,10 +127,6 @@ def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) 
     return records
 
 
-# keys of the seed log written before the glossary's names (there `rsp_seed` was the base seed)
-_OLD_LOG_KEYS = {"rsp_method": "method", "rsp_seed": "seed"}
-
-
 def _injection_settings(arms: dict[str, list[dict]]) -> dict:
     """rsp_length / rsp_position / rsp_scale / seed shared by the injected arms (rsp eval has one of each
     per run)."""
@@ -138,7 +135,9 @@ def _injection_settings(arms: dict[str, list[dict]]) -> dict:
         info = next((rsp_info(s) for s in samples if rsp_info(s)), None)
         if info is None:
             continue
-        info = {_OLD_LOG_KEYS.get(k, k): v for k, v in info.items()}
+        old = [str(renamed_key(k, "seed log key")) for k in ("rsp_method", "rsp_seed") if k in info]
+        if old:
+            raise ValueError(f"arm {method!r}: its seed log predates a rename: {'; '.join(old)}")
         if info.get("method") not in (None, method):
             raise ValueError(f"arm {method!r} was run with method={info['method']}: name the arm after it")
         for key in ("rsp_length", "rsp_position", "rsp_scale", "seed"):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -206,8 +205,6 @@ class RSPGRPOTrainer(GRPOTrainer):
         rsp_config: an `rsp.RSPConfig` (length, scale, position, method, statistics options); the
             default `RSPConfig()` is L = 4 after the generation prompt. `length=0` is plain GRPO.
         injection: a ready `rsp.core.injection.Injection` instead of `rsp_config`.
-        rsp_seed: retired (FutureWarning; removed in 0.3): the per-rollout RSP seeds derive from
-            `args.seed`, the run's base seed, as everywhere in rsp (docs/glossary.md).
         mask_constant_groups: DAPO dynamic sampling, masking form: groups whose rewards are all equal
             leave the loss and its token count (default False: TRL's own behaviour).
         vllm_engine_kwargs: extra `vllm.LLM(...)` arguments for the colocated engine (TRL has no option
@@ -221,7 +218,6 @@ class RSPGRPOTrainer(GRPOTrainer):
         *args: Any,
         rsp_config=None,
         injection: Injection | None = None,
-        rsp_seed: int | None = None,
         mask_constant_groups: bool = False,
         vllm_engine_kwargs: dict | None = None,
         placeholder_id: int | None = None,
@@ -243,14 +239,7 @@ class RSPGRPOTrainer(GRPOTrainer):
         ):
             super().__init__(*args, **kwargs)
         self.mask_constant_groups = mask_constant_groups
-        if rsp_seed is not None:
-            warnings.warn(
-                "RSPGRPOTrainer(rsp_seed=...) is deprecated and will be removed in rsp 0.3: the RSPs' "
-                "base seed is args.seed (GRPOConfig.seed); rsp_seed names one rollout's seed",
-                FutureWarning,
-                stacklevel=2,
-            )
-        self.rsp_seed = int(self.args.seed if rsp_seed is None else rsp_seed)  # the RSPs' base seed
+        self.rsp_seed = int(self.args.seed)  # the RSPs' base seed: the run's, as everywhere in rsp
         self._rollout_round = 0
         self._round: tuple[int, int, int] = (0, 0, 0)
         self._pending_seeds: list[int | None] | None = None

@@ -20,7 +20,6 @@ Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m
 import importlib
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ from rsp.integrations.trl import RSPGRPOTrainer, completion_text
 from rsp.methods import RSPConfig
 from rsp.models.loading import resolve_model_dir
 from rsp.models.packaged import PACKAGED_MODELS
+from rsp.renamed import renamed_flag
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import INSTRUCTION
 from rsp.tasks.registry import load_task
@@ -78,32 +78,9 @@ class RSPArguments:
     rsp_stats_mean: Literal["scalar", "per_dim"] = field(
         default="scalar", metadata={"help": "isotropic scalar mean, or one mean per dimension"}
     )
-    # retired spellings (docs/glossary.md), accepted with a FutureWarning until 0.3
-    rsp_method: str | None = field(default=None, metadata={"help": "retired: use --method"})
-    rsp_seed: int | None = field(
-        default=None, metadata={"help": "retired: the RSPs' base seed is TRL's --seed"}
-    )
 
     def to_rsp_config(self):
-        method = self.method
-        if self.rsp_method is not None:
-            warnings.warn(
-                "--rsp_method is deprecated and will be removed in rsp 0.3; use --method", FutureWarning, 2
-            )
-            method = self.rsp_method
-        return RSPConfig.from_flat(self, method).validate()
-
-
-def _retired_rsp_seed(rsp_args: RSPArguments) -> dict:
-    """`--rsp_seed`, still honoured for one release: it was a second base seed beside TRL's `--seed`."""
-    if rsp_args.rsp_seed is None:
-        return {}
-    warnings.warn(
-        "--rsp_seed is deprecated and will be removed in rsp 0.3; the RSPs' base seed is --seed",
-        FutureWarning,
-        stacklevel=2,
-    )
-    return {"rsp_seed": rsp_args.rsp_seed}
+        return RSPConfig.from_flat(self, self.method).validate()
 
 
 @dataclass
@@ -264,9 +241,15 @@ def make_parser() -> TrlParser:
 def parse(argv: list[str] | None = None):
     """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags.
 
-    Parsed as TRL parses them.
+    Parsed as TRL parses them; a flag renamed before the first release (`--rsp_seed`) is an error naming
+    the new one.
     """
-    return make_parser().parse_args_and_config(args=argv)
+    parser = make_parser()
+    for arg in sys.argv[1:] if argv is None else argv:
+        renamed = renamed_flag(arg)
+        if renamed and arg.split("=", 1)[0] not in parser._option_string_actions:
+            parser.error(renamed)
+    return parser.parse_args_and_config(args=argv)
 
 
 def main(argv: list[str] | None = None):
@@ -287,7 +270,6 @@ def main(argv: list[str] | None = None):
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
         rsp_config=rsp_args.to_rsp_config(),
-        **_retired_rsp_seed(rsp_args),
         mask_constant_groups=script_args.mask_constant_groups,
     )
     resume = training_args.resume_from_checkpoint

@@ -72,7 +72,6 @@ class ServeCommandConfig(InjectionArgs, EngineArgs):
     seed: int = option(
         0,
         "the server's base seed: requests without `seed` get seeds derived from it and a request counter",
-        deprecated=("--rsp-seed",),
         group=_INJECTION,
     )
 

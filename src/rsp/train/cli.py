@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,18 +51,6 @@ class _MergeMapping(argparse.Action):
         setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **values})
 
 
-class _NoProgress(argparse.Action):
-    """The retired `--no-progress`: sets `quiet`, with a warning naming `--quiet`."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        warnings.warn(
-            "--no-progress is deprecated and will be removed in rsp 0.3; use --quiet",
-            FutureWarning,
-            stacklevel=3,
-        )
-        namespace.quiet = True
-
-
 class TrainArgumentParser(RSPArgumentParser):
     """`RSPArgumentParser` with `--trl-args` taking a JSON object (as it always has) as well as KEY=VALUE."""
 
@@ -91,7 +78,6 @@ def build_parser() -> TrainArgumentParser:
         "(--config OUT/config.json repeats its settings). "
         "See docs/training.md.",
     )
-    parser.add_argument("--no-progress", nargs=0, action=_NoProgress, help=argparse.SUPPRESS)
     return parser
 
 
