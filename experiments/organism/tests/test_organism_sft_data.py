@@ -17,8 +17,8 @@ import torch
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
-from data import IGNORE, build_example, end_of_turn_id, target_text, train_examples  # noqa: E402
-from sft import target_loss  # noqa: E402
+from organism_data import IGNORE, build_example, end_of_turn_id, target_text, train_examples  # noqa: E402
+from organism_sft import target_loss  # noqa: E402
 
 from rsp.tasks import load_task  # noqa: E402
 from rsp.tasks.prompts import PromptBuilder  # noqa: E402

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from data import IGNORE, Example, eval_questions, train_examples
+from organism_data import IGNORE, Example, eval_questions, train_examples
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def run_sft(cfg: SFTConfig, out: Path) -> None:
             f.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save_hf(model, base_dir, out / f"step_{step + 1:04d}")
+            save_hf(model, base_dir, out / f"step_{step + 1:04d}")
             tmp = out / "state.pt.tmp"
             torch.save(
                 {
@@ -168,7 +168,7 @@ def run_sft(cfg: SFTConfig, out: Path) -> None:
             tmp.replace(state_path)
 
 
-def _save_hf(model, base_dir: str, target: Path) -> None:
+def save_hf(model, base_dir: str, target: Path) -> None:
     """An HF model folder `rsp eval --model` loads: the weights, plus the base's tokenizer and chat
     template files copied byte for byte (so the prompts are the base model's prompts)."""
     tmp = target.with_name(target.name + ".tmp")
