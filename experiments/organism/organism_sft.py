@@ -33,6 +33,7 @@ class SFTConfig:
         1  # train split, seed 1: neither `rsp eval --seed 0` (test) nor `rsp train --seed 0` (train)
     )
     exclude_eval_n: int = 1024  # test problems per step count (seed 0, 1-3 steps) ruled out by text
+    pool_per_arith_steps: int = 200  # train problems generated per step count (more if the run needs more)
     batch_size: int = 8
     steps: int = 48
     save_every: int = 8
@@ -107,7 +108,10 @@ def run_sft(cfg: SFTConfig, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     freeze_below(model, cfg.train_layers)
     exclude = eval_questions((1, 2, 3), cfg.exclude_eval_n, cfg.max_value, seed=0)
-    per = -(-cfg.steps * cfg.batch_size // len(cfg.train_arith_steps)) + cfg.batch_size
+    # The pool does not depend on `steps` (up to pool_per_arith_steps problems per step count), so runs of
+    # different lengths see the same data order and step N of a long run is a run of N steps.
+    need_per = -(-cfg.steps * cfg.batch_size // len(cfg.train_arith_steps)) + cfg.batch_size
+    per = max(cfg.pool_per_arith_steps, need_per)
     examples = train_examples(tok, cfg.train_arith_steps, per, cfg.max_value, cfg.data_seed, exclude)
     need = cfg.steps * cfg.batch_size
     if len(examples) < need:
