@@ -100,7 +100,8 @@ def first_token_entropy(model: str, spec: EvalSpec) -> dict:
         limit=spec.limit, seed=spec.seed,
     )  # fmt: skip
     builder = PromptBuilder.for_task(lm.tokenizer, task, style="auto")
-    h1, ht = [], []
+    h1: list[float] = []
+    ht: list[float] = []
     with torch.no_grad():
         for p in task.problems:
             ids = torch.tensor([builder.build(p).ids])
