@@ -147,6 +147,7 @@ def test_config_validation_and_roundtrip(tmp_path):
 
 
 def test_full_finetuning_plain_dapo_updates_transformer_not_embeddings(tiny_lm):
+    tiny_lm.model.requires_grad_(False)  # as load_model hands a model over: frozen for inference
     flip = itertools.cycle([True, False])
     trainer = _trainer(tiny_lm, lambda text, gold: next(flip), lora=False, rsp_length=0)
     named = dict(tiny_lm.model.named_parameters())

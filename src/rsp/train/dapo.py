@@ -216,6 +216,9 @@ class DAPOTrainer:
             )
             # get_peft_model injects the adapters into lm.model in place, so lm.model.generate uses them.
         else:
+            # load_model hands over a frozen model (inference by default): full fine-tuning unfreezes it,
+            # then keeps the input embeddings fixed (the RSP statistics were fitted on them).
+            lm.model.requires_grad_(True)
             input_embeddings(lm.model).weight.requires_grad_(False)
         self.ref_model = None
         if cfg.beta > 0 and not cfg.lora:
