@@ -203,6 +203,7 @@ EVAL_KEYS = [
     "arith_max_value",
     "arith_steps",
     "batch_size",
+    "common_random_numbers",
     "device",
     "dtype",
     "engine",
@@ -275,15 +276,18 @@ def test_saved_eval_settings_keep_their_keys_and_hash():
 
     saved = EvalConfig().to_dict()
     assert sorted(saved) == EVAL_KEYS
-    assert config_hash(saved) == "cf834e29b8d7a624"
-    vllm = EvalConfig(
-        engine="vllm",
-        tensor_parallel_size=2,
-        rsp_position="prepend",
-        method_options={"soft_prompt": "a.safetensors"},
-    ).to_dict()
-    assert config_hash(vllm) == "e64b111e241fb1b7"
+    assert config_hash(saved) == "5c728afa4fa3bf5c"
+    vllm = dict(engine="vllm", tensor_parallel_size=2, rsp_position="prepend")
+    vllm_options = {"method_options": {"soft_prompt": "a.safetensors"}}
+    assert config_hash(EvalConfig(**vllm, **vllm_options).to_dict()) == "ff2903a59521153e"
     assert EvalConfig.from_dict(saved) == EvalConfig()
+    # Runs saved before common random numbers existed have no such key; with the setting off (as a resume
+    # of such a run sets it) today's config saves exactly their keys and hash, so they still resume.
+    old = EvalConfig(common_random_numbers=False).to_dict()
+    assert sorted(old) == [k for k in EVAL_KEYS if k != "common_random_numbers"]
+    assert config_hash(old) == "cf834e29b8d7a624"
+    old_vllm = EvalConfig(common_random_numbers=False, **vllm, **vllm_options).to_dict()
+    assert config_hash(old_vllm) == "e64b111e241fb1b7"
 
 
 def test_saved_dapo_settings_keep_their_keys_and_hash():
