@@ -223,6 +223,7 @@ def test_rsp_generate_with_problem_keys_reproduces_rsp_eval(tmp_path, tiny_model
         batch_size=8,
         seed=4,
         keys=[p.id for p in task.problems],
+        common_random_numbers=cfg.common_random_numbers,  # rsp eval's default: on
     )
     got = {
         (o.key, s.attempt): (s.rsp_seed, s.decode_seed, list(s.token_ids)) for o in outs for s in o.samples

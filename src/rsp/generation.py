@@ -207,8 +207,13 @@ class Generator:
         keys: Sequence[str] | None = None,
         chat: bool | None = None,
         progress: bool = False,
+        common_random_numbers: bool = False,
     ) -> list[GenerationOutput]:
-        """n completions per prompt; see the module docstring for the seeds. Temperature 0 is greedy."""
+        """n completions per prompt; see the module docstring for the seeds. Temperature 0 is greedy.
+
+        `common_random_numbers`: derive each batch's decode seed without the method's name (`rsp eval`'s
+        default), so two calls that differ only in `rsp` sample from the same random stream and a paired
+        comparison of them does not carry independent sampling noise."""
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
             prompts = [prompts]
         prompts = list(prompts)
@@ -229,7 +234,7 @@ class Generator:
         bar = tqdm(total=len(prompts) * n, disable=not progress, unit="attempt", desc="generate")
         for batch in batches:
             seeds = [injection.seed_for(seed, keys[p], a) for p, a in batch.rows]
-            decode_seed = decode_seed_for(seed, batch)
+            decode_seed = decode_seed_for(seed, batch, common=common_random_numbers)
             done = self.run(
                 [tokens[p] for p, _ in batch.rows],
                 injection,
@@ -268,6 +273,7 @@ def generate(
     dtype: str = "auto",
     device: str = "cpu",
     progress: bool = False,
+    common_random_numbers: bool = False,
     **engine_options: Any,
 ) -> list[GenerationOutput]:
     """Per prompt, `n` completions each carrying its own RSP (`rsp=None`: plain sampling).
@@ -298,4 +304,5 @@ def generate(
         keys=keys,
         chat=chat,
         progress=progress,
+        common_random_numbers=common_random_numbers,
     )
