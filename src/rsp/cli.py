@@ -202,8 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     run = resolve(name)
-    if name == "lm-eval":  # lm-eval's own parser and error handling
-        return int(run(rest) or 0)
+    from rsp.models.packaged import PackagedModelMissing
+
+    if name == "lm-eval":  # lm-eval's own parser and error handling, but the missing-weights hint is ours
+        try:
+            return int(run(rest) or 0)
+        except PackagedModelMissing as exc:
+            print(f"rsp {name}: error: {exc}", file=sys.stderr)
+            return 2
     from rsp.models.loading import ModelLoadError
     from rsp.runio import RunDirError
     from rsp.tasks.base import TaskError
