@@ -158,4 +158,5 @@ def test_lower_bounds_resolve_together_from_pypi_alone(group: str, tmp_path: Pat
         for item in json.loads(report.read_text())["install"]
     }
     for name, low in lows.items():
-        assert chosen.get(name) == low, f"{group}: pip chose {name} {chosen.get(name)}, not {low}"
+        got = chosen.get(name)  # torch may be the CPU build, 2.13.0+cpu: compare the public version
+        assert got is not None and Version(got.public) == low, f"{group}: pip chose {name} {got}, not {low}"
