@@ -96,8 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     run = resolve(name)
-    if name == "lm-eval":  # lm-eval's own parser and error handling
-        return int(run(rest) or 0)
+    if name == "lm-eval":  # lm-eval's own parser and error handling, but the missing-weights hint is ours
+        from rsp.models.packaged import PackagedModelMissing
+
+        try:
+            return int(run(rest) or 0)
+        except PackagedModelMissing as exc:
+            print(f"rsp {name}: error: {exc}", file=sys.stderr)
+            return 2
     # here, not at the top: rsp.models.loading imports transformers, which `rsp --help` does not need
     from rsp.models.loading import ModelLoadError
     from rsp.runio import RunDirError

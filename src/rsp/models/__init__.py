@@ -9,13 +9,14 @@ from rsp.models.loading import (
     resolve_model_dir,
     wrap_model,
 )
-from rsp.models.packaged import PACKAGED_MODELS
+from rsp.models.packaged import PACKAGED_MODELS, PackagedModelMissing
 
 __all__ = [
     "PACKAGED_MODELS",
     "EmbeddingModel",
     "LoadedModel",
     "ModelLoadError",
+    "PackagedModelMissing",
     "default_cache_dir",
     "embedding_stats",
     "load_embedding_model",

