@@ -33,6 +33,7 @@ def run_script(tmp_path: Path, *args: str, timeout: float) -> tuple[subprocess.C
     return proc, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # a subprocess per section, each importing torch: 15 s
 def test_a_section_that_times_out_or_raises_is_reported_and_the_others_still_run(tmp_path):
     """Real-size models cannot be built in 6 s on a CPU: `models` times out, `agreement` then finds no model
     and raises; both are in the one report, with their reasons, and the exit status says not all passed."""

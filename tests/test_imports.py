@@ -40,6 +40,7 @@ def test_import_rsp_and_the_usage_load_neither_torch_nor_transformers(code):
     assert not loaded & {"torch", *HEAVY}, sorted(loaded & {"torch", *HEAVY})
 
 
+@pytest.mark.slow  # a fresh interpreter that imports the registry
 def test_rsp_methods_does_not_import_the_controls_or_the_integrations():
     out = run("import rsp.methods, sys; print(sorted(m for m in sys.modules if m.startswith('rsp.')))")
     assert "rsp.baselines" not in out and "rsp.integrations" not in out, out
@@ -87,6 +88,7 @@ def test_every_rsp_name_the_docs_use_resolves():
     assert not missing, missing
 
 
+@pytest.mark.slow  # a fresh interpreter that imports TRL: about 10 s
 def test_rsp_train_leaves_trl_alone_and_the_trainer_is_a_plain_class_of_the_trl_integration():
     assert not loaded_after("import rsp.train, rsp.train.run") & {"trl", "vllm"}
     pytest.importorskip("trl")

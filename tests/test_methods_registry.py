@@ -79,6 +79,7 @@ def test_the_controls_load_on_the_first_lookup_not_on_import():
     assert set(FACTS) <= set(names.split(","))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_method_registered_before_the_first_lookup_replaces_the_built_in_of_that_name():
     code = (
         "import rsp.methods as m; "
