@@ -8,8 +8,8 @@ through loading, building the engine, fitting the RSP statistics and generating 
 attempts. The engine runs in the measured process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so its weights
 and KV cache are counted too; the KV cache is fixed by `VLLM_CPU_KVCACHE_SPACE` (GiB, default 1 here).
 
-    OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm_memory.py
-    OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/vllm_memory.py --model gemma3-270m --attempts 8
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vllm_memory.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vllm_memory.py --model gemma3-270m --attempts 8
 
 A packaged or GGUF model is converted, and its statistics fitted into the on-disk cache, before the
 two measurements, so both arms read the cached statistics (as every run after the first does). It prints

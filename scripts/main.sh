@@ -10,6 +10,8 @@
 # comparison is the same; summary.json records which one ran. RSP_MAIN_DTYPE overrides the choice.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The package alone (no extras): all the main job needs. After scripts/test.sh, .venv already has it.
+export RSP_EXTRAS="${RSP_EXTRAS-}"
 # shellcheck disable=SC1091
 . "$ROOT/scripts/env.sh"
 cd "$ROOT"

