@@ -141,6 +141,39 @@ def test_a_cache_without_the_current_stamp_is_converted_again(tmp_path, caplog):
     assert convert_gguf(fake, target) == target  # reused: the bad file is never opened
 
 
+def test_two_processes_converting_one_cache_at_once_convert_it_once(tmp_path, monkeypatch):
+    """Parallel test workers, or two jobs on a fresh machine, both find no cache: one converts, the other
+    waits for it and reuses its directory instead of deleting it under the first one's readers."""
+    import threading
+    import time
+
+    from rsp.models import loading
+
+    target = tmp_path / "models" / "smollm2"
+    calls = []
+
+    def slow_convert(gguf_path, target, why):  # stands in for the real conversion (tens of seconds)
+        calls.append(why)
+        time.sleep(0.3)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        (target / loading.CONVERSION_STAMP).write_text(json.dumps({"tokenizer_format": TOKENIZER_FORMAT}))
+        return target
+
+    monkeypatch.setattr(loading, "_convert_gguf_locked", slow_convert)
+    got: list = []
+    threads = [
+        threading.Thread(target=lambda: got.append(loading.convert_gguf(tmp_path / "x.gguf", target)))
+        for _ in range(3)
+    ]  # flock locks per open file, so threads contend as processes do
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [target] * 3
+    assert calls == ["not converted yet"], "converted more than once"
+
+
 # --- the real models -------------------------------------------------------------------------------
 
 

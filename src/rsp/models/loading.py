@@ -6,6 +6,7 @@ load costs 12-50 s while loading the cache takes about a second.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import json
@@ -429,18 +430,30 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     A directory already there is reused only if its `CONVERSION_STAMP` names the current
     `TOKENIZER_FORMAT`; an older one is converted again, with a log line saying why.
     """
-    from transformers import AutoModelForCausalLM
-
     current, why = conversion_is_current(target)
     if current:
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time per target: two processes starting on a fresh cache (parallel test workers,
+    # two jobs of a sweep) would otherwise both convert, and the second would delete the directory the
+    # first is already reading from. The lock is advisory and released when the process ends.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current, why = conversion_is_current(target)  # converted while we waited
+        if current:
+            return target
+        return _convert_gguf_locked(gguf_path, target, why)
+
+
+def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
+    from transformers import AutoModelForCausalLM
+
     if not gguf_path.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_path}")
     if target.exists():
         log.warning("converting %s again: the cache at %s is out of date: %s", gguf_path, target, why)
     else:
         log.info("converting %s to a safetensors cache at %s (once)", gguf_path, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         try:
