@@ -1050,7 +1050,9 @@ def test_a_trained_soft_prompt_is_kept_as_json_and_a_later_session_restores_it_e
     bin_dir.mkdir()
     (bin_dir / "rsp").write_text("#!/bin/sh\nexit 99\n")  # training would be attempted
     (bin_dir / "rsp").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # The step calls `python`: this interpreter's, whether or not its venv is activated.
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = {**os.environ, "PATH": path}
     step = next(s for s in C.steps() if s.kind == "train-soft-prompt" and s.model == "gemma3")
     trained, record = Path(step.outputs[0]), Path(step.outputs[1])
     assert subprocess.run(["bash", "-c", step.command], env=env).returncode == 99, "nothing to reuse yet"
