@@ -1,9 +1,9 @@
 """Rebuild the organism's checkpoints and measurements, one subcommand each (see docs/organism.md).
 
-    python experiments/organism/build.py sft                 # runs/organism/sft/step_NNNN/ (HF folders)
-    python experiments/organism/build.py eval --model runs/organism/sft/step_0048 --name sft-step48
-    python experiments/organism/build.py dapo --steps 20     # rsp train, plain DAPO (--rsp-length 0)
-    python experiments/organism/build.py export-dapo         # DAPO checkpoints -> HF folders
+    python experiments/organism/build.py sft --stop-after 40   # runs/organism/sft/step_0020, step_0040
+    python experiments/organism/build.py eval --model runs/organism/sft/step_0040 --name sft-step40
+    python experiments/organism/build.py dapo --steps 40       # rsp train, plain DAPO (--rsp-length 0)
+    python experiments/organism/build.py export-dapo           # DAPO checkpoints -> HF folders
 
 Every subcommand resumes: rerunning it continues where a kill left it.
 """
@@ -79,10 +79,10 @@ DAPO_ARGS = {
     "--rsp-length": "0",  # plain DAPO: nothing injected, the same code path as RSP-DAPO
     "--group-size": "8",
     "--prompts-per-step": "4",
-    "--lr": "5e-5",
+    "--lr": "1e-4",  # LoRA (r 16, alpha 32)
     "--max-new-tokens": "96",
     "--temperature": "1.0",
-    "--checkpoint-every": "1",  # each step kept as an HF folder by export-dapo (the run keeps the last 2 .pt)
+    "--checkpoint-every": "5",  # each kept as an HF folder by `dapo` while it runs (the run keeps 2 .pt)
     "--seed": "0",
 }
 
@@ -97,10 +97,19 @@ def dapo_argv(model: Path, steps: int, out: Path) -> list[str]:
 
 
 def cmd_dapo(args: argparse.Namespace) -> None:
+    """rsp train, with every checkpoint turned into an HF folder while it runs: the run keeps only its
+    newest two .pt files, and the narrowing curve needs each one."""
     argv = dapo_argv(args.model, args.steps, args.out)
     print(" ".join(argv), flush=True)
     exe = Path(sys.executable).with_name("rsp")
-    subprocess.run([str(exe), *argv[1:]], check=True, env=os.environ.copy())
+    proc = subprocess.Popen([str(exe), *argv[1:]], env=os.environ.copy())
+    while proc.poll() is None:
+        time.sleep(20)
+        if (args.out / "config.json").exists():
+            cmd_export_dapo(args)
+    if proc.returncode:
+        raise SystemExit(proc.returncode)
+    cmd_export_dapo(args)
 
 
 def cmd_export_dapo(args: argparse.Namespace) -> None:
@@ -151,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-layers", type=int, default=None, help="top decoder layers trained (30: all)")
     p.add_argument("--lr", type=float, default=None, help="learning rate after warm-up")
     p.add_argument("--save-every", type=int, default=None, help="steps between saved HF folders")
+    p.add_argument(
+        "--stop-after", type=int, default=None, help="end after this step (checkpoints as the full run's)"
+    )
     p.add_argument("--out", type=Path, default=SFT_DIR)
     p = sub.add_parser("eval", help="rsp eval on held-out test problems, then the summary in docs/results")
     p.add_argument("--model", type=Path, required=True)
@@ -160,18 +172,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--temperature", type=float, default=0.7)
     p = sub.add_parser("dapo", help="plain DAPO (rsp train --rsp-length 0) from the SFT checkpoint")
-    p.add_argument("--model", type=Path, default=SFT_DIR / "step_0024")
+    p.add_argument("--model", type=Path, default=SFT_DIR / "step_0040")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", type=Path, default=DAPO_DIR)
     p = sub.add_parser("export-dapo", help="HF folders from the DAPO run's checkpoints")
-    p.add_argument("--model", type=Path, default=SFT_DIR / "step_0024")
+    p.add_argument("--model", type=Path, default=SFT_DIR / "step_0040")
     p.add_argument("--out", type=Path, default=DAPO_DIR)
     args = ap.parse_args(argv)
     if args.cmd == "sft":
         from organism_sft import SFTConfig, run_sft
 
         keys = ("steps", "batch_size", "train_layers", "lr", "save_every")
-        run_sft(SFTConfig(**{k: getattr(args, k) for k in keys if getattr(args, k) is not None}), args.out)
+        cfg = SFTConfig(**{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+        run_sft(cfg, args.out, stop_after=args.stop_after)
     elif args.cmd == "eval":
         cmd_eval(args)
     elif args.cmd == "dapo":

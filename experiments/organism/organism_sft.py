@@ -34,12 +34,12 @@ class SFTConfig:
     )
     exclude_eval_n: int = 1024  # test problems per step count (seed 0, 1-3 steps) ruled out by text
     pool_per_arith_steps: int = 200  # train problems generated per step count (more if the run needs more)
-    batch_size: int = 8
-    steps: int = 48
-    save_every: int = 8
-    lr: float = 1e-4
+    batch_size: int = 16
+    steps: int = 160
+    save_every: int = 20
+    lr: float = 5e-5
     warmup: int = 3
-    train_layers: int = 8  # the top decoder layers (and the final norm) are trained; the rest are frozen
+    train_layers: int = 30  # the top decoder layers (and the final norm) are trained; 30: all of them
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -88,7 +88,7 @@ def target_loss(
     return loss / max(n, 1), n
 
 
-def run_sft(cfg: SFTConfig, out: Path) -> None:
+def run_sft(cfg: SFTConfig, out: Path, stop_after: int | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     from rsp.models import resolve_model_dir
@@ -135,7 +135,8 @@ def run_sft(cfg: SFTConfig, out: Path) -> None:
         log_path.write_text("".join(line + "\n" for line in lines))
         print(f"resuming at step {start}", flush=True)
     model.train()
-    for step in range(start, cfg.steps):
+    # stop_after ends the run early (its checkpoints are the full run's: same data order, same schedule)
+    for step in range(start, cfg.steps if stop_after is None else min(cfg.steps, stop_after)):
         t0 = time.time()
         batch = examples[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         ids, labels, mask = _batch(batch, pad)
@@ -156,7 +157,7 @@ def run_sft(cfg: SFTConfig, out: Path) -> None:
         with log_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.save_every == 0 or step + 1 in (cfg.steps, stop_after):
             save_hf(model, base_dir, out / f"step_{step + 1:04d}")
             tmp = out / "state.pt.tmp"
             torch.save(
