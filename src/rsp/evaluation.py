@@ -22,9 +22,9 @@ from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.engines.args import PARALLEL_SIZES, EngineArgs
 from rsp.engines.base import SamplingConfig
-from rsp.generation import Generator, decode_seed_for, plan_batches
+from rsp.generation import Generator, plan_batches
 from rsp.methods import InjectionArgs, method_names
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
 from rsp.renamed import renamed_key, renamed_method
 from rsp.runio import RunDirError, prepare_run_dir, read_run_config
@@ -191,7 +191,7 @@ def run_eval(
     config: EvalConfig,
     out: str | Path,
     *,
-    lm: LoadedModel | None = None,
+    lm: ModelBase | None = None,
     progress: bool = True,
     max_batches: int | None = None,
     generator: Generator | None = None,
@@ -220,46 +220,35 @@ def run_eval(
     oom_events: list[str] = []
     if todo:
         if generator is None:
-            generator = Generator(
-                lm if lm is not None else config.model,
-                engine=config.engine,
-                dtype=config.dtype,
-                device=config.device,
-                **config.engine_options(),
-            )
+            generator = Generator.from_args(config, lm)
         elif generator.engine_name != config.engine:
             raise ConfigError(
                 f"the generator runs the {generator.engine_name} engine but the run asks for "
                 f"--engine {config.engine}"
             )
-        lm = generator.lm
-        builder = PromptBuilder.for_task(lm.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
+        builder = PromptBuilder.for_task(generator.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
         injections = {m: generator.injection(config.rsp_config(m)) for m in config.methods}
         _check_context(generator, prompts, config, injections)
-        sampling = config.sampling()
         bar = tqdm(
             total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}"
         )
         with Grader(timeout=config.grader_timeout) as grader:
-            for batch in todo:
-                injection = injections[batch.method]
-                problems = [task.problems[p] for p, _ in batch.rows]
-                seeds = [injection.seed_for(config.seed, task.problems[p].id, a) for p, a in batch.rows]
-                decode_seed = decode_seed_for(config.seed, batch, common=config.common_random_numbers)
-                completions = generator.run(
-                    [prompts[p] for p, _ in batch.rows],
-                    injection,
-                    seeds,
-                    sampling,
-                    decode_seed=decode_seed,
-                    stop_strings=builder.stop_strings,
-                )
-                new: list[SampleRecord] = []
-                for (p, a), problem, seed, comp in zip(batch.rows, problems, seeds, completions, strict=True):
-                    if (problem.id, batch.method, a) in done:
-                        continue
-                    new.append(_record(problem, batch.method, a, seed, decode_seed, prompts[p], comp, grader))
+            for batch, decode_seed, seeds, completions in generator.run_batches(
+                todo,
+                prompts,
+                [p.id for p in task.problems],
+                injections,
+                config.sampling(),
+                seed=config.seed,
+                stop=builder.stop_strings,
+                common_random_numbers=config.common_random_numbers,
+            ):
+                new = [
+                    _record(task.problems[p], batch.method, a, seed, decode_seed, prompts[p], comp, grader)
+                    for (p, a), seed, comp in zip(batch.rows, seeds, completions, strict=True)
+                    if (task.problems[p].id, batch.method, a) not in done
+                ]
                 append_samples(samples_path, new)
                 done.update((r["problem_id"], r["method"], r["attempt"]) for r in new)
                 existing.extend(new)

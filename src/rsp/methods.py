@@ -29,7 +29,7 @@ from rsp.config import option, require, require_choice
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
 from rsp.core.insert import INSERTION_POINTS
 from rsp.core.stats import MeanMode, RowSelection
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 from rsp.renamed import renamed_key, renamed_method
 
 Category = Literal["baseline", "rsp", "control", "trained"]
@@ -157,7 +157,7 @@ class InjectionArgs:
         return RSPConfig.from_flat(self, method)
 
 
-MethodFactory = Callable[[LoadedModel, RSPConfig], Injection]
+MethodFactory = Callable[[ModelBase, RSPConfig], Injection]
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class Method:
             return config.length
         return self.length_of(config) if self.length_of is not None else None
 
-    def build(self, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
+    def build(self, lm: ModelBase, config: RSPConfig | None = None) -> Injection:
         config = replace(config, method=self.name) if config else RSPConfig(method=self.name)
         _check_option_keys(self, config)
         injection = self.factory(lm, config)
@@ -303,7 +303,7 @@ def method_descriptions() -> dict[str, str]:
     return {m.name: m.description for m in method_specs()}
 
 
-def build_method(name: str, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
+def build_method(name: str, lm: ModelBase, config: RSPConfig | None = None) -> Injection:
     """Build the injection for method `name` under `config` (its `method` field is ignored: `name` wins);
     raises ValueError naming the known methods."""
     return get_method(name).build(lm, config)
@@ -319,7 +319,7 @@ def _check_option_keys(method: Method, config: RSPConfig) -> None:
             raise ValueError(renamed)
 
 
-def embedding_stats_for(lm: LoadedModel, config: RSPConfig):
+def embedding_stats_for(lm: ModelBase, config: RSPConfig):
     """The embedding statistics `config` asks for (which rows, which mean)."""
     return lm.embedding_stats(rows=config.stats_rows, mean_mode=config.stats_mean)  # type: ignore[arg-type]
 
@@ -333,7 +333,7 @@ def embedding_stats_for(lm: LoadedModel, config: RSPConfig):
     per_attempt=False,
     options=(),
 )
-def _temperature(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _temperature(lm: ModelBase, o: RSPConfig) -> Injection:
     return NoInjection(o.position)
 
 
@@ -343,7 +343,7 @@ def _temperature(lm: LoadedModel, o: RSPConfig) -> Injection:
     category="rsp",
     options=(),
 )
-def _rsp(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _rsp(lm: ModelBase, o: RSPConfig) -> Injection:
     return RandomSoftPrompt(
         embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt"
     )

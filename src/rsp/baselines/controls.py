@@ -24,7 +24,7 @@ from rsp.core.insert import SlottedBatch
 from rsp.core.seeds import derive_seed
 from rsp.core.stats import EmbeddingStats
 from rsp.methods import MethodOption, RSPConfig, embedding_stats_for, register_method
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,8 @@ def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) 
     return torch.tensor(keep, dtype=torch.long)
 
 
-def _row_candidates(lm: LoadedModel, o: RSPConfig) -> torch.Tensor:
-    rows = lm.vocab_rows  # LoadedModel or EmbeddingModel (no transformer beside a vLLM engine)
+def _row_candidates(lm: ModelBase, o: RSPConfig) -> torch.Tensor:
+    rows = lm.vocab_rows
     if o.stats_rows == "tokens":
         rows = min(rows, len(lm.tokenizer))
     return torch.arange(rows)
@@ -228,7 +228,7 @@ def _float_option(o: RSPConfig, key: str, default: float) -> float:
     per_attempt=False,
     options=(),
 )
-def _rsp_fixed(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _rsp_fixed(lm: ModelBase, o: RSPConfig) -> Injection:
     return RandomSoftPrompt(
         embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="run"
     )
@@ -241,7 +241,7 @@ def _rsp_fixed(lm: LoadedModel, o: RSPConfig) -> Injection:
     per_attempt=False,
     options=(),
 )
-def _rsp_shared(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _rsp_shared(lm: ModelBase, o: RSPConfig) -> Injection:
     return RandomSoftPrompt(
         embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="problem"
     )
@@ -260,7 +260,7 @@ def _rsp_shared(lm: LoadedModel, o: RSPConfig) -> Injection:
         ),
     ),
 )
-def _rsp_scaled(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _rsp_scaled(lm: ModelBase, o: RSPConfig) -> Injection:
     scale = _float_option(o, "rsp_scale", o.scale)
     if scale < 0:
         raise ValueError(f"rsp-scaled: rsp_scale must be >= 0, got {scale}")
@@ -275,7 +275,7 @@ def _rsp_scaled(lm: LoadedModel, o: RSPConfig) -> Injection:
     uses_scale=False,
     options=(),
 )
-def _token_rows(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _token_rows(lm: ModelBase, o: RSPConfig) -> Injection:
     return TokenRows(lm.embed, _row_candidates(lm, o), o.length, position=o.position)
 
 
@@ -285,7 +285,7 @@ def _token_rows(lm: LoadedModel, o: RSPConfig) -> Injection:
     uses_scale=False,
     options=(),
 )
-def _token_string(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _token_string(lm: ModelBase, o: RSPConfig) -> Injection:
     pool = text_token_pool(lm.tokenizer, lm.vocab_rows, exclude=(*lm.stop_token_ids, lm.pad_token_id))
     return TokenString(lm.embed, pool, o.length, tokenizer=lm.tokenizer, position=o.position)
 
@@ -304,7 +304,7 @@ def _token_string(lm: LoadedModel, o: RSPConfig) -> Injection:
         ),
     ),
 )
-def _embed_noise(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _embed_noise(lm: ModelBase, o: RSPConfig) -> Injection:
     return EmbeddingNoise(
         lm.hidden_size,
         alpha=_float_option(o, "noise_alpha", DEFAULT_NOISE_ALPHA),
@@ -320,7 +320,7 @@ def _embed_noise(lm: LoadedModel, o: RSPConfig) -> Injection:
     per_attempt=False,
     options=(),
 )
-def _mean_vector(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _mean_vector(lm: ModelBase, o: RSPConfig) -> Injection:
     return MeanVector(embedding_stats_for(lm, o), o.length, position=o.position)
 
 
@@ -351,7 +351,7 @@ def _soft_prompt_length(o: RSPConfig) -> int:
     ),
     length_of=_soft_prompt_length,
 )
-def _soft_prompt(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _soft_prompt(lm: ModelBase, o: RSPConfig) -> Injection:
     path = o.method_options.get("soft_prompt")
     if not path:
         raise ValueError(

@@ -29,7 +29,7 @@ from rsp.core.injection import Injection, RandomSoftPrompt
 from rsp.core.inputs import embed_prompts
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
-from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel
+from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel, ModelBase
 from rsp.runio import atomic_write_text
 from rsp.tasks.base import Problem, TaskError
 from rsp.tasks.prompts import PromptBuilder, fewshot_solution
@@ -78,7 +78,7 @@ class SoftPrompt:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def check_compatible(self, lm: LoadedModel) -> None:
+    def check_compatible(self, lm: ModelBase) -> None:
         if self.dim != lm.hidden_size:
             raise ValueError(
                 f"soft prompt {self.source} has hidden size {self.dim} but model {lm.name} has "

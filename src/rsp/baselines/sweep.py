@@ -35,7 +35,7 @@ from rsp.methods import (
     get_method,
     method_names,
 )
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 from rsp.records import SAMPLES, SampleRecord, read_samples
 from rsp.renamed import renamed_method
 from rsp.reporting import summarise, write_eval_report
@@ -228,7 +228,7 @@ def run_sweep(
     config: SweepConfig,
     out: str | Path,
     *,
-    lm: LoadedModel | None = None,
+    lm: ModelBase | None = None,
     progress: bool = True,
     generator: Generator | None = None,
 ) -> SweepResult:
@@ -273,14 +273,7 @@ def run_sweep(
             recs = [dict(r) for r in finished]
             skipped.append(cell.name)
         else:
-            if generator is None:
-                generator = Generator(
-                    lm if lm is not None else config.base.model,
-                    engine=config.base.engine,
-                    dtype=config.base.dtype,
-                    device=config.base.device,
-                    **config.base.engine_options(),
-                )
+            generator = generator or Generator.from_args(config.base, lm)
             run = run_eval(cfg, cell_dir, generator=generator, progress=progress)
             recs = [dict(r) for r in run.records]
             write_eval_report(cell_dir, recs, run.config.to_dict(), seconds=run.seconds)

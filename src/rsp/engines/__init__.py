@@ -10,8 +10,8 @@ from rsp.engines.hf import HFEngine
 from rsp.engines.lean import LeanEngine
 from rsp.engines.prefix import PrefixEngine
 from rsp.engines.vllm import VLLMEngine  # vLLM itself is imported only when the engine is built
-from rsp.models.embeddings import EmbeddingModel, load_embedding_model
-from rsp.models.loading import LoadedModel, load_model
+from rsp.models.embeddings import load_embedding_model
+from rsp.models.loading import ModelBase, load_model
 
 ENGINES = {"hf": HFEngine, "lean": LeanEngine, "prefix": PrefixEngine}
 ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
@@ -19,7 +19,7 @@ ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
 
 def load_for_engine(
     spec: str, engine: str, *, dtype: str = "auto", device: str = "cpu", cache_dir: str | Path | None = None
-) -> LoadedModel | EmbeddingModel:
+) -> ModelBase:
     """What `engine` needs of model `spec`: for vllm only the tokenizer and input-embedding table
     (vLLM loads the weights itself; a full HF copy beside it doubled the memory), else the whole model.
 

@@ -48,8 +48,7 @@ from rsp.core.inputs import embed_prompts, mixed_prompt
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines.base import Completion, SamplingConfig, cut_at_stop_token
-from rsp.models.embeddings import EmbeddingModel
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ def salt_mixed_prompts() -> bool:
 
 
 def build_requests(
-    lm: LoadedModel | EmbeddingModel,
+    lm: ModelBase,
     prompts: Sequence[PromptTokens],
     injection: Injection,
     seeds: Sequence[int | None],
@@ -334,7 +333,7 @@ class VLLMEngine:
 
     def __init__(
         self,
-        lm: LoadedModel | EmbeddingModel,
+        lm: ModelBase,
         model_path: str | None = None,
         *,
         tensor_parallel_size: int = 1,

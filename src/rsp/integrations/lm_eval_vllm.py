@@ -91,7 +91,7 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
                 "workers that take token prompts only)"
             )
         self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
-        injection = build_method(settings.config.method, self._rsp_lm, settings.config)  # type: ignore[arg-type]
+        injection = build_method(settings.config.method, self._rsp_lm, settings.config)
         if injects(injection):
             self.rsp_injection = injection
             self._prompt_mode = resolve_prompt_mode("auto")

@@ -6,6 +6,7 @@ load costs 12-50 s while loading the cache takes about a second.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -13,10 +14,11 @@ import logging
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -141,23 +143,102 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+class ModelBase(ABC):
+    """What RSP injection needs of a model, however it was loaded: the tokenizer, the stop, pad and
+    placeholder ids, the effective embedding lookup (`embed`) and its statistics (`embedding_stats`).
+
+    `LoadedModel` holds the whole transformers model; `EmbeddingModel` (`rsp.models.embeddings`) only the
+    input-embedding table, for an engine that loads the weights itself (vLLM). Engines, methods and the
+    generator take either.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    source: str
+    stop_token_ids: tuple[int, ...]
+    pad_token_id: int
+    config: Any  # the transformers config
+    location: str | None  # the folder (or Hub id) the weights came from; None for wrapped models
+    stats_cache_dir: Path | None  # converted models keep their fitted statistics here
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def vocab_rows(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def embed_scale(self) -> float:
+        """The factor between the embedding table and what the first block receives (Gemma: ~sqrt(d))."""
+
+    @abstractmethod
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Effective input embeddings (with any model-specific scale) for token ids."""
+
+    @abstractmethod
+    def embedding_table(self) -> torch.Tensor:
+        """The raw (V, d) input-embedding table the statistics are fitted on."""
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None)
+
+    @functools.cached_property
+    def placeholder_id(self) -> int:
+        """The token id that marks injection slots in token-id inputs (`choose_placeholder`); engines never
+        sample it, so every engine bans the same id."""
+        return choose_placeholder(self.tokenizer, self.vocab_rows, self.stop_token_ids)
+
+    @functools.cached_property
+    def _stats(self) -> dict[tuple[str, str], EmbeddingStats]:
+        return {}
+
+    def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
+        """The RSP distribution, fitted once, then cached in memory and (converted models) on disk."""
+        if (rows, mean_mode) not in self._stats:
+            self._stats[rows, mean_mode] = cached_stats(
+                self.stats_cache_dir,
+                rows,
+                mean_mode,
+                lambda: fit_embedding_stats(
+                    self.embedding_table(),
+                    embed_scale=self.embed_scale,
+                    rows=rows,
+                    num_real_tokens=len(self.tokenizer),
+                    mean_mode=mean_mode,
+                ),
+            )
+        return self._stats[rows, mean_mode]
+
+
 @dataclass
-class LoadedModel:
-    """A model with its tokenizer and the facts RSP injection needs about its input embeddings."""
+class LoadedModel(ModelBase):
+    """A transformers model with its tokenizer and the facts RSP injection needs about its embeddings."""
 
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
-    embed_scale: float
     stop_token_ids: tuple[int, ...]
     pad_token_id: int
-    _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
+    config: Any
     stats_cache_dir: Path | None = None
-    _placeholder: int | None = field(default=None, repr=False)
-    location: str | None = (
-        None  # the folder (or Hub id) the weights were loaded from; None for wrapped models
-    )
+    location: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -169,68 +250,52 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        return int(input_embeddings(self.model).weight.shape[1])
+        return int(self.embedding_table().shape[1])
 
     @property
     def vocab_rows(self) -> int:
-        """Rows of the input-embedding table (can exceed the tokenizer's length: padding rows)."""
-        return int(input_embeddings(self.model).weight.shape[0])
+        return int(self.embedding_table().shape[0])
 
-    @property
-    def config(self):
-        """The transformers config (also on `EmbeddingModel`, which has no `model`)."""
-        return self.model.config
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    @property
-    def placeholder_id(self) -> int:
-        """The token id that marks injection slots in token-id inputs (`choose_placeholder`); engines never
-        sample it, so every engine bans the same id."""
-        if self._placeholder is None:
-            rows = int(input_embeddings(self.model).weight.shape[0])
-            self._placeholder = choose_placeholder(self.tokenizer, rows, self.stop_token_ids)
-        return self._placeholder
+    @functools.cached_property
+    def embed_scale(self) -> float:
+        emb = input_embeddings(self.model)
+        return probe_embed_scale(emb.weight, emb)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Effective input embeddings (with any model-specific scale) for token ids."""
         return input_embeddings(self.model)(input_ids.to(self.device))
 
-    def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
-        """Fit (once, then cached in memory and on disk) the RSP distribution for this model."""
-        key = (rows, mean_mode)
-        if key not in self._stats:
-            self._stats[key] = cached_stats(
-                self.stats_cache_dir,
-                rows,
-                mean_mode,
-                lambda: fit_embedding_stats(
-                    input_embeddings(self.model).weight,
-                    embed_scale=self.embed_scale,
-                    rows=rows,
-                    num_real_tokens=len(self.tokenizer),
-                    mean_mode=mean_mode,
-                ),
-            )
-        return self._stats[key]
+    def embedding_table(self) -> torch.Tensor:
+        return input_embeddings(self.model).weight
 
 
 def cached_stats(
     stats_cache_dir: Path | None, rows: str, mean_mode: str, fit: Callable[[], EmbeddingStats]
 ) -> EmbeddingStats:
-    """Statistics from the on-disk cache of a converted model, else `fit()`.
-
-    A fitted result is saved there when there is a cache.
-    """
+    """Statistics from a converted model's on-disk cache, else `fit()` (saved there when there is one)."""
     path = stats_cache_path(stats_cache_dir, rows, mean_mode) if stats_cache_dir else None
     if path is not None and path.is_file():
         return EmbeddingStats.load(path)
     stats = fit()
     if path is not None:
-        _atomic_save_stats(stats, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            stats.save(tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only cache only costs a refit next time
+            log.warning("could not cache embedding stats at %s: %s", path, exc)
     return stats
+
+
+def stats_dir(location: str, source: str) -> Path | None:
+    """Where a model keeps its fitted statistics: the folder rsp converted it into, else nowhere."""
+    return Path(location) if source.startswith(("packaged:", "gguf:")) else None
+
+
+def pad_id(tokenizer) -> int:
+    """The pad id, else EOS, else 0."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else (tokenizer.eos_token_id or 0))
 
 
 def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ()) -> int:
@@ -279,29 +344,13 @@ def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
     return path
 
 
-def _atomic_save_stats(stats: EmbeddingStats, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        stats.save(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs a refit next time
-        log.warning("could not cache embedding stats at %s: %s", path, exc)
-
-
-def measure_embed_scale(model: torch.nn.Module) -> float:
-    """Factor between the embedding table and what the first block receives (Gemma: ~sqrt(d)).
-
-    Probing the module instead of reading a model-specific attribute works for any architecture
-    whose embedding is a scaled lookup, and catches modules that are not.
-    """
-    emb = input_embeddings(model)
-    return probe_embed_scale(emb.weight, emb)
-
-
 def probe_embed_scale(weight: torch.Tensor, lookup: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """`measure_embed_scale` on a bare table and its lookup, so a table read without the model
-    (`rsp.models.embeddings`) gets exactly the number the loaded model gets."""
+    """The factor between a table and what its lookup returns (Gemma: ~sqrt(d)), from its first 64 rows.
+
+    Probing the lookup instead of reading a model-specific attribute works for any architecture whose
+    embedding is a scaled lookup, catches one that is not, and gives a table read without the model
+    (`rsp.models.embeddings`) exactly the loaded model's number.
+    """
     ids = torch.arange(min(64, weight.shape[0]), device=weight.device)
     with torch.no_grad():
         out = lookup(ids).float().detach()
@@ -525,37 +574,25 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     warn_if_slow_bf16(torch_dtype, torch_device)
     location, source = resolve_model_dir(spec, Path(cache_dir) if cache_dir else None)
-    kwargs: dict = {"dtype": torch_dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         tokenizer = load_tokenizer(location)
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"could not load model {spec!r} from {location}: {exc}") from exc
-    check_inputs_embeds_support(model)
     # transformers wraps PreTrainedModel.to in a decorator whose type drops the bound self
-    model.to(torch_device).eval()  # type: ignore[arg-type]
-    model.requires_grad_(False)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    stats_dir = Path(location) if source.startswith(("packaged:", "gguf:")) else None
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        name=spec,
-        source=source,
-        embed_scale=measure_embed_scale(model),
-        stop_token_ids=stop_token_ids(model, tokenizer),
-        pad_token_id=int(pad),
-        stats_cache_dir=stats_dir,
-        location=str(location),
-    )
+    model.to(torch_device).requires_grad_(False)  # type: ignore[arg-type]
+    return wrap_model(model, tokenizer, spec, source=source, location=str(location))
 
 
 def wrap_model(
-    model: torch.nn.Module, tokenizer, name: str = "in-memory", *, prepare: bool = True
+    model: torch.nn.Module,
+    tokenizer,
+    name: str = "in-memory",
+    *,
+    prepare: bool = True,
+    source: str = "memory",
+    location: str | None = None,
 ) -> LoadedModel:
     """Use an already-built model (e.g. a tiny random test model, or one from your own code).
 
@@ -565,13 +602,14 @@ def wrap_model(
     if prepare:
         check_inputs_embeds_support(model)
         model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         name=name,
-        source="memory",
-        embed_scale=measure_embed_scale(model),
+        source=source,
         stop_token_ids=stop_token_ids(model, tokenizer),
-        pad_token_id=int(pad),
+        pad_token_id=pad_id(tokenizer),
+        config=getattr(model, "config", None),
+        stats_cache_dir=stats_dir(location, source) if location else None,
+        location=location,
     )

@@ -34,8 +34,9 @@ from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import SamplingConfig
-from rsp.generation import RSPConfig, context_limit
+from rsp.generation import RSPConfig
 from rsp.methods import build_method
+from rsp.models.loading import LoadedModel
 from rsp.server.batcher import Batcher, Job, RowResult, ServerClosing, group_key
 from rsp.server.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
 from rsp.tasks.base import TaskError
@@ -236,11 +237,10 @@ class RSPServer:
         )
         self.requests = itertools.count()
         self.created = int(time.time())
-        self.context = context_limit(generator.lm)
-        self.placeholder = getattr(generator.lm, "placeholder_id", None)
-        rows = getattr(generator.lm, "vocab_rows", None)
-        self.vocab = min(len(self.tokenizer), rows) if rows else len(self.tokenizer)
-        self.can_score = getattr(generator.lm, "model", None) is not None
+        self.context = generator.lm.context_length
+        self.placeholder = generator.lm.placeholder_id
+        self.vocab = min(len(self.tokenizer), generator.lm.vocab_rows)
+        self.can_score = isinstance(generator.lm, LoadedModel)
         self._injections: OrderedDict[tuple, Injection] = OrderedDict()
 
     # ------------------------------------------------------------------ request -> job
@@ -331,7 +331,7 @@ class RSPServer:
                     param="prompt",
                     code="invalid_token",
                 )
-            if self.placeholder is not None and self.placeholder in p.ids:
+            if self.placeholder in p.ids:
                 name = self.tokenizer.decode([self.placeholder], skip_special_tokens=False)
                 raise APIError(
                     400,

@@ -160,9 +160,7 @@ def main(argv: Sequence[str]) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-    generator = Generator(
-        cfg.model, engine=cfg.engine, dtype=cfg.dtype, device=cfg.device, **cfg.engine_options()
-    )
+    generator = Generator.from_args(cfg)
     generator.injection(rsp_cfg)  # build (and fit its statistics) before the first request
     config = ServeConfig(
         model_name=cfg.served_model_name or served_name(cfg.model),
