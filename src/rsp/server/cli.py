@@ -162,19 +162,9 @@ def main(argv: Sequence[str]) -> int:
 
     generator = Generator.from_args(cfg)
     generator.injection(rsp_cfg)  # build (and fit its statistics) before the first request
-    config = ServeConfig(
-        model_name=cfg.served_model_name or served_name(cfg.model),
-        rsp=rsp_cfg,
-        seed=cfg.seed,
-        max_batch_size=cfg.max_batch_size,
-        batch_wait_ms=cfg.batch_wait_ms,
-        max_n=cfg.max_n,
-        max_tokens_limit=cfg.max_tokens_limit,
-        max_prompts=cfg.max_prompts,
-        max_body_bytes=cfg.max_body_bytes,
-        max_rsp_length=cfg.max_rsp_length,
-        api_key=api_key,
-    )
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ServeConfig) if hasattr(cfg, f.name)}
+    name = cfg.served_model_name or served_name(cfg.model)
+    config = ServeConfig(**{**shared, "model_name": name, "rsp": rsp_cfg, "api_key": api_key})
     app = create_app(generator, config)
     log.info(
         "rsp serve: %r on http://%s:%d (api key %s)",
