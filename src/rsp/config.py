@@ -6,20 +6,17 @@ One pattern for every `rsp` command, as in TRL: a command is a set of dataclasse
     rsp eval --config recipe.yaml --n 32      # a YAML (or JSON) file of field values, then CLI overrides
     rsp eval --config recipe.yaml --print-config   # the resolved config, as YAML, and exit
 
-so the flag list is never written by hand and never copied field by field. What `HfArgumentParser` does
-not do is added here, small and in one place: repeatable `KEY=VALUE` mapping fields, comma-separated
-list fields (`--methods temperature,rsp`, also `--methods temperature rsp`), `--config` with the file's
-values as defaults (TrlParser's approach), `--print-config`, and an error that names the new spelling
-when a flag or config key renamed before the first release is used (`rsp.renamed`). Range checks stay in
-each config's `validate()`, written with `require` (and `require_choice`), so every message names the field
-and its flag (`field_label`): "rsp_length (--rsp-length) must be >= 0, got -1".
+so the flag list is never written by hand. Added here to `HfArgumentParser`, in one place: mapping fields
+(repeatable `KEY=VALUE` or a JSON object, merged), comma-separated list fields (`--methods temperature,rsp`),
+`--config` with the file's values as defaults (TrlParser's approach), `--print-config`, and an error naming
+the new spelling of a flag or key renamed before the first release (`rsp.renamed`). Range checks stay in
+each config's `validate()`, written with `require`, so every message names the field and its flag:
+"rsp_length (--rsp-length) must be >= 0, got -1".
 
-A group of settings that several commands share is one dataclass mixin, defined once with its checks:
-`ModelArgs` here (model, dtype, device), `rsp.engines.args.EngineArgs` (the engine and vLLM's parallelism)
-and `rsp.methods.InjectionArgs` (the injection's flat settings). A command's config inherits them; where a
-command words a shared flag's help its own way, it says so in the class attribute `_option_help`
-({field: help}); `_group_titles` ({group: title}) retitles groups and lists them in their --help order.
-`RSPArgumentParser` reads both.
+Settings several commands share are one dataclass mixin with its checks: `ModelArgs` here,
+`rsp.engines.args.EngineArgs` and `rsp.methods.InjectionArgs`. A command words a shared flag's help its
+own way in the class attribute `_option_help` ({field: help}); `_group_titles` ({group: title}) retitles
+groups and lists them in their --help order.
 """
 
 from __future__ import annotations
@@ -119,51 +116,44 @@ def _sequence_item(tp: Any) -> tuple[type, type] | None:
     return None
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
+def _mapping(text: str) -> dict:
+    """A JSON object (`{"bf16": true}`) or one KEY=VALUE (the value read as JSON when it parses)."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("expected a JSON object")
+        return value
+    key, sep, raw = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, json.loads(value)
+        return {key: json.loads(raw)}
     except json.JSONDecodeError:
-        return key, value
+        return {key: raw}
 
 
-class _Action(argparse.Action):
-    """An argparse action whose `apply` says what one use of its flag does to the namespace."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        self.apply(namespace, values, str(option_string))
-
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
-        raise NotImplementedError
-
-
-class _Store(_Action):
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
-        setattr(namespace, self.dest, values)
-
-
-class _ExtendList(_Action):
+class _ExtendList(argparse.Action):
     """A list flag: its first use replaces the default, repeats extend it (`--arm A --arm B`)."""
 
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> None:
         seen: set[str] = namespace.__dict__.setdefault("_rsp_lists_seen", set())
         current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
         seen.add(self.dest)
         setattr(namespace, self.dest, current + list(values))
 
 
-class _AppendKeyValue(_Action):
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
-        key, value = values
-        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), key: value})
+class _MergeMapping(argparse.Action):
+    """A mapping flag: each use merges into the field's value (the config file's, or an earlier flag's)."""
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> None:
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **values})
 
 
 def _with_metadata(f: dataclasses.Field, **metadata: Any) -> dataclasses.Field:
@@ -241,7 +231,7 @@ class RSPArgumentParser(HfArgumentParser):
         kwargs: dict[str, Any]
         if get_origin(base) is dict or base is dict:
             meta.setdefault("metavar", "KEY=VALUE")
-            kwargs = {"action": _AppendKeyValue, "type": _key_value, "default": default, **meta}
+            kwargs = {"action": _MergeMapping, "type": _mapping, "default": default, **meta}
             kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
         elif seq is not None:
             _, item = seq

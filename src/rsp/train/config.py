@@ -97,7 +97,8 @@ class DAPOConfig(ModelArgs):
     trl_args: dict = option(
         default_factory=dict,
         help="--trainer trl only: TRL GRPOConfig fields applied on top of the mapping, as a JSON object "
-        '(\'{"bf16": true, "gradient_accumulation_steps": 2}\') or KEY=VALUE',
+        '(\'{"bf16": true, "gradient_accumulation_steps": 2}\') or KEY=VALUE; merged',
+        metavar="JSON|KEY=VALUE",
         group=_RUN,
     )
 
