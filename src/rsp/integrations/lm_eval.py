@@ -39,37 +39,35 @@ Logged samples (`--log_samples`): every injected request's `arguments` gain a la
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any, cast
 
 import torch
 from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import has_bos_prefix
 
+from rsp.config import require
 from rsp.core.injection import Injection
 from rsp.core.inputs import layout
-from rsp.core.insert import INSERTION_POINTS, PromptTokens
-from rsp.core.stats import MeanMode, RowSelection
+from rsp.core.insert import PromptTokens
 from rsp.engines.hook import RSPHandle, attach
-from rsp.methods import RSPConfig, get_method, method_names, method_specs
-from rsp.models.loading import resolve_model_dir
-from rsp.models.packaged import PACKAGED_MODELS
+from rsp.methods import InjectionArgs, RSPConfig, get_method, method_names, method_specs
+from rsp.models.loading import converted_path
 from rsp.renamed import RENAMED, renamed_key
 from rsp.tasks.prompts import tokenize_split
 
-__all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds", "resolve_pretrained"]
+__all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds"]
 
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped offline task configs
 SEED_LOG_KEY = "rsp_seeds"
-STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
-STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
 
 # the RSPConfig fields set by flat model_args
 _FLAT = {
@@ -128,53 +126,28 @@ class RSPSettings:
                 f"{model}: unknown model_args {', '.join(unknown)}; rsp arguments are "
                 f"{', '.join(sorted(known))}"
             )
-        d = RSPConfig()
-        length = _integer(raw.get("rsp_length", d.length), "rsp_length", model)
-        if length < 0:
-            raise RSPArgumentError(f"{model}: rsp_length must be >= 0 (0 = no injection), got {length}")
-        seed = _integer(raw.get("seed", 0), "seed", model)
+        flat = {k: raw[k] for k in _FLAT if k in raw and k != "method"}
+        if "rsp_length" in flat:
+            flat["rsp_length"] = _integer(flat["rsp_length"], "rsp_length", model)
         try:
-            scale = float(raw.get("rsp_scale", d.scale))
+            flat["rsp_scale"] = float(flat.get("rsp_scale", 1.0))
         except (TypeError, ValueError):
             raise RSPArgumentError(f"{model}: rsp_scale must be a number, got {raw['rsp_scale']!r}") from None
-        if not scale >= 0:
-            raise RSPArgumentError(f"{model}: rsp_scale must be >= 0, got {scale}")
-        position = str(raw.get("rsp_position", d.position))
-        if position not in INSERTION_POINTS:
-            raise RSPArgumentError(
-                f"{model}: rsp_position must be one of {', '.join(INSERTION_POINTS)}, got {position!r}"
-            )
-        method = str(raw.get("method", d.method))
-        if method not in method_names():
-            raise RSPArgumentError(
-                f"{model}: method {method!r} is unknown; known methods: {', '.join(method_names())}"
-            )
-        stats_rows = str(raw.get("rsp_stats_rows", d.stats_rows))
-        if stats_rows not in STATS_ROWS:
-            raise RSPArgumentError(
-                f"{model}: rsp_stats_rows must be one of {', '.join(STATS_ROWS)}, got {stats_rows!r}"
-            )
-        stats_mean = str(raw.get("rsp_stats_mean", d.stats_mean))
-        if stats_mean not in STATS_MEANS:
-            raise RSPArgumentError(
-                f"{model}: rsp_stats_mean must be one of {', '.join(STATS_MEANS)}, got {stats_mean!r}"
-            )
         options = {key: value for key, value in raw.items() if key in options_known}
-        config = RSPConfig(
-            length=length,
-            scale=scale,
-            position=position,
-            method=method,
-            stats_rows=stats_rows,
-            stats_mean=stats_mean,
-            method_options=options,
-        )
-        if config.method == "soft-prompt" and "soft_prompt" not in options:
-            raise RSPArgumentError(
-                f"{model}: method=soft-prompt needs soft_prompt=FILE (a file from "
-                "`rsp train-soft-prompt` or a PEFT prompt-tuning adapter)"
+        args = InjectionArgs(**flat, method_options=options)
+        method = str(raw.get("method", "rsp"))
+        try:
+            args.validate_injection()
+            require(
+                method in method_names(),
+                "method",
+                f"{method!r} is unknown; known: {', '.join(method_names())}",
             )
-        return cls(config, seed)
+            for missing in get_method(method).missing_options(options):
+                raise ValueError(f"method={method} needs {missing.key}={missing.metavar}")
+        except ValueError as exc:
+            raise RSPArgumentError(f"{model}: {exc}") from None
+        return cls(args.rsp_config(method), _integer(raw.get("seed", 0), "seed", model))
 
     @property
     def trivially_off(self) -> bool:
@@ -182,28 +155,13 @@ class RSPSettings:
         return get_method(self.config.method).injects_nothing(self.config)
 
     def attach_options(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "length": c.length,
-            "seed": self.seed,
-            "position": c.position,
-            "scale": c.scale,
-            "method": c.method,
-            "stats_rows": c.stats_rows,
-            "stats_mean": c.stats_mean,
-            **c.method_options,
-        }
+        options = dataclasses.asdict(self.config)
+        return {**options.pop("method_options"), **options, "seed": self.seed}
 
     def info(self) -> dict[str, Any]:
         """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
         c = self.config
-        return {
-            "method": c.method,
-            "rsp_length": c.length,
-            "rsp_scale": c.scale,
-            "rsp_position": c.position,
-            "rsp_stats_rows": c.stats_rows,
-            "rsp_stats_mean": c.stats_mean,
+        return {flat: getattr(c, name) for flat, name in _FLAT.items()} | {
             "seed": self.seed,
             **c.method_options,
         }
@@ -224,14 +182,6 @@ def _integer(value: Any, name: str, model: str) -> int:
 def injects(injection: Injection) -> bool:
     """Whether an injection changes anything (slots to fill, or the prompt's own rows)."""
     return injection.length > 0 or injection.changes_prompt_rows
-
-
-def resolve_pretrained(pretrained: Any) -> Any:
-    """Packaged names and `.gguf` files become the local model folder rsp converts them to; anything else
-    (Hub ids, folders, model objects) goes to lm-eval unchanged."""
-    if isinstance(pretrained, str) and (pretrained in PACKAGED_MODELS or pretrained.endswith(".gguf")):
-        return resolve_model_dir(pretrained)[0]
-    return pretrained
 
 
 def problem_key(request: Any) -> str:
@@ -366,7 +316,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
 
     def __init__(self, pretrained: Any = "smollm2-135m-instruct", **kwargs: Any) -> None:
         settings = RSPSettings.pop_from(kwargs, "rsp-hf")  # fail on bad rsp arguments before loading
-        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        super().__init__(pretrained=converted_path(pretrained), **kwargs)
         self.rsp_settings = settings
         self.rsp_handle: RSPHandle | None = None
         self._user_turn_cuts: dict[str, int] = {}

@@ -24,10 +24,10 @@ from rsp.integrations.lm_eval import (
     RSPSettings,
     _SeededText,
     injects,
-    resolve_pretrained,
 )
 from rsp.methods import build_method
 from rsp.models.embeddings import load_embedding_model
+from rsp.models.loading import converted_path
 
 __all__ = ["RSPVLLM"]
 
@@ -73,7 +73,7 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
 
     def __init__(self, pretrained: str = "smollm2-135m-instruct", **kwargs: Any) -> None:
         settings = RSPSettings.pop_from(kwargs, "rsp-vllm", shared=("seed",))  # `seed` seeds vLLM too
-        pretrained = resolve_pretrained(pretrained)
+        pretrained = converted_path(pretrained)
         if not settings.trivially_off:
             kwargs.setdefault("enable_prompt_embeds", True)
             if vllm_runs_on_cpu():

@@ -57,7 +57,7 @@ from rsp.methods import RSPConfig, build_method, get_method
 from rsp.models.loading import input_embeddings, output_embeddings, wrap_model
 from rsp.tasks.prompts import INSTRUCTION
 from rsp.train.config import DAPOConfig, DAPOConfigError
-from rsp.train.dapo import build_injection, shaped_reward
+from rsp.train.dapo import build_injection, shaped_reward, unfreeze_for_training
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -677,30 +677,15 @@ def build_trl_trainer(cfg: DAPOConfig, lm, problems, builder, correct_fn, output
     """An RSPGRPOTrainer on a standard TRL dataset of `problems` (columns: prompt, answer)."""
     injection = build_injection(lm, cfg)  # statistics from the loaded model's cache, fitted before any update
     rows = [{"prompt": task_prompt(builder, p), "answer": p.answer} for p in problems]
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-    else:
-        # rsp's loader freezes everything; full fine-tuning trains all but the embedding table
-        # (as natively)
-        lm.model.requires_grad_(True)
-        lm.model.get_input_embeddings().weight.requires_grad_(False)
+    if not cfg.lora:
+        unfreeze_for_training(lm.model)
     return RSPGRPOTrainer(
         model=lm.model,
         reward_funcs=[dapo_reward(cfg, correct_fn)],
         args=grpo_config(cfg, output_dir, **overrides),
         train_dataset=Dataset.from_list(rows),
         processing_class=lm.tokenizer,
-        peft_config=peft_config,
+        peft_config=cfg.lora_config(),
         injection=injection,
         mask_constant_groups=True,
     )

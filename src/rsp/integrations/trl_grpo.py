@@ -35,8 +35,7 @@ from trl.rewards import (
 
 from rsp.integrations.trl import RSPGRPOTrainer, completion_text
 from rsp.methods import RSPConfig
-from rsp.models.loading import resolve_model_dir
-from rsp.models.packaged import PACKAGED_MODELS
+from rsp.models.loading import converted_path
 from rsp.renamed import renamed_flag
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import INSTRUCTION
@@ -220,16 +219,6 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
     return funcs
 
 
-def resolve_model(name: str) -> str:
-    """rsp's packaged names and .gguf files become a local model folder.
-
-    Anything else is passed to TRL as is.
-    """
-    if name in PACKAGED_MODELS or name.endswith(".gguf"):
-        return resolve_model_dir(name)[0]
-    return name
-
-
 def make_parser() -> TrlParser:
     return TrlParser(
         # TRL types dataclass_types with DataClassType, a NewType over Any that no class matches unwrapped
@@ -263,7 +252,7 @@ def main(argv: list[str] | None = None):
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     rewards = reward_functions(script_args, training_args)
     trainer = RSPGRPOTrainer(
-        model=resolve_model(model_args.model_name_or_path),
+        model=converted_path(model_args.model_name_or_path),
         reward_funcs=rewards,
         args=training_args,
         train_dataset=load_train_dataset(script_args, training_args.seed),

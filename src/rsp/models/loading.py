@@ -559,6 +559,14 @@ def resolve_model_dir(spec: str, cache_dir: Path | None = None) -> tuple[str, st
     return spec, f"hub:{spec}"
 
 
+def converted_path(spec: Any) -> Any:
+    """Packaged names and `.gguf` files as the folder rsp converts them into; anything else (Hub ids,
+    folders, model objects) unchanged: for tools that load the model themselves (lm-eval, TRL)."""
+    if isinstance(spec, str) and (spec in PACKAGED_MODELS or spec.endswith(".gguf")):
+        return resolve_model_dir(spec)[0]
+    return spec
+
+
 def load_model(
     spec: str = "smollm2-135m-instruct",
     *,

@@ -160,6 +160,21 @@ class DAPOConfig(ModelArgs):
             need(bool(self.lora_target_modules), "lora_target_modules", "must name at least one module")
         return self
 
+    def lora_config(self):
+        """PEFT's `LoraConfig` of the `lora_*` settings, or None for full fine-tuning (`--no-lora`)."""
+        if not self.lora:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=list(self.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["lora_target_modules"] = list(self.lora_target_modules)

@@ -83,6 +83,13 @@ def group_advantages(rewards: Sequence[float]) -> list[float]:
     return ((t - t.mean()) / std).tolist()
 
 
+def unfreeze_for_training(model: torch.nn.Module) -> None:
+    """Full fine-tuning: `load_model` hands over a frozen model; train all of it but the input embeddings
+    (the RSP statistics were fitted on them)."""
+    model.requires_grad_(True)
+    input_embeddings(model).weight.requires_grad_(False)
+
+
 def build_injection(lm: LoadedModel, cfg: DAPOConfig) -> Injection:
     if cfg.rsp_length == 0:
         return NoInjection(cfg.rsp_position)
@@ -201,25 +208,12 @@ class DAPOTrainer:
         self.injection = build_injection(lm, cfg)  # stats fitted before any update: RSP rows stay constants
         self.peft_model = None
         if cfg.lora:
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            self.peft_model = get_peft_model(
-                lm.model,
-                LoraConfig(
-                    r=cfg.lora_r,
-                    lora_alpha=cfg.lora_alpha,
-                    lora_dropout=cfg.lora_dropout,
-                    target_modules=list(cfg.lora_target_modules),
-                    bias="none",
-                    task_type="CAUSAL_LM",
-                ),
-            )
-            # get_peft_model injects the adapters into lm.model in place, so lm.model.generate uses them.
+            # the adapters go into lm.model in place, so lm.model.generate uses them
+            self.peft_model = get_peft_model(lm.model, cfg.lora_config())
         else:
-            # load_model hands over a frozen model (inference by default): full fine-tuning unfreezes it,
-            # then keeps the input embeddings fixed (the RSP statistics were fitted on them).
-            lm.model.requires_grad_(True)
-            input_embeddings(lm.model).weight.requires_grad_(False)
+            unfreeze_for_training(lm.model)
         self.ref_model = None
         if cfg.beta > 0 and not cfg.lora:
             self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False)
