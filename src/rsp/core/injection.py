@@ -56,6 +56,11 @@ class Injection(ABC):
         such a prompt can be neither shared across attempts nor sent to an engine as token ids."""
         return type(self).transform_prompt is not Injection.transform_prompt
 
+    @property
+    def active(self) -> bool:
+        """Whether it changes anything: slots to fill, or the prompt's own rows."""
+        return self.length > 0 or self.changes_prompt_rows
+
     def apply(self, embeds: torch.Tensor, batch: SlottedBatch, seeds: Sequence[int | None]) -> torch.Tensor:
         embeds = self.transform_prompt(embeds, batch, seeds)
         if batch.length == 0:

@@ -149,7 +149,7 @@ def build_requests(
         raise ValueError("one injection seed per prompt is required")
     if prompt_mode not in ("mixed", "embeds"):
         raise ValueError(f"prompt_mode must be 'mixed' or 'embeds', got {prompt_mode!r}")
-    plain = injection.length == 0 and not injection.changes_prompt_rows
+    plain = not injection.active
     mixed = prompt_mode == "mixed" and not injection.changes_prompt_rows
     if mixed and not plain and salt is None:
         salt = salt_mixed_prompts()

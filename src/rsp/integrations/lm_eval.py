@@ -60,7 +60,7 @@ from rsp.engines.hook import RSPHandle, attach
 from rsp.methods import InjectionArgs, RSPConfig, get_method, method_names, method_specs
 from rsp.models.loading import converted_path
 from rsp.renamed import RENAMED, renamed_key
-from rsp.tasks.prompts import tokenize_split
+from rsp.tasks.prompts import tokenize_split, user_turn_cut
 
 __all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds"]
 
@@ -179,11 +179,6 @@ def _integer(value: Any, name: str, model: str) -> int:
     return number
 
 
-def injects(injection: Injection) -> bool:
-    """Whether an injection changes anything (slots to fill, or the prompt's own rows)."""
-    return injection.length > 0 or injection.changes_prompt_rows
-
-
 def problem_key(request: Any) -> str:
     """The identity a request's RSP seed is derived from (see the module docstring)."""
     doc = getattr(request, "doc", None)
@@ -262,16 +257,6 @@ def seeded_requests(requests: Sequence[Any], seeds: Sequence[int | None]) -> lis
     return out
 
 
-def user_turn_cut(text: str, chat_history: Sequence[dict]) -> int | None:
-    """Character offset of the end of the last user message's content in a rendered chat (as
-    `rsp.tasks.prompts.tokenize_prompt` finds it), or None."""
-    users = [m for m in chat_history if m.get("role") == "user" and isinstance(m.get("content"), str)]
-    if not users or not users[-1]["content"]:
-        return None
-    cut = text.rfind(users[-1]["content"])
-    return None if cut < 0 else cut + len(users[-1]["content"])
-
-
 class RSPRequestsMixin:
     """What `rsp-hf` and `rsp-vllm` share on top of their lm-eval base class: the chat prompt's user-turn
     cut is remembered, and each generation request is sent with, and logged with, its own RSP seed."""
@@ -326,7 +311,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         if settings.trivially_off:
             return
         handle = attach(self.model, self.tokenizer, **settings.attach_options())
-        if not injects(handle.injection):
+        if not handle.injection.active:
             handle.detach()
             return
         if self.backend != "causal":

@@ -23,7 +23,6 @@ from rsp.integrations.lm_eval import (
     RSPRequestsMixin,
     RSPSettings,
     _SeededText,
-    injects,
 )
 from rsp.methods import build_method
 from rsp.models.embeddings import load_embedding_model
@@ -92,7 +91,7 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
             )
         self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
         injection = build_method(settings.config.method, self._rsp_lm, settings.config)
-        if injects(injection):
+        if injection.active:
             self.rsp_injection = injection
             self._prompt_mode = resolve_prompt_mode("auto")
 

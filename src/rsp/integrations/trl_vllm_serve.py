@@ -101,6 +101,16 @@ def sampling_kwargs(sampling: dict, seed: int) -> dict:
     return kwargs
 
 
+def sampled_logprobs(completion) -> list[float | None]:
+    """The sampled tokens' log-probs of a vLLM `CompletionOutput` (None where vLLM gave none, or NaN)."""
+    ids = list(completion.token_ids)
+    out: list[float | None] = []
+    for pos, tok in zip(getattr(completion, "logprobs", None) or [], ids, strict=False):
+        lp = pos.get(tok) if pos else None
+        out.append(None if lp is None or lp.logprob != lp.logprob else float(lp.logprob))
+    return out + [None] * (len(ids) - len(out))
+
+
 async def _generate_rows(engine, body: dict) -> dict:
     from vllm import SamplingParams
     from vllm.renderers.inputs.preprocess import parse_model_prompt
@@ -122,14 +132,7 @@ async def _generate_rows(engine, body: dict) -> dict:
             final = out
         if final is None:
             raise RuntimeError(f"vLLM returned no output for request rsp-{base}-{i}")
-        completion = final.outputs[0]
-        ids = list(completion.token_ids)
-        logprobs = []
-        for pos, tok in zip(completion.logprobs or [], ids, strict=False):
-            lp = pos.get(tok) if pos else None
-            logprobs.append(None if lp is None or lp.logprob != lp.logprob else float(lp.logprob))
-        logprobs += [None] * (len(ids) - len(logprobs))
-        return ids, logprobs
+        return list(final.outputs[0].token_ids), sampled_logprobs(final.outputs[0])
 
     results = await asyncio.gather(*(one(i, row) for i, row in enumerate(body["rows"])))
     return {"completion_ids": [r[0] for r in results], "logprobs": [r[1] for r in results]}
