@@ -90,6 +90,17 @@ def require(ok: bool, name: str, message: str, error: type[Exception] = ValueErr
         raise error(f"{field_label(name)} {message}")
 
 
+def require_min(
+    config: Any, minimum: float, *names: str, error: type[Exception] = ValueError, strict: bool = False
+) -> None:
+    """`require` each named field to be >= `minimum` (> with `strict`); None, a setting left unset, passes:
+    "n (--n) must be >= 1, got 0"."""
+    for name in names:
+        value = getattr(config, name)
+        ok = value is None or (value > minimum if strict else value >= minimum)
+        require(ok, name, f"must be {'>' if strict else '>='} {minimum}, got {value}", error)
+
+
 def require_choice(
     value: Any, name: str, allowed: Sequence[Any], error: type[Exception] = ValueError
 ) -> None:

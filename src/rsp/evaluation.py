@@ -17,7 +17,7 @@ from typing import ClassVar, get_args
 
 from tqdm.auto import tqdm
 
-from rsp.config import option, require, require_choice
+from rsp.config import option, require, require_choice, require_min
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.engines.args import PARALLEL_SIZES, EngineArgs
@@ -90,12 +90,10 @@ class EvalConfig(InjectionArgs, EngineArgs):
 
     def validate(self) -> None:
         need = partial(require, error=ConfigError)
-        need(self.n >= 1, "n", f"must be >= 1 (attempts per problem), got {self.n}")
+        require_min(self, 1, "n", "batch_size", "limit", error=ConfigError)
+        require_min(self, 0, "temperature", error=ConfigError)
+        require_min(self, 0, "grader_timeout", error=ConfigError, strict=True)
         self.validate_injection(ConfigError)
-        need(self.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
-        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        need(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
-        need(self.grader_timeout > 0, "grader_timeout", f"must be > 0, got {self.grader_timeout}")
         self.validate_engine(ConfigError)
         require_choice(self.prompt_style, "prompt_style", PROMPT_STYLES, ConfigError)
         need(bool(self.methods), "methods", "must name at least one method")

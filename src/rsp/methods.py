@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from rsp.config import option, require, require_choice
+from rsp.config import option, require_choice, require_min
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
 from rsp.core.insert import INSERTION_POINTS
 from rsp.core.stats import MeanMode, RowSelection
@@ -146,8 +146,7 @@ class InjectionArgs:
 
     def validate_injection(self, error: type[Exception] = ValueError) -> None:
         """Length and scale >= 0; position and statistics among their choices."""
-        require(self.rsp_length >= 0, "rsp_length", f"must be >= 0, got {self.rsp_length}", error)
-        require(self.rsp_scale >= 0, "rsp_scale", f"must be >= 0, got {self.rsp_scale}", error)
+        require_min(self, 0, "rsp_length", "rsp_scale", error=error)
         require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS, error)
         require_choice(self.rsp_stats_rows, "rsp_stats_rows", STATS_ROWS, error)
         require_choice(self.rsp_stats_mean, "rsp_stats_mean", STATS_MEANS, error)

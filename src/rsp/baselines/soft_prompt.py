@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from rsp.config import option, require, require_choice
+from rsp.config import option, require, require_choice, require_min
 from rsp.core.injection import Injection, RandomSoftPrompt
 from rsp.core.inputs import embed_prompts
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
@@ -216,32 +216,13 @@ class SoftPromptTrainConfig:
         self.data = tuple(self.data)
 
     def validate(self) -> None:
-        require(self.rsp_length >= 1, "rsp_length", f"must be >= 1, got {self.rsp_length}")
         require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS)
         require(bool(self.data), "data", "must name at least one training source (arith, gsm8k, ...)")
-        require(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
-        require(
-            self.val_size >= 1,
-            "val_size",
-            f"must be >= 1 (early stopping needs a held-out split), got {self.val_size}",
-        )
-        require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
-        require(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        require(
-            self.max_solution_tokens >= 1,
-            "max_solution_tokens",
-            f"must be >= 1, got {self.max_solution_tokens}",
-        )
-        require(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
-        require(self.init_scale >= 0, "init_scale", f"must be >= 0, got {self.init_scale}")
-        require(
-            self.max_seconds is None or self.max_seconds > 0,
-            "max_seconds",
-            f"must be > 0, got {self.max_seconds}",
-        )
+        # val_size >= 1: early stopping needs a held-out split
+        require_min(self, 1, "rsp_length", "train_size", "val_size", "steps", "batch_size", "eval_every")
+        require_min(self, 1, "patience", "max_solution_tokens")
+        require_min(self, 0, "min_delta", "init_scale")
+        require_min(self, 0, "lr", "max_seconds", strict=True)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from rsp.config import RSPArgumentParser, option, require
+from rsp.config import RSPArgumentParser, option, require, require_min
 from rsp.engines.args import EngineArgs
 from rsp.methods import InjectionArgs, RSPConfig, method_names
 
@@ -100,17 +100,9 @@ class ServeCommandConfig(InjectionArgs, EngineArgs):
             self.method in known, "method", f"{self.method!r} is unknown; known methods: {', '.join(known)}"
         )
         require(0 < self.port < 65536, "port", f"must be in 1..65535, got {self.port}")
-        for name in (
-            "max_batch_size",
-            "max_n",
-            "max_tokens_limit",
-            "max_prompts",
-            "max_body_bytes",
-            "max_connections",
-        ):
-            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        require(self.max_rsp_length >= 0, "max_rsp_length", f"must be >= 0, got {self.max_rsp_length}")
-        require(self.batch_wait_ms >= 0, "batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
+        require_min(self, 1, "max_batch_size", "max_n", "max_tokens_limit", "max_prompts", "max_body_bytes")
+        require_min(self, 1, "max_connections")
+        require_min(self, 0, "max_rsp_length", "batch_wait_ms")
         return self
 
     def rsp_config(self, method: str | None = None) -> RSPConfig:
