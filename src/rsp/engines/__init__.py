@@ -13,7 +13,7 @@ from rsp.engines.vllm import VLLMEngine  # vLLM itself is imported only when the
 from rsp.models.embeddings import load_embedding_model
 from rsp.models.loading import ModelBase, load_model
 
-ENGINES = {"hf": HFEngine, "lean": LeanEngine, "prefix": PrefixEngine}
+ENGINES: dict[str, type[HFEngine]] = {"hf": HFEngine, "lean": LeanEngine, "prefix": PrefixEngine}
 ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
 
 

@@ -72,8 +72,7 @@ class HFEngine:
     def prepare(
         self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None]
     ) -> tuple[SlottedBatch, torch.Tensor]:
-        """Left-padded slotted batch and its input embeddings with the injection applied
-        (`rsp.core.inputs.embed_prompts`, the path every `inputs_embeds` engine and probe uses)."""
+        """Left-padded slotted batch and its input embeddings with the injection applied."""
         return embed_prompts(self.lm.embed, prompts, injection, seeds, pad_id=self.lm.pad_token_id)
 
     def generate(
@@ -102,23 +101,19 @@ class HFEngine:
             self.oom_events.append(msg)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            first = self.generate(
-                prompts[:half],
-                injection,
-                seeds[:half],
-                sampling,
-                decode_seed=derive_seed(decode_seed, "oom", 0),
-                stop_strings=stop_strings,
-            )
-            second = self.generate(
-                prompts[half:],
-                injection,
-                seeds[half:],
-                sampling,
-                decode_seed=derive_seed(decode_seed, "oom", 1),
-                stop_strings=stop_strings,
-            )
-            return first + second
+            parts = (slice(None, half), slice(half, None))
+            return [
+                c
+                for i, part in enumerate(parts)
+                for c in self.generate(
+                    prompts[part],
+                    injection,
+                    seeds[part],
+                    sampling,
+                    decode_seed=derive_seed(decode_seed, "oom", i),
+                    stop_strings=stop_strings,
+                )
+            ]
 
     def generation_kwargs(self, sampling: SamplingConfig, stop_strings: Sequence[str] = ()) -> dict:
         cfg = GenerationConfig(

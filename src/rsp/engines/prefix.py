@@ -12,6 +12,7 @@ row sees exactly what the unshared left-padded batch sees.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -38,22 +39,8 @@ class PrefixEngine(LeanEngine):
     come first), injections that rewrite the prompt's own rows per seed, or sliding-window models.
     """
 
-    def __init__(
-        self,
-        lm,
-        *,
-        min_batch_size: int = 1,
-        compact: bool = True,
-        pack_weights: bool = True,
-        preallocate_cache: bool = True,
-    ) -> None:
-        super().__init__(
-            lm,
-            min_batch_size=min_batch_size,
-            compact=compact,
-            pack_weights=pack_weights,
-            preallocate_cache=preallocate_cache,
-        )
+    def __init__(self, lm, **options: Any) -> None:
+        super().__init__(lm, **options)
         self.last_shared: bool = False
         self.last_prefill_rows: int = 0
 
