@@ -77,10 +77,8 @@ class _Checkpoint:
             ) from exc
 
     def tensor_files(self) -> tuple[dict[str, str], str]:
-        """Key -> file name of every weight tensor, and what was read to learn it (for messages).
-
-        A sharded checkpoint answers from its index alone, so a Hub repository later fetches one shard.
-        """
+        """Key -> file name of every weight tensor (a sharded checkpoint's from its index alone, so a Hub
+        repository later fetches one shard), and what was read to learn it (for messages)."""
         index = self.file(INDEX_FILE)
         if index is not None:
             return dict(json.loads(index.read_text()).get("weight_map", {})), str(index)
@@ -121,7 +119,7 @@ def _text_config(config: dict) -> dict:
 
 
 def config_embed_scale(config: dict) -> float | None:
-    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None (no scale)."""
+    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None."""
     for part in (config, _text_config(config)):
         if part.get("model_type") in SCALED_EMBEDDING_TYPES:
             hidden = _text_config(config).get("hidden_size") or part.get("hidden_size")
@@ -139,12 +137,8 @@ def _shape(path: Path, key: str) -> tuple[int, ...]:
 def find_embedding_tensor(
     location: str, config: dict | None = None, tensor_name: str | None = None
 ) -> tuple[Path, str]:
-    """(safetensors file, key) of the input-embedding table; a clear error when there is none or several.
-
-    The key varies by architecture and wrapper (`model.embed_tokens.weight`,
-    `model.language_model.embed_tokens.weight`, `transformer.wte.weight`, ...), so it is found by its
-    ending; several matches are narrowed to the (vocab_size, hidden_size) ones from the config.
-    """
+    """(safetensors file, key) of the input-embedding table, found by the key's ending (it varies by
+    architecture and wrapper); several matches are narrowed to the config's (vocab_size, hidden_size)."""
     ckpt = _Checkpoint(location)
     keys, where = ckpt.tensor_files()
     if tensor_name is not None:
@@ -221,13 +215,9 @@ def _lookup(table: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor) 
 
 @dataclass
 class EmbeddingModel(ModelBase):
-    """Tokenizer, stop ids and input-embedding table of a checkpoint: what RSP injection needs, and no more.
-
-    Stands in for `LoadedModel` where the transformer itself is never run here (the vLLM engine loads
-    its own copy of the weights). The table is read on first use only (`embed`: `embeds` prompts and the
-    token controls), and a statistics fit without it reads it transiently: vLLM's default mixed prompts
-    need neither, so with cached statistics (packaged and GGUF models) no weight is held here at all.
-    """
+    """Tokenizer, stop ids and input-embedding table of a checkpoint: `LoadedModel` where the transformer is
+    never run here (vLLM loads its own copy). The table is read on first use only (`embed`), a statistics
+    fit reads it transiently: with cached statistics, vLLM's mixed prompts hold no weight here at all."""
 
     tensor: EmbeddingTensor
     tokenizer: PreTrainedTokenizerBase
@@ -296,12 +286,9 @@ def embedding_stats(
     cache_dir: str | Path | None = None,
     tensor_name: str | None = None,
 ) -> EmbeddingStats:
-    """RSP statistics of a checkpoint, reading only its input-embedding tensor (and, for
-    rows="tokens", its tokenizer); equal to `load_model(path_or_id, dtype=dtype).embedding_stats(...)`.
-
-    `path_or_id` is anything `load_model` takes. Packaged and GGUF models share the loaded model's
-    on-disk stats cache.
-    """
+    """RSP statistics of a checkpoint (anything `load_model` takes), reading only its input-embedding
+    tensor (and, for rows="tokens", its tokenizer); equal to `load_model(...).embedding_stats(...)`, and
+    sharing its on-disk cache."""
     location, source = resolve_model_dir(path_or_id, Path(cache_dir) if cache_dir else None)
 
     def fit() -> EmbeddingStats:
@@ -326,9 +313,8 @@ def load_embedding_model(
     cache_dir: str | Path | None = None,
     tensor_name: str | None = None,
 ) -> EmbeddingModel:
-    """Tokenizer, stop ids and input-embedding table of `spec` (anything `load_model` takes), on the CPU,
-    without the transformer's weights: the injection side of an engine that loads the model itself.
-    Only safetensors headers are read here; the table itself when first needed (`EmbeddingModel`)."""
+    """The `EmbeddingModel` of `spec` (anything `load_model` takes), on the CPU: the injection side of an
+    engine that loads the model itself. Only safetensors headers are read here."""
     # here, not at the top: `embedding_stats` (this module's other use) reads one tensor, no transformers
     from transformers import AutoConfig
 

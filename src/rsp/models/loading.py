@@ -47,12 +47,7 @@ class ModelLoadError(ValueError):
 
 
 def input_embeddings(model: torch.nn.Module) -> torch.nn.Embedding:
-    """`model.get_input_embeddings()`, the input-embedding table of a transformers model.
-
-    The one typed way in: `nn.Module` types an attribute it does not declare as `Tensor | Module`, and
-    transformers annotates the method's result as a bare `nn.Module`; what it returns is the lookup
-    table (`nn.Embedding` or a subclass such as Gemma's scaled one).
-    """
+    """`model.get_input_embeddings()`, typed as the lookup table it is (transformers says `nn.Module`)."""
     get = cast("Callable[[], torch.nn.Embedding]", model.get_input_embeddings)
     return get()
 
@@ -85,9 +80,8 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def native_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
-    """The native-bf16 instruction sets (`NATIVE_BF16_FLAGS`) among an x86 CPU's flags, read from
-    /proc/cpuinfo or from `cpuinfo`, text in its format; None where there is no flags line to read
-    (not Linux, or not x86: ARM lists `Features` instead)."""
+    """The `NATIVE_BF16_FLAGS` among an x86 CPU's flags in /proc/cpuinfo (or `cpuinfo`, text in its format);
+    None where there is no flags line (not Linux, or not x86)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
@@ -102,12 +96,9 @@ def native_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU multiplies bf16 natively: AVX-512 BF16 or AMX among its /proc/cpuinfo flags
-    (`cpuinfo`: that file's text, for tests). Without them (AVX2 only: many laptops and AMD servers; and
-    AVX-512 without BF16, e.g. Skylake and Cascade Lake, where oneDNN still reports bf16 support because it
-    emulates it) bf16 products are emulated: SmolLM2 in bf16 ran 4x slower per attempt than in fp32 on
-    such a CPU (benchmarks/cpu_dtype.py, docs/performance.md). Where there are no flags to read (not
-    Linux, not x86) this falls back to oneDNN's bf16 support."""
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without them, oneDNN still reports
+    bf16 support on AVX-512 CPUs but emulates it: SmolLM2 in bf16 ran 4x slower per attempt than in fp32
+    (benchmarks/cpu_dtype.py). Without flags to read, oneDNN's answer stands."""
     native = native_bf16_flags(cpuinfo)
     if native is not None:
         return bool(native)
@@ -299,13 +290,10 @@ def pad_id(tokenizer) -> int:
 
 
 def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ()) -> int:
-    """A token id to mark the slots with: one that neither ordinary text nor the chat template produces.
-
-    In order: the highest added special token that is not BOS/EOS/PAD/UNK, not a stop token and not
-    written by the chat template (SmolLM2: `<empty_output>`, Gemma: an `<unusedN>`); else the unknown
-    token, if it is not a stop or padding token; else the last id of the vocabulary. Its embedding row is
-    always overwritten, and the generate wrapper keeps it from being sampled.
-    """
+    """A token id to mark the slots with, one that neither ordinary text nor the chat template produces:
+    the highest added special token that is not BOS/EOS/PAD/UNK, a stop token or in the chat template
+    (SmolLM2: `<empty_output>`, Gemma: an `<unusedN>`); else the unknown token, if not a stop or padding
+    token; else the last id. Its row is always overwritten, and it is never sampled."""
     reserved = {
         getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
     } | set(stop_ids)
@@ -327,12 +315,8 @@ def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ())
 
 
 def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
-    """Where a converted model's fitted statistics live: in a subfolder, never beside the weights.
-
-    Why a subfolder: engines such as vLLM load every top-level ``*.safetensors`` in a model folder as a
-    weight shard, and a stats file there made them fail on an unknown tensor. A file left at the old
-    top-level place by an earlier version is moved in.
-    """
+    """Where a converted model's fitted statistics live: in a subfolder, because engines such as vLLM load
+    every top-level ``*.safetensors`` as a weight shard. A file at the old top-level place is moved in."""
     path = model_dir / "rsp-stats" / f"{rows}-{mean_mode}.safetensors"
     legacy = model_dir / f"rsp-stats-{rows}-{mean_mode}.safetensors"
     if legacy.is_file():
@@ -386,10 +370,7 @@ def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
 
 
 def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int, ...]:
-    """`stop_token_ids` given the generation config's eos_token_id.
-
-    The eos_token_id is read from a folder when there is no model.
-    """
+    """`stop_token_ids` given the generation config's eos_token_id (read from a folder without a model)."""
     ids: set[int] = set()
     for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
         if isinstance(value, int):
@@ -407,14 +388,6 @@ PROBE_TEXTS = (
     "hi\n\nQuestion: How many apples?",
     "\\boxed{\\frac{1}{2}} é 中文",
 )
-
-
-def gguf_add_bos_token(path: Path) -> bool:
-    """The GGUF file's own statement of whether prompts start with BOS."""
-    import gguf
-
-    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
-    return bool(field is not None and field.parts[field.data[0]][0])
 
 
 def _tokenizer_round_trips(tok, saved_dir: Path) -> bool:
@@ -447,11 +420,8 @@ CONVERSION_STAMP = "rsp-conversion.json"
 
 
 def conversion_is_current(target: Path) -> tuple[bool, str]:
-    """Whether a converted GGUF cache was written by this version of the conversion, and if not, why.
-
-    Caches converted before `TOKENIZER_FORMAT` 2 carry no stamp: their Gemma tokenizer split words into
-    fragments (`rsp.models.gguf_tokenizer`), so they are converted again rather than reused.
-    """
+    """Whether a converted GGUF cache was written by this version of the conversion, and if not, why
+    (caches from before `TOKENIZER_FORMAT` 2 carry no stamp: their Gemma tokenizer split words apart)."""
     if not (target / "config.json").is_file():
         return False, "not converted yet"
     stamp = target / CONVERSION_STAMP
@@ -473,11 +443,8 @@ def _gguf_cache_key(path: Path) -> str:
 
 
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
-    """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename).
-
-    A directory already there is reused only if its `CONVERSION_STAMP` names the current
-    `TOKENIZER_FORMAT`; an older one is converted again, with a log line saying why.
-    """
+    """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename); a
+    directory already there is reused only if `conversion_is_current`."""
     from transformers import AutoModelForCausalLM
 
     current, why = conversion_is_current(target)
@@ -602,11 +569,8 @@ def wrap_model(
     source: str = "memory",
     location: str | None = None,
 ) -> LoadedModel:
-    """Use an already-built model (e.g. a tiny random test model, or one from your own code).
-
-    `prepare=False` (what `rsp.attach` uses) leaves the model untouched: no eval mode, and no check that
-    it generates from `inputs_embeds` (the attach hook feeds token ids).
-    """
+    """Use an already-built model (a tiny test model, or one from your own code). `prepare=False` (what
+    `rsp.attach` uses) leaves it untouched: no eval mode, no check that it generates from `inputs_embeds`."""
     if prepare:
         check_inputs_embeds_support(model)
         model.eval()
