@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from rsp.config import option, require, require_choice, require_min
 from rsp.core.injection import Injection, RandomSoftPrompt
-from rsp.core.inputs import embed_prompts
+from rsp.core.inputs import embed_prompts, positions_from_mask
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel, ModelBase
@@ -325,12 +325,11 @@ def solution_loss(
         grad=True,
     )
     mask = batch.attention_mask.to(lm.device)
-    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     keep = max(len(ex.target) for ex in examples) + 1
     out = lm.model(
         inputs_embeds=embeds,
         attention_mask=mask,
-        position_ids=position_ids,
+        position_ids=positions_from_mask(mask),
         logits_to_keep=keep,
         use_cache=False,
     )

@@ -1,40 +1,19 @@
 """lm-evaluation-harness models that give every request its own Random Soft Prompt: `rsp-hf` (and `rsp-vllm`).
 
 Why a model and not a task: an RSP changes the model's input, not the prompt text, so any lm-eval task
-(generation with `repeats`, log-likelihood, multiple choice) runs with and without RSP by writing
-`--model rsp-hf` instead of `--model hf`, with lm-eval's own prompts, filters, metrics and logs.
+runs with and without RSP by writing `--model rsp-hf` instead of `--model hf`, with lm-eval's own prompts,
+filters, metrics and logs (docs/integrations.md). `RSPHFLM` is `HFLM` with `rsp.attach` on its model: the
+L placeholder ids are laid out by `rsp.core.inputs.layout` inside lm-eval's own tokenisation and the
+attach hook writes each row's vectors over them; no insertion code of its own.
 
-    rsp lm-eval --model rsp-hf --model_args pretrained=smollm2-135m-instruct,rsp_length=4,seed=0 \
-                --tasks rsp_arith --apply_chat_template --log_samples --output_path runs/lm-eval
-    lm_eval.simple_evaluate(model=RSPHFLM(pretrained="smollm2-135m-instruct", rsp_length=4), tasks=[...])
-
-How: `RSPHFLM` is lm-eval's `HFLM` with `rsp.attach` on its model. The L placeholder ids are laid out by
-`rsp.core.inputs.layout` inside lm-eval's own tokenisation (`tok_batch_encode` for generation, the
-context encoding of `_loglikelihood_tokens` for scoring) and the attach hook writes each row's vectors
-over them in the embedding layer; this module has no insertion code of its own.
-
-Model arguments use docs/glossary.md's flat names: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
-`rsp_stats_rows`, `rsp_stats_mean`, `seed` (the base seed) and method options by their own names
-(`soft_prompt=FILE`, `noise_alpha=5`); a name renamed before the first release (`rsp_seed`) is an error
-naming the new one.
-
-Seeds. Request r-th repeat of document d of task T uses `injection.seed_for(seed, key, r)`, where key
-is the document's `rsp_problem_id` (the shipped `rsp_*` tasks set it to rsp's problem id, so the RSPs
-equal those of `rsp eval --seed SEED` for the same problem and attempt) or else `"T:d"`. Reruns
-therefore get the same RSPs; lm-eval's own `--seed` fixes rsp-hf's sampling (rsp-vllm passes `seed` on to
-vLLM as well, whose sampling it seeds).
-- generation: each of a `repeats: N` task's N copies is its own batch row with its own RSP (lm-eval hands
-  the model the same request N times and nothing here merges them);
-- log-likelihood: one RSP per document and repeat, shared by that document's requests, so the choices
-  of a multiple-choice question are compared under one perturbed prompt. lm-eval's one-token logits
-  cache is off while injecting (a shared forward would share one RSP across documents). Rolling
-  log-likelihood (perplexity) has no prompt/answer boundary to insert at and is refused while injecting.
-Logged samples (`--log_samples`): every injected request's `arguments` gain a last element
-`{"rsp_seeds": [...], "method": ..., "seed": ..., ...}`, one RSP seed per repeat in `resps` order;
-`rsp.integrations.lm_eval_samples` turns such a file into an `rsp eval` run directory for `rsp report` /
-`rsp analyze`.
-
-`rsp_length=0` (method `rsp`) attaches nothing: the model is then exactly lm-eval's `hf`.
+Seeds: the r-th repeat of document d of task T uses `injection.seed_for(seed, key, r)`, key being the
+document's `rsp_problem_id` (the shipped `rsp_*` tasks set it, so the RSPs equal `rsp eval`'s for the same
+problem and attempt) or else `"T:d"`. Generation: each of a `repeats: N` task's N copies is its own row
+with its own RSP. Log-likelihood: one RSP per document and repeat, shared by its requests, so the choices
+of a question are compared under one perturbed prompt (lm-eval's one-token logits cache is off while
+injecting); rolling log-likelihood has no prompt/answer boundary and is refused. `--log_samples` records
+each request's RSP seeds as a last element of its `arguments` (`rsp.integrations.lm_eval_samples` reads
+them). `rsp_length=0` attaches nothing: the model is then exactly lm-eval's `hf`.
 """
 
 from __future__ import annotations
@@ -102,13 +81,9 @@ class RSPSettings:
 
     @classmethod
     def pop_from(cls, kwargs: dict[str, Any], model: str, *, shared: Sequence[str] = ()) -> RSPSettings:
-        """Remove the rsp model_args from `kwargs` (the rest are the base model's arguments) and raise an
-        `RSPArgumentError` naming the argument when one is unknown or out of range. Names in `shared` are
-        read but left in `kwargs`, for the base model too (rsp-vllm: `seed` is also vLLM's seed).
-
-        The names are the glossary's flat ones: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
-        `rsp_stats_rows`, `rsp_stats_mean`, `seed`, and method options by their own names (`soft_prompt`,
-        ...); a renamed one (`rsp_seed`) is an error naming the new name."""
+        """Remove the rsp model_args (docs/glossary.md's flat names, method options by their own) from
+        `kwargs`, raising an `RSPArgumentError` naming one that is unknown, renamed or out of range. Names
+        in `shared` stay in `kwargs` for the base model too (rsp-vllm: `seed` is also vLLM's seed)."""
         options_known = method_option_args()
         known = set(_FLAT) | {"seed"} | options_known
         raw: dict[str, Any] = {}
@@ -290,7 +265,7 @@ class RSPRequestsMixin:
 
 @register_model("rsp-hf")
 class RSPHFLM(RSPRequestsMixin, HFLM):
-    """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`); see the module docstring.
+    """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`).
 
     Model arguments: every `HFLM` argument, plus `rsp_length` [4], `seed` [0] (the base seed), `rsp_scale`
     [1.0], `rsp_position` [after_generation_prompt | end_of_user_turn | prepend], `method` [rsp, or a control:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from rsp.core.injection import Injection
-from rsp.core.inputs import append_continuations, embed_prompts
+from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens
 
 
@@ -48,28 +48,22 @@ def score_row(
     Scorers such as lm-eval's `local-completions` (echo, max_tokens=1, then every value but the last)
     need that last entry to be there.
     """
-    model = getattr(lm, "model", None)
+    model = getattr(lm, "model", None)  # the vllm engine's EmbeddingModel has none
     if model is None:
         raise ValueError("log-probs need the model's weights in this process (hf, lean or prefix engine)")
-    batch, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
-    seq = append_continuations(
+    seq = embed_continued(
         lm.embed,
-        batch,
-        embeds,
+        [prompt],
+        injection,
+        [seed],
         [list(completion)],
         pad_id=lm.pad_token_id,
-        width=len(completion) if completion else 1,
+        width=len(completion) or 1,
     )
-    width = seq.prompt_width
+    batch, width = seq.batch, seq.prompt_width
     keep = seq.embeds.shape[1] if echo else len(completion) + 1
     with torch.no_grad():
-        out = model(
-            inputs_embeds=seq.embeds,
-            attention_mask=seq.attention_mask,
-            position_ids=seq.position_ids,
-            use_cache=False,
-            logits_to_keep=keep,
-        )
+        out = seq.forward(model, keep)
     logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (keep, V)
     offset = seq.embeds.shape[1] - keep  # absolute column of logp[0]
 

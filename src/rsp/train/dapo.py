@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
-from rsp.core.inputs import append_continuations, embed_prompts
+from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import HFEngine, SamplingConfig
@@ -117,29 +117,16 @@ def completion_logprobs(
     The input is rebuilt exactly as at rollout time: left-padded prompt with the L slots filled by the
     stored seed's RSP rows, then the completion right-padded; positions count only real tokens.
     """
-    model = model or lm.model
-    batch, prompt_emb = embed_prompts(lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id, grad=True)
-    seq = append_continuations(lm.embed, batch, prompt_emb, completions, pad_id=lm.pad_token_id)
-    embeds, attn, position_ids = seq.embeds, seq.attention_mask, seq.position_ids
-    comp_ids, comp_mask, T = seq.continuation_ids, seq.continuation_mask, seq.continuation_ids.shape[1]
-    device = lm.device
+    seq = embed_continued(lm.embed, prompts, injection, seeds, completions, pad_id=lm.pad_token_id, grad=True)
+    T, device = seq.continuation_ids.shape[1], lm.device
     # Only the T positions that predict completion tokens go through the LM head: with a 49k-262k vocabulary
     # the full-sequence logits (and their autograd copies) dominated peak memory (9 GB at 16 x 280 tokens).
-    logits = model(
-        inputs_embeds=embeds,
-        attention_mask=attn,
-        position_ids=position_ids,
-        use_cache=False,
-        logits_to_keep=T + 1,
-    ).logits
-    logits = (
-        ban_token_in_logits(logits[:, :T].float(), lm.placeholder_id) / temperature
-    )  # as the rollout engine
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, comp_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    logits = seq.forward(model or lm.model, T + 1).logits[:, :T].float()
+    logp_all = torch.log_softmax(ban_token_in_logits(logits, lm.placeholder_id) / temperature, dim=-1)
+    logp = logp_all.gather(-1, seq.continuation_ids.to(device).unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():  # a logged statistic, not part of the loss: keep it out of the autograd graph
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, comp_mask.to(device).float(), entropy
+    return logp, seq.continuation_mask.to(device).float(), entropy
 
 
 def dapo_loss(
