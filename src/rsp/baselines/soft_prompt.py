@@ -25,9 +25,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from rsp.config import option, require, require_choice, require_min
-from rsp.core.injection import Injection, RandomSoftPrompt
+from rsp.core.injection import Injection
 from rsp.core.inputs import embed_prompts, positions_from_mask
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.core.sampler import RSPSampler
 from rsp.core.seeds import derive_seed
 from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel, ModelBase
 from rsp.runio import atomic_write_text
@@ -245,10 +246,14 @@ class TrainResult:
     best_val_loss: float
     best_step: int
     steps_run: int
-    stopped_early: bool  # held-out loss stopped improving (patience ran out)
     stop_reason: str  # "steps", "patience" or "max_seconds"
     seconds: float
     history: dict
+
+    @property
+    def stopped_early(self) -> bool:
+        """The held-out loss stopped improving (patience ran out)."""
+        return self.stop_reason == "patience"
 
 
 def _terminator(lm: LoadedModel, builder: PromptBuilder) -> list[int]:
@@ -361,16 +366,13 @@ def train_soft_prompt(
     out.mkdir(parents=True, exist_ok=True)
     train, val = build_examples(lm, config)
     init_seed = derive_seed(config.seed, "soft-prompt-init")
-    stats = lm.embedding_stats()
-    init = RandomSoftPrompt(stats, config.rsp_length, scale=config.init_scale).rows([init_seed])[0]  # type: ignore[index]
+    init = RSPSampler(lm.embedding_stats(), config.rsp_length, config.init_scale).sample([init_seed])[0]
     vectors = torch.nn.Parameter(init.to(lm.device).clone())
     injection = SoftPromptInjection(vectors, position=config.rsp_position)
     optimizer = torch.optim.Adam([vectors], lr=config.lr)
     saved_flags = [p.requires_grad for p in lm.model.parameters()]
     was_training = lm.model.training
-    lm.model.eval()
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
+    lm.model.eval().requires_grad_(False)
     order_rng = random.Random(derive_seed(config.seed, "soft-prompt-order"))
     history: dict = {"train": [], "val": []}
     t0 = time.time()
@@ -448,16 +450,7 @@ def train_soft_prompt(
         history, out / "loss.png", title=f"soft prompt L={config.rsp_length} on {lm.name} ({data_desc})"
     )
     return TrainResult(
-        path,
-        best_vectors.cpu(),
-        initial,
-        best,
-        best_step,
-        step,
-        stop_reason == "patience",
-        stop_reason,
-        seconds,
-        history,
+        path, best_vectors.cpu(), initial, best, best_step, step, stop_reason, seconds, history
     )
 
 

@@ -1,19 +1,15 @@
 """Turn lm-eval `--log_samples` files of the shipped `rsp_*` tasks into an `rsp eval` run directory.
 
-Why: `rsp report` (pass@k / maj@k with bootstrap CIs, paired tests between arms) and `rsp analyze`
-(entropy, KL, attention on the slots, rebuilt from each attempt's RSP seed) read rsp's own run format.
-lm-eval logs one line per document with all repeats; `rsp-hf` adds the repeats' RSP seeds to the
-request's arguments. This writes one rsp record per repeat (problem id, method, attempt, RSP seed,
-completion, grade) and a `config.json` saying how to rebuild the prompts and injections.
+Why: `rsp report` (pass@k / maj@k, paired tests) and `rsp analyze` (rebuilt from each attempt's RSP seed)
+read rsp's own run format. This writes one rsp record per repeat and a `config.json` saying how to rebuild
+the prompts and injections.
 
     python -m rsp.integrations.lm_eval_samples --arm temperature=runs/plain/.../samples_rsp_arith_*.jsonl \
         --arm rsp=runs/rsp/.../samples_rsp_arith_*.jsonl --model smollm2-135m-instruct --out runs/from-lm-eval
-    rsp report --run runs/from-lm-eval
 
-Limits, said plainly: lm-eval logs text, not token ids, so `token_ids` are the completion re-tokenised
-(`token_ids_source: "retokenised"`), close to but not always the sampled ids; the prompts `rsp analyze`
-rebuilds are rsp's chat prompts, which equal the lm-eval ones only for `--apply_chat_template` runs of
-the `rsp_*` tasks with no few-shot examples and no system instruction.
+Limits: lm-eval logs text, not token ids, so `token_ids` are the completion re-tokenised
+(`token_ids_source: "retokenised"`); the prompts `rsp analyze` rebuilds equal lm-eval's only for
+`--apply_chat_template` runs of the `rsp_*` tasks without few-shot examples or a system instruction.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """`python -m rsp.integrations.trl_grpo --config configs/recipes/NAME.yaml`: TRL's GRPO recipe script, every
 rollout with its own RSP.
 
-Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer` in
-place of `GRPOTrainer`, so a TRL user's recipe carries over and every `GRPOConfig` field (bf16, gradient
-accumulation, report_to, checkpointing, vLLM, loss_type, ...) means what it means in TRL. `TrlParser` reads
-four dataclasses from one YAML file, and any field can be overridden on the command line (`--max_steps 5`):
-
-- `RSPArguments`: what is injected (the fields of `rsp.RSPConfig`, prefixed `rsp_`);
-- `GRPOConfig`: TRL's training options, unchanged;
-- `ModelConfig`: TRL's model options (`model_name_or_path` may also be an rsp packaged name such as
-  `smollm2-135m-instruct`, or a `.gguf` file; `use_peft` + `lora_*` for LoRA);
-- `RSPScriptArguments`: the data (a TRL dataset by `dataset_name`, or an rsp `task` turned into one) and the
-  reward functions.
-
-Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo
---config ...`.
+Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer`,
+so a TRL user's recipe carries over and every `GRPOConfig` field means what it means in TRL. `TrlParser`
+reads `RSPArguments` (the `rsp.RSPConfig` fields, prefixed `rsp_`), `GRPOConfig`, `ModelConfig` (the model
+may also be an rsp packaged name or `.gguf`) and `RSPScriptArguments` (a TRL dataset or an rsp task, and
+the reward functions) from one YAML file; any field can be overridden on the command line. Multi-GPU:
+`accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo ...`.
 """
 
 import importlib

@@ -1,24 +1,14 @@
 """`python -m rsp.integrations.trl_vllm_serve --model MODEL`: the vLLM server for
 `RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
 
-Why not `trl vllm-serve`: in TRL 1.16 it execs stock `vllm serve` (plus TRL's flags: NCCL weight transfer,
-processed log-probs, dev-mode endpoints), whose HTTP API takes either token ids or a whole prompt's
+Why not `trl vllm-serve`: it execs stock `vllm serve`, whose HTTP API takes token ids or a whole prompt's
 embeddings, never the mixed layout (token ids with a few positions given as vectors) that lets vLLM embed
-the prompt itself and reuse its prefix cache across the rollouts of a prompt. This command runs the same
-`vllm serve` command line that `trl vllm-serve` builds (same flags, parsed by TRL's own parser; anything
-unknown is passed to `vllm serve`), adds `--enable-prompt-embeds`, and mounts `mixed_prompts`, an HTTP
-middleware that serves two routes next to vLLM's own:
-
-- `GET /rsp/info`: whether the engine has prompt embeddings enabled (the trainer checks it at start-up);
-- `POST /rsp/generate`: `{"rows": [encode_request(...)...], "sampling": {SamplingParams fields}}` -> one
-  engine request per row (each with its own seed), returning `completion_ids` and the sampled tokens'
-  `logprobs`. Only the L injected vectors of each row travel (base64 float32), not the prompt's embeddings.
-
-vLLM, fastapi and TRL are imported inside the functions that run in the server (or build its command):
-the trainer imports `encode_request` from here on machines without them.
-
-Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds --middleware
-rsp.integrations.trl_vllm_serve.mixed_prompts` (TRL forwards unknown flags to `vllm serve`).
+the prompt itself and reuse its prefix cache across a prompt's rollouts. This runs the same `vllm serve`
+command line `trl vllm-serve` builds (TRL's own parser), adds `--enable-prompt-embeds`, and mounts the
+middleware `mixed_prompts`, which serves `GET /rsp/info` and `POST /rsp/generate` (one engine request per
+row, each with its own seed; only the L injected vectors of a row travel, as base64 float32).
+Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds
+--middleware rsp.integrations.trl_vllm_serve.mixed_prompts`.
 """
 
 from __future__ import annotations
