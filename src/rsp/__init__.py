@@ -1,16 +1,9 @@
 """Random Soft Prompts: inject freshly sampled random embeddings into a causal LM's prompt.
 
-The front door:
-- `rsp.attach(model, tokenizer, length=4)`: a fresh RSP per row inside your own `model.generate` loop;
-- `rsp.generate(model, prompts, n=16, rsp=rsp.RSPConfig(length=4))`: n attempts per prompt on any engine
-  (`Generator` keeps the model and engine for repeated calls);
-- `rsp.embedding_stats(path_or_id)`: the RSP distribution, read from the embedding tensor alone.
-Below it, in the order a pipeline uses it: load a model, fit the statistics, build an injection, lay
-prompts out with slots, generate, grade, score.
-
-Why lazy: each public name is imported from its module on first use (as TRL's and transformers' package
-roots do), so `import rsp`, `rsp --help` and `import rsp.core` (torch only) do not pay for transformers and
-every engine up front. The `TYPE_CHECKING` imports below are what type checkers and IDEs read.
+The front door is `rsp.attach` (inside your own `model.generate`), `rsp.generate` / `rsp.Generator` (n
+attempts per prompt on any engine) and `rsp.embedding_stats`. Why lazy: each public name is imported
+from its module on first use, so `import rsp`, `rsp --help` and `import rsp.core` (torch only) do not pay
+for transformers and every engine up front; the `TYPE_CHECKING` imports are what type checkers read.
 """
 
 from __future__ import annotations

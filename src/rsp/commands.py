@@ -1,9 +1,7 @@
-"""The commands that work on eval runs and the method list: `rsp eval`, `rsp report`, `rsp compare`,
-`rsp methods` (dispatched by `rsp.cli`, which imports this module only when one of them runs).
+"""`rsp eval`, `rsp report`, `rsp compare` and `rsp methods`.
 
-`rsp.evaluation` (torch, transformers, the engines) and `rsp.methods` (torch) are imported inside the
-commands that use them: `rsp report` and `rsp compare` read JSONL records and need neither (measured:
-torch alone is 3 s of a cold start).
+`rsp.evaluation` and `rsp.methods` are imported inside the commands that use them: `rsp report` and
+`rsp compare` read JSONL records and need neither (torch alone is 3 s of a cold start).
 """
 
 from __future__ import annotations

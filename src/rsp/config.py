@@ -177,10 +177,8 @@ def _with_metadata(f: dataclasses.Field, **metadata: Any) -> dataclasses.Field:
 
 
 class RSPArgumentParser(HfArgumentParser):
-    """`HfArgumentParser` plus what rsp's commands need (see the module docstring).
-
-    `parse(argv)` returns one instance per dataclass, in the order given.
-    """
+    """`HfArgumentParser` plus what rsp's commands need (see the module docstring); `parse(argv)`
+    returns one instance per dataclass, in the order given."""
 
     def __init__(
         self,

@@ -1,8 +1,7 @@
 """`rsp eval`: N attempts per problem per method, graded, written as they finish, summarised.
 
-Work is cut into fixed batches (method x problem group x chunk) whose composition and decoding
-seed depend only on the configuration, so a resumed run regenerates exactly what an uninterrupted
-run would have, and skips every batch already on disk.
+Work is cut into fixed batches whose composition and decoding seed depend only on the configuration, so
+a resumed run regenerates exactly what an uninterrupted run would have, and skips what is on disk.
 """
 
 from __future__ import annotations
@@ -46,11 +45,8 @@ _TASK, _INJECTION, _SAMPLING = "task", "injection", "sampling"
 
 @dataclass
 class EvalConfig(InjectionArgs, EngineArgs):
-    """Everything that determines an evaluation's results (saved with the run and checked on resume).
-
-    Each field is also the flag of the same name (`rsp_length` is `--rsp-length`) of `rsp eval`,
-    `rsp sweep` and `rsp analyze`; see `rsp.config`. The model and engine fields are `EngineArgs`'s, the
-    injection's `InjectionArgs`'s."""
+    """Everything that determines an evaluation's results (saved with the run and checked on resume);
+    each field is a flag of `rsp eval`, `rsp sweep` and `rsp analyze`."""
 
     _group_titles: ClassVar[dict[str, str]] = {g: g for g in ("model", _TASK, _SAMPLING, _INJECTION)}
 
@@ -154,12 +150,9 @@ class EvalConfig(InjectionArgs, EngineArgs):
 
 
 def keep_saved_seed_scheme(out: Path, config: EvalConfig) -> EvalConfig:
-    """`config`, with common random numbers off when `out` holds a run saved before that setting existed.
-
-    Such a run derived every decode seed from the method name; resuming it with the same seeds is what
-    keeps its attempts the ones an uninterrupted run would have made. Its config.json has no
-    `common_random_numbers` key, which `EvalConfig.to_dict` also leaves out when the setting is off, so
-    the resumed run's settings compare equal to the saved ones.
+    """`config`, with common random numbers off when `out` holds a run saved before that setting existed:
+    such a run derived every decode seed from the method name, and its config.json lacks the key, which
+    `EvalConfig.to_dict` also leaves out when the setting is off, so the settings compare equal.
     """
     try:
         saved = read_run_config(out, kind="eval")
@@ -194,11 +187,8 @@ def run_eval(
     max_batches: int | None = None,
     generator: Generator | None = None,
 ) -> EvalRun:
-    """Run (or resume) an evaluation into `out`. `max_batches` stops early (used by tests).
-
-    Every batch is one `Generator.run` call, the step `rsp.generate` is made of, with the same seeds;
-    pass `generator` to reuse a loaded model and engine across runs (`rsp sweep` does).
-    """
+    """Run (or resume) an evaluation into `out` (`max_batches` stops early, for tests), through
+    `Generator.run_batches`, as `rsp.generate`; `generator` reuses a loaded model and engine (`rsp sweep`)."""
     config.validate()
     out = Path(out)
     task = config.load_task()

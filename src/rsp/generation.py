@@ -75,11 +75,8 @@ class WorkBatch:
 
 
 def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: int) -> list[WorkBatch]:
-    """Deterministic batches: prompts in groups of about batch_size / n, each method in turn per group.
-
-    Interleaving methods per group means a run stopped early still has paired data for every method on
-    the prompts it finished.
-    """
+    """Deterministic batches: prompts in groups of about batch_size / n, each method in turn per group, so
+    a run stopped early has paired data for every method on the prompts it finished."""
     per_group = max(1, batch_size // n)
     batches: list[WorkBatch] = []
     for group, start in enumerate(range(0, num_prompts, per_group)):
@@ -91,12 +88,9 @@ def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: i
 
 
 def decode_seed_for(seed: int, batch: WorkBatch, *, common: bool = False) -> int:
-    """The decoding seed of a planned batch.
-
-    `common` (common random numbers, `rsp eval`'s default for new runs): leave the method out of the
-    derivation, so every method's batch of the same prompt group and chunk samples from the same random
-    stream. Two arms then differ only by what their injections change, and the sampling noise common to
-    both cancels in a paired comparison; without it each arm draws its own noise.
+    """The decoding seed of a planned batch. `common` (common random numbers, `rsp eval`'s default) leaves
+    the method out, so every method's batch of the same prompts samples from the same random stream and the
+    noise common to both arms cancels in a paired comparison.
     """
     if common:
         return derive_seed(seed, "decode", batch.group, batch.chunk)
@@ -106,10 +100,9 @@ def decode_seed_for(seed: int, batch: WorkBatch, *, common: bool = False) -> int
 class Generator:
     """A loaded model and one engine, reused across calls (`rsp eval`, `rsp sweep`, `rsp serve`).
 
-    `model`: a packaged name (`smollm2-135m-instruct`, `gemma3-270m`), a Hub id, a local model folder, a
-    `.gguf` file, a `(model, tokenizer)` pair, or an rsp `LoadedModel`. `engine`: `hf`, `lean`, `prefix`
-    or `vllm` (the vllm engine loads only the tokenizer and the embedding table here; vLLM loads the
-    weights). `engine_options` go to the engine (vLLM: `tensor_parallel_size`, `data_parallel_size`, ...).
+    `model`: a packaged name, Hub id, local folder, `.gguf` file, `(model, tokenizer)` pair or rsp model.
+    `engine`: `hf`, `lean`, `prefix` or `vllm` (which loads only the tokenizer and embedding table here);
+    `engine_options` go to the engine (vLLM: `tensor_parallel_size`, ...).
     """
 
     def __init__(
@@ -237,10 +230,7 @@ class Generator:
         common_random_numbers: bool = False,
     ) -> list[GenerationOutput]:
         """n completions per prompt; see the module docstring for the seeds. Temperature 0 is greedy.
-
-        `common_random_numbers`: derive each batch's decode seed without the method's name (`rsp eval`'s
-        default), so two calls that differ only in `rsp` sample from the same random stream and a paired
-        comparison of them does not carry independent sampling noise."""
+        `common_random_numbers`: see `decode_seed_for`."""
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
             prompts = [prompts]
         prompts = list(prompts)
@@ -289,13 +279,9 @@ def generate(
     **options: Any,
 ) -> list[GenerationOutput]:
     """Per prompt, `n` completions each carrying its own RSP (`rsp=None`: plain sampling); `options` are
-    `Generator.generate`'s (`n`, `rsp`, `temperature`, `seed`, `keys`, ...) and the engine's.
-
-    `model` is a packaged name, Hub id, local folder, `.gguf` file, a `(model, tokenizer)` pair, a
-    `LoadedModel`, or a `Generator` (reused as is). Prompts are strings (the chat template is applied
-    where the tokenizer has one; `chat=False` sends them raw), chat message lists, or `PromptTokens`.
-    Greedy outputs (temperature 0) are identical across the hf, lean and prefix engines for the same
-    seeds; see docs/performance.md for where bf16 rounding makes them differ.
+    `Generator.generate`'s (`n`, `rsp`, `temperature`, `seed`, `keys`, ...) and the engine's. `model` may
+    also be a `Generator`, reused as is. Prompts are strings (with the chat template where there is one;
+    `chat=False` sends them raw), chat message lists, or `PromptTokens`.
     """
     names = set(inspect.signature(Generator.generate).parameters) - {"self", "prompts"}
     engine_options = {k: options.pop(k) for k in list(options) if k not in names}

@@ -160,10 +160,8 @@ def write_rollouts(path: Path, records: Iterable[RolloutRecord]) -> None:
 
 
 def read_eval_run(run_dir: Path) -> tuple[RunConfig, list[SampleRecord]]:
-    """An `rsp eval` run's config.json and samples, read under the run's schema version (never repaired).
-
-    Raises `RunDirError` when `run_dir` is not an eval run, is from a newer rsp, or holds a malformed line.
-    """
+    """An `rsp eval` run's config.json and samples, read under its schema version (never repaired);
+    a `RunDirError` when `run_dir` is not one, is from a newer rsp, or holds a malformed line."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir, kind="eval")
     return saved, read_samples(run_dir / SAMPLES, version=saved.schema_version)

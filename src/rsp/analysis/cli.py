@@ -1,8 +1,5 @@
-"""`rsp analyze`: from a finished eval run (`--run`), or run what it needs itself (`--model/--task ...`).
-
-Its flags are the fields of `AnalyzeConfig` and, for live mode, of `rsp.evaluation.EvalConfig` (with this
-command's smaller defaults: `ANALYZE_DEFAULTS`), parsed by `rsp.config.RSPArgumentParser`.
-"""
+"""`rsp analyze`: from a finished eval run (`--run`), or run what it needs itself (`--model/--task ...`,
+`rsp eval`'s flags with this command's smaller `ANALYZE_DEFAULTS`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Teacher-forced passes over [prompt, injected slots, completion prefix].
-
-One forward pass per batch of attempts replaces per-step outputs of `generate`: causal attention
-means the distributions and attention maps at the first K generated positions depend only on the
-first K-1 completion tokens, so only those are fed, and memory stays bounded for long completions.
+"""Teacher-forced passes over [prompt, injected slots, completion prefix]: causal attention means the
+distributions and attention maps at the first K generated positions depend only on the first K-1
+completion tokens, so one forward per batch replaces `generate`'s per-step outputs, in bounded memory.
 """
 
 from __future__ import annotations

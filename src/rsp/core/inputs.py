@@ -58,11 +58,9 @@ def embed_prompts(
     suffixes: Sequence[Sequence[int]] | None = None,
     grad: bool = False,
 ) -> tuple[SlottedBatch, torch.Tensor]:
-    """Laid-out batch and its input embeddings with the injection applied (row i from seeds[i]).
-
-    `embed` maps ids to *effective* embeddings (the model's embedding module, scale included). With
-    `grad`, the injection's own parameters (a trained soft prompt) stay in the autograd graph; the
-    token embeddings never do.
+    """Laid-out batch and its input embeddings with the injection applied (row i from seeds[i]); `embed`
+    gives effective embeddings. With `grad`, the injection's own parameters (a trained soft prompt) stay in
+    the autograd graph; the token embeddings never do.
     """
     if len(prompts) != len(seeds):
         raise ValueError(
@@ -164,11 +162,8 @@ def embed_continued(
 def slots_from_placeholders(
     input_ids: torch.Tensor, placeholder_id: int, length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(slot_index (B, L), has_slots (B,)): the first run of `length` placeholder ids in each row.
-
-    The inverse of `layout` for code that only sees ids. A row holds either no placeholder or exactly
-    one run of `length`; anything else means the ids were not laid out by `layout` and is refused.
-    """
+    """(slot_index (B, L), has_slots (B,)): the first run of `length` placeholder ids in each row, the
+    inverse of `layout`; a row with another number of placeholders is refused."""
     hits = input_ids == placeholder_id
     counts = hits.sum(dim=1)
     has = counts > 0
@@ -192,11 +187,9 @@ def slots_from_placeholders(
 class SlotFiller:
     """Forward hook for an input-embedding module: fills each row's slots with its injected rows.
 
-    `seeds_for(rows)` returns the seed of every row of the call's batch (or None to leave the call
-    alone). A call is an injection call (the prefill of `generate`, or a scoring forward) when its rows
-    hold the placeholder run; decode steps (one new token per row) never do and pass through. Injections
-    that rewrite the prompt's own rows (`changes_prompt_rows`, L = 0) are applied to every call with more
-    than one column, and need the call's attention mask from `attention_mask()`.
+    `seeds_for(rows)` gives every row's seed (None: leave the call alone). Calls whose rows hold the
+    placeholder run are injected (prefill, scoring forwards); decode steps pass through. Injections that
+    rewrite the prompt's rows (L = 0) apply to every multi-column call, with its mask from `attention_mask()`.
     """
 
     def __init__(

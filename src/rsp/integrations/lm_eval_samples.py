@@ -157,9 +157,8 @@ def convert(
     retokenise: bool = True,
 ) -> Path:
     """Write `out/config.json` and `out/samples.jsonl` (rsp eval's format) from one samples file per method.
-
-    The config's `seed` is 0, the seed the `rsp_arith` task generates its problems with (in rsp eval one seed
-    drives both); each record carries its own RSP seed, which is all `rsp analyze` rebuilds RSPs from.
+    The config's `seed` is 0, the one `rsp_arith` generates its problems with; each record carries its own
+    RSP seed, all `rsp analyze` rebuilds RSPs from.
     """
     loaded = {m: read_samples(p) for m, p in arms.items()}
     inj = _injection_settings(loaded)

@@ -61,11 +61,9 @@ def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int],
 def local_constant_rows(
     gathered_adv: torch.Tensor, group_size: int, process_index: int, local_n: int
 ) -> torch.Tensor:
-    """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal).
-
-    `gathered_adv` is the advantage vector of the whole generation batch in process order (what TRL slices
-    `process_index * local_n : (process_index + 1) * local_n` from); groups are consecutive runs of
-    `group_size`.
+    """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal):
+    `gathered_adv` is the whole generation batch's in process order (TRL slices it per process), groups are
+    consecutive runs of `group_size`.
     """
     if gathered_adv.numel() % group_size:
         raise ValueError(f"{gathered_adv.numel()} rollouts do not split into groups of {group_size}")
@@ -84,12 +82,8 @@ def last_user_content(messages: Sequence[dict]) -> str:
 
 
 def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> int:
-    """Token offset in TRL's `ids` of the end of `content` (its last occurrence in the rendered prompt
-    `text`).
-
-    The rendered text is cut after the user's content and both halves are tokenised; the offset is accepted
-    only if the two halves give back exactly TRL's ids, i.e. no token straddles the end of the user turn.
-    """
+    """Token offset in TRL's `ids` of the end of `content` in the rendered prompt `text`: accepted only if
+    tokenising the two halves separately gives back exactly TRL's ids (no token straddles the cut)."""
     cut = text.rfind(content)
     if cut < 0:
         raise ValueError(
@@ -460,10 +454,7 @@ class RSPGRPOTrainer(GRPOTrainer):
         return output
 
     def _mask_constant_groups(self, output: dict) -> None:
-        """Dynamic sampling, masking form.
-
-        Drop groups with all-equal rewards from the loss and normaliser.
-        """
+        """Dynamic sampling, masking form: groups with all-equal rewards leave the loss and normaliser."""
         adv = output["advantages"]
         if adv.dim() != 1:
             return

@@ -163,10 +163,8 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
 
 
 def rsp_accuracy_reward(timeout: float):
-    """Correctness (1 / 0) from rsp's grader against the `solution` column.
-
-    For string and chat completions.
-    """
+    """Correctness (1 / 0) from rsp's grader against the `solution` column, for string and chat
+    completions."""
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
@@ -220,11 +218,8 @@ def make_parser() -> TrlParser:
 
 
 def parse(argv: list[str] | None = None):
-    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags.
-
-    Parsed as TRL parses them; a flag renamed before the first release (`--rsp_seed`) is an error naming
-    the new one.
-    """
+    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags, as TRL parses
+    them; a flag renamed before the first release (`--rsp_seed`) is an error naming the new one."""
     parser = make_parser()
     for arg in sys.argv[1:] if argv is None else argv:
         renamed = renamed_flag(arg)

@@ -30,10 +30,8 @@ MIDDLEWARE = "rsp.integrations.trl_vllm_serve.mixed_prompts"
 
 
 def encode_request(request) -> dict:
-    """An `rsp.engines.vllm.AttemptRequest` as JSON.
-
-    Token ids, the positions given as vectors, those vectors.
-    """
+    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those
+    vectors."""
     embeds = request.prompt_embeds
     if embeds is None:
         return {
@@ -147,10 +145,8 @@ async def mixed_prompts(request, call_next):
 
 
 def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
-    """The `vllm serve` command line and environment.
-
-    `trl vllm-serve`'s, plus prompt embeddings and the middleware.
-    """
+    """The `vllm serve` command line and environment: `trl vllm-serve`'s, plus prompt embeddings and the
+    middleware."""
     from trl import TrlParser
     from trl.scripts.vllm_serve import ScriptArguments
     from trl.scripts.vllm_serve import build_command as trl_command

@@ -1,12 +1,9 @@
 """The OpenAI request schema the server accepts, and its error shape.
 
-Why a schema of our own instead of passing bodies through: a server reachable by other programs must
-say exactly which fields it honours. Every field of OpenAI's completions / chat-completions requests
-that clients commonly send is accepted (so the `openai` client, lm-eval and agent frameworks work
-unchanged); fields we cannot honour (penalties, logit bias, tools, ...) are accepted only at their
-no-op values and refused otherwise, and anything outside the schema (plus our `rsp` field) is refused,
-so a typo never silently changes the sampling. Errors are OpenAI-shaped:
-`{"error": {"message", "type", "param", "code"}}`.
+Why our own schema: a server reachable by other programs must say exactly which fields it honours. The
+fields clients commonly send are accepted (the `openai` client, lm-eval and agent frameworks work
+unchanged); those we cannot honour only at their no-op values; anything else (but our `rsp` field) is
+refused, so a typo never silently changes the sampling.
 """
 
 from __future__ import annotations

@@ -103,11 +103,8 @@ def find_data_file(file_name: str, data_dir: str | Path | None = None) -> Path |
 
 
 def read_jsonl_problems(path: str | Path, *, name: str | None = None) -> tuple[Problem, ...]:
-    """Read problems from JSONL with the project's record format, naming file and line on any error.
-
-    Accepted keys: `problem` or `question` (text), `answer` (reference; GSM8K-style `#### N` is
-    reduced to N), optional `id`, `solution`, `metadata`.
-    """
+    """Read problems from JSONL (`problem` or `question`, `answer` with GSM8K's `#### N` reduced to N,
+    optional `id`, `solution`, `metadata`), naming file and line on any error."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"dataset file not found: {path}")

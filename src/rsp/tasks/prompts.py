@@ -1,7 +1,6 @@
 """Prompt construction: the model's chat template where it has one, a plain few-shot prompt otherwise.
-
-Prompts are tokenised in two pieces split at the end of the user's content, which gives the token
-offset of the `end_of_user_turn` insertion point without guessing at template internals.
+Prompts are tokenised in two pieces split at the end of the user's content, which gives the
+`end_of_user_turn` insertion point without guessing at template internals.
 """
 
 from __future__ import annotations
@@ -118,13 +117,9 @@ def is_messages(prompt: object) -> TypeIs[Messages]:
 def tokenize_prompt(
     tokenizer, prompt: str | Messages | PromptTokens, *, chat: bool | None = None
 ) -> PromptTokens:
-    """A user's prompt as `PromptTokens`.
-
-    - chat messages go through the tokenizer's chat template with the generation prompt; the
-      `end_of_user_turn` point is the end of the last user message's content;
-    - a string is wrapped as one user message when the tokenizer has a chat template (`chat=None`, the
-      default, or `chat=True`), else tokenised as is, with the tokenizer's special tokens (BOS);
-    - `PromptTokens` pass through unchanged.
+    """A user's prompt as `PromptTokens`: chat messages through the chat template (`end_of_user_turn` at
+    the end of the last user message), a string as one user message where the tokenizer has a template
+    (`chat` overrides; else raw, with BOS), `PromptTokens` unchanged.
     """
     if isinstance(prompt, PromptTokens):
         return prompt

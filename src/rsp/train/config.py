@@ -1,9 +1,5 @@
-"""The RSP-DAPO run configuration: one dataclass, saved with every run so a resume can check it.
-
-Each field is also a flag of `rsp train` (`rsp_length` is `--rsp-length`; see `rsp.config`), and a key of
-its `--config` file (YAML or JSON, or a run directory's `config.json`). The keys are those of the run
-directories already written, so every earlier run still resumes.
-"""
+"""The RSP-DAPO run configuration: one dataclass, saved with every run so a resume can check it; each
+field is a flag of `rsp train` and a key of its `--config` file (the keys of the runs already written)."""
 
 from __future__ import annotations
 

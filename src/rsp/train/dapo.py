@@ -112,11 +112,8 @@ def completion_logprobs(
     temperature: float = 1.0,
     model: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probs (B, T), completion mask (B, T) and entropies (B, T) of `completions`.
-
-    The input is rebuilt exactly as at rollout time: left-padded prompt with the L slots filled by the
-    stored seed's RSP rows, then the completion right-padded; positions count only real tokens.
-    """
+    """Per-token log-probs, completion mask and entropies (each (B, T)) of `completions`, on inputs rebuilt
+    exactly as at rollout time (the stored seed's RSP rows in the slots, the completion right-padded)."""
     seq = embed_continued(lm.embed, prompts, injection, seeds, completions, pad_id=lm.pad_token_id, grad=True)
     T, device = seq.continuation_ids.shape[1], lm.device
     # Only the T positions that predict completion tokens go through the LM head: with a 49k-262k vocabulary
@@ -140,11 +137,8 @@ def dapo_loss(
     beta: float = 0.0,
     num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate with clip-higher, averaged over every completion token in the batch.
-
-    `num_tokens` is the token count of the whole batch when this call sees one micro-batch of it, so the
-    summed micro-batch losses equal the full-batch loss (DAPO's token-level mean is over the batch).
-    """
+    """Clipped surrogate with clip-higher, averaged over every completion token in the batch (`num_tokens`:
+    the whole batch's count when this call sees one micro-batch, so the micro-batch losses sum to it)."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(-1)
     unclipped = ratio * adv
@@ -311,11 +305,9 @@ class DAPOTrainer:
         return m
 
     def _update(self, rollouts: list[Rollout]) -> dict:
-        """DAPO update(s) on the kept rollouts, in micro-batches whose gradients add up to the full batch's.
-
-        Micro-batching bounds memory: logits and activations of all rollouts at once (16 x 280 tokens on
-        SmolLM2) peaked near 9 GB on CPU. The loss of each micro-batch is divided by the token count of the
-        whole batch, so the accumulated gradient equals the one-pass gradient.
+        """DAPO update(s) on the kept rollouts in micro-batches (all at once peaked near 9 GB for 16 x 280
+        tokens on SmolLM2); each micro-batch loss is divided by the whole batch's token count, so the
+        accumulated gradient equals the one-pass gradient.
         """
         cfg = self.cfg
         mb = cfg.micro_batch_size or len(rollouts)
