@@ -17,16 +17,7 @@ from rsp.core.insert import INSERTION_POINTS
 Position = Literal["after_generation_prompt", "end_of_user_turn", "prepend"]
 assert set(INSERTION_POINTS) == set(get_args(Position))
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    500: "server_error",
-    503: "server_error",
-}
+ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error", 503: "server_error"}
 
 
 class APIError(Exception):
