@@ -85,9 +85,10 @@ def field_label(name: str) -> str:
 
 
 def require(ok: bool, name: str, message: str, error: type[Exception] = ValueError) -> None:
-    """A config check: unless `ok`, raise `error` naming the setting, "`name` (`--flag`) `message`"."""
+    """A config check: unless `ok`, raise `error` naming the setting, "`name` (`--flag`) `message`" (without
+    the flag for an error class whose settings are not flags: `flagless = True`)."""
     if not ok:
-        raise error(f"{field_label(name)} {message}")
+        raise error(f"{name if getattr(error, 'flagless', False) else field_label(name)} {message}")
 
 
 def require_min(
@@ -243,7 +244,6 @@ class RSPArgumentParser(HfArgumentParser):
             kwargs = {"action": _MergeMapping, "type": _mapping, "default": default, **meta}
             kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
         elif seq is not None:
-            _, item = seq
             comma = meta.pop(_COMMA, True)
             kwargs = {"nargs": "+", "type": str, "default": default, "action": _ExtendList, **meta}
             kwargs.pop("choices", None)  # checked per item after splitting on commas
@@ -254,9 +254,9 @@ class RSPArgumentParser(HfArgumentParser):
             kwargs = {"action": argparse.BooleanOptionalAction, "default": default, **meta}
         else:
             kwargs = {"type": base, "default": default, **meta}
-            if default is dataclasses.MISSING:
-                kwargs.pop("default")
-                kwargs["required"] = True
+        if default is dataclasses.MISSING:
+            kwargs.pop("default")
+            kwargs["required"] = True
         group.add_argument(flag, dest=f.name, **kwargs)
 
     # ---- parsing -------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from rsp.core.insert import INSERTION_POINTS, PromptTokens
 from rsp.core.sampler import RSPSampler
 from rsp.core.seeds import derive_seed
 from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel, ModelBase
+from rsp.reporting import pyplot
 from rsp.runio import atomic_write_text
 from rsp.tasks.base import Problem, TaskError
 from rsp.tasks.prompts import PromptBuilder, fewshot_solution
@@ -455,11 +456,7 @@ def train_soft_prompt(
 
 
 def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if history["train"]:
         steps, losses = zip(*history["train"], strict=True)

@@ -32,7 +32,7 @@ from rsp.methods import (
 from rsp.models.loading import ModelBase
 from rsp.records import SAMPLES, SampleRecord, read_samples
 from rsp.renamed import renamed_method
-from rsp.reporting import summarise, write_eval_report
+from rsp.reporting import pyplot, summarise, write_eval_report
 from rsp.runio import (
     RunDirError,
     atomic_write_text,
@@ -442,18 +442,9 @@ def write_sweep_report(
 # ------------------------------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
     """One figure per method: a panel per temperature, a line per (L, scale), temperature-only dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     temps = list(config.temperatures)
     baseline = {r["temperature"]: r for r in rows if r["method"] == BASELINE}
     written = []
@@ -494,7 +485,7 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
 
 def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
     """Per method with an L axis: mean accuracy, and its paired difference to temperature-only, over L x T."""
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     temps = list(config.temperatures)
     for method in dict.fromkeys(r["method"] for r in rows if r["L"] is not None):

@@ -70,6 +70,8 @@ def method_option_args() -> set[str]:
 class RSPArgumentError(ValueError):
     """A bad rsp model argument; the message names it (`rsp lm-eval` prints it without a traceback)."""
 
+    flagless = True  # model_args are not flags: `rsp.config.require` names them alone
+
 
 @dataclass(frozen=True)
 class RSPSettings:
@@ -112,15 +114,17 @@ class RSPSettings:
         args = InjectionArgs(**flat, method_options=options)
         method = str(raw.get("method", "rsp"))
         try:
-            args.validate_injection()
+            args.validate_injection(RSPArgumentError)
+            names = method_names()
             require(
-                method in method_names(),
+                method in names,
                 "method",
-                f"{method!r} is unknown; known: {', '.join(method_names())}",
+                f"{method!r} is unknown; known: {', '.join(names)}",
+                RSPArgumentError,
             )
             for missing in get_method(method).missing_options(options):
-                raise ValueError(f"method={method} needs {missing.key}={missing.metavar}")
-        except ValueError as exc:
+                raise RSPArgumentError(f"method={method} needs {missing.key}={missing.metavar}")
+        except RSPArgumentError as exc:
             raise RSPArgumentError(f"{model}: {exc}") from None
         return cls(args.rsp_config(method), _integer(raw.get("seed", 0), "seed", model))
 

@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 
 from rsp.models.loading import LoadedModel, load_model
 from rsp.records import ROLLOUTS, RolloutRecord, append_rollouts, read_rollouts, write_rollouts
+from rsp.reporting import pyplot
 from rsp.runio import (
     JsonlAppender,
     RunDirError,
@@ -224,11 +225,7 @@ def save_checkpoint(trainer: DAPOTrainer, out: Path, keep: int = 2) -> Path:
 def plot_curves(records: list[dict], path: Path) -> None:
     if not records:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
     steps = [r["step"] for r in records]
     for ax, key in zip(axes.flat, CURVE_KEYS, strict=True):
