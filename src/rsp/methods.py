@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from rsp.config import option, require_choice, require_min
-from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
+from rsp.core.injection import Granularity, Injection, NoInjection, RandomSoftPrompt
 from rsp.core.insert import INSERTION_POINTS
 from rsp.core.stats import MeanMode, RowSelection
 from rsp.models.loading import ModelBase
@@ -306,6 +306,16 @@ def embedding_stats_for(lm: ModelBase, config: RSPConfig):
     return lm.embedding_stats(rows=config.stats_rows, mean_mode=config.stats_mean)  # type: ignore[arg-type]
 
 
+def random_soft_prompt(
+    lm: ModelBase, o: RSPConfig, *, granularity: Granularity = "attempt", scale: float | None = None
+) -> RandomSoftPrompt:
+    """The RSP `o` describes, drawn anew per attempt, per problem or once per run (`granularity`)."""
+    scale = o.scale if scale is None else scale
+    return RandomSoftPrompt(
+        embedding_stats_for(lm, o), o.length, scale=scale, position=o.position, granularity=granularity
+    )
+
+
 @register_method(
     "temperature",
     "no injection: plain sampling at the run's temperature (the baseline)",
@@ -326,9 +336,7 @@ def _temperature(lm: ModelBase, o: RSPConfig) -> Injection:
     options=(),
 )
 def _rsp(lm: ModelBase, o: RSPConfig) -> Injection:
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt"
-    )
+    return random_soft_prompt(lm, o)
 
 
 _plugins = "unloaded"

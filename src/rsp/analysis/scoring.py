@@ -12,26 +12,12 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from rsp.core.injection import Injection
-from rsp.core.inputs import Continued, embed_continued
+from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.models.loading import LoadedModel
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-
-def _inputs(
-    lm: LoadedModel,
-    prompts: Sequence[PromptTokens],
-    injection: Injection,
-    seeds: Sequence[int | None],
-    continuations: Sequence[Sequence[int]],
-    k: int,
-) -> Continued:
-    """Prompt + slots + the first k-1 completion tokens, built exactly as the engines and trainers do."""
-    return embed_continued(
-        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0)
-    )
 
 
 def valid_positions(continuations: Sequence[Sequence[int]], k: int) -> torch.Tensor:
@@ -49,7 +35,9 @@ def teacher_forced_logits(
     k: int,
 ) -> torch.Tensor:
     """(B, k, V) fp32 raw logits of the next-token distribution at generated positions 1..k."""
-    seq = _inputs(lm, prompts, injection, seeds, continuations, k)
+    seq = embed_continued(
+        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=k - 1
+    )
     with torch.no_grad():
         out = seq.forward(lm.model, seq.embeds.shape[1] - seq.prompt_width + 1)
     return out.logits[:, :k].float()
@@ -89,7 +77,9 @@ def attention_mass(
     """(B, layers, k): share of attention, averaged over heads, that the query producing generated token t
     puts on the key columns (default: the injected slots). Weights are reduced inside a forward hook on
     each attention module, so no full attention map outlives its layer."""
-    seq = _inputs(lm, prompts, injection, seeds, continuations, k)
+    seq = embed_continued(
+        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=k - 1
+    )
     cols = (seq.batch.slot_index if key_columns is None else key_columns).to(lm.device)
     rows = torch.arange(seq.prompt_width - 1, seq.prompt_width - 1 + k, device=lm.device)
     captured: list[torch.Tensor] = []

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
 from rsp.baselines.soft_prompt import SoftPromptInjection, load_soft_prompt
-from rsp.core.injection import Injection, RandomSoftPrompt
+from rsp.core.injection import Granularity, Injection
 from rsp.core.insert import SlottedBatch
 from rsp.core.seeds import derive_seed
 from rsp.core.stats import EmbeddingStats
-from rsp.methods import MethodOption, RSPConfig, embedding_stats_for, register_method
+from rsp.methods import MethodOption, RSPConfig, embedding_stats_for, random_soft_prompt, register_method
 from rsp.models.loading import ModelBase
 
 log = logging.getLogger(__name__)
@@ -221,36 +222,19 @@ def _float_option(o: RSPConfig, key: str, default: float) -> float:
         raise ValueError(f"method option {key} must be a number, got {value!r}") from None
 
 
-@register_method(
-    "rsp-fixed",
-    "control: one RSP drawn once and reused for every attempt and problem",
-    uses_scale=True,
-    per_attempt=False,
-    options=(),
+_SHARED_RSPS: tuple[tuple[str, Granularity, str], ...] = (
+    ("rsp-fixed", "run", "one RSP drawn once and reused for every attempt and problem"),
+    ("rsp-shared", "problem", "one RSP per problem, shared by its N attempts"),
 )
-def _rsp_fixed(lm: ModelBase, o: RSPConfig) -> Injection:
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="run"
-    )
-
-
-@register_method(
-    "rsp-shared",
-    "control: one RSP per problem, shared by its N attempts",
-    uses_scale=True,
-    per_attempt=False,
-    options=(),
-)
-def _rsp_shared(lm: ModelBase, o: RSPConfig) -> Injection:
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="problem"
+for _name, _granularity, _what in _SHARED_RSPS:
+    register_method(_name, f"control: {_what}", per_attempt=False, options=())(
+        partial(random_soft_prompt, granularity=_granularity)
     )
 
 
 @register_method(
     "rsp-scaled",
     "control: RSP with std multiplied by the scale (--rsp-scale or --method-option rsp_scale=)",
-    uses_scale=True,
     options=(
         MethodOption(
             "rsp_scale",
@@ -264,9 +248,7 @@ def _rsp_scaled(lm: ModelBase, o: RSPConfig) -> Injection:
     scale = _float_option(o, "rsp_scale", o.scale)
     if scale < 0:
         raise ValueError(f"rsp-scaled: rsp_scale must be >= 0, got {scale}")
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=scale, position=o.position, granularity="attempt"
-    )
+    return random_soft_prompt(lm, o, scale=scale)
 
 
 @register_method(

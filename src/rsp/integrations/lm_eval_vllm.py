@@ -152,18 +152,14 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
             lora_request=self.lora_request,
         )
 
+    def _generation_only(self, use: str) -> None:
+        if self.injecting:  # vLLM gives no prompt log-probs for embedding prompts
+            raise NotImplementedError(f"rsp-vllm injects into generation requests only; use {use}")
+
     def loglikelihood(self, requests: list, disable_tqdm: bool = False):
-        if self.injecting:
-            raise NotImplementedError(
-                "rsp-vllm injects into generation requests only (vLLM gives no prompt "
-                "log-probs for embedding prompts); use rsp-hf for log-likelihood tasks"
-            )
+        self._generation_only("rsp-hf for log-likelihood tasks")
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False):
-        if self.injecting:
-            raise NotImplementedError(
-                "rsp-vllm injects into generation requests only; use rsp-hf with "
-                "rsp_length=0 or lm-eval's vllm for perplexity tasks"
-            )
+        self._generation_only("rsp-hf with rsp_length=0 or lm-eval's vllm for perplexity tasks")
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
