@@ -36,7 +36,7 @@ def teacher_forced_logits(
 ) -> torch.Tensor:
     """(B, k, V) fp32 raw logits of the next-token distribution at generated positions 1..k."""
     seq = embed_continued(
-        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=k - 1
+        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0)
     )
     with torch.no_grad():
         out = seq.forward(lm.model, seq.embeds.shape[1] - seq.prompt_width + 1)
@@ -78,7 +78,7 @@ def attention_mass(
     puts on the key columns (default: the injected slots). Weights are reduced inside a forward hook on
     each attention module, so no full attention map outlives its layer."""
     seq = embed_continued(
-        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=k - 1
+        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0)
     )
     cols = (seq.batch.slot_index if key_columns is None else key_columns).to(lm.device)
     rows = torch.arange(seq.prompt_width - 1, seq.prompt_width - 1 + k, device=lm.device)
