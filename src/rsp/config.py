@@ -168,15 +168,6 @@ class _MergeMapping(argparse.Action):
         setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **values})
 
 
-def _with_metadata(f: dataclasses.Field, **metadata: Any) -> dataclasses.Field:
-    """A copy of field `f` with `metadata` replacing some of its own (the class's field is left as it is)."""
-    g: dataclasses.Field = dataclasses.field(
-        default=f.default, default_factory=f.default_factory, metadata={**f.metadata, **metadata}
-    )
-    g.name, g.type = f.name, f.type
-    return g
-
-
 class RSPArgumentParser(HfArgumentParser):
     """`HfArgumentParser` plus what rsp's commands need (see the module docstring); `parse(argv)`
     returns one instance per dataclass, in the order given."""
@@ -221,18 +212,17 @@ class RSPArgumentParser(HfArgumentParser):
                 continue
             if f.name in self._fields:
                 raise ValueError(f"two config classes of one command both define {f.name!r}")
-            if f.name in helps:  # this command's wording of a shared field's help
-                f = _with_metadata(f, help=helps[f.name])
             self._fields[f.name] = f
             self._hints[f.name] = hints[f.name]
             group = f.metadata.get(_GROUP) or default_group
             title = titles.get(group, group) if group else None
             if title and title not in self._groups:
                 self._groups[title] = self.add_argument_group(title)
-            self._add_field(self._groups[title] if title else self, f, hints[f.name])
+            # `helps`: this command's wording of a shared field's help
+            self._add_field(self._groups[title] if title else self, f, hints[f.name], helps.get(f.name))
 
-    def _add_field(self, group: Any, f: dataclasses.Field, hint: Any) -> None:
-        meta = dict(f.metadata)
+    def _add_field(self, group: Any, f: dataclasses.Field, hint: Any, help: str | None = None) -> None:
+        meta = dict(f.metadata, **({"help": help} if help else {}))
         meta.pop(_GROUP, None)
         flag = meta.pop(_FLAG, None) or flag_of(f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
