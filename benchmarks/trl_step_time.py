@@ -32,7 +32,7 @@ def run_arm(model: str, length: int, args, out_dir: str) -> dict:
 
     import rsp
     from rsp.integrations.trl import RSPGRPOTrainer
-    from rsp.integrations.trl_grpo import resolve_model
+    from rsp.models.loading import converted_path
 
     rows = [
         {
@@ -70,7 +70,7 @@ def run_arm(model: str, length: int, args, out_dir: str) -> dict:
     )
     t0 = time.perf_counter()
     trainer = RSPGRPOTrainer(
-        model=resolve_model(model),
+        model=converted_path(model),
         reward_funcs=reward,
         args=config,
         train_dataset=Dataset.from_list(rows),

@@ -79,13 +79,15 @@ def test_stats_cache_moves_a_legacy_top_level_file_out_of_the_weights_folder(tmp
 
 @pytest.mark.real_model
 def test_cached_smollm2_tokenizer_matches_the_gguf_tokenizer(smollm2):
+    import gguf as gguf_lib
     from transformers import AutoTokenizer
 
-    from rsp.models.loading import PROBE_TEXTS, gguf_add_bos_token
+    from rsp.models.loading import PROBE_TEXTS
     from rsp.models.packaged import locate_packaged_gguf
 
     gguf = locate_packaged_gguf("smollm2-135m-instruct", smollm2.stats_cache_dir)
-    assert gguf_add_bos_token(gguf) is False
+    field = gguf_lib.GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
+    assert not (field is not None and field.parts[field.data[0]][0])  # the file says: no BOS
     ref = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     for text in PROBE_TEXTS:
         assert smollm2.tokenizer(text)["input_ids"] == ref(text)["input_ids"]

@@ -1,16 +1,9 @@
 """Random Soft Prompts: inject freshly sampled random embeddings into a causal LM's prompt.
 
-The front door:
-- `rsp.attach(model, tokenizer, length=4)`: a fresh RSP per row inside your own `model.generate` loop;
-- `rsp.generate(model, prompts, n=16, rsp=rsp.RSPConfig(length=4))`: n attempts per prompt on any engine
-  (`Generator` keeps the model and engine for repeated calls);
-- `rsp.embedding_stats(path_or_id)`: the RSP distribution, read from the embedding tensor alone.
-Below it, in the order a pipeline uses it: load a model, fit the statistics, build an injection, lay
-prompts out with slots, generate, grade, score.
-
-Why lazy: each public name is imported from its module on first use (as TRL's and transformers' package
-roots do), so `import rsp`, `rsp --help` and `import rsp.core` (torch only) do not pay for transformers and
-every engine up front. The `TYPE_CHECKING` imports below are what type checkers and IDEs read.
+The front door is `rsp.attach` (inside your own `model.generate`), `rsp.generate` / `rsp.Generator` (n
+attempts per prompt on any engine) and `rsp.embedding_stats`. Why lazy: each public name is imported
+from its module on first use, so `import rsp`, `rsp --help` and `import rsp.core` (torch only) do not pay
+for transformers and every engine up front; the `TYPE_CHECKING` imports are what type checkers read.
 """
 
 from __future__ import annotations
@@ -22,47 +15,29 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "GenerationOutput": "rsp.generation",
-    "Generator": "rsp.generation",
-    "RSPConfig": "rsp.methods",
-    "RSPHandle": "rsp.engines.hook",
-    "Sample": "rsp.generation",
-    "attach": "rsp.engines.hook",
-    "embedding_stats": "rsp.models.embeddings",
-    "generate": "rsp.generation",
-    "INSERTION_POINTS": "rsp.core.insert",
-    "Completion": "rsp.engines.base",
-    "EmbeddingStats": "rsp.core.stats",
-    "EvalConfig": "rsp.evaluation",
-    "Grader": "rsp.tasks.grading",
-    "HFEngine": "rsp.engines.hf",
-    "Injection": "rsp.core.injection",
-    "LoadedModel": "rsp.models.loading",
-    "NoInjection": "rsp.core.injection",
-    "Problem": "rsp.tasks.base",
-    "PromptBuilder": "rsp.tasks.prompts",
-    "PromptTokens": "rsp.core.insert",
-    "RSPSampler": "rsp.core.sampler",
-    "RandomSoftPrompt": "rsp.core.injection",
-    "SamplingConfig": "rsp.engines.base",
-    "Task": "rsp.tasks.base",
-    "bootstrap_ci": "rsp.metrics.stats",
-    "build_method": "rsp.methods",
-    "build_slotted_batch": "rsp.core.insert",
-    "derive_seed": "rsp.core.seeds",
-    "extract_answer": "rsp.tasks.grading",
-    "fill_slots": "rsp.core.insert",
-    "fit_embedding_stats": "rsp.core.stats",
-    "load_model": "rsp.models.loading",
-    "load_task": "rsp.tasks.registry",
-    "maj_at_k": "rsp.metrics.passk",
-    "method_names": "rsp.methods",
-    "paired_comparison": "rsp.metrics.stats",
-    "pass_at_k": "rsp.metrics.passk",
-    "pass_at_k_curve": "rsp.metrics.passk",
-    "register_method": "rsp.methods",
-    "run_eval": "rsp.evaluation",
-    "wrap_model": "rsp.models.loading",
+    name: module
+    for module, names in {
+        "rsp.core.injection": "Injection NoInjection RandomSoftPrompt",
+        "rsp.core.insert": "INSERTION_POINTS PromptTokens build_slotted_batch fill_slots",
+        "rsp.core.sampler": "RSPSampler",
+        "rsp.core.seeds": "derive_seed",
+        "rsp.core.stats": "EmbeddingStats fit_embedding_stats",
+        "rsp.engines.base": "Completion SamplingConfig",
+        "rsp.engines.hf": "HFEngine",
+        "rsp.engines.hook": "RSPHandle attach",
+        "rsp.evaluation": "EvalConfig run_eval",
+        "rsp.generation": "GenerationOutput Generator Sample generate",
+        "rsp.methods": "RSPConfig build_method method_names register_method",
+        "rsp.metrics.passk": "maj_at_k pass_at_k pass_at_k_curve",
+        "rsp.metrics.stats": "bootstrap_ci paired_comparison",
+        "rsp.models.embeddings": "embedding_stats",
+        "rsp.models.loading": "LoadedModel load_model wrap_model",
+        "rsp.tasks.base": "Problem Task",
+        "rsp.tasks.grading": "Grader extract_answer",
+        "rsp.tasks.prompts": "PromptBuilder",
+        "rsp.tasks.registry": "load_task",
+    }.items()
+    for name in names.split()
 }
 
 # subpackages and modules reachable as attributes of `rsp` without importing them first (`rsp.models...`)

@@ -1,12 +1,9 @@
 """Command line: `rsp <command> [flags]`, one entry per command in `COMMANDS`.
 
-Every command's flags come from its config dataclasses through `rsp.config.RSPArgumentParser` (so every
-command takes `--config FILE.yaml`, flag overrides and `--print-config`); this module only dispatches
-(`eval`, `report`, `compare` and `methods` live in `rsp.commands`). A command is
-`module:function(argv) -> exit status`, imported only when it runs, so `rsp --help` imports nothing beyond
-the standard library (not even `rsp.config`, which needs transformers), needs no optional extra, and an
-error in one command's dependencies cannot break the others. Bad input raises a ValueError
-(or a subclass) whose message names the setting; it is printed as `rsp <command>: error: ...`, exit 2.
+A command is `module:function(argv) -> exit status`, imported only when it runs, so `rsp --help` imports
+nothing beyond the standard library, needs no optional extra, and an error in one command's dependencies
+cannot break the others. Bad input raises a ValueError naming the setting, printed as
+`rsp <command>: error: ...` with exit status 2.
 """
 
 from __future__ import annotations

@@ -1,22 +1,25 @@
-"""The commands that work on eval runs and the method list: `rsp eval`, `rsp report`, `rsp compare`,
-`rsp methods` (dispatched by `rsp.cli`, which imports this module only when one of them runs).
+"""`rsp eval`, `rsp report`, `rsp compare` and `rsp methods`.
 
-`rsp.evaluation` (torch, transformers, the engines) and `rsp.methods` (torch) are imported inside the
-commands that use them: `rsp report` and `rsp compare` read JSONL records and need neither (measured:
-torch alone is 3 s of a cold start).
+`rsp.evaluation` and `rsp.methods` are imported inside the commands that use them: `rsp report` and
+`rsp compare` read JSONL records and need neither (torch alone is 3 s of a cold start).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from rsp.cli import COMMANDS
 from rsp.config import OutputOptions, RSPArgumentParser, option
-from rsp.reporting import compare_runs, markdown_table, parse_arm, plot_passk, report_run, write_eval_report
-from rsp.runio import atomic_write_text
+from rsp.reporting import (
+    compare_runs,
+    markdown_table,
+    parse_arm,
+    report_run,
+    write_eval_report,
+    write_summary,
+)
 
 # ---- rsp eval ------------------------------------------------------------------------------------------
 
@@ -91,17 +94,12 @@ def compare_parser() -> RSPArgumentParser:
 def compare_main(argv: Sequence[str]) -> int:
     (cfg,) = compare_parser().parse(argv)
     summary = compare_runs([parse_arm(a) for a in cfg.arm])
-    table = markdown_table(summary)
-    print(table)
+    print(markdown_table(summary))
     if cfg.out:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
         arms = "\n".join(f"- `{a['label']}`: method `{a['method']}` of `{a['run']}`" for a in summary["arms"])
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        atomic_write_text(out / "summary.md", f"# Comparison\n\n{arms}\n\n{table}\n![pass@k](passk.png)\n")
-        if summary.get("problems"):
-            title = "comparison: " + ", ".join(a["label"] for a in summary["arms"])
-            plot_passk(summary, out / "passk.png", title)
+        title = "comparison: " + ", ".join(a["label"] for a in summary["arms"])
+        write_summary(Path(cfg.out), summary, title, f"# Comparison\n\n{arms}\n\n")
     return 0
 
 

@@ -6,20 +6,17 @@ One pattern for every `rsp` command, as in TRL: a command is a set of dataclasse
     rsp eval --config recipe.yaml --n 32      # a YAML (or JSON) file of field values, then CLI overrides
     rsp eval --config recipe.yaml --print-config   # the resolved config, as YAML, and exit
 
-so the flag list is never written by hand and never copied field by field. What `HfArgumentParser` does
-not do is added here, small and in one place: repeatable `KEY=VALUE` mapping fields, comma-separated
-list fields (`--methods temperature,rsp`, also `--methods temperature rsp`), `--config` with the file's
-values as defaults (TrlParser's approach), `--print-config`, and an error that names the new spelling
-when a flag or config key renamed before the first release is used (`rsp.renamed`). Range checks stay in
-each config's `validate()`, written with `require` (and `require_choice`), so every message names the field
-and its flag (`field_label`): "rsp_length (--rsp-length) must be >= 0, got -1".
+so the flag list is never written by hand. Added here to `HfArgumentParser`, in one place: mapping fields
+(repeatable `KEY=VALUE` or a JSON object, merged), comma-separated list fields (`--methods temperature,rsp`),
+`--config` with the file's values as defaults (TrlParser's approach), `--print-config`, and an error naming
+the new spelling of a flag or key renamed before the first release (`rsp.renamed`). Range checks stay in
+each config's `validate()`, written with `require`, so every message names the field and its flag:
+"rsp_length (--rsp-length) must be >= 0, got -1".
 
-A group of settings that several commands share is one dataclass mixin, defined once with its checks:
-`ModelArgs` here (model, dtype, device), `rsp.engines.args.EngineArgs` (the engine and vLLM's parallelism)
-and `rsp.methods.InjectionArgs` (the injection's flat settings). A command's config inherits them; where a
-command words a shared flag's help its own way, it says so in the class attribute `_option_help`
-({field: help}); `_group_titles` ({group: title}) retitles groups and lists them in their --help order.
-`RSPArgumentParser` reads both.
+Settings several commands share are one dataclass mixin with its checks: `ModelArgs` here,
+`rsp.engines.args.EngineArgs` and `rsp.methods.InjectionArgs`. A command words a shared flag's help its
+own way in the class attribute `_option_help` ({field: help}); `_group_titles` ({group: title}) retitles
+groups and lists them in their --help order.
 """
 
 from __future__ import annotations
@@ -88,9 +85,21 @@ def field_label(name: str) -> str:
 
 
 def require(ok: bool, name: str, message: str, error: type[Exception] = ValueError) -> None:
-    """A config check: unless `ok`, raise `error` naming the setting, "`name` (`--flag`) `message`"."""
+    """A config check: unless `ok`, raise `error` naming the setting, "`name` (`--flag`) `message`" (without
+    the flag for an error class whose settings are not flags: `flagless = True`)."""
     if not ok:
-        raise error(f"{field_label(name)} {message}")
+        raise error(f"{name if getattr(error, 'flagless', False) else field_label(name)} {message}")
+
+
+def require_min(
+    config: Any, minimum: float, *names: str, error: type[Exception] = ValueError, strict: bool = False
+) -> None:
+    """`require` each named field to be >= `minimum` (> with `strict`); None, a setting left unset, passes:
+    "n (--n) must be >= 1, got 0"."""
+    for name in names:
+        value = getattr(config, name)
+        ok = value is None or (value > minimum if strict else value >= minimum)
+        require(ok, name, f"must be {'>' if strict else '>='} {minimum}, got {value}", error)
 
 
 def require_choice(
@@ -119,67 +128,49 @@ def _sequence_item(tp: Any) -> tuple[type, type] | None:
     return None
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
+def _mapping(text: str) -> dict:
+    """A JSON object (`{"bf16": true}`) or one KEY=VALUE (the value read as JSON when it parses)."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("expected a JSON object")
+        return value
+    key, sep, raw = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, json.loads(value)
+        return {key: json.loads(raw)}
     except json.JSONDecodeError:
-        return key, value
+        return {key: raw}
 
 
-class _Action(argparse.Action):
-    """An argparse action whose `apply` says what one use of its flag does to the namespace."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        self.apply(namespace, values, str(option_string))
-
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
-        raise NotImplementedError
-
-
-class _Store(_Action):
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
-        setattr(namespace, self.dest, values)
-
-
-class _ExtendList(_Action):
+class _ExtendList(argparse.Action):
     """A list flag: its first use replaces the default, repeats extend it (`--arm A --arm B`)."""
 
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> None:
         seen: set[str] = namespace.__dict__.setdefault("_rsp_lists_seen", set())
         current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
         seen.add(self.dest)
         setattr(namespace, self.dest, current + list(values))
 
 
-class _AppendKeyValue(_Action):
-    def apply(self, namespace: argparse.Namespace, values: Any, option_string: str) -> None:
-        key, value = values
-        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), key: value})
+class _MergeMapping(argparse.Action):
+    """A mapping flag: each use merges into the field's value (the config file's, or an earlier flag's)."""
 
-
-def _with_metadata(f: dataclasses.Field, **metadata: Any) -> dataclasses.Field:
-    """A copy of field `f` with `metadata` replacing some of its own (the class's field is left as it is)."""
-    g: dataclasses.Field = dataclasses.field(
-        default=f.default, default_factory=f.default_factory, metadata={**f.metadata, **metadata}
-    )
-    g.name, g.type = f.name, f.type
-    return g
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> None:
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **values})
 
 
 class RSPArgumentParser(HfArgumentParser):
-    """`HfArgumentParser` plus what rsp's commands need (see the module docstring).
-
-    `parse(argv)` returns one instance per dataclass, in the order given.
-    """
+    """`HfArgumentParser` plus what rsp's commands need (see the module docstring); `parse(argv)`
+    returns one instance per dataclass, in the order given."""
 
     def __init__(
         self,
@@ -221,18 +212,17 @@ class RSPArgumentParser(HfArgumentParser):
                 continue
             if f.name in self._fields:
                 raise ValueError(f"two config classes of one command both define {f.name!r}")
-            if f.name in helps:  # this command's wording of a shared field's help
-                f = _with_metadata(f, help=helps[f.name])
             self._fields[f.name] = f
             self._hints[f.name] = hints[f.name]
             group = f.metadata.get(_GROUP) or default_group
             title = titles.get(group, group) if group else None
             if title and title not in self._groups:
                 self._groups[title] = self.add_argument_group(title)
-            self._add_field(self._groups[title] if title else self, f, hints[f.name])
+            # `helps`: this command's wording of a shared field's help
+            self._add_field(self._groups[title] if title else self, f, hints[f.name], helps.get(f.name))
 
-    def _add_field(self, group: Any, f: dataclasses.Field, hint: Any) -> None:
-        meta = dict(f.metadata)
+    def _add_field(self, group: Any, f: dataclasses.Field, hint: Any, help: str | None = None) -> None:
+        meta = dict(f.metadata, **({"help": help} if help else {}))
         meta.pop(_GROUP, None)
         flag = meta.pop(_FLAG, None) or flag_of(f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -241,10 +231,9 @@ class RSPArgumentParser(HfArgumentParser):
         kwargs: dict[str, Any]
         if get_origin(base) is dict or base is dict:
             meta.setdefault("metavar", "KEY=VALUE")
-            kwargs = {"action": _AppendKeyValue, "type": _key_value, "default": default, **meta}
+            kwargs = {"action": _MergeMapping, "type": _mapping, "default": default, **meta}
             kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
         elif seq is not None:
-            _, item = seq
             comma = meta.pop(_COMMA, True)
             kwargs = {"nargs": "+", "type": str, "default": default, "action": _ExtendList, **meta}
             kwargs.pop("choices", None)  # checked per item after splitting on commas
@@ -255,9 +244,9 @@ class RSPArgumentParser(HfArgumentParser):
             kwargs = {"action": argparse.BooleanOptionalAction, "default": default, **meta}
         else:
             kwargs = {"type": base, "default": default, **meta}
-            if default is dataclasses.MISSING:
-                kwargs.pop("default")
-                kwargs["required"] = True
+        if default is dataclasses.MISSING:
+            kwargs.pop("default")
+            kwargs["required"] = True
         group.add_argument(flag, dest=f.name, **kwargs)
 
     # ---- parsing -------------------------------------------------------------------------------------

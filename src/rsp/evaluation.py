@@ -1,8 +1,7 @@
 """`rsp eval`: N attempts per problem per method, graded, written as they finish, summarised.
 
-Work is cut into fixed batches (method x problem group x chunk) whose composition and decoding
-seed depend only on the configuration, so a resumed run regenerates exactly what an uninterrupted
-run would have, and skips every batch already on disk.
+Work is cut into fixed batches whose composition and decoding seed depend only on the configuration, so
+a resumed run regenerates exactly what an uninterrupted run would have, and skips what is on disk.
 """
 
 from __future__ import annotations
@@ -17,14 +16,14 @@ from typing import ClassVar, get_args
 
 from tqdm.auto import tqdm
 
-from rsp.config import option, require, require_choice
+from rsp.config import option, require, require_choice, require_min
 from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.engines.args import PARALLEL_SIZES, EngineArgs
 from rsp.engines.base import SamplingConfig
-from rsp.generation import Generator, decode_seed_for, plan_batches
+from rsp.generation import Generator, plan_batches
 from rsp.methods import InjectionArgs, method_names
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
 from rsp.renamed import renamed_key, renamed_method
 from rsp.runio import RunDirError, prepare_run_dir, read_run_config
@@ -46,11 +45,8 @@ _TASK, _INJECTION, _SAMPLING = "task", "injection", "sampling"
 
 @dataclass
 class EvalConfig(InjectionArgs, EngineArgs):
-    """Everything that determines an evaluation's results (saved with the run and checked on resume).
-
-    Each field is also the flag of the same name (`rsp_length` is `--rsp-length`) of `rsp eval`,
-    `rsp sweep` and `rsp analyze`; see `rsp.config`. The model and engine fields are `EngineArgs`'s, the
-    injection's `InjectionArgs`'s."""
+    """Everything that determines an evaluation's results (saved with the run and checked on resume);
+    each field is a flag of `rsp eval`, `rsp sweep` and `rsp analyze`."""
 
     _group_titles: ClassVar[dict[str, str]] = {g: g for g in ("model", _TASK, _SAMPLING, _INJECTION)}
 
@@ -90,12 +86,10 @@ class EvalConfig(InjectionArgs, EngineArgs):
 
     def validate(self) -> None:
         need = partial(require, error=ConfigError)
-        need(self.n >= 1, "n", f"must be >= 1 (attempts per problem), got {self.n}")
+        require_min(self, 1, "n", "batch_size", "limit", error=ConfigError)
+        require_min(self, 0, "temperature", error=ConfigError)
+        require_min(self, 0, "grader_timeout", error=ConfigError, strict=True)
         self.validate_injection(ConfigError)
-        need(self.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
-        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        need(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
-        need(self.grader_timeout > 0, "grader_timeout", f"must be > 0, got {self.grader_timeout}")
         self.validate_engine(ConfigError)
         require_choice(self.prompt_style, "prompt_style", PROMPT_STYLES, ConfigError)
         need(bool(self.methods), "methods", "must name at least one method")
@@ -156,12 +150,9 @@ class EvalConfig(InjectionArgs, EngineArgs):
 
 
 def keep_saved_seed_scheme(out: Path, config: EvalConfig) -> EvalConfig:
-    """`config`, with common random numbers off when `out` holds a run saved before that setting existed.
-
-    Such a run derived every decode seed from the method name; resuming it with the same seeds is what
-    keeps its attempts the ones an uninterrupted run would have made. Its config.json has no
-    `common_random_numbers` key, which `EvalConfig.to_dict` also leaves out when the setting is off, so
-    the resumed run's settings compare equal to the saved ones.
+    """`config`, with common random numbers off when `out` holds a run saved before that setting existed:
+    such a run derived every decode seed from the method name, and its config.json lacks the key, which
+    `EvalConfig.to_dict` also leaves out when the setting is off, so the settings compare equal.
     """
     try:
         saved = read_run_config(out, kind="eval")
@@ -191,16 +182,13 @@ def run_eval(
     config: EvalConfig,
     out: str | Path,
     *,
-    lm: LoadedModel | None = None,
+    lm: ModelBase | None = None,
     progress: bool = True,
     max_batches: int | None = None,
     generator: Generator | None = None,
 ) -> EvalRun:
-    """Run (or resume) an evaluation into `out`. `max_batches` stops early (used by tests).
-
-    Every batch is one `Generator.run` call, the step `rsp.generate` is made of, with the same seeds;
-    pass `generator` to reuse a loaded model and engine across runs (`rsp sweep` does).
-    """
+    """Run (or resume) an evaluation into `out` (`max_batches` stops early, for tests), through
+    `Generator.run_batches`, as `rsp.generate`; `generator` reuses a loaded model and engine (`rsp sweep`)."""
     config.validate()
     out = Path(out)
     task = config.load_task()
@@ -220,46 +208,35 @@ def run_eval(
     oom_events: list[str] = []
     if todo:
         if generator is None:
-            generator = Generator(
-                lm if lm is not None else config.model,
-                engine=config.engine,
-                dtype=config.dtype,
-                device=config.device,
-                **config.engine_options(),
-            )
+            generator = Generator.from_args(config, lm)
         elif generator.engine_name != config.engine:
             raise ConfigError(
                 f"the generator runs the {generator.engine_name} engine but the run asks for "
                 f"--engine {config.engine}"
             )
-        lm = generator.lm
-        builder = PromptBuilder.for_task(lm.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
+        builder = PromptBuilder.for_task(generator.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
         injections = {m: generator.injection(config.rsp_config(m)) for m in config.methods}
         _check_context(generator, prompts, config, injections)
-        sampling = config.sampling()
         bar = tqdm(
             total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}"
         )
         with Grader(timeout=config.grader_timeout) as grader:
-            for batch in todo:
-                injection = injections[batch.method]
-                problems = [task.problems[p] for p, _ in batch.rows]
-                seeds = [injection.seed_for(config.seed, task.problems[p].id, a) for p, a in batch.rows]
-                decode_seed = decode_seed_for(config.seed, batch, common=config.common_random_numbers)
-                completions = generator.run(
-                    [prompts[p] for p, _ in batch.rows],
-                    injection,
-                    seeds,
-                    sampling,
-                    decode_seed=decode_seed,
-                    stop_strings=builder.stop_strings,
-                )
-                new: list[SampleRecord] = []
-                for (p, a), problem, seed, comp in zip(batch.rows, problems, seeds, completions, strict=True):
-                    if (problem.id, batch.method, a) in done:
-                        continue
-                    new.append(_record(problem, batch.method, a, seed, decode_seed, prompts[p], comp, grader))
+            for batch, decode_seed, seeds, completions in generator.run_batches(
+                todo,
+                prompts,
+                [p.id for p in task.problems],
+                injections,
+                config.sampling(),
+                seed=config.seed,
+                stop=builder.stop_strings,
+                common_random_numbers=config.common_random_numbers,
+            ):
+                new = [
+                    _record(task.problems[p], batch.method, a, seed, decode_seed, prompts[p], comp, grader)
+                    for (p, a), seed, comp in zip(batch.rows, seeds, completions, strict=True)
+                    if (task.problems[p].id, batch.method, a) not in done
+                ]
                 append_samples(samples_path, new)
                 done.update((r["problem_id"], r["method"], r["attempt"]) for r in new)
                 existing.extend(new)

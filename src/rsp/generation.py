@@ -5,21 +5,22 @@
                         temperature=0.7, max_new_tokens=64, seed=0)
     outs[0].samples[3].text, outs[0].samples[3].rsp_seed
 
-Shaped like vLLM's `LLM.generate(prompts, SamplingParams(n=16, seed=0))`: `n` is a parameter, and every
-one of the n attempts is its own batch row with its own injected vectors (never transformers'
-`num_return_sequences` or vLLM's `n`, which would share one RSP). `Generator` keeps a loaded model and
-engine for repeated calls (`rsp eval`, `rsp sweep` and `rsp serve` use one); `rsp.generate` is a
-one-shot `Generator(...).generate(...)`.
+Shaped like vLLM's `LLM.generate(prompts, SamplingParams(n=16, seed=0))`, but every one of the n attempts
+is its own batch row with its own injected vectors (never transformers' `num_return_sequences` or vLLM's
+`n`, which would share one RSP). `Generator` keeps a loaded model and engine for repeated calls (`rsp eval`,
+`rsp sweep` and `rsp serve` use one).
 
 Seeds: attempt `a` of the prompt with key `k` (its index, or the `keys` you pass, e.g. problem ids) uses
 the method's own `seed_for(seed, k, a)`; each batch decodes with `derive_seed(seed, "decode", method,
-group, chunk)`, batches being fixed by (number of prompts, n, batch_size). This is `rsp eval`'s scheme,
-so `rsp.generate` with a task's prompts and problem ids reproduces an eval run's samples.
+group, chunk)`, batches being fixed by (number of prompts, n, batch_size). This is `rsp eval`'s scheme
+(`Generator.run_batches` runs both), so `rsp.generate` with a task's prompts and problem ids reproduces an
+eval run's samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import ENGINE_NAMES, Completion, SamplingConfig, create_engine, load_for_engine
 from rsp.methods import RSPConfig, build_method  # RSPConfig lives with the methods; public here too
-from rsp.models.loading import LoadedModel, wrap_model
+from rsp.models.loading import ModelBase, wrap_model
 from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
 
 Prompt = str | Messages | PromptTokens
@@ -74,11 +75,8 @@ class WorkBatch:
 
 
 def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: int) -> list[WorkBatch]:
-    """Deterministic batches: prompts in groups of about batch_size / n, each method in turn per group.
-
-    Interleaving methods per group means a run stopped early still has paired data for every method on
-    the prompts it finished.
-    """
+    """Deterministic batches: prompts in groups of about batch_size / n, each method in turn per group, so
+    a run stopped early has paired data for every method on the prompts it finished."""
     per_group = max(1, batch_size // n)
     batches: list[WorkBatch] = []
     for group, start in enumerate(range(0, num_prompts, per_group)):
@@ -90,31 +88,21 @@ def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: i
 
 
 def decode_seed_for(seed: int, batch: WorkBatch, *, common: bool = False) -> int:
-    """The decoding seed of a planned batch (shared by `rsp.generate` and `rsp eval`).
-
-    `common` (common random numbers, `rsp eval`'s default for new runs): leave the method out of the
-    derivation, so every method's batch of the same prompt group and chunk samples from the same random
-    stream. Two arms then differ only by what their injections change, and the sampling noise common to
-    both cancels in a paired comparison; without it each arm draws its own noise.
+    """The decoding seed of a planned batch. `common` (common random numbers, `rsp eval`'s default) leaves
+    the method out, so every method's batch of the same prompts samples from the same random stream and the
+    noise common to both arms cancels in a paired comparison.
     """
     if common:
         return derive_seed(seed, "decode", batch.group, batch.chunk)
     return derive_seed(seed, "decode", batch.method, batch.group, batch.chunk)
 
 
-def context_limit(lm) -> int | None:
-    model = getattr(lm, "model", None)
-    config = getattr(model, "config", None) or getattr(lm, "config", None)
-    return getattr(config, "max_position_embeddings", None)
-
-
 class Generator:
     """A loaded model and one engine, reused across calls (`rsp eval`, `rsp sweep`, `rsp serve`).
 
-    `model`: a packaged name (`smollm2-135m-instruct`, `gemma3-270m`), a Hub id, a local model folder, a
-    `.gguf` file, a `(model, tokenizer)` pair, or an rsp `LoadedModel`. `engine`: `hf`, `lean`, `prefix`
-    or `vllm` (the vllm engine loads only the tokenizer and the embedding table here; vLLM loads the
-    weights). `engine_options` go to the engine (vLLM: `tensor_parallel_size`, `data_parallel_size`, ...).
+    `model`: a packaged name, Hub id, local folder, `.gguf` file, `(model, tokenizer)` pair or rsp model.
+    `engine`: `hf`, `lean`, `prefix` or `vllm` (which loads only the tokenizer and embedding table here);
+    `engine_options` go to the engine (vLLM: `tensor_parallel_size`, ...).
     """
 
     def __init__(
@@ -129,20 +117,29 @@ class Generator:
         if engine not in ENGINE_NAMES:
             raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
         if isinstance(model, str):
-            lm = load_for_engine(model, engine, dtype=dtype, device=device)
+            model = load_for_engine(model, engine, dtype=dtype, device=device)
         elif isinstance(model, tuple) and len(model) == 2:
-            lm = wrap_model(model[0], model[1], name=type(model[0]).__name__)
-        elif hasattr(model, "tokenizer") and hasattr(model, "embedding_stats"):
-            lm = model
-        else:
+            model = wrap_model(model[0], model[1], name=type(model[0]).__name__)
+        elif not isinstance(model, ModelBase):
             raise TypeError(
                 "model must be a name or path, a (model, tokenizer) pair, or a LoadedModel; got "
                 f"{type(model).__name__}"
             )
-        self.lm: LoadedModel = lm  # type: ignore[assignment]
+        self.lm: ModelBase = model
         self.engine_name = engine
         self.engine = create_engine(engine, self.lm, **engine_options)
         self._injections: dict[tuple, Injection] = {}
+
+    @classmethod
+    def from_args(cls, args: Any, model: Any = None) -> Generator:
+        """The generator a command's `EngineArgs` describe (`model`: an already loaded one instead)."""
+        return cls(
+            args.model if model is None else model,
+            engine=args.engine,
+            dtype=args.dtype,
+            device=args.device,
+            **args.engine_options(),
+        )
 
     @property
     def tokenizer(self):
@@ -165,7 +162,7 @@ class Generator:
         self, prompts: Sequence[PromptTokens], injection: Injection, max_new_tokens: int
     ) -> None:
         """Refuse before sampling when prompt + injected vectors + new tokens exceed the context."""
-        limit = context_limit(self.lm)
+        limit = self.lm.context_length
         if limit is None or not prompts:
             return
         longest = max(len(p.ids) for p in prompts) + injection.length + max_new_tokens
@@ -190,6 +187,29 @@ class Generator:
             prompts, injection, seeds, sampling, decode_seed=decode_seed, stop_strings=stop_strings
         )
 
+    def run_batches(
+        self,
+        batches: Sequence[WorkBatch],
+        prompts: Sequence[PromptTokens],
+        keys: Sequence[str],
+        injections: Mapping[str, Injection],
+        sampling: SamplingConfig,
+        *,
+        seed: int,
+        stop: Sequence[str] = (),
+        common_random_numbers: bool = False,
+    ) -> Iterator[tuple[WorkBatch, int, list[int | None], list[Completion]]]:
+        """Run planned batches (`rsp.generate` and `rsp eval`): row (p, a) is prompts[p] with its method's
+        injection drawn from `seed_for(seed, keys[p], a)`. Yields each batch with its decode seed, its
+        rows' RSP seeds and their completions."""
+        for batch in batches:
+            injection = injections[batch.method]
+            seeds = [injection.seed_for(seed, keys[p], a) for p, a in batch.rows]
+            decode_seed = decode_seed_for(seed, batch, common=common_random_numbers)
+            rows = [prompts[p] for p, _ in batch.rows]
+            done = self.run(rows, injection, seeds, sampling, decode_seed=decode_seed, stop_strings=stop)
+            yield batch, decode_seed, seeds, done
+
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
@@ -210,10 +230,7 @@ class Generator:
         common_random_numbers: bool = False,
     ) -> list[GenerationOutput]:
         """n completions per prompt; see the module docstring for the seeds. Temperature 0 is greedy.
-
-        `common_random_numbers`: derive each batch's decode seed without the method's name (`rsp eval`'s
-        default), so two calls that differ only in `rsp` sample from the same random stream and a paired
-        comparison of them does not carry independent sampling noise."""
+        `common_random_numbers`: see `decode_seed_for`."""
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
             prompts = [prompts]
         prompts = list(prompts)
@@ -229,26 +246,25 @@ class Generator:
         injection = self.injection(rsp)
         tokens = [self.tokenize(p, chat=chat) for p in prompts]
         self.check_context(tokens, injection, max_new_tokens)
-        samples: list[list[Sample | None]] = [[None] * n for _ in prompts]
+        samples: list[list[Sample]] = [[] for _ in prompts]
         batches = plan_batches(len(prompts), n, [injection.name], batch_size)
         bar = tqdm(total=len(prompts) * n, disable=not progress, unit="attempt", desc="generate")
-        for batch in batches:
-            seeds = [injection.seed_for(seed, keys[p], a) for p, a in batch.rows]
-            decode_seed = decode_seed_for(seed, batch, common=common_random_numbers)
-            done = self.run(
-                [tokens[p] for p, _ in batch.rows],
-                injection,
-                seeds,
-                sampling,
-                decode_seed=decode_seed,
-                stop_strings=stop,
-            )
+        for batch, decode_seed, seeds, done in self.run_batches(
+            batches,
+            tokens,
+            keys,
+            {injection.name: injection},
+            sampling,
+            seed=seed,
+            stop=stop,
+            common_random_numbers=common_random_numbers,
+        ):
             for (p, a), s, c in zip(batch.rows, seeds, done, strict=True):
-                samples[p][a] = Sample(a, c.text, c.token_ids, c.finish_reason, s, decode_seed)
+                samples[p].append(Sample(a, c.text, c.token_ids, c.finish_reason, s, decode_seed))
             bar.update(len(batch.rows))
         bar.close()
         return [
-            GenerationOutput(prompt, key, tok.ids, [s for s in row if s is not None])
+            GenerationOutput(prompt, key, tok.ids, row)
             for prompt, key, tok, row in zip(prompts, keys, tokens, samples, strict=True)
         ]
 
@@ -257,52 +273,21 @@ def generate(
     model: Any,
     prompts: Prompt | Sequence[Prompt],
     *,
-    n: int = 1,
-    rsp: RSPConfig | None = DEFAULT_RSP,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    min_p: float = 0.0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
     engine: str = "hf",
-    stop: Sequence[str] = (),
-    batch_size: int = 32,
-    keys: Sequence[str] | None = None,
-    chat: bool | None = None,
     dtype: str = "auto",
     device: str = "cpu",
-    progress: bool = False,
-    common_random_numbers: bool = False,
-    **engine_options: Any,
+    **options: Any,
 ) -> list[GenerationOutput]:
-    """Per prompt, `n` completions each carrying its own RSP (`rsp=None`: plain sampling).
-
-    `model` is a packaged name, Hub id, local folder, `.gguf` file, a `(model, tokenizer)` pair, a
-    `LoadedModel`, or a `Generator` (reused as is). Prompts are strings (the chat template is applied
-    where the tokenizer has one; `chat=False` sends them raw), chat message lists, or `PromptTokens`.
-    Greedy outputs (temperature 0) are identical across the hf, lean and prefix engines for the same
-    seeds; see docs/performance.md for where bf16 rounding makes them differ.
+    """Per prompt, `n` completions each carrying its own RSP (`rsp=None`: plain sampling); `options` are
+    `Generator.generate`'s (`n`, `rsp`, `temperature`, `seed`, `keys`, ...) and the engine's. `model` may
+    also be a `Generator`, reused as is. Prompts are strings (with the chat template where there is one;
+    `chat=False` sends them raw), chat message lists, or `PromptTokens`.
     """
+    names = set(inspect.signature(Generator.generate).parameters) - {"self", "prompts"}
+    engine_options = {k: options.pop(k) for k in list(options) if k not in names}
     gen = (
         model
         if isinstance(model, Generator)
         else Generator(model, engine=engine, dtype=dtype, device=device, **engine_options)
     )
-    return gen.generate(
-        prompts,
-        n=n,
-        rsp=rsp,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        stop=stop,
-        batch_size=batch_size,
-        keys=keys,
-        chat=chat,
-        progress=progress,
-        common_random_numbers=common_random_numbers,
-    )
+    return gen.generate(prompts, **options)

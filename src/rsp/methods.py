@@ -1,21 +1,14 @@
 """The method registry: every method usable in `rsp eval`, `rsp sweep`, `rsp.generate` and `rsp.attach`,
 with the facts other modules need about it, and `RSPConfig`, the settings a method is built from.
 
-A registered method is a frozen `Method` spec: its name, a one-line description, the factory that builds its
-`Injection` from a loaded model and an `RSPConfig`, its category (`baseline`, `rsp`, `control`, `trained`),
-whether it reads the length L (`uses_length`) and the scale (`uses_scale`), whether its injected tensor
-depends on the attempt's seed (`per_attempt`; False: every attempt at a problem gets the same injection),
-and the method options it reads (`MethodOption`, with their meaning). `rsp sweep` builds its grid from
-these facts and `rsp methods` lists them; nothing outside this module decides by a method's name.
+A registered `Method` says what it reads (`uses_length`, `uses_scale`, its `MethodOption`s) and whether
+its injected tensor depends on the attempt's seed (`per_attempt`); `rsp sweep` builds its grid from these
+facts and `rsp methods` lists them, so nothing outside this module decides by a method's name.
 
-Import direction, one way only: `rsp.baselines.controls` imports this module and registers the controls and
-the trained soft prompt with `register_method`; this module holds the registry and the built-in methods
-(`temperature`, `rsp`) and imports none of its plugins at import time. The first lookup of the registry
-(`get_method`, `method_names`, `register`, ...) imports the modules named in `BUILTIN_PLUGINS` by name, so the
-registry is complete wherever it is read, and `import rsp` or `import rsp.methods` does not pay for the
-controls. Third-party code registers with `register_method` the same way (after the built-ins: a
-third-party method of the same name replaces the built-in one).
-
+Import direction, one way only: `rsp.baselines.controls` imports this module and registers the controls;
+this module imports none of its plugins at import time, but the registry's first lookup imports
+`BUILTIN_PLUGINS`, so it is complete wherever it is read while `import rsp.methods` stays cheap. A
+third-party method registered with `register_method` under a built-in's name replaces it.
 """
 
 from __future__ import annotations
@@ -25,11 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from rsp.config import option, require, require_choice
-from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
+from rsp.config import option, require_choice, require_min
+from rsp.core.injection import Granularity, Injection, NoInjection, RandomSoftPrompt
 from rsp.core.insert import INSERTION_POINTS
 from rsp.core.stats import MeanMode, RowSelection
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 from rsp.renamed import renamed_key, renamed_method
 
 Category = Literal["baseline", "rsp", "control", "trained"]
@@ -39,17 +32,15 @@ BASELINE = "temperature"  # the method every other one is compared against: noth
 
 @dataclass(frozen=True)
 class RSPConfig:
-    """What is injected into every attempt: the method and the settings it is built from. The defaults are
-    the project's documented choices (the paper does not publish its own): see the README's options table.
+    """What is injected into every attempt: the method and the settings it is built from (the defaults are
+    the project's documented choices: see the README's options table).
 
     Args:
         length: L, the number of injected vectors; 0 injects nothing.
         scale: multiplies the fitted standard deviation of the embedding table.
-        position: `after_generation_prompt` (right before the first generated token),
-            `end_of_user_turn` (before the chat template's end-of-turn / assistant header) or `prepend`.
+        position: `after_generation_prompt`, `end_of_user_turn` or `prepend`.
         method: `rsp` or any registered control / baseline (`rsp methods`).
-        stats_rows: fit the statistics on `all` embedding rows or only the tokenizer's real `tokens`.
-        stats_mean: `scalar` (isotropic) or `per_dim` mean.
+        stats_rows, stats_mean: fit on `all` rows or the tokenizer's `tokens`; `scalar` or `per_dim` mean.
         method_options: settings only one method reads (`soft_prompt` file, `noise_alpha`, ...).
     """
 
@@ -63,9 +54,8 @@ class RSPConfig:
 
     @classmethod
     def from_flat(cls, settings: Any, method: str) -> RSPConfig:
-        """From an object holding the flat spelling (`rsp_length`, `rsp_scale`, `rsp_position`,
-        `rsp_stats_rows`, `rsp_stats_mean`, optionally `method_options`; docs/glossary.md), e.g. a command's
-        config or TRL's `RSPArguments`."""
+        """From an object holding the flat spelling (`rsp_length`, ..., optionally `method_options`;
+        docs/glossary.md), e.g. a command's config or TRL's `RSPArguments`."""
         return cls(
             length=settings.rsp_length,
             scale=settings.rsp_scale,
@@ -112,10 +102,8 @@ _INJECTION = "injection"
 
 @dataclass
 class InjectionArgs:
-    """The injection's settings in their flat spelling (docs/glossary.md), as a config-dataclass mixin
-    (`rsp.config`): each field is a flag of every command that inherits it (`rsp eval`, `rsp sweep`,
-    `rsp analyze`, `rsp serve`). The method is the command's own field (`methods` of an eval, `method` of
-    the server); `rsp_config(method)` is the `RSPConfig` it is built from."""
+    """The injection's settings in their flat spelling (docs/glossary.md), as a config-dataclass mixin of
+    every command that injects; the method is the command's own field, `rsp_config(method)` the result."""
 
     rsp_length: int = option(4, "L, vectors per RSP (0 = nothing injected)", group=_INJECTION)
     rsp_scale: float = option(1.0, "multiplier on the fitted standard deviation", group=_INJECTION)
@@ -145,19 +133,16 @@ class InjectionArgs:
     )
 
     def validate_injection(self, error: type[Exception] = ValueError) -> None:
-        """Length and scale >= 0; position and statistics among their choices."""
-        require(self.rsp_length >= 0, "rsp_length", f"must be >= 0, got {self.rsp_length}", error)
-        require(self.rsp_scale >= 0, "rsp_scale", f"must be >= 0, got {self.rsp_scale}", error)
+        require_min(self, 0, "rsp_length", "rsp_scale", error=error)
         require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS, error)
         require_choice(self.rsp_stats_rows, "rsp_stats_rows", STATS_ROWS, error)
         require_choice(self.rsp_stats_mean, "rsp_stats_mean", STATS_MEANS, error)
 
     def rsp_config(self, method: str) -> RSPConfig:
-        """What `method` injects under these settings (the front door's `RSPConfig`)."""
         return RSPConfig.from_flat(self, method)
 
 
-MethodFactory = Callable[[LoadedModel, RSPConfig], Injection]
+MethodFactory = Callable[[ModelBase, RSPConfig], Injection]
 
 
 @dataclass(frozen=True)
@@ -173,7 +158,7 @@ class MethodOption:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method and the facts other modules ask about it (see the module docstring)."""
+    """A registered method and the facts other modules ask about it."""
 
     name: str
     description: str
@@ -201,8 +186,7 @@ class Method:
         return [o for o in self.options or () if o.required and not method_options.get(o.key)]
 
     def injects_nothing(self, config: RSPConfig) -> bool:
-        """Whether this method under `config` adds nothing to any prompt (no hook needs attaching): the
-        baseline, or a method whose vectors number `length` when length is 0."""
+        """Whether this method adds nothing to any prompt under `config` (no hook needs attaching)."""
         return self.category == "baseline" or (self.uses_length and config.length == 0)
 
     def injected_length(self, config: RSPConfig) -> int | None:
@@ -211,7 +195,7 @@ class Method:
             return config.length
         return self.length_of(config) if self.length_of is not None else None
 
-    def build(self, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
+    def build(self, lm: ModelBase, config: RSPConfig | None = None) -> Injection:
         config = replace(config, method=self.name) if config else RSPConfig(method=self.name)
         _check_option_keys(self, config)
         injection = self.factory(lm, config)
@@ -228,7 +212,7 @@ _plugins: Literal["own", "unloaded", "loading", "loaded"] = "own"
 
 
 def _registry() -> dict[str, Method]:
-    """The registry, after the first call has imported `BUILTIN_PLUGINS` (they register into it)."""
+    """The registry, after the first call has imported `BUILTIN_PLUGINS`."""
     global _plugins
     if _plugins == "unloaded":
         _plugins = "loading"
@@ -263,8 +247,7 @@ def register_method(
     options: tuple[MethodOption, ...] | None = None,
     length_of: Callable[[RSPConfig], int] | None = None,
 ) -> Callable[[MethodFactory], MethodFactory]:
-    """Decorator form of `register`; left at their defaults, the facts are the cautious ones (reads L and
-    the scale, differs per attempt, options undeclared)."""
+    """Decorator form of `register`; the default facts are the cautious ones."""
 
     def wrap(factory: MethodFactory) -> MethodFactory:
         register(
@@ -303,15 +286,14 @@ def method_descriptions() -> dict[str, str]:
     return {m.name: m.description for m in method_specs()}
 
 
-def build_method(name: str, lm: LoadedModel, config: RSPConfig | None = None) -> Injection:
-    """Build the injection for method `name` under `config` (its `method` field is ignored: `name` wins);
-    raises ValueError naming the known methods."""
+def build_method(name: str, lm: ModelBase, config: RSPConfig | None = None) -> Injection:
+    """Build the injection for method `name` under `config` (whose `method` field `name` overrides)."""
     return get_method(name).build(lm, config)
 
 
 def _check_option_keys(method: Method, config: RSPConfig) -> None:
     """A method option renamed before the first release (`alpha` of rsp-scaled is `rsp_scale`) is an
-    error naming the new key, not an option the method silently ignores."""
+    error naming the new key, not silently ignored."""
     keys = method.option_keys or ()
     for key in config.method_options:
         renamed = renamed_key(key, f"method option of {method.name}")
@@ -319,9 +301,19 @@ def _check_option_keys(method: Method, config: RSPConfig) -> None:
             raise ValueError(renamed)
 
 
-def embedding_stats_for(lm: LoadedModel, config: RSPConfig):
+def embedding_stats_for(lm: ModelBase, config: RSPConfig):
     """The embedding statistics `config` asks for (which rows, which mean)."""
     return lm.embedding_stats(rows=config.stats_rows, mean_mode=config.stats_mean)  # type: ignore[arg-type]
+
+
+def random_soft_prompt(
+    lm: ModelBase, o: RSPConfig, *, granularity: Granularity = "attempt", scale: float | None = None
+) -> RandomSoftPrompt:
+    """The RSP `o` describes, drawn anew per attempt, per problem or once per run (`granularity`)."""
+    scale = o.scale if scale is None else scale
+    return RandomSoftPrompt(
+        embedding_stats_for(lm, o), o.length, scale=scale, position=o.position, granularity=granularity
+    )
 
 
 @register_method(
@@ -333,7 +325,7 @@ def embedding_stats_for(lm: LoadedModel, config: RSPConfig):
     per_attempt=False,
     options=(),
 )
-def _temperature(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _temperature(lm: ModelBase, o: RSPConfig) -> Injection:
     return NoInjection(o.position)
 
 
@@ -343,10 +335,8 @@ def _temperature(lm: LoadedModel, o: RSPConfig) -> Injection:
     category="rsp",
     options=(),
 )
-def _rsp(lm: LoadedModel, o: RSPConfig) -> Injection:
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="attempt"
-    )
+def _rsp(lm: ModelBase, o: RSPConfig) -> Injection:
+    return random_soft_prompt(lm, o)
 
 
 _plugins = "unloaded"

@@ -1,23 +1,14 @@
 """The JSONL records of a run, typed, and the one place they are written and read.
 
-A **sample** is one attempt of `rsp eval` (a line of `samples.jsonl`); a **rollout** is one attempt in
-`rsp train` (a line of `rollouts.jsonl`). Both are `TypedDict`s, not dataclasses: a record is a JSON
-object on disk and a dict in every reader (reports, analysis, comparison, findings, sweeps), which index
-it by key and copy it with a field changed (`{**r, "method": label}`). A `TypedDict` lets mypy check the
-fields where records are built and read, while at run time it stays that plain dict, so `json.dumps` /
-`json.loads` round-trip it unchanged and no reader has to convert; a dataclass would need converting at
-every boundary.
+A **sample** is one attempt of `rsp eval` (a line of `samples.jsonl`), a **rollout** one attempt in
+`rsp train` (`rollouts.jsonl`). Both are `TypedDict`s, not dataclasses: a record is a JSON object on disk
+and a plain dict in every reader (indexed by key, copied with `{**r, "method": label}`), and a TypedDict
+lets mypy check its fields while it round-trips through `json` unchanged.
 
-Writers go through `append_samples` / `append_rollouts` (and `write_rollouts`, which replaces the file
-when a resumed training run drops the steps after its checkpoint); they refuse a record with a missing or
-undeclared field, so what is on disk is always the declared schema. Readers go through `read_samples`,
-`read_rollouts` and `read_eval_run`; they name the file, line and missing field of a malformed line, and
-keep `rsp.runio`'s repair of a torn last line (killed mid-write) for a run that resumes.
-
-The format's version is `rsp.runio.SCHEMA_VERSION`, saved as `schema_version` in the run's config.json.
-Version 0 (config.json without the key) wrote the same record fields as version 1, which only added the
-key, so version-0 lines read unchanged; a future change of a record's fields bumps the version and maps
-older lines in `_upgrade`. A run from a newer rsp is refused with a message saying so.
+Writers refuse a record with a missing or undeclared field; readers name the file, line and missing field
+of a malformed line and keep `rsp.runio`'s repair of a torn last line. The format's version is
+`rsp.runio.SCHEMA_VERSION`; version 0 lines (no `schema_version` in config.json) read unchanged, a later
+change of fields maps older lines in `_upgrade`, and a run from a newer rsp is refused.
 """
 
 # No `from __future__ import annotations` here: TypedDict must see `NotRequired` as an object, not a string,
@@ -169,10 +160,8 @@ def write_rollouts(path: Path, records: Iterable[RolloutRecord]) -> None:
 
 
 def read_eval_run(run_dir: Path) -> tuple[RunConfig, list[SampleRecord]]:
-    """An `rsp eval` run's config.json and samples, read under the run's schema version (never repaired).
-
-    Raises `RunDirError` when `run_dir` is not an eval run, is from a newer rsp, or holds a malformed line.
-    """
+    """An `rsp eval` run's config.json and samples, read under its schema version (never repaired);
+    a `RunDirError` when `run_dir` is not one, is from a newer rsp, or holds a malformed line."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir, kind="eval")
     return saved, read_samples(run_dir / SAMPLES, version=saved.schema_version)

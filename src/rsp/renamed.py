@@ -1,10 +1,8 @@
 """Names that changed before rsp's first release, kept only to say so when someone uses one.
 
-rsp keeps no compatibility layer: an old flag, config key, lm-eval model_arg, method option or method name
-is an error. This table exists so that error names the new spelling ("--position was renamed to
---rsp-position") instead of a bare "unrecognized argument" or "unknown setting". Nothing reads it to
-accept the old name. Settings are listed by their flat name (config key, lm-eval model_arg, method
-option); their flags follow from it (`rsp.config.flag_of`).
+rsp keeps no compatibility layer: an old flag, config key, model_arg, method option or method name is an
+error, and this table makes that error name the new spelling ("--position was renamed to
+--rsp-position"). Nothing reads it to accept the old name.
 """
 
 from __future__ import annotations

@@ -126,12 +126,18 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_passk(summary: dict, path: Path, title: str) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (matplotlib is optional)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_passk(summary: dict, path: Path, title: str) -> None:
+    plt = pyplot()
     n = summary["n"]
     ks = list(range(1, n + 1))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -168,16 +174,20 @@ def write_eval_report(
     summary["config"] = config
     if seconds is not None:
         summary["seconds"] = seconds
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     title = (
         f"{config['model']} on {config['task']} (T={config['temperature']}, "
         f"RSP L={config['rsp_length']}, {config.get('rsp_position', config.get('position'))})"
     )
-    header = f"# Evaluation: {title}\n\n"
+    write_summary(out, summary, title, f"# Evaluation: {title}\n\n")
+    return summary
+
+
+def write_summary(out: Path, summary: dict, title: str, header: str) -> None:
+    """summary.json, summary.md (`header`, then the table) and passk.png (titled `title`) in `out`."""
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", header + markdown_table(summary) + "\n![pass@k](passk.png)\n")
     if summary.get("problems"):
         plot_passk(summary, out / "passk.png", title)
-    return summary
 
 
 def report_run(run: Path) -> dict:
@@ -198,11 +208,9 @@ def parse_arm(spec: str) -> tuple[str, Path, str]:
 
 
 def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dict:
-    """Paired summary of (label, run, method) arms from different eval runs on the same problems.
-
-    Why: a before/after study (a base model and a trained one) lives in separate runs; pairing by
-    problem id gives the tighter paired CIs. Runs must agree on task, n and problems; the first arm is
-    the baseline.
+    """Paired summary of (label, run, method) arms from different eval runs on the same problems (a base
+    model and a trained one live in separate runs; pairing by problem gives the tighter intervals). The runs
+    must agree on task and n; the first arm is the baseline.
     """
     if len(arms) < 2:
         raise ValueError("rsp compare needs at least two --arm values")

@@ -1,12 +1,8 @@
 """Crash-safe run directories: a saved config that a restart must match, and append-only JSONL.
 
-Records are appended a batch at a time with one write and an fsync, so a kill loses at most the
-batch in flight; a torn last line (killed mid-write) is detected and cut off on the next start.
-
-config.json holds `kind`, `config`, `config_hash` and `schema_version`, the version of the directory's
-format (config.json and the record lines; `rsp.records` types the lines). Directories written before the
-version was saved have no key and are version 0; they resume and read as before. A directory from a
-newer rsp is refused with a message saying so, rather than misread.
+Records are appended a batch at a time with one write and an fsync, so a kill loses at most the batch in
+flight; a torn last line is cut off on the next start. config.json holds `kind`, `config`, `config_hash`
+and `schema_version` (absent: version 0, read as before); a newer rsp's directory is refused.
 """
 
 from __future__ import annotations
@@ -55,10 +51,8 @@ class RunConfig:
 
 
 def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -> RunConfig:
-    """Read `run_dir/config.json`, refusing one from a newer rsp (and, with `kind`, a run of another kind).
-
-    Every failure is a `RunDirError` naming the directory; `hint` is appended to the unreadable-file message.
-    """
+    """Read `run_dir/config.json` as a `RunConfig`, raising a `RunDirError` for a missing, unreadable or
+    newer-rsp one (and, with `kind`, for a run of another kind); `hint` ends the unreadable-file message."""
     path = Path(run_dir) / CONFIG
     what = f"an rsp {kind} run" if kind else "an rsp run directory"
     if not path.is_file():

@@ -1,8 +1,5 @@
-"""`rsp analyze`: from a finished eval run (`--run`), or run what it needs itself (`--model/--task ...`).
-
-Its flags are the fields of `AnalyzeConfig` and, for live mode, of `rsp.evaluation.EvalConfig` (with this
-command's smaller defaults: `ANALYZE_DEFAULTS`), parsed by `rsp.config.RSPArgumentParser`.
-"""
+"""`rsp analyze`: from a finished eval run (`--run`), or run what it needs itself (`--model/--task ...`,
+`rsp eval`'s flags with this command's smaller `ANALYZE_DEFAULTS`)."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ from pathlib import Path
 
 from rsp.analysis.report import write_report
 from rsp.analysis.run import AnalysisOptions, analyse_run, write_metrics
-from rsp.config import RSPArgumentParser, field_label, option
+from rsp.config import RSPArgumentParser, option, require_min
 from rsp.evaluation import EvalConfig, run_eval
 
 _ANALYSIS = "analysis"
@@ -42,14 +39,7 @@ class AnalyzeConfig:
     quiet: bool = option(False, "no progress bars", group=_ANALYSIS)
 
     def validate(self) -> AnalyzeConfig:
-        if self.k < 1:
-            raise ValueError(f"{field_label('k')} must be >= 1, got {self.k}")
-        if self.analysis_batch_size < 1:
-            raise ValueError(
-                f"{field_label('analysis_batch_size')} must be >= 1, got {self.analysis_batch_size}"
-            )
-        if self.max_problems is not None and self.max_problems < 1:
-            raise ValueError(f"{field_label('max_problems')} must be >= 1, got {self.max_problems}")
+        require_min(self, 1, "k", "analysis_batch_size", "max_problems")
         if self.run is None and not self.out:
             raise ValueError("live mode (no --run) needs --out")
         return self

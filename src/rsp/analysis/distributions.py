@@ -1,8 +1,6 @@
-"""Per-position distribution metrics and across-attempt branching/diversity measures.
-
-Two kinds of quantity are kept apart on purpose: the entropy of the next-token distribution
-*given one* injection (a property of one forward pass), and the spread of what N attempts with
-N independent injections actually produced (distinct prefixes, divergence points, distinct-n).
+"""Per-position distribution metrics and across-attempt branching/diversity measures: the entropy
+given *one* injection (a property of one forward pass) is kept apart from the spread of what N attempts
+with N injections produced (distinct prefixes, divergence points, distinct-n).
 """
 
 from __future__ import annotations
@@ -16,10 +14,7 @@ import torch
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-softmax of logits / temperature.
-
-    Temperature 0 is treated as 1: greedy has no spread to measure.
-    """
+    """Log-softmax of logits / temperature (0 is treated as 1: greedy has no spread to measure)."""
     t = temperature if temperature > 0 else 1.0
     return torch.log_softmax(logits.float() / t, dim=-1)
 

@@ -1,8 +1,5 @@
-"""`rsp analyze`: mechanism metrics for every method of an `rsp eval` run, rebuilt from its records.
-
-Each attempt's injection is rebuilt from its recorded seed, so analysing a saved run needs no
-regeneration and gives the same numbers as analysing live.
-"""
+"""`rsp analyze`: mechanism metrics for every method of an `rsp eval` run, each attempt's injection
+rebuilt from its recorded seed, so a saved run needs no regeneration and gives the live numbers."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Teacher-forced passes over [prompt, injected slots, completion prefix].
-
-One forward pass per batch of attempts replaces per-step outputs of `generate`: causal attention
-means the distributions and attention maps at the first K generated positions depend only on the
-first K-1 completion tokens, so only those are fed, and memory stays bounded for long completions.
+"""Teacher-forced passes over [prompt, injected slots, completion prefix]: causal attention means the
+distributions and attention maps at the first K generated positions depend only on the first K-1
+completion tokens, so one forward per batch replaces `generate`'s per-step outputs, in bounded memory.
 """
 
 from __future__ import annotations
@@ -14,29 +12,12 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from rsp.core.injection import Injection
-from rsp.core.inputs import append_continuations, embed_prompts
+from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens, SlottedBatch
 from rsp.models.loading import LoadedModel
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-
-def _inputs(
-    lm: LoadedModel,
-    prompts: Sequence[PromptTokens],
-    injection: Injection,
-    seeds: Sequence[int | None],
-    continuations: Sequence[Sequence[int]],
-    k: int,
-) -> tuple[SlottedBatch, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Embeddings, attention mask and position ids for prompt + slots + the first k-1 completion tokens,
-    built by `rsp.core.inputs` exactly as the engines and trainers build theirs."""
-    batch, embeds = embed_prompts(lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id)
-    seq = append_continuations(
-        lm.embed, batch, embeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0)
-    )
-    return batch, seq.embeds, seq.attention_mask, seq.position_ids, seq.prompt_width
 
 
 def valid_positions(continuations: Sequence[Sequence[int]], k: int) -> torch.Tensor:
@@ -54,15 +35,11 @@ def teacher_forced_logits(
     k: int,
 ) -> torch.Tensor:
     """(B, k, V) fp32 raw logits of the next-token distribution at generated positions 1..k."""
-    _, embeds, mask, positions, prompt_len = _inputs(lm, prompts, injection, seeds, continuations, k)
+    seq = embed_continued(
+        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0)
+    )
     with torch.no_grad():
-        out = lm.model(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=False,
-            logits_to_keep=embeds.shape[1] - prompt_len + 1,
-        )
+        out = seq.forward(lm.model, seq.embeds.shape[1] - seq.prompt_width + 1)
     return out.logits[:, :k].float()
 
 
@@ -97,16 +74,14 @@ def attention_mass(
     k: int,
     key_columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, layers, k): share of attention, averaged over heads, that each generated position puts on
-    the key columns (default: the injected slots).
-
-    Position t is the query that produces generated token t. Weights are reduced inside a forward
-    hook on each attention module, so no full attention map outlives its layer.
-    """
-    batch, embeds, mask, positions, prompt_len = _inputs(lm, prompts, injection, seeds, continuations, k)
-    cols = batch.slot_index if key_columns is None else key_columns
-    cols = cols.to(lm.device)
-    rows = torch.arange(prompt_len - 1, prompt_len - 1 + k, device=lm.device)
+    """(B, layers, k): share of attention, averaged over heads, that the query producing generated token t
+    puts on the key columns (default: the injected slots). Weights are reduced inside a forward hook on
+    each attention module, so no full attention map outlives its layer."""
+    seq = embed_continued(
+        lm.embed, prompts, injection, seeds, continuations, pad_id=lm.pad_token_id, width=max(k - 1, 0)
+    )
+    cols = (seq.batch.slot_index if key_columns is None else key_columns).to(lm.device)
+    rows = torch.arange(seq.prompt_width - 1, seq.prompt_width - 1 + k, device=lm.device)
     captured: list[torch.Tensor] = []
 
     def hook(_module, _inputs, output):
@@ -121,13 +96,7 @@ def attention_mass(
         handles = [m.register_forward_hook(hook) for m in attention_layers(lm.model)]
         try:
             with torch.no_grad():
-                lm.model(
-                    inputs_embeds=embeds,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=False,
-                    logits_to_keep=1,
-                )
+                seq.forward(lm.model, 1)
         finally:
             for h in handles:
                 h.remove()

@@ -1,8 +1,5 @@
-"""Baselines and controls for the RSP claim: trained soft prompts, injection controls and the grid sweep.
-
-Importing `rsp.baselines.controls` registers the control methods with `rsp.methods`, so they are
-usable by name in `rsp eval --methods` and `rsp sweep --methods`.
-"""
+"""Baselines and controls for the RSP claim: trained soft prompts, injection controls and the grid
+sweep (importing `rsp.baselines.controls` registers the controls with `rsp.methods`)."""
 
 from rsp.baselines.controls import (
     EmbeddingNoise,

@@ -1,10 +1,7 @@
 """`rsp sweep` and `rsp train-soft-prompt`: flags from config dataclasses, parsed by `rsp.config`.
 
-`rsp` dispatches `rsp sweep ARGS` to `sweep_main(ARGS)` and `rsp train-soft-prompt ARGS` to
-`train_soft_prompt_main(ARGS)`. Each command has `build_*_parser()` (an `RSPArgumentParser`), `parse_*(argv)`
-(its config objects) and `*_main(argv)` (returns the exit code; raises ValueError / ConfigError for bad
-input). The sweep's settings are `rsp eval`'s (`EvalConfig`; its `--methods` is the method axis) without the
-single values its grid replaces, plus the grid (`SweepGrid`) and where to write (`OutputOptions`).
+The sweep's settings are `rsp eval`'s (its `--methods` is the method axis) without the single values its
+grid replaces, plus the grid (`SweepGrid`) and where to write (`OutputOptions`).
 """
 
 from __future__ import annotations

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
 from rsp.baselines.soft_prompt import SoftPromptInjection, load_soft_prompt
-from rsp.core.injection import Injection, RandomSoftPrompt
+from rsp.core.injection import Granularity, Injection
 from rsp.core.insert import SlottedBatch
 from rsp.core.seeds import derive_seed
 from rsp.core.stats import EmbeddingStats
-from rsp.methods import MethodOption, RSPConfig, embedding_stats_for, register_method
-from rsp.models.loading import LoadedModel
+from rsp.methods import MethodOption, RSPConfig, embedding_stats_for, random_soft_prompt, register_method
+from rsp.models.loading import ModelBase
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,8 @@ def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) 
     return torch.tensor(keep, dtype=torch.long)
 
 
-def _row_candidates(lm: LoadedModel, o: RSPConfig) -> torch.Tensor:
-    rows = lm.vocab_rows  # LoadedModel or EmbeddingModel (no transformer beside a vLLM engine)
+def _row_candidates(lm: ModelBase, o: RSPConfig) -> torch.Tensor:
+    rows = lm.vocab_rows
     if o.stats_rows == "tokens":
         rows = min(rows, len(lm.tokenizer))
     return torch.arange(rows)
@@ -221,36 +222,19 @@ def _float_option(o: RSPConfig, key: str, default: float) -> float:
         raise ValueError(f"method option {key} must be a number, got {value!r}") from None
 
 
-@register_method(
-    "rsp-fixed",
-    "control: one RSP drawn once and reused for every attempt and problem",
-    uses_scale=True,
-    per_attempt=False,
-    options=(),
+_SHARED_RSPS: tuple[tuple[str, Granularity, str], ...] = (
+    ("rsp-fixed", "run", "one RSP drawn once and reused for every attempt and problem"),
+    ("rsp-shared", "problem", "one RSP per problem, shared by its N attempts"),
 )
-def _rsp_fixed(lm: LoadedModel, o: RSPConfig) -> Injection:
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="run"
-    )
-
-
-@register_method(
-    "rsp-shared",
-    "control: one RSP per problem, shared by its N attempts",
-    uses_scale=True,
-    per_attempt=False,
-    options=(),
-)
-def _rsp_shared(lm: LoadedModel, o: RSPConfig) -> Injection:
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=o.scale, position=o.position, granularity="problem"
+for _name, _granularity, _what in _SHARED_RSPS:
+    register_method(_name, f"control: {_what}", per_attempt=False, options=())(
+        partial(random_soft_prompt, granularity=_granularity)
     )
 
 
 @register_method(
     "rsp-scaled",
     "control: RSP with std multiplied by the scale (--rsp-scale or --method-option rsp_scale=)",
-    uses_scale=True,
     options=(
         MethodOption(
             "rsp_scale",
@@ -260,13 +244,11 @@ def _rsp_shared(lm: LoadedModel, o: RSPConfig) -> Injection:
         ),
     ),
 )
-def _rsp_scaled(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _rsp_scaled(lm: ModelBase, o: RSPConfig) -> Injection:
     scale = _float_option(o, "rsp_scale", o.scale)
     if scale < 0:
         raise ValueError(f"rsp-scaled: rsp_scale must be >= 0, got {scale}")
-    return RandomSoftPrompt(
-        embedding_stats_for(lm, o), o.length, scale=scale, position=o.position, granularity="attempt"
-    )
+    return random_soft_prompt(lm, o, scale=scale)
 
 
 @register_method(
@@ -275,7 +257,7 @@ def _rsp_scaled(lm: LoadedModel, o: RSPConfig) -> Injection:
     uses_scale=False,
     options=(),
 )
-def _token_rows(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _token_rows(lm: ModelBase, o: RSPConfig) -> Injection:
     return TokenRows(lm.embed, _row_candidates(lm, o), o.length, position=o.position)
 
 
@@ -285,7 +267,7 @@ def _token_rows(lm: LoadedModel, o: RSPConfig) -> Injection:
     uses_scale=False,
     options=(),
 )
-def _token_string(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _token_string(lm: ModelBase, o: RSPConfig) -> Injection:
     pool = text_token_pool(lm.tokenizer, lm.vocab_rows, exclude=(*lm.stop_token_ids, lm.pad_token_id))
     return TokenString(lm.embed, pool, o.length, tokenizer=lm.tokenizer, position=o.position)
 
@@ -304,7 +286,7 @@ def _token_string(lm: LoadedModel, o: RSPConfig) -> Injection:
         ),
     ),
 )
-def _embed_noise(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _embed_noise(lm: ModelBase, o: RSPConfig) -> Injection:
     return EmbeddingNoise(
         lm.hidden_size,
         alpha=_float_option(o, "noise_alpha", DEFAULT_NOISE_ALPHA),
@@ -320,7 +302,7 @@ def _embed_noise(lm: LoadedModel, o: RSPConfig) -> Injection:
     per_attempt=False,
     options=(),
 )
-def _mean_vector(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _mean_vector(lm: ModelBase, o: RSPConfig) -> Injection:
     return MeanVector(embedding_stats_for(lm, o), o.length, position=o.position)
 
 
@@ -351,7 +333,7 @@ def _soft_prompt_length(o: RSPConfig) -> int:
     ),
     length_of=_soft_prompt_length,
 )
-def _soft_prompt(lm: LoadedModel, o: RSPConfig) -> Injection:
+def _soft_prompt(lm: ModelBase, o: RSPConfig) -> Injection:
     path = o.method_options.get("soft_prompt")
     if not path:
         raise ValueError(

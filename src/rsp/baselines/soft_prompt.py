@@ -24,12 +24,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from rsp.config import option, require, require_choice
-from rsp.core.injection import Injection, RandomSoftPrompt
-from rsp.core.inputs import embed_prompts
+from rsp.config import option, require, require_choice, require_min
+from rsp.core.injection import Injection
+from rsp.core.inputs import embed_prompts, positions_from_mask
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
+from rsp.core.sampler import RSPSampler
 from rsp.core.seeds import derive_seed
-from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel
+from rsp.models.loading import END_OF_TURN_TOKENS, LoadedModel, ModelBase
+from rsp.reporting import pyplot
 from rsp.runio import atomic_write_text
 from rsp.tasks.base import Problem, TaskError
 from rsp.tasks.prompts import PromptBuilder, fewshot_solution
@@ -78,7 +80,7 @@ class SoftPrompt:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def check_compatible(self, lm: LoadedModel) -> None:
+    def check_compatible(self, lm: ModelBase) -> None:
         if self.dim != lm.hidden_size:
             raise ValueError(
                 f"soft prompt {self.source} has hidden size {self.dim} but model {lm.name} has "
@@ -216,32 +218,13 @@ class SoftPromptTrainConfig:
         self.data = tuple(self.data)
 
     def validate(self) -> None:
-        require(self.rsp_length >= 1, "rsp_length", f"must be >= 1, got {self.rsp_length}")
         require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS)
         require(bool(self.data), "data", "must name at least one training source (arith, gsm8k, ...)")
-        require(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
-        require(
-            self.val_size >= 1,
-            "val_size",
-            f"must be >= 1 (early stopping needs a held-out split), got {self.val_size}",
-        )
-        require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
-        require(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        require(
-            self.max_solution_tokens >= 1,
-            "max_solution_tokens",
-            f"must be >= 1, got {self.max_solution_tokens}",
-        )
-        require(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
-        require(self.init_scale >= 0, "init_scale", f"must be >= 0, got {self.init_scale}")
-        require(
-            self.max_seconds is None or self.max_seconds > 0,
-            "max_seconds",
-            f"must be > 0, got {self.max_seconds}",
-        )
+        # val_size >= 1: early stopping needs a held-out split
+        require_min(self, 1, "rsp_length", "train_size", "val_size", "steps", "batch_size", "eval_every")
+        require_min(self, 1, "patience", "max_solution_tokens")
+        require_min(self, 0, "min_delta", "init_scale")
+        require_min(self, 0, "lr", "max_seconds", strict=True)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -264,10 +247,14 @@ class TrainResult:
     best_val_loss: float
     best_step: int
     steps_run: int
-    stopped_early: bool  # held-out loss stopped improving (patience ran out)
     stop_reason: str  # "steps", "patience" or "max_seconds"
     seconds: float
     history: dict
+
+    @property
+    def stopped_early(self) -> bool:
+        """The held-out loss stopped improving (patience ran out)."""
+        return self.stop_reason == "patience"
 
 
 def _terminator(lm: LoadedModel, builder: PromptBuilder) -> list[int]:
@@ -344,12 +331,11 @@ def solution_loss(
         grad=True,
     )
     mask = batch.attention_mask.to(lm.device)
-    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     keep = max(len(ex.target) for ex in examples) + 1
     out = lm.model(
         inputs_embeds=embeds,
         attention_mask=mask,
-        position_ids=position_ids,
+        position_ids=positions_from_mask(mask),
         logits_to_keep=keep,
         use_cache=False,
     )
@@ -381,16 +367,13 @@ def train_soft_prompt(
     out.mkdir(parents=True, exist_ok=True)
     train, val = build_examples(lm, config)
     init_seed = derive_seed(config.seed, "soft-prompt-init")
-    stats = lm.embedding_stats()
-    init = RandomSoftPrompt(stats, config.rsp_length, scale=config.init_scale).rows([init_seed])[0]  # type: ignore[index]
+    init = RSPSampler(lm.embedding_stats(), config.rsp_length, config.init_scale).sample([init_seed])[0]
     vectors = torch.nn.Parameter(init.to(lm.device).clone())
     injection = SoftPromptInjection(vectors, position=config.rsp_position)
     optimizer = torch.optim.Adam([vectors], lr=config.lr)
     saved_flags = [p.requires_grad for p in lm.model.parameters()]
     was_training = lm.model.training
-    lm.model.eval()
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
+    lm.model.eval().requires_grad_(False)
     order_rng = random.Random(derive_seed(config.seed, "soft-prompt-order"))
     history: dict = {"train": [], "val": []}
     t0 = time.time()
@@ -468,25 +451,12 @@ def train_soft_prompt(
         history, out / "loss.png", title=f"soft prompt L={config.rsp_length} on {lm.name} ({data_desc})"
     )
     return TrainResult(
-        path,
-        best_vectors.cpu(),
-        initial,
-        best,
-        best_step,
-        step,
-        stop_reason == "patience",
-        stop_reason,
-        seconds,
-        history,
+        path, best_vectors.cpu(), initial, best, best_step, step, stop_reason, seconds, history
     )
 
 
 def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if history["train"]:
         steps, losses = zip(*history["train"], strict=True)

@@ -1,17 +1,11 @@
 """`rsp sweep`: a grid over method x L x scale x temperature, each cell an `rsp eval` run on one problem set.
 
-Each cell is a complete eval run directory (OUT/cells/<name>/), so cells resume exactly like `rsp eval`,
-and a finished cell is recognised from its files and skipped without loading the model. All cells use
-the same seed, hence the same problems and, per (problem, attempt), the same RSP seed stream. Axes a
-method does not read are collapsed, and a cell that is deterministic (greedy decoding with an injection
-that is the same for every attempt) is run once per problem and its answer counted for all N attempts,
-because N greedy runs would be N identical copies. Which axes a method reads, whether its injection
-differs per attempt and which method options its cells carry are facts of the method registry
-(`rsp.methods.Method`), not lists kept here.
-
-Spellings (docs/glossary.md): the scale grid is `rsp_scales` (`--rsp-scales`), a cell's scale and the
-table's column `rsp_scale`. Cell directory names keep their `_a<scale>` suffix, so finished cells are
-found.
+Each cell is a complete eval run directory (OUT/cells/<name>/), so cells resume exactly like `rsp eval`
+and a finished cell is skipped without loading the model. All cells share the seed, hence the problems
+and the RSP seed stream. Axes a method does not read collapse, and a deterministic cell (greedy decoding
+with an injection that is the same for every attempt) runs once per problem and counts for all N
+attempts. Which axes a method reads and whether it differs per attempt are the method registry's facts.
+Cell directories keep their `_a<scale>` suffix, so finished cells are found.
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +29,10 @@ from rsp.methods import (
     get_method,
     method_names,
 )
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 from rsp.records import SAMPLES, SampleRecord, read_samples
 from rsp.renamed import renamed_method
-from rsp.reporting import summarise, write_eval_report
+from rsp.reporting import pyplot, summarise, write_eval_report
 from rsp.runio import (
     RunDirError,
     atomic_write_text,
@@ -83,14 +77,15 @@ class Cell:
         """The `rsp eval` settings of this cell: the base run with the cell's method, L, scale, temperature,
         and only the method options its method reads (so adding e.g. a soft-prompt path to a sweep does not
         change, and invalidate, the other cells)."""
-        cfg = EvalConfig.from_dict(base.to_dict())
-        cfg.methods = (self.method,)
-        cfg.n = 1 if self.replicate else n
-        cfg.temperature = self.temperature
-        cfg.rsp_length = self.length if self.length is not None else 0
-        cfg.rsp_scale = self.rsp_scale if self.rsp_scale is not None else 1.0
-        cfg.method_options = get_method(self.method).cell_options(method_options)
-        return cfg
+        return replace(
+            base,
+            methods=(self.method,),
+            n=1 if self.replicate else n,
+            temperature=self.temperature,
+            rsp_length=self.length if self.length is not None else 0,
+            rsp_scale=self.rsp_scale if self.rsp_scale is not None else 1.0,
+            method_options=get_method(self.method).cell_options(method_options),
+        )
 
 
 @dataclass
@@ -161,11 +156,9 @@ class SweepConfig:
                 )
             for missing in get_method(m).missing_options(self.base.method_options):
                 raise ConfigError(f"method {m} needs --method-option {missing.key}={missing.metavar}")
-        probe = EvalConfig.from_dict(self.base.to_dict())
-        probe.methods = (BASELINE,)
-        probe.temperature = self.temperatures[0]
-        probe.method_options = {}
-        probe.validate()
+        replace(
+            self.base, methods=(BASELINE,), temperature=self.temperatures[0], method_options={}
+        ).validate()
 
     def identity(self) -> dict:
         """What a resumed sweep must share with the original; the grid itself may grow."""
@@ -228,7 +221,7 @@ def run_sweep(
     config: SweepConfig,
     out: str | Path,
     *,
-    lm: LoadedModel | None = None,
+    lm: ModelBase | None = None,
     progress: bool = True,
     generator: Generator | None = None,
 ) -> SweepResult:
@@ -273,14 +266,7 @@ def run_sweep(
             recs = [dict(r) for r in finished]
             skipped.append(cell.name)
         else:
-            if generator is None:
-                generator = Generator(
-                    lm if lm is not None else config.base.model,
-                    engine=config.base.engine,
-                    dtype=config.base.dtype,
-                    device=config.base.device,
-                    **config.base.engine_options(),
-                )
+            generator = generator or Generator.from_args(config.base, lm)
             run = run_eval(cfg, cell_dir, generator=generator, progress=progress)
             recs = [dict(r) for r in run.records]
             write_eval_report(cell_dir, recs, run.config.to_dict(), seconds=run.seconds)
@@ -326,15 +312,13 @@ def compare_cells(cells: list[Cell], records: dict[str, list[dict]], n: int, *, 
         else:
             summary = summarise(_renamed(records[base_name], "base") + recs, ["base", "cell"], n, seed=seed)
         row["problems"] = summary["problems"]
-        curve = {}
         for metric in metrics:
-            est = summary["methods"].get("cell", {}).get(metric)
-            row[metric] = est
-            diff = summary.get("paired", {}).get("cell", {}).get(metric)
-            row[f"delta {metric}"] = diff
-        if summary["problems"]:
-            curve = {k: summary["methods"]["cell"][f"pass@{k}"]["mean"] for k in range(1, n + 1)}
-        row["passk_curve"] = curve
+            row[metric] = summary["methods"].get("cell", {}).get(metric)
+            row[f"delta {metric}"] = summary.get("paired", {}).get("cell", {}).get(metric)
+        cell_metrics = summary["methods"].get("cell", {})
+        row["passk_curve"] = (
+            {k: cell_metrics[f"pass@{k}"]["mean"] for k in range(1, n + 1)} if cell_metrics else {}
+        )
         rows.append(row)
     return rows
 
@@ -458,18 +442,9 @@ def write_sweep_report(
 # ------------------------------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
     """One figure per method: a panel per temperature, a line per (L, scale), temperature-only dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     temps = list(config.temperatures)
     baseline = {r["temperature"]: r for r in rows if r["method"] == BASELINE}
     written = []
@@ -510,7 +485,7 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
 
 def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
     """Per method with an L axis: mean accuracy, and its paired difference to temperature-only, over L x T."""
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     temps = list(config.temperatures)
     for method in dict.fromkeys(r["method"] for r in rows if r["L"] is not None):

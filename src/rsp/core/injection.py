@@ -1,8 +1,6 @@
-"""Injection methods: what goes into the slots of a prompt (or onto its rows) for each attempt.
-
-An injection is defined by its length L, its insertion point, and how it derives one seed per
-attempt; from the seed alone the injected tensor can be rebuilt, which is what lets analysis and
-RL log-prob recomputation reproduce an attempt exactly from its JSONL record.
+"""Injection methods: what goes into the slots of a prompt (or onto its rows) for each attempt. From an
+attempt's seed alone the injected tensor can be rebuilt, so analysis and RL log-prob recomputation
+reproduce an attempt exactly from its JSONL record.
 """
 
 from __future__ import annotations
@@ -56,6 +54,11 @@ class Injection(ABC):
         such a prompt can be neither shared across attempts nor sent to an engine as token ids."""
         return type(self).transform_prompt is not Injection.transform_prompt
 
+    @property
+    def active(self) -> bool:
+        """Whether it changes anything: slots to fill, or the prompt's own rows."""
+        return self.length > 0 or self.changes_prompt_rows
+
     def apply(self, embeds: torch.Tensor, batch: SlottedBatch, seeds: Sequence[int | None]) -> torch.Tensor:
         embeds = self.transform_prompt(embeds, batch, seeds)
         if batch.length == 0:
@@ -82,11 +85,8 @@ class NoInjection(Injection):
 
 
 class RandomSoftPrompt(Injection):
-    """The paper's method: L vectors from N(mean, (scale*std)^2 I) fitted to the embedding table.
-
-    `granularity` sets how often a new RSP is drawn: per attempt (the default and the paper's
-    reading), per problem (shared by its N attempts), or once per run (a fixed random prompt).
-    """
+    """The paper's method: L vectors from N(mean, (scale*std)^2 I) fitted to the embedding table, drawn
+    anew per attempt (the default), per problem, or once per run (`granularity`)."""
 
     name = "rsp"
 

@@ -1,16 +1,11 @@
 """The one place where (prompts, an injection, per-attempt seeds) become model inputs.
 
 Why one place: the method *is* this step. Every engine, probe and trainer that builds its inputs here
-(or through `SlotFiller`, the same step run as a hook inside a stock model's embedding layer) injects
-the same rows at the same columns, so a rollout and its log-prob recomputation, or `rsp.attach` inside
-a user's `model.generate` and `rsp.generate(engine="hf")`, agree by construction instead of by test.
-
-Two entry points share `layout` and `Injection.apply`:
-- `embed_prompts`: lay out, embed, inject; for engines that feed `inputs_embeds` (lean, prefix, vLLM's
-  full-embedding requests, analysis, soft-prompt training, the native DAPO trainer);
-- `SlotFiller`: a forward hook on the input-embedding module that finds the placeholder runs written by
-  `layout` in whatever ids the model receives and fills them; for code that only passes token ids
-  (`model.generate(**enc)`, TRL's trainer, lm-eval's HFLM).
+(or through `SlotFiller`, the same step run as a hook inside a stock model's embedding layer) injects the
+same rows at the same columns, so a rollout and its log-prob recomputation, or `rsp.attach` and
+`rsp.generate(engine="hf")`, agree by construction instead of by test. `embed_prompts` lays out, embeds and
+injects, for code that feeds `inputs_embeds`; `SlotFiller` finds the placeholder runs `layout` wrote in
+whatever ids the model receives and fills them, for code that passes token ids.
 """
 
 from __future__ import annotations
@@ -63,11 +58,9 @@ def embed_prompts(
     suffixes: Sequence[Sequence[int]] | None = None,
     grad: bool = False,
 ) -> tuple[SlottedBatch, torch.Tensor]:
-    """Laid-out batch and its input embeddings with the injection applied (row i from seeds[i]).
-
-    `embed` maps ids to *effective* embeddings (the model's embedding module, scale included). With
-    `grad`, the injection's own parameters (a trained soft prompt) stay in the autograd graph; the
-    token embeddings never do.
+    """Laid-out batch and its input embeddings with the injection applied (row i from seeds[i]); `embed`
+    gives effective embeddings. With `grad`, the injection's own parameters (a trained soft prompt) stay in
+    the autograd graph; the token embeddings never do.
     """
     if len(prompts) != len(seeds):
         raise ValueError(
@@ -112,29 +105,44 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 class Continued:
     """A laid-out prompt batch followed by right-padded continuations (completions being scored)."""
 
+    batch: SlottedBatch  # the prompts
     embeds: torch.Tensor  # (B, P + T, d)
     attention_mask: torch.Tensor  # (B, P + T); 1 on the continuation's right padding too (never read)
     position_ids: torch.Tensor
     continuation_ids: torch.Tensor  # (B, T), pad after each continuation
     continuation_mask: torch.Tensor  # (B, T), 1 on real continuation tokens
-    prompt_width: int
+
+    @property
+    def prompt_width(self) -> int:
+        return int(self.batch.input_ids.shape[1])
+
+    def forward(self, model: torch.nn.Module, logits_to_keep: int):
+        """The model's output on the whole sequence, with logits for the last `logits_to_keep` positions."""
+        return model(
+            inputs_embeds=self.embeds,
+            attention_mask=self.attention_mask,
+            position_ids=self.position_ids,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
+        )
 
 
-def append_continuations(
+def embed_continued(
     embed: EmbedFn,
-    batch: SlottedBatch,
-    prompt_embeds: torch.Tensor,
+    prompts: Sequence[PromptTokens],
+    injection: Injection,
+    seeds: Sequence[int | None],
     continuations: Sequence[Sequence[int]],
     *,
     pad_id: int,
     width: int | None = None,
+    grad: bool = False,
 ) -> Continued:
-    """Append each row's continuation after its prompt, as `generate` laid it out when it sampled it.
-
-    Right padding after a short continuation only affects positions that are never read, so the mask
-    keeps it attended (as every scoring path here always did); `width` caps or fixes the number of
-    continuation columns (default: the longest continuation, at least 1).
-    """
+    """`embed_prompts`, then each row's continuation after its prompt, as `generate` laid it out when it
+    sampled it. Right padding after a short continuation only affects positions never read, so the mask
+    keeps it attended; `width` caps or fixes the number of continuation columns (default: the longest
+    continuation, at least 1)."""
+    batch, prompt_embeds = embed_prompts(embed, prompts, injection, seeds, pad_id=pad_id, grad=grad)
     T = width if width is not None else max(1, max((len(c) for c in continuations), default=0))
     ids = torch.full((len(continuations), T), pad_id, dtype=torch.long)
     cmask = torch.zeros((len(continuations), T), dtype=torch.long)
@@ -148,17 +156,14 @@ def append_continuations(
         cont = embed(ids).to(device=device, dtype=prompt_embeds.dtype)
     embeds = torch.cat([prompt_embeds, cont], dim=1)
     mask = torch.cat([batch.attention_mask, torch.ones_like(cmask)], dim=1).to(device)
-    return Continued(embeds, mask, positions_from_mask(mask), ids, cmask, int(batch.input_ids.shape[1]))
+    return Continued(batch, embeds, mask, positions_from_mask(mask), ids, cmask)
 
 
 def slots_from_placeholders(
     input_ids: torch.Tensor, placeholder_id: int, length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(slot_index (B, L), has_slots (B,)): the first run of `length` placeholder ids in each row.
-
-    The inverse of `layout` for code that only sees ids. A row holds either no placeholder or exactly
-    one run of `length`; anything else means the ids were not laid out by `layout` and is refused.
-    """
+    """(slot_index (B, L), has_slots (B,)): the first run of `length` placeholder ids in each row, the
+    inverse of `layout`; a row with another number of placeholders is refused."""
     hits = input_ids == placeholder_id
     counts = hits.sum(dim=1)
     has = counts > 0
@@ -182,11 +187,9 @@ def slots_from_placeholders(
 class SlotFiller:
     """Forward hook for an input-embedding module: fills each row's slots with its injected rows.
 
-    `seeds_for(rows)` returns the seed of every row of the call's batch (or None to leave the call
-    alone). A call is an injection call (the prefill of `generate`, or a scoring forward) when its rows
-    hold the placeholder run; decode steps (one new token per row) never do and pass through. Injections
-    that rewrite the prompt's own rows (`changes_prompt_rows`, L = 0) are applied to every call with more
-    than one column, and need the call's attention mask from `attention_mask()`.
+    `seeds_for(rows)` gives every row's seed (None: leave the call alone). Calls whose rows hold the
+    placeholder run are injected (prefill, scoring forwards); decode steps pass through. Injections that
+    rewrite the prompt's rows (L = 0) apply to every multi-column call, with its mask from `attention_mask()`.
     """
 
     def __init__(

@@ -1,9 +1,7 @@
 """Insertion of injected rows (RSPs, soft prompts, controls) into a batch of prompts.
 
-Design: the prompt is laid out in token space with L placeholder slots at the insertion point, so
-ids, attention masks and position ids keep their usual shapes; at embedding time the slot rows are
-overwritten with the injected vectors. The same layout serves HF generation, teacher-forced
-analysis passes, RL log-prob recomputation and vLLM's mixed token/embedding prompts.
+The prompt is laid out in token space with L placeholder slots at the insertion point, so ids, masks and
+position ids keep their usual shapes; at embedding time the slot rows are overwritten with the vectors.
 """
 
 from __future__ import annotations
@@ -64,11 +62,8 @@ def build_slotted_batch(
     pad_id: int,
     placeholder_id: int | None = None,
 ) -> SlottedBatch:
-    """Lay out prompts left-padded, with `length` slots inserted at `insert_index[i]` in row i.
-
-    With length 0 this is exactly a left-padded batch of the prompts, so "no injection" and "L=0"
-    share one code path.
-    """
+    """Lay out prompts left-padded, with `length` slots at `insert_index[i]` in row i (length 0: exactly a
+    left-padded batch, so "no injection" and "L=0" share one code path)."""
     if length < 0:
         raise ValueError(f"injection length must be >= 0, got {length}")
     if len(prompts) != len(insert_index):

@@ -10,11 +10,9 @@ from rsp.core.stats import EmbeddingStats
 
 
 class RSPSampler:
-    """Draws RSPs of shape (L, d) from N(mean, (scale * std)^2 I).
-
-    Each attempt's RSP comes from its own `torch.Generator` seeded with that attempt's seed, so
-    RSP identity is independent of decoding randomness and of which other attempts share a batch.
-    Draws are made in fp32 on the CPU (bit-identical across machines) and cast by the caller.
+    """Draws RSPs of shape (L, d) from N(mean, (scale * std)^2 I), each from its own seeded CPU
+    `torch.Generator` in fp32, so an RSP is bit-identical across machines and independent of decoding
+    randomness and of which attempts share a batch.
     """
 
     def __init__(self, stats: EmbeddingStats, length: int, scale: float = 1.0) -> None:

@@ -1,9 +1,5 @@
-"""Seed scheme: every random draw in a run is derived from (base seed, named stream, keys).
-
-Deriving seeds by hashing instead of advancing one global RNG means an attempt's RSP and decoding
-noise do not depend on which other attempts ran before it, so a resumed or re-ordered run draws
-exactly the same RSPs.
-"""
+"""Seed scheme: every random draw in a run is derived from (base seed, named stream, keys), by hashing
+rather than by advancing one global RNG, so a resumed or re-ordered run draws exactly the same RSPs."""
 
 from __future__ import annotations
 

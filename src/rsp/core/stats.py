@@ -1,7 +1,5 @@
-"""Statistics of the effective input-embedding table, which parameterise the RSP distribution.
-
-"Effective" means the vectors the first transformer block receives: for models that rescale their
-embeddings (Gemma multiplies by sqrt(d)) the scale is applied before fitting, so RSP rows live in the
+"""Statistics of the effective input-embedding table, which parameterise the RSP distribution:
+"effective" is what the first block receives (Gemma's sqrt(d) scale applied), so RSP rows live in the
 same space as real token rows.
 """
 
@@ -68,11 +66,9 @@ def fit_embedding_stats(
     num_real_tokens: int | None = None,
     mean_mode: MeanMode = "scalar",
 ) -> EmbeddingStats:
-    """Fit the RSP distribution on an embedding table of shape (V, d).
-
-    `rows="tokens"` keeps only the first `num_real_tokens` rows, which excludes padding rows that
-    some vocabularies carry but never trained. The variance is always the scalar variance of all
-    selected entries (population variance), so draws are isotropic.
+    """Fit the RSP distribution on a (V, d) table: `rows="tokens"` keeps the first `num_real_tokens` rows
+    (dropping untrained padding rows); the variance is the population variance of all selected entries, so
+    draws are isotropic.
     """
     if weight.dim() != 2:
         raise ValueError(f"embedding table must be 2-D (V, d), got shape {tuple(weight.shape)}")

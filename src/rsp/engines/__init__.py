@@ -1,7 +1,4 @@
-"""Generation engines behind one interface.
-
-hf (default), lean and prefix-shared HF paths, vllm (scale-out).
-"""
+"""Generation engines behind one interface: hf (default), the lean and prefix-shared paths, vllm."""
 
 from pathlib import Path
 
@@ -10,21 +7,18 @@ from rsp.engines.hf import HFEngine
 from rsp.engines.lean import LeanEngine
 from rsp.engines.prefix import PrefixEngine
 from rsp.engines.vllm import VLLMEngine  # vLLM itself is imported only when the engine is built
-from rsp.models.embeddings import EmbeddingModel, load_embedding_model
-from rsp.models.loading import LoadedModel, load_model
+from rsp.models.embeddings import load_embedding_model
+from rsp.models.loading import ModelBase, load_model
 
-ENGINES = {"hf": HFEngine, "lean": LeanEngine, "prefix": PrefixEngine}
+ENGINES: dict[str, type[HFEngine]] = {"hf": HFEngine, "lean": LeanEngine, "prefix": PrefixEngine}
 ENGINE_NAMES: tuple[str, ...] = (*ENGINES, "vllm")
 
 
 def load_for_engine(
     spec: str, engine: str, *, dtype: str = "auto", device: str = "cpu", cache_dir: str | Path | None = None
-) -> LoadedModel | EmbeddingModel:
-    """What `engine` needs of model `spec`: for vllm only the tokenizer and input-embedding table
-    (vLLM loads the weights itself; a full HF copy beside it doubled the memory), else the whole model.
-
-    `device` is where an HF engine runs; the vllm side stays on the CPU (vLLM places its own weights).
-    """
+) -> ModelBase:
+    """What `engine` needs of model `spec`: for vllm only the tokenizer and input-embedding table on the
+    CPU (vLLM loads the weights itself; a full HF copy beside it doubled the memory), else the whole model."""
     if engine == "vllm":
         return load_embedding_model(spec, dtype=dtype, cache_dir=cache_dir)
     if engine not in ENGINES:

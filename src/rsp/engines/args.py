@@ -1,8 +1,5 @@
-"""`EngineArgs`: the settings of a command that loads a model and generates with one of `rsp.engines`.
-
-A config-dataclass mixin (`rsp.config`): its fields are flags of every command that inherits it (`rsp eval`,
-`rsp sweep`, `rsp analyze`, `rsp serve`), defined here once with their checks.
-"""
+"""`EngineArgs`: the settings (and their checks) of every command that generates with one of
+`rsp.engines`, as a config-dataclass mixin (`rsp.config`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Hugging Face transformers engine: `generate(inputs_embeds=...)` with one injection per row.
-
-Each row of a batch is its own attempt with its own injected rows, so N attempts at a problem are
-N rows (never `num_return_sequences`, which would copy one RSP to all N).
-"""
+"""Hugging Face transformers engine: `generate` with one injection per row (N attempts at a problem
+are N rows, never `num_return_sequences`, which would copy one RSP to all N)."""
 
 from __future__ import annotations
 
@@ -29,12 +26,10 @@ log = logging.getLogger(__name__)
 def contiguous_head_input(model: torch.nn.Module):
     """Within the block, the output head receives a contiguous input.
 
-    Why: with `logits_to_keep=1` (what `generate()` passes at prefill) the head gets the view
-    `hidden[:, -1:, :]`, and `torch.matmul` on a non-contiguous 3-D input falls back to a batched matmul
-    against the weight expanded to (B, d, vocab), which it materialises: 1.8 GB and ~5 s for SmolLM2 at
-    batch 32 on this CPU, 10.7 GB for Gemma 3's 262k vocabulary (the cause of its memory peak). A
-    contiguous copy of the (B, 1, d) input takes the plain matmul path instead; in bf16 and fp16 the
-    logits are bit-identical (tested), in fp32 they may differ in the last bit.
+    Why: at prefill `generate()` hands the head the view `hidden[:, -1:, :]`, and `torch.matmul` on a
+    non-contiguous 3-D input materialises the weight expanded to (B, d, vocab): 1.8 GB and ~5 s for SmolLM2
+    at batch 32 on a CPU, 10.7 GB for Gemma 3. A contiguous copy takes the plain path; bf16 and fp16 logits
+    are bit-identical (tested), fp32 ones may differ in the last bit.
     """
     head = output_embeddings(model)
     if head is None:
@@ -72,8 +67,7 @@ class HFEngine:
     def prepare(
         self, prompts: Sequence[PromptTokens], injection: Injection, seeds: Sequence[int | None]
     ) -> tuple[SlottedBatch, torch.Tensor]:
-        """Left-padded slotted batch and its input embeddings with the injection applied
-        (`rsp.core.inputs.embed_prompts`, the path every `inputs_embeds` engine and probe uses)."""
+        """Left-padded slotted batch and its input embeddings with the injection applied."""
         return embed_prompts(self.lm.embed, prompts, injection, seeds, pad_id=self.lm.pad_token_id)
 
     def generate(
@@ -102,23 +96,19 @@ class HFEngine:
             self.oom_events.append(msg)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            first = self.generate(
-                prompts[:half],
-                injection,
-                seeds[:half],
-                sampling,
-                decode_seed=derive_seed(decode_seed, "oom", 0),
-                stop_strings=stop_strings,
-            )
-            second = self.generate(
-                prompts[half:],
-                injection,
-                seeds[half:],
-                sampling,
-                decode_seed=derive_seed(decode_seed, "oom", 1),
-                stop_strings=stop_strings,
-            )
-            return first + second
+            parts = (slice(None, half), slice(half, None))
+            return [
+                c
+                for i, part in enumerate(parts)
+                for c in self.generate(
+                    prompts[part],
+                    injection,
+                    seeds[part],
+                    sampling,
+                    decode_seed=derive_seed(decode_seed, "oom", i),
+                    stop_strings=stop_strings,
+                )
+            ]
 
     def generation_kwargs(self, sampling: SamplingConfig, stop_strings: Sequence[str] = ()) -> dict:
         cfg = GenerationConfig(

@@ -7,23 +7,16 @@ and the hook behind it that the hf engine uses too.
     handle.seeds                                                  # the RSP seed of each of the 16 rows
     handle.detach()                                               # the model is exactly as before
 
-One hook for both, so attach + `model.generate` and `rsp.generate(engine="hf")` give the same completions
-for the same seeds by construction. (`attach` lives here, not in a module `rsp.attach`: a submodule of that
-name would shadow the function on the lazily imported package.)
+One hook for both, so attach + `model.generate` and `rsp.generate(engine="hf")` agree by construction.
+(`attach` lives here, not in a module `rsp.attach`, which would shadow the function on the lazy package.)
 
-How: `RSPHandle.prepare` lays prompts out with `rsp.core.inputs.layout` (left padding, L placeholder ids
-at the insertion point). A forward hook on the input-embedding module (`rsp.core.inputs.SlotFiller`)
-overwrites the placeholder rows with each row's injected vectors, so `generate`'s prefill and every plain
-forward (`model(**enc, labels=...)`, log-prob code, TRL, lm-eval) see the RSP, and decode steps, which
-carry no placeholder, pass through. The seeds of a `generate` call are drawn when its prefill runs, after
-transformers has expanded the batch for `num_return_sequences`, so each returned row gets its own RSP;
-`handle.seeds` lists them in output order and `handle.use_seeds(seeds)` rebuilds them.
-
-The placeholder is never sampled: a forward hook on the output head sets its logit to BANNED_LOGIT in
-every distribution the model gives while attached (generation, and the log-probs that training and
-analysis recompute, so both describe the same policy; the lean engine and the native trainer apply the
-same ban). An instance attribute wraps `model.generate` only to mark "a new call: draw fresh seeds";
-`detach` removes the hooks and deletes it, so the class method shows through again.
+How: `prepare` lays prompts out with `rsp.core.inputs.layout`; a forward hook on the input-embedding
+module (`SlotFiller`) overwrites the placeholder rows with each row's vectors, so prefill and every plain
+forward (training, log-probs, TRL, lm-eval) see the RSP, while decode steps pass through. A call's seeds
+are drawn at its prefill, after transformers has expanded the batch for `num_return_sequences`, so every
+returned row gets its own RSP. A hook on the output head sets the placeholder's logit to BANNED_LOGIT in
+every distribution the model gives while attached (the lean engine and native trainer ban it too); an
+instance attribute wraps `model.generate` only to mark "a new call", and `detach` removes all of it.
 """
 
 from __future__ import annotations
@@ -121,13 +114,10 @@ class RSPHandle:
 
     # ------------------------------------------------------------------ inputs
     def prepare(self, prompts: Prompt | Sequence[Prompt], n: int = 1, *, chat: bool | None = None):
-        """A left-padded `BatchEncoding` (input_ids, attention_mask) on the model's device, each prompt
-        repeated `n` times in a row (prompt-major), with the L placeholder slots at the insertion point.
-
-        Strings use the chat template with the generation prompt where the tokenizer has one (`chat`
-        overrides); chat message lists always do. For greedy decoding use `n` (transformers allows
-        `num_return_sequences > 1` only when sampling): every row then gets its own RSP.
-        """
+        """A left-padded `BatchEncoding` on the model's device, each prompt repeated `n` times (prompt-major),
+        with the L placeholder slots at the insertion point. Strings use the chat template where the
+        tokenizer has one (`chat` overrides). For greedy decoding use `n` rather than
+        `num_return_sequences` (which transformers allows only when sampling)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if isinstance(prompts, str | PromptTokens) or is_messages(prompts):
@@ -239,19 +229,15 @@ def attach(
     """Make a transformers causal LM (or a PEFT-wrapped one) RSP-aware; returns the handle.
 
     Args:
-        model, tokenizer: a stock `AutoModelForCausalLM` (or PEFT model) and its tokenizer, or an rsp
-            `LoadedModel` (tokenizer then omitted).
-        length: L, the number of injected vectors (0 = nothing is injected).
+        model, tokenizer: a stock causal LM (or PEFT model) and its tokenizer, or an rsp `LoadedModel`.
+        length, scale, position, stats_rows, stats_mean: as in `rsp.RSPConfig`.
         seed: base seed; the seeds of each call are derived from it and the call's index.
-        position: insertion point: `after_generation_prompt`, `end_of_user_turn` or `prepend`.
-        scale: multiplies the fitted standard deviation.
-        method: any registered method (`rsp methods`): the controls attach the same way;
-            method-specific options (e.g. `soft_prompt="file.safetensors"`, `noise_alpha=5`) as keywords.
+        method: any registered method (`rsp methods`), with its options as keywords
+            (e.g. `soft_prompt="file.safetensors"`, `noise_alpha=5`).
         injection: a ready `Injection` instead of `method` (its own length and position are used).
         placeholder_id: the token id that marks the slots (default: `choose_placeholder`).
 
-    The model's train/eval mode, parameters and methods are left alone; `handle.detach()` (or leaving
-    a `with` block) removes every trace.
+    The model's mode, parameters and methods are left alone; `handle.detach()` removes every trace.
     """
     if isinstance(model, LoadedModel):
         lm = model

@@ -1,11 +1,9 @@
 """A KV cache that writes new keys/values into preallocated room instead of re-concatenating.
 
-Why: transformers' `DynamicLayer.update` runs `torch.cat([past, new])` for keys and values in every
-layer at every decode step, copying the whole cache each time (about a tenth of a batch-32 SmolLM2
-step on the CPU). Here each layer keeps a buffer with room for `reserve` more positions and hands
-attention a view of the filled part: the same values with the same shapes, so outputs are unchanged
-(unlike a static cache, which attends over the whole preallocated length under a mask and changes
-rounding). Sliding-window layers keep transformers' own class.
+Why: transformers' `DynamicLayer.update` copies the whole cache (`torch.cat`) in every layer at every
+decode step, about a tenth of a batch-32 SmolLM2 step on the CPU. Here each layer keeps a buffer with
+room to spare and hands attention a view of the filled part: the same values and shapes, so outputs are
+unchanged (unlike a static cache). Sliding-window layers keep transformers' own class.
 """
 
 from __future__ import annotations

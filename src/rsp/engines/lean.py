@@ -1,10 +1,8 @@
-"""A lean decode loop: model forward + DynamicCache, no `generate()` machinery per step.
+"""A lean decode loop: model forward + KV cache, no `generate()` machinery per step.
 
-Why: `generate()` re-validates configs, rebuilds logits processors and stopping criteria and
-re-derives model inputs on every step; at small models on CPU that overhead is a large share
-of the step time. This loop does only what sampling needs. Greedy output matches `HFEngine`
-token for token; sampling uses the same warpers (temperature, top-k, top-p, min-p in
-transformers' order) and `torch.multinomial`, so it is the same distribution.
+Why: `generate()` re-validates configs and rebuilds processors and inputs on every step, a large share of
+a small model's CPU step. Greedy output matches `HFEngine` token for token; sampling uses the same
+warpers in transformers' order and `torch.multinomial`, so it is the same distribution.
 """
 
 from __future__ import annotations
@@ -67,17 +65,11 @@ def decode_loop(
 ) -> list[list[int]]:
     """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache.
 
-    `attention_mask` (B, T) covers the cache; `next_position` (B,) is the position id of the first
-    new token. Rows stop at a stop token (kept, like `generate`) or once a stop string appears;
-    finished rows receive `pad_token_id`.
-
-    With `compact`, a row that finishes is dropped from the cache, mask and positions, so later
-    forward passes run only on live rows (`generate` keeps computing finished rows until the whole
-    batch is done). Greedy output is unchanged. Sampling draws `torch.multinomial` over the live rows
-    only, so after the first row stops each row consumes different random numbers than in
-    `generate`: same distribution, different tokens for the same seed. `batch_sizes`, if given,
-    receives the number of rows of every decode forward pass (for tests and benchmarks). `banned_ids`
-    are never sampled (the slot placeholder, as in the hf engine's generate).
+    `attention_mask` covers the cache; `next_position` (B,) is the first new token's position id. Rows stop
+    at a stop token (kept) or a stop string; finished rows get `pad_token_id`. With `compact`, finished rows
+    leave the cache, so later steps run on live rows only: greedy output is unchanged, sampling has the same
+    distribution but draws other numbers than `generate`. `batch_sizes` receives each step's rows (tests,
+    benchmarks); `banned_ids` are never sampled (the slot placeholder).
     """
     warpers = build_warpers(sampling)
     banned = list(banned_ids)
@@ -135,12 +127,9 @@ def decode_loop(
 class LeanEngine(HFEngine):
     """`HFEngine` with the hand-written decode loop instead of `generate()` (same interface).
 
-    `compact=False` keeps finished rows in the batch like `generate` (sampled tokens then match
-    `generate`'s random-number use row for row); the default drops them (see `decode_loop`).
-    `pack_weights` runs bf16 linear layers on the CPU with prepacked oneDNN weights
-    (`rsp.engines.packed`; bit-identical outputs, one extra copy of those weights in memory).
-    `preallocate_cache` appends keys/values into reserved room instead of re-concatenating the cache
-    every step (`rsp.engines.kvcache`; same values, same outputs).
+    `compact=False` keeps finished rows like `generate` (sampled tokens then match it row for row);
+    `pack_weights` runs bf16 CPU linears on prepacked oneDNN weights (`rsp.engines.packed`);
+    `preallocate_cache` appends into reserved KV room (`rsp.engines.kvcache`). All keep outputs unchanged.
     """
 
     def __init__(

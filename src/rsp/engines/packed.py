@@ -1,10 +1,8 @@
 """Prepacked oneDNN weights for a model's bf16 linear layers on the CPU.
 
-Why: in eager mode every bf16 `nn.Linear` call hands oneDNN a plain row-major weight, which it
-re-lays out into its blocked format on every call. For decode steps (a few rows against a large
-weight) that re-layout is a large share of the matmul; packing each weight once, as inductor's
-freezing pass does, removes it. The packed kernel is the same oneDNN matmul, so outputs are
-bit-identical to `F.linear` (checked at load time on one layer, and in tests); fp32 weights are left
+Why: in eager mode every bf16 `nn.Linear` call makes oneDNN re-lay the weight into its blocked format, a
+large share of a decode step's matmul; packing each weight once, as inductor's freezing pass does, removes
+it. Outputs are bit-identical to `F.linear` (checked at load time and in tests); fp32 weights are left
 alone because MKL's packed fp32 path rounds differently.
 """
 

@@ -1,17 +1,15 @@
 """Prefix-shared branching: prefill each distinct prompt once, then branch its cache N ways.
 
-Why: the N attempts at a problem differ only in their injected rows, so the prompt tokens before
-the insertion point produce the same keys/values in every attempt. Computing them once per
-problem and copying the cache rows to its attempts divides the prefill cost by about N.
-
-Layout per row: [left pad | shared prefix | pad | slots + rest of prompt | new tokens]. The mask
-has zeros in the middle gap and the position ids are counted over attended tokens only, so each
-row sees exactly what the unshared left-padded batch sees.
+Why: the N attempts at a problem differ only in their injected rows, so the tokens before the insertion
+point give the same keys/values in every attempt; computing them once divides the prefill cost by about
+N. Layout per row: [left pad | shared prefix | pad | slots + rest of prompt | new tokens], with zeros in
+the mask's gap and positions counted over attended tokens, so each row sees what the unshared batch sees.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -32,28 +30,11 @@ def has_sliding_layers(model: torch.nn.Module) -> bool:
 
 
 class PrefixEngine(LeanEngine):
-    """Same interface and results as `HFEngine`, with one prompt prefill per distinct prompt.
+    """Same interface and results as `HFEngine`, with one prompt prefill per distinct prompt; the unshared
+    lean loop where nothing can be shared (prepend, injections that rewrite prompt rows, sliding windows)."""
 
-    Falls back to the unshared lean loop when nothing can be shared: prepend insertion (the slots
-    come first), injections that rewrite the prompt's own rows per seed, or sliding-window models.
-    """
-
-    def __init__(
-        self,
-        lm,
-        *,
-        min_batch_size: int = 1,
-        compact: bool = True,
-        pack_weights: bool = True,
-        preallocate_cache: bool = True,
-    ) -> None:
-        super().__init__(
-            lm,
-            min_batch_size=min_batch_size,
-            compact=compact,
-            pack_weights=pack_weights,
-            preallocate_cache=preallocate_cache,
-        )
+    def __init__(self, lm, **options: Any) -> None:
+        super().__init__(lm, **options)
         self.last_shared: bool = False
         self.last_prefill_rows: int = 0
 

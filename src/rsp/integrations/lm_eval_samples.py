@@ -1,32 +1,29 @@
 """Turn lm-eval `--log_samples` files of the shipped `rsp_*` tasks into an `rsp eval` run directory.
 
-Why: `rsp report` (pass@k / maj@k with bootstrap CIs, paired tests between arms) and `rsp analyze`
-(entropy, KL, attention on the slots, rebuilt from each attempt's RSP seed) read rsp's own run format.
-lm-eval logs one line per document with all repeats; `rsp-hf` adds the repeats' RSP seeds to the
-request's arguments. This writes one rsp record per repeat (problem id, method, attempt, RSP seed,
-completion, grade) and a `config.json` saying how to rebuild the prompts and injections.
+Why: `rsp report` (pass@k / maj@k, paired tests) and `rsp analyze` (rebuilt from each attempt's RSP seed)
+read rsp's own run format. This writes one rsp record per repeat and a `config.json` saying how to rebuild
+the prompts and injections.
 
     python -m rsp.integrations.lm_eval_samples --arm temperature=runs/plain/.../samples_rsp_arith_*.jsonl \
         --arm rsp=runs/rsp/.../samples_rsp_arith_*.jsonl --model smollm2-135m-instruct --out runs/from-lm-eval
-    rsp report --run runs/from-lm-eval
 
-Limits, said plainly: lm-eval logs text, not token ids, so `token_ids` are the completion re-tokenised
-(`token_ids_source: "retokenised"`), close to but not always the sampled ids; the prompts `rsp analyze`
-rebuilds are rsp's chat prompts, which equal the lm-eval ones only for `--apply_chat_template` runs of
-the `rsp_*` tasks with no few-shot examples and no system instruction.
+Limits: lm-eval logs text, not token ids, so `token_ids` are the completion re-tokenised
+(`token_ids_source: "retokenised"`); the prompts `rsp analyze` rebuilds equal lm-eval's only for
+`--apply_chat_template` runs of the `rsp_*` tasks without few-shot examples or a system instruction.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
 
+from rsp.config import RSPArgumentParser, option
 from rsp.evaluation import EvalConfig
 from rsp.models.loading import resolve_model_dir
 from rsp.records import SAMPLES, SampleRecord, append_samples
@@ -161,9 +158,8 @@ def convert(
     retokenise: bool = True,
 ) -> Path:
     """Write `out/config.json` and `out/samples.jsonl` (rsp eval's format) from one samples file per method.
-
-    The config's `seed` is 0, the seed the `rsp_arith` task generates its problems with (in rsp eval one seed
-    drives both); each record carries its own RSP seed, which is all `rsp analyze` rebuilds RSPs from.
+    The config's `seed` is 0, the one `rsp_arith` generates its problems with; each record carries its own
+    RSP seed, all `rsp analyze` rebuilds RSPs from.
     """
     loaded = {m: read_samples(p) for m, p in arms.items()}
     inj = _injection_settings(loaded)
@@ -222,45 +218,41 @@ def _generation_kwargs(sample: dict) -> dict:
     return {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m rsp.integrations.lm_eval_samples", description=__doc__.split("\n")[0]
-    )
-    p.add_argument(
-        "--arm",
-        action="append",
-        required=True,
+@dataclass
+class ConvertConfig:
+    """The flags of `python -m rsp.integrations.lm_eval_samples`."""
+
+    arm: list[str] = option(
+        help="METHOD=SAMPLES.jsonl; the first is the baseline of rsp report's paired differences",
         metavar="METHOD=SAMPLES.jsonl",
-        help="repeatable; the first is the baseline of rsp report's paired differences",
+        comma=False,
     )
-    p.add_argument(
-        "--model", required=True, help="the model the samples came from (rsp spec: name, dir, .gguf)"
-    )
-    p.add_argument(
-        "--task", default="arith", help="the rsp task the rsp_* lm-eval task wraps (arith, gsm8k, math500)"
-    )
-    p.add_argument("--arith-steps", type=int, default=1)
-    p.add_argument("--arith-max-value", type=int, default=10)
-    p.add_argument(
-        "--no-retokenise", action="store_true", help="leave token_ids empty (no tokenizer is loaded)"
-    )
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
+    model: str = option(help="the model the samples came from (rsp spec: name, dir, .gguf)")
+    out: str = option(help="the rsp eval run directory to write")
+    task: str = option("arith", "the rsp task the rsp_* lm-eval task wraps (arith, gsm8k, math500)")
+    arith_steps: int = option(1, "synthetic task: operations per problem")
+    arith_max_value: int = option(10, "synthetic task: size of numbers")
+    retokenise: bool = option(True, "token_ids from the completions (--no-retokenise: empty, no tokenizer)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = RSPArgumentParser([ConvertConfig], prog="python -m rsp.integrations.lm_eval_samples")
+    (cfg,) = parser.parse(argv)
     arms = {}
-    for spec in args.arm:
+    for spec in cfg.arm:
         method, sep, path = spec.partition("=")
         if not sep or not method or not path:
-            p.error(f"--arm expects METHOD=SAMPLES.jsonl, got {spec!r}")
+            parser.error(f"--arm expects METHOD=SAMPLES.jsonl, got {spec!r}")
         arms[method] = path
     try:
         out = convert(
             arms,
-            args.out,
-            model=args.model,
-            task=args.task,
-            arith_steps=args.arith_steps,
-            arith_max_value=args.arith_max_value,
-            retokenise=not args.no_retokenise,
+            cfg.out,
+            model=cfg.model,
+            task=cfg.task,
+            arith_steps=cfg.arith_steps,
+            arith_max_value=cfg.arith_max_value,
+            retokenise=cfg.retokenise,
         )
     except (ValueError, OSError) as exc:
         print(f"lm_eval_samples: error: {exc}", file=sys.stderr)

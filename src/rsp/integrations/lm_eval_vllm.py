@@ -23,11 +23,10 @@ from rsp.integrations.lm_eval import (
     RSPRequestsMixin,
     RSPSettings,
     _SeededText,
-    injects,
-    resolve_pretrained,
 )
 from rsp.methods import build_method
 from rsp.models.embeddings import load_embedding_model
+from rsp.models.loading import converted_path
 
 __all__ = ["RSPVLLM"]
 
@@ -73,7 +72,7 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
 
     def __init__(self, pretrained: str = "smollm2-135m-instruct", **kwargs: Any) -> None:
         settings = RSPSettings.pop_from(kwargs, "rsp-vllm", shared=("seed",))  # `seed` seeds vLLM too
-        pretrained = resolve_pretrained(pretrained)
+        pretrained = converted_path(pretrained)
         if not settings.trivially_off:
             kwargs.setdefault("enable_prompt_embeds", True)
             if vllm_runs_on_cpu():
@@ -91,8 +90,8 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
                 "workers that take token prompts only)"
             )
         self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
-        injection = build_method(settings.config.method, self._rsp_lm, settings.config)  # type: ignore[arg-type]
-        if injects(injection):
+        injection = build_method(settings.config.method, self._rsp_lm, settings.config)
+        if injection.active:
             self.rsp_injection = injection
             self._prompt_mode = resolve_prompt_mode("auto")
 
@@ -153,18 +152,14 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
             lora_request=self.lora_request,
         )
 
+    def _generation_only(self, use: str) -> None:
+        if self.injecting:  # vLLM gives no prompt log-probs for embedding prompts
+            raise NotImplementedError(f"rsp-vllm injects into generation requests only; use {use}")
+
     def loglikelihood(self, requests: list, disable_tqdm: bool = False):
-        if self.injecting:
-            raise NotImplementedError(
-                "rsp-vllm injects into generation requests only (vLLM gives no prompt "
-                "log-probs for embedding prompts); use rsp-hf for log-likelihood tasks"
-            )
+        self._generation_only("rsp-hf for log-likelihood tasks")
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False):
-        if self.injecting:
-            raise NotImplementedError(
-                "rsp-vllm injects into generation requests only; use rsp-hf with "
-                "rsp_length=0 or lm-eval's vllm for perplexity tasks"
-            )
+        self._generation_only("rsp-hf with rsp_length=0 or lm-eval's vllm for perplexity tasks")
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)

@@ -1,34 +1,21 @@
 """RSP on TRL: `RSPGRPOTrainer` is TRL's `GRPOTrainer` in which every rollout carries its own Random
 Soft Prompt.
 
-Why a subclass and not a fork: a TRL user keeps the script they run (datasets in TRL's formats, their reward
-functions, every `GRPOConfig` field, PEFT, accelerate/DeepSpeed launchers), changes one class name and adds
-`rsp_config=rsp.RSPConfig(...)`. The RSP gets in at the narrowest points of TRL 1.16.0 (an exact pin: these
-are private methods):
+Why a subclass and not a fork: a TRL user keeps their script (TRL's dataset formats, reward functions,
+every `GRPOConfig` field, PEFT, accelerate/DeepSpeed), changes one class name and adds
+`rsp_config=rsp.RSPConfig(...)`. The RSP gets in at the narrowest points of TRL 1.16.0 (an exact pin:
+these are private methods): `_tokenize_prompts`, where `rsp.core.inputs.layout` puts L placeholder ids
+into TRL's own prompt ids; `rsp.attach`'s embedding hook, whose seeds the trainer pins for the rollout
+and for every chunk it scores, so generation and the old, reference and current log-probs all see the
+rollout's own RSP (the seeds travel with the rollouts as an `rsp_seeds` tensor); and, with
+`use_vllm=True`, one mixed token/embedding vLLM request per rollout (`rsp.engines.vllm.build_requests`).
+TRL builds its colocated `vllm.LLM` without `enable_prompt_embeds`, so the trainer adds it; `trl
+vllm-serve` has no mixed prompts over HTTP, so server mode needs `python -m rsp.integrations.trl_vllm_serve`.
+`RSPConfig(length=0)` attaches nothing: the trainer is then plain `GRPOTrainer`.
 
-- `_tokenize_prompts`: TRL tokenises the prompts its own way (chat template, tools, `chat_template_kwargs`);
-  `rsp.core.inputs.layout` then puts L placeholder ids at each prompt's insertion point in those ids;
-- the embedding hook is `rsp.attach`'s (`RSPHandle`, i.e. `rsp.core.inputs.SlotFiller`), not a copy: in every
-  forward it writes each row's RSP over the placeholders. The trainer pins the rows' seeds with
-  `handle.use_seeds` for the rollout and for every chunk it scores, so generation and the old, reference
-  and current log-probs all see the rollout's own RSP;
-- the seeds travel with the rollouts as an `rsp_seeds` tensor, which TRL shuffles and splits with the rest;
-- vLLM (`use_vllm=True`): one request per rollout in the mixed token/embedding layout
-  (`rsp.engines.vllm.build_requests(prompt_mode="mixed")`). Colocate: TRL 1.16 builds its `vllm.LLM`
-  without `enable_prompt_embeds` and has no option for it, so the trainer adds it (and `vllm_engine_kwargs`)
-  while TRL builds the engine. Server: `trl vllm-serve` runs stock `vllm serve`, whose HTTP API has no
-  mixed prompts, so the server must be `python -m rsp.integrations.trl_vllm_serve` (same flags), which adds
-  them.
-
-`RSPConfig(length=0)` attaches nothing and changes nothing: the trainer is then plain `GRPOTrainer`.
-
-DAPO on top (`rsp train --trainer trl`, the recipes of `python -m rsp.integrations.trl_grpo`):
-`loss_type="dapo"`, clip-higher, overlong shaping as a reward, and `mask_constant_groups=True`, dynamic
-sampling in its masking form (TRL's sampler fixes the batch, so there is no oversample-and-refill; the
-native trainer does that).
-
-This module imports TRL at the top (the `train` extra); nothing in rsp imports it until it is used
-(`from rsp.integrations.trl import RSPGRPOTrainer`, `rsp train --trainer trl`, the recipes).
+DAPO on top (`rsp train --trainer trl`): `loss_type="dapo"`, clip-higher, overlong shaping as a reward,
+and `mask_constant_groups=True`, dynamic sampling in its masking form (TRL's sampler fixes the batch, so
+there is no oversample-and-refill; the native trainer does that).
 """
 
 from __future__ import annotations
@@ -52,12 +39,12 @@ from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines.hook import BANNED_LOGIT, RSPHandle, attach
 from rsp.engines.vllm import build_requests
-from rsp.integrations.trl_vllm_serve import encode_request
+from rsp.integrations.trl_vllm_serve import encode_request, sampled_logprobs
 from rsp.methods import RSPConfig, build_method, get_method
 from rsp.models.loading import input_embeddings, output_embeddings, wrap_model
 from rsp.tasks.prompts import INSTRUCTION
 from rsp.train.config import DAPOConfig, DAPOConfigError
-from rsp.train.dapo import build_injection, shaped_reward
+from rsp.train.dapo import build_injection, shaped_reward, unfreeze_for_training
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -66,10 +53,7 @@ SERVER_COMMAND = "python -m rsp.integrations.trl_vllm_serve --model MODEL"
 
 
 def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
-    """The n RSP seeds of one generation round.
-
-    `round_key` = (process, step, call) keeps ranks and steps apart.
-    """
+    """The n RSP seeds of one generation round; `round_key` = (process, step, call) keeps them apart."""
     base = derive_seed(rsp_seed, "trl-rollout", *round_key)
     return [injection.seed_for(base, "row", i) for i in range(n)]
 
@@ -77,11 +61,9 @@ def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int],
 def local_constant_rows(
     gathered_adv: torch.Tensor, group_size: int, process_index: int, local_n: int
 ) -> torch.Tensor:
-    """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal).
-
-    `gathered_adv` is the advantage vector of the whole generation batch in process order (what TRL slices
-    `process_index * local_n : (process_index + 1) * local_n` from); groups are consecutive runs of
-    `group_size`.
+    """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal):
+    `gathered_adv` is the whole generation batch's in process order (TRL slices it per process), groups are
+    consecutive runs of `group_size`.
     """
     if gathered_adv.numel() % group_size:
         raise ValueError(f"{gathered_adv.numel()} rollouts do not split into groups of {group_size}")
@@ -100,12 +82,8 @@ def last_user_content(messages: Sequence[dict]) -> str:
 
 
 def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> int:
-    """Token offset in TRL's `ids` of the end of `content` (its last occurrence in the rendered prompt
-    `text`).
-
-    The rendered text is cut after the user's content and both halves are tokenised; the offset is accepted
-    only if the two halves give back exactly TRL's ids, i.e. no token straddles the end of the user turn.
-    """
+    """Token offset in TRL's `ids` of the end of `content` in the rendered prompt `text`: accepted only if
+    tokenising the two halves separately gives back exactly TRL's ids (no token straddles the cut)."""
     cut = text.rfind(content)
     if cut < 0:
         raise ValueError(
@@ -124,27 +102,10 @@ def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> 
     return len(head)
 
 
-def _sampled_logprobs(outputs, completion_ids: list[list[int]]) -> list[list[float]]:
-    """The sampled tokens' log-probs from vLLM outputs (NaN where vLLM gave none, as TRL does)."""
-    result = []
-    for o, ids in zip(outputs, completion_ids, strict=True):
-        per_pos = getattr(o.outputs[0], "logprobs", None) or [None] * len(ids)
-        row = []
-        for d, t in zip(per_pos, ids, strict=False):
-            lp = d.get(t) if d else None
-            row.append(float(lp.logprob) if lp is not None else math.nan)
-        row += [math.nan] * (len(ids) - len(row))
-        result.append(row)
-    return result
-
-
 @contextmanager
 def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
-    """While TRL builds its colocated `vllm.LLM`, add `enable_prompt_embeds=True` (and `extra`) to its
-    arguments.
-
-    TRL 1.16's `VLLMGeneration._init_vllm` passes a fixed argument list with no way to add engine options.
-    """
+    """While TRL builds its colocated `vllm.LLM` (from a fixed argument list), add `enable_prompt_embeds`
+    and `extra` to its arguments."""
     original = getattr(vllm_generation, "LLM", None)
     if original is None:  # vLLM is not importable: TRL raises its own error
         yield
@@ -165,13 +126,9 @@ def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
 @contextmanager
 def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None]:
     """Inside, TRL's fused LM head scores with the placeholder's logit at BANNED_LOGIT, as everything
-    else does.
-
-    Why: while attached, `rsp.attach` bans the placeholder in the output head's forward (so generation never
-    samples it and recomputed log-probs describe the policy that sampled). TRL 1.16 scores log-probs with a
-    fused kernel that reads the head's weight and bias without calling its forward, so the ban is given to it
-    as a bias term for the duration of the call (added to a real bias, which keeps its gradient).
-    """
+    else does: `rsp.attach` bans it in the head's forward, but TRL 1.16's fused kernel reads the head's
+    weight and bias without calling its forward, so the ban is given to it as a bias term (added to a real
+    bias, which keeps its gradient)."""
     head = output_embeddings(model)
     weight = getattr(head, "weight", None)
     if head is None or not isinstance(weight, torch.Tensor):
@@ -229,7 +186,7 @@ class RSPGRPOTrainer(GRPOTrainer):
             rsp_config = (rsp_config or RSPConfig()).validate()
             if get_method(rsp_config.method).injects_nothing(rsp_config):
                 injection = NoInjection(rsp_config.position)
-        active = injection is None or injection.length > 0 or injection.changes_prompt_rows
+        active = injection is None or injection.active
         grpo_args = _grpo_args(args, kwargs)
         colocated = bool(grpo_args is not None and grpo_args.use_vllm and grpo_args.vllm_mode == "colocate")
         with (
@@ -255,37 +212,25 @@ class RSPGRPOTrainer(GRPOTrainer):
         model = self.model
         # transformers' Trainer types it Optional (for model_init); GRPOTrainer always sets it
         assert model is not None
-        lm = _with_full_weights(
-            model,
-            lambda: wrap_model(model, self.processing_class, name=type(model).__name__, prepare=False),
-        )
-        if injection is None:
-            injection = _with_full_weights(model, lambda: build_method(rsp_config.method, lm, rsp_config))
-            self.injection = injection
-            if not (injection.length > 0 or injection.changes_prompt_rows):
-                return
-        handle = _with_full_weights(
-            model,
-            lambda: attach(lm, injection=injection, seed=self.rsp_seed, placeholder_id=placeholder_id),
-        )
-        self.rsp = handle
-        self.rsp_handles = [handle]
-        if (
-            self.ref_model is not None
-        ):  # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
-            ref = self.accelerator.unwrap_model(self.ref_model)
-            self.rsp_handles.append(
-                _with_full_weights(
+        # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
+        refs = [] if self.ref_model is None else [self.accelerator.unwrap_model(self.ref_model)]
+        with _gathered_embeddings(model, *refs):
+            lm = wrap_model(model, self.processing_class, name=type(model).__name__, prepare=False)
+            if injection is None:
+                self.injection = injection = build_method(rsp_config.method, lm, rsp_config)
+                if not injection.active:
+                    return
+            self.rsp = attach(lm, injection=injection, seed=self.rsp_seed, placeholder_id=placeholder_id)
+            self.rsp_handles = [self.rsp] + [
+                attach(
                     ref,
-                    lambda: attach(
-                        ref,
-                        self.processing_class,
-                        injection=injection,
-                        seed=self.rsp_seed,
-                        placeholder_id=handle.placeholder_id,
-                    ),
+                    self.processing_class,
+                    injection=injection,
+                    seed=self.rsp_seed,
+                    placeholder_id=self.rsp.placeholder_id,
                 )
-            )
+                for ref in refs
+            ]
         if self.use_vllm:
             self._check_vllm_engine()
 
@@ -414,15 +359,12 @@ class RSPGRPOTrainer(GRPOTrainer):
         return self._pending_seeds
 
     def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
-        """One vLLM request per rollout, mixed layout.
-
-        The prompt's ids, with the RSP rows at the slots.
-        """
+        """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
         gen = self.vllm_generation
-        if gen.mode == "colocate" and gen.enable_sleep_mode and getattr(gen, "_llm_weights_sleeping", False):
-            gen.sync_weights()
-            self._last_loaded_step = self.state.global_step
-        if self.state.global_step != self._last_loaded_step:
+        asleep = (
+            gen.mode == "colocate" and gen.enable_sleep_mode and getattr(gen, "_llm_weights_sleeping", False)
+        )
+        if asleep or self.state.global_step != self._last_loaded_step:
             gen.sync_weights()
             self._last_loaded_step = self.state.global_step
         assert self.rsp is not None  # only called for an active RSP (_generate_single_turn)
@@ -467,7 +409,8 @@ class RSPGRPOTrainer(GRPOTrainer):
             gen.llm.sleep(level=2)
             gen._llm_weights_sleeping = True
         completion_ids = [list(o.outputs[0].token_ids) for o in outputs]
-        return completion_ids, _sampled_logprobs(outputs, completion_ids)
+        logprobs = [sampled_logprobs(o.outputs[0]) for o in outputs]
+        return completion_ids, [[math.nan if x is None else x for x in row] for row in logprobs]
 
     def _server_generate(self, requests, params: dict):
         gen = self.vllm_generation
@@ -511,10 +454,7 @@ class RSPGRPOTrainer(GRPOTrainer):
         return output
 
     def _mask_constant_groups(self, output: dict) -> None:
-        """Dynamic sampling, masking form.
-
-        Drop groups with all-equal rewards from the loss and normaliser.
-        """
+        """Dynamic sampling, masking form: groups with all-equal rewards leave the loss and normaliser."""
         adv = output["advantages"]
         if adv.dim() != 1:
             return
@@ -588,16 +528,19 @@ class RSPGRPOTrainer(GRPOTrainer):
         return logps, ents, aux
 
 
-def _with_full_weights(model: torch.nn.Module, build):
-    """Run `build` (which reads the embedding table) with the table gathered under DeepSpeed ZeRO-3
-    (not run here: deepspeed is not installed in this project's environments)."""
-    weight = input_embeddings(model).weight
-    if not hasattr(weight, "ds_id"):
-        return build()
-    import deepspeed  # ZeRO-3 partitions the table; the statistics need all of it
+@contextmanager
+def _gathered_embeddings(*models: torch.nn.Module) -> Iterator[None]:
+    """Inside, the models' embedding tables are whole under DeepSpeed ZeRO-3, which partitions them (the
+    statistics need all of a table). Not run here: deepspeed is not installed in this project's
+    environments."""
+    weights = [input_embeddings(m).weight for m in models]
+    if not any(hasattr(w, "ds_id") for w in weights):
+        yield
+        return
+    import deepspeed
 
-    with deepspeed.zero.GatheredParameters([weight]):
-        return build()
+    with deepspeed.zero.GatheredParameters(weights):
+        yield
 
 
 def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
@@ -677,30 +620,15 @@ def build_trl_trainer(cfg: DAPOConfig, lm, problems, builder, correct_fn, output
     """An RSPGRPOTrainer on a standard TRL dataset of `problems` (columns: prompt, answer)."""
     injection = build_injection(lm, cfg)  # statistics from the loaded model's cache, fitted before any update
     rows = [{"prompt": task_prompt(builder, p), "answer": p.answer} for p in problems]
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-    else:
-        # rsp's loader freezes everything; full fine-tuning trains all but the embedding table
-        # (as natively)
-        lm.model.requires_grad_(True)
-        lm.model.get_input_embeddings().weight.requires_grad_(False)
+    if not cfg.lora:
+        unfreeze_for_training(lm.model)
     return RSPGRPOTrainer(
         model=lm.model,
         reward_funcs=[dapo_reward(cfg, correct_fn)],
         args=grpo_config(cfg, output_dir, **overrides),
         train_dataset=Dataset.from_list(rows),
         processing_class=lm.tokenizer,
-        peft_config=peft_config,
+        peft_config=cfg.lora_config(),
         injection=injection,
         mask_constant_groups=True,
     )

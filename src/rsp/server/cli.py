@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from rsp.config import RSPArgumentParser, option, require
+from rsp.config import RSPArgumentParser, option, require, require_min
 from rsp.engines.args import EngineArgs
 from rsp.methods import InjectionArgs, RSPConfig, method_names
 
@@ -100,17 +100,9 @@ class ServeCommandConfig(InjectionArgs, EngineArgs):
             self.method in known, "method", f"{self.method!r} is unknown; known methods: {', '.join(known)}"
         )
         require(0 < self.port < 65536, "port", f"must be in 1..65535, got {self.port}")
-        for name in (
-            "max_batch_size",
-            "max_n",
-            "max_tokens_limit",
-            "max_prompts",
-            "max_body_bytes",
-            "max_connections",
-        ):
-            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        require(self.max_rsp_length >= 0, "max_rsp_length", f"must be >= 0, got {self.max_rsp_length}")
-        require(self.batch_wait_ms >= 0, "batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
+        require_min(self, 1, "max_batch_size", "max_n", "max_tokens_limit", "max_prompts", "max_body_bytes")
+        require_min(self, 1, "max_connections")
+        require_min(self, 0, "max_rsp_length", "batch_wait_ms")
         return self
 
     def rsp_config(self, method: str | None = None) -> RSPConfig:
@@ -160,23 +152,11 @@ def main(argv: Sequence[str]) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-    generator = Generator(
-        cfg.model, engine=cfg.engine, dtype=cfg.dtype, device=cfg.device, **cfg.engine_options()
-    )
+    generator = Generator.from_args(cfg)
     generator.injection(rsp_cfg)  # build (and fit its statistics) before the first request
-    config = ServeConfig(
-        model_name=cfg.served_model_name or served_name(cfg.model),
-        rsp=rsp_cfg,
-        seed=cfg.seed,
-        max_batch_size=cfg.max_batch_size,
-        batch_wait_ms=cfg.batch_wait_ms,
-        max_n=cfg.max_n,
-        max_tokens_limit=cfg.max_tokens_limit,
-        max_prompts=cfg.max_prompts,
-        max_body_bytes=cfg.max_body_bytes,
-        max_rsp_length=cfg.max_rsp_length,
-        api_key=api_key,
-    )
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ServeConfig) if hasattr(cfg, f.name)}
+    name = cfg.served_model_name or served_name(cfg.model)
+    config = ServeConfig(**{**shared, "model_name": name, "rsp": rsp_cfg, "api_key": api_key})
     app = create_app(generator, config)
     log.info(
         "rsp serve: %r on http://%s:%d (api key %s)",

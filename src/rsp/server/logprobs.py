@@ -1,11 +1,9 @@
 """Per-token log-probabilities of served samples, from one teacher-forced forward per row.
 
-Why a forward after sampling instead of scores kept during decoding: the engines return token ids
-only, and the same inputs `rsp.core.inputs` builds for every engine (prompt laid out with the row's
-injection, then the completion appended) give the distribution each token was drawn from, with the
-same RSP, so no insertion code is duplicated here. The values are the model's raw next-token
-log-probabilities (before temperature, top-p or top-k), as vLLM reports by default; in bf16 they can
-differ in the last bits from the logits the engine decoded with, since the shapes of the two passes differ.
+Why after sampling: the engines return token ids only, and the inputs `rsp.core.inputs` builds (the row's
+injection, then the completion) give each token's distribution with the same RSP. The values are raw
+log-probabilities (before temperature or top-p/k), as vLLM reports; in bf16 they can differ in the last
+bits from the logits the engine decoded with.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rsp.core.injection import Injection
-from rsp.core.inputs import append_continuations, embed_prompts
+from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens
 
 
@@ -40,36 +38,26 @@ def score_row(
     echo: bool,
     ended_on: int | None = None,
 ) -> TokenLogprobs:
-    """Log-probs of the completion tokens (and, with `echo`, of the prompt's own tokens) for one row.
-
-    Prompt tokens are scored at their own columns, skipping the injected slots; a token right after the
-    slots is predicted from them, as the model saw it. `ended_on`: the stop token the sample ended on
-    (`Completion.stop_token`; the engines drop it from the tokens), appended as the last entry.
-    Scorers such as lm-eval's `local-completions` (echo, max_tokens=1, then every value but the last)
-    need that last entry to be there.
+    """Log-probs of the completion tokens (and, with `echo`, of the prompt's own tokens, skipping the
+    slots) for one row. `ended_on`, the stop token the engines drop, is appended as the last entry: scorers
+    such as lm-eval's `local-completions` read every value but the last.
     """
-    model = getattr(lm, "model", None)
+    model = getattr(lm, "model", None)  # the vllm engine's EmbeddingModel has none
     if model is None:
         raise ValueError("log-probs need the model's weights in this process (hf, lean or prefix engine)")
-    batch, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
-    seq = append_continuations(
+    seq = embed_continued(
         lm.embed,
-        batch,
-        embeds,
+        [prompt],
+        injection,
+        [seed],
         [list(completion)],
         pad_id=lm.pad_token_id,
-        width=len(completion) if completion else 1,
+        width=len(completion) or 1,
     )
-    width = seq.prompt_width
+    batch, width = seq.batch, seq.prompt_width
     keep = seq.embeds.shape[1] if echo else len(completion) + 1
     with torch.no_grad():
-        out = model(
-            inputs_embeds=seq.embeds,
-            attention_mask=seq.attention_mask,
-            position_ids=seq.position_ids,
-            use_cache=False,
-            logits_to_keep=keep,
-        )
+        out = seq.forward(model, keep)
     logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (keep, V)
     offset = seq.embeds.shape[1] - keep  # absolute column of logp[0]
 

@@ -1,12 +1,9 @@
 """The OpenAI request schema the server accepts, and its error shape.
 
-Why a schema of our own instead of passing bodies through: a server reachable by other programs must
-say exactly which fields it honours. Every field of OpenAI's completions / chat-completions requests
-that clients commonly send is accepted (so the `openai` client, lm-eval and agent frameworks work
-unchanged); fields we cannot honour (penalties, logit bias, tools, ...) are accepted only at their
-no-op values and refused otherwise, and anything outside the schema (plus our `rsp` field) is refused,
-so a typo never silently changes the sampling. Errors are OpenAI-shaped:
-`{"error": {"message", "type", "param", "code"}}`.
+Why our own schema: a server reachable by other programs must say exactly which fields it honours. The
+fields clients commonly send are accepted (the `openai` client, lm-eval and agent frameworks work
+unchanged); those we cannot honour only at their no-op values; anything else (but our `rsp` field) is
+refused, so a typo never silently changes the sampling.
 """
 
 from __future__ import annotations
@@ -20,16 +17,7 @@ from rsp.core.insert import INSERTION_POINTS
 Position = Literal["after_generation_prompt", "end_of_user_turn", "prepend"]
 assert set(INSERTION_POINTS) == set(get_args(Position))
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    500: "server_error",
-    503: "server_error",
-}
+ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error", 503: "server_error"}
 
 
 class APIError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rsp.tasks.base import Problem, Task, TaskError
@@ -15,64 +15,45 @@ class Benchmark:
     name: str
     files: dict[str, str]  # split -> file name in the data directory
     hub_id: str
-    hub_config: str | None
-    hub_split: dict[str, str]
-    question_field: str
-    answer_field: str
+    question_field: str = "question"
+    answer_field: str = "answer"
+    hub_config: str | None = None
+    hub_split: dict[str, str] = field(default_factory=lambda: {"test": "test"})
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "gsm8k": Benchmark(
-        "gsm8k",
-        {"test": "gsm8k_test.jsonl", "train": "gsm8k_train.jsonl"},
-        "openai/gsm8k",
-        "main",
-        {"test": "test", "train": "train"},
-        "question",
-        "answer",
-    ),
-    "math500": Benchmark(
-        "math500",
-        {"test": "math500.jsonl", "train": "math_train.jsonl"},
-        "HuggingFaceH4/MATH-500",
-        None,
-        {"test": "test"},
-        "problem",
-        "answer",
-    ),
-    "aime24": Benchmark(
-        "aime24",
-        {"test": "aime24.jsonl"},
-        "HuggingFaceH4/aime_2024",
-        None,
-        {"test": "train"},
-        "problem",
-        "answer",
-    ),
-    "aime25": Benchmark(
-        "aime25", {"test": "aime25.jsonl"}, "math-ai/aime25", None, {"test": "test"}, "problem", "answer"
-    ),
-    "amc23": Benchmark(
-        "amc23", {"test": "amc23.jsonl"}, "math-ai/amc23", None, {"test": "test"}, "question", "answer"
-    ),
-    "minerva": Benchmark(
-        "minerva",
-        {"test": "minerva_math.jsonl"},
-        "math-ai/minervamath",
-        None,
-        {"test": "test"},
-        "question",
-        "answer",
-    ),
-    "olympiadbench": Benchmark(
-        "olympiadbench",
-        {"test": "olympiadbench.jsonl"},
-        "math-ai/olympiadbench",
-        None,
-        {"test": "test"},
-        "question",
-        "final_answer",
-    ),
+    b.name: b
+    for b in (
+        Benchmark(
+            "gsm8k",
+            {"test": "gsm8k_test.jsonl", "train": "gsm8k_train.jsonl"},
+            "openai/gsm8k",
+            hub_config="main",
+            hub_split={"test": "test", "train": "train"},
+        ),
+        Benchmark(
+            "math500",
+            {"test": "math500.jsonl", "train": "math_train.jsonl"},
+            "HuggingFaceH4/MATH-500",
+            "problem",
+        ),
+        Benchmark(
+            "aime24",
+            {"test": "aime24.jsonl"},
+            "HuggingFaceH4/aime_2024",
+            "problem",
+            hub_split={"test": "train"},
+        ),
+        Benchmark("aime25", {"test": "aime25.jsonl"}, "math-ai/aime25", "problem"),
+        Benchmark("amc23", {"test": "amc23.jsonl"}, "math-ai/amc23"),
+        Benchmark("minerva", {"test": "minerva_math.jsonl"}, "math-ai/minervamath"),
+        Benchmark(
+            "olympiadbench",
+            {"test": "olympiadbench.jsonl"},
+            "math-ai/olympiadbench",
+            answer_field="final_answer",
+        ),
+    )
 }
 ALIASES = {
     "math-500": "math500",
@@ -103,11 +84,8 @@ def find_data_file(file_name: str, data_dir: str | Path | None = None) -> Path |
 
 
 def read_jsonl_problems(path: str | Path, *, name: str | None = None) -> tuple[Problem, ...]:
-    """Read problems from JSONL with the project's record format, naming file and line on any error.
-
-    Accepted keys: `problem` or `question` (text), `answer` (reference; GSM8K-style `#### N` is
-    reduced to N), optional `id`, `solution`, `metadata`.
-    """
+    """Read problems from JSONL (`problem` or `question`, `answer` with GSM8K's `#### N` reduced to N,
+    optional `id`, `solution`, `metadata`), naming file and line on any error."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"dataset file not found: {path}")

@@ -55,10 +55,8 @@ def _last_match(pattern: str, text: str) -> re.Match[str] | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """Final answer of a completion.
-
-    The last \\boxed{}, else GSM8K '#### N', else 'answer is X', else the last number.
-    """
+    """Final answer of a completion: the last \\boxed{}, else GSM8K '#### N', else 'answer is X', else
+    the last number."""
     if not text:
         return None
     boxed = last_boxed(text)
@@ -178,10 +176,7 @@ class Grader:
         self.close()
 
     def check(self, pred: str | None, gold: str) -> GradeResult:
-        """Is `pred` (an extracted answer) equivalent to `gold`?
-
-        Never raises, never exceeds the timeout much.
-        """
+        """Is `pred` (an extracted answer) equivalent to `gold`? Never raises or much exceeds the timeout."""
         if pred is None or not pred.strip():
             return GradeResult(False, "no-answer")
         if len(pred) > MAX_ANSWER_CHARS:

@@ -1,12 +1,12 @@
 """Prompt construction: the model's chat template where it has one, a plain few-shot prompt otherwise.
-
-Prompts are tokenised in two pieces split at the end of the user's content, which gives the token
-offset of the `end_of_user_turn` insertion point without guessing at template internals.
+Prompts are tokenised in two pieces split at the end of the user's content, which gives the
+`end_of_user_turn` insertion point without guessing at template internals.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -73,12 +73,11 @@ class PromptBuilder:
                 messages.append({"role": "system", "content": self.system_prompt})
             messages.append({"role": "user", "content": content})
             text = render_chat(self.tokenizer, messages)
-            cut = text.rfind(content)
-            if cut < 0:
+            cut = user_turn_cut(text, messages)
+            if cut is None:
                 raise TaskError(
                     "the chat template changed the user's text; cannot locate the end of the user turn"
                 )
-            cut += len(content)
             return text[:cut], text[cut:]
         shots = "".join(f"Question: {s.question}\nAnswer: {fewshot_solution(s)}\n\n" for s in self.fewshot)
         head = f"{INSTRUCTION}\n\n{shots}Question: {problem.question}"
@@ -118,13 +117,9 @@ def is_messages(prompt: object) -> TypeIs[Messages]:
 def tokenize_prompt(
     tokenizer, prompt: str | Messages | PromptTokens, *, chat: bool | None = None
 ) -> PromptTokens:
-    """A user's prompt as `PromptTokens`.
-
-    - chat messages go through the tokenizer's chat template with the generation prompt; the
-      `end_of_user_turn` point is the end of the last user message's content;
-    - a string is wrapped as one user message when the tokenizer has a chat template (`chat=None`, the
-      default, or `chat=True`), else tokenised as is, with the tokenizer's special tokens (BOS);
-    - `PromptTokens` pass through unchanged.
+    """A user's prompt as `PromptTokens`: chat messages through the chat template (`end_of_user_turn` at
+    the end of the last user message), a string as one user message where the tokenizer has a template
+    (`chat` overrides; else raw, with BOS), `PromptTokens` unchanged.
     """
     if isinstance(prompt, PromptTokens):
         return prompt
@@ -144,11 +139,16 @@ def tokenize_prompt(
             f"a prompt must be a string, a list of chat messages or PromptTokens, got {type(prompt).__name__}"
         )
     text = render_chat(tokenizer, messages)
+    cut = user_turn_cut(text, messages)
+    return tokenize_split(
+        tokenizer, text[:cut], text[cut:] if cut is not None else "", add_special_tokens=False
+    )
+
+
+def user_turn_cut(text: str, messages: Sequence[dict]) -> int | None:
+    """Character offset of the end of the last user message's content in a rendered chat, or None."""
     users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
-    cut = text.rfind(users[-1]["content"]) if users else -1
-    if cut < 0:
-        head, tail = text, ""
-    else:
-        cut += len(users[-1]["content"])
-        head, tail = text[:cut], text[cut:]
-    return tokenize_split(tokenizer, head, tail, add_special_tokens=False)
+    if not users or not users[-1]["content"]:
+        return None
+    cut = text.rfind(users[-1]["content"])
+    return None if cut < 0 else cut + len(users[-1]["content"])

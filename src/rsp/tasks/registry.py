@@ -22,12 +22,8 @@ def load_task(
     arith_n: int = 100,
     seed: int = 0,
 ) -> Task:
-    """Resolve `spec`.
-
-    'arith', a benchmark name, a .jsonl path (or 'jsonl:PATH'), or 'hf:org/name[:config]'. `limit` keeps
-    at most that many of the first problems (`arith` generates as many as asked for, `arith_n` without a
-    limit).
-    """
+    """Resolve `spec`: 'arith', a benchmark name, a .jsonl path (or 'jsonl:PATH'), or
+    'hf:org/name[:config]'. `limit` keeps the first problems (`arith` generates `limit`, else `arith_n`)."""
     if limit is not None and limit < 1:
         raise TaskError(f"limit must be >= 1, got {limit}")
     if spec == "arith":

@@ -1,8 +1,7 @@
 """Synthetic arithmetic word problems with tunable difficulty, generated deterministically.
 
-Small models fail GSM8K almost always, so Pass@k curves on it are flat at zero. These problems
-let a user pick a difficulty (number of operations, size of numbers) where a model is neither at
-the floor nor at the ceiling. Every problem is a pure function of (seed, split, index, settings).
+Small models fail GSM8K almost always, so its pass@k curves are flat at zero; here a user picks a
+difficulty (operations, size of numbers) where a model is neither at the floor nor at the ceiling.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""math-verify worker process: reads JSON [gold, pred] lines, writes '1' or '0' lines.
-
-Runs apart from the evaluation process so a sympy blow-up can be killed on timeout from any thread.
-"""
+"""math-verify worker process: reads JSON [gold, pred] lines, writes '1' or '0' lines, apart from the
+evaluation so a sympy blow-up can be killed on timeout from any thread."""
 
 from __future__ import annotations
 

@@ -4,12 +4,9 @@ flags override the file). The flags are the fields of `DAPOConfig` plus `OutputO
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rsp.config import OutputOptions, RSPArgumentParser, option
 from rsp.train.config import DAPOConfig
@@ -25,52 +22,8 @@ class TrainOptions:
     )
 
 
-def _mapping(text: str) -> dict:
-    """A JSON object (`{"bf16": true}`) or one KEY=VALUE (the value read as JSON when it parses)."""
-    if text.lstrip().startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from None
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError("expected a JSON object")
-        return value
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected a JSON object or KEY=VALUE, got {text!r}")
-    try:
-        return {key: json.loads(raw)}
-    except json.JSONDecodeError:
-        return {key: raw}
-
-
-class _MergeMapping(argparse.Action):
-    """Each use merges its mapping into the field's value (the config file's, or an earlier flag's)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **values})
-
-
-class TrainArgumentParser(RSPArgumentParser):
-    """`RSPArgumentParser` with `--trl-args` taking a JSON object (as it always has) as well as KEY=VALUE."""
-
-    def _add_field(self, group: Any, f: dataclasses.Field, hint: Any) -> None:
-        if f.name != "trl_args":
-            super()._add_field(group, f, hint)
-            return
-        group.add_argument(
-            "--trl-args",
-            dest="trl_args",
-            type=_mapping,
-            action=_MergeMapping,
-            default={},
-            metavar="JSON|KEY=VALUE",
-            help=f.metadata.get("help", "") + " (repeatable; merged)",
-        )
-
-
-def build_parser() -> TrainArgumentParser:
-    parser = TrainArgumentParser(
+def build_parser() -> RSPArgumentParser:
+    return RSPArgumentParser(
         [DAPOConfig, OutputOptions, TrainOptions],
         prog="rsp train",
         description="Train with DAPO; every rollout carries its own Random Soft Prompt "
@@ -78,7 +31,6 @@ def build_parser() -> TrainArgumentParser:
         "(--config OUT/config.json repeats its settings). "
         "See docs/training.md.",
     )
-    return parser
 
 
 def parse(argv: Sequence[str]) -> tuple[DAPOConfig, OutputOptions, TrainOptions]:

@@ -1,9 +1,5 @@
-"""The RSP-DAPO run configuration: one dataclass, saved with every run so a resume can check it.
-
-Each field is also a flag of `rsp train` (`rsp_length` is `--rsp-length`; see `rsp.config`), and a key of
-its `--config` file (YAML or JSON, or a run directory's `config.json`). The keys are those of the run
-directories already written, so every earlier run still resumes.
-"""
+"""The RSP-DAPO run configuration: one dataclass, saved with every run so a resume can check it; each
+field is a flag of `rsp train` and a key of its `--config` file (the keys of the runs already written)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 
-from rsp.config import ModelArgs, option, require, require_choice
+from rsp.config import ModelArgs, option, require, require_choice, require_min
 from rsp.core.insert import INSERTION_POINTS
 
 TRAINERS = ("native", "trl")
@@ -97,49 +93,30 @@ class DAPOConfig(ModelArgs):
     trl_args: dict = option(
         default_factory=dict,
         help="--trainer trl only: TRL GRPOConfig fields applied on top of the mapping, as a JSON object "
-        '(\'{"bf16": true, "gradient_accumulation_steps": 2}\') or KEY=VALUE',
+        '(\'{"bf16": true, "gradient_accumulation_steps": 2}\') or KEY=VALUE; merged',
+        metavar="JSON|KEY=VALUE",
         group=_RUN,
     )
 
     def validate(self) -> DAPOConfig:
         need = partial(require, error=DAPOConfigError)
-        need(self.rsp_length >= 0, "rsp_length", f"must be >= 0 (0 = plain DAPO), got {self.rsp_length}")
         require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS, DAPOConfigError)
-        need(self.rsp_scale > 0, "rsp_scale", f"must be > 0, got {self.rsp_scale}")
-        need(
-            self.group_size >= 2,
-            "group_size",
-            f"must be >= 2 (advantages are relative to the group), got {self.group_size}",
-        )
-        need(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
-        need(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        need(
-            self.micro_batch_size >= 0,
-            "micro_batch_size",
-            f"must be >= 0 (0 = whole batch), got {self.micro_batch_size}",
-        )
-        need(self.updates_per_batch >= 1, "updates_per_batch", f"must be >= 1, got {self.updates_per_batch}")
+        at_least = partial(require_min, self, error=DAPOConfigError)
+        at_least(0, "rsp_length", "micro_batch_size", "epsilon_high", "beta", "max_extra_rounds")
+        at_least(0, "overlong_penalty")
+        at_least(1, "prompts_per_step", "steps", "updates_per_batch", "max_new_tokens", "checkpoint_every")
+        at_least(2, "group_size")  # advantages are relative to the group
+        at_least(0, "rsp_scale", "lr", "temperature", strict=True)
         need(0 <= self.epsilon_low < 1, "epsilon_low", f"must be in [0, 1), got {self.epsilon_low}")
-        need(self.epsilon_high >= 0, "epsilon_high", f"must be >= 0, got {self.epsilon_high}")
-        need(self.beta >= 0, "beta", f"(KL coefficient) must be >= 0, got {self.beta}")
-        need(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         need(
             0 <= self.overlong_buffer < self.max_new_tokens,
             "overlong_buffer",
             f"must be in [0, max_new_tokens={self.max_new_tokens}), got {self.overlong_buffer}",
         )
-        need(self.overlong_penalty >= 0, "overlong_penalty", f"must be >= 0, got {self.overlong_penalty}")
         need(
             self.reward_correct > self.reward_wrong,
             "reward_correct",
             f"({self.reward_correct}) must exceed reward_wrong ({self.reward_wrong})",
-        )
-        need(self.max_extra_rounds >= 0, "max_extra_rounds", f"must be >= 0, got {self.max_extra_rounds}")
-        need(
-            self.temperature > 0,
-            "temperature",
-            f"must be > 0 for sampled rollouts, got {self.temperature}",
         )
         need(
             self.train_problems >= self.prompts_per_step,
@@ -147,7 +124,6 @@ class DAPOConfig(ModelArgs):
             f"({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})",
         )
         need(self.trainer in TRAINERS, "trainer", f"must be native or trl, got {self.trainer!r}")
-        need(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         need(
             isinstance(self.trl_args, dict),
             "trl_args",
@@ -155,9 +131,24 @@ class DAPOConfig(ModelArgs):
         )
         need(not self.trl_args or self.trainer == "trl", "trl_args", "apply to --trainer trl only")
         if self.lora:
-            need(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
+            at_least(1, "lora_r")
             need(bool(self.lora_target_modules), "lora_target_modules", "must name at least one module")
         return self
+
+    def lora_config(self):
+        """PEFT's `LoraConfig` of the `lora_*` settings, or None for full fine-tuning (`--no-lora`)."""
+        if not self.lora:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=list(self.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
 
     def to_dict(self) -> dict:
         data = asdict(self)

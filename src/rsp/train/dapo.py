@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rsp.core.injection import Injection, NoInjection, RandomSoftPrompt
-from rsp.core.inputs import append_continuations, embed_prompts
+from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import HFEngine, SamplingConfig
@@ -83,6 +83,13 @@ def group_advantages(rewards: Sequence[float]) -> list[float]:
     return ((t - t.mean()) / std).tolist()
 
 
+def unfreeze_for_training(model: torch.nn.Module) -> None:
+    """Full fine-tuning: `load_model` hands over a frozen model; train all of it but the input embeddings
+    (the RSP statistics were fitted on them)."""
+    model.requires_grad_(True)
+    input_embeddings(model).weight.requires_grad_(False)
+
+
 def build_injection(lm: LoadedModel, cfg: DAPOConfig) -> Injection:
     if cfg.rsp_length == 0:
         return NoInjection(cfg.rsp_position)
@@ -105,34 +112,18 @@ def completion_logprobs(
     temperature: float = 1.0,
     model: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probs (B, T), completion mask (B, T) and entropies (B, T) of `completions`.
-
-    The input is rebuilt exactly as at rollout time: left-padded prompt with the L slots filled by the
-    stored seed's RSP rows, then the completion right-padded; positions count only real tokens.
-    """
-    model = model or lm.model
-    batch, prompt_emb = embed_prompts(lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id, grad=True)
-    seq = append_continuations(lm.embed, batch, prompt_emb, completions, pad_id=lm.pad_token_id)
-    embeds, attn, position_ids = seq.embeds, seq.attention_mask, seq.position_ids
-    comp_ids, comp_mask, T = seq.continuation_ids, seq.continuation_mask, seq.continuation_ids.shape[1]
-    device = lm.device
+    """Per-token log-probs, completion mask and entropies (each (B, T)) of `completions`, on inputs rebuilt
+    exactly as at rollout time (the stored seed's RSP rows in the slots, the completion right-padded)."""
+    seq = embed_continued(lm.embed, prompts, injection, seeds, completions, pad_id=lm.pad_token_id, grad=True)
+    T, device = seq.continuation_ids.shape[1], lm.device
     # Only the T positions that predict completion tokens go through the LM head: with a 49k-262k vocabulary
     # the full-sequence logits (and their autograd copies) dominated peak memory (9 GB at 16 x 280 tokens).
-    logits = model(
-        inputs_embeds=embeds,
-        attention_mask=attn,
-        position_ids=position_ids,
-        use_cache=False,
-        logits_to_keep=T + 1,
-    ).logits
-    logits = (
-        ban_token_in_logits(logits[:, :T].float(), lm.placeholder_id) / temperature
-    )  # as the rollout engine
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, comp_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    logits = seq.forward(model or lm.model, T + 1).logits[:, :T].float()
+    logp_all = torch.log_softmax(ban_token_in_logits(logits, lm.placeholder_id) / temperature, dim=-1)
+    logp = logp_all.gather(-1, seq.continuation_ids.to(device).unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():  # a logged statistic, not part of the loss: keep it out of the autograd graph
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, comp_mask.to(device).float(), entropy
+    return logp, seq.continuation_mask.to(device).float(), entropy
 
 
 def dapo_loss(
@@ -146,11 +137,8 @@ def dapo_loss(
     beta: float = 0.0,
     num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate with clip-higher, averaged over every completion token in the batch.
-
-    `num_tokens` is the token count of the whole batch when this call sees one micro-batch of it, so the
-    summed micro-batch losses equal the full-batch loss (DAPO's token-level mean is over the batch).
-    """
+    """Clipped surrogate with clip-higher, averaged over every completion token in the batch (`num_tokens`:
+    the whole batch's count when this call sees one micro-batch, so the micro-batch losses sum to it)."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(-1)
     unclipped = ratio * adv
@@ -201,25 +189,12 @@ class DAPOTrainer:
         self.injection = build_injection(lm, cfg)  # stats fitted before any update: RSP rows stay constants
         self.peft_model = None
         if cfg.lora:
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            self.peft_model = get_peft_model(
-                lm.model,
-                LoraConfig(
-                    r=cfg.lora_r,
-                    lora_alpha=cfg.lora_alpha,
-                    lora_dropout=cfg.lora_dropout,
-                    target_modules=list(cfg.lora_target_modules),
-                    bias="none",
-                    task_type="CAUSAL_LM",
-                ),
-            )
-            # get_peft_model injects the adapters into lm.model in place, so lm.model.generate uses them.
+            # the adapters go into lm.model in place, so lm.model.generate uses them
+            self.peft_model = get_peft_model(lm.model, cfg.lora_config())
         else:
-            # load_model hands over a frozen model (inference by default): full fine-tuning unfreezes it,
-            # then keeps the input embeddings fixed (the RSP statistics were fitted on them).
-            lm.model.requires_grad_(True)
-            input_embeddings(lm.model).weight.requires_grad_(False)
+            unfreeze_for_training(lm.model)
         self.ref_model = None
         if cfg.beta > 0 and not cfg.lora:
             self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False)
@@ -330,11 +305,9 @@ class DAPOTrainer:
         return m
 
     def _update(self, rollouts: list[Rollout]) -> dict:
-        """DAPO update(s) on the kept rollouts, in micro-batches whose gradients add up to the full batch's.
-
-        Micro-batching bounds memory: logits and activations of all rollouts at once (16 x 280 tokens on
-        SmolLM2) peaked near 9 GB on CPU. The loss of each micro-batch is divided by the token count of the
-        whole batch, so the accumulated gradient equals the one-pass gradient.
+        """DAPO update(s) on the kept rollouts in micro-batches (all at once peaked near 9 GB for 16 x 280
+        tokens on SmolLM2); each micro-batch loss is divided by the whole batch's token count, so the
+        accumulated gradient equals the one-pass gradient.
         """
         cfg = self.cfg
         mb = cfg.micro_batch_size or len(rollouts)

@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 
 from rsp.models.loading import LoadedModel, load_model
 from rsp.records import ROLLOUTS, RolloutRecord, append_rollouts, read_rollouts, write_rollouts
+from rsp.reporting import pyplot
 from rsp.runio import (
     JsonlAppender,
     RunDirError,
@@ -47,11 +48,8 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A native checkpoint (tensors, numbers, strings, lists, dicts), refusing what needs a full unpickle.
-
-    `weights_only=True` makes torch's unpickler reject every global outside its allowlist before calling it,
-    so a crafted file (e.g. an object whose `__reduce__` runs a command) is refused and nothing of it runs.
-    """
+    """A native checkpoint, refusing anything that needs a full unpickle: `weights_only=True` makes torch
+    reject every global outside its allowlist before calling it, so nothing of a crafted file runs."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -108,10 +106,7 @@ def train(
     save_merged: bool = False,
 ) -> list[dict]:
     """Run (or resume) training into `out`; `stop_after` ends early after that many total steps (tests).
-
-    `save_merged` also writes `out/merged/`, a plain model directory (LoRA merged in) that `rsp eval --model`
-    can load, so a trained policy is evaluated with the same tooling as the base model.
-    """
+    `save_merged` also writes `out/merged/`, a model directory (LoRA merged in) `rsp eval --model` loads."""
     cfg.validate()
     out = Path(out)
     resuming = prepare_run_dir(out, cfg.to_dict(), kind="train")
@@ -230,11 +225,7 @@ def save_checkpoint(trainer: DAPOTrainer, out: Path, keep: int = 2) -> Path:
 def plot_curves(records: list[dict], path: Path) -> None:
     if not records:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
     steps = [r["step"] for r in records]
     for ax, key in zip(axes.flat, CURVE_KEYS, strict=True):
@@ -283,11 +274,9 @@ def train_with_trl(
     save_merged: bool,
     stop_after: int | None = None,
 ) -> list[dict]:
-    """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/.
-
-    metrics.jsonl gets one record per optimizer step as TRL logs it (main process only); on resume the
-    records after the checkpoint being resumed are dropped, as on the native path. TRL's checkpoints are
-    resumed by transformers' Trainer, which reads its .pth files with `torch.load(weights_only=True)`.
+    """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/;
+    metrics.jsonl gets one record per optimizer step as TRL logs it (main process only), and a resume drops
+    the records after its checkpoint, as on the native path.
     """
     from rsp.integrations.trl import build_trl_trainer  # TRL: the `train` extra
 
