@@ -55,7 +55,10 @@ def test_mixed_requests_carry_ids_and_only_the_slot_rows(tiny_lm):
     prompts = chat_prompts(tiny_lm, ["hi", "a longer question"], attempts=2)
     injection = RandomSoftPrompt(tiny_lm.embedding_stats(), 3, position="end_of_user_turn")
     seeds = [7, 8, 9, 10]
-    requests = build_requests(tiny_lm, prompts, injection, seeds, decode_seed=1, prompt_mode="mixed")
+    # salt=False: the request itself, whatever vLLM is installed (the mask salt has its own tests below)
+    requests = build_requests(
+        tiny_lm, prompts, injection, seeds, decode_seed=1, prompt_mode="mixed", salt=False
+    )
     for req, prompt, seed in zip(requests, prompts, seeds, strict=True):
         at = prompt.insert_index(injection.position)
         assert req.mode == "mixed"
