@@ -363,7 +363,7 @@ def test_vllm_colocate_sends_one_mixed_embeddings_request_per_rollout(tmp_path, 
     vg = _fake_vllm(monkeypatch)
     built, sent, synced = [], [], []
 
-    class FakeLLM:  # stands in for vllm.LLM (this machine's test env has no vLLM)
+    class FakeLLM:  # stands in for vllm.LLM: no engine starts here (the vllm-marked tests start real ones)
         def __init__(self, **kwargs):
             built.append(kwargs)
             model = SimpleNamespace(load_weights=lambda weights: synced.extend(n for n, _ in weights))
