@@ -277,9 +277,13 @@ def test_the_wheel_alone_runs_the_readme_examples_and_rsp_eval(tmp_path):
         (work / f"{name}.py").write_text(code)
         done = _run([str(py), f"{name}.py"], work, env)
         assert done.returncode == 0, f"README {name} example:\n{done.stderr[-3000:]}"
-        outputs[name] = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-    assert len(set(outputs["attach"])) == 4, outputs  # four rows, four RSP seeds
-    assert len(outputs["generate"]) == 2 and all(p.startswith("arith-") for p in outputs["generate"]), outputs
+        outputs[name] = done.stdout
+    # The README's examples run only here (tests/test_readme.py checks the third, vLLM's): what each
+    # prints is what the README promises.
+    seeds = [int(line.split()[0]) for line in outputs["attach"].strip().splitlines()]
+    assert len(seeds) == 4 and len(set(seeds)) == 4, outputs  # four rows, four RSPs
+    line = r"arith-\S+ \d/4 correct, pass@2 = \d\.\d\d \[\d+, \d+, \d+, \d+\]"
+    assert len(re.findall(line, outputs["generate"])) == 2, outputs
 
     done = _run(["rsp", "eval", *tiny, "--out", "run"], work, env)
     assert done.returncode == 0, done.stderr[-3000:]

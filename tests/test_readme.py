@@ -1,4 +1,8 @@
-"""The README's set-up commands and its three opening examples stay true (each is executed here)."""
+"""The README's set-up commands and its three opening examples stay true.
+
+The first two examples (rsp.attach, rsp.generate) are executed where a user would run them, in a
+venv that holds only the installed wheel (tests/test_packaging.py); the vLLM example runs here.
+"""
 
 from __future__ import annotations
 
@@ -27,24 +31,6 @@ def test_readme_opens_with_attach_generate_and_vllm_examples():
     assert "rsp.attach(" in attach and "model.generate(**enc" in attach
     assert "rsp.generate(" in generate and "engine=" not in generate
     assert 'engine="vllm"' in vllm
-
-
-@pytest.mark.real_model
-def test_readme_attach_example_runs(capsys):
-    exec(compile(python_blocks()[0], str(README), "exec"), {"__name__": "readme"})
-    lines = capsys.readouterr().out.strip().splitlines()
-    seeds = [int(line.split()[0]) for line in lines]
-    assert len(seeds) == 4 and len(set(seeds)) == 4  # four rows, four RSPs
-
-
-@pytest.mark.real_model
-def test_readme_generate_example_runs(smollm2, monkeypatch, capsys):
-    import rsp.generation
-
-    monkeypatch.setattr(rsp.generation, "load_for_engine", lambda *a, **k: smollm2)  # reuse the loaded model
-    exec(compile(python_blocks()[1], str(README), "exec"), {"__name__": "readme"})
-    out = capsys.readouterr().out
-    assert len(re.findall(r"arith-\S+ \d/4 correct, pass@2 = \d\.\d\d \[\d+, \d+, \d+, \d+\]", out)) == 2
 
 
 @pytest.mark.vllm
