@@ -28,7 +28,7 @@ from rsp.core.injection import NoInjection  # noqa: E402
 from rsp.core.insert import PromptTokens  # noqa: E402
 from rsp.core.seeds import derive_seed  # noqa: E402
 from rsp.engines import Completion, SamplingConfig  # noqa: E402
-from rsp.server.batcher import Batcher, Job, RowResult, group_key  # noqa: E402
+from rsp.server.batcher import Batcher, Job, RowResult  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 
@@ -75,7 +75,7 @@ def make_job(name: str, first_token: int, *, n: int = 1, seed: int = 0, max_toke
         [PromptTokens((first_token, 5), 2)],
         n,
         injection,
-        group_key(("seeded",), sampling, ()),
+        (("seeded",), sampling, ()),
         sampling,
         (),
         seed,
@@ -212,10 +212,11 @@ def test_the_served_name_never_reveals_a_local_path(tmp_path):
 
 def test_per_request_rsp_settings_are_built_in_a_bounded_cache(tiny_lm):
     import rsp
-    from rsp.server.app import INJECTION_CACHE, RSPServer, ServeConfig
+    from rsp.server.app import INJECTION_CACHE, RSPServer
+    from rsp.server.cli import ServeCommandConfig
 
     gen = rsp.Generator(tiny_lm)
-    server = RSPServer(gen, ServeConfig(model_name="tiny", rsp=rsp.RSPConfig(length=4)))
+    server = RSPServer(gen, ServeCommandConfig(served_model_name="tiny", rsp_length=4))
     default = server.injection(rsp.RSPConfig(length=4))
     assert default is gen.injection(rsp.RSPConfig(length=4))
     for i in range(INJECTION_CACHE + 20):  # a client sending ever new scales
@@ -240,13 +241,14 @@ def test_schema_errors_name_the_field():
 
 
 # ---------------------------------------------------------------------------------------------- body limit
-def _drive_gate(headers: dict, chunks: int, chunk_bytes: int, *, drain_bytes: int = 64 << 20):
+def _drive_gate(headers: dict, chunks: int, chunk_bytes: int):
     """Runs one request through Gate with a fake ASGI server; returns (events in order, response start,
     peak Python memory while it ran). The app behind the gate must never be reached."""
     import asyncio
     import tracemalloc
 
-    from rsp.server.app import Gate, ServeConfig
+    from rsp.server.app import Gate
+    from rsp.server.cli import ServeCommandConfig
 
     events: list[str] = []
     sent: list[dict] = []
@@ -266,7 +268,7 @@ def _drive_gate(headers: dict, chunks: int, chunk_bytes: int, *, drain_bytes: in
     async def app(scope, receive, send):
         raise AssertionError("an over-limit request must not reach the app")
 
-    gate = Gate(app, ServeConfig(model_name="m", max_body_bytes=1 << 20, max_drain_bytes=drain_bytes))
+    gate = Gate(app, ServeCommandConfig(max_body_bytes=1 << 20))
     scope = {
         "type": "http",
         "method": "POST",

@@ -8,6 +8,7 @@ refused, so a typo never silently changes the sampling.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -20,27 +21,21 @@ assert set(INSERTION_POINTS) == set(get_args(Position))
 ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error", 503: "server_error"}
 
 
+@dataclass(eq=False)
 class APIError(Exception):
     """An error answered to the client as OpenAI-style JSON with `status`."""
 
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
+    status: int
+    code: str | None
+    message: str
+    param: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
 
     def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        kind = ERROR_TYPES.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 class Strict(BaseModel):
@@ -167,7 +162,7 @@ class ChatCompletionRequest(SamplingFields):
 def parse_request(model: type[Strict], body: Any) -> Any:
     """Validate a decoded JSON body; schema violations become a 422 APIError naming the field."""
     if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        raise APIError(400, "invalid_json", "the request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -179,18 +174,12 @@ def parse_request(model: type[Strict], body: Any) -> Any:
             and p not in ("str", "int", "float", "bool", "TextPart", "ChatMessage")
         ]
         param = ".".join(loc) or None
-        if err["type"] == "extra_forbidden":
-            raise APIError(
-                422,
+        code, message = {
+            "extra_forbidden": (
+                "unknown_field",
                 f"unknown field {param!r}: not part of the OpenAI schema this server accepts "
                 "(nor the extra 'rsp' field)",
-                param=param,
-                code="unknown_field",
-            ) from None
-        if err["type"] == "missing":
-            raise APIError(
-                422, f"missing required field {param!r}", param=param, code="missing_field"
-            ) from None
-        raise APIError(
-            422, f"invalid value for {param!r}: {err['msg']}", param=param, code="invalid_value"
-        ) from None
+            ),
+            "missing": ("missing_field", f"missing required field {param!r}"),
+        }.get(err["type"], ("invalid_value", f"invalid value for {param!r}: {err['msg']}"))
+        raise APIError(422, code, message, param) from None
