@@ -102,7 +102,7 @@ def test_concurrent_jobs_share_one_engine_batch():
     wait_until(lambda: all(len(r) == 1 for _, r in jobs))
     batcher.close()
     assert [c["rows"] for c in gen.calls] == [16]
-    assert all(r[0].batch_rows == 16 and r[0].batch_jobs == 16 for _, r in jobs)
+    assert all(r[0].batch is not None and r[0].batch[1:] == (16, 16) for _, r in jobs)  # (rows, jobs)
 
 
 def test_a_burst_longer_than_the_wait_still_shares_one_batch_when_its_gaps_are_short():
@@ -222,7 +222,7 @@ def test_per_request_rsp_settings_are_built_in_a_bounded_cache(tiny_lm):
     for i in range(INJECTION_CACHE + 20):  # a client sending ever new scales
         inj = server.injection(rsp.RSPConfig(length=2, scale=1 + i / 1000))
         assert inj.length == 2 and inj.scale == pytest.approx(1 + i / 1000)
-    assert len(server._injections) == INJECTION_CACHE
+    assert server.build.cache_info().currsize == INJECTION_CACHE
     assert len(gen._injections) == 1  # only the server's own settings are kept for good
     assert isinstance(server.injection(None), NoInjection)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hmac
 import itertools
 import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -43,7 +43,7 @@ from rsp.tasks.prompts import tokenize_prompt
 
 log = logging.getLogger("rsp.server")
 MAX_STOP_CHARS = 256
-INJECTION_CACHE = 64  # per-request injection settings kept built (least recently used dropped first)
+INJECTION_CACHE = 64  # per-request injection settings kept built
 MAX_DRAIN_BYTES = 64 << 20  # an over-limit body is read and dropped up to this size before its 413 (Gate)
 
 
@@ -139,14 +139,13 @@ async def wait_for_disconnect(request: Request) -> None:
 
 
 async def read_request(request: Request, model: type, limit: int) -> Any:
-    chunks, size = [], 0
+    raw = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        raw += chunk
+        if len(raw) > limit:
             raise APIError(413, "body_too_large", f"request body exceeds the server's limit of {limit} bytes")
-        chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise APIError(400, "invalid_json", f"malformed JSON body: {exc}") from None
     return parse_request(model, body)
@@ -162,34 +161,24 @@ class RSPServer:
         self.rsp = config.rsp_config()  # injected when a request has no `rsp` field
         generator.injection(self.rsp)  # build (and fit its statistics) before the first request
         self.tokenizer = copy.deepcopy(generator.lm.tokenizer)  # used on the event loop only
-        self.batcher = Batcher(
-            generator,
-            max_batch_size=config.max_batch_size,
-            batch_wait_s=config.batch_wait_ms / 1000,
-            seed=config.seed,
-        )
+        self.batcher = Batcher(generator, config.max_batch_size, config.batch_wait_ms / 1000, config.seed)
         self.requests = itertools.count()
         self.created = int(time.time())
         self.context = generator.lm.context_length
         self.placeholder = generator.lm.placeholder_id
         self.vocab = min(len(self.tokenizer), generator.lm.vocab_rows)
-        self.can_score = isinstance(generator.lm, LoadedModel)
-        self._injections: OrderedDict[tuple, Injection] = OrderedDict()
+        # a request's own settings, built on demand; the least recently used are dropped first, so clients
+        # sending ever new scales cannot grow the server's memory without limit
+        self.build = functools.lru_cache(INJECTION_CACHE)(
+            lambda cfg: build_method(cfg.method, generator.lm, cfg.validate())
+        )
 
     def injection(self, cfg: RSPConfig | None) -> Injection:
-        """The server's own settings through `Generator.injection` (built at start, cached there); a
-        request's other settings in a bounded cache here, so clients sending ever new scales cannot grow
-        the server's memory without limit."""
+        """The server's own settings through `Generator.injection` (built at start, cached there), others
+        through the bounded cache."""
         if cfg is None or cfg.key() == self.rsp.key():
             return self.generator.injection(cfg)
-        key = cfg.key()
-        if key not in self._injections:
-            cfg.validate()
-            self._injections[key] = build_method(cfg.method, self.generator.lm, cfg)
-            while len(self._injections) > INJECTION_CACHE:
-                self._injections.popitem(last=False)
-        self._injections.move_to_end(key)
-        return self._injections[key]
+        return self.build(cfg)
 
     def rsp_config(self, req: Any) -> RSPConfig | None:
         if "rsp" not in req.model_fields_set:
@@ -277,7 +266,7 @@ class RSPServer:
                 f"context of {self.context} tokens; shorten the prompt or lower max_tokens",
                 "messages" if chat else "prompt",
             )
-        if logprobs is not None and not self.can_score:
+        if logprobs is not None and not isinstance(self.generator.lm, LoadedModel):
             raise APIError(
                 400,
                 "unsupported_parameter",
@@ -296,11 +285,7 @@ class RSPServer:
         except ValueError as exc:
             raise APIError(422, "invalid_value", str(exc)) from None
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        seed = (
-            req.seed
-            if req.seed is not None
-            else derive_seed(self.config.seed, "request", next(self.requests))
-        )
+        seed = derive_seed(self.config.seed, "request", next(self.requests)) if req.seed is None else req.seed
         queue: asyncio.Queue[RowResult] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -343,7 +328,7 @@ class RSPServer:
 
     def describe(self, job: Job, info: dict, cfg: RSPConfig | None, results: Sequence[RowResult]) -> None:
         """The request's fields of its log line."""
-        sizes = sorted({(r.batch, r.batch_rows, r.batch_jobs) for r in results if r.batch is not None})
+        sizes = sorted({r.batch for r in results if r.batch is not None})
         info.update(
             id=job.id,
             n=job.n,
@@ -351,13 +336,15 @@ class RSPServer:
             rows=job.rows,
             rsp=f"{cfg.method}/L{cfg.length}" if cfg else "none",
             seed=job.seed,
-            tokens=f"{sum(len(p.ids) for p in job.prompts)}+{completion_tokens(results)}",
+            tokens="{prompt_tokens}+{completion_tokens}".format(**usage(job, results)),
             batches=",".join(f"#{b}:{rows}rows/{jobs}req" for b, rows, jobs in sizes) or "-",
         )
 
 
-def completion_tokens(results: Sequence[RowResult]) -> int:
-    return sum(len(r.completion.token_ids) for r in results if r.completion)
+def usage(job: Job, results: Sequence[RowResult]) -> dict:
+    prompt = sum(len(p.ids) for p in job.prompts)
+    done = sum(len(r.completion.token_ids) for r in results if r.completion)
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
 def first_error(results: Sequence[RowResult]) -> APIError | None:
@@ -375,16 +362,6 @@ def sse(payload: Any) -> str:
 def rsp_info(cfg: RSPConfig | None) -> dict | None:
     """What a response says it injected."""
     return None if cfg is None else {k: getattr(cfg, k) for k in ("method", "length", "scale", "position")}
-
-
-def choice_tail(r: RowResult, logprobs: dict | None) -> dict:
-    assert r.completion is not None
-    return {
-        "logprobs": logprobs,
-        "finish_reason": r.completion.finish_reason,
-        "rsp_seed": r.rsp_seed,
-        "decode_seed": r.decode_seed,
-    }
 
 
 def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
@@ -413,7 +390,6 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
             log.info("stopped after %d batches, %d rows", b.batches_run, b.rows_run)
 
     app = FastAPI(title="rsp serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = server
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -466,10 +442,8 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = await read_request(request, CompletionRequest, config.max_body_bytes)
-        raw = req.prompt
-        texts: list[Any] = (
-            [raw] if isinstance(raw, str) or all(isinstance(t, int) for t in raw) else list(raw)
-        )
+        raw = req.prompt  # one prompt (a string or token ids) or a list of them
+        texts: list[Any] = [raw] if isinstance(raw, str) or isinstance(raw[0], int) else raw
         server.check_request(req, len(texts), req.max_tokens)
         prompts = [
             PromptTokens(tuple(t), len(t))
@@ -482,16 +456,11 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
         )
         echoes = [t if isinstance(t, str) else server.tokenizer.decode(t) for t in texts] if req.echo else []
 
-        def choice(r: RowResult) -> dict:
-            assert r.completion is not None
-            text = (echoes[r.index // job.n] if echoes else "") + r.completion.text
-            return {
-                "index": r.index,
-                "text": text,
-                **choice_tail(r, completion_logprobs(server.tokenizer, r)),
-            }
+        def body(r: RowResult, text: str) -> dict:
+            echo = echoes[r.index // job.n] if echoes else ""
+            return {"text": echo + text, "logprobs": completion_logprobs(server.tokenizer, r)}
 
-        return await respond(request, req, job, queue, cfg, choice, chat=False)
+        return await respond(request, req, job, queue, cfg, body, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -502,25 +471,17 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
         try:
             prompts = [tokenize_prompt(server.tokenizer, messages)]
         except Exception as exc:  # no template, the template refused the turns, or jinja2 errors in it
-            why = (
-                ""
-                if isinstance(exc, TaskError | ValueError | TypeError)
-                else "the chat template refused them: "
-            )
+            ours = isinstance(exc, TaskError | ValueError | TypeError)
+            why = "" if ours else "the chat template refused them: "
             raise APIError(400, "invalid_messages", f"messages: {why}{exc}", "messages") from None
         top = (req.top_logprobs or 0) if req.logprobs else None
         job, queue, cfg = server.make_job(req, prompts, max_tokens, top, chat=True)
 
-        def choice(r: RowResult) -> dict:
-            assert r.completion is not None
-            message = {"role": "assistant", "content": r.completion.text}
-            return {
-                "index": r.index,
-                "message": message,
-                **choice_tail(r, chat_logprobs(server.tokenizer, r)),
-            }
+        def body(r: RowResult, text: str) -> dict:
+            message = {"role": "assistant", "content": text}
+            return {"message": message, "logprobs": chat_logprobs(server.tokenizer, r)}
 
-        return await respond(request, req, job, queue, cfg, choice, chat=True)
+        return await respond(request, req, job, queue, cfg, body, chat=True)
 
     async def respond(
         request: Request,
@@ -528,11 +489,20 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
         job: Job,
         queue: asyncio.Queue[RowResult],
         cfg: RSPConfig | None,
-        choice: Callable[[RowResult], dict],
+        body: Callable[[RowResult, str], dict],
         *,
         chat: bool,
     ) -> Response:
+        """Queues the job and answers with its choices, whole or streamed; `body` gives a choice's
+        endpoint-specific fields (its text and log-probs)."""
         info = request.state.rsp
+
+        def choice(r: RowResult) -> dict:
+            assert r.completion is not None
+            c = r.completion
+            tail = {"finish_reason": c.finish_reason, "rsp_seed": r.rsp_seed, "decode_seed": r.decode_seed}
+            return {"index": r.index, **body(r, c.text), **tail}
+
         head = {
             "id": job.id,
             "object": "chat.completion" if chat else "text_completion",
@@ -541,16 +511,6 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
             "system_fingerprint": None,
         }
         extra = {"seed": job.seed, "rsp": rsp_info(cfg)}
-        prompt_tokens = sum(len(p.ids) for p in job.prompts)
-
-        def usage(results: Sequence[RowResult]) -> dict:
-            done = completion_tokens(results)
-            return {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": done,
-                "total_tokens": prompt_tokens + done,
-            }
-
         server.batcher.submit(job)
         if not req.stream:
             results = await server.collect(request, job, queue)
@@ -561,7 +521,7 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
             if err := first_error(results):
                 raise err
             choices = [choice(r) for r in results]
-            return JSONResponse({**head, "choices": choices, "usage": usage(results), **extra})
+            return JSONResponse({**head, "choices": choices, "usage": usage(job, results), **extra})
         if chat:
             head["object"] = "chat.completion.chunk"
 
@@ -582,7 +542,7 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
                         c.update(delta={}, logprobs=None)
                     yield sse({**head, **extra, "choices": [c]})
                 if req.stream_options and req.stream_options.include_usage and err is None:
-                    yield sse({**head, "choices": [], "usage": usage(got)})
+                    yield sse({**head, "choices": [], "usage": usage(job, got)})
                 yield "data: [DONE]\n\n"
             finally:
                 if len(got) < job.rows and err is None:

@@ -41,9 +41,7 @@ class RowResult:
     completion: Completion | None = None
     rsp_seed: int | None = None
     decode_seed: int | None = None
-    batch: int | None = None  # the engine batch it ran in, with that batch's rows and jobs
-    batch_rows: int = 0
-    batch_jobs: int = 0
+    batch: tuple[int, int, int] | None = None  # the engine batch it ran in: (number, rows, jobs)
     logprobs: list[TokenLogprob] | None = None
     error: BaseException | None = None
 
@@ -85,7 +83,7 @@ class Batcher:
     """The queue and its worker thread. `generator` needs `run(...)` (a `rsp.Generator`) and `lm` for
     log-probs. `submit` and `cancel` may be called from any thread; sinks run on the worker thread."""
 
-    def __init__(self, generator: Any, *, max_batch_size: int, batch_wait_s: float, seed: int = 0) -> None:
+    def __init__(self, generator: Any, max_batch_size: int, batch_wait_s: float, seed: int = 0) -> None:
         self.generator = generator
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
@@ -146,25 +144,19 @@ class Batcher:
                     self._cond.wait()
                     continue
                 head = self._pending[0]
-                same = sum(1 for r in self._pending if r.job.group == head.job.group)
+                same = [r for r in self._pending if r.job.group == head.job.group][: self.max_batch_size]
                 deadline = min(
                     self._last_arrival + self.batch_wait_s,
                     head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s,
                 )
                 left = deadline - time.monotonic()
-                if same >= self.max_batch_size or left <= 0 or self._closing:
+                if len(same) == self.max_batch_size or left <= 0 or self._closing:
                     break
                 self._cond.wait(left)
-            taken: list[Row] = []
-            kept: list[Row] = []
-            for r in self._pending:
-                if r.job.group == head.job.group and len(taken) < self.max_batch_size:
-                    taken.append(r)
-                else:
-                    kept.append(r)
-            self._pending = kept
+            taken = {id(r) for r in same}
+            self._pending = [r for r in self._pending if id(r) not in taken]
             self.busy = True
-            return taken
+            return same
 
     def _loop(self) -> None:
         while (rows := self._take()) is not None:
@@ -195,9 +187,7 @@ class Batcher:
                     self._run([r for r in rows if r.job is job])
                 return
             log.warning("batch %d failed (%s): %s", batch, jobs[0].id, exc)
-            results = [
-                RowResult(r.index, batch=batch, batch_rows=len(rows), batch_jobs=1, error=exc) for r in rows
-            ]
+            results = [RowResult(r.index, batch=(batch, len(rows), 1), error=exc) for r in rows]
         else:
             self.rows_run += len(rows)
             log.info(
@@ -225,7 +215,7 @@ class Batcher:
         )
         out = []
         for r, p, s, c in zip(rows, prompts, seeds, done, strict=True):
-            res = RowResult(r.index, c, s, decode_seed, batch, len(rows), jobs)
+            res = RowResult(r.index, c, s, decode_seed, (batch, len(rows), jobs))
             if r.job.logprobs is not None:
                 try:
                     lm, top_k = self.generator.lm, r.job.logprobs

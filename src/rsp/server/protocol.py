@@ -8,6 +8,7 @@ refused, so a typo never silently changes the sampling.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -78,15 +79,13 @@ class SamplingFields(Strict):
     user: StrictStr | None = None
     rsp: RSPSettings | None = None
 
-    def unsupported(self) -> list[tuple[str, str]]:
+    def unsupported(self) -> Iterator[tuple[str, str]]:
         """(field, why) for every accepted field set to a value this server cannot honour."""
-        out = []
         for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                out.append((name, f"{name} is not supported (only 0)"))
+            if getattr(self, name):  # neither None nor 0
+                yield name, f"{name} is not supported (only 0)"
         if self.logit_bias:
-            out.append(("logit_bias", "logit_bias is not supported"))
-        return out
+            yield "logit_bias", "logit_bias is not supported"
 
 
 class CompletionRequest(SamplingFields):
@@ -105,13 +104,12 @@ class CompletionRequest(SamplingFields):
     best_of: StrictInt | None = Field(default=None, ge=1)
     suffix: StrictStr | None = None
 
-    def unsupported(self) -> list[tuple[str, str]]:
-        out = super().unsupported()
+    def unsupported(self) -> Iterator[tuple[str, str]]:
+        yield from super().unsupported()
         if self.best_of is not None and self.best_of != self.n:
-            out.append(("best_of", "best_of is not supported (every sample is returned; use n)"))
+            yield "best_of", "best_of is not supported (every sample is returned; use n)"
         if self.suffix:
-            out.append(("suffix", "suffix (insertion) is not supported"))
-        return out
+            yield "suffix", "suffix (insertion) is not supported"
 
 
 class TextPart(Strict):
@@ -148,15 +146,14 @@ class ChatCompletionRequest(SamplingFields):
     metadata: dict[str, StrictStr] | None = None
     service_tier: StrictStr | None = None
 
-    def unsupported(self) -> list[tuple[str, str]]:
-        out = super().unsupported()
+    def unsupported(self) -> Iterator[tuple[str, str]]:
+        yield from super().unsupported()
         if self.tools:
-            out.append(("tools", "tools are not supported"))
+            yield "tools", "tools are not supported"
         if self.tool_choice not in (None, "none"):
-            out.append(("tool_choice", "tool_choice is not supported"))
+            yield "tool_choice", "tool_choice is not supported"
         if self.top_logprobs and not self.logprobs:
-            out.append(("top_logprobs", "top_logprobs needs logprobs: true"))
-        return out
+            yield "top_logprobs", "top_logprobs needs logprobs: true"
 
 
 def parse_request(model: type[Strict], body: Any) -> Any:
