@@ -437,6 +437,20 @@ def test_openai_client_gets_n_completions_each_with_its_own_rsp_seed(client):
 
 
 @pytest.mark.real_model
+def test_models_names_the_served_model_its_engine_and_injection(client, server):
+    (card,) = client.models.list().data
+    assert card.id == MODEL and card.model_extra["engine"] == "hf"
+    assert card.model_extra["rsp"] == {
+        "method": "rsp",
+        "length": 4,
+        "scale": 1.0,
+        "position": "after_generation_prompt",
+    }
+    assert client.models.retrieve(MODEL).id == MODEL
+    assert httpx.get(f"{server.url}/v1/models/other").json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.real_model
 def test_rsp_null_returns_plain_samples_without_seeds(client):
     out = client.completions.create(
         model=MODEL, prompt="Once upon a time", n=2, max_tokens=4, seed=3, extra_body={"rsp": None}

@@ -63,7 +63,7 @@ class Gate:
     Why it drains: a response sent while the client was still uploading its body left unread bytes in the
     socket, so the kernel reset the connection and the client got a broken pipe instead of the JSON error.
     Before a response starts, the rest of the body is read and dropped chunk by chunk, up to
-    `max_drain_bytes`; a larger announced body, or an `Expect: 100-continue` request, is answered at once
+    `MAX_DRAIN_BYTES`; a larger announced body, or an `Expect: 100-continue` request, is answered at once
     with `Connection: close`.
     """
 
@@ -78,11 +78,10 @@ class Gate:
         info: dict[str, Any] = {}
         scope.setdefault("state", {})["rsp"] = info
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        cap = MAX_DRAIN_BYTES
         announced = headers.get("content-length", "")
         length = int(announced) if announced.isdigit() else 0  # 0 when chunked or absent
         done = not (length or "transfer-encoding" in headers)  # the client has sent its whole body (or gone)
-        drainable = headers.get("expect", "").lower() != "100-continue" and length <= cap
+        drainable = headers.get("expect", "").lower() != "100-continue" and length <= MAX_DRAIN_BYTES
         received = 0
         status = None
 
@@ -97,7 +96,7 @@ class Gate:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                while drainable and not done and received <= cap:  # one chunk in memory at a time
+                while drainable and not done and received <= MAX_DRAIN_BYTES:  # one chunk in memory at a time
                     await receive_tracked()
                 if not done:  # the connection ends with this response: say so
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}

@@ -96,7 +96,6 @@ class Batcher:
         self.batches_run = self.rows_run = self.rows_dropped = 0
         self.busy = False
 
-    # ------------------------------------------------------------------ client side
     def start(self) -> None:
         self._thread.start()
 
@@ -132,7 +131,6 @@ class Batcher:
             self._cond.notify_all()
         self._thread.join()
 
-    # ------------------------------------------------------------------ worker
     def _take(self) -> list[Row] | None:
         """The next batch: the oldest row's group, once it is full, the queue has been quiet for
         `batch_wait_s`, or the oldest row has waited `MAX_WAIT_FACTOR * batch_wait_s`."""
