@@ -28,7 +28,7 @@ from rsp.core.injection import NoInjection  # noqa: E402
 from rsp.core.insert import PromptTokens  # noqa: E402
 from rsp.core.seeds import derive_seed  # noqa: E402
 from rsp.engines import Completion, SamplingConfig  # noqa: E402
-from rsp.server.batcher import Batcher, Job, RowResult, group_key  # noqa: E402
+from rsp.server.batcher import Batcher, Job, RowResult  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 
@@ -75,7 +75,7 @@ def make_job(name: str, first_token: int, *, n: int = 1, seed: int = 0, max_toke
         [PromptTokens((first_token, 5), 2)],
         n,
         injection,
-        group_key(("seeded",), sampling, ()),
+        (("seeded",), sampling, ()),
         sampling,
         (),
         seed,
@@ -102,7 +102,7 @@ def test_concurrent_jobs_share_one_engine_batch():
     wait_until(lambda: all(len(r) == 1 for _, r in jobs))
     batcher.close()
     assert [c["rows"] for c in gen.calls] == [16]
-    assert all(r[0].batch_rows == 16 and r[0].batch_jobs == 16 for _, r in jobs)
+    assert all(r[0].batch is not None and r[0].batch[1:] == (16, 16) for _, r in jobs)  # (rows, jobs)
 
 
 def test_a_burst_longer_than_the_wait_still_shares_one_batch_when_its_gaps_are_short():
@@ -212,16 +212,17 @@ def test_the_served_name_never_reveals_a_local_path(tmp_path):
 
 def test_per_request_rsp_settings_are_built_in_a_bounded_cache(tiny_lm):
     import rsp
-    from rsp.server.app import INJECTION_CACHE, RSPServer, ServeConfig
+    from rsp.server.app import INJECTION_CACHE, RSPServer
+    from rsp.server.cli import ServeCommandConfig
 
     gen = rsp.Generator(tiny_lm)
-    server = RSPServer(gen, ServeConfig(model_name="tiny", rsp=rsp.RSPConfig(length=4)))
+    server = RSPServer(gen, ServeCommandConfig(served_model_name="tiny", rsp_length=4))
     default = server.injection(rsp.RSPConfig(length=4))
     assert default is gen.injection(rsp.RSPConfig(length=4))
     for i in range(INJECTION_CACHE + 20):  # a client sending ever new scales
         inj = server.injection(rsp.RSPConfig(length=2, scale=1 + i / 1000))
         assert inj.length == 2 and inj.scale == pytest.approx(1 + i / 1000)
-    assert len(server._injections) == INJECTION_CACHE
+    assert server.build.cache_info().currsize == INJECTION_CACHE
     assert len(gen._injections) == 1  # only the server's own settings are kept for good
     assert isinstance(server.injection(None), NoInjection)
 
@@ -240,13 +241,14 @@ def test_schema_errors_name_the_field():
 
 
 # ---------------------------------------------------------------------------------------------- body limit
-def _drive_gate(headers: dict, chunks: int, chunk_bytes: int, *, drain_bytes: int = 64 << 20):
+def _drive_gate(headers: dict, chunks: int, chunk_bytes: int):
     """Runs one request through Gate with a fake ASGI server; returns (events in order, response start,
     peak Python memory while it ran). The app behind the gate must never be reached."""
     import asyncio
     import tracemalloc
 
-    from rsp.server.app import Gate, ServeConfig
+    from rsp.server.app import Gate
+    from rsp.server.cli import ServeCommandConfig
 
     events: list[str] = []
     sent: list[dict] = []
@@ -266,7 +268,7 @@ def _drive_gate(headers: dict, chunks: int, chunk_bytes: int, *, drain_bytes: in
     async def app(scope, receive, send):
         raise AssertionError("an over-limit request must not reach the app")
 
-    gate = Gate(app, ServeConfig(model_name="m", max_body_bytes=1 << 20, max_drain_bytes=drain_bytes))
+    gate = Gate(app, ServeCommandConfig(max_body_bytes=1 << 20))
     scope = {
         "type": "http",
         "method": "POST",
@@ -432,6 +434,20 @@ def test_openai_client_gets_n_completions_each_with_its_own_rsp_seed(client):
         model=MODEL, messages=[{"role": "user", "content": "Say hi."}], n=2, max_tokens=4
     )
     assert len({c.model_extra["rsp_seed"] for c in chat.choices}) == 2
+
+
+@pytest.mark.real_model
+def test_models_names_the_served_model_its_engine_and_injection(client, server):
+    (card,) = client.models.list().data
+    assert card.id == MODEL and card.model_extra["engine"] == "hf"
+    assert card.model_extra["rsp"] == {
+        "method": "rsp",
+        "length": 4,
+        "scale": 1.0,
+        "position": "after_generation_prompt",
+    }
+    assert client.models.retrieve(MODEL).id == MODEL
+    assert httpx.get(f"{server.url}/v1/models/other").json()["error"]["code"] == "model_not_found"
 
 
 @pytest.mark.real_model

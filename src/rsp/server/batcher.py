@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rsp.core.injection import Injection
@@ -26,14 +26,11 @@ from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import Completion, SamplingConfig
 from rsp.generation import WorkBatch, decode_seed_for
-from rsp.server.logprobs import TokenLogprobs, score_row
+from rsp.server.logprobs import TokenLogprob, score_row
+from rsp.server.protocol import APIError
 
 log = logging.getLogger("rsp.server")
 MAX_WAIT_FACTOR = 10
-
-
-class ServerClosing(RuntimeError):
-    """The server is draining for shutdown and takes no new work."""
 
 
 @dataclass
@@ -41,13 +38,11 @@ class RowResult:
     """One finished attempt (or its error), handed to the job's sink from the worker thread."""
 
     index: int
-    completion: Completion | None
-    rsp_seed: int | None
-    decode_seed: int | None
-    batch: int | None
-    batch_rows: int
-    batch_jobs: int
-    logprobs: TokenLogprobs | None = None
+    completion: Completion | None = None
+    rsp_seed: int | None = None
+    decode_seed: int | None = None
+    batch: tuple[int, int, int] | None = None  # the engine batch it ran in: (number, rows, jobs)
+    logprobs: list[TokenLogprob] | None = None
     error: BaseException | None = None
 
 
@@ -67,7 +62,6 @@ class Job:
     logprobs: int | None = None  # top-k count; None: no log-probs
     echo: bool = False
     cancelled: bool = False
-    batches: list[int] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -85,44 +79,31 @@ class Row:
     enqueued: float
 
 
-def group_key(injection_key: tuple | None, sampling: SamplingConfig, stop: Sequence[str]) -> tuple:
-    return (injection_key, sampling, tuple(stop))
-
-
 class Batcher:
     """The queue and its worker thread. `generator` needs `run(...)` (a `rsp.Generator`) and `lm` for
     log-probs. `submit` and `cancel` may be called from any thread; sinks run on the worker thread."""
 
-    def __init__(
-        self, generator: Any, *, max_batch_size: int = 32, batch_wait_s: float = 0.005, seed: int = 0
-    ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    def __init__(self, generator: Any, max_batch_size: int, batch_wait_s: float, seed: int = 0) -> None:
         self.generator = generator
         self.max_batch_size = max_batch_size
-        self.batch_wait_s = max(0.0, batch_wait_s)
+        self.batch_wait_s = batch_wait_s
         self.seed = seed
         self._pending: list[Row] = []
         self._cond = threading.Condition()
         self._closing = False
         self._last_arrival = 0.0
-        self._thread: threading.Thread | None = None
-        self.batches_run = 0
-        self.rows_run = 0
-        self.rows_dropped = 0
+        self._thread = threading.Thread(target=self._loop, name="rsp-batcher", daemon=True)
+        self.batches_run = self.rows_run = self.rows_dropped = 0
         self.busy = False
 
-    # ------------------------------------------------------------------ client side
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="rsp-batcher", daemon=True)
-            self._thread.start()
+        self._thread.start()
 
     def submit(self, job: Job) -> None:
         now = time.monotonic()
         with self._cond:
             if self._closing:
-                raise ServerClosing("the server is shutting down")
+                raise APIError(503, "shutting_down", "the server is shutting down")
             self._pending.extend(Row(job, i, now) for i in range(job.rows))
             self._last_arrival = now
             self._cond.notify_all()
@@ -143,15 +124,13 @@ class Batcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self) -> None:
         """Take no new jobs, finish every queued row, stop the worker."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._thread.join()
 
-    # ------------------------------------------------------------------ worker
     def _take(self) -> list[Row] | None:
         """The next batch: the oldest row's group, once it is full, the queue has been quiet for
         `batch_wait_s`, or the oldest row has waited `MAX_WAIT_FACTOR * batch_wait_s`."""
@@ -163,38 +142,28 @@ class Batcher:
                     self._cond.wait()
                     continue
                 head = self._pending[0]
-                same = sum(1 for r in self._pending if r.job.group == head.job.group)
+                same = [r for r in self._pending if r.job.group == head.job.group][: self.max_batch_size]
                 deadline = min(
                     self._last_arrival + self.batch_wait_s,
                     head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s,
                 )
                 left = deadline - time.monotonic()
-                if same >= self.max_batch_size or left <= 0 or self._closing:
+                if len(same) == self.max_batch_size or left <= 0 or self._closing:
                     break
                 self._cond.wait(left)
-            taken: list[Row] = []
-            kept: list[Row] = []
-            for r in self._pending:
-                if r.job.group == head.job.group and len(taken) < self.max_batch_size:
-                    taken.append(r)
-                else:
-                    kept.append(r)
-            self._pending = kept
+            taken = {id(r) for r in same}
+            self._pending = [r for r in self._pending if id(r) not in taken]
             self.busy = True
-            return taken
+            return same
 
     def _loop(self) -> None:
-        while True:
-            rows = self._take()
-            if rows is None:
-                return
+        while (rows := self._take()) is not None:
             try:
-                if rows:
-                    self._run(rows)
+                self._run(rows)
             except Exception as exc:  # the worker must survive anything a batch does
                 log.exception("batch failed outside the engine call")
                 for r in rows:
-                    self._deliver(r.job, RowResult(r.index, None, None, None, None, 0, 0, error=exc))
+                    self._deliver(r.job, RowResult(r.index, error=exc))
             finally:
                 with self._cond:
                     self.busy = False
@@ -204,51 +173,39 @@ class Batcher:
         if not rows:
             return
         self.batches_run += 1
-        batch_id = self.batches_run
+        batch = self.batches_run
         jobs = list(dict.fromkeys(r.job for r in rows))
         start = time.monotonic()
         try:
-            results = self._generate(rows, batch_id)
+            results = self._generate(rows, batch, len(jobs))
         except Exception as exc:
-            if len(jobs) == 1:
-                log.warning("batch %d failed (%s): %s", batch_id, jobs[0].id, exc)
-                for r in rows:
-                    self._deliver(
-                        r.job,
-                        RowResult(
-                            r.index, None, r.job.rsp_seed(r.index), None, batch_id, len(rows), 1, error=exc
-                        ),
-                    )
+            if len(jobs) > 1:
+                log.warning("batch %d of %d jobs failed (%s); retrying each job alone", batch, len(jobs), exc)
+                for job in jobs:
+                    self._run([r for r in rows if r.job is job])
                 return
-            log.warning("batch %d of %d jobs failed (%s); retrying each job alone", batch_id, len(jobs), exc)
-            for job in jobs:
-                self._run([r for r in rows if r.job is job])
-            return
-        seconds = time.monotonic() - start
-        self.rows_run += len(rows)
-        first = rows[0].job
-        log.info(
-            "batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s",
-            batch_id,
-            len(rows),
-            len(jobs),
-            first.injection.name,
-            first.sampling.max_new_tokens,
-            seconds,
-        )
-        for job in jobs:
-            job.batches.append(batch_id)
+            log.warning("batch %d failed (%s): %s", batch, jobs[0].id, exc)
+            results = [RowResult(r.index, batch=(batch, len(rows), 1), error=exc) for r in rows]
+        else:
+            self.rows_run += len(rows)
+            log.info(
+                "batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s",
+                batch,
+                len(rows),
+                len(jobs),
+                jobs[0].injection.name,
+                jobs[0].sampling.max_new_tokens,
+                time.monotonic() - start,
+            )
         for r, res in zip(rows, results, strict=True):
             self._deliver(r.job, res)
 
-    def _generate(self, rows: list[Row], batch_id: int) -> list[RowResult]:
+    def _generate(self, rows: list[Row], batch: int, jobs: int) -> list[RowResult]:
         job = rows[0].job
-        jobs = {id(r.job) for r in rows}
-        whole = len(jobs) == 1 and len(rows) == job.rows
-        if whole:  # rsp.generate's first batch: reproduces it when this request runs alone
+        if jobs == 1 and len(rows) == job.rows:  # rsp.generate's first batch: reproduces it when alone
             decode_seed = decode_seed_for(job.seed, WorkBatch(job.injection.name, 0, 0, ()))
         else:
-            decode_seed = derive_seed(self.seed, "serve-decode", batch_id)
+            decode_seed = derive_seed(self.seed, "serve-decode", batch)
         prompts = [r.job.prompts[r.index // r.job.n] for r in rows]
         seeds = [r.job.rsp_seed(r.index) for r in rows]
         done = self.generator.run(
@@ -256,19 +213,11 @@ class Batcher:
         )
         out = []
         for r, p, s, c in zip(rows, prompts, seeds, done, strict=True):
-            res = RowResult(r.index, c, s, decode_seed, batch_id, len(rows), len(jobs))
+            res = RowResult(r.index, c, s, decode_seed, (batch, len(rows), jobs))
             if r.job.logprobs is not None:
                 try:
-                    res.logprobs = score_row(
-                        self.generator.lm,
-                        p,
-                        r.job.injection,
-                        s,
-                        c.token_ids,
-                        top_k=r.job.logprobs,
-                        echo=r.job.echo,
-                        ended_on=c.stop_token if r.job.echo else None,
-                    )
+                    lm, top_k = self.generator.lm, r.job.logprobs
+                    res.logprobs = score_row(lm, p, r.job.injection, s, c, top_k=top_k, echo=r.job.echo)
                 except Exception as exc:  # fails this row's request only
                     res.error = exc
             out.append(res)

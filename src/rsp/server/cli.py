@@ -20,14 +20,10 @@ from rsp.config import RSPArgumentParser, option, require, require_min
 from rsp.engines.args import EngineArgs
 from rsp.methods import InjectionArgs, RSPConfig, method_names
 
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
-
 
 def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return host in ("localhost", "ip6-localhost") or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
@@ -127,17 +123,16 @@ def parse(argv: Sequence[str]) -> tuple[ServeCommandConfig]:
 
 def main(argv: Sequence[str]) -> int:
     (cfg,) = parse(argv)
-    api_key = cfg.api_key or os.environ.get("RSP_API_KEY") or None
-    if not is_loopback(cfg.host) and not api_key:
+    cfg.api_key = cfg.api_key or os.environ.get("RSP_API_KEY") or None
+    if not is_loopback(cfg.host) and not cfg.api_key:
         raise ValueError(
             f"binding {cfg.host} exposes the server beyond this machine: pass --api-key (or set "
             "RSP_API_KEY), or bind 127.0.0.1"
         )
-    rsp_cfg = cfg.rsp_config().validate()
     try:
         import uvicorn
 
-        from rsp.server.app import ServeConfig, create_app
+        from rsp.server.app import create_app
     except ModuleNotFoundError as exc:
         raise ValueError(
             f"rsp serve needs the 'serve' extra ({exc.name} is missing): "
@@ -151,22 +146,8 @@ def main(argv: Sequence[str]) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-
-    generator = Generator.from_args(cfg)
-    generator.injection(rsp_cfg)  # build (and fit its statistics) before the first request
-    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ServeConfig) if hasattr(cfg, f.name)}
-    name = cfg.served_model_name or served_name(cfg.model)
-    config = ServeConfig(**{**shared, "model_name": name, "rsp": rsp_cfg, "api_key": api_key})
-    app = create_app(generator, config)
-    log.info(
-        "rsp serve: %r on http://%s:%d (api key %s)",
-        config.model_name,
-        cfg.host,
-        cfg.port,
-        "required" if api_key else "off",
-    )
     uvicorn.run(
-        app,
+        create_app(Generator.from_args(cfg), cfg),
         host=cfg.host,
         port=cfg.port,
         log_level="info",

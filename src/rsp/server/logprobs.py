@@ -8,23 +8,15 @@ bits from the logits the engine decoded with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
 
 from rsp.core.injection import Injection
 from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens
+from rsp.engines import Completion
 
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """Log-probabilities of `token_ids` (None where nothing precedes the token: a prompt's first one)."""
-
-    token_ids: tuple[int, ...]
-    logprobs: tuple[float | None, ...]
-    top: tuple[tuple[tuple[int, float], ...], ...]  # per token: (id, logprob) of the `k` likeliest
+# (token id, its log-prob or None when nothing precedes it, (id, log-prob) of the likeliest tokens)
+TokenLogprob = tuple[int, float | None, tuple[tuple[int, float], ...]]
 
 
 def score_row(
@@ -32,64 +24,42 @@ def score_row(
     prompt: PromptTokens,
     injection: Injection,
     seed: int | None,
-    completion: Sequence[int],
+    completion: Completion,
     *,
     top_k: int,
     echo: bool,
-    ended_on: int | None = None,
-) -> TokenLogprobs:
+) -> list[TokenLogprob]:
     """Log-probs of the completion tokens (and, with `echo`, of the prompt's own tokens, skipping the
-    slots) for one row. `ended_on`, the stop token the engines drop, is appended as the last entry: scorers
-    such as lm-eval's `local-completions` read every value but the last.
+    slots) for one row. With `echo`, the stop token the engines drop ends the list: scorers such as
+    lm-eval's `local-completions` read every value but the last.
     """
     model = getattr(lm, "model", None)  # the vllm engine's EmbeddingModel has none
     if model is None:
         raise ValueError("log-probs need the model's weights in this process (hf, lean or prefix engine)")
-    seq = embed_continued(
-        lm.embed,
-        [prompt],
-        injection,
-        [seed],
-        [list(completion)],
-        pad_id=lm.pad_token_id,
-        width=len(completion) or 1,
-    )
+    tokens = list(completion.token_ids)
+    seq = embed_continued(lm.embed, [prompt], injection, [seed], [tokens], pad_id=lm.pad_token_id)
     batch, width = seq.batch, seq.prompt_width
-    keep = seq.embeds.shape[1] if echo else len(completion) + 1
+    keep = seq.embeds.shape[1] if echo else len(tokens) + 1
     with torch.no_grad():
         out = seq.forward(model, keep)
     logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (keep, V)
     offset = seq.embeds.shape[1] - keep  # absolute column of logp[0]
 
-    columns: list[tuple[int, int]] = []  # (column whose logits predict the token, token id)
+    columns: list[tuple[int, int]] = []  # (column whose logits predict the token or -1: none, token id)
     if echo:
         real = (batch.attention_mask[0].bool() & ~batch.slot_mask()[0]).tolist()
         ids = batch.input_ids[0].tolist()
-        seen = False
-        for c in range(width):
-            if not real[c]:
-                continue
-            columns.append((c - 1 if seen else -1, ids[c]))
-            seen = True
-    for t, tok in enumerate(completion):
-        columns.append((width - 1 + t, int(tok)))
-    if ended_on is not None:
-        columns.append((width - 1 + len(completion), int(ended_on)))
+        prompt_columns = [c for c in range(width) if real[c]]
+        columns = [(c - 1 if i else -1, ids[c]) for i, c in enumerate(prompt_columns)]
+    ended = [completion.stop_token] if echo and completion.stop_token is not None else []
+    columns += [(width - 1 + t, tok) for t, tok in enumerate([*tokens, *ended])]
 
-    token_ids: list[int] = []
-    values: list[float | None] = []
-    tops: list[tuple[tuple[int, float], ...]] = []
+    scored: list[TokenLogprob] = []
     for col, tok in columns:
-        token_ids.append(tok)
         if col < 0:
-            values.append(None)
-            tops.append(())
+            scored.append((tok, None, ()))
             continue
         row = logp[col - offset]
-        values.append(float(row[tok]))
-        if top_k:
-            v, i = torch.topk(row, top_k)
-            tops.append(tuple(zip(i.tolist(), v.tolist(), strict=True)))
-        else:
-            tops.append(())
-    return TokenLogprobs(tuple(token_ids), tuple(values), tuple(tops))
+        values, top = torch.topk(row, top_k)
+        scored.append((tok, float(row[tok]), tuple(zip(top.tolist(), values.tolist(), strict=True))))
+    return scored

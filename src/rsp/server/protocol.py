@@ -8,6 +8,8 @@ refused, so a typo never silently changes the sampling.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -20,27 +22,21 @@ assert set(INSERTION_POINTS) == set(get_args(Position))
 ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error", 503: "server_error"}
 
 
+@dataclass(eq=False)
 class APIError(Exception):
     """An error answered to the client as OpenAI-style JSON with `status`."""
 
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
+    status: int
+    code: str | None
+    message: str
+    param: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
 
     def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        kind = ERROR_TYPES.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 class Strict(BaseModel):
@@ -83,15 +79,13 @@ class SamplingFields(Strict):
     user: StrictStr | None = None
     rsp: RSPSettings | None = None
 
-    def unsupported(self) -> list[tuple[str, str]]:
+    def unsupported(self) -> Iterator[tuple[str, str]]:
         """(field, why) for every accepted field set to a value this server cannot honour."""
-        out = []
         for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                out.append((name, f"{name} is not supported (only 0)"))
+            if getattr(self, name):  # neither None nor 0
+                yield name, f"{name} is not supported (only 0)"
         if self.logit_bias:
-            out.append(("logit_bias", "logit_bias is not supported"))
-        return out
+            yield "logit_bias", "logit_bias is not supported"
 
 
 class CompletionRequest(SamplingFields):
@@ -110,13 +104,12 @@ class CompletionRequest(SamplingFields):
     best_of: StrictInt | None = Field(default=None, ge=1)
     suffix: StrictStr | None = None
 
-    def unsupported(self) -> list[tuple[str, str]]:
-        out = super().unsupported()
+    def unsupported(self) -> Iterator[tuple[str, str]]:
+        yield from super().unsupported()
         if self.best_of is not None and self.best_of != self.n:
-            out.append(("best_of", "best_of is not supported (every sample is returned; use n)"))
+            yield "best_of", "best_of is not supported (every sample is returned; use n)"
         if self.suffix:
-            out.append(("suffix", "suffix (insertion) is not supported"))
-        return out
+            yield "suffix", "suffix (insertion) is not supported"
 
 
 class TextPart(Strict):
@@ -153,21 +146,20 @@ class ChatCompletionRequest(SamplingFields):
     metadata: dict[str, StrictStr] | None = None
     service_tier: StrictStr | None = None
 
-    def unsupported(self) -> list[tuple[str, str]]:
-        out = super().unsupported()
+    def unsupported(self) -> Iterator[tuple[str, str]]:
+        yield from super().unsupported()
         if self.tools:
-            out.append(("tools", "tools are not supported"))
+            yield "tools", "tools are not supported"
         if self.tool_choice not in (None, "none"):
-            out.append(("tool_choice", "tool_choice is not supported"))
+            yield "tool_choice", "tool_choice is not supported"
         if self.top_logprobs and not self.logprobs:
-            out.append(("top_logprobs", "top_logprobs needs logprobs: true"))
-        return out
+            yield "top_logprobs", "top_logprobs needs logprobs: true"
 
 
 def parse_request(model: type[Strict], body: Any) -> Any:
     """Validate a decoded JSON body; schema violations become a 422 APIError naming the field."""
     if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        raise APIError(400, "invalid_json", "the request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -179,18 +171,12 @@ def parse_request(model: type[Strict], body: Any) -> Any:
             and p not in ("str", "int", "float", "bool", "TextPart", "ChatMessage")
         ]
         param = ".".join(loc) or None
-        if err["type"] == "extra_forbidden":
-            raise APIError(
-                422,
+        code, message = {
+            "extra_forbidden": (
+                "unknown_field",
                 f"unknown field {param!r}: not part of the OpenAI schema this server accepts "
                 "(nor the extra 'rsp' field)",
-                param=param,
-                code="unknown_field",
-            ) from None
-        if err["type"] == "missing":
-            raise APIError(
-                422, f"missing required field {param!r}", param=param, code="missing_field"
-            ) from None
-        raise APIError(
-            422, f"invalid value for {param!r}: {err['msg']}", param=param, code="invalid_value"
-        ) from None
+            ),
+            "missing": ("missing_field", f"missing required field {param!r}"),
+        }.get(err["type"], ("invalid_value", f"invalid value for {param!r}: {err['msg']}"))
+        raise APIError(422, code, message, param) from None
