@@ -19,7 +19,6 @@ import importlib.metadata
 import os
 import sys
 import uuid
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,31 +29,26 @@ MIDDLEWARE = "rsp.integrations.trl_vllm_serve.mixed_prompts"
 
 
 def encode_request(request) -> dict:
-    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those
-    vectors."""
-    embeds = request.prompt_embeds
+    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids (None for a whole-prompt embedding request),
+    the positions given as vectors, those vectors."""
+    embeds, is_token = request.prompt_embeds, request.is_token_ids
+    row = {
+        "token_ids": list(request.token_ids or ()),
+        "slots": [],
+        "embeds": "",
+        "dim": 0,
+        "seed": request.seed,
+    }
     if embeds is None:
-        return {
-            "token_ids": list(request.token_ids or ()),
-            "slots": [],
-            "embeds": "",
-            "dim": 0,
-            "seed": request.seed,
-        }
-    if request.is_token_ids is None:  # a whole-prompt embedding request ("embeds" layout)
-        slots = list(range(embeds.shape[0]))
-        token_ids = None
-    else:
-        slots = [i for i, is_token in enumerate(request.is_token_ids) if not is_token]
-        token_ids = list(request.token_ids or ())
-    rows = embeds[slots].to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-    return {
-        "token_ids": token_ids,
+        return row
+    slots = list(range(embeds.shape[0])) if is_token is None else [i for i, t in enumerate(is_token) if not t]
+    vectors = embeds[slots].to(torch.float32).numpy().astype("<f4").tobytes()
+    return row | {
+        "token_ids": None if is_token is None else row["token_ids"],
         "slots": slots,
         "length": int(embeds.shape[0]),
         "dim": int(embeds.shape[1]),
-        "embeds": base64.b64encode(rows).decode("ascii"),
-        "seed": request.seed,
+        "embeds": base64.b64encode(vectors).decode("ascii"),
     }
 
 
@@ -155,10 +149,8 @@ def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
     parser = TrlParser(ScriptArguments, prog="python -m rsp.integrations.trl_vllm_serve")  # type: ignore[arg-type]
     script_args, extra = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     command = trl_command(script_args, list(extra)) + ["--enable-prompt-embeds", "--middleware", MIDDLEWARE]
-    command = _without_cli_version_check(command)
-    env = os.environ.copy()
-    env["VLLM_SERVER_DEV_MODE"] = "1"  # TRL's weight-transfer and prefix-cache endpoints live behind it
-    return command, env
+    # VLLM_SERVER_DEV_MODE: TRL's weight-transfer and prefix-cache endpoints live behind it
+    return _without_cli_version_check(command), {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
 
 
 def _without_cli_version_check(command: list[str]) -> list[str]:
@@ -175,7 +167,7 @@ def _without_cli_version_check(command: list[str]) -> list[str]:
         )
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> None:
     command, env = build_command(argv)
     os.execve(command[0], command, env)
 
