@@ -19,16 +19,10 @@ from typing import Any
 
 from rsp.core.insert import PromptTokens
 from rsp.engines.vllm import build_requests, cpu_memory_fraction, resolve_prompt_mode, vllm_runs_on_cpu
-from rsp.integrations.lm_eval import (
-    RSPRequestsMixin,
-    RSPSettings,
-    _SeededText,
-)
+from rsp.integrations.lm_eval import RSPRequestsMixin, RSPSettings, _SeededText
 from rsp.methods import build_method
 from rsp.models.embeddings import load_embedding_model
 from rsp.models.loading import converted_path
-
-__all__ = ["RSPVLLM"]
 
 
 def _lm_eval_vllm_module():
@@ -97,21 +91,16 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
 
     def tok_encode(self, string: Any, add_special_tokens: bool | None = None, **kwargs: Any) -> Any:
         ids = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
-        if (
-            not self.injecting
-            or isinstance(string, str)
-            or not string
-            or not all(isinstance(s, _SeededText) for s in string)
-        ):
+        seeded = not isinstance(string, str) and string and all(isinstance(s, _SeededText) for s in string)
+        if not (self.injecting and seeded):
             return ids
         out = []
         for text, row in zip(string, ids, strict=True):
             end = len(row)
             cut = self._user_turn_cuts.get(str(text))
             if cut is not None and self.rsp_injection.position == "end_of_user_turn":
-                end = min(
-                    end, len(super().tok_encode(str(text)[:cut], add_special_tokens=add_special_tokens))
-                )
+                head = super().tok_encode(str(text)[:cut], add_special_tokens=add_special_tokens)
+                end = min(end, len(head))
             seeded = _SeededIds(row)
             seeded.rsp_seed = text.rsp_seed
             seeded.prompt = PromptTokens(ids=tuple(row), user_turn_end=end)
@@ -125,26 +114,24 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
 
         if not isinstance(sampling_params, list):
             sampling_params = [sampling_params] * len(requests)
-        prompts = []
-        for r in requests:
-            if not isinstance(r, _SeededIds):
-                raise ValueError(
-                    "rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
-                    "RSP slots; raise max_model_len or shorten the task's prompts"
-                )
-            built = build_requests(
-                self._rsp_lm,
-                [r.prompt],
-                self.rsp_injection,
-                [r.rsp_seed],
-                decode_seed=0,
-                prompt_mode=self._prompt_mode,
-            )[0]
-            prompts.append(
-                built.as_prompt()
-                if built.prompt_embeds is not None
-                else TokensPrompt(prompt_token_ids=list(r))
+        if not all(isinstance(r, _SeededIds) for r in requests):
+            raise ValueError(
+                "rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
+                "RSP slots; raise max_model_len or shorten the task's prompts"
             )
+        # vLLM's seeds are lm-eval's sampling_params', so the requests' decode seeds go unused
+        built = build_requests(
+            self._rsp_lm,
+            [r.prompt for r in requests],
+            self.rsp_injection,
+            [r.rsp_seed for r in requests],
+            decode_seed=0,
+            prompt_mode=self._prompt_mode,
+        )
+        prompts = [
+            b.as_prompt() if b.prompt_embeds is not None else TokensPrompt(prompt_token_ids=list(r))
+            for b, r in zip(built, requests, strict=True)
+        ]
         return self.model.generate(
             prompts,
             sampling_params=sampling_params,
