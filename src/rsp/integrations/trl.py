@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 SERVER_COMMAND = "python -m rsp.integrations.trl_vllm_serve --model MODEL"
+_INSTEAD = "use after_generation_prompt or prepend"
 
 
 def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
@@ -71,10 +72,7 @@ def local_constant_rows(
 def last_user_content(messages: Sequence[dict]) -> str:
     users = [m for m in messages if m.get("role") == "user"]
     if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"]:
-        raise ValueError(
-            "position 'end_of_user_turn' needs a conversational prompt whose last user message has "
-            "non-empty string content"
-        )
+        raise ValueError(f"position 'end_of_user_turn' needs a last user message with text; {_INSTEAD}")
     return users[-1]["content"]
 
 
@@ -84,17 +82,14 @@ def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> 
     cut = text.rfind(content)
     if cut < 0:
         raise ValueError(
-            "position 'end_of_user_turn': the chat template changed the user's text, so the end of the "
-            "user turn cannot be located; use after_generation_prompt or prepend"
+            f"position 'end_of_user_turn': the chat template changed the user's text; {_INSTEAD}"
         )
     cut += len(content)
     head = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
     tail = list(tokenizer(text[cut:], add_special_tokens=False)["input_ids"]) if cut < len(text) else []
     if head + tail != list(ids):
         raise ValueError(
-            "position 'end_of_user_turn': a token of TRL's prompt ids straddles the end of the user "
-            "turn (tokenising the two halves separately gives other ids), so there is no token "
-            "boundary to insert at; use after_generation_prompt or prepend"
+            f"position 'end_of_user_turn': a token straddles the end of the user turn; {_INSTEAD}"
         )
     return len(head)
 
@@ -206,30 +201,30 @@ class RSPGRPOTrainer(GRPOTrainer):
                 if not injection.active:
                     return
             self.rsp = attach(lm, injection=injection, seed=self.rsp_seed, placeholder_id=placeholder_id)
-            same = dict(injection=injection, seed=self.rsp_seed, placeholder_id=self.rsp.placeholder_id)
+            same: dict[str, Any] = dict(
+                injection=injection, seed=self.rsp_seed, placeholder_id=self.rsp.placeholder_id
+            )
             self.rsp_handles = [self.rsp] + [attach(ref, self.processing_class, **same) for ref in refs]
         if self.use_vllm:
             self._check_vllm_engine()
 
     def _refuse_unsupported(self) -> None:
         if self._is_vlm:
-            raise NotImplementedError(
-                "RSPGRPOTrainer supports text models; this processing class is a multimodal processor"
-            )
+            raise NotImplementedError("RSPGRPOTrainer supports text models, not multimodal processors")
         if self.tools or self.environment_factories is not None:
             raise NotImplementedError(
-                "tools / environment_factory with an RSP: the multi-turn tool loop "
-                "would re-generate without the rollout's RSP; not supported"
+                "tools / environment_factory with an RSP: the multi-turn tool loop would re-generate "
+                "without the rollout's RSP"
             )
         if self.rollout_func is not None:
             raise ValueError(
-                "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends "
-                "the RSP to vLLM); drop rollout_func or use RSPConfig(length=0)"
+                "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends the RSP to "
+                "vLLM); drop rollout_func or use RSPConfig(length=0)"
             )
         if self.use_transformers_continuous_batching:
             raise NotImplementedError(
-                "use_transformers_continuous_batching with an RSP: generate_batch does "
-                "not run the embedding hook per row; use the default generate or vLLM"
+                "use_transformers_continuous_batching with an RSP: generate_batch does not run the embedding "
+                "hook per row; use the default generate or vLLM"
             )
 
     def _check_vllm_engine(self) -> None:
@@ -241,18 +236,14 @@ class RSPGRPOTrainer(GRPOTrainer):
                     f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
                     "--tensor_parallel_size N)"
                 )
-            config = gen.llm.llm_engine.model_config
-            if not getattr(config, "enable_prompt_embeds", False):
-                raise RuntimeError("the colocated vLLM engine was built without enable_prompt_embeds")
         elif self.accelerator.is_main_process:
             client = gen.vllm_client
             response = client.session.get(f"{client.base_url}/rsp/info")
             if response.status_code != 200 or not response.json().get("enable_prompt_embeds"):
                 raise RuntimeError(
-                    f"the vLLM server at {client.base_url} cannot take RSP rollouts: "
-                    "`trl vllm-serve` / `vllm serve` have no mixed token/embedding prompts over HTTP. "
-                    "Start the server with "
-                    f"`{SERVER_COMMAND}` (the same flags as `trl vllm-serve`), which adds them"
+                    f"the vLLM server at {client.base_url} cannot take RSP rollouts: `trl vllm-serve` has no "
+                    f"mixed token/embedding prompts over HTTP. Start it with `{SERVER_COMMAND}` (the same "
+                    "flags as `trl vllm-serve`), which adds them"
                 )
 
     def _tokenize_prompts(self, prompts: list):
@@ -302,14 +293,10 @@ class RSPGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
-        if self.rsp is None:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-        seeds = self.next_rollout_seeds(len(prompt_ids))
-        if self.use_vllm:
+        seeds = [] if self.rsp is None else self.next_rollout_seeds(len(prompt_ids))
+        if self.rsp is not None and self.use_vllm:
             return self._vllm_rollouts(seeds)
-        with self.pinned(seeds):
+        with self.pinned(seeds):  # without an RSP there are no handles: nothing is pinned
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
@@ -325,10 +312,8 @@ class RSPGRPOTrainer(GRPOTrainer):
     def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
         """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
         gen = self.vllm_generation
-        asleep = (
-            gen.mode == "colocate" and gen.enable_sleep_mode and getattr(gen, "_llm_weights_sleeping", False)
-        )
-        if asleep or self.state.global_step != self._last_loaded_step:
+        # TRL sets _llm_weights_sleeping in colocate mode with sleep mode on
+        if getattr(gen, "_llm_weights_sleeping", False) or self.state.global_step != self._last_loaded_step:
             gen.sync_weights()
             self._last_loaded_step = self.state.global_step
         assert self.rsp is not None  # only called for an active RSP (_generate_single_turn)
@@ -400,10 +385,8 @@ class RSPGRPOTrainer(GRPOTrainer):
         self._pending_seeds = None
         self._scoring_seeds = None  # old / reference log-probs inside super() score the rows in rollout order
         output = super()._generate_and_score_completions(inputs)
-        if self.rsp is not None:
-            seeds = self._pending_seeds
-            if seeds is None:
-                raise RuntimeError("no RSP seeds were recorded for this rollout batch")
+        if self.rsp is not None:  # the seeds _generate_single_turn drew for this batch
+            seeds = cast(list, self._pending_seeds)
             device = output["completion_ids"].device
             output["rsp_seeds"] = torch.tensor([-1 if s is None else s for s in seeds], device=device)
         if self.mask_constant_groups:

@@ -130,9 +130,8 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
         )
     path = os.path.expanduser(args.dataset_name)
     if os.path.isfile(path):
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
-            os.path.splitext(path)[1]
-        )
+        ext = os.path.splitext(path)[1]
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(ext)
         if kind is None:
             raise ValueError(f"cannot tell the format of {path}; use .jsonl, .json, .parquet or .csv")
         return load_dataset(kind, data_files={args.dataset_train_split: path})[args.dataset_train_split]
@@ -140,8 +139,7 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
 
 
 def rsp_accuracy_reward(timeout: float):
-    """Correctness (1 / 0) from rsp's grader against the `solution` column, for string and chat
-    completions."""
+    """Correctness (1 / 0) from rsp's grader against the `solution` column (string or chat completions)."""
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
@@ -224,8 +222,8 @@ def main(argv: list[str] | None = None):
         for func in rewards:
             if callable(getattr(func, "close", None)):
                 func.close()
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"rsp.integrations.trl_grpo: model saved to {training_args.output_dir}")
+    trainer.save_model(out)
+    trainer.accelerator.print(f"rsp.integrations.trl_grpo: model saved to {out}")
     return trainer
 
 

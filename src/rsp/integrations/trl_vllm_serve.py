@@ -1,14 +1,11 @@
 """`python -m rsp.integrations.trl_vllm_serve --model MODEL`: the vLLM server for
 `RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
 
-Why not `trl vllm-serve`: it execs stock `vllm serve`, whose HTTP API takes token ids or a whole prompt's
-embeddings, never the mixed layout (token ids with a few positions given as vectors) that lets vLLM embed
-the prompt itself and reuse its prefix cache across a prompt's rollouts. This runs the same `vllm serve`
-command line `trl vllm-serve` builds (TRL's own parser), adds `--enable-prompt-embeds`, and mounts the
-middleware `mixed_prompts`, which serves `GET /rsp/info` and `POST /rsp/generate` (one engine request per
-row, each with its own seed; only the L injected vectors of a row travel, as base64 float32).
-Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds
---middleware rsp.integrations.trl_vllm_serve.mixed_prompts`.
+Why not `trl vllm-serve`: it execs stock `vllm serve`, whose HTTP API never takes the mixed layout (token
+ids with a few positions given as vectors) that lets vLLM embed the prompt itself and reuse its prefix
+cache across a prompt's rollouts. This runs the command line `trl vllm-serve` builds, adds
+`--enable-prompt-embeds` and the middleware `mixed_prompts`: `GET /rsp/info`, `POST /rsp/generate` (one
+engine request per row with its own seed; only a row's L injected vectors travel, base64 float32).
 """
 
 from __future__ import annotations
@@ -109,12 +106,9 @@ async def _generate_rows(engine, body: dict) -> dict:
         params.output_kind = RequestOutputKind.FINAL_ONLY
         parsed = parse_model_prompt(engine.model_config, decode_request(row))
         (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
-        final = None
-        async for out in engine.generate(engine_input, params, f"rsp-{base}-{i}"):
-            final = out
-        if final is None:
-            raise RuntimeError(f"vLLM returned no output for request rsp-{base}-{i}")
-        return list(final.outputs[0].token_ids), sampled_logprobs(final.outputs[0])
+        outputs = [out async for out in engine.generate(engine_input, params, f"rsp-{base}-{i}")]
+        final = outputs[-1].outputs[0]  # FINAL_ONLY: the finished output only
+        return list(final.token_ids), sampled_logprobs(final)
 
     results = await asyncio.gather(*(one(i, row) for i, row in enumerate(body["rows"])))
     return {"completion_ids": [r[0] for r in results], "logprobs": [r[1] for r in results]}
