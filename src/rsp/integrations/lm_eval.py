@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -109,10 +109,6 @@ class RSPSettings:
     def trivially_off(self) -> bool:
         """Settings under which nothing can be injected, so no hook is attached at all."""
         return get_method(self.config.method).injects_nothing(self.config)
-
-    def attach_options(self) -> dict[str, Any]:
-        options = dataclasses.asdict(self.config)
-        return {**options.pop("method_options"), **options, "seed": self.seed}
 
     def info(self) -> dict[str, Any]:
         """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
@@ -217,6 +213,12 @@ class RSPRequestsMixin:
     def injecting(self) -> bool:
         return self.rsp_injection is not None
 
+    def _user_turn_end(self, text: str, n_ids: int, encode: Callable[[str], Sequence[int]]) -> int:
+        """Where the user's turn ends in lm-eval's `n_ids` tokens of `text`: at the cut lm-eval's chat
+        template left (`end_of_user_turn`), else at the end, as in `tokenize_prompt`."""
+        cut = self._user_turn_cuts.get(text) if self.rsp_injection.position == "end_of_user_turn" else None
+        return n_ids if cut is None else min(n_ids, len(encode(text[:cut])))
+
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
@@ -259,7 +261,10 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         self._ll_queue: deque[tuple[list[int], int | None]] | None = None
         if settings.trivially_off:
             return
-        handle = attach(self.model, self.tokenizer, **settings.attach_options())
+        options = dataclasses.asdict(settings.config)
+        handle = attach(
+            self.model, self.tokenizer, **options.pop("method_options"), **options, seed=settings.seed
+        )
         if not handle.injection.active:
             handle.detach()
             return
@@ -298,9 +303,13 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         bos = has_bos_prefix(strings[0], getattr(self.tokenizer, "bos_token", None))
         add_special = not bos and (self.add_bos_token is None or bool(self.add_bos_token))
         prompts = [self._prompt_tokens(str(s), add_special) for s in strings]
-        if left_truncate_len:
+        if left_truncate_len:  # keep the last tokens, leaving room for the slots
             keep = max(1, left_truncate_len - self.rsp_injection.length)
-            prompts = [_truncate_left(p, keep) for p in prompts]
+            cuts = [max(0, len(p.ids) - keep) for p in prompts]
+            prompts = [
+                PromptTokens(p.ids[c:], max(0, p.user_turn_end - c))
+                for p, c in zip(prompts, cuts, strict=True)
+            ]
         batch = self._layout(prompts)
         self._batch_seeds = [cast(_SeededText, s).rsp_seed for s in strings]
         return batch.input_ids, batch.attention_mask
@@ -366,11 +375,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
 
     def _slot_context(self, context: str, context_enc: list[int]) -> list[int]:
         """The context's token ids with the L placeholder ids at the insertion point (via `layout`)."""
-        end = len(context_enc)
-        if self.rsp_injection.position == "end_of_user_turn":
-            cut = self._user_turn_cuts.get(context) if context else None
-            if cut is not None:
-                end = min(end, len(self.tok_encode(context[:cut])))
+        end = self._user_turn_end(context, len(context_enc), self.tok_encode)
         batch = self._layout([PromptTokens(ids=tuple(context_enc), user_turn_end=end)])
         return batch.input_ids[0].tolist()
 
@@ -407,13 +412,6 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
             rsp |= {"rsp_length": self.rsp_injection.length, "rsp_position": self.rsp_injection.position}
             rsp["placeholder_id"] = self.rsp_handle.placeholder_id
         return super().get_model_info() | {"rsp": rsp}
-
-
-def _truncate_left(prompt: PromptTokens, keep: int) -> PromptTokens:
-    cut = max(0, len(prompt.ids) - keep)
-    if not cut:
-        return prompt
-    return PromptTokens(ids=prompt.ids[cut:], user_turn_end=max(0, prompt.user_turn_end - cut))
 
 
 # `rsp-vllm` is registered lazily, so vLLM is imported only when that model is asked for

@@ -11,6 +11,7 @@ a `repeats: N` task's N copies are N requests with N RSPs, never one with `n=N`;
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as metadata
 from typing import Any
@@ -83,27 +84,23 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
 
     def tok_encode(self, string: Any, add_special_tokens: bool | None = None, **kwargs: Any) -> Any:
         ids = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
-        seeded = not isinstance(string, str) and string and all(isinstance(s, _SeededText) for s in string)
-        if not (self.injecting and seeded):
+        batch = not isinstance(string, str) and string and all(isinstance(s, _SeededText) for s in string)
+        if not (self.injecting and batch):
             return ids
+        encode = functools.partial(self.tok_encode, add_special_tokens=add_special_tokens)
         out = []
         for text, row in zip(string, ids, strict=True):
-            end = len(row)
-            cut = self._user_turn_cuts.get(str(text))
-            if cut is not None and self.rsp_injection.position == "end_of_user_turn":
-                head = super().tok_encode(str(text)[:cut], add_special_tokens=add_special_tokens)
-                end = min(end, len(head))
             seeded = _SeededIds(row)
             seeded.rsp_seed = text.rsp_seed
-            seeded.prompt = PromptTokens(ids=tuple(row), user_turn_end=end)
+            seeded.prompt = PromptTokens(
+                ids=tuple(row), user_turn_end=self._user_turn_end(text, len(row), encode)
+            )
             out.append(seeded)
         return out
 
     def _model_generate(self, requests: list, generate: bool = False, sampling_params: Any = None):
         if not (self.injecting and generate and any(isinstance(r, _SeededIds) for r in requests)):
             return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
-        from vllm.inputs import TokensPrompt
-
         if not isinstance(sampling_params, list):
             sampling_params = [sampling_params] * len(requests)
         if not all(isinstance(r, _SeededIds) for r in requests):
@@ -120,12 +117,8 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
             decode_seed=0,
             prompt_mode=self._prompt_mode,
         )
-        prompts = [
-            b.as_prompt() if b.prompt_embeds is not None else TokensPrompt(prompt_token_ids=list(r))
-            for b, r in zip(built, requests, strict=True)
-        ]
         return self.model.generate(
-            prompts,
+            [b.as_prompt() for b in built],
             sampling_params=sampling_params,
             use_tqdm=self.batch_size == "auto",
             lora_request=self.lora_request,

