@@ -155,16 +155,15 @@ def log_seeds(
     per_request: dict[int, tuple[Any, list[int | None]]] = {}
     for req, seed in zip(requests, seeds, strict=True):
         per_request.setdefault(id(req), (req, []))[1].append(seed)
-    for req, req_seeds in per_request.values():
-        info = {
-            SEED_LOG_KEY: req_seeds,
-            "method": settings.config.method,
-            "rsp_length": injection.length,
-            "rsp_position": injection.position,
-            "rsp_scale": settings.config.scale,
-            "seed": settings.seed,
-        }
-        req.arguments = (*request_args(req), info)  # a request run again: replaced, never stacked
+    info = {
+        "method": settings.config.method,
+        "rsp_length": injection.length,
+        "rsp_position": injection.position,
+        "rsp_scale": settings.config.scale,
+        "seed": settings.seed,
+    }
+    for req, req_seeds in per_request.values():  # a request run again: its log replaced, never stacked
+        req.arguments = (*request_args(req), {SEED_LOG_KEY: req_seeds, **info})
 
 
 class _SeededText(str):
@@ -242,11 +241,9 @@ class RSPRequestsMixin:
 class RSPHFLM(RSPRequestsMixin, HFLM):
     """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`).
 
-    Model arguments: every `HFLM` argument, plus `rsp_length` [4], `seed` [0] (the base seed), `rsp_scale`
-    [1.0], `rsp_position` [after_generation_prompt | end_of_user_turn | prepend], `method` [rsp, or a control:
-    `rsp methods`], `rsp_stats_rows`, `rsp_stats_mean`, and method options by their names (`soft_prompt=FILE`,
-    `soft_prompt_position`, `noise_alpha`). `pretrained` also takes rsp's packaged names
-    (`smollm2-135m-instruct`, `gemma3-270m`) and `.gguf` files.
+    Model arguments: every `HFLM` argument, plus `rsp_length` [4], `seed` [0] (the base seed), `rsp_scale`,
+    `rsp_position`, `method`, `rsp_stats_rows`, `rsp_stats_mean` and method options by their own names
+    (docs/integrations.md). `pretrained` also takes rsp's packaged names and `.gguf` files.
     """
 
     def __init__(self, pretrained: Any = "smollm2-135m-instruct", **kwargs: Any) -> None:

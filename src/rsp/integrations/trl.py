@@ -134,10 +134,9 @@ def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None
     try:
         yield
     finally:
+        del params["bias"]
         if had:
             params["bias"] = old
-        else:
-            del params["bias"]
 
 
 class RSPGRPOTrainer(GRPOTrainer):
@@ -250,16 +249,14 @@ class RSPGRPOTrainer(GRPOTrainer):
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
         if self.rsp is None:
             return prompt_ids, images, multimodal_fields
-        tokens = [
+        self._rsp_prompts = [
             PromptTokens(tuple(int(t) for t in ids), self._user_turn_end(p, ids))
             for p, ids in zip(prompts, prompt_ids, strict=True)
         ]
-        self._rsp_prompts = tokens
-        batch = layout(
-            tokens, self.injection, pad_id=self.rsp.lm.pad_token_id, placeholder_id=self.rsp.placeholder_id
-        )
+        pad_id, placeholder_id = self.rsp.lm.pad_token_id, self.rsp.placeholder_id
+        batch = layout(self._rsp_prompts, self.injection, pad_id=pad_id, placeholder_id=placeholder_id)
         rows = [
-            ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+            ids[mask].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask.bool(), strict=True)
         ]
         return rows, images, multimodal_fields
 
@@ -451,8 +448,7 @@ class RSPGRPOTrainer(GRPOTrainer):
 @contextmanager
 def _gathered_embeddings(*models: torch.nn.Module) -> Iterator[None]:
     """Inside, the models' embedding tables are whole under DeepSpeed ZeRO-3, which partitions them (the
-    statistics need all of a table). Not run here: deepspeed is not installed in this project's
-    environments."""
+    statistics need all of a table). Untested: deepspeed is not installed in this project's environments."""
     weights = [input_embeddings(m).weight for m in models]
     if not any(hasattr(w, "ds_id") for w in weights):
         yield

@@ -3,10 +3,9 @@ rollout with its own RSP.
 
 Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer`,
 so a TRL user's recipe carries over and every `GRPOConfig` field means what it means in TRL. `TrlParser`
-reads `RSPArguments` (the `rsp.RSPConfig` fields, prefixed `rsp_`), `GRPOConfig`, `ModelConfig` (the model
-may also be an rsp packaged name or `.gguf`) and `RSPScriptArguments` (a TRL dataset or an rsp task, and
-the reward functions) from one YAML file; any field can be overridden on the command line. Multi-GPU:
-`accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo ...`.
+reads `RSPArguments`, `GRPOConfig`, `ModelConfig` and `RSPScriptArguments` from one YAML file; any field
+can be overridden on the command line. Multi-GPU: `accelerate launch --config_file
+configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo ...`.
 """
 
 import importlib

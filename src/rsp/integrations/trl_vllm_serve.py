@@ -28,20 +28,14 @@ MIDDLEWARE = "rsp.integrations.trl_vllm_serve.mixed_prompts"
 def encode_request(request) -> dict:
     """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids (None for a whole-prompt embedding request),
     the positions given as vectors, those vectors."""
-    embeds, is_token = request.prompt_embeds, request.is_token_ids
-    row = {
-        "token_ids": list(request.token_ids or ()),
-        "slots": [],
-        "embeds": "",
-        "dim": 0,
-        "seed": request.seed,
-    }
+    embeds, is_token, ids = request.prompt_embeds, request.is_token_ids, list(request.token_ids or ())
+    row = {"token_ids": ids, "slots": [], "embeds": "", "dim": 0, "seed": request.seed}
     if embeds is None:
         return row
     slots = list(range(embeds.shape[0])) if is_token is None else [i for i, t in enumerate(is_token) if not t]
     vectors = embeds[slots].to(torch.float32).numpy().astype("<f4").tobytes()
     return row | {
-        "token_ids": None if is_token is None else row["token_ids"],
+        "token_ids": None if is_token is None else ids,
         "slots": slots,
         "length": int(embeds.shape[0]),
         "dim": int(embeds.shape[1]),
@@ -61,11 +55,8 @@ def decode_request(row: dict) -> dict:
         return {"prompt_embeds": embeds}
     slots = set(row["slots"])
     mask = [i not in slots for i in range(row["length"])]
-    prompt = {
-        "prompt_token_ids": list(row["token_ids"]),
-        "prompt_embeds": embeds,
-        "prompt_is_token_ids": mask,
-    }
+    ids = list(row["token_ids"])
+    prompt = {"prompt_token_ids": ids, "prompt_embeds": embeds, "prompt_is_token_ids": mask}
     if salt_mixed_prompts():  # this vLLM's prefix cache ignores the mask (rsp.engines.vllm)
         prompt["cache_salt"] = mask_salt(mask)
     return prompt
@@ -123,9 +114,8 @@ async def mixed_prompts(request, call_next):
 
     engine = request.app.state.engine_client
     if path == "/rsp/info":
-        return JSONResponse(
-            {"enable_prompt_embeds": bool(getattr(engine.model_config, "enable_prompt_embeds", False))}
-        )
+        enabled = getattr(engine.model_config, "enable_prompt_embeds", False)
+        return JSONResponse({"enable_prompt_embeds": bool(enabled)})
     try:
         return JSONResponse(await _generate_rows(engine, await request.json()))
     except Exception as exc:  # a bad request must come back as an answer, not kill the server's event loop
