@@ -3,25 +3,20 @@
 Why a model and not a task: an RSP changes the model's input, not the prompt text, so any lm-eval task
 runs with and without RSP by writing `--model rsp-hf` instead of `--model hf`, with lm-eval's own prompts,
 filters, metrics and logs (docs/integrations.md). `RSPHFLM` is `HFLM` with `rsp.attach` on its model: the
-L placeholder ids are laid out by `rsp.core.inputs.layout` inside lm-eval's own tokenisation and the
-attach hook writes each row's vectors over them; no insertion code of its own.
+placeholder ids are laid out by `rsp.core.inputs.layout` inside lm-eval's own tokenisation.
 
 Seeds: the r-th repeat of document d of task T uses `injection.seed_for(seed, key, r)`, key being the
-document's `rsp_problem_id` (the shipped `rsp_*` tasks set it, so the RSPs equal `rsp eval`'s for the same
-problem and attempt) or else `"T:d"`. Generation: each of a `repeats: N` task's N copies is its own row
-with its own RSP. Log-likelihood: one RSP per document and repeat, shared by its requests, so the choices
-of a question are compared under one perturbed prompt (lm-eval's one-token logits cache is off while
-injecting); rolling log-likelihood has no prompt/answer boundary and is refused. `--log_samples` records
-each request's RSP seeds as a last element of its `arguments` (`rsp.integrations.lm_eval_samples` reads
-them). `rsp_length=0` attaches nothing: the model is then exactly lm-eval's `hf`.
+document's `rsp_problem_id` (set by the shipped `rsp_*` tasks: the RSPs are `rsp eval`'s) or else `"T:d"`.
+Log-likelihood: one RSP per document and repeat, shared by its requests, so a question's choices are
+compared under one perturbed prompt; rolling log-likelihood has no prompt/answer boundary and is refused.
+`--log_samples` records each request's RSP seeds as a last element of its `arguments`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +26,6 @@ from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import has_bos_prefix
 
-from rsp.config import require
 from rsp.core.injection import Injection
 from rsp.core.inputs import layout
 from rsp.core.insert import PromptTokens
@@ -40,10 +34,6 @@ from rsp.methods import InjectionArgs, RSPConfig, get_method, method_names, meth
 from rsp.models.loading import converted_path
 from rsp.renamed import RENAMED, renamed_key
 from rsp.tasks.prompts import tokenize_split, user_turn_cut
-
-__all__ = ["TASKS_DIR", "RSPHFLM", "RSPArgumentError", "RSPSettings", "request_seeds"]
-
-log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped offline task configs
 SEED_LOG_KEY = "rsp_seeds"
@@ -57,14 +47,6 @@ _FLAT = {
     "rsp_stats_rows": "stats_rows",
     "rsp_stats_mean": "stats_mean",
 }
-
-
-def method_option_args() -> set[str]:
-    """The method options a model_arg can set by its own name (`soft_prompt=FILE`, `noise_alpha=5`): every
-    option a registered method declares, except those spelt like a flat setting (rsp-scaled's `rsp_scale`
-    is the flat `rsp_scale` already)."""
-    keys = {o.key for m in method_specs() for o in m.options or ()}
-    return keys - set(_FLAT) - {"seed"}
 
 
 class RSPArgumentError(ValueError):
@@ -86,75 +68,61 @@ class RSPSettings:
         """Remove the rsp model_args (docs/glossary.md's flat names, method options by their own) from
         `kwargs`, raising an `RSPArgumentError` naming one that is unknown, renamed or out of range. Names
         in `shared` stay in `kwargs` for the base model too (rsp-vllm: `seed` is also vLLM's seed)."""
-        options_known = method_option_args()
+        # method options by their own names, except those spelt like a flat setting (rsp-scaled's rsp_scale)
+        options_known = {o.key for m in method_specs() for o in m.options or ()} - set(_FLAT) - {"seed"}
         known = set(_FLAT) | {"seed"} | options_known
         raw: dict[str, Any] = {}
         for key in list(kwargs):
             # a renamed rsp name is an error; `backend` is HFLM's own argument, not rsp's old `engine`
             renamed = renamed_key(key, "model_arg")
-            new = RENAMED["setting"].get(key)
-            if renamed and key not in known and (key.startswith("rsp_") or new in known):
+            ours = key.startswith("rsp_") or RENAMED["setting"].get(key) in known
+            if renamed and key not in known and ours:
                 raise RSPArgumentError(f"{model}: {renamed}")
             if key.startswith("rsp_") or key in known:
                 raw[key] = kwargs[key] if key in shared else kwargs.pop(key)
-        unknown = sorted(k for k in raw if k not in known)
-        if unknown:
-            raise RSPArgumentError(
-                f"{model}: unknown model_args {', '.join(unknown)}; rsp arguments are "
-                f"{', '.join(sorted(known))}"
-            )
-        flat = {k: raw[k] for k in _FLAT if k in raw and k != "method"}
-        if "rsp_length" in flat:
-            flat["rsp_length"] = _integer(flat["rsp_length"], "rsp_length", model)
         try:
-            flat["rsp_scale"] = float(flat.get("rsp_scale", 1.0))
-        except (TypeError, ValueError):
-            raise RSPArgumentError(f"{model}: rsp_scale must be a number, got {raw['rsp_scale']!r}") from None
-        options = {key: value for key, value in raw.items() if key in options_known}
-        args = InjectionArgs(**flat, method_options=options)
-        method = str(raw.get("method", "rsp"))
-        try:
+            unknown = sorted(k for k in raw if k not in known)
+            if unknown:
+                raise RSPArgumentError(
+                    f"unknown model_args {', '.join(unknown)}; rsp arguments are {', '.join(sorted(known))}"
+                )
+            flat = {k: raw[k] for k in _FLAT if k in raw and k != "method"}
+            if "rsp_length" in flat:
+                flat["rsp_length"] = _integer(flat["rsp_length"], "rsp_length")
+            try:
+                flat["rsp_scale"] = float(flat.get("rsp_scale", 1.0))
+            except (TypeError, ValueError):
+                raise RSPArgumentError(f"rsp_scale must be a number, got {raw['rsp_scale']!r}") from None
+            options = {key: value for key, value in raw.items() if key in options_known}
+            args = InjectionArgs(**flat, method_options=options)
             args.validate_injection(RSPArgumentError)
-            names = method_names()
-            require(
-                method in names,
-                "method",
-                f"{method!r} is unknown; known: {', '.join(names)}",
-                RSPArgumentError,
-            )
+            method, names = str(raw.get("method", "rsp")), method_names()
+            if method not in names:
+                raise RSPArgumentError(f"method {method!r} is unknown; known: {', '.join(names)}")
             for missing in get_method(method).missing_options(options):
                 raise RSPArgumentError(f"method={method} needs {missing.key}={missing.metavar}")
+            return cls(args.rsp_config(method), _integer(raw.get("seed", 0), "seed"))
         except RSPArgumentError as exc:
             raise RSPArgumentError(f"{model}: {exc}") from None
-        return cls(args.rsp_config(method), _integer(raw.get("seed", 0), "seed", model))
 
     @property
     def trivially_off(self) -> bool:
         """Settings under which nothing can be injected, so no hook is attached at all."""
         return get_method(self.config.method).injects_nothing(self.config)
 
-    def attach_options(self) -> dict[str, Any]:
-        options = dataclasses.asdict(self.config)
-        return {**options.pop("method_options"), **options, "seed": self.seed}
-
     def info(self) -> dict[str, Any]:
         """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
-        c = self.config
-        return {flat: getattr(c, name) for flat, name in _FLAT.items()} | {
-            "seed": self.seed,
-            **c.method_options,
-        }
+        flat = {key: getattr(self.config, name) for key, name in _FLAT.items()}
+        return flat | {"seed": self.seed, **self.config.method_options}
 
 
-def _integer(value: Any, name: str, model: str) -> int:
-    if isinstance(value, bool):
-        raise RSPArgumentError(f"{model}: {name} must be an integer, got {value!r}")
+def _integer(value: Any, name: str) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise RSPArgumentError(f"{model}: {name} must be an integer, got {value!r}") from None
-    if isinstance(value, float) and number != value:
-        raise RSPArgumentError(f"{model}: {name} must be an integer, got {value!r}")
+        number = None
+    if number is None or isinstance(value, bool) or (isinstance(value, float) and number != value):
+        raise RSPArgumentError(f"{name} must be an integer, got {value!r}")
     return number
 
 
@@ -187,19 +155,15 @@ def log_seeds(
     per_request: dict[int, tuple[Any, list[int | None]]] = {}
     for req, seed in zip(requests, seeds, strict=True):
         per_request.setdefault(id(req), (req, []))[1].append(seed)
-    for req, req_seeds in per_request.values():
-        args = req.arguments if isinstance(req.arguments, tuple) else (req.arguments,)
-        if args and isinstance(args[-1], dict) and SEED_LOG_KEY in args[-1]:
-            args = args[:-1]  # the same request run again: replace, never stack
-        info = {
-            SEED_LOG_KEY: req_seeds,
-            "method": settings.config.method,
-            "rsp_length": injection.length,
-            "rsp_position": injection.position,
-            "rsp_scale": settings.config.scale,
-            "seed": settings.seed,
-        }
-        req.arguments = (*args, info)
+    info = {
+        "method": settings.config.method,
+        "rsp_length": injection.length,
+        "rsp_position": injection.position,
+        "rsp_scale": settings.config.scale,
+        "seed": settings.seed,
+    }
+    for req, req_seeds in per_request.values():  # a request run again: its log replaced, never stacked
+        req.arguments = (*request_args(req), {SEED_LOG_KEY: req_seeds, **info})
 
 
 class _SeededText(str):
@@ -213,12 +177,12 @@ class _SeededText(str):
         return obj
 
 
+@dataclass
 class _Request:
     """The part of an lm-eval `Instance` that the model's request methods read."""
 
-    def __init__(self, args: tuple, task_name: str | None = None) -> None:
-        self.args = args
-        self.task_name = task_name
+    args: tuple
+    task_name: str | None = None
 
 
 def request_args(req: Any) -> tuple:
@@ -240,13 +204,19 @@ class RSPRequestsMixin:
     """What `rsp-hf` and `rsp-vllm` share on top of their lm-eval base class: the chat prompt's user-turn
     cut is remembered, and each generation request is sent with, and logged with, its own RSP seed."""
 
-    rsp_injection: Any
-    rsp_settings: Any
+    rsp_injection: Any  # the active Injection, None when nothing is injected
+    rsp_settings: RSPSettings
     _user_turn_cuts: dict
 
     @property
     def injecting(self) -> bool:
         return self.rsp_injection is not None
+
+    def _user_turn_end(self, text: str, n_ids: int, encode: Callable[[str], Sequence[int]]) -> int:
+        """Where the user's turn ends in lm-eval's `n_ids` tokens of `text`: at the cut lm-eval's chat
+        template left (`end_of_user_turn`), else at the end, as in `tokenize_prompt`."""
+        cut = self._user_turn_cuts.get(text) if self.rsp_injection.position == "end_of_user_turn" else None
+        return n_ids if cut is None else min(n_ids, len(encode(text[:cut])))
 
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
@@ -271,11 +241,9 @@ class RSPRequestsMixin:
 class RSPHFLM(RSPRequestsMixin, HFLM):
     """lm-eval's `HFLM` with a Random Soft Prompt per request (`--model rsp-hf`).
 
-    Model arguments: every `HFLM` argument, plus `rsp_length` [4], `seed` [0] (the base seed), `rsp_scale`
-    [1.0], `rsp_position` [after_generation_prompt | end_of_user_turn | prepend], `method` [rsp, or a control:
-    `rsp methods`], `rsp_stats_rows`, `rsp_stats_mean`, and method options by their names (`soft_prompt=FILE`,
-    `soft_prompt_position`, `noise_alpha`). `pretrained` also takes rsp's packaged names
-    (`smollm2-135m-instruct`, `gemma3-270m`) and `.gguf` files.
+    Model arguments: every `HFLM` argument, plus `rsp_length` [4], `seed` [0] (the base seed), `rsp_scale`,
+    `rsp_position`, `method`, `rsp_stats_rows`, `rsp_stats_mean` and method options by their own names
+    (docs/integrations.md). `pretrained` also takes rsp's packaged names and `.gguf` files.
     """
 
     def __init__(self, pretrained: Any = "smollm2-135m-instruct", **kwargs: Any) -> None:
@@ -283,40 +251,30 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         super().__init__(pretrained=converted_path(pretrained), **kwargs)
         self.rsp_settings = settings
         self.rsp_handle: RSPHandle | None = None
+        self.rsp_injection = None
         self._user_turn_cuts: dict[str, int] = {}
         self._batch_seeds: list[int | None] | None = None
         self._ll_seeds: list[int | None] | None = None
         self._ll_queue: deque[tuple[list[int], int | None]] | None = None
         if settings.trivially_off:
             return
-        handle = attach(self.model, self.tokenizer, **settings.attach_options())
+        options = dataclasses.asdict(settings.config)
+        handle = attach(
+            self.model, self.tokenizer, **options.pop("method_options"), **options, seed=settings.seed
+        )
         if not handle.injection.active:
             handle.detach()
             return
         if self.backend != "causal":
             handle.detach()
             raise ValueError("rsp-hf injects into decoder-only (causal) models only; this one is seq2seq")
-        self.rsp_handle = handle
-
-    # ------------------------------------------------------------------ helpers
-    @property
-    def injecting(self) -> bool:
-        return self.rsp_handle is not None
-
-    @property
-    def rsp_injection(self) -> Injection:
-        assert self.rsp_handle is not None
-        return self.rsp_handle.injection
-
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad) if pad is not None else self.rsp_handle.lm.pad_token_id  # type: ignore[union-attr]
+        self.rsp_handle, self.rsp_injection = handle, handle.injection
 
     def _layout(self, prompts: Sequence[PromptTokens]):
-        assert self.rsp_handle is not None
-        return layout(
-            prompts, self.rsp_injection, pad_id=self._pad_id(), placeholder_id=self.rsp_handle.placeholder_id
-        )
+        handle = cast(RSPHandle, self.rsp_handle)
+        pad = self.tokenizer.pad_token_id
+        pad_id = int(pad) if pad is not None else handle.lm.pad_token_id
+        return layout(prompts, self.rsp_injection, pad_id=pad_id, placeholder_id=handle.placeholder_id)
 
     def _prompt_tokens(self, text: str, add_special_tokens: bool) -> PromptTokens:
         """lm-eval's tokenisation of one context, with the end of the user's turn marked (chat prompts
@@ -332,24 +290,25 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         left_truncate_len: int | None = None,
         truncation: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        seeds = [getattr(s, "rsp_seed", _NO_SEED) for s in strings]
-        if not self.injecting or not strings or any(s is _NO_SEED for s in seeds):
+        if not self.injecting or not strings or not all(isinstance(s, _SeededText) for s in strings):
             return super().tok_batch_encode(
                 strings, padding_side=padding_side, left_truncate_len=left_truncate_len, truncation=truncation
             )
         if padding_side != "left":
             raise ValueError("rsp-hf lays generation prompts out left-padded only")
         # the same special-token rule as HFLM.tok_batch_encode
-        if has_bos_prefix(strings[0], getattr(self.tokenizer, "bos_token", None)):
-            add_special = False
-        else:
-            add_special = True if self.add_bos_token is None else bool(self.add_bos_token)
+        bos = has_bos_prefix(strings[0], getattr(self.tokenizer, "bos_token", None))
+        add_special = not bos and (self.add_bos_token is None or bool(self.add_bos_token))
         prompts = [self._prompt_tokens(str(s), add_special) for s in strings]
-        if left_truncate_len:
+        if left_truncate_len:  # keep the last tokens, leaving room for the slots
             keep = max(1, left_truncate_len - self.rsp_injection.length)
-            prompts = [_truncate_left(p, keep) for p in prompts]
+            cuts = [max(0, len(p.ids) - keep) for p in prompts]
+            prompts = [
+                PromptTokens(p.ids[c:], max(0, p.user_turn_end - c))
+                for p, c in zip(prompts, cuts, strict=True)
+            ]
         batch = self._layout(prompts)
-        self._batch_seeds = cast("list[int | None]", seeds)
+        self._batch_seeds = [cast(_SeededText, s).rsp_seed for s in strings]
         return batch.input_ids, batch.attention_mask
 
     def _model_generate(
@@ -363,7 +322,6 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         with self.rsp_handle.use_seeds(seeds):  # type: ignore[union-attr]
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
-    # ------------------------------------------------------------------ scoring
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         if not self.injecting:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
@@ -396,13 +354,9 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         slotted = [(strs, self._slot_context(strs[0], ctx), cont) for strs, ctx, cont in requests]
         # HFLM scores them sorted by (-length, tokens), stably, in batches (logits cache off): queue each
         # row's seed in that order; _model_call checks every row against its queued tokens.
-        order = sorted(
-            range(len(slotted)),
-            key=lambda i: (-len(slotted[i][1] + slotted[i][2]), tuple(slotted[i][1] + slotted[i][2])),
-        )
-        self._ll_queue = deque(
-            ((slotted[i][1] + slotted[i][2])[-(self.max_length + 1) :][:-1], seeds[i]) for i in order
-        )
+        full = [ctx + cont for _, ctx, cont in slotted]
+        order = sorted(range(len(full)), key=lambda i: (-len(full[i]), tuple(full[i])))
+        self._ll_queue = deque((full[i][-(self.max_length + 1) :][:-1], seeds[i]) for i in order)
         cache: bool = self.logits_cache  # type: ignore[has-type]
         self.logits_cache = False
         try:
@@ -418,11 +372,7 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
 
     def _slot_context(self, context: str, context_enc: list[int]) -> list[int]:
         """The context's token ids with the L placeholder ids at the insertion point (via `layout`)."""
-        end = len(context_enc)
-        if self.rsp_injection.position == "end_of_user_turn":
-            cut = self._user_turn_cuts.get(context) if context else None
-            if cut is not None:
-                end = min(end, len(self.tok_encode(context[:cut])))
+        end = self._user_turn_end(context, len(context_enc), self.tok_encode)
         batch = self._layout([PromptTokens(ids=tuple(context_enc), user_turn_end=end)])
         return batch.input_ids[0].tolist()
 
@@ -453,36 +403,14 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         finally:
             self._ll_queue = queue
 
-    # ------------------------------------------------------------------ results
     def get_model_info(self) -> dict:
-        info = super().get_model_info()
-        rsp = self.rsp_settings.info()
-        rsp["injecting"] = self.injecting
+        rsp = self.rsp_settings.info() | {"injecting": self.injecting}
         if self.rsp_handle is not None:
-            rsp.update(
-                rsp_length=self.rsp_injection.length,
-                rsp_position=self.rsp_injection.position,
-                placeholder_id=self.rsp_handle.placeholder_id,
-            )
-        info["rsp"] = rsp
-        return info
+            rsp |= {"rsp_length": self.rsp_injection.length, "rsp_position": self.rsp_injection.position}
+            rsp["placeholder_id"] = self.rsp_handle.placeholder_id
+        return super().get_model_info() | {"rsp": rsp}
 
 
-_NO_SEED = object()
-
-
-def _truncate_left(prompt: PromptTokens, keep: int) -> PromptTokens:
-    cut = max(0, len(prompt.ids) - keep)
-    if not cut:
-        return prompt
-    return PromptTokens(ids=prompt.ids[cut:], user_turn_end=max(0, prompt.user_turn_end - cut))
-
-
-def register() -> None:
-    """Make `rsp-hf` and `rsp-vllm` known to lm-eval (importing this module registers `rsp-hf`; `rsp-vllm`
-    is registered lazily, so vLLM is imported only when that model is asked for)."""
-    if "rsp-vllm" not in model_registry:
-        model_registry.register("rsp-vllm", target="rsp.integrations.lm_eval_vllm:RSPVLLM")
-
-
-register()
+# `rsp-vllm` is registered lazily, so vLLM is imported only when that model is asked for
+if "rsp-vllm" not in model_registry:
+    model_registry.register("rsp-vllm", target="rsp.integrations.lm_eval_vllm:RSPVLLM")

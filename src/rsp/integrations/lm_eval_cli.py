@@ -24,9 +24,8 @@ def run_cli(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from rsp.integrations.lm_eval import TASKS_DIR, RSPArgumentError, register
+    from rsp.integrations.lm_eval import TASKS_DIR, RSPArgumentError, RSPSettings  # registers the models
 
-    register()
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]  # HarnessCLI reads sys.argv (and inserts `run` for the legacy form)
     try:
@@ -35,8 +34,6 @@ def run_cli(argv: Sequence[str]) -> int:
         args = parser.parse_args()
         model_args = getattr(args, "model_args", None)
         if getattr(args, "model", None) in ("rsp-hf", "rsp-vllm") and isinstance(model_args, dict):
-            from rsp.integrations.lm_eval import RSPSettings
-
             RSPSettings.pop_from(dict(model_args), args.model)  # fail now, not after lm-eval indexes tasks
         if hasattr(args, "include_path"):
             user = args.include_path

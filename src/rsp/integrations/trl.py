@@ -1,16 +1,15 @@
 """RSP on TRL: `RSPGRPOTrainer` is TRL's `GRPOTrainer` in which every rollout carries its own Random
 Soft Prompt.
 
-Why a subclass and not a fork: a TRL user keeps their script (TRL's dataset formats, reward functions,
-every `GRPOConfig` field, PEFT, accelerate/DeepSpeed), changes one class name and adds
-`rsp_config=rsp.RSPConfig(...)`. The RSP gets in at the narrowest points of TRL 1.16.0 (an exact pin:
-these are private methods): `_tokenize_prompts`, where `rsp.core.inputs.layout` puts L placeholder ids
-into TRL's own prompt ids; `rsp.attach`'s embedding hook, whose seeds the trainer pins for the rollout
-and for every chunk it scores, so generation and the old, reference and current log-probs all see the
-rollout's own RSP (the seeds travel with the rollouts as an `rsp_seeds` tensor); and, with
-`use_vllm=True`, one mixed token/embedding vLLM request per rollout (`rsp.engines.vllm.build_requests`).
-TRL builds its colocated `vllm.LLM` without `enable_prompt_embeds`, so the trainer adds it; `trl
-vllm-serve` has no mixed prompts over HTTP, so server mode needs `python -m rsp.integrations.trl_vllm_serve`.
+Why a subclass and not a fork: a TRL user keeps their script (datasets, reward functions, `GRPOConfig`,
+PEFT, accelerate/DeepSpeed), changes one class name and adds `rsp_config=rsp.RSPConfig(...)`. The RSP gets
+in at the narrowest points of TRL 1.16.0 (an exact pin: these are private methods): `_tokenize_prompts`,
+where `rsp.core.inputs.layout` puts L placeholder ids into TRL's prompt ids; `rsp.attach`'s embedding
+hook, whose seeds are pinned for the rollout and for every chunk scored, so generation and the old,
+reference and current log-probs all see the rollout's own RSP (the seeds travel as an `rsp_seeds`
+tensor); and, with `use_vllm=True`, one mixed token/embedding vLLM request per rollout. TRL builds its
+colocated `vllm.LLM` without `enable_prompt_embeds`, so the trainer adds it; `trl vllm-serve` has no mixed
+prompts over HTTP, so server mode needs `python -m rsp.integrations.trl_vllm_serve`.
 `RSPConfig(length=0)` attaches nothing: the trainer is then plain `GRPOTrainer`.
 
 DAPO on top (`rsp train --trainer trl`): `loss_type="dapo"`, clip-higher, overlong shaping as a reward,
@@ -23,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 SERVER_COMMAND = "python -m rsp.integrations.trl_vllm_serve --model MODEL"
+_INSTEAD = "use after_generation_prompt or prepend"
 
 
 def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
@@ -61,10 +61,8 @@ def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int],
 def local_constant_rows(
     gathered_adv: torch.Tensor, group_size: int, process_index: int, local_n: int
 ) -> torch.Tensor:
-    """Which of this process's rows belong to a group whose advantages are all zero (all rewards equal):
-    `gathered_adv` is the whole generation batch's in process order (TRL slices it per process), groups are
-    consecutive runs of `group_size`.
-    """
+    """Which of this process's rows are in a group whose advantages are all zero (all rewards equal);
+    `gathered_adv` is the whole batch's, in process order, groups consecutive runs of `group_size`."""
     if gathered_adv.numel() % group_size:
         raise ValueError(f"{gathered_adv.numel()} rollouts do not split into groups of {group_size}")
     constant = (gathered_adv.view(-1, group_size).abs() < 1e-8).all(dim=1).repeat_interleave(group_size)
@@ -74,10 +72,7 @@ def local_constant_rows(
 def last_user_content(messages: Sequence[dict]) -> str:
     users = [m for m in messages if m.get("role") == "user"]
     if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"]:
-        raise ValueError(
-            "position 'end_of_user_turn' needs a conversational prompt whose last user message has "
-            "non-empty string content"
-        )
+        raise ValueError(f"position 'end_of_user_turn' needs a last user message with text; {_INSTEAD}")
     return users[-1]["content"]
 
 
@@ -87,17 +82,14 @@ def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> 
     cut = text.rfind(content)
     if cut < 0:
         raise ValueError(
-            "position 'end_of_user_turn': the chat template changed the user's text, so the end of the "
-            "user turn cannot be located; use after_generation_prompt or prepend"
+            f"position 'end_of_user_turn': the chat template changed the user's text; {_INSTEAD}"
         )
     cut += len(content)
     head = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
     tail = list(tokenizer(text[cut:], add_special_tokens=False)["input_ids"]) if cut < len(text) else []
     if head + tail != list(ids):
         raise ValueError(
-            "position 'end_of_user_turn': a token of TRL's prompt ids straddles the end of the user "
-            "turn (tokenising the two halves separately gives other ids), so there is no token "
-            "boundary to insert at; use after_generation_prompt or prepend"
+            f"position 'end_of_user_turn': a token straddles the end of the user turn; {_INSTEAD}"
         )
     return len(head)
 
@@ -112,9 +104,7 @@ def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
         return
 
     def build(*args: Any, **kwargs: Any):
-        kwargs.update(extra)
-        kwargs["enable_prompt_embeds"] = True
-        return original(*args, **kwargs)
+        return original(*args, **{**kwargs, **extra, "enable_prompt_embeds": True})
 
     vllm_generation.LLM = build
     try:
@@ -144,15 +134,9 @@ def banned_in_fused_head(model: torch.nn.Module, token_id: int) -> Iterator[None
     try:
         yield
     finally:
+        del params["bias"]
         if had:
             params["bias"] = old
-        else:
-            del params["bias"]
-
-
-def _grpo_args(args: tuple, kwargs: dict):
-    """The `GRPOConfig` passed to the constructor, positionally or by keyword (None if omitted)."""
-    return kwargs["args"] if "args" in kwargs else (args[2] if len(args) > 2 else None)
 
 
 class RSPGRPOTrainer(GRPOTrainer):
@@ -187,13 +171,9 @@ class RSPGRPOTrainer(GRPOTrainer):
             if get_method(rsp_config.method).injects_nothing(rsp_config):
                 injection = NoInjection(rsp_config.position)
         active = injection is None or injection.active
-        grpo_args = _grpo_args(args, kwargs)
-        colocated = bool(grpo_args is not None and grpo_args.use_vllm and grpo_args.vllm_mode == "colocate")
-        with (
-            _engine_with_prompt_embeds(dict(vllm_engine_kwargs or {}))
-            if colocated and active
-            else ExitStack()
-        ):
+        grpo_args = kwargs["args"] if "args" in kwargs else (args[2] if len(args) > 2 else None)
+        colocated = grpo_args is not None and grpo_args.use_vllm and grpo_args.vllm_mode == "colocate"
+        with _engine_with_prompt_embeds(vllm_engine_kwargs or {}) if colocated and active else nullcontext():
             super().__init__(*args, **kwargs)
         self.mask_constant_groups = mask_constant_groups
         self.rsp_seed = int(self.args.seed)  # the RSPs' base seed: the run's, as everywhere in rsp
@@ -210,8 +190,7 @@ class RSPGRPOTrainer(GRPOTrainer):
             return  # nothing is injected: plain GRPOTrainer, bit for bit
         self._refuse_unsupported()
         model = self.model
-        # transformers' Trainer types it Optional (for model_init); GRPOTrainer always sets it
-        assert model is not None
+        assert model is not None  # Trainer types it Optional (for model_init); GRPOTrainer always sets it
         # beta > 0 without PEFT: TRL's separate reference copy sees the RSP too
         refs = [] if self.ref_model is None else [self.accelerator.unwrap_model(self.ref_model)]
         with _gathered_embeddings(model, *refs):
@@ -221,39 +200,30 @@ class RSPGRPOTrainer(GRPOTrainer):
                 if not injection.active:
                     return
             self.rsp = attach(lm, injection=injection, seed=self.rsp_seed, placeholder_id=placeholder_id)
-            self.rsp_handles = [self.rsp] + [
-                attach(
-                    ref,
-                    self.processing_class,
-                    injection=injection,
-                    seed=self.rsp_seed,
-                    placeholder_id=self.rsp.placeholder_id,
-                )
-                for ref in refs
-            ]
+            same: dict[str, Any] = dict(
+                injection=injection, seed=self.rsp_seed, placeholder_id=self.rsp.placeholder_id
+            )
+            self.rsp_handles = [self.rsp] + [attach(ref, self.processing_class, **same) for ref in refs]
         if self.use_vllm:
             self._check_vllm_engine()
 
-    # ----------------------------------------------------------- set-up checks
     def _refuse_unsupported(self) -> None:
         if self._is_vlm:
-            raise NotImplementedError(
-                "RSPGRPOTrainer supports text models; this processing class is a multimodal processor"
-            )
+            raise NotImplementedError("RSPGRPOTrainer supports text models, not multimodal processors")
         if self.tools or self.environment_factories is not None:
             raise NotImplementedError(
-                "tools / environment_factory with an RSP: the multi-turn tool loop "
-                "would re-generate without the rollout's RSP; not supported"
+                "tools / environment_factory with an RSP: the multi-turn tool loop would re-generate "
+                "without the rollout's RSP"
             )
         if self.rollout_func is not None:
             raise ValueError(
-                "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends "
-                "the RSP to vLLM); drop rollout_func or use RSPConfig(length=0)"
+                "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends the RSP to "
+                "vLLM); drop rollout_func or use RSPConfig(length=0)"
             )
         if self.use_transformers_continuous_batching:
             raise NotImplementedError(
-                "use_transformers_continuous_batching with an RSP: generate_batch does "
-                "not run the embedding hook per row; use the default generate or vLLM"
+                "use_transformers_continuous_batching with an RSP: generate_batch does not run the embedding "
+                "hook per row; use the default generate or vLLM"
             )
 
     def _check_vllm_engine(self) -> None:
@@ -265,38 +235,28 @@ class RSPGRPOTrainer(GRPOTrainer):
                     f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
                     "--tensor_parallel_size N)"
                 )
-            config = gen.llm.llm_engine.model_config
-            if not getattr(config, "enable_prompt_embeds", False):
-                raise RuntimeError("the colocated vLLM engine was built without enable_prompt_embeds")
         elif self.accelerator.is_main_process:
             client = gen.vllm_client
             response = client.session.get(f"{client.base_url}/rsp/info")
             if response.status_code != 200 or not response.json().get("enable_prompt_embeds"):
                 raise RuntimeError(
-                    f"the vLLM server at {client.base_url} cannot take RSP rollouts: "
-                    "`trl vllm-serve` / `vllm serve` have no mixed token/embedding prompts over HTTP. "
-                    "Start the server with "
-                    f"`{SERVER_COMMAND}` (the same flags as `trl vllm-serve`), which adds them"
+                    f"the vLLM server at {client.base_url} cannot take RSP rollouts: `trl vllm-serve` has no "
+                    f"mixed token/embedding prompts over HTTP. Start it with `{SERVER_COMMAND}` (the same "
+                    "flags as `trl vllm-serve`), which adds them"
                 )
 
-    # ----------------------------------------------------------- prompts with slots
     def _tokenize_prompts(self, prompts: list):
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
         if self.rsp is None:
             return prompt_ids, images, multimodal_fields
-        tokens = [
+        self._rsp_prompts = [
             PromptTokens(tuple(int(t) for t in ids), self._user_turn_end(p, ids))
             for p, ids in zip(prompts, prompt_ids, strict=True)
         ]
-        self._rsp_prompts = tokens
-        batch = layout(
-            tokens,
-            self.injection,
-            pad_id=self.rsp.lm.pad_token_id,
-            placeholder_id=self.rsp.placeholder_id,
-        )
+        pad_id, placeholder_id = self.rsp.lm.pad_token_id, self.rsp.placeholder_id
+        batch = layout(self._rsp_prompts, self.injection, pad_id=pad_id, placeholder_id=placeholder_id)
         rows = [
-            ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+            ids[mask].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask.bool(), strict=True)
         ]
         return rows, images, multimodal_fields
 
@@ -305,10 +265,8 @@ class RSPGRPOTrainer(GRPOTrainer):
         template applied by TRL) is all user text, so it ends at the end of the prompt."""
         if self.injection.position != "end_of_user_turn" or not is_conversational({"prompt": prompt}):
             return len(ids)
-        # TRL's own call (GRPOTrainer._tokenize_prompts), typed for what TRL's types leave loose:
-        # _refuse_unsupported() refused multimodal processors, so processing_class is a tokenizer;
-        # TrainingArguments.__post_init__ turns a JSON-string chat_template_kwargs into the dict;
-        # TRL keeps tools as list[Callable], which transformers' list[dict | Callable] does not accept.
+        # TRL's own call (GRPOTrainer._tokenize_prompts); the casts: multimodal processors were refused,
+        # TrainingArguments parses chat_template_kwargs, transformers wants list[dict | Callable] tools.
         tokenizer = cast("PreTrainedTokenizerBase", self.processing_class)
         tools: list[dict | Callable] | None = list(self.tools) if self.tools else None
         text = tokenizer.apply_chat_template(
@@ -319,10 +277,8 @@ class RSPGRPOTrainer(GRPOTrainer):
             tokenize=False,
             **cast(dict, self.chat_template_kwargs),
         )
-        # tokenize=False: the rendered text (transformers types the result for every option)
         return user_turn_offset(tokenizer, cast(str, text), last_user_content(prompt), ids)
 
-    # ----------------------------------------------------------- rollouts
     @contextmanager
     def pinned(self, seeds: Sequence[int | None]) -> Iterator[None]:
         """Every forward inside (policy and reference) uses exactly these per-row seeds."""
@@ -338,7 +294,13 @@ class RSPGRPOTrainer(GRPOTrainer):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-        seeds = self.next_rollout_seeds(len(prompt_ids))
+        # fresh seeds keyed by (process, optimizer step, call): distinct on every rank, and a resumed run
+        # does not replay the seeds of the steps it already trained on
+        self._round = (self.accelerator.process_index, int(self.state.global_step), self._rollout_round)
+        self._rollout_round += 1
+        seeds = self._pending_seeds = rollout_seeds(
+            self.injection, self.rsp_seed, self._round, len(prompt_ids)
+        )
         if self.use_vllm:
             return self._vllm_rollouts(seeds)
         with self.pinned(seeds):
@@ -346,25 +308,11 @@ class RSPGRPOTrainer(GRPOTrainer):
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
 
-    def round_key(self) -> tuple[int, int, int]:
-        """(process, optimizer step, call) of the next generation round: distinct on every rank, and a
-        resumed run does not replay the seeds of the steps it already trained on."""
-        return self.accelerator.process_index, int(self.state.global_step), self._rollout_round
-
-    def next_rollout_seeds(self, n: int) -> list[int | None]:
-        """Fresh per-rollout RSP seeds for the next generation round."""
-        self._round = self.round_key()
-        self._pending_seeds = rollout_seeds(self.injection, self.rsp_seed, self._round, n)
-        self._rollout_round += 1
-        return self._pending_seeds
-
     def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
         """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
         gen = self.vllm_generation
-        asleep = (
-            gen.mode == "colocate" and gen.enable_sleep_mode and getattr(gen, "_llm_weights_sleeping", False)
-        )
-        if asleep or self.state.global_step != self._last_loaded_step:
+        # TRL sets _llm_weights_sleeping in colocate mode with sleep mode on
+        if getattr(gen, "_llm_weights_sleeping", False) or self.state.global_step != self._last_loaded_step:
             gen.sync_weights()
             self._last_loaded_step = self.state.global_step
         assert self.rsp is not None  # only called for an active RSP (_generate_single_turn)
@@ -385,70 +333,54 @@ class RSPGRPOTrainer(GRPOTrainer):
             min_p=0.0 if gen.min_p is None else gen.min_p,
             max_tokens=gen.max_completion_length,
             logprobs=gen.logprobs,
-            logit_bias={self.rsp.placeholder_id: -100.0},
-        )  # never sample the placeholder
-        if gen.mode == "colocate":
-            return self._colocate_generate(requests, params)
-        return self._server_generate(requests, params)
+            logit_bias={self.rsp.placeholder_id: -100.0},  # never sample the placeholder
+        )
+        params.update(gen.generation_kwargs)
+        if gen.structured_outputs_regex is not None:  # it takes precedence, as in TRL
+            params["structured_outputs"] = {"regex": gen.structured_outputs_regex}
+        generate = self._colocate_generate if gen.mode == "colocate" else self._server_generate
+        completion_ids, logprobs = generate(requests, params)
+        return completion_ids, [[math.nan if x is None else x for x in row] for row in logprobs]
 
     def _colocate_generate(self, requests, params: dict):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         gen = self.vllm_generation
-        extra = dict(gen.generation_kwargs)
-        if gen.structured_outputs_regex is not None:
-            extra["structured_outputs"] = StructuredOutputsParams(regex=gen.structured_outputs_regex)
-        elif isinstance(extra.get("structured_outputs"), dict):
-            extra["structured_outputs"] = StructuredOutputsParams(**extra["structured_outputs"])
-        sampling = [SamplingParams(**{**params, "seed": r.seed, **extra}) for r in requests]
+        if isinstance(params.get("structured_outputs"), dict):
+            params = {**params, "structured_outputs": StructuredOutputsParams(**params["structured_outputs"])}
+        sampling = [SamplingParams(**{"seed": r.seed, **params}) for r in requests]  # generation_kwargs win
         if gen.enable_sleep_mode:
             gen.llm.wake_up(tags=["kv_cache"])
         outputs = gen.llm.generate([r.as_prompt() for r in requests], sampling, use_tqdm=False)
         if gen.enable_sleep_mode:
             gen.llm.sleep(level=2)
             gen._llm_weights_sleeping = True
-        completion_ids = [list(o.outputs[0].token_ids) for o in outputs]
-        logprobs = [sampled_logprobs(o.outputs[0]) for o in outputs]
-        return completion_ids, [[math.nan if x is None else x for x in row] for row in logprobs]
+        completions = [o.outputs[0] for o in outputs]
+        return [list(c.token_ids) for c in completions], [sampled_logprobs(c) for c in completions]
 
     def _server_generate(self, requests, params: dict):
         gen = self.vllm_generation
         rows = gather_object([encode_request(r) for r in requests])
         if self.accelerator.is_main_process:
             client = gen.vllm_client
-            sampling = {**params, "logit_bias": {str(k): v for k, v in params["logit_bias"].items()}}
-            if gen.structured_outputs_regex is not None:
-                sampling["structured_outputs"] = {"regex": gen.structured_outputs_regex}
-            sampling.update(gen.generation_kwargs)
-            result = client._post(
-                f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": sampling}
-            )
-            # filled on every rank by the broadcast from rank 0
+            result = client._post(f"{client.base_url}/rsp/generate", json={"rows": rows, "sampling": params})
             payload: list[Any] = [(result["completion_ids"], result["logprobs"])]
         else:
-            payload = [None]
+            payload = [None]  # filled by the broadcast from rank 0
         broadcast_object_list(payload, from_process=0)
         completion_ids, logprobs = payload[0]
-        local = slice(
-            self.accelerator.process_index * len(requests),
-            (self.accelerator.process_index + 1) * len(requests),
-        )
-        return completion_ids[local], [[math.nan if x is None else x for x in row] for row in logprobs[local]]
+        start = self.accelerator.process_index * len(requests)
+        return completion_ids[start : start + len(requests)], logprobs[start : start + len(requests)]
 
     def _generate_and_score_completions(self, inputs):
         self._pending_seeds = None
         self._scoring_seeds = None  # old / reference log-probs inside super() score the rows in rollout order
         output = super()._generate_and_score_completions(inputs)
-        if self.rsp is not None:
-            seeds = self._pending_seeds
-            if seeds is None:
-                raise RuntimeError("no RSP seeds were recorded for this rollout batch")
-            output["rsp_seeds"] = torch.tensor(
-                [-1 if s is None else s for s in seeds],
-                dtype=torch.long,
-                device=output["completion_ids"].device,
-            )
+        if self.rsp is not None:  # the seeds _generate_single_turn drew for this batch
+            seeds = cast(list, self._pending_seeds)
+            device = output["completion_ids"].device
+            output["rsp_seeds"] = torch.tensor([-1 if s is None else s for s in seeds], device=device)
         if self.mask_constant_groups:
             self._mask_constant_groups(output)
         return output
@@ -458,18 +390,12 @@ class RSPGRPOTrainer(GRPOTrainer):
         adv = output["advantages"]
         if adv.dim() != 1:
             return
-        # A group can span ranks (TRL slices the gathered batch per process), so decide on the
-        # gathered vector.
+        # a group can span ranks (TRL slices the gathered batch per process): decide on the gathered vector
         everything = self.accelerator.gather(adv)
-        # TRL types num_generations Optional; GRPOConfig.__post_init__ has checked it is a divisor
-        group_size = cast(int, self.num_generations)
+        group_size = cast(int, self.num_generations)  # Optional in TRL's types; GRPOConfig checked it divides
         constant = local_constant_rows(everything, group_size, self.accelerator.process_index, adv.numel())
-        output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
-        loss_mask = (
-            output["completion_mask"]
-            if "tool_mask" not in output
-            else output["completion_mask"] * output["tool_mask"]
-        )
+        mask = output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
+        loss_mask = mask * output["tool_mask"] if "tool_mask" in output else mask
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         kept_groups = 1 - float(
             local_constant_rows(everything, group_size, 0, everything.numel()).float().mean()
@@ -479,7 +405,6 @@ class RSPGRPOTrainer(GRPOTrainer):
         training = cast(torch.nn.Module, self.model).training  # Trainer types it Optional, as above
         self._metrics["train" if training else "eval"]["rsp/frac_groups_kept"].append(kept_groups)
 
-    # ----------------------------------------------------------- scoring with the stored RSP
     def _compute_loss(self, model, inputs):
         if self.rsp is None:
             return super()._compute_loss(model, inputs)
@@ -502,26 +427,18 @@ class RSPGRPOTrainer(GRPOTrainer):
             raise RuntimeError("scoring a batch without its RSP seeds would use the wrong (or no) RSP")
         step = batch_size or n
         parts = []
-        for start in range(0, n, step):
-            end = min(start + step, n)
+        for i in range(0, n, step):
+            rows = slice(i, i + step)  # one pinned forward per chunk, TRL's batch_size
             chunk = {
-                k: v[start:end] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
+                k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
                 for k, v in kwargs.items()
             }
             with (
-                self.pinned(seeds[start:end]),
+                self.pinned(seeds[rows]),
                 banned_in_fused_head(self.accelerator.unwrap_model(model), self.rsp.placeholder_id),
             ):
-                parts.append(
-                    super()._get_per_token_logps_and_entropies(
-                        model,
-                        input_ids[start:end],
-                        attention_mask[start:end],
-                        logits_to_keep,
-                        batch_size=None,
-                        **chunk,
-                    )
-                )
+                score = super()._get_per_token_logps_and_entropies
+                parts.append(score(model, input_ids[rows], attention_mask[rows], logits_to_keep, **chunk))
         logps = torch.cat([p[0] for p in parts], dim=0)
         ents = torch.cat([p[1] for p in parts], dim=0) if parts[0][1] is not None else None
         aux = torch.stack([p[2] for p in parts]).mean() if parts[0][2] is not None else None
@@ -531,8 +448,7 @@ class RSPGRPOTrainer(GRPOTrainer):
 @contextmanager
 def _gathered_embeddings(*models: torch.nn.Module) -> Iterator[None]:
     """Inside, the models' embedding tables are whole under DeepSpeed ZeRO-3, which partitions them (the
-    statistics need all of a table). Not run here: deepspeed is not installed in this project's
-    environments."""
+    statistics need all of a table). Untested: deepspeed is not installed in this project's environments."""
     weights = [input_embeddings(m).weight for m in models]
     if not any(hasattr(w, "ds_id") for w in weights):
         yield
@@ -608,12 +524,15 @@ def task_prompt(builder, problem):
     """A task problem as a standard TRL prompt: chat messages where the tokenizer has a chat template
     (`PromptBuilder`'s chat style), else the plain few-shot text; TRL tokenises either itself."""
     if builder.resolved_style == "chat":
-        messages = (
-            [] if builder.system_prompt is None else [{"role": "system", "content": builder.system_prompt}]
-        )
-        return messages + [{"role": "user", "content": f"{problem.question}\n{INSTRUCTION}"}]
+        return chat_prompt(problem.question, builder.system_prompt)
     head, tail = builder.render(problem)
     return head + tail
+
+
+def chat_prompt(question: str, system_prompt: str | None) -> list[dict]:
+    """rsp's chat prompt as TRL conversational messages: a system message if given, then the user's."""
+    system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    return system + [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
 
 
 def build_trl_trainer(cfg: DAPOConfig, lm, problems, builder, correct_fn, output_dir: str, **overrides):

@@ -3,17 +3,17 @@ rollout with its own RSP.
 
 Why this shape: it is TRL's own `trl/scripts/grpo.py` (and open-r1's YAML recipes) with `RSPGRPOTrainer`,
 so a TRL user's recipe carries over and every `GRPOConfig` field means what it means in TRL. `TrlParser`
-reads `RSPArguments` (the `rsp.RSPConfig` fields, prefixed `rsp_`), `GRPOConfig`, `ModelConfig` (the model
-may also be an rsp packaged name or `.gguf`) and `RSPScriptArguments` (a TRL dataset or an rsp task, and
-the reward functions) from one YAML file; any field can be overridden on the command line. Multi-GPU:
-`accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo ...`.
+reads `RSPArguments`, `GRPOConfig`, `ModelConfig` and `RSPScriptArguments` from one YAML file; any field
+can be overridden on the command line. Multi-GPU: `accelerate launch --config_file
+configs/accelerate/multi_gpu.yaml -m rsp.integrations.trl_grpo ...`.
 """
 
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from datasets import Dataset, load_dataset
 from transformers.trainer_utils import get_last_checkpoint
@@ -25,46 +25,36 @@ from trl.rewards import (
     think_format_reward,
 )
 
-from rsp.integrations.trl import RSPGRPOTrainer, completion_text
+from rsp.integrations.trl import RSPGRPOTrainer, chat_prompt, completion_text
 from rsp.methods import RSPConfig
 from rsp.models.loading import converted_path
 from rsp.renamed import renamed_flag
 from rsp.tasks.grading import Grader
-from rsp.tasks.prompts import INSTRUCTION
 from rsp.tasks.registry import load_task
 
-REWARD_FUNCS = (
-    "rsp_accuracy_reward",
-    "accuracy_reward",
-    "reasoning_accuracy_reward",
-    "think_format_reward",
-    "soft_overlong_punishment",
-)
+# name -> (script arguments, GRPOConfig) -> reward function
+REWARD_FUNCS: dict[str, Callable[[Any, GRPOConfig], Callable]] = {
+    "rsp_accuracy_reward": lambda args, _: rsp_accuracy_reward(args.grader_timeout),
+    "accuracy_reward": lambda *_: accuracy_reward,
+    "reasoning_accuracy_reward": lambda *_: reasoning_accuracy_reward,
+    "think_format_reward": lambda *_: think_format_reward,
+    "soft_overlong_punishment": lambda args, training: soft_overlong_punishment(args, training),
+}
 
 
 @dataclass
 class RSPArguments:
     """The RSP of every rollout: the fields of `rsp.RSPConfig`, prefixed so they never clash with TRL's."""
 
-    rsp_length: int = field(
-        default=4,
-        metadata={"help": "L, the number of random vectors per rollout (0 = plain GRPO, nothing attached)"},
-    )
-    rsp_scale: float = field(
-        default=1.0,
-        metadata={"help": "multiplies the fitted standard deviation of the input-embedding table"},
-    )
+    rsp_length: int = field(default=4, metadata={"help": "L, random vectors per rollout (0 = plain GRPO)"})
+    rsp_scale: float = field(default=1.0, metadata={"help": "multiplies the fitted standard deviation"})
     rsp_position: Literal["after_generation_prompt", "end_of_user_turn", "prepend"] = field(
         default="after_generation_prompt",
-        metadata={
-            "help": "where the L vectors go in TRL's prompt ids: right before the first generated token, "
-            "at the end of the last user message (conversational prompts), or at the very start"
-        },
+        metadata={"help": "before the first generated token, after the last user message, or at the start"},
     )
     method: str = field(default="rsp", metadata={"help": "rsp, or a control from `rsp methods`"})
     rsp_stats_rows: Literal["all", "tokens"] = field(
-        default="all",
-        metadata={"help": "fit the Gaussian on all embedding rows or on the tokenizer's real tokens"},
+        default="all", metadata={"help": "fit the Gaussian on all embedding rows or the real tokens'"}
     )
     rsp_stats_mean: Literal["scalar", "per_dim"] = field(
         default="scalar", metadata={"help": "isotropic scalar mean, or one mean per dimension"}
@@ -82,9 +72,8 @@ class RSPScriptArguments(ScriptArguments):
     task: str | None = field(
         default=None,
         metadata={
-            "help": "an rsp task (arith, gsm8k, math500, ... or a .jsonl with question/answer) turned into a "
-            "TRL dataset: `prompt` (conversational, or a string with prompt_format: standard) and "
-            "`solution`. Local JSONL first ($RSP_DATA_DIR, ../shared/data). Overrides dataset_name"
+            "help": "an rsp task (arith, gsm8k, math500, or a question/answer .jsonl) as the dataset "
+            "(`prompt`, `solution`); overrides dataset_name"
         },
     )
     task_split: str = field(default="train", metadata={"help": "split of the rsp task"})
@@ -95,34 +84,25 @@ class RSPScriptArguments(ScriptArguments):
     prompt_format: Literal["conversational", "standard"] = field(
         default="conversational", metadata={"help": "task prompts as chat messages or as plain strings"}
     )
-    system_prompt: str | None = field(
-        default=None, metadata={"help": "system message for conversational prompts"}
-    )
+    system_prompt: str | None = field(default=None, metadata={"help": "system message (conversational)"})
     reward_funcs: list[str] = field(
         default_factory=lambda: ["rsp_accuracy_reward"],
-        metadata={
-            "help": f"reward functions: {', '.join(REWARD_FUNCS)}, or a dotted import path "
-            "(module.function); all read the dataset's `solution` column"
-        },
+        metadata={"help": f"{', '.join(REWARD_FUNCS)}, or module.function; all read the `solution` column"},
     )
     overlong_buffer: int = field(
         default=0, metadata={"help": "soft_overlong_punishment: DAPO's buffer before max_completion_length"}
     )
     mask_constant_groups: bool = field(
         default=True,
-        metadata={
-            "help": "DAPO dynamic sampling, masking form: groups whose rewards are all equal "
-            "leave the loss and its token count"
-        },
+        metadata={"help": "DAPO dynamic sampling (masking): all-equal-reward groups leave the loss"},
     )
     grader_timeout: float = field(default=5.0, metadata={"help": "rsp_accuracy_reward: seconds per grading"})
 
 
 def task_dataset(args: RSPScriptArguments, seed: int):
     """A TRL-format dataset (`prompt`, `solution`, `problem_id`) from an rsp task."""
-    assert args.task is not None, "task_dataset is for `task` runs (load_train_dataset checks it)"
     task = load_task(
-        args.task,
+        cast(str, args.task),  # load_train_dataset checked it
         split=args.task_split,
         limit=args.task_limit,
         arith_steps=args.arith_steps,
@@ -132,13 +112,9 @@ def task_dataset(args: RSPScriptArguments, seed: int):
     )
     rows = []
     for p in task.problems:
-        content = f"{p.question}\n{INSTRUCTION}"
+        prompt: Any = chat_prompt(p.question, args.system_prompt or None)
         if args.prompt_format == "standard":
-            prompt: Any = content
-        else:
-            prompt = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + [
-                {"role": "user", "content": content}
-            ]
+            prompt = prompt[-1]["content"]
         rows.append({"prompt": prompt, "solution": p.answer, "problem_id": p.id})
     return Dataset.from_list(rows)
 
@@ -153,9 +129,8 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
         )
     path = os.path.expanduser(args.dataset_name)
     if os.path.isfile(path):
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
-            os.path.splitext(path)[1]
-        )
+        ext = os.path.splitext(path)[1]
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(ext)
         if kind is None:
             raise ValueError(f"cannot tell the format of {path}; use .jsonl, .json, .parquet or .csv")
         return load_dataset(kind, data_files={args.dataset_train_split: path})[args.dataset_train_split]
@@ -163,8 +138,7 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
 
 
 def rsp_accuracy_reward(timeout: float):
-    """Correctness (1 / 0) from rsp's grader against the `solution` column, for string and chat
-    completions."""
+    """Correctness (1 / 0) from rsp's grader against the `solution` column (string or chat completions)."""
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
@@ -179,23 +153,17 @@ def rsp_accuracy_reward(timeout: float):
     return rsp_accuracy_reward
 
 
-def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> list:
-    def soft_overlong_punishment():
-        if training_args.max_completion_length is None:
-            raise ValueError("soft_overlong_punishment needs max_completion_length")
-        return get_soft_overlong_punishment(training_args.max_completion_length, args.overlong_buffer)
+def soft_overlong_punishment(args: RSPScriptArguments, training_args: GRPOConfig):
+    if training_args.max_completion_length is None:
+        raise ValueError("soft_overlong_punishment needs max_completion_length")
+    return get_soft_overlong_punishment(training_args.max_completion_length, args.overlong_buffer)
 
-    registry = {
-        "rsp_accuracy_reward": lambda: rsp_accuracy_reward(args.grader_timeout),
-        "accuracy_reward": lambda: accuracy_reward,
-        "reasoning_accuracy_reward": lambda: reasoning_accuracy_reward,
-        "think_format_reward": lambda: think_format_reward,
-        "soft_overlong_punishment": soft_overlong_punishment,
-    }
+
+def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> list:
     funcs = []
     for name in args.reward_funcs:
-        if name in registry:
-            funcs.append(registry[name]())
+        if name in REWARD_FUNCS:
+            funcs.append(REWARD_FUNCS[name](args, training_args))
         elif "." in name:
             module, attr = name.rsplit(".", 1)
             sys.path.insert(0, os.getcwd())
@@ -209,18 +177,14 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
     return funcs
 
 
-def make_parser() -> TrlParser:
-    return TrlParser(
+def parse(argv: list[str] | None = None):
+    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags, as TRL parses
+    them; a flag renamed before the first release (`--rsp_seed`) is an error naming the new one."""
+    parser = TrlParser(
         # TRL types dataclass_types with DataClassType, a NewType over Any that no class matches unwrapped
         (RSPScriptArguments, GRPOConfig, ModelConfig, RSPArguments),  # type: ignore[arg-type]
         prog="python -m rsp.integrations.trl_grpo",
     )
-
-
-def parse(argv: list[str] | None = None):
-    """(script_args, training_args, model_args, rsp_args) from `--config FILE` and flags, as TRL parses
-    them; a flag renamed before the first release (`--rsp_seed`) is an error naming the new one."""
-    parser = make_parser()
     for arg in sys.argv[1:] if argv is None else argv:
         renamed = renamed_flag(arg)
         if renamed and arg.split("=", 1)[0] not in parser._option_string_actions:
@@ -230,13 +194,13 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None):
     script_args, training_args, model_args, rsp_args = parse(argv)
-    model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    )
-    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
     rewards = reward_functions(script_args, training_args)
     trainer = RSPGRPOTrainer(
         model=converted_path(model_args.model_name_or_path),
@@ -248,19 +212,17 @@ def main(argv: list[str] | None = None):
         rsp_config=rsp_args.to_rsp_config(),
         mask_constant_groups=script_args.mask_constant_groups,
     )
-    resume = training_args.resume_from_checkpoint
+    out, resume = training_args.output_dir, training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the latest checkpoint in output_dir
-        resume = (
-            get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        )
+        resume = get_last_checkpoint(out) if os.path.isdir(out) else None
     try:
         trainer.train(resume_from_checkpoint=resume)
     finally:
         for func in rewards:
             if callable(getattr(func, "close", None)):
                 func.close()
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"rsp.integrations.trl_grpo: model saved to {training_args.output_dir}")
+    trainer.save_model(out)
+    trainer.accelerator.print(f"rsp.integrations.trl_grpo: model saved to {out}")
     return trainer
 
 

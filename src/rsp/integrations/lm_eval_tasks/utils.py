@@ -1,21 +1,16 @@
 """Offline lm-eval tasks over rsp's own problems, graded by rsp's grader, with pass@k and maj@k over repeats.
 
 Why rsp's loaders and not lm-eval's Hub datasets: the same problems, prompts and answer checking as
-`rsp eval` (local JSONL under `$RSP_DATA_DIR` or `../shared/data`, the synthetic arithmetic task
-generated in Python), so lm-eval's numbers can be set beside rsp's and nothing needs the network.
-
-Each doc carries `rsp_problem_id` (rsp's problem id): `rsp-hf` derives a request's RSP seed from it, so a
-problem's RSPs are the ones `rsp eval` would draw for it. Settings come from `--metadata`
-(`arith_steps`, `arith_max_value`, `arith_n`, `arith_seed`, `data_dir`).
-
-Metrics per doc, over its `repeats` completions (kept together by the `keep_all` filter): `acc` (the mean
-of correct), `pass@k` (unbiased, `rsp.metrics.pass_at_k`) and `maj@k` (`rsp.metrics.maj_at_k` on
-canonical answers) for k = 1, 2, 4, ... up to the number of repeats; lm-eval averages them over docs.
+`rsp eval`, from local files, so lm-eval's numbers can be set beside rsp's and nothing needs the network.
+Each doc carries `rsp_problem_id`, from which `rsp-hf` derives the RSP seeds `rsp eval` would draw.
+Settings come from `--metadata` (`arith_steps`, `arith_max_value`, `arith_n`, `arith_seed`, `data_dir`).
+Metrics per doc over its repeats (kept together by `keep_all`): `acc`, unbiased `pass@k` and `maj@k`.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 from typing import Any
 
 from rsp.metrics.passk import maj_at_k, pass_at_k
@@ -26,7 +21,6 @@ from rsp.tasks.prompts import INSTRUCTION
 from rsp.tasks.registry import load_task
 
 KS = (1, 2, 4, 8, 16, 32, 64)  # the pass@k / maj@k the task configs declare
-_GRADER: Grader | None = None
 
 
 def _dataset(task: Task) -> dict[str, Any]:
@@ -37,7 +31,7 @@ def _dataset(task: Task) -> dict[str, Any]:
 
 
 def load_arith(**metadata: Any) -> dict[str, Any]:
-    """rsp's synthetic arithmetic (`rsp eval --task arith`): `arith_n` problems of the test split."""
+    """rsp's synthetic arithmetic: `arith_n` problems of the test split."""
     task = load_task(
         "arith",
         arith_steps=int(metadata.get("arith_steps", 1)),
@@ -49,7 +43,7 @@ def load_arith(**metadata: Any) -> dict[str, Any]:
 
 
 def load_gsm8k(**metadata: Any) -> dict[str, Any]:
-    """GSM8K test from the local `gsm8k_test.jsonl` (`$RSP_DATA_DIR`, `../shared/data`, or `data_dir`)."""
+    """GSM8K test from the local `gsm8k_test.jsonl`."""
     return _dataset(_local("gsm8k", metadata))
 
 
@@ -79,12 +73,11 @@ def keep_all(resps, docs):
     return resps
 
 
+@functools.cache
 def _grader() -> Grader:
-    global _GRADER
-    if _GRADER is None:
-        _GRADER = Grader()
-        atexit.register(_GRADER.close)
-    return _GRADER
+    grader = Grader()
+    atexit.register(grader.close)
+    return grader
 
 
 def score(completions: list[str], gold: str) -> dict[str, float]:
