@@ -13,7 +13,8 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -52,8 +53,6 @@ class SampledBatch:
     groups_sampled: int
     extra_rounds: int
     shortfall: int
-    cursor_after: int = 0
-    metrics: dict = field(default_factory=dict)
 
 
 def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
@@ -311,23 +310,13 @@ class DAPOTrainer:
         """
         cfg = self.cfg
         mb = cfg.micro_batch_size or len(rollouts)
-        chunks = [rollouts[i : i + mb] for i in range(0, len(rollouts), mb)]
-        advs = [
-            torch.tensor([r.advantage for r in c], dtype=torch.float32, device=self.lm.device) for c in chunks
-        ]
-        keeps = [
-            torch.tensor(
-                [not (cfg.mask_truncated and r.finish_reason == "length") for r in c],
-                dtype=torch.float32,
-                device=self.lm.device,
-            )
-            for c in chunks
-        ]
-        num_tokens = float(
-            sum(
-                len(r.token_ids) for r in rollouts if not (cfg.mask_truncated and r.finish_reason == "length")
-            )
-        )
+        starts = range(0, len(rollouts), mb)
+        chunks = [rollouts[i : i + mb] for i in starts]
+        kept = [not (cfg.mask_truncated and r.finish_reason == "length") for r in rollouts]
+        num_tokens = float(sum(len(r.token_ids) for r, k in zip(rollouts, kept, strict=True) if k))
+        as_tensor = partial(torch.tensor, dtype=torch.float32, device=self.lm.device)
+        advs = [as_tensor([r.advantage for r in c]) for c in chunks]
+        keeps = [as_tensor(kept[i : i + mb]) for i in starts]
         self.lm.model.train()
         olds: list[torch.Tensor | None] = [None] * len(chunks)
         refs: list[torch.Tensor | None] = [None] * len(chunks)
