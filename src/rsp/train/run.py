@@ -116,42 +116,30 @@ def train(
     close = None
     if reward_fn is None:
         reward_fn, close = grader_reward(cfg.grader_timeout)
-    problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
-    if cfg.trainer == "trl":
-        try:
-            return train_with_trl(
-                cfg,
-                out,
-                lm,
-                problems,
-                builder,
-                reward_fn,
-                resuming=resuming,
-                save_merged=save_merged,
-                stop_after=stop_after,
-            )
-        finally:
-            if close is not None:
-                close()
-    trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=builder.stop_strings)
-    metrics_path = out / "metrics.jsonl"
-    rollouts_path = out / ROLLOUTS
-    ckpt = latest_checkpoint(out) if resuming else None
-    records = []
-    if ckpt is not None:
-        trainer.load_state_dict(load_checkpoint(ckpt))
-        # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
-        records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-        version = read_run_config(out, kind="train").schema_version
-        rollouts = read_rollouts(rollouts_path, repair=True, version=version)
-        write_rollouts(rollouts_path, [r for r in rollouts if r["step"] <= trainer.step])
-    else:
-        for path in (metrics_path, rollouts_path):
-            path.unlink(missing_ok=True)
-    log = JsonlAppender(metrics_path)
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     try:
+        problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
+        if cfg.trainer == "trl":
+            return train_with_trl(
+                cfg, out, lm, problems, builder, reward_fn, resuming, save_merged, stop_after
+            )
+        trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=builder.stop_strings)
+        metrics_path = out / "metrics.jsonl"
+        rollouts_path = out / ROLLOUTS
+        ckpt = latest_checkpoint(out) if resuming else None
+        records = []
+        if ckpt is not None:
+            trainer.load_state_dict(load_checkpoint(ckpt))
+            # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
+            records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            version = read_run_config(out, kind="train").schema_version
+            rollouts = read_rollouts(rollouts_path, repair=True, version=version)
+            write_rollouts(rollouts_path, [r for r in rollouts if r["step"] <= trainer.step])
+        else:
+            for path in (metrics_path, rollouts_path):
+                path.unlink(missing_ok=True)
+        log = JsonlAppender(metrics_path)
+        end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         with tqdm(total=cfg.steps, initial=trainer.step, desc="rsp-dapo", disable=not progress) as bar:
             while trainer.step < end:
                 m = trainer.train_step()
@@ -174,14 +162,9 @@ def train(
         if trainer.peft_model is not None:
             trainer.peft_model.save_pretrained(str(out / "adapter"))
         if save_merged:
-            save_merged_model(trainer, out / "merged")
+            model = trainer.peft_model if trainer.peft_model is not None else trainer.lm.model
+            write_merged(model, trainer.lm.tokenizer, out / "merged")
     return records
-
-
-def save_merged_model(trainer: DAPOTrainer, path: Path) -> None:
-    write_merged(
-        trainer.peft_model if trainer.peft_model is not None else trainer.lm.model, trainer.lm.tokenizer, path
-    )
 
 
 def write_merged(model, tokenizer, path: Path) -> None:
@@ -269,10 +252,9 @@ def train_with_trl(
     problems,
     builder,
     reward_fn: RewardFn,
-    *,
     resuming: bool,
     save_merged: bool,
-    stop_after: int | None = None,
+    stop_after: int | None,
 ) -> list[dict]:
     """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/;
     metrics.jsonl gets one record per optimizer step as TRL logs it (main process only), and a resume drops
