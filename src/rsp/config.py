@@ -33,12 +33,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 from transformers import HfArgumentParser
 
-from rsp.renamed import renamed_flag, renamed_key
-
-# metadata keys read here (HfArgumentParser passes the rest to argparse.add_argument)
-_GROUP = "group"
-_FLAG = "flag"
-_COMMA = "comma"
+from rsp.renamed import flag_of, renamed_flag, renamed_key
 
 
 class ConfigFileError(ValueError):
@@ -56,27 +51,15 @@ def option(
     flag: str | None = None,
     comma: bool = True,
 ) -> Any:
-    """A config field that is also a flag."""
-    metadata: dict[str, Any] = {"help": help}
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    if metavar:
-        metadata["metavar"] = metavar
-    if group:
-        metadata[_GROUP] = group
+    """A config field that is also a flag. `RSPArgumentParser` reads `group`, `flag` (when not the field's
+    name) and `comma` (False: list items may hold commas, e.g. paths) from its metadata; argparse the rest."""
+    extra = {"choices": choices and tuple(choices), "metavar": metavar, "group": group, "flag": flag}
+    metadata = {"help": help, **{k: v for k, v in extra.items() if v}}
     if not comma:
-        metadata[_COMMA] = False  # list items may contain commas (paths): split on spaces and repeats only
-    if flag:
-        metadata[_FLAG] = flag  # when the flag is not the field's name (`--method-option` for a mapping)
+        metadata["comma"] = False
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def flag_of(name: str) -> str:
-    """The flag of config field `name`: `rsp_length` -> `--rsp-length` (`method_options` is spelled
-    `--method-option`, once per KEY=VALUE)."""
-    return "--method-option" if name == "method_options" else "--" + name.replace("_", "-")
 
 
 def field_label(name: str) -> str:
@@ -214,7 +197,7 @@ class RSPArgumentParser(HfArgumentParser):
                 raise ValueError(f"two config classes of one command both define {f.name!r}")
             self._fields[f.name] = f
             self._hints[f.name] = hints[f.name]
-            group = f.metadata.get(_GROUP) or default_group
+            group = f.metadata.get("group") or default_group
             title = titles.get(group, group) if group else None
             if title and title not in self._groups:
                 self._groups[title] = self.add_argument_group(title)
@@ -223,8 +206,8 @@ class RSPArgumentParser(HfArgumentParser):
 
     def _add_field(self, group: Any, f: dataclasses.Field, hint: Any, help: str | None = None) -> None:
         meta = dict(f.metadata, **({"help": help} if help else {}))
-        meta.pop(_GROUP, None)
-        flag = meta.pop(_FLAG, None) or flag_of(f.name)
+        meta.pop("group", None)
+        flag = meta.pop("flag", None) or flag_of(f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         seq = _sequence_item(hint)
         base = _unwrap_optional(hint)
@@ -234,7 +217,7 @@ class RSPArgumentParser(HfArgumentParser):
             kwargs = {"action": _MergeMapping, "type": _mapping, "default": default, **meta}
             kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
         elif seq is not None:
-            comma = meta.pop(_COMMA, True)
+            comma = meta.pop("comma", True)
             kwargs = {"nargs": "+", "type": str, "default": default, "action": _ExtendList, **meta}
             kwargs.pop("choices", None)  # checked per item after splitting on commas
             kwargs["help"] = (kwargs.get("help") or "") + (
@@ -307,7 +290,8 @@ class RSPArgumentParser(HfArgumentParser):
         ns = self.parse_args(argv)
         outputs = self._build(vars(ns))
         if ns.print_config:
-            print(config_yaml(*outputs, exclude=self._exclude), end="")
+            settings = config_dict(*outputs, exclude=self._exclude)
+            print(yaml.safe_dump(settings, sort_keys=False, default_flow_style=None), end="")
             raise SystemExit(0)
         return outputs
 
@@ -318,7 +302,7 @@ class RSPArgumentParser(HfArgumentParser):
             container, item = seq
             raw = [value] if isinstance(value, str) else list(value)
             items: list[Any] = []
-            split = self._fields[name].metadata.get(_COMMA, True)
+            split = self._fields[name].metadata.get("comma", True)
             for part in raw:
                 if isinstance(part, str) and split:
                     items += [x.strip() for x in part.split(",") if x.strip()]
@@ -374,11 +358,6 @@ def config_dict(*configs: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
             value = getattr(cfg, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
-
-
-def config_yaml(*configs: Any, exclude: Iterable[str] = ()) -> str:
-    """The resolved settings as YAML that `--config` reads back."""
-    return yaml.safe_dump(config_dict(*configs, exclude=exclude), sort_keys=False, default_flow_style=None)
 
 
 @dataclasses.dataclass
