@@ -67,10 +67,9 @@ class RSPConfig:
         )
 
     def validate(self) -> RSPConfig:
-        if self.length < 0:
-            raise ValueError(f"RSPConfig.length must be >= 0, got {self.length}")
-        if self.scale < 0:
-            raise ValueError(f"RSPConfig.scale must be >= 0, got {self.scale}")
+        for name in ("length", "scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RSPConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.position not in INSERTION_POINTS:
             raise ValueError(
                 f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
@@ -84,15 +83,8 @@ class RSPConfig:
         return self
 
     def key(self) -> tuple:
-        return (
-            self.length,
-            self.scale,
-            self.position,
-            self.method,
-            self.stats_rows,
-            self.stats_mean,
-            tuple(sorted((k, str(v)) for k, v in self.method_options.items())),
-        )
+        opts = tuple(sorted((k, str(v)) for k, v in self.method_options.items()))
+        return (self.length, self.scale, self.position, self.method, self.stats_rows, self.stats_mean, opts)
 
 
 STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
@@ -197,7 +189,10 @@ class Method:
 
     def build(self, lm: ModelBase, config: RSPConfig | None = None) -> Injection:
         config = replace(config, method=self.name) if config else RSPConfig(method=self.name)
-        _check_option_keys(self, config)
+        for key in config.method_options:  # a renamed option is an error naming the new key, not ignored
+            renamed = renamed_key(key, f"method option of {self.name}")
+            if renamed and key not in (self.option_keys or ()):
+                raise ValueError(renamed)
         injection = self.factory(lm, config)
         injection.name = self.name
         return injection
@@ -289,16 +284,6 @@ def method_descriptions() -> dict[str, str]:
 def build_method(name: str, lm: ModelBase, config: RSPConfig | None = None) -> Injection:
     """Build the injection for method `name` under `config` (whose `method` field `name` overrides)."""
     return get_method(name).build(lm, config)
-
-
-def _check_option_keys(method: Method, config: RSPConfig) -> None:
-    """A method option renamed before the first release (`alpha` of rsp-scaled is `rsp_scale`) is an
-    error naming the new key, not silently ignored."""
-    keys = method.option_keys or ()
-    for key in config.method_options:
-        renamed = renamed_key(key, f"method option of {method.name}")
-        if key not in keys and renamed:
-            raise ValueError(renamed)
 
 
 def embedding_stats_for(lm: ModelBase, config: RSPConfig):
