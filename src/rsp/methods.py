@@ -201,23 +201,22 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 # Modules that register the built-in methods beyond `temperature` and `rsp`, imported on the first lookup.
 BUILTIN_PLUGINS: tuple[str, ...] = ("rsp.baselines.controls",)
-# "own" while this module registers `temperature` and `rsp` (the plugins import it, so not yet), then
-# "unloaded" until the first lookup.
-_plugins: Literal["own", "unloaded", "loading", "loaded"] = "own"
+# True from the end of this module (the plugins import it, so not while it registers `temperature` and
+# `rsp`) until the first lookup imports them.
+_plugins_pending = False
 
 
 def _registry() -> dict[str, Method]:
     """The registry, after the first call has imported `BUILTIN_PLUGINS`."""
-    global _plugins
-    if _plugins == "unloaded":
-        _plugins = "loading"
+    global _plugins_pending
+    if _plugins_pending:
+        _plugins_pending = False  # the plugins' own registrations come back here
         try:
             for module in BUILTIN_PLUGINS:
                 importlib.import_module(module)
         except BaseException:
-            _plugins = "unloaded"
+            _plugins_pending = True
             raise
-        _plugins = "loaded"
     return _REGISTRY
 
 
@@ -324,4 +323,4 @@ def _rsp(lm: ModelBase, o: RSPConfig) -> Injection:
     return random_soft_prompt(lm, o)
 
 
-_plugins = "unloaded"
+_plugins_pending = True
