@@ -57,14 +57,10 @@ class SampledBatch:
 
 def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
     """DAPO Eq. 13: 0 up to max_len - buffer, then linear down to -penalty at max_len, -penalty beyond."""
-    if buffer <= 0:
-        return 0.0
     free = max_len - buffer
-    if length <= free:
+    if buffer <= 0 or length <= free:
         return 0.0
-    if length <= max_len:
-        return (free - length) / buffer * penalty
-    return -penalty
+    return (free - length) / buffer * penalty if length <= max_len else -penalty
 
 
 def shaped_reward(cfg: DAPOConfig, correct: bool, length: int) -> float:
@@ -93,11 +89,7 @@ def build_injection(lm: LoadedModel, cfg: DAPOConfig) -> Injection:
     if cfg.rsp_length == 0:
         return NoInjection(cfg.rsp_position)
     return RandomSoftPrompt(
-        lm.embedding_stats(),
-        cfg.rsp_length,
-        scale=cfg.rsp_scale,
-        position=cfg.rsp_position,
-        granularity="attempt",
+        lm.embedding_stats(), cfg.rsp_length, scale=cfg.rsp_scale, position=cfg.rsp_position
     )
 
 
@@ -204,9 +196,7 @@ class DAPOTrainer:
             )
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine = HFEngine(lm)
-        self.sampling = SamplingConfig(
-            temperature=cfg.temperature, top_p=1.0, top_k=0, min_p=0.0, max_new_tokens=cfg.max_new_tokens
-        )
+        self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.cursor = DataCursor(len(self.problems), cfg.seed)
         self.step = 0
         self.last_rollouts: list[Rollout] = []
@@ -276,9 +266,9 @@ class DAPOTrainer:
         step = self.step
         sb = self.sample_batch(step)
         self.last_rollouts = sb.all_rollouts
-        kept_ids = {id(r) for g in sb.groups for r in g}
-        self.last_kept = [id(r) in kept_ids for r in sb.all_rollouts]
         rollouts = [r for g in sb.groups for r in g]
+        kept_ids = {id(r) for r in rollouts}
+        self.last_kept = [id(r) in kept_ids for r in sb.all_rollouts]
         m: dict = {
             "step": step + 1,
             "reward_mean": _mean([r.reward for r in sb.all_rollouts]),
