@@ -6,6 +6,7 @@ directory can come from anywhere, and a full unpickle would run whatever code a 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -59,9 +60,8 @@ def load_checkpoint(path: Path) -> dict:
             f"({first}); rsp checkpoints never do, so it was not written by rsp train. Move it "
             "away (the run resumes from the previous checkpoint) or start a new --out"
         ) from None
-    if not isinstance(state, dict) or not {"step", "cursor", "trainable", "optimizer", "torch_rng"} <= set(
-        state
-    ):
+    needed = {"step", "cursor", "trainable", "optimizer", "torch_rng"}
+    if not isinstance(state, dict) or not needed <= state.keys():
         raise CheckpointError(f"{path} is not an rsp train checkpoint")
     return state
 
@@ -85,14 +85,7 @@ def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
         seed=cfg.seed,
     )
     builder = PromptBuilder.for_task(lm.tokenizer, task)
-    cache: dict[str, object] = {}
-
-    def prompt_of(problem):
-        if problem.id not in cache:
-            cache[problem.id] = builder.build(problem)
-        return cache[problem.id]
-
-    return task.problems, prompt_of, builder
+    return task.problems, functools.cache(builder.build), builder
 
 
 def train(
@@ -212,8 +205,7 @@ def plot_curves(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
     steps = [r["step"] for r in records]
     for ax, key in zip(axes.flat, CURVE_KEYS, strict=True):
-        ys = [r.get(key, math.nan) for r in records]
-        ax.plot(steps, ys, marker="o", markersize=2)
+        ax.plot(steps, [r.get(key, math.nan) for r in records], marker="o", markersize=2)
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -262,7 +254,7 @@ def train_with_trl(
     """
     from rsp.integrations.trl import build_trl_trainer  # TRL: the `train` extra
 
-    metrics_path = out / "metrics.jsonl"
+    metrics_path, trl_dir = out / "metrics.jsonl", out / "trl"
 
     class StepLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -280,17 +272,13 @@ def train_with_trl(
         problems,
         builder,
         reward_fn,
-        str(out / "trl"),
+        str(trl_dir),
         save_strategy="steps",
         save_steps=cfg.checkpoint_every,
         save_total_limit=2,
     )
     trainer.add_callback(StepLog())
-    ckpts = (
-        sorted((out / "trl").glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1]))
-        if resuming
-        else []
-    )
+    ckpts = sorted(trl_dir.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1])) if resuming else []
     if trainer.accelerator.is_main_process:
         done = int(ckpts[-1].name.split("-")[-1]) if ckpts else 0
         kept = [r for r in read_jsonl_records(metrics_path) if r["step"] <= done] if ckpts else []
