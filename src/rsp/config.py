@@ -208,31 +208,26 @@ class RSPArgumentParser(HfArgumentParser):
         meta = dict(f.metadata, **({"help": help} if help else {}))
         meta.pop("group", None)
         flag = meta.pop("flag", None) or flag_of(f.name)
+        comma = meta.pop("comma", True)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        seq = _sequence_item(hint)
         base = _unwrap_optional(hint)
-        kwargs: dict[str, Any]
+        kwargs: dict[str, Any] = {"default": default, **meta}
         if get_origin(base) is dict or base is dict:
-            meta.setdefault("metavar", "KEY=VALUE")
-            kwargs = {"action": _MergeMapping, "type": _mapping, "default": default, **meta}
+            kwargs = {"action": _MergeMapping, "type": _mapping, "metavar": "KEY=VALUE", **kwargs}
             kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
-        elif seq is not None:
-            comma = meta.pop("comma", True)
-            kwargs = {"nargs": "+", "type": str, "default": default, "action": _ExtendList, **meta}
+        elif _sequence_item(hint) is not None:
+            kwargs.update(nargs="+", type=str, action=_ExtendList)
             kwargs.pop("choices", None)  # checked per item after splitting on commas
-            kwargs["help"] = (kwargs.get("help") or "") + (
-                " (comma- or space-separated, or repeated)" if comma else " (space-separated or repeated)"
-            )
+            split = " (comma- or space-separated, or repeated)" if comma else " (space-separated or repeated)"
+            kwargs["help"] = (kwargs.get("help") or "") + split
         elif base is bool:
-            kwargs = {"action": argparse.BooleanOptionalAction, "default": default, **meta}
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs = {"type": base, "default": default, **meta}
+            kwargs["type"] = base
         if default is dataclasses.MISSING:
             kwargs.pop("default")
             kwargs["required"] = True
         group.add_argument(flag, dest=f.name, **kwargs)
-
-    # ---- parsing -------------------------------------------------------------------------------------
 
     def _read_config_file(self, path: str) -> dict[str, Any]:
         p = Path(path)
