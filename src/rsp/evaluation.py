@@ -92,18 +92,12 @@ class EvalConfig(InjectionArgs, EngineArgs):
         self.validate_engine(ConfigError)
         require_choice(self.prompt_style, "prompt_style", PROMPT_STYLES, ConfigError)
         need(bool(self.methods), "methods", "must name at least one method")
-        need(
-            len(set(self.methods)) == len(self.methods),
-            "methods",
-            f"lists a method twice: {','.join(self.methods)}",
-        )
+        distinct = len(set(self.methods)) == len(self.methods)
+        need(distinct, "methods", f"lists a method twice: {','.join(self.methods)}")
         known = method_names()
         for m in self.methods:
-            need(
-                m in known,
-                "methods",
-                renamed_method(m) or f"names an unknown method {m!r}; known methods: {', '.join(known)}",
-            )
+            unknown = renamed_method(m) or f"names an unknown method {m!r}; known methods: {', '.join(known)}"
+            need(m in known, "methods", unknown)
         try:
             self.sampling().validate()
         except ValueError as exc:
@@ -125,8 +119,7 @@ class EvalConfig(InjectionArgs, EngineArgs):
     @classmethod
     def from_dict(cls, d: dict) -> EvalConfig:
         """From a saved run's config."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             renamed = [r for r in map(renamed_key, unknown) if r]
             raise ConfigError("; ".join(renamed) or f"unknown eval setting(s): {', '.join(unknown)}")
