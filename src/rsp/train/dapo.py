@@ -202,7 +202,6 @@ class DAPOTrainer:
         self.last_rollouts: list[Rollout] = []
         self.last_kept: list[bool] = []
 
-    # ---------------------------------------------------------------- rollouts
     def rollout_group(self, problem: Problem, step: int, round_: int) -> list[Rollout]:
         cfg = self.cfg
         prompt = self.prompt_of(problem)
@@ -249,7 +248,6 @@ class DAPOTrainer:
             round_ += 1
         return SampledBatch(kept, everything, sampled, round_, cfg.prompts_per_step - len(kept))
 
-    # ---------------------------------------------------------------- update
     def logprobs(self, rollouts: Sequence[Rollout], model: torch.nn.Module | None = None):
         return completion_logprobs(
             self.lm,
@@ -357,7 +355,6 @@ class DAPOTrainer:
         out["updated"] = True
         return out
 
-    # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         names = {id(p): n for n, p in self.lm.model.named_parameters()}
         return {
