@@ -253,11 +253,9 @@ class RSPArgumentParser(HfArgumentParser):
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name not in self._fields:
-                renamed = renamed_key(key)
-                if renamed:
-                    raise ConfigFileError(f"--config {path}: {renamed}")
                 known = ", ".join(sorted(self._fields))
-                raise ConfigFileError(f"--config {path}: unknown setting {key!r}; settings are {known}")
+                problem = renamed_key(key) or f"unknown setting {key!r}; settings are {known}"
+                raise ConfigFileError(f"--config {path}: {problem}")
             out[name] = value
         return out
 
@@ -295,10 +293,9 @@ class RSPArgumentParser(HfArgumentParser):
         seq = _sequence_item(hint)
         if seq is not None and value is not None:
             container, item = seq
-            raw = [value] if isinstance(value, str) else list(value)
             items: list[Any] = []
             split = self._fields[name].metadata.get("comma", True)
-            for part in raw:
+            for part in [value] if isinstance(value, str) else value:
                 if isinstance(part, str) and split:
                     items += [x.strip() for x in part.split(",") if x.strip()]
                 else:

@@ -144,8 +144,7 @@ class EvalConfig(InjectionArgs, EngineArgs):
 def keep_saved_seed_scheme(out: Path, config: EvalConfig) -> EvalConfig:
     """`config`, with common random numbers off when `out` holds a run saved before that setting existed:
     such a run derived every decode seed from the method name, and its config.json lacks the key, which
-    `EvalConfig.to_dict` also leaves out when the setting is off, so the settings compare equal.
-    """
+    `EvalConfig.to_dict` also leaves out when the setting is off, so the settings compare equal."""
     try:
         saved = read_run_config(out, kind="eval")
     except RunDirError:

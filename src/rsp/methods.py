@@ -41,8 +41,7 @@ class RSPConfig:
         position: `after_generation_prompt`, `end_of_user_turn` or `prepend`.
         method: `rsp` or any registered control / baseline (`rsp methods`).
         stats_rows, stats_mean: fit on `all` rows or the tokenizer's `tokens`; `scalar` or `per_dim` mean.
-        method_options: settings only one method reads (`soft_prompt` file, `noise_alpha`, ...).
-    """
+        method_options: settings only one method reads (`soft_prompt` file, `noise_alpha`, ...)."""
 
     length: int = 4
     scale: float = 1.0
@@ -112,10 +111,7 @@ class InjectionArgs:
         group=_INJECTION,
     )
     rsp_stats_mean: str = option(
-        "scalar",
-        "isotropic (scalar) or per-dimension mean",
-        choices=STATS_MEANS,
-        group=_INJECTION,
+        "scalar", "isotropic (scalar) or per-dimension mean", choices=STATS_MEANS, group=_INJECTION
     )
     method_options: dict = option(
         default_factory=dict,

@@ -199,8 +199,7 @@ def parse_arm(spec: str) -> tuple[str, Path, str]:
 def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dict:
     """Paired summary of (label, run, method) arms from different eval runs on the same problems (a base
     model and a trained one live in separate runs; pairing by problem gives the tighter intervals). The runs
-    must agree on task and n; the first arm is the baseline.
-    """
+    must agree on task and n; the first arm is the baseline."""
     if len(arms) < 2:
         raise ValueError("rsp compare needs at least two --arm values")
     labels = [a[0] for a in arms]

@@ -294,8 +294,7 @@ class DAPOTrainer:
     def _update(self, rollouts: list[Rollout]) -> dict:
         """DAPO update(s) on the kept rollouts in micro-batches (all at once peaked near 9 GB for 16 x 280
         tokens on SmolLM2); each micro-batch loss is divided by the whole batch's token count, so the
-        accumulated gradient equals the one-pass gradient.
-        """
+        accumulated gradient equals the one-pass gradient."""
         cfg = self.cfg
         mb = cfg.micro_batch_size or len(rollouts)
         starts = range(0, len(rollouts), mb)

@@ -250,8 +250,7 @@ def train_with_trl(
 ) -> list[dict]:
     """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/;
     metrics.jsonl gets one record per optimizer step as TRL logs it (main process only), and a resume drops
-    the records after its checkpoint, as on the native path.
-    """
+    the records after its checkpoint, as on the native path."""
     from rsp.integrations.trl import build_trl_trainer  # TRL: the `train` extra
 
     metrics_path, trl_dir = out / "metrics.jsonl", out / "trl"
