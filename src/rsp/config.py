@@ -54,7 +54,7 @@ def option(
     """A config field that is also a flag. `RSPArgumentParser` reads `group`, `flag` (when not the field's
     name) and `comma` (False: list items may hold commas, e.g. paths) from its metadata; argparse the rest."""
     extra = {"choices": choices and tuple(choices), "metavar": metavar, "group": group, "flag": flag}
-    metadata = {"help": help, **{k: v for k, v in extra.items() if v}}
+    metadata: dict[str, Any] = {"help": help, **{k: v for k, v in extra.items() if v}}
     if not comma:
         metadata["comma"] = False
     if default_factory is not dataclasses.MISSING:
