@@ -186,9 +186,8 @@ class DAPOTrainer:
             self.peft_model = get_peft_model(lm.model, cfg.lora_config())
         else:
             unfreeze_for_training(lm.model)
-        self.ref_model = None
-        if cfg.beta > 0 and not cfg.lora:
-            self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False)
+        frozen_copy = cfg.beta > 0 and not cfg.lora  # the KL reference (LoRA: the model, adapters off)
+        self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False) if frozen_copy else None
         self.trainable = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.trainable:
             raise RuntimeError(
