@@ -146,7 +146,7 @@ def test_train_reads_a_run_directorys_config_json_and_flags_override_it(tmp_path
 
 
 def test_train_bare_dapo_config_json_still_reads(tmp_path):
-    DAPOConfig(steps=7, rsp_length=8).save(tmp_path / "c.json")
+    (tmp_path / "c.json").write_text(json.dumps(DAPOConfig(steps=7, rsp_length=8).to_dict()))
     parsed, _, _ = train_cli.parse(["--config", str(tmp_path / "c.json"), "--out", "o", "--rsp-length", "0"])
     assert (parsed.steps, parsed.rsp_length) == (7, 0)
 

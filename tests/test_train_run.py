@@ -89,7 +89,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 def test_cli_flags_override_config_file(tmp_path):
     from rsp.train.cli import parse
 
-    DAPOConfig(steps=7, rsp_length=8).save(tmp_path / "c.json")
+    (tmp_path / "c.json").write_text(json.dumps(DAPOConfig(steps=7, rsp_length=8).to_dict()))
     cfg, output, _ = parse(
         [
             "--config",

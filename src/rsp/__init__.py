@@ -9,6 +9,7 @@ for transformers and every engine up front; the `TYPE_CHECKING` imports are what
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -40,29 +41,8 @@ _EXPORTS: dict[str, str] = {
     for name in names.split()
 }
 
-# subpackages and modules reachable as attributes of `rsp` without importing them first (`rsp.models...`)
-_SUBMODULES = frozenset(
-    {
-        "analysis",
-        "baselines",
-        "cli",
-        "config",
-        "core",
-        "engines",
-        "evaluation",
-        "generation",
-        "integrations",
-        "methods",
-        "metrics",
-        "models",
-        "records",
-        "reporting",
-        "runio",
-        "server",
-        "tasks",
-        "train",
-    }
-)
+# every subpackage and module, reachable as an attribute of `rsp` without importing it first (`rsp.models...`)
+_SUBMODULES = frozenset(m.name for m in pkgutil.iter_modules(__path__))
 
 __all__ = [
     "GenerationOutput",

@@ -50,9 +50,6 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-# ---- dispatch ------------------------------------------------------------------------------------------
-
-
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [

@@ -21,8 +21,6 @@ from rsp.reporting import (
     write_summary,
 )
 
-# ---- rsp eval ------------------------------------------------------------------------------------------
-
 
 def eval_parser() -> RSPArgumentParser:
     from rsp.evaluation import EvalConfig
@@ -52,9 +50,6 @@ def eval_main(argv: Sequence[str]) -> int:
     return 0
 
 
-# ---- rsp report ----------------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass
 class ReportConfig:
     run: str = option(help="an `rsp eval` run directory")
@@ -68,9 +63,6 @@ def report_main(argv: Sequence[str]) -> int:
     (cfg,) = report_parser().parse(argv)
     print(markdown_table(report_run(Path(cfg.run))))
     return 0
-
-
-# ---- rsp compare ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -101,9 +93,6 @@ def compare_main(argv: Sequence[str]) -> int:
         title = "comparison: " + ", ".join(a["label"] for a in summary["arms"])
         write_summary(Path(cfg.out), summary, title, f"# Comparison\n\n{arms}\n\n")
     return 0
-
-
-# ---- rsp methods ---------------------------------------------------------------------------------------
 
 
 def methods_main(argv: Sequence[str]) -> int:

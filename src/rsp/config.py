@@ -33,12 +33,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 from transformers import HfArgumentParser
 
-from rsp.renamed import renamed_flag, renamed_key
-
-# metadata keys read here (HfArgumentParser passes the rest to argparse.add_argument)
-_GROUP = "group"
-_FLAG = "flag"
-_COMMA = "comma"
+from rsp.renamed import flag_of, renamed_flag, renamed_key
 
 
 class ConfigFileError(ValueError):
@@ -56,27 +51,15 @@ def option(
     flag: str | None = None,
     comma: bool = True,
 ) -> Any:
-    """A config field that is also a flag."""
-    metadata: dict[str, Any] = {"help": help}
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    if metavar:
-        metadata["metavar"] = metavar
-    if group:
-        metadata[_GROUP] = group
+    """A config field that is also a flag. `RSPArgumentParser` reads `group`, `flag` (when not the field's
+    name) and `comma` (False: list items may hold commas, e.g. paths) from its metadata; argparse the rest."""
+    extra = {"choices": choices and tuple(choices), "metavar": metavar, "group": group, "flag": flag}
+    metadata: dict[str, Any] = {"help": help, **{k: v for k, v in extra.items() if v}}
     if not comma:
-        metadata[_COMMA] = False  # list items may contain commas (paths): split on spaces and repeats only
-    if flag:
-        metadata[_FLAG] = flag  # when the flag is not the field's name (`--method-option` for a mapping)
+        metadata["comma"] = False
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def flag_of(name: str) -> str:
-    """The flag of config field `name`: `rsp_length` -> `--rsp-length` (`method_options` is spelled
-    `--method-option`, once per KEY=VALUE)."""
-    return "--method-option" if name == "method_options" else "--" + name.replace("_", "-")
 
 
 def field_label(name: str) -> str:
@@ -214,7 +197,7 @@ class RSPArgumentParser(HfArgumentParser):
                 raise ValueError(f"two config classes of one command both define {f.name!r}")
             self._fields[f.name] = f
             self._hints[f.name] = hints[f.name]
-            group = f.metadata.get(_GROUP) or default_group
+            group = f.metadata.get("group") or default_group
             title = titles.get(group, group) if group else None
             if title and title not in self._groups:
                 self._groups[title] = self.add_argument_group(title)
@@ -223,33 +206,28 @@ class RSPArgumentParser(HfArgumentParser):
 
     def _add_field(self, group: Any, f: dataclasses.Field, hint: Any, help: str | None = None) -> None:
         meta = dict(f.metadata, **({"help": help} if help else {}))
-        meta.pop(_GROUP, None)
-        flag = meta.pop(_FLAG, None) or flag_of(f.name)
+        meta.pop("group", None)
+        flag = meta.pop("flag", None) or flag_of(f.name)
+        comma = meta.pop("comma", True)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        seq = _sequence_item(hint)
         base = _unwrap_optional(hint)
-        kwargs: dict[str, Any]
+        kwargs: dict[str, Any] = {"default": default, **meta}
         if get_origin(base) is dict or base is dict:
-            meta.setdefault("metavar", "KEY=VALUE")
-            kwargs = {"action": _MergeMapping, "type": _mapping, "default": default, **meta}
+            kwargs = {"action": _MergeMapping, "type": _mapping, "metavar": "KEY=VALUE", **kwargs}
             kwargs["help"] = (kwargs.get("help") or "") + " (repeatable)"
-        elif seq is not None:
-            comma = meta.pop(_COMMA, True)
-            kwargs = {"nargs": "+", "type": str, "default": default, "action": _ExtendList, **meta}
+        elif _sequence_item(hint) is not None:
+            kwargs.update(nargs="+", type=str, action=_ExtendList)
             kwargs.pop("choices", None)  # checked per item after splitting on commas
-            kwargs["help"] = (kwargs.get("help") or "") + (
-                " (comma- or space-separated, or repeated)" if comma else " (space-separated or repeated)"
-            )
+            split = " (comma- or space-separated, or repeated)" if comma else " (space-separated or repeated)"
+            kwargs["help"] = (kwargs.get("help") or "") + split
         elif base is bool:
-            kwargs = {"action": argparse.BooleanOptionalAction, "default": default, **meta}
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs = {"type": base, "default": default, **meta}
+            kwargs["type"] = base
         if default is dataclasses.MISSING:
             kwargs.pop("default")
             kwargs["required"] = True
         group.add_argument(flag, dest=f.name, **kwargs)
-
-    # ---- parsing -------------------------------------------------------------------------------------
 
     def _read_config_file(self, path: str) -> dict[str, Any]:
         p = Path(path)
@@ -275,11 +253,9 @@ class RSPArgumentParser(HfArgumentParser):
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name not in self._fields:
-                renamed = renamed_key(key)
-                if renamed:
-                    raise ConfigFileError(f"--config {path}: {renamed}")
                 known = ", ".join(sorted(self._fields))
-                raise ConfigFileError(f"--config {path}: unknown setting {key!r}; settings are {known}")
+                problem = renamed_key(key) or f"unknown setting {key!r}; settings are {known}"
+                raise ConfigFileError(f"--config {path}: {problem}")
             out[name] = value
         return out
 
@@ -307,7 +283,8 @@ class RSPArgumentParser(HfArgumentParser):
         ns = self.parse_args(argv)
         outputs = self._build(vars(ns))
         if ns.print_config:
-            print(config_yaml(*outputs, exclude=self._exclude), end="")
+            settings = config_dict(*outputs, exclude=self._exclude)
+            print(yaml.safe_dump(settings, sort_keys=False, default_flow_style=None), end="")
             raise SystemExit(0)
         return outputs
 
@@ -316,10 +293,9 @@ class RSPArgumentParser(HfArgumentParser):
         seq = _sequence_item(hint)
         if seq is not None and value is not None:
             container, item = seq
-            raw = [value] if isinstance(value, str) else list(value)
             items: list[Any] = []
-            split = self._fields[name].metadata.get(_COMMA, True)
-            for part in raw:
+            split = self._fields[name].metadata.get("comma", True)
+            for part in [value] if isinstance(value, str) else value:
                 if isinstance(part, str) and split:
                     items += [x.strip() for x in part.split(",") if x.strip()]
                 else:
@@ -374,11 +350,6 @@ def config_dict(*configs: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
             value = getattr(cfg, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
-
-
-def config_yaml(*configs: Any, exclude: Iterable[str] = ()) -> str:
-    """The resolved settings as YAML that `--config` reads back."""
-    return yaml.safe_dump(config_dict(*configs, exclude=exclude), sort_keys=False, default_flow_style=None)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,6 @@ from typing import ClassVar, get_args
 from tqdm.auto import tqdm
 
 from rsp.config import option, require, require_choice, require_min
-from rsp.core.injection import Injection
 from rsp.core.insert import PromptTokens
 from rsp.engines.args import PARALLEL_SIZES, EngineArgs
 from rsp.engines.base import SamplingConfig
@@ -27,7 +26,7 @@ from rsp.models.loading import ModelBase
 from rsp.records import SAMPLES, SampleRecord, append_samples, read_samples
 from rsp.renamed import renamed_key, renamed_method
 from rsp.runio import RunDirError, prepare_run_dir, read_run_config
-from rsp.tasks.base import Problem, Task
+from rsp.tasks.base import Task
 from rsp.tasks.grading import Grader
 from rsp.tasks.prompts import PromptBuilder, PromptStyle
 from rsp.tasks.registry import load_task
@@ -93,18 +92,12 @@ class EvalConfig(InjectionArgs, EngineArgs):
         self.validate_engine(ConfigError)
         require_choice(self.prompt_style, "prompt_style", PROMPT_STYLES, ConfigError)
         need(bool(self.methods), "methods", "must name at least one method")
-        need(
-            len(set(self.methods)) == len(self.methods),
-            "methods",
-            f"lists a method twice: {','.join(self.methods)}",
-        )
+        distinct = len(set(self.methods)) == len(self.methods)
+        need(distinct, "methods", f"lists a method twice: {','.join(self.methods)}")
         known = method_names()
         for m in self.methods:
-            need(
-                m in known,
-                "methods",
-                renamed_method(m) or f"names an unknown method {m!r}; known methods: {', '.join(known)}",
-            )
+            unknown = renamed_method(m) or f"names an unknown method {m!r}; known methods: {', '.join(known)}"
+            need(m in known, "methods", unknown)
         try:
             self.sampling().validate()
         except ValueError as exc:
@@ -126,8 +119,7 @@ class EvalConfig(InjectionArgs, EngineArgs):
     @classmethod
     def from_dict(cls, d: dict) -> EvalConfig:
         """From a saved run's config."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             renamed = [r for r in map(renamed_key, unknown) if r]
             raise ConfigError("; ".join(renamed) or f"unknown eval setting(s): {', '.join(unknown)}")
@@ -152,8 +144,7 @@ class EvalConfig(InjectionArgs, EngineArgs):
 def keep_saved_seed_scheme(out: Path, config: EvalConfig) -> EvalConfig:
     """`config`, with common random numbers off when `out` holds a run saved before that setting existed:
     such a run derived every decode seed from the method name, and its config.json lacks the key, which
-    `EvalConfig.to_dict` also leaves out when the setting is off, so the settings compare equal.
-    """
+    `EvalConfig.to_dict` also leaves out when the setting is off, so the settings compare equal."""
     try:
         saved = read_run_config(out, kind="eval")
     except RunDirError:
@@ -217,7 +208,12 @@ def run_eval(
         builder = PromptBuilder.for_task(generator.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
         injections = {m: generator.injection(config.rsp_config(m)) for m in config.methods}
-        _check_context(generator, prompts, config, injections)
+        # each method's own length: a soft prompt file fixes L, not --rsp-length
+        method, longest = max(injections.items(), key=lambda kv: kv[1].length)
+        try:
+            generator.check_context(prompts, longest, config.max_new_tokens)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} ({method}); lower --max-new-tokens or the injection length") from None
         bar = tqdm(
             total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}"
         )
@@ -232,11 +228,29 @@ def run_eval(
                 stop=builder.stop_strings,
                 common_random_numbers=config.common_random_numbers,
             ):
-                new = [
-                    _record(task.problems[p], batch.method, a, seed, decode_seed, prompts[p], comp, grader)
-                    for (p, a), seed, comp in zip(batch.rows, seeds, completions, strict=True)
-                    if (task.problems[p].id, batch.method, a) not in done
-                ]
+                new: list[SampleRecord] = []
+                for (p, a), rsp_seed, comp in zip(batch.rows, seeds, completions, strict=True):
+                    problem = task.problems[p]
+                    if (problem.id, batch.method, a) in done:
+                        continue
+                    grade = grader.grade(comp.text, problem.answer)
+                    record = SampleRecord(
+                        problem_id=problem.id,
+                        method=batch.method,
+                        attempt=a,
+                        rsp_seed=rsp_seed,
+                        decode_seed=decode_seed,
+                        prompt_hash=prompt_hash(prompts[p]),
+                        completion=comp.text,
+                        token_ids=list(comp.token_ids),
+                        num_tokens=len(comp.token_ids),
+                        finish_reason=comp.finish_reason,
+                        extracted=grade.extracted,
+                        gold=problem.answer,
+                        correct=grade.correct,
+                        grade_method=grade.method,
+                    )
+                    new.append(record)
                 append_samples(samples_path, new)
                 done.update((r["problem_id"], r["method"], r["attempt"]) for r in new)
                 existing.extend(new)
@@ -244,43 +258,3 @@ def run_eval(
         bar.close()
         oom_events = list(generator.engine.oom_events)
     return EvalRun(out, config, existing, task, time.time() - t0, oom_events)
-
-
-def _check_context(
-    generator: Generator, prompts: list[PromptTokens], config: EvalConfig, injections: dict[str, Injection]
-) -> None:
-    """Fail before sampling, using each method's own length (a soft prompt file fixes L, not --rsp-length)."""
-    method, injection = max(injections.items(), key=lambda kv: kv[1].length)
-    try:
-        generator.check_context(prompts, injection, config.max_new_tokens)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} ({method}); lower --max-new-tokens or the injection length") from None
-
-
-def _record(
-    problem: Problem,
-    method: str,
-    attempt: int,
-    seed: int | None,
-    decode_seed: int,
-    prompt: PromptTokens,
-    comp,
-    grader: Grader,
-) -> SampleRecord:
-    grade = grader.grade(comp.text, problem.answer)
-    return SampleRecord(
-        problem_id=problem.id,
-        method=method,
-        attempt=attempt,
-        rsp_seed=seed,
-        decode_seed=decode_seed,
-        prompt_hash=prompt_hash(prompt),
-        completion=comp.text,
-        token_ids=list(comp.token_ids),
-        num_tokens=len(comp.token_ids),
-        finish_reason=comp.finish_reason,
-        extracted=grade.extracted,
-        gold=problem.answer,
-        correct=grade.correct,
-        grade_method=grade.method,
-    )

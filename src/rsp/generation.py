@@ -90,8 +90,7 @@ def plan_batches(num_prompts: int, n: int, methods: Sequence[str], batch_size: i
 def decode_seed_for(seed: int, batch: WorkBatch, *, common: bool = False) -> int:
     """The decoding seed of a planned batch. `common` (common random numbers, `rsp eval`'s default) leaves
     the method out, so every method's batch of the same prompts samples from the same random stream and the
-    noise common to both arms cancels in a paired comparison.
-    """
+    noise common to both arms cancels in a paired comparison."""
     if common:
         return derive_seed(seed, "decode", batch.group, batch.chunk)
     return derive_seed(seed, "decode", batch.method, batch.group, batch.chunk)
@@ -102,8 +101,7 @@ class Generator:
 
     `model`: a packaged name, Hub id, local folder, `.gguf` file, `(model, tokenizer)` pair or rsp model.
     `engine`: `hf`, `lean`, `prefix` or `vllm` (which loads only the tokenizer and embedding table here);
-    `engine_options` go to the engine (vLLM: `tensor_parallel_size`, ...).
-    """
+    `engine_options` go to the engine (vLLM: `tensor_parallel_size`, ...)."""
 
     def __init__(
         self,
@@ -281,8 +279,7 @@ def generate(
     """Per prompt, `n` completions each carrying its own RSP (`rsp=None`: plain sampling); `options` are
     `Generator.generate`'s (`n`, `rsp`, `temperature`, `seed`, `keys`, ...) and the engine's. `model` may
     also be a `Generator`, reused as is. Prompts are strings (with the chat template where there is one;
-    `chat=False` sends them raw), chat message lists, or `PromptTokens`.
-    """
+    `chat=False` sends them raw), chat message lists, or `PromptTokens`."""
     names = set(inspect.signature(Generator.generate).parameters) - {"self", "prompts"}
     engine_options = {k: options.pop(k) for k in list(options) if k not in names}
     gen = (

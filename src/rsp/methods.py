@@ -41,8 +41,7 @@ class RSPConfig:
         position: `after_generation_prompt`, `end_of_user_turn` or `prepend`.
         method: `rsp` or any registered control / baseline (`rsp methods`).
         stats_rows, stats_mean: fit on `all` rows or the tokenizer's `tokens`; `scalar` or `per_dim` mean.
-        method_options: settings only one method reads (`soft_prompt` file, `noise_alpha`, ...).
-    """
+        method_options: settings only one method reads (`soft_prompt` file, `noise_alpha`, ...)."""
 
     length: int = 4
     scale: float = 1.0
@@ -67,10 +66,9 @@ class RSPConfig:
         )
 
     def validate(self) -> RSPConfig:
-        if self.length < 0:
-            raise ValueError(f"RSPConfig.length must be >= 0, got {self.length}")
-        if self.scale < 0:
-            raise ValueError(f"RSPConfig.scale must be >= 0, got {self.scale}")
+        for name in ("length", "scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RSPConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.position not in INSERTION_POINTS:
             raise ValueError(
                 f"RSPConfig.position must be one of {', '.join(INSERTION_POINTS)}, got {self.position!r}"
@@ -84,15 +82,8 @@ class RSPConfig:
         return self
 
     def key(self) -> tuple:
-        return (
-            self.length,
-            self.scale,
-            self.position,
-            self.method,
-            self.stats_rows,
-            self.stats_mean,
-            tuple(sorted((k, str(v)) for k, v in self.method_options.items())),
-        )
+        opts = tuple(sorted((k, str(v)) for k, v in self.method_options.items()))
+        return (self.length, self.scale, self.position, self.method, self.stats_rows, self.stats_mean, opts)
 
 
 STATS_ROWS: tuple[str, ...] = get_args(RowSelection)
@@ -120,10 +111,7 @@ class InjectionArgs:
         group=_INJECTION,
     )
     rsp_stats_mean: str = option(
-        "scalar",
-        "isotropic (scalar) or per-dimension mean",
-        choices=STATS_MEANS,
-        group=_INJECTION,
+        "scalar", "isotropic (scalar) or per-dimension mean", choices=STATS_MEANS, group=_INJECTION
     )
     method_options: dict = option(
         default_factory=dict,
@@ -197,7 +185,10 @@ class Method:
 
     def build(self, lm: ModelBase, config: RSPConfig | None = None) -> Injection:
         config = replace(config, method=self.name) if config else RSPConfig(method=self.name)
-        _check_option_keys(self, config)
+        for key in config.method_options:  # a renamed option is an error naming the new key, not ignored
+            renamed = renamed_key(key, f"method option of {self.name}")
+            if renamed and key not in (self.option_keys or ()):
+                raise ValueError(renamed)
         injection = self.factory(lm, config)
         injection.name = self.name
         return injection
@@ -206,23 +197,22 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 # Modules that register the built-in methods beyond `temperature` and `rsp`, imported on the first lookup.
 BUILTIN_PLUGINS: tuple[str, ...] = ("rsp.baselines.controls",)
-# "own" while this module registers `temperature` and `rsp` (the plugins import it, so not yet), then
-# "unloaded" until the first lookup.
-_plugins: Literal["own", "unloaded", "loading", "loaded"] = "own"
+# True from the end of this module (the plugins import it, so not while it registers `temperature` and
+# `rsp`) until the first lookup imports them.
+_plugins_pending = False
 
 
 def _registry() -> dict[str, Method]:
     """The registry, after the first call has imported `BUILTIN_PLUGINS`."""
-    global _plugins
-    if _plugins == "unloaded":
-        _plugins = "loading"
+    global _plugins_pending
+    if _plugins_pending:
+        _plugins_pending = False  # the plugins' own registrations come back here
         try:
             for module in BUILTIN_PLUGINS:
                 importlib.import_module(module)
         except BaseException:
-            _plugins = "unloaded"
+            _plugins_pending = True
             raise
-        _plugins = "loaded"
     return _REGISTRY
 
 
@@ -291,16 +281,6 @@ def build_method(name: str, lm: ModelBase, config: RSPConfig | None = None) -> I
     return get_method(name).build(lm, config)
 
 
-def _check_option_keys(method: Method, config: RSPConfig) -> None:
-    """A method option renamed before the first release (`alpha` of rsp-scaled is `rsp_scale`) is an
-    error naming the new key, not silently ignored."""
-    keys = method.option_keys or ()
-    for key in config.method_options:
-        renamed = renamed_key(key, f"method option of {method.name}")
-        if key not in keys and renamed:
-            raise ValueError(renamed)
-
-
 def embedding_stats_for(lm: ModelBase, config: RSPConfig):
     """The embedding statistics `config` asks for (which rows, which mean)."""
     return lm.embedding_stats(rows=config.stats_rows, mean_mode=config.stats_mean)  # type: ignore[arg-type]
@@ -339,4 +319,4 @@ def _rsp(lm: ModelBase, o: RSPConfig) -> Injection:
     return random_soft_prompt(lm, o)
 
 
-_plugins = "unloaded"
+_plugins_pending = True

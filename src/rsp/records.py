@@ -7,8 +7,8 @@ lets mypy check its fields while it round-trips through `json` unchanged.
 
 Writers refuse a record with a missing or undeclared field; readers name the file, line and missing field
 of a malformed line and keep `rsp.runio`'s repair of a torn last line. The format's version is
-`rsp.runio.SCHEMA_VERSION`; version 0 lines (no `schema_version` in config.json) read unchanged, a later
-change of fields maps older lines in `_upgrade`, and a run from a newer rsp is refused.
+`rsp.runio.SCHEMA_VERSION`; version 0 lines (no `schema_version` in config.json) read unchanged (versions 0
+and 1 have the same fields), and a run from a newer rsp is refused.
 """
 
 # No `from __future__ import annotations` here: TypedDict must see `NotRequired` as an object, not a string,
@@ -28,21 +28,6 @@ from rsp.runio import (
     read_run_config,
 )
 
-__all__ = [
-    "ROLLOUTS",
-    "SAMPLES",
-    "SCHEMA_VERSION",
-    "RecordError",
-    "RolloutRecord",
-    "SampleRecord",
-    "append_rollouts",
-    "append_samples",
-    "read_eval_run",
-    "read_rollouts",
-    "read_samples",
-    "write_rollouts",
-]
-
 SAMPLES = "samples.jsonl"
 ROLLOUTS = "rollouts.jsonl"
 
@@ -53,9 +38,7 @@ class SampleRecord(TypedDict):
     problem_id: str
     method: str
     attempt: int  # index among the problem's n attempts under this method
-    rsp_seed: (
-        int | None
-    )  # `injection.rows([rsp_seed])` rebuilds the attempt's vectors; None: nothing injected
+    rsp_seed: int | None  # `injection.rows([rsp_seed])` rebuilds its vectors; None: nothing injected
     decode_seed: int | None  # the batch's sampling seed; None in records converted from lm-eval
     prompt_hash: str | None
     completion: str
@@ -92,11 +75,6 @@ def _fields(schema: type) -> tuple[frozenset[str], frozenset[str]]:
     return schema.__required_keys__, schema.__optional_keys__  # type: ignore[attr-defined]
 
 
-def _upgrade(record: dict, version: int) -> dict:
-    """A line written under `version`, in the current format. Versions 0 and 1 have the same fields."""
-    return record
-
-
 def _read(path: Path, schema: type, *, repair: bool, version: int) -> list[dict]:
     if version > SCHEMA_VERSION:
         raise RecordError(
@@ -109,13 +87,12 @@ def _read(path: Path, schema: type, *, repair: bool, version: int) -> list[dict]
     for lineno, obj in read_jsonl_lines(path, repair=repair):
         if not isinstance(obj, dict):
             raise RecordError(f"{path}, line {lineno}: a {name} record must be a JSON object")
-        record = _upgrade(obj, version)
-        missing = sorted(required - record.keys())
+        missing = sorted(required - obj.keys())
         if missing:
             raise RecordError(
                 f"{path}, line {lineno}: {name} record lacks field(s) {', '.join(map(repr, missing))}"
             )
-        out.append(record)
+        out.append(obj)
     return out
 
 

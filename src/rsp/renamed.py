@@ -33,7 +33,9 @@ RENAMED: dict[str, dict[str, str]] = {
 _SETTINGS = RENAMED["setting"]
 
 
-def _flag(name: str) -> str:
+def flag_of(name: str) -> str:
+    """The flag of config field `name`: `rsp_length` -> `--rsp-length` (`method_options` is spelled
+    `--method-option`, once per KEY=VALUE)."""
     return "--method-option" if name == "method_options" else "--" + name.replace("_", "-")
 
 
@@ -43,7 +45,7 @@ def renamed_flag(flag: str) -> str | None:
         return None
     old = flag.split("=", 1)[0]
     new = _SETTINGS.get(old[2:].replace("-", "_"))
-    return f"{old} was renamed to {_flag(new)}" if new else None
+    return f"{old} was renamed to {flag_of(new)}" if new else None
 
 
 def renamed_key(key: object, what: str = "setting") -> str | None:

@@ -35,11 +35,8 @@ def per_problem_table(
     for r in records:
         if r["method"] in table:
             table[r["method"]][r["problem_id"]].append(r)
-    complete = (
-        set.intersection(*[{pid for pid, rs in table[m].items() if len(rs) >= n} for m in methods])
-        if methods
-        else set()
-    )
+    finished = [{pid for pid, rs in table[m].items() if len(rs) >= n} for m in methods]
+    complete = set.intersection(*finished) if finished else set()
     return {
         m: {
             pid: sorted(rs, key=lambda r: r["attempt"])[:n] for pid, rs in table[m].items() if pid in complete
@@ -102,10 +99,8 @@ def markdown_table(summary: dict) -> str:
         "|---" * (len(cols) + 1) + "|",
     ]
     for m, vals in summary["methods"].items():
-        digits = [3 if c not in ("distinct_answers", "mean_tokens") else 1 for c in cols]
-        lines.append(
-            f"| {m} | " + " | ".join(_fmt(vals[c], d) for c, d in zip(cols, digits, strict=True)) + " |"
-        )
+        cells = [_fmt(vals[c], 1 if c in ("distinct_answers", "mean_tokens") else 3) for c in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary.get("paired"):
         pcols = ["accuracy", *[f"pass@{k}" for k in ks], f"maj@{ks[-1]}"]
         lines += [
@@ -142,11 +137,9 @@ def plot_passk(summary: dict, path: Path, title: str) -> None:
     ks = list(range(1, n + 1))
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, vals in summary["methods"].items():
-        mean = [vals[f"pass@{k}"]["mean"] for k in ks]
-        low = [vals[f"pass@{k}"]["ci_low"] for k in ks]
-        high = [vals[f"pass@{k}"]["ci_high"] for k in ks]
-        ax.plot(ks, mean, marker="o", ms=3, label=m)
-        ax.fill_between(ks, low, high, alpha=0.2)
+        curve = [vals[f"pass@{k}"] for k in ks]
+        ax.plot(ks, [c["mean"] for c in curve], marker="o", ms=3, label=m)
+        ax.fill_between(ks, [c["ci_low"] for c in curve], [c["ci_high"] for c in curve], alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (attempts)")
     ax.set_ylabel("pass@k (unbiased estimator)")
@@ -154,12 +147,8 @@ def plot_passk(summary: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.text(
-        0.01,
-        0.01,
-        f"{summary['problems']} problems, n={n}; bands: 95% bootstrap CI over problems",
-        fontsize=7,
-    )
+    note = f"{summary['problems']} problems, n={n}; bands: 95% bootstrap CI over problems"
+    fig.text(0.01, 0.01, note, fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -210,8 +199,7 @@ def parse_arm(spec: str) -> tuple[str, Path, str]:
 def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dict:
     """Paired summary of (label, run, method) arms from different eval runs on the same problems (a base
     model and a trained one live in separate runs; pairing by problem gives the tighter intervals). The runs
-    must agree on task and n; the first arm is the baseline.
-    """
+    must agree on task and n; the first arm is the baseline."""
     if len(arms) < 2:
         raise ValueError("rsp compare needs at least two --arm values")
     labels = [a[0] for a in arms]

@@ -52,17 +52,16 @@ class RunConfig:
 
 def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -> RunConfig:
     """Read `run_dir/config.json` as a `RunConfig`, raising a `RunDirError` for a missing, unreadable or
-    newer-rsp one (and, with `kind`, for a run of another kind); `hint` ends the unreadable-file message."""
+    newer-rsp one (and, with `kind`, for a run of another kind); `hint` ends the message of the last two."""
     path = Path(run_dir) / CONFIG
+    tail = f"; {hint}" if hint else ""
     what = f"an rsp {kind} run" if kind else "an rsp run directory"
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not {what} (no {CONFIG})")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(
-            f"{path} exists but is unreadable ({exc})" + (f"; {hint}" if hint else "")
-        ) from None
+        raise RunDirError(f"{path} exists but is unreadable ({exc}){tail}") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise RunDirError(f"{path} is not an rsp run config (no 'config' object)")
     version = saved.get("schema_version", 0)
@@ -75,7 +74,7 @@ def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -
         )
     found = saved.get("kind")
     if kind is not None and found != kind:
-        raise RunDirError(f"{run_dir} holds a {found!r} run, not {what}")
+        raise RunDirError(f"{run_dir} holds a {found!r} run, not {what}{tail}")
     return RunConfig(kind=str(found), config=saved["config"], schema_version=version)
 
 
@@ -88,17 +87,8 @@ def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
     if not os.access(out, os.W_OK):
         raise RunDirError(f"output directory {out} is not writable")
     cfg_path = out / CONFIG
-    record = {
-        "kind": kind,
-        "config_hash": config_hash(config),
-        "config": config,
-        "schema_version": SCHEMA_VERSION,
-    }
     if cfg_path.is_file():
-        saved = read_run_config(out, hint="use a new --out directory")
-        if saved.kind != kind:
-            raise RunDirError(f"{out} holds a {saved.kind!r} run, not {kind!r}; use a new --out directory")
-        old = saved.config
+        old = read_run_config(out, kind=kind, hint="use a new --out directory").config
         renamed = [r for r in (renamed_key(k) for k in sorted(set(old) - set(config))) if r]
         if renamed:
             raise RunDirError(f"{cfg_path}: {'; '.join(renamed)}; rename it in the file to resume this run")
@@ -110,6 +100,7 @@ def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
                 "resume with the same settings or choose a new --out directory"
             )
         return True
+    record = dict(kind=kind, config_hash=config_hash(config), config=config, schema_version=SCHEMA_VERSION)
     try:
         atomic_write_text(cfg_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
@@ -129,23 +120,15 @@ def read_jsonl_lines(path: Path, *, repair: bool = True) -> list[tuple[int, dict
     data = path.read_bytes()
     records: list[tuple[int, dict]] = []
     good_end = 0
-    pos = 0
-    lineno = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break  # no newline: torn final line
-        lineno += 1
-        line = data[pos:nl]
+    for lineno, line in enumerate(data.split(b"\n")[:-1], 1):  # [:-1]: a torn final line has no newline
         if line.strip():
             try:
                 records.append((lineno, json.loads(line)))
             except json.JSONDecodeError:
-                if nl + 1 < len(data):  # a bad line followed by more data is corruption, not a torn tail
+                if good_end + len(line) + 1 < len(data):  # a bad line followed by more data is corruption
                     raise RunDirError(f"{path}: corrupt record on line {lineno}") from None
                 break
-        pos = nl + 1
-        good_end = pos
+        good_end += len(line) + 1
     if repair and good_end < len(data):
         with open(path, "r+b") as f:
             f.truncate(good_end)

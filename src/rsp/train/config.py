@@ -3,24 +3,15 @@ field is a flag of `rsp train` and a key of its `--config` file (the keys of the
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 from rsp.config import ModelArgs, option, require, require_choice, require_min
 from rsp.core.insert import INSERTION_POINTS
 
 TRAINERS = ("native", "trl")
-_MODEL, _TASK, _RSP, _DAPO, _REWARD, _LORA, _RUN = (
-    "model",
-    "task",
-    "injection",
-    "DAPO",
-    "reward",
-    "LoRA",
-    "run",
-)
+_MODEL, _TASK, _RSP, _DAPO = "model", "task", "injection", "DAPO"
+_REWARD, _LORA, _RUN = "reward", "LoRA", "run"
 
 
 class DAPOConfigError(ValueError):
@@ -123,12 +114,7 @@ class DAPOConfig(ModelArgs):
             "train_problems",
             f"({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})",
         )
-        need(self.trainer in TRAINERS, "trainer", f"must be native or trl, got {self.trainer!r}")
-        need(
-            isinstance(self.trl_args, dict),
-            "trl_args",
-            f"must be a mapping of GRPOConfig fields, got {self.trl_args!r}",
-        )
+        require_choice(self.trainer, "trainer", TRAINERS, DAPOConfigError)
         need(not self.trl_args or self.trainer == "trl", "trl_args", "apply to --trainer trl only")
         if self.lora:
             at_least(1, "lora_r")
@@ -156,24 +142,3 @@ class DAPOConfig(ModelArgs):
         if not data["trl_args"]:
             del data["trl_args"]
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DAPOConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DAPOConfigError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**data).validate()
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> DAPOConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DAPOConfigError(f"cannot read config {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise DAPOConfigError(f"config {path} must hold a JSON object")
-        return cls.from_dict(data.get("config", data) if "kind" in data else data)

@@ -13,7 +13,8 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -52,20 +53,14 @@ class SampledBatch:
     groups_sampled: int
     extra_rounds: int
     shortfall: int
-    cursor_after: int = 0
-    metrics: dict = field(default_factory=dict)
 
 
 def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
     """DAPO Eq. 13: 0 up to max_len - buffer, then linear down to -penalty at max_len, -penalty beyond."""
-    if buffer <= 0:
-        return 0.0
     free = max_len - buffer
-    if length <= free:
+    if buffer <= 0 or length <= free:
         return 0.0
-    if length <= max_len:
-        return (free - length) / buffer * penalty
-    return -penalty
+    return (free - length) / buffer * penalty if length <= max_len else -penalty
 
 
 def shaped_reward(cfg: DAPOConfig, correct: bool, length: int) -> float:
@@ -94,11 +89,7 @@ def build_injection(lm: LoadedModel, cfg: DAPOConfig) -> Injection:
     if cfg.rsp_length == 0:
         return NoInjection(cfg.rsp_position)
     return RandomSoftPrompt(
-        lm.embedding_stats(),
-        cfg.rsp_length,
-        scale=cfg.rsp_scale,
-        position=cfg.rsp_position,
-        granularity="attempt",
+        lm.embedding_stats(), cfg.rsp_length, scale=cfg.rsp_scale, position=cfg.rsp_position
     )
 
 
@@ -195,9 +186,8 @@ class DAPOTrainer:
             self.peft_model = get_peft_model(lm.model, cfg.lora_config())
         else:
             unfreeze_for_training(lm.model)
-        self.ref_model = None
-        if cfg.beta > 0 and not cfg.lora:
-            self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False)
+        frozen_copy = cfg.beta > 0 and not cfg.lora  # the KL reference (LoRA: the model, adapters off)
+        self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False) if frozen_copy else None
         self.trainable = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.trainable:
             raise RuntimeError(
@@ -205,15 +195,12 @@ class DAPOTrainer:
             )
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine = HFEngine(lm)
-        self.sampling = SamplingConfig(
-            temperature=cfg.temperature, top_p=1.0, top_k=0, min_p=0.0, max_new_tokens=cfg.max_new_tokens
-        )
+        self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.cursor = DataCursor(len(self.problems), cfg.seed)
         self.step = 0
         self.last_rollouts: list[Rollout] = []
         self.last_kept: list[bool] = []
 
-    # ---------------------------------------------------------------- rollouts
     def rollout_group(self, problem: Problem, step: int, round_: int) -> list[Rollout]:
         cfg = self.cfg
         prompt = self.prompt_of(problem)
@@ -260,7 +247,6 @@ class DAPOTrainer:
             round_ += 1
         return SampledBatch(kept, everything, sampled, round_, cfg.prompts_per_step - len(kept))
 
-    # ---------------------------------------------------------------- update
     def logprobs(self, rollouts: Sequence[Rollout], model: torch.nn.Module | None = None):
         return completion_logprobs(
             self.lm,
@@ -277,9 +263,9 @@ class DAPOTrainer:
         step = self.step
         sb = self.sample_batch(step)
         self.last_rollouts = sb.all_rollouts
-        kept_ids = {id(r) for g in sb.groups for r in g}
-        self.last_kept = [id(r) in kept_ids for r in sb.all_rollouts]
         rollouts = [r for g in sb.groups for r in g]
+        kept_ids = {id(r) for r in rollouts}
+        self.last_kept = [id(r) in kept_ids for r in sb.all_rollouts]
         m: dict = {
             "step": step + 1,
             "reward_mean": _mean([r.reward for r in sb.all_rollouts]),
@@ -307,27 +293,16 @@ class DAPOTrainer:
     def _update(self, rollouts: list[Rollout]) -> dict:
         """DAPO update(s) on the kept rollouts in micro-batches (all at once peaked near 9 GB for 16 x 280
         tokens on SmolLM2); each micro-batch loss is divided by the whole batch's token count, so the
-        accumulated gradient equals the one-pass gradient.
-        """
+        accumulated gradient equals the one-pass gradient."""
         cfg = self.cfg
         mb = cfg.micro_batch_size or len(rollouts)
-        chunks = [rollouts[i : i + mb] for i in range(0, len(rollouts), mb)]
-        advs = [
-            torch.tensor([r.advantage for r in c], dtype=torch.float32, device=self.lm.device) for c in chunks
-        ]
-        keeps = [
-            torch.tensor(
-                [not (cfg.mask_truncated and r.finish_reason == "length") for r in c],
-                dtype=torch.float32,
-                device=self.lm.device,
-            )
-            for c in chunks
-        ]
-        num_tokens = float(
-            sum(
-                len(r.token_ids) for r in rollouts if not (cfg.mask_truncated and r.finish_reason == "length")
-            )
-        )
+        starts = range(0, len(rollouts), mb)
+        chunks = [rollouts[i : i + mb] for i in starts]
+        kept = [not (cfg.mask_truncated and r.finish_reason == "length") for r in rollouts]
+        num_tokens = float(sum(len(r.token_ids) for r, k in zip(rollouts, kept, strict=True) if k))
+        as_tensor = partial(torch.tensor, dtype=torch.float32, device=self.lm.device)
+        advs = [as_tensor([r.advantage for r in c]) for c in chunks]
+        keeps = [as_tensor(kept[i : i + mb]) for i in starts]
         self.lm.model.train()
         olds: list[torch.Tensor | None] = [None] * len(chunks)
         refs: list[torch.Tensor | None] = [None] * len(chunks)
@@ -378,7 +353,6 @@ class DAPOTrainer:
         out["updated"] = True
         return out
 
-    # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         names = {id(p): n for n, p in self.lm.model.named_parameters()}
         return {

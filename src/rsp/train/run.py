@@ -6,6 +6,7 @@ directory can come from anywhere, and a full unpickle would run whatever code a 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -59,9 +60,8 @@ def load_checkpoint(path: Path) -> dict:
             f"({first}); rsp checkpoints never do, so it was not written by rsp train. Move it "
             "away (the run resumes from the previous checkpoint) or start a new --out"
         ) from None
-    if not isinstance(state, dict) or not {"step", "cursor", "trainable", "optimizer", "torch_rng"} <= set(
-        state
-    ):
+    needed = {"step", "cursor", "trainable", "optimizer", "torch_rng"}
+    if not isinstance(state, dict) or not needed <= state.keys():
         raise CheckpointError(f"{path} is not an rsp train checkpoint")
     return state
 
@@ -85,14 +85,7 @@ def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
         seed=cfg.seed,
     )
     builder = PromptBuilder.for_task(lm.tokenizer, task)
-    cache: dict[str, object] = {}
-
-    def prompt_of(problem):
-        if problem.id not in cache:
-            cache[problem.id] = builder.build(problem)
-        return cache[problem.id]
-
-    return task.problems, prompt_of, builder
+    return task.problems, functools.cache(builder.build), builder
 
 
 def train(
@@ -116,42 +109,30 @@ def train(
     close = None
     if reward_fn is None:
         reward_fn, close = grader_reward(cfg.grader_timeout)
-    problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
-    if cfg.trainer == "trl":
-        try:
-            return train_with_trl(
-                cfg,
-                out,
-                lm,
-                problems,
-                builder,
-                reward_fn,
-                resuming=resuming,
-                save_merged=save_merged,
-                stop_after=stop_after,
-            )
-        finally:
-            if close is not None:
-                close()
-    trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=builder.stop_strings)
-    metrics_path = out / "metrics.jsonl"
-    rollouts_path = out / ROLLOUTS
-    ckpt = latest_checkpoint(out) if resuming else None
-    records = []
-    if ckpt is not None:
-        trainer.load_state_dict(load_checkpoint(ckpt))
-        # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
-        records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-        version = read_run_config(out, kind="train").schema_version
-        rollouts = read_rollouts(rollouts_path, repair=True, version=version)
-        write_rollouts(rollouts_path, [r for r in rollouts if r["step"] <= trainer.step])
-    else:
-        for path in (metrics_path, rollouts_path):
-            path.unlink(missing_ok=True)
-    log = JsonlAppender(metrics_path)
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     try:
+        problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
+        if cfg.trainer == "trl":
+            return train_with_trl(
+                cfg, out, lm, problems, builder, reward_fn, resuming, save_merged, stop_after
+            )
+        trainer = DAPOTrainer(lm, cfg, problems, prompt_of, reward_fn, stop_strings=builder.stop_strings)
+        metrics_path = out / "metrics.jsonl"
+        rollouts_path = out / ROLLOUTS
+        ckpt = latest_checkpoint(out) if resuming else None
+        records = []
+        if ckpt is not None:
+            trainer.load_state_dict(load_checkpoint(ckpt))
+            # Steps logged after the checkpoint will be redone with the same data and seeds: drop them.
+            records = [r for r in read_jsonl_records(metrics_path) if r["step"] <= trainer.step]
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+            version = read_run_config(out, kind="train").schema_version
+            rollouts = read_rollouts(rollouts_path, repair=True, version=version)
+            write_rollouts(rollouts_path, [r for r in rollouts if r["step"] <= trainer.step])
+        else:
+            for path in (metrics_path, rollouts_path):
+                path.unlink(missing_ok=True)
+        log = JsonlAppender(metrics_path)
+        end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         with tqdm(total=cfg.steps, initial=trainer.step, desc="rsp-dapo", disable=not progress) as bar:
             while trainer.step < end:
                 m = trainer.train_step()
@@ -174,14 +155,9 @@ def train(
         if trainer.peft_model is not None:
             trainer.peft_model.save_pretrained(str(out / "adapter"))
         if save_merged:
-            save_merged_model(trainer, out / "merged")
+            model = trainer.peft_model if trainer.peft_model is not None else trainer.lm.model
+            write_merged(model, trainer.lm.tokenizer, out / "merged")
     return records
-
-
-def save_merged_model(trainer: DAPOTrainer, path: Path) -> None:
-    write_merged(
-        trainer.peft_model if trainer.peft_model is not None else trainer.lm.model, trainer.lm.tokenizer, path
-    )
 
 
 def write_merged(model, tokenizer, path: Path) -> None:
@@ -229,8 +205,7 @@ def plot_curves(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
     steps = [r["step"] for r in records]
     for ax, key in zip(axes.flat, CURVE_KEYS, strict=True):
-        ys = [r.get(key, math.nan) for r in records]
-        ax.plot(steps, ys, marker="o", markersize=2)
+        ax.plot(steps, [r.get(key, math.nan) for r in records], marker="o", markersize=2)
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -269,18 +244,16 @@ def train_with_trl(
     problems,
     builder,
     reward_fn: RewardFn,
-    *,
     resuming: bool,
     save_merged: bool,
-    stop_after: int | None = None,
+    stop_after: int | None,
 ) -> list[dict]:
     """The TRL path (`--trainer trl`): RSPGRPOTrainer with TRL's own checkpoints under out/trl/;
     metrics.jsonl gets one record per optimizer step as TRL logs it (main process only), and a resume drops
-    the records after its checkpoint, as on the native path.
-    """
+    the records after its checkpoint, as on the native path."""
     from rsp.integrations.trl import build_trl_trainer  # TRL: the `train` extra
 
-    metrics_path = out / "metrics.jsonl"
+    metrics_path, trl_dir = out / "metrics.jsonl", out / "trl"
 
     class StepLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -298,17 +271,13 @@ def train_with_trl(
         problems,
         builder,
         reward_fn,
-        str(out / "trl"),
+        str(trl_dir),
         save_strategy="steps",
         save_steps=cfg.checkpoint_every,
         save_total_limit=2,
     )
     trainer.add_callback(StepLog())
-    ckpts = (
-        sorted((out / "trl").glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1]))
-        if resuming
-        else []
-    )
+    ckpts = sorted(trl_dir.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1])) if resuming else []
     if trainer.accelerator.is_main_process:
         done = int(ckpts[-1].name.split("-")[-1]) if ckpts else 0
         kept = [r for r in read_jsonl_records(metrics_path) if r["step"] <= done] if ckpts else []
