@@ -78,10 +78,7 @@ def main(argv: Sequence[str]) -> int:
         run_dir = out / "eval"
         run_eval(eval_cfg, run_dir, progress=not cfg.quiet)
     options = AnalysisOptions(
-        k=cfg.k,
-        batch_size=cfg.analysis_batch_size,
-        max_problems=cfg.max_problems,
-        attention=cfg.attention,
+        k=cfg.k, batch_size=cfg.analysis_batch_size, max_problems=cfg.max_problems, attention=cfg.attention
     )
     result = analyse_run(run_dir, options=options, progress=not cfg.quiet)
     write_metrics(result, out)
