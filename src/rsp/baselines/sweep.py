@@ -23,22 +23,12 @@ from tqdm.auto import tqdm
 from rsp.config import field_label, option
 from rsp.evaluation import ConfigError, EvalConfig, run_eval
 from rsp.generation import Generator
-from rsp.methods import (
-    BASELINE,
-    RSPConfig,
-    get_method,
-    method_names,
-)
+from rsp.methods import BASELINE, RSPConfig, get_method, method_names
 from rsp.models.loading import ModelBase
 from rsp.records import SAMPLES, SampleRecord, read_samples
 from rsp.renamed import renamed_method
 from rsp.reporting import pyplot, summarise, write_eval_report
-from rsp.runio import (
-    RunDirError,
-    atomic_write_text,
-    prepare_run_dir,
-    read_run_config,
-)
+from rsp.runio import RunDirError, atomic_write_text, prepare_run_dir, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +83,7 @@ class SweepGrid:
     """The grid of `rsp sweep` (with `rsp eval`'s `--methods` as its method axis): each field is a flag."""
 
     rsp_lengths: tuple[int, ...] = option(
-        default_factory=lambda: DEFAULT_LENGTHS,
-        help="L values, for the methods that read L",
-        group="grid",
+        default_factory=lambda: DEFAULT_LENGTHS, help="L values, for the methods that read L", group="grid"
     )
     rsp_scales: tuple[float, ...] = option(
         default_factory=lambda: DEFAULT_SCALES,
