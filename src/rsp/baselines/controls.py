@@ -1,8 +1,7 @@
 """Control injections that isolate what about an RSP matters, each registered as an `rsp eval` method.
 
-This module registers them (and the trained soft prompt) with `rsp.methods` when imported, together with the
-facts `rsp sweep` reads (which settings each reads, whether it differs per attempt); `rsp.methods` does not
-import it at import time, but imports it by name (`BUILTIN_PLUGINS`) on the registry's first lookup.
+Importing it registers them and the trained soft prompt, with the facts `rsp sweep` reads; `rsp.methods`
+imports it by name (`BUILTIN_PLUGINS`) on the registry's first lookup, never at its own import time.
 
 Every control goes through the same slot code as the RSP (`Injection.apply` -> `fill_slots`), so a
 difference in accuracy can only come from *what* is injected, not from where or how. Random controls
@@ -88,9 +87,6 @@ class TokenRows(Injection):
             raise ValueError(f"{self.name}: no tokenizer attached, cannot decode")
         return self.tokenizer.decode(self.token_ids([seed])[0].tolist(), skip_special_tokens=False)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "candidates": int(self.candidates.numel())}
-
 
 class TokenString(TokenRows):
     """L random real *text* tokens (no special or control tokens): a seed-conditioning-style string.
@@ -169,9 +165,6 @@ class EmbeddingNoise(Injection):
             noise = self.noise(seed, len(cols)).to(embeds.device)
             out[i, cols] = (embeds[i, cols].float() + noise).to(embeds.dtype)
         return out
-
-    def describe(self) -> dict:
-        return {**super().describe(), "noise_alpha": self.alpha, "embed_scale": self.embed_scale}
 
 
 def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) -> torch.Tensor:

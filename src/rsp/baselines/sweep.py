@@ -25,10 +25,10 @@ from rsp.evaluation import ConfigError, EvalConfig, run_eval
 from rsp.generation import Generator
 from rsp.methods import BASELINE, RSPConfig, get_method, method_names
 from rsp.models.loading import ModelBase
-from rsp.records import SAMPLES, SampleRecord, read_samples
+from rsp.records import SampleRecord, read_eval_run
 from rsp.renamed import renamed_method
 from rsp.reporting import Record, pyplot, summarise, write_eval_report
-from rsp.runio import RunDirError, atomic_write_text, prepare_run_dir, read_run_config
+from rsp.runio import RunDirError, atomic_write_text, prepare_run_dir
 
 DEFAULT_METHODS = ("temperature", "rsp")
 DEFAULT_LENGTHS = (1, 2, 4, 8, 16, 32)
@@ -51,12 +51,9 @@ class Cell:
 
     @property
     def name(self) -> str:
-        parts = [self.method, f"T{self.temperature:g}"]
-        if self.length is not None:
-            parts.append(f"L{self.length}")
-        if self.rsp_scale is not None:
-            parts.append(f"a{self.rsp_scale:g}")  # the directory name of sweeps written so far
-        return "_".join(parts)
+        length = "" if self.length is None else f"_L{self.length}"
+        scale = "" if self.rsp_scale is None else f"_a{self.rsp_scale:g}"  # "a": as in sweeps written so far
+        return f"{self.method}_T{self.temperature:g}{length}{scale}"
 
     def eval_config(self, base: EvalConfig, n: int, method_options: dict) -> EvalConfig:
         """The `rsp eval` settings of this cell: the base run with the cell's method, L, scale, temperature,
@@ -141,9 +138,8 @@ class SweepConfig:
         a method does not read (`Method.uses_length`, `uses_scale`) collapse to one cell."""
         methods = [BASELINE] + [m for m in self.methods if m != BASELINE]
         specs = {m: get_method(m) for m in methods}
-        options = dict(self.base.method_options)
         own_length = {  # the L of a method that does not read L (a soft prompt's file), read once
-            m: spec.injected_length(RSPConfig(method=m, method_options=options))
+            m: spec.injected_length(RSPConfig(method=m, method_options=self.base.method_options))
             for m, spec in specs.items()
             if not spec.uses_length
         }
@@ -170,12 +166,11 @@ def _finished_samples(cell_dir: Path, cfg: EvalConfig, problems: int) -> list[Sa
     """The samples of a cell finished on disk with the settings `cfg`, or None: run_eval then starts or
     resumes it, or explains why it cannot (another run, other settings, a newer rsp)."""
     try:
-        saved = read_run_config(cell_dir, kind="eval")
+        saved, records = read_eval_run(cell_dir)
     except RunDirError:
         return None
     if saved.config != cfg.to_dict():
         return None
-    records = read_samples(cell_dir / SAMPLES, version=saved.schema_version)
     keys = {(r["problem_id"], r["attempt"]) for r in records}
     return records if len(keys) >= problems * cfg.n else None
 
@@ -242,17 +237,11 @@ def table_ks(n: int) -> list[int]:
     return ks if n >= 16 or n in ks else [*ks, n]
 
 
-def _renamed(records: Sequence[Record], name: str) -> list[Record]:
-    return [{**r, "method": name} for r in records]
-
-
 def compare_cells(
     cells: list[Cell], records: dict[str, Sequence[Record]], n: int, *, seed: int = 0
 ) -> list[dict]:
     """One row per cell: metrics with 95% CIs, and paired differences against temperature-only at its T."""
-    ks = table_ks(n)
-    maj = f"maj@{min(16, n)}"
-    metrics = ["accuracy", *[f"pass@{k}" for k in ks], maj]
+    metrics = ["accuracy", *[f"pass@{k}" for k in table_ks(n)], f"maj@{min(16, n)}"]
     rows = []
     for cell in cells:
         row: dict = {
@@ -264,11 +253,12 @@ def compare_cells(
             "attempts_run": 1 if cell.replicate else n,
         }
         base_name = Cell(BASELINE, cell.temperature).name
-        recs = _renamed(records.get(cell.name, []), "cell")
-        if cell.name == base_name or base_name not in records:
-            summary = summarise(recs, ["cell"], n, seed=seed)
-        else:
-            summary = summarise(_renamed(records[base_name], "base") + recs, ["base", "cell"], n, seed=seed)
+        recs = [{**r, "method": "cell"} for r in records.get(cell.name, [])]
+        arms = ["cell"]
+        if cell.name != base_name and base_name in records:  # paired with temperature-only at this T
+            recs = [{**r, "method": "base"} for r in records[base_name]] + recs
+            arms = ["base", "cell"]
+        summary = summarise(recs, arms, n, seed=seed)
         row["problems"] = summary["problems"]
         cell_metrics, paired = summary["methods"].get("cell", {}), summary["paired"].get("cell", {})
         for metric in metrics:
