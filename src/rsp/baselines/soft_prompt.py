@@ -158,7 +158,7 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- training
 
 
-_MODEL, _DATA, _TRAINING = "model", "data", "training"
+_MODEL, _DATA = "model", "data"
 
 
 @dataclass
@@ -166,6 +166,7 @@ class SoftPromptTrainConfig:
     """Settings of one soft-prompt training run (saved with the result); each field is a flag of
     `rsp train-soft-prompt` (`rsp_length` is `--rsp-length`)."""
 
+    _argument_group_name = "training"  # the --help group of the fields that name none
     model: str = option("smollm2-135m-instruct", "packaged name, local dir or Hub id", group=_MODEL)
     rsp_length: int = option(4, "L, the number of trained vectors", group=_MODEL)
     rsp_position: str = option(
@@ -183,23 +184,21 @@ class SoftPromptTrainConfig:
     val_size: int = option(64, "held-out examples per source (early stopping)", group=_DATA)
     arith_steps: int = option(1, "synthetic task: operations per problem", group=_DATA)
     arith_max_value: int = option(10, "synthetic task: size of numbers", group=_DATA)
-    steps: int = option(300, "optimizer steps at most", group=_TRAINING)
-    batch_size: int = option(8, "examples per step", group=_TRAINING)
-    lr: float = option(1e-2, "Adam learning rate", group=_TRAINING)
-    eval_every: int = option(25, "steps between held-out evaluations", group=_TRAINING)
-    patience: int = option(4, "evaluations without improvement before stopping", group=_TRAINING)
-    min_delta: float = option(0.0, "held-out improvement that counts as better", group=_TRAINING)
-    seed: int = option(0, "seed of the initialisation and the data order", group=_TRAINING)
+    steps: int = option(300, "optimizer steps at most")
+    batch_size: int = option(8, "examples per step")
+    lr: float = option(1e-2, "Adam learning rate")
+    eval_every: int = option(25, "steps between held-out evaluations")
+    patience: int = option(4, "evaluations without improvement before stopping")
+    min_delta: float = option(0.0, "held-out improvement that counts as better")
+    seed: int = option(0, "seed of the initialisation and the data order")
     prompt_style: str = option(
         "auto", "chat template, plain few-shot text, or auto", choices=("auto", "chat", "plain"), group=_DATA
     )
     max_solution_tokens: int = option(256, "reference solution tokens trained on, at most", group=_DATA)
-    init_scale: float = option(1.0, "std multiplier of the RSP initialisation", group=_TRAINING)
+    init_scale: float = option(1.0, "std multiplier of the RSP initialisation")
     dtype: str = option("float32", "training dtype (the vectors are saved in fp32)", group=_MODEL)
     device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
-    max_seconds: float | None = option(
-        None, "wall-clock budget (the best vectors so far are kept)", group=_TRAINING
-    )
+    max_seconds: float | None = option(None, "wall-clock budget (the best vectors so far are kept)")
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -74,17 +74,15 @@ class Cell:
 class SweepGrid:
     """The grid of `rsp sweep` (with `rsp eval`'s `--methods` as its method axis): each field is a flag."""
 
+    _argument_group_name = "grid"  # the --help group of every field
     rsp_lengths: tuple[int, ...] = option(
-        default_factory=lambda: DEFAULT_LENGTHS, help="L values, for the methods that read L", group="grid"
+        default_factory=lambda: DEFAULT_LENGTHS, help="L values, for the methods that read L"
     )
     rsp_scales: tuple[float, ...] = option(
         default_factory=lambda: DEFAULT_SCALES,
         help="multipliers on the fitted standard deviation, for the methods that read the scale",
-        group="grid",
     )
-    temperatures: tuple[float, ...] = option(
-        default_factory=lambda: DEFAULT_TEMPERATURES, help="0 = greedy", group="grid"
-    )
+    temperatures: tuple[float, ...] = option(default_factory=lambda: DEFAULT_TEMPERATURES, help="0 = greedy")
 
 
 @dataclass
