@@ -79,12 +79,7 @@ def test_early_stopping_keeps_the_best_vectors(tiny_lm, tmp_path):
     result = train_soft_prompt(
         tiny_lm, _config(min_delta=1.0, eval_every=2, patience=2, steps=40), tmp_path, progress=False
     )
-    assert (
-        result.stopped_early
-        and result.stop_reason == "patience"
-        and result.steps_run == 4
-        and result.best_step == 0
-    )
+    assert (result.stop_reason, result.steps_run, result.best_step) == ("patience", 4, 0)
     init = RandomSoftPrompt(tiny_lm.embedding_stats(), 2).rows([derive_seed(0, "soft-prompt-init")])[0]
     assert torch.equal(load_soft_prompt(tmp_path / "soft_prompt.safetensors").vectors, init)
 

@@ -13,7 +13,6 @@ from rsp.analysis.run import AnalysisOptions, analyse_run, write_metrics
 from rsp.config import RSPArgumentParser, option, require_min
 from rsp.evaluation import EvalConfig, run_eval
 
-_ANALYSIS = "analysis"
 # live mode: fewer problems and attempts than `rsp eval`, and the fixed-RSP control beside RSP
 ANALYZE_DEFAULTS = {"n": 8, "methods": ("temperature", "rsp", "rsp-fixed"), "limit": 12}
 
@@ -22,21 +21,16 @@ ANALYZE_DEFAULTS = {"n": 8, "methods": ("temperature", "rsp", "rsp-fixed"), "lim
 class AnalyzeConfig:
     """What `rsp analyze` reads, writes and measures (the eval settings of live mode are `EvalConfig`)."""
 
-    run: str | None = option(
-        None, "an `rsp eval` run directory to analyse (no regeneration needed)", group=_ANALYSIS
-    )
+    _argument_group_name = "analysis"  # the --help group of every field
+    run: str | None = option(None, "an `rsp eval` run directory to analyse (no regeneration needed)")
     out: str | None = option(
-        None,
-        "where to write metrics and the report (default with --run: RUN/analysis; live mode needs it)",
-        group=_ANALYSIS,
+        None, "where to write metrics and the report (default with --run: RUN/analysis; live mode needs it)"
     )
-    k: int = option(32, "generated positions to analyse", group=_ANALYSIS)
-    analysis_batch_size: int = option(16, "rows per forward pass of the analysis", group=_ANALYSIS)
-    max_problems: int | None = option(
-        None, "analyse at most this many problems (default: all)", group=_ANALYSIS
-    )
-    attention: bool = option(True, "measure the attention mass on the injected vectors", group=_ANALYSIS)
-    quiet: bool = option(False, "no progress bars", group=_ANALYSIS)
+    k: int = option(32, "generated positions to analyse")
+    analysis_batch_size: int = option(16, "rows per forward pass of the analysis")
+    max_problems: int | None = option(None, "analyse at most this many problems (default: all)")
+    attention: bool = option(True, "measure the attention mass on the injected vectors")
+    quiet: bool = option(False, "no progress bars")
 
     def validate(self) -> AnalyzeConfig:
         require_min(self, 1, "k", "analysis_batch_size", "max_problems")
@@ -78,10 +72,7 @@ def main(argv: Sequence[str]) -> int:
         run_dir = out / "eval"
         run_eval(eval_cfg, run_dir, progress=not cfg.quiet)
     options = AnalysisOptions(
-        k=cfg.k,
-        batch_size=cfg.analysis_batch_size,
-        max_problems=cfg.max_problems,
-        attention=cfg.attention,
+        k=cfg.k, batch_size=cfg.analysis_batch_size, max_problems=cfg.max_problems, attention=cfg.attention
     )
     result = analyse_run(run_dir, options=options, progress=not cfg.quiet)
     write_metrics(result, out)

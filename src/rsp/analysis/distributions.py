@@ -29,11 +29,6 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def top1_and_margin(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    top2 = logp.exp().topk(2, dim=-1).values
-    return top2[..., 0], top2[..., 0] - top2[..., 1]
-
-
 def distinct_prefixes(sequences: Sequence[Sequence[int]], k: int) -> list[int]:
     """Number of distinct first-t-token prefixes among the attempts, for t = 1..k."""
     return [len({tuple(s[:t]) for s in sequences}) for t in range(1, k + 1)]

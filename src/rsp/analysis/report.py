@@ -4,25 +4,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from rsp.reporting import pyplot
+from rsp.runio import atomic_write_text
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rsp.runio import atomic_write_text  # noqa: E402
-
+# metric -> (plot title, file, what the plot asks)
 CURVES = {
-    "entropy": ("Next-token entropy given one injection (nats)", "entropy_by_position.png"),
-    "kl": ("KL(injected || plain) on the plain trajectory (nats)", "kl_by_position.png"),
+    "entropy": (
+        "Next-token entropy given one injection (nats)",
+        "entropy_by_position.png",
+        "Does the first tokens' distribution flatten with an injection, "
+        "and does it return to the plain level later?",
+    ),
+    "kl": (
+        "KL(injected || plain) on the plain trajectory (nats)",
+        "kl_by_position.png",
+        "How far the injection moves the next-token distribution on the same prefix, "
+        "by position (the 'dilution' claim predicts decay).",
+    ),
     "attention": (
         "Attention share on injected slots (plain: last L prompt tokens)",
         "attention_by_position.png",
+        "How much attention generated positions pay to the injected vectors, "
+        "compared with ordinary prompt tokens at the same place.",
     ),
-    "distinct_prefixes": ("Distinct first-t-token prefixes across attempts", "distinct_prefixes.png"),
+    "distinct_prefixes": (
+        "Distinct first-t-token prefixes across attempts",
+        "distinct_prefixes.png",
+        "Branching across the N attempts: how many different prefixes exist after t tokens.",
+    ),
 }
+# the per-problem numbers of the diversity table (after distinct-1..4), and how each is printed
+SCALAR_FORMATS = {"self_bleu": ".3f", "first_divergence": ".2f", "distinct_answers": ".2f", "length": ".1f"}
+HEATMAP_CAPTION = "Which layers carry the attention to the injected columns, and how it changes with t."
 
 
 def _curve_plot(result: dict, metric: str, title: str, path: Path) -> bool:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
     drawn = False
     for m, metrics in result["metrics"].items():
@@ -54,6 +71,7 @@ def _heatmap(result: dict, method: str, path: Path) -> bool:
     layers = result["metrics"][method].get("attention_by_layer")
     if not layers:
         return False
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     im = ax.imshow(layers["mean"], aspect="auto", origin="lower", cmap="viridis")
     ax.set_xlabel("generated position t (index t-1)")
@@ -94,13 +112,8 @@ def headline_table(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m, metrics in result["metrics"].items():
-        dn = metrics["distinct_n"]["mean"]
-        cells = [f"{x:.3f}" for x in dn] + [
-            f"{metrics['self_bleu']['mean'][0]:.3f}",
-            f"{metrics['first_divergence']['mean'][0]:.2f}",
-            f"{metrics['distinct_answers']['mean'][0]:.2f}",
-            f"{metrics['length']['mean'][0]:.1f}",
-        ]
+        cells = [f"{x:.3f}" for x in metrics["distinct_n"]["mean"]]
+        cells += [f"{metrics[name]['mean'][0]:{fmt}}" for name, fmt in SCALAR_FORMATS.items()]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -147,46 +160,16 @@ def write_report(result: dict, out: Path, command: str | None = None) -> Path:
             "they stop seeing the injected slots once the context grows past the window.",
             "",
         ]
-    parts += [
-        "## Headline numbers",
-        "",
-        "Mean [95% CI] at selected positions.",
-        "",
-        headline_table(result),
-        "",
-    ]
-    captions = {
-        "entropy": (
-            "Does the first tokens' distribution flatten with an injection, "
-            "and does it return to the plain level later?"
-        ),
-        "kl": (
-            "How far the injection moves the next-token distribution on the same prefix, "
-            "by position (the 'dilution' claim predicts decay)."
-        ),
-        "attention": (
-            "How much attention generated positions pay to the injected vectors, "
-            "compared with ordinary prompt tokens at the same place."
-        ),
-        "distinct_prefixes": (
-            "Branching across the N attempts: how many different prefixes exist after t tokens."
-        ),
-    }
-    parts += ["## Plots", ""]
-    for metric, (title, fname) in CURVES.items():
+    parts += ["## Headline numbers", "", "Mean [95% CI] at selected positions.", ""]
+    parts += [headline_table(result), "", "## Plots", ""]
+    for metric, (title, fname, caption) in CURVES.items():
         if _curve_plot(result, metric, title, out / fname):
-            parts += [f"### {title}", "", f"![{metric}]({fname})", "", captions[metric], ""]
+            parts += [f"### {title}", "", f"![{metric}]({fname})", "", caption, ""]
     for m in result["methods"]:
         fname = f"attention_heatmap_{m}.png"
         if _heatmap(result, m, out / fname):
-            parts += [
-                f"### Attention by layer and position: {m}",
-                "",
-                f"![heatmap {m}]({fname})",
-                "",
-                "Which layers carry the attention to the injected columns, and how it changes with t.",
-                "",
-            ]
+            heading = f"### Attention by layer and position: {m}"
+            parts += [heading, "", f"![heatmap {m}]({fname})", "", HEATMAP_CAPTION, ""]
     parts += ["## Definitions", "", DEFINITIONS]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(parts))

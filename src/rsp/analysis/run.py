@@ -21,7 +21,6 @@ from rsp.analysis.distributions import (
     log_probs,
     mean_first_divergence,
     self_bleu,
-    top1_and_margin,
 )
 from rsp.analysis.scoring import (
     attention_mass,
@@ -45,9 +44,6 @@ class AnalysisOptions:
     batch_size: int = 16
     max_problems: int | None = None
     attention: bool = True
-    baseline: str | None = (
-        None  # method whose trajectories are used for KL (default: the first non-injecting one)
-    )
 
 
 def _nanmean(rows) -> np.ndarray:
@@ -74,7 +70,7 @@ def analyse_run(
     task = cfg.load_task()
     problems = {p.id: p for p in task.problems}
     by_method: dict[str, dict[str, list[SampleRecord]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
+    for r in sorted(records, key=lambda r: r["attempt"]):
         by_method[r["method"]][r["problem_id"]].append(r)
     methods = [m for m in cfg.methods if m in by_method]
     pids = [p.id for p in task.problems if all(p.id in by_method[m] for m in methods)]
@@ -83,78 +79,82 @@ def analyse_run(
     if lm is None:
         lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     builder = PromptBuilder.for_task(lm.tokenizer, task, style=cfg.prompt_style)  # type: ignore[arg-type]
-    prompts = {pid: builder.build(problems[pid]) for pid in pids}
     injections = {m: build_method(m, lm, cfg.rsp_config(m)) for m in methods}
-    baseline = o.baseline or next((m for m in methods if injections[m].length == 0), None)
-    temperature = cfg.temperature
-    k = o.k
+    # trajectories for KL: the first method that injects nothing
+    baseline = next((m for m in methods if injections[m].length == 0), None)
+    # attention of a method without injection: on as many prompt tokens as the longest injection has slots
+    ref_len = max((i.length for i in injections.values()), default=0) or cfg.rsp_length
+    k, temperature = o.k, cfg.temperature
 
     per_problem: dict[str, dict[str, list[np.ndarray]]] = {m: defaultdict(list) for m in methods}
-    attention_layers_acc: dict[str, list[np.ndarray]] = defaultdict(list)
+    attention_by_layer: dict[str, list[np.ndarray]] = defaultdict(list)
     total_batches = sum(math.ceil(len(by_method[m][pid]) / o.batch_size) for m in methods for pid in pids)
     bar = tqdm(total=total_batches, disable=not progress, desc="analyze", unit="batch")
     for pid in pids:
-        plain_trajs = (
-            [r["token_ids"] for r in sorted(by_method[baseline][pid], key=lambda r: r["attempt"])]
-            if baseline
-            else []
-        )
+        prompt = builder.build(problems[pid])
+        plain_trajs = [r["token_ids"] for r in by_method[baseline][pid]] if baseline else []
         for m in methods:
             inj = injections[m]
-            recs = sorted(by_method[m][pid], key=lambda r: r["attempt"])
-            ent_rows, kl_rows, top1_rows, att_rows = [], [], [], []
+            recs = by_method[m][pid]
+            rows: dict[str, list[np.ndarray]] = defaultdict(list)  # metric -> one array per batch
             for c0 in range(0, len(recs), o.batch_size):
                 chunk = recs[c0 : c0 + o.batch_size]
                 seeds = [r["rsp_seed"] for r in chunk]
                 trajs = [r["token_ids"] for r in chunk]
-                ps = [prompts[pid]] * len(chunk)
+                ps = [prompt] * len(chunk)
                 valid = valid_positions(trajs, k)
                 logp = log_probs(teacher_forced_logits(lm, ps, inj, seeds, trajs, k), temperature)
-                ent = entropy(logp).masked_fill(~valid, float("nan"))
-                top1, _ = top1_and_margin(logp)
-                ent_rows.append(ent.numpy())
-                top1_rows.append(top1.masked_fill(~valid, float("nan")).numpy())
+                rows["entropy"].append(entropy(logp).masked_fill(~valid, float("nan")).numpy())
+                rows["top1"].append(logp.exp().amax(-1).masked_fill(~valid, float("nan")).numpy())
                 if inj.length > 0 and plain_trajs:
                     # KL on the same no-injection trajectory, scored with and without this attempt's injection
                     ref = [plain_trajs[i % len(plain_trajs)] for i in range(c0, c0 + len(chunk))]
-                    rvalid = valid_positions(ref, k)
                     lp_inj = log_probs(teacher_forced_logits(lm, ps, inj, seeds, ref, k), temperature)
+                    plain = NoInjection(inj.position)
                     lp_plain = log_probs(
-                        teacher_forced_logits(lm, ps, NoInjection(inj.position), [None] * len(chunk), ref, k),
-                        temperature,
+                        teacher_forced_logits(lm, ps, plain, [None] * len(chunk), ref, k), temperature
                     )
-                    kl_rows.append(kl_divergence(lp_inj, lp_plain).masked_fill(~rvalid, float("nan")).numpy())
+                    kl = kl_divergence(lp_inj, lp_plain)
+                    rows["kl"].append(kl.masked_fill(~valid_positions(ref, k), float("nan")).numpy())
                 if o.attention:
-                    if inj.length > 0:
-                        mass = attention_mass(lm, ps, inj, seeds, trajs, k)
-                    else:
-                        ref_len = max((i.length for i in injections.values()), default=0) or cfg.rsp_length
+                    cols = None
+                    if inj.length == 0:
                         batch, _ = HFEngine(lm).prepare(ps, inj, seeds)
                         cols = columns_before_insertion(ps, inj.position, ref_len, batch)
-                        mass = attention_mass(lm, ps, inj, seeds, trajs, k, key_columns=cols)
-                    mass = mass.masked_fill(~valid.unsqueeze(1), float("nan"))
-                    att_rows.append(mass.numpy())
+                    mass = attention_mass(lm, ps, inj, seeds, trajs, k, key_columns=cols)
+                    rows["attention"].append(mass.masked_fill(~valid.unsqueeze(1), float("nan")).numpy())
                 bar.update(1)
             pp = per_problem[m]
-            pp["entropy"].append(_nanmean(np.concatenate(ent_rows)))
-            pp["top1"].append(_nanmean(np.concatenate(top1_rows)))
-            if kl_rows:
-                pp["kl"].append(_nanmean(np.concatenate(kl_rows)))
-            if att_rows:
-                att = np.concatenate(att_rows)  # (attempts, layers, k)
-                pp["attention"].append(_nanmean(att.mean(axis=1)))
-                attention_layers_acc[m].append(_nanmean(att))
+            for name, batches in rows.items():
+                x = np.concatenate(batches)  # (attempts, k), attention (attempts, layers, k)
+                pp[name].append(_nanmean(x.mean(axis=1) if name == "attention" else x))
+                if name == "attention":
+                    attention_by_layer[m].append(_nanmean(x))
             seqs = [r["token_ids"] for r in recs]
             pp["distinct_prefixes"].append(np.array(distinct_prefixes(seqs, k), dtype=float))
             pp["first_divergence"].append(np.array([mean_first_divergence(seqs)]))
             pp["distinct_n"].append(np.array([distinct_n(seqs, n) for n in range(1, 5)]))
             pp["self_bleu"].append(np.array([self_bleu(seqs)]))
-            pp["distinct_answers"].append(
-                np.array([len({r.get("extracted") for r in recs if r.get("extracted")})], dtype=float)
-            )
+            answers = {r.get("extracted") for r in recs if r.get("extracted")}
+            pp["distinct_answers"].append(np.array([len(answers)], dtype=float))
             pp["length"].append(np.array([np.mean([len(s) for s in seqs])]))
     bar.close()
-    return _aggregate(per_problem, attention_layers_acc, cfg, methods, baseline, pids, k, lm)
+    layer_types = list(getattr(lm.model.config, "layer_types", None) or [])
+    sliding = "sliding_attention" in layer_types
+    metrics = {m: {name: _ci(rows) for name, rows in per_problem[m].items() if rows} for m in methods}
+    for m, layers in attention_by_layer.items():
+        metrics[m]["attention_by_layer"] = {"mean": _nanmean(layers).tolist()}
+    return {
+        "config": cfg.to_dict(),
+        "k": k,
+        "problems": len(pids),
+        "methods": methods,
+        "baseline": baseline,
+        "temperature_for_entropy": temperature if temperature > 0 else 1.0,
+        "sliding_window": getattr(lm.model.config, "sliding_window", None) if sliding else None,
+        "layer_types": layer_types,
+        "metrics": metrics,
+    }
 
 
 def _ci(rows: list[np.ndarray], seed: int = 0, n_boot: int = 1000) -> dict:
@@ -168,28 +168,6 @@ def _ci(rows: list[np.ndarray], seed: int = 0, n_boot: int = 1000) -> dict:
         boots = np.nanmean(x[idx], axis=1)
         low, high = np.nanquantile(boots, 0.025, axis=0), np.nanquantile(boots, 0.975, axis=0)
     return {"mean": mean.tolist(), "ci_low": low.tolist(), "ci_high": high.tolist()}
-
-
-def _aggregate(per_problem, attention_layers_acc, cfg: EvalConfig, methods, baseline, pids, k, lm) -> dict:
-    layer_types = list(getattr(lm.model.config, "layer_types", None) or [])
-    out: dict = {
-        "config": cfg.to_dict(),
-        "k": k,
-        "problems": len(pids),
-        "methods": methods,
-        "baseline": baseline,
-        "temperature_for_entropy": cfg.temperature if cfg.temperature > 0 else 1.0,
-        "sliding_window": getattr(lm.model.config, "sliding_window", None)
-        if "sliding_attention" in layer_types
-        else None,
-        "layer_types": layer_types,
-        "metrics": {},
-    }
-    for m in methods:
-        out["metrics"][m] = {name: _ci(rows) for name, rows in per_problem[m].items() if rows}
-        if attention_layers_acc.get(m):
-            out["metrics"][m]["attention_by_layer"] = {"mean": _nanmean(attention_layers_acc[m]).tolist()}
-    return out
 
 
 def write_metrics(result: dict, out: Path) -> None:

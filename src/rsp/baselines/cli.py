@@ -38,27 +38,20 @@ def build_sweep_parser() -> RSPArgumentParser:
     )
 
 
-def _refuse_single_values(argv: Sequence[str]) -> None:
-    """A clear error for `rsp eval`'s single-value flags, which the grid replaces."""
-    for name in NOT_SWEPT_FLAGS:
-        flag = flag_of(name)
+def parse_sweep(argv: Sequence[str]) -> tuple[EvalConfig, SweepGrid, OutputOptions]:
+    """The base run (its `methods` are the sweep's method axis), the grid, and the output options."""
+    for flag in map(flag_of, NOT_SWEPT_FLAGS):  # `rsp eval`'s single values, which the grid replaces
         if any(a == flag or a.startswith(flag + "=") for a in argv):
             raise ConfigError(
                 f"rsp sweep takes grids, not {flag}; use --rsp-lengths, --rsp-scales and --temperatures"
             )
-
-
-def parse_sweep(argv: Sequence[str]) -> tuple[EvalConfig, SweepGrid, OutputOptions]:
-    """The base run (its `methods` are the sweep's method axis), the grid, and the output options."""
-    _refuse_single_values(argv)
     base, grid, output = build_sweep_parser().parse(list(argv))
     return base, grid, output
 
 
 def sweep_main(argv: list[str]) -> int:
     base, grid, output = parse_sweep(argv)
-    config = SweepConfig.from_configs(base, grid)
-    result = run_sweep(config, output.out, progress=not output.quiet)
+    result = run_sweep(SweepConfig.from_configs(base, grid), output.out, progress=not output.quiet)
     out = Path(output.out)
     print((out / "sweep.md").read_text())
     print(

@@ -1,8 +1,7 @@
 """Control injections that isolate what about an RSP matters, each registered as an `rsp eval` method.
 
-This module registers them (and the trained soft prompt) with `rsp.methods` when imported, together with the
-facts `rsp sweep` reads (which settings each reads, whether it differs per attempt); `rsp.methods` does not
-import it at import time, but imports it by name (`BUILTIN_PLUGINS`) on the registry's first lookup.
+Importing it registers them and the trained soft prompt, with the facts `rsp sweep` reads; `rsp.methods`
+imports it by name (`BUILTIN_PLUGINS`) on the registry's first lookup, never at its own import time.
 
 Every control goes through the same slot code as the RSP (`Injection.apply` -> `fill_slots`), so a
 difference in accuracy can only come from *what* is injected, not from where or how. Random controls
@@ -56,13 +55,13 @@ class TokenRows(Injection):
         candidates: torch.Tensor,
         length: int,
         *,
+        tokenizer=None,
         position: str = "after_generation_prompt",
     ) -> None:
         super().__init__(length, position)
-        if candidates.dim() != 1 or candidates.numel() == 0:
-            raise ValueError(f"{self.name}: need a non-empty 1-D tensor of candidate token ids")
         self.embed = embed
         self.candidates = candidates.long().cpu()
+        self.tokenizer = tokenizer
 
     def seed_for(self, base_seed: int, problem_id: str, attempt: int) -> int | None:
         return derive_seed(base_seed, self.stream, problem_id, attempt)
@@ -82,8 +81,11 @@ class TokenRows(Injection):
         with torch.no_grad():
             return self.embed(ids).float()
 
-    def describe(self) -> dict:
-        return {**super().describe(), "candidates": int(self.candidates.numel())}
+    def text(self, seed: int) -> str:
+        """The string the rows of `seed` are the embeddings of (needs the tokenizer)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name}: no tokenizer attached, cannot decode")
+        return self.tokenizer.decode(self.token_ids([seed])[0].tolist(), skip_special_tokens=False)
 
 
 class TokenString(TokenRows):
@@ -96,23 +98,6 @@ class TokenString(TokenRows):
 
     name = "token-string"
     stream = "token-string"
-
-    def __init__(
-        self,
-        embed: EmbedFn,
-        candidates: torch.Tensor,
-        length: int,
-        *,
-        tokenizer=None,
-        position: str = "after_generation_prompt",
-    ) -> None:
-        super().__init__(embed, candidates, length, position=position)
-        self.tokenizer = tokenizer
-
-    def text(self, seed: int) -> str:
-        if self.tokenizer is None:
-            raise ValueError("token-string: no tokenizer attached, cannot decode")
-        return self.tokenizer.decode(self.token_ids([seed])[0].tolist(), skip_special_tokens=False)
 
 
 class MeanVector(Injection):
@@ -173,8 +158,6 @@ class EmbeddingNoise(Injection):
     def transform_prompt(
         self, embeds: torch.Tensor, batch: SlottedBatch, seeds: Sequence[int | None]
     ) -> torch.Tensor:
-        if embeds.shape[-1] != self.dim:
-            raise ValueError(f"embed-noise: built for hidden size {self.dim}, got {embeds.shape[-1]}")
         out = embeds.clone()
         mask = batch.attention_mask.bool()
         for i, seed in enumerate(_require_seeds(self.name, seeds)):
@@ -182,9 +165,6 @@ class EmbeddingNoise(Injection):
             noise = self.noise(seed, len(cols)).to(embeds.device)
             out[i, cols] = (embeds[i, cols].float() + noise).to(embeds.dtype)
         return out
-
-    def describe(self) -> dict:
-        return {**super().describe(), "noise_alpha": self.alpha, "embed_scale": self.embed_scale}
 
 
 def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) -> torch.Tensor:
@@ -205,13 +185,6 @@ def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) 
     if not keep:
         raise ValueError("token-string: the tokenizer has no plain text tokens to draw from")
     return torch.tensor(keep, dtype=torch.long)
-
-
-def _row_candidates(lm: ModelBase, o: RSPConfig) -> torch.Tensor:
-    rows = lm.vocab_rows
-    if o.stats_rows == "tokens":
-        rows = min(rows, len(lm.tokenizer))
-    return torch.arange(rows)
 
 
 def _float_option(o: RSPConfig, key: str, default: float) -> float:
@@ -258,7 +231,8 @@ def _rsp_scaled(lm: ModelBase, o: RSPConfig) -> Injection:
     options=(),
 )
 def _token_rows(lm: ModelBase, o: RSPConfig) -> Injection:
-    return TokenRows(lm.embed, _row_candidates(lm, o), o.length, position=o.position)
+    rows = min(lm.vocab_rows, len(lm.tokenizer)) if o.stats_rows == "tokens" else lm.vocab_rows
+    return TokenRows(lm.embed, torch.arange(rows), o.length, position=o.position)
 
 
 @register_method(
@@ -306,10 +280,6 @@ def _mean_vector(lm: ModelBase, o: RSPConfig) -> Injection:
     return MeanVector(embedding_stats_for(lm, o), o.length, position=o.position)
 
 
-def _soft_prompt_length(o: RSPConfig) -> int:
-    return load_soft_prompt(o.method_options["soft_prompt"]).length
-
-
 @register_method(
     "soft-prompt",
     "baseline: trained soft prompt (--method-option soft_prompt=FILE.safetensors "
@@ -331,7 +301,7 @@ def _soft_prompt_length(o: RSPConfig) -> int:
             metavar="POS",
         ),
     ),
-    length_of=_soft_prompt_length,
+    length_of=lambda o: load_soft_prompt(o.method_options["soft_prompt"]).length,
 )
 def _soft_prompt(lm: ModelBase, o: RSPConfig) -> Injection:
     path = o.method_options.get("soft_prompt")

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from rsp.config import option, require, require_choice, require_min
+from rsp.config import config_dict, option, require, require_choice, require_min
 from rsp.core.injection import Injection
 from rsp.core.inputs import embed_prompts, positions_from_mask
 from rsp.core.insert import INSERTION_POINTS, PromptTokens
@@ -52,14 +52,10 @@ class SoftPromptInjection(Injection):
     name = "soft-prompt"
 
     def __init__(self, vectors: torch.Tensor, *, position: str = "after_generation_prompt") -> None:
-        if vectors.dim() != 2:
-            raise ValueError(f"a soft prompt must have shape (L, d), got {tuple(vectors.shape)}")
         super().__init__(int(vectors.shape[0]), position)
         self.vectors = vectors
 
     def rows(self, seeds: Sequence[int | None]) -> torch.Tensor | None:
-        if self.length == 0:
-            return None
         return self.vectors.float().unsqueeze(0).expand(len(seeds), -1, -1)
 
 
@@ -76,14 +72,11 @@ class SoftPrompt:
     def length(self) -> int:
         return int(self.vectors.shape[0])
 
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
     def check_compatible(self, lm: ModelBase) -> None:
-        if self.dim != lm.hidden_size:
+        dim = int(self.vectors.shape[1])
+        if dim != lm.hidden_size:
             raise ValueError(
-                f"soft prompt {self.source} has hidden size {self.dim} but model {lm.name} has "
+                f"soft prompt {self.source} has hidden size {dim} but model {lm.name} has "
                 f"{lm.hidden_size}; it was trained for {self.metadata.get('model', 'another model')}"
             )
         trained_for = self.metadata.get("model")
@@ -91,9 +84,6 @@ class SoftPrompt:
             log.warning(
                 "soft prompt %s was trained for %s, now used with %s", self.source, trained_for, lm.name
             )
-
-    def save(self, path: str | Path) -> None:
-        save_soft_prompt(path, self.vectors, self.position, self.metadata)
 
 
 def save_soft_prompt(path: str | Path, vectors: torch.Tensor, position: str, metadata: dict) -> None:
@@ -112,12 +102,10 @@ def load_soft_prompt(path: str | Path) -> SoftPrompt:
     """Load a soft prompt: `rsp train-soft-prompt` output or a PEFT prompt-tuning adapter (file or dir)."""
     path = Path(path)
     if path.is_dir():
-        for name in (SOFT_PROMPT_FILE, PEFT_FILE):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
+        found = [path / name for name in (SOFT_PROMPT_FILE, PEFT_FILE) if (path / name).is_file()]
+        if not found:
             raise FileNotFoundError(f"{path} holds neither {SOFT_PROMPT_FILE} nor a PEFT {PEFT_FILE}")
+        path = found[0]
     if not path.is_file():
         raise FileNotFoundError(f"soft prompt file not found: {path}")
     try:
@@ -170,7 +158,7 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- training
 
 
-_MODEL, _DATA, _TRAINING = "model", "data", "training"
+_MODEL, _DATA = "model", "data"
 
 
 @dataclass
@@ -178,6 +166,7 @@ class SoftPromptTrainConfig:
     """Settings of one soft-prompt training run (saved with the result); each field is a flag of
     `rsp train-soft-prompt` (`rsp_length` is `--rsp-length`)."""
 
+    _argument_group_name = "training"  # the --help group of the fields that name none
     model: str = option("smollm2-135m-instruct", "packaged name, local dir or Hub id", group=_MODEL)
     rsp_length: int = option(4, "L, the number of trained vectors", group=_MODEL)
     rsp_position: str = option(
@@ -195,27 +184,22 @@ class SoftPromptTrainConfig:
     val_size: int = option(64, "held-out examples per source (early stopping)", group=_DATA)
     arith_steps: int = option(1, "synthetic task: operations per problem", group=_DATA)
     arith_max_value: int = option(10, "synthetic task: size of numbers", group=_DATA)
-    steps: int = option(300, "optimizer steps at most", group=_TRAINING)
-    batch_size: int = option(8, "examples per step", group=_TRAINING)
-    lr: float = option(1e-2, "Adam learning rate", group=_TRAINING)
-    eval_every: int = option(25, "steps between held-out evaluations", group=_TRAINING)
-    patience: int = option(4, "evaluations without improvement before stopping", group=_TRAINING)
-    min_delta: float = option(0.0, "held-out improvement that counts as better", group=_TRAINING)
-    seed: int = option(0, "seed of the initialisation and the data order", group=_TRAINING)
+    steps: int = option(300, "optimizer steps at most")
+    batch_size: int = option(8, "examples per step")
+    lr: float = option(1e-2, "Adam learning rate")
+    eval_every: int = option(25, "steps between held-out evaluations")
+    patience: int = option(4, "evaluations without improvement before stopping")
+    min_delta: float = option(0.0, "held-out improvement that counts as better")
+    seed: int = option(0, "seed of the initialisation and the data order")
     prompt_style: str = option(
         "auto", "chat template, plain few-shot text, or auto", choices=("auto", "chat", "plain"), group=_DATA
     )
     max_solution_tokens: int = option(256, "reference solution tokens trained on, at most", group=_DATA)
-    init_scale: float = option(1.0, "std multiplier of the RSP initialisation", group=_TRAINING)
+    init_scale: float = option(1.0, "std multiplier of the RSP initialisation")
     dtype: str = option("float32", "training dtype (the vectors are saved in fp32)", group=_MODEL)
     device: str = option("cpu", "cpu, cuda, cuda:N or auto", group=_MODEL)
-    max_seconds: float | None = option(
-        None, "wall-clock budget (the best vectors so far are kept)", group=_TRAINING
-    )
+    max_seconds: float | None = option(None, "wall-clock budget (the best vectors so far are kept)")
     extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.data = tuple(self.data)
 
     def validate(self) -> None:
         require_choice(self.rsp_position, "rsp_position", INSERTION_POINTS)
@@ -225,11 +209,6 @@ class SoftPromptTrainConfig:
         require_min(self, 1, "patience", "max_solution_tokens")
         require_min(self, 0, "min_delta", "init_scale")
         require_min(self, 0, "lr", "max_seconds", strict=True)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["data"] = list(self.data)
-        return d
 
 
 @dataclass(frozen=True)
@@ -249,12 +228,6 @@ class TrainResult:
     steps_run: int
     stop_reason: str  # "steps", "patience" or "max_seconds"
     seconds: float
-    history: dict
-
-    @property
-    def stopped_early(self) -> bool:
-        """The held-out loss stopped improving (patience ran out)."""
-        return self.stop_reason == "patience"
 
 
 def _terminator(lm: LoadedModel, builder: PromptBuilder) -> list[int]:
@@ -445,39 +418,34 @@ def train_soft_prompt(
     }
     path = out / SOFT_PROMPT_FILE
     save_soft_prompt(path, best_vectors, config.rsp_position, metadata)
-    history.update(config=config.to_dict(), metadata=metadata)
+    history.update(config=config_dict(config), metadata=metadata)
     atomic_write_text(out / "history.json", json.dumps(history, indent=2) + "\n")
     plot_loss_curve(
         history, out / "loss.png", title=f"soft prompt L={config.rsp_length} on {lm.name} ({data_desc})"
     )
-    return TrainResult(
-        path, best_vectors.cpu(), initial, best, best_step, step, stop_reason, seconds, history
-    )
+    return TrainResult(path, best_vectors.cpu(), initial, best, best_step, step, stop_reason, seconds)
 
 
 def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
+    """Training loss per batch and its running mean, held-out loss, and a line at the kept (best) step."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    if history["train"]:
-        steps, losses = zip(*history["train"], strict=True)
-        ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train (batch)")
-        window = max(1, len(losses) // 20)
-        smooth = [
-            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-            for i in range(len(losses))
-        ]
-        ax.plot(steps, smooth, color="tab:blue", lw=1.5, label=f"train (mean of {window})")
-    if history["val"]:
-        vs, vl = zip(*history["val"], strict=True)
-        ax.plot(vs, vl, "o-", color="tab:orange", ms=4, label="held-out")
-        best = min(range(len(vl)), key=lambda i: vl[i])
-        ax.axvline(vs[best], color="grey", ls=":", lw=1)
+    steps, losses = zip(*history["train"], strict=True)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train (batch)")
+    window = max(1, len(losses) // 20)
+    windows = [losses[max(0, i - window + 1) : i + 1] for i in range(len(losses))]
+    ax.plot(
+        steps, [sum(w) / len(w) for w in windows], color="tab:blue", lw=1.5, label=f"train (mean of {window})"
+    )
+    vs, vl = zip(*history["val"], strict=True)
+    ax.plot(vs, vl, "o-", color="tab:orange", ms=4, label="held-out")
+    ax.axvline(vs[vl.index(min(vl))], color="grey", ls=":", lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy per solution token")
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if history["train"] and all(math.isfinite(x) for _, x in history["train"]):
+    if all(math.isfinite(x) for x in losses):
         ax.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

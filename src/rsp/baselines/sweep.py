@@ -13,34 +13,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsp.config import field_label, option
+from rsp.config import config_dict, field_label, option
 from rsp.evaluation import ConfigError, EvalConfig, run_eval
 from rsp.generation import Generator
-from rsp.methods import (
-    BASELINE,
-    RSPConfig,
-    get_method,
-    method_names,
-)
+from rsp.methods import BASELINE, RSPConfig, get_method, method_names
 from rsp.models.loading import ModelBase
-from rsp.records import SAMPLES, SampleRecord, read_samples
+from rsp.records import SampleRecord, read_eval_run
 from rsp.renamed import renamed_method
-from rsp.reporting import pyplot, summarise, write_eval_report
-from rsp.runio import (
-    RunDirError,
-    atomic_write_text,
-    prepare_run_dir,
-    read_run_config,
-)
-
-log = logging.getLogger(__name__)
+from rsp.reporting import Record, pyplot, summarise, write_eval_report
+from rsp.runio import RunDirError, atomic_write_text, prepare_run_dir
 
 DEFAULT_METHODS = ("temperature", "rsp")
 DEFAULT_LENGTHS = (1, 2, 4, 8, 16, 32)
@@ -50,6 +38,7 @@ DEFAULT_TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 GRID_KEYS = ("methods", "rsp_length", "rsp_scale", "temperature", "method_options")
 # EvalConfig fields the grid replaces: not settings of `rsp sweep` (its plural grid flags set them per cell).
 NOT_SWEPT_FLAGS = ("rsp_length", "rsp_scale", "temperature")
+CSV_COLUMNS = ("cell", "method", "L", "rsp_scale", "temperature", "attempts_run", "problems")
 
 
 @dataclass(frozen=True)
@@ -62,16 +51,9 @@ class Cell:
 
     @property
     def name(self) -> str:
-        parts = [self.method, f"T{self.temperature:g}"]
-        if self.length is not None:
-            parts.append(f"L{self.length}")
-        if self.rsp_scale is not None:
-            parts.append(f"a{self.rsp_scale:g}")  # the directory name of sweeps written so far
-        return "_".join(parts)
-
-    @property
-    def baseline_name(self) -> str:
-        return Cell(BASELINE, self.temperature).name
+        length = "" if self.length is None else f"_L{self.length}"
+        scale = "" if self.rsp_scale is None else f"_a{self.rsp_scale:g}"  # "a": as in sweeps written so far
+        return f"{self.method}_T{self.temperature:g}{length}{scale}"
 
     def eval_config(self, base: EvalConfig, n: int, method_options: dict) -> EvalConfig:
         """The `rsp eval` settings of this cell: the base run with the cell's method, L, scale, temperature,
@@ -92,19 +74,15 @@ class Cell:
 class SweepGrid:
     """The grid of `rsp sweep` (with `rsp eval`'s `--methods` as its method axis): each field is a flag."""
 
+    _argument_group_name = "grid"  # the --help group of every field
     rsp_lengths: tuple[int, ...] = option(
-        default_factory=lambda: DEFAULT_LENGTHS,
-        help="L values, for the methods that read L",
-        group="grid",
+        default_factory=lambda: DEFAULT_LENGTHS, help="L values, for the methods that read L"
     )
     rsp_scales: tuple[float, ...] = option(
         default_factory=lambda: DEFAULT_SCALES,
         help="multipliers on the fitted standard deviation, for the methods that read the scale",
-        group="grid",
     )
-    temperatures: tuple[float, ...] = option(
-        default_factory=lambda: DEFAULT_TEMPERATURES, help="0 = greedy", group="grid"
-    )
+    temperatures: tuple[float, ...] = option(default_factory=lambda: DEFAULT_TEMPERATURES, help="0 = greedy")
 
 
 @dataclass
@@ -120,34 +98,23 @@ class SweepConfig:
     @classmethod
     def from_configs(cls, base: EvalConfig, grid: SweepGrid) -> SweepConfig:
         """From what `rsp sweep` parses: the base run (its `methods` are the method axis) and the grid."""
-        methods = tuple(base.methods)
-        base = EvalConfig.from_dict(
-            {**base.to_dict(), "methods": [BASELINE], "rsp_length": 0, "rsp_scale": 1.0, "temperature": 0.0}
-        )
-        return cls(base, methods, tuple(grid.rsp_lengths), tuple(grid.rsp_scales), tuple(grid.temperatures))
+        cell_base = replace(base, methods=(BASELINE,), rsp_length=0, rsp_scale=1.0, temperature=0.0)
+        return cls(cell_base, base.methods, grid.rsp_lengths, grid.rsp_scales, grid.temperatures)
 
     def validate(self) -> None:
-        for axis, values in (
-            ("methods", self.methods),
-            ("rsp_lengths", self.rsp_lengths),
-            ("rsp_scales", self.rsp_scales),
-            ("temperatures", self.temperatures),
-        ):
+        axes: list[tuple[str, tuple, int | None, str]] = [  # each grid axis, its least value, a note on it
+            ("methods", self.methods, None, ""),
+            ("rsp_lengths", self.rsp_lengths, 1, " (temperature-only is the L=0 baseline)"),
+            ("rsp_scales", self.rsp_scales, 0, ""),
+            ("temperatures", self.temperatures, 0, " (0 = greedy)"),
+        ]
+        for axis, values, minimum, note in axes:
             if not values:
                 raise ConfigError(f"{field_label(axis)} must list at least one value")
             if len(set(values)) != len(values):
                 raise ConfigError(f"{field_label(axis)} lists a value twice: {', '.join(map(str, values))}")
-        if any(L < 1 for L in self.rsp_lengths):
-            raise ConfigError(
-                f"{field_label('rsp_lengths')} must all be >= 1 (temperature-only is the L=0 baseline), "
-                f"got {self.rsp_lengths}"
-            )
-        if any(a < 0 for a in self.rsp_scales):
-            raise ConfigError(f"{field_label('rsp_scales')} must all be >= 0, got {self.rsp_scales}")
-        if any(t < 0 for t in self.temperatures):
-            raise ConfigError(
-                f"{field_label('temperatures')} must all be >= 0 (0 = greedy), got {self.temperatures}"
-            )
+            if minimum is not None and any(v < minimum for v in values):
+                raise ConfigError(f"{field_label(axis)} must all be >= {minimum}{note}, got {values}")
         known = method_names()
         for m in self.methods:
             if m not in known:
@@ -169,9 +136,8 @@ class SweepConfig:
         a method does not read (`Method.uses_length`, `uses_scale`) collapse to one cell."""
         methods = [BASELINE] + [m for m in self.methods if m != BASELINE]
         specs = {m: get_method(m) for m in methods}
-        options = dict(self.base.method_options)
         own_length = {  # the L of a method that does not read L (a soft prompt's file), read once
-            m: spec.injected_length(RSPConfig(method=m, method_options=options))
+            m: spec.injected_length(RSPConfig(method=m, method_options=self.base.method_options))
             for m, spec in specs.items()
             if not spec.uses_length
         }
@@ -198,23 +164,18 @@ def _finished_samples(cell_dir: Path, cfg: EvalConfig, problems: int) -> list[Sa
     """The samples of a cell finished on disk with the settings `cfg`, or None: run_eval then starts or
     resumes it, or explains why it cannot (another run, other settings, a newer rsp)."""
     try:
-        saved = read_run_config(cell_dir, kind="eval")
+        saved, records = read_eval_run(cell_dir)
     except RunDirError:
         return None
     if saved.config != cfg.to_dict():
         return None
-    records = read_samples(cell_dir / SAMPLES, version=saved.schema_version)
     keys = {(r["problem_id"], r["attempt"]) for r in records}
     return records if len(keys) >= problems * cfg.n else None
 
 
-def _expand(records: list[dict], n: int) -> list[dict]:
+def _expand(records: Sequence[Record], n: int) -> list[Record]:
     """Count a deterministic cell's single attempt as all N attempts (they would be identical)."""
-    out = []
-    for r in records:
-        if r["attempt"] == 0:
-            out += [{**r, "attempt": a, "replicated_from": 0} for a in range(n)]
-    return out
+    return [{**r, "attempt": a, "replicated_from": 0} for r in records if r["attempt"] == 0 for a in range(n)]
 
 
 def run_sweep(
@@ -238,23 +199,11 @@ def run_sweep(
         raise ConfigError(
             "two sweep cells share a name; check --rsp-lengths / --rsp-scales for values that print alike"
         )
-    atomic_write_text(
-        out / "grid.json",
-        json.dumps(
-            {
-                "methods": list(config.methods),
-                "rsp_lengths": list(config.rsp_lengths),
-                "rsp_scales": list(config.rsp_scales),
-                "temperatures": list(config.temperatures),
-                "cells": names,
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+    grid = {**config_dict(config, exclude=("base",)), "cells": names}
+    atomic_write_text(out / "grid.json", json.dumps(grid, indent=2) + "\n")
     problems = len(config.base.load_task().problems)
     n = config.base.n
-    records: dict[str, list[dict]] = {}
+    records: dict[str, Sequence[Record]] = {}
     ran, skipped = [], []
     bar = tqdm(cells, disable=not progress, unit="cell", desc="sweep")
     for cell in bar:
@@ -263,18 +212,18 @@ def run_sweep(
         cell_dir = out / "cells" / cell.name
         finished = _finished_samples(cell_dir, cfg, problems)
         if finished is not None:
-            recs = [dict(r) for r in finished]
+            recs: Sequence[Record] = finished
             skipped.append(cell.name)
         else:
             generator = generator or Generator.from_args(config.base, lm)
             run = run_eval(cfg, cell_dir, generator=generator, progress=progress)
-            recs = [dict(r) for r in run.records]
+            recs = run.records
             write_eval_report(cell_dir, recs, run.config.to_dict(), seconds=run.seconds)
             ran.append(cell.name)
         records[cell.name] = _expand(recs, n) if cell.replicate else recs
     bar.close()
     rows = compare_cells(cells, records, n, seed=config.base.seed)
-    write_sweep_report(out, config, cells, rows, records)
+    write_sweep_report(out, config, rows)
     return SweepResult(out, cells, rows, ran, skipped)
 
 
@@ -286,15 +235,11 @@ def table_ks(n: int) -> list[int]:
     return ks if n >= 16 or n in ks else [*ks, n]
 
 
-def _renamed(records: list[dict], name: str) -> list[dict]:
-    return [{**r, "method": name} for r in records]
-
-
-def compare_cells(cells: list[Cell], records: dict[str, list[dict]], n: int, *, seed: int = 0) -> list[dict]:
+def compare_cells(
+    cells: list[Cell], records: dict[str, Sequence[Record]], n: int, *, seed: int = 0
+) -> list[dict]:
     """One row per cell: metrics with 95% CIs, and paired differences against temperature-only at its T."""
-    ks = table_ks(n)
-    maj = f"maj@{min(16, n)}"
-    metrics = ["accuracy", *[f"pass@{k}" for k in ks], maj]
+    metrics = ["accuracy", *[f"pass@{k}" for k in table_ks(n)], f"maj@{min(16, n)}"]
     rows = []
     for cell in cells:
         row: dict = {
@@ -305,17 +250,18 @@ def compare_cells(cells: list[Cell], records: dict[str, list[dict]], n: int, *, 
             "temperature": cell.temperature,
             "attempts_run": 1 if cell.replicate else n,
         }
-        base_name = cell.baseline_name
-        recs = _renamed(records.get(cell.name, []), "cell")
-        if cell.name == base_name or base_name not in records:
-            summary = summarise(recs, ["cell"], n, seed=seed)
-        else:
-            summary = summarise(_renamed(records[base_name], "base") + recs, ["base", "cell"], n, seed=seed)
+        base_name = Cell(BASELINE, cell.temperature).name
+        recs = [{**r, "method": "cell"} for r in records.get(cell.name, [])]
+        arms = ["cell"]
+        if cell.name != base_name and base_name in records:  # paired with temperature-only at this T
+            recs = [{**r, "method": "base"} for r in records[base_name]] + recs
+            arms = ["base", "cell"]
+        summary = summarise(recs, arms, n, seed=seed)
         row["problems"] = summary["problems"]
+        cell_metrics, paired = summary["methods"].get("cell", {}), summary["paired"].get("cell", {})
         for metric in metrics:
-            row[metric] = summary["methods"].get("cell", {}).get(metric)
-            row[f"delta {metric}"] = summary.get("paired", {}).get("cell", {}).get(metric)
-        cell_metrics = summary["methods"].get("cell", {})
+            row[metric] = cell_metrics.get(metric)
+            row[f"delta {metric}"] = paired.get(metric)
         row["passk_curve"] = (
             {k: cell_metrics[f"pass@{k}"]["mean"] for k in range(1, n + 1)} if cell_metrics else {}
         )
@@ -391,42 +337,23 @@ def _dash(v) -> str:
 
 
 def csv_report(rows: list[dict]) -> str:
+    """One line per cell; what a cell lacks (an L, a scale, a paired difference) is left empty."""
     metrics = _metric_names(rows)
-    header = ["cell", "method", "L", "rsp_scale", "temperature", "attempts_run", "problems"]
-    for m in metrics:
-        header += [m, f"{m} ci_low", f"{m} ci_high"]
-    for m in metrics:
-        header += [f"delta {m}", f"delta {m} ci_low", f"delta {m} ci_high", f"delta {m} p"]
+    header = [*CSV_COLUMNS, *(f"{m}{s}" for m in metrics for s in ("", " ci_low", " ci_high"))]
+    header += [f"delta {m}{s}" for m in metrics for s in ("", " ci_low", " ci_high", " p")]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
-    for r in rows:
-        line = [
-            r["cell"],
-            r["method"],
-            _blank(r["L"]),
-            _blank(r["rsp_scale"]),
-            r["temperature"],
-            r["attempts_run"],
-            r["problems"],
-        ]
-        for m in metrics:
-            d = r[m] or {}
-            line += [d.get("mean", ""), d.get("ci_low", ""), d.get("ci_high", "")]
-        for m in metrics:
-            d = r[f"delta {m}"] or {}
-            line += [d.get("mean", ""), d.get("ci_low", ""), d.get("ci_high", ""), d.get("p_value", "")]
+    for r in rows:  # csv writes None as ""
+        line = [r[c] for c in CSV_COLUMNS]
+        line += [(r[m] or {}).get(key, "") for m in metrics for key in ("mean", "ci_low", "ci_high")]
+        deltas = [r[f"delta {m}"] or {} for m in metrics]
+        line += [d.get(key, "") for d in deltas for key in ("mean", "ci_low", "ci_high", "p_value")]
         w.writerow(line)
     return buf.getvalue()
 
 
-def _blank(v) -> str:
-    return "" if v is None else str(v)
-
-
-def write_sweep_report(
-    out: Path, config: SweepConfig, cells: list[Cell], rows: list[dict], records: dict[str, list[dict]]
-) -> None:
+def write_sweep_report(out: Path, config: SweepConfig, rows: list[dict]) -> None:
     atomic_write_text(out / "sweep.md", markdown_report(rows, config))
     atomic_write_text(out / "sweep.csv", csv_report(rows))
     atomic_write_text(
@@ -442,12 +369,11 @@ def write_sweep_report(
 # ------------------------------------------------------------------------------------------------- plots
 
 
-def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
+def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> None:
     """One figure per method: a panel per temperature, a line per (L, scale), temperature-only dashed."""
     plt = pyplot()
     temps = list(config.temperatures)
     baseline = {r["temperature"]: r for r in rows if r["method"] == BASELINE}
-    written = []
     for method in dict.fromkeys(r["method"] for r in rows):
         fig, axes = plt.subplots(1, len(temps), figsize=(3.2 * len(temps), 3.2), sharey=True, squeeze=False)
         for ax, t in zip(axes[0], temps, strict=True):
@@ -455,11 +381,8 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
                 if r["method"] != method or r["temperature"] != t or not r["passk_curve"]:
                     continue
                 ks, vals = zip(*sorted((int(k), v) for k, v in r["passk_curve"].items()), strict=True)
-                label = (
-                    method
-                    if r["L"] is None
-                    else f"L={r['L']}" + ("" if r["rsp_scale"] is None else f" scale={r['rsp_scale']:g}")
-                )
+                scale = "" if r["rsp_scale"] is None else f" scale={r['rsp_scale']:g}"
+                label = method if r["L"] is None else f"L={r['L']}{scale}"
                 ax.plot(ks, vals, marker="o", ms=2, lw=1.2, label=label)
             base = baseline.get(t)
             if method != BASELINE and base and base["passk_curve"]:
@@ -476,17 +399,13 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
             f"{method}: pass@k on {config.base.task} ({config.base.model}, n={config.base.n})", fontsize=9
         )
         fig.tight_layout()
-        path = plots / f"passk_{method}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(plots / f"passk_{method}.png", dpi=110)
         plt.close(fig)
-        written.append(path)
-    return written
 
 
-def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Path]:
+def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> None:
     """Per method with an L axis: mean accuracy, and its paired difference to temperature-only, over L x T."""
     plt = pyplot()
-    written = []
     temps = list(config.temperatures)
     for method in dict.fromkeys(r["method"] for r in rows if r["L"] is not None):
         for scale in dict.fromkeys(r["rsp_scale"] for r in rows if r["method"] == method):
@@ -514,23 +433,12 @@ def plot_heatmaps(rows: list[dict], plots: Path, config: SweepConfig) -> list[Pa
                 ax.set_title(title, fontsize=9)
                 for (i, j), v in np.ndenumerate(data):
                     if np.isfinite(v):
-                        ax.text(
-                            j,
-                            i,
-                            f"{v:+.2f}" if data is delta else f"{v:.2f}",
-                            ha="center",
-                            va="center",
-                            fontsize=7,
-                            color="white" if data is acc and v < 0.5 else "black",
-                        )
+                        text = f"{v:+.2f}" if data is delta else f"{v:.2f}"
+                        color = "white" if data is acc and v < 0.5 else "black"
+                        ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
                 fig.colorbar(im, ax=ax, fraction=0.046)
-            suffix = "" if scale is None else f"_a{scale:g}"
-            fig.suptitle(
-                f"{method}{'' if scale is None else f' (scale={scale:g})'} on {config.base.task}", fontsize=9
-            )
+            scaled = "" if scale is None else f" (scale={scale:g})"
+            fig.suptitle(f"{method}{scaled} on {config.base.task}", fontsize=9)
             fig.tight_layout()
-            path = plots / f"heatmap_{method}{suffix}.png"
-            fig.savefig(path, dpi=110)
+            fig.savefig(plots / f"heatmap_{method}{'' if scale is None else f'_a{scale:g}'}.png", dpi=110)
             plt.close(fig)
-            written.append(path)
-    return written
