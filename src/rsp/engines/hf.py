@@ -48,14 +48,6 @@ def contiguous_head_input(model: torch.nn.Module):
         handle.remove()
 
 
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower()
-    )
-
-
 class HFEngine:
     """Batched sampling with transformers; backs off to smaller batches on out-of-memory."""
 
@@ -87,8 +79,10 @@ class HFEngine:
             torch.manual_seed(decode_seed)
             with contiguous_head_input(self.lm.model):
                 return self._generate_batch(prompts, injection, seeds, sampling, stop_strings)
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if not is_oom(exc) or len(prompts) <= self.min_batch_size:
+        except RuntimeError as exc:  # torch.OutOfMemoryError included
+            message = str(exc).lower()
+            oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in message
+            if not (oom or "can't allocate memory" in message) or len(prompts) <= self.min_batch_size:
                 raise
             half = (len(prompts) + 1) // 2
             msg = f"out of memory at batch {len(prompts)}; retrying as two batches of <= {half}"
@@ -124,10 +118,7 @@ class HFEngine:
             stop_strings=list(stop_strings) or None,
             use_cache=True,
         )
-        kwargs: dict = {"generation_config": cfg}
-        if stop_strings:
-            kwargs["tokenizer"] = self.lm.tokenizer
-        return kwargs
+        return {"generation_config": cfg, "tokenizer": self.lm.tokenizer if stop_strings else None}
 
     def _generate_batch(self, prompts, injection, seeds, sampling, stop_strings) -> list[Completion]:
         # The same hook a user gets from `rsp.attach`: placeholder ids in, each row's RSP written over them

@@ -33,20 +33,10 @@ from rsp.core.inputs import SlotFiller, layout
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.methods import RSPConfig, build_method
-from rsp.models.loading import (
-    LoadedModel,
-    choose_placeholder,
-    input_embeddings,
-    output_embeddings,
-    wrap_model,
-)
+from rsp.models.loading import LoadedModel, input_embeddings, output_embeddings, wrap_model
 from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
 
-__all__ = ["RSPHandle", "attach", "choose_placeholder"]
-
 Prompt = str | Messages | PromptTokens
-
-
 BANNED_LOGIT = -1.0e4  # exp() of it underflows to 0 in every float type: never sampled, yet finite in a loss
 
 
@@ -58,12 +48,6 @@ def ban_token_in_logits(logits: torch.Tensor, token_id: int) -> torch.Tensor:
         logits = logits.clone()
         logits[..., token_id] = BANNED_LOGIT
     return logits
-
-
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a PEFT wrapper (the module whose forward receives attention_mask)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 class RSPHandle:
@@ -100,11 +84,10 @@ class RSPHandle:
                     lambda module, args, output: ban_token_in_logits(output, self.placeholder_id)
                 )
             )
-        if injection.changes_prompt_rows:
-            self._handles.append(
-                _hf_model(self.model).register_forward_pre_hook(self._capture_mask, with_kwargs=True)
-            )
-        self._had_generate = "generate" in vars(self.model)
+        if injection.changes_prompt_rows:  # the mask, from the transformers model under any PEFT wrapper
+            get_base = getattr(self.model, "get_base_model", None)
+            base = get_base() if callable(get_base) else self.model
+            self._handles.append(base.register_forward_pre_hook(self._capture_mask, with_kwargs=True))
         self._previous_generate = vars(self.model).get("generate")
         # torch types a module attribute it does not declare as Tensor | Module (its __getattr__ and
         # __setattr__); `generate` is transformers' method, here wrapped on the instance.
@@ -198,7 +181,7 @@ class RSPHandle:
         for h in self._handles:
             h.remove()
         self._handles = []
-        if self._had_generate:
+        if self._previous_generate is not None:
             self.model.generate = self._previous_generate  # type: ignore[assignment]  # as in attach
         else:
             del self.model.generate

@@ -180,26 +180,26 @@ class LeanEngine(HFEngine):
         )
         return [self._finish(row, sampling, stop_strings) for row in rows]
 
+    def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        """One forward pass over prompt embeddings into `cache`. logits_to_keep=1: only the last position's
+        logits are used (as in generate()); all (B, P, vocab) would be a fifth of SmolLM2's prefill."""
+        return self.lm.model(
+            inputs_embeds=embeds.to(self.lm.device),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+    @torch.no_grad()
     def _generate_batch(
         self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling, stop_strings
     ) -> list[Completion]:
         batch, embeds = self.prepare(prompts, injection, seeds)
-        model = self.lm.model
-        device = self.lm.device
-        mask = batch.attention_mask.to(device)
+        mask = batch.attention_mask.to(self.lm.device)
         pos = positions_from_mask(mask)
-        with torch.no_grad():
-            cache = self.new_cache(sampling.max_new_tokens)
-            # logits_to_keep=1: only the last position's logits are used (as in generate()); the
-            # full (B, P, vocab) head output would be about a fifth of SmolLM2's prefill compute.
-            result = model(
-                inputs_embeds=embeds.to(device),
-                attention_mask=mask,
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        result = self._prefill(embeds, mask, pos, self.new_cache(sampling.max_new_tokens))
         return self._decode(
             result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling, stop_strings
         )

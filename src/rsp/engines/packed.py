@@ -16,8 +16,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PACKABLE_DTYPES = (torch.bfloat16,)
-
 
 def packing_supported() -> tuple[bool, str]:
     if not torch.backends.mkldnn.is_available():
@@ -28,13 +26,10 @@ def packing_supported() -> tuple[bool, str]:
 
 
 def _packable(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
-    w = getattr(module, "weight", None)
     return (
         isinstance(module, torch.nn.Linear)
-        and w is not None
-        and w.device.type == "cpu"
-        and w.dtype in PACKABLE_DTYPES
-        and w.dim() == 2
+        and module.weight.device.type == "cpu"
+        and module.weight.dtype == torch.bfloat16
     )
 
 

@@ -45,6 +45,7 @@ class PrefixEngine(LeanEngine):
             and not has_sliding_layers(self.lm.model)
         )
 
+    @torch.no_grad()
     def _generate_batch(
         self,
         prompts: Sequence[PromptTokens],
@@ -53,17 +54,14 @@ class PrefixEngine(LeanEngine):
         sampling: SamplingConfig,
         stop_strings,
     ) -> list[Completion]:
-        if not self.can_share(injection):
-            self.last_shared = False
-            return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
         length = injection.length
         cuts: list[tuple[int, int]] = []  # (shared prefix length, slot offset within the tail)
-        for p in prompts:
+        for p in prompts if self.can_share(injection) else ():
             at = p.insert_index(injection.position)
             share = at if (length > 0 or at < len(p.ids)) else at - 1  # keep >= 1 token for the logits
             cuts.append((share, at - share))
-        if min(share for share, _ in cuts) <= 0:
-            self.last_shared = False
+        self.last_shared = bool(cuts) and min(share for share, _ in cuts) > 0
+        if not self.last_shared:
             return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
 
         groups: dict[tuple[int, ...], int] = {}
@@ -78,37 +76,19 @@ class PrefixEngine(LeanEngine):
         tails = [p.ids[share:] for p, (share, _) in zip(prompts, cuts, strict=True)]
         tail_batch = build_slotted_batch(tails, [off for _, off in cuts], length, pad_id=self.lm.pad_token_id)
 
-        model, device = self.lm.model, self.lm.device
+        device = self.lm.device
         select = torch.tensor(row_group, dtype=torch.long, device=device)
         prefix_mask = prefix_batch.attention_mask.to(device)
-        with torch.no_grad():
-            cache = self.new_cache(tail_batch.input_ids.shape[1] + sampling.max_new_tokens)
-            model(
-                inputs_embeds=self.lm.embed(prefix_batch.input_ids).to(device),
-                attention_mask=prefix_mask,
-                position_ids=positions_from_mask(prefix_mask),
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache.batch_select_indices(select)
-            mask = torch.cat(
-                [prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1
-            )
-            pos = positions_from_mask(mask)
-            tail_embeds = injection.apply(
-                self.lm.embed(tail_batch.input_ids), tail_batch, seeds
-            )  # as embed_prompts
-            width = prefix_mask.shape[1]
-            result = model(
-                inputs_embeds=tail_embeds.to(device),
-                attention_mask=mask,
-                position_ids=pos[:, width:],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        self.last_shared = True
+        cache = self.new_cache(tail_batch.input_ids.shape[1] + sampling.max_new_tokens)
+        prefix_embeds = self.lm.embed(prefix_batch.input_ids)
+        self._prefill(prefix_embeds, prefix_mask, positions_from_mask(prefix_mask), cache)
+        cache.batch_select_indices(select)
+        mask = torch.cat([prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1)
+        pos = positions_from_mask(mask)
+        tail_embeds = injection.apply(
+            self.lm.embed(tail_batch.input_ids), tail_batch, seeds
+        )  # as embed_prompts
+        result = self._prefill(tail_embeds, mask, pos[:, prefix_mask.shape[1] :], cache)
         self.last_prefill_rows = len(prefixes)
         return self._decode(
             result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling, stop_strings
