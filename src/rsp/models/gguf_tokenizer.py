@@ -74,9 +74,10 @@ def read_gguf_vocab(path: Path) -> GGUFVocab:
         return int(value) if value is not None else None
 
     add_space = _scalar(reader, "tokenizer.ggml.add_space_prefix")
+    model = str(_scalar(reader, "tokenizer.ggml.model"))
     return GGUFVocab(
         architecture=str(_scalar(reader, "general.architecture")),
-        model=str(_scalar(reader, "tokenizer.ggml.model")),
+        model=model,
         pre=_scalar(reader, "tokenizer.ggml.pre"),
         tokens=[str(t) for t in array("tokenizer.ggml.tokens")],
         scores=[float(s) for s in array("tokenizer.ggml.scores")],
@@ -88,12 +89,8 @@ def read_gguf_vocab(path: Path) -> GGUFVocab:
         pad_id=optional_int("tokenizer.ggml.padding_token_id"),
         add_bos=bool(_scalar(reader, "tokenizer.ggml.add_bos_token")),
         # llama.cpp's default for a SentencePiece vocabulary without the field is True
-        add_space_prefix=bool(add_space) if add_space is not None else vocab_model_default_prefix(reader),
+        add_space_prefix=bool(add_space) if add_space is not None else model == "llama",
     )
-
-
-def vocab_model_default_prefix(reader: Any) -> bool:
-    return str(_scalar(reader, "tokenizer.ggml.model")) == "llama"
 
 
 def original_piece_types(vocab: GGUFVocab) -> list[tuple[str, int]]:
@@ -174,18 +171,11 @@ def gemma_tokenizer(vocab: GGUFVocab):
         add_eos_token=False,
         clean_up_tokenization_spaces=False,
     )
-    control = [
-        AddedToken(p, normalized=False, special=True)
-        for p, t in zip(vocab.tokens, vocab.types, strict=True)
-        if t == CONTROL
-    ]
-    user = [
-        AddedToken(p, normalized=False, special=False)
-        for p, t in zip(vocab.tokens, vocab.types, strict=True)
-        if t == USER_DEFINED
-    ]
-    tok.add_tokens(control, special_tokens=True)
-    tok.add_tokens(user)
+    for kind, special in ((CONTROL, True), (USER_DEFINED, False)):
+        pieces = [p for p, t in zip(vocab.tokens, vocab.types, strict=True) if t == kind]
+        tok.add_tokens(
+            [AddedToken(p, normalized=False, special=special) for p in pieces], special_tokens=special
+        )
     return tok
 
 

@@ -163,14 +163,6 @@ class ModelBase(ABC):
 
     @property
     @abstractmethod
-    def hidden_size(self) -> int: ...
-
-    @property
-    @abstractmethod
-    def vocab_rows(self) -> int: ...
-
-    @property
-    @abstractmethod
     def embed_scale(self) -> float:
         """The factor between the embedding table and what the first block receives (Gemma: ~sqrt(d))."""
 
@@ -181,6 +173,14 @@ class ModelBase(ABC):
     @abstractmethod
     def embedding_table(self) -> torch.Tensor:
         """The raw (V, d) input-embedding table the statistics are fitted on."""
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embedding_table().shape[1])
+
+    @property
+    def vocab_rows(self) -> int:
+        return int(self.embedding_table().shape[0])
 
     @property
     def has_chat_template(self) -> bool:
@@ -239,14 +239,6 @@ class LoadedModel(ModelBase):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.embedding_table().shape[1])
-
-    @property
-    def vocab_rows(self) -> int:
-        return int(self.embedding_table().shape[0])
 
     @functools.cached_property
     def embed_scale(self) -> float:
@@ -363,15 +355,9 @@ def check_inputs_embeds_support(model: torch.nn.Module) -> None:
         raise ModelLoadError(f"{type(model).__name__} cannot generate from inputs_embeds")
 
 
-def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
-    """Every id that ends an answer: EOS from the generation config and tokenizer, plus end-of-turn tokens."""
-    return stop_token_ids_from(
-        getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer
-    )
-
-
 def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int, ...]:
-    """`stop_token_ids` given the generation config's eos_token_id (read from a folder without a model)."""
+    """Every id that ends an answer: EOS from the generation config (`gen_eos`) and the tokenizer, plus
+    end-of-turn tokens."""
     ids: set[int] = set()
     for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
         if isinstance(value, int):
@@ -389,13 +375,6 @@ PROBE_TEXTS = (
     "hi\n\nQuestion: How many apples?",
     "\\boxed{\\frac{1}{2}} é 中文",
 )
-
-
-def _tokenizer_round_trips(tok, saved_dir: Path) -> bool:
-    from transformers import AutoTokenizer
-
-    again = AutoTokenizer.from_pretrained(str(saved_dir))
-    return all(tok(t)["input_ids"] == again(t)["input_ids"] for t in PROBE_TEXTS)
 
 
 def load_tokenizer(location: str):
@@ -437,12 +416,6 @@ def conversion_is_current(target: Path) -> tuple[bool, str]:
     return True, "current"
 
 
-def _gguf_cache_key(path: Path) -> str:
-    st = path.stat()
-    text = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename); a
     directory already there is reused only if `conversion_is_current`."""
@@ -462,7 +435,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
 
 
 def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not gguf_path.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_path}")
@@ -487,7 +460,8 @@ def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
             del model.config.quantization_config
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        if not _tokenizer_round_trips(tok, tmp):
+        again = AutoTokenizer.from_pretrained(str(tmp))
+        if any(tok(t)["input_ids"] != again(t)["input_ids"] for t in PROBE_TEXTS):
             # Should a saved tokenizer re-load differently, keep reading it from the GGUF file itself.
             log.warning(
                 "tokenizer of %s does not survive save/load; it will be read from the GGUF file", gguf_path
@@ -520,7 +494,9 @@ def resolve_model_dir(spec: str, cache_dir: Path | None = None) -> tuple[str, st
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        target = cache / "models" / f"gguf-{path.stem}-{_gguf_cache_key(path)}"
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+        target = cache / "models" / f"gguf-{path.stem}-{key}"
         convert_gguf(path, target)
         return str(target), f"gguf:{path}"
     if path.is_dir():
@@ -592,7 +568,9 @@ def wrap_model(
         tokenizer=tokenizer,
         name=name,
         source=source,
-        stop_token_ids=stop_token_ids(model, tokenizer),
+        stop_token_ids=stop_token_ids_from(
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer
+        ),
         pad_token_id=pad_id(tokenizer),
         config=getattr(model, "config", None),
         stats_cache_dir=stats_dir(location, source) if location else None,

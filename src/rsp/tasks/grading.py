@@ -47,13 +47,6 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _last_match(pattern: str, text: str) -> re.Match[str] | None:
-    last = None
-    for last in re.finditer(pattern, text):  # noqa: B007 - we want the final match
-        pass
-    return last
-
-
 def extract_answer(text: str) -> str | None:
     """Final answer of a completion: the last \\boxed{}, else GSM8K '#### N', else 'answer is X', else
     the last number."""
@@ -62,13 +55,13 @@ def extract_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None and boxed != "":
         return boxed
-    m = _last_match(r"####\s*([^\n]+)", text)
-    if m:
-        return m.group(1).strip()
+    found = re.findall(r"####\s*([^\n]+)", text)  # findall: each match's one group
+    if found:
+        return found[-1].strip()
     tail = text[-2000:]
-    m = _last_match(r"answer is[:\s]*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)", tail)
-    if m:
-        return m.group(1).strip()
+    found = re.findall(r"answer is[:\s]*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)", tail)
+    if found:
+        return found[-1].strip()
     numbers = _NUMBER.findall(tail)
     return numbers[-1] if numbers else None
 
