@@ -182,7 +182,7 @@ class RSPHandle:
             h.remove()
         self._handles = []
         if self._previous_generate is not None:
-            self.model.generate = self._previous_generate  # type: ignore[assignment]  # as in attach
+            self.model.generate = self._previous_generate
         else:
             del self.model.generate
         self.attached = False

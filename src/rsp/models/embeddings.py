@@ -16,7 +16,6 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -34,9 +33,6 @@ from rsp.models.loading import (
     stats_dir,
     stop_token_ids_from,
 )
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 # Key endings of the input-embedding tensor across architectures (Llama/Gemma/Qwen/Mistral, GPT-2,
 # BLOOM/BERT-style, GPT-NeoX, original Llama checkpoints).
@@ -213,22 +209,14 @@ def _lookup(table: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor) 
     return rows if scale is None else rows * scale.to(table.dtype)  # as Gemma's ScaledWordEmbedding.forward
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmbeddingModel(ModelBase):
     """Tokenizer, stop ids and input-embedding table of a checkpoint: `LoadedModel` where the transformer is
     never run here (vLLM loads its own copy). The table is read on first use only (`embed`), a statistics
     fit reads it transiently: with cached statistics, vLLM's mixed prompts hold no weight here at all."""
 
     tensor: EmbeddingTensor
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-    source: str
-    location: str
-    config: Any  # transformers PretrainedConfig of the folder
-    stop_token_ids: tuple[int, ...]
-    pad_token_id: int
     scale: torch.Tensor | None = None  # Gemma: sqrt(hidden_size) as a 0-d tensor in the model dtype
-    stats_cache_dir: Path | None = None
     _table: torch.Tensor | None = field(default=None, repr=False)
 
     @property

@@ -135,6 +135,7 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@dataclass(kw_only=True)
 class ModelBase(ABC):
     """What RSP injection needs of a model, however it was loaded: the tokenizer, the stop, pad and
     placeholder ids, the effective embedding lookup (`embed`) and its statistics (`embedding_stats`).
@@ -150,8 +151,8 @@ class ModelBase(ABC):
     stop_token_ids: tuple[int, ...]
     pad_token_id: int
     config: Any  # the transformers config
-    location: str | None  # the folder (or Hub id) the weights came from; None for wrapped models
-    stats_cache_dir: Path | None  # converted models keep their fitted statistics here
+    location: str | None = None  # the folder (or Hub id) the weights came from; None for wrapped models
+    stats_cache_dir: Path | None = None  # converted models keep their fitted statistics here
 
     @property
     @abstractmethod
@@ -218,19 +219,11 @@ class ModelBase(ABC):
         return self._stats[rows, mean_mode]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoadedModel(ModelBase):
     """A transformers model with its tokenizer and the facts RSP injection needs about its embeddings."""
 
     model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-    source: str
-    stop_token_ids: tuple[int, ...]
-    pad_token_id: int
-    config: Any
-    stats_cache_dir: Path | None = None
-    location: str | None = None
 
     @property
     def device(self) -> torch.device:
