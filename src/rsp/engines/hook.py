@@ -147,15 +147,10 @@ class RSPHandle:
             if len(self._pinned) != rows:
                 raise ValueError(f"use_seeds gave {len(self._pinned)} seeds for a batch of {rows} rows")
             seeds = self._pinned
-        elif self._in_generate:
-            if self._fresh or self.seeds is None or len(self.seeds) != rows:
-                self._fresh = False
-                seeds = self._draw(rows)
-            else:
-                seeds = self.seeds
-        elif self.seeds is not None and len(self.seeds) == rows:
-            seeds = self.seeds  # a scoring forward after generate: the rows' own RSPs
-        else:
+        elif not self._fresh and self.seeds is not None and len(self.seeds) == rows:
+            seeds = self.seeds  # later forwards of a generate call, or scoring after it: the rows' own RSPs
+        else:  # the prefill of a new generate call (`_fresh`), or a new batch
+            self._fresh = False
             seeds = self._draw(rows)
         self.seeds = list(seeds)
         return self.seeds

@@ -1,9 +1,8 @@
 """The input-embedding table read straight from a checkpoint's safetensors, without building the model.
 
 Why: RSP injection needs only that table (its statistics; row lookups for `embeds` prompts), the
-tokenizer and the stop ids. An engine that holds its own copy of the weights (vLLM) was given a full HF
-model beside it just for these, doubling the host memory (issue #12). `EmbeddingModel` holds at most
-the table; `embedding_stats` fits the RSP statistics reading that one tensor and nothing else.
+tokenizer and the stop ids; a full HF model beside an engine that holds its own weights (vLLM) doubled
+the host memory. `EmbeddingModel` holds at most the table; `embedding_stats` reads only that tensor.
 
 The numbers are the loaded model's, not an approximation: the table is cast to the dtype `load_model`
 casts it to, Gemma's sqrt(hidden_size) scale is applied as transformers' ScaledWordEmbedding applies it
@@ -114,17 +113,6 @@ def _text_config(config: dict) -> dict:
     return text if isinstance(text, dict) else config
 
 
-def config_embed_scale(config: dict) -> float | None:
-    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None."""
-    for part in (config, _text_config(config)):
-        if part.get("model_type") in SCALED_EMBEDDING_TYPES:
-            hidden = _text_config(config).get("hidden_size") or part.get("hidden_size")
-            if not hidden:
-                raise ModelLoadError(f"config of model type {part['model_type']} has no hidden_size")
-            return float(hidden) ** 0.5  # transformers: config.hidden_size**0.5
-    return None
-
-
 def _shape(path: Path, key: str) -> tuple[int, ...]:
     with safe_open(str(path), framework="pt") as handle:
         return tuple(handle.get_slice(key).get_shape())
@@ -198,10 +186,15 @@ def read_embedding_table(
 
 
 def _scale_tensor(config: dict, dtype: torch.dtype) -> torch.Tensor | None:
-    # transformers builds the scale buffer under the load dtype as default dtype: one rounding,
-    # float -> dtype.
-    scale = config_embed_scale(config)
-    return None if scale is None else torch.tensor(scale, dtype=dtype)
+    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None. As transformers
+    builds the scale buffer: config.hidden_size**0.5 under the load dtype as default, one rounding."""
+    for part in (config, _text_config(config)):
+        if part.get("model_type") in SCALED_EMBEDDING_TYPES:
+            hidden = _text_config(config).get("hidden_size") or part.get("hidden_size")
+            if not hidden:
+                raise ModelLoadError(f"config of model type {part['model_type']} has no hidden_size")
+            return torch.tensor(float(hidden) ** 0.5, dtype=dtype)
+    return None
 
 
 def _lookup(table: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
@@ -218,13 +211,6 @@ class EmbeddingModel(ModelBase):
     tensor: EmbeddingTensor
     scale: torch.Tensor | None = None  # Gemma: sqrt(hidden_size) as a 0-d tensor in the model dtype
     _table: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def table(self) -> torch.Tensor:
-        """(V, d), raw (unscaled) in the model dtype, on the CPU; read from the checkpoint on first use."""
-        if self._table is None:
-            self._table = self.tensor.read()
-        return self._table
 
     @functools.cached_property
     def embed_scale(self) -> float:
@@ -249,7 +235,9 @@ class EmbeddingModel(ModelBase):
         return self.tensor.shape[0]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return _lookup(self.table, self.scale, input_ids.to(self.device))
+        if self._table is None:  # (V, d), raw, in the model dtype, on the CPU: read on first use
+            self._table = self.tensor.read()
+        return _lookup(self._table, self.scale, input_ids.to(self.device))
 
     def embedding_table(self) -> torch.Tensor:
         return self._table if self._table is not None else self.tensor.read()
