@@ -29,16 +29,11 @@ def last_boxed(text: str) -> str | None:
             while i < len(text) and text[i] == " ":
                 i += 1
             if i < len(text) and text[i] == "{":
-                depth, j = 0, i
-                while j < len(text):
-                    c = text[j]
-                    if c == "{":
-                        depth += 1
-                    elif c == "}":
-                        depth -= 1
-                        if depth == 0:
-                            return text[i + 1 : j].strip()
-                    j += 1
+                depth = 0
+                for j in range(i, len(text)):
+                    depth += {"{": 1, "}": -1}.get(text[j], 0)
+                    if depth == 0:  # the brace that closes text[i]
+                        return text[i + 1 : j].strip()
             elif marker == "\\boxed" and i < len(text) and text[i] != "{":
                 m = re.match(r"\s*([^\s$]+)", text[i : i + 200])  # "\boxed 5" form
                 if m and i > start + len(marker):
@@ -53,7 +48,7 @@ def extract_answer(text: str) -> str | None:
     if not text:
         return None
     boxed = last_boxed(text)
-    if boxed is not None and boxed != "":
+    if boxed:
         return boxed
     found = re.findall(r"####\s*([^\n]+)", text)  # findall: each match's one group
     if found:
