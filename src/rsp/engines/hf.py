@@ -31,21 +31,19 @@ def contiguous_head_input(model: torch.nn.Module):
     at batch 32 on a CPU, 10.7 GB for Gemma 3. A contiguous copy takes the plain path; bf16 and fp16 logits
     are bit-identical (tested), fp32 ones may differ in the last bit.
     """
-    head = output_embeddings(model)
-    if head is None:
-        yield
-        return
 
     def make_contiguous(module, args):
         if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
             return (args[0].contiguous(), *args[1:])
         return None
 
-    handle = head.register_forward_pre_hook(make_contiguous)
+    head = output_embeddings(model)
+    handle = head.register_forward_pre_hook(make_contiguous) if head is not None else None
     try:
         yield
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
 
 
 class HFEngine:
@@ -90,19 +88,18 @@ class HFEngine:
             self.oom_events.append(msg)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            parts = (slice(None, half), slice(half, None))
-            return [
-                c
-                for i, part in enumerate(parts)
-                for c in self.generate(
+            out: list[Completion] = []
+            for i, part in enumerate((slice(None, half), slice(half, None))):
+                seed = derive_seed(decode_seed, "oom", i)
+                out += self.generate(
                     prompts[part],
                     injection,
                     seeds[part],
                     sampling,
-                    decode_seed=derive_seed(decode_seed, "oom", i),
+                    decode_seed=seed,
                     stop_strings=stop_strings,
                 )
-            ]
+            return out
 
     def generation_kwargs(self, sampling: SamplingConfig, stop_strings: Sequence[str] = ()) -> dict:
         cfg = GenerationConfig(

@@ -50,9 +50,7 @@ class PromptBuilder:
                 "prompt style 'chat' requested but this tokenizer has no chat template "
                 "(a base model?); use --prompt-style plain or auto"
             )
-        self.resolved_style = (
-            "chat" if (self.style == "chat" or (self.style == "auto" and has_template)) else "plain"
-        )
+        self.resolved_style = "chat" if has_template and self.style != "plain" else "plain"
 
     @classmethod
     def for_task(
