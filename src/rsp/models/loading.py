@@ -436,21 +436,22 @@ def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
         log.warning("converting %s again: the cache at %s is out of date: %s", gguf_path, target, why)
     else:
         log.info("converting %s to a safetensors cache at %s (once)", gguf_path, target)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        try:
-            vocab = read_gguf_vocab(gguf_path)
-            tok = tokenizer_from_gguf(gguf_path, vocab)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-            )
-        except Exception as exc:  # the loaders raise many types for a bad file
-            raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from exc
-        # transformers sets hf_quantizer in from_pretrained without declaring it on the class, so mypy
-        # types it by nn.Module.__getattr__ (Tensor | Module)
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        vocab = read_gguf_vocab(gguf_path)
+        tok = tokenizer_from_gguf(gguf_path, vocab)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except Exception as exc:  # the loaders raise many types for a bad file
+        raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from exc
+    # transformers sets hf_quantizer in from_pretrained without declaring it on the class, so mypy
+    # types it by nn.Module.__getattr__ (Tensor | Module)
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # Written beside the target and renamed into place, so a cache is never seen half-written.
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=target.parent) as tmp_name:
+        tmp = Path(tmp_name)
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         again = AutoTokenizer.from_pretrained(str(tmp))
@@ -467,10 +468,7 @@ def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
         )
         if target.exists():
             shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(tmp, target)  # the emptied temporary name is then no error to clean up
     return target
 
 
