@@ -9,7 +9,6 @@ the mask's gap and positions counted over attended tokens, so each row sees what
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -33,10 +32,8 @@ class PrefixEngine(LeanEngine):
     """Same interface and results as `HFEngine`, with one prompt prefill per distinct prompt; the unshared
     lean loop where nothing can be shared (prepend, injections that rewrite prompt rows, sliding windows)."""
 
-    def __init__(self, lm, **options: Any) -> None:
-        super().__init__(lm, **options)
-        self.last_shared: bool = False
-        self.last_prefill_rows: int = 0
+    last_shared = False  # whether the last batch was shared, and over how many prompt prefills
+    last_prefill_rows = 0
 
     def can_share(self, injection: Injection) -> bool:
         return (

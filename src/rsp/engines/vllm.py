@@ -95,9 +95,8 @@ def prefix_cache_mask_hazard(version: str | None) -> str | None:
         release = Version(version).release
     except InvalidVersion:
         release = MIXED_PROMPTS_SINCE  # an unreadable version: assume the newest known behaviour
-    if release[:2] < MIXED_PROMPTS_SINCE:
-        return None
-    if PREFIX_CACHE_MASK_FIXED_IN is not None and release >= PREFIX_CACHE_MASK_FIXED_IN:
+    fixed = PREFIX_CACHE_MASK_FIXED_IN
+    if release[:2] < MIXED_PROMPTS_SINCE or (fixed is not None and release >= fixed):
         return None
     return (
         f"vLLM {version} leaves a mixed prompt's token/embedding mask (prompt_is_token_ids) out of its "

@@ -191,12 +191,9 @@ class Grader:
                 self._kill()
                 return GradeResult(False, "error")
             reply = _readline_within(proc, self.timeout)
-            if reply is None:
-                self._kill()  # a stuck sympy call: replace the worker
-                return GradeResult(False, "timeout")
-            if not reply.strip():
-                self._kill()
-                return GradeResult(False, "error")
+            if reply is None or not reply.strip():
+                self._kill()  # a stuck sympy call (timeout) or a dead worker: replace it
+                return GradeResult(False, "timeout" if reply is None else "error")
             return GradeResult(reply.strip() == "1", "math-verify")
 
     def grade(self, completion: str, gold: str) -> GradeResult:
