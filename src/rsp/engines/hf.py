@@ -24,13 +24,11 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def contiguous_head_input(model: torch.nn.Module):
-    """Within the block, the output head receives a contiguous input.
-
-    Why: at prefill `generate()` hands the head the view `hidden[:, -1:, :]`, and `torch.matmul` on a
-    non-contiguous 3-D input materialises the weight expanded to (B, d, vocab): 1.8 GB and ~5 s for SmolLM2
-    at batch 32 on a CPU, 10.7 GB for Gemma 3. A contiguous copy takes the plain path; bf16 and fp16 logits
-    are bit-identical (tested), fp32 ones may differ in the last bit.
-    """
+    """Within the block, the output head receives a contiguous input. Why: at prefill `generate()` hands
+    the head the view `hidden[:, -1:, :]`, and `torch.matmul` on a non-contiguous 3-D input materialises
+    the weight expanded to (B, d, vocab): 1.8 GB and ~5 s for SmolLM2 at batch 32 on a CPU, 10.7 GB for
+    Gemma 3. A contiguous copy takes the plain path; bf16 and fp16 logits are bit-identical (tested), fp32
+    ones may differ in the last bit."""
 
     def make_contiguous(module, args):
         if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():

@@ -48,11 +48,9 @@ def build_warpers(sampling: SamplingConfig):
 
 class LeanEngine(HFEngine):
     """`HFEngine` with the hand-written decode loop instead of `generate()` (same interface).
-
     `compact=False` keeps finished rows like `generate` (sampled tokens then match it row for row);
     `pack_weights` runs bf16 CPU linears on prepacked oneDNN weights (`rsp.engines.packed`);
-    `preallocate_cache` appends into reserved KV room (`rsp.engines.kvcache`). All keep outputs unchanged.
-    """
+    `preallocate_cache` appends into reserved KV room (`rsp.engines.kvcache`). All keep outputs unchanged."""
 
     def __init__(
         self,
@@ -89,13 +87,11 @@ class LeanEngine(HFEngine):
     def _decode(
         self, logits, cache, mask, next_position, sampling: SamplingConfig, stop_strings
     ) -> list[Completion]:
-        """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache.
-
-        `mask` covers the cache; `next_position` (B,) is the first new token's position id. Rows stop at a
-        stop token (kept) or a stop string; finished rows get the pad id. With `compact`, finished rows leave
-        the cache, so later steps run on live rows only: greedy output is unchanged, sampling has the same
-        distribution but draws other numbers than `generate`. The placeholder is never sampled.
-        """
+        """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache
+        (`mask` covers it; `next_position` (B,) is the first new token's position id). Rows stop at a stop
+        token (kept) or a stop string; finished rows get the pad id. With `compact`, finished rows leave the
+        cache, so later steps run on live rows only: greedy output is unchanged, sampling has the same
+        distribution but draws other numbers than `generate`. The placeholder is never sampled."""
         lm = self.lm
         warpers = build_warpers(sampling)
         batch, device, pad = logits.shape[0], logits.device, lm.pad_token_id

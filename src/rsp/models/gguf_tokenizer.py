@@ -54,9 +54,7 @@ class GGUFVocab:
 
 def _scalar(reader: Any, key: str) -> Any:
     field = reader.fields.get(key)
-    if field is None:
-        return None
-    return field.contents()
+    return None if field is None else field.contents()
 
 
 def read_gguf_vocab(path: Path) -> GGUFVocab:
@@ -66,8 +64,7 @@ def read_gguf_vocab(path: Path) -> GGUFVocab:
     reader = gguf.GGUFReader(str(path))
 
     def array(key: str) -> list[Any]:
-        field = reader.fields.get(key)
-        return list(field.contents()) if field is not None else []
+        return list(_scalar(reader, key) or [])
 
     def optional_int(key: str) -> int | None:
         value = _scalar(reader, key)

@@ -139,11 +139,8 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 class ModelBase(ABC):
     """What RSP injection needs of a model, however it was loaded: the tokenizer, the stop, pad and
     placeholder ids, the effective embedding lookup (`embed`) and its statistics (`embedding_stats`).
-
     `LoadedModel` holds the whole transformers model; `EmbeddingModel` (`rsp.models.embeddings`) only the
-    input-embedding table, for an engine that loads the weights itself (vLLM). Engines, methods and the
-    generator take either.
-    """
+    input-embedding table, for an engine that loads the weights itself (vLLM). Engines take either."""
 
     tokenizer: PreTrainedTokenizerBase
     name: str
@@ -316,11 +313,8 @@ def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
 
 def probe_embed_scale(weight: torch.Tensor, lookup: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """The factor between a table and what its lookup returns (Gemma: ~sqrt(d)), from its first 64 rows.
-
-    Probing the lookup instead of reading a model-specific attribute works for any architecture whose
-    embedding is a scaled lookup, catches one that is not, and gives a table read without the model
-    (`rsp.models.embeddings`) exactly the loaded model's number.
-    """
+    Probing the lookup, not a model-specific attribute, works for any scaled-lookup embedding, catches one
+    that is not, and gives a table read without the model (`rsp.models.embeddings`) the same number."""
     ids = torch.arange(min(64, weight.shape[0]), device=weight.device)
     with torch.no_grad():
         out = lookup(ids).float().detach()

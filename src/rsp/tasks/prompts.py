@@ -117,8 +117,7 @@ def tokenize_prompt(
 ) -> PromptTokens:
     """A user's prompt as `PromptTokens`: chat messages through the chat template (`end_of_user_turn` at
     the end of the last user message), a string as one user message where the tokenizer has a template
-    (`chat` overrides; else raw, with BOS), `PromptTokens` unchanged.
-    """
+    (`chat` overrides; else raw, with BOS), `PromptTokens` unchanged."""
     if isinstance(prompt, PromptTokens):
         return prompt
     has_template = bool(getattr(tokenizer, "chat_template", None))
