@@ -70,8 +70,7 @@ class RSPHandle:
         self.seeds: list[int | None] | None = None  # the seeds of the last injected call, row by row
         self.draws = 0  # how many fresh sets of seeds were drawn
         self._pinned: list[int | None] | None = None
-        self._in_generate = False
-        self._fresh = False
+        self._in_generate = self._fresh = False  # inside a generate call; before its prefill
         self._k = 1
         self._prepared: tuple[int, int] | None = None  # (rows, n) of the last prepare()
         self._mask: torch.Tensor | None = None
@@ -219,9 +218,9 @@ def attach(
     """
     if isinstance(model, LoadedModel):
         lm = model
+    elif tokenizer is None:
+        raise ValueError("rsp.attach needs the tokenizer together with the model")
     else:
-        if tokenizer is None:
-            raise ValueError("rsp.attach needs the tokenizer together with the model")
         lm = wrap_model(model, tokenizer, name=type(model).__name__, prepare=False)
     if injection is None:
         options = RSPConfig(

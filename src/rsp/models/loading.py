@@ -289,10 +289,8 @@ def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ())
         if free:
             return int(max(free))
     unk = getattr(tokenizer, "unk_token_id", None)
-    if isinstance(unk, int) and unk not in set(stop_ids) | {
-        getattr(tokenizer, "pad_token_id", None),
-        getattr(tokenizer, "bos_token_id", None),
-    }:
+    taken = {*stop_ids, getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "bos_token_id", None)}
+    if isinstance(unk, int) and unk not in taken:
         return unk
     return int(min(len(tokenizer), vocab_rows) - 1)
 

@@ -66,10 +66,8 @@ class PromptBuilder:
         """Return (head, tail): the prompt text up to the end of the user's content, and the rest."""
         content = f"{problem.question}\n{INSTRUCTION}"
         if self.resolved_style == "chat":
-            messages = []
-            if self.system_prompt is not None:
-                messages.append({"role": "system", "content": self.system_prompt})
-            messages.append({"role": "user", "content": content})
+            system = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+            messages = [*system, {"role": "user", "content": content}]
             text = render_chat(self.tokenizer, messages)
             cut = user_turn_cut(text, messages)
             if cut is None:
