@@ -15,7 +15,7 @@ import torch
 from rsp.core.injection import Injection
 from rsp.core.inputs import positions_from_mask
 from rsp.core.insert import PromptTokens, build_slotted_batch
-from rsp.engines.base import Completion, SamplingConfig
+from rsp.engines.base import Completion
 from rsp.engines.lean import LeanEngine
 
 
@@ -44,12 +44,7 @@ class PrefixEngine(LeanEngine):
 
     @torch.no_grad()
     def _generate_batch(
-        self,
-        prompts: Sequence[PromptTokens],
-        injection: Injection,
-        seeds,
-        sampling: SamplingConfig,
-        stop_strings,
+        self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling, stop_strings
     ) -> list[Completion]:
         length = injection.length
         cuts: list[tuple[int, int]] = []  # (shared prefix length, slot offset within the tail)
@@ -66,12 +61,10 @@ class PrefixEngine(LeanEngine):
             groups.setdefault(tuple(p.ids[:share]), len(groups))
             for p, (share, _) in zip(prompts, cuts, strict=True)
         ]
-        prefixes = list(groups)
-        prefix_batch = build_slotted_batch(
-            prefixes, [len(x) for x in prefixes], 0, pad_id=self.lm.pad_token_id
-        )
+        prefixes, pad = list(groups), self.lm.pad_token_id
+        prefix_batch = build_slotted_batch(prefixes, [len(x) for x in prefixes], 0, pad_id=pad)
         tails = [p.ids[share:] for p, (share, _) in zip(prompts, cuts, strict=True)]
-        tail_batch = build_slotted_batch(tails, [off for _, off in cuts], length, pad_id=self.lm.pad_token_id)
+        tail_batch = build_slotted_batch(tails, [off for _, off in cuts], length, pad_id=pad)
 
         device = self.lm.device
         select = torch.tensor(row_group, dtype=torch.long, device=device)
@@ -82,9 +75,7 @@ class PrefixEngine(LeanEngine):
         cache.batch_select_indices(select)
         mask = torch.cat([prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1)
         pos = positions_from_mask(mask)
-        tail_embeds = injection.apply(
-            self.lm.embed(tail_batch.input_ids), tail_batch, seeds
-        )  # as embed_prompts
+        tail_embeds = injection.apply(self.lm.embed(tail_batch.input_ids), tail_batch, seeds)
         result = self._prefill(tail_embeds, mask, pos[:, prefix_mask.shape[1] :], cache)
         self.last_prefill_rows = len(prefixes)
         return self._decode(

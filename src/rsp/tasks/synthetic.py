@@ -65,28 +65,22 @@ def _one_problem(rng: random.Random, steps: int, top: int) -> tuple[str, int, st
         if op == "add":
             k = rng.randint(1, top)
             friend = rng.choice([n for n in NAMES if n != name])
-            sentences.append(
-                rng.choice(
-                    [
-                        f"{friend} gives {name} {k} more {item}.",
-                        f"Then {name} finds {k} more {item}.",
-                        f"{name} buys {k} more {item}.",
-                    ]
-                )
-            )
+            said = [
+                f"{friend} gives {name} {k} more {item}.",
+                f"Then {name} finds {k} more {item}.",
+                f"{name} buys {k} more {item}.",
+            ]
+            sentences.append(rng.choice(said))
             lines.append(f"{value} + {k} = {value + k}.")
             value += k
         elif op == "sub":
             k = rng.randint(1, value - 1)
-            sentences.append(
-                rng.choice(
-                    [
-                        f"{name} gives away {k} {item}.",
-                        f"Then {name} loses {k} {item}.",
-                        f"{name} uses {k} of the {item}.",
-                    ]
-                )
-            )
+            said = [
+                f"{name} gives away {k} {item}.",
+                f"Then {name} loses {k} {item}.",
+                f"{name} uses {k} of the {item}.",
+            ]
+            sentences.append(rng.choice(said))
             lines.append(f"{value} - {k} = {value - k}.")
             value -= k
         else:
