@@ -340,15 +340,9 @@ class VLLMEngine:
         use_tqdm: bool = False,
     ) -> list[Completion]:
         sampling.validate()
-        lm, stops = self.lm, self.lm.stop_token_ids
+        lm, stops, mode = self.lm, self.lm.stop_token_ids, self.prompt_mode
         requests = build_requests(
-            lm,
-            prompts,
-            injection,
-            seeds,
-            decode_seed=decode_seed,
-            prompt_mode=self.prompt_mode,
-            salt=self.salt,
+            lm, prompts, injection, seeds, decode_seed=decode_seed, prompt_mode=mode, salt=self.salt
         )
         ban = (lm.placeholder_id,)
         params = [

@@ -178,13 +178,6 @@ def locate_embedding_table(
     return EmbeddingTensor(path, key, (int(shape[0]), int(shape[1])), dtype)
 
 
-def read_embedding_table(
-    location: str, *, dtype: torch.dtype, config: dict | None = None, tensor_name: str | None = None
-) -> torch.Tensor:
-    """The (V, d) input-embedding table in `dtype`, reading only that tensor from the checkpoint."""
-    return locate_embedding_table(location, dtype=dtype, config=config, tensor_name=tensor_name).read()
-
-
 def _scale_tensor(config: dict, dtype: torch.dtype) -> torch.Tensor | None:
     """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None. As transformers
     builds the scale buffer: config.hidden_size**0.5 under the load dtype as default, one rounding."""
@@ -243,16 +236,6 @@ class EmbeddingModel(ModelBase):
         return self._table if self._table is not None else self.tensor.read()
 
 
-def _generation_eos(location: str, config: dict) -> int | list[int] | None:
-    """eos_token_id as `model.generation_config` has it: generation_config.json, else the model config."""
-    path = _Checkpoint(location).file("generation_config.json")
-    if path is not None:
-        gen = json.loads(path.read_text())
-        if "eos_token_id" in gen:
-            return gen["eos_token_id"]
-    return config.get("eos_token_id", _text_config(config).get("eos_token_id"))
-
-
 def embedding_stats(
     path_or_id: str,
     *,
@@ -269,9 +252,10 @@ def embedding_stats(
 
     def fit() -> EmbeddingStats:
         config = read_config(location)
-        table = read_embedding_table(
+        tensor = locate_embedding_table(
             location, dtype=resolve_dtype(dtype), config=config, tensor_name=tensor_name
         )
+        table = tensor.read()
         scale = _scale_tensor(config, table.dtype)
         embed_scale = probe_embed_scale(table, lambda ids: _lookup(table, scale, ids))
         tokens = len(load_tokenizer(location)) if rows == "tokens" else None
@@ -297,6 +281,10 @@ def load_embedding_model(
     torch_dtype = resolve_dtype(dtype)
     location, source = resolve_model_dir(spec, Path(cache_dir) if cache_dir else None)
     config = read_config(location)
+    # eos_token_id as `model.generation_config` has it: generation_config.json, else the model config
+    gen_path = _Checkpoint(location).file("generation_config.json")
+    gen = json.loads(gen_path.read_text()) if gen_path is not None else {}
+    eos = gen.get("eos_token_id", config.get("eos_token_id", _text_config(config).get("eos_token_id")))
     try:
         tokenizer = load_tokenizer(location)
         hf_config = AutoConfig.from_pretrained(location)
@@ -311,7 +299,7 @@ def load_embedding_model(
         source=source,
         location=str(location),
         config=hf_config,
-        stop_token_ids=stop_token_ids_from(_generation_eos(location, config), tokenizer),
+        stop_token_ids=stop_token_ids_from(eos, tokenizer),
         pad_token_id=pad_id(tokenizer),
         scale=_scale_tensor(config, torch_dtype),
         stats_cache_dir=stats_dir(location, source),

@@ -105,18 +105,12 @@ def generate_arith(split: str, n: int, steps: int, max_value: int, seed: int) ->
     if n < 1:
         raise TaskError(f"number of problems must be >= 1, got {n}")
     out = []
+    meta = {"steps": steps, "max_value": max_value, "split": split}
     for i in range(n):
         rng = random.Random(derive_seed(seed, "arith", split, steps, max_value, i))
         question, answer, solution = _one_problem(rng, steps, max_value)
-        out.append(
-            Problem(
-                id=f"arith-s{steps}-m{max_value}-{split}-{i:05d}",
-                question=question,
-                answer=str(answer),
-                solution=solution,
-                metadata={"steps": steps, "max_value": max_value, "split": split},
-            )
-        )
+        pid = f"arith-s{steps}-m{max_value}-{split}-{i:05d}"
+        out.append(Problem(pid, question, str(answer), solution, metadata=dict(meta)))
     return tuple(out)
 
 
