@@ -1,14 +1,7 @@
-"""`rsp.attach`: a fresh Random Soft Prompt per row inside a stock transformers model's own `generate`,
-and the hook behind it that the hf engine uses too.
-
-    handle = rsp.attach(model, tokenizer, length=4, seed=0)
-    enc = handle.prepare(["What is 2 + 3?"])                     # L placeholder ids at the insertion point
-    out = model.generate(**enc, do_sample=True, num_return_sequences=16, max_new_tokens=64)
-    handle.seeds                                                  # the RSP seed of each of the 16 rows
-    handle.detach()                                               # the model is exactly as before
-
-One hook for both, so attach + `model.generate` and `rsp.generate(engine="hf")` agree by construction.
-(`attach` lives here, not in a module `rsp.attach`, which would shadow the function on the lazy package.)
+"""`rsp.attach` (a fresh Random Soft Prompt per row inside a stock transformers model's own `generate`;
+example in README.md) and the hook behind it, which the hf engine uses too, so attach + `model.generate`
+and `rsp.generate(engine="hf")` agree by construction. (`attach` lives here, not in a module `rsp.attach`,
+which would shadow the function on the lazy package.)
 
 How: `prepare` lays prompts out with `rsp.core.inputs.layout`; a forward hook on the input-embedding
 module (`SlotFiller`) overwrites the placeholder rows with each row's vectors, so prefill and every plain
@@ -88,8 +81,7 @@ class RSPHandle:
             base = get_base() if callable(get_base) else self.model
             self._handles.append(base.register_forward_pre_hook(self._capture_mask, with_kwargs=True))
         self._previous_generate = vars(self.model).get("generate")
-        # torch types a module attribute it does not declare as Tensor | Module (its __getattr__ and
-        # __setattr__); `generate` is transformers' method, here wrapped on the instance.
+        # torch types an undeclared module attribute Tensor | Module; `generate` is transformers' method
         self._original_generate = cast("Callable[..., Any]", self.model.generate)
         self.model.generate = self._generate  # type: ignore[assignment]
         self.attached = True

@@ -70,7 +70,5 @@ class GrowingLayer(DynamicLayer):
 def growing_cache(config, reserve: int) -> DynamicCache:
     """A `DynamicCache` for `config` whose full-attention layers are `GrowingLayer`s."""
     cache = DynamicCache(config=config)
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer:
-            cache.layers[i] = GrowingLayer(reserve)
+    cache.layers = [GrowingLayer(reserve) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache

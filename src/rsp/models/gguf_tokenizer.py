@@ -13,12 +13,9 @@ again (`rsp.models.loading.conversion_is_current`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 # The GGUF conversion's version: 1 (no stamp), transformers' Unigram reading of Gemma; 2, SentencePiece BPE.
 TOKENIZER_FORMAT = 2

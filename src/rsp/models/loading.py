@@ -430,8 +430,7 @@ def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
         )
     except Exception as exc:  # the loaders raise many types for a bad file
         raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from exc
-    # transformers sets hf_quantizer in from_pretrained without declaring it on the class, so mypy
-    # types it by nn.Module.__getattr__ (Tensor | Module)
+    # set by from_pretrained but undeclared on the class: mypy types it by nn.Module (Tensor | Module)
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

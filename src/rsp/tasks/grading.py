@@ -133,13 +133,9 @@ class Grader:
     def _start(self) -> None:
         # A fresh interpreter (not fork: the parent holds torch threads; not multiprocessing-spawn:
         # that re-imports the caller's __main__) speaking JSON lines over stdin/stdout.
+        worker, pipe = [sys.executable, "-m", "rsp.tasks.verify_worker"], subprocess.PIPE
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "rsp.tasks.verify_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
+            worker, stdin=pipe, stdout=pipe, stderr=subprocess.DEVNULL, text=True, bufsize=1
         )
         # Import and warm-up time is not charged to the first answer's timeout.
         ready = _readline_within(self._proc, STARTUP_TIMEOUT)
