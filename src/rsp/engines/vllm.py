@@ -1,12 +1,11 @@
-"""vLLM engine: one prompt-embeddings request per attempt.
-
-Why one request per attempt: `SamplingParams(n>1)` samples n continuations of ONE prompt, which would
-give all N attempts the same RSP. `build_requests` (pure, testable without vLLM) lays each out as
-"mixed" (vLLM >= 0.31: the prompt's token ids with placeholders at the slots, a mask marking them, and a
-tensor that is zero except for the slot rows; vLLM embeds the real tokens itself and its prefix cache
-reuses a problem's prompt across its N attempts) or "embeds" (the full input embeddings, as the HF engine
-builds them: needed when an injection changes the prompt's own rows, and on older vLLM). With nothing
-injected a request is a plain token-id prompt, so both arms are measured on the same engine.
+"""vLLM engine: one prompt-embeddings request per attempt, because `SamplingParams(n>1)` samples n
+continuations of ONE prompt, which would give all N attempts the same RSP. `build_requests` (pure, testable
+without vLLM) lays each out as "mixed" (vLLM >= 0.31: the prompt's token ids with placeholders at the
+slots, a mask marking them, and a tensor that is zero except for the slot rows; vLLM embeds the real tokens
+itself and its prefix cache reuses a problem's prompt across its N attempts) or "embeds" (the full input
+embeddings, as the HF engine builds them: needed when an injection changes the prompt's own rows, and on
+older vLLM). With nothing injected a request is a plain token-id prompt, so both arms are measured on the
+same engine.
 
 Prefix caching and mixed prompts: vLLM's prefix-cache key for a prompt-embeddings block covers its ids
 (0 at embedded positions) and the digest of its rows, not the mask `prompt_is_token_ids`, so two mixed

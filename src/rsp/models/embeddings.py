@@ -4,9 +4,9 @@ Why: RSP injection needs only that table (its statistics; row lookups for `embed
 tokenizer and the stop ids; a full HF model beside an engine that holds its own weights (vLLM) doubled
 the host memory. `EmbeddingModel` holds at most the table; `embedding_stats` reads only that tensor.
 
-The numbers are the loaded model's, not an approximation: the table is cast to the dtype `load_model`
-casts it to, Gemma's sqrt(hidden_size) scale is applied as transformers' ScaledWordEmbedding applies it
-(a 0-d tensor in the weight dtype), and the scale goes through the loaded model's `probe_embed_scale`.
+The numbers are the loaded model's: the table is cast to `load_model`'s dtype, Gemma's sqrt(hidden_size)
+scale is applied as transformers' ScaledWordEmbedding applies it (a 0-d tensor in the weight dtype),
+and goes through the loaded model's `probe_embed_scale`.
 """
 
 from __future__ import annotations

@@ -3,12 +3,11 @@
 Why: transformers (5.17) turns a Gemma GGUF's SentencePiece vocabulary into a *Unigram* tokenizer and runs
 Viterbi over the scores, but Gemma's tokenizer is SentencePiece *BPE*, whose scores are merge priorities:
 `" reason"` became `▁re as on`, and prompts came out half again as long as Gemma reads them. Built
-instead, for Gemma's SentencePiece vocabularies: `gemma_tokenizer`, transformers' `GemmaTokenizer` with the
-GGUF's vocabulary, merges ordered by score (the order SentencePiece BPE applies them in) and its control
-and user-defined tokens; and `sentencepiece_model`, the SentencePiece model the GGUF was converted from
-(llama.cpp's changes to tag-like pieces undone), whose own encoder is the reference the tokenizer is
-tested against. `TOKENIZER_FORMAT` is stamped into each converted cache, so older caches are converted
-again (`rsp.models.loading.conversion_is_current`).
+instead: `gemma_tokenizer`, transformers' `GemmaTokenizer` with the GGUF's vocabulary, merges ordered by
+score (the order SentencePiece BPE applies them in) and its control and user-defined tokens; and, as the
+reference it is tested against, `sentencepiece_model`, the SentencePiece model the GGUF came from
+(llama.cpp's changes to tag-like pieces undone). `TOKENIZER_FORMAT` is stamped into each converted
+cache, so older caches are converted again (`rsp.models.loading.conversion_is_current`).
 """
 
 from __future__ import annotations

@@ -85,8 +85,7 @@ def native_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
-            flags = set(value.split())
-            return [f for f in NATIVE_BF16_FLAGS if f in flags]
+            return [f for f in NATIVE_BF16_FLAGS if f in value.split()]
     return None
 
 

@@ -52,8 +52,7 @@ SPLITS = ("train", "test")
 
 def _one_problem(rng: random.Random, steps: int, top: int) -> tuple[str, int, str]:
     """Return (question, answer, worked solution) for one problem with numbers up to `top`."""
-    name = rng.choice(NAMES)
-    item = rng.choice(ITEMS)
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value = rng.randint(2, top)
     sentences = [f"{name} has {value} {item}."]
     lines = [f"Start: {value}."]
