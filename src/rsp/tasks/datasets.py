@@ -193,11 +193,9 @@ def load_benchmark(name: str, split: str = "test", *, data_dir: str | Path | Non
     if path is not None:
         problems = read_jsonl_problems(path, name=key)
         source = str(path)
+    elif split not in bench.hub_split:
+        raise TaskError(f"{bench.files[split]} not found locally and {key} has no Hub split for {split!r}")
     else:
-        if split not in bench.hub_split:
-            raise TaskError(
-                f"{bench.files[split]} not found locally and {key} has no Hub split for {split!r}"
-            )
         problems = load_hub_problems(
             bench.hub_id,
             config=bench.hub_config,

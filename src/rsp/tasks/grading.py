@@ -91,7 +91,7 @@ def canonical_answer(answer: str | None) -> str | None:
         return None
     num = as_number(answer)
     if num is not None:
-        return str(num.numerator) if num.denominator == 1 else f"{num.numerator}/{num.denominator}"
+        return str(num)  # "7/2", or "3" for a whole number
     return re.sub(r"\s+", "", _strip_wrappers(answer))
 
 

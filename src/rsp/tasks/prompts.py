@@ -24,8 +24,7 @@ PromptStyle = Literal["auto", "chat", "plain"]
 
 def fewshot_solution(problem: Problem) -> str:
     """A worked solution ending in a boxed answer, from the problem's reference solution if any."""
-    text = problem.solution or ""
-    text = re.sub(r"<<[^>]*>>", "", text)  # GSM8K calculator annotations
+    text = re.sub(r"<<[^>]*>>", "", problem.solution or "")  # GSM8K calculator annotations
     text = re.sub(r"####\s*(.+)\s*$", "", text).strip()
     if "\\boxed" not in text:
         text = (text + " " if text else "") + f"The answer is \\boxed{{{problem.answer}}}."
