@@ -86,7 +86,6 @@ class RSPHandle:
         self.model.generate = self._generate  # type: ignore[assignment]
         self.attached = True
 
-    # ------------------------------------------------------------------ inputs
     def prepare(self, prompts: Prompt | Sequence[Prompt], n: int = 1, *, chat: bool | None = None):
         """A left-padded `BatchEncoding` on the model's device, each prompt repeated `n` times (prompt-major),
         with the L placeholder slots at the insertion point. Strings use the chat template where the
@@ -118,7 +117,6 @@ class RSPHandle:
         finally:
             self._pinned = previous
 
-    # ------------------------------------------------------------------ hooks
     def _draw(self, rows: int) -> list[int | None]:
         base = derive_seed(self.seed, "attach", self.draws)
         self.draws += 1
@@ -159,7 +157,6 @@ class RSPHandle:
         finally:
             self._in_generate, self._fresh = False, False
 
-    # ------------------------------------------------------------------ lifetime
     def detach(self) -> None:
         """Remove every hook and the generate wrapper: the model is exactly as it was before `attach`."""
         if not self.attached:

@@ -54,9 +54,8 @@ def output_embeddings(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("RSP_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
+    if os.environ.get("RSP_CACHE_DIR"):
+        return Path(os.environ["RSP_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "rsp"
 
