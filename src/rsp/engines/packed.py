@@ -43,9 +43,8 @@ class WeightPacker:
 
     def _check_identical(self, module: torch.nn.Linear) -> bool:
         if self.identical is None:
-            x = torch.randn(3, module.in_features, generator=torch.Generator().manual_seed(0)).to(
-                module.weight.dtype
-            )
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(3, module.in_features, generator=gen).to(module.weight.dtype)
             with torch.no_grad():
                 want = torch.nn.functional.linear(x, module.weight, module.bias)
                 got = _packed_forward(module, self.packed_weight(module))(x)
