@@ -28,11 +28,9 @@ def load_for_engine(
 
 def create_engine(engine: str, lm, **vllm_options) -> Engine:
     """The named engine around `lm`; options (model_path, tensor_parallel_size, ...) go to `VLLMEngine`."""
-    if engine in ENGINES:
-        return ENGINES[engine](lm)
-    if engine != "vllm":
+    if engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
-    return VLLMEngine(lm, **vllm_options)
+    return ENGINES[engine](lm) if engine in ENGINES else VLLMEngine(lm, **vllm_options)
 
 
 __all__ = [

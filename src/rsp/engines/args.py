@@ -37,6 +37,4 @@ class EngineArgs(ModelArgs):
 
     def engine_options(self) -> dict:
         """Options for `create_engine` beyond the engine name (vLLM's parallelism)."""
-        if self.engine != "vllm":
-            return {}
-        return {name: getattr(self, name) for name in PARALLEL_SIZES}
+        return {name: getattr(self, name) for name in PARALLEL_SIZES} if self.engine == "vllm" else {}

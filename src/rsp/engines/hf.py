@@ -24,36 +24,24 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def contiguous_head_input(model: torch.nn.Module):
-    """Within the block, the output head receives a contiguous input.
-
-    Why: at prefill `generate()` hands the head the view `hidden[:, -1:, :]`, and `torch.matmul` on a
-    non-contiguous 3-D input materialises the weight expanded to (B, d, vocab): 1.8 GB and ~5 s for SmolLM2
-    at batch 32 on a CPU, 10.7 GB for Gemma 3. A contiguous copy takes the plain path; bf16 and fp16 logits
-    are bit-identical (tested), fp32 ones may differ in the last bit.
-    """
-    head = output_embeddings(model)
-    if head is None:
-        yield
-        return
+    """Within the block, the output head receives a contiguous input. Why: at prefill `generate()` hands
+    the head the view `hidden[:, -1:, :]`, and `torch.matmul` on a non-contiguous 3-D input materialises
+    the weight expanded to (B, d, vocab): 1.8 GB and ~5 s for SmolLM2 at batch 32 on a CPU, 10.7 GB for
+    Gemma 3. A contiguous copy takes the plain path; bf16 and fp16 logits are bit-identical (tested), fp32
+    ones may differ in the last bit."""
 
     def make_contiguous(module, args):
         if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
             return (args[0].contiguous(), *args[1:])
         return None
 
-    handle = head.register_forward_pre_hook(make_contiguous)
+    head = output_embeddings(model)
+    handle = head.register_forward_pre_hook(make_contiguous) if head is not None else None
     try:
         yield
     finally:
-        handle.remove()
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower()
-    )
+        if handle is not None:
+            handle.remove()
 
 
 class HFEngine:
@@ -87,8 +75,10 @@ class HFEngine:
             torch.manual_seed(decode_seed)
             with contiguous_head_input(self.lm.model):
                 return self._generate_batch(prompts, injection, seeds, sampling, stop_strings)
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if not is_oom(exc) or len(prompts) <= self.min_batch_size:
+        except RuntimeError as exc:  # torch.OutOfMemoryError included
+            message = str(exc).lower()
+            oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in message
+            if not (oom or "can't allocate memory" in message) or len(prompts) <= self.min_batch_size:
                 raise
             half = (len(prompts) + 1) // 2
             msg = f"out of memory at batch {len(prompts)}; retrying as two batches of <= {half}"
@@ -96,19 +86,18 @@ class HFEngine:
             self.oom_events.append(msg)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            parts = (slice(None, half), slice(half, None))
-            return [
-                c
-                for i, part in enumerate(parts)
-                for c in self.generate(
+            out: list[Completion] = []
+            for i, part in enumerate((slice(None, half), slice(half, None))):
+                seed = derive_seed(decode_seed, "oom", i)
+                out += self.generate(
                     prompts[part],
                     injection,
                     seeds[part],
                     sampling,
-                    decode_seed=derive_seed(decode_seed, "oom", i),
+                    decode_seed=seed,
                     stop_strings=stop_strings,
                 )
-            ]
+            return out
 
     def generation_kwargs(self, sampling: SamplingConfig, stop_strings: Sequence[str] = ()) -> dict:
         cfg = GenerationConfig(
@@ -124,10 +113,7 @@ class HFEngine:
             stop_strings=list(stop_strings) or None,
             use_cache=True,
         )
-        kwargs: dict = {"generation_config": cfg}
-        if stop_strings:
-            kwargs["tokenizer"] = self.lm.tokenizer
-        return kwargs
+        return {"generation_config": cfg, "tokenizer": self.lm.tokenizer if stop_strings else None}
 
     def _generate_batch(self, prompts, injection, seeds, sampling, stop_strings) -> list[Completion]:
         # The same hook a user gets from `rsp.attach`: placeholder ids in, each row's RSP written over them

@@ -1,14 +1,7 @@
-"""`rsp.attach`: a fresh Random Soft Prompt per row inside a stock transformers model's own `generate`,
-and the hook behind it that the hf engine uses too.
-
-    handle = rsp.attach(model, tokenizer, length=4, seed=0)
-    enc = handle.prepare(["What is 2 + 3?"])                     # L placeholder ids at the insertion point
-    out = model.generate(**enc, do_sample=True, num_return_sequences=16, max_new_tokens=64)
-    handle.seeds                                                  # the RSP seed of each of the 16 rows
-    handle.detach()                                               # the model is exactly as before
-
-One hook for both, so attach + `model.generate` and `rsp.generate(engine="hf")` agree by construction.
-(`attach` lives here, not in a module `rsp.attach`, which would shadow the function on the lazy package.)
+"""`rsp.attach` (a fresh Random Soft Prompt per row inside a stock transformers model's own `generate`;
+example in README.md) and the hook behind it, which the hf engine uses too, so attach + `model.generate`
+and `rsp.generate(engine="hf")` agree by construction. (`attach` lives here, not in a module `rsp.attach`,
+which would shadow the function on the lazy package.)
 
 How: `prepare` lays prompts out with `rsp.core.inputs.layout`; a forward hook on the input-embedding
 module (`SlotFiller`) overwrites the placeholder rows with each row's vectors, so prefill and every plain
@@ -33,20 +26,10 @@ from rsp.core.inputs import SlotFiller, layout
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.methods import RSPConfig, build_method
-from rsp.models.loading import (
-    LoadedModel,
-    choose_placeholder,
-    input_embeddings,
-    output_embeddings,
-    wrap_model,
-)
+from rsp.models.loading import LoadedModel, input_embeddings, output_embeddings, wrap_model
 from rsp.tasks.prompts import Messages, is_messages, tokenize_prompt
 
-__all__ = ["RSPHandle", "attach", "choose_placeholder"]
-
 Prompt = str | Messages | PromptTokens
-
-
 BANNED_LOGIT = -1.0e4  # exp() of it underflows to 0 in every float type: never sampled, yet finite in a loss
 
 
@@ -58,12 +41,6 @@ def ban_token_in_logits(logits: torch.Tensor, token_id: int) -> torch.Tensor:
         logits = logits.clone()
         logits[..., token_id] = BANNED_LOGIT
     return logits
-
-
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a PEFT wrapper (the module whose forward receives attention_mask)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 class RSPHandle:
@@ -86,8 +63,7 @@ class RSPHandle:
         self.seeds: list[int | None] | None = None  # the seeds of the last injected call, row by row
         self.draws = 0  # how many fresh sets of seeds were drawn
         self._pinned: list[int | None] | None = None
-        self._in_generate = False
-        self._fresh = False
+        self._in_generate = self._fresh = False  # inside a generate call; before its prefill
         self._k = 1
         self._prepared: tuple[int, int] | None = None  # (rows, n) of the last prepare()
         self._mask: torch.Tensor | None = None
@@ -100,19 +76,16 @@ class RSPHandle:
                     lambda module, args, output: ban_token_in_logits(output, self.placeholder_id)
                 )
             )
-        if injection.changes_prompt_rows:
-            self._handles.append(
-                _hf_model(self.model).register_forward_pre_hook(self._capture_mask, with_kwargs=True)
-            )
-        self._had_generate = "generate" in vars(self.model)
+        if injection.changes_prompt_rows:  # the mask, from the transformers model under any PEFT wrapper
+            get_base = getattr(self.model, "get_base_model", None)
+            base = get_base() if callable(get_base) else self.model
+            self._handles.append(base.register_forward_pre_hook(self._capture_mask, with_kwargs=True))
         self._previous_generate = vars(self.model).get("generate")
-        # torch types a module attribute it does not declare as Tensor | Module (its __getattr__ and
-        # __setattr__); `generate` is transformers' method, here wrapped on the instance.
+        # torch types an undeclared module attribute Tensor | Module; `generate` is transformers' method
         self._original_generate = cast("Callable[..., Any]", self.model.generate)
         self.model.generate = self._generate  # type: ignore[assignment]
         self.attached = True
 
-    # ------------------------------------------------------------------ inputs
     def prepare(self, prompts: Prompt | Sequence[Prompt], n: int = 1, *, chat: bool | None = None):
         """A left-padded `BatchEncoding` on the model's device, each prompt repeated `n` times (prompt-major),
         with the L placeholder slots at the insertion point. Strings use the chat template where the
@@ -144,7 +117,6 @@ class RSPHandle:
         finally:
             self._pinned = previous
 
-    # ------------------------------------------------------------------ hooks
     def _draw(self, rows: int) -> list[int | None]:
         base = derive_seed(self.seed, "attach", self.draws)
         self.draws += 1
@@ -164,15 +136,10 @@ class RSPHandle:
             if len(self._pinned) != rows:
                 raise ValueError(f"use_seeds gave {len(self._pinned)} seeds for a batch of {rows} rows")
             seeds = self._pinned
-        elif self._in_generate:
-            if self._fresh or self.seeds is None or len(self.seeds) != rows:
-                self._fresh = False
-                seeds = self._draw(rows)
-            else:
-                seeds = self.seeds
-        elif self.seeds is not None and len(self.seeds) == rows:
-            seeds = self.seeds  # a scoring forward after generate: the rows' own RSPs
-        else:
+        elif not self._fresh and self.seeds is not None and len(self.seeds) == rows:
+            seeds = self.seeds  # later forwards of a generate call, or scoring after it: the rows' own RSPs
+        else:  # the prefill of a new generate call (`_fresh`), or a new batch
+            self._fresh = False
             seeds = self._draw(rows)
         self.seeds = list(seeds)
         return self.seeds
@@ -190,7 +157,6 @@ class RSPHandle:
         finally:
             self._in_generate, self._fresh = False, False
 
-    # ------------------------------------------------------------------ lifetime
     def detach(self) -> None:
         """Remove every hook and the generate wrapper: the model is exactly as it was before `attach`."""
         if not self.attached:
@@ -198,8 +164,8 @@ class RSPHandle:
         for h in self._handles:
             h.remove()
         self._handles = []
-        if self._had_generate:
-            self.model.generate = self._previous_generate  # type: ignore[assignment]  # as in attach
+        if self._previous_generate is not None:
+            self.model.generate = self._previous_generate
         else:
             del self.model.generate
         self.attached = False
@@ -241,9 +207,9 @@ def attach(
     """
     if isinstance(model, LoadedModel):
         lm = model
+    elif tokenizer is None:
+        raise ValueError("rsp.attach needs the tokenizer together with the model")
     else:
-        if tokenizer is None:
-            raise ValueError("rsp.attach needs the tokenizer together with the model")
         lm = wrap_model(model, tokenizer, name=type(model).__name__, prepare=False)
     if injection is None:
         options = RSPConfig(

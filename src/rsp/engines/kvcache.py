@@ -19,12 +19,10 @@ class GrowingLayer(DynamicLayer):
     def __init__(self, reserve: int = 128) -> None:
         super().__init__()
         self.reserve = max(1, int(reserve))
-        self._kbuf: torch.Tensor | None = None
-        self._vbuf: torch.Tensor | None = None
+        self._kbuf = self._vbuf = torch.empty(0, 0)  # no room yet: the first update grows them
         self._len = 0
 
     def _views(self) -> None:
-        assert self._kbuf is not None and self._vbuf is not None
         self.keys = self._kbuf[..., : self._len, :]
         self.values = self._vbuf[..., : self._len, :]
 
@@ -32,7 +30,7 @@ class GrowingLayer(DynamicLayer):
         capacity = needed + self.reserve
         k = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
         v = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
-        if self._kbuf is not None and self._vbuf is not None and self._len:
+        if self._len:
             k[..., : self._len, :] = self._kbuf[..., : self._len, :]
             v[..., : self._len, :] = self._vbuf[..., : self._len, :]
         self._kbuf, self._vbuf = k, v
@@ -41,9 +39,8 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         new = key_states.shape[-2]
-        if self._kbuf is None or self._len + new > self._kbuf.shape[-2]:
+        if self._len + new > self._kbuf.shape[-2]:
             self._grow(key_states, value_states, self._len + new)
-        assert self._kbuf is not None and self._vbuf is not None
         self._kbuf[..., self._len : self._len + new, :] = key_states
         self._vbuf[..., self._len : self._len + new, :] = value_states
         self._len += new
@@ -54,17 +51,17 @@ class GrowingLayer(DynamicLayer):
         if tokens_to_remove > 0:  # legacy meaning: the final absolute length
             tokens_to_remove = max(0, self._len - tokens_to_remove)
         self._len = max(0, self._len - abs(tokens_to_remove))
-        if self._kbuf is not None:
+        if self.is_initialized:
             self._views()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self._kbuf is not None and self._vbuf is not None and self._len:
+        if self._len:
             self._kbuf = self._kbuf.repeat_interleave(repeats, dim=0)
             self._vbuf = self._vbuf.repeat_interleave(repeats, dim=0)
             self._views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self._kbuf is not None and self._vbuf is not None and self._len:
+        if self._len:
             self._kbuf = self._kbuf[indices, ...]
             self._vbuf = self._vbuf[indices, ...]
             self._views()
@@ -73,7 +70,5 @@ class GrowingLayer(DynamicLayer):
 def growing_cache(config, reserve: int) -> DynamicCache:
     """A `DynamicCache` for `config` whose full-attention layers are `GrowingLayer`s."""
     cache = DynamicCache(config=config)
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer:
-            cache.layers[i] = GrowingLayer(reserve)
+    cache.layers = [GrowingLayer(reserve) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache

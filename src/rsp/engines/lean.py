@@ -46,91 +46,11 @@ def build_warpers(sampling: SamplingConfig):
     return warpers
 
 
-@torch.no_grad()
-def decode_loop(
-    model: torch.nn.Module,
-    logits: torch.Tensor,
-    cache,
-    attention_mask: torch.Tensor,
-    next_position: torch.Tensor,
-    sampling: SamplingConfig,
-    *,
-    stop_token_ids: Sequence[int],
-    pad_token_id: int,
-    tokenizer=None,
-    stop_strings: Sequence[str] = (),
-    compact: bool = True,
-    batch_sizes: list[int] | None = None,
-    banned_ids: Sequence[int] = (),
-) -> list[list[int]]:
-    """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache.
-
-    `attention_mask` covers the cache; `next_position` (B,) is the first new token's position id. Rows stop
-    at a stop token (kept) or a stop string; finished rows get `pad_token_id`. With `compact`, finished rows
-    leave the cache, so later steps run on live rows only: greedy output is unchanged, sampling has the same
-    distribution but draws other numbers than `generate`. `batch_sizes` receives each step's rows (tests,
-    benchmarks); `banned_ids` are never sampled (the slot placeholder).
-    """
-    warpers = build_warpers(sampling)
-    banned = list(banned_ids)
-    batch = logits.shape[0]
-    device = logits.device
-    stops = torch.tensor(list(stop_token_ids), device=device, dtype=torch.long)
-    out = torch.full((batch, sampling.max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    live = torch.arange(batch, device=device)  # original row index of each row still in the batch
-    done = torch.zeros(batch, dtype=torch.bool, device=device)  # per live row (only used without compact)
-    positions = next_position.to(device).long().unsqueeze(1)
-    mask = attention_mask.to(device)
-    for step in range(sampling.max_new_tokens):
-        scores = logits.float()
-        if banned:
-            scores[:, banned] = BANNED_LOGIT
-        if sampling.greedy:
-            token = scores.argmax(-1)
-        else:
-            scores = warpers(out[live, :step], scores)
-            token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        out[live, step] = token
-        finished = done | torch.isin(token, stops)
-        if stop_strings and tokenizer is not None:
-            for i, row in enumerate(live.tolist()):
-                if not finished[i]:
-                    text = tokenizer.decode(out[row, : step + 1].tolist(), skip_special_tokens=True)
-                    if any(s in text for s in stop_strings):
-                        finished[i] = True
-        if bool(finished.all()) or step == sampling.max_new_tokens - 1:
-            break
-        if compact and bool(finished.any()):
-            keep = (~finished).nonzero().squeeze(1)
-            live, token, mask, positions = live[keep], token[keep], mask[keep], positions[keep]
-            cache.batch_select_indices(keep)
-            done = done[keep]
-        else:
-            done = finished
-        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
-        if batch_sizes is not None:
-            batch_sizes.append(int(token.shape[0]))
-        result = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache = result.past_key_values
-        logits = result.logits[:, -1, :]
-        positions = positions + 1
-    return out[:, : step + 1].cpu().tolist()
-
-
 class LeanEngine(HFEngine):
     """`HFEngine` with the hand-written decode loop instead of `generate()` (same interface).
-
     `compact=False` keeps finished rows like `generate` (sampled tokens then match it row for row);
     `pack_weights` runs bf16 CPU linears on prepacked oneDNN weights (`rsp.engines.packed`);
-    `preallocate_cache` appends into reserved KV room (`rsp.engines.kvcache`). All keep outputs unchanged.
-    """
+    `preallocate_cache` appends into reserved KV room (`rsp.engines.kvcache`). All keep outputs unchanged."""
 
     def __init__(
         self,
@@ -146,7 +66,9 @@ class LeanEngine(HFEngine):
         self.pack_weights = pack_weights
         self.preallocate_cache = preallocate_cache
         self.packer = WeightPacker()
-        self.last_batch_sizes: list[int] = []  # rows of each decode forward pass of the last batch
+        self.last_batch_sizes: list[
+            int
+        ] = []  # rows of each decode forward pass of the last batch (benchmarks)
 
     def generate(
         self, prompts, injection, seeds, sampling, *, decode_seed, stop_strings=()
@@ -161,45 +83,84 @@ class LeanEngine(HFEngine):
         config = self.lm.config
         return growing_cache(config, reserve) if self.preallocate_cache else DynamicCache(config=config)
 
-    def _decode(self, logits, cache, mask, next_position, sampling, stop_strings) -> list[Completion]:
+    @torch.no_grad()
+    def _decode(
+        self, logits, cache, mask, next_position, sampling: SamplingConfig, stop_strings
+    ) -> list[Completion]:
+        """Sample up to max_new_tokens per row from last-position `logits` (B, V) and a filled cache
+        (`mask` covers it; `next_position` (B,) is the first new token's position id). Rows stop at a stop
+        token (kept) or a stop string; finished rows get the pad id. With `compact`, finished rows leave the
+        cache, so later steps run on live rows only: greedy output is unchanged, sampling has the same
+        distribution but draws other numbers than `generate`. The placeholder is never sampled."""
+        lm = self.lm
+        warpers = build_warpers(sampling)
+        batch, device, pad = logits.shape[0], logits.device, lm.pad_token_id
+        stops = torch.tensor(list(lm.stop_token_ids), device=device, dtype=torch.long)
+        out = torch.full((batch, sampling.max_new_tokens), pad, dtype=torch.long, device=device)
+        live = torch.arange(batch, device=device)  # original row index of each row still in the batch
+        done = torch.zeros(batch, dtype=torch.bool, device=device)  # per live row (only used without compact)
+        positions = next_position.to(device).long().unsqueeze(1)
+        mask = mask.to(device)
         self.last_batch_sizes = []
-        rows = decode_loop(
-            self.lm.model,
-            logits,
-            cache,
-            mask,
-            next_position,
-            sampling,
-            stop_token_ids=self.lm.stop_token_ids,
-            pad_token_id=self.lm.pad_token_id,
-            tokenizer=self.lm.tokenizer,
-            stop_strings=stop_strings,
-            compact=self.compact,
-            batch_sizes=self.last_batch_sizes,
-            banned_ids=(self.lm.placeholder_id,),
-        )
-        return [self._finish(row, sampling, stop_strings) for row in rows]
+        for step in range(sampling.max_new_tokens):
+            scores = logits.float()
+            scores[:, [lm.placeholder_id]] = BANNED_LOGIT
+            if sampling.greedy:
+                token = scores.argmax(-1)
+            else:
+                scores = warpers(out[live, :step], scores)
+                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            out[live, step] = token
+            finished = done | torch.isin(token, stops)
+            if stop_strings:
+                for i, row in enumerate(live.tolist()):
+                    if not finished[i]:
+                        text = lm.tokenizer.decode(out[row, : step + 1].tolist(), skip_special_tokens=True)
+                        finished[i] = any(s in text for s in stop_strings)
+            if bool(finished.all()) or step == sampling.max_new_tokens - 1:
+                break
+            if self.compact and bool(finished.any()):
+                keep = (~finished).nonzero().squeeze(1)
+                live, token, mask, positions = live[keep], token[keep], mask[keep], positions[keep]
+                cache.batch_select_indices(keep)
+                done = done[keep]
+            else:
+                done = finished
+            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+            self.last_batch_sizes.append(int(token.shape[0]))
+            result = lm.model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = result.past_key_values
+            logits = result.logits[:, -1, :]
+            positions = positions + 1
+        return [self._finish(row, sampling, stop_strings) for row in out[:, : step + 1].cpu().tolist()]
 
+    def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        """One forward pass over prompt embeddings into `cache`. logits_to_keep=1: only the last position's
+        logits are used (as in generate()); all (B, P, vocab) would be a fifth of SmolLM2's prefill."""
+        return self.lm.model(
+            inputs_embeds=embeds.to(self.lm.device),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+    @torch.no_grad()
     def _generate_batch(
         self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling, stop_strings
     ) -> list[Completion]:
         batch, embeds = self.prepare(prompts, injection, seeds)
-        model = self.lm.model
-        device = self.lm.device
-        mask = batch.attention_mask.to(device)
+        mask = batch.attention_mask.to(self.lm.device)
         pos = positions_from_mask(mask)
-        with torch.no_grad():
-            cache = self.new_cache(sampling.max_new_tokens)
-            # logits_to_keep=1: only the last position's logits are used (as in generate()); the
-            # full (B, P, vocab) head output would be about a fifth of SmolLM2's prefill compute.
-            result = model(
-                inputs_embeds=embeds.to(device),
-                attention_mask=mask,
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        result = self._prefill(embeds, mask, pos, self.new_cache(sampling.max_new_tokens))
         return self._decode(
             result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling, stop_strings
         )

@@ -16,8 +16,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PACKABLE_DTYPES = (torch.bfloat16,)
-
 
 def packing_supported() -> tuple[bool, str]:
     if not torch.backends.mkldnn.is_available():
@@ -28,13 +26,10 @@ def packing_supported() -> tuple[bool, str]:
 
 
 def _packable(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
-    w = getattr(module, "weight", None)
     return (
         isinstance(module, torch.nn.Linear)
-        and w is not None
-        and w.device.type == "cpu"
-        and w.dtype in PACKABLE_DTYPES
-        and w.dim() == 2
+        and module.weight.device.type == "cpu"
+        and module.weight.dtype == torch.bfloat16
     )
 
 
@@ -48,9 +43,8 @@ class WeightPacker:
 
     def _check_identical(self, module: torch.nn.Linear) -> bool:
         if self.identical is None:
-            x = torch.randn(3, module.in_features, generator=torch.Generator().manual_seed(0)).to(
-                module.weight.dtype
-            )
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(3, module.in_features, generator=gen).to(module.weight.dtype)
             with torch.no_grad():
                 want = torch.nn.functional.linear(x, module.weight, module.bias)
                 got = _packed_forward(module, self.packed_weight(module))(x)

@@ -9,14 +9,13 @@ the mask's gap and positions counted over attended tokens, so each row sees what
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from rsp.core.injection import Injection
 from rsp.core.inputs import positions_from_mask
 from rsp.core.insert import PromptTokens, build_slotted_batch
-from rsp.engines.base import Completion, SamplingConfig
+from rsp.engines.base import Completion
 from rsp.engines.lean import LeanEngine
 
 
@@ -33,10 +32,8 @@ class PrefixEngine(LeanEngine):
     """Same interface and results as `HFEngine`, with one prompt prefill per distinct prompt; the unshared
     lean loop where nothing can be shared (prepend, injections that rewrite prompt rows, sliding windows)."""
 
-    def __init__(self, lm, **options: Any) -> None:
-        super().__init__(lm, **options)
-        self.last_shared: bool = False
-        self.last_prefill_rows: int = 0
+    last_shared = False  # whether the last batch was shared, and over how many prompt prefills
+    last_prefill_rows = 0
 
     def can_share(self, injection: Injection) -> bool:
         return (
@@ -45,25 +42,18 @@ class PrefixEngine(LeanEngine):
             and not has_sliding_layers(self.lm.model)
         )
 
+    @torch.no_grad()
     def _generate_batch(
-        self,
-        prompts: Sequence[PromptTokens],
-        injection: Injection,
-        seeds,
-        sampling: SamplingConfig,
-        stop_strings,
+        self, prompts: Sequence[PromptTokens], injection: Injection, seeds, sampling, stop_strings
     ) -> list[Completion]:
-        if not self.can_share(injection):
-            self.last_shared = False
-            return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
         length = injection.length
         cuts: list[tuple[int, int]] = []  # (shared prefix length, slot offset within the tail)
-        for p in prompts:
+        for p in prompts if self.can_share(injection) else ():
             at = p.insert_index(injection.position)
             share = at if (length > 0 or at < len(p.ids)) else at - 1  # keep >= 1 token for the logits
             cuts.append((share, at - share))
-        if min(share for share, _ in cuts) <= 0:
-            self.last_shared = False
+        self.last_shared = bool(cuts) and min(share for share, _ in cuts) > 0
+        if not self.last_shared:
             return super()._generate_batch(prompts, injection, seeds, sampling, stop_strings)
 
         groups: dict[tuple[int, ...], int] = {}
@@ -71,44 +61,22 @@ class PrefixEngine(LeanEngine):
             groups.setdefault(tuple(p.ids[:share]), len(groups))
             for p, (share, _) in zip(prompts, cuts, strict=True)
         ]
-        prefixes = list(groups)
-        prefix_batch = build_slotted_batch(
-            prefixes, [len(x) for x in prefixes], 0, pad_id=self.lm.pad_token_id
-        )
+        prefixes, pad = list(groups), self.lm.pad_token_id
+        prefix_batch = build_slotted_batch(prefixes, [len(x) for x in prefixes], 0, pad_id=pad)
         tails = [p.ids[share:] for p, (share, _) in zip(prompts, cuts, strict=True)]
-        tail_batch = build_slotted_batch(tails, [off for _, off in cuts], length, pad_id=self.lm.pad_token_id)
+        tail_batch = build_slotted_batch(tails, [off for _, off in cuts], length, pad_id=pad)
 
-        model, device = self.lm.model, self.lm.device
+        device = self.lm.device
         select = torch.tensor(row_group, dtype=torch.long, device=device)
         prefix_mask = prefix_batch.attention_mask.to(device)
-        with torch.no_grad():
-            cache = self.new_cache(tail_batch.input_ids.shape[1] + sampling.max_new_tokens)
-            model(
-                inputs_embeds=self.lm.embed(prefix_batch.input_ids).to(device),
-                attention_mask=prefix_mask,
-                position_ids=positions_from_mask(prefix_mask),
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache.batch_select_indices(select)
-            mask = torch.cat(
-                [prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1
-            )
-            pos = positions_from_mask(mask)
-            tail_embeds = injection.apply(
-                self.lm.embed(tail_batch.input_ids), tail_batch, seeds
-            )  # as embed_prompts
-            width = prefix_mask.shape[1]
-            result = model(
-                inputs_embeds=tail_embeds.to(device),
-                attention_mask=mask,
-                position_ids=pos[:, width:],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        self.last_shared = True
+        cache = self.new_cache(tail_batch.input_ids.shape[1] + sampling.max_new_tokens)
+        prefix_embeds = self.lm.embed(prefix_batch.input_ids)
+        self._prefill(prefix_embeds, prefix_mask, positions_from_mask(prefix_mask), cache)
+        cache.batch_select_indices(select)
+        mask = torch.cat([prefix_mask.index_select(0, select), tail_batch.attention_mask.to(device)], dim=1)
+        pos = positions_from_mask(mask)
+        tail_embeds = injection.apply(self.lm.embed(tail_batch.input_ids), tail_batch, seeds)
+        result = self._prefill(tail_embeds, mask, pos[:, prefix_mask.shape[1] :], cache)
         self.last_prefill_rows = len(prefixes)
         return self._decode(
             result.logits[:, -1, :], result.past_key_values, mask, pos[:, -1] + 1, sampling, stop_strings

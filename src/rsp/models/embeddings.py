@@ -1,13 +1,12 @@
 """The input-embedding table read straight from a checkpoint's safetensors, without building the model.
 
 Why: RSP injection needs only that table (its statistics; row lookups for `embeds` prompts), the
-tokenizer and the stop ids. An engine that holds its own copy of the weights (vLLM) was given a full HF
-model beside it just for these, doubling the host memory (issue #12). `EmbeddingModel` holds at most
-the table; `embedding_stats` fits the RSP statistics reading that one tensor and nothing else.
+tokenizer and the stop ids; a full HF model beside an engine that holds its own weights (vLLM) doubled
+the host memory. `EmbeddingModel` holds at most the table; `embedding_stats` reads only that tensor.
 
-The numbers are the loaded model's, not an approximation: the table is cast to the dtype `load_model`
-casts it to, Gemma's sqrt(hidden_size) scale is applied as transformers' ScaledWordEmbedding applies it
-(a 0-d tensor in the weight dtype), and the scale goes through the loaded model's `probe_embed_scale`.
+The numbers are the loaded model's: the table is cast to `load_model`'s dtype, Gemma's sqrt(hidden_size)
+scale is applied as transformers' ScaledWordEmbedding applies it (a 0-d tensor in the weight dtype),
+and goes through the loaded model's `probe_embed_scale`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -34,9 +32,6 @@ from rsp.models.loading import (
     stats_dir,
     stop_token_ids_from,
 )
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 # Key endings of the input-embedding tensor across architectures (Llama/Gemma/Qwen/Mistral, GPT-2,
 # BLOOM/BERT-style, GPT-NeoX, original Llama checkpoints).
@@ -118,17 +113,6 @@ def _text_config(config: dict) -> dict:
     return text if isinstance(text, dict) else config
 
 
-def config_embed_scale(config: dict) -> float | None:
-    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None."""
-    for part in (config, _text_config(config)):
-        if part.get("model_type") in SCALED_EMBEDDING_TYPES:
-            hidden = _text_config(config).get("hidden_size") or part.get("hidden_size")
-            if not hidden:
-                raise ModelLoadError(f"config of model type {part['model_type']} has no hidden_size")
-            return float(hidden) ** 0.5  # transformers: config.hidden_size**0.5
-    return None
-
-
 def _shape(path: Path, key: str) -> tuple[int, ...]:
     with safe_open(str(path), framework="pt") as handle:
         return tuple(handle.get_slice(key).get_shape())
@@ -194,18 +178,16 @@ def locate_embedding_table(
     return EmbeddingTensor(path, key, (int(shape[0]), int(shape[1])), dtype)
 
 
-def read_embedding_table(
-    location: str, *, dtype: torch.dtype, config: dict | None = None, tensor_name: str | None = None
-) -> torch.Tensor:
-    """The (V, d) input-embedding table in `dtype`, reading only that tensor from the checkpoint."""
-    return locate_embedding_table(location, dtype=dtype, config=config, tensor_name=tensor_name).read()
-
-
 def _scale_tensor(config: dict, dtype: torch.dtype) -> torch.Tensor | None:
-    # transformers builds the scale buffer under the load dtype as default dtype: one rounding,
-    # float -> dtype.
-    scale = config_embed_scale(config)
-    return None if scale is None else torch.tensor(scale, dtype=dtype)
+    """sqrt(hidden_size) for model types whose embedding is scaled (Gemma), else None. As transformers
+    builds the scale buffer: config.hidden_size**0.5 under the load dtype as default, one rounding."""
+    for part in (config, _text_config(config)):
+        if part.get("model_type") in SCALED_EMBEDDING_TYPES:
+            hidden = _text_config(config).get("hidden_size") or part.get("hidden_size")
+            if not hidden:
+                raise ModelLoadError(f"config of model type {part['model_type']} has no hidden_size")
+            return torch.tensor(float(hidden) ** 0.5, dtype=dtype)
+    return None
 
 
 def _lookup(table: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
@@ -213,30 +195,15 @@ def _lookup(table: torch.Tensor, scale: torch.Tensor | None, ids: torch.Tensor) 
     return rows if scale is None else rows * scale.to(table.dtype)  # as Gemma's ScaledWordEmbedding.forward
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmbeddingModel(ModelBase):
     """Tokenizer, stop ids and input-embedding table of a checkpoint: `LoadedModel` where the transformer is
     never run here (vLLM loads its own copy). The table is read on first use only (`embed`), a statistics
     fit reads it transiently: with cached statistics, vLLM's mixed prompts hold no weight here at all."""
 
     tensor: EmbeddingTensor
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-    source: str
-    location: str
-    config: Any  # transformers PretrainedConfig of the folder
-    stop_token_ids: tuple[int, ...]
-    pad_token_id: int
     scale: torch.Tensor | None = None  # Gemma: sqrt(hidden_size) as a 0-d tensor in the model dtype
-    stats_cache_dir: Path | None = None
     _table: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def table(self) -> torch.Tensor:
-        """(V, d), raw (unscaled) in the model dtype, on the CPU; read from the checkpoint on first use."""
-        if self._table is None:
-            self._table = self.tensor.read()
-        return self._table
 
     @functools.cached_property
     def embed_scale(self) -> float:
@@ -261,20 +228,12 @@ class EmbeddingModel(ModelBase):
         return self.tensor.shape[0]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return _lookup(self.table, self.scale, input_ids.to(self.device))
+        if self._table is None:  # (V, d), raw, in the model dtype, on the CPU: read on first use
+            self._table = self.tensor.read()
+        return _lookup(self._table, self.scale, input_ids.to(self.device))
 
     def embedding_table(self) -> torch.Tensor:
         return self._table if self._table is not None else self.tensor.read()
-
-
-def _generation_eos(location: str, config: dict) -> int | list[int] | None:
-    """eos_token_id as `model.generation_config` has it: generation_config.json, else the model config."""
-    path = _Checkpoint(location).file("generation_config.json")
-    if path is not None:
-        gen = json.loads(path.read_text())
-        if "eos_token_id" in gen:
-            return gen["eos_token_id"]
-    return config.get("eos_token_id", _text_config(config).get("eos_token_id"))
 
 
 def embedding_stats(
@@ -293,9 +252,10 @@ def embedding_stats(
 
     def fit() -> EmbeddingStats:
         config = read_config(location)
-        table = read_embedding_table(
+        tensor = locate_embedding_table(
             location, dtype=resolve_dtype(dtype), config=config, tensor_name=tensor_name
         )
+        table = tensor.read()
         scale = _scale_tensor(config, table.dtype)
         embed_scale = probe_embed_scale(table, lambda ids: _lookup(table, scale, ids))
         tokens = len(load_tokenizer(location)) if rows == "tokens" else None
@@ -321,6 +281,10 @@ def load_embedding_model(
     torch_dtype = resolve_dtype(dtype)
     location, source = resolve_model_dir(spec, Path(cache_dir) if cache_dir else None)
     config = read_config(location)
+    # eos_token_id as `model.generation_config` has it: generation_config.json, else the model config
+    gen_path = _Checkpoint(location).file("generation_config.json")
+    gen = json.loads(gen_path.read_text()) if gen_path is not None else {}
+    eos = gen.get("eos_token_id", config.get("eos_token_id", _text_config(config).get("eos_token_id")))
     try:
         tokenizer = load_tokenizer(location)
         hf_config = AutoConfig.from_pretrained(location)
@@ -335,7 +299,7 @@ def load_embedding_model(
         source=source,
         location=str(location),
         config=hf_config,
-        stop_token_ids=stop_token_ids_from(_generation_eos(location, config), tokenizer),
+        stop_token_ids=stop_token_ids_from(eos, tokenizer),
         pad_token_id=pad_id(tokenizer),
         scale=_scale_tensor(config, torch_dtype),
         stats_cache_dir=stats_dir(location, source),

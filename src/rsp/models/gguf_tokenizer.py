@@ -3,22 +3,18 @@
 Why: transformers (5.17) turns a Gemma GGUF's SentencePiece vocabulary into a *Unigram* tokenizer and runs
 Viterbi over the scores, but Gemma's tokenizer is SentencePiece *BPE*, whose scores are merge priorities:
 `" reason"` became `▁re as on`, and prompts came out half again as long as Gemma reads them. Built
-instead, for Gemma's SentencePiece vocabularies: `gemma_tokenizer`, transformers' `GemmaTokenizer` with the
-GGUF's vocabulary, merges ordered by score (the order SentencePiece BPE applies them in) and its control
-and user-defined tokens; and `sentencepiece_model`, the SentencePiece model the GGUF was converted from
-(llama.cpp's changes to tag-like pieces undone), whose own encoder is the reference the tokenizer is
-tested against. `TOKENIZER_FORMAT` is stamped into each converted cache, so older caches are converted
-again (`rsp.models.loading.conversion_is_current`).
+instead: `gemma_tokenizer`, transformers' `GemmaTokenizer` with the GGUF's vocabulary, merges ordered by
+score (the order SentencePiece BPE applies them in) and its control and user-defined tokens; and, as the
+reference it is tested against, `sentencepiece_model`, the SentencePiece model the GGUF came from
+(llama.cpp's changes to tag-like pieces undone). `TOKENIZER_FORMAT` is stamped into each converted
+cache, so older caches are converted again (`rsp.models.loading.conversion_is_current`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 # The GGUF conversion's version: 1 (no stamp), transformers' Unigram reading of Gemma; 2, SentencePiece BPE.
 TOKENIZER_FORMAT = 2
@@ -54,9 +50,7 @@ class GGUFVocab:
 
 def _scalar(reader: Any, key: str) -> Any:
     field = reader.fields.get(key)
-    if field is None:
-        return None
-    return field.contents()
+    return None if field is None else field.contents()
 
 
 def read_gguf_vocab(path: Path) -> GGUFVocab:
@@ -66,17 +60,17 @@ def read_gguf_vocab(path: Path) -> GGUFVocab:
     reader = gguf.GGUFReader(str(path))
 
     def array(key: str) -> list[Any]:
-        field = reader.fields.get(key)
-        return list(field.contents()) if field is not None else []
+        return list(_scalar(reader, key) or [])
 
     def optional_int(key: str) -> int | None:
         value = _scalar(reader, key)
         return int(value) if value is not None else None
 
     add_space = _scalar(reader, "tokenizer.ggml.add_space_prefix")
+    model = str(_scalar(reader, "tokenizer.ggml.model"))
     return GGUFVocab(
         architecture=str(_scalar(reader, "general.architecture")),
-        model=str(_scalar(reader, "tokenizer.ggml.model")),
+        model=model,
         pre=_scalar(reader, "tokenizer.ggml.pre"),
         tokens=[str(t) for t in array("tokenizer.ggml.tokens")],
         scores=[float(s) for s in array("tokenizer.ggml.scores")],
@@ -88,12 +82,8 @@ def read_gguf_vocab(path: Path) -> GGUFVocab:
         pad_id=optional_int("tokenizer.ggml.padding_token_id"),
         add_bos=bool(_scalar(reader, "tokenizer.ggml.add_bos_token")),
         # llama.cpp's default for a SentencePiece vocabulary without the field is True
-        add_space_prefix=bool(add_space) if add_space is not None else vocab_model_default_prefix(reader),
+        add_space_prefix=bool(add_space) if add_space is not None else model == "llama",
     )
-
-
-def vocab_model_default_prefix(reader: Any) -> bool:
-    return str(_scalar(reader, "tokenizer.ggml.model")) == "llama"
 
 
 def original_piece_types(vocab: GGUFVocab) -> list[tuple[str, int]]:
@@ -174,18 +164,11 @@ def gemma_tokenizer(vocab: GGUFVocab):
         add_eos_token=False,
         clean_up_tokenization_spaces=False,
     )
-    control = [
-        AddedToken(p, normalized=False, special=True)
-        for p, t in zip(vocab.tokens, vocab.types, strict=True)
-        if t == CONTROL
-    ]
-    user = [
-        AddedToken(p, normalized=False, special=False)
-        for p, t in zip(vocab.tokens, vocab.types, strict=True)
-        if t == USER_DEFINED
-    ]
-    tok.add_tokens(control, special_tokens=True)
-    tok.add_tokens(user)
+    for kind, special in ((CONTROL, True), (USER_DEFINED, False)):
+        pieces = [p for p, t in zip(vocab.tokens, vocab.types, strict=True) if t == kind]
+        tok.add_tokens(
+            [AddedToken(p, normalized=False, special=special) for p in pieces], special_tokens=special
+        )
     return tok
 
 

@@ -32,14 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES |= {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the short names
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>")
 
 
@@ -60,9 +54,8 @@ def output_embeddings(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("RSP_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
+    if os.environ.get("RSP_CACHE_DIR"):
+        return Path(os.environ["RSP_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "rsp"
 
@@ -91,8 +84,7 @@ def native_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
-            flags = set(value.split())
-            return [f for f in NATIVE_BF16_FLAGS if f in flags]
+            return [f for f in NATIVE_BF16_FLAGS if f in value.split()]
     return None
 
 
@@ -135,14 +127,12 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@dataclass(kw_only=True)
 class ModelBase(ABC):
     """What RSP injection needs of a model, however it was loaded: the tokenizer, the stop, pad and
     placeholder ids, the effective embedding lookup (`embed`) and its statistics (`embedding_stats`).
-
     `LoadedModel` holds the whole transformers model; `EmbeddingModel` (`rsp.models.embeddings`) only the
-    input-embedding table, for an engine that loads the weights itself (vLLM). Engines, methods and the
-    generator take either.
-    """
+    input-embedding table, for an engine that loads the weights itself (vLLM). Engines take either."""
 
     tokenizer: PreTrainedTokenizerBase
     name: str
@@ -150,8 +140,8 @@ class ModelBase(ABC):
     stop_token_ids: tuple[int, ...]
     pad_token_id: int
     config: Any  # the transformers config
-    location: str | None  # the folder (or Hub id) the weights came from; None for wrapped models
-    stats_cache_dir: Path | None  # converted models keep their fitted statistics here
+    location: str | None = None  # the folder (or Hub id) the weights came from; None for wrapped models
+    stats_cache_dir: Path | None = None  # converted models keep their fitted statistics here
 
     @property
     @abstractmethod
@@ -160,14 +150,6 @@ class ModelBase(ABC):
     @property
     @abstractmethod
     def dtype(self) -> torch.dtype: ...
-
-    @property
-    @abstractmethod
-    def hidden_size(self) -> int: ...
-
-    @property
-    @abstractmethod
-    def vocab_rows(self) -> int: ...
 
     @property
     @abstractmethod
@@ -181,6 +163,14 @@ class ModelBase(ABC):
     @abstractmethod
     def embedding_table(self) -> torch.Tensor:
         """The raw (V, d) input-embedding table the statistics are fitted on."""
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embedding_table().shape[1])
+
+    @property
+    def vocab_rows(self) -> int:
+        return int(self.embedding_table().shape[0])
 
     @property
     def has_chat_template(self) -> bool:
@@ -218,19 +208,11 @@ class ModelBase(ABC):
         return self._stats[rows, mean_mode]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoadedModel(ModelBase):
     """A transformers model with its tokenizer and the facts RSP injection needs about its embeddings."""
 
     model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-    source: str
-    stop_token_ids: tuple[int, ...]
-    pad_token_id: int
-    config: Any
-    stats_cache_dir: Path | None = None
-    location: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -239,14 +221,6 @@ class LoadedModel(ModelBase):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.embedding_table().shape[1])
-
-    @property
-    def vocab_rows(self) -> int:
-        return int(self.embedding_table().shape[0])
 
     @functools.cached_property
     def embed_scale(self) -> float:
@@ -307,10 +281,8 @@ def choose_placeholder(tokenizer, vocab_rows: int, stop_ids: Sequence[int] = ())
         if free:
             return int(max(free))
     unk = getattr(tokenizer, "unk_token_id", None)
-    if isinstance(unk, int) and unk not in set(stop_ids) | {
-        getattr(tokenizer, "pad_token_id", None),
-        getattr(tokenizer, "bos_token_id", None),
-    }:
+    taken = {*stop_ids, getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "bos_token_id", None)}
+    if isinstance(unk, int) and unk not in taken:
         return unk
     return int(min(len(tokenizer), vocab_rows) - 1)
 
@@ -331,11 +303,8 @@ def stats_cache_path(model_dir: Path, rows: str, mean_mode: str) -> Path:
 
 def probe_embed_scale(weight: torch.Tensor, lookup: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """The factor between a table and what its lookup returns (Gemma: ~sqrt(d)), from its first 64 rows.
-
-    Probing the lookup instead of reading a model-specific attribute works for any architecture whose
-    embedding is a scaled lookup, catches one that is not, and gives a table read without the model
-    (`rsp.models.embeddings`) exactly the loaded model's number.
-    """
+    Probing the lookup, not a model-specific attribute, works for any scaled-lookup embedding, catches one
+    that is not, and gives a table read without the model (`rsp.models.embeddings`) the same number."""
     ids = torch.arange(min(64, weight.shape[0]), device=weight.device)
     with torch.no_grad():
         out = lookup(ids).float().detach()
@@ -363,15 +332,9 @@ def check_inputs_embeds_support(model: torch.nn.Module) -> None:
         raise ModelLoadError(f"{type(model).__name__} cannot generate from inputs_embeds")
 
 
-def stop_token_ids(model: torch.nn.Module, tokenizer) -> tuple[int, ...]:
-    """Every id that ends an answer: EOS from the generation config and tokenizer, plus end-of-turn tokens."""
-    return stop_token_ids_from(
-        getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer
-    )
-
-
 def stop_token_ids_from(gen_eos: int | list[int] | None, tokenizer) -> tuple[int, ...]:
-    """`stop_token_ids` given the generation config's eos_token_id (read from a folder without a model)."""
+    """Every id that ends an answer: EOS from the generation config (`gen_eos`) and the tokenizer, plus
+    end-of-turn tokens."""
     ids: set[int] = set()
     for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
         if isinstance(value, int):
@@ -389,13 +352,6 @@ PROBE_TEXTS = (
     "hi\n\nQuestion: How many apples?",
     "\\boxed{\\frac{1}{2}} é 中文",
 )
-
-
-def _tokenizer_round_trips(tok, saved_dir: Path) -> bool:
-    from transformers import AutoTokenizer
-
-    again = AutoTokenizer.from_pretrained(str(saved_dir))
-    return all(tok(t)["input_ids"] == again(t)["input_ids"] for t in PROBE_TEXTS)
 
 
 def load_tokenizer(location: str):
@@ -437,12 +393,6 @@ def conversion_is_current(target: Path) -> tuple[bool, str]:
     return True, "current"
 
 
-def _gguf_cache_key(path: Path) -> str:
-    st = path.stat()
-    text = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantise a GGUF file into a safetensors model directory, atomically (tmp dir + rename); a
     directory already there is reused only if `conversion_is_current`."""
@@ -462,7 +412,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
 
 
 def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not gguf_path.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_path}")
@@ -470,24 +420,25 @@ def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
         log.warning("converting %s again: the cache at %s is out of date: %s", gguf_path, target, why)
     else:
         log.info("converting %s to a safetensors cache at %s (once)", gguf_path, target)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        try:
-            vocab = read_gguf_vocab(gguf_path)
-            tok = tokenizer_from_gguf(gguf_path, vocab)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-            )
-        except Exception as exc:  # the loaders raise many types for a bad file
-            raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from exc
-        # transformers sets hf_quantizer in from_pretrained without declaring it on the class, so mypy
-        # types it by nn.Module.__getattr__ (Tensor | Module)
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        vocab = read_gguf_vocab(gguf_path)
+        tok = tokenizer_from_gguf(gguf_path, vocab)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except Exception as exc:  # the loaders raise many types for a bad file
+        raise ModelLoadError(f"could not read GGUF file {gguf_path}: {exc}") from exc
+    # set by from_pretrained but undeclared on the class: mypy types it by nn.Module (Tensor | Module)
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # Written beside the target and renamed into place, so a cache is never seen half-written.
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=target.parent) as tmp_name:
+        tmp = Path(tmp_name)
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        if not _tokenizer_round_trips(tok, tmp):
+        again = AutoTokenizer.from_pretrained(str(tmp))
+        if any(tok(t)["input_ids"] != again(t)["input_ids"] for t in PROBE_TEXTS):
             # Should a saved tokenizer re-load differently, keep reading it from the GGUF file itself.
             log.warning(
                 "tokenizer of %s does not survive save/load; it will be read from the GGUF file", gguf_path
@@ -500,10 +451,7 @@ def _convert_gguf_locked(gguf_path: Path, target: Path, why: str) -> Path:
         )
         if target.exists():
             shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(tmp, target)  # the emptied temporary name is then no error to clean up
     return target
 
 
@@ -520,7 +468,9 @@ def resolve_model_dir(spec: str, cache_dir: Path | None = None) -> tuple[str, st
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        target = cache / "models" / f"gguf-{path.stem}-{_gguf_cache_key(path)}"
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+        target = cache / "models" / f"gguf-{path.stem}-{key}"
         convert_gguf(path, target)
         return str(target), f"gguf:{path}"
     if path.is_dir():
@@ -592,7 +542,9 @@ def wrap_model(
         tokenizer=tokenizer,
         name=name,
         source=source,
-        stop_token_ids=stop_token_ids(model, tokenizer),
+        stop_token_ids=stop_token_ids_from(
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer
+        ),
         pad_token_id=pad_id(tokenizer),
         config=getattr(model, "config", None),
         stats_cache_dir=stats_dir(location, source) if location else None,

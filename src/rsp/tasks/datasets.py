@@ -77,10 +77,7 @@ def data_dir_candidates() -> list[Path]:
 
 def find_data_file(file_name: str, data_dir: str | Path | None = None) -> Path | None:
     dirs = [Path(data_dir)] if data_dir else data_dir_candidates()
-    for d in dirs:
-        if (d / file_name).is_file():
-            return d / file_name
-    return None
+    return next((d / file_name for d in dirs if (d / file_name).is_file()), None)
 
 
 def read_jsonl_problems(path: str | Path, *, name: str | None = None) -> tuple[Problem, ...]:
@@ -196,11 +193,9 @@ def load_benchmark(name: str, split: str = "test", *, data_dir: str | Path | Non
     if path is not None:
         problems = read_jsonl_problems(path, name=key)
         source = str(path)
+    elif split not in bench.hub_split:
+        raise TaskError(f"{bench.files[split]} not found locally and {key} has no Hub split for {split!r}")
     else:
-        if split not in bench.hub_split:
-            raise TaskError(
-                f"{bench.files[split]} not found locally and {key} has no Hub split for {split!r}"
-            )
         problems = load_hub_problems(
             bench.hub_id,
             config=bench.hub_config,

@@ -29,16 +29,11 @@ def last_boxed(text: str) -> str | None:
             while i < len(text) and text[i] == " ":
                 i += 1
             if i < len(text) and text[i] == "{":
-                depth, j = 0, i
-                while j < len(text):
-                    c = text[j]
-                    if c == "{":
-                        depth += 1
-                    elif c == "}":
-                        depth -= 1
-                        if depth == 0:
-                            return text[i + 1 : j].strip()
-                    j += 1
+                depth = 0
+                for j in range(i, len(text)):
+                    depth += {"{": 1, "}": -1}.get(text[j], 0)
+                    if depth == 0:  # the brace that closes text[i]
+                        return text[i + 1 : j].strip()
             elif marker == "\\boxed" and i < len(text) and text[i] != "{":
                 m = re.match(r"\s*([^\s$]+)", text[i : i + 200])  # "\boxed 5" form
                 if m and i > start + len(marker):
@@ -47,28 +42,21 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _last_match(pattern: str, text: str) -> re.Match[str] | None:
-    last = None
-    for last in re.finditer(pattern, text):  # noqa: B007 - we want the final match
-        pass
-    return last
-
-
 def extract_answer(text: str) -> str | None:
     """Final answer of a completion: the last \\boxed{}, else GSM8K '#### N', else 'answer is X', else
     the last number."""
     if not text:
         return None
     boxed = last_boxed(text)
-    if boxed is not None and boxed != "":
+    if boxed:
         return boxed
-    m = _last_match(r"####\s*([^\n]+)", text)
-    if m:
-        return m.group(1).strip()
+    found = re.findall(r"####\s*([^\n]+)", text)  # findall: each match's one group
+    if found:
+        return found[-1].strip()
     tail = text[-2000:]
-    m = _last_match(r"answer is[:\s]*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)", tail)
-    if m:
-        return m.group(1).strip()
+    found = re.findall(r"answer is[:\s]*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)", tail)
+    if found:
+        return found[-1].strip()
     numbers = _NUMBER.findall(tail)
     return numbers[-1] if numbers else None
 
@@ -103,7 +91,7 @@ def canonical_answer(answer: str | None) -> str | None:
         return None
     num = as_number(answer)
     if num is not None:
-        return str(num.numerator) if num.denominator == 1 else f"{num.numerator}/{num.denominator}"
+        return str(num)  # "7/2", or "3" for a whole number
     return re.sub(r"\s+", "", _strip_wrappers(answer))
 
 
@@ -145,13 +133,9 @@ class Grader:
     def _start(self) -> None:
         # A fresh interpreter (not fork: the parent holds torch threads; not multiprocessing-spawn:
         # that re-imports the caller's __main__) speaking JSON lines over stdin/stdout.
+        worker, pipe = [sys.executable, "-m", "rsp.tasks.verify_worker"], subprocess.PIPE
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "rsp.tasks.verify_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
+            worker, stdin=pipe, stdout=pipe, stderr=subprocess.DEVNULL, text=True, bufsize=1
         )
         # Import and warm-up time is not charged to the first answer's timeout.
         ready = _readline_within(self._proc, STARTUP_TIMEOUT)
@@ -203,12 +187,9 @@ class Grader:
                 self._kill()
                 return GradeResult(False, "error")
             reply = _readline_within(proc, self.timeout)
-            if reply is None:
-                self._kill()  # a stuck sympy call: replace the worker
-                return GradeResult(False, "timeout")
-            if not reply.strip():
-                self._kill()
-                return GradeResult(False, "error")
+            if reply is None or not reply.strip():
+                self._kill()  # a stuck sympy call (timeout) or a dead worker: replace it
+                return GradeResult(False, "timeout" if reply is None else "error")
             return GradeResult(reply.strip() == "1", "math-verify")
 
     def grade(self, completion: str, gold: str) -> GradeResult:

@@ -24,8 +24,7 @@ PromptStyle = Literal["auto", "chat", "plain"]
 
 def fewshot_solution(problem: Problem) -> str:
     """A worked solution ending in a boxed answer, from the problem's reference solution if any."""
-    text = problem.solution or ""
-    text = re.sub(r"<<[^>]*>>", "", text)  # GSM8K calculator annotations
+    text = re.sub(r"<<[^>]*>>", "", problem.solution or "")  # GSM8K calculator annotations
     text = re.sub(r"####\s*(.+)\s*$", "", text).strip()
     if "\\boxed" not in text:
         text = (text + " " if text else "") + f"The answer is \\boxed{{{problem.answer}}}."
@@ -50,9 +49,7 @@ class PromptBuilder:
                 "prompt style 'chat' requested but this tokenizer has no chat template "
                 "(a base model?); use --prompt-style plain or auto"
             )
-        self.resolved_style = (
-            "chat" if (self.style == "chat" or (self.style == "auto" and has_template)) else "plain"
-        )
+        self.resolved_style = "chat" if has_template and self.style != "plain" else "plain"
 
     @classmethod
     def for_task(
@@ -68,10 +65,8 @@ class PromptBuilder:
         """Return (head, tail): the prompt text up to the end of the user's content, and the rest."""
         content = f"{problem.question}\n{INSTRUCTION}"
         if self.resolved_style == "chat":
-            messages = []
-            if self.system_prompt is not None:
-                messages.append({"role": "system", "content": self.system_prompt})
-            messages.append({"role": "user", "content": content})
+            system = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+            messages = [*system, {"role": "user", "content": content}]
             text = render_chat(self.tokenizer, messages)
             cut = user_turn_cut(text, messages)
             if cut is None:
@@ -119,8 +114,7 @@ def tokenize_prompt(
 ) -> PromptTokens:
     """A user's prompt as `PromptTokens`: chat messages through the chat template (`end_of_user_turn` at
     the end of the last user message), a string as one user message where the tokenizer has a template
-    (`chat` overrides; else raw, with BOS), `PromptTokens` unchanged.
-    """
+    (`chat` overrides; else raw, with BOS), `PromptTokens` unchanged."""
     if isinstance(prompt, PromptTokens):
         return prompt
     has_template = bool(getattr(tokenizer, "chat_template", None))

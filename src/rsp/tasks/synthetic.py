@@ -7,7 +7,6 @@ difficulty (operations, size of numbers) where a model is neither at the floor n
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from rsp.core.seeds import derive_seed
 from rsp.tasks.base import Problem, Task, TaskError
@@ -51,28 +50,13 @@ ITEMS = (
 SPLITS = ("train", "test")
 
 
-@dataclass(frozen=True)
-class ArithSettings:
-    steps: int = 2
-    max_value: int = 20
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not 1 <= self.steps <= 8:
-            raise TaskError(f"arith steps must be between 1 and 8, got {self.steps}")
-        if not 2 <= self.max_value <= 10**6:
-            raise TaskError(f"arith max_value must be between 2 and 1000000, got {self.max_value}")
-
-
-def _one_problem(rng: random.Random, settings: ArithSettings) -> tuple[str, int, str]:
-    """Return (question, answer, worked solution) for one problem."""
-    name = rng.choice(NAMES)
-    item = rng.choice(ITEMS)
-    top = settings.max_value
+def _one_problem(rng: random.Random, steps: int, top: int) -> tuple[str, int, str]:
+    """Return (question, answer, worked solution) for one problem with numbers up to `top`."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value = rng.randint(2, top)
     sentences = [f"{name} has {value} {item}."]
     lines = [f"Start: {value}."]
-    for _ in range(settings.steps):
+    for _ in range(steps):
         ops = ["add", "sub", "mul"] if value * 2 <= top * 4 else ["add", "sub"]
         op = rng.choice(ops)
         if op == "sub" and value < 2:
@@ -80,28 +64,22 @@ def _one_problem(rng: random.Random, settings: ArithSettings) -> tuple[str, int,
         if op == "add":
             k = rng.randint(1, top)
             friend = rng.choice([n for n in NAMES if n != name])
-            sentences.append(
-                rng.choice(
-                    [
-                        f"{friend} gives {name} {k} more {item}.",
-                        f"Then {name} finds {k} more {item}.",
-                        f"{name} buys {k} more {item}.",
-                    ]
-                )
-            )
+            said = [
+                f"{friend} gives {name} {k} more {item}.",
+                f"Then {name} finds {k} more {item}.",
+                f"{name} buys {k} more {item}.",
+            ]
+            sentences.append(rng.choice(said))
             lines.append(f"{value} + {k} = {value + k}.")
             value += k
         elif op == "sub":
             k = rng.randint(1, value - 1)
-            sentences.append(
-                rng.choice(
-                    [
-                        f"{name} gives away {k} {item}.",
-                        f"Then {name} loses {k} {item}.",
-                        f"{name} uses {k} of the {item}.",
-                    ]
-                )
-            )
+            said = [
+                f"{name} gives away {k} {item}.",
+                f"Then {name} loses {k} {item}.",
+                f"{name} uses {k} of the {item}.",
+            ]
+            sentences.append(rng.choice(said))
             lines.append(f"{value} - {k} = {value - k}.")
             value -= k
         else:
@@ -115,34 +93,30 @@ def _one_problem(rng: random.Random, settings: ArithSettings) -> tuple[str, int,
     return " ".join(sentences), value, solution
 
 
-def generate_arith(split: str, n: int, settings: ArithSettings) -> tuple[Problem, ...]:
+def generate_arith(split: str, n: int, steps: int, max_value: int, seed: int) -> tuple[Problem, ...]:
     """Generate n problems of one split; train and test never share a (seed, split, index) stream."""
-    settings.validate()
+    if not 1 <= steps <= 8:
+        raise TaskError(f"arith steps must be between 1 and 8, got {steps}")
+    if not 2 <= max_value <= 10**6:
+        raise TaskError(f"arith max_value must be between 2 and 1000000, got {max_value}")
     if split not in SPLITS:
         raise TaskError(f"arith split must be one of {', '.join(SPLITS)}, got {split!r}")
     if n < 1:
         raise TaskError(f"number of problems must be >= 1, got {n}")
     out = []
+    meta = {"steps": steps, "max_value": max_value, "split": split}
     for i in range(n):
-        rng = random.Random(derive_seed(settings.seed, "arith", split, settings.steps, settings.max_value, i))
-        question, answer, solution = _one_problem(rng, settings)
-        out.append(
-            Problem(
-                id=f"arith-s{settings.steps}-m{settings.max_value}-{split}-{i:05d}",
-                question=question,
-                answer=str(answer),
-                solution=solution,
-                metadata={"steps": settings.steps, "max_value": settings.max_value, "split": split},
-            )
-        )
+        rng = random.Random(derive_seed(seed, "arith", split, steps, max_value, i))
+        question, answer, solution = _one_problem(rng, steps, max_value)
+        pid = f"arith-s{steps}-m{max_value}-{split}-{i:05d}"
+        out.append(Problem(pid, question, str(answer), solution, metadata=dict(meta)))
     return tuple(out)
 
 
 def arith_task(split: str = "test", n: int = 100, steps: int = 2, max_value: int = 20, seed: int = 0) -> Task:
-    settings = ArithSettings(steps=steps, max_value=max_value, seed=seed)
-    problems = generate_arith(split, n, settings)
+    problems = generate_arith(split, n, steps, max_value, seed)
     # Few-shot examples always come from the train split so they never leak test problems.
-    fewshot = generate_arith("train", 2, ArithSettings(steps=steps, max_value=max_value, seed=seed + 10_007))
+    fewshot = generate_arith("train", 2, steps, max_value, seed + 10_007)
     return Task(
         name="arith",
         problems=problems,

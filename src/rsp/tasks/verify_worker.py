@@ -11,18 +11,17 @@ def main() -> None:
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     configs = [LatexExtractionConfig(), ExprExtractionConfig()]
-    verify(
-        parse("$1$", extraction_config=configs, parsing_timeout=None),
-        parse("$1$", extraction_config=configs, parsing_timeout=None),
-        timeout_seconds=None,
-    )  # warm up sympy before announcing readiness
+
+    def read(answer: str):
+        return parse(f"${answer}$", extraction_config=configs, parsing_timeout=None)
+
+    verify(read("1"), read("1"), timeout_seconds=None)  # warm up sympy before announcing readiness
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     for line in sys.stdin:
         try:
             gold, pred = json.loads(line)
-            g = parse(f"${gold}$", extraction_config=configs, parsing_timeout=None)
-            p = parse(f"${pred}$", extraction_config=configs, parsing_timeout=None)
+            g, p = read(gold), read(pred)
             ok = bool(g and p and verify(g, p, timeout_seconds=None))
         except Exception:  # any failure means "not shown equivalent"
             ok = False
