@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -260,3 +261,17 @@ def test_report_and_compare_config_file_plus_override_equals_flags(tmp_path, mak
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(moved))
     assert make_parser().parse(["--config", str(path), *flags]) == make_parser().parse(flags)
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback():
+    """`rsp --help | head -1` style: the reader is gone before rsp writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rsp.cli", "--help"], stdout=write_end, stderr=subprocess.PIPE, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert b"Traceback" not in proc.stderr and b"BrokenPipeError" not in proc.stderr, proc.stderr

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -73,6 +74,16 @@ def resolve(name: str) -> Callable[[list[str]], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return status
+    except BrokenPipeError:  # `rsp ... | head`: the reader left; no traceback, Python's usual status
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush fails too
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = False
     while args and args[0] in ("-v", "--verbose"):
