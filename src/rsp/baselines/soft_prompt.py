@@ -155,9 +155,6 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
     return {"source_format": "peft", "model": str(cfg.get("base_model_name_or_path") or "")}
 
 
-# ----------------------------------------------------------------------------------------------- training
-
-
 _MODEL, _DATA = "model", "data"
 
 

@@ -290,10 +290,9 @@ class RSPGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
+        args = (prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         if self.rsp is None:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+            return super()._generate_single_turn(*args)
         # fresh seeds keyed by (process, optimizer step, call): distinct on every rank, and a resumed run
         # does not replay the seeds of the steps it already trained on
         self._round = (self.accelerator.process_index, int(self.state.global_step), self._rollout_round)
@@ -304,9 +303,7 @@ class RSPGRPOTrainer(GRPOTrainer):
         if self.use_vllm:
             return self._vllm_rollouts(seeds)
         with self.pinned(seeds):
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+            return super()._generate_single_turn(*args)
 
     def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
         """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
