@@ -317,36 +317,24 @@ class DAPOTrainer:
                     else:
                         refs[i] = self.logprobs(c, model=self.ref_model)[0]
         stats = []
+        eps = (cfg.epsilon_low, cfg.epsilon_high)
         for _ in range(cfg.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = clip_sum = ent_sum = 0.0
             for c, adv, keep, old, ref in zip(chunks, advs, keeps, olds, refs, strict=True):
                 logp, mask, ent = self.logprobs(c)
                 mask = mask * keep.unsqueeze(-1)
-                loss, info = dapo_loss(
-                    logp,
-                    old if old is not None else logp.detach(),
-                    adv,
-                    mask,
-                    cfg.epsilon_low,
-                    cfg.epsilon_high,
-                    ref,
-                    cfg.beta,
-                    num_tokens=num_tokens,
-                )
+                old = old if old is not None else logp.detach()
+                loss, info = dapo_loss(logp, old, adv, mask, *eps, ref, cfg.beta, num_tokens=num_tokens)
                 loss.backward()
                 loss_sum += float(loss.detach())
                 clip_sum += info["clip_fraction"]
                 ent_sum += float((ent * mask).sum())
             gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
             self.optimizer.step()
+            entropy = ent_sum / max(num_tokens, 1.0)
             stats.append(
-                {
-                    "loss": loss_sum,
-                    "clip_fraction": clip_sum,
-                    "entropy": ent_sum / max(num_tokens, 1.0),
-                    "grad_norm": float(gn),
-                }
+                {"loss": loss_sum, "clip_fraction": clip_sum, "entropy": entropy, "grad_norm": float(gn)}
             )
         self.lm.model.eval()
         out = {k: _mean([s[k] for s in stats]) for k in stats[0]}
