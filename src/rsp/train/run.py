@@ -265,17 +265,8 @@ def train_with_trl(
                 control.should_training_stop = True
                 control.should_save = True  # so the rerun resumes from here
 
-    trainer = build_trl_trainer(
-        cfg,
-        lm,
-        problems,
-        builder,
-        reward_fn,
-        str(trl_dir),
-        save_strategy="steps",
-        save_steps=cfg.checkpoint_every,
-        save_total_limit=2,
-    )
+    saving = {"save_strategy": "steps", "save_steps": cfg.checkpoint_every, "save_total_limit": 2}
+    trainer = build_trl_trainer(cfg, lm, problems, builder, reward_fn, str(trl_dir), **saving)
     trainer.add_callback(StepLog())
     ckpts = sorted(trl_dir.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1])) if resuming else []
     if trainer.accelerator.is_main_process:
