@@ -67,7 +67,6 @@ def _usage() -> str:
 
 
 def resolve(name: str) -> Callable[[list[str]], int]:
-    """The function that runs command `name`."""
     module, _, function = COMMANDS[name].target.partition(":")
     return getattr(importlib.import_module(module), function)
 

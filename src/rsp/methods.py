@@ -261,13 +261,11 @@ def get_method(name: str) -> Method:
 
 
 def method_specs() -> list[Method]:
-    """Every registered method, by name."""
     registry = _registry()
     return [registry[k] for k in sorted(registry)]
 
 
 def method_names() -> list[str]:
-    """Every registered method's name, sorted."""
     return sorted(_registry())
 
 
@@ -282,7 +280,6 @@ def build_method(name: str, lm: ModelBase, config: RSPConfig | None = None) -> I
 
 
 def embedding_stats_for(lm: ModelBase, config: RSPConfig):
-    """The embedding statistics `config` asks for (which rows, which mean)."""
     return lm.embedding_stats(rows=config.stats_rows, mean_mode=config.stats_mean)  # type: ignore[arg-type]
 
 

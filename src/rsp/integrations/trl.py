@@ -96,8 +96,7 @@ def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> 
 
 @contextmanager
 def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
-    """While TRL builds its colocated `vllm.LLM` (from a fixed argument list), add `enable_prompt_embeds`
-    and `extra` to its arguments."""
+    """While TRL builds its colocated `vllm.LLM`, add `enable_prompt_embeds` and `extra` to its arguments."""
     original = getattr(vllm_generation, "LLM", None)
     if original is None:  # vLLM is not importable: TRL raises its own error
         yield

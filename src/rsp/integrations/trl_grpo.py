@@ -142,10 +142,8 @@ def rsp_accuracy_reward(timeout: float):
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
-        return [
-            float(grader.grade(completion_text(c), str(s)).correct)
-            for c, s in zip(completions, solution, strict=True)
-        ]
+        pairs = zip(completions, solution, strict=True)
+        return [float(grader.grade(completion_text(c), str(s)).correct) for c, s in pairs]
 
     # A plain function, as TRL takes rewards (it logs their __name__), carrying close() for the grader's
     # worker process; mypy does not model attributes set on a function object.

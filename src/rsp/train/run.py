@@ -49,8 +49,6 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A native checkpoint, refusing anything that needs a full unpickle: `weights_only=True` makes torch
-    reject every global outside its allowlist before calling it, so nothing of a crafted file runs."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -43,12 +43,10 @@ def load_arith(**metadata: Any) -> dict[str, Any]:
 
 
 def load_gsm8k(**metadata: Any) -> dict[str, Any]:
-    """GSM8K test from the local `gsm8k_test.jsonl`."""
     return _dataset(_local("gsm8k", metadata))
 
 
 def load_math500(**metadata: Any) -> dict[str, Any]:
-    """MATH-500 from the local `math500.jsonl`."""
     return _dataset(_local("math500", metadata))
 
 
