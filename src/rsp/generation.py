@@ -282,9 +282,6 @@ def generate(
     `chat=False` sends them raw), chat message lists, or `PromptTokens`."""
     names = set(inspect.signature(Generator.generate).parameters) - {"self", "prompts"}
     engine_options = {k: options.pop(k) for k in list(options) if k not in names}
-    gen = (
-        model
-        if isinstance(model, Generator)
-        else Generator(model, engine=engine, dtype=dtype, device=device, **engine_options)
-    )
-    return gen.generate(prompts, **options)
+    if not isinstance(model, Generator):
+        model = Generator(model, engine=engine, dtype=dtype, device=device, **engine_options)
+    return model.generate(prompts, **options)
