@@ -23,8 +23,6 @@ STOP_NOTES = {
     "max_seconds": " (stopped at --max-seconds)",
 }
 
-# ---- rsp sweep ---------------------------------------------------------------------------------------------
-
 
 def build_sweep_parser() -> RSPArgumentParser:
     return RSPArgumentParser(
@@ -59,9 +57,6 @@ def sweep_main(argv: list[str]) -> int:
         f"table: {out / 'sweep.md'} and {out / 'sweep.csv'}; plots: {out / 'plots'}"
     )
     return 0
-
-
-# ---- rsp train-soft-prompt ---------------------------------------------------------------------------------
 
 
 def build_train_soft_prompt_parser() -> RSPArgumentParser:

@@ -227,9 +227,6 @@ def run_sweep(
     return SweepResult(out, cells, rows, ran, skipped)
 
 
-# ------------------------------------------------------------------------------------------------ tables
-
-
 def table_ks(n: int) -> list[int]:
     ks = [k for k in (1, 4, 16) if k <= n]
     return ks if n >= 16 or n in ks else [*ks, n]
@@ -364,9 +361,6 @@ def write_sweep_report(out: Path, config: SweepConfig, rows: list[dict]) -> None
     if any(r["problems"] for r in rows):
         plot_passk_per_method(rows, plots, config)
         plot_heatmaps(rows, plots, config)
-
-
-# ------------------------------------------------------------------------------------------------- plots
 
 
 def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> None:

@@ -39,13 +39,8 @@ def layout(
                     f"prompt {i} already contains the placeholder id {placeholder_id}; pass another "
                     "placeholder_id"
                 )
-    return build_slotted_batch(
-        seqs,
-        [p.insert_index(injection.position) for p in prompts],
-        injection.length,
-        pad_id=pad_id,
-        placeholder_id=placeholder_id,
-    )
+    points = [p.insert_index(injection.position) for p in prompts]
+    return build_slotted_batch(seqs, points, injection.length, pad_id=pad_id, placeholder_id=placeholder_id)
 
 
 def embed_prompts(

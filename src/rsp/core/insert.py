@@ -72,18 +72,16 @@ def build_slotted_batch(
         raise ValueError("cannot build an empty batch")
     placeholder = pad_id if placeholder_id is None else placeholder_id
     rows: list[list[int]] = []
-    slot_starts: list[int] = []
     for ids, at in zip(prompts, insert_index, strict=True):
         ids = list(ids)
         if not 0 <= at <= len(ids):
             raise ValueError(f"insertion index {at} outside prompt of length {len(ids)}")
         rows.append(ids[:at] + [placeholder] * length + ids[at:])
-        slot_starts.append(at)
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     slot_index = torch.empty((len(rows), length), dtype=torch.long)
-    for i, (row, start) in enumerate(zip(rows, slot_starts, strict=True)):
+    for i, (row, start) in enumerate(zip(rows, insert_index, strict=True)):
         offset = width - len(row)
         input_ids[i, offset:] = torch.tensor(row, dtype=torch.long)
         attention_mask[i, offset:] = 1
