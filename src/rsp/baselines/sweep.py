@@ -239,14 +239,9 @@ def compare_cells(
     metrics = ["accuracy", *[f"pass@{k}" for k in table_ks(n)], f"maj@{min(16, n)}"]
     rows = []
     for cell in cells:
-        row: dict = {
-            "cell": cell.name,
-            "method": cell.method,
-            "L": cell.length,
-            "rsp_scale": cell.rsp_scale,
-            "temperature": cell.temperature,
-            "attempts_run": 1 if cell.replicate else n,
-        }
+        attempts = 1 if cell.replicate else n
+        labels = (cell.name, cell.method, cell.length, cell.rsp_scale, cell.temperature, attempts)
+        row: dict = dict(zip(CSV_COLUMNS[:-1], labels, strict=True))  # "problems" comes from the summary
         base_name = Cell(BASELINE, cell.temperature).name
         recs = [{**r, "method": "cell"} for r in records.get(cell.name, [])]
         arms = ["cell"]
@@ -267,7 +262,7 @@ def compare_cells(
 
 
 def _metric_names(rows: list[dict]) -> list[str]:
-    skip = {"cell", "method", "L", "rsp_scale", "temperature", "attempts_run", "problems", "passk_curve"}
+    skip = {*CSV_COLUMNS, "passk_curve"}
     return [k for k in rows[0] if k not in skip and not k.startswith("delta ")] if rows else []
 
 
@@ -353,9 +348,8 @@ def csv_report(rows: list[dict]) -> str:
 def write_sweep_report(out: Path, config: SweepConfig, rows: list[dict]) -> None:
     atomic_write_text(out / "sweep.md", markdown_report(rows, config))
     atomic_write_text(out / "sweep.csv", csv_report(rows))
-    atomic_write_text(
-        out / "sweep.json", json.dumps({"config": config.identity(), "rows": rows}, indent=2) + "\n"
-    )
+    everything = {"config": config.identity(), "rows": rows}
+    atomic_write_text(out / "sweep.json", json.dumps(everything, indent=2) + "\n")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     if any(r["problems"] for r in rows):
