@@ -81,8 +81,13 @@ def summarise(records: Sequence[Record], methods: Sequence[str], n: int, *, seed
     return out
 
 
-def _fmt(d: dict, digits: int = 3) -> str:
-    return f"{d['mean']:.{digits}f} [{d['ci_low']:.{digits}f}, {d['ci_high']:.{digits}f}]"
+def ci_text(d: dict | None, digits: int = 3, *, signed: bool = False) -> str:
+    """An estimate as "mean [low, high]", with " p=..." when it is a paired difference; "-" for none."""
+    if not d:
+        return "-"
+    f = f"{'+' if signed else ''}.{digits}f"
+    text = f"{d['mean']:{f}} [{d['ci_low']:{f}}, {d['ci_high']:{f}}]"
+    return text + (f" p={d['p_value']:.2f}" if "p_value" in d else "")
 
 
 def markdown_table(summary: dict) -> str:
@@ -99,7 +104,7 @@ def markdown_table(summary: dict) -> str:
         "|---" * (len(cols) + 1) + "|",
     ]
     for m, vals in summary["methods"].items():
-        cells = [_fmt(vals[c], 1 if c in ("distinct_answers", "mean_tokens") else 3) for c in cols]
+        cells = [ci_text(vals[c], 1 if c in ("distinct_answers", "mean_tokens") else 3) for c in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary.get("paired"):
         pcols = ["accuracy", *[f"pass@{k}" for k in ks], f"maj@{ks[-1]}"]
@@ -112,11 +117,7 @@ def markdown_table(summary: dict) -> str:
             "|---" * (len(pcols) + 1) + "|",
         ]
         for m, vals in summary["paired"].items():
-            cells = [
-                f"{vals[c]['mean']:+.3f} [{vals[c]['ci_low']:+.3f}, {vals[c]['ci_high']:+.3f}] "
-                f"p={vals[c]['p_value']:.2f}"
-                for c in pcols
-            ]
+            cells = [ci_text(vals[c], signed=True) for c in pcols]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ from rsp.methods import BASELINE, RSPConfig, get_method, method_names
 from rsp.models.loading import ModelBase
 from rsp.records import SampleRecord, read_eval_run
 from rsp.renamed import renamed_method
-from rsp.reporting import Record, pyplot, summarise, write_eval_report
+from rsp.reporting import Record, ci_text, pyplot, summarise, write_eval_report
 from rsp.runio import RunDirError, atomic_write_text, prepare_run_dir
 
 DEFAULT_METHODS = ("temperature", "rsp")
@@ -266,14 +266,6 @@ def _metric_names(rows: list[dict]) -> list[str]:
     return [k for k in rows[0] if k not in skip and not k.startswith("delta ")] if rows else []
 
 
-def _ci(d: dict | None, signed: bool = False) -> str:
-    if not d:
-        return "-"
-    f = "+.3f" if signed else ".3f"
-    text = f"{d['mean']:{f}} [{d['ci_low']:{f}}, {d['ci_high']:{f}}]"
-    return text + (f" p={d['p_value']:.2f}" if "p_value" in d else "")
-
-
 def markdown_report(rows: list[dict], config: SweepConfig) -> str:
     metrics = _metric_names(rows)
     b = config.base
@@ -289,9 +281,10 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
         "|---" * (6 + len(metrics)) + "|",
     ]
     for r in rows:
+        cis = " | ".join(ci_text(r[m]) for m in metrics)
         lines.append(
             f"| {r['cell']} | {r['method']} | {_dash(r['L'])} | {_dash(r['rsp_scale'])} | "
-            f"{r['temperature']:g} | {r['attempts_run']} | " + " | ".join(_ci(r[m]) for m in metrics) + " |"
+            f"{r['temperature']:g} | {r['attempts_run']} | {cis} |"
         )
     lines += [
         "",
@@ -303,7 +296,8 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
     ]
     for r in rows:
         if r["method"] != BASELINE:
-            lines.append(f"| {r['cell']} | " + " | ".join(_ci(r[f"delta {m}"], True) for m in metrics) + " |")
+            deltas = " | ".join(ci_text(r[f"delta {m}"], signed=True) for m in metrics)
+            lines.append(f"| {r['cell']} | {deltas} |")
     best = [r for r in rows if r["accuracy"]]
     if best:
         top = max(best, key=lambda r: r["accuracy"]["mean"])
@@ -311,8 +305,8 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
         top_pass = max(best, key=lambda r: r[last]["mean"])
         lines += [
             "",
-            f"Highest mean accuracy: `{top['cell']}` ({_ci(top['accuracy'])}). "
-            f"Highest {last}: `{top_pass['cell']}` ({_ci(top_pass[last])}). "
+            f"Highest mean accuracy: `{top['cell']}` ({ci_text(top['accuracy'])}). "
+            f"Highest {last}: `{top_pass['cell']}` ({ci_text(top_pass[last])}). "
             "With this many problems, differences whose paired CI includes 0 are not evidence either way.",
         ]
     lines += [
