@@ -30,23 +30,13 @@ from rsp.core.injection import Injection
 from rsp.core.inputs import layout
 from rsp.core.insert import PromptTokens
 from rsp.engines.hook import RSPHandle, attach
-from rsp.methods import InjectionArgs, RSPConfig, get_method, method_names, method_specs
+from rsp.methods import FLAT_NAMES, InjectionArgs, RSPConfig, get_method, method_names, method_specs
 from rsp.models.loading import converted_path
 from rsp.renamed import RENAMED, renamed_key
 from rsp.tasks.prompts import tokenize_split, user_turn_cut
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped offline task configs
 SEED_LOG_KEY = "rsp_seeds"
-
-# the RSPConfig fields set by flat model_args
-_FLAT = {
-    "rsp_length": "length",
-    "rsp_scale": "scale",
-    "rsp_position": "position",
-    "method": "method",
-    "rsp_stats_rows": "stats_rows",
-    "rsp_stats_mean": "stats_mean",
-}
 
 
 class RSPArgumentError(ValueError):
@@ -69,8 +59,8 @@ class RSPSettings:
         `kwargs`, raising an `RSPArgumentError` naming one that is unknown, renamed or out of range. Names
         in `shared` stay in `kwargs` for the base model too (rsp-vllm: `seed` is also vLLM's seed)."""
         # method options by their own names, except those spelt like a flat setting (rsp-scaled's rsp_scale)
-        options_known = {o.key for m in method_specs() for o in m.options or ()} - set(_FLAT) - {"seed"}
-        known = set(_FLAT) | {"seed"} | options_known
+        options_known = {o.key for m in method_specs() for o in m.options or ()} - set(FLAT_NAMES) - {"seed"}
+        known = set(FLAT_NAMES) | {"seed"} | options_known
         raw: dict[str, Any] = {}
         for key in list(kwargs):
             # a renamed rsp name is an error; `backend` is HFLM's own argument, not rsp's old `engine`
@@ -86,7 +76,7 @@ class RSPSettings:
                 raise RSPArgumentError(
                     f"unknown model_args {', '.join(unknown)}; rsp arguments are {', '.join(sorted(known))}"
                 )
-            flat = {k: raw[k] for k in _FLAT if k in raw and k != "method"}
+            flat = {k: raw[k] for k in FLAT_NAMES if k in raw and k != "method"}
             if "rsp_length" in flat:
                 flat["rsp_length"] = _integer(flat["rsp_length"], "rsp_length")
             try:
@@ -112,7 +102,7 @@ class RSPSettings:
 
     def info(self) -> dict[str, Any]:
         """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
-        flat = {key: getattr(self.config, name) for key, name in _FLAT.items()}
+        flat = {key: getattr(self.config, name) for key, name in FLAT_NAMES.items()}
         return flat | {"seed": self.seed, **self.config.method_options}
 
 

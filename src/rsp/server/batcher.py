@@ -225,8 +225,7 @@ class Batcher:
             res = RowResult(r.index, c, s, decode_seed, (batch, len(rows), jobs))
             if r.job.logprobs is not None:
                 try:
-                    lm, top_k = self.generator.lm, r.job.logprobs
-                    res.logprobs = score_row(lm, p, r.job.injection, s, c, top_k=top_k, echo=r.job.echo)
+                    res.logprobs = score_row(self.generator.lm, p, r.job, s, c)
                 except Exception as exc:  # fails this row's request only
                     res.error = exc
             out.append(res)
@@ -241,19 +240,13 @@ class Batcher:
 
 
 def score_row(
-    lm,
-    prompt: PromptTokens,
-    injection: Injection,
-    seed: int | None,
-    completion: Completion,
-    *,
-    top_k: int,
-    echo: bool,
+    lm, prompt: PromptTokens, job: Job, seed: int | None, completion: Completion
 ) -> list[TokenLogprob]:
-    """Log-probs of the completion tokens (and, with `echo`, of the prompt's own tokens, skipping the
-    slots) for one row. With `echo`, the stop token the engines drop ends the list: scorers such as
-    lm-eval's `local-completions` read every value but the last.
+    """Log-probs of the completion tokens (and, with the job's `echo`, of the prompt's own tokens, skipping
+    the slots) for one row, each with its `job.logprobs` likeliest tokens. With `echo`, the stop token the
+    engines drop ends the list: scorers such as lm-eval's `local-completions` read every value but the last.
     """
+    injection, top_k, echo = job.injection, job.logprobs or 0, job.echo
     model = getattr(lm, "model", None)  # the vllm engine's EmbeddingModel has none
     if model is None:
         raise ValueError("log-probs need the model's weights in this process (hf, lean or prefix engine)")
