@@ -108,10 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rsp {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"rsp {name}: interrupted; finished records are saved, rerun the same command to resume",
-            file=sys.stderr,
-        )
+        why = "interrupted; finished records are saved, rerun the same command to resume"
+        print(f"rsp {name}: {why}", file=sys.stderr)
         return 130
 
 

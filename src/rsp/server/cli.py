@@ -92,9 +92,8 @@ class ServeCommandConfig(InjectionArgs, EngineArgs):
         self.validate_injection()
         self.validate_engine()
         known = method_names()
-        require(
-            self.method in known, "method", f"{self.method!r} is unknown; known methods: {', '.join(known)}"
-        )
+        unknown = f"{self.method!r} is unknown; known methods: {', '.join(known)}"
+        require(self.method in known, "method", unknown)
         require(0 < self.port < 65536, "port", f"must be in 1..65535, got {self.port}")
         require_min(self, 1, "max_batch_size", "max_n", "max_tokens_limit", "max_prompts", "max_body_bytes")
         require_min(self, 1, "max_connections")

@@ -12,7 +12,7 @@ import math
 import os
 import pickle
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -64,12 +64,6 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
-    """Correctness from the project's grader (subprocess with a timeout); returns (fn, close)."""
-    grader = Grader(timeout=timeout)
-    return (lambda text, gold: grader.grade(text, gold).correct), grader.close
-
-
 def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
     """(problems, prompt_of, builder): the training problems, their cached `PromptTokens` (native trainer),
     and the `PromptBuilder` (the TRL path turns problems into standard TRL prompts with it)."""
@@ -105,8 +99,9 @@ def train(
     if lm is None:
         lm = load_model(cfg.model, dtype=cfg.dtype, device=process_device(cfg.device))
     close = None
-    if reward_fn is None:
-        reward_fn, close = grader_reward(cfg.grader_timeout)
+    if reward_fn is None:  # correctness from the project's grader (a subprocess with a timeout)
+        grader = Grader(timeout=cfg.grader_timeout)
+        reward_fn, close = (lambda text, gold: grader.grade(text, gold).correct), grader.close
     try:
         problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
         if cfg.trainer == "trl":
@@ -227,14 +222,6 @@ TRL_ALIASES = {
 }
 
 
-def trl_record(step: int, logs: dict) -> dict:
-    return {
-        "step": int(step),
-        **{k: logs[v] for k, v in TRL_ALIASES.items() if v in logs},
-        **{k: v for k, v in logs.items() if k != "step"},
-    }
-
-
 def train_with_trl(
     cfg: DAPOConfig,
     out: Path,
@@ -256,7 +243,9 @@ def train_with_trl(
     class StepLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs and "loss" in logs:
-                JsonlAppender(metrics_path).append([trl_record(state.global_step, logs)])
+                aliases = {k: logs[v] for k, v in TRL_ALIASES.items() if v in logs}
+                rest = {k: v for k, v in logs.items() if k != "step"}
+                JsonlAppender(metrics_path).append([{"step": int(state.global_step), **aliases, **rest}])
 
         def on_step_end(self, args, state, control, **kwargs):
             if stop_after is not None and state.global_step >= stop_after:
