@@ -6,9 +6,7 @@ and a plain dict in every reader (indexed by key, copied with `{**r, "method": l
 lets mypy check its fields while it round-trips through `json` unchanged.
 
 Writers refuse a record with a missing or undeclared field; readers name the file, line and missing field
-of a malformed line and keep `rsp.runio`'s repair of a torn last line. The format's version is
-`rsp.runio.SCHEMA_VERSION`; version 0 lines (no `schema_version` in config.json) read unchanged (versions 0
-and 1 have the same fields), and a run from a newer rsp is refused.
+of a malformed line. Format versions 0 and 1 (`rsp.runio.SCHEMA_VERSION`) have the same lines.
 """
 
 # No `from __future__ import annotations` here: TypedDict must see `NotRequired` as an object, not a string,

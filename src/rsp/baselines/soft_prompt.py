@@ -160,8 +160,7 @@ _MODEL, _DATA = "model", "data"
 
 @dataclass
 class SoftPromptTrainConfig:
-    """Settings of one soft-prompt training run (saved with the result); each field is a flag of
-    `rsp train-soft-prompt` (`rsp_length` is `--rsp-length`)."""
+    """One soft-prompt training run (saved with the result): the flags of `rsp train-soft-prompt`."""
 
     _argument_group_name = "training"  # the --help group of the fields that name none
     model: str = option("smollm2-135m-instruct", "packaged name, local dir or Hub id", group=_MODEL)

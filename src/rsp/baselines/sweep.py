@@ -2,10 +2,9 @@
 
 Each cell is a complete eval run directory (OUT/cells/<name>/), so cells resume exactly like `rsp eval`
 and a finished cell is skipped without loading the model. All cells share the seed, hence the problems
-and the RSP seed stream. Axes a method does not read collapse, and a deterministic cell (greedy decoding
-with an injection that is the same for every attempt) runs once per problem and counts for all N
-attempts. Which axes a method reads and whether it differs per attempt are the method registry's facts.
-Cell directories keep their `_a<scale>` suffix, so finished cells are found.
+and the RSP seed stream. Axes a method does not read (the method registry says which) collapse, and a
+deterministic cell (greedy decoding with an injection that is the same for every attempt) runs once per
+problem and counts for all N attempts.
 """
 
 from __future__ import annotations

@@ -7,10 +7,8 @@ in at the narrowest points of TRL 1.16.0 (an exact pin: these are private method
 where `rsp.core.inputs.layout` puts L placeholder ids into TRL's prompt ids; `rsp.attach`'s embedding
 hook, whose seeds are pinned for the rollout and for every chunk scored, so generation and the old,
 reference and current log-probs all see the rollout's own RSP (the seeds travel as an `rsp_seeds`
-tensor); and, with `use_vllm=True`, one mixed token/embedding vLLM request per rollout. TRL builds its
-colocated `vllm.LLM` without `enable_prompt_embeds`, so the trainer adds it; `trl vllm-serve` has no mixed
-prompts over HTTP, so server mode needs `python -m rsp.integrations.trl_vllm_serve`.
-`RSPConfig(length=0)` attaches nothing: the trainer is then plain `GRPOTrainer`.
+tensor); and, with `use_vllm=True`, one mixed token/embedding vLLM request per rollout (server mode:
+`python -m rsp.integrations.trl_vllm_serve`). `RSPConfig(length=0)` is plain `GRPOTrainer`.
 
 DAPO on top (`rsp train --trainer trl`): `loss_type="dapo"`, clip-higher, overlong shaping as a reward,
 and `mask_constant_groups=True`, dynamic sampling in its masking form (TRL's sampler fixes the batch, so

@@ -42,9 +42,8 @@ _MODEL, _INJECTION, _SERVER = "model", "injection", "server"
 
 @dataclasses.dataclass
 class ServeCommandConfig(InjectionArgs, EngineArgs):
-    """The settings of `rsp serve`: what is served, what a request without `rsp` gets injected, and the
-    server's limits. Each field is the flag of the same name (`rsp_length` is `--rsp-length`); the model and
-    engine fields are `EngineArgs`'s, the injection's `InjectionArgs`'s (with the help worded for serving)."""
+    """The settings of `rsp serve`: what is served (`EngineArgs`), what a request without `rsp` gets injected
+    (`InjectionArgs`, with the help worded for serving), and the server's limits."""
 
     _option_help: ClassVar[dict[str, str]] = {
         "engine": "generation engine",
