@@ -92,9 +92,7 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
         for text, row in zip(string, ids, strict=True):
             seeded = _SeededIds(row)
             seeded.rsp_seed = text.rsp_seed
-            seeded.prompt = PromptTokens(
-                ids=tuple(row), user_turn_end=self._user_turn_end(text, len(row), encode)
-            )
+            seeded.prompt = PromptTokens(tuple(row), self._user_turn_end(text, len(row), encode))
             out.append(seeded)
         return out
 
@@ -109,13 +107,9 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
                 "RSP slots; raise max_model_len or shorten the task's prompts"
             )
         # vLLM's seeds are lm-eval's sampling_params', so the requests' decode seeds go unused
+        prompts, seeds = [r.prompt for r in requests], [r.rsp_seed for r in requests]
         built = build_requests(
-            self._rsp_lm,
-            [r.prompt for r in requests],
-            self.rsp_injection,
-            [r.rsp_seed for r in requests],
-            decode_seed=0,
-            prompt_mode=self._prompt_mode,
+            self._rsp_lm, prompts, self.rsp_injection, seeds, decode_seed=0, prompt_mode=self._prompt_mode
         )
         return self.model.generate(
             [b.as_prompt() for b in built],

@@ -310,14 +310,9 @@ class RSPGRPOTrainer(GRPOTrainer):
             gen.sync_weights()
             self._last_loaded_step = self.state.global_step
         assert self.rsp is not None  # only called for an active RSP (_generate_single_turn)
-        requests = build_requests(
-            self.rsp.lm,
-            self._rsp_prompts,
-            self.injection,
-            seeds,
-            decode_seed=derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round),
-            prompt_mode="mixed",
-        )
+        decode_seed = derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round)
+        rows = (self.rsp.lm, self._rsp_prompts, self.injection, seeds)
+        requests = build_requests(*rows, decode_seed=decode_seed, prompt_mode="mixed")
         params: dict[str, Any] = dict(
             n=1,
             repetition_penalty=gen.repetition_penalty,
@@ -391,9 +386,8 @@ class RSPGRPOTrainer(GRPOTrainer):
         mask = output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
         loss_mask = mask * output["tool_mask"] if "tool_mask" in output else mask
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        kept_groups = 1 - float(
-            local_constant_rows(everything, group_size, 0, everything.numel()).float().mean()
-        )
+        every_constant = local_constant_rows(everything, group_size, 0, everything.numel())
+        kept_groups = 1 - float(every_constant.float().mean())
         # Already global (from the gathered batch); written straight into this step's metrics, because
         # `_log_metric` values are only flushed by the *next* call of `_generate_and_score_completions`.
         training = cast(torch.nn.Module, self.model).training  # Trainer types it Optional, as above
