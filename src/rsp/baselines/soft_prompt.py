@@ -290,14 +290,10 @@ def solution_loss(
     point (which lies inside the prompt, so the solution is unaffected), left-padded, with the
     position ids `generate` uses; only the last max(solution)+1 logits are computed.
     """
+    prompts, solutions = [ex.prompt for ex in examples], [ex.target for ex in examples]
+    seeds = [None] * len(examples)  # a trained prompt is the same for every row
     batch, embeds = embed_prompts(
-        lm.embed,
-        [ex.prompt for ex in examples],
-        injection,
-        [None] * len(examples),
-        pad_id=lm.pad_token_id,
-        suffixes=[ex.target for ex in examples],
-        grad=True,
+        lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id, suffixes=solutions, grad=True
     )
     mask = batch.attention_mask.to(lm.device)
     keep = max(len(ex.target) for ex in examples) + 1
@@ -387,12 +383,8 @@ def train_soft_prompt(
             p.requires_grad_(flag)
         lm.model.train(was_training)
     seconds = time.time() - t0
-    data_desc = "+".join(
-        f"arith(train,steps={config.arith_steps},max_value={config.arith_max_value},seed={config.seed})"
-        if s == "arith"
-        else f"{s}(train)"
-        for s in config.data
-    )
+    arith = f"arith(train,steps={config.arith_steps},max_value={config.arith_max_value},seed={config.seed})"
+    data_desc = "+".join(arith if s == "arith" else f"{s}(train)" for s in config.data)
     metadata = {
         "model": lm.name,
         "data": data_desc,
@@ -430,9 +422,8 @@ def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train (batch)")
     window = max(1, len(losses) // 20)
     windows = [losses[max(0, i - window + 1) : i + 1] for i in range(len(losses))]
-    ax.plot(
-        steps, [sum(w) / len(w) for w in windows], color="tab:blue", lw=1.5, label=f"train (mean of {window})"
-    )
+    means = [sum(w) / len(w) for w in windows]
+    ax.plot(steps, means, color="tab:blue", lw=1.5, label=f"train (mean of {window})")
     vs, vl = zip(*history["val"], strict=True)
     ax.plot(vs, vl, "o-", color="tab:orange", ms=4, label="held-out")
     ax.axvline(vs[vl.index(min(vl))], color="grey", ls=":", lw=1)
