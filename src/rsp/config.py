@@ -234,15 +234,13 @@ class RSPArgumentParser(HfArgumentParser):
         try:
             data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigFileError(
-                f"--config {path} is not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}"
-            ) from None
+            kind = p.suffix.lstrip(".") or "YAML"
+            raise ConfigFileError(f"--config {path} is not valid {kind}: {exc}") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
-            raise ConfigFileError(
-                f"--config {path} must hold a mapping of settings, got {type(data).__name__}"
-            )
+            got = type(data).__name__
+            raise ConfigFileError(f"--config {path} must hold a mapping of settings, got {got}")
         if "config" in data and "kind" in data and isinstance(data["config"], dict):
             data = data["config"]  # a run directory's config.json
         out: dict[str, Any] = {}
