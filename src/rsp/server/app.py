@@ -420,12 +420,8 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
         raw = req.prompt  # one prompt (a string or token ids) or a list of them
         texts: list[Any] = [raw] if isinstance(raw, str) or isinstance(raw[0], int) else raw
         server.check_request(req, len(texts), req.max_tokens)
-        prompts = [
-            PromptTokens(tuple(t), len(t))
-            if isinstance(t, list)
-            else tokenize_prompt(server.tokenizer, t, chat=False)
-            for t in texts
-        ]
+        plain = functools.partial(tokenize_prompt, server.tokenizer, chat=False)  # no chat template
+        prompts = [PromptTokens(tuple(t), len(t)) if isinstance(t, list) else plain(t) for t in texts]
         job, queue, cfg = server.make_job(
             req, prompts, req.max_tokens, req.logprobs, chat=False, echo=req.echo
         )
