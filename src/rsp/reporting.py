@@ -61,13 +61,11 @@ def summarise(records: Sequence[Record], methods: Sequence[str], n: int, *, seed
         vals: dict[str, np.ndarray] = {"accuracy": np.array([np.mean(c) for c in correct])}
         for k in range(1, n + 1):
             vals[f"pass@{k}"] = np.array([pass_at_k(n, sum(c), k) for c in correct])
+        pairs = list(zip(answers, correct, strict=True))
         for k in ks:
-            vals[f"maj@{k}"] = np.array(
-                [maj_at_k(a, c, k, seed=seed) for a, c in zip(answers, correct, strict=True)]
-            )
-        vals["distinct_answers"] = np.array(
-            [len({x for x in a if x is not None}) for a in answers], dtype=float
-        )
+            vals[f"maj@{k}"] = np.array([maj_at_k(a, c, k, seed=seed) for a, c in pairs])
+        distinct = [len({x for x in a if x is not None}) for a in answers]
+        vals["distinct_answers"] = np.array(distinct, dtype=float)
         vals["mean_tokens"] = np.array([np.mean([r.get("num_tokens", 0) for r in rs]) for rs in rows])
         per_problem[m] = vals
         out["methods"][m] = {key: bootstrap_ci(v, seed=seed).to_dict() for key, v in vals.items()}

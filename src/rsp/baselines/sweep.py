@@ -122,9 +122,8 @@ class SweepConfig:
                 )
             for missing in get_method(m).missing_options(self.base.method_options):
                 raise ConfigError(f"method {m} needs --method-option {missing.key}={missing.metavar}")
-        replace(
-            self.base, methods=(BASELINE,), temperature=self.temperatures[0], method_options={}
-        ).validate()
+        first = replace(self.base, methods=(BASELINE,), temperature=self.temperatures[0], method_options={})
+        first.validate()
 
     def identity(self) -> dict:
         """What a resumed sweep must share with the original; the grid itself may grow."""

@@ -152,10 +152,8 @@ class Batcher:
                     continue
                 head = self._pending[0]
                 same = [r for r in self._pending if r.job.group == head.job.group][: self.max_batch_size]
-                deadline = min(
-                    self._last_arrival + self.batch_wait_s,
-                    head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s,
-                )
+                quiet = self._last_arrival + self.batch_wait_s
+                deadline = min(quiet, head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s)
                 left = deadline - time.monotonic()
                 if len(same) == self.max_batch_size or left <= 0 or self._closing:
                     break
