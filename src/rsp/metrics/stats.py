@@ -13,9 +13,6 @@ class Estimate:
     low: float
     high: float
 
-    def fmt(self, digits: int = 3) -> str:
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
     def to_dict(self) -> dict:
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high}
 
