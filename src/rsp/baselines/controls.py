@@ -175,10 +175,8 @@ def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) 
     added = getattr(tokenizer, "get_added_vocab", None)
     if callable(added):
         banned.update(int(i) for i in added().values())
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            banned.add(value)
+    specials = (getattr(tokenizer, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad", "unk"))
+    banned.update(i for i in specials if isinstance(i, int))
     ids = [i for i in range(size) if i not in banned]
     texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
     keep = [i for i, t in zip(ids, texts, strict=True) if t and "\ufffd" not in t]
