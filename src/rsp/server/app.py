@@ -521,11 +521,8 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
                     info["client"] = "gone"
                 server.describe(job, info, cfg, got)
 
-        return StreamingResponse(
-            events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     return Gate(app, config)
 
