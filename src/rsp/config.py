@@ -77,8 +77,7 @@ def require(ok: bool, name: str, message: str, error: type[Exception] = ValueErr
 def require_min(
     config: Any, minimum: float, *names: str, error: type[Exception] = ValueError, strict: bool = False
 ) -> None:
-    """`require` each named field to be >= `minimum` (> with `strict`); None, a setting left unset, passes:
-    "n (--n) must be >= 1, got 0"."""
+    """`require` each named field to be >= `minimum` (> with `strict`); None, a setting left unset, passes."""
     for name in names:
         value = getattr(config, name)
         ok = value is None or (value > minimum if strict else value >= minimum)
@@ -333,8 +332,7 @@ class RSPArgumentParser(HfArgumentParser):
 
 
 def config_dict(*configs: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
-    """The fields of one or more config dataclasses as one plain mapping (tuples as lists), leaving out
-    `exclude` (fields that are not settings of the command, e.g. what a sweep's grid sets)."""
+    """The fields of one or more config dataclasses, but `exclude`, as one plain mapping (tuples as lists)."""
     skip = set(exclude)
     out: dict[str, Any] = {}
     for cfg in configs:

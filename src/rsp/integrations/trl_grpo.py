@@ -66,8 +66,7 @@ class RSPArguments:
 
 @dataclass
 class RSPScriptArguments(ScriptArguments):
-    """TRL's script arguments (`dataset_name`, `dataset_config`, `dataset_train_split`, ...) plus an rsp task
-    as the data source and the reward functions."""
+    """TRL's script arguments (`dataset_name`, ...) plus an rsp task as the data source, and the rewards."""
 
     task: str | None = field(
         default=None,

@@ -20,9 +20,7 @@ class DAPOConfigError(ValueError):
 
 @dataclass
 class DAPOConfig(ModelArgs):
-    """Everything that determines an RSP-DAPO run (saved as the run's config.json, checked on resume).
-
-    `model` and `device` are `ModelArgs`'s; training defaults to float32 weights."""
+    """Everything that determines an RSP-DAPO run (saved as the run's config.json, checked on resume)."""
 
     dtype: str = option("float32", "float32, bfloat16, float16 or auto", group=_MODEL)
     task: str = option("arith", "the rsp task trained on (arith, gsm8k, a .jsonl path, ...)", group=_TASK)
