@@ -131,14 +131,8 @@ class EvalConfig(InjectionArgs, EngineArgs):
 
     def load_task(self) -> Task:
         """The run's problems: the first `limit` of the task."""
-        return load_task(
-            self.task,
-            split=self.split,
-            limit=self.limit,
-            arith_steps=self.arith_steps,
-            arith_max_value=self.arith_max_value,
-            seed=self.seed,
-        )
+        arith = {k: getattr(self, k) for k in ("arith_steps", "arith_max_value")}
+        return load_task(self.task, split=self.split, limit=self.limit, seed=self.seed, **arith)
 
 
 def keep_saved_seed_scheme(out: Path, config: EvalConfig) -> EvalConfig:

@@ -243,14 +243,8 @@ def _source_problems(
     """(train, val) problems with reference solutions from one source's train split, and its task."""
     need = config.train_size + config.val_size
     if source == "arith":
-        task = load_task(
-            "arith",
-            split="train",
-            limit=need,
-            arith_steps=config.arith_steps,
-            arith_max_value=config.arith_max_value,
-            seed=config.seed,
-        )
+        arith = {k: getattr(config, k) for k in ("arith_steps", "arith_max_value")}
+        task = load_task("arith", split="train", limit=need, seed=config.seed, **arith)
         problems = list(task.problems)
     else:
         task = load_task(source, split="train")

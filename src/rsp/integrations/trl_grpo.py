@@ -100,15 +100,9 @@ class RSPScriptArguments(ScriptArguments):
 
 def task_dataset(args: RSPScriptArguments, seed: int):
     """A TRL-format dataset (`prompt`, `solution`, `problem_id`) from an rsp task."""
-    task = load_task(
-        cast(str, args.task),  # load_train_dataset checked it
-        split=args.task_split,
-        limit=args.task_limit,
-        arith_steps=args.arith_steps,
-        arith_max_value=args.arith_max_value,
-        arith_n=args.arith_n,
-        seed=seed,
-    )
+    arith = {k: getattr(args, k) for k in ("arith_steps", "arith_max_value", "arith_n")}
+    name = cast(str, args.task)  # load_train_dataset checked it
+    task = load_task(name, split=args.task_split, limit=args.task_limit, seed=seed, **arith)
     rows = []
     for p in task.problems:
         prompt: Any = chat_prompt(p.question, args.system_prompt or None)

@@ -67,15 +67,9 @@ def load_checkpoint(path: Path) -> dict:
 def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
     """(problems, prompt_of, builder): the training problems, their cached `PromptTokens` (native trainer),
     and the `PromptBuilder` (the TRL path turns problems into standard TRL prompts with it)."""
-    task = load_task(
-        cfg.task,
-        split="train",
-        limit=cfg.train_problems,
-        arith_steps=cfg.arith_steps,
-        arith_max_value=cfg.arith_max_value,
-        arith_n=cfg.train_problems,
-        seed=cfg.seed,
-    )
+    arith = {k: getattr(cfg, k) for k in ("arith_steps", "arith_max_value")}
+    n = cfg.train_problems
+    task = load_task(cfg.task, split="train", limit=n, arith_n=n, seed=cfg.seed, **arith)
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     return task.problems, functools.cache(builder.build), builder
 
