@@ -131,13 +131,8 @@ class Generator:
     @classmethod
     def from_args(cls, args: Any, model: Any = None) -> Generator:
         """The generator a command's `EngineArgs` describe (`model`: an already loaded one instead)."""
-        return cls(
-            args.model if model is None else model,
-            engine=args.engine,
-            dtype=args.dtype,
-            device=args.device,
-            **args.engine_options(),
-        )
+        where = {k: getattr(args, k) for k in ("engine", "dtype", "device")}
+        return cls(args.model if model is None else model, **where, **args.engine_options())
 
     @property
     def tokenizer(self):

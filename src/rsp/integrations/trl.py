@@ -313,16 +313,13 @@ class RSPGRPOTrainer(GRPOTrainer):
         decode_seed = derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round)
         rows = (self.rsp.lm, self._rsp_prompts, self.injection, seeds)
         requests = build_requests(*rows, decode_seed=decode_seed, prompt_mode="mixed")
+        same = ("repetition_penalty", "temperature", "top_p", "top_k", "logprobs")  # TRL's names are vLLM's
         params: dict[str, Any] = dict(
             n=1,
-            repetition_penalty=gen.repetition_penalty,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            top_k=gen.top_k,
             min_p=0.0 if gen.min_p is None else gen.min_p,
             max_tokens=gen.max_completion_length,
-            logprobs=gen.logprobs,
             logit_bias={self.rsp.placeholder_id: -100.0},  # never sample the placeholder
+            **{k: getattr(gen, k) for k in same},
         )
         params.update(gen.generation_kwargs)
         if gen.structured_outputs_regex is not None:  # it takes precedence, as in TRL
@@ -450,32 +447,28 @@ def _gathered_embeddings(*models: torch.nn.Module) -> Iterator[None]:
 def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
     """Map the project's DAPOConfig onto TRL's GRPOConfig (DAPO recipe); `overrides` (and `cfg.trl_args`,
     applied last) may set any GRPOConfig field, e.g. bf16, gradient_accumulation_steps, report_to."""
+    same = ("epsilon_high", "beta", "temperature", "weight_decay", "max_grad_norm", "seed")  # named alike
     settings: dict[str, Any] = dict(
         output_dir=output_dir,
         loss_type="dapo",
         epsilon=cfg.epsilon_low,
-        epsilon_high=cfg.epsilon_high,
-        beta=cfg.beta,
         num_generations=cfg.group_size,
         max_completion_length=cfg.max_new_tokens,
-        temperature=cfg.temperature,
         top_p=1.0,
         top_k=0,
         mask_truncated_completions=cfg.mask_truncated,
         learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step,
         gradient_accumulation_steps=1,
         num_iterations=cfg.updates_per_batch,
         max_steps=cfg.steps,
-        seed=cfg.seed,
         use_cpu=cfg.device == "cpu",
         report_to="none",
         logging_steps=1,
         save_strategy="no",
         scale_rewards="group",
         bf16=False,
+        **{k: getattr(cfg, k) for k in same},
     )
     settings.update(overrides)
     settings.update(cfg.trl_args)
