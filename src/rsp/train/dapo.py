@@ -248,14 +248,10 @@ class DAPOTrainer:
         return SampledBatch(kept, everything, sampled, round_, cfg.prompts_per_step - len(kept))
 
     def logprobs(self, rollouts: Sequence[Rollout], model: torch.nn.Module | None = None):
+        prompts, seeds = [r.prompt for r in rollouts], [r.rsp_seed for r in rollouts]
+        tokens = [r.token_ids for r in rollouts]
         return completion_logprobs(
-            self.lm,
-            self.injection,
-            [r.prompt for r in rollouts],
-            [r.rsp_seed for r in rollouts],
-            [r.token_ids for r in rollouts],
-            temperature=self.cfg.temperature,
-            model=model,
+            self.lm, self.injection, prompts, seeds, tokens, temperature=self.cfg.temperature, model=model
         )
 
     def train_step(self) -> dict:
