@@ -166,11 +166,10 @@ class RSPArgumentParser(HfArgumentParser):
         self._hints: dict[str, Any] = {}
         self._groups: dict[str, Any] = {}
         super().__init__(list(dataclass_types), **kwargs)
-        self.add_argument(
-            "--config",
-            metavar="FILE",
-            help="YAML or JSON file of settings (keys: the flag names with underscores); flags override it",
+        config_help = (
+            "YAML or JSON file of settings (keys: the flag names with underscores); flags override it"
         )
+        self.add_argument("--config", metavar="FILE", help=config_help)
         self.add_argument(
             "--print-config", action="store_true", help="print the resolved settings as YAML and exit"
         )

@@ -52,10 +52,8 @@ def sweep_main(argv: list[str]) -> int:
     result = run_sweep(SweepConfig.from_configs(base, grid), output.out, progress=not output.quiet)
     out = Path(output.out)
     print((out / "sweep.md").read_text())
-    print(
-        f"cells run now: {len(result.ran)}, already finished: {len(result.skipped)}; "
-        f"table: {out / 'sweep.md'} and {out / 'sweep.csv'}; plots: {out / 'plots'}"
-    )
+    counts = f"cells run now: {len(result.ran)}, already finished: {len(result.skipped)}"
+    print(f"{counts}; table: {out / 'sweep.md'} and {out / 'sweep.csv'}; plots: {out / 'plots'}")
     return 0
 
 
