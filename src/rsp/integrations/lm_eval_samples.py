@@ -116,8 +116,7 @@ def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) 
 
 
 def _injection_settings(arms: dict[str, list[dict]]) -> dict:
-    """rsp_length / rsp_position / rsp_scale / seed shared by the injected arms (rsp eval has one of each
-    per run)."""
+    """The injection settings every injected arm must share (rsp_length, rsp_position, rsp_scale, seed)."""
     found: dict[str, set] = {}
     for method, samples in arms.items():
         info = next((rsp_info(s) for s in samples if rsp_info(s)), None)
