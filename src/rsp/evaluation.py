@@ -208,9 +208,8 @@ def run_eval(
             generator.check_context(prompts, longest, config.max_new_tokens)
         except ValueError as exc:
             raise ConfigError(f"{exc} ({method}); lower --max-new-tokens or the injection length") from None
-        bar = tqdm(
-            total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}"
-        )
+        desc = f"eval {out.name}"
+        bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=desc)
         with Grader(timeout=config.grader_timeout) as grader:
             for batch, decode_seed, seeds, completions in generator.run_batches(
                 todo,

@@ -243,11 +243,8 @@ def register_method(
     """Decorator form of `register`; the default facts are the cautious ones."""
 
     def wrap(factory: MethodFactory) -> MethodFactory:
-        register(
-            Method(
-                name, description, factory, category, uses_length, uses_scale, per_attempt, options, length_of
-            )
-        )
+        facts = (category, uses_length, uses_scale, per_attempt, options, length_of)
+        register(Method(name, description, factory, *facts))
         return factory
 
     return wrap

@@ -375,9 +375,8 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("pass@k")
         axes[0][-1].legend(fontsize=6, loc="lower right")
-        fig.suptitle(
-            f"{method}: pass@k on {config.base.task} ({config.base.model}, n={config.base.n})", fontsize=9
-        )
+        base_run = config.base
+        fig.suptitle(f"{method}: pass@k on {base_run.task} ({base_run.model}, n={base_run.n})", fontsize=9)
         fig.tight_layout()
         fig.savefig(plots / f"passk_{method}.png", dpi=110)
         plt.close(fig)
