@@ -225,14 +225,13 @@ class RSPGRPOTrainer(GRPOTrainer):
 
     def _check_vllm_engine(self) -> None:
         gen = self.vllm_generation
-        if gen.mode == "colocate":
-            if gen.tensor_parallel_size > 1:
-                raise NotImplementedError(
-                    "vllm_tensor_parallel_size > 1 in colocate mode with an RSP is not implemented; use "
-                    f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
-                    "--tensor_parallel_size N)"
-                )
-        elif self.accelerator.is_main_process:
+        if gen.mode == "colocate" and gen.tensor_parallel_size > 1:
+            raise NotImplementedError(
+                "vllm_tensor_parallel_size > 1 in colocate mode with an RSP is not implemented; use "
+                f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
+                "--tensor_parallel_size N)"
+            )
+        if gen.mode != "colocate" and self.accelerator.is_main_process:
             client = gen.vllm_client
             response = client.session.get(f"{client.base_url}/rsp/info")
             if response.status_code != 200 or not response.json().get("enable_prompt_embeds"):

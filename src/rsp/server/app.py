@@ -203,9 +203,8 @@ class RSPServer:
             raise APIError(404, "model_not_found", why, "model")
         check_limit(req.n, c.max_n, f"n = {req.n}", "n", "n_too_large")
         check_limit(prompts, c.max_prompts, f"{prompts} prompts per request", "prompt", "too_many_prompts")
-        check_limit(
-            max_tokens, c.max_tokens_limit, f"max_tokens = {max_tokens}", "max_tokens", "max_tokens_too_large"
-        )
+        what = f"max_tokens = {max_tokens}"
+        check_limit(max_tokens, c.max_tokens_limit, what, "max_tokens", "max_tokens_too_large")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
             why = f"each stop string must have 1 to {MAX_STOP_CHARS} characters"
