@@ -378,10 +378,8 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
                 raise RuntimeError("rsp-hf: more scoring rows than requests")
             expected, seed = queue.popleft()
             if row[: len(expected)] != expected:
-                raise RuntimeError(
-                    "rsp-hf: lm-eval scored the log-likelihood requests in an order this version "
-                    "does not expect, so rows cannot be matched to their RSP seeds"
-                )
+                why = "lm-eval scored the log-likelihood requests in an order this version does not expect"
+                raise RuntimeError(f"rsp-hf: {why}, so rows cannot be matched to their RSP seeds")
             seeds.append(seed)
         with self.rsp_handle.use_seeds(seeds):  # type: ignore[union-attr]
             return super()._model_call(inps, attn_mask, labels)
