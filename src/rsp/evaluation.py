@@ -195,10 +195,8 @@ def run_eval(
         if generator is None:
             generator = Generator.from_args(config, lm)
         elif generator.engine_name != config.engine:
-            raise ConfigError(
-                f"the generator runs the {generator.engine_name} engine but the run asks for "
-                f"--engine {config.engine}"
-            )
+            why = f"the generator runs the {generator.engine_name} engine"
+            raise ConfigError(f"{why} but the run asks for --engine {config.engine}")
         builder = PromptBuilder.for_task(generator.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
         injections = {m: generator.injection(config.rsp_config(m)) for m in config.methods}
