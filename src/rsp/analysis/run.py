@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsp.analysis import distributions as dist
+import rsp.analysis.distributions as dist
 from rsp.analysis.scoring import (
     attention_mass,
     columns_before_insertion,
