@@ -75,10 +75,8 @@ def _fields(schema: type) -> tuple[frozenset[str], frozenset[str]]:
 
 def _read(path: Path, schema: type, *, repair: bool, version: int) -> list[dict]:
     if version > SCHEMA_VERSION:
-        raise RecordError(
-            f"{path} was written by a newer rsp (schema version {version}; this rsp reads up to "
-            f"{SCHEMA_VERSION}): upgrade rsp"
-        )
+        why = f"schema version {version}; this rsp reads up to {SCHEMA_VERSION}"
+        raise RecordError(f"{path} was written by a newer rsp ({why}): upgrade rsp")
     required, _ = _fields(schema)
     name = schema.__name__.removesuffix("Record").lower()
     out = []

@@ -68,10 +68,8 @@ def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise RunDirError(f"{path} has an invalid schema_version {version!r}")
     if version > SCHEMA_VERSION:
-        raise RunDirError(
-            f"{run_dir} was written by a newer rsp (schema version {version}; this rsp reads up to "
-            f"{SCHEMA_VERSION}): upgrade rsp"
-        )
+        why = f"schema version {version}; this rsp reads up to {SCHEMA_VERSION}"
+        raise RunDirError(f"{run_dir} was written by a newer rsp ({why}): upgrade rsp")
     found = saved.get("kind")
     if kind is not None and found != kind:
         raise RunDirError(f"{run_dir} holds a {found!r} run, not {what}{tail}")

@@ -75,10 +75,8 @@ class SoftPrompt:
     def check_compatible(self, lm: ModelBase) -> None:
         dim = int(self.vectors.shape[1])
         if dim != lm.hidden_size:
-            raise ValueError(
-                f"soft prompt {self.source} has hidden size {dim} but model {lm.name} has "
-                f"{lm.hidden_size}; it was trained for {self.metadata.get('model', 'another model')}"
-            )
+            why = f"soft prompt {self.source} has hidden size {dim} but model {lm.name} has {lm.hidden_size}"
+            raise ValueError(f"{why}; it was trained for {self.metadata.get('model', 'another model')}")
         trained_for = self.metadata.get("model")
         if trained_for and trained_for != lm.name:
             log.warning(
@@ -142,15 +140,13 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
         return {"source_format": "peft", "model": ""}
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("peft_type") not in (None, "PROMPT_TUNING"):
-        raise ValueError(
-            f"{path}: PEFT adapter type {cfg.get('peft_type')} is not prompt tuning; only "
-            "PROMPT_TUNING adapters are input-embedding soft prompts"
-        )
+        why = f"PEFT adapter type {cfg.get('peft_type')} is not prompt tuning"
+        raise ValueError(f"{path}: {why}; only PROMPT_TUNING adapters are input-embedding soft prompts")
     virtual = cfg.get("num_virtual_tokens")
     if virtual is not None and int(virtual) != vectors.shape[0]:
+        why = f"{vectors.shape[0]} prompt embeddings but num_virtual_tokens={virtual}"
         raise ValueError(
-            f"{path}: {vectors.shape[0]} prompt embeddings but num_virtual_tokens={virtual} "
-            "(encoder-decoder adapters with several submodules are not supported)"
+            f"{path}: {why} (encoder-decoder adapters with several submodules are not supported)"
         )
     return {"source_format": "peft", "model": str(cfg.get("base_model_name_or_path") or "")}
 
@@ -254,10 +250,8 @@ def _source_problems(
         random.Random(derive_seed(config.seed, "soft-prompt-data", source)).shuffle(problems)
         problems = problems[:need]
     if len(problems) <= config.val_size:
-        raise TaskError(
-            f"training source {source!r} has {len(problems)} problems; need more than "
-            f"--val-size={config.val_size}"
-        )
+        why = f"training source {source!r} has {len(problems)} problems"
+        raise TaskError(f"{why}; need more than --val-size={config.val_size}")
     return problems[config.val_size :], problems[: config.val_size], task
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rsp.config import RSPArgumentParser, option, require, require_min
 from rsp.engines.args import EngineArgs
@@ -144,14 +144,8 @@ def main(argv: Sequence[str]) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    uvicorn.run(
-        create_app(Generator.from_args(cfg), cfg),
-        host=cfg.host,
-        port=cfg.port,
-        log_level="info",
-        access_log=False,
-        limit_concurrency=cfg.max_connections,
-        timeout_graceful_shutdown=None,
-        server_header=False,
-    )
+    app = create_app(Generator.from_args(cfg), cfg)
+    limits: dict[str, Any] = {"limit_concurrency": cfg.max_connections, "timeout_graceful_shutdown": None}
+    quiet: dict[str, Any] = {"log_level": "info", "access_log": False, "server_header": False}  # Gate logs
+    uvicorn.run(app, host=cfg.host, port=cfg.port, **limits, **quiet)
     return 0
