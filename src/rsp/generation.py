@@ -119,10 +119,8 @@ class Generator:
         elif isinstance(model, tuple) and len(model) == 2:
             model = wrap_model(model[0], model[1], name=type(model[0]).__name__)
         elif not isinstance(model, ModelBase):
-            raise TypeError(
-                "model must be a name or path, a (model, tokenizer) pair, or a LoadedModel; got "
-                f"{type(model).__name__}"
-            )
+            kinds = "a name or path, a (model, tokenizer) pair, or a LoadedModel"
+            raise TypeError(f"model must be {kinds}; got {type(model).__name__}")
         self.lm: ModelBase = model
         self.engine_name = engine
         self.engine = create_engine(engine, self.lm, **engine_options)

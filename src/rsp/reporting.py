@@ -217,10 +217,8 @@ def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dic
         )
         merged += [{**r, "method": label} for r in records if r["method"] == method]
     if len(ns) != 1 or len(tasks) != 1:
-        raise ValueError(
-            f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}; "
-            "paired comparison needs the same problems and n"
-        )
+        why = f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}"
+        raise ValueError(f"{why}; paired comparison needs the same problems and n")
     summary = summarise(merged, labels, ns.pop(), seed=seed)
     summary["arms"] = [{"label": a[0], "run": str(a[1]), "method": a[2]} for a in arms]
     return summary

@@ -304,10 +304,8 @@ def _mean_vector(lm: ModelBase, o: RSPConfig) -> Injection:
 def _soft_prompt(lm: ModelBase, o: RSPConfig) -> Injection:
     path = o.method_options.get("soft_prompt")
     if not path:
-        raise ValueError(
-            "soft-prompt needs --method-option soft_prompt=PATH (a file from `rsp train-soft-prompt` "
-            "or a PEFT prompt-tuning adapter)"
-        )
+        what = "a file from `rsp train-soft-prompt` or a PEFT prompt-tuning adapter"
+        raise ValueError(f"soft-prompt needs --method-option soft_prompt=PATH ({what})")
     soft = load_soft_prompt(path)
     position = str(o.method_options.get("soft_prompt_position", soft.position))
     if position != soft.position:

@@ -144,9 +144,9 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
         raise ValueError(f"{path}: {why}; only PROMPT_TUNING adapters are input-embedding soft prompts")
     virtual = cfg.get("num_virtual_tokens")
     if virtual is not None and int(virtual) != vectors.shape[0]:
-        why = f"{vectors.shape[0]} prompt embeddings but num_virtual_tokens={virtual}"
         raise ValueError(
-            f"{path}: {why} (encoder-decoder adapters with several submodules are not supported)"
+            f"{path}: {vectors.shape[0]} prompt embeddings but num_virtual_tokens={virtual} "
+            "(encoder-decoder adapters with several submodules are not supported)"
         )
     return {"source_format": "peft", "model": str(cfg.get("base_model_name_or_path") or "")}
 

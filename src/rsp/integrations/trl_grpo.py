@@ -116,10 +116,8 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
     if args.task:
         return task_dataset(args, seed)
     if not args.dataset_name:
-        raise ValueError(
-            "set `task` (an rsp task) or `dataset_name` (a TRL dataset: Hub id, or a local "
-            ".jsonl/.json/.parquet file or folder)"
-        )
+        what = "a TRL dataset: Hub id, or a local .jsonl/.json/.parquet file or folder"
+        raise ValueError(f"set `task` (an rsp task) or `dataset_name` ({what})")
     path = os.path.expanduser(args.dataset_name)
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1]

@@ -123,19 +123,15 @@ def main(argv: Sequence[str]) -> int:
     (cfg,) = parse(argv)
     cfg.api_key = cfg.api_key or os.environ.get("RSP_API_KEY") or None
     if not is_loopback(cfg.host) and not cfg.api_key:
-        raise ValueError(
-            f"binding {cfg.host} exposes the server beyond this machine: pass --api-key (or set "
-            "RSP_API_KEY), or bind 127.0.0.1"
-        )
+        why = f"binding {cfg.host} exposes the server beyond this machine"
+        raise ValueError(f"{why}: pass --api-key (or set RSP_API_KEY), or bind 127.0.0.1")
     try:
         import uvicorn
 
         from rsp.server.app import create_app
     except ModuleNotFoundError as exc:
-        raise ValueError(
-            f"rsp serve needs the 'serve' extra ({exc.name} is missing): "
-            "pip install 'random-soft-prompts[serve]'"
-        ) from None
+        hint = "pip install 'random-soft-prompts[serve]'"
+        raise ValueError(f"rsp serve needs the 'serve' extra ({exc.name} is missing): {hint}") from None
     from rsp.generation import Generator
 
     log = logging.getLogger("rsp.server")
