@@ -295,15 +295,13 @@ class RSPArgumentParser(HfArgumentParser):
             try:
                 converted = [item(x) if not isinstance(x, item) else x for x in items]
             except (TypeError, ValueError):
-                raise ValueError(
-                    f"{field_label(name)} expects {item.__name__} values, got {value!r}"
-                ) from None
+                why = f"expects {item.__name__} values, got {value!r}"
+                raise ValueError(f"{field_label(name)} {why}") from None
             choices = self._fields[name].metadata.get("choices") or ()
             bad = [x for x in converted if choices and x not in choices]
             if bad:
-                raise ValueError(
-                    f"{field_label(name)}: {bad[0]!r} is not one of {', '.join(map(str, choices))}"
-                )
+                allowed = ", ".join(map(str, choices))
+                raise ValueError(f"{field_label(name)}: {bad[0]!r} is not one of {allowed}")
             return container(converted)
         base = _unwrap_optional(hint)
         if value is not None and base in (int, float) and isinstance(value, str):

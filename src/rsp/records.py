@@ -85,9 +85,8 @@ def _read(path: Path, schema: type, *, repair: bool, version: int) -> list[dict]
             raise RecordError(f"{path}, line {lineno}: a {name} record must be a JSON object")
         missing = sorted(required - obj.keys())
         if missing:
-            raise RecordError(
-                f"{path}, line {lineno}: {name} record lacks field(s) {', '.join(map(repr, missing))}"
-            )
+            fields = ", ".join(map(repr, missing))
+            raise RecordError(f"{path}, line {lineno}: {name} record lacks field(s) {fields}")
         out.append(obj)
     return out
 
@@ -99,9 +98,8 @@ def _checked(records: Iterable[Mapping], schema: type) -> list[dict]:
     for r in out:
         missing, unknown = required - r.keys(), r.keys() - required - optional
         if missing or unknown:
-            raise ValueError(
-                f"not a {schema.__name__}: missing {sorted(missing)}, undeclared {sorted(unknown)}"
-            )
+            why = f"missing {sorted(missing)}, undeclared {sorted(unknown)}"
+            raise ValueError(f"not a {schema.__name__}: {why}")
     return out
 
 

@@ -40,9 +40,8 @@ def parse_sweep(argv: Sequence[str]) -> tuple[EvalConfig, SweepGrid, OutputOptio
     """The base run (its `methods` are the sweep's method axis), the grid, and the output options."""
     for flag in map(flag_of, NOT_SWEPT_FLAGS):  # `rsp eval`'s single values, which the grid replaces
         if any(a == flag or a.startswith(flag + "=") for a in argv):
-            raise ConfigError(
-                f"rsp sweep takes grids, not {flag}; use --rsp-lengths, --rsp-scales and --temperatures"
-            )
+            grids = "--rsp-lengths, --rsp-scales and --temperatures"
+            raise ConfigError(f"rsp sweep takes grids, not {flag}; use {grids}")
     base, grid, output = build_sweep_parser().parse(list(argv))
     return base, grid, output
 

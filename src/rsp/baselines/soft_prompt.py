@@ -124,9 +124,8 @@ def load_soft_prompt(path: str | Path) -> SoftPrompt:
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
     if vectors.dim() != 2 or vectors.shape[0] < 1:
-        raise ValueError(
-            f"{path}: soft prompt must have shape (L, d) with L >= 1, got {tuple(vectors.shape)}"
-        )
+        shape = tuple(vectors.shape)
+        raise ValueError(f"{path}: soft prompt must have shape (L, d) with L >= 1, got {shape}")
     if not torch.isfinite(vectors).all():
         raise ValueError(f"{path}: soft prompt contains NaN or inf")
     if position not in INSERTION_POINTS:

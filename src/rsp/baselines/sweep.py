@@ -194,9 +194,8 @@ def run_sweep(
     cells = config.cells()
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
-        raise ConfigError(
-            "two sweep cells share a name; check --rsp-lengths / --rsp-scales for values that print alike"
-        )
+        why = "check --rsp-lengths / --rsp-scales for values that print alike"
+        raise ConfigError(f"two sweep cells share a name; {why}")
     grid = {**config_dict(config, exclude=("base",)), "cells": names}
     atomic_write_text(out / "grid.json", json.dumps(grid, indent=2) + "\n")
     problems = len(config.base.load_task().problems)

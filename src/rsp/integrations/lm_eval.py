@@ -73,8 +73,9 @@ class RSPSettings:
         try:
             unknown = sorted(k for k in raw if k not in known)
             if unknown:
+                accepted = ", ".join(sorted(known))
                 raise RSPArgumentError(
-                    f"unknown model_args {', '.join(unknown)}; rsp arguments are {', '.join(sorted(known))}"
+                    f"unknown model_args {', '.join(unknown)}; rsp arguments are {accepted}"
                 )
             flat = {k: raw[k] for k in FLAT_NAMES if k in raw and k != "method"}
             if "rsp_length" in flat:

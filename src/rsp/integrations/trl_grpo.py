@@ -158,9 +158,8 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
             sys.path.insert(0, os.getcwd())
             funcs.append(getattr(importlib.import_module(module), attr))
         else:
-            raise ValueError(
-                f"unknown reward function {name!r}; use one of {', '.join(REWARD_FUNCS)} or module.func"
-            )
+            known = ", ".join(REWARD_FUNCS)
+            raise ValueError(f"unknown reward function {name!r}; use one of {known} or module.func")
     if not funcs:
         raise ValueError("reward_funcs is empty")
     return funcs

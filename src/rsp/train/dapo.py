@@ -190,9 +190,8 @@ class DAPOTrainer:
         self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False) if frozen_copy else None
         self.trainable = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.trainable:
-            raise RuntimeError(
-                "no trainable parameters: check lora_target_modules against the model's layer names"
-            )
+            why = "check lora_target_modules against the model's layer names"
+            raise RuntimeError(f"no trainable parameters: {why}")
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine = HFEngine(lm)
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
