@@ -189,9 +189,8 @@ def parse_arm(spec: str) -> tuple[str, Path, str]:
     label, sep, rest = spec.partition("=")
     run, sep2, method = rest.rpartition(":")
     if not sep or not sep2 or not label or not run or not method:
-        raise ValueError(
-            f"--arm must look like LABEL=RUN_DIR:METHOD (e.g. before=runs/base:rsp), got {spec!r}"
-        )
+        example = "e.g. before=runs/base:rsp"
+        raise ValueError(f"--arm must look like LABEL=RUN_DIR:METHOD ({example}), got {spec!r}")
     return label, Path(run), method
 
 

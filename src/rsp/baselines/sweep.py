@@ -117,9 +117,8 @@ class SweepConfig:
         known = method_names()
         for m in self.methods:
             if m not in known:
-                raise ConfigError(
-                    renamed_method(m) or f"unknown method {m!r}; known methods: {', '.join(known)}"
-                )
+                unknown = renamed_method(m) or f"unknown method {m!r}; known methods: {', '.join(known)}"
+                raise ConfigError(unknown)
             for missing in get_method(m).missing_options(self.base.method_options):
                 raise ConfigError(f"method {m} needs --method-option {missing.key}={missing.metavar}")
         first = replace(self.base, methods=(BASELINE,), temperature=self.temperatures[0], method_options={})

@@ -347,14 +347,9 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         b = server.batcher
         b.start()
-        log.info(
-            "serving %r (engine %s, rsp %s, api key %s) with batches of up to %d rows",
-            server.name,
-            engine,
-            server.rsp.key(),
-            "required" if config.api_key else "off",
-            config.max_batch_size,
-        )
+        key = "required" if config.api_key else "off"
+        facts = (server.name, engine, server.rsp.key(), key, config.max_batch_size)
+        log.info("serving %r (engine %s, rsp %s, api key %s) with batches of up to %d rows", *facts)
         try:
             yield
         finally:

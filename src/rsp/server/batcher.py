@@ -195,15 +195,10 @@ class Batcher:
             results = [RowResult(r.index, batch=(batch, len(rows), 1), error=exc) for r in rows]
         else:
             self.rows_run += len(rows)
-            log.info(
-                "batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s",
-                batch,
-                len(rows),
-                len(jobs),
-                jobs[0].injection.name,
-                jobs[0].sampling.max_new_tokens,
-                time.monotonic() - start,
-            )
+            took = time.monotonic() - start
+            first = jobs[0]
+            facts = (batch, len(rows), len(jobs), first.injection.name, first.sampling.max_new_tokens, took)
+            log.info("batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s", *facts)
         for r, res in zip(rows, results, strict=True):
             self._deliver(r.job, res)
 

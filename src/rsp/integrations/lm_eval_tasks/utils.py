@@ -54,10 +54,9 @@ def _local(name: str, metadata: dict[str, Any]) -> Task:
     data_dir = metadata.get("data_dir")
     if find_data_file(BENCHMARKS[name].files["test"], data_dir) is None:
         where = [str(data_dir)] if data_dir else [str(d) for d in data_dir_candidates()]
-        raise FileNotFoundError(
-            f"rsp_{name}: {BENCHMARKS[name].files['test']} not found in {', '.join(where)}; "
-            "set RSP_DATA_DIR (or --metadata data_dir=...), or use lm-eval's hub task when online"
-        )
+        missing = f"rsp_{name}: {BENCHMARKS[name].files['test']} not found in {', '.join(where)}"
+        fix = "set RSP_DATA_DIR (or --metadata data_dir=...), or use lm-eval's hub task when online"
+        raise FileNotFoundError(f"{missing}; {fix}")
     return load_task(name, data_dir=data_dir)
 
 
