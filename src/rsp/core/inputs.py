@@ -56,9 +56,8 @@ def embed_prompts(
     the autograd graph; the token embeddings never do.
     """
     if len(prompts) != len(seeds):
-        raise ValueError(
-            f"one injection seed per prompt is required ({len(prompts)} prompts, {len(seeds)} seeds)"
-        )
+        counts = f"({len(prompts)} prompts, {len(seeds)} seeds)"
+        raise ValueError(f"one injection seed per prompt is required {counts}")
     batch = layout(prompts, injection, pad_id=pad_id, suffixes=suffixes)
     with torch.no_grad():
         embeds = embed(batch.input_ids)

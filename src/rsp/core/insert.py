@@ -94,10 +94,8 @@ def fill_slots(embeds: torch.Tensor, slot_index: torch.Tensor, rows: torch.Tenso
     if slot_index.shape[1] == 0:
         return embeds
     if rows.shape[:2] != slot_index.shape or rows.shape[2] != embeds.shape[2]:
-        raise ValueError(
-            f"injected rows of shape {tuple(rows.shape)} do not fit slots {tuple(slot_index.shape)} "
-            f"with hidden size {embeds.shape[2]}"
-        )
+        got = f"injected rows of shape {tuple(rows.shape)} do not fit slots {tuple(slot_index.shape)}"
+        raise ValueError(f"{got} with hidden size {embeds.shape[2]}")
     out = embeds.clone()
     index = slot_index.to(embeds.device).unsqueeze(-1).expand(-1, -1, embeds.shape[2])
     out.scatter_(1, index, rows.to(device=embeds.device, dtype=embeds.dtype))

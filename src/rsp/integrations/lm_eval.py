@@ -351,9 +351,8 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         cache: bool = self.logits_cache  # type: ignore[has-type]
         self.logits_cache = False
         try:
-            result = super()._loglikelihood_tokens(
-                slotted, disable_tqdm=disable_tqdm, override_bs=override_bs
-            )
+            score = super()._loglikelihood_tokens
+            result = score(slotted, disable_tqdm=disable_tqdm, override_bs=override_bs)
             if self._ll_queue:
                 raise RuntimeError(f"rsp-hf: {len(self._ll_queue)} scoring rows were never run")
         finally:

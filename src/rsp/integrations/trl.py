@@ -208,15 +208,11 @@ class RSPGRPOTrainer(GRPOTrainer):
         if self._is_vlm:
             raise NotImplementedError("RSPGRPOTrainer supports text models, not multimodal processors")
         if self.tools or self.environment_factories is not None:
-            raise NotImplementedError(
-                "tools / environment_factory with an RSP: the multi-turn tool loop would re-generate "
-                "without the rollout's RSP"
-            )
+            why = "the multi-turn tool loop would re-generate without the rollout's RSP"
+            raise NotImplementedError(f"tools / environment_factory with an RSP: {why}")
         if self.rollout_func is not None:
-            raise ValueError(
-                "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends the RSP to "
-                "vLLM); drop rollout_func or use RSPConfig(length=0)"
-            )
+            why = "the trainer does its own rollouts (use_vllm=True sends the RSP to vLLM)"
+            raise ValueError(f"rollout_func with an RSP: {why}; drop rollout_func or use RSPConfig(length=0)")
         if self.use_transformers_continuous_batching:
             raise NotImplementedError(
                 "use_transformers_continuous_batching with an RSP: generate_batch does not run the embedding "
@@ -410,13 +406,11 @@ class RSPGRPOTrainer(GRPOTrainer):
         if seeds is None or len(seeds) != n:
             raise RuntimeError("scoring a batch without its RSP seeds would use the wrong (or no) RSP")
         step = batch_size or n
+        per_row = {k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n}
         parts = []
         for i in range(0, n, step):
             rows = slice(i, i + step)  # one pinned forward per chunk, TRL's batch_size
-            chunk = {
-                k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
-                for k, v in kwargs.items()
-            }
+            chunk = {k: v[rows] if k in per_row else v for k, v in kwargs.items()}
             with (
                 self.pinned(seeds[rows]),
                 banned_in_fused_head(self.accelerator.unwrap_model(model), self.rsp.placeholder_id),
