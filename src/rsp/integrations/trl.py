@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 SERVER_COMMAND = "python -m rsp.integrations.trl_vllm_serve --model MODEL"
 _INSTEAD = "use after_generation_prompt or prepend"
+_AT_TURN_END = "position 'end_of_user_turn'"
 
 
 def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
@@ -70,7 +71,7 @@ def local_constant_rows(
 def last_user_content(messages: Sequence[dict]) -> str:
     users = [m for m in messages if m.get("role") == "user"]
     if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"]:
-        raise ValueError(f"position 'end_of_user_turn' needs a last user message with text; {_INSTEAD}")
+        raise ValueError(f"{_AT_TURN_END} needs a last user message with text; {_INSTEAD}")
     return users[-1]["content"]
 
 
@@ -79,16 +80,12 @@ def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> 
     tokenising the two halves separately gives back exactly TRL's ids (no token straddles the cut)."""
     cut = text.rfind(content)
     if cut < 0:
-        raise ValueError(
-            f"position 'end_of_user_turn': the chat template changed the user's text; {_INSTEAD}"
-        )
+        raise ValueError(f"{_AT_TURN_END}: the chat template changed the user's text; {_INSTEAD}")
     cut += len(content)
     head = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
     tail = list(tokenizer(text[cut:], add_special_tokens=False)["input_ids"]) if cut < len(text) else []
     if head + tail != list(ids):
-        raise ValueError(
-            f"position 'end_of_user_turn': a token straddles the end of the user turn; {_INSTEAD}"
-        )
+        raise ValueError(f"{_AT_TURN_END}: a token straddles the end of the user turn; {_INSTEAD}")
     return len(head)
 
 

@@ -60,11 +60,9 @@ class Gate:
     """ASGI middleware: bearer-token check (every route but /health), early body-size refusal, and one
     log line per request (written when its response has been sent, so streams log their real end).
 
-    Why it drains: a response sent while the client was still uploading its body left unread bytes in the
-    socket, so the kernel reset the connection and the client got a broken pipe instead of the JSON error.
-    Before a response starts, the rest of the body is read and dropped chunk by chunk, up to
-    `MAX_DRAIN_BYTES`; a larger announced body, or an `Expect: 100-continue` request, is answered at once
-    with `Connection: close`.
+    Why it drains: answered mid-upload, a client gets the kernel's reset (a broken pipe), not the JSON error.
+    So before a response starts, the rest of the body is read and dropped, chunk by chunk, up to
+    `MAX_DRAIN_BYTES`; a larger body, or `Expect: 100-continue`, is answered with `Connection: close`.
     """
 
     def __init__(self, app: Any, config: ServeCommandConfig) -> None:
