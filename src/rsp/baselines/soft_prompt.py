@@ -88,9 +88,8 @@ def save_soft_prompt(path: str | Path, vectors: torch.Tensor, position: str, met
     """Write key "soft_prompt" (L, d) fp32 plus string metadata, atomically."""
     path = Path(path)
     meta = {str(k): str(v) for k, v in metadata.items()}
-    meta.update(
-        format=FORMAT, position=position, length=str(vectors.shape[0]), hidden_size=str(vectors.shape[1])
-    )
+    length, hidden_size = str(vectors.shape[0]), str(vectors.shape[1])
+    meta.update(format=FORMAT, position=position, length=length, hidden_size=hidden_size)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({TENSOR_KEY: vectors.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -118,9 +117,8 @@ def load_soft_prompt(path: str | Path) -> SoftPrompt:
                 position = "prepend"  # PEFT concatenates virtual tokens before everything else
                 meta = {**meta, **_peft_metadata(path, vectors)}
             else:
-                raise ValueError(
-                    f"{path} has no {TENSOR_KEY!r} or {PEFT_KEY!r} tensor (keys: {sorted(keys)})"
-                )
+                found = sorted(keys)
+                raise ValueError(f"{path} has no {TENSOR_KEY!r} or {PEFT_KEY!r} tensor (keys: {found})")
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
     if vectors.dim() != 2 or vectors.shape[0] < 1:
