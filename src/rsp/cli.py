@@ -68,7 +68,6 @@ def _usage() -> str:
 
 
 def resolve(name: str) -> Callable[[list[str]], int]:
-    """The function that runs command `name`."""
     module, _, function = COMMANDS[name].target.partition(":")
     return getattr(importlib.import_module(module), function)
 
@@ -120,10 +119,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"rsp {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"rsp {name}: interrupted; finished records are saved, rerun the same command to resume",
-            file=sys.stderr,
-        )
+        why = "interrupted; finished records are saved, rerun the same command to resume"
+        print(f"rsp {name}: {why}", file=sys.stderr)
         return 130
 
 

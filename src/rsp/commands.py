@@ -41,10 +41,8 @@ def eval_main(argv: Sequence[str]) -> int:
     run = run_eval(cfg, out, progress=not output.quiet)
     summary = write_eval_report(out, run.records, run.config.to_dict(), seconds=run.seconds)
     print(markdown_table(summary))
-    print(
-        f"samples: {out / 'samples.jsonl'}  report: {out / 'summary.md'}  "
-        f"plot: {out / 'passk.png'}  ({run.seconds:.0f} s this session)"
-    )
+    files = f"samples: {out / 'samples.jsonl'}  report: {out / 'summary.md'}  plot: {out / 'passk.png'}"
+    print(f"{files}  ({run.seconds:.0f} s this session)")
     for event in run.oom_events:
         print(f"note: {event}")
     return 0

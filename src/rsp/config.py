@@ -77,8 +77,7 @@ def require(ok: bool, name: str, message: str, error: type[Exception] = ValueErr
 def require_min(
     config: Any, minimum: float, *names: str, error: type[Exception] = ValueError, strict: bool = False
 ) -> None:
-    """`require` each named field to be >= `minimum` (> with `strict`); None, a setting left unset, passes:
-    "n (--n) must be >= 1, got 0"."""
+    """`require` each named field to be >= `minimum` (> with `strict`); None, a setting left unset, passes."""
     for name in names:
         value = getattr(config, name)
         ok = value is None or (value > minimum if strict else value >= minimum)
@@ -133,9 +132,7 @@ def _mapping(text: str) -> dict:
 class _ExtendList(argparse.Action):
     """A list flag: its first use replaces the default, repeats extend it (`--arm A --arm B`)."""
 
-    def __call__(
-        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None
-    ) -> None:
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
         seen: set[str] = namespace.__dict__.setdefault("_rsp_lists_seen", set())
         current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
         seen.add(self.dest)
@@ -145,9 +142,7 @@ class _ExtendList(argparse.Action):
 class _MergeMapping(argparse.Action):
     """A mapping flag: each use merges into the field's value (the config file's, or an earlier flag's)."""
 
-    def __call__(
-        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None
-    ) -> None:
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
         setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **values})
 
 
@@ -171,11 +166,10 @@ class RSPArgumentParser(HfArgumentParser):
         self._hints: dict[str, Any] = {}
         self._groups: dict[str, Any] = {}
         super().__init__(list(dataclass_types), **kwargs)
-        self.add_argument(
-            "--config",
-            metavar="FILE",
-            help="YAML or JSON file of settings (keys: the flag names with underscores); flags override it",
+        config_help = (
+            "YAML or JSON file of settings (keys: the flag names with underscores); flags override it"
         )
+        self.add_argument("--config", metavar="FILE", help=config_help)
         self.add_argument(
             "--print-config", action="store_true", help="print the resolved settings as YAML and exit"
         )
@@ -238,15 +232,13 @@ class RSPArgumentParser(HfArgumentParser):
         try:
             data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigFileError(
-                f"--config {path} is not valid {p.suffix.lstrip('.') or 'YAML'}: {exc}"
-            ) from None
+            kind = p.suffix.lstrip(".") or "YAML"
+            raise ConfigFileError(f"--config {path} is not valid {kind}: {exc}") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
-            raise ConfigFileError(
-                f"--config {path} must hold a mapping of settings, got {type(data).__name__}"
-            )
+            got = type(data).__name__
+            raise ConfigFileError(f"--config {path} must hold a mapping of settings, got {got}")
         if "config" in data and "kind" in data and isinstance(data["config"], dict):
             data = data["config"]  # a run directory's config.json
         out: dict[str, Any] = {}
@@ -303,15 +295,13 @@ class RSPArgumentParser(HfArgumentParser):
             try:
                 converted = [item(x) if not isinstance(x, item) else x for x in items]
             except (TypeError, ValueError):
-                raise ValueError(
-                    f"{field_label(name)} expects {item.__name__} values, got {value!r}"
-                ) from None
+                why = f"expects {item.__name__} values, got {value!r}"
+                raise ValueError(f"{field_label(name)} {why}") from None
             choices = self._fields[name].metadata.get("choices") or ()
             bad = [x for x in converted if choices and x not in choices]
             if bad:
-                raise ValueError(
-                    f"{field_label(name)}: {bad[0]!r} is not one of {', '.join(map(str, choices))}"
-                )
+                allowed = ", ".join(map(str, choices))
+                raise ValueError(f"{field_label(name)}: {bad[0]!r} is not one of {allowed}")
             return container(converted)
         base = _unwrap_optional(hint)
         if value is not None and base in (int, float) and isinstance(value, str):
@@ -339,8 +329,7 @@ class RSPArgumentParser(HfArgumentParser):
 
 
 def config_dict(*configs: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
-    """The fields of one or more config dataclasses as one plain mapping (tuples as lists), leaving out
-    `exclude` (fields that are not settings of the command, e.g. what a sweep's grid sets)."""
+    """The fields of one or more config dataclasses, but `exclude`, as one plain mapping (tuples as lists)."""
     skip = set(exclude)
     out: dict[str, Any] = {}
     for cfg in configs:

@@ -131,14 +131,8 @@ class EvalConfig(InjectionArgs, EngineArgs):
 
     def load_task(self) -> Task:
         """The run's problems: the first `limit` of the task."""
-        return load_task(
-            self.task,
-            split=self.split,
-            limit=self.limit,
-            arith_steps=self.arith_steps,
-            arith_max_value=self.arith_max_value,
-            seed=self.seed,
-        )
+        arith = {k: getattr(self, k) for k in ("arith_steps", "arith_max_value")}
+        return load_task(self.task, split=self.split, limit=self.limit, seed=self.seed, **arith)
 
 
 def keep_saved_seed_scheme(out: Path, config: EvalConfig) -> EvalConfig:
@@ -201,10 +195,8 @@ def run_eval(
         if generator is None:
             generator = Generator.from_args(config, lm)
         elif generator.engine_name != config.engine:
-            raise ConfigError(
-                f"the generator runs the {generator.engine_name} engine but the run asks for "
-                f"--engine {config.engine}"
-            )
+            why = f"the generator runs the {generator.engine_name} engine"
+            raise ConfigError(f"{why} but the run asks for --engine {config.engine}")
         builder = PromptBuilder.for_task(generator.tokenizer, task, style=config.prompt_style)  # type: ignore[arg-type]
         prompts = [builder.build(p) for p in task.problems]
         injections = {m: generator.injection(config.rsp_config(m)) for m in config.methods}
@@ -214,9 +206,8 @@ def run_eval(
             generator.check_context(prompts, longest, config.max_new_tokens)
         except ValueError as exc:
             raise ConfigError(f"{exc} ({method}); lower --max-new-tokens or the injection length") from None
-        bar = tqdm(
-            total=total, initial=len(done), disable=not progress, unit="attempt", desc=f"eval {out.name}"
-        )
+        desc = f"eval {out.name}"
+        bar = tqdm(total=total, initial=len(done), disable=not progress, unit="attempt", desc=desc)
         with Grader(timeout=config.grader_timeout) as grader:
             for batch, decode_seed, seeds, completions in generator.run_batches(
                 todo,

@@ -119,10 +119,8 @@ class Generator:
         elif isinstance(model, tuple) and len(model) == 2:
             model = wrap_model(model[0], model[1], name=type(model[0]).__name__)
         elif not isinstance(model, ModelBase):
-            raise TypeError(
-                "model must be a name or path, a (model, tokenizer) pair, or a LoadedModel; got "
-                f"{type(model).__name__}"
-            )
+            kinds = "a name or path, a (model, tokenizer) pair, or a LoadedModel"
+            raise TypeError(f"model must be {kinds}; got {type(model).__name__}")
         self.lm: ModelBase = model
         self.engine_name = engine
         self.engine = create_engine(engine, self.lm, **engine_options)
@@ -131,13 +129,8 @@ class Generator:
     @classmethod
     def from_args(cls, args: Any, model: Any = None) -> Generator:
         """The generator a command's `EngineArgs` describe (`model`: an already loaded one instead)."""
-        return cls(
-            args.model if model is None else model,
-            engine=args.engine,
-            dtype=args.dtype,
-            device=args.device,
-            **args.engine_options(),
-        )
+        where = {k: getattr(args, k) for k in ("engine", "dtype", "device")}
+        return cls(args.model if model is None else model, **where, **args.engine_options())
 
     @property
     def tokenizer(self):
@@ -282,9 +275,6 @@ def generate(
     `chat=False` sends them raw), chat message lists, or `PromptTokens`."""
     names = set(inspect.signature(Generator.generate).parameters) - {"self", "prompts"}
     engine_options = {k: options.pop(k) for k in list(options) if k not in names}
-    gen = (
-        model
-        if isinstance(model, Generator)
-        else Generator(model, engine=engine, dtype=dtype, device=device, **engine_options)
-    )
-    return gen.generate(prompts, **options)
+    if not isinstance(model, Generator):
+        model = Generator(model, engine=engine, dtype=dtype, device=device, **engine_options)
+    return model.generate(prompts, **options)

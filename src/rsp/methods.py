@@ -28,6 +28,15 @@ from rsp.renamed import renamed_key, renamed_method
 Category = Literal["baseline", "rsp", "control", "trained"]
 CATEGORIES: tuple[str, ...] = ("baseline", "rsp", "control", "trained")
 BASELINE = "temperature"  # the method every other one is compared against: nothing injected
+# the flat spelling of each `RSPConfig` field (docs/glossary.md): commands' flags, lm-eval's model_args, TRL's
+FLAT_NAMES = {
+    "rsp_length": "length",
+    "rsp_scale": "scale",
+    "rsp_position": "position",
+    "method": "method",
+    "rsp_stats_rows": "stats_rows",
+    "rsp_stats_mean": "stats_mean",
+}
 
 
 @dataclass(frozen=True)
@@ -55,15 +64,9 @@ class RSPConfig:
     def from_flat(cls, settings: Any, method: str) -> RSPConfig:
         """From an object holding the flat spelling (`rsp_length`, ..., optionally `method_options`;
         docs/glossary.md), e.g. a command's config or TRL's `RSPArguments`."""
-        return cls(
-            length=settings.rsp_length,
-            scale=settings.rsp_scale,
-            position=settings.rsp_position,
-            method=method,
-            stats_rows=settings.rsp_stats_rows,
-            stats_mean=settings.rsp_stats_mean,
-            method_options=dict(getattr(settings, "method_options", None) or {}),
-        )
+        values = {name: getattr(settings, flat) for flat, name in FLAT_NAMES.items() if name != "method"}
+        options = dict(getattr(settings, "method_options", None) or {})
+        return cls(**values, method=method, method_options=options)
 
     def validate(self) -> RSPConfig:
         for name in ("length", "scale"):
@@ -240,11 +243,8 @@ def register_method(
     """Decorator form of `register`; the default facts are the cautious ones."""
 
     def wrap(factory: MethodFactory) -> MethodFactory:
-        register(
-            Method(
-                name, description, factory, category, uses_length, uses_scale, per_attempt, options, length_of
-            )
-        )
+        facts = (category, uses_length, uses_scale, per_attempt, options, length_of)
+        register(Method(name, description, factory, *facts))
         return factory
 
     return wrap
@@ -261,13 +261,11 @@ def get_method(name: str) -> Method:
 
 
 def method_specs() -> list[Method]:
-    """Every registered method, by name."""
     registry = _registry()
     return [registry[k] for k in sorted(registry)]
 
 
 def method_names() -> list[str]:
-    """Every registered method's name, sorted."""
     return sorted(_registry())
 
 
@@ -282,7 +280,6 @@ def build_method(name: str, lm: ModelBase, config: RSPConfig | None = None) -> I
 
 
 def embedding_stats_for(lm: ModelBase, config: RSPConfig):
-    """The embedding statistics `config` asks for (which rows, which mean)."""
     return lm.embedding_stats(rows=config.stats_rows, mean_mode=config.stats_mean)  # type: ignore[arg-type]
 
 

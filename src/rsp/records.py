@@ -6,9 +6,7 @@ and a plain dict in every reader (indexed by key, copied with `{**r, "method": l
 lets mypy check its fields while it round-trips through `json` unchanged.
 
 Writers refuse a record with a missing or undeclared field; readers name the file, line and missing field
-of a malformed line and keep `rsp.runio`'s repair of a torn last line. The format's version is
-`rsp.runio.SCHEMA_VERSION`; version 0 lines (no `schema_version` in config.json) read unchanged (versions 0
-and 1 have the same fields), and a run from a newer rsp is refused.
+of a malformed line. Format versions 0 and 1 (`rsp.runio.SCHEMA_VERSION`) have the same lines.
 """
 
 # No `from __future__ import annotations` here: TypedDict must see `NotRequired` as an object, not a string,
@@ -77,10 +75,8 @@ def _fields(schema: type) -> tuple[frozenset[str], frozenset[str]]:
 
 def _read(path: Path, schema: type, *, repair: bool, version: int) -> list[dict]:
     if version > SCHEMA_VERSION:
-        raise RecordError(
-            f"{path} was written by a newer rsp (schema version {version}; this rsp reads up to "
-            f"{SCHEMA_VERSION}): upgrade rsp"
-        )
+        why = f"schema version {version}; this rsp reads up to {SCHEMA_VERSION}"
+        raise RecordError(f"{path} was written by a newer rsp ({why}): upgrade rsp")
     required, _ = _fields(schema)
     name = schema.__name__.removesuffix("Record").lower()
     out = []
@@ -89,9 +85,8 @@ def _read(path: Path, schema: type, *, repair: bool, version: int) -> list[dict]
             raise RecordError(f"{path}, line {lineno}: a {name} record must be a JSON object")
         missing = sorted(required - obj.keys())
         if missing:
-            raise RecordError(
-                f"{path}, line {lineno}: {name} record lacks field(s) {', '.join(map(repr, missing))}"
-            )
+            fields = ", ".join(map(repr, missing))
+            raise RecordError(f"{path}, line {lineno}: {name} record lacks field(s) {fields}")
         out.append(obj)
     return out
 
@@ -103,9 +98,8 @@ def _checked(records: Iterable[Mapping], schema: type) -> list[dict]:
     for r in out:
         missing, unknown = required - r.keys(), r.keys() - required - optional
         if missing or unknown:
-            raise ValueError(
-                f"not a {schema.__name__}: missing {sorted(missing)}, undeclared {sorted(unknown)}"
-            )
+            why = f"missing {sorted(missing)}, undeclared {sorted(unknown)}"
+            raise ValueError(f"not a {schema.__name__}: {why}")
     return out
 
 

@@ -61,13 +61,11 @@ def summarise(records: Sequence[Record], methods: Sequence[str], n: int, *, seed
         vals: dict[str, np.ndarray] = {"accuracy": np.array([np.mean(c) for c in correct])}
         for k in range(1, n + 1):
             vals[f"pass@{k}"] = np.array([pass_at_k(n, sum(c), k) for c in correct])
+        pairs = list(zip(answers, correct, strict=True))
         for k in ks:
-            vals[f"maj@{k}"] = np.array(
-                [maj_at_k(a, c, k, seed=seed) for a, c in zip(answers, correct, strict=True)]
-            )
-        vals["distinct_answers"] = np.array(
-            [len({x for x in a if x is not None}) for a in answers], dtype=float
-        )
+            vals[f"maj@{k}"] = np.array([maj_at_k(a, c, k, seed=seed) for a, c in pairs])
+        distinct = [len({x for x in a if x is not None}) for a in answers]
+        vals["distinct_answers"] = np.array(distinct, dtype=float)
         vals["mean_tokens"] = np.array([np.mean([r.get("num_tokens", 0) for r in rs]) for rs in rows])
         per_problem[m] = vals
         out["methods"][m] = {key: bootstrap_ci(v, seed=seed).to_dict() for key, v in vals.items()}
@@ -81,8 +79,13 @@ def summarise(records: Sequence[Record], methods: Sequence[str], n: int, *, seed
     return out
 
 
-def _fmt(d: dict, digits: int = 3) -> str:
-    return f"{d['mean']:.{digits}f} [{d['ci_low']:.{digits}f}, {d['ci_high']:.{digits}f}]"
+def ci_text(d: dict | None, digits: int = 3, *, signed: bool = False) -> str:
+    """An estimate as "mean [low, high]", with " p=..." when it is a paired difference; "-" for none."""
+    if not d:
+        return "-"
+    f = f"{'+' if signed else ''}.{digits}f"
+    text = f"{d['mean']:{f}} [{d['ci_low']:{f}}, {d['ci_high']:{f}}]"
+    return text + (f" p={d['p_value']:.2f}" if "p_value" in d else "")
 
 
 def markdown_table(summary: dict) -> str:
@@ -99,7 +102,7 @@ def markdown_table(summary: dict) -> str:
         "|---" * (len(cols) + 1) + "|",
     ]
     for m, vals in summary["methods"].items():
-        cells = [_fmt(vals[c], 1 if c in ("distinct_answers", "mean_tokens") else 3) for c in cols]
+        cells = [ci_text(vals[c], 1 if c in ("distinct_answers", "mean_tokens") else 3) for c in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary.get("paired"):
         pcols = ["accuracy", *[f"pass@{k}" for k in ks], f"maj@{ks[-1]}"]
@@ -112,11 +115,7 @@ def markdown_table(summary: dict) -> str:
             "|---" * (len(pcols) + 1) + "|",
         ]
         for m, vals in summary["paired"].items():
-            cells = [
-                f"{vals[c]['mean']:+.3f} [{vals[c]['ci_low']:+.3f}, {vals[c]['ci_high']:+.3f}] "
-                f"p={vals[c]['p_value']:.2f}"
-                for c in pcols
-            ]
+            cells = [ci_text(vals[c], signed=True) for c in pcols]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -190,9 +189,8 @@ def parse_arm(spec: str) -> tuple[str, Path, str]:
     label, sep, rest = spec.partition("=")
     run, sep2, method = rest.rpartition(":")
     if not sep or not sep2 or not label or not run or not method:
-        raise ValueError(
-            f"--arm must look like LABEL=RUN_DIR:METHOD (e.g. before=runs/base:rsp), got {spec!r}"
-        )
+        example = "e.g. before=runs/base:rsp"
+        raise ValueError(f"--arm must look like LABEL=RUN_DIR:METHOD ({example}), got {spec!r}")
     return label, Path(run), method
 
 
@@ -218,10 +216,8 @@ def compare_runs(arms: Sequence[tuple[str, Path, str]], *, seed: int = 0) -> dic
         )
         merged += [{**r, "method": label} for r in records if r["method"] == method]
     if len(ns) != 1 or len(tasks) != 1:
-        raise ValueError(
-            f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}; "
-            "paired comparison needs the same problems and n"
-        )
+        why = f"runs differ in attempts per problem {sorted(ns)} or task {sorted(tasks, key=str)}"
+        raise ValueError(f"{why}; paired comparison needs the same problems and n")
     summary = summarise(merged, labels, ns.pop(), seed=seed)
     summary["arms"] = [{"label": a[0], "run": str(a[1]), "method": a[2]} for a in arms]
     return summary

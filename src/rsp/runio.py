@@ -68,10 +68,8 @@ def read_run_config(run_dir: Path, *, kind: str | None = None, hint: str = "") -
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise RunDirError(f"{path} has an invalid schema_version {version!r}")
     if version > SCHEMA_VERSION:
-        raise RunDirError(
-            f"{run_dir} was written by a newer rsp (schema version {version}; this rsp reads up to "
-            f"{SCHEMA_VERSION}): upgrade rsp"
-        )
+        why = f"schema version {version}; this rsp reads up to {SCHEMA_VERSION}"
+        raise RunDirError(f"{run_dir} was written by a newer rsp ({why}): upgrade rsp")
     found = saved.get("kind")
     if kind is not None and found != kind:
         raise RunDirError(f"{run_dir} holds a {found!r} run, not {what}{tail}")
@@ -95,10 +93,8 @@ def prepare_run_dir(out: Path, config: dict, *, kind: str) -> bool:
         if old != config:
             keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in keys)
-            raise RunDirError(
-                f"{out} already holds a run with different settings ({diffs}); "
-                "resume with the same settings or choose a new --out directory"
-            )
+            why = f"{out} already holds a run with different settings ({diffs})"
+            raise RunDirError(f"{why}; resume with the same settings or choose a new --out directory")
         return True
     record = dict(kind=kind, config_hash=config_hash(config), config=config, schema_version=SCHEMA_VERSION)
     try:
@@ -152,8 +148,6 @@ class JsonlAppender:
                 os.fsync(f.fileno())
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise RunDirError(
-                    f"disk full while writing {self.path}; finished records are kept, "
-                    "free space and rerun the same command to resume"
-                ) from None
+                why = f"disk full while writing {self.path}; finished records are kept"
+                raise RunDirError(f"{why}, free space and rerun the same command to resume") from None
             raise RunDirError(f"cannot write {self.path}: {exc.strerror}") from None

@@ -71,9 +71,7 @@ def main(argv: Sequence[str]) -> int:
     else:
         run_dir = out / "eval"
         run_eval(eval_cfg, run_dir, progress=not cfg.quiet)
-    options = AnalysisOptions(
-        k=cfg.k, batch_size=cfg.analysis_batch_size, max_problems=cfg.max_problems, attention=cfg.attention
-    )
+    options = AnalysisOptions(cfg.k, cfg.analysis_batch_size, cfg.max_problems, cfg.attention)
     result = analyse_run(run_dir, options=options, progress=not cfg.quiet)
     write_metrics(result, out)
     report = write_report(result, out, command="rsp analyze " + " ".join(shlex.quote(a) for a in argv))

@@ -39,20 +39,15 @@ HEATMAP_CAPTION = "Which layers carry the attention to the injected columns, and
 
 
 def _curve_plot(result: dict, metric: str, title: str, path: Path) -> bool:
+    curves = {m: metrics[metric] for m, metrics in result["metrics"].items() if metric in metrics}
+    if not curves:
+        return False
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
-    drawn = False
-    for m, metrics in result["metrics"].items():
-        if metric not in metrics:
-            continue
-        v = metrics[metric]
+    for m, v in curves.items():
         xs = list(range(1, len(v["mean"]) + 1))
         ax.plot(xs, v["mean"], marker="o", ms=2.5, label=m)
         ax.fill_between(xs, v["ci_low"], v["ci_high"], alpha=0.2)
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return False
     ax.set_xlabel("generated position t")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)

@@ -13,15 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsp.analysis.distributions import (
-    distinct_n,
-    distinct_prefixes,
-    entropy,
-    kl_divergence,
-    log_probs,
-    mean_first_divergence,
-    self_bleu,
-)
+import rsp.analysis.distributions as dist
 from rsp.analysis.scoring import (
     attention_mass,
     columns_before_insertion,
@@ -103,18 +95,18 @@ def analyse_run(
                 trajs = [r["token_ids"] for r in chunk]
                 ps = [prompt] * len(chunk)
                 valid = valid_positions(trajs, k)
-                logp = log_probs(teacher_forced_logits(lm, ps, inj, seeds, trajs, k), temperature)
-                rows["entropy"].append(entropy(logp).masked_fill(~valid, float("nan")).numpy())
+                logp = dist.log_probs(teacher_forced_logits(lm, ps, inj, seeds, trajs, k), temperature)
+                rows["entropy"].append(dist.entropy(logp).masked_fill(~valid, float("nan")).numpy())
                 rows["top1"].append(logp.exp().amax(-1).masked_fill(~valid, float("nan")).numpy())
                 if inj.length > 0 and plain_trajs:
                     # KL on the same no-injection trajectory, scored with and without this attempt's injection
                     ref = [plain_trajs[i % len(plain_trajs)] for i in range(c0, c0 + len(chunk))]
-                    lp_inj = log_probs(teacher_forced_logits(lm, ps, inj, seeds, ref, k), temperature)
+                    lp_inj = dist.log_probs(teacher_forced_logits(lm, ps, inj, seeds, ref, k), temperature)
                     plain = NoInjection(inj.position)
-                    lp_plain = log_probs(
+                    lp_plain = dist.log_probs(
                         teacher_forced_logits(lm, ps, plain, [None] * len(chunk), ref, k), temperature
                     )
-                    kl = kl_divergence(lp_inj, lp_plain)
+                    kl = dist.kl_divergence(lp_inj, lp_plain)
                     rows["kl"].append(kl.masked_fill(~valid_positions(ref, k), float("nan")).numpy())
                 if o.attention:
                     cols = None
@@ -131,10 +123,10 @@ def analyse_run(
                 if name == "attention":
                     attention_by_layer[m].append(_nanmean(x))
             seqs = [r["token_ids"] for r in recs]
-            pp["distinct_prefixes"].append(np.array(distinct_prefixes(seqs, k), dtype=float))
-            pp["first_divergence"].append(np.array([mean_first_divergence(seqs)]))
-            pp["distinct_n"].append(np.array([distinct_n(seqs, n) for n in range(1, 5)]))
-            pp["self_bleu"].append(np.array([self_bleu(seqs)]))
+            pp["distinct_prefixes"].append(np.array(dist.distinct_prefixes(seqs, k), dtype=float))
+            pp["first_divergence"].append(np.array([dist.mean_first_divergence(seqs)]))
+            pp["distinct_n"].append(np.array([dist.distinct_n(seqs, n) for n in range(1, 5)]))
+            pp["self_bleu"].append(np.array([dist.self_bleu(seqs)]))
             answers = {r.get("extracted") for r in recs if r.get("extracted")}
             pp["distinct_answers"].append(np.array([len(answers)], dtype=float))
             pp["length"].append(np.array([np.mean([len(s) for s in seqs])]))

@@ -23,8 +23,6 @@ STOP_NOTES = {
     "max_seconds": " (stopped at --max-seconds)",
 }
 
-# ---- rsp sweep ---------------------------------------------------------------------------------------------
-
 
 def build_sweep_parser() -> RSPArgumentParser:
     return RSPArgumentParser(
@@ -42,9 +40,8 @@ def parse_sweep(argv: Sequence[str]) -> tuple[EvalConfig, SweepGrid, OutputOptio
     """The base run (its `methods` are the sweep's method axis), the grid, and the output options."""
     for flag in map(flag_of, NOT_SWEPT_FLAGS):  # `rsp eval`'s single values, which the grid replaces
         if any(a == flag or a.startswith(flag + "=") for a in argv):
-            raise ConfigError(
-                f"rsp sweep takes grids, not {flag}; use --rsp-lengths, --rsp-scales and --temperatures"
-            )
+            grids = "--rsp-lengths, --rsp-scales and --temperatures"
+            raise ConfigError(f"rsp sweep takes grids, not {flag}; use {grids}")
     base, grid, output = build_sweep_parser().parse(list(argv))
     return base, grid, output
 
@@ -54,14 +51,9 @@ def sweep_main(argv: list[str]) -> int:
     result = run_sweep(SweepConfig.from_configs(base, grid), output.out, progress=not output.quiet)
     out = Path(output.out)
     print((out / "sweep.md").read_text())
-    print(
-        f"cells run now: {len(result.ran)}, already finished: {len(result.skipped)}; "
-        f"table: {out / 'sweep.md'} and {out / 'sweep.csv'}; plots: {out / 'plots'}"
-    )
+    counts = f"cells run now: {len(result.ran)}, already finished: {len(result.skipped)}"
+    print(f"{counts}; table: {out / 'sweep.md'} and {out / 'sweep.csv'}; plots: {out / 'plots'}")
     return 0
-
-
-# ---- rsp train-soft-prompt ---------------------------------------------------------------------------------
 
 
 def build_train_soft_prompt_parser() -> RSPArgumentParser:

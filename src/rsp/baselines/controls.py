@@ -175,10 +175,8 @@ def text_token_pool(tokenizer, vocab_rows: int, *, exclude: Sequence[int] = ()) 
     added = getattr(tokenizer, "get_added_vocab", None)
     if callable(added):
         banned.update(int(i) for i in added().values())
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            banned.add(value)
+    specials = (getattr(tokenizer, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad", "unk"))
+    banned.update(i for i in specials if isinstance(i, int))
     ids = [i for i in range(size) if i not in banned]
     texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
     keep = [i for i, t in zip(ids, texts, strict=True) if t and "\ufffd" not in t]
@@ -306,10 +304,8 @@ def _mean_vector(lm: ModelBase, o: RSPConfig) -> Injection:
 def _soft_prompt(lm: ModelBase, o: RSPConfig) -> Injection:
     path = o.method_options.get("soft_prompt")
     if not path:
-        raise ValueError(
-            "soft-prompt needs --method-option soft_prompt=PATH (a file from `rsp train-soft-prompt` "
-            "or a PEFT prompt-tuning adapter)"
-        )
+        what = "a file from `rsp train-soft-prompt` or a PEFT prompt-tuning adapter"
+        raise ValueError(f"soft-prompt needs --method-option soft_prompt=PATH ({what})")
     soft = load_soft_prompt(path)
     position = str(o.method_options.get("soft_prompt_position", soft.position))
     if position != soft.position:

@@ -75,10 +75,8 @@ class SoftPrompt:
     def check_compatible(self, lm: ModelBase) -> None:
         dim = int(self.vectors.shape[1])
         if dim != lm.hidden_size:
-            raise ValueError(
-                f"soft prompt {self.source} has hidden size {dim} but model {lm.name} has "
-                f"{lm.hidden_size}; it was trained for {self.metadata.get('model', 'another model')}"
-            )
+            why = f"soft prompt {self.source} has hidden size {dim} but model {lm.name} has {lm.hidden_size}"
+            raise ValueError(f"{why}; it was trained for {self.metadata.get('model', 'another model')}")
         trained_for = self.metadata.get("model")
         if trained_for and trained_for != lm.name:
             log.warning(
@@ -90,9 +88,8 @@ def save_soft_prompt(path: str | Path, vectors: torch.Tensor, position: str, met
     """Write key "soft_prompt" (L, d) fp32 plus string metadata, atomically."""
     path = Path(path)
     meta = {str(k): str(v) for k, v in metadata.items()}
-    meta.update(
-        format=FORMAT, position=position, length=str(vectors.shape[0]), hidden_size=str(vectors.shape[1])
-    )
+    length, hidden_size = str(vectors.shape[0]), str(vectors.shape[1])
+    meta.update(format=FORMAT, position=position, length=length, hidden_size=hidden_size)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({TENSOR_KEY: vectors.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -120,15 +117,13 @@ def load_soft_prompt(path: str | Path) -> SoftPrompt:
                 position = "prepend"  # PEFT concatenates virtual tokens before everything else
                 meta = {**meta, **_peft_metadata(path, vectors)}
             else:
-                raise ValueError(
-                    f"{path} has no {TENSOR_KEY!r} or {PEFT_KEY!r} tensor (keys: {sorted(keys)})"
-                )
+                found = sorted(keys)
+                raise ValueError(f"{path} has no {TENSOR_KEY!r} or {PEFT_KEY!r} tensor (keys: {found})")
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
     if vectors.dim() != 2 or vectors.shape[0] < 1:
-        raise ValueError(
-            f"{path}: soft prompt must have shape (L, d) with L >= 1, got {tuple(vectors.shape)}"
-        )
+        shape = tuple(vectors.shape)
+        raise ValueError(f"{path}: soft prompt must have shape (L, d) with L >= 1, got {shape}")
     if not torch.isfinite(vectors).all():
         raise ValueError(f"{path}: soft prompt contains NaN or inf")
     if position not in INSERTION_POINTS:
@@ -142,10 +137,8 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
         return {"source_format": "peft", "model": ""}
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("peft_type") not in (None, "PROMPT_TUNING"):
-        raise ValueError(
-            f"{path}: PEFT adapter type {cfg.get('peft_type')} is not prompt tuning; only "
-            "PROMPT_TUNING adapters are input-embedding soft prompts"
-        )
+        why = f"PEFT adapter type {cfg.get('peft_type')} is not prompt tuning"
+        raise ValueError(f"{path}: {why}; only PROMPT_TUNING adapters are input-embedding soft prompts")
     virtual = cfg.get("num_virtual_tokens")
     if virtual is not None and int(virtual) != vectors.shape[0]:
         raise ValueError(
@@ -155,16 +148,12 @@ def _peft_metadata(path: Path, vectors: torch.Tensor) -> dict[str, str]:
     return {"source_format": "peft", "model": str(cfg.get("base_model_name_or_path") or "")}
 
 
-# ----------------------------------------------------------------------------------------------- training
-
-
 _MODEL, _DATA = "model", "data"
 
 
 @dataclass
 class SoftPromptTrainConfig:
-    """Settings of one soft-prompt training run (saved with the result); each field is a flag of
-    `rsp train-soft-prompt` (`rsp_length` is `--rsp-length`)."""
+    """One soft-prompt training run (saved with the result): the flags of `rsp train-soft-prompt`."""
 
     _argument_group_name = "training"  # the --help group of the fields that name none
     model: str = option("smollm2-135m-instruct", "packaged name, local dir or Hub id", group=_MODEL)
@@ -247,14 +236,8 @@ def _source_problems(
     """(train, val) problems with reference solutions from one source's train split, and its task."""
     need = config.train_size + config.val_size
     if source == "arith":
-        task = load_task(
-            "arith",
-            split="train",
-            limit=need,
-            arith_steps=config.arith_steps,
-            arith_max_value=config.arith_max_value,
-            seed=config.seed,
-        )
+        arith = {k: getattr(config, k) for k in ("arith_steps", "arith_max_value")}
+        task = load_task("arith", split="train", limit=need, seed=config.seed, **arith)
         problems = list(task.problems)
     else:
         task = load_task(source, split="train")
@@ -264,10 +247,8 @@ def _source_problems(
         random.Random(derive_seed(config.seed, "soft-prompt-data", source)).shuffle(problems)
         problems = problems[:need]
     if len(problems) <= config.val_size:
-        raise TaskError(
-            f"training source {source!r} has {len(problems)} problems; need more than "
-            f"--val-size={config.val_size}"
-        )
+        why = f"training source {source!r} has {len(problems)} problems"
+        raise TaskError(f"{why}; need more than --val-size={config.val_size}")
     return problems[config.val_size :], problems[: config.val_size], task
 
 
@@ -294,14 +275,10 @@ def solution_loss(
     point (which lies inside the prompt, so the solution is unaffected), left-padded, with the
     position ids `generate` uses; only the last max(solution)+1 logits are computed.
     """
+    prompts, solutions = [ex.prompt for ex in examples], [ex.target for ex in examples]
+    seeds = [None] * len(examples)  # a trained prompt is the same for every row
     batch, embeds = embed_prompts(
-        lm.embed,
-        [ex.prompt for ex in examples],
-        injection,
-        [None] * len(examples),
-        pad_id=lm.pad_token_id,
-        suffixes=[ex.target for ex in examples],
-        grad=True,
+        lm.embed, prompts, injection, seeds, pad_id=lm.pad_token_id, suffixes=solutions, grad=True
     )
     mask = batch.attention_mask.to(lm.device)
     keep = max(len(ex.target) for ex in examples) + 1
@@ -391,12 +368,8 @@ def train_soft_prompt(
             p.requires_grad_(flag)
         lm.model.train(was_training)
     seconds = time.time() - t0
-    data_desc = "+".join(
-        f"arith(train,steps={config.arith_steps},max_value={config.arith_max_value},seed={config.seed})"
-        if s == "arith"
-        else f"{s}(train)"
-        for s in config.data
-    )
+    arith = f"arith(train,steps={config.arith_steps},max_value={config.arith_max_value},seed={config.seed})"
+    data_desc = "+".join(arith if s == "arith" else f"{s}(train)" for s in config.data)
     metadata = {
         "model": lm.name,
         "data": data_desc,
@@ -434,9 +407,8 @@ def plot_loss_curve(history: dict, path: Path, *, title: str) -> None:
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train (batch)")
     window = max(1, len(losses) // 20)
     windows = [losses[max(0, i - window + 1) : i + 1] for i in range(len(losses))]
-    ax.plot(
-        steps, [sum(w) / len(w) for w in windows], color="tab:blue", lw=1.5, label=f"train (mean of {window})"
-    )
+    means = [sum(w) / len(w) for w in windows]
+    ax.plot(steps, means, color="tab:blue", lw=1.5, label=f"train (mean of {window})")
     vs, vl = zip(*history["val"], strict=True)
     ax.plot(vs, vl, "o-", color="tab:orange", ms=4, label="held-out")
     ax.axvline(vs[vl.index(min(vl))], color="grey", ls=":", lw=1)

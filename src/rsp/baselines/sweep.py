@@ -2,10 +2,9 @@
 
 Each cell is a complete eval run directory (OUT/cells/<name>/), so cells resume exactly like `rsp eval`
 and a finished cell is skipped without loading the model. All cells share the seed, hence the problems
-and the RSP seed stream. Axes a method does not read collapse, and a deterministic cell (greedy decoding
-with an injection that is the same for every attempt) runs once per problem and counts for all N
-attempts. Which axes a method reads and whether it differs per attempt are the method registry's facts.
-Cell directories keep their `_a<scale>` suffix, so finished cells are found.
+and the RSP seed stream. Axes a method does not read (the method registry says which) collapse, and a
+deterministic cell (greedy decoding with an injection that is the same for every attempt) runs once per
+problem and counts for all N attempts.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from rsp.methods import BASELINE, RSPConfig, get_method, method_names
 from rsp.models.loading import ModelBase
 from rsp.records import SampleRecord, read_eval_run
 from rsp.renamed import renamed_method
-from rsp.reporting import Record, pyplot, summarise, write_eval_report
+from rsp.reporting import Record, ci_text, pyplot, summarise, write_eval_report
 from rsp.runio import RunDirError, atomic_write_text, prepare_run_dir
 
 DEFAULT_METHODS = ("temperature", "rsp")
@@ -118,14 +117,12 @@ class SweepConfig:
         known = method_names()
         for m in self.methods:
             if m not in known:
-                raise ConfigError(
-                    renamed_method(m) or f"unknown method {m!r}; known methods: {', '.join(known)}"
-                )
+                unknown = renamed_method(m) or f"unknown method {m!r}; known methods: {', '.join(known)}"
+                raise ConfigError(unknown)
             for missing in get_method(m).missing_options(self.base.method_options):
                 raise ConfigError(f"method {m} needs --method-option {missing.key}={missing.metavar}")
-        replace(
-            self.base, methods=(BASELINE,), temperature=self.temperatures[0], method_options={}
-        ).validate()
+        first = replace(self.base, methods=(BASELINE,), temperature=self.temperatures[0], method_options={})
+        first.validate()
 
     def identity(self) -> dict:
         """What a resumed sweep must share with the original; the grid itself may grow."""
@@ -196,9 +193,8 @@ def run_sweep(
     cells = config.cells()
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
-        raise ConfigError(
-            "two sweep cells share a name; check --rsp-lengths / --rsp-scales for values that print alike"
-        )
+        why = "check --rsp-lengths / --rsp-scales for values that print alike"
+        raise ConfigError(f"two sweep cells share a name; {why}")
     grid = {**config_dict(config, exclude=("base",)), "cells": names}
     atomic_write_text(out / "grid.json", json.dumps(grid, indent=2) + "\n")
     problems = len(config.base.load_task().problems)
@@ -227,9 +223,6 @@ def run_sweep(
     return SweepResult(out, cells, rows, ran, skipped)
 
 
-# ------------------------------------------------------------------------------------------------ tables
-
-
 def table_ks(n: int) -> list[int]:
     ks = [k for k in (1, 4, 16) if k <= n]
     return ks if n >= 16 or n in ks else [*ks, n]
@@ -242,14 +235,9 @@ def compare_cells(
     metrics = ["accuracy", *[f"pass@{k}" for k in table_ks(n)], f"maj@{min(16, n)}"]
     rows = []
     for cell in cells:
-        row: dict = {
-            "cell": cell.name,
-            "method": cell.method,
-            "L": cell.length,
-            "rsp_scale": cell.rsp_scale,
-            "temperature": cell.temperature,
-            "attempts_run": 1 if cell.replicate else n,
-        }
+        attempts = 1 if cell.replicate else n
+        labels = (cell.name, cell.method, cell.length, cell.rsp_scale, cell.temperature, attempts)
+        row: dict = dict(zip(CSV_COLUMNS[:-1], labels, strict=True))  # "problems" comes from the summary
         base_name = Cell(BASELINE, cell.temperature).name
         recs = [{**r, "method": "cell"} for r in records.get(cell.name, [])]
         arms = ["cell"]
@@ -270,16 +258,8 @@ def compare_cells(
 
 
 def _metric_names(rows: list[dict]) -> list[str]:
-    skip = {"cell", "method", "L", "rsp_scale", "temperature", "attempts_run", "problems", "passk_curve"}
+    skip = {*CSV_COLUMNS, "passk_curve"}
     return [k for k in rows[0] if k not in skip and not k.startswith("delta ")] if rows else []
-
-
-def _ci(d: dict | None, signed: bool = False) -> str:
-    if not d:
-        return "-"
-    f = "+.3f" if signed else ".3f"
-    text = f"{d['mean']:{f}} [{d['ci_low']:{f}}, {d['ci_high']:{f}}]"
-    return text + (f" p={d['p_value']:.2f}" if "p_value" in d else "")
 
 
 def markdown_report(rows: list[dict], config: SweepConfig) -> str:
@@ -297,9 +277,10 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
         "|---" * (6 + len(metrics)) + "|",
     ]
     for r in rows:
+        cis = " | ".join(ci_text(r[m]) for m in metrics)
         lines.append(
             f"| {r['cell']} | {r['method']} | {_dash(r['L'])} | {_dash(r['rsp_scale'])} | "
-            f"{r['temperature']:g} | {r['attempts_run']} | " + " | ".join(_ci(r[m]) for m in metrics) + " |"
+            f"{r['temperature']:g} | {r['attempts_run']} | {cis} |"
         )
     lines += [
         "",
@@ -311,7 +292,8 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
     ]
     for r in rows:
         if r["method"] != BASELINE:
-            lines.append(f"| {r['cell']} | " + " | ".join(_ci(r[f"delta {m}"], True) for m in metrics) + " |")
+            deltas = " | ".join(ci_text(r[f"delta {m}"], signed=True) for m in metrics)
+            lines.append(f"| {r['cell']} | {deltas} |")
     best = [r for r in rows if r["accuracy"]]
     if best:
         top = max(best, key=lambda r: r["accuracy"]["mean"])
@@ -319,8 +301,8 @@ def markdown_report(rows: list[dict], config: SweepConfig) -> str:
         top_pass = max(best, key=lambda r: r[last]["mean"])
         lines += [
             "",
-            f"Highest mean accuracy: `{top['cell']}` ({_ci(top['accuracy'])}). "
-            f"Highest {last}: `{top_pass['cell']}` ({_ci(top_pass[last])}). "
+            f"Highest mean accuracy: `{top['cell']}` ({ci_text(top['accuracy'])}). "
+            f"Highest {last}: `{top_pass['cell']}` ({ci_text(top_pass[last])}). "
             "With this many problems, differences whose paired CI includes 0 are not evidence either way.",
         ]
     lines += [
@@ -356,17 +338,13 @@ def csv_report(rows: list[dict]) -> str:
 def write_sweep_report(out: Path, config: SweepConfig, rows: list[dict]) -> None:
     atomic_write_text(out / "sweep.md", markdown_report(rows, config))
     atomic_write_text(out / "sweep.csv", csv_report(rows))
-    atomic_write_text(
-        out / "sweep.json", json.dumps({"config": config.identity(), "rows": rows}, indent=2) + "\n"
-    )
+    everything = {"config": config.identity(), "rows": rows}
+    atomic_write_text(out / "sweep.json", json.dumps(everything, indent=2) + "\n")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     if any(r["problems"] for r in rows):
         plot_passk_per_method(rows, plots, config)
         plot_heatmaps(rows, plots, config)
-
-
-# ------------------------------------------------------------------------------------------------- plots
 
 
 def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) -> None:
@@ -395,9 +373,8 @@ def plot_passk_per_method(rows: list[dict], plots: Path, config: SweepConfig) ->
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("pass@k")
         axes[0][-1].legend(fontsize=6, loc="lower right")
-        fig.suptitle(
-            f"{method}: pass@k on {config.base.task} ({config.base.model}, n={config.base.n})", fontsize=9
-        )
+        base_run = config.base
+        fig.suptitle(f"{method}: pass@k on {base_run.task} ({base_run.model}, n={base_run.n})", fontsize=9)
         fig.tight_layout()
         fig.savefig(plots / f"passk_{method}.png", dpi=110)
         plt.close(fig)

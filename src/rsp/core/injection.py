@@ -68,9 +68,6 @@ class Injection(ABC):
             raise RuntimeError(f"{self.name}: batch has {batch.length} slots but the injection gave no rows")
         return fill_slots(embeds, batch.slot_index, rows)
 
-    def describe(self) -> dict:
-        return {"name": self.name, "length": self.length, "position": self.position}
-
 
 class NoInjection(Injection):
     """Plain prompting: no slots at all (identical to L = 0)."""
@@ -122,6 +119,3 @@ class RandomSoftPrompt(Injection):
         if any(s is None for s in seeds):
             raise ValueError("every RSP attempt needs a seed")
         return self.sampler.sample([int(s) for s in seeds])  # type: ignore[arg-type]
-
-    def describe(self) -> dict:
-        return {**super().describe(), "scale": self.scale, "granularity": self.granularity}

@@ -35,17 +35,10 @@ def layout(
     if placeholder_id is not None and placeholder_id != pad_id:
         for i, p in enumerate(prompts):
             if placeholder_id in p.ids:
-                raise ValueError(
-                    f"prompt {i} already contains the placeholder id {placeholder_id}; pass another "
-                    "placeholder_id"
-                )
-    return build_slotted_batch(
-        seqs,
-        [p.insert_index(injection.position) for p in prompts],
-        injection.length,
-        pad_id=pad_id,
-        placeholder_id=placeholder_id,
-    )
+                why = f"prompt {i} already contains the placeholder id {placeholder_id}"
+                raise ValueError(f"{why}; pass another placeholder_id")
+    points = [p.insert_index(injection.position) for p in prompts]
+    return build_slotted_batch(seqs, points, injection.length, pad_id=pad_id, placeholder_id=placeholder_id)
 
 
 def embed_prompts(
@@ -63,9 +56,8 @@ def embed_prompts(
     the autograd graph; the token embeddings never do.
     """
     if len(prompts) != len(seeds):
-        raise ValueError(
-            f"one injection seed per prompt is required ({len(prompts)} prompts, {len(seeds)} seeds)"
-        )
+        counts = f"({len(prompts)} prompts, {len(seeds)} seeds)"
+        raise ValueError(f"one injection seed per prompt is required {counts}")
     batch = layout(prompts, injection, pad_id=pad_id, suffixes=suffixes)
     with torch.no_grad():
         embeds = embed(batch.input_ids)
@@ -218,10 +210,8 @@ class SlotFiller:
             if not bool(has.any()):
                 return None
             if not bool(has.all()):
-                raise ValueError(
-                    "some rows of the batch carry the injection's slots and some do not; "
-                    "lay every row out with the same handle"
-                )
+                why = "some rows of the batch carry the injection's slots and some do not"
+                raise ValueError(f"{why}; lay every row out with the same handle")
         mask = self.attention_mask()
         if mask is None or mask.shape != input_ids.shape:
             mask = torch.ones_like(input_ids)

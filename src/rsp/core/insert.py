@@ -72,18 +72,16 @@ def build_slotted_batch(
         raise ValueError("cannot build an empty batch")
     placeholder = pad_id if placeholder_id is None else placeholder_id
     rows: list[list[int]] = []
-    slot_starts: list[int] = []
     for ids, at in zip(prompts, insert_index, strict=True):
         ids = list(ids)
         if not 0 <= at <= len(ids):
             raise ValueError(f"insertion index {at} outside prompt of length {len(ids)}")
         rows.append(ids[:at] + [placeholder] * length + ids[at:])
-        slot_starts.append(at)
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     slot_index = torch.empty((len(rows), length), dtype=torch.long)
-    for i, (row, start) in enumerate(zip(rows, slot_starts, strict=True)):
+    for i, (row, start) in enumerate(zip(rows, insert_index, strict=True)):
         offset = width - len(row)
         input_ids[i, offset:] = torch.tensor(row, dtype=torch.long)
         attention_mask[i, offset:] = 1
@@ -96,10 +94,8 @@ def fill_slots(embeds: torch.Tensor, slot_index: torch.Tensor, rows: torch.Tenso
     if slot_index.shape[1] == 0:
         return embeds
     if rows.shape[:2] != slot_index.shape or rows.shape[2] != embeds.shape[2]:
-        raise ValueError(
-            f"injected rows of shape {tuple(rows.shape)} do not fit slots {tuple(slot_index.shape)} "
-            f"with hidden size {embeds.shape[2]}"
-        )
+        got = f"injected rows of shape {tuple(rows.shape)} do not fit slots {tuple(slot_index.shape)}"
+        raise ValueError(f"{got} with hidden size {embeds.shape[2]}")
     out = embeds.clone()
     index = slot_index.to(embeds.device).unsqueeze(-1).expand(-1, -1, embeds.shape[2])
     out.scatter_(1, index, rows.to(device=embeds.device, dtype=embeds.dtype))

@@ -46,16 +46,9 @@ class EmbeddingStats:
     def load(cls, path: str | Path) -> EmbeddingStats:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
-        mean = load_file(str(path))["mean"]
-        return cls(
-            mean=mean,
-            std=float(meta["std"]),
-            dim=int(meta["dim"]),
-            rows_used=int(meta["rows_used"]),
-            rows=meta["rows"],
-            mean_mode=meta["mean_mode"],
-            embed_scale=float(meta["embed_scale"]),
-        )
+        numbers = {"std": float, "dim": int, "rows_used": int, "embed_scale": float}  # the rest are strings
+        fields = {k: numbers.get(k, str)(v) for k, v in meta.items()}
+        return cls(mean=load_file(str(path))["mean"], **fields)
 
 
 def fit_embedding_stats(

@@ -30,23 +30,13 @@ from rsp.core.injection import Injection
 from rsp.core.inputs import layout
 from rsp.core.insert import PromptTokens
 from rsp.engines.hook import RSPHandle, attach
-from rsp.methods import InjectionArgs, RSPConfig, get_method, method_names, method_specs
+from rsp.methods import FLAT_NAMES, InjectionArgs, RSPConfig, get_method, method_names, method_specs
 from rsp.models.loading import converted_path
 from rsp.renamed import RENAMED, renamed_key
 from rsp.tasks.prompts import tokenize_split, user_turn_cut
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"  # the shipped offline task configs
 SEED_LOG_KEY = "rsp_seeds"
-
-# the RSPConfig fields set by flat model_args
-_FLAT = {
-    "rsp_length": "length",
-    "rsp_scale": "scale",
-    "rsp_position": "position",
-    "method": "method",
-    "rsp_stats_rows": "stats_rows",
-    "rsp_stats_mean": "stats_mean",
-}
 
 
 class RSPArgumentError(ValueError):
@@ -69,8 +59,8 @@ class RSPSettings:
         `kwargs`, raising an `RSPArgumentError` naming one that is unknown, renamed or out of range. Names
         in `shared` stay in `kwargs` for the base model too (rsp-vllm: `seed` is also vLLM's seed)."""
         # method options by their own names, except those spelt like a flat setting (rsp-scaled's rsp_scale)
-        options_known = {o.key for m in method_specs() for o in m.options or ()} - set(_FLAT) - {"seed"}
-        known = set(_FLAT) | {"seed"} | options_known
+        options_known = {o.key for m in method_specs() for o in m.options or ()} - set(FLAT_NAMES) - {"seed"}
+        known = set(FLAT_NAMES) | {"seed"} | options_known
         raw: dict[str, Any] = {}
         for key in list(kwargs):
             # a renamed rsp name is an error; `backend` is HFLM's own argument, not rsp's old `engine`
@@ -83,10 +73,11 @@ class RSPSettings:
         try:
             unknown = sorted(k for k in raw if k not in known)
             if unknown:
+                accepted = ", ".join(sorted(known))
                 raise RSPArgumentError(
-                    f"unknown model_args {', '.join(unknown)}; rsp arguments are {', '.join(sorted(known))}"
+                    f"unknown model_args {', '.join(unknown)}; rsp arguments are {accepted}"
                 )
-            flat = {k: raw[k] for k in _FLAT if k in raw and k != "method"}
+            flat = {k: raw[k] for k in FLAT_NAMES if k in raw and k != "method"}
             if "rsp_length" in flat:
                 flat["rsp_length"] = _integer(flat["rsp_length"], "rsp_length")
             try:
@@ -112,7 +103,7 @@ class RSPSettings:
 
     def info(self) -> dict[str, Any]:
         """The settings as flat model_args (`rsp_length`, ..., `method`, `seed`, method options)."""
-        flat = {key: getattr(self.config, name) for key, name in _FLAT.items()}
+        flat = {key: getattr(self.config, name) for key, name in FLAT_NAMES.items()}
         return flat | {"seed": self.seed, **self.config.method_options}
 
 
@@ -360,9 +351,8 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
         cache: bool = self.logits_cache  # type: ignore[has-type]
         self.logits_cache = False
         try:
-            result = super()._loglikelihood_tokens(
-                slotted, disable_tqdm=disable_tqdm, override_bs=override_bs
-            )
+            score = super()._loglikelihood_tokens
+            result = score(slotted, disable_tqdm=disable_tqdm, override_bs=override_bs)
             if self._ll_queue:
                 raise RuntimeError(f"rsp-hf: {len(self._ll_queue)} scoring rows were never run")
         finally:
@@ -388,10 +378,8 @@ class RSPHFLM(RSPRequestsMixin, HFLM):
                 raise RuntimeError("rsp-hf: more scoring rows than requests")
             expected, seed = queue.popleft()
             if row[: len(expected)] != expected:
-                raise RuntimeError(
-                    "rsp-hf: lm-eval scored the log-likelihood requests in an order this version "
-                    "does not expect, so rows cannot be matched to their RSP seeds"
-                )
+                why = "lm-eval scored the log-likelihood requests in an order this version does not expect"
+                raise RuntimeError(f"rsp-hf: {why}, so rows cannot be matched to their RSP seeds")
             seeds.append(seed)
         with self.rsp_handle.use_seeds(seeds):  # type: ignore[union-attr]
             return super()._model_call(inps, attn_mask, labels)

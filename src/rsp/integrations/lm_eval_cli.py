@@ -19,10 +19,8 @@ def run_cli(argv: Sequence[str]) -> int:
         from lm_eval._cli import HarnessCLI
         from lm_eval.utils import setup_logging
     except ImportError as exc:
-        print(
-            f"rsp lm-eval: error: lm-evaluation-harness is not installed ({exc}); {INSTALL_HINT}",
-            file=sys.stderr,
-        )
+        why = f"lm-evaluation-harness is not installed ({exc}); {INSTALL_HINT}"
+        print(f"rsp lm-eval: error: {why}", file=sys.stderr)
         return 2
     from rsp.integrations.lm_eval import TASKS_DIR, RSPArgumentError, RSPSettings  # registers the models
 

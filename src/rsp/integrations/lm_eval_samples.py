@@ -73,9 +73,8 @@ def sample_completions(sample: dict) -> list[str]:
     """The repeats' raw completions of a generation sample (`resps` of its one request)."""
     resps = sample.get("resps") or []
     if len(resps) != 1:
-        raise ValueError(
-            f"doc {sample.get('doc_id')}: expected one generation request per doc, got {len(resps)}"
-        )
+        doc = sample.get("doc_id")
+        raise ValueError(f"doc {doc}: expected one generation request per doc, got {len(resps)}")
     return [str(r) for r in resps[0]]
 
 
@@ -85,9 +84,8 @@ def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) 
     for sample in samples:
         doc = sample.get("doc") or {}
         if "rsp_problem_id" not in doc:
-            raise ValueError(
-                f"doc {sample.get('doc_id')} has no rsp_problem_id: only the shipped rsp_* tasks convert"
-            )
+            why = "only the shipped rsp_* tasks convert"
+            raise ValueError(f"doc {sample.get('doc_id')} has no rsp_problem_id: {why}")
         gold = str(doc["answer"])
         completions = sample_completions(sample)
         for attempt, (text, seed) in enumerate(zip(completions, sample_seeds(sample), strict=True)):
@@ -116,8 +114,7 @@ def to_records(samples: Sequence[dict], method: str, *, grader, tokenizer=None) 
 
 
 def _injection_settings(arms: dict[str, list[dict]]) -> dict:
-    """rsp_length / rsp_position / rsp_scale / seed shared by the injected arms (rsp eval has one of each
-    per run)."""
+    """The injection settings every injected arm must share (rsp_length, rsp_position, rsp_scale, seed)."""
     found: dict[str, set] = {}
     for method, samples in arms.items():
         info = next((rsp_info(s) for s in samples if rsp_info(s)), None)
@@ -132,9 +129,8 @@ def _injection_settings(arms: dict[str, list[dict]]) -> dict:
             found.setdefault(key, set()).add(info.get(key))
     for key, values in found.items():
         if len(values) > 1:
-            raise ValueError(
-                f"the injected arms differ in {key} ({sorted(map(str, values))}); convert them separately"
-            )
+            differ = f"the injected arms differ in {key} ({sorted(map(str, values))})"
+            raise ValueError(f"{differ}; convert them separately")
     return {k: next(iter(v)) for k, v in found.items()}
 
 

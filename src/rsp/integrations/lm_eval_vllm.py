@@ -72,10 +72,8 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
         if settings.trivially_off:
             return
         if self.data_parallel_size > 1:
-            raise ValueError(
-                "rsp-vllm: data_parallel_size > 1 is not supported (lm-eval runs it through Ray "
-                "workers that take token prompts only)"
-            )
+            why = "lm-eval runs it through Ray workers that take token prompts only"
+            raise ValueError(f"rsp-vllm: data_parallel_size > 1 is not supported ({why})")
         self._rsp_lm = load_embedding_model(pretrained, dtype=str(kwargs.get("dtype", "auto")))
         injection = build_method(settings.config.method, self._rsp_lm, settings.config)
         if injection.active:
@@ -92,9 +90,7 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
         for text, row in zip(string, ids, strict=True):
             seeded = _SeededIds(row)
             seeded.rsp_seed = text.rsp_seed
-            seeded.prompt = PromptTokens(
-                ids=tuple(row), user_turn_end=self._user_turn_end(text, len(row), encode)
-            )
+            seeded.prompt = PromptTokens(tuple(row), self._user_turn_end(text, len(row), encode))
             out.append(seeded)
         return out
 
@@ -104,18 +100,12 @@ class RSPVLLM(RSPRequestsMixin, VLLM):
         if not isinstance(sampling_params, list):
             sampling_params = [sampling_params] * len(requests)
         if not all(isinstance(r, _SeededIds) for r in requests):
-            raise ValueError(
-                "rsp-vllm: a prompt was truncated to fit the model's length, which would drop its "
-                "RSP slots; raise max_model_len or shorten the task's prompts"
-            )
+            why = "a prompt was truncated to fit the model's length, which would drop its RSP slots"
+            raise ValueError(f"rsp-vllm: {why}; raise max_model_len or shorten the task's prompts")
         # vLLM's seeds are lm-eval's sampling_params', so the requests' decode seeds go unused
+        prompts, seeds = [r.prompt for r in requests], [r.rsp_seed for r in requests]
         built = build_requests(
-            self._rsp_lm,
-            [r.prompt for r in requests],
-            self.rsp_injection,
-            [r.rsp_seed for r in requests],
-            decode_seed=0,
-            prompt_mode=self._prompt_mode,
+            self._rsp_lm, prompts, self.rsp_injection, seeds, decode_seed=0, prompt_mode=self._prompt_mode
         )
         return self.model.generate(
             [b.as_prompt() for b in built],

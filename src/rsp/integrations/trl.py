@@ -7,10 +7,8 @@ in at the narrowest points of TRL 1.16.0 (an exact pin: these are private method
 where `rsp.core.inputs.layout` puts L placeholder ids into TRL's prompt ids; `rsp.attach`'s embedding
 hook, whose seeds are pinned for the rollout and for every chunk scored, so generation and the old,
 reference and current log-probs all see the rollout's own RSP (the seeds travel as an `rsp_seeds`
-tensor); and, with `use_vllm=True`, one mixed token/embedding vLLM request per rollout. TRL builds its
-colocated `vllm.LLM` without `enable_prompt_embeds`, so the trainer adds it; `trl vllm-serve` has no mixed
-prompts over HTTP, so server mode needs `python -m rsp.integrations.trl_vllm_serve`.
-`RSPConfig(length=0)` attaches nothing: the trainer is then plain `GRPOTrainer`.
+tensor); and, with `use_vllm=True`, one mixed token/embedding vLLM request per rollout (server mode:
+`python -m rsp.integrations.trl_vllm_serve`). `RSPConfig(length=0)` is plain `GRPOTrainer`.
 
 DAPO on top (`rsp train --trainer trl`): `loss_type="dapo"`, clip-higher, overlong shaping as a reward,
 and `mask_constant_groups=True`, dynamic sampling in its masking form (TRL's sampler fixes the batch, so
@@ -50,6 +48,7 @@ if TYPE_CHECKING:
 
 SERVER_COMMAND = "python -m rsp.integrations.trl_vllm_serve --model MODEL"
 _INSTEAD = "use after_generation_prompt or prepend"
+_AT_TURN_END = "position 'end_of_user_turn'"
 
 
 def rollout_seeds(injection: Injection, rsp_seed: int, round_key: Sequence[int], n: int) -> list[int | None]:
@@ -72,7 +71,7 @@ def local_constant_rows(
 def last_user_content(messages: Sequence[dict]) -> str:
     users = [m for m in messages if m.get("role") == "user"]
     if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"]:
-        raise ValueError(f"position 'end_of_user_turn' needs a last user message with text; {_INSTEAD}")
+        raise ValueError(f"{_AT_TURN_END} needs a last user message with text; {_INSTEAD}")
     return users[-1]["content"]
 
 
@@ -81,23 +80,18 @@ def user_turn_offset(tokenizer, text: str, content: str, ids: Sequence[int]) -> 
     tokenising the two halves separately gives back exactly TRL's ids (no token straddles the cut)."""
     cut = text.rfind(content)
     if cut < 0:
-        raise ValueError(
-            f"position 'end_of_user_turn': the chat template changed the user's text; {_INSTEAD}"
-        )
+        raise ValueError(f"{_AT_TURN_END}: the chat template changed the user's text; {_INSTEAD}")
     cut += len(content)
     head = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
     tail = list(tokenizer(text[cut:], add_special_tokens=False)["input_ids"]) if cut < len(text) else []
     if head + tail != list(ids):
-        raise ValueError(
-            f"position 'end_of_user_turn': a token straddles the end of the user turn; {_INSTEAD}"
-        )
+        raise ValueError(f"{_AT_TURN_END}: a token straddles the end of the user turn; {_INSTEAD}")
     return len(head)
 
 
 @contextmanager
 def _engine_with_prompt_embeds(extra: dict) -> Iterator[None]:
-    """While TRL builds its colocated `vllm.LLM` (from a fixed argument list), add `enable_prompt_embeds`
-    and `extra` to its arguments."""
+    """While TRL builds its colocated `vllm.LLM`, add `enable_prompt_embeds` and `extra` to its arguments."""
     original = getattr(vllm_generation, "LLM", None)
     if original is None:  # vLLM is not importable: TRL raises its own error
         yield
@@ -211,15 +205,11 @@ class RSPGRPOTrainer(GRPOTrainer):
         if self._is_vlm:
             raise NotImplementedError("RSPGRPOTrainer supports text models, not multimodal processors")
         if self.tools or self.environment_factories is not None:
-            raise NotImplementedError(
-                "tools / environment_factory with an RSP: the multi-turn tool loop would re-generate "
-                "without the rollout's RSP"
-            )
+            why = "the multi-turn tool loop would re-generate without the rollout's RSP"
+            raise NotImplementedError(f"tools / environment_factory with an RSP: {why}")
         if self.rollout_func is not None:
-            raise ValueError(
-                "rollout_func with an RSP: the trainer does its own rollouts (use_vllm=True sends the RSP to "
-                "vLLM); drop rollout_func or use RSPConfig(length=0)"
-            )
+            why = "the trainer does its own rollouts (use_vllm=True sends the RSP to vLLM)"
+            raise ValueError(f"rollout_func with an RSP: {why}; drop rollout_func or use RSPConfig(length=0)")
         if self.use_transformers_continuous_batching:
             raise NotImplementedError(
                 "use_transformers_continuous_batching with an RSP: generate_batch does not run the embedding "
@@ -228,14 +218,13 @@ class RSPGRPOTrainer(GRPOTrainer):
 
     def _check_vllm_engine(self) -> None:
         gen = self.vllm_generation
-        if gen.mode == "colocate":
-            if gen.tensor_parallel_size > 1:
-                raise NotImplementedError(
-                    "vllm_tensor_parallel_size > 1 in colocate mode with an RSP is not implemented; use "
-                    f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
-                    "--tensor_parallel_size N)"
-                )
-        elif self.accelerator.is_main_process:
+        if gen.mode == "colocate" and gen.tensor_parallel_size > 1:
+            raise NotImplementedError(
+                "vllm_tensor_parallel_size > 1 in colocate mode with an RSP is not implemented; use "
+                f"vllm_mode='server' with a tensor-parallel server ({SERVER_COMMAND} "
+                "--tensor_parallel_size N)"
+            )
+        if gen.mode != "colocate" and self.accelerator.is_main_process:
             client = gen.vllm_client
             response = client.session.get(f"{client.base_url}/rsp/info")
             if response.status_code != 200 or not response.json().get("enable_prompt_embeds"):
@@ -290,10 +279,9 @@ class RSPGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
+        args = (prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         if self.rsp is None:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+            return super()._generate_single_turn(*args)
         # fresh seeds keyed by (process, optimizer step, call): distinct on every rank, and a resumed run
         # does not replay the seeds of the steps it already trained on
         self._round = (self.accelerator.process_index, int(self.state.global_step), self._rollout_round)
@@ -304,9 +292,7 @@ class RSPGRPOTrainer(GRPOTrainer):
         if self.use_vllm:
             return self._vllm_rollouts(seeds)
         with self.pinned(seeds):
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
+            return super()._generate_single_turn(*args)
 
     def _vllm_rollouts(self, seeds: list[int | None]) -> tuple[list[list[int]], list[list[float]]]:
         """One vLLM request per rollout, mixed layout: the prompt's ids, with the RSP rows at the slots."""
@@ -316,24 +302,16 @@ class RSPGRPOTrainer(GRPOTrainer):
             gen.sync_weights()
             self._last_loaded_step = self.state.global_step
         assert self.rsp is not None  # only called for an active RSP (_generate_single_turn)
-        requests = build_requests(
-            self.rsp.lm,
-            self._rsp_prompts,
-            self.injection,
-            seeds,
-            decode_seed=derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round),
-            prompt_mode="mixed",
-        )
+        decode_seed = derive_seed(self.rsp_seed, "trl-vllm-decode", *self._round)
+        rows = (self.rsp.lm, self._rsp_prompts, self.injection, seeds)
+        requests = build_requests(*rows, decode_seed=decode_seed, prompt_mode="mixed")
+        same = ("repetition_penalty", "temperature", "top_p", "top_k", "logprobs")  # TRL's names are vLLM's
         params: dict[str, Any] = dict(
             n=1,
-            repetition_penalty=gen.repetition_penalty,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            top_k=gen.top_k,
             min_p=0.0 if gen.min_p is None else gen.min_p,
             max_tokens=gen.max_completion_length,
-            logprobs=gen.logprobs,
             logit_bias={self.rsp.placeholder_id: -100.0},  # never sample the placeholder
+            **{k: getattr(gen, k) for k in same},
         )
         params.update(gen.generation_kwargs)
         if gen.structured_outputs_regex is not None:  # it takes precedence, as in TRL
@@ -397,9 +375,8 @@ class RSPGRPOTrainer(GRPOTrainer):
         mask = output["completion_mask"] = output["completion_mask"] * (~constant).unsqueeze(1).int()
         loss_mask = mask * output["tool_mask"] if "tool_mask" in output else mask
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        kept_groups = 1 - float(
-            local_constant_rows(everything, group_size, 0, everything.numel()).float().mean()
-        )
+        every_constant = local_constant_rows(everything, group_size, 0, everything.numel())
+        kept_groups = 1 - float(every_constant.float().mean())
         # Already global (from the gathered batch); written straight into this step's metrics, because
         # `_log_metric` values are only flushed by the *next* call of `_generate_and_score_completions`.
         training = cast(torch.nn.Module, self.model).training  # Trainer types it Optional, as above
@@ -426,13 +403,11 @@ class RSPGRPOTrainer(GRPOTrainer):
         if seeds is None or len(seeds) != n:
             raise RuntimeError("scoring a batch without its RSP seeds would use the wrong (or no) RSP")
         step = batch_size or n
+        per_row = {k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n}
         parts = []
         for i in range(0, n, step):
             rows = slice(i, i + step)  # one pinned forward per chunk, TRL's batch_size
-            chunk = {
-                k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n else v
-                for k, v in kwargs.items()
-            }
+            chunk = {k: v[rows] if k in per_row else v for k, v in kwargs.items()}
             with (
                 self.pinned(seeds[rows]),
                 banned_in_fused_head(self.accelerator.unwrap_model(model), self.rsp.placeholder_id),
@@ -462,32 +437,28 @@ def _gathered_embeddings(*models: torch.nn.Module) -> Iterator[None]:
 def grpo_config(cfg: DAPOConfig, output_dir: str, **overrides):
     """Map the project's DAPOConfig onto TRL's GRPOConfig (DAPO recipe); `overrides` (and `cfg.trl_args`,
     applied last) may set any GRPOConfig field, e.g. bf16, gradient_accumulation_steps, report_to."""
+    same = ("epsilon_high", "beta", "temperature", "weight_decay", "max_grad_norm", "seed")  # named alike
     settings: dict[str, Any] = dict(
         output_dir=output_dir,
         loss_type="dapo",
         epsilon=cfg.epsilon_low,
-        epsilon_high=cfg.epsilon_high,
-        beta=cfg.beta,
         num_generations=cfg.group_size,
         max_completion_length=cfg.max_new_tokens,
-        temperature=cfg.temperature,
         top_p=1.0,
         top_k=0,
         mask_truncated_completions=cfg.mask_truncated,
         learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step,
         gradient_accumulation_steps=1,
         num_iterations=cfg.updates_per_batch,
         max_steps=cfg.steps,
-        seed=cfg.seed,
         use_cpu=cfg.device == "cpu",
         report_to="none",
         logging_steps=1,
         save_strategy="no",
         scale_rewards="group",
         bf16=False,
+        **{k: getattr(cfg, k) for k in same},
     )
     settings.update(overrides)
     settings.update(cfg.trl_args)

@@ -66,8 +66,7 @@ class RSPArguments:
 
 @dataclass
 class RSPScriptArguments(ScriptArguments):
-    """TRL's script arguments (`dataset_name`, `dataset_config`, `dataset_train_split`, ...) plus an rsp task
-    as the data source and the reward functions."""
+    """TRL's script arguments (`dataset_name`, ...) plus an rsp task as the data source, and the rewards."""
 
     task: str | None = field(
         default=None,
@@ -101,15 +100,9 @@ class RSPScriptArguments(ScriptArguments):
 
 def task_dataset(args: RSPScriptArguments, seed: int):
     """A TRL-format dataset (`prompt`, `solution`, `problem_id`) from an rsp task."""
-    task = load_task(
-        cast(str, args.task),  # load_train_dataset checked it
-        split=args.task_split,
-        limit=args.task_limit,
-        arith_steps=args.arith_steps,
-        arith_max_value=args.arith_max_value,
-        arith_n=args.arith_n,
-        seed=seed,
-    )
+    arith = {k: getattr(args, k) for k in ("arith_steps", "arith_max_value", "arith_n")}
+    name = cast(str, args.task)  # load_train_dataset checked it
+    task = load_task(name, split=args.task_split, limit=args.task_limit, seed=seed, **arith)
     rows = []
     for p in task.problems:
         prompt: Any = chat_prompt(p.question, args.system_prompt or None)
@@ -123,10 +116,8 @@ def load_train_dataset(args: RSPScriptArguments, seed: int):
     if args.task:
         return task_dataset(args, seed)
     if not args.dataset_name:
-        raise ValueError(
-            "set `task` (an rsp task) or `dataset_name` (a TRL dataset: Hub id, or a local "
-            ".jsonl/.json/.parquet file or folder)"
-        )
+        what = "a TRL dataset: Hub id, or a local .jsonl/.json/.parquet file or folder"
+        raise ValueError(f"set `task` (an rsp task) or `dataset_name` ({what})")
     path = os.path.expanduser(args.dataset_name)
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1]
@@ -142,10 +133,8 @@ def rsp_accuracy_reward(timeout: float):
     grader = Grader(timeout=timeout)
 
     def rsp_accuracy_reward(completions, solution, **_):
-        return [
-            float(grader.grade(completion_text(c), str(s)).correct)
-            for c, s in zip(completions, solution, strict=True)
-        ]
+        pairs = zip(completions, solution, strict=True)
+        return [float(grader.grade(completion_text(c), str(s)).correct) for c, s in pairs]
 
     # A plain function, as TRL takes rewards (it logs their __name__), carrying close() for the grader's
     # worker process; mypy does not model attributes set on a function object.
@@ -169,9 +158,8 @@ def reward_functions(args: RSPScriptArguments, training_args: GRPOConfig) -> lis
             sys.path.insert(0, os.getcwd())
             funcs.append(getattr(importlib.import_module(module), attr))
         else:
-            raise ValueError(
-                f"unknown reward function {name!r}; use one of {', '.join(REWARD_FUNCS)} or module.func"
-            )
+            known = ", ".join(REWARD_FUNCS)
+            raise ValueError(f"unknown reward function {name!r}; use one of {known} or module.func")
     if not funcs:
         raise ValueError("reward_funcs is empty")
     return funcs

@@ -25,7 +25,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def pass_at_k_curve(n: int, c: int) -> list[float]:
-    """pass@k for every k = 1..n."""
     return [pass_at_k(n, c, k) for k in range(1, n + 1)]
 
 

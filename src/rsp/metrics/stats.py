@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -12,9 +12,6 @@ class Estimate:
     mean: float
     low: float
     high: float
-
-    def fmt(self, digits: int = 3) -> str:
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
     def to_dict(self) -> dict:
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high}
@@ -44,13 +41,8 @@ class PairedComparison:
     losses: int
 
     def to_dict(self) -> dict:
-        return {
-            **self.difference.to_dict(),
-            "p_value": self.p_value,
-            "n_problems": self.n_problems,
-            "wins": self.wins,
-            "losses": self.losses,
-        }
+        counts = {k: v for k, v in asdict(self).items() if k != "difference"}
+        return {**self.difference.to_dict(), **counts}
 
 
 def paired_comparison(

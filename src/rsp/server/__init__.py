@@ -2,5 +2,5 @@
 
 Why: best-of-N pipelines, agents, evaluation harnesses and RL workers talk to models through the OpenAI
 API, and no existing server gives each of `n` samples its own injected vectors. Modules: `protocol`
-(schema, errors), `batcher` (worker thread and queue), `logprobs`, `app` (routes), `cli` (`rsp serve`).
+(schema, errors), `batcher` (worker thread, queue, log-probs), `app` (routes), `cli` (`rsp serve`).
 """

@@ -60,11 +60,9 @@ class Gate:
     """ASGI middleware: bearer-token check (every route but /health), early body-size refusal, and one
     log line per request (written when its response has been sent, so streams log their real end).
 
-    Why it drains: a response sent while the client was still uploading its body left unread bytes in the
-    socket, so the kernel reset the connection and the client got a broken pipe instead of the JSON error.
-    Before a response starts, the rest of the body is read and dropped chunk by chunk, up to
-    `MAX_DRAIN_BYTES`; a larger announced body, or an `Expect: 100-continue` request, is answered at once
-    with `Connection: close`.
+    Why it drains: answered mid-upload, a client gets the kernel's reset (a broken pipe), not the JSON error.
+    So before a response starts, the rest of the body is read and dropped, chunk by chunk, up to
+    `MAX_DRAIN_BYTES`; a larger body, or `Expect: 100-continue`, is answered with `Connection: close`.
     """
 
     def __init__(self, app: Any, config: ServeCommandConfig) -> None:
@@ -190,9 +188,8 @@ class RSPServer:
             # the server's method options (e.g. a soft-prompt file) stay with its method
             changes["method_options"] = {}
         cfg = replace(base, **changes)
-        check_limit(
-            cfg.length, self.config.max_rsp_length, f"rsp.length {cfg.length}", "rsp.length", "rsp_too_long"
-        )
+        limit = self.config.max_rsp_length
+        check_limit(cfg.length, limit, f"rsp.length {cfg.length}", "rsp.length", "rsp_too_long")
         return cfg
 
     def check_request(self, req: Any, prompts: int, max_tokens: int | None) -> None:
@@ -204,14 +201,12 @@ class RSPServer:
             raise APIError(404, "model_not_found", why, "model")
         check_limit(req.n, c.max_n, f"n = {req.n}", "n", "n_too_large")
         check_limit(prompts, c.max_prompts, f"{prompts} prompts per request", "prompt", "too_many_prompts")
-        check_limit(
-            max_tokens, c.max_tokens_limit, f"max_tokens = {max_tokens}", "max_tokens", "max_tokens_too_large"
-        )
+        what = f"max_tokens = {max_tokens}"
+        check_limit(max_tokens, c.max_tokens_limit, what, "max_tokens", "max_tokens_too_large")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
-            raise APIError(
-                400, "invalid_value", f"each stop string must have 1 to {MAX_STOP_CHARS} characters", "stop"
-            )
+            why = f"each stop string must have 1 to {MAX_STOP_CHARS} characters"
+            raise APIError(400, "invalid_value", why, "stop")
 
     def check_tokens(self, prompts: Sequence[PromptTokens]) -> None:
         for i, p in enumerate(prompts):
@@ -219,21 +214,15 @@ class RSPServer:
                 raise APIError(400, "empty_prompt", f"prompt {i} is empty", "prompt")
             bad = [t for t in p.ids if not 0 <= t < self.vocab]
             if bad:
-                raise APIError(
-                    400,
-                    "invalid_token",
-                    f"prompt {i}: token id {bad[0]} is outside the vocabulary (0..{self.vocab - 1})",
-                    "prompt",
-                )
+                why = f"prompt {i}: token id {bad[0]} is outside the vocabulary (0..{self.vocab - 1})"
+                raise APIError(400, "invalid_token", why, "prompt")
             if self.placeholder in p.ids:
-                name = self.tokenizer.decode([self.placeholder], skip_special_tokens=False)
-                raise APIError(
-                    400,
-                    "reserved_token",
+                name = token_text(self.tokenizer, self.placeholder)
+                why = (
                     f"prompt {i} contains token {self.placeholder} ({name!r}), which the server "
-                    "reserves to mark the injected vectors",
-                    "prompt",
+                    "reserves to mark the injected vectors"
                 )
+                raise APIError(400, "reserved_token", why, "prompt")
 
     def make_job(
         self,
@@ -257,21 +246,15 @@ class RSPServer:
             room = (self.context - longest) if self.context else self.config.max_tokens_limit
             max_tokens = max(1, min(self.config.max_tokens_limit, room))
         if self.context and longest + max_tokens > self.context:
-            raise APIError(
-                400,
-                "context_length_exceeded",
+            why = (
                 f"this request needs {longest} prompt tokens (with {injection.length} injected "
                 f"vectors) + {max_tokens} new tokens = {longest + max_tokens}, over the model's "
-                f"context of {self.context} tokens; shorten the prompt or lower max_tokens",
-                "messages" if chat else "prompt",
+                f"context of {self.context} tokens; shorten the prompt or lower max_tokens"
             )
+            raise APIError(400, "context_length_exceeded", why, "messages" if chat else "prompt")
         if logprobs is not None and not isinstance(self.generator.lm, LoadedModel):
-            raise APIError(
-                400,
-                "unsupported_parameter",
-                f"logprobs are not available with the {self.generator.engine_name} engine",
-                "logprobs",
-            )
+            why = f"logprobs are not available with the {self.generator.engine_name} engine"
+            raise APIError(400, "unsupported_parameter", why, "logprobs")
         sampling = SamplingConfig(
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
@@ -291,19 +274,9 @@ class RSPServer:
         def sink(result: RowResult) -> None:  # runs on the worker thread
             loop.call_soon_threadsafe(queue.put_nowait, result)
 
-        job = Job(
-            f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-            prompts,
-            req.n,
-            injection,
-            (cfg.key() if cfg is not None else None, sampling, stop),
-            sampling,
-            stop,
-            seed,
-            sink,
-            logprobs=logprobs,
-            echo=echo,
-        )
+        job_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        group = (cfg.key() if cfg is not None else None, sampling, stop)
+        job = Job(job_id, prompts, req.n, injection, group, sampling, stop, seed, sink, logprobs, echo)
         return job, queue, cfg
 
     async def collect(
@@ -372,14 +345,9 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         b = server.batcher
         b.start()
-        log.info(
-            "serving %r (engine %s, rsp %s, api key %s) with batches of up to %d rows",
-            server.name,
-            engine,
-            server.rsp.key(),
-            "required" if config.api_key else "off",
-            config.max_batch_size,
-        )
+        key = "required" if config.api_key else "off"
+        facts = (server.name, engine, server.rsp.key(), key, config.max_batch_size)
+        log.info("serving %r (engine %s, rsp %s, api key %s) with batches of up to %d rows", *facts)
         try:
             yield
         finally:
@@ -444,12 +412,8 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
         raw = req.prompt  # one prompt (a string or token ids) or a list of them
         texts: list[Any] = [raw] if isinstance(raw, str) or isinstance(raw[0], int) else raw
         server.check_request(req, len(texts), req.max_tokens)
-        prompts = [
-            PromptTokens(tuple(t), len(t))
-            if isinstance(t, list)
-            else tokenize_prompt(server.tokenizer, t, chat=False)
-            for t in texts
-        ]
+        plain = functools.partial(tokenize_prompt, server.tokenizer, chat=False)  # no chat template
+        prompts = [PromptTokens(tuple(t), len(t)) if isinstance(t, list) else plain(t) for t in texts]
         job, queue, cfg = server.make_job(
             req, prompts, req.max_tokens, req.logprobs, chat=False, echo=req.echo
         )
@@ -549,11 +513,8 @@ def create_app(generator: Any, config: ServeCommandConfig) -> Gate:
                     info["client"] = "gone"
                 server.describe(job, info, cfg, got)
 
-        return StreamingResponse(
-            events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     return Gate(app, config)
 

@@ -10,6 +10,11 @@ queued rows; when a shared batch raises, each job in it is retried alone.
 Seeds: attempt `a` of prompt `p` of a job with request seed `s` gets `injection.seed_for(s, str(p), a)`,
 as `rsp.generate(..., seed=s)` gives it; a batch holding exactly one whole job decodes with
 `rsp.generate`'s first-batch seed, so such a request reproduces `rsp.generate` even when sampling.
+
+Log-probs come after sampling, from one teacher-forced forward per row (`score_row`): the engines return
+token ids only, and the inputs `rsp.core.inputs` builds give each token's distribution with the row's RSP.
+They are raw (before temperature or top-p/k), as vLLM reports; in bf16 they can differ in the last bits
+from the logits the engine decoded with.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from rsp.core.injection import Injection
+from rsp.core.inputs import embed_continued
 from rsp.core.insert import PromptTokens
 from rsp.core.seeds import derive_seed
 from rsp.engines import Completion, SamplingConfig
 from rsp.generation import WorkBatch, decode_seed_for
-from rsp.server.logprobs import TokenLogprob, score_row
 from rsp.server.protocol import APIError
 
 log = logging.getLogger("rsp.server")
 MAX_WAIT_FACTOR = 10
+# (token id, its log-prob or None when nothing precedes it, (id, log-prob) of the likeliest tokens)
+TokenLogprob = tuple[int, float | None, tuple[tuple[int, float], ...]]
 
 
 @dataclass
@@ -143,10 +152,8 @@ class Batcher:
                     continue
                 head = self._pending[0]
                 same = [r for r in self._pending if r.job.group == head.job.group][: self.max_batch_size]
-                deadline = min(
-                    self._last_arrival + self.batch_wait_s,
-                    head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s,
-                )
+                quiet = self._last_arrival + self.batch_wait_s
+                deadline = min(quiet, head.enqueued + MAX_WAIT_FACTOR * self.batch_wait_s)
                 left = deadline - time.monotonic()
                 if len(same) == self.max_batch_size or left <= 0 or self._closing:
                     break
@@ -188,15 +195,10 @@ class Batcher:
             results = [RowResult(r.index, batch=(batch, len(rows), 1), error=exc) for r in rows]
         else:
             self.rows_run += len(rows)
-            log.info(
-                "batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s",
-                batch,
-                len(rows),
-                len(jobs),
-                jobs[0].injection.name,
-                jobs[0].sampling.max_new_tokens,
-                time.monotonic() - start,
-            )
+            took = time.monotonic() - start
+            first = jobs[0]
+            facts = (batch, len(rows), len(jobs), first.injection.name, first.sampling.max_new_tokens, took)
+            log.info("batch %d: %d rows from %d requests (%s, max_tokens %d) in %.2f s", *facts)
         for r, res in zip(rows, results, strict=True):
             self._deliver(r.job, res)
 
@@ -216,8 +218,7 @@ class Batcher:
             res = RowResult(r.index, c, s, decode_seed, (batch, len(rows), jobs))
             if r.job.logprobs is not None:
                 try:
-                    lm, top_k = self.generator.lm, r.job.logprobs
-                    res.logprobs = score_row(lm, p, r.job.injection, s, c, top_k=top_k, echo=r.job.echo)
+                    res.logprobs = score_row(self.generator.lm, p, r.job, s, c)
                 except Exception as exc:  # fails this row's request only
                     res.error = exc
             out.append(res)
@@ -229,3 +230,43 @@ class Batcher:
             job.sink(result)
         except Exception:  # a closed event loop must not stop the worker
             log.debug("could not deliver a result of job %s", job.id, exc_info=True)
+
+
+def score_row(
+    lm, prompt: PromptTokens, job: Job, seed: int | None, completion: Completion
+) -> list[TokenLogprob]:
+    """Log-probs of the completion tokens (and, with the job's `echo`, of the prompt's own tokens, skipping
+    the slots) for one row, each with its `job.logprobs` likeliest tokens. With `echo`, the stop token the
+    engines drop ends the list: scorers such as lm-eval's `local-completions` read every value but the last.
+    """
+    injection, top_k, echo = job.injection, job.logprobs or 0, job.echo
+    model = getattr(lm, "model", None)  # the vllm engine's EmbeddingModel has none
+    if model is None:
+        raise ValueError("log-probs need the model's weights in this process (hf, lean or prefix engine)")
+    tokens = list(completion.token_ids)
+    seq = embed_continued(lm.embed, [prompt], injection, [seed], [tokens], pad_id=lm.pad_token_id)
+    batch, width = seq.batch, seq.prompt_width
+    keep = seq.embeds.shape[1] if echo else len(tokens) + 1
+    with torch.no_grad():
+        out = seq.forward(model, keep)
+    logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (keep, V)
+    offset = seq.embeds.shape[1] - keep  # absolute column of logp[0]
+
+    columns: list[tuple[int, int]] = []  # (column whose logits predict the token or -1: none, token id)
+    if echo:
+        real = (batch.attention_mask[0].bool() & ~batch.slot_mask()[0]).tolist()
+        ids = batch.input_ids[0].tolist()
+        prompt_columns = [c for c in range(width) if real[c]]
+        columns = [(c - 1 if i else -1, ids[c]) for i, c in enumerate(prompt_columns)]
+    ended = [completion.stop_token] if echo and completion.stop_token is not None else []
+    columns += [(width - 1 + t, tok) for t, tok in enumerate([*tokens, *ended])]
+
+    scored: list[TokenLogprob] = []
+    for col, tok in columns:
+        if col < 0:
+            scored.append((tok, None, ()))
+            continue
+        row = logp[col - offset]
+        values, top = torch.topk(row, top_k)
+        scored.append((tok, float(row[tok]), tuple(zip(top.tolist(), values.tolist(), strict=True))))
+    return scored

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rsp.config import RSPArgumentParser, option, require, require_min
 from rsp.engines.args import EngineArgs
@@ -42,9 +42,8 @@ _MODEL, _INJECTION, _SERVER = "model", "injection", "server"
 
 @dataclasses.dataclass
 class ServeCommandConfig(InjectionArgs, EngineArgs):
-    """The settings of `rsp serve`: what is served, what a request without `rsp` gets injected, and the
-    server's limits. Each field is the flag of the same name (`rsp_length` is `--rsp-length`); the model and
-    engine fields are `EngineArgs`'s, the injection's `InjectionArgs`'s (with the help worded for serving)."""
+    """The settings of `rsp serve`: what is served (`EngineArgs`), what a request without `rsp` gets injected
+    (`InjectionArgs`, with the help worded for serving), and the server's limits."""
 
     _option_help: ClassVar[dict[str, str]] = {
         "engine": "generation engine",
@@ -92,9 +91,8 @@ class ServeCommandConfig(InjectionArgs, EngineArgs):
         self.validate_injection()
         self.validate_engine()
         known = method_names()
-        require(
-            self.method in known, "method", f"{self.method!r} is unknown; known methods: {', '.join(known)}"
-        )
+        unknown = f"{self.method!r} is unknown; known methods: {', '.join(known)}"
+        require(self.method in known, "method", unknown)
         require(0 < self.port < 65536, "port", f"must be in 1..65535, got {self.port}")
         require_min(self, 1, "max_batch_size", "max_n", "max_tokens_limit", "max_prompts", "max_body_bytes")
         require_min(self, 1, "max_connections")
@@ -125,19 +123,15 @@ def main(argv: Sequence[str]) -> int:
     (cfg,) = parse(argv)
     cfg.api_key = cfg.api_key or os.environ.get("RSP_API_KEY") or None
     if not is_loopback(cfg.host) and not cfg.api_key:
-        raise ValueError(
-            f"binding {cfg.host} exposes the server beyond this machine: pass --api-key (or set "
-            "RSP_API_KEY), or bind 127.0.0.1"
-        )
+        why = f"binding {cfg.host} exposes the server beyond this machine"
+        raise ValueError(f"{why}: pass --api-key (or set RSP_API_KEY), or bind 127.0.0.1")
     try:
         import uvicorn
 
         from rsp.server.app import create_app
     except ModuleNotFoundError as exc:
-        raise ValueError(
-            f"rsp serve needs the 'serve' extra ({exc.name} is missing): "
-            "pip install 'random-soft-prompts[serve]'"
-        ) from None
+        hint = "pip install 'random-soft-prompts[serve]'"
+        raise ValueError(f"rsp serve needs the 'serve' extra ({exc.name} is missing): {hint}") from None
     from rsp.generation import Generator
 
     log = logging.getLogger("rsp.server")
@@ -146,14 +140,8 @@ def main(argv: Sequence[str]) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    uvicorn.run(
-        create_app(Generator.from_args(cfg), cfg),
-        host=cfg.host,
-        port=cfg.port,
-        log_level="info",
-        access_log=False,
-        limit_concurrency=cfg.max_connections,
-        timeout_graceful_shutdown=None,
-        server_header=False,
-    )
+    app = create_app(Generator.from_args(cfg), cfg)
+    limits: dict[str, Any] = {"limit_concurrency": cfg.max_connections, "timeout_graceful_shutdown": None}
+    quiet: dict[str, Any] = {"log_level": "info", "access_log": False, "server_header": False}  # Gate logs
+    uvicorn.run(app, host=cfg.host, port=cfg.port, **limits, **quiet)
     return 0

@@ -58,6 +58,7 @@ class StreamOptions(Strict):
 
 Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=16)] | None
 TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
+Texts = Annotated[list[StrictStr], Field(min_length=1)]
 
 
 class SamplingFields(Strict):
@@ -92,12 +93,7 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions. `prompt`: a string, a list of strings, token ids, or a list of token-id lists;
     it is sent raw (no chat template), as OpenAI's and vLLM's completions endpoints do."""
 
-    prompt: (
-        StrictStr
-        | Annotated[list[StrictStr], Field(min_length=1)]
-        | TokenIds
-        | Annotated[list[TokenIds], Field(min_length=1)]
-    )
+    prompt: StrictStr | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     max_tokens: StrictInt | None = Field(default=16, ge=1)
     logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     echo: StrictBool = False
@@ -164,12 +160,9 @@ def parse_request(model: type[Strict], body: Any) -> Any:
         return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = [
-            str(p)
-            for p in err["loc"]
-            if not str(p).startswith(("function-", "constrained-", "list["))
-            and p not in ("str", "int", "float", "bool", "TextPart", "ChatMessage")
-        ]
+        wrappers = ("str", "int", "float", "bool", "TextPart", "ChatMessage")  # pydantic's, not the client's
+        skip = ("function-", "constrained-", "list[")
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(skip) and p not in wrappers]
         param = ".".join(loc) or None
         code, message = {
             "extra_forbidden": (

@@ -20,9 +20,7 @@ class DAPOConfigError(ValueError):
 
 @dataclass
 class DAPOConfig(ModelArgs):
-    """Everything that determines an RSP-DAPO run (saved as the run's config.json, checked on resume).
-
-    `model` and `device` are `ModelArgs`'s; training defaults to float32 weights."""
+    """Everything that determines an RSP-DAPO run (saved as the run's config.json, checked on resume)."""
 
     dtype: str = option("float32", "float32, bfloat16, float16 or auto", group=_MODEL)
     task: str = option("arith", "the rsp task trained on (arith, gsm8k, a .jsonl path, ...)", group=_TASK)
@@ -99,21 +97,12 @@ class DAPOConfig(ModelArgs):
         at_least(2, "group_size")  # advantages are relative to the group
         at_least(0, "rsp_scale", "lr", "temperature", strict=True)
         need(0 <= self.epsilon_low < 1, "epsilon_low", f"must be in [0, 1), got {self.epsilon_low}")
-        need(
-            0 <= self.overlong_buffer < self.max_new_tokens,
-            "overlong_buffer",
-            f"must be in [0, max_new_tokens={self.max_new_tokens}), got {self.overlong_buffer}",
-        )
-        need(
-            self.reward_correct > self.reward_wrong,
-            "reward_correct",
-            f"({self.reward_correct}) must exceed reward_wrong ({self.reward_wrong})",
-        )
-        need(
-            self.train_problems >= self.prompts_per_step,
-            "train_problems",
-            f"({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})",
-        )
+        buffer, limit = self.overlong_buffer, self.max_new_tokens
+        need(0 <= buffer < limit, "overlong_buffer", f"must be in [0, max_new_tokens={limit}), got {buffer}")
+        right, wrong = self.reward_correct, self.reward_wrong
+        need(right > wrong, "reward_correct", f"({right}) must exceed reward_wrong ({wrong})")
+        problems, per_step = self.train_problems, self.prompts_per_step
+        need(problems >= per_step, "train_problems", f"({problems}) must be >= prompts_per_step ({per_step})")
         require_choice(self.trainer, "trainer", TRAINERS, DAPOConfigError)
         need(not self.trl_args or self.trainer == "trl", "trl_args", "apply to --trainer trl only")
         if self.lora:

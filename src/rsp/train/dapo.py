@@ -190,9 +190,8 @@ class DAPOTrainer:
         self.ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False) if frozen_copy else None
         self.trainable = [p for p in lm.model.parameters() if p.requires_grad]
         if not self.trainable:
-            raise RuntimeError(
-                "no trainable parameters: check lora_target_modules against the model's layer names"
-            )
+            why = "check lora_target_modules against the model's layer names"
+            raise RuntimeError(f"no trainable parameters: {why}")
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine = HFEngine(lm)
         self.sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
@@ -248,14 +247,10 @@ class DAPOTrainer:
         return SampledBatch(kept, everything, sampled, round_, cfg.prompts_per_step - len(kept))
 
     def logprobs(self, rollouts: Sequence[Rollout], model: torch.nn.Module | None = None):
+        prompts, seeds = [r.prompt for r in rollouts], [r.rsp_seed for r in rollouts]
+        tokens = [r.token_ids for r in rollouts]
         return completion_logprobs(
-            self.lm,
-            self.injection,
-            [r.prompt for r in rollouts],
-            [r.rsp_seed for r in rollouts],
-            [r.token_ids for r in rollouts],
-            temperature=self.cfg.temperature,
-            model=model,
+            self.lm, self.injection, prompts, seeds, tokens, temperature=self.cfg.temperature, model=model
         )
 
     def train_step(self) -> dict:
@@ -317,36 +312,24 @@ class DAPOTrainer:
                     else:
                         refs[i] = self.logprobs(c, model=self.ref_model)[0]
         stats = []
+        eps = (cfg.epsilon_low, cfg.epsilon_high)
         for _ in range(cfg.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = clip_sum = ent_sum = 0.0
             for c, adv, keep, old, ref in zip(chunks, advs, keeps, olds, refs, strict=True):
                 logp, mask, ent = self.logprobs(c)
                 mask = mask * keep.unsqueeze(-1)
-                loss, info = dapo_loss(
-                    logp,
-                    old if old is not None else logp.detach(),
-                    adv,
-                    mask,
-                    cfg.epsilon_low,
-                    cfg.epsilon_high,
-                    ref,
-                    cfg.beta,
-                    num_tokens=num_tokens,
-                )
+                old = old if old is not None else logp.detach()
+                loss, info = dapo_loss(logp, old, adv, mask, *eps, ref, cfg.beta, num_tokens=num_tokens)
                 loss.backward()
                 loss_sum += float(loss.detach())
                 clip_sum += info["clip_fraction"]
                 ent_sum += float((ent * mask).sum())
             gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
             self.optimizer.step()
+            entropy = ent_sum / max(num_tokens, 1.0)
             stats.append(
-                {
-                    "loss": loss_sum,
-                    "clip_fraction": clip_sum,
-                    "entropy": ent_sum / max(num_tokens, 1.0),
-                    "grad_norm": float(gn),
-                }
+                {"loss": loss_sum, "clip_fraction": clip_sum, "entropy": entropy, "grad_norm": float(gn)}
             )
         self.lm.model.eval()
         out = {k: _mean([s[k] for s in stats]) for k in stats[0]}

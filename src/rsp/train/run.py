@@ -12,7 +12,7 @@ import math
 import os
 import pickle
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -49,8 +49,6 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A native checkpoint, refusing anything that needs a full unpickle: `weights_only=True` makes torch
-    reject every global outside its allowlist before calling it, so nothing of a crafted file runs."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -66,24 +64,12 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def grader_reward(timeout: float) -> tuple[RewardFn, Callable[[], None]]:
-    """Correctness from the project's grader (subprocess with a timeout); returns (fn, close)."""
-    grader = Grader(timeout=timeout)
-    return (lambda text, gold: grader.grade(text, gold).correct), grader.close
-
-
 def build_problems_and_prompts(lm: LoadedModel, cfg: DAPOConfig):
     """(problems, prompt_of, builder): the training problems, their cached `PromptTokens` (native trainer),
     and the `PromptBuilder` (the TRL path turns problems into standard TRL prompts with it)."""
-    task = load_task(
-        cfg.task,
-        split="train",
-        limit=cfg.train_problems,
-        arith_steps=cfg.arith_steps,
-        arith_max_value=cfg.arith_max_value,
-        arith_n=cfg.train_problems,
-        seed=cfg.seed,
-    )
+    arith = {k: getattr(cfg, k) for k in ("arith_steps", "arith_max_value")}
+    n = cfg.train_problems
+    task = load_task(cfg.task, split="train", limit=n, arith_n=n, seed=cfg.seed, **arith)
     builder = PromptBuilder.for_task(lm.tokenizer, task)
     return task.problems, functools.cache(builder.build), builder
 
@@ -107,8 +93,9 @@ def train(
     if lm is None:
         lm = load_model(cfg.model, dtype=cfg.dtype, device=process_device(cfg.device))
     close = None
-    if reward_fn is None:
-        reward_fn, close = grader_reward(cfg.grader_timeout)
+    if reward_fn is None:  # correctness from the project's grader (a subprocess with a timeout)
+        grader = Grader(timeout=cfg.grader_timeout)
+        reward_fn, close = (lambda text, gold: grader.grade(text, gold).correct), grader.close
     try:
         problems, prompt_of, builder = build_problems_and_prompts(lm, cfg)
         if cfg.trainer == "trl":
@@ -229,14 +216,6 @@ TRL_ALIASES = {
 }
 
 
-def trl_record(step: int, logs: dict) -> dict:
-    return {
-        "step": int(step),
-        **{k: logs[v] for k, v in TRL_ALIASES.items() if v in logs},
-        **{k: v for k, v in logs.items() if k != "step"},
-    }
-
-
 def train_with_trl(
     cfg: DAPOConfig,
     out: Path,
@@ -258,24 +237,17 @@ def train_with_trl(
     class StepLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs and "loss" in logs:
-                JsonlAppender(metrics_path).append([trl_record(state.global_step, logs)])
+                aliases = {k: logs[v] for k, v in TRL_ALIASES.items() if v in logs}
+                rest = {k: v for k, v in logs.items() if k != "step"}
+                JsonlAppender(metrics_path).append([{"step": int(state.global_step), **aliases, **rest}])
 
         def on_step_end(self, args, state, control, **kwargs):
             if stop_after is not None and state.global_step >= stop_after:
                 control.should_training_stop = True
                 control.should_save = True  # so the rerun resumes from here
 
-    trainer = build_trl_trainer(
-        cfg,
-        lm,
-        problems,
-        builder,
-        reward_fn,
-        str(trl_dir),
-        save_strategy="steps",
-        save_steps=cfg.checkpoint_every,
-        save_total_limit=2,
-    )
+    saving = {"save_strategy": "steps", "save_steps": cfg.checkpoint_every, "save_total_limit": 2}
+    trainer = build_trl_trainer(cfg, lm, problems, builder, reward_fn, str(trl_dir), **saving)
     trainer.add_callback(StepLog())
     ckpts = sorted(trl_dir.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1])) if resuming else []
     if trainer.accelerator.is_main_process:

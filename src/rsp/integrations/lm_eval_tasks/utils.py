@@ -43,12 +43,10 @@ def load_arith(**metadata: Any) -> dict[str, Any]:
 
 
 def load_gsm8k(**metadata: Any) -> dict[str, Any]:
-    """GSM8K test from the local `gsm8k_test.jsonl`."""
     return _dataset(_local("gsm8k", metadata))
 
 
 def load_math500(**metadata: Any) -> dict[str, Any]:
-    """MATH-500 from the local `math500.jsonl`."""
     return _dataset(_local("math500", metadata))
 
 
@@ -56,10 +54,9 @@ def _local(name: str, metadata: dict[str, Any]) -> Task:
     data_dir = metadata.get("data_dir")
     if find_data_file(BENCHMARKS[name].files["test"], data_dir) is None:
         where = [str(data_dir)] if data_dir else [str(d) for d in data_dir_candidates()]
-        raise FileNotFoundError(
-            f"rsp_{name}: {BENCHMARKS[name].files['test']} not found in {', '.join(where)}; "
-            "set RSP_DATA_DIR (or --metadata data_dir=...), or use lm-eval's hub task when online"
-        )
+        missing = f"rsp_{name}: {BENCHMARKS[name].files['test']} not found in {', '.join(where)}"
+        fix = "set RSP_DATA_DIR (or --metadata data_dir=...), or use lm-eval's hub task when online"
+        raise FileNotFoundError(f"{missing}; {fix}")
     return load_task(name, data_dir=data_dir)
 
 
