@@ -74,14 +74,18 @@ def test_gsm8k_and_math_completions_end_to_end(grader):
 
 @pytest.mark.slow
 def test_pathological_answer_times_out_cleanly():
-    g = Grader(timeout=1.0)
+    # Only the pathological answer runs under the 1 s timeout: on a loaded machine an ordinary symbolic
+    # check in a fresh worker can take longer than that, which is not what this test is about.
+    g = Grader(timeout=60.0)
     try:
         assert g.check("\\sqrt{2}", "2^{1/2}").method == "math-verify"  # start the worker before timing
         evil = "9" * 20 + "^" + "9" * 20 + "^" + "9" * 20  # sympy tries to evaluate a tower of powers
+        g.timeout = 1.0
         t0 = time.monotonic()
         res = g.check(evil, "x+1")
         elapsed = time.monotonic() - t0
-        assert not res.correct
+        g.timeout = 60.0
+        assert not res.correct and res.method == "timeout"
         assert elapsed < 1.0 + 2.0
         assert g.check("72", "72.00").correct  # still usable afterwards
         assert g.check("(x+1)^2", "x^2+2x+1").correct  # the replaced worker works too
