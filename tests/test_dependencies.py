@@ -124,6 +124,7 @@ def _torch_cpu_source() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.pypi
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_lower_bounds_resolve_together_from_pypi_alone(group: str, tmp_path: Path) -> None:
     if not _reachable("https://pypi.org/simple/pip/"):
