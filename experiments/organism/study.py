@@ -160,7 +160,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     md = [
         "# The organism study: each arm against plain sampling at its temperature",
         "",
-        "`python experiments/organism/study.py report` (arms, verdict rule: `experiments/organism/study.py`).",
+        "`python experiments/organism/study.py report` (arms and verdicts: study.py).",
         f"{PROBLEMS} held-out 2-step problems x {ATTEMPTS} attempts, fp32, common random numbers;",
         "difference = arm - baseline of per-problem pass@k, 95 % bootstrap interval over problems.",
         "",
