@@ -126,15 +126,15 @@ def compare(checkpoint: str, arm: Arm) -> dict | None:
     from rsp.metrics import bootstrap_ci, pass_at_k
 
     runs = {}
-    for a in (arm.baseline(), arm):
-        d = ROOT / out_dir(checkpoint, a)
-        rows = _per_problem(d, a.method) if (d / "samples.jsonl").is_file() else {}
-        want = 1 if a.greedy_baseline else ATTEMPTS
+    for one in (arm.baseline(), arm):
+        d = ROOT / out_dir(checkpoint, one)
+        rows = _per_problem(d, one.method) if (d / "samples.jsonl").is_file() else {}
+        want = 1 if one.greedy_baseline else ATTEMPTS
         if len(rows) < PROBLEMS or any(len(v) < want for v in rows.values()):
             return None
-        if a.greedy_baseline:  # counted N times
+        if one.greedy_baseline:  # counted N times
             rows = {p: v * ATTEMPTS for p, v in rows.items()}
-        runs[a.name] = rows
+        runs[one.name] = rows
     base, arm_rows = runs[arm.baseline().name], runs[arm.name]
     ids = sorted(base)
     out: dict = {"checkpoint": checkpoint, "arm": arm.name, "baseline": arm.baseline().name}
