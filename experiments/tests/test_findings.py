@@ -881,7 +881,8 @@ def test_live_outputs_reads_the_out_flag_of_running_processes(tmp_path: Path, sp
     """A step started by hand counts however its --out is spelled, as the runner's relative path."""
     from experiments.findings.runner import live_outputs
 
-    out = f"{C.ROOT}/smollm2/arith1/test-{tmp_path.name}"
+    # the pid too: tmp_path's name is the same for each spelling, and xdist may run two at once
+    out = f"{C.ROOT}/smollm2/arith1/test-{os.getpid()}-{tmp_path.name}"
     value = {
         "--out DIR": out,
         "--out=DIR": out,
