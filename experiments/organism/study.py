@@ -47,6 +47,7 @@ class Arm:
     method: str  # temperature (the baseline), rsp, or a control
     temperature: float
     length: int = 4  # RSP length L (recorded for the baseline too: rsp eval's default)
+    crn: bool = True  # False: the arm decodes with its own random stream (the method name is a seed key)
 
     @property
     def greedy_baseline(self) -> bool:
@@ -55,7 +56,7 @@ class Arm:
     @property
     def name(self) -> str:
         tail = "" if self.method == "temperature" else f"-L{self.length}"
-        return f"t{self.temperature}-{self.method}{tail}"
+        return f"t{self.temperature}-{self.method}{tail}" + ("" if self.crn else "-indep")
 
     def baseline(self) -> Arm:
         return Arm("temperature", self.temperature)
@@ -76,6 +77,10 @@ ARMS = (
     Arm("token-string", 0.7),
     Arm("temperature", 0.0),
     Arm("rsp", 0.0),
+    # Added after the arms above had started (no verdict reads it): the base RSP arm again with its own
+    # random stream, to measure how much common random numbers narrow the paired interval (same problems,
+    # same attempts, same injection; only the decode stream's pairing differs).
+    Arm("rsp", 0.7, crn=False),
 )
 
 
@@ -90,14 +95,16 @@ def argv(checkpoint: str, arm: Arm) -> list[str]:
         "rsp", "eval", "--model", CHECKPOINTS[checkpoint], *TASK, "--limit", str(PROBLEMS), "--n", str(n),
         "--methods", arm.method, "--rsp-length", str(arm.length), "--temperature", str(arm.temperature),
         "--max-new-tokens", "128", "--batch-size", "32", "--engine", engine, "--dtype", "float32",
-        "--seed", "0", "--common-random-numbers", "--quiet", "--out", out_dir(checkpoint, arm),
+        "--seed", "0", "--common-random-numbers" if arm.crn else "--no-common-random-numbers", "--quiet",
+        "--out", out_dir(checkpoint, arm),
     ]  # fmt: skip
 
 
 def cmd_list(args: argparse.Namespace) -> None:
     for ckpt in args.checkpoint or CHECKPOINTS:
         for arm in ARMS:
-            print(" ".join(argv(ckpt, arm)))
+            if not args.arm or arm.name in args.arm:
+                print(" ".join(argv(ckpt, arm)))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -106,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         if not (ROOT / CHECKPOINTS[ckpt]).is_dir():
             raise SystemExit(f"{CHECKPOINTS[ckpt]} does not exist: build it first (docs/organism.md)")
         for arm in ARMS:
+            if args.arm and arm.name not in args.arm:
+                continue
             cmd = argv(ckpt, arm)
             print(" ".join(cmd), flush=True)
             subprocess.run([str(exe), *cmd[1:]], check=True, cwd=ROOT, env=os.environ.copy())
@@ -152,6 +161,20 @@ def compare(checkpoint: str, arm: Arm) -> dict | None:
     return out
 
 
+def crn_widths(results: list[dict]) -> list[str]:
+    rows = []
+    by = {(r["checkpoint"], r["arm"]): r for r in results}
+    paired, own = Arm("rsp", 0.7), Arm("rsp", 0.7, crn=False)
+    for ckpt in CHECKPOINTS:
+        a, b = by.get((ckpt, paired.name)), by.get((ckpt, own.name))
+        if a and b:
+            for k in (1, 8, 32):
+                da, db = a[f"pass@{k}"]["difference"], b[f"pass@{k}"]["difference"]
+                wa, wb = da["ci_high"] - da["ci_low"], db["ci_high"] - db["ci_low"]
+                rows.append(f"| {ckpt} | {k} | {wa:.3f} | {wb:.3f} | {wa / wb:.2f} |" if wb else "")
+    return [r for r in rows if r]
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     pairs = [(ckpt, arm) for ckpt in CHECKPOINTS for arm in ARMS if arm.method != "temperature"]
     results = [c for ckpt, arm in pairs if (c := compare(ckpt, arm))]
@@ -179,9 +202,21 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"| {ci(p1['difference'])} | {p32['baseline']:.3f} -> {p32['arm']:.3f} | {ci(p32['difference'])} "
             f"| {p32['verdict']} |"
         )
-    done = len(results)
-    total = len(pairs)
-    md += ["", f"{done} of {total} comparisons complete.", ""]
+    md += ["", f"{len(results)} of {len(pairs)} comparisons complete.", ""]
+    widths = crn_widths(results)
+    if widths:
+        md += [
+            "## Common random numbers: paired interval width",
+            "",
+            "The same RSP arm (L=4, T=0.7) against the same plain-sampling arm, once decoding with the",
+            "baseline's random stream (common random numbers) and once with its own; width = upper - lower",
+            "bound of the 95 % interval of the paired difference.",
+            "",
+            "| checkpoint | k | width, common stream | width, own stream | ratio |",
+            "|---|---|---|---|---|",
+            *widths,
+            "",
+        ]
     (RESULTS / "study.md").write_text("\n".join(md))
     print("\n".join(md))
 
@@ -192,6 +227,7 @@ def main(argv_: list[str] | None = None) -> None:
     for name in ("list", "run"):
         s = sub.add_parser(name)
         s.add_argument("--checkpoint", action="append", choices=sorted(CHECKPOINTS))
+        s.add_argument("--arm", action="append", choices=[a.name for a in ARMS], help="only these arms")
     sub.add_parser("report")
     args = p.parse_args(argv_)
     {"list": cmd_list, "run": cmd_run, "report": cmd_report}[args.cmd](args)
