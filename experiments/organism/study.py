@@ -187,20 +187,20 @@ def cmd_report(args: argparse.Namespace) -> None:
         f"{PROBLEMS} held-out 2-step problems x {ATTEMPTS} attempts, fp32, common random numbers;",
         "difference = arm - baseline of per-problem pass@k, 95 % bootstrap interval over problems.",
         "",
-        "| checkpoint | arm | baseline | pass@1 base -> arm | diff pass@1 | pass@32 base -> arm "
-        "| diff pass@32 | verdict at k=32 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| checkpoint | arm | baseline | pass@1 base -> arm | diff pass@1 | diff pass@8 "
+        "| pass@32 base -> arm | diff pass@32 | verdicts k=1 / 8 / 32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        p1, p32 = r["pass@1"], r["pass@32"]
+        p1, p8, p32 = r["pass@1"], r["pass@8"], r["pass@32"]
 
         def ci(e: dict) -> str:
             return f"{e['mean']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]"
 
         md.append(
             f"| {r['checkpoint']} | {r['arm']} | {r['baseline']} | {p1['baseline']:.3f} -> {p1['arm']:.3f} "
-            f"| {ci(p1['difference'])} | {p32['baseline']:.3f} -> {p32['arm']:.3f} | {ci(p32['difference'])} "
-            f"| {p32['verdict']} |"
+            f"| {ci(p1['difference'])} | {ci(p8['difference'])} | {p32['baseline']:.3f} -> {p32['arm']:.3f} "
+            f"| {ci(p32['difference'])} | {p1['verdict']} / {p8['verdict']} / {p32['verdict']} |"
         )
     md += ["", f"{len(results)} of {len(pairs)} comparisons complete.", ""]
     widths = crn_widths(results)
