@@ -334,10 +334,18 @@ def _fake_vllm(monkeypatch):
         ("LOCAL_RANK", "0"),
         ("WORLD_SIZE", "1"),
         ("MASTER_ADDR", "localhost"),
-        ("MASTER_PORT", "29533"),
+        ("MASTER_PORT", str(_free_port())),  # not a fixed port: xdist's other worker may hold it
     ):
         monkeypatch.setenv(key, value)  # TRL's colocate set-up writes these; restored after the test
     return vg
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _outputs(prompts, ids=(5, 6, 7)):
