@@ -20,6 +20,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def claim_once_per_session(request: pytest.FixtureRequest, name: str) -> None:
+    """Fail if the module fixture `name`, whose file is one `xdist_group`, is built a second time in this
+    session. Under `--dist loadgroup` (scripts/test.sh) the group's tests all run on one worker, so the
+    fixture (a server, an lm-eval run: tens of seconds each) is built once; when the grouping silently broke
+    (pytest 9.2 with pytest-xdist 3.8, pytest-dev/pytest-xdist#1386) each worker built its own copy. Outside
+    loadgroup (no xdist, or another `--dist`) there is nothing to claim."""
+    if not getattr(request.config.option, "loadgroup", False) or "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    shared = request.getfixturevalue("tmp_path_factory").getbasetemp().parent  # one folder per session
+    try:
+        (shared / f"built-once-{name}").open("x").close()
+    except FileExistsError:
+        pytest.fail(
+            f"the module fixture {name!r} was built on two xdist workers: --dist loadgroup did not keep "
+            "its xdist_group on one worker (pytest-dev/pytest-xdist#1386 with pytest 9.2)"
+        )
+
+
 class TinyTokenizer:
     """A character-level tokenizer with a chat template, enough for prompt/insert/generation tests."""
 

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from conftest import make_tiny_model_dir  # noqa: E402
+from conftest import claim_once_per_session, make_tiny_model_dir  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 
@@ -310,9 +310,10 @@ def test_loglikelihood_requests_are_scored_under_their_documents_rsp(sharp_dir):
 
 # ---------------------------------------------------------------- SmolLM2, a real `rsp lm-eval` run
 @pytest.fixture(scope="module")
-def smol_run(tmp_path_factory):
+def smol_run(tmp_path_factory, request):
     """`rsp lm-eval` with rsp-hf on SmolLM2: 2 arithmetic problems x 4 repeats, 32 new tokens, logged
     samples."""
+    claim_once_per_session(request, "smol_run")
     base = tmp_path_factory.mktemp("lm-eval-smol")
     include = arith_variant(base / "tasks", "rsp_arith_r4", repeats=4, max_gen_toks=32)
     out = base / "out"

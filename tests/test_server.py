@@ -24,6 +24,8 @@ import pytest
 pytest.importorskip("fastapi", reason="rsp serve needs the 'serve' extra (fastapi, uvicorn, openai)")
 httpx = pytest.importorskip("httpx")
 
+from conftest import claim_once_per_session  # noqa: E402
+
 from rsp.core.injection import NoInjection  # noqa: E402
 from rsp.core.insert import PromptTokens  # noqa: E402
 from rsp.core.seeds import derive_seed  # noqa: E402
@@ -375,7 +377,8 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, request):
+    claim_once_per_session(request, "server")
     srv = ServerProcess(
         tmp_path_factory.mktemp("serve") / "server.log",
         "--max-batch-size",
@@ -392,7 +395,8 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory):
+def keyed_server(tmp_path_factory, request):
+    claim_once_per_session(request, "keyed_server")
     srv = ServerProcess(
         tmp_path_factory.mktemp("serve-key") / "server.log",
         "--max-batch-size",
