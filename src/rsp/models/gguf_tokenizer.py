@@ -48,39 +48,89 @@ class GGUFVocab:
         return self.model == "llama" and self.architecture in GEMMA_ARCHITECTURES
 
 
-def _scalar(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
+# GGUF metadata value types (the GGUF specification; gguf-py's GGUFValueType) and their fixed-size layouts.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    """Every metadata key of a GGUF file (versions 2 and 3, either byte order) with its value: a Python
+    scalar, a string, or a list. Only the file's head is read, through a memory map. Written here because
+    `gguf.GGUFReader` makes a numpy view per array element and took 20 s for Gemma's 262k-token vocabulary;
+    this takes a fraction of a second, and tests/test_tokenizer_reference.py checks it value for value
+    against `gguf.GGUFReader`."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")
+        (version,) = struct.unpack_from("<I", buf, 4)
+        order = "<" if version & 0xFFFF else ">"  # a big-endian file's version reads byte-swapped
+        (version,) = struct.unpack_from(order + "I", buf, 4)
+        if version not in (2, 3):
+            raise ValueError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+        _, n_kv = struct.unpack_from(order + "QQ", buf, 8)
+        pos = 24
+
+        def take(fmt: str) -> Any:
+            nonlocal pos
+            (value,) = struct.unpack_from(order + fmt, buf, pos)
+            pos += struct.calcsize(fmt)
+            return value
+
+        def string() -> str:
+            nonlocal pos
+            n = take("Q")
+            pos += n
+            return buf[pos - n : pos].decode("utf-8")
+
+        def value(kind: int) -> Any:
+            nonlocal pos
+            if kind in _SCALARS:
+                return take(_SCALARS[kind])
+            if kind == _STRING:
+                return string()
+            if kind != _ARRAY:
+                raise ValueError(f"{path}: unknown GGUF value type {kind} at byte {pos}")
+            inner, count = take("I"), take("Q")
+            if inner in _SCALARS:
+                fmt = f"{order}{count}{_SCALARS[inner]}"
+                items = list(struct.unpack_from(fmt, buf, pos))
+                pos += struct.calcsize(fmt)
+                return items
+            return [value(inner) for _ in range(count)]
+
+        metadata = {}
+        for _ in range(n_kv):
+            key = string()
+            metadata[key] = value(take("I"))
+        return metadata
 
 
 def read_gguf_vocab(path: Path) -> GGUFVocab:
-    """Read the tokenizer fields of a GGUF file with `gguf.GGUFReader` (seconds for a 262k vocabulary)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-
-    def array(key: str) -> list[Any]:
-        return list(_scalar(reader, key) or [])
+    """Read the tokenizer fields of a GGUF file (`read_gguf_metadata`)."""
+    meta = read_gguf_metadata(path)
 
     def optional_int(key: str) -> int | None:
-        value = _scalar(reader, key)
+        value = meta.get(key)
         return int(value) if value is not None else None
 
-    add_space = _scalar(reader, "tokenizer.ggml.add_space_prefix")
-    model = str(_scalar(reader, "tokenizer.ggml.model"))
+    add_space = meta.get("tokenizer.ggml.add_space_prefix")
+    model = str(meta.get("tokenizer.ggml.model"))
     return GGUFVocab(
-        architecture=str(_scalar(reader, "general.architecture")),
+        architecture=str(meta.get("general.architecture")),
         model=model,
-        pre=_scalar(reader, "tokenizer.ggml.pre"),
-        tokens=[str(t) for t in array("tokenizer.ggml.tokens")],
-        scores=[float(s) for s in array("tokenizer.ggml.scores")],
-        types=[int(t) for t in array("tokenizer.ggml.token_type")],
-        merges=[str(m) for m in array("tokenizer.ggml.merges")],
+        pre=meta.get("tokenizer.ggml.pre"),
+        tokens=[str(t) for t in meta.get("tokenizer.ggml.tokens", [])],
+        scores=[float(s) for s in meta.get("tokenizer.ggml.scores", [])],
+        types=[int(t) for t in meta.get("tokenizer.ggml.token_type", [])],
+        merges=[str(m) for m in meta.get("tokenizer.ggml.merges", [])],
         bos_id=optional_int("tokenizer.ggml.bos_token_id"),
         eos_id=optional_int("tokenizer.ggml.eos_token_id"),
         unk_id=optional_int("tokenizer.ggml.unknown_token_id"),
         pad_id=optional_int("tokenizer.ggml.padding_token_id"),
-        add_bos=bool(_scalar(reader, "tokenizer.ggml.add_bos_token")),
+        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token")),
         # llama.cpp's default for a SentencePiece vocabulary without the field is True
         add_space_prefix=bool(add_space) if add_space is not None else model == "llama",
     )
