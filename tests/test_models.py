@@ -77,22 +77,6 @@ def test_stats_cache_moves_a_legacy_top_level_file_out_of_the_weights_folder(tmp
     assert path.read_bytes() == b"stats" and not legacy.exists()
 
 
-@pytest.mark.real_model
-def test_cached_smollm2_tokenizer_matches_the_gguf_tokenizer(smollm2):
-    import gguf as gguf_lib
-    from transformers import AutoTokenizer
-
-    from rsp.models.loading import PROBE_TEXTS
-    from rsp.models.packaged import locate_packaged_gguf
-
-    gguf = locate_packaged_gguf("smollm2-135m-instruct", smollm2.stats_cache_dir)
-    field = gguf_lib.GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
-    assert not (field is not None and field.parts[field.data[0]][0])  # the file says: no BOS
-    ref = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    for text in PROBE_TEXTS:
-        assert smollm2.tokenizer(text)["input_ids"] == ref(text)["input_ids"]
-
-
 def test_native_bf16_is_the_avx512_bf16_or_amx_flag_not_avx512_alone(monkeypatch):
     """oneDNN reports bf16 support on any AVX-512 CPU (Skylake, Cascade Lake emulate it), so the
     /proc/cpuinfo flags decide; only where there are none to read does oneDNN's answer stand."""

@@ -271,10 +271,12 @@ def test_smollm2_tokenizer_agrees_with_a_bpe_built_from_the_gguf_merges(smollm2)
 
     pairs = prompt_texts(smollm2.tokenizer, "auto") + prompt_texts(smollm2.tokenizer, "plain")
     pairs += [(t, "") for t in EDGE_TEXTS]
+    assert not vocab.add_bos  # the file says: no BOS; so a plain call adds nothing either
     for head, tail in pairs:
         expected = ref(head) + (ref(tail) if tail else [])
         for tok in (smollm2.tokenizer, from_path):
             assert list(tokenize_split(tok, head, tail, add_special_tokens=False).ids) == expected, head[-80:]
+        assert smollm2.tokenizer(head + tail)["input_ids"] == ref(head + tail)
 
 
 # --- the GGUF metadata reader, against gguf-py's own ------------------------------------------------------
