@@ -119,7 +119,9 @@ def test_extractor_and_grader_never_raise_on_random_strings(grader, text):
     t0 = time.monotonic()
     res = grader.grade(text, "12")
     assert isinstance(res.correct, bool)
-    assert time.monotonic() - t0 < grader.timeout + 2.0
+    # Bounded, not fast: a timed-out check replaces its worker process, which took 3.6 s beyond the
+    # timeout while scripts/test.sh ran everything at once on 2 cores.
+    assert time.monotonic() - t0 < grader.timeout + 15.0
     canonical_answer(res.extracted)
 
 
