@@ -31,20 +31,24 @@ VLLM_STAGE=0
 if [ "$#" -eq 0 ] || [ "${RSP_VLLM_STAGE:-0}" = 1 ]; then VLLM_STAGE=1; fi
 status=0
 STAGE2="not vllm"
+# Each job's wall and CPU time (bash's `time`, appended to its log): where the suite's time goes.
+TIMEFORMAT="[time] %R s wall, %U s user + %S s system CPU"
 if [ "$VLLM_STAGE" = 1 ]; then
   STAGE2="not vllm and not pypi"
-  mypy > "$ROOT/.mypy.log" 2>&1 &
+  { time mypy; } > "$ROOT/.mypy.log" 2>&1 &
   mypy_pid=$!
-  python -m pytest -q -m pypi -p no:cacheprovider > "$ROOT/.pytest-pypi.log" 2>&1 &
+  { time python -m pytest -q -m pypi -p no:cacheprovider; } > "$ROOT/.pytest-pypi.log" 2>&1 &
   pypi=$!
-  RSP_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" VLLM_ENABLE_V1_MULTIPROCESSING=0 \
-    python -m pytest -q -m vllm -p no:cacheprovider > "$ROOT/.pytest-vllm.log" 2>&1 &
+  {
+    time RSP_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" \
+      VLLM_ENABLE_V1_MULTIPROCESSING=0 python -m pytest -q -m vllm -p no:cacheprovider
+  } > "$ROOT/.pytest-vllm.log" 2>&1 &
   vllm=$!
 else
   mypy
   echo "[test] lint and types: ${SECONDS} s"
 fi
-python -m pytest -q -n 2 --dist loadgroup -m "$STAGE2" "$@" || status=$?
+time python -m pytest -q -n 2 --dist loadgroup -m "$STAGE2" "$@" || status=$?
 echo "[test] tests without vLLM done at ${SECONDS} s"
 if [ "$VLLM_STAGE" = 1 ]; then
   report() { # name, pid, log: wait for a background run, print the end of its log, keep its failure
@@ -57,6 +61,7 @@ if [ "$VLLM_STAGE" = 1 ]; then
   report "mypy" "$mypy_pid" "$ROOT/.mypy.log" 10
   report "the lower-bound resolutions (marker pypi)" "$pypi" "$ROOT/.pytest-pypi.log"
   report "the vLLM tests (marker vllm)" "$vllm" "$ROOT/.pytest-vllm.log"
-  echo "[test] all done at ${SECONDS} s"
+  echo "[test] all done at ${SECONDS} s; CPU time of this shell, then of every job it ran (user, system):"
+  times
 fi
 exit "$status"
