@@ -41,26 +41,6 @@ if [ "$VLLM_STAGE" = 1 ]; then
   STAGE2="not vllm and not pypi"
   { time mypy; } > "$ROOT/.mypy.log" 2>&1 &
   mypy_pid=$!
-  # One process first imports what the jobs below import (env.sh installs without byte-compiling), while
-  # mypy, which reads sources, has the other core: started together on a fresh .venv, six processes each
-  # compiled the same modules of torch, transformers and vLLM before any had written them (the xdist
-  # stage took 994 s of CPU there, against 761 s with the compiled files in place).
-  {
-    time python - <<'PY'
-import importlib
-import pkgutil
-
-import rsp
-
-for name in ("torch", "transformers", "vllm", "vllm.entrypoints.llm", "trl", "peft", "lm_eval",
-             "lm_eval.evaluator", "fastapi", "uvicorn", "openai", "httpx", "datasets", "sklearn.metrics",
-             "matplotlib.pyplot", "math_verify", "pytest", "xdist", "hypothesis", "sentencepiece", "gguf"):
-    importlib.import_module(name)
-for m in pkgutil.walk_packages(rsp.__path__, "rsp."):
-    importlib.import_module(m.name)
-PY
-  } > "$ROOT/.warm-imports.log" 2>&1 || { echo "[test] warming the imports failed:"; tail -n 30 "$ROOT/.warm-imports.log"; }
-  tail -n 1 "$ROOT/.warm-imports.log"
   { time python -m pytest -q -m pypi -p no:cacheprovider; } > "$ROOT/.pytest-pypi.log" 2>&1 &
   pypi=$!
   {
