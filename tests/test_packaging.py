@@ -174,7 +174,6 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1800) ->
 
 @pytest.mark.slow
 @pytest.mark.real_model
-@pytest.mark.xdist_group("wheel")  # a group of one: the suite's longest test, handed out first (conftest)
 def test_the_wheel_alone_runs_the_readme_examples_and_rsp_eval(tmp_path):
     sdist, wheel = _build(tmp_path)
 
