@@ -129,3 +129,24 @@ def test_canonical_answer_groups_equal_numbers():
     assert canonical_answer("1,000") == canonical_answer("1000.0") == "1000"
     assert canonical_answer("\\frac{1}{2}") == canonical_answer("1/2")
     assert canonical_answer(None) is None
+
+
+def test_a_killed_worker_slow_to_exit_neither_raises_nor_stops_the_next_grade():
+    """An `rsp eval` on a starved machine ended with TimeoutExpired from waiting on a killed worker."""
+    import subprocess
+
+    class SlowToExit:
+        killed = False
+
+        def kill(self) -> None:
+            self.killed = True
+
+        def wait(self, timeout: float | None = None) -> int:
+            raise subprocess.TimeoutExpired("verify_worker", timeout or 0)
+
+    with Grader(timeout=3.0) as grader:
+        stuck = SlowToExit()
+        grader._proc = stuck  # type: ignore[assignment]
+        grader._kill()
+        assert stuck.killed and grader._proc is None
+        assert grader.check("\\frac{1}{2}", "0.5").correct  # a fresh worker takes over
